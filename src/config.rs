@@ -1,0 +1,268 @@
+//! Every limit and default of the broker, validated in one place.
+//!
+//! Names carry their unit last (`_bytes`, `_ms`, `_max`). The defaults are
+//! checked against each other at compile time; values from a config file or
+//! the command line are checked by [`Config::validate`].
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// Kibibyte.
+pub const KIB: usize = 1024;
+/// Mebibyte.
+pub const MIB: usize = 1024 * KIB;
+
+/// Default listen address.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:7070";
+/// Default journal segment size (preallocated).
+pub const SEGMENT_BYTES_DEFAULT: usize = 128 * MIB;
+/// Default maximum frame size, length prefix included.
+pub const FRAME_BYTES_MAX_DEFAULT: usize = 16 * MIB;
+/// Default maximum record batch size.
+pub const BATCH_BYTES_MAX_DEFAULT: usize = 16 * MIB - 1024;
+/// Largest frame accepted for any API other than Produce (they are small).
+pub const SMALL_REQUEST_BYTES_MAX: usize = 64 * KIB;
+/// Default capacity of the reactor → writer request ring.
+pub const REQUEST_RING_BYTES_DEFAULT: usize = 64 * MIB;
+/// Default capacity of the reactor → reader request ring.
+pub const READ_REQUEST_RING_BYTES_DEFAULT: usize = 4 * MIB;
+/// Default capacity of the responder → reactor completion ring.
+pub const RESPONSE_RING_BYTES_DEFAULT: usize = 8 * MIB;
+/// Default largest fetch response (batches), whatever the client asks.
+pub const FETCH_BYTES_MAX_DEFAULT: usize = 8 * MIB;
+/// Default capacity of the reader → reactor completion ring.
+pub const FETCH_RING_BYTES_DEFAULT: usize = 4 * FETCH_BYTES_MAX_DEFAULT;
+/// Default bound on produce requests waiting for their QoS position.
+pub const PENDING_MAX_DEFAULT: usize = 256 * 1024;
+/// Default bound on requests in flight on one connection.
+pub const IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT: usize = 4096;
+/// Default bound on queued response bytes per connection before the broker
+/// stops reading that connection's requests.
+pub const CONNECTION_WRITE_BYTES_MAX_DEFAULT: usize = 16 * MIB;
+/// Default maximum number of client connections.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
+/// Default maximum number of topics.
+pub const TOPICS_MAX_DEFAULT: usize = 10_000;
+/// Default maximum partitions of one topic.
+pub const PARTITIONS_PER_TOPIC_MAX_DEFAULT: u32 = 4096;
+/// Default maximum partitions across all topics.
+pub const PARTITIONS_MAX_DEFAULT: usize = 100_000;
+/// Bounds of a produce request's `timeout_ms`.
+pub const PRODUCE_TIMEOUT_MS_MIN: u32 = 1;
+/// Upper bound of a produce request's `timeout_ms`.
+pub const PRODUCE_TIMEOUT_MS_MAX: u32 = 600_000;
+/// Upper bound of a fetch request's `max_wait_ms`.
+pub const FETCH_WAIT_MS_MAX: u32 = 60_000;
+/// Default interval between journal checkpoints.
+pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 5_000;
+/// Default partitions of an auto-created topic.
+pub const AUTO_CREATE_PARTITIONS_DEFAULT: u32 = 1;
+
+const _: () = assert!(
+    BATCH_BYTES_MAX_DEFAULT + SMALL_REQUEST_BYTES_MAX <= FRAME_BYTES_MAX_DEFAULT + 64 * KIB
+);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT >= BATCH_BYTES_MAX_DEFAULT);
+const _: () = assert!(REQUEST_RING_BYTES_DEFAULT >= 2 * FRAME_BYTES_MAX_DEFAULT);
+const _: () = assert!(FETCH_RING_BYTES_DEFAULT >= 2 * FETCH_BYTES_MAX_DEFAULT);
+const _: () = assert!(READ_REQUEST_RING_BYTES_DEFAULT >= 2 * SMALL_REQUEST_BYTES_MAX);
+
+/// The broker's configuration. Every field has a default; a TOML config
+/// file may set any of them by name.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory holding the journal segments and checkpoint.
+    pub data_dir: PathBuf,
+    /// Create unknown topics on first produce instead of answering UnknownTopic.
+    pub auto_create_topics: bool,
+    /// Partitions of an auto-created topic.
+    pub auto_create_partitions: u32,
+    /// Size of each preallocated journal segment file.
+    pub segment_bytes: usize,
+    /// Largest request frame accepted (length prefix included).
+    pub frame_bytes_max: usize,
+    /// Largest record batch accepted.
+    pub batch_bytes_max: usize,
+    /// Capacity of the reactor → writer ring.
+    pub request_ring_bytes: usize,
+    /// Capacity of the reactor → reader ring.
+    pub read_request_ring_bytes: usize,
+    /// Capacity of the responder → reactor ring.
+    pub response_ring_bytes: usize,
+    /// Capacity of the reader → reactor ring.
+    pub fetch_ring_bytes: usize,
+    /// Largest fetch answer in batch bytes.
+    pub fetch_bytes_max: usize,
+    /// Produce requests waiting for their QoS position, broker-wide.
+    pub pending_max: usize,
+    /// Requests in flight on one connection before the broker stops reading it.
+    pub in_flight_per_connection_max: usize,
+    /// Queued response bytes on one connection before the broker stops reading it.
+    pub connection_write_bytes_max: usize,
+    /// Client connections served at once.
+    pub connections_max: usize,
+    /// Topics the broker holds.
+    pub topics_max: usize,
+    /// Partitions one topic may have.
+    pub partitions_per_topic_max: u32,
+    /// Partitions across all topics.
+    pub partitions_max: usize,
+    /// Interval between journal checkpoints.
+    pub checkpoint_interval_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: LISTEN_DEFAULT
+                .parse()
+                .expect("default listen address parses"),
+            data_dir: PathBuf::from("data"),
+            auto_create_topics: false,
+            auto_create_partitions: AUTO_CREATE_PARTITIONS_DEFAULT,
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+            batch_bytes_max: BATCH_BYTES_MAX_DEFAULT,
+            request_ring_bytes: REQUEST_RING_BYTES_DEFAULT,
+            read_request_ring_bytes: READ_REQUEST_RING_BYTES_DEFAULT,
+            response_ring_bytes: RESPONSE_RING_BYTES_DEFAULT,
+            fetch_ring_bytes: FETCH_RING_BYTES_DEFAULT,
+            fetch_bytes_max: FETCH_BYTES_MAX_DEFAULT,
+            pending_max: PENDING_MAX_DEFAULT,
+            in_flight_per_connection_max: IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT,
+            connection_write_bytes_max: CONNECTION_WRITE_BYTES_MAX_DEFAULT,
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            topics_max: TOPICS_MAX_DEFAULT,
+            partitions_per_topic_max: PARTITIONS_PER_TOPIC_MAX_DEFAULT,
+            partitions_max: PARTITIONS_MAX_DEFAULT,
+            checkpoint_interval_ms: CHECKPOINT_INTERVAL_MS_DEFAULT,
+        }
+    }
+}
+
+/// A configuration value is out of range or inconsistent with another.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Room a ring needs besides one frame: its per-message envelope.
+pub const RING_ENVELOPE_BYTES: usize = 16;
+
+impl Config {
+    /// Reads a TOML config file; fields it leaves out keep their defaults.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when the file cannot be read or parsed.
+    pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+    }
+
+    /// Checks every value and their relations.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first offending setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |m: String| Err(ConfigError(m));
+        let min_frame =
+            crate::wire::frame::REQUEST_HEADER_LEN + crate::wire::batch::BATCH_HEADER_LEN + 64;
+        if self.frame_bytes_max < min_frame || self.frame_bytes_max > 1 << 30 {
+            return fail(format!("frame_bytes_max must be in {min_frame}..=1GiB"));
+        }
+        if self.batch_bytes_max < crate::wire::batch::BATCH_HEADER_LEN
+            || self.batch_bytes_max > self.frame_bytes_max
+        {
+            return fail(
+                "batch_bytes_max must be at least a batch header and at most frame_bytes_max"
+                    .into(),
+            );
+        }
+        if self.segment_bytes < self.batch_bytes_max || self.segment_bytes > 1 << 40 {
+            return fail("segment_bytes must hold at least one batch_bytes_max batch".into());
+        }
+        if self.request_ring_bytes < self.frame_bytes_max + RING_ENVELOPE_BYTES {
+            return fail("request_ring_bytes must hold at least one frame_bytes_max frame".into());
+        }
+        if self.read_request_ring_bytes < SMALL_REQUEST_BYTES_MAX + RING_ENVELOPE_BYTES {
+            return fail(format!(
+                "read_request_ring_bytes must be at least {}",
+                SMALL_REQUEST_BYTES_MAX + RING_ENVELOPE_BYTES
+            ));
+        }
+        if self.response_ring_bytes < 64 * KIB {
+            return fail("response_ring_bytes must be at least 64 KiB".into());
+        }
+        if self.fetch_bytes_max < 1024
+            || self.fetch_ring_bytes < self.fetch_bytes_max + self.batch_bytes_max + 64 * KIB
+        {
+            return fail(
+                "fetch_ring_bytes must hold fetch_bytes_max plus one batch_bytes_max batch".into(),
+            );
+        }
+        if self.pending_max == 0
+            || self.in_flight_per_connection_max == 0
+            || self.connections_max == 0
+        {
+            return fail(
+                "pending_max, in_flight_per_connection_max and connections_max must be above 0"
+                    .into(),
+            );
+        }
+        if self.connection_write_bytes_max < 64 * KIB {
+            return fail("connection_write_bytes_max must be at least 64 KiB".into());
+        }
+        if self.topics_max == 0 || self.partitions_per_topic_max == 0 || self.partitions_max == 0 {
+            return fail(
+                "topics_max, partitions_per_topic_max and partitions_max must be above 0".into(),
+            );
+        }
+        if self.auto_create_partitions == 0
+            || self.auto_create_partitions > self.partitions_per_topic_max
+        {
+            return fail("auto_create_partitions must be in 1..=partitions_per_topic_max".into());
+        }
+        if self.checkpoint_interval_ms == 0 {
+            return fail("checkpoint_interval_ms must be above 0".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn inconsistent_values_are_refused() {
+        let c = Config {
+            segment_bytes: 1024,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            request_ring_bytes: 1024,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn config_file_overrides_only_what_it_names() {
+        let c: Config =
+            toml::from_str("listen = \"127.0.0.1:9000\"\nsegment_bytes = 33554432\n").unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.segment_bytes, 32 * MIB);
+        assert_eq!(c.frame_bytes_max, FRAME_BYTES_MAX_DEFAULT);
+        assert!(toml::from_str::<Config>("bogus = 1").is_err());
+    }
+}

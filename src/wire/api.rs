@@ -1,0 +1,687 @@
+//! The request and response bodies of every API, with their codecs.
+//!
+//! Each request type has `encode` (append the body to a buffer) and `decode`
+//! (parse a body, rejecting trailing bytes); each response type likewise.
+//! Layouts are documented byte by byte in `docs/protocol.md`.
+
+use super::codec::{DecodeError, Put, Reader};
+use super::error::ErrorCode;
+
+/// The protocol version this broker speaks (negotiated by Handshake).
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Which API a frame is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ApiKey {
+    /// Version negotiation.
+    Handshake = 0,
+    /// Echo.
+    Ping = 1,
+    /// Create a topic.
+    CreateTopic = 2,
+    /// Describe topics and their offsets.
+    Metadata = 3,
+    /// Append one record batch.
+    Produce = 4,
+    /// Read record batches from an offset, with long polling.
+    Fetch = 5,
+    /// Earliest and latest offsets of a partition.
+    ListOffsets = 6,
+}
+
+impl ApiKey {
+    /// Every API, in numeric order.
+    pub const ALL: [ApiKey; 7] = [
+        ApiKey::Handshake,
+        ApiKey::Ping,
+        ApiKey::CreateTopic,
+        ApiKey::Metadata,
+        ApiKey::Produce,
+        ApiKey::Fetch,
+        ApiKey::ListOffsets,
+    ];
+
+    /// The API for a wire value, or `None` when unknown.
+    pub fn from_u16(v: u16) -> Option<ApiKey> {
+        ApiKey::ALL.get(v as usize).copied()
+    }
+
+    /// The wire value.
+    pub fn as_u16(self) -> u16 {
+        self as u16
+    }
+
+    /// Lowest and highest version of this API the broker speaks.
+    pub fn versions(self) -> (u16, u16) {
+        (1, 1)
+    }
+}
+
+/// The acknowledgement level of a produce request (DESIGN.md §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Qos {
+    /// Never answered on success (fire and forget); failures are answered.
+    None = 0,
+    /// Answered once appended to the leader's journal.
+    Received = 1,
+    /// Answered once fdatasync'd on the leader.
+    Flushed = 2,
+    /// Answered once held by a majority of replicas.
+    Replicated = 3,
+    /// Answered once durable on a majority of replicas (the default).
+    All = 4,
+}
+
+impl Qos {
+    /// The level for a wire value.
+    pub fn from_u8(v: u8) -> Option<Qos> {
+        match v {
+            0 => Some(Qos::None),
+            1 => Some(Qos::Received),
+            2 => Some(Qos::Flushed),
+            3 => Some(Qos::Replicated),
+            4 => Some(Qos::All),
+            _ => None,
+        }
+    }
+
+    /// The level for a CLI name.
+    pub fn from_name(s: &str) -> Option<Qos> {
+        match s {
+            "none" => Some(Qos::None),
+            "received" => Some(Qos::Received),
+            "flushed" => Some(Qos::Flushed),
+            "replicated" => Some(Qos::Replicated),
+            "all" => Some(Qos::All),
+            _ => None,
+        }
+    }
+}
+
+/// Handshake request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandshakeRequest<'a> {
+    /// Lowest protocol version the client speaks.
+    pub min_version: u16,
+    /// Highest protocol version the client speaks.
+    pub max_version: u16,
+    /// Free-form client name for logs.
+    pub client_id: &'a str,
+}
+
+impl<'a> HandshakeRequest<'a> {
+    /// Appends the body.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.put_u16(self.min_version);
+        out.put_u16(self.max_version);
+        out.put_str(self.client_id);
+    }
+
+    /// Parses a body.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a truncated or over-long body.
+    pub fn decode(body: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let out = HandshakeRequest {
+            min_version: r.u16("min_version")?,
+            max_version: r.u16("max_version")?,
+            client_id: r.str("client_id")?,
+        };
+        r.finish()?;
+        Ok(out)
+    }
+}
+
+/// One API's supported versions, as listed in the handshake response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiVersions {
+    /// The API key.
+    pub api_key: u16,
+    /// Lowest version.
+    pub min_version: u16,
+    /// Highest version.
+    pub max_version: u16,
+}
+
+/// Handshake response body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandshakeResponse {
+    /// The protocol version both sides will speak.
+    pub version: u16,
+    /// The broker's maximum frame size in bytes.
+    pub max_frame_bytes: u32,
+    /// Broker name and version.
+    pub server: String,
+    /// Versions of each API.
+    pub apis: Vec<ApiVersions>,
+}
+
+impl HandshakeResponse {
+    /// Appends the body.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.put_u16(self.version);
+        out.put_u32(self.max_frame_bytes);
+        out.put_str(&self.server);
+        out.put_u16(self.apis.len() as u16);
+        for a in &self.apis {
+            out.put_u16(a.api_key);
+            out.put_u16(a.min_version);
+            out.put_u16(a.max_version);
+        }
+    }
+
+    /// Parses a body.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a truncated or over-long body.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let version = r.u16("version")?;
+        let max_frame_bytes = r.u32("max_frame_bytes")?;
+        let server = r.str("server")?.to_string();
+        let n = r.u16("api_count")?;
+        let mut apis = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            apis.push(ApiVersions {
+                api_key: r.u16("api_key")?,
+                min_version: r.u16("min_version")?,
+                max_version: r.u16("max_version")?,
+            });
+        }
+        r.finish()?;
+        Ok(HandshakeResponse {
+            version,
+            max_frame_bytes,
+            server,
+            apis,
+        })
+    }
+}
+
+/// CreateTopic request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateTopicRequest<'a> {
+    /// Topic name.
+    pub name: &'a str,
+    /// Number of partitions.
+    pub partitions: u32,
+}
+
+impl<'a> CreateTopicRequest<'a> {
+    /// Appends the body.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.put_str(self.name);
+        out.put_u32(self.partitions);
+    }
+
+    /// Parses a body.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a truncated or over-long body.
+    pub fn decode(body: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let out = CreateTopicRequest {
+            name: r.str("name")?,
+            partitions: r.u32("partitions")?,
+        };
+        r.finish()?;
+        Ok(out)
+    }
+}
+
+/// Metadata request body: the topics to describe, or all when empty.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MetadataRequest<'a> {
+    /// Topic names; empty means every topic.
+    pub topics: Vec<&'a str>,
+}
+
+impl<'a> MetadataRequest<'a> {
+    /// Appends the body.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.put_u16(self.topics.len() as u16);
+        for t in &self.topics {
+            out.put_str(t);
+        }
+    }
+
+    /// Parses a body.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a truncated or over-long body.
+    pub fn decode(body: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let n = r.u16("topic_count")?;
+        let mut topics = Vec::with_capacity(n.min(1024) as usize);
+        for _ in 0..n {
+            topics.push(r.str("topic")?);
+        }
+        r.finish()?;
+        Ok(MetadataRequest { topics })
+    }
+}
+
+/// One partition in a metadata response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionMetadata {
+    /// Partition number.
+    pub partition: u32,
+    /// First offset still stored.
+    pub start_offset: u64,
+    /// One past the last committed offset (the high watermark).
+    pub end_offset: u64,
+}
+
+/// One topic in a metadata response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicMetadata {
+    /// Topic name.
+    pub name: String,
+    /// [`ErrorCode::UnknownTopic`] for a requested topic that does not exist.
+    pub error_code: u16,
+    /// Its partitions (empty on error).
+    pub partitions: Vec<PartitionMetadata>,
+}
+
+/// Metadata response body.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MetadataResponse {
+    /// The topics described.
+    pub topics: Vec<TopicMetadata>,
+}
+
+impl MetadataResponse {
+    /// Appends the body.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.put_u32(self.topics.len() as u32);
+        for t in &self.topics {
+            out.put_str(&t.name);
+            out.put_u16(t.error_code);
+            out.put_u32(t.partitions.len() as u32);
+            for p in &t.partitions {
+                out.put_u32(p.partition);
+                out.put_u64(p.start_offset);
+                out.put_u64(p.end_offset);
+            }
+        }
+    }
+
+    /// Parses a body.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a truncated or over-long body.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let n = r.u32("topic_count")?;
+        let mut topics = Vec::new();
+        for _ in 0..n {
+            let name = r.str("name")?.to_string();
+            let error_code = r.u16("error_code")?;
+            let np = r.u32("partition_count")?;
+            // Never trust a count for an allocation: each entry is 20 bytes.
+            let mut partitions = Vec::with_capacity((np as usize).min(r.remaining() / 20));
+            for _ in 0..np {
+                partitions.push(PartitionMetadata {
+                    partition: r.u32("partition")?,
+                    start_offset: r.u64("start_offset")?,
+                    end_offset: r.u64("end_offset")?,
+                });
+            }
+            topics.push(TopicMetadata {
+                name,
+                error_code,
+                partitions,
+            });
+        }
+        r.finish()?;
+        Ok(MetadataResponse { topics })
+    }
+}
+
+/// Produce request body. The record batch is the rest of the frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProduceRequest<'a> {
+    /// Topic name.
+    pub topic: &'a str,
+    /// Partition number.
+    pub partition: u32,
+    /// Acknowledgement level.
+    pub qos: u8,
+    /// How long the broker may take to reach the QoS position.
+    pub timeout_ms: u32,
+    /// One record batch built with [`super::batch::BatchBuilder`].
+    pub batch: &'a [u8],
+}
+
+impl<'a> ProduceRequest<'a> {
+    /// Appends the body.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.put_str(self.topic);
+        out.put_u32(self.partition);
+        out.put_u8(self.qos);
+        out.put_u32(self.timeout_ms);
+        out.extend_from_slice(self.batch);
+    }
+
+    /// Parses a body; the batch itself is checked separately.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a truncated body.
+    pub fn decode(body: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        Ok(ProduceRequest {
+            topic: r.str("topic")?,
+            partition: r.u32("partition")?,
+            qos: r.u8("qos")?,
+            timeout_ms: r.u32("timeout_ms")?,
+            batch: r.rest(),
+        })
+    }
+}
+
+/// Produce response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceResponse {
+    /// Offset of the batch's first record.
+    pub base_offset: u64,
+    /// Broker append time, Unix ms.
+    pub append_time_ms: i64,
+}
+
+impl ProduceResponse {
+    /// Bytes of the body.
+    pub const LEN: usize = 16;
+
+    /// The body as bytes.
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[..8].copy_from_slice(&self.base_offset.to_le_bytes());
+        b[8..].copy_from_slice(&self.append_time_ms.to_le_bytes());
+        b
+    }
+
+    /// Parses a body.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a truncated or over-long body.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let out = ProduceResponse {
+            base_offset: r.u64("base_offset")?,
+            append_time_ms: r.i64("append_time_ms")?,
+        };
+        r.finish()?;
+        Ok(out)
+    }
+}
+
+/// Fetch request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchRequest<'a> {
+    /// Topic name.
+    pub topic: &'a str,
+    /// Partition number.
+    pub partition: u32,
+    /// First offset wanted.
+    pub offset: u64,
+    /// Soft cap on batch bytes returned (at least one batch is returned).
+    pub max_bytes: u32,
+    /// Longest time to wait for `min_bytes`.
+    pub max_wait_ms: u32,
+    /// Answer as soon as this many bytes are available.
+    pub min_bytes: u32,
+}
+
+impl<'a> FetchRequest<'a> {
+    /// Appends the body.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.put_str(self.topic);
+        out.put_u32(self.partition);
+        out.put_u64(self.offset);
+        out.put_u32(self.max_bytes);
+        out.put_u32(self.max_wait_ms);
+        out.put_u32(self.min_bytes);
+    }
+
+    /// Parses a body.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a truncated or over-long body.
+    pub fn decode(body: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let out = FetchRequest {
+            topic: r.str("topic")?,
+            partition: r.u32("partition")?,
+            offset: r.u64("offset")?,
+            max_bytes: r.u32("max_bytes")?,
+            max_wait_ms: r.u32("max_wait_ms")?,
+            min_bytes: r.u32("min_bytes")?,
+        };
+        r.finish()?;
+        Ok(out)
+    }
+}
+
+/// Bytes of a fetch response body before the batches.
+pub const FETCH_PREFIX_LEN: usize = 20;
+
+/// Fetch response body: offsets, then whole stored batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchResponse<'a> {
+    /// One past the last committed offset of the partition.
+    pub high_watermark: u64,
+    /// First offset still stored.
+    pub start_offset: u64,
+    /// Concatenated stored batches; the first may start before the
+    /// requested offset (skip records below it).
+    pub batches: &'a [u8],
+}
+
+impl<'a> FetchResponse<'a> {
+    /// The fixed prefix of the body for `batches_len` bytes of batches.
+    pub fn prefix(
+        high_watermark: u64,
+        start_offset: u64,
+        batches_len: usize,
+    ) -> [u8; FETCH_PREFIX_LEN] {
+        let mut b = [0u8; FETCH_PREFIX_LEN];
+        b[..8].copy_from_slice(&high_watermark.to_le_bytes());
+        b[8..16].copy_from_slice(&start_offset.to_le_bytes());
+        b[16..].copy_from_slice(&(batches_len as u32).to_le_bytes());
+        b
+    }
+
+    /// Appends the body.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&Self::prefix(
+            self.high_watermark,
+            self.start_offset,
+            self.batches.len(),
+        ));
+        out.extend_from_slice(self.batches);
+    }
+
+    /// Parses a body.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a truncated or over-long body.
+    pub fn decode(body: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let out = FetchResponse {
+            high_watermark: r.u64("high_watermark")?,
+            start_offset: r.u64("start_offset")?,
+            batches: r.bytes("batches")?,
+        };
+        r.finish()?;
+        Ok(out)
+    }
+}
+
+/// ListOffsets request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListOffsetsRequest<'a> {
+    /// Topic name.
+    pub topic: &'a str,
+    /// Partition number.
+    pub partition: u32,
+}
+
+impl<'a> ListOffsetsRequest<'a> {
+    /// Appends the body.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.put_str(self.topic);
+        out.put_u32(self.partition);
+    }
+
+    /// Parses a body.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a truncated or over-long body.
+    pub fn decode(body: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let out = ListOffsetsRequest {
+            topic: r.str("topic")?,
+            partition: r.u32("partition")?,
+        };
+        r.finish()?;
+        Ok(out)
+    }
+}
+
+/// ListOffsets response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListOffsetsResponse {
+    /// First offset still stored.
+    pub earliest: u64,
+    /// One past the last committed offset.
+    pub latest: u64,
+}
+
+impl ListOffsetsResponse {
+    /// Appends the body.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.put_u64(self.earliest);
+        out.put_u64(self.latest);
+    }
+
+    /// Parses a body.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a truncated or over-long body.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let out = ListOffsetsResponse {
+            earliest: r.u64("earliest")?,
+            latest: r.u64("latest")?,
+        };
+        r.finish()?;
+        Ok(out)
+    }
+}
+
+/// The body of every response whose error code is not `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorBody<'a> {
+    /// Human-readable detail.
+    pub message: &'a str,
+}
+
+impl<'a> ErrorBody<'a> {
+    /// Appends the body.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.put_str(self.message);
+    }
+
+    /// Parses a body; a body that does not parse yields an empty message,
+    /// since the error code alone already says what happened.
+    pub fn decode(body: &'a [u8]) -> Self {
+        let message = Reader::new(body).str("message").unwrap_or("");
+        ErrorBody { message }
+    }
+}
+
+/// Checks a topic name: 1-249 bytes of `[A-Za-z0-9._-]`, not `.` or `..`.
+///
+/// # Errors
+/// [`ErrorCode::InvalidTopicName`].
+pub fn check_topic_name(name: &str) -> Result<(), ErrorCode> {
+    let ok = !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ErrorCode::InvalidTopicName)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn produce_request_round_trips_with_its_batch() {
+        let req = ProduceRequest {
+            topic: "t",
+            partition: 3,
+            qos: Qos::All as u8,
+            timeout_ms: 5000,
+            batch: b"batchbytes",
+        };
+        let mut out = Vec::new();
+        req.encode(&mut out);
+        assert_eq!(ProduceRequest::decode(&out), Ok(req));
+    }
+
+    #[test]
+    fn metadata_round_trips() {
+        let resp = MetadataResponse {
+            topics: vec![TopicMetadata {
+                name: "orders".into(),
+                error_code: 0,
+                partitions: vec![PartitionMetadata {
+                    partition: 0,
+                    start_offset: 0,
+                    end_offset: 9,
+                }],
+            }],
+        };
+        let mut out = Vec::new();
+        resp.encode(&mut out);
+        assert_eq!(MetadataResponse::decode(&out), Ok(resp));
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut out = Vec::new();
+        ListOffsetsRequest {
+            topic: "a",
+            partition: 0,
+        }
+        .encode(&mut out);
+        out.push(0);
+        assert!(matches!(
+            ListOffsetsRequest::decode(&out),
+            Err(DecodeError::TrailingBytes { extra: 1 })
+        ));
+    }
+
+    #[test]
+    fn topic_names_are_checked() {
+        assert!(check_topic_name("orders.v1_x-2").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(250)] {
+            assert_eq!(
+                check_topic_name(bad),
+                Err(ErrorCode::InvalidTopicName),
+                "{bad}"
+            );
+        }
+    }
+}

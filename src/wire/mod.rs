@@ -1,0 +1,11 @@
+//! The wire protocol: frames, headers, message bodies, the record batch and
+//! error codes. Pure encoding and decoding: no IO, no threads.
+
+pub mod api;
+pub mod batch;
+pub mod codec;
+pub mod error;
+pub mod frame;
+
+pub use api::{ApiKey, Qos};
+pub use error::ErrorCode;
