@@ -1,3 +1,5 @@
 //! The journal: one append-only stream of record batches shared by every
 //! partition, addressed by byte position, split into preallocated segment
 //! files. No threads, no sockets.
+
+pub mod error;
