@@ -2,4 +2,5 @@
 //! partition, addressed by byte position, split into preallocated segment
 //! files. No threads, no sockets.
 
+pub mod append_log;
 pub mod error;
