@@ -4,3 +4,4 @@
 
 pub mod append_log;
 pub mod error;
+pub mod index;
