@@ -41,8 +41,7 @@ impl IndexEntry {
 pub type PartitionIndex = AppendLog<IndexEntry>;
 
 /// Anything the index searches can run over: the shared log, the writer's
-/// handle (which knows its own length without an
-/// atomic load), or a plain slice.
+/// handle (which knows its own length without an atomic load), or a slice.
 pub trait IndexEntries {
     /// Entries that may be read now.
     fn entry_count(&self) -> usize;
