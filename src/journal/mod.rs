@@ -3,5 +3,7 @@
 //! files. No threads, no sockets.
 
 pub mod append_log;
+pub mod checkpoint;
+pub mod dir;
 pub mod error;
 pub mod index;
