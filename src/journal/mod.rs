@@ -7,3 +7,4 @@ pub mod checkpoint;
 pub mod dir;
 pub mod error;
 pub mod index;
+pub mod lock;
