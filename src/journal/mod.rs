@@ -8,3 +8,4 @@ pub mod dir;
 pub mod error;
 pub mod index;
 pub mod lock;
+pub mod segment;
