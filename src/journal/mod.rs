@@ -8,4 +8,5 @@ pub mod dir;
 pub mod error;
 pub mod index;
 pub mod lock;
+pub mod scan;
 pub mod segment;
