@@ -4,6 +4,7 @@
 
 pub mod append_log;
 pub mod checkpoint;
+pub mod control;
 pub mod dir;
 pub mod error;
 pub mod index;
