@@ -43,7 +43,12 @@ pub struct Flusher {
 impl Flusher {
     /// A flusher for a journal whose segments are `files` and whose
     /// recovered topics are `topics`.
-    pub fn new(dir: PathBuf, files: &[SegmentFile], topics: Vec<TopicMeta>, checkpoint_interval: Duration) -> Flusher {
+    pub fn new(
+        dir: PathBuf,
+        files: &[SegmentFile],
+        topics: Vec<TopicMeta>,
+        checkpoint_interval: Duration,
+    ) -> Flusher {
         Flusher {
             dir,
             dirty: files.last().cloned().into_iter().collect(),
@@ -87,7 +92,12 @@ impl Flusher {
     ///
     /// # Errors
     /// The checkpoint write error.
-    pub fn maybe_checkpoint(&mut self, f: u64, now: Instant, force: bool) -> Result<bool, crate::journal::error::JournalError> {
+    pub fn maybe_checkpoint(
+        &mut self,
+        f: u64,
+        now: Instant,
+        force: bool,
+    ) -> Result<bool, crate::journal::error::JournalError> {
         let mut new_topic = false;
         while let Some((_, end)) = self.topics_pending.first() {
             if *end > f {
@@ -102,7 +112,12 @@ impl Flusher {
         if !(new_topic || due || (force && stale)) {
             return Ok(false);
         }
-        let next_topic_id = self.topics.iter().map(|t| t.id.saturating_add(1)).max().unwrap_or(0);
+        let next_topic_id = self
+            .topics
+            .iter()
+            .map(|t| t.id.saturating_add(1))
+            .max()
+            .unwrap_or(0);
         checkpoint::write(
             &self.dir,
             &Checkpoint {
@@ -149,7 +164,9 @@ pub fn run(shared: Arc<Shared>, mut flusher: Flusher, events: Receiver<FlusherEv
         let writer_done = shared.is_done(Stage::Writer) && w == shared.positions.written.get();
         let f = shared.positions.flushed.get();
         if let Err(e) = flusher.maybe_checkpoint(f, Instant::now(), writer_done) {
-            eprintln!("hutong: checkpoint write failed (recovery will verify more of the journal): {e}");
+            eprintln!(
+                "hutong: checkpoint write failed (recovery will verify more of the journal): {e}"
+            );
         }
         if writer_done && (f == w || shared.storage_failed.load(Ordering::Acquire)) {
             shared.mark_done(Stage::Flusher);

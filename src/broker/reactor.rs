@@ -12,8 +12,12 @@
 use super::ring::{MessageConsumer, MessageProducer, FLAG_COUNTED};
 use super::shared::{Shared, Stage};
 use crate::config::{Config, SMALL_REQUEST_BYTES_MAX};
-use crate::wire::api::{ApiVersions, ErrorBody, HandshakeRequest, HandshakeResponse, PROTOCOL_VERSION};
-use crate::wire::frame::{check_frame, finish_frame, RequestHeader, ResponseHeader, REQUEST_HEADER_LEN};
+use crate::wire::api::{
+    ApiVersions, ErrorBody, HandshakeRequest, HandshakeResponse, PROTOCOL_VERSION,
+};
+use crate::wire::frame::{
+    check_frame, finish_frame, RequestHeader, ResponseHeader, REQUEST_HEADER_LEN,
+};
 use crate::wire::{ApiKey, ErrorCode};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -118,7 +122,8 @@ impl Reactor {
         from_responder: MessageConsumer,
         from_reader: MessageConsumer,
     ) -> std::io::Result<Reactor> {
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
         Ok(Reactor {
             poll,
             listener: Some(listener),
@@ -144,7 +149,11 @@ impl Reactor {
         let mut events = Events::with_capacity(1024);
         let mut grace_until: Option<Instant> = None;
         loop {
-            let timeout = if grace_until.is_some() { Duration::from_millis(10) } else { Duration::from_millis(100) };
+            let timeout = if grace_until.is_some() {
+                Duration::from_millis(10)
+            } else {
+                Duration::from_millis(100)
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != ErrorKind::Interrupted {
                     self.shared.fail(format!("reactor poll failed: {e}"));
@@ -186,9 +195,11 @@ impl Reactor {
                     self.shared.reactor_drained.store(true, Ordering::Release);
                     self.shared.request_shutdown();
                 }
-                let stages_done = self.shared.is_done(Stage::Responder) && self.shared.is_done(Stage::Reader);
+                let stages_done =
+                    self.shared.is_done(Stage::Responder) && self.shared.is_done(Stage::Reader);
                 if stages_done && self.from_responder.is_empty() && self.from_reader.is_empty() {
-                    let until = *grace_until.get_or_insert_with(|| Instant::now() + SHUTDOWN_WRITE_GRACE);
+                    let until =
+                        *grace_until.get_or_insert_with(|| Instant::now() + SHUTDOWN_WRITE_GRACE);
                     let unsent = self.conns.iter().any(|(_, c)| c.pending_write() > 0);
                     if !unsent || Instant::now() >= until {
                         return;
@@ -200,26 +211,36 @@ impl Reactor {
 
     fn accept(&mut self) {
         loop {
-            let Some(listener) = &self.listener else { return };
+            let Some(listener) = &self.listener else {
+                return;
+            };
             match listener.accept() {
                 Ok((mut stream, peer)) => {
                     if self.conns.len() >= self.config.connections_max {
                         let mut frame = Vec::new();
-                        error_frame(&mut frame, 0, 0, ErrorCode::TooManyConnections, ErrorCode::TooManyConnections.message());
+                        error_frame(
+                            &mut frame,
+                            0,
+                            0,
+                            ErrorCode::TooManyConnections,
+                            ErrorCode::TooManyConnections.message(),
+                        );
                         // Best effort: a fresh socket's buffer takes a small frame.
                         let _ = stream.write(&frame);
-                        eprintln!("hutong: refused connection from {peer}: connection limit reached");
+                        eprintln!(
+                            "hutong: refused connection from {peer}: connection limit reached"
+                        );
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
                     self.next_generation = self.next_generation.wrapping_add(1);
                     let entry = self.conns.vacant_entry();
                     let key = entry.key();
-                    if let Err(e) = self
-                        .poll
-                        .registry()
-                        .register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)
-                    {
+                    if let Err(e) = self.poll.registry().register(
+                        &mut stream,
+                        Token(key),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
                         eprintln!("hutong: cannot register connection from {peer}: {e}");
                         continue;
                     }
@@ -255,7 +276,9 @@ impl Reactor {
 
     /// Reads and routes until `WouldBlock`, a full limit, or an error.
     fn read(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         if conn.paused || conn.close_after_write {
             return;
         }
@@ -317,7 +340,11 @@ impl Reactor {
 
     fn drain_completions(&mut self) {
         for from_reader in [false, true] {
-            let ring = if from_reader { &mut self.from_reader } else { &mut self.from_responder };
+            let ring = if from_reader {
+                &mut self.from_reader
+            } else {
+                &mut self.from_responder
+            };
             while let Some(m) = ring.peek() {
                 let key = (m.conn & 0xffff_ffff) as usize;
                 let generation = (m.conn >> 32) as u32;
@@ -343,7 +370,11 @@ impl Reactor {
                 ring.pop();
             }
         }
-        if self.shared.completion_ring_full.swap(false, Ordering::AcqRel) {
+        if self
+            .shared
+            .completion_ring_full
+            .swap(false, Ordering::AcqRel)
+        {
             self.shared.wake(Stage::Responder);
             self.shared.wake(Stage::Reader);
         }
@@ -364,7 +395,9 @@ impl Reactor {
 
     /// Writes queued responses until `WouldBlock`.
     fn flush(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         while conn.wpos < conn.wbuf.len() {
             match conn.stream.write(&conn.wbuf[conn.wpos..]) {
                 Ok(0) => break,
@@ -388,7 +421,9 @@ impl Reactor {
     }
 
     fn close_if_finished(&mut self, key: usize) {
-        let Some(conn) = self.conns.get(key) else { return };
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
         if !conn.finished() {
             return;
         }
@@ -425,7 +460,13 @@ fn make_room(conn: &mut Conn, frame_bytes_max: usize) {
 }
 
 /// Handles every whole frame buffered on `conn`.
-fn process_frames(conn: &mut Conn, key: usize, routes: &mut Routes, config: &Config, shared: &Shared) -> Stop {
+fn process_frames(
+    conn: &mut Conn,
+    key: usize,
+    routes: &mut Routes,
+    config: &Config,
+    shared: &Shared,
+) -> Stop {
     let id = conn.id(key);
     loop {
         let buf = &conn.rbuf[conn.rstart..conn.rend];
@@ -433,29 +474,57 @@ fn process_frames(conn: &mut Conn, key: usize, routes: &mut Routes, config: &Con
             Ok(Some(total)) => total,
             Ok(None) => return Stop::NeedBytes,
             Err(e) => {
-                let corr = if buf.len() >= 12 { u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) } else { 0 };
-                let api = if buf.len() >= 6 { u16::from_le_bytes([buf[4], buf[5]]) } else { 0 };
+                let corr = if buf.len() >= 12 {
+                    u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]])
+                } else {
+                    0
+                };
+                let api = if buf.len() >= 6 {
+                    u16::from_le_bytes([buf[4], buf[5]])
+                } else {
+                    0
+                };
                 eprintln!("hutong: closing connection from {}: {:?}", conn.peer, e);
                 let msg = match e {
-                    crate::wire::frame::FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge.message(),
-                    crate::wire::frame::FrameError::TooShort { .. } => "frame shorter than a request header",
+                    crate::wire::frame::FrameError::TooLarge { .. } => {
+                        ErrorCode::FrameTooLarge.message()
+                    }
+                    crate::wire::frame::FrameError::TooShort { .. } => {
+                        "frame shorter than a request header"
+                    }
                 };
                 error_frame(&mut conn.wbuf, corr, api, e.code(), msg);
                 conn.rstart = conn.rend;
                 return Stop::Close;
             }
         };
-        if conn.in_flight >= config.in_flight_per_connection_max || conn.pending_write() >= config.connection_write_bytes_max {
+        if conn.in_flight >= config.in_flight_per_connection_max
+            || conn.pending_write() >= config.connection_write_bytes_max
+        {
             return Stop::Blocked;
         }
         let frame = &conn.rbuf[conn.rstart..conn.rstart + total];
         let h = RequestHeader::parse(frame);
         match ApiKey::from_u16(h.api_key) {
-            None => error_frame(&mut conn.wbuf, h.correlation_id, h.api_key, ErrorCode::UnsupportedApi, ErrorCode::UnsupportedApi.message()),
+            None => error_frame(
+                &mut conn.wbuf,
+                h.correlation_id,
+                h.api_key,
+                ErrorCode::UnsupportedApi,
+                ErrorCode::UnsupportedApi.message(),
+            ),
             Some(api) if !(api.versions().0..=api.versions().1).contains(&h.api_version) => {
-                error_frame(&mut conn.wbuf, h.correlation_id, h.api_key, ErrorCode::UnsupportedVersion, ErrorCode::UnsupportedVersion.message())
+                error_frame(
+                    &mut conn.wbuf,
+                    h.correlation_id,
+                    h.api_key,
+                    ErrorCode::UnsupportedVersion,
+                    ErrorCode::UnsupportedVersion.message(),
+                )
             }
-            Some(ApiKey::Handshake) => handshake(&mut conn.wbuf, &h, &frame[REQUEST_HEADER_LEN..], config),
+            Some(ApiKey::Handshake) => {
+                handshake(&mut conn.wbuf, &h, &frame[REQUEST_HEADER_LEN..], config)
+            }
             Some(ApiKey::Ping) => {
                 let body = &frame[REQUEST_HEADER_LEN..];
                 let head = ResponseHeader {
@@ -467,7 +536,8 @@ fn process_frames(conn: &mut Conn, key: usize, routes: &mut Routes, config: &Con
                 conn.wbuf.extend_from_slice(body);
             }
             Some(ApiKey::Produce | ApiKey::CreateTopic) => {
-                let counted = !(h.api_key == ApiKey::Produce.as_u16() && produce_qos(frame) == Some(0));
+                let counted =
+                    !(h.api_key == ApiKey::Produce.as_u16() && produce_qos(frame) == Some(0));
                 let flags = if counted { FLAG_COUNTED } else { 0 };
                 if !routes.to_writer.push(id, flags, &[frame]) {
                     shared.request_ring_full.store(true, Ordering::Release);
@@ -479,7 +549,13 @@ fn process_frames(conn: &mut Conn, key: usize, routes: &mut Routes, config: &Con
             }
             Some(ApiKey::Fetch | ApiKey::Metadata | ApiKey::ListOffsets) => {
                 if total > SMALL_REQUEST_BYTES_MAX {
-                    error_frame(&mut conn.wbuf, h.correlation_id, h.api_key, ErrorCode::InvalidRequest, "request larger than 64 KiB");
+                    error_frame(
+                        &mut conn.wbuf,
+                        h.correlation_id,
+                        h.api_key,
+                        ErrorCode::InvalidRequest,
+                        "request larger than 64 KiB",
+                    );
                 } else {
                     if conn.reads_in_flight >= READS_IN_FLIGHT_MAX {
                         return Stop::Blocked;
@@ -510,11 +586,23 @@ fn handshake(out: &mut Vec<u8>, h: &RequestHeader, body: &[u8], config: &Config)
     let req = match HandshakeRequest::decode(body) {
         Ok(r) => r,
         Err(e) => {
-            return error_frame(out, h.correlation_id, h.api_key, ErrorCode::MalformedRequest, &e.to_string());
+            return error_frame(
+                out,
+                h.correlation_id,
+                h.api_key,
+                ErrorCode::MalformedRequest,
+                &e.to_string(),
+            );
         }
     };
     if !(req.min_version..=req.max_version).contains(&PROTOCOL_VERSION) {
-        return error_frame(out, h.correlation_id, h.api_key, ErrorCode::UnsupportedVersion, "this broker speaks protocol version 1 only");
+        return error_frame(
+            out,
+            h.correlation_id,
+            h.api_key,
+            ErrorCode::UnsupportedVersion,
+            "this broker speaks protocol version 1 only",
+        );
     }
     let start = out.len();
     ResponseHeader {
@@ -541,7 +629,13 @@ fn handshake(out: &mut Vec<u8>, h: &RequestHeader, body: &[u8], config: &Config)
 }
 
 /// Appends an error response frame to `out`.
-pub fn error_frame(out: &mut Vec<u8>, correlation_id: u32, api_key: u16, code: ErrorCode, message: &str) {
+pub fn error_frame(
+    out: &mut Vec<u8>,
+    correlation_id: u32,
+    api_key: u16,
+    code: ErrorCode,
+    message: &str,
+) {
     let start = out.len();
     ResponseHeader {
         correlation_id,

@@ -14,8 +14,8 @@ use crate::journal::checkpoint::TopicMeta;
 use crate::journal::index::{entries_below, locate, PartitionIndex};
 use crate::journal::log::SegmentFile;
 use crate::wire::api::{
-    ErrorBody, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, PartitionMetadata, TopicMetadata,
+    ErrorBody, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataRequest, MetadataResponse, PartitionMetadata, TopicMetadata,
 };
 use crate::wire::frame::{finish_frame, RequestHeader, ResponseHeader, REQUEST_HEADER_LEN};
 use crate::wire::{ApiKey, ErrorCode};
@@ -82,7 +82,11 @@ struct Available {
 
 impl Reader {
     /// A reader over `segments`, learning of new topics and segments from `events`.
-    pub fn new(segments: Vec<SegmentFile>, events: Receiver<ReaderEvent>, fetch_bytes_max: usize) -> Reader {
+    pub fn new(
+        segments: Vec<SegmentFile>,
+        events: Receiver<ReaderEvent>,
+        fetch_bytes_max: usize,
+    ) -> Reader {
         Reader {
             topics: Vec::new(),
             by_name: HashMap::new(),
@@ -129,12 +133,22 @@ impl Reader {
     /// # Errors
     /// [`RingFull`] when the answer does not fit in the ring now; the
     /// caller keeps the request and retries later.
-    pub fn handle(&mut self, conn: u64, flags: u32, frame: &[u8], committed: u64, now: Instant, out: &mut MessageProducer) -> Result<(), RingFull> {
+    pub fn handle(
+        &mut self,
+        conn: u64,
+        flags: u32,
+        frame: &[u8],
+        committed: u64,
+        now: Instant,
+        out: &mut MessageProducer,
+    ) -> Result<(), RingFull> {
         let h = RequestHeader::parse(frame);
         let body = &frame[REQUEST_HEADER_LEN..];
         let api = ApiKey::from_u16(h.api_key);
         let result = match api {
-            Some(ApiKey::Fetch) => return self.fetch(conn, flags, h.correlation_id, body, committed, now, out),
+            Some(ApiKey::Fetch) => {
+                return self.fetch(conn, flags, h.correlation_id, body, committed, now, out)
+            }
             Some(ApiKey::Metadata) => self.metadata(body, committed),
             Some(ApiKey::ListOffsets) => self.list_offsets(body, committed),
             _ => Err(ErrorCode::Internal),
@@ -143,7 +157,10 @@ impl Reader {
             Ok(()) => ErrorCode::None,
             Err(code) => {
                 self.out.clear();
-                ErrorBody { message: code.message() }.encode(&mut self.out);
+                ErrorBody {
+                    message: code.message(),
+                }
+                .encode(&mut self.out);
                 code
             }
         };
@@ -214,7 +231,16 @@ impl Reader {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn fetch(&mut self, conn: u64, flags: u32, correlation_id: u32, body: &[u8], committed: u64, now: Instant, out: &mut MessageProducer) -> Result<(), RingFull> {
+    fn fetch(
+        &mut self,
+        conn: u64,
+        flags: u32,
+        correlation_id: u32,
+        body: &[u8],
+        committed: u64,
+        now: Instant,
+        out: &mut MessageProducer,
+    ) -> Result<(), RingFull> {
         let parsed = self.parse_fetch(body, now);
         let w = match parsed {
             Ok((topic, partition, offset, max_bytes, min_bytes, deadline)) => WaitingFetch {
@@ -228,7 +254,9 @@ impl Reader {
                 min_bytes,
                 deadline,
             },
-            Err(code) => return self.answer_error(conn, flags, correlation_id, ApiKey::Fetch, code, out),
+            Err(code) => {
+                return self.answer_error(conn, flags, correlation_id, ApiKey::Fetch, code, out)
+            }
         };
         match self.try_answer(&w, committed, now, false, out) {
             Ok(true) => Ok(()),
@@ -240,7 +268,11 @@ impl Reader {
         }
     }
 
-    fn parse_fetch(&mut self, body: &[u8], now: Instant) -> Result<(usize, u32, u64, usize, usize, Instant), ErrorCode> {
+    fn parse_fetch(
+        &mut self,
+        body: &[u8],
+        now: Instant,
+    ) -> Result<(usize, u32, u64, usize, usize, Instant), ErrorCode> {
         let req = FetchRequest::decode(body).map_err(|_| ErrorCode::MalformedRequest)?;
         if req.max_wait_ms > FETCH_WAIT_MS_MAX {
             return Err(ErrorCode::InvalidTimeout);
@@ -265,7 +297,11 @@ impl Reader {
     fn available(&self, w: &WaitingFetch, committed: u64) -> Result<Available, ErrorCode> {
         let idx = &self.topics[w.topic].partitions[w.partition as usize];
         let n = entries_below(idx, idx.len(), committed);
-        let high_watermark = if n == 0 { 0 } else { entry(idx, n - 1).next_offset() };
+        let high_watermark = if n == 0 {
+            0
+        } else {
+            entry(idx, n - 1).next_offset()
+        };
         if w.offset > high_watermark {
             return Err(ErrorCode::OffsetOutOfRange);
         }
@@ -291,7 +327,14 @@ impl Reader {
 
     /// Answers `w` if it has enough data, its deadline passed, or `force`.
     /// Returns whether it was answered.
-    fn try_answer(&mut self, w: &WaitingFetch, committed: u64, now: Instant, force: bool, out: &mut MessageProducer) -> Result<bool, RingFull> {
+    fn try_answer(
+        &mut self,
+        w: &WaitingFetch,
+        committed: u64,
+        now: Instant,
+        force: bool,
+        out: &mut MessageProducer,
+    ) -> Result<bool, RingFull> {
         let avail = match self.available(w, committed) {
             Ok(a) => a,
             Err(code) => {
@@ -303,7 +346,9 @@ impl Reader {
         if !(enough || force || now >= w.deadline) {
             return Ok(false);
         }
-        let total = crate::wire::frame::RESPONSE_HEADER_LEN + crate::wire::api::FETCH_PREFIX_LEN + avail.bytes;
+        let total = crate::wire::frame::RESPONSE_HEADER_LEN
+            + crate::wire::api::FETCH_PREFIX_LEN
+            + avail.bytes;
         if !out.fits(total) {
             return Err(RingFull);
         }
@@ -311,7 +356,14 @@ impl Reader {
             Ok(()) => {}
             Err(e) => {
                 eprintln!("hutong: fetch read failed: {e}");
-                self.answer_error(w.conn, w.flags, w.correlation_id, ApiKey::Fetch, ErrorCode::StorageError, out)?;
+                self.answer_error(
+                    w.conn,
+                    w.flags,
+                    w.correlation_id,
+                    ApiKey::Fetch,
+                    ErrorCode::StorageError,
+                    out,
+                )?;
                 return Ok(true);
             }
         }
@@ -330,9 +382,16 @@ impl Reader {
             error_code: 0,
         };
         header.write(&mut self.out);
-        let start_offset = if idx.is_empty() { 0 } else { entry(&idx, 0).base_offset };
-        self.out
-            .extend_from_slice(&FetchResponse::prefix(avail.high_watermark, start_offset, avail.bytes));
+        let start_offset = if idx.is_empty() {
+            0
+        } else {
+            entry(&idx, 0).base_offset
+        };
+        self.out.extend_from_slice(&FetchResponse::prefix(
+            avail.high_watermark,
+            start_offset,
+            avail.bytes,
+        ));
         // Read runs of batches that are adjacent in the journal with one pread.
         let mut i = avail.first;
         while i < avail.last {
@@ -355,7 +414,9 @@ impl Reader {
         while start < end {
             let s = self.segments.partition_point(|f| f.0 <= start);
             if s == 0 {
-                return Err(std::io::Error::other(format!("no segment holds position {start}")));
+                return Err(std::io::Error::other(format!(
+                    "no segment holds position {start}"
+                )));
             }
             let (seg_start, file) = &self.segments[s - 1];
             let seg_end = self.segments.get(s).map(|f| f.0).unwrap_or(u64::MAX);
@@ -368,7 +429,15 @@ impl Reader {
         Ok(())
     }
 
-    fn answer_error(&mut self, conn: u64, flags: u32, correlation_id: u32, api: ApiKey, code: ErrorCode, out: &mut MessageProducer) -> Result<(), RingFull> {
+    fn answer_error(
+        &mut self,
+        conn: u64,
+        flags: u32,
+        correlation_id: u32,
+        api: ApiKey,
+        code: ErrorCode,
+        out: &mut MessageProducer,
+    ) -> Result<(), RingFull> {
         self.out.clear();
         ResponseHeader {
             correlation_id,
@@ -376,7 +445,10 @@ impl Reader {
             error_code: code.as_u16(),
         }
         .write(&mut self.out);
-        ErrorBody { message: code.message() }.encode(&mut self.out);
+        ErrorBody {
+            message: code.message(),
+        }
+        .encode(&mut self.out);
         finish_frame(&mut self.out, 0);
         if out.push(conn, flags & FLAG_COUNTED, &[&self.out]) {
             Ok(())
@@ -387,7 +459,13 @@ impl Reader {
 
     /// Answers every waiting fetch that can be answered now (all of them
     /// with `force`). Returns how many were answered.
-    pub fn recheck(&mut self, committed: u64, now: Instant, force: bool, out: &mut MessageProducer) -> Result<usize, RingFull> {
+    pub fn recheck(
+        &mut self,
+        committed: u64,
+        now: Instant,
+        force: bool,
+        out: &mut MessageProducer,
+    ) -> Result<usize, RingFull> {
         let mut answered = 0;
         let mut i = 0;
         while i < self.waiting.len() {
@@ -409,14 +487,19 @@ impl Reader {
 }
 
 fn entry(idx: &PartitionIndex, i: usize) -> crate::journal::index::IndexEntry {
-    *idx.get(i).expect("index entries below the published length exist")
+    *idx.get(i)
+        .expect("index entries below the published length exist")
 }
 
 /// Earliest stored offset and high watermark (one past the last committed
 /// offset) of a partition.
 fn offsets(idx: &PartitionIndex, committed: u64) -> (u64, u64) {
     let n = entries_below(idx, idx.len(), committed);
-    let hw = if n == 0 { 0 } else { entry(idx, n - 1).next_offset() };
+    let hw = if n == 0 {
+        0
+    } else {
+        entry(idx, n - 1).next_offset()
+    };
     let start = if n == 0 { 0 } else { entry(idx, 0).base_offset };
     (start, hw)
 }
@@ -425,7 +508,12 @@ fn offsets(idx: &PartitionIndex, committed: u64) -> (u64, u64) {
 const REQUESTS_PER_ROUND_MAX: usize = 256;
 
 /// The reader thread.
-pub fn run(shared: Arc<Shared>, mut reader: Reader, mut requests: MessageConsumer, mut out: MessageProducer) {
+pub fn run(
+    shared: Arc<Shared>,
+    mut reader: Reader,
+    mut requests: MessageConsumer,
+    mut out: MessageProducer,
+) {
     shared.register(Stage::Reader);
     let mut idle = Idle::new();
     let mut last_committed = u64::MAX;
@@ -440,7 +528,10 @@ pub fn run(shared: Arc<Shared>, mut reader: Reader, mut requests: MessageConsume
         while worked < REQUESTS_PER_ROUND_MAX {
             let Some(m) = requests.peek() else { break };
             let (conn, flags) = (m.conn, m.flags);
-            if reader.handle(conn, flags, m.payload, committed, now, &mut out).is_err() {
+            if reader
+                .handle(conn, flags, m.payload, committed, now, &mut out)
+                .is_err()
+            {
                 blocked = true;
                 break;
             }

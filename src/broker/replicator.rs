@@ -30,7 +30,10 @@ pub fn run(shared: Arc<Shared>) {
             idle.busy();
             continue;
         }
-        if shared.is_done(Stage::Flusher) && p.replicated.get() == p.written.get() && p.committed.get() == p.flushed.get() {
+        if shared.is_done(Stage::Flusher)
+            && p.replicated.get() == p.written.get()
+            && p.committed.get() == p.flushed.get()
+        {
             shared.mark_done(Stage::Replicator);
             return;
         }

@@ -46,7 +46,13 @@ pub struct Pending {
 
 impl Pending {
     /// An entry answered at once with `code`.
-    pub fn failed(conn: u64, correlation_id: u32, api: ApiKey, code: ErrorCode, counted: bool) -> Pending {
+    pub fn failed(
+        conn: u64,
+        correlation_id: u32,
+        api: ApiKey,
+        code: ErrorCode,
+        counted: bool,
+    ) -> Pending {
         Pending {
             conn,
             correlation_id,
@@ -156,7 +162,10 @@ impl Responder {
 
     /// Queues an entry. The caller checks [`Responder::has_room`] first.
     pub fn admit(&mut self, p: Pending) {
-        self.queues[queue_of(&p)].push_back(Slot { pending: p, done: false });
+        self.queues[queue_of(&p)].push_back(Slot {
+            pending: p,
+            done: false,
+        });
         self.len += 1;
     }
 
@@ -221,7 +230,10 @@ impl Responder {
         if code != ErrorCode::None {
             self.scratch.clear();
             header.write(&mut self.scratch);
-            ErrorBody { message: code.message() }.encode(&mut self.scratch);
+            ErrorBody {
+                message: code.message(),
+            }
+            .encode(&mut self.scratch);
             finish_frame(&mut self.scratch, 0);
             return out.push(p.conn, flags, &[&self.scratch]);
         }
@@ -240,7 +252,12 @@ impl Responder {
 
 /// The responder thread: pulls entries from the pending ring, answers them
 /// into the completion ring and wakes the reactor.
-pub fn run(shared: Arc<Shared>, mut pending: HeapCons<Pending>, mut out: MessageProducer, capacity: usize) {
+pub fn run(
+    shared: Arc<Shared>,
+    mut pending: HeapCons<Pending>,
+    mut out: MessageProducer,
+    capacity: usize,
+) {
     shared.register(Stage::Responder);
     let mut r = Responder::new(capacity);
     let mut idle = super::shared::Idle::new();
@@ -269,7 +286,10 @@ pub fn run(shared: Arc<Shared>, mut pending: HeapCons<Pending>, mut out: Message
         let upstream_done = shared.is_done(Stage::Replicator) && pending.is_empty();
         let fail_rest = if upstream_done {
             Some(ErrorCode::ShuttingDown)
-        } else if shared.storage_failed.load(std::sync::atomic::Ordering::Acquire) {
+        } else if shared
+            .storage_failed
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
             Some(ErrorCode::StorageError)
         } else {
             None
@@ -279,7 +299,9 @@ pub fn run(shared: Arc<Shared>, mut pending: HeapCons<Pending>, mut out: Message
             shared.wake_reactor();
         }
         if outcome == StepOutcome::RingFull {
-            shared.completion_ring_full.store(true, std::sync::atomic::Ordering::Release);
+            shared
+                .completion_ring_full
+                .store(true, std::sync::atomic::Ordering::Release);
             shared.wake_reactor();
         }
         if upstream_done && r.is_empty() {
@@ -289,7 +311,11 @@ pub fn run(shared: Arc<Shared>, mut pending: HeapCons<Pending>, mut out: Message
         if pulled > 0 || answered > 0 {
             idle.busy();
         } else {
-            let wait = if r.is_empty() { Duration::from_millis(100) } else { SWEEP_INTERVAL };
+            let wait = if r.is_empty() {
+                Duration::from_millis(100)
+            } else {
+                SWEEP_INTERVAL
+            };
             idle.wait(wait);
         }
     }
@@ -335,8 +361,10 @@ mod tests {
         r.admit(entry(2, Qos::Flushed, 100, later));
         r.admit(entry(3, Qos::Replicated, 100, later));
         r.admit(entry(4, Qos::All, 100, later));
-        let mut m = Marks::default();
-        m.written = 100;
+        let mut m = Marks {
+            written: 100,
+            ..Marks::default()
+        };
         r.step(m, Instant::now(), &mut out, None);
         assert_eq!(drain(&mut inp), vec![(1, 0)]);
         m.flushed = 100;
@@ -378,10 +406,21 @@ mod tests {
         let mut r = Responder::new(16);
         let later = Instant::now() + Duration::from_secs(60);
         r.admit(entry(1, Qos::All, 10, later));
-        r.admit(Pending::failed(1, 2, ApiKey::Produce, ErrorCode::UnknownTopic, true));
+        r.admit(Pending::failed(
+            1,
+            2,
+            ApiKey::Produce,
+            ErrorCode::UnknownTopic,
+            true,
+        ));
         r.step(Marks::default(), Instant::now(), &mut out, None);
         assert_eq!(drain(&mut inp), vec![(2, ErrorCode::UnknownTopic.as_u16())]);
-        r.step(Marks::default(), Instant::now(), &mut out, Some(ErrorCode::ShuttingDown));
+        r.step(
+            Marks::default(),
+            Instant::now(),
+            &mut out,
+            Some(ErrorCode::ShuttingDown),
+        );
         assert_eq!(drain(&mut inp), vec![(1, ErrorCode::ShuttingDown.as_u16())]);
     }
 

@@ -149,9 +149,10 @@ mod tests {
     #[test]
     fn messages_come_out_whole_and_in_order_across_wraparound() {
         let (mut p, mut c) = message_ring(100);
-        let mut expect = std::collections::VecDeque::new();
-        let mut next = 0u64;
+        let mut expect: std::collections::VecDeque<(u64, Vec<u8>)> =
+            std::collections::VecDeque::new();
         for round in 0..1000u64 {
+            let next = round;
             let len = (round % 37) as usize;
             let body: Vec<u8> = (0..len).map(|i| (i as u64 + round) as u8).collect();
             while !p.push(next, round as u32, &[&body[..len / 2], &body[len / 2..]]) {
@@ -162,7 +163,6 @@ mod tests {
                 c.pop();
             }
             expect.push_back((next, body));
-            next += 1;
         }
         while let Some(m) = c.peek() {
             let (conn, body) = expect.pop_front().unwrap();

@@ -21,7 +21,10 @@ impl Position {
     /// Publishes a new value (release: bytes below it were written first).
     /// Positions only grow.
     pub fn publish(&self, v: u64) {
-        debug_assert!(v >= self.0.load(Ordering::Relaxed), "positions are monotonic");
+        debug_assert!(
+            v >= self.0.load(Ordering::Relaxed),
+            "positions are monotonic"
+        );
         self.0.store(v, Ordering::Release);
     }
 }
@@ -134,7 +137,13 @@ impl Shared {
     pub fn request_shutdown(&self) {
         self.shutdown.store(true, Ordering::Release);
         self.wake_reactor();
-        for s in [Stage::Writer, Stage::Flusher, Stage::Replicator, Stage::Responder, Stage::Reader] {
+        for s in [
+            Stage::Writer,
+            Stage::Flusher,
+            Stage::Replicator,
+            Stage::Responder,
+            Stage::Reader,
+        ] {
             self.wake(s);
         }
     }
@@ -148,7 +157,13 @@ impl Shared {
     pub fn mark_done(&self, stage: Stage) {
         self.done[stage as usize].store(true, Ordering::Release);
         self.wake_reactor();
-        for s in [Stage::Writer, Stage::Flusher, Stage::Replicator, Stage::Responder, Stage::Reader] {
+        for s in [
+            Stage::Writer,
+            Stage::Flusher,
+            Stage::Replicator,
+            Stage::Responder,
+            Stage::Reader,
+        ] {
             self.wake(s);
         }
     }

@@ -5,11 +5,11 @@
 //! (assigning offsets), queues one [`Pending`] entry per request for the
 //! responder, and publishes W once per batch of requests.
 
+use super::flusher::FlusherEvent;
 use super::reader::ReaderEvent;
 use super::responder::Pending;
 use super::ring::MessageConsumer;
 use super::shared::{deadline_after, unix_ms, Idle, Shared, Stage};
-use super::flusher::FlusherEvent;
 use crate::config::{Config, PRODUCE_TIMEOUT_MS_MAX, PRODUCE_TIMEOUT_MS_MIN};
 use crate::journal::error::JournalError;
 use crate::journal::log::{Appended, Journal};
@@ -64,24 +64,41 @@ impl Writer {
     }
 
     /// Handles one request frame from connection `conn`.
-    pub fn handle(&mut self, conn: u64, counted: bool, frame: &[u8], now: Instant, now_ms: i64) -> Outcome {
+    pub fn handle(
+        &mut self,
+        conn: u64,
+        counted: bool,
+        frame: &[u8],
+        now: Instant,
+        now_ms: i64,
+    ) -> Outcome {
         let h = RequestHeader::parse(frame);
         let body = &frame[REQUEST_HEADER_LEN..];
-        let fail = |code| Some(Pending::failed(conn, h.correlation_id, api_of(h.api_key), code, counted));
+        let fail = |code| {
+            Some(Pending::failed(
+                conn,
+                h.correlation_id,
+                api_of(h.api_key),
+                code,
+                counted,
+            ))
+        };
         match ApiKey::from_u16(h.api_key) {
             Some(ApiKey::Produce) => match self.produce(body, now, now_ms) {
-                Ok((qos, appended, append_time_ms, deadline)) => (qos != Qos::None).then_some(Pending {
-                    conn,
-                    correlation_id: h.correlation_id,
-                    api: ApiKey::Produce,
-                    qos,
-                    end: appended.end,
-                    base_offset: appended.base_offset,
-                    append_time_ms,
-                    deadline,
-                    error: ErrorCode::None,
-                    counted,
-                }),
+                Ok((qos, appended, append_time_ms, deadline)) => {
+                    (qos != Qos::None).then_some(Pending {
+                        conn,
+                        correlation_id: h.correlation_id,
+                        api: ApiKey::Produce,
+                        qos,
+                        end: appended.end,
+                        base_offset: appended.base_offset,
+                        append_time_ms,
+                        deadline,
+                        error: ErrorCode::None,
+                        counted,
+                    })
+                }
                 Err(code) => fail(code),
             },
             Some(ApiKey::CreateTopic) => match self.create_topic(body, now_ms) {
@@ -104,7 +121,12 @@ impl Writer {
         }
     }
 
-    fn produce(&mut self, body: &[u8], now: Instant, now_ms: i64) -> Result<(Qos, Appended, i64, Instant), ErrorCode> {
+    fn produce(
+        &mut self,
+        body: &[u8],
+        now: Instant,
+        now_ms: i64,
+    ) -> Result<(Qos, Appended, i64, Instant), ErrorCode> {
         let req = ProduceRequest::decode(body).map_err(|_| ErrorCode::MalformedRequest)?;
         let qos = Qos::from_u8(req.qos).ok_or(ErrorCode::InvalidQos)?;
         if !(PRODUCE_TIMEOUT_MS_MIN..=PRODUCE_TIMEOUT_MS_MAX).contains(&req.timeout_ms) {
@@ -117,7 +139,8 @@ impl Writer {
             Some(slot) => slot,
             None if self.config.auto_create_topics => {
                 check_topic_name(req.topic)?;
-                self.add_topic(req.topic, self.config.auto_create_partitions, now_ms)?.1
+                self.add_topic(req.topic, self.config.auto_create_partitions, now_ms)?
+                    .1
             }
             None => return Err(ErrorCode::UnknownTopic),
         };
@@ -133,7 +156,12 @@ impl Writer {
             .append_data(slot, req.partition, req.batch, count, self.term, now_ms)
             .map_err(storage_code)?;
         self.announce_roll(&appended);
-        Ok((qos, appended, now_ms, deadline_after(now, req.timeout_ms as u64)))
+        Ok((
+            qos,
+            appended,
+            now_ms,
+            deadline_after(now, req.timeout_ms as u64),
+        ))
     }
 
     fn create_topic(&mut self, body: &[u8], now_ms: i64) -> Result<Appended, ErrorCode> {
@@ -148,7 +176,12 @@ impl Writer {
         Ok(self.add_topic(req.name, req.partitions, now_ms)?.0)
     }
 
-    fn add_topic(&mut self, name: &str, partitions: u32, now_ms: i64) -> Result<(Appended, usize), ErrorCode> {
+    fn add_topic(
+        &mut self,
+        name: &str,
+        partitions: u32,
+        now_ms: i64,
+    ) -> Result<(Appended, usize), ErrorCode> {
         let catalog = self.journal.catalog();
         if catalog.len() >= self.config.topics_max
             || catalog.partition_count() + partitions as usize > self.config.partitions_max
@@ -176,7 +209,9 @@ impl Writer {
 
     fn announce_roll(&self, appended: &Appended) {
         if let Some(file) = &appended.rolled {
-            let _ = self.flusher_events.send(FlusherEvent::Segment(file.clone()));
+            let _ = self
+                .flusher_events
+                .send(FlusherEvent::Segment(file.clone()));
             let _ = self.reader_events.send(ReaderEvent::Segment(file.clone()));
         }
     }
@@ -198,7 +233,12 @@ fn storage_code(e: JournalError) -> ErrorCode {
 
 /// The writer thread: drains the request ring in rounds, publishes W after
 /// each round and wakes the stages downstream.
-pub fn run(shared: Arc<Shared>, mut writer: Writer, mut requests: MessageConsumer, mut pending: HeapProd<Pending>) {
+pub fn run(
+    shared: Arc<Shared>,
+    mut writer: Writer,
+    mut requests: MessageConsumer,
+    mut pending: HeapProd<Pending>,
+) {
     shared.register(Stage::Writer);
     let mut idle = Idle::new();
     loop {
@@ -225,13 +265,20 @@ pub fn run(shared: Arc<Shared>, mut writer: Writer, mut requests: MessageConsume
             if queued > 0 {
                 shared.wake(Stage::Responder);
             }
-            if shared.request_ring_full.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            if shared
+                .request_ring_full
+                .swap(false, std::sync::atomic::Ordering::AcqRel)
+            {
                 shared.wake_reactor();
             }
             idle.busy();
             continue;
         }
-        if shared.reactor_drained.load(std::sync::atomic::Ordering::Acquire) && requests.is_empty() {
+        if shared
+            .reactor_drained
+            .load(std::sync::atomic::Ordering::Acquire)
+            && requests.is_empty()
+        {
             shared.mark_done(Stage::Writer);
             return;
         }

@@ -27,7 +27,10 @@ pub struct Topic {
 impl Topic {
     /// Read handles on every partition index, for the reader stage.
     pub fn index_handles(&self) -> Vec<Arc<PartitionIndex>> {
-        self.partitions.iter().map(|p| p.index.log().clone()).collect()
+        self.partitions
+            .iter()
+            .map(|p| p.index.log().clone())
+            .collect()
     }
 }
 

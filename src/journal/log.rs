@@ -78,7 +78,9 @@ impl Journal {
         let cp = match checkpoint::read(dir) {
             Ok(cp) => cp.unwrap_or_default(),
             Err(e) => {
-                eprintln!("hutong: ignoring unreadable checkpoint, verifying the whole journal: {e}");
+                eprintln!(
+                    "hutong: ignoring unreadable checkpoint, verifying the whole journal: {e}"
+                );
                 checkpoint::Checkpoint::default()
             }
         };
@@ -252,7 +254,13 @@ impl Journal {
     ///
     /// # Errors
     /// [`JournalError::StorageFull`] when a new segment cannot be allocated.
-    pub fn create_topic(&mut self, name: &str, partitions: u32, term: u64, now_ms: i64) -> Result<(Appended, usize), JournalError> {
+    pub fn create_topic(
+        &mut self,
+        name: &str,
+        partitions: u32,
+        term: u64,
+        now_ms: i64,
+    ) -> Result<(Appended, usize), JournalError> {
         let meta = TopicMeta {
             id: self.catalog.next_topic_id(),
             name: name.to_string(),
@@ -320,16 +328,22 @@ fn apply_batch(catalog: &mut Catalog, position: u64, batch: &[u8]) -> Result<(),
     let view = BatchView(batch);
     match view.kind() {
         Some(BatchKind::Control) => match control::decode(batch).map_err(|e| e.to_string())? {
-            Control::CreateTopic { id, name, partitions } => {
-                match catalog.lookup(&name) {
-                    Some(slot) if catalog.topic(slot).meta.id == id => Ok(()),
-                    Some(_) => Err(format!("topic {name} re-created with another id")),
-                    None => {
-                        catalog.add(TopicMeta { id, name, partitions });
-                        Ok(())
-                    }
+            Control::CreateTopic {
+                id,
+                name,
+                partitions,
+            } => match catalog.lookup(&name) {
+                Some(slot) if catalog.topic(slot).meta.id == id => Ok(()),
+                Some(_) => Err(format!("topic {name} re-created with another id")),
+                None => {
+                    catalog.add(TopicMeta {
+                        id,
+                        name,
+                        partitions,
+                    });
+                    Ok(())
                 }
-            }
+            },
         },
         Some(BatchKind::Data) => {
             let slot = catalog

@@ -3,11 +3,13 @@
 //! files. No threads, no sockets.
 
 pub mod append_log;
+pub mod catalog;
 pub mod checkpoint;
 pub mod control;
 pub mod dir;
 pub mod error;
 pub mod index;
 pub mod lock;
+pub mod log;
 pub mod scan;
 pub mod segment;
