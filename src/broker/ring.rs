@@ -35,17 +35,35 @@ impl MessageProducer {
     /// pushes nothing) when the ring lacks room.
     pub fn push(&mut self, conn: u64, flags: u32, parts: &[&[u8]]) -> bool {
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        if self.prod.vacant_len() < RING_ENVELOPE_BYTES + len {
+        let total = RING_ENVELOPE_BYTES + len;
+        if self.prod.vacant_len() < total {
             return false;
         }
         let mut env = [0u8; RING_ENVELOPE_BYTES];
         env[..4].copy_from_slice(&(len as u32).to_le_bytes());
         env[4..8].copy_from_slice(&flags.to_le_bytes());
         env[8..].copy_from_slice(&conn.to_le_bytes());
-        self.prod.push_slice(&env);
-        for p in parts {
-            self.prod.push_slice(p);
+        // Copy every part into the free space first and publish the write
+        // index once at the end, so the consumer never sees a message
+        // before all of its bytes are there.
+        let (a, b) = self.prod.vacant_slices_mut();
+        let mut at = 0;
+        for part in std::iter::once(&env[..]).chain(parts.iter().copied()) {
+            let mut src = part;
+            while !src.is_empty() {
+                let (dst, off) = if at < a.len() { (&mut a[at..], 0) } else { (&mut b[at - a.len()..], 0) };
+                let n = src.len().min(dst.len() - off);
+                // SAFETY: `dst` is vacant ring space of at least `n` bytes
+                // (vacant_len >= total was checked), `src` is a separate
+                // slice, and u8 has no invalid bit patterns.
+                unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr().cast::<u8>(), n) };
+                at += n;
+                src = &src[n..];
+            }
         }
+        debug_assert_eq!(at, total);
+        // SAFETY: the `total` bytes after the write index were initialised above.
+        unsafe { self.prod.advance_write_index(total) };
         true
     }
 
