@@ -360,7 +360,11 @@ mod tests {
     fn reader_on_another_thread_sees_every_published_element() {
         const N: u64 = 1_000_000;
         let (mut w, r) = append_log::<u64>();
+        // Both threads start together so the reader really races the writer.
+        let start = Arc::new(std::sync::Barrier::new(2));
+        let reader_start = Arc::clone(&start);
         let reader = std::thread::spawn(move || {
+            reader_start.wait();
             let mut seen = 0usize;
             let mut last_len = 0usize;
             while seen < N as usize {
@@ -379,8 +383,13 @@ mod tests {
             }
             seen
         });
+        start.wait();
         for i in 0..N {
             w.push(i);
+            // Give a reader on the same core a chance to run mid-stream.
+            if i % 65_536 == 0 {
+                std::thread::yield_now();
+            }
         }
         assert_eq!(reader.join().unwrap(), N as usize);
     }

@@ -63,7 +63,7 @@ pub struct Checkpoint {
 ///
 /// # Panics
 /// When a topic name is longer than [`TOPIC_NAME_BYTES_MAX`]; names are
-/// validated long before they reach a checkpoint, and [`write`] checks
+/// validated long before they reach a checkpoint, and [`write()`] checks
 /// first so the broker never gets here with one.
 pub fn encode(cp: &Checkpoint) -> Vec<u8> {
     let mut out = Vec::with_capacity(

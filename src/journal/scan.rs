@@ -55,8 +55,7 @@ pub fn header_crc_ok(batch: &[u8]) -> bool {
 /// `start_pos` is the journal position of `bytes[0]`. Batches that end at
 /// or below `verify_from` (they lie below a checkpoint, which was written
 /// only after they were durable and checked) get only a header-checksum
-/// and length check; later ones get the full
-/// [`check_stored_batch`](crate::wire::batch::check_stored_batch), both
+/// and length check; later ones get the full [`check_stored_batch`], both
 /// checksums and the record layout. A batch straddling `verify_from` is
 /// checked fully, so a `verify_from` that is not a batch boundary errs on
 /// the safe side.
