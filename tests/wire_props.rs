@@ -741,6 +741,24 @@ fn doc_example_fetch_response() -> Vec<u8> {
     response_frame(8, ApiKey::Fetch, &body)
 }
 
+/// An error response: a Produce (correlation id 9) to a topic that does not exist.
+fn doc_example_error_response() -> Vec<u8> {
+    let mut body = Vec::new();
+    ErrorBody {
+        message: ErrorCode::UnknownTopic.message(),
+    }
+    .encode(&mut body);
+    let mut frame = ResponseHeader {
+        correlation_id: 9,
+        api_key: ApiKey::Produce.as_u16(),
+        error_code: ErrorCode::UnknownTopic.as_u16(),
+    }
+    .to_bytes(body.len())
+    .to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
 fn response_frame(correlation_id: u32, api_key: ApiKey, body: &[u8]) -> Vec<u8> {
     let mut frame = ResponseHeader {
         correlation_id,
@@ -758,11 +776,13 @@ fn protocol_doc_example_matches_the_codecs() {
     let produce = doc_example_produce_frame();
     let produced = doc_example_produce_response();
     let fetched = doc_example_fetch_response();
+    let failed = doc_example_error_response();
     if std::env::var_os("HUTONG_PRINT_DOC_EXAMPLE").is_some() {
         for (name, f) in [
             ("produce", &produce),
             ("produced", &produced),
             ("fetched", &fetched),
+            ("failed", &failed),
         ] {
             println!("{name} ({} bytes): {}", f.len(), hex(f));
         }
@@ -770,6 +790,7 @@ fn protocol_doc_example_matches_the_codecs() {
     assert_eq!(hex(&produce), DOC_EXAMPLE_PRODUCE_REQUEST_HEX);
     assert_eq!(hex(&produced), DOC_EXAMPLE_PRODUCE_RESPONSE_HEX);
     assert_eq!(hex(&fetched), DOC_EXAMPLE_FETCH_RESPONSE_HEX);
+    assert_eq!(hex(&failed), DOC_EXAMPLE_ERROR_RESPONSE_HEX);
 
     // The example decodes as the document says.
     assert_eq!(
@@ -782,6 +803,36 @@ fn protocol_doc_example_matches_the_codecs() {
     assert_eq!(check_stored_batch(resp.batches), Ok(BatchKind::Data));
     let rec = records(resp.batches).next().unwrap();
     assert_eq!((rec.offset, rec.timestamp_ms), (42, 1_700_000_000_000));
+
+    // The hex dumps in the document are these very frames, in this order.
+    assert_eq!(
+        doc_hex_dumps(),
+        vec![hex(&produce), hex(&produced), hex(&fetched), hex(&failed)]
+    );
+}
+
+/// The hex dumps of docs/protocol.md: blocks of lines formatted as
+/// `0000  9a 00 00 00 ...  |ascii|`, each returned as one hex string.
+fn doc_hex_dumps() -> Vec<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md");
+    let doc = std::fs::read_to_string(path).expect("docs/protocol.md is readable");
+    let mut dumps = Vec::new();
+    let mut current: Option<String> = None;
+    for line in doc.lines() {
+        let is_dump_line = line.len() > 6
+            && line.as_bytes()[..4].iter().all(u8::is_ascii_hexdigit)
+            && line[4..].starts_with("  ");
+        if is_dump_line {
+            let bytes = line[6..].split("  |").next().unwrap_or("");
+            current
+                .get_or_insert_with(String::new)
+                .extend(bytes.split_whitespace());
+        } else if let Some(dump) = current.take() {
+            dumps.push(dump);
+        }
+    }
+    dumps.extend(current);
+    dumps
 }
 
 const DOC_EXAMPLE_PRODUCE_REQUEST_HEX: &str = concat!(
@@ -815,4 +866,11 @@ const DOC_EXAMPLE_FETCH_RESPONSE_HEX: &str = concat!(
     "0100000001000000000000000068e5cf8b0100000068e5cf8b01000000000000000000000000000000000000",
     // one record (unchanged)
     "2100000000000000020000006b310500000068656c6c6f0100030073726303000000636c69",
+);
+
+const DOC_EXAMPLE_ERROR_RESPONSE_HEX: &str = concat!(
+    // response header with error code 6 (UnknownTopic)
+    "170000000900000004000600",
+    // error body: the message "unknown topic"
+    "0d00756e6b6e6f776e20746f706963",
 );
