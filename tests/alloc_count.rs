@@ -7,7 +7,9 @@ use hutong::broker::Broker;
 use hutong::config::Config;
 use hutong::wire::api::ProduceRequest;
 use hutong::wire::batch::BatchBuilder;
-use hutong::wire::frame::{check_frame, finish_frame, RequestHeader, ResponseHeader, RESPONSE_HEADER_LEN};
+use hutong::wire::frame::{
+    check_frame, finish_frame, RequestHeader, ResponseHeader, RESPONSE_HEADER_LEN,
+};
 use hutong::wire::{ApiKey, Qos};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -141,7 +143,10 @@ fn writer_and_responder_allocate_nothing_per_message() {
             // The only growth allowed is the partition index doubling its
             // bucket array (a handful of allocations, logarithmic in the
             // number of batches), never one per message or per request.
-            assert!(delta <= 4, "{name} made {delta} allocations for 100,000 messages at {qos:?}");
+            assert!(
+                delta <= 4,
+                "{name} made {delta} allocations for 100,000 messages at {qos:?}"
+            );
         }
     }
     broker.shutdown_handle().shutdown();

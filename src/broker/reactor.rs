@@ -522,6 +522,13 @@ fn process_frames(
                     ErrorCode::UnsupportedVersion.message(),
                 )
             }
+            Some(api) if api != ApiKey::Produce && total > SMALL_REQUEST_BYTES_MAX => error_frame(
+                &mut conn.wbuf,
+                h.correlation_id,
+                h.api_key,
+                ErrorCode::FrameTooLarge,
+                "requests other than Produce are limited to 64 KiB",
+            ),
             Some(ApiKey::Handshake) => {
                 handshake(&mut conn.wbuf, &h, &frame[REQUEST_HEADER_LEN..], config)
             }
@@ -548,27 +555,17 @@ fn process_frames(
                 conn.in_flight += counted as usize;
             }
             Some(ApiKey::Fetch | ApiKey::Metadata | ApiKey::ListOffsets) => {
-                if total > SMALL_REQUEST_BYTES_MAX {
-                    error_frame(
-                        &mut conn.wbuf,
-                        h.correlation_id,
-                        h.api_key,
-                        ErrorCode::InvalidRequest,
-                        "request larger than 64 KiB",
-                    );
-                } else {
-                    if conn.reads_in_flight >= READS_IN_FLIGHT_MAX {
-                        return Stop::Blocked;
-                    }
-                    if !routes.to_reader.push(id, FLAG_COUNTED, &[frame]) {
-                        shared.read_ring_full.store(true, Ordering::Release);
-                        routes.pushed_reader = true;
-                        return Stop::Blocked;
-                    }
-                    routes.pushed_reader = true;
-                    conn.in_flight += 1;
-                    conn.reads_in_flight += 1;
+                if conn.reads_in_flight >= READS_IN_FLIGHT_MAX {
+                    return Stop::Blocked;
                 }
+                if !routes.to_reader.push(id, FLAG_COUNTED, &[frame]) {
+                    shared.read_ring_full.store(true, Ordering::Release);
+                    routes.pushed_reader = true;
+                    return Stop::Blocked;
+                }
+                routes.pushed_reader = true;
+                conn.in_flight += 1;
+                conn.reads_in_flight += 1;
             }
         }
         conn.rstart += total;

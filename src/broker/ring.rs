@@ -51,12 +51,18 @@ impl MessageProducer {
         for part in std::iter::once(&env[..]).chain(parts.iter().copied()) {
             let mut src = part;
             while !src.is_empty() {
-                let (dst, off) = if at < a.len() { (&mut a[at..], 0) } else { (&mut b[at - a.len()..], 0) };
+                let (dst, off) = if at < a.len() {
+                    (&mut a[at..], 0)
+                } else {
+                    (&mut b[at - a.len()..], 0)
+                };
                 let n = src.len().min(dst.len() - off);
                 // SAFETY: `dst` is vacant ring space of at least `n` bytes
                 // (vacant_len >= total was checked), `src` is a separate
                 // slice, and u8 has no invalid bit patterns.
-                unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr().cast::<u8>(), n) };
+                unsafe {
+                    std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr().cast::<u8>(), n)
+                };
                 at += n;
                 src = &src[n..];
             }
