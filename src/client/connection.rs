@@ -223,7 +223,8 @@ struct Shared {
     closed: AtomicBool,
     close_reason: Mutex<Option<CloseReason>>,
     unsolicited_errors: AtomicU64,
-    last_unsolicited: Mutex<Option<ClientError>>,
+    /// The first unsolicited error since the last `take_unsolicited_error`.
+    first_unsolicited: Mutex<Option<ClientError>>,
 }
 
 impl Shared {
@@ -251,7 +252,7 @@ impl Shared {
             closed: AtomicBool::new(false),
             close_reason: Mutex::new(None),
             unsolicited_errors: AtomicU64::new(0),
-            last_unsolicited: Mutex::new(None),
+            first_unsolicited: Mutex::new(None),
         }
     }
 
@@ -316,8 +317,8 @@ impl Shared {
     /// errors are sent for those) or to a request whose waiter is gone.
     fn unsolicited(&self, header: &ResponseHeader, body: &[u8]) {
         if header.error_code != 0 {
-            *lock(&self.last_unsolicited) =
-                Some(ClientError::from_response(header.error_code, body));
+            lock(&self.first_unsolicited)
+                .get_or_insert_with(|| ClientError::from_response(header.error_code, body));
             self.unsolicited_errors.fetch_add(1, Ordering::Release);
         }
     }
@@ -835,11 +836,10 @@ impl Connection {
         self.shared.unsolicited_errors.load(Ordering::Acquire)
     }
 
-    /// The latest of the errors counted by [`Connection::unsolicited_errors`].
-    pub fn last_unsolicited_error(&self) -> Option<ClientError> {
-        lock(&self.shared.last_unsolicited)
-            .as_ref()
-            .map(ClientError::duplicate)
+    /// Takes the first of the errors counted by
+    /// [`Connection::unsolicited_errors`] since the previous take.
+    pub fn take_unsolicited_error(&self) -> Option<ClientError> {
+        lock(&self.shared.first_unsolicited).take()
     }
 }
 
@@ -1199,8 +1199,9 @@ mod tests {
             .wait_timeout(BOUND)
             .unwrap();
         assert_eq!(conn.unsolicited_errors(), 1);
-        let last = conn.last_unsolicited_error().unwrap();
-        assert_eq!(last.code(), Some(ErrorCode::UnknownTopic));
+        let first = conn.take_unsolicited_error().unwrap();
+        assert_eq!(first.code(), Some(ErrorCode::UnknownTopic));
+        assert!(conn.take_unsolicited_error().is_none());
         drop(conn);
         broker.join();
     }
