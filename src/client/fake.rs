@@ -98,6 +98,19 @@ impl FakeConn {
         }
     }
 
+    /// True when request bytes are buffered or arrive within `wait`.
+    pub fn request_arrives_within(&mut self, wait: Duration) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        self.stream.set_read_timeout(Some(wait)).expect("timeout");
+        let arrived = matches!(self.stream.peek(&mut [0u8; 1]), Ok(n) if n > 0);
+        self.stream
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .expect("timeout");
+        arrived
+    }
+
     /// Answers `req` with `error_code` and `body`.
     pub fn reply(&mut self, req: &Request, error_code: u16, body: &[u8]) {
         self.reply_raw(
