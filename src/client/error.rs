@@ -9,7 +9,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ClientError {
     /// The socket failed.
-    #[error("io: {0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// The connection is closed (by the broker, by a failed write, or
     /// because the [`Connection`](super::Connection) was dropped).
@@ -26,7 +26,7 @@ pub enum ClientError {
     },
     /// A response body could not be decoded.
     #[error("cannot decode response: {0}")]
-    Decode(#[from] DecodeError),
+    Decode(DecodeError),
     /// No response arrived within the time the caller allowed.
     #[error("timed out waiting for the response")]
     Timeout,
@@ -44,6 +44,14 @@ pub enum ClientError {
         /// The broker's limit from the handshake.
         max: usize,
     },
+}
+
+// Not `#[from]`: that would also make the decode error the `source`, and
+// error reports that print the chain would say it twice.
+impl From<DecodeError> for ClientError {
+    fn from(e: DecodeError) -> ClientError {
+        ClientError::Decode(e)
+    }
 }
 
 impl ClientError {
