@@ -191,7 +191,7 @@ pub struct Idle {
 
 /// Spins before parking; kept short because busy-spinning a core is a bug
 /// on 2-core machines.
-const SPIN_ROUNDS: u32 = 16;
+const SPIN_ROUNDS: u32 = 100;
 
 impl Idle {
     /// A fresh idle state.
