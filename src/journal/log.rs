@@ -136,10 +136,15 @@ impl Journal {
             }
         }
         if end < cp.position {
-            return Err(JournalError::Corrupt(format!(
-                "the checkpoint says data up to position {} is durable but the journal ends at {end}",
-                cp.position
-            )));
+            // Durable data of the last segment was damaged while the broker
+            // was down (a torn write never reaches a checkpoint). It was cut
+            // above, because everything before it is still good; say loudly
+            // what was lost.
+            eprintln!(
+                "hutong: WARNING: the checkpoint recorded {} bytes as durable but only {end} survive                  recovery; {} bytes of the last segment were damaged and cut",
+                cp.position,
+                cp.position - end
+            );
         }
         let active = match active {
             Some(seg) => seg,
