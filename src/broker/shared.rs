@@ -133,9 +133,9 @@ impl Shared {
         }
     }
 
-    /// Asks every stage to shut down.
-    pub fn request_shutdown(&self) {
-        self.shutdown.store(true, Ordering::Release);
+    /// Wakes the reactor and every stage, so each re-reads the shutdown
+    /// state.
+    fn wake_all(&self) {
         self.wake_reactor();
         for s in [
             Stage::Writer,
@@ -146,6 +146,12 @@ impl Shared {
         ] {
             self.wake(s);
         }
+    }
+
+    /// Asks every stage to shut down.
+    pub fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::Release);
+        self.wake_all();
     }
 
     /// True once shutdown was requested.
@@ -156,16 +162,7 @@ impl Shared {
     /// Marks a stage as finished with its shutdown work, and wakes the rest.
     pub fn mark_done(&self, stage: Stage) {
         self.done[stage as usize].store(true, Ordering::Release);
-        self.wake_reactor();
-        for s in [
-            Stage::Writer,
-            Stage::Flusher,
-            Stage::Replicator,
-            Stage::Responder,
-            Stage::Reader,
-        ] {
-            self.wake(s);
-        }
+        self.wake_all();
     }
 
     /// True once `stage` has finished its shutdown work.
