@@ -184,6 +184,7 @@ impl Shared {
 /// arrive (cheap on latency), then a park (cheap on a 2-core machine).
 pub struct Idle {
     spins: u32,
+    spin_rounds: u32,
 }
 
 /// Spins before parking; kept short because busy-spinning a core is a bug
@@ -191,9 +192,18 @@ pub struct Idle {
 const SPIN_ROUNDS: u32 = 100;
 
 impl Idle {
-    /// A fresh idle state.
+    /// A fresh idle state with the default spin.
     pub fn new() -> Idle {
-        Idle { spins: 0 }
+        Idle::with_spin_rounds(SPIN_ROUNDS)
+    }
+
+    /// A fresh idle state that spins `spin_rounds` rounds before parking
+    /// (0: park at once, for relays whose wake-up is not on the latency path).
+    pub fn with_spin_rounds(spin_rounds: u32) -> Idle {
+        Idle {
+            spins: 0,
+            spin_rounds,
+        }
     }
 
     /// Call after a round that did work.
@@ -204,7 +214,7 @@ impl Idle {
     /// Call after a round that found nothing to do: spins a little, then
     /// parks for at most `max_wait`.
     pub fn wait(&mut self, max_wait: Duration) {
-        if self.spins < SPIN_ROUNDS {
+        if self.spins < self.spin_rounds {
             self.spins += 1;
             for _ in 0..64 {
                 std::hint::spin_loop();
