@@ -35,7 +35,7 @@ pub enum BrokerError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     /// Opening or recovering the journal failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Journal(#[from] crate::journal::error::JournalError),
     /// Binding the listen address failed.
     #[error("cannot listen on {addr}: {source}")]

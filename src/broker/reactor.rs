@@ -539,7 +539,7 @@ fn process_frames(
                 } else {
                     0
                 };
-                let api = if buf.len() >= 6 {
+                let api = if buf.len() >= 12 {
                     u16::from_le_bytes([buf[4], buf[5]])
                 } else {
                     0
