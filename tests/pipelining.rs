@@ -1,0 +1,140 @@
+//! Full duplex: many requests in flight on one connection, each answered
+//! once under its own correlation id, in the order the broker appended them.
+
+mod common;
+
+use common::{bounded, read_partition, BrokerProc, RawConn, TestDir};
+use hutong::client::connection::ConnectionConfig;
+use hutong::client::Connection;
+use hutong::wire::api::{ProduceRequest, ProduceResponse};
+use hutong::wire::batch::BatchBuilder;
+use hutong::wire::{ApiKey, ErrorCode, Qos};
+use std::collections::HashSet;
+use std::io::Write;
+use std::time::Duration;
+
+const REQUESTS: u32 = 10_000;
+
+fn one_record_batch(b: &mut BatchBuilder, i: u32) -> &[u8] {
+    b.clear();
+    b.push(common::now_ms(), b"", format!("m{i}").as_bytes(), &[]);
+    b.finish(0, 0)
+}
+
+#[test]
+fn ten_thousand_requests_in_flight_on_one_client_connection_all_get_their_answer() {
+    let dir = TestDir::new();
+    let broker = BrokerProc::start(&dir.data, &[]);
+    let addr = broker.addr();
+    RawConn::connect(addr).create_topic("t", 1);
+    bounded(Duration::from_secs(60), "pipelined client", move || {
+        let conn = Connection::connect_with(
+            addr,
+            &ConnectionConfig {
+                in_flight_max: 2 * REQUESTS as usize,
+                ..ConnectionConfig::default()
+            },
+        )
+        .expect("connect");
+        let mut b = BatchBuilder::new();
+        let mut tickets = Vec::with_capacity(REQUESTS as usize);
+        // Every request is sent before any answer is waited for.
+        for i in 0..REQUESTS {
+            let batch = one_record_batch(&mut b, i);
+            let ticket = conn
+                .send(ApiKey::Produce, |out| {
+                    ProduceRequest {
+                        topic: "t",
+                        partition: 0,
+                        qos: Qos::All as u8,
+                        timeout_ms: 30_000,
+                        batch,
+                    }
+                    .encode(out)
+                })
+                .expect("send");
+            tickets.push(ticket);
+        }
+        let mut ids = HashSet::new();
+        for (i, ticket) in tickets.into_iter().enumerate() {
+            let id = ticket.correlation_id();
+            assert!(ids.insert(id), "correlation id {id} used twice");
+            let r = ticket.wait().expect("answer");
+            assert_eq!(r.header.correlation_id, id);
+            assert_eq!(r.header.api_key, ApiKey::Produce.as_u16());
+            assert_eq!(
+                r.header.error_code,
+                ErrorCode::None.as_u16(),
+                "request {i} failed"
+            );
+            let ack = ProduceResponse::decode(&r.body).expect("decode");
+            assert_eq!(
+                ack.base_offset, i as u64,
+                "request {i} was appended in send order"
+            );
+        }
+    });
+    let stored = read_partition(addr, "t", 0);
+    assert_eq!(stored.len(), REQUESTS as usize);
+    for (i, r) in stored.iter().enumerate() {
+        assert_eq!(r.value, format!("m{i}").as_bytes());
+    }
+}
+
+#[test]
+fn ten_thousand_raw_pipelined_requests_echo_arbitrary_correlation_ids() {
+    let dir = TestDir::new();
+    let broker = BrokerProc::start(&dir.data, &[]);
+    let addr = broker.addr();
+    let mut conn = RawConn::connect(addr);
+    conn.create_topic("t", 1);
+    // Correlation ids the broker cannot guess: scattered, not sequential.
+    let id_of = |i: u32| i.wrapping_mul(2_654_435_761) ^ 0x5bd1_e995;
+    let mut frames = Vec::new();
+    let mut b = BatchBuilder::new();
+    for i in 0..REQUESTS {
+        let batch = one_record_batch(&mut b, i);
+        frames.extend_from_slice(&RawConn::frame(
+            ApiKey::Produce.as_u16(),
+            1,
+            id_of(i),
+            |out| {
+                ProduceRequest {
+                    topic: "t",
+                    partition: 0,
+                    qos: Qos::Received as u8,
+                    timeout_ms: 30_000,
+                    batch,
+                }
+                .encode(out)
+            },
+        ));
+    }
+    let mut writer = conn.stream.try_clone().expect("clone socket");
+    // One write of every frame, while the answers are read beside it.
+    let writer = std::thread::spawn(move || writer.write_all(&frames));
+    let base_by_id = bounded(Duration::from_secs(60), "raw pipelined reader", move || {
+        let mut base_by_id = std::collections::HashMap::new();
+        for _ in 0..REQUESTS {
+            let r = conn.read_response().expect("an answer for every request");
+            assert_eq!(r.header.api_key, ApiKey::Produce.as_u16());
+            let r = r.ok();
+            let ack = ProduceResponse::decode(&r.body).expect("decode");
+            assert!(
+                base_by_id
+                    .insert(r.header.correlation_id, ack.base_offset)
+                    .is_none(),
+                "two answers for one correlation id"
+            );
+        }
+        base_by_id
+    });
+    writer.join().expect("writer").expect("write every frame");
+    for i in 0..REQUESTS {
+        assert_eq!(
+            base_by_id.get(&id_of(i)),
+            Some(&(i as u64)),
+            "request {i} is answered under its id with its offset"
+        );
+    }
+}
