@@ -1,1 +1,447 @@
-fn main() {}
+//! The `hutong` command: run a broker, manage topics, produce and consume.
+//!
+//! Errors print as `hutong: <message>` on stderr and exit with status 1.
+//! `docs/cli.md` documents every command and flag.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hutong::broker::Broker;
+use hutong::client::producer::unix_time_ms;
+use hutong::client::{Admin, Consumer, Producer, ProducerConfig, Receipt, StartFrom};
+use hutong::config::Config;
+use hutong::wire::batch::BatchBuilder;
+use hutong::wire::{ErrorCode, Qos};
+use nix::sys::signal::{SigSet, Signal};
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// The broker address client commands use by default.
+const ADDR_DEFAULT: &str = hutong::config::LISTEN_DEFAULT;
+/// `produce` sends a batch once it holds this many lines...
+const PRODUCE_BATCH_RECORDS_MAX: u32 = 1000;
+/// ...or this many bytes, or when no further line is buffered on stdin.
+const PRODUCE_BATCH_BYTES_MAX: usize = 1024 * 1024;
+/// The stdin buffer of `produce`.
+const PRODUCE_READ_BUFFER_BYTES: usize = 1024 * 1024;
+/// How long one fetch of `consume` waits for new records.
+const CONSUME_POLL_WAIT: Duration = Duration::from_secs(10);
+
+/// hutong: a persistent, replicated, low-latency message broker.
+#[derive(Debug, Parser)]
+#[command(name = "hutong", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a broker until SIGINT or SIGTERM.
+    Broker(BrokerArgs),
+    /// Create and list topics.
+    Topic {
+        #[command(subcommand)]
+        command: TopicCommand,
+    },
+    /// Send each line of stdin as one message.
+    Produce(ProduceArgs),
+    /// Print the value of each message, one per line.
+    Consume(ConsumeArgs),
+}
+
+#[derive(Debug, Args)]
+struct BrokerArgs {
+    /// Address to listen on [default: 127.0.0.1:7070].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Directory of the journal and checkpoints [default: ./data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML config file; the flags above override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Create unknown topics on first produce.
+    #[arg(long)]
+    auto_create_topics: bool,
+}
+
+#[derive(Debug, Args)]
+struct ClientArgs {
+    /// Broker address.
+    #[arg(long, value_name = "ADDR", default_value = ADDR_DEFAULT)]
+    addr: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicCommand {
+    /// Create a topic.
+    Create {
+        /// Topic name: 1-249 bytes of [A-Za-z0-9._-].
+        name: String,
+        /// Number of partitions.
+        #[arg(long, value_name = "N")]
+        partitions: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List topics with their partitions and offset ranges.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// The acknowledgement level, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum QosArg {
+    /// Never answered (fire and forget).
+    None,
+    /// Appended to the leader's journal.
+    Received,
+    /// fdatasync'd on the leader.
+    Flushed,
+    /// Held by a majority of replicas.
+    Replicated,
+    /// Durable on a majority of replicas.
+    All,
+}
+
+impl From<QosArg> for Qos {
+    fn from(q: QosArg) -> Qos {
+        match q {
+            QosArg::None => Qos::None,
+            QosArg::Received => Qos::Received,
+            QosArg::Flushed => Qos::Flushed,
+            QosArg::Replicated => Qos::Replicated,
+            QosArg::All => Qos::All,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct ProduceArgs {
+    /// Topic to write to.
+    #[arg(long, value_name = "T")]
+    topic: String,
+    /// Partition to write to.
+    #[arg(long, value_name = "P", default_value_t = 0)]
+    partition: u32,
+    /// Key of every message (none by default).
+    #[arg(long, value_name = "K")]
+    key: Option<String>,
+    /// Acknowledgement level.
+    #[arg(long, value_enum, default_value_t = QosArg::All)]
+    qos: QosArg,
+    /// How long the broker may take to reach the QoS level.
+    #[arg(long, value_name = "N", default_value_t = hutong::client::producer::PRODUCE_TIMEOUT_MS_DEFAULT)]
+    timeout_ms: u32,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+struct ConsumeArgs {
+    /// Topic to read.
+    #[arg(long, value_name = "T")]
+    topic: String,
+    /// Partition to read.
+    #[arg(long, value_name = "P", default_value_t = 0)]
+    partition: u32,
+    /// Where to start: earliest, latest or an offset.
+    #[arg(long, value_name = "earliest|latest|OFFSET", default_value = "earliest", value_parser = parse_start)]
+    from: StartFrom,
+    /// Exit after this many messages, waiting for them if needed
+    /// (default: run until killed).
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+fn parse_start(s: &str) -> Result<StartFrom, String> {
+    match s {
+        "earliest" => Ok(StartFrom::Earliest),
+        "latest" => Ok(StartFrom::Latest),
+        offset => offset
+            .parse()
+            .map(StartFrom::Offset)
+            .map_err(|_| format!("expected earliest, latest or an offset, not {offset:?}")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Broker(args) => run_broker(args),
+        Command::Topic {
+            command:
+                TopicCommand::Create {
+                    name,
+                    partitions,
+                    client,
+                },
+        } => create_topic(&client.addr, &name, partitions),
+        Command::Topic {
+            command: TopicCommand::List { client },
+        } => list_topics(&client.addr),
+        Command::Produce(args) => produce(args),
+        Command::Consume(args) => consume(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hutong: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_broker(args: BrokerArgs) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if args.auto_create_topics {
+        config.auto_create_topics = true;
+    }
+    // Block the signals before any broker thread exists: threads inherit
+    // the mask, so the signals stay pending for `wait` below instead of
+    // killing the process or landing on a pipeline thread.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals
+        .thread_block()
+        .context("cannot block SIGINT and SIGTERM")?;
+    let broker = Broker::start(config)?;
+    {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "hutong listening on {}", broker.local_addr())?;
+        stdout.flush()?;
+    }
+    let signal = signals.wait().context("cannot wait for a signal")?;
+    eprintln!("hutong: received {signal}, shutting down");
+    broker.shutdown_handle().shutdown();
+    broker.wait()?;
+    Ok(())
+}
+
+fn admin(addr: &str) -> Result<Admin> {
+    Admin::connect(addr).with_context(|| format!("cannot connect to {addr}"))
+}
+
+fn create_topic(addr: &str, name: &str, partitions: u32) -> Result<()> {
+    admin(addr)?
+        .create_topic(name, partitions)
+        .with_context(|| format!("cannot create topic {name}"))
+}
+
+fn list_topics(addr: &str) -> Result<()> {
+    let metadata = admin(addr)?.metadata(&[])?;
+    let mut out = std::io::stdout().lock();
+    for topic in &metadata.topics {
+        if topic.error_code != 0 {
+            let code = ErrorCode::from_u16(topic.error_code)
+                .map_or_else(|| topic.error_code.to_string(), |c| c.name().to_string());
+            writeln!(out, "{} error={code}", topic.name)?;
+            continue;
+        }
+        write!(out, "{} partitions={}", topic.name, topic.partitions.len())?;
+        for p in &topic.partitions {
+            write!(out, " {}:{}..{}", p.partition, p.start_offset, p.end_offset)?;
+        }
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+fn produce(args: ProduceArgs) -> Result<()> {
+    let addr = &args.client.addr;
+    let config = ProducerConfig {
+        qos: args.qos.into(),
+        timeout_ms: args.timeout_ms,
+        ..ProducerConfig::default()
+    };
+    let producer =
+        Producer::connect(addr, config).with_context(|| format!("cannot connect to {addr}"))?;
+    let key = args.key.as_deref().unwrap_or("").as_bytes();
+    let mut input = BufReader::with_capacity(PRODUCE_READ_BUFFER_BYTES, std::io::stdin().lock());
+    let mut builder = BatchBuilder::new();
+    let mut line = Vec::new();
+    let mut pending: VecDeque<Receipt> = VecDeque::new();
+    loop {
+        builder.clear();
+        let now_ms = unix_time_ms();
+        // Wait for one line, then take the lines already buffered, so a
+        // slow writer gets low latency and a fast one gets big batches.
+        while builder.len() < PRODUCE_BATCH_RECORDS_MAX && builder.size() < PRODUCE_BATCH_BYTES_MAX
+        {
+            if !builder.is_empty() && !input.buffer().contains(&b'\n') {
+                break;
+            }
+            line.clear();
+            if input
+                .read_until(b'\n', &mut line)
+                .context("cannot read stdin")?
+                == 0
+            {
+                break;
+            }
+            if line.last() == Some(&b'\n') {
+                line.pop();
+            }
+            builder.push(now_ms, key, &line, &[]);
+        }
+        if builder.is_empty() {
+            break;
+        }
+        pending.push_back(producer.send(&args.topic, args.partition, builder.finish(0, 0))?);
+        // Take the acknowledgements already in, so a failure stops the run
+        // early instead of after the whole input.
+        while pending.front().is_some_and(Receipt::is_ready) {
+            if let Some(receipt) = pending.pop_front() {
+                receipt.wait()?;
+            }
+        }
+    }
+    for receipt in pending {
+        receipt.wait()?;
+    }
+    // Reports error answers to QoS none sends; a no-op otherwise.
+    producer.flush()?;
+    Ok(())
+}
+
+fn consume(args: ConsumeArgs) -> Result<()> {
+    let addr = &args.client.addr;
+    let mut consumer = Consumer::connect(addr, &args.topic, args.partition, args.from)
+        .with_context(|| format!("cannot read {}/{} at {addr}", args.topic, args.partition))?;
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let mut remaining = args.count;
+    while remaining != Some(0) {
+        let records = consumer.poll(CONSUME_POLL_WAIT)?;
+        let take = remaining.map_or(records.len(), |n| records.len().min(n as usize));
+        let written = records[..take].iter().try_for_each(|r| {
+            out.write_all(&r.value)?;
+            out.write_all(b"\n")
+        });
+        match written.and_then(|()| out.flush()) {
+            Ok(()) => {}
+            // The reader went away (`| head`): a normal way to stop.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(e).context("cannot write stdout"),
+        }
+        remaining = remaining.map(|n| n - take as u64);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("hutong").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn broker_flags_are_optional_so_the_config_file_can_supply_them() {
+        let cli = parse(&["broker"]).unwrap();
+        let Command::Broker(args) = cli.command else {
+            panic!("not broker");
+        };
+        assert!(args.listen.is_none() && args.data_dir.is_none() && !args.auto_create_topics);
+        let cli = parse(&[
+            "broker",
+            "--listen",
+            "0.0.0.0:9000",
+            "--data-dir",
+            "/tmp/x",
+            "--auto-create-topics",
+        ])
+        .unwrap();
+        let Command::Broker(args) = cli.command else {
+            panic!("not broker");
+        };
+        assert_eq!(args.listen, Some("0.0.0.0:9000".parse().unwrap()));
+        assert!(args.auto_create_topics);
+    }
+
+    #[test]
+    fn produce_defaults_and_qos_names() {
+        let Command::Produce(args) = parse(&["produce", "--topic", "t"]).unwrap().command else {
+            panic!("not produce");
+        };
+        assert_eq!(
+            (args.partition, args.qos, args.timeout_ms),
+            (0, QosArg::All, 30_000)
+        );
+        assert_eq!(args.client.addr, "127.0.0.1:7070");
+        for (name, qos) in [
+            ("none", Qos::None),
+            ("received", Qos::Received),
+            ("flushed", Qos::Flushed),
+            ("replicated", Qos::Replicated),
+            ("all", Qos::All),
+        ] {
+            let Command::Produce(args) = parse(&["produce", "--topic", "t", "--qos", name])
+                .unwrap()
+                .command
+            else {
+                panic!("not produce");
+            };
+            assert_eq!(Qos::from(args.qos), qos);
+        }
+        assert!(parse(&["produce", "--topic", "t", "--qos", "maybe"]).is_err());
+        assert!(parse(&["produce"]).is_err());
+    }
+
+    #[test]
+    fn consume_parses_the_start_position() {
+        let Command::Consume(args) = parse(&["consume", "--topic", "t"]).unwrap().command else {
+            panic!("not consume");
+        };
+        assert_eq!((args.from, args.count), (StartFrom::Earliest, None));
+        let Command::Consume(args) = parse(&[
+            "consume", "--topic", "t", "--from", "17", "--count", "3", "--addr", "h:1",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not consume");
+        };
+        assert_eq!((args.from, args.count), (StartFrom::Offset(17), Some(3)));
+        assert_eq!(args.client.addr, "h:1");
+        assert_eq!(parse_start("latest"), Ok(StartFrom::Latest));
+        assert!(parse(&["consume", "--topic", "t", "--from", "soon"]).is_err());
+    }
+
+    #[test]
+    fn topic_create_needs_a_partition_count() {
+        assert!(parse(&["topic", "create", "orders"]).is_err());
+        let cli = parse(&["topic", "create", "orders", "--partitions", "3"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Topic {
+                command: TopicCommand::Create { partitions: 3, .. }
+            }
+        ));
+        assert!(parse(&["topic", "list"]).is_ok());
+    }
+}

@@ -1,8 +1,31 @@
 //! The broker: the produce pipeline of DESIGN.md §1 as threads around plain
 //! logic. Start one with [`Broker::start`].
+//!
+//! Threads, in the order a produce request meets them:
+//! [`reactor`] (sockets) → [`writer`] (journal tail, W) → [`flusher`]
+//! (fdatasync, F) and [`replicator`] (R, C) → [`responder`] (answers) →
+//! back to the reactor. [`reader`] serves fetches beside them.
+//! Stages talk through SPSC rings ([`ring`]) and the atomic positions in
+//! [`shared`].
+
+pub mod flusher;
+pub mod reactor;
+pub mod reader;
+pub mod replicator;
+pub mod responder;
+pub mod ring;
+pub mod shared;
+pub mod writer;
 
 use crate::config::Config;
+use crate::journal::log::Journal;
+use ringbuf::traits::Split;
+use ringbuf::HeapRb;
+use shared::Shared;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
 use thiserror::Error;
 
 /// Why the broker could not start or stopped with a failure.
@@ -12,8 +35,8 @@ pub enum BrokerError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     /// Opening or recovering the journal failed.
-    #[error("journal: {0}")]
-    Journal(String),
+    #[error("{0}")]
+    Journal(#[from] crate::journal::error::JournalError),
     /// Binding the listen address failed.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -27,19 +50,38 @@ pub enum BrokerError {
     Thread(String),
 }
 
+fn stage_of(name: &str) -> Option<shared::Stage> {
+    use shared::Stage;
+    match name {
+        "writer" => Some(Stage::Writer),
+        "flusher" => Some(Stage::Flusher),
+        "replicator" => Some(Stage::Replicator),
+        "responder" => Some(Stage::Responder),
+        "reader" => Some(Stage::Reader),
+        _ => None,
+    }
+}
+
 /// A running broker.
 pub struct Broker {
     local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    threads: Vec<(&'static str, JoinHandle<()>)>,
 }
 
 /// Asks a running broker to shut down; cheap to clone and send.
 #[derive(Clone)]
-pub struct ShutdownHandle {}
+pub struct ShutdownHandle {
+    shared: Arc<Shared>,
+}
 
 impl ShutdownHandle {
-    /// Starts a graceful shutdown: stop accepting, answer or fail pending
-    /// requests, flush, stop the threads. Returns at once.
-    pub fn shutdown(&self) {}
+    /// Starts a graceful shutdown: stop accepting and reading, answer or
+    /// fail every request already taken in, flush, checkpoint, stop the
+    /// threads. Returns at once; [`Broker::wait`] waits for the end.
+    pub fn shutdown(&self) {
+        self.shared.request_shutdown();
+    }
 }
 
 impl Broker {
@@ -48,10 +90,141 @@ impl Broker {
     ///
     /// # Errors
     /// [`BrokerError`] when the config is invalid, the data directory is
-    /// locked by another broker or unreadable, or the address cannot be bound.
+    /// locked by another broker, damaged or unreadable, or the address
+    /// cannot be bound.
     pub fn start(config: Config) -> Result<Broker, BrokerError> {
         config.validate()?;
-        Err(BrokerError::Thread("not built yet".into()))
+        let config = Arc::new(config);
+        let journal = Journal::open(&config.data_dir, config.segment_bytes)?;
+        let report = journal.report();
+        eprintln!(
+            "hutong: journal {} recovered: {} bytes, {} topics, {} batches{}",
+            config.data_dir.display(),
+            journal.end(),
+            journal.catalog().len(),
+            report.batches,
+            match &report.truncated {
+                Some((at, why)) => format!("; cut a damaged tail at position {at}: {why}"),
+                None => String::new(),
+            }
+        );
+        let std_listener =
+            std::net::TcpListener::bind(config.listen).map_err(|source| BrokerError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = std_listener
+            .local_addr()
+            .map_err(|source| BrokerError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        std_listener
+            .set_nonblocking(true)
+            .map_err(|source| BrokerError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let listener = mio::net::TcpListener::from_std(std_listener);
+        let io = |what: &str, e: std::io::Error| BrokerError::Thread(format!("{what}: {e}"));
+        let poll = mio::Poll::new().map_err(|e| io("creating the poll", e))?;
+        let waker = mio::Waker::new(poll.registry(), reactor::WAKER)
+            .map_err(|e| io("creating the waker", e))?;
+        let shared = Arc::new(Shared::new(journal.end(), waker));
+
+        let (to_writer, writer_requests) = ring::message_ring(config.request_ring_bytes);
+        let (to_reader, reader_requests) = ring::message_ring(config.read_request_ring_bytes);
+        let (responder_out, from_responder) = ring::message_ring(config.response_ring_bytes);
+        let (reader_out, from_reader) = ring::message_ring(config.fetch_ring_bytes);
+        let (pending_tx, pending_rx) = HeapRb::new(config.pending_max).split();
+        let (reader_events_tx, reader_events_rx) = std::sync::mpsc::channel();
+        let (flusher_events_tx, flusher_events_rx) = std::sync::mpsc::channel();
+
+        for t in journal.catalog().topics() {
+            let _ = reader_events_tx.send(reader::ReaderEvent::Topic {
+                meta: t.meta.clone(),
+                indexes: t.index_handles(),
+            });
+        }
+        let flusher = flusher::Flusher::new(
+            config.data_dir.clone(),
+            journal.segment_files(),
+            journal.checkpoint_topics(),
+            Duration::from_millis(config.checkpoint_interval_ms),
+        );
+        let reader = reader::Reader::new(
+            journal.segment_files().to_vec(),
+            reader_events_rx,
+            config.fetch_bytes_max,
+        );
+        let writer =
+            writer::Writer::new(journal, config.clone(), reader_events_tx, flusher_events_tx);
+        let reactor = reactor::Reactor::new(
+            poll,
+            listener,
+            shared.clone(),
+            config.clone(),
+            to_writer,
+            to_reader,
+            from_responder,
+            from_reader,
+        )
+        .map_err(|e| io("registering the listener", e))?;
+
+        let mut threads = Vec::new();
+        let mut spawn =
+            |name: &'static str, f: Box<dyn FnOnce() + Send>| -> Result<(), BrokerError> {
+                let s = shared.clone();
+                let stage = stage_of(name);
+                let body = move || {
+                    // A panicking stage must not leave the others waiting for
+                    // it forever: report it and let the shutdown go on.
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+                        s.fail(format!("the {name} thread panicked"));
+                        match stage {
+                            Some(stage) => s.mark_done(stage),
+                            None => s
+                                .reactor_drained
+                                .store(true, std::sync::atomic::Ordering::Release),
+                        }
+                    }
+                };
+                let handle = std::thread::Builder::new()
+                    .name(format!("hutong-{name}"))
+                    .spawn(body)
+                    .map_err(|e| io("spawning a thread", e))?;
+                threads.push((name, handle));
+                Ok(())
+            };
+        let s = shared.clone();
+        spawn(
+            "writer",
+            Box::new(move || writer::run(s, writer, writer_requests, pending_tx)),
+        )?;
+        let s = shared.clone();
+        spawn(
+            "flusher",
+            Box::new(move || flusher::run(s, flusher, flusher_events_rx)),
+        )?;
+        let s = shared.clone();
+        spawn("replicator", Box::new(move || replicator::run(s)))?;
+        let s = shared.clone();
+        let pending_max = config.pending_max;
+        spawn(
+            "responder",
+            Box::new(move || responder::run(s, pending_rx, responder_out, pending_max)),
+        )?;
+        let s = shared.clone();
+        spawn(
+            "reader",
+            Box::new(move || reader::run(s, reader, reader_requests, reader_out)),
+        )?;
+        spawn("reactor", Box::new(move || reactor.run()))?;
+        Ok(Broker {
+            local_addr,
+            shared,
+            threads,
+        })
     }
 
     /// The bound address (useful with port 0).
@@ -61,14 +234,201 @@ impl Broker {
 
     /// A handle that can stop the broker from another thread.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle {}
+        ShutdownHandle {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Blocks until the broker has shut down.
     ///
     /// # Errors
-    /// [`BrokerError::Thread`] when a pipeline thread failed.
+    /// [`BrokerError::Thread`] when a pipeline thread panicked or a stage
+    /// hit a fatal error.
     pub fn wait(self) -> Result<(), BrokerError> {
-        Ok(())
+        let mut failure = None;
+        for (name, handle) in self.threads {
+            if handle.join().is_err() {
+                failure.get_or_insert(format!("the {name} thread panicked"));
+            }
+        }
+        let fatal = self.shared.fatal.lock().ok().and_then(|f| f.clone());
+        match failure.or(fatal) {
+            Some(msg) => Err(BrokerError::Thread(msg)),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::api::{
+        CreateTopicRequest, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse,
+    };
+    use crate::wire::batch::{records, BatchBuilder};
+    use crate::wire::frame::{
+        check_frame, finish_frame, RequestHeader, ResponseHeader, RESPONSE_HEADER_LEN,
+    };
+    use crate::wire::{ApiKey, ErrorCode, Qos};
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    fn request(api: ApiKey, corr: u32, body: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut out = Vec::new();
+        RequestHeader {
+            api_key: api.as_u16(),
+            api_version: 1,
+            correlation_id: corr,
+            flags: 0,
+        }
+        .write(&mut out);
+        body(&mut out);
+        finish_frame(&mut out, 0);
+        out
+    }
+
+    /// Reads one response frame, keeping extra bytes for the next call.
+    fn response(s: &mut TcpStream) -> (ResponseHeader, Vec<u8>) {
+        thread_local!(static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) });
+        BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let mut chunk = [0u8; 65536];
+            loop {
+                if let Ok(Some(total)) = check_frame(&buf, RESPONSE_HEADER_LEN, 1 << 30) {
+                    let h = ResponseHeader::parse(&buf);
+                    let body = buf[RESPONSE_HEADER_LEN..total].to_vec();
+                    buf.drain(..total);
+                    return (h, body);
+                }
+                let n = s.read(&mut chunk).expect("response");
+                assert!(n > 0, "connection closed");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        })
+    }
+
+    fn start(dir: &std::path::Path) -> Broker {
+        Broker::start(Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.to_path_buf(),
+            segment_bytes: 1 << 20,
+            batch_bytes_max: 1 << 19,
+            ..Config::default()
+        })
+        .expect("broker starts")
+    }
+
+    #[test]
+    fn produce_then_fetch_round_trips_and_survives_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = start(dir.path());
+        let mut s = TcpStream::connect(broker.local_addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&request(ApiKey::CreateTopic, 1, |b| {
+            CreateTopicRequest {
+                name: "t",
+                partitions: 2,
+            }
+            .encode(b)
+        }))
+        .unwrap();
+        let (h, _) = response(&mut s);
+        assert_eq!((h.correlation_id, h.error_code), (1, 0));
+        // Enough batches to roll over several 1 MiB segments.
+        let mut b = BatchBuilder::new();
+        let value = vec![7u8; 1000];
+        for i in 0..3000u32 {
+            b.clear();
+            b.push(i as i64, &i.to_le_bytes(), &value, &[]);
+            let batch = b.finish(0, 0).to_vec();
+            s.write_all(&request(ApiKey::Produce, 100 + i, |out| {
+                ProduceRequest {
+                    topic: "t",
+                    partition: 1,
+                    qos: Qos::All as u8,
+                    timeout_ms: 10_000,
+                    batch: &batch,
+                }
+                .encode(out)
+            }))
+            .unwrap();
+        }
+        for i in 0..3000u32 {
+            let (h, body) = response(&mut s);
+            assert_eq!(h.error_code, 0, "{i}");
+            assert_eq!(h.correlation_id, 100 + i);
+            assert_eq!(
+                ProduceResponse::decode(&body).unwrap().base_offset,
+                i as u64
+            );
+        }
+        let fetch = |s: &mut TcpStream, offset: u64| {
+            s.write_all(&request(ApiKey::Fetch, 9, |out| {
+                FetchRequest {
+                    topic: "t",
+                    partition: 1,
+                    offset,
+                    max_bytes: 1 << 20,
+                    max_wait_ms: 0,
+                    min_bytes: 1,
+                }
+                .encode(out)
+            }))
+            .unwrap();
+            let (h, body) = response(s);
+            assert_eq!(h.error_code, 0);
+            let f = FetchResponse::decode(&body).unwrap();
+            assert_eq!(f.high_watermark, 3000);
+            crate::wire::batch::split_batches(f.batches)
+                .flat_map(|b| {
+                    records(b)
+                        .map(|r| (r.offset, r.key.to_vec()))
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>()
+        };
+        let got = fetch(&mut s, 1500);
+        assert!(!got.is_empty());
+        assert_eq!(got[0], (1500, 1500u32.to_le_bytes().to_vec()));
+        broker.shutdown_handle().shutdown();
+        broker.wait().unwrap();
+
+        let broker = start(dir.path());
+        let mut s = TcpStream::connect(broker.local_addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let got = fetch(&mut s, 2999);
+        assert_eq!(got, vec![(2999, 2999u32.to_le_bytes().to_vec())]);
+        s.write_all(&request(ApiKey::Fetch, 9, |out| {
+            FetchRequest {
+                topic: "t",
+                partition: 0,
+                offset: 5,
+                max_bytes: 100,
+                max_wait_ms: 0,
+                min_bytes: 1,
+            }
+            .encode(out)
+        }))
+        .unwrap();
+        let (h, _) = response(&mut s);
+        assert_eq!(h.error_code, ErrorCode::OffsetOutOfRange.as_u16());
+        broker.shutdown_handle().shutdown();
+        broker.wait().unwrap();
+    }
+
+    #[test]
+    fn a_second_broker_on_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = start(dir.path());
+        let err = Broker::start(Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        })
+        .err()
+        .expect("second broker refused");
+        assert!(err.to_string().contains("locked"), "{err}");
+        broker.shutdown_handle().shutdown();
+        broker.wait().unwrap();
     }
 }

@@ -1,3 +1,15 @@
 //! The journal: one append-only stream of record batches shared by every
 //! partition, addressed by byte position, split into preallocated segment
 //! files. No threads, no sockets.
+
+pub mod append_log;
+pub mod catalog;
+pub mod checkpoint;
+pub mod control;
+pub mod dir;
+pub mod error;
+pub mod index;
+pub mod lock;
+pub mod log;
+pub mod scan;
+pub mod segment;

@@ -185,9 +185,10 @@ impl<'a> BatchView<'a> {
     pub fn producer_seq(&self) -> u64 {
         le_u64(self.0, AT_PRODUCER_SEQ)
     }
-    /// Offset one past the last record.
+    /// Offset one past the last record. Wraps instead of panicking on an
+    /// absurd `base_offset`, because header bytes may be unchecked.
     pub fn next_offset(&self) -> u64 {
-        self.base_offset() + self.record_count() as u64
+        self.base_offset().wrapping_add(self.record_count() as u64)
     }
 }
 
@@ -392,7 +393,9 @@ impl<'a> Iterator for RecordIter<'a> {
         let body = self.reader.bytes("record").ok()?;
         let raw = parse_record(body).ok()?;
         let offset = self.next_offset;
-        self.next_offset += 1;
+        // Wraps like the timestamp: a corrupt or absurd base offset must not
+        // panic a reader (overflow checks are on in debug builds).
+        self.next_offset = self.next_offset.wrapping_add(1);
         Some(Record {
             offset,
             timestamp_ms: self.first_ts.wrapping_add(raw.ts_delta as i64),

@@ -1,0 +1,645 @@
+//! The reactor: one mio event loop that owns every socket.
+//!
+//! It reads until `WouldBlock`, frames requests with their length prefix,
+//! makes the cheap checks (size, API key, version), answers Handshake and
+//! Ping itself, and pushes every other request whole into the writer's or
+//! the reader's ring. Completions come back through two rings; the reactor
+//! appends them to the connections' write buffers and writes until
+//! `WouldBlock`. It never touches the disk, never takes a lock and never
+//! waits on another thread: when a ring or a limit is full it stops reading
+//! that connection (backpressure) and resumes when woken.
+
+use super::ring::{MessageConsumer, MessageProducer, FLAG_COUNTED};
+use super::shared::{Shared, Stage};
+use crate::config::{Config, SMALL_REQUEST_BYTES_MAX};
+use crate::wire::api::{
+    ApiVersions, ErrorBody, HandshakeRequest, HandshakeResponse, PROTOCOL_VERSION,
+};
+use crate::wire::frame::{
+    check_frame, finish_frame, RequestHeader, ResponseHeader, REQUEST_HEADER_LEN,
+};
+use crate::wire::{ApiKey, ErrorCode};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use std::io::{ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Token of the listening socket.
+const LISTENER: Token = Token(usize::MAX - 1);
+/// Token of the waker the other stages use.
+pub const WAKER: Token = Token(usize::MAX - 2);
+/// Read buffer size a connection starts with (and shrinks back to).
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Write buffer capacity above which an emptied buffer is shrunk.
+const WRITE_BUFFER_KEEP_BYTES: usize = 1024 * 1024;
+/// Fetch-like requests in flight on one connection; their answers can be
+/// large, so they are bounded apart from the general in-flight limit.
+const READS_IN_FLIGHT_MAX: usize = 16;
+/// How long shutdown waits for clients to take their last responses.
+const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(5);
+
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    generation: u32,
+    rbuf: Vec<u8>,
+    rstart: usize,
+    rend: usize,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    in_flight: usize,
+    reads_in_flight: usize,
+    paused: bool,
+    dirty: bool,
+    close_after_write: bool,
+    peer_closed: bool,
+}
+
+impl Conn {
+    fn id(&self, key: usize) -> u64 {
+        ((self.generation as u64) << 32) | key as u64
+    }
+
+    fn pending_write(&self) -> usize {
+        self.wbuf.len() - self.wpos
+    }
+
+    fn finished(&self) -> bool {
+        let idle = self.in_flight == 0 && self.reads_in_flight == 0 && self.pending_write() == 0;
+        (self.close_after_write && self.pending_write() == 0) || (self.peer_closed && idle)
+    }
+}
+
+/// Where routed requests go.
+struct Routes {
+    to_writer: MessageProducer,
+    to_reader: MessageProducer,
+    pushed_writer: bool,
+    pushed_reader: bool,
+}
+
+/// Why frame processing stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum Stop {
+    /// Every whole frame was handled; more bytes are needed.
+    NeedBytes,
+    /// A limit or ring is full: stop reading until woken.
+    Blocked,
+    /// Framing was lost: answer, then close.
+    Close,
+}
+
+/// The reactor's state.
+pub struct Reactor {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    conns: Slab<Conn>,
+    next_generation: u32,
+    shared: Arc<Shared>,
+    config: Arc<Config>,
+    routes: Routes,
+    from_responder: MessageConsumer,
+    from_reader: MessageConsumer,
+    paused: Vec<usize>,
+    dirty: Vec<usize>,
+}
+
+impl Reactor {
+    /// A reactor serving `listener`, registered with `poll` (whose waker is
+    /// in `shared`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        poll: Poll,
+        mut listener: TcpListener,
+        shared: Arc<Shared>,
+        config: Arc<Config>,
+        to_writer: MessageProducer,
+        to_reader: MessageProducer,
+        from_responder: MessageConsumer,
+        from_reader: MessageConsumer,
+    ) -> std::io::Result<Reactor> {
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        Ok(Reactor {
+            poll,
+            listener: Some(listener),
+            conns: Slab::with_capacity(1024),
+            next_generation: 0,
+            shared,
+            config,
+            routes: Routes {
+                to_writer,
+                to_reader,
+                pushed_writer: false,
+                pushed_reader: false,
+            },
+            from_responder,
+            from_reader,
+            paused: Vec::new(),
+            dirty: Vec::new(),
+        })
+    }
+
+    /// Runs the event loop until shutdown completes.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut grace_until: Option<Instant> = None;
+        loop {
+            let timeout = if grace_until.is_some() {
+                Duration::from_millis(10)
+            } else {
+                Duration::from_millis(100)
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    self.shared.fail(format!("reactor poll failed: {e}"));
+                }
+            }
+            let draining = self.shared.shutting_down();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    Token(key) => {
+                        if event.is_writable() {
+                            self.flush(key);
+                        }
+                        if (event.is_readable() || event.is_read_closed()) && !draining {
+                            self.read(key);
+                        }
+                        self.close_if_finished(key);
+                    }
+                }
+            }
+            self.drain_completions();
+            if !draining {
+                self.resume_paused();
+            }
+            self.flush_dirty();
+            if self.routes.pushed_writer {
+                self.routes.pushed_writer = false;
+                self.shared.wake(Stage::Writer);
+            }
+            if self.routes.pushed_reader {
+                self.routes.pushed_reader = false;
+                self.shared.wake(Stage::Reader);
+            }
+            if draining {
+                if let Some(mut l) = self.listener.take() {
+                    let _ = self.poll.registry().deregister(&mut l);
+                    // No request is pushed after this: the stages may finish.
+                    self.shared.reactor_drained.store(true, Ordering::Release);
+                    self.shared.request_shutdown();
+                }
+                let stages_done =
+                    self.shared.is_done(Stage::Responder) && self.shared.is_done(Stage::Reader);
+                if stages_done && self.from_responder.is_empty() && self.from_reader.is_empty() {
+                    let until =
+                        *grace_until.get_or_insert_with(|| Instant::now() + SHUTDOWN_WRITE_GRACE);
+                    let unsent = self.conns.iter().any(|(_, c)| c.pending_write() > 0);
+                    if !unsent || Instant::now() >= until {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((mut stream, peer)) => {
+                    if self.conns.len() >= self.config.connections_max {
+                        let mut frame = Vec::new();
+                        error_frame(
+                            &mut frame,
+                            0,
+                            0,
+                            ErrorCode::TooManyConnections,
+                            ErrorCode::TooManyConnections.message(),
+                        );
+                        // Best effort: a fresh socket's buffer takes a small frame.
+                        let _ = stream.write(&frame);
+                        eprintln!(
+                            "hutong: refused connection from {peer}: connection limit reached"
+                        );
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    self.next_generation = self.next_generation.wrapping_add(1);
+                    let entry = self.conns.vacant_entry();
+                    let key = entry.key();
+                    if let Err(e) = self.poll.registry().register(
+                        &mut stream,
+                        Token(key),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        eprintln!("hutong: cannot register connection from {peer}: {e}");
+                        continue;
+                    }
+                    entry.insert(Conn {
+                        stream,
+                        peer,
+                        generation: self.next_generation,
+                        rbuf: vec![0; READ_BUFFER_BYTES],
+                        rstart: 0,
+                        rend: 0,
+                        wbuf: Vec::new(),
+                        wpos: 0,
+                        in_flight: 0,
+                        reads_in_flight: 0,
+                        paused: false,
+                        dirty: false,
+                        close_after_write: false,
+                        peer_closed: false,
+                    });
+                    // Data may already be waiting (edge-triggered).
+                    self.read(key);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Typically EMFILE: keep serving the connections we have.
+                    eprintln!("hutong: accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads and routes until `WouldBlock`, a full limit, or an error.
+    fn read(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.paused || conn.close_after_write {
+            return;
+        }
+        loop {
+            match process_frames(conn, key, &mut self.routes, &self.config, &self.shared) {
+                Stop::NeedBytes => {}
+                Stop::Blocked => {
+                    conn.paused = true;
+                    self.paused.push(key);
+                    break;
+                }
+                Stop::Close => {
+                    conn.close_after_write = true;
+                    break;
+                }
+            }
+            if conn.peer_closed {
+                break;
+            }
+            make_room(conn, self.config.frame_bytes_max);
+            match conn.stream.read(&mut conn.rbuf[conn.rend..]) {
+                Ok(0) => {
+                    conn.peer_closed = true;
+                    break;
+                }
+                Ok(n) => conn.rend += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    // Reset by peer and the like: nothing more to send.
+                    conn.peer_closed = true;
+                    conn.close_after_write = true;
+                    conn.wpos = conn.wbuf.len();
+                    break;
+                }
+            }
+        }
+        if conn.pending_write() > 0 && !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    fn resume_paused(&mut self) {
+        if self.paused.is_empty() {
+            return;
+        }
+        let paused = std::mem::take(&mut self.paused);
+        for key in paused {
+            if let Some(conn) = self.conns.get_mut(key) {
+                if conn.paused {
+                    conn.paused = false;
+                    self.read(key);
+                    self.close_if_finished(key);
+                }
+            }
+        }
+    }
+
+    fn drain_completions(&mut self) {
+        for from_reader in [false, true] {
+            let ring = if from_reader {
+                &mut self.from_reader
+            } else {
+                &mut self.from_responder
+            };
+            while let Some(m) = ring.peek() {
+                let key = (m.conn & 0xffff_ffff) as usize;
+                let generation = (m.conn >> 32) as u32;
+                if let Some(conn) = self.conns.get_mut(key) {
+                    if conn.generation == generation {
+                        if conn.wpos == conn.wbuf.len() {
+                            conn.wbuf.clear();
+                            conn.wpos = 0;
+                        }
+                        conn.wbuf.extend_from_slice(m.payload);
+                        if m.flags & FLAG_COUNTED != 0 {
+                            conn.in_flight = conn.in_flight.saturating_sub(1);
+                        }
+                        if from_reader {
+                            conn.reads_in_flight = conn.reads_in_flight.saturating_sub(1);
+                        }
+                        if !conn.dirty {
+                            conn.dirty = true;
+                            self.dirty.push(key);
+                        }
+                    }
+                }
+                ring.pop();
+            }
+        }
+        if self
+            .shared
+            .completion_ring_full
+            .swap(false, Ordering::AcqRel)
+        {
+            self.shared.wake(Stage::Responder);
+            self.shared.wake(Stage::Reader);
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &key in &dirty {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.dirty = false;
+            }
+            self.flush(key);
+            self.close_if_finished(key);
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+    }
+
+    /// Writes queued responses until `WouldBlock`.
+    fn flush(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        while conn.wpos < conn.wbuf.len() {
+            match conn.stream.write(&conn.wbuf[conn.wpos..]) {
+                Ok(0) => break,
+                Ok(n) => conn.wpos += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    conn.wpos = conn.wbuf.len();
+                    conn.peer_closed = true;
+                    conn.close_after_write = true;
+                }
+            }
+        }
+        if conn.wpos == conn.wbuf.len() {
+            conn.wbuf.clear();
+            conn.wpos = 0;
+            if conn.wbuf.capacity() > WRITE_BUFFER_KEEP_BYTES {
+                conn.wbuf.shrink_to(READ_BUFFER_BYTES);
+            }
+        }
+    }
+
+    fn close_if_finished(&mut self, key: usize) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        if !conn.finished() {
+            return;
+        }
+        let mut conn = self.conns.remove(key);
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+    }
+}
+
+/// Moves a partial frame to the front of the read buffer and grows the
+/// buffer when the frame being read is larger than it.
+fn make_room(conn: &mut Conn, frame_bytes_max: usize) {
+    if conn.rstart == conn.rend {
+        conn.rstart = 0;
+        conn.rend = 0;
+        if conn.rbuf.len() > READ_BUFFER_BYTES {
+            conn.rbuf.truncate(READ_BUFFER_BYTES);
+            conn.rbuf.shrink_to_fit();
+        }
+    }
+    if conn.rend < conn.rbuf.len() {
+        return;
+    }
+    if conn.rstart > 0 {
+        conn.rbuf.copy_within(conn.rstart..conn.rend, 0);
+        conn.rend -= conn.rstart;
+        conn.rstart = 0;
+    }
+    if conn.rend == conn.rbuf.len() {
+        // The buffered frame is bigger than the buffer; its size was
+        // checked against frame_bytes_max before we get here.
+        let want = (conn.rbuf.len() * 2).min(frame_bytes_max.max(READ_BUFFER_BYTES));
+        conn.rbuf.resize(want.max(conn.rbuf.len() + 1), 0);
+    }
+}
+
+/// Handles every whole frame buffered on `conn`.
+fn process_frames(
+    conn: &mut Conn,
+    key: usize,
+    routes: &mut Routes,
+    config: &Config,
+    shared: &Shared,
+) -> Stop {
+    let id = conn.id(key);
+    loop {
+        let buf = &conn.rbuf[conn.rstart..conn.rend];
+        let total = match check_frame(buf, REQUEST_HEADER_LEN, config.frame_bytes_max) {
+            Ok(Some(total)) => total,
+            Ok(None) => return Stop::NeedBytes,
+            Err(e) => {
+                let corr = if buf.len() >= 12 {
+                    u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]])
+                } else {
+                    0
+                };
+                let api = if buf.len() >= 6 {
+                    u16::from_le_bytes([buf[4], buf[5]])
+                } else {
+                    0
+                };
+                eprintln!("hutong: closing connection from {}: {:?}", conn.peer, e);
+                let msg = match e {
+                    crate::wire::frame::FrameError::TooLarge { .. } => {
+                        ErrorCode::FrameTooLarge.message()
+                    }
+                    crate::wire::frame::FrameError::TooShort { .. } => {
+                        "frame shorter than a request header"
+                    }
+                };
+                error_frame(&mut conn.wbuf, corr, api, e.code(), msg);
+                conn.rstart = conn.rend;
+                return Stop::Close;
+            }
+        };
+        if conn.in_flight >= config.in_flight_per_connection_max
+            || conn.pending_write() >= config.connection_write_bytes_max
+        {
+            return Stop::Blocked;
+        }
+        let frame = &conn.rbuf[conn.rstart..conn.rstart + total];
+        let h = RequestHeader::parse(frame);
+        match ApiKey::from_u16(h.api_key) {
+            None => error_frame(
+                &mut conn.wbuf,
+                h.correlation_id,
+                h.api_key,
+                ErrorCode::UnsupportedApi,
+                ErrorCode::UnsupportedApi.message(),
+            ),
+            Some(api) if !(api.versions().0..=api.versions().1).contains(&h.api_version) => {
+                error_frame(
+                    &mut conn.wbuf,
+                    h.correlation_id,
+                    h.api_key,
+                    ErrorCode::UnsupportedVersion,
+                    ErrorCode::UnsupportedVersion.message(),
+                )
+            }
+            Some(api) if api != ApiKey::Produce && total > SMALL_REQUEST_BYTES_MAX => error_frame(
+                &mut conn.wbuf,
+                h.correlation_id,
+                h.api_key,
+                ErrorCode::FrameTooLarge,
+                "requests other than Produce are limited to 64 KiB",
+            ),
+            Some(ApiKey::Handshake) => {
+                handshake(&mut conn.wbuf, &h, &frame[REQUEST_HEADER_LEN..], config)
+            }
+            Some(ApiKey::Ping) => {
+                let body = &frame[REQUEST_HEADER_LEN..];
+                let head = ResponseHeader {
+                    correlation_id: h.correlation_id,
+                    api_key: h.api_key,
+                    error_code: 0,
+                };
+                conn.wbuf.extend_from_slice(&head.to_bytes(body.len()));
+                conn.wbuf.extend_from_slice(body);
+            }
+            Some(ApiKey::Produce | ApiKey::CreateTopic) => {
+                let counted =
+                    !(h.api_key == ApiKey::Produce.as_u16() && produce_qos(frame) == Some(0));
+                let flags = if counted { FLAG_COUNTED } else { 0 };
+                if !routes.to_writer.push(id, flags, &[frame]) {
+                    shared.request_ring_full.store(true, Ordering::Release);
+                    routes.pushed_writer = true;
+                    return Stop::Blocked;
+                }
+                routes.pushed_writer = true;
+                conn.in_flight += counted as usize;
+            }
+            Some(ApiKey::Fetch | ApiKey::Metadata | ApiKey::ListOffsets) => {
+                if conn.reads_in_flight >= READS_IN_FLIGHT_MAX {
+                    return Stop::Blocked;
+                }
+                if !routes.to_reader.push(id, FLAG_COUNTED, &[frame]) {
+                    shared.read_ring_full.store(true, Ordering::Release);
+                    routes.pushed_reader = true;
+                    return Stop::Blocked;
+                }
+                routes.pushed_reader = true;
+                conn.in_flight += 1;
+                conn.reads_in_flight += 1;
+            }
+        }
+        conn.rstart += total;
+    }
+}
+
+/// The QoS byte of a produce frame, if the frame is long enough to hold it.
+fn produce_qos(frame: &[u8]) -> Option<u8> {
+    let at = REQUEST_HEADER_LEN;
+    let topic_len = u16::from_le_bytes([*frame.get(at)?, *frame.get(at + 1)?]) as usize;
+    frame.get(at + 2 + topic_len + 4).copied()
+}
+
+fn handshake(out: &mut Vec<u8>, h: &RequestHeader, body: &[u8], config: &Config) {
+    let req = match HandshakeRequest::decode(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error_frame(
+                out,
+                h.correlation_id,
+                h.api_key,
+                ErrorCode::MalformedRequest,
+                &e.to_string(),
+            );
+        }
+    };
+    if !(req.min_version..=req.max_version).contains(&PROTOCOL_VERSION) {
+        return error_frame(
+            out,
+            h.correlation_id,
+            h.api_key,
+            ErrorCode::UnsupportedVersion,
+            "this broker speaks protocol version 1 only",
+        );
+    }
+    let start = out.len();
+    ResponseHeader {
+        correlation_id: h.correlation_id,
+        api_key: h.api_key,
+        error_code: 0,
+    }
+    .write(out);
+    HandshakeResponse {
+        version: PROTOCOL_VERSION,
+        max_frame_bytes: config.frame_bytes_max as u32,
+        server: concat!("hutong ", env!("CARGO_PKG_VERSION")).to_string(),
+        apis: ApiKey::ALL
+            .iter()
+            .map(|a| ApiVersions {
+                api_key: a.as_u16(),
+                min_version: a.versions().0,
+                max_version: a.versions().1,
+            })
+            .collect(),
+    }
+    .encode(out);
+    finish_frame(out, start);
+}
+
+/// Appends an error response frame to `out`.
+pub fn error_frame(
+    out: &mut Vec<u8>,
+    correlation_id: u32,
+    api_key: u16,
+    code: ErrorCode,
+    message: &str,
+) {
+    let start = out.len();
+    ResponseHeader {
+        correlation_id,
+        api_key,
+        error_code: code.as_u16(),
+    }
+    .write(out);
+    ErrorBody { message }.encode(out);
+    finish_frame(out, start);
+}

@@ -1,0 +1,577 @@
+//! The reader: serves Fetch (with long polling), Metadata and ListOffsets.
+//!
+//! It runs on its own thread so the reactor never touches the disk: fetched
+//! batches are read with `pread` from the segment files (usually the page
+//! cache) straight into the response, then handed to the reactor through the
+//! fetch completion ring. Only committed data (below C) is ever served.
+//! A fetch that cannot be satisfied yet waits here until C moves or its
+//! `max_wait_ms` passes.
+
+use super::ring::{MessageConsumer, MessageProducer, FLAG_COUNTED};
+use super::shared::{deadline_after, Idle, Shared, Stage};
+use crate::config::FETCH_WAIT_MS_MAX;
+use crate::journal::checkpoint::TopicMeta;
+use crate::journal::index::{entries_below, locate, PartitionIndex};
+use crate::journal::log::SegmentFile;
+use crate::wire::api::{
+    ErrorBody, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataRequest, MetadataResponse, PartitionMetadata, TopicMetadata,
+};
+use crate::wire::frame::{finish_frame, RequestHeader, ResponseHeader, REQUEST_HEADER_LEN};
+use crate::wire::{ApiKey, ErrorCode};
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the writer tells the reader.
+pub enum ReaderEvent {
+    /// A topic exists, with read handles on its partition indexes.
+    Topic {
+        /// Its metadata.
+        meta: TopicMeta,
+        /// One index per partition.
+        indexes: Vec<Arc<PartitionIndex>>,
+    },
+    /// A new segment file was started.
+    Segment(SegmentFile),
+}
+
+struct ReaderTopic {
+    name: String,
+    partitions: Vec<Arc<PartitionIndex>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct WaitingFetch {
+    conn: u64,
+    flags: u32,
+    correlation_id: u32,
+    topic: usize,
+    partition: u32,
+    offset: u64,
+    max_bytes: usize,
+    min_bytes: usize,
+    deadline: Instant,
+}
+
+/// A request could not be answered because the completion ring is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingFull;
+
+/// The reader's state and logic, without the thread.
+pub struct Reader {
+    topics: Vec<ReaderTopic>,
+    by_name: HashMap<String, usize>,
+    segments: Vec<SegmentFile>,
+    waiting: Vec<WaitingFetch>,
+    events: Receiver<ReaderEvent>,
+    fetch_bytes_max: usize,
+    out: Vec<u8>,
+}
+
+/// What a fetch would return right now.
+struct Available {
+    high_watermark: u64,
+    first: usize,
+    last: usize,
+    bytes: usize,
+}
+
+impl Reader {
+    /// A reader over `segments`, learning of new topics and segments from `events`.
+    pub fn new(
+        segments: Vec<SegmentFile>,
+        events: Receiver<ReaderEvent>,
+        fetch_bytes_max: usize,
+    ) -> Reader {
+        Reader {
+            topics: Vec::new(),
+            by_name: HashMap::new(),
+            segments,
+            waiting: Vec::new(),
+            events,
+            fetch_bytes_max,
+            out: Vec::with_capacity(64 * 1024),
+        }
+    }
+
+    /// Takes in every event the writer sent so far.
+    pub fn drain_events(&mut self) {
+        while let Ok(e) = self.events.try_recv() {
+            match e {
+                ReaderEvent::Topic { meta, indexes } => {
+                    self.by_name.insert(meta.name.clone(), self.topics.len());
+                    self.topics.push(ReaderTopic {
+                        name: meta.name,
+                        partitions: indexes,
+                    });
+                }
+                ReaderEvent::Segment(f) => self.segments.push(f),
+            }
+        }
+    }
+
+    /// Fetches waiting for data.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    fn topic(&mut self, name: &str) -> Option<usize> {
+        if let Some(t) = self.by_name.get(name) {
+            return Some(*t);
+        }
+        // The topic may have been created after the last drain.
+        self.drain_events();
+        self.by_name.get(name).copied()
+    }
+
+    /// Handles one request frame. `committed` is C.
+    ///
+    /// # Errors
+    /// [`RingFull`] when the answer does not fit in the ring now; the
+    /// caller keeps the request and retries later.
+    pub fn handle(
+        &mut self,
+        conn: u64,
+        flags: u32,
+        frame: &[u8],
+        committed: u64,
+        now: Instant,
+        out: &mut MessageProducer,
+    ) -> Result<(), RingFull> {
+        let h = RequestHeader::parse(frame);
+        let body = &frame[REQUEST_HEADER_LEN..];
+        let api = ApiKey::from_u16(h.api_key);
+        let result = match api {
+            Some(ApiKey::Fetch) => {
+                return self.fetch(conn, flags, h.correlation_id, body, committed, now, out)
+            }
+            Some(ApiKey::Metadata) => self.metadata(body, committed),
+            Some(ApiKey::ListOffsets) => self.list_offsets(body, committed),
+            _ => Err(ErrorCode::Internal),
+        };
+        let code = match result {
+            Ok(()) => ErrorCode::None,
+            Err(code) => {
+                self.out.clear();
+                ErrorBody {
+                    message: code.message(),
+                }
+                .encode(&mut self.out);
+                code
+            }
+        };
+        let header = ResponseHeader {
+            correlation_id: h.correlation_id,
+            api_key: h.api_key,
+            error_code: code.as_u16(),
+        };
+        let head = header.to_bytes(self.out.len());
+        if out.push(conn, flags & FLAG_COUNTED, &[&head, &self.out]) {
+            Ok(())
+        } else {
+            Err(RingFull)
+        }
+    }
+
+    fn metadata(&mut self, body: &[u8], committed: u64) -> Result<(), ErrorCode> {
+        let req = MetadataRequest::decode(body).map_err(|_| ErrorCode::MalformedRequest)?;
+        self.drain_events();
+        let describe = |t: &ReaderTopic| TopicMetadata {
+            name: t.name.clone(),
+            error_code: 0,
+            partitions: t
+                .partitions
+                .iter()
+                .enumerate()
+                .map(|(i, idx)| {
+                    let (start_offset, end_offset) = offsets(idx, committed);
+                    PartitionMetadata {
+                        partition: i as u32,
+                        start_offset,
+                        end_offset,
+                    }
+                })
+                .collect(),
+        };
+        let topics = if req.topics.is_empty() {
+            self.topics.iter().map(describe).collect()
+        } else {
+            req.topics
+                .iter()
+                .map(|name| match self.by_name.get(*name) {
+                    Some(&t) => describe(&self.topics[t]),
+                    None => TopicMetadata {
+                        name: name.to_string(),
+                        error_code: ErrorCode::UnknownTopic.as_u16(),
+                        partitions: Vec::new(),
+                    },
+                })
+                .collect()
+        };
+        self.out.clear();
+        MetadataResponse { topics }.encode(&mut self.out);
+        Ok(())
+    }
+
+    fn list_offsets(&mut self, body: &[u8], committed: u64) -> Result<(), ErrorCode> {
+        let req = ListOffsetsRequest::decode(body).map_err(|_| ErrorCode::MalformedRequest)?;
+        let t = self.topic(req.topic).ok_or(ErrorCode::UnknownTopic)?;
+        let idx = self.topics[t]
+            .partitions
+            .get(req.partition as usize)
+            .ok_or(ErrorCode::UnknownPartition)?;
+        let (earliest, latest) = offsets(idx, committed);
+        self.out.clear();
+        ListOffsetsResponse { earliest, latest }.encode(&mut self.out);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fetch(
+        &mut self,
+        conn: u64,
+        flags: u32,
+        correlation_id: u32,
+        body: &[u8],
+        committed: u64,
+        now: Instant,
+        out: &mut MessageProducer,
+    ) -> Result<(), RingFull> {
+        let parsed = self.parse_fetch(body, now);
+        let w = match parsed {
+            Ok((topic, partition, offset, max_bytes, min_bytes, deadline)) => WaitingFetch {
+                conn,
+                flags,
+                correlation_id,
+                topic,
+                partition,
+                offset,
+                max_bytes,
+                min_bytes,
+                deadline,
+            },
+            Err(code) => {
+                return self.answer_error(conn, flags, correlation_id, ApiKey::Fetch, code, out)
+            }
+        };
+        match self.try_answer(&w, committed, now, false, out) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.waiting.push(w);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn parse_fetch(
+        &mut self,
+        body: &[u8],
+        now: Instant,
+    ) -> Result<(usize, u32, u64, usize, usize, Instant), ErrorCode> {
+        let req = FetchRequest::decode(body).map_err(|_| ErrorCode::MalformedRequest)?;
+        if req.max_wait_ms > FETCH_WAIT_MS_MAX {
+            return Err(ErrorCode::InvalidTimeout);
+        }
+        if req.max_bytes == 0 {
+            return Err(ErrorCode::InvalidRequest);
+        }
+        let t = self.topic(req.topic).ok_or(ErrorCode::UnknownTopic)?;
+        if req.partition as usize >= self.topics[t].partitions.len() {
+            return Err(ErrorCode::UnknownPartition);
+        }
+        Ok((
+            t,
+            req.partition,
+            req.offset,
+            (req.max_bytes as usize).min(self.fetch_bytes_max),
+            req.min_bytes as usize,
+            deadline_after(now, req.max_wait_ms as u64),
+        ))
+    }
+
+    fn available(&self, w: &WaitingFetch, committed: u64) -> Result<Available, ErrorCode> {
+        let idx = &self.topics[w.topic].partitions[w.partition as usize];
+        let n = entries_below(idx, idx.len(), committed);
+        let high_watermark = if n == 0 {
+            0
+        } else {
+            entry(idx, n - 1).next_offset()
+        };
+        if w.offset > high_watermark {
+            return Err(ErrorCode::OffsetOutOfRange);
+        }
+        let first = locate(idx, n, w.offset);
+        let mut last = first;
+        let mut bytes = 0usize;
+        // At least one whole batch, so a consumer always makes progress.
+        while last < n {
+            let len = entry(idx, last).len as usize;
+            if last > first && bytes + len > w.max_bytes {
+                break;
+            }
+            bytes += len;
+            last += 1;
+        }
+        Ok(Available {
+            high_watermark,
+            first,
+            last,
+            bytes,
+        })
+    }
+
+    /// Answers `w` if it has enough data, its deadline passed, or `force`.
+    /// Returns whether it was answered.
+    fn try_answer(
+        &mut self,
+        w: &WaitingFetch,
+        committed: u64,
+        now: Instant,
+        force: bool,
+        out: &mut MessageProducer,
+    ) -> Result<bool, RingFull> {
+        let avail = match self.available(w, committed) {
+            Ok(a) => a,
+            Err(code) => {
+                self.answer_error(w.conn, w.flags, w.correlation_id, ApiKey::Fetch, code, out)?;
+                return Ok(true);
+            }
+        };
+        let enough = avail.bytes > 0 && avail.bytes >= w.min_bytes;
+        if !(enough || force || now >= w.deadline) {
+            return Ok(false);
+        }
+        let total = crate::wire::frame::RESPONSE_HEADER_LEN
+            + crate::wire::api::FETCH_PREFIX_LEN
+            + avail.bytes;
+        if !out.fits(total) {
+            return Err(RingFull);
+        }
+        match self.read_batches(w, &avail) {
+            Ok(()) => {}
+            Err(e) => {
+                eprintln!("hutong: fetch read failed: {e}");
+                self.answer_error(
+                    w.conn,
+                    w.flags,
+                    w.correlation_id,
+                    ApiKey::Fetch,
+                    ErrorCode::StorageError,
+                    out,
+                )?;
+                return Ok(true);
+            }
+        }
+        let pushed = out.push(w.conn, w.flags & FLAG_COUNTED, &[&self.out]);
+        debug_assert!(pushed, "room was checked");
+        Ok(true)
+    }
+
+    /// Builds the whole fetch response frame in `self.out`.
+    fn read_batches(&mut self, w: &WaitingFetch, avail: &Available) -> std::io::Result<()> {
+        let idx = self.topics[w.topic].partitions[w.partition as usize].clone();
+        self.out.clear();
+        let header = ResponseHeader {
+            correlation_id: w.correlation_id,
+            api_key: ApiKey::Fetch.as_u16(),
+            error_code: 0,
+        };
+        header.write(&mut self.out);
+        let start_offset = if idx.is_empty() {
+            0
+        } else {
+            entry(&idx, 0).base_offset
+        };
+        self.out.extend_from_slice(&FetchResponse::prefix(
+            avail.high_watermark,
+            start_offset,
+            avail.bytes,
+        ));
+        // Read runs of batches that are adjacent in the journal with one pread.
+        let mut i = avail.first;
+        while i < avail.last {
+            let start = entry(&idx, i).position;
+            let mut end = entry(&idx, i).end_position();
+            i += 1;
+            while i < avail.last && entry(&idx, i).position == end {
+                end = entry(&idx, i).end_position();
+                i += 1;
+            }
+            self.read_range(start, end)?;
+        }
+        finish_frame(&mut self.out, 0);
+        Ok(())
+    }
+
+    /// Appends journal bytes [start, end) to `self.out`, crossing segment
+    /// boundaries as needed.
+    fn read_range(&mut self, mut start: u64, end: u64) -> std::io::Result<()> {
+        while start < end {
+            let s = self.segments.partition_point(|f| f.0 <= start);
+            if s == 0 {
+                return Err(std::io::Error::other(format!(
+                    "no segment holds position {start}"
+                )));
+            }
+            let (seg_start, file) = &self.segments[s - 1];
+            let seg_end = self.segments.get(s).map(|f| f.0).unwrap_or(u64::MAX);
+            let stop = end.min(seg_end);
+            let at = self.out.len();
+            self.out.resize(at + (stop - start) as usize, 0);
+            file.read_exact_at(&mut self.out[at..], start - seg_start)?;
+            start = stop;
+        }
+        Ok(())
+    }
+
+    fn answer_error(
+        &mut self,
+        conn: u64,
+        flags: u32,
+        correlation_id: u32,
+        api: ApiKey,
+        code: ErrorCode,
+        out: &mut MessageProducer,
+    ) -> Result<(), RingFull> {
+        self.out.clear();
+        ResponseHeader {
+            correlation_id,
+            api_key: api.as_u16(),
+            error_code: code.as_u16(),
+        }
+        .write(&mut self.out);
+        ErrorBody {
+            message: code.message(),
+        }
+        .encode(&mut self.out);
+        finish_frame(&mut self.out, 0);
+        if out.push(conn, flags & FLAG_COUNTED, &[&self.out]) {
+            Ok(())
+        } else {
+            Err(RingFull)
+        }
+    }
+
+    /// Answers every waiting fetch that can be answered now (all of them
+    /// with `force`). Returns how many were answered.
+    pub fn recheck(
+        &mut self,
+        committed: u64,
+        now: Instant,
+        force: bool,
+        out: &mut MessageProducer,
+    ) -> Result<usize, RingFull> {
+        let mut answered = 0;
+        let mut i = 0;
+        while i < self.waiting.len() {
+            let w = self.waiting[i];
+            if self.try_answer(&w, committed, now, force, out)? {
+                self.waiting.swap_remove(i);
+                answered += 1;
+            } else {
+                i += 1;
+            }
+        }
+        Ok(answered)
+    }
+
+    /// The earliest deadline among waiting fetches.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.waiting.iter().map(|w| w.deadline).min()
+    }
+}
+
+fn entry(idx: &PartitionIndex, i: usize) -> crate::journal::index::IndexEntry {
+    *idx.get(i)
+        .expect("index entries below the published length exist")
+}
+
+/// Earliest stored offset and high watermark (one past the last committed
+/// offset) of a partition.
+fn offsets(idx: &PartitionIndex, committed: u64) -> (u64, u64) {
+    let n = entries_below(idx, idx.len(), committed);
+    let hw = if n == 0 {
+        0
+    } else {
+        entry(idx, n - 1).next_offset()
+    };
+    let start = if n == 0 { 0 } else { entry(idx, 0).base_offset };
+    (start, hw)
+}
+
+/// Requests handled per round before waiting fetches are looked at again.
+const REQUESTS_PER_ROUND_MAX: usize = 256;
+
+/// The reader thread.
+pub fn run(
+    shared: Arc<Shared>,
+    mut reader: Reader,
+    mut requests: MessageConsumer,
+    mut out: MessageProducer,
+) {
+    shared.register(Stage::Reader);
+    let mut idle = Idle::new();
+    let mut last_committed = u64::MAX;
+    loop {
+        // Load C before draining events: every segment or topic holding
+        // bytes below C was announced before C could cover it.
+        let committed = shared.positions.committed.get();
+        reader.drain_events();
+        let now = Instant::now();
+        let mut worked = 0;
+        let mut blocked = false;
+        while worked < REQUESTS_PER_ROUND_MAX {
+            let Some(m) = requests.peek() else { break };
+            let (conn, flags) = (m.conn, m.flags);
+            if reader
+                .handle(conn, flags, m.payload, committed, now, &mut out)
+                .is_err()
+            {
+                blocked = true;
+                break;
+            }
+            requests.pop();
+            worked += 1;
+        }
+        if worked > 0 && shared.read_ring_full.swap(false, Ordering::AcqRel) {
+            shared.wake_reactor();
+        }
+        let stopping = shared.reactor_drained.load(Ordering::Acquire) && requests.is_empty();
+        let due = reader.next_deadline().is_some_and(|d| d <= now);
+        if !blocked && (committed != last_committed || due || stopping) {
+            match reader.recheck(committed, now, stopping, &mut out) {
+                Ok(n) => {
+                    worked += n;
+                    last_committed = committed;
+                }
+                Err(RingFull) => blocked = true,
+            }
+        }
+        if worked > 0 {
+            shared.wake_reactor();
+        }
+        if blocked {
+            shared.completion_ring_full.store(true, Ordering::Release);
+            shared.wake_reactor();
+        }
+        if stopping && reader.waiting() == 0 && !blocked {
+            shared.mark_done(Stage::Reader);
+            return;
+        }
+        if worked > 0 {
+            idle.busy();
+            continue;
+        }
+        let wait = reader
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(now))
+            .unwrap_or(Duration::from_millis(100))
+            .min(Duration::from_millis(100));
+        idle.wait(wait);
+    }
+}

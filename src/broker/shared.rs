@@ -1,0 +1,240 @@
+//! State every pipeline stage shares: the journal positions, the shutdown
+//! protocol and the handles used to wake each stage.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+/// A cache-line-padded atomic so that stages publishing different positions
+/// do not false-share a line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct Position(AtomicU64);
+
+impl Position {
+    /// Reads the position (acquire: bytes below it are visible).
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Publishes a new value (release: bytes below it were written first).
+    /// Positions only grow.
+    pub fn publish(&self, v: u64) {
+        debug_assert!(
+            v >= self.0.load(Ordering::Relaxed),
+            "positions are monotonic"
+        );
+        self.0.store(v, Ordering::Release);
+    }
+}
+
+/// The four journal positions of DESIGN.md §1.
+#[derive(Debug, Default)]
+pub struct Positions {
+    /// W: appended to the journal.
+    pub written: Position,
+    /// F: durable on the local disk.
+    pub flushed: Position,
+    /// R: held by a majority of replicas.
+    pub replicated: Position,
+    /// C: durable on a majority; what consumers may read.
+    pub committed: Position,
+}
+
+impl Positions {
+    /// All four positions start at the recovered journal end.
+    pub fn at(end: u64) -> Positions {
+        let p = Positions::default();
+        for pos in [&p.written, &p.flushed, &p.replicated, &p.committed] {
+            pos.publish(end);
+        }
+        p
+    }
+}
+
+/// Each pipeline stage, for waking and for the shutdown hand-off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Appends requests to the journal.
+    Writer = 0,
+    /// fdatasyncs the journal.
+    Flusher = 1,
+    /// Publishes R and C.
+    Replicator = 2,
+    /// Answers produce requests.
+    Responder = 3,
+    /// Serves fetch, metadata and list-offsets.
+    Reader = 4,
+}
+
+const STAGES: usize = 5;
+
+/// What the stages share besides their rings.
+pub struct Shared {
+    /// Journal positions.
+    pub positions: Positions,
+    /// Set once by a shutdown request.
+    shutdown: AtomicBool,
+    /// Set by each stage when it has finished its part of the shutdown.
+    done: [AtomicBool; STAGES],
+    /// Set by the reactor once it stopped forwarding requests.
+    pub reactor_drained: AtomicBool,
+    /// Thread handles, filled in when the stages start.
+    threads: [OnceLock<Thread>; STAGES],
+    /// The reactor's waker.
+    pub waker: mio::Waker,
+    /// The writer found the request ring full; wake the reactor when it has room.
+    pub request_ring_full: AtomicBool,
+    /// The responder or reader found a completion ring full.
+    pub completion_ring_full: AtomicBool,
+    /// The reader's request ring was full.
+    pub read_ring_full: AtomicBool,
+    /// Set when fdatasync failed: durability can no longer be promised.
+    pub storage_failed: AtomicBool,
+    /// The first fatal error any stage hit (not on the hot path).
+    pub fatal: Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// Shared state for a journal recovered up to `end`.
+    pub fn new(end: u64, waker: mio::Waker) -> Shared {
+        Shared {
+            positions: Positions::at(end),
+            shutdown: AtomicBool::new(false),
+            done: Default::default(),
+            reactor_drained: AtomicBool::new(false),
+            threads: Default::default(),
+            waker,
+            request_ring_full: AtomicBool::new(false),
+            completion_ring_full: AtomicBool::new(false),
+            read_ring_full: AtomicBool::new(false),
+            storage_failed: AtomicBool::new(false),
+            fatal: Mutex::new(None),
+        }
+    }
+
+    /// Records the calling thread as `stage` so others can wake it.
+    pub fn register(&self, stage: Stage) {
+        let _ = self.threads[stage as usize].set(std::thread::current());
+    }
+
+    /// Wakes a stage (a no-op syscall-free store when it is not parked).
+    pub fn wake(&self, stage: Stage) {
+        if let Some(t) = self.threads[stage as usize].get() {
+            t.unpark();
+        }
+    }
+
+    /// Wakes the reactor.
+    pub fn wake_reactor(&self) {
+        if let Err(e) = self.waker.wake() {
+            eprintln!("hutong: cannot wake the reactor: {e}");
+        }
+    }
+
+    /// Asks every stage to shut down.
+    pub fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::Release);
+        self.wake_reactor();
+        for s in [
+            Stage::Writer,
+            Stage::Flusher,
+            Stage::Replicator,
+            Stage::Responder,
+            Stage::Reader,
+        ] {
+            self.wake(s);
+        }
+    }
+
+    /// True once shutdown was requested.
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+
+    /// Marks a stage as finished with its shutdown work, and wakes the rest.
+    pub fn mark_done(&self, stage: Stage) {
+        self.done[stage as usize].store(true, Ordering::Release);
+        self.wake_reactor();
+        for s in [
+            Stage::Writer,
+            Stage::Flusher,
+            Stage::Replicator,
+            Stage::Responder,
+            Stage::Reader,
+        ] {
+            self.wake(s);
+        }
+    }
+
+    /// True once `stage` has finished its shutdown work.
+    pub fn is_done(&self, stage: Stage) -> bool {
+        self.done[stage as usize].load(Ordering::Acquire)
+    }
+
+    /// Records a fatal error and starts a shutdown.
+    pub fn fail(&self, what: String) {
+        eprintln!("hutong: fatal: {what}");
+        if let Ok(mut f) = self.fatal.lock() {
+            f.get_or_insert(what);
+        }
+        self.request_shutdown();
+    }
+}
+
+/// How an idle stage waits: a short spin to catch work that is about to
+/// arrive (cheap on latency), then a park (cheap on a 2-core machine).
+pub struct Idle {
+    spins: u32,
+}
+
+/// Spins before parking; kept short because busy-spinning a core is a bug
+/// on 2-core machines.
+const SPIN_ROUNDS: u32 = 16;
+
+impl Idle {
+    /// A fresh idle state.
+    pub fn new() -> Idle {
+        Idle { spins: 0 }
+    }
+
+    /// Call after a round that did work.
+    pub fn busy(&mut self) {
+        self.spins = 0;
+    }
+
+    /// Call after a round that found nothing to do: spins a little, then
+    /// parks for at most `max_wait`.
+    pub fn wait(&mut self, max_wait: Duration) {
+        if self.spins < SPIN_ROUNDS {
+            self.spins += 1;
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+            std::thread::yield_now();
+            return;
+        }
+        std::thread::park_timeout(max_wait);
+    }
+}
+
+impl Default for Idle {
+    fn default() -> Self {
+        Idle::new()
+    }
+}
+
+/// Milliseconds since the Unix epoch, for broker timestamps.
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `now + ms`, saturating far in the future.
+pub fn deadline_after(now: Instant, ms: u64) -> Instant {
+    now.checked_add(Duration::from_millis(ms))
+        .unwrap_or(now + Duration::from_secs(86_400 * 365))
+}

@@ -1,0 +1,179 @@
+//! Administrative calls: topics, metadata, offsets, ping.
+
+use super::connection::Connection;
+use super::error::ClientError;
+use crate::wire::api::{
+    CreateTopicRequest, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+};
+use crate::wire::ApiKey;
+use std::net::ToSocketAddrs;
+
+/// A connection used for administrative requests, one at a time.
+#[derive(Debug)]
+pub struct Admin {
+    conn: Connection,
+}
+
+impl Admin {
+    /// Connects and performs the handshake.
+    ///
+    /// # Errors
+    /// As [`Connection::connect`].
+    pub fn connect(addr: impl ToSocketAddrs) -> Result<Admin, ClientError> {
+        Ok(Admin {
+            conn: Connection::connect(addr)?,
+        })
+    }
+
+    /// Wraps an existing connection.
+    pub fn from_connection(conn: Connection) -> Admin {
+        Admin { conn }
+    }
+
+    /// The underlying connection.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Creates a topic with `partitions` partitions.
+    ///
+    /// # Errors
+    /// [`ClientError::Broker`] with `TopicAlreadyExists`, `InvalidTopicName`,
+    /// `InvalidPartitions` or `TooManyTopics`; connection errors.
+    pub fn create_topic(&self, name: &str, partitions: u32) -> Result<(), ClientError> {
+        let request = CreateTopicRequest { name, partitions };
+        self.conn
+            .call(ApiKey::CreateTopic, |out| request.encode(out))?
+            .into_result()?;
+        Ok(())
+    }
+
+    /// Describes `topics`, or every topic when `topics` is empty. A named
+    /// topic that does not exist comes back with its own error code
+    /// (`UnknownTopic`) rather than failing the call.
+    ///
+    /// # Errors
+    /// Connection errors, [`ClientError::Broker`], [`ClientError::Decode`].
+    pub fn metadata(&self, topics: &[&str]) -> Result<MetadataResponse, ClientError> {
+        let request = MetadataRequest {
+            topics: topics.to_vec(),
+        };
+        let response = self
+            .conn
+            .call(ApiKey::Metadata, |out| request.encode(out))?
+            .into_result()?;
+        Ok(MetadataResponse::decode(&response.body)?)
+    }
+
+    /// The earliest and latest (one past the last committed) offsets of a
+    /// partition.
+    ///
+    /// # Errors
+    /// [`ClientError::Broker`] with `UnknownTopic` or `UnknownPartition`;
+    /// connection and decode errors.
+    pub fn list_offsets(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<ListOffsetsResponse, ClientError> {
+        list_offsets(&self.conn, topic, partition)
+    }
+
+    /// Sends `payload` in a Ping and returns the echo. The Ping body is the
+    /// raw payload, echoed byte for byte.
+    ///
+    /// # Errors
+    /// Connection errors, [`ClientError::Broker`].
+    pub fn ping(&self, payload: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let response = self
+            .conn
+            .call(ApiKey::Ping, |out| out.extend_from_slice(payload))?
+            .into_result()?;
+        Ok(response.body)
+    }
+}
+
+/// ListOffsets on any connection; shared by [`Admin`] and the consumer.
+pub(crate) fn list_offsets(
+    conn: &Connection,
+    topic: &str,
+    partition: u32,
+) -> Result<ListOffsetsResponse, ClientError> {
+    let request = ListOffsetsRequest { topic, partition };
+    let response = conn
+        .call(ApiKey::ListOffsets, |out| request.encode(out))?
+        .into_result()?;
+    Ok(ListOffsetsResponse::decode(&response.body)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::fake;
+    use crate::wire::api::{PartitionMetadata, TopicMetadata};
+    use crate::wire::ErrorCode;
+
+    #[test]
+    fn admin_calls_encode_requests_and_decode_answers() {
+        let broker = fake::spawn(|mut c| {
+            let req = c.read_request().unwrap();
+            assert_eq!(req.header.api_key, ApiKey::CreateTopic.as_u16());
+            let create = CreateTopicRequest::decode(&req.body).unwrap();
+            assert_eq!((create.name, create.partitions), ("orders", 3));
+            c.reply(&req, 0, &[]);
+
+            let req = c.read_request().unwrap();
+            let create = CreateTopicRequest::decode(&req.body).unwrap();
+            assert_eq!(create.name, "orders");
+            c.reply_error(&req, ErrorCode::TopicAlreadyExists, "");
+
+            let req = c.read_request().unwrap();
+            assert_eq!(req.header.api_key, ApiKey::Metadata.as_u16());
+            assert_eq!(
+                MetadataRequest::decode(&req.body).unwrap().topics,
+                vec!["orders"]
+            );
+            let mut body = Vec::new();
+            MetadataResponse {
+                topics: vec![TopicMetadata {
+                    name: "orders".into(),
+                    error_code: 0,
+                    partitions: vec![PartitionMetadata {
+                        partition: 0,
+                        start_offset: 2,
+                        end_offset: 9,
+                    }],
+                }],
+            }
+            .encode(&mut body);
+            c.reply(&req, 0, &body);
+
+            let req = c.read_request().unwrap();
+            let lo = ListOffsetsRequest::decode(&req.body).unwrap();
+            assert_eq!((lo.topic, lo.partition), ("orders", 1));
+            let mut body = Vec::new();
+            ListOffsetsResponse {
+                earliest: 4,
+                latest: 10,
+            }
+            .encode(&mut body);
+            c.reply(&req, 0, &body);
+
+            let req = c.read_request().unwrap();
+            assert_eq!(req.header.api_key, ApiKey::Ping.as_u16());
+            c.reply(&req, 0, &req.body);
+            c.read_request();
+        });
+        let admin = Admin::connect(broker.addr).unwrap();
+        admin.create_topic("orders", 3).unwrap();
+        let err = admin.create_topic("orders", 3).unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::TopicAlreadyExists));
+        let md = admin.metadata(&["orders"]).unwrap();
+        assert_eq!(md.topics[0].partitions[0].end_offset, 9);
+        let lo = admin.list_offsets("orders", 1).unwrap();
+        assert_eq!((lo.earliest, lo.latest), (4, 10));
+        assert_eq!(admin.ping(b"ni hao").unwrap(), b"ni hao");
+        drop(admin);
+        broker.join();
+    }
+}

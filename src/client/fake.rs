@@ -1,0 +1,162 @@
+//! A scripted fake broker for the client's unit tests: it accepts one
+//! connection on 127.0.0.1:0 and runs a test's script against it, speaking
+//! the real framing through the wire codecs. Every read has a timeout, so a
+//! broken test fails instead of hanging.
+
+use crate::wire::api::{ErrorBody, HandshakeResponse, PROTOCOL_VERSION};
+use crate::wire::frame::{
+    check_frame, RequestHeader, ResponseHeader, REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN,
+};
+use crate::wire::{ApiKey, ErrorCode};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// The maximum frame size the fake announces.
+pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+/// The server name the fake announces.
+pub const SERVER: &str = "fake-broker";
+/// The longest a fake waits for a request.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running fake broker.
+pub struct FakeBroker {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    thread: JoinHandle<()>,
+}
+
+impl FakeBroker {
+    /// Waits for the script to end, failing the test if it panicked.
+    pub fn join(self) {
+        if let Err(panic) = self.thread.join() {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+/// Starts a fake that answers the handshake, then runs `script`.
+pub fn spawn(script: impl FnOnce(FakeConn) + Send + 'static) -> FakeBroker {
+    spawn_raw(|mut c| {
+        let req = c.read_request().expect("a handshake");
+        assert_eq!(req.header.api_key, ApiKey::Handshake.as_u16());
+        c.answer_handshake(&req, PROTOCOL_VERSION);
+        script(c);
+    })
+}
+
+/// Starts a fake that runs `script` from the first byte.
+pub fn spawn_raw(script: impl FnOnce(FakeConn) + Send + 'static) -> FakeBroker {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let thread = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("accept");
+        stream
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .expect("timeout");
+        script(FakeConn {
+            stream,
+            buf: Vec::new(),
+        });
+    });
+    FakeBroker { addr, thread }
+}
+
+/// One request as the fake read it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Its header.
+    pub header: RequestHeader,
+    /// Its body.
+    pub body: Vec<u8>,
+}
+
+/// The fake's side of the connection.
+pub struct FakeConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl FakeConn {
+    /// Reads the next request; `None` when the client closed the connection
+    /// or sent nothing within the read timeout.
+    pub fn read_request(&mut self) -> Option<Request> {
+        loop {
+            if let Some(total) = check_frame(&self.buf, REQUEST_HEADER_LEN, 1 << 30).unwrap() {
+                let frame: Vec<u8> = self.buf.drain(..total).collect();
+                return Some(Request {
+                    header: RequestHeader::parse(&frame),
+                    body: frame[REQUEST_HEADER_LEN..].to_vec(),
+                });
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// True when request bytes are buffered or arrive within `wait`.
+    pub fn request_arrives_within(&mut self, wait: Duration) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        self.stream.set_read_timeout(Some(wait)).expect("timeout");
+        let arrived = matches!(self.stream.peek(&mut [0u8; 1]), Ok(n) if n > 0);
+        self.stream
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .expect("timeout");
+        arrived
+    }
+
+    /// Answers `req` with `error_code` and `body`.
+    pub fn reply(&mut self, req: &Request, error_code: u16, body: &[u8]) {
+        self.reply_raw(
+            req.header.correlation_id,
+            req.header.api_key,
+            error_code,
+            body,
+        );
+    }
+
+    /// Answers `req` with an error.
+    pub fn reply_error(&mut self, req: &Request, code: ErrorCode, message: &str) {
+        let mut body = Vec::new();
+        ErrorBody { message }.encode(&mut body);
+        self.reply(req, code.as_u16(), &body);
+    }
+
+    /// Writes a response frame with any header fields.
+    pub fn reply_raw(&mut self, correlation_id: u32, api_key: u16, error_code: u16, body: &[u8]) {
+        let header = ResponseHeader {
+            correlation_id,
+            api_key,
+            error_code,
+        };
+        let mut frame = Vec::with_capacity(RESPONSE_HEADER_LEN + body.len());
+        frame.extend_from_slice(&header.to_bytes(body.len()));
+        frame.extend_from_slice(body);
+        self.write_raw(&frame);
+    }
+
+    /// Writes raw bytes (for framing errors). A client that already left is
+    /// not the fake's problem.
+    pub fn write_raw(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes);
+    }
+
+    /// Answers a handshake, announcing `version`.
+    pub fn answer_handshake(&mut self, req: &Request, version: u16) {
+        let mut body = Vec::new();
+        HandshakeResponse {
+            version,
+            max_frame_bytes: MAX_FRAME_BYTES as u32,
+            server: SERVER.into(),
+            apis: Vec::new(),
+        }
+        .encode(&mut body);
+        self.reply(req, 0, &body);
+    }
+}
