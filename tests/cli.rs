@@ -24,13 +24,13 @@ fn topic_create_then_list_shows_the_topic_and_its_partitions() {
             "orders",
             "--partitions",
             "3",
-            "--broker",
+            "--addr",
             &addr,
         ],
         b"",
     );
     assert!(status.success(), "topic create failed: {out}{err}");
-    let (status, out, err) = cli(&["topic", "list", "--broker", &addr], b"");
+    let (status, out, err) = cli(&["topic", "list", "--addr", &addr], b"");
     assert!(status.success(), "topic list failed: {out}{err}");
     let line = out
         .lines()
@@ -48,7 +48,7 @@ fn topic_create_then_list_shows_the_topic_and_its_partitions() {
             "orders",
             "--partitions",
             "3",
-            "--broker",
+            "--addr",
             &addr,
         ],
         b"",
@@ -67,7 +67,7 @@ fn produce_from_stdin_lines_then_consume_prints_the_values() {
     let addr = broker.addr().to_string();
     RawConn::connect(broker.addr()).create_topic("lines", 1);
     let (status, out, err) = cli(
-        &["produce", "lines", "--broker", &addr],
+        &["produce", "--topic", "lines", "--addr", &addr],
         "first line\nsecond line\n三 third\n".as_bytes(),
     );
     assert!(status.success(), "produce failed: {out}{err}");
@@ -80,7 +80,7 @@ fn produce_from_stdin_lines_then_consume_prints_the_values() {
     );
     let (status, out, err) = cli(
         &[
-            "consume", "lines", "--count", "3", "--from", "earliest", "--broker", &addr,
+            "consume", "--topic", "lines", "--count", "3", "--from", "earliest", "--addr", &addr,
         ],
         b"",
     );
@@ -94,7 +94,7 @@ fn produce_to_an_unknown_topic_exits_non_zero() {
     let dir = TestDir::new();
     let broker = BrokerProc::start(&dir.data, &[]);
     let addr = broker.addr().to_string();
-    let (status, _, err) = cli(&["produce", "missing", "--broker", &addr], b"x\n");
+    let (status, _, err) = cli(&["produce", "--topic", "missing", "--addr", &addr], b"x\n");
     assert!(!status.success(), "produce to an unknown topic must fail");
     assert!(
         err.contains("UnknownTopic") || err.to_lowercase().contains("unknown topic"),

@@ -37,7 +37,7 @@ fn produce_until_killed(
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<Vec<Acked>>>,
 ) {
-    let Ok(mut producer) = Producer::connect(
+    let Ok(producer) = Producer::connect(
         addr,
         ProducerConfig {
             qos: Qos::Flushed,

@@ -8,6 +8,7 @@ use common::{
     assert_broker_serves, bounded, payload, read_partition, run_broker_expecting_exit, BrokerProc,
     RawConn, TestDir,
 };
+use hutong::client::{ClientError, Producer, ProducerConfig};
 use hutong::wire::api::{
     FetchRequest, FetchResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
 };
@@ -64,6 +65,71 @@ fn the_broker_prints_exactly_one_listening_line_and_exits_0_on_sigterm() {
     );
 }
 
+/// What a producer streaming through a shutdown saw.
+struct StreamOutcome {
+    /// (base offset, first sequence number) of each acknowledged batch.
+    acked: Vec<(u64, u64)>,
+    shutting_down: usize,
+    connection_lost: usize,
+}
+
+const STREAM_BATCH: u64 = 20;
+
+fn stream_value(seq: u64) -> Vec<u8> {
+    payload("stream", seq)
+}
+
+/// Streams pipelined batches to `stream`/0 until the broker goes away,
+/// recording every acknowledgement. A request the broker never read may
+/// be lost with the connection; one it answered must be Ok or ShuttingDown.
+fn stream_through_shutdown(addr: std::net::SocketAddr) -> StreamOutcome {
+    let producer = Producer::connect(
+        addr,
+        ProducerConfig {
+            qos: Qos::All,
+            timeout_ms: 15_000,
+            max_in_flight: 64,
+        },
+    )
+    .expect("stream producer connects");
+    let mut out = StreamOutcome {
+        acked: Vec::new(),
+        shutting_down: 0,
+        connection_lost: 0,
+    };
+    let mut window = std::collections::VecDeque::new();
+    let settle =
+        |(first, receipt): (u64, hutong::client::Receipt), out: &mut StreamOutcome| match receipt
+            .wait()
+        {
+            Ok(ack) => out.acked.push((ack.base_offset, first)),
+            Err(ClientError::Broker {
+                code: ErrorCode::ShuttingDown,
+                ..
+            }) => out.shutting_down += 1,
+            Err(ClientError::Closed | ClientError::Io(_)) => out.connection_lost += 1,
+            Err(e) => panic!("stream batch {first} failed with {e}"),
+        };
+    let mut seq = 0u64;
+    loop {
+        let values: Vec<Vec<u8>> = (seq..seq + STREAM_BATCH).map(stream_value).collect();
+        let records: Vec<(&[u8], &[u8])> =
+            values.iter().map(|v| (&b""[..], v.as_slice())).collect();
+        match producer.send_records("stream", 0, &records) {
+            Ok(receipt) => window.push_back((seq, receipt)),
+            Err(_) => break,
+        }
+        seq += STREAM_BATCH;
+        if window.len() >= 32 {
+            settle(window.pop_front().unwrap(), &mut out);
+        }
+    }
+    for w in window {
+        settle(w, &mut out);
+    }
+    out
+}
+
 const SHUTDOWN_REQUESTS: usize = 1000;
 const SHUTDOWN_RECORDS: usize = 50;
 
@@ -80,6 +146,14 @@ fn shutdown_answers_every_request_in_flight(signal: Signal) {
     let mut admin = RawConn::connect(addr);
     admin.create_topic("t", 2);
     admin.create_topic("idle", 1);
+    admin.create_topic("stream", 1);
+
+    // A producer that keeps streaming on its own connection until the
+    // broker is gone.
+    let stream = std::thread::spawn(move || stream_through_shutdown(addr));
+    common::wait_until(Duration::from_secs(10), "the stream to start", || {
+        admin.list_offsets("stream", 0).latest > 0
+    });
 
     // A long poll that cannot be satisfied by data.
     let mut poller = RawConn::connect(addr);
@@ -192,6 +266,16 @@ fn shutdown_answers_every_request_in_flight(signal: Signal) {
 
     let status = broker.wait_exit(common::EXIT_TIMEOUT);
     assert!(status.success(), "exit status after {signal:?}: {status}");
+    let stream = bounded(Duration::from_secs(30), "stream producer", move || {
+        stream.join().expect("stream producer")
+    });
+    eprintln!(
+        "{signal:?}: stream: {} acknowledged, {} ShuttingDown, {} lost with the connection",
+        stream.acked.len(),
+        stream.shutting_down,
+        stream.connection_lost
+    );
+    assert!(!stream.acked.is_empty(), "the stream was acknowledged");
 
     let mut missing: Vec<_> = sent.keys().filter(|id| !answers.contains_key(id)).collect();
     missing.sort();
@@ -215,6 +299,11 @@ fn shutdown_answers_every_request_in_flight(signal: Signal) {
             other => panic!("request {id} answered {other}"),
         }
     }
+    eprintln!(
+        "{signal:?}: {} acknowledged, {} failed with ShuttingDown",
+        acked.len(),
+        SHUTDOWN_REQUESTS - acked.len()
+    );
     assert!(!acked.is_empty(), "some requests were acknowledged");
 
     let broker = BrokerProc::start(&dir.data, &[]);
@@ -224,6 +313,19 @@ fn shutdown_answers_every_request_in_flight(signal: Signal) {
         "read back after restart",
         move || {
             let parts = [read_partition(addr, "t", 0), read_partition(addr, "t", 1)];
+            let streamed = read_partition(addr, "stream", 0);
+            for (base, first) in stream.acked {
+                for j in 0..STREAM_BATCH {
+                    let offset = base + j;
+                    let rec = streamed.get(offset as usize).unwrap_or_else(|| {
+                        panic!("acknowledged stream/0@{offset} is missing after restart")
+                    });
+                    assert!(
+                        rec.value == stream_value(first + j),
+                        "stream/0@{offset} holds other bytes after restart"
+                    );
+                }
+            }
             for (partition, base, first) in acked {
                 let stored = &parts[partition as usize];
                 for j in 0..SHUTDOWN_RECORDS as u64 {
