@@ -73,6 +73,11 @@ fn frame_above_the_max_frame_size_gets_frame_too_large_then_close() {
         .read_response()
         .expect("an error response before the close");
     r.expect_error(ErrorCode::FrameTooLarge);
+    assert_eq!(
+        (r.header.correlation_id, r.header.api_key),
+        (5, ApiKey::Produce.as_u16()),
+        "the header was readable, so its correlation id and API are echoed"
+    );
     c.expect_closed();
     assert_broker_serves(broker.addr());
 }
@@ -88,8 +93,30 @@ fn frame_shorter_than_a_header_gets_malformed_request_then_close() {
         .read_response()
         .expect("an error response before the close");
     r.expect_error(ErrorCode::MalformedRequest);
+    assert_eq!(
+        r.header.correlation_id, 0,
+        "fewer than 12 bytes of the frame: no correlation id to echo"
+    );
     c.expect_closed();
     assert_broker_serves(broker.addr());
+}
+
+#[test]
+#[ignore = "broker bug: the reactor echoes the api_key of a framing error from 6 buffered bytes; docs/protocol.md section 2 says 0 below 12"]
+fn a_framing_error_before_12_bytes_echoes_api_key_0() {
+    let dir = TestDir::new();
+    let broker = BrokerProc::start(&dir.data, &[]);
+    let mut c = RawConn::connect(broker.addr());
+    c.write_raw(&[4, 0, 0, 0, 1, 0, 1, 0]);
+    let r = c
+        .read_response()
+        .expect("an error response before the close");
+    r.expect_error(ErrorCode::MalformedRequest);
+    assert_eq!(
+        (r.header.correlation_id, r.header.api_key),
+        (0, 0),
+        "docs/protocol.md section 2: api_key follows the 12-byte rule of the correlation id"
+    );
 }
 
 #[test]
@@ -414,4 +441,89 @@ fn many_bad_connections_do_not_stop_a_good_producer() {
         assert_eq!(good.produce_ok("t", 0, &one_value_batch()), round);
     }
     assert_broker_serves(broker.addr());
+}
+
+#[test]
+fn a_non_produce_frame_above_64_kib_gets_frame_too_large_and_the_connection_stays_open() {
+    let dir = TestDir::new();
+    let broker = BrokerProc::start(&dir.data, &[]);
+    let mut c = RawConn::connect(broker.addr());
+    let big = vec![7u8; hutong::config::SMALL_REQUEST_BYTES_MAX];
+    let id = c.send(ApiKey::Ping, |out| out.extend_from_slice(&big));
+    c.response_to(id).expect_error(ErrorCode::FrameTooLarge);
+    // Exactly at the limit is fine.
+    let fits = vec![8u8; hutong::config::SMALL_REQUEST_BYTES_MAX - REQUEST_HEADER_LEN];
+    assert_eq!(c.ping(&fits), fits);
+    assert_eq!(c.ping(b"after"), b"after");
+    assert_broker_serves(broker.addr());
+}
+
+#[test]
+fn a_batch_above_batch_bytes_max_gets_batch_too_large() {
+    let dir = TestDir::new();
+    let config = dir.small_segments_config(); // batch_bytes_max = 1 MiB
+    let broker = BrokerProc::start(&dir.data, &["--config", config.to_str().unwrap()]);
+    let mut c = RawConn::connect(broker.addr());
+    c.create_topic("t", 1);
+    let big = batch_of_values(&[vec![1u8; 1 << 20]]);
+    c.produce("t", 0, Qos::All as u8, 5000, &big)
+        .expect_error(ErrorCode::BatchTooLarge);
+    let fits = batch_of_values(&[vec![2u8; (1 << 20) - 200]]);
+    assert_eq!(
+        c.produce_ok("t", 0, &fits),
+        0,
+        "a batch just below the limit is stored"
+    );
+    let got = c.fetch_records("t", 0, 0);
+    assert_eq!(got.len(), 1);
+    assert!(got[0].value == vec![2u8; (1 << 20) - 200]);
+    assert_broker_serves(broker.addr());
+}
+
+#[test]
+fn connections_above_connections_max_get_too_many_connections() {
+    let dir = TestDir::new();
+    let config = dir.config("connections_max = 3\n");
+    let broker = BrokerProc::start(&dir.data, &["--config", config.to_str().unwrap()]);
+    let mut held: Vec<RawConn> = (0..3).map(|_| RawConn::connect(broker.addr())).collect();
+    let mut extra = RawConn::connect_bare(broker.addr());
+    let r = extra
+        .read_response()
+        .expect("the refused connection is told why");
+    r.expect_error(ErrorCode::TooManyConnections);
+    extra.expect_closed();
+    for c in &mut held {
+        assert_eq!(
+            c.ping(b"ok"),
+            b"ok",
+            "the connections within the limit work"
+        );
+    }
+    // Closing one makes room for another (the broker notices the close
+    // asynchronously, so retry for a bounded time).
+    drop(held.pop());
+    common::wait_until(
+        std::time::Duration::from_secs(10),
+        "a free connection slot",
+        || {
+            let mut c = RawConn::connect_bare(broker.addr());
+            let id = c.send(ApiKey::Ping, |out| out.extend_from_slice(b"in"));
+            matches!(c.read_response(), Ok(r) if r.header.correlation_id == id && r.body == b"in")
+        },
+    );
+}
+
+#[test]
+fn topics_above_topics_max_get_too_many_topics() {
+    let dir = TestDir::new();
+    let config = dir.config("topics_max = 2\npartitions_max = 10\n");
+    let broker = BrokerProc::start(&dir.data, &["--config", config.to_str().unwrap()]);
+    let mut c = RawConn::connect(broker.addr());
+    c.create_topic("one", 1);
+    c.try_create_topic("wide", 10)
+        .expect_error(ErrorCode::TooManyTopics);
+    c.create_topic("two", 9);
+    c.try_create_topic("three", 1)
+        .expect_error(ErrorCode::TooManyTopics);
+    assert_eq!(c.produce_ok("two", 8, &one_value_batch()), 0);
 }

@@ -138,3 +138,82 @@ fn ten_thousand_raw_pipelined_requests_echo_arbitrary_correlation_ids() {
         );
     }
 }
+
+#[test]
+fn concurrent_producers_on_many_connections_each_keep_their_own_order() {
+    const PRODUCERS: u64 = 12;
+    const BATCHES: u64 = 200;
+    const PER_BATCH: u64 = 10;
+    let dir = TestDir::new();
+    let broker = BrokerProc::start(&dir.data, &[]);
+    let addr = broker.addr();
+    RawConn::connect(addr).create_topic("t", 2);
+    let value = |producer: u64, seq: u64| format!("p{producer}-s{seq:06}").into_bytes();
+    let acks = bounded(Duration::from_secs(60), "concurrent producers", move || {
+        let threads: Vec<_> = (0..PRODUCERS)
+            .map(|producer| {
+                std::thread::spawn(move || {
+                    let p = hutong::client::Producer::connect(
+                        addr,
+                        hutong::client::ProducerConfig {
+                            max_in_flight: 16,
+                            ..Default::default()
+                        },
+                    )
+                    .expect("connect");
+                    let partition = (producer % 2) as u32;
+                    let receipts: Vec<_> = (0..BATCHES)
+                        .map(|b| {
+                            let values: Vec<Vec<u8>> = (b * PER_BATCH..(b + 1) * PER_BATCH)
+                                .map(|seq| value(producer, seq))
+                                .collect();
+                            let records: Vec<(&[u8], &[u8])> =
+                                values.iter().map(|v| (&b""[..], v.as_slice())).collect();
+                            p.send_records("t", partition, &records).expect("send")
+                        })
+                        .collect();
+                    receipts
+                        .into_iter()
+                        .map(|r| r.wait().expect("ack").base_offset)
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("producer thread"))
+            .collect::<Vec<_>>()
+    });
+    let parts = [read_partition(addr, "t", 0), read_partition(addr, "t", 1)];
+    for (partition, stored) in parts.iter().enumerate() {
+        let producers = PRODUCERS / 2;
+        assert_eq!(
+            stored.len() as u64,
+            producers * BATCHES * PER_BATCH,
+            "t/{partition} holds every message once"
+        );
+    }
+    for producer in 0..PRODUCERS {
+        let stored = &parts[(producer % 2) as usize];
+        let mine: Vec<&[u8]> = stored
+            .iter()
+            .map(|r| r.value.as_slice())
+            .filter(|v| v.starts_with(format!("p{producer}-").as_bytes()))
+            .collect();
+        let want: Vec<Vec<u8>> = (0..BATCHES * PER_BATCH)
+            .map(|seq| value(producer, seq))
+            .collect();
+        assert!(
+            mine.len() == want.len() && mine.iter().zip(&want).all(|(a, b)| *a == b.as_slice()),
+            "producer {producer}: its messages are stored once each, in its send order"
+        );
+        // Each acknowledged base offset points at that batch's first record.
+        for (b, base) in acks[producer as usize].iter().enumerate() {
+            assert_eq!(
+                stored[*base as usize].value,
+                value(producer, b as u64 * PER_BATCH),
+                "producer {producer} batch {b}: the ack names where it is stored"
+            );
+        }
+    }
+}
