@@ -104,7 +104,7 @@ fn qos_none_answers_failures_only() {
     let failing = produce(&mut c, "missing", b"lost");
     let ping = c.send(ApiKey::Ping, |out| out.extend_from_slice(b"fence"));
     // The only answers are the failure and the ping, in either order.
-    let mut got = vec![
+    let mut got = [
         c.read_response().expect("answer"),
         c.read_response().expect("answer"),
     ];
