@@ -505,3 +505,84 @@ fn a_long_poll_without_data_returns_empty_after_max_wait() {
         "the fetch returned soon after max_wait ({elapsed:?})"
     );
 }
+
+/// Asserts that `hutong ARGS` exits non-zero with `hutong:` and each of
+/// `words` (case-insensitive) on stderr.
+fn assert_refuses_to_start(dir: &TestDir, args: &[&str], words: &[&str]) {
+    let (status, stderr) = common::run_expecting_exit(args, &dir.tmp.path().join("refused.log"));
+    assert!(!status.success(), "`hutong {}` must fail", args.join(" "));
+    let lower = stderr.to_lowercase();
+    assert!(lower.contains("hutong:"), "stderr: {stderr:?}");
+    for w in words {
+        assert!(lower.contains(w), "stderr mentions {w:?}: {stderr:?}");
+    }
+}
+
+#[test]
+fn the_broker_refuses_to_start_on_a_bad_config_or_a_busy_address() {
+    let dir = TestDir::new();
+    let data = dir.data.to_string_lossy().into_owned();
+    let unknown = dir.config("no_such_setting = 1\n");
+    let unknown = unknown.to_string_lossy().into_owned();
+    assert_refuses_to_start(
+        &dir,
+        &[
+            "broker",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data,
+            "--config",
+            &unknown,
+        ],
+        &["no_such_setting"],
+    );
+    let invalid = dir.config("segment_bytes = 1024\n");
+    let invalid = invalid.to_string_lossy().into_owned();
+    assert_refuses_to_start(
+        &dir,
+        &[
+            "broker",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data,
+            "--config",
+            &invalid,
+        ],
+        &["segment_bytes"],
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = taken.local_addr().unwrap().to_string();
+    assert_refuses_to_start(
+        &dir,
+        &["broker", "--listen", &taken, "--data-dir", &data],
+        &[&taken],
+    );
+    // None of the failures left the directory unusable.
+    let broker = BrokerProc::start(&dir.data, &[]);
+    assert_broker_serves(broker.addr());
+}
+
+#[test]
+fn a_stray_seg_file_makes_the_broker_refuse_to_start_without_touching_it() {
+    let dir = TestDir::new();
+    let mut broker = BrokerProc::start(&dir.data, &[]);
+    assert_broker_serves(broker.addr());
+    assert!(broker.terminate().success());
+    let stray = dir.data.join("not-a-segment.seg");
+    std::fs::write(&stray, b"who wrote this?").unwrap();
+    let (status, stderr) = run_broker_expecting_exit(&dir.data, &[]);
+    assert!(
+        !status.success(),
+        "the broker must refuse a stray .seg file"
+    );
+    assert!(
+        stderr.contains("not-a-segment.seg"),
+        "stderr names the file: {stderr:?}"
+    );
+    assert_eq!(std::fs::read(&stray).unwrap(), b"who wrote this?");
+    std::fs::remove_file(&stray).unwrap();
+    let broker = BrokerProc::start(&dir.data, &[]);
+    assert_broker_serves(broker.addr());
+}

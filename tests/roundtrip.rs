@@ -169,3 +169,65 @@ fn round_trip_is_exact_at_qos_replicated() {
 fn round_trip_is_exact_at_qos_all() {
     round_trip(Qos::All);
 }
+
+#[test]
+fn tailing_consumers_see_every_message_in_order_while_it_is_written() {
+    const TAIL_PARTITIONS: u32 = 2;
+    const TAIL_MESSAGES: u64 = 30_000; // per partition
+    const TAIL_BATCH: u64 = 50;
+    let dir = TestDir::new();
+    let config = dir.small_segments_config();
+    let broker = BrokerProc::start(&dir.data, &["--config", config.to_str().unwrap()]);
+    let addr = broker.addr();
+    let value = |p: u32, i: u64| payload(&format!("tail{p}"), i);
+    bounded(Duration::from_secs(60), "tailing consumers", move || {
+        Admin::connect(addr)
+            .expect("admin")
+            .create_topic("tail", TAIL_PARTITIONS)
+            .expect("create");
+        // Consumers start at the (empty) end and long-poll while the
+        // producer writes, across segment rolls.
+        let consumers: Vec<_> = (0..TAIL_PARTITIONS)
+            .map(|p| {
+                let mut c = Consumer::connect(addr, "tail", p, StartFrom::Latest).expect("connect");
+                std::thread::spawn(move || {
+                    let deadline = Instant::now() + Duration::from_secs(45);
+                    let mut next = 0u64;
+                    while next < TAIL_MESSAGES {
+                        assert!(Instant::now() < deadline, "tail/{p}: stuck at {next}");
+                        for r in c.poll(Duration::from_millis(200)).expect("poll") {
+                            assert_eq!(r.offset, next, "tail/{p}: contiguous offsets");
+                            assert!(r.value == value(p, next), "tail/{p}@{next}: bytes");
+                            next += 1;
+                        }
+                    }
+                })
+            })
+            .collect();
+        let producer = Producer::connect(
+            addr,
+            ProducerConfig {
+                qos: Qos::Received,
+                ..ProducerConfig::default()
+            },
+        )
+        .expect("producer");
+        let mut b = BatchBuilder::new();
+        for n in 0..TAIL_MESSAGES / TAIL_BATCH {
+            for p in 0..TAIL_PARTITIONS {
+                b.clear();
+                for i in n * TAIL_BATCH..(n + 1) * TAIL_BATCH {
+                    b.push(common::now_ms(), b"", &value(p, i), &[]);
+                }
+                // Dropped receipts are checked by flush.
+                drop(producer.send("tail", p, b.finish(0, 0)).expect("send"));
+            }
+        }
+        producer.flush().expect("every batch acknowledged");
+        for c in consumers {
+            if let Err(panic) = c.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    });
+}

@@ -84,6 +84,32 @@ impl Default for TestDir {
     }
 }
 
+/// A broker that did not come up.
+#[derive(Debug)]
+pub struct StartFailure {
+    /// Its exit status; `None` when it stayed silent and was killed.
+    pub status: Option<ExitStatus>,
+    /// Everything it wrote to stderr.
+    pub stderr: String,
+    /// Where that was captured.
+    pub stderr_path: PathBuf,
+}
+
+impl StartFailure {
+    /// A message for a panic.
+    pub fn describe(&self) -> String {
+        format!(
+            "broker did not print `{LISTENING}ADDR` ({})\n--- broker stderr ({}) ---\n{}",
+            match self.status {
+                Some(s) => format!("exited with {s}"),
+                None => format!("silent for {START_TIMEOUT:?}, killed"),
+            },
+            self.stderr_path.display(),
+            self.stderr
+        )
+    }
+}
+
 static STARTS: AtomicUsize = AtomicUsize::new(0);
 
 /// A running broker process. Dropping it kills the process (SIGKILL) and,
@@ -104,6 +130,12 @@ impl BrokerProc {
     /// When the broker exits or stays silent instead; the panic message
     /// carries its stderr.
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> BrokerProc {
+        BrokerProc::try_start(data_dir, extra_args).unwrap_or_else(|e| panic!("{}", e.describe()))
+    }
+
+    /// As [`BrokerProc::start`], but a broker that exits (or stays silent,
+    /// and is then killed) comes back as an error instead of a panic.
+    pub fn try_start(data_dir: &Path, extra_args: &[&str]) -> Result<BrokerProc, StartFailure> {
         let stderr_path = stderr_path_for(data_dir);
         let stderr = std::fs::File::create(&stderr_path).expect("create stderr log");
         let mut child = Command::new(broker_bin())
@@ -140,29 +172,36 @@ impl BrokerProc {
                     }
                 }
                 Err(e) => {
-                    let _ = child.kill();
-                    let status = child.wait().ok();
-                    panic!(
-                        "broker did not print `{LISTENING}ADDR` ({}; exit status {status:?})\n\
-                         --- broker stderr ({}) ---\n{}",
-                        match e {
-                            mpsc::RecvTimeoutError::Timeout =>
-                                format!("nothing within {START_TIMEOUT:?}"),
-                            mpsc::RecvTimeoutError::Disconnected => "stdout closed".into(),
-                        },
-                        stderr_path.display(),
-                        read_lossy(&stderr_path)
-                    );
+                    let exited = match e {
+                        // Stdout closed: the broker is exiting; reap it.
+                        mpsc::RecvTimeoutError::Disconnected => {
+                            wait_child(&mut child, Duration::from_secs(10))
+                        }
+                        mpsc::RecvTimeoutError::Timeout => None,
+                    };
+                    let status = match exited {
+                        Some(status) => Some(status),
+                        None => {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            None
+                        }
+                    };
+                    return Err(StartFailure {
+                        status,
+                        stderr: read_lossy(&stderr_path),
+                        stderr_path,
+                    });
                 }
             }
         };
-        BrokerProc {
+        Ok(BrokerProc {
             child: Some(child),
             addr,
             stderr_path,
             stdout_lines,
             stdout_thread: Some(stdout_thread),
-        }
+        })
     }
 
     /// The address the broker bound.
@@ -271,26 +310,33 @@ impl Drop for BrokerProc {
 /// status and stderr. Kills it and panics when it is still running after
 /// [`START_TIMEOUT`].
 pub fn run_broker_expecting_exit(data_dir: &Path, extra_args: &[&str]) -> (ExitStatus, String) {
-    let stderr_path = stderr_path_for(data_dir);
-    let stderr = std::fs::File::create(&stderr_path).expect("create stderr log");
+    let data = data_dir.to_string_lossy().into_owned();
+    let mut args = vec!["broker", "--listen", "127.0.0.1:0", "--data-dir", &data];
+    args.extend_from_slice(extra_args);
+    run_expecting_exit(&args, &stderr_path_for(data_dir))
+}
+
+/// Runs `hutong ARGS` expecting it to exit on its own; returns its status
+/// and stderr (also written to `stderr_path`).
+pub fn run_expecting_exit(args: &[&str], stderr_path: &Path) -> (ExitStatus, String) {
+    let stderr = std::fs::File::create(stderr_path).expect("create stderr log");
     let mut child = Command::new(broker_bin())
-        .args(["broker", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .args(extra_args)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
-        .expect("spawn hutong broker");
+        .expect("spawn hutong");
     match wait_child(&mut child, START_TIMEOUT) {
-        Some(status) => (status, read_lossy(&stderr_path)),
+        Some(status) => (status, read_lossy(stderr_path)),
         None => {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "broker was expected to exit but still ran after {START_TIMEOUT:?}\n\
+                "`hutong {}` was expected to exit but still ran after {START_TIMEOUT:?}\n\
                  --- its stderr ---\n{}",
-                read_lossy(&stderr_path)
+                args.join(" "),
+                read_lossy(stderr_path)
             );
         }
     }
