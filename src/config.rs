@@ -30,6 +30,9 @@ pub const REQUEST_RING_BYTES_DEFAULT: usize = 64 * MIB;
 pub const READ_REQUEST_RING_BYTES_DEFAULT: usize = 4 * MIB;
 /// Default capacity of the responder → reactor completion ring.
 pub const RESPONSE_RING_BYTES_DEFAULT: usize = 8 * MIB;
+/// Default size of the writer's cache of batches not yet handed to the
+/// kernel (one pwrite per writer round).
+pub const WRITE_CACHE_BYTES_DEFAULT: usize = 32 * MIB;
 /// Default largest fetch response (batches), whatever the client asks.
 pub const FETCH_BYTES_MAX_DEFAULT: usize = 8 * MIB;
 /// Default capacity of the reader → reactor completion ring.
@@ -64,6 +67,7 @@ const _: () = assert!(
     BATCH_BYTES_MAX_DEFAULT + SMALL_REQUEST_BYTES_MAX <= FRAME_BYTES_MAX_DEFAULT + 64 * KIB
 );
 const _: () = assert!(SEGMENT_BYTES_DEFAULT >= BATCH_BYTES_MAX_DEFAULT);
+const _: () = assert!(WRITE_CACHE_BYTES_DEFAULT >= BATCH_BYTES_MAX_DEFAULT);
 const _: () = assert!(REQUEST_RING_BYTES_DEFAULT >= 2 * FRAME_BYTES_MAX_DEFAULT);
 const _: () = assert!(FETCH_RING_BYTES_DEFAULT >= 2 * FETCH_BYTES_MAX_DEFAULT);
 const _: () = assert!(READ_REQUEST_RING_BYTES_DEFAULT >= 2 * SMALL_REQUEST_BYTES_MAX);
@@ -83,6 +87,8 @@ pub struct Config {
     pub auto_create_partitions: u32,
     /// Size of each preallocated journal segment file.
     pub segment_bytes: usize,
+    /// Writer cache of appended batches not yet written to the file.
+    pub write_cache_bytes: usize,
     /// Largest request frame accepted (length prefix included).
     pub frame_bytes_max: usize,
     /// Largest record batch accepted.
@@ -125,6 +131,7 @@ impl Default for Config {
             auto_create_topics: false,
             auto_create_partitions: AUTO_CREATE_PARTITIONS_DEFAULT,
             segment_bytes: SEGMENT_BYTES_DEFAULT,
+            write_cache_bytes: WRITE_CACHE_BYTES_DEFAULT,
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             batch_bytes_max: BATCH_BYTES_MAX_DEFAULT,
             request_ring_bytes: REQUEST_RING_BYTES_DEFAULT,
@@ -184,6 +191,9 @@ impl Config {
         }
         if self.segment_bytes < self.batch_bytes_max || self.segment_bytes > 1 << 40 {
             return fail("segment_bytes must hold at least one batch_bytes_max batch".into());
+        }
+        if self.write_cache_bytes < self.batch_bytes_max || self.write_cache_bytes > 1 << 32 {
+            return fail("write_cache_bytes must hold at least one batch_bytes_max batch".into());
         }
         if self.request_ring_bytes < self.frame_bytes_max + RING_ENVELOPE_BYTES {
             return fail("request_ring_bytes must hold at least one frame_bytes_max frame".into());

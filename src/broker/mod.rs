@@ -95,7 +95,7 @@ impl Broker {
     pub fn start(config: Config) -> Result<Broker, BrokerError> {
         config.validate()?;
         let config = Arc::new(config);
-        let journal = Journal::open(&config.data_dir, config.segment_bytes)?;
+        let journal = Journal::open(&config.data_dir, config.segment_bytes, config.write_cache_bytes)?;
         let report = journal.report();
         eprintln!(
             "hutong: journal {} recovered: {} bytes, {} topics, {} batches{}",

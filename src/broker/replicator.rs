@@ -10,7 +10,8 @@ use std::time::Duration;
 /// The replicator thread for a single-node group.
 pub fn run(shared: Arc<Shared>) {
     shared.register(Stage::Replicator);
-    let mut idle = Idle::new();
+    // A pure relay on one node: it is always woken when there is work.
+    let mut idle = Idle::with_spin_rounds(0);
     let p = &shared.positions;
     loop {
         let w = p.written.get();

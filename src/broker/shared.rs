@@ -133,9 +133,9 @@ impl Shared {
         }
     }
 
-    /// Asks every stage to shut down.
-    pub fn request_shutdown(&self) {
-        self.shutdown.store(true, Ordering::Release);
+    /// Wakes the reactor and every stage, so each re-reads the shutdown
+    /// state.
+    fn wake_all(&self) {
         self.wake_reactor();
         for s in [
             Stage::Writer,
@@ -146,6 +146,12 @@ impl Shared {
         ] {
             self.wake(s);
         }
+    }
+
+    /// Asks every stage to shut down.
+    pub fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::Release);
+        self.wake_all();
     }
 
     /// True once shutdown was requested.
@@ -156,16 +162,7 @@ impl Shared {
     /// Marks a stage as finished with its shutdown work, and wakes the rest.
     pub fn mark_done(&self, stage: Stage) {
         self.done[stage as usize].store(true, Ordering::Release);
-        self.wake_reactor();
-        for s in [
-            Stage::Writer,
-            Stage::Flusher,
-            Stage::Replicator,
-            Stage::Responder,
-            Stage::Reader,
-        ] {
-            self.wake(s);
-        }
+        self.wake_all();
     }
 
     /// True once `stage` has finished its shutdown work.
@@ -187,16 +184,26 @@ impl Shared {
 /// arrive (cheap on latency), then a park (cheap on a 2-core machine).
 pub struct Idle {
     spins: u32,
+    spin_rounds: u32,
 }
 
 /// Spins before parking; kept short because busy-spinning a core is a bug
 /// on 2-core machines.
-const SPIN_ROUNDS: u32 = 16;
+const SPIN_ROUNDS: u32 = 100;
 
 impl Idle {
-    /// A fresh idle state.
+    /// A fresh idle state with the default spin.
     pub fn new() -> Idle {
-        Idle { spins: 0 }
+        Idle::with_spin_rounds(SPIN_ROUNDS)
+    }
+
+    /// A fresh idle state that spins `spin_rounds` rounds before parking
+    /// (0: park at once, for relays whose wake-up is not on the latency path).
+    pub fn with_spin_rounds(spin_rounds: u32) -> Idle {
+        Idle {
+            spins: 0,
+            spin_rounds,
+        }
     }
 
     /// Call after a round that did work.
@@ -207,7 +214,7 @@ impl Idle {
     /// Call after a round that found nothing to do: spins a little, then
     /// parks for at most `max_wait`.
     pub fn wait(&mut self, max_wait: Duration) {
-        if self.spins < SPIN_ROUNDS {
+        if self.spins < self.spin_rounds {
             self.spins += 1;
             for _ in 0..64 {
                 std::hint::spin_loop();

@@ -58,9 +58,13 @@ impl Writer {
         }
     }
 
-    /// The journal end (W once published).
-    pub fn end(&self) -> u64 {
-        self.journal.end()
+    /// Hands every appended batch to the kernel and returns the new W.
+    ///
+    /// # Errors
+    /// The write error; W must then stay where it was.
+    pub fn write_out(&mut self) -> Result<u64, JournalError> {
+        self.journal.write_out()?;
+        Ok(self.journal.written())
     }
 
     /// Handles one request frame from connection `conn`.
@@ -259,7 +263,17 @@ pub fn run(
             handled += 1;
         }
         if handled > 0 {
-            shared.positions.written.publish(writer.end());
+            match writer.write_out() {
+                Ok(w) => shared.positions.written.publish(w),
+                Err(e) => {
+                    // Requests of this round hold offsets whose bytes did not
+                    // reach the file; they will time out, and the broker stops
+                    // rather than hand out those offsets again.
+                    shared.fail(format!("journal write failed: {e}"));
+                    shared.mark_done(Stage::Writer);
+                    return;
+                }
+            }
             shared.wake(Stage::Flusher);
             shared.wake(Stage::Replicator);
             if queued > 0 {

@@ -3,10 +3,16 @@
 //! The journal is one stream of record batches addressed by byte position.
 //! It is cut into segment files named by their start position; a batch never
 //! spans two segments, and a new segment starts exactly where the previous
-//! one's data ends, so positions are contiguous. The active segment is
-//! memory-mapped: appending is a copy into the map, and the flusher's
-//! fdatasync on the file makes it durable. Older segments stay open (not
-//! mapped) for readers, who use `pread`.
+//! one's data ends, so positions are contiguous.
+//!
+//! Appending copies a batch into the write cache, a preallocated buffer,
+//! and stamps it there; [`Journal::write_out`] then hands the whole cache to
+//! the kernel with one `pwrite` per writer round, however many batches it
+//! holds. The flusher's fdatasync makes the file durable; readers `pread`.
+//! (An earlier version wrote through a shared memory map; every group
+//! commit then write-protected the tail pages again, costing a page fault
+//! and a TLB shoot-down per round, and an IO error would have been a
+//! SIGBUS instead of an error code.)
 
 use super::catalog::Catalog;
 use super::checkpoint::{self, TopicMeta};
@@ -18,6 +24,7 @@ use super::scan::{scan, ScanStop};
 use super::segment::{list_segments, Segment};
 use crate::wire::batch::{stamp, BatchBuilder, BatchKind, BatchView, Stamp};
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -50,13 +57,26 @@ pub struct RecoveryReport {
     pub removed_segments: Vec<PathBuf>,
 }
 
+/// The segment being appended to.
+struct Active {
+    start: u64,
+    capacity: usize,
+    file: Arc<File>,
+}
+
 /// The journal, owned by the writer thread.
 pub struct Journal {
     dir: PathBuf,
     _lock: DirLock,
     segment_bytes: usize,
-    active: Segment,
+    active: Active,
     files: Vec<SegmentFile>,
+    /// Batches appended but not yet handed to the kernel, starting at
+    /// journal position `written`. Preallocated; never grows.
+    cache: Vec<u8>,
+    /// Position up to which bytes were written to the file (pwrite).
+    written: u64,
+    /// Position one past the last appended byte (cache included).
     end: u64,
     catalog: Catalog,
     control: BatchBuilder,
@@ -73,7 +93,7 @@ impl Journal {
     /// [`JournalError::Corrupt`] when damage is found before the last
     /// segment (cutting there would drop acknowledged data, so the broker
     /// refuses to start); IO errors otherwise.
-    pub fn open(dir: &Path, segment_bytes: usize) -> Result<Journal, JournalError> {
+    pub fn open(dir: &Path, segment_bytes: usize, cache_bytes: usize) -> Result<Journal, JournalError> {
         let lock = lock_dir(dir)?;
         let cp = match checkpoint::read(dir) {
             Ok(cp) => cp.unwrap_or_default(),
@@ -136,10 +156,15 @@ impl Journal {
             }
         }
         if end < cp.position {
-            return Err(JournalError::Corrupt(format!(
-                "the checkpoint says data up to position {} is durable but the journal ends at {end}",
-                cp.position
-            )));
+            // Durable data of the last segment was damaged while the broker
+            // was down (a torn write never reaches a checkpoint). It was cut
+            // above, because everything before it is still good; say loudly
+            // what was lost.
+            eprintln!(
+                "hutong: WARNING: the checkpoint recorded {} bytes as durable but only {end} survive                  recovery; {} bytes of the last segment were damaged and cut",
+                cp.position,
+                cp.position - end
+            );
         }
         let active = match active {
             Some(seg) => seg,
@@ -148,6 +173,13 @@ impl Journal {
                 files.push((end, seg.file().clone()));
                 seg
             }
+        };
+        // From here on the active segment is written with pwrite; its map
+        // (used by the scan) is dropped with `active`.
+        let active = Active {
+            start: active.start(),
+            capacity: active.capacity(),
+            file: active.file().clone(),
         };
         report.batches = catalog
             .topics()
@@ -161,6 +193,8 @@ impl Journal {
             segment_bytes,
             active,
             files,
+            cache: Vec::with_capacity(cache_bytes),
+            written: end,
             end,
             catalog,
             control: BatchBuilder::with_kind(BatchKind::Control),
@@ -220,11 +254,10 @@ impl Journal {
         let topic_id = t.meta.id;
         let part = &mut t.partitions[partition as usize];
         let base_offset = part.next_offset;
-        let at = (position - self.active.start()) as usize;
-        let dst = &mut self.active.bytes_mut()[at..at + batch.len()];
-        dst.copy_from_slice(batch);
+        let at = self.cache.len();
+        self.cache.extend_from_slice(batch);
         stamp(
-            dst,
+            &mut self.cache[at..],
             &Stamp {
                 base_offset,
                 term,
@@ -276,11 +309,10 @@ impl Journal {
         );
         let len = self.control.size();
         let (position, rolled) = self.reserve(len)?;
-        let at = (position - self.active.start()) as usize;
-        let dst = &mut self.active.bytes_mut()[at..at + len];
-        dst.copy_from_slice(self.control.finish(0, 0));
+        let at = self.cache.len();
+        self.cache.extend_from_slice(self.control.finish(0, 0));
         stamp(
-            dst,
+            &mut self.cache[at..],
             &Stamp {
                 base_offset: 0,
                 term,
@@ -302,20 +334,53 @@ impl Journal {
         ))
     }
 
-    /// Finds room for `len` bytes at the end, rolling to a new segment
-    /// when the active one cannot hold them.
+    /// Writes the cached batches to the active segment file with one
+    /// `pwrite`, so that readers and the flusher see them. The writer calls
+    /// this once per round, before publishing W.
+    ///
+    /// # Errors
+    /// The write error. The cache is kept, so nothing appended is lost from
+    /// memory, but W must not move past [`Journal::written`].
+    pub fn write_out(&mut self) -> Result<(), JournalError> {
+        if self.cache.is_empty() {
+            return Ok(());
+        }
+        let at = self.written - self.active.start;
+        self.active
+            .file
+            .write_all_at(&self.cache, at)
+            .map_err(|e| JournalError::io("write journal segment", e))?;
+        self.written = self.end;
+        self.cache.clear();
+        Ok(())
+    }
+
+    /// Position up to which appended bytes were handed to the kernel.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Finds room for `len` bytes at the end: writes the cache out when it
+    /// cannot take them, and rolls to a new segment when the active one
+    /// cannot hold them.
     fn reserve(&mut self, len: usize) -> Result<(u64, Option<SegmentFile>), JournalError> {
-        let used = (self.end - self.active.start()) as usize;
-        if used + len <= self.active.capacity() {
+        let used = (self.end - self.active.start) as usize;
+        let rolls = used + len > self.active.capacity;
+        if rolls || self.cache.len() + len > self.cache.capacity() {
+            self.write_out()?;
+        }
+        if !rolls {
             return Ok((self.end, None));
         }
         let capacity = self.segment_bytes.max(len);
         let seg = Segment::create(&self.dir, self.end, capacity)?;
         let file = (self.end, seg.file().clone());
         self.files.push(file.clone());
-        // Dropping the old map does not drop its dirty pages: they stay in
-        // the page cache until the flusher's fdatasync on that file.
-        self.active = seg;
+        self.active = Active {
+            start: self.end,
+            capacity,
+            file: seg.file().clone(),
+        };
         Ok((self.end, Some(file)))
     }
 }
