@@ -230,7 +230,6 @@ fn flip_record_byte_of_last_batch(stop: Stop) {
 }
 
 #[test]
-#[ignore = "broker bug: after SIGTERM, a damaged last batch makes recovery zero it and refuse to start (checkpoint beyond the journal end)"]
 fn a_last_batch_overwritten_with_garbage_after_sigterm_is_cut_on_restart() {
     overwrite_last_batch_with_garbage(Stop::Sigterm);
 }
@@ -241,7 +240,6 @@ fn a_partial_batch_after_the_last_one_after_sigterm_is_cut_on_restart() {
 }
 
 #[test]
-#[ignore = "broker bug: after SIGTERM, a damaged last batch makes recovery zero it and refuse to start (checkpoint beyond the journal end)"]
 fn a_flipped_byte_in_the_last_batch_after_sigterm_is_cut_on_restart() {
     flip_record_byte_of_last_batch(Stop::Sigterm);
 }
@@ -398,7 +396,6 @@ fn damage_in_an_earlier_segment_makes_the_broker_refuse_to_start_and_keep_the_fi
 }
 
 #[test]
-#[ignore = "broker bug: recovery zeroes the damaged tail before it decides to refuse (checkpoint beyond the journal end), so the refusal destroys the batch it refused"]
 fn a_damaged_last_batch_after_sigterm_is_either_cut_or_left_untouched() {
     // The weakest acceptable outcome, whatever the recovery policy: the
     // broker cuts the damaged batch and serves, or refuses to start and
