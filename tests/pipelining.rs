@@ -217,3 +217,71 @@ fn concurrent_producers_on_many_connections_each_keep_their_own_order() {
         }
     }
 }
+
+/// Resident memory of a process, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc status");
+    kb * 1024
+}
+
+#[test]
+fn a_client_that_never_reads_stalls_only_itself_and_memory_stays_bounded() {
+    const PING_BYTES: usize = 60 * 1024;
+    const PINGS: usize = 3500; // about 210 MB of answers if the broker took them all
+    let dir = TestDir::new();
+    let broker = BrokerProc::start(&dir.data, &[]);
+    let addr = broker.addr();
+    let mut good = RawConn::connect(addr);
+    good.create_topic("t", 1);
+    let rss_before = rss_bytes(broker.pid());
+    let stalled = RawConn::connect(addr);
+    let mut w = stalled.stream.try_clone().expect("clone");
+    w.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+    let writer = std::thread::spawn(move || {
+        let frame = RawConn::frame(ApiKey::Ping.as_u16(), 1, 9, |out| {
+            out.resize(out.len() + PING_BYTES, 0xab)
+        });
+        let mut written = 0usize;
+        for _ in 0..PINGS {
+            if w.write_all(&frame).is_err() {
+                break;
+            }
+            written += frame.len();
+        }
+        written
+    });
+    // While that connection is stuck, everyone else is served.
+    for i in 0..20u64 {
+        assert_eq!(
+            good.produce_ok("t", 0, &common::batch_of_values(&[b"x".to_vec()])),
+            i
+        );
+        assert_eq!(good.ping(b"fine"), b"fine");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let written = bounded(Duration::from_secs(30), "stalled writer", move || {
+        writer.join().expect("writer")
+    });
+    let growth = rss_bytes(broker.pid()).saturating_sub(rss_before);
+    eprintln!(
+        "stalled client wrote {} MiB before the broker stopped reading; broker RSS grew {} MiB",
+        written >> 20,
+        growth >> 20
+    );
+    assert!(
+        written < PINGS * PING_BYTES / 2,
+        "the broker stopped reading a client that never reads ({written} bytes taken)"
+    );
+    assert!(
+        growth < 100 << 20,
+        "the broker's memory stays bounded (grew {growth} bytes)"
+    );
+    drop(stalled);
+    common::assert_broker_serves(addr);
+}

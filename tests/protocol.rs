@@ -246,3 +246,31 @@ fn a_fetch_at_the_high_watermark_is_empty_not_an_error() {
     });
     r.expect_error(ErrorCode::OffsetOutOfRange);
 }
+
+#[test]
+fn a_configured_frame_bytes_max_is_announced_and_enforced() {
+    let dir = TestDir::new();
+    let config = dir
+        .config("frame_bytes_max = 2097152\nbatch_bytes_max = 1048576\nsegment_bytes = 4194304\n");
+    let broker = BrokerProc::start(&dir.data, &["--config", config.to_str().unwrap()]);
+    let mut c = RawConn::connect_bare(broker.addr());
+    let r = c
+        .request(ApiKey::Handshake, |out| {
+            HandshakeRequest {
+                min_version: 1,
+                max_version: 1,
+                client_id: "bbtest",
+            }
+            .encode(out)
+        })
+        .ok();
+    let hs = HandshakeResponse::decode(&r.body).expect("decode handshake");
+    assert_eq!(hs.max_frame_bytes, 2 * 1024 * 1024);
+    // One byte over the limit (the length prefix counts 4 bytes less).
+    let mut header = RawConn::frame(ApiKey::Produce.as_u16(), 1, 3, |_| {});
+    header[..4].copy_from_slice(&(2u32 * 1024 * 1024 - 3).to_le_bytes());
+    c.write_raw(&header);
+    let r = c.read_response().expect("an error before the close");
+    r.expect_error(ErrorCode::FrameTooLarge);
+    c.expect_closed();
+}
