@@ -206,3 +206,46 @@ fn acked_messages_survive_kill_9_and_offsets_continue_without_gap_or_duplicate()
         assert_eq!(ends_after, want, "exactly the new batches were added");
     }
 }
+
+#[test]
+fn kill_9_in_the_middle_of_a_graceful_shutdown_loses_nothing_acknowledged() {
+    let dir = TestDir::new();
+    let config = dir.small_segments_config();
+    let args = ["--config", config.to_str().unwrap()];
+    let mut broker = BrokerProc::start(&dir.data, &args);
+    let addr = broker.addr();
+    RawConn::connect(addr).create_topic("crash", PARTITIONS);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let producer = std::thread::spawn({
+        let stop = Arc::clone(&stop);
+        let acked = Arc::clone(&acked);
+        move || produce_until_killed(addr, 0, stop, acked)
+    });
+    common::wait_until(Duration::from_secs(20), "first acknowledgements", || {
+        lock(&acked).len() >= 100
+    });
+    broker.send_signal(nix::sys::signal::Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(3));
+    broker.kill9();
+    stop.store(true, Ordering::Relaxed);
+    bounded(Duration::from_secs(30), "producer stops", move || {
+        producer.join().expect("producer thread")
+    });
+    let acked = std::mem::take(&mut *lock(&acked));
+    let broker = BrokerProc::start(&dir.data, &args);
+    let addr = broker.addr();
+    let ends = bounded(Duration::from_secs(60), "check after restart", move || {
+        let stored = check_acked(addr, &acked);
+        stored.iter().map(|p| p.len() as u64).collect::<Vec<_>>()
+    });
+    let mut c = RawConn::connect(addr);
+    for (p, end) in ends.iter().enumerate() {
+        let base = c.produce_ok(
+            "crash",
+            p as u32,
+            &common::batch_of_values(&[value(9, p as u32, 0, 0)]),
+        );
+        assert_eq!(base, *end, "crash/{p}: offsets continue after recovery");
+    }
+}
