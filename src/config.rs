@@ -60,6 +60,14 @@ pub const PRODUCE_TIMEOUT_MS_MAX: u32 = 600_000;
 pub const FETCH_WAIT_MS_MAX: u32 = 60_000;
 /// Default interval between journal checkpoints.
 pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 5_000;
+/// Default largest record key.
+pub const RECORD_KEY_BYTES_MAX_DEFAULT: usize = 64 * KIB;
+/// Default largest record value.
+pub const RECORD_VALUE_BYTES_MAX_DEFAULT: usize = 8 * MIB;
+/// Default time a connection may sit on half a frame before it is closed.
+pub const PARTIAL_FRAME_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Default time a connection with nothing in flight may stay silent.
+pub const IDLE_CONNECTION_TIMEOUT_MS_DEFAULT: u64 = 600_000;
 /// Default partitions of an auto-created topic.
 pub const AUTO_CREATE_PARTITIONS_DEFAULT: u32 = 1;
 
@@ -119,6 +127,14 @@ pub struct Config {
     pub partitions_max: usize,
     /// Interval between journal checkpoints.
     pub checkpoint_interval_ms: u64,
+    /// Largest record key accepted.
+    pub record_key_bytes_max: usize,
+    /// Largest record value accepted.
+    pub record_value_bytes_max: usize,
+    /// A connection holding half a frame with no new bytes for this long is closed.
+    pub partial_frame_timeout_ms: u64,
+    /// A connection with nothing in flight and no traffic for this long is closed.
+    pub idle_connection_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -147,6 +163,10 @@ impl Default for Config {
             partitions_per_topic_max: PARTITIONS_PER_TOPIC_MAX_DEFAULT,
             partitions_max: PARTITIONS_MAX_DEFAULT,
             checkpoint_interval_ms: CHECKPOINT_INTERVAL_MS_DEFAULT,
+            record_key_bytes_max: RECORD_KEY_BYTES_MAX_DEFAULT,
+            record_value_bytes_max: RECORD_VALUE_BYTES_MAX_DEFAULT,
+            partial_frame_timeout_ms: PARTIAL_FRAME_TIMEOUT_MS_DEFAULT,
+            idle_connection_timeout_ms: IDLE_CONNECTION_TIMEOUT_MS_DEFAULT,
         }
     }
 }
@@ -235,6 +255,14 @@ impl Config {
             || self.auto_create_partitions > self.partitions_per_topic_max
         {
             return fail("auto_create_partitions must be in 1..=partitions_per_topic_max".into());
+        }
+        if self.record_key_bytes_max == 0 || self.record_value_bytes_max == 0 {
+            return fail("record_key_bytes_max and record_value_bytes_max must be above 0".into());
+        }
+        if self.partial_frame_timeout_ms == 0 || self.idle_connection_timeout_ms == 0 {
+            return fail(
+                "partial_frame_timeout_ms and idle_connection_timeout_ms must be above 0".into(),
+            );
         }
         if self.checkpoint_interval_ms == 0 {
             return fail("checkpoint_interval_ms must be above 0".into());

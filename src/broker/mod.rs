@@ -95,7 +95,11 @@ impl Broker {
     pub fn start(config: Config) -> Result<Broker, BrokerError> {
         config.validate()?;
         let config = Arc::new(config);
-        let journal = Journal::open(&config.data_dir, config.segment_bytes, config.write_cache_bytes)?;
+        let journal = Journal::open(
+            &config.data_dir,
+            config.segment_bytes,
+            config.write_cache_bytes,
+        )?;
         let report = journal.report();
         eprintln!(
             "hutong: journal {} recovered: {} bytes, {} topics, {} batches{}",
@@ -428,6 +432,80 @@ mod tests {
         .err()
         .expect("second broker refused");
         assert!(err.to_string().contains("locked"), "{err}");
+        broker.shutdown_handle().shutdown();
+        broker.wait().unwrap();
+    }
+
+    #[test]
+    fn a_connection_stalled_on_half_a_frame_is_closed_and_others_keep_working() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start(Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            partial_frame_timeout_ms: 300,
+            ..Config::default()
+        })
+        .unwrap();
+        let mut stalled: Vec<TcpStream> = (0..20)
+            .map(|_| {
+                let mut s = TcpStream::connect(broker.local_addr()).unwrap();
+                s.write_all(&[40, 0, 0]).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                s
+            })
+            .collect();
+        let mut healthy = TcpStream::connect(broker.local_addr()).unwrap();
+        healthy
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        healthy
+            .write_all(&request(ApiKey::Ping, 5, |b| b.extend_from_slice(b"hi")))
+            .unwrap();
+        let (h, body) = response(&mut healthy);
+        assert_eq!((h.correlation_id, body.as_slice()), (5, &b"hi"[..]));
+        for s in &mut stalled {
+            let mut b = [0u8; 16];
+            // The broker closes the socket: read returns 0 (EOF).
+            assert_eq!(s.read(&mut b).unwrap(), 0);
+        }
+        broker.shutdown_handle().shutdown();
+        broker.wait().unwrap();
+    }
+
+    #[test]
+    fn a_record_above_the_value_limit_is_refused_with_record_too_large() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start(Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            auto_create_topics: true,
+            record_value_bytes_max: 1000,
+            ..Config::default()
+        })
+        .unwrap();
+        let mut s = TcpStream::connect(broker.local_addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        for (corr, size, expect) in [
+            (1, 1000, ErrorCode::None),
+            (2, 1001, ErrorCode::RecordTooLarge),
+        ] {
+            let mut b = BatchBuilder::new();
+            b.push(0, b"k", &vec![1u8; size], &[]);
+            let batch = b.finish(0, 0).to_vec();
+            s.write_all(&request(ApiKey::Produce, corr, |out| {
+                ProduceRequest {
+                    topic: "limits",
+                    partition: 0,
+                    qos: Qos::All as u8,
+                    timeout_ms: 10_000,
+                    batch: &batch,
+                }
+                .encode(out)
+            }))
+            .unwrap();
+            let (h, _) = response(&mut s);
+            assert_eq!((h.correlation_id, h.error_code), (corr, expect.as_u16()));
+        }
         broker.shutdown_handle().shutdown();
         broker.wait().unwrap();
     }

@@ -39,6 +39,8 @@ const WRITE_BUFFER_KEEP_BYTES: usize = 1024 * 1024;
 /// Fetch-like requests in flight on one connection; their answers can be
 /// large, so they are bounded apart from the general in-flight limit.
 const READS_IN_FLIGHT_MAX: usize = 16;
+/// How often connections are checked for the partial-frame and idle timeouts.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// How long shutdown waits for clients to take their last responses.
 const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(5);
 
@@ -57,6 +59,10 @@ struct Conn {
     dirty: bool,
     close_after_write: bool,
     peer_closed: bool,
+    /// When bytes last arrived.
+    last_read: Instant,
+    /// When bytes last arrived or left.
+    last_activity: Instant,
 }
 
 impl Conn {
@@ -106,6 +112,9 @@ pub struct Reactor {
     from_reader: MessageConsumer,
     paused: Vec<usize>,
     dirty: Vec<usize>,
+    /// The time of the current loop round (one clock read per round).
+    now: Instant,
+    next_sweep: Instant,
 }
 
 impl Reactor {
@@ -141,6 +150,8 @@ impl Reactor {
             from_reader,
             paused: Vec::new(),
             dirty: Vec::new(),
+            now: Instant::now(),
+            next_sweep: Instant::now() + SWEEP_INTERVAL,
         })
     }
 
@@ -158,6 +169,11 @@ impl Reactor {
                 if e.kind() != ErrorKind::Interrupted {
                     self.shared.fail(format!("reactor poll failed: {e}"));
                 }
+            }
+            self.now = Instant::now();
+            if self.now >= self.next_sweep {
+                self.next_sweep = self.now + SWEEP_INTERVAL;
+                self.close_stalled();
             }
             let draining = self.shared.shutting_down();
             for event in events.iter() {
@@ -259,6 +275,8 @@ impl Reactor {
                         dirty: false,
                         close_after_write: false,
                         peer_closed: false,
+                        last_read: self.now,
+                        last_activity: self.now,
                     });
                     // Data may already be waiting (edge-triggered).
                     self.read(key);
@@ -304,7 +322,11 @@ impl Reactor {
                     conn.peer_closed = true;
                     break;
                 }
-                Ok(n) => conn.rend += n,
+                Ok(n) => {
+                    conn.rend += n;
+                    conn.last_read = self.now;
+                    conn.last_activity = self.now;
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => {
@@ -401,7 +423,10 @@ impl Reactor {
         while conn.wpos < conn.wbuf.len() {
             match conn.stream.write(&conn.wbuf[conn.wpos..]) {
                 Ok(0) => break,
-                Ok(n) => conn.wpos += n,
+                Ok(n) => {
+                    conn.wpos += n;
+                    conn.last_activity = self.now;
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => {
@@ -417,6 +442,41 @@ impl Reactor {
             if conn.wbuf.capacity() > WRITE_BUFFER_KEEP_BYTES {
                 conn.wbuf.shrink_to(READ_BUFFER_BYTES);
             }
+        }
+    }
+
+    /// Closes connections that sat on half a frame, or on nothing at all,
+    /// for longer than their timeouts: a stalled or idle client must not
+    /// hold a slot (and its buffers) for ever.
+    fn close_stalled(&mut self) {
+        let partial = Duration::from_millis(self.config.partial_frame_timeout_ms);
+        let idle = Duration::from_millis(self.config.idle_connection_timeout_ms);
+        let now = self.now;
+        let stalled: Vec<(usize, &'static str)> = self
+            .conns
+            .iter()
+            .filter_map(|(key, c)| {
+                let holds_partial = c.rstart < c.rend && !c.paused;
+                let quiet = c.in_flight == 0
+                    && c.reads_in_flight == 0
+                    && c.pending_write() == 0
+                    && c.rstart == c.rend;
+                if holds_partial && now.saturating_duration_since(c.last_read) >= partial {
+                    Some((
+                        key,
+                        "half a frame received, then nothing within partial_frame_timeout_ms",
+                    ))
+                } else if quiet && now.saturating_duration_since(c.last_activity) >= idle {
+                    Some((key, "idle for idle_connection_timeout_ms"))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (key, why) in stalled {
+            let mut conn = self.conns.remove(key);
+            eprintln!("hutong: closing connection from {}: {why}", conn.peer);
+            let _ = self.poll.registry().deregister(&mut conn.stream);
         }
     }
 

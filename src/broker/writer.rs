@@ -14,7 +14,7 @@ use crate::config::{Config, PRODUCE_TIMEOUT_MS_MAX, PRODUCE_TIMEOUT_MS_MIN};
 use crate::journal::error::JournalError;
 use crate::journal::log::{Appended, Journal};
 use crate::wire::api::{check_topic_name, CreateTopicRequest, ProduceRequest};
-use crate::wire::batch::{check_producer_batch, BatchError};
+use crate::wire::batch::{check_producer_batch_with, BatchError, RecordLimits};
 use crate::wire::frame::{RequestHeader, REQUEST_HEADER_LEN};
 use crate::wire::{ApiKey, ErrorCode, Qos};
 use ringbuf::traits::{Observer, Producer};
@@ -151,8 +151,13 @@ impl Writer {
         if req.partition as usize >= self.journal.catalog().topic(slot).partitions.len() {
             return Err(ErrorCode::UnknownPartition);
         }
-        let count = check_producer_batch(req.batch).map_err(|e| match e {
+        let limits = RecordLimits {
+            key_bytes_max: self.config.record_key_bytes_max,
+            value_bytes_max: self.config.record_value_bytes_max,
+        };
+        let count = check_producer_batch_with(req.batch, limits).map_err(|e| match e {
             BatchError::Crc => ErrorCode::CorruptBatch,
+            BatchError::RecordTooLarge => ErrorCode::RecordTooLarge,
             _ => ErrorCode::InvalidBatch,
         })?;
         let appended = self

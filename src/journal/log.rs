@@ -93,7 +93,11 @@ impl Journal {
     /// [`JournalError::Corrupt`] when damage is found before the last
     /// segment (cutting there would drop acknowledged data, so the broker
     /// refuses to start); IO errors otherwise.
-    pub fn open(dir: &Path, segment_bytes: usize, cache_bytes: usize) -> Result<Journal, JournalError> {
+    pub fn open(
+        dir: &Path,
+        segment_bytes: usize,
+        cache_bytes: usize,
+    ) -> Result<Journal, JournalError> {
         let lock = lock_dir(dir)?;
         let cp = match checkpoint::read(dir) {
             Ok(cp) => cp.unwrap_or_default(),

@@ -91,6 +91,9 @@ pub enum BatchError {
     /// The broker header checksum does not match.
     #[error("batch header checksum mismatch")]
     HeaderCrc,
+    /// A record's key or value is above the broker's limit.
+    #[error("a record key or value is above the size limit")]
+    RecordTooLarge,
     /// The records do not fill the batch exactly as `record_count` says.
     #[error("records malformed: {0}")]
     Records(&'static str),
@@ -198,7 +201,33 @@ impl<'a> BatchView<'a> {
 /// # Errors
 /// [`BatchError`] naming the first problem found.
 pub fn check_producer_batch(buf: &[u8]) -> Result<u32, BatchError> {
-    check_body(buf, BatchKind::Data)
+    check_body(buf, BatchKind::Data, RecordLimits::NONE)
+}
+
+/// Size limits on the records of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordLimits {
+    /// Largest key, in bytes.
+    pub key_bytes_max: usize,
+    /// Largest value, in bytes.
+    pub value_bytes_max: usize,
+}
+
+impl RecordLimits {
+    /// No limit beyond the batch's own size.
+    pub const NONE: RecordLimits = RecordLimits {
+        key_bytes_max: usize::MAX,
+        value_bytes_max: usize::MAX,
+    };
+}
+
+/// [`check_producer_batch`], also refusing any record whose key or value
+/// is above `limits` with [`BatchError::RecordTooLarge`].
+///
+/// # Errors
+/// [`BatchError`] naming the first problem found.
+pub fn check_producer_batch_with(buf: &[u8], limits: RecordLimits) -> Result<u32, BatchError> {
+    check_body(buf, BatchKind::Data, limits)
 }
 
 /// Checks a batch read back from the journal or received from a leader: both
@@ -213,7 +242,7 @@ pub fn check_stored_batch(buf: &[u8]) -> Result<BatchKind, BatchError> {
         return Err(BatchError::HeaderCrc);
     }
     let kind = view.kind().ok_or(BatchError::Field("kind"))?;
-    check_body(buf, kind)?;
+    check_body(buf, kind, RecordLimits::NONE)?;
     Ok(kind)
 }
 
@@ -234,7 +263,7 @@ fn check_length(buf: &[u8]) -> Result<(), BatchError> {
     }
 }
 
-fn check_body(buf: &[u8], kind: BatchKind) -> Result<u32, BatchError> {
+fn check_body(buf: &[u8], kind: BatchKind, limits: RecordLimits) -> Result<u32, BatchError> {
     check_length(buf)?;
     let view = BatchView(buf);
     if view.version() != BATCH_VERSION {
@@ -262,7 +291,11 @@ fn check_body(buf: &[u8], kind: BatchKind) -> Result<u32, BatchError> {
         let body = r
             .take(len as usize, "record")
             .map_err(|_| BatchError::Records("record runs past the batch"))?;
-        parse_record(body).map_err(|_| BatchError::Records("record fields do not fit"))?;
+        let rec =
+            parse_record(body).map_err(|_| BatchError::Records("record fields do not fit"))?;
+        if rec.key.len() > limits.key_bytes_max || rec.value.len() > limits.value_bytes_max {
+            return Err(BatchError::RecordTooLarge);
+        }
         records += 1;
         if records > count {
             return Err(BatchError::Records("more records than record_count"));

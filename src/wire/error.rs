@@ -60,11 +60,13 @@ pub enum ErrorCode {
     TooManyTopics = 24,
     /// The broker already serves its maximum number of connections.
     TooManyConnections = 25,
+    /// A record's key or value is above the broker's size limit.
+    RecordTooLarge = 26,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::None,
         ErrorCode::Internal,
         ErrorCode::MalformedRequest,
@@ -91,6 +93,7 @@ impl ErrorCode {
         ErrorCode::InvalidRequest,
         ErrorCode::TooManyTopics,
         ErrorCode::TooManyConnections,
+        ErrorCode::RecordTooLarge,
     ];
 
     /// The code for a wire value, or `None` for an unknown number.
@@ -132,6 +135,7 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => "InvalidRequest",
             ErrorCode::TooManyTopics => "TooManyTopics",
             ErrorCode::TooManyConnections => "TooManyConnections",
+            ErrorCode::RecordTooLarge => "RecordTooLarge",
         }
     }
 
@@ -169,6 +173,7 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => "request field out of range",
             ErrorCode::TooManyTopics => "topic or partition limit reached",
             ErrorCode::TooManyConnections => "connection limit reached",
+            ErrorCode::RecordTooLarge => "record key or value larger than the broker's limit",
         }
     }
 }
