@@ -527,3 +527,101 @@ fn topics_above_topics_max_get_too_many_topics() {
         .expect_error(ErrorCode::TooManyTopics);
     assert_eq!(c.produce_ok("two", 8, &one_value_batch()), 0);
 }
+
+#[test]
+fn a_record_above_the_key_or_value_limit_gets_record_too_large_and_nothing_is_written() {
+    let dir = TestDir::new();
+    let config = dir.config("record_key_bytes_max = 1024\nrecord_value_bytes_max = 4096\n");
+    let broker = BrokerProc::start(&dir.data, &["--config", config.to_str().unwrap()]);
+    let mut c = RawConn::connect(broker.addr());
+    c.create_topic("t", 1);
+    let ok_key = vec![b'k'; 1024];
+    let ok_value = vec![b'v'; 4096];
+    let long_key = vec![b'k'; 1025];
+    let long_value = vec![b'v'; 4097];
+    // The oversized record is the second of the batch: nothing is written.
+    for (k, v) in [(&long_key, &ok_value), (&ok_key, &long_value)] {
+        let b = common::batch(
+            &[
+                (b"a".as_slice(), b"fine".as_slice()),
+                (k.as_slice(), v.as_slice()),
+            ],
+            common::now_ms(),
+        );
+        c.produce("t", 0, Qos::All as u8, 5000, &b)
+            .expect_error(ErrorCode::RecordTooLarge);
+    }
+    assert_eq!(c.list_offsets("t", 0).latest, 0, "nothing of those batches");
+    let b = common::batch(
+        &[(ok_key.as_slice(), ok_value.as_slice())],
+        common::now_ms(),
+    );
+    assert_eq!(
+        c.produce_ok("t", 0, &b),
+        0,
+        "records at the limits are fine"
+    );
+    assert_broker_serves(broker.addr());
+}
+
+#[test]
+fn half_a_frame_then_silence_is_closed_after_partial_frame_timeout() {
+    let dir = TestDir::new();
+    let config = dir.config("partial_frame_timeout_ms = 300\n");
+    let broker = BrokerProc::start(&dir.data, &["--config", config.to_str().unwrap()]);
+    let mut bystander = RawConn::connect(broker.addr());
+    let mut c = RawConn::connect(broker.addr());
+    let mut frame = header_with_len(100, ApiKey::Ping.as_u16(), 3);
+    frame.extend_from_slice(b"ten bytes.");
+    let t0 = std::time::Instant::now();
+    c.write_raw(&frame);
+    c.expect_closed();
+    let elapsed = t0.elapsed();
+    assert!(
+        elapsed >= std::time::Duration::from_millis(250),
+        "closed only after the timeout ({elapsed:?})"
+    );
+    // A connection that is merely quiet between frames is not affected.
+    assert_eq!(bystander.ping(b"quiet but whole"), b"quiet but whole");
+    assert_broker_serves(broker.addr());
+}
+
+#[test]
+fn an_idle_connection_is_closed_but_one_waiting_on_a_long_poll_is_not() {
+    let dir = TestDir::new();
+    let config = dir.config("idle_connection_timeout_ms = 400\n");
+    let broker = BrokerProc::start(&dir.data, &["--config", config.to_str().unwrap()]);
+    let mut admin = RawConn::connect(broker.addr());
+    admin.create_topic("t", 1);
+    drop(admin);
+    let mut idle = RawConn::connect(broker.addr());
+    let mut polling = RawConn::connect(broker.addr());
+    let t0 = std::time::Instant::now();
+    let poll = polling.send(ApiKey::Fetch, |out| {
+        FetchRequest {
+            topic: "t",
+            partition: 0,
+            offset: 0,
+            max_bytes: 1024,
+            max_wait_ms: 1500,
+            min_bytes: 1,
+        }
+        .encode(out)
+    });
+    idle.expect_closed();
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_millis(350),
+        "closed only after the idle timeout ({:?})",
+        t0.elapsed()
+    );
+    let r = polling.response_to(poll).ok();
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_millis(1400),
+        "the long poll ran its course ({:?})",
+        t0.elapsed()
+    );
+    let f = hutong::wire::api::FetchResponse::decode(&r.body).expect("decode fetch");
+    assert!(f.batches.is_empty());
+    // Idle again now: closed in turn.
+    polling.expect_closed();
+}
