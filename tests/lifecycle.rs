@@ -586,3 +586,22 @@ fn a_stray_seg_file_makes_the_broker_refuse_to_start_without_touching_it() {
     let broker = BrokerProc::start(&dir.data, &[]);
     assert_broker_serves(broker.addr());
 }
+
+#[test]
+#[ignore = "broker bug: BrokerError::Journal is #[error(\"{0}\")] with #[from], so `hutong: {e:#}` prints the journal error twice"]
+fn a_startup_error_is_printed_once() {
+    let dir = TestDir::new();
+    let first = BrokerProc::start(&dir.data, &[]);
+    let (status, stderr) = run_broker_expecting_exit(&dir.data, &[]);
+    assert!(!status.success());
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("hutong: "))
+        .unwrap_or_else(|| panic!("a `hutong: <error>` line: {stderr:?}"));
+    assert_eq!(
+        line.matches("is locked by another hutong broker").count(),
+        1,
+        "docs/cli.md: one line `hutong: <error>`; got {line:?}"
+    );
+    drop(first);
+}
