@@ -1,0 +1,287 @@
+//! Full duplex: many requests in flight on one connection, each answered
+//! once under its own correlation id, in the order the broker appended them.
+
+mod common;
+
+use common::{bounded, read_partition, BrokerProc, RawConn, TestDir};
+use hutong::client::connection::ConnectionConfig;
+use hutong::client::Connection;
+use hutong::wire::api::{ProduceRequest, ProduceResponse};
+use hutong::wire::batch::BatchBuilder;
+use hutong::wire::{ApiKey, ErrorCode, Qos};
+use std::collections::HashSet;
+use std::io::Write;
+use std::time::Duration;
+
+const REQUESTS: u32 = 10_000;
+
+fn one_record_batch(b: &mut BatchBuilder, i: u32) -> &[u8] {
+    b.clear();
+    b.push(common::now_ms(), b"", format!("m{i}").as_bytes(), &[]);
+    b.finish(0, 0)
+}
+
+#[test]
+fn ten_thousand_requests_in_flight_on_one_client_connection_all_get_their_answer() {
+    let dir = TestDir::new();
+    let broker = BrokerProc::start(&dir.data, &[]);
+    let addr = broker.addr();
+    RawConn::connect(addr).create_topic("t", 1);
+    bounded(Duration::from_secs(60), "pipelined client", move || {
+        let conn = Connection::connect_with(
+            addr,
+            &ConnectionConfig {
+                in_flight_max: 2 * REQUESTS as usize,
+                ..ConnectionConfig::default()
+            },
+        )
+        .expect("connect");
+        let mut b = BatchBuilder::new();
+        let mut tickets = Vec::with_capacity(REQUESTS as usize);
+        // Every request is sent before any answer is waited for.
+        for i in 0..REQUESTS {
+            let batch = one_record_batch(&mut b, i);
+            let ticket = conn
+                .send(ApiKey::Produce, |out| {
+                    ProduceRequest {
+                        topic: "t",
+                        partition: 0,
+                        qos: Qos::All as u8,
+                        timeout_ms: 30_000,
+                        batch,
+                    }
+                    .encode(out)
+                })
+                .expect("send");
+            tickets.push(ticket);
+        }
+        let mut ids = HashSet::new();
+        for (i, ticket) in tickets.into_iter().enumerate() {
+            let id = ticket.correlation_id();
+            assert!(ids.insert(id), "correlation id {id} used twice");
+            let r = ticket.wait().expect("answer");
+            assert_eq!(r.header.correlation_id, id);
+            assert_eq!(r.header.api_key, ApiKey::Produce.as_u16());
+            assert_eq!(
+                r.header.error_code,
+                ErrorCode::None.as_u16(),
+                "request {i} failed"
+            );
+            let ack = ProduceResponse::decode(&r.body).expect("decode");
+            assert_eq!(
+                ack.base_offset, i as u64,
+                "request {i} was appended in send order"
+            );
+        }
+    });
+    let stored = read_partition(addr, "t", 0);
+    assert_eq!(stored.len(), REQUESTS as usize);
+    for (i, r) in stored.iter().enumerate() {
+        assert_eq!(r.value, format!("m{i}").as_bytes());
+    }
+}
+
+#[test]
+fn ten_thousand_raw_pipelined_requests_echo_arbitrary_correlation_ids() {
+    let dir = TestDir::new();
+    let broker = BrokerProc::start(&dir.data, &[]);
+    let addr = broker.addr();
+    let mut conn = RawConn::connect(addr);
+    conn.create_topic("t", 1);
+    // Correlation ids the broker cannot guess: scattered, not sequential.
+    let id_of = |i: u32| i.wrapping_mul(2_654_435_761) ^ 0x5bd1_e995;
+    let mut frames = Vec::new();
+    let mut b = BatchBuilder::new();
+    for i in 0..REQUESTS {
+        let batch = one_record_batch(&mut b, i);
+        frames.extend_from_slice(&RawConn::frame(
+            ApiKey::Produce.as_u16(),
+            1,
+            id_of(i),
+            |out| {
+                ProduceRequest {
+                    topic: "t",
+                    partition: 0,
+                    qos: Qos::Received as u8,
+                    timeout_ms: 30_000,
+                    batch,
+                }
+                .encode(out)
+            },
+        ));
+    }
+    let mut writer = conn.stream.try_clone().expect("clone socket");
+    // One write of every frame, while the answers are read beside it.
+    let writer = std::thread::spawn(move || writer.write_all(&frames));
+    let base_by_id = bounded(Duration::from_secs(60), "raw pipelined reader", move || {
+        let mut base_by_id = std::collections::HashMap::new();
+        for _ in 0..REQUESTS {
+            let r = conn.read_response().expect("an answer for every request");
+            assert_eq!(r.header.api_key, ApiKey::Produce.as_u16());
+            let r = r.ok();
+            let ack = ProduceResponse::decode(&r.body).expect("decode");
+            assert!(
+                base_by_id
+                    .insert(r.header.correlation_id, ack.base_offset)
+                    .is_none(),
+                "two answers for one correlation id"
+            );
+        }
+        base_by_id
+    });
+    writer.join().expect("writer").expect("write every frame");
+    for i in 0..REQUESTS {
+        assert_eq!(
+            base_by_id.get(&id_of(i)),
+            Some(&(i as u64)),
+            "request {i} is answered under its id with its offset"
+        );
+    }
+}
+
+#[test]
+fn concurrent_producers_on_many_connections_each_keep_their_own_order() {
+    const PRODUCERS: u64 = 12;
+    const BATCHES: u64 = 200;
+    const PER_BATCH: u64 = 10;
+    let dir = TestDir::new();
+    let broker = BrokerProc::start(&dir.data, &[]);
+    let addr = broker.addr();
+    RawConn::connect(addr).create_topic("t", 2);
+    let value = |producer: u64, seq: u64| format!("p{producer}-s{seq:06}").into_bytes();
+    let acks = bounded(Duration::from_secs(60), "concurrent producers", move || {
+        let threads: Vec<_> = (0..PRODUCERS)
+            .map(|producer| {
+                std::thread::spawn(move || {
+                    let p = hutong::client::Producer::connect(
+                        addr,
+                        hutong::client::ProducerConfig {
+                            max_in_flight: 16,
+                            ..Default::default()
+                        },
+                    )
+                    .expect("connect");
+                    let partition = (producer % 2) as u32;
+                    let receipts: Vec<_> = (0..BATCHES)
+                        .map(|b| {
+                            let values: Vec<Vec<u8>> = (b * PER_BATCH..(b + 1) * PER_BATCH)
+                                .map(|seq| value(producer, seq))
+                                .collect();
+                            let records: Vec<(&[u8], &[u8])> =
+                                values.iter().map(|v| (&b""[..], v.as_slice())).collect();
+                            p.send_records("t", partition, &records).expect("send")
+                        })
+                        .collect();
+                    receipts
+                        .into_iter()
+                        .map(|r| r.wait().expect("ack").base_offset)
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("producer thread"))
+            .collect::<Vec<_>>()
+    });
+    let parts = [read_partition(addr, "t", 0), read_partition(addr, "t", 1)];
+    for (partition, stored) in parts.iter().enumerate() {
+        let producers = PRODUCERS / 2;
+        assert_eq!(
+            stored.len() as u64,
+            producers * BATCHES * PER_BATCH,
+            "t/{partition} holds every message once"
+        );
+    }
+    for producer in 0..PRODUCERS {
+        let stored = &parts[(producer % 2) as usize];
+        let mine: Vec<&[u8]> = stored
+            .iter()
+            .map(|r| r.value.as_slice())
+            .filter(|v| v.starts_with(format!("p{producer}-").as_bytes()))
+            .collect();
+        let want: Vec<Vec<u8>> = (0..BATCHES * PER_BATCH)
+            .map(|seq| value(producer, seq))
+            .collect();
+        assert!(
+            mine.len() == want.len() && mine.iter().zip(&want).all(|(a, b)| *a == b.as_slice()),
+            "producer {producer}: its messages are stored once each, in its send order"
+        );
+        // Each acknowledged base offset points at that batch's first record.
+        for (b, base) in acks[producer as usize].iter().enumerate() {
+            assert_eq!(
+                stored[*base as usize].value,
+                value(producer, b as u64 * PER_BATCH),
+                "producer {producer} batch {b}: the ack names where it is stored"
+            );
+        }
+    }
+}
+
+/// Resident memory of a process, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc status");
+    kb * 1024
+}
+
+#[test]
+fn a_client_that_never_reads_stalls_only_itself_and_memory_stays_bounded() {
+    const PING_BYTES: usize = 60 * 1024;
+    const PINGS: usize = 3500; // about 210 MB of answers if the broker took them all
+    let dir = TestDir::new();
+    let broker = BrokerProc::start(&dir.data, &[]);
+    let addr = broker.addr();
+    let mut good = RawConn::connect(addr);
+    good.create_topic("t", 1);
+    let rss_before = rss_bytes(broker.pid());
+    let stalled = RawConn::connect(addr);
+    let mut w = stalled.stream.try_clone().expect("clone");
+    w.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+    let writer = std::thread::spawn(move || {
+        let frame = RawConn::frame(ApiKey::Ping.as_u16(), 1, 9, |out| {
+            out.resize(out.len() + PING_BYTES, 0xab)
+        });
+        let mut written = 0usize;
+        for _ in 0..PINGS {
+            if w.write_all(&frame).is_err() {
+                break;
+            }
+            written += frame.len();
+        }
+        written
+    });
+    // While that connection is stuck, everyone else is served.
+    for i in 0..20u64 {
+        assert_eq!(
+            good.produce_ok("t", 0, &common::batch_of_values(&[b"x".to_vec()])),
+            i
+        );
+        assert_eq!(good.ping(b"fine"), b"fine");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let written = bounded(Duration::from_secs(30), "stalled writer", move || {
+        writer.join().expect("writer")
+    });
+    let growth = rss_bytes(broker.pid()).saturating_sub(rss_before);
+    eprintln!(
+        "stalled client wrote {} MiB before the broker stopped reading; broker RSS grew {} MiB",
+        written >> 20,
+        growth >> 20
+    );
+    assert!(
+        written < PINGS * PING_BYTES / 2,
+        "the broker stopped reading a client that never reads ({written} bytes taken)"
+    );
+    assert!(
+        growth < 100 << 20,
+        "the broker's memory stays bounded (grew {growth} bytes)"
+    );
+    drop(stalled);
+    common::assert_broker_serves(addr);
+}
