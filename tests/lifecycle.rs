@@ -588,7 +588,6 @@ fn a_stray_seg_file_makes_the_broker_refuse_to_start_without_touching_it() {
 }
 
 #[test]
-#[ignore = "broker bug: BrokerError::Journal is #[error(\"{0}\")] with #[from], so `hutong: {e:#}` prints the journal error twice"]
 fn a_startup_error_is_printed_once() {
     let dir = TestDir::new();
     let first = BrokerProc::start(&dir.data, &[]);
