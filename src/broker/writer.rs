@@ -279,11 +279,12 @@ pub fn run(
                     return;
                 }
             }
-            shared.wake(Stage::Flusher);
-            shared.wake(Stage::Replicator);
+            // The responder first: QoS `received` answers need nothing else.
             if queued > 0 {
                 shared.wake(Stage::Responder);
             }
+            shared.wake(Stage::Flusher);
+            shared.wake(Stage::Replicator);
             if shared
                 .request_ring_full
                 .swap(false, std::sync::atomic::Ordering::AcqRel)
