@@ -152,6 +152,7 @@ fn read_partition(
             max_wait_ms: job.max_wait_ms,
             min_bytes: 1,
         };
+        let before = out.messages;
         let sent_ns = window::now_ns();
         let result = conn
             .send(ApiKey::Fetch, |b| request.encode(b))
@@ -163,7 +164,6 @@ fn read_partition(
                     check_fetch(body, job, &mut offset, &mut out)
                 })
             });
-        let before = out.messages;
         match result {
             Ok(Ok(())) => {}
             Ok(Err(e)) => out.error = Some(e),

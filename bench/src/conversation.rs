@@ -393,7 +393,13 @@ pub fn run(args: &HutongArgs, _ui: &Ui) -> Result<Report> {
     report.payload_bytes = z_read + l_read;
     report.elapsed = elapsed;
     report.latency_of = "meeting (not measured)";
+    report.kafka_line = false;
     let meetings_per_s = crate::report::per_s(f64::from(meetings), elapsed);
+    report.headline = Some(format!(
+        "hutong: {meetings} meetings ({} utterances) in {:.2} ms, {meetings_per_s:.0} meetings/s",
+        6 * u64::from(meetings),
+        elapsed.as_secs_f64() * 1e3
+    ));
     report
         .extra
         .push(("utterances", json!(6 * u64::from(meetings))));

@@ -75,6 +75,7 @@ pub fn run(addr: SocketAddr, args: &PingArgs, ui: &Ui) -> Result<Report> {
     let mut report = Report::new("ping", title, params);
     report.expected = Some(args.messages);
     report.latency_of = "round trip";
+    report.kafka_line = false;
     let conn = Connection::connect_with(
         addr,
         &ConnectionConfig {

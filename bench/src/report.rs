@@ -74,6 +74,10 @@ pub struct Report {
     pub actors: Vec<Actor>,
     /// Further figures for the JSON and the summary (name, value).
     pub extra: Vec<(&'static str, Value)>,
+    /// A line that says it all, printed first in the results (hutong).
+    pub headline: Option<String>,
+    /// Print Kafka's producer-perf-test line (scenarios that move records).
+    pub kafka_line: bool,
 }
 
 /// How many error messages a report keeps.
@@ -96,6 +100,8 @@ impl Report {
             error_messages: Vec::new(),
             actors: Vec::new(),
             extra: Vec::new(),
+            headline: None,
+            kafka_line: true,
         }
     }
 
@@ -240,6 +246,10 @@ impl Report {
                 Self::latency_text(&a.latency),
             ));
         }
+        if let Some(h) = &self.headline {
+            out.push_str(h);
+            out.push('\n');
+        }
         out.push_str(&format!(
             "Results: total throughput: {:.2} MB/s, {:.0} messages/s, {} messages in {:.3} s, \
              latency per {}: {}\n",
@@ -253,8 +263,10 @@ impl Report {
         for (k, v) in &self.extra {
             out.push_str(&format!("  {k}: {v}\n"));
         }
-        out.push_str(&self.kafka_line());
-        out.push('\n');
+        if self.kafka_line {
+            out.push_str(&self.kafka_line());
+            out.push('\n');
+        }
         if let Some(expected) = self.expected {
             if expected != self.messages {
                 out.push_str(&format!(
