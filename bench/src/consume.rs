@@ -14,7 +14,7 @@ use crate::ui::{Ui, PROGRESS_TICK};
 use crate::window;
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
-use hutong::client::{Admin, ClientError, Connection};
+use hutong::client::{Admin, ClientError, Completion, Connection, ResponseRef};
 use hutong::wire::api::{FetchRequest, FetchResponse};
 use hutong::wire::batch::{check_stored_batch, records, split_batches, BatchKind, BatchView};
 use hutong::wire::codec::le_u64;
@@ -23,7 +23,9 @@ use indicatif::ProgressBar;
 use serde_json::{json, Map};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
 
 /// Default soft cap on the bytes of one fetch answer.
 pub const FETCH_BYTES_DEFAULT: u32 = 1024 * 1024;
@@ -94,8 +96,9 @@ pub struct E2eArgs {
 
 /// One consumer's job: read `expected` sequenced messages of one partition
 /// from `start`.
-struct Reading<'a> {
-    topic: &'a str,
+#[derive(Debug, Clone)]
+struct Reading {
+    topic: String,
     partition: u32,
     start: u64,
     expected: u64,
@@ -106,7 +109,7 @@ struct Reading<'a> {
     end_to_end: bool,
 }
 
-/// What one consumer saw.
+/// What one consumer's answers held, as checked on the reader thread.
 struct Outcome {
     messages: u64,
     fetches: u64,
@@ -116,84 +119,235 @@ struct Outcome {
     error: Option<String>,
 }
 
-/// Reads one partition until `expected` messages were checked, or the
-/// first failure.
-/// Stops early when `stop` is set (the producers failed).
+/// Where a consumer stands; the consumer thread waits on it.
+#[derive(Debug, Default)]
+struct Flow {
+    /// Fetches answered (and scanned for where the next one starts).
+    answered: u64,
+    /// Fetches whose answer was fully checked.
+    checked: u64,
+    next_offset: u64,
+    /// Messages the answers announced so far (from the batch headers).
+    seen: u64,
+    error: Option<String>,
+}
+
+/// The completion hook of a consumer's fetches. One fetch is in flight at
+/// a time (the next offset is known only from the answer), so the hook
+/// first reads where the answer ends from the batch headers and wakes the
+/// consumer thread to send the next fetch, then checks this answer fully
+/// (checksums, sequence numbers) while the broker prepares the next one.
+/// It reads the answer in place in the connection's read buffer: no copy,
+/// no allocation per fetch.
+struct FetchHook {
+    job: Reading,
+    flow: Mutex<Flow>,
+    outcome: Mutex<Outcome>,
+    consumer: Thread,
+    /// Offset and send time of the fetch in flight.
+    requested: AtomicU64,
+    sent_ns: AtomicU64,
+    progress: Arc<AtomicU64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl FetchHook {
+    fn new(job: Reading, progress: Arc<AtomicU64>) -> FetchHook {
+        FetchHook {
+            flow: Mutex::new(Flow {
+                next_offset: job.start,
+                ..Flow::default()
+            }),
+            outcome: Mutex::new(Outcome {
+                messages: 0,
+                fetches: 0,
+                wire_bytes: 0,
+                last_ns: window::now_ns(),
+                latency: report::histogram(),
+                error: None,
+            }),
+            job,
+            consumer: std::thread::current(),
+            requested: AtomicU64::new(0),
+            sent_ns: AtomicU64::new(0),
+            progress,
+        }
+    }
+
+    /// Ends the answer of the fetch in flight with an error.
+    fn fail(&self, e: String) {
+        let mut f = lock(&self.flow);
+        f.error.get_or_insert(e);
+        f.answered += 1;
+        f.checked += 1;
+        drop(f);
+        self.consumer.unpark();
+    }
+
+    /// Waits until `done` holds for the flow or `timeout` passes.
+    fn wait(&self, timeout: Duration, done: impl Fn(&Flow) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done(&lock(&self.flow)) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            std::thread::park_timeout((deadline - now).min(Duration::from_millis(50)));
+        }
+    }
+}
+
+impl Completion for FetchHook {
+    fn complete(&self, _tag: u64, response: Result<ResponseRef<'_>, ClientError>) {
+        let now = window::now_ns();
+        // Read before waking the consumer, which then sends the next fetch.
+        let requested = self.requested.load(Ordering::Relaxed);
+        let sent = self.sent_ns.load(Ordering::Relaxed);
+        let body = match response.and_then(ResponseRef::into_result) {
+            Ok(r) => r.body,
+            Err(e) => return self.fail(format!("fetch: {e}")),
+        };
+        let (next, seen) = match scan_fetch(body, requested) {
+            Ok(x) => x,
+            Err(e) => return self.fail(e),
+        };
+        {
+            let mut f = lock(&self.flow);
+            f.next_offset = f.next_offset.max(next);
+            f.seen += seen;
+            f.answered += 1;
+        }
+        self.consumer.unpark();
+        let checked = {
+            let mut o = lock(&self.outcome);
+            let before = o.messages;
+            let r = check_fetch(body, &self.job, requested, now, &mut o);
+            o.fetches += 1;
+            if !self.job.end_to_end {
+                report::record(&mut o.latency, now.saturating_sub(sent));
+            }
+            if o.messages > before {
+                o.last_ns = now;
+                self.progress
+                    .fetch_add(o.messages - before, Ordering::Relaxed);
+            }
+            r
+        };
+        let mut f = lock(&self.flow);
+        f.checked += 1;
+        if let Err(e) = checked {
+            f.error.get_or_insert(e);
+        }
+        drop(f);
+        self.consumer.unpark();
+    }
+}
+
+/// Reads one partition until the answers announced `expected` messages
+/// and all were checked, or the first failure. Stops early when `stop` is
+/// set (the producers failed).
 fn read_partition(
     conn: &Connection,
-    job: &Reading<'_>,
-    progress: &AtomicU64,
+    job: &Reading,
+    progress: &Arc<AtomicU64>,
     stop: &AtomicBool,
 ) -> Outcome {
-    let mut out = Outcome {
-        messages: 0,
-        fetches: 0,
-        wire_bytes: 0,
-        last_ns: window::now_ns(),
-        latency: report::histogram(),
-        error: None,
-    };
+    let hook = Arc::new(FetchHook::new(job.clone(), Arc::clone(progress)));
+    let completion: Arc<dyn Completion> = hook.clone();
+    let answer_timeout = Duration::from_millis(u64::from(job.max_wait_ms)) + FETCH_ANSWER_GRACE;
     let mut offset = job.start;
-    let wait = Duration::from_millis(u64::from(job.max_wait_ms)) + FETCH_ANSWER_GRACE;
-    while out.messages < job.expected {
+    let mut sent = 0u64;
+    let (mut seen, mut last_news) = (0u64, Instant::now());
+    let mut local_error = None;
+    while job.expected > 0 {
         if stop.load(Ordering::Relaxed) {
-            out.error = Some("stopped: the producers failed".into());
-            break;
-        }
-        if window::now_ns() - out.last_ns > STALL_TIMEOUT.as_nanos() as u64 {
-            out.error = Some(format!("no new message for {STALL_TIMEOUT:?}"));
+            local_error = Some("stopped: the producers failed".to_string());
             break;
         }
         let request = FetchRequest {
-            topic: job.topic,
+            topic: &job.topic,
             partition: job.partition,
             offset,
             max_bytes: job.fetch_bytes,
             max_wait_ms: job.max_wait_ms,
             min_bytes: 1,
         };
-        let before = out.messages;
-        let sent_ns = window::now_ns();
-        let result = conn
-            .send(ApiKey::Fetch, |b| request.encode(b))
-            .and_then(|ticket| {
-                ticket.wait_with(Some(wait), |header, body| {
-                    if header.error_code != 0 {
-                        return Err(ClientError::from_response(header.error_code, body).to_string());
-                    }
-                    check_fetch(body, job, &mut offset, &mut out)
-                })
-            });
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => out.error = Some(e),
-            Err(e) => out.error = Some(format!("fetch: {e}")),
-        }
-        if out.error.is_some() {
+        hook.requested.store(offset, Ordering::Relaxed);
+        hook.sent_ns.store(window::now_ns(), Ordering::Relaxed);
+        if let Err(e) =
+            conn.send_with_completion(ApiKey::Fetch, |b| request.encode(b), &completion, sent)
+        {
+            local_error = Some(format!("fetch: {e}"));
             break;
         }
-        out.fetches += 1;
-        let now = window::now_ns();
-        if !job.end_to_end {
-            report::record(&mut out.latency, now - sent_ns);
+        sent += 1;
+        if !hook.wait(answer_timeout, |f| f.answered >= sent) {
+            local_error = Some(format!("no fetch answer within {answer_timeout:?}"));
+            break;
         }
-        if out.messages > before {
-            out.last_ns = now;
-            progress.fetch_add(out.messages - before, Ordering::Relaxed);
+        let f = lock(&hook.flow);
+        if f.error.is_some() {
+            break;
+        }
+        offset = f.next_offset;
+        if f.seen >= job.expected {
+            break;
+        }
+        if f.seen > seen {
+            seen = f.seen;
+            last_news = Instant::now();
+        } else if last_news.elapsed() > STALL_TIMEOUT {
+            local_error = Some(format!("no new message for {STALL_TIMEOUT:?}"));
+            break;
         }
     }
-    out
+    if !hook.wait(answer_timeout, |f| f.checked >= sent) {
+        local_error.get_or_insert_with(|| "the last answers were never checked".to_string());
+    }
+    let mut o = lock(&hook.outcome);
+    let error = lock(&hook.flow).error.take().or(local_error);
+    Outcome {
+        messages: o.messages,
+        fetches: o.fetches,
+        wire_bytes: o.wire_bytes,
+        last_ns: o.last_ns,
+        latency: std::mem::replace(&mut o.latency, report::histogram()),
+        error,
+    }
 }
 
-/// Checks one fetch answer: batch checksums, then each message's sequence
-/// number and size. Moves `offset` past the answer.
+/// Where the next fetch after this answer starts, and how many messages at
+/// or above `requested` the answer announces, from the batch headers only.
+fn scan_fetch(body: &[u8], requested: u64) -> Result<(u64, u64), String> {
+    let response = FetchResponse::decode(body).map_err(|e| format!("bad fetch answer: {e}"))?;
+    let (mut next, mut seen) = (requested, 0u64);
+    for batch in split_batches(response.batches) {
+        let view = BatchView(batch);
+        if view.kind() == Some(BatchKind::Data) {
+            seen += view
+                .next_offset()
+                .saturating_sub(view.base_offset().max(requested));
+        }
+        next = next.max(view.next_offset());
+    }
+    Ok((next, seen))
+}
+
+/// Checks one fetch answer (for a fetch from `requested`): batch
+/// checksums, then each message's sequence number and size.
 fn check_fetch(
     body: &[u8],
-    job: &Reading<'_>,
-    offset: &mut u64,
+    job: &Reading,
+    requested: u64,
+    now_ns: u64,
     out: &mut Outcome,
 ) -> Result<(), String> {
-    let now = window::now_ns();
     let response = FetchResponse::decode(body).map_err(|e| format!("bad fetch answer: {e}"))?;
     let mut whole = 0usize;
     for batch in split_batches(response.batches) {
@@ -205,30 +359,30 @@ fn check_fetch(
                 BatchView(batch).base_offset()
             )
         })?;
-        if kind == BatchKind::Data {
-            for r in records(batch) {
-                if r.offset < *offset || out.messages == job.expected {
-                    continue;
-                }
-                let seq = out.messages;
-                if r.value.len() != job.message_size || le_u64(r.value, 0) != seq {
-                    return Err(format!(
-                        "partition {} offset {}: expected message {seq} of {} bytes, got {} bytes \
-                         carrying {}",
-                        job.partition,
-                        r.offset,
-                        job.message_size,
-                        r.value.len(),
-                        r.value.get(..8).map_or(0, |_| le_u64(r.value, 0)),
-                    ));
-                }
-                if job.end_to_end {
-                    report::record(&mut out.latency, now.saturating_sub(le_u64(r.value, 8)));
-                }
-                out.messages += 1;
-            }
+        if kind != BatchKind::Data {
+            continue;
         }
-        *offset = (*offset).max(BatchView(batch).next_offset());
+        for r in records(batch) {
+            if r.offset < requested || out.messages == job.expected {
+                continue;
+            }
+            let seq = out.messages;
+            if r.value.len() != job.message_size || le_u64(r.value, 0) != seq {
+                return Err(format!(
+                    "partition {} offset {}: expected message {seq} of {} bytes, got {} bytes \
+                     carrying {}",
+                    job.partition,
+                    r.offset,
+                    job.message_size,
+                    r.value.len(),
+                    r.value.get(..8).map_or(0, |_| le_u64(r.value, 0)),
+                ));
+            }
+            if job.end_to_end {
+                report::record(&mut out.latency, now_ns.saturating_sub(le_u64(r.value, 8)));
+            }
+            out.messages += 1;
+        }
     }
     if whole == 0 && !response.batches.is_empty() {
         return Err(format!(
@@ -244,7 +398,7 @@ fn check_fetch(
 /// `report` (elapsed from `start_ns` to the last message).
 fn run_consumers(
     addr: SocketAddr,
-    jobs: &[Reading<'_>],
+    jobs: &[Reading],
     bar: &ProgressBar,
     start_ns: u64,
     stop: &AtomicBool,
@@ -255,7 +409,7 @@ fn run_consumers(
         .map(|_| Connection::connect(addr))
         .collect::<Result<Vec<_>, ClientError>>()
         .with_context(|| format!("cannot connect consumers to {addr}"))?;
-    let progress = AtomicU64::new(0);
+    let progress = Arc::new(AtomicU64::new(0));
     let outcomes: Vec<Outcome> = std::thread::scope(|s| {
         let handles: Vec<_> = jobs
             .iter()
@@ -371,9 +525,9 @@ pub fn run_consume(addr: SocketAddr, args: &ConsumeArgs, ui: &Ui) -> Result<Repo
         return Ok(report);
     }
 
-    let jobs: Vec<Reading<'_>> = (0..args.consumers)
+    let jobs: Vec<Reading> = (0..args.consumers)
         .map(|i| Reading {
-            topic: &args.topic,
+            topic: args.topic.clone(),
             partition: i,
             start: starts[i as usize],
             expected: plan.messages_of(i).unwrap_or(0),
@@ -443,9 +597,9 @@ pub fn run_e2e(addr: SocketAddr, args: &E2eArgs, ui: &Ui) -> Result<Report> {
     let admin = Admin::connect(addr).with_context(|| format!("cannot connect to {addr}"))?;
     produce::ensure_topic(&admin, &plan.topic, plan.partitions)?;
     let starts = produce::latest_offsets(&admin, &plan.topic, plan.partitions)?;
-    let jobs: Vec<Reading<'_>> = (0..args.producers)
+    let jobs: Vec<Reading> = (0..args.producers)
         .map(|i| Reading {
-            topic: &args.topic,
+            topic: args.topic.clone(),
             partition: i,
             start: starts[i as usize],
             expected: plan.messages_of(i).unwrap_or(0),
