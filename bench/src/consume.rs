@@ -265,7 +265,9 @@ fn read_partition(
     let mut sent = 0u64;
     let (mut seen, mut last_news) = (0u64, Instant::now());
     let mut local_error = None;
-    while job.expected > 0 {
+    // A partition with nothing to read needs no fetch.
+    let mut more = job.expected > 0;
+    while more {
         if stop.load(Ordering::Relaxed) {
             local_error = Some("stopped: the producers failed".to_string());
             break;
@@ -296,9 +298,7 @@ fn read_partition(
             break;
         }
         offset = f.next_offset;
-        if f.seen >= job.expected {
-            break;
-        }
+        more = f.seen < job.expected;
         if f.seen > seen {
             seen = f.seen;
             last_news = Instant::now();
