@@ -87,6 +87,8 @@ fn produce_args(topic: &str, batch: u32, in_flight: usize, qos: Qos, messages: u
 pub fn run(args: &SuiteArgs, common: &Common, ui: &Ui) -> Result<bool> {
     let target = Target::resolve(common.addr)?;
     let addr = target.addr();
+    let machine = machine_line(target.data_dir());
+    println!("Machine: {machine}");
     match target.data_dir() {
         Some(dir) => println!(
             "Standard suite against a broker started at {addr}, data in {}\n",
@@ -221,7 +223,7 @@ pub fn run(args: &SuiteArgs, common: &Common, ui: &Ui) -> Result<bool> {
     if common.json {
         println!(
             "{}",
-            json!({"scenario": "suite", "results": results, "errors": u64::from(!clean)})
+            json!({"scenario": "suite", "machine": machine, "results": results, "errors": u64::from(!clean)})
         );
     }
     Ok(clean)
@@ -234,4 +236,38 @@ fn goal_text(goal: &Goal) -> String {
         Goal::P50UsAtMost(t) => format!("p50 <= {t:.0} µs"),
         Goal::ElapsedMsAtMost(t) => format!("<= {t:.0} ms"),
     }
+}
+
+/// CPU model, cores, kernel and the filesystem holding the broker's data,
+/// for the record (docs/benchmarks.md).
+fn machine_line(data_dir: Option<&std::path::Path>) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "unknown".into(), |s| s.trim().to_string());
+    let fs = data_dir.map_or_else(|| "unknown (broker not started here)".into(), filesystem_of);
+    format!("{cpu}, {cores} cores, Linux {kernel}, data on {fs}")
+}
+
+/// The filesystem type and device of the mount holding `path`.
+fn filesystem_of(path: &std::path::Path) -> String {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (dev, mnt, fs) = (f.next()?, f.next()?, f.next()?);
+            path.starts_with(mnt)
+                .then(|| (mnt.len(), format!("{fs} ({dev} on {mnt})")))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map_or_else(|| "unknown".into(), |(_, d)| d)
 }
