@@ -175,6 +175,15 @@ impl Window {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// Takes a place in the window if one is free, without waiting.
+    fn try_acquire(&self) -> bool {
+        if self.in_flight.load(Ordering::Relaxed) >= self.capacity {
+            return false;
+        }
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+
     /// Gives back a place whose request was never sent.
     fn release(&self) {
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -296,7 +305,7 @@ pub fn drive(conn: &Connection, window: &Arc<Window>, source: &mut dyn Source, p
                 window.fail(format!("request {tag}: {e}"));
                 break;
             }
-        } else {
+        } else if intended.is_some() {
             window.acquire();
             window.begin(tag, intended.map_or_else(now_ns, instant_ns), count);
             if let Err(e) = conn.send_with_completion(api, |out| source.encode(out), &hook, tag) {
@@ -304,6 +313,44 @@ pub fn drive(conn: &Connection, window: &Arc<Window>, source: &mut dyn Source, p
                 window.fail(format!("request {tag}: {e}"));
                 break;
             }
+        } else {
+            // Closed loop: fill every free place of the window through one
+            // pipeline, so many requests leave in one write.
+            window.acquire();
+            let mut pipe = match conn.pipeline() {
+                Ok(p) => p,
+                Err(e) => {
+                    window.release();
+                    window.fail(format!("request {tag}: {e}"));
+                    break;
+                }
+            };
+            let mut count = count;
+            loop {
+                window.begin(tag, now_ns(), count);
+                if let Err(e) = pipe.send_with_completion(api, |out| source.encode(out), &hook, tag) {
+                    window.release();
+                    window.fail(format!("request {tag}: {e}"));
+                    break;
+                }
+                tag += 1;
+                sent_messages += u64::from(count);
+                let out_of_time = pace.deadline.is_some_and(|d| Instant::now() >= d);
+                if out_of_time || window.errors() > 0 || !window.try_acquire() {
+                    break;
+                }
+                match source.next() {
+                    Some(c) => count = c,
+                    None => {
+                        window.release();
+                        break;
+                    }
+                }
+            }
+            if let Err(e) = pipe.flush() {
+                window.fail(format!("request {tag}: {e}"));
+            }
+            continue;
         }
         tag += 1;
         sent_messages += u64::from(count);

@@ -904,6 +904,31 @@ impl Pipeline<'_> {
         self.flush_if_full()
     }
 
+    /// Buffers a request whose answer goes to `hook` with `tag` (see
+    /// [`Connection::send_with_completion`]), so that many of them leave in
+    /// one write.
+    ///
+    /// # Errors
+    /// As [`Connection::send`]. A write that fails later closes the
+    /// connection, and the close sweep hands the hook the error.
+    pub fn send_with_completion(
+        &mut self,
+        api: ApiKey,
+        body_encoder: impl FnOnce(&mut Vec<u8>),
+        hook: &Arc<dyn Completion>,
+        tag: u64,
+    ) -> Result<(), ClientError> {
+        let conn = self.conn;
+        let waiter = Waiter::Completion {
+            hook: Arc::clone(hook),
+            tag,
+        };
+        self.w
+            .enqueue(&conn.shared, api, body_encoder, Some(waiter), conn.max_frame_bytes)?;
+        let _ = self.flush_if_full();
+        Ok(())
+    }
+
     fn flush_if_full(&mut self) -> Result<(), ClientError> {
         if self.w.buf.len() >= PIPELINE_FLUSH_BYTES {
             self.w.write_all_buffered()?;
