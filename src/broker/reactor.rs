@@ -38,7 +38,7 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 const WRITE_BUFFER_KEEP_BYTES: usize = 1024 * 1024;
 /// Fetch-like requests in flight on one connection; their answers can be
 /// large, so they are bounded apart from the general in-flight limit.
-const READS_IN_FLIGHT_MAX: usize = 16;
+const READS_IN_FLIGHT_MAX: usize = 4;
 /// How long the reactor keeps polling without sleeping after an event.
 const REACTOR_SPIN: Duration = Duration::from_micros(50);
 /// How often connections are checked for the partial-frame and idle timeouts.
