@@ -328,7 +328,8 @@ pub fn drive(conn: &Connection, window: &Arc<Window>, source: &mut dyn Source, p
             let mut count = count;
             loop {
                 window.begin(tag, now_ns(), count);
-                if let Err(e) = pipe.send_with_completion(api, |out| source.encode(out), &hook, tag) {
+                if let Err(e) = pipe.send_with_completion(api, |out| source.encode(out), &hook, tag)
+                {
                     window.release();
                     window.fail(format!("request {tag}: {e}"));
                     break;

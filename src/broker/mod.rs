@@ -509,4 +509,65 @@ mod tests {
         broker.shutdown_handle().shutdown();
         broker.wait().unwrap();
     }
+
+    #[test]
+    fn a_retried_batch_is_stored_once_even_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = BatchBuilder::new();
+        b.push(0, b"k", b"once", &[]);
+        let batch = b.finish(42, 7).to_vec();
+        let produce = |s: &mut TcpStream, corr: u32| {
+            s.write_all(&request(ApiKey::Produce, corr, |out| {
+                ProduceRequest {
+                    topic: "dedup",
+                    partition: 0,
+                    qos: Qos::All as u8,
+                    timeout_ms: 10_000,
+                    batch: &batch,
+                }
+                .encode(out)
+            }))
+            .unwrap();
+            let (h, body) = response(s);
+            assert_eq!((h.correlation_id, h.error_code), (corr, 0));
+            ProduceResponse::decode(&body).unwrap().base_offset
+        };
+        for round in 0..2 {
+            let broker = Broker::start(Config {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                data_dir: dir.path().to_path_buf(),
+                auto_create_topics: true,
+                ..Config::default()
+            })
+            .unwrap();
+            let mut s = TcpStream::connect(broker.local_addr()).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            // Round 0 stores it and sees the retry; round 1 (after a
+            // restart) must still know it from the journal.
+            assert_eq!(produce(&mut s, 1), 0, "round {round}");
+            assert_eq!(produce(&mut s, 2), 0, "round {round}");
+            let mut other = BatchBuilder::new();
+            other.push(0, b"k", b"next", &[]);
+            let next = other.finish(42, 8 + round).to_vec();
+            s.write_all(&request(ApiKey::Produce, 3, |out| {
+                ProduceRequest {
+                    topic: "dedup",
+                    partition: 0,
+                    qos: Qos::All as u8,
+                    timeout_ms: 10_000,
+                    batch: &next,
+                }
+                .encode(out)
+            }))
+            .unwrap();
+            let (h, body) = response(&mut s);
+            assert_eq!(h.error_code, 0);
+            assert_eq!(
+                ProduceResponse::decode(&body).unwrap().base_offset,
+                1 + round
+            );
+            broker.shutdown_handle().shutdown();
+            broker.wait().unwrap();
+        }
+    }
 }

@@ -923,8 +923,13 @@ impl Pipeline<'_> {
             hook: Arc::clone(hook),
             tag,
         };
-        self.w
-            .enqueue(&conn.shared, api, body_encoder, Some(waiter), conn.max_frame_bytes)?;
+        self.w.enqueue(
+            &conn.shared,
+            api,
+            body_encoder,
+            Some(waiter),
+            conn.max_frame_bytes,
+        )?;
         let _ = self.flush_if_full();
         Ok(())
     }

@@ -190,6 +190,27 @@ pub struct Producer {
     /// The tracker as the connection's completion hook.
     hook: Arc<dyn Completion>,
     builder: Mutex<BatchBuilder>,
+    /// This producer's identity in the batches it builds, so the broker
+    /// can recognise a retried batch and store it once.
+    producer_id: u64,
+    /// Sequence number of the next batch it builds (increasing across
+    /// partitions, so increasing within each).
+    next_seq: std::sync::atomic::AtomicU64,
+}
+
+/// A producer id that is random enough to be unique among a broker's
+/// producers (never 0, which means "no identity").
+fn new_producer_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish().max(1)
 }
 
 impl std::fmt::Debug for Producer {
@@ -230,6 +251,8 @@ impl Producer {
             hook: tracker.clone(),
             tracker,
             builder: Mutex::new(BatchBuilder::new()),
+            producer_id: new_producer_id(),
+            next_seq: std::sync::atomic::AtomicU64::new(1),
         })
     }
 
@@ -292,7 +315,9 @@ impl Producer {
     }
 
     /// Builds one batch of `(key, value)` records stamped with the current
-    /// time and sends it like [`Producer::send`].
+    /// time, this producer's id and its next sequence number, and sends it
+    /// like [`Producer::send`]. Sending the same batch bytes again (a retry)
+    /// stores it once: the broker answers with the first copy's offset.
     ///
     /// # Errors
     /// [`ClientError::Protocol`] for an empty `records`; as [`Producer::send`].
@@ -313,7 +338,10 @@ impl Producer {
         for (key, value) in records {
             builder.push(now, key, value, &[]);
         }
-        self.send(topic, partition, builder.finish(0, 0))
+        let seq = self
+            .next_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.send(topic, partition, builder.finish(self.producer_id, seq))
     }
 
     /// Waits until every request sent so far (and any sent by other threads

@@ -14,7 +14,7 @@
 //! and a TLB shoot-down per round, and an IO error would have been a
 //! SIGBUS instead of an error code.)
 
-use super::catalog::Catalog;
+use super::catalog::{Catalog, Landed, SeqCheck};
 use super::checkpoint::{self, TopicMeta};
 use super::control::{self, Control};
 use super::error::JournalError;
@@ -278,12 +278,30 @@ impl Journal {
         });
         part.next_offset += record_count as u64;
         self.end = position + batch.len() as u64;
+        let view = BatchView(batch);
+        part.record_seq(
+            view.producer_id(),
+            Landed {
+                seq: view.producer_seq(),
+                base_offset,
+                end: self.end,
+                append_time_ms: now_ms,
+            },
+        );
         Ok(Appended {
             position,
             end: self.end,
             base_offset,
             rolled,
         })
+    }
+
+    /// Says whether a producer batch for `partition` of the topic in slot
+    /// `topic` is new, a retry of a stored one, or too old to tell.
+    pub fn check_seq(&self, topic: usize, partition: u32, batch: &[u8]) -> SeqCheck {
+        let view = BatchView(batch);
+        self.catalog.topic(topic).partitions[partition as usize]
+            .check_seq(view.producer_id(), view.producer_seq())
     }
 
     /// Creates a topic: appends its control record and adds it to the
@@ -437,6 +455,15 @@ fn apply_batch(catalog: &mut Catalog, position: u64, batch: &[u8]) -> Result<(),
                 count: view.record_count(),
             });
             part.next_offset = view.next_offset();
+            part.record_seq(
+                view.producer_id(),
+                Landed {
+                    seq: view.producer_seq(),
+                    base_offset: view.base_offset(),
+                    end: position + batch.len() as u64,
+                    append_time_ms: view.append_time_ms(),
+                },
+            );
             Ok(())
         }
         None => Err("unknown batch kind".into()),
