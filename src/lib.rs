@@ -30,4 +30,6 @@ pub mod broker;
 pub mod client;
 pub mod config;
 pub mod journal;
+#[macro_use]
+pub mod log;
 pub mod wire;

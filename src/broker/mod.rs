@@ -101,8 +101,7 @@ impl Broker {
             config.write_cache_bytes,
         )?;
         let report = journal.report();
-        eprintln!(
-            "hutong: journal {} recovered: {} bytes, {} topics, {} batches{}",
+        crate::log!("journal {} recovered: {} bytes, {} topics, {} batches{}",
             config.data_dir.display(),
             journal.end(),
             journal.catalog().len(),

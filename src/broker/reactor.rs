@@ -255,8 +255,7 @@ impl Reactor {
                         );
                         // Best effort: a fresh socket's buffer takes a small frame.
                         let _ = stream.write(&frame);
-                        eprintln!(
-                            "hutong: refused connection from {peer}: connection limit reached"
+                        crate::log!("refused connection from {peer}: connection limit reached"
                         );
                         continue;
                     }
@@ -269,7 +268,7 @@ impl Reactor {
                         Token(key),
                         Interest::READABLE | Interest::WRITABLE,
                     ) {
-                        eprintln!("hutong: cannot register connection from {peer}: {e}");
+                        crate::log!("cannot register connection from {peer}: {e}");
                         continue;
                     }
                     entry.insert(Conn {
@@ -297,7 +296,7 @@ impl Reactor {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // Typically EMFILE: keep serving the connections we have.
-                    eprintln!("hutong: accept failed: {e}");
+                    crate::log!("accept failed: {e}");
                     return;
                 }
             }
@@ -487,7 +486,7 @@ impl Reactor {
             .collect();
         for (key, why) in stalled {
             let mut conn = self.conns.remove(key);
-            eprintln!("hutong: closing connection from {}: {why}", conn.peer);
+            crate::log!("closing connection from {}: {why}", conn.peer);
             let _ = self.poll.registry().deregister(&mut conn.stream);
         }
     }
@@ -556,7 +555,7 @@ fn process_frames(
                 } else {
                     0
                 };
-                eprintln!("hutong: closing connection from {}: {:?}", conn.peer, e);
+                crate::log!("closing connection from {}: {:?}", conn.peer, e);
                 let msg = match e {
                     crate::wire::frame::FrameError::TooLarge { .. } => {
                         ErrorCode::FrameTooLarge.message()

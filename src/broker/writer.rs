@@ -246,7 +246,7 @@ fn storage_code(e: JournalError) -> ErrorCode {
     match e {
         JournalError::StorageFull(_) => ErrorCode::StorageFull,
         other => {
-            eprintln!("hutong: journal append failed: {other}");
+            crate::log!("journal append failed: {other}");
             ErrorCode::StorageError
         }
     }

@@ -102,8 +102,7 @@ impl Journal {
         let cp = match checkpoint::read(dir) {
             Ok(cp) => cp.unwrap_or_default(),
             Err(e) => {
-                eprintln!(
-                    "hutong: ignoring unreadable checkpoint, verifying the whole journal: {e}"
+                crate::log!("ignoring unreadable checkpoint, verifying the whole journal: {e}"
                 );
                 checkpoint::Checkpoint::default()
             }
@@ -164,8 +163,7 @@ impl Journal {
             // was down (a torn write never reaches a checkpoint). It was cut
             // above, because everything before it is still good; say loudly
             // what was lost.
-            eprintln!(
-                "hutong: WARNING: the checkpoint recorded {} bytes as durable but only {end} survive                  recovery; {} bytes of the last segment were damaged and cut",
+            crate::log!("WARNING: the checkpoint recorded {} bytes as durable but only {end} survive                  recovery; {} bytes of the last segment were damaged and cut",
                 cp.position,
                 cp.position - end
             );
