@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{bounded, lock, payload, read_partition, BrokerProc, Fetched, RawConn, TestDir};
+use common::{bounded, lock, payload, read_partition, BrokerProc, Fetched, RawConn, Rng, TestDir};
 use hutong::client::{ClientError, Producer, ProducerConfig, Receipt};
 use hutong::journal::segment::{list_segments, segment_file_name};
 use hutong::wire::batch::BatchBuilder;
@@ -44,24 +44,6 @@ const CONFIG: &str = "segment_bytes = 65536\n\
                       batch_bytes_max = 32768\n\
                       write_cache_bytes = 1048576\n\
                       checkpoint_interval_ms = 1\n";
-
-/// A small, seedable generator (SplitMix64): the kill schedule is
-/// reproducible from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// One acknowledged batch.
 #[derive(Debug, Clone)]
@@ -376,16 +358,8 @@ fn check_journal(stored: &[Vec<Fetched>], acked: &[Acked]) {
             an empty .seg file, and the next start refuses with `journal corrupt: segment … is \
             empty` (see a_kill_between_creating_and_preallocating_a_segment_…)"]
 fn acked_messages_survive_twenty_kill_9_in_a_row_exactly_once_and_in_order() {
-    let seed = std::env::var("HUTONG_CRASH_LOOP_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
-    eprintln!("crash loop seed: {seed} (rerun with HUTONG_CRASH_LOOP_SEED={seed})");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_env_or_clock("HUTONG_CRASH_LOOP_SEED");
+    let seed = rng.0;
     let t0 = Instant::now();
 
     let dir = TestDir::new();
