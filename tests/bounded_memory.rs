@@ -201,6 +201,10 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / MIB as f64)
 }
 
+/// The tests of this file measure one broker each; run them one at a time
+/// so that they do not share the two cores (and the disk) while measuring.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 fn test_seconds() -> u64 {
     std::env::var("HUTONG_MEMORY_TEST_SECONDS")
         .ok()
@@ -241,7 +245,7 @@ fn push(addr: SocketAddr, stop: Arc<AtomicBool>) -> u64 {
 
 /// Sends fetch requests for 1 MiB answers (at offset 0, which holds data)
 /// as fast as the socket takes them, and never reads an answer, until
-/// `stop`. Returns how many it sent.
+/// `stop`; counts the requests it sent in `sent`.
 fn fetch_and_never_read(addr: SocketAddr, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) {
     let mut c = RawConn::connect(addr);
     c.stream
@@ -285,6 +289,7 @@ fn prefill(addr: SocketAddr) {
 
 #[test]
 fn four_producers_at_full_speed_and_a_stalled_consumer_stay_within_the_configured_memory() {
+    let _serial = lock(&SERIAL);
     let seconds = test_seconds();
     let dir = TestDir::new();
     let config = dir.config(&config_toml());
@@ -361,6 +366,7 @@ fn four_producers_at_full_speed_and_a_stalled_consumer_stay_within_the_configure
 
 #[test]
 fn a_consumer_that_never_reads_its_answers_does_not_grow_broker_memory() {
+    let _serial = lock(&SERIAL);
     let dir = TestDir::new();
     let config = dir.config(&config_toml());
     let broker = BrokerProc::start(&dir.data, &["--config", config.to_str().unwrap()]);

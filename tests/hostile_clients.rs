@@ -24,6 +24,10 @@ const PARTIAL_FRAME_TIMEOUT_MS: u64 = 500;
 /// and the timeout plus this.
 const SWEEP_MS: u64 = 250;
 
+/// The tests of this file run one at a time, so that the latencies one
+/// prints are not those of a machine busy with the other.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 /// Half a Ping frame: a header announcing 100 bytes after the length
 /// prefix, and 10 of them.
 fn half_a_frame() -> Vec<u8> {
@@ -73,6 +77,7 @@ fn produce_steadily(addr: SocketAddr, stop: Arc<AtomicBool>, acks: Arc<Mutex<Vec
 
 #[test]
 fn two_hundred_half_frames_are_closed_after_the_timeout_and_never_stop_a_producer() {
+    let _serial = lock(&SERIAL);
     let dir = TestDir::new();
     // Room for the stallers, the producer and a reader, and not many more:
     // opening as many fresh connections afterwards proves the stallers'
@@ -260,6 +265,7 @@ fn spray_garbage(addr: SocketAddr, seed: u64, stop: Arc<AtomicBool>, rounds: Arc
 
 #[test]
 fn a_client_spraying_garbage_does_not_stop_another_from_producing() {
+    let _serial = lock(&SERIAL);
     const PER_PHASE: u64 = 4000;
     let dir = TestDir::new();
     let broker = BrokerProc::start(&dir.data, &[]);
