@@ -223,13 +223,19 @@ enum Aim {
 
 /// Spins until the moment `aim` asks for (at most [`AIM_LIMIT`]); true
 /// when it was seen.
-fn wait_for_moment(aim: Aim, data: &Path, old_segments: &HashSet<u64>) -> bool {
+fn wait_for_moment(
+    aim: Aim,
+    data: &Path,
+    started: SystemTime,
+    old_segments: &HashSet<u64>,
+) -> bool {
     let deadline = Instant::now() + AIM_LIMIT;
     let tmp = data.join("checkpoint.tmp");
     while Instant::now() < deadline {
         let seen = match aim {
             Aim::Anywhere => return true,
-            Aim::Checkpoint => tmp.exists(),
+            // A `checkpoint.tmp` left by an earlier kill does not count.
+            Aim::Checkpoint => modified_since(&tmp, started),
             Aim::Roll => new_empty_segment(data, old_segments).is_some(),
         };
         if seen {
@@ -395,7 +401,7 @@ fn acked_messages_survive_twenty_kill_9_in_a_row_exactly_once_and_in_order() {
             1 => Aim::Checkpoint,
             _ => Aim::Roll,
         };
-        let seen = wait_for_moment(aim, &dir.data, &old_segments);
+        let seen = wait_for_moment(aim, &dir.data, started, &old_segments);
         broker.kill9();
         *lock(&shared.addr) = None;
         let l = landing(&dir.data, started, &old_segments);
