@@ -481,6 +481,50 @@ pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 // ---------------------------------------------------------------------------
+// Seeded randomness
+// ---------------------------------------------------------------------------
+
+/// A small, seedable generator (SplitMix64), so that a randomized test can
+/// print its seed and be replayed with it.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A generator seeded from the environment variable `var` when it holds
+    /// a number, else from the clock. Prints the seed and how to reuse it.
+    pub fn from_env_or_clock(var: &str) -> Rng {
+        let seed = std::env::var(var)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+        eprintln!("random seed: {seed} (rerun with {var}={seed})");
+        Rng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// `len` random bytes appended to `out`.
+    pub fn fill(&mut self, out: &mut Vec<u8>, len: usize) {
+        out.extend((0..len).map(|_| self.next_u64() as u8));
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Batches and payloads
 // ---------------------------------------------------------------------------
 
