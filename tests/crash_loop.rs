@@ -360,9 +360,6 @@ fn check_journal(stored: &[Vec<Fetched>], acked: &[Acked]) {
 }
 
 #[test]
-#[ignore = "broker bug: a kill -9 between creating a segment file and preallocating it leaves \
-            an empty .seg file, and the next start refuses with `journal corrupt: segment … is \
-            empty` (see a_kill_between_creating_and_preallocating_a_segment_…)"]
 fn acked_messages_survive_twenty_kill_9_in_a_row_exactly_once_and_in_order() {
     let mut rng = Rng::from_env_or_clock("HUTONG_CRASH_LOOP_SEED");
     let seed = rng.0;
@@ -463,8 +460,6 @@ fn acked_messages_survive_twenty_kill_9_in_a_row_exactly_once_and_in_order() {
 /// empty file named after the end of the journal. That is a state a crash
 /// produces, so the next start must recover from it and keep everything.
 #[test]
-#[ignore = "broker bug: Journal::open refuses an empty last segment (`journal corrupt: \
-            segment … is empty`) although a kill -9 inside Segment::create leaves exactly that"]
 fn a_kill_between_creating_and_preallocating_a_segment_does_not_stop_the_restart() {
     let dir = TestDir::new();
     let config = dir.config(CONFIG);

@@ -400,9 +400,6 @@ fn a_full_disk_gets_storage_full_loses_nothing_and_producing_resumes_once_space_
 }
 
 #[test]
-#[ignore = "broker bug: a log line that cannot be written (ENOSPC on a stderr file) panics the \
-            thread printing it (eprintln!); the reactor dies, the broker refuses connections but \
-            never exits"]
 fn a_full_disk_that_also_holds_the_broker_log_does_not_stop_the_broker() {
     fill_the_disk_then_free_it(Log::OnTheFullDisk);
 }

@@ -164,8 +164,7 @@ pub fn run(shared: Arc<Shared>, mut flusher: Flusher, events: Receiver<FlusherEv
         let writer_done = shared.is_done(Stage::Writer) && w == shared.positions.written.get();
         let f = shared.positions.flushed.get();
         if let Err(e) = flusher.maybe_checkpoint(f, Instant::now(), writer_done) {
-            crate::log!("checkpoint write failed (recovery will verify more of the journal): {e}"
-            );
+            crate::log!("checkpoint write failed (recovery will verify more of the journal): {e}");
         }
         if writer_done && (f == w || shared.storage_failed.load(Ordering::Acquire)) {
             shared.mark_done(Stage::Flusher);

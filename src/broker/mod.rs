@@ -101,7 +101,8 @@ impl Broker {
             config.write_cache_bytes,
         )?;
         let report = journal.report();
-        crate::log!("journal {} recovered: {} bytes, {} topics, {} batches{}",
+        crate::log!(
+            "journal {} recovered: {} bytes, {} topics, {} batches{}",
             config.data_dir.display(),
             journal.end(),
             journal.catalog().len(),

@@ -255,8 +255,7 @@ impl Reactor {
                         );
                         // Best effort: a fresh socket's buffer takes a small frame.
                         let _ = stream.write(&frame);
-                        crate::log!("refused connection from {peer}: connection limit reached"
-                        );
+                        crate::log!("refused connection from {peer}: connection limit reached");
                         continue;
                     }
                     let _ = stream.set_nodelay(true);

@@ -102,8 +102,7 @@ impl Journal {
         let cp = match checkpoint::read(dir) {
             Ok(cp) => cp.unwrap_or_default(),
             Err(e) => {
-                crate::log!("ignoring unreadable checkpoint, verifying the whole journal: {e}"
-                );
+                crate::log!("ignoring unreadable checkpoint, verifying the whole journal: {e}");
                 checkpoint::Checkpoint::default()
             }
         };
@@ -130,6 +129,19 @@ impl Journal {
                     "segment {} starts at {start} but the previous data ends at {end}",
                     path.display()
                 )));
+            }
+            if is_last && is_empty_file(path)? {
+                // A crash between creating a segment file and preallocating
+                // it leaves it empty; nothing was ever written to it (the
+                // writer only appends after preallocation), so it goes.
+                crate::log!(
+                    "removing empty segment {} left by a crash during a roll",
+                    path.display()
+                );
+                std::fs::remove_file(path)
+                    .map_err(|e| JournalError::io(format!("remove {}", path.display()), e))?;
+                super::dir::sync_dir(dir)?;
+                break;
             }
             let mut seg = Segment::open(path, *start)?;
             let result = scan(seg.bytes(), *start, verify_from, |pos, batch| {
@@ -403,6 +415,12 @@ impl Journal {
         };
         Ok((self.end, Some(file)))
     }
+}
+
+fn is_empty_file(path: &Path) -> Result<bool, JournalError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| JournalError::io(format!("stat {}", path.display()), e))?;
+    Ok(meta.len() == 0)
 }
 
 /// Applies one recovered batch to the catalog: a control record creates its
