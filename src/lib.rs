@@ -29,5 +29,6 @@
 pub mod broker;
 pub mod client;
 pub mod config;
+pub mod consensus;
 pub mod journal;
 pub mod wire;
