@@ -4,8 +4,9 @@
 //! internal invariant) are assertions. Everything that can come from the
 //! world — a configuration, persisted state read back from disk, a message
 //! decoded from the network, a request the node cannot serve in its current
-//! role — is a value of this type, and the node is unchanged by the call
-//! that returned it.
+//! role — is a value of this type. A refused message leaves the node as it
+//! was, except that a newer term it carried may already have been adopted
+//! (which is always safe).
 
 use super::NodeId;
 use thiserror::Error;

@@ -28,6 +28,9 @@ pub mod quorum;
 pub mod ready;
 pub mod rng;
 
+#[cfg(test)]
+mod tests;
+
 pub use config::Config;
 pub use error::ConsensusError;
 pub use log::Entry;
