@@ -29,6 +29,8 @@ pub mod ready;
 pub mod rng;
 
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 
 pub use config::Config;
@@ -58,7 +60,9 @@ pub(crate) mod mutation {
         CommitPreviousTerm,
         /// Votes are granted without the up-to-date check (breaks §5.4.1).
         VoteWithoutLogCheck,
-        /// A vote is not put in the hard state (not persisted).
+        /// Granting a vote does not mark the hard state for persisting (it
+        /// is persisted only if something else, like a new term, changed
+        /// with it).
         VolatileVote,
         /// Followers acknowledge written positions as flushed.
         AckUnflushed,

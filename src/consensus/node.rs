@@ -676,10 +676,12 @@ impl Node {
                 self.election_elapsed = 0;
                 self.voted_for = Some(from);
                 // The vote must be durable before the answer leaves.
-                self.out.hard_state_changed = true;
                 #[cfg(test)]
-                if super::mutation::is(super::mutation::Mutation::VolatileVote) {
-                    self.out.hard_state_changed = false;
+                let persist = !super::mutation::is(super::mutation::Mutation::VolatileVote);
+                #[cfg(not(test))]
+                let persist = true;
+                if persist {
+                    self.out.hard_state_changed = true;
                 }
             }
             self.send(from, self.term, MessageKind::VoteResp { granted });
