@@ -913,10 +913,8 @@ impl Node {
                             let from = pr.matched;
                             pr.probe_from(from);
                         }
-                        ProgressState::Probe if pr.paused => {
-                            pr.paused = false;
-                            pr.idle_ticks = 0;
-                        }
+                        // The probe or its answer was lost: probe again.
+                        ProgressState::Probe if pr.paused => pr.paused = false,
                         _ => {}
                     }
                 }
@@ -992,7 +990,10 @@ impl Node {
                 let end = entries.last().map_or(prev_pos, |e| e.end);
                 pr.commit_sent = commit;
                 match pr.state {
-                    ProgressState::Probe => pr.paused = true,
+                    ProgressState::Probe => {
+                        pr.paused = true;
+                        pr.idle_ticks = 0;
+                    }
                     ProgressState::Replicate => pr.next = end,
                 }
                 let probing = pr.state == ProgressState::Probe;

@@ -1,9 +1,9 @@
 //! What a leader knows about one follower (after raft-rs `tracker/progress.rs`).
 //!
 //! - **Probe**: the leader does not know where the follower's log stops
-//!   matching its own. It sends one append at `next` and waits for the
-//!   answer (or the next acknowledgement) before sending another; a
-//!   rejection moves `next` back to the follower's hint.
+//!   matching its own. It sends one append at `next` and waits for its
+//!   answer (or `retransmit_ticks`) before sending another; a rejection
+//!   moves `next` back to the follower's hint.
 //! - **Replicate**: the follower matched at `next`; the leader streams
 //!   appends from `next` without waiting, as long as fewer than
 //!   `window_bytes` are unacknowledged. A rejection, an unreachable report
@@ -37,7 +37,8 @@ pub struct Progress {
     pub(crate) paused: bool,
     /// Heard from since the last check-quorum.
     pub(crate) active: bool,
-    /// Ticks since `matched` last moved (for retransmission).
+    /// Ticks since `matched` last moved or, in Probe, since the probe was
+    /// sent: when it reaches `retransmit_ticks`, the leader sends again.
     pub(crate) idle_ticks: u32,
     /// Commit position last sent to it.
     pub(crate) commit_sent: u64,
@@ -59,8 +60,8 @@ impl Progress {
         }
     }
 
-    /// Takes an acknowledgement: positions only grow; a probe that was
-    /// answered at or past `next` switches to Replicate.
+    /// Takes an acknowledgement: positions only grow; an answer at or past
+    /// `next` ends probing.
     pub(crate) fn on_ack(&mut self, matched: u64, written: u64, flushed: u64) {
         self.active = true;
         if matched > self.matched {
@@ -70,17 +71,14 @@ impl Progress {
         self.flushed = self.flushed.max(flushed);
         self.written = self.written.max(written).max(self.flushed);
         self.matched = self.matched.max(self.written);
-        match self.state {
-            ProgressState::Probe => {
-                if matched >= self.next {
-                    // The probe at `next` (or a later one) succeeded.
-                    self.state = ProgressState::Replicate;
-                    self.idle_ticks = 0;
-                }
-                // Any answer frees the probe: it was answered or superseded.
-                self.paused = false;
-            }
-            ProgressState::Replicate => {}
+        if self.state == ProgressState::Probe && matched >= self.next {
+            // The probe at `next` (or a later one) succeeded. Other acks
+            // (heartbeat answers, position reports) do not free a probe:
+            // if each did, every one of them would start another probe,
+            // whose answer would start another, without end.
+            self.state = ProgressState::Replicate;
+            self.paused = false;
+            self.idle_ticks = 0;
         }
         self.next = self.next.max(self.matched);
     }

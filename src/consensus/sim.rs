@@ -38,7 +38,8 @@ use std::collections::BTreeMap;
 const NOOP_PAYLOAD: u64 = 1 << 63;
 /// Ticks of the healthy phase within which a new entry must commit.
 const LIVENESS_TICKS: u64 = 300;
-/// Further ticks within which every node must catch up to it.
+/// Further ticks within which every node must catch up to it (plus time
+/// for the bytes it lacks, see `Sim::run`).
 const CATCH_UP_TICKS: u64 = 300;
 /// Seeds in a normal test run.
 const SEEDS_DEFAULT: u64 = 1000;
@@ -171,6 +172,10 @@ struct Sim {
     healthy_commit: bool,
     /// Faults are on (the chaos phase).
     crash_enabled: bool,
+    /// Healthy phase: delivery tick of the last message on each link.
+    link_at: Vec<u64>,
+    /// Healthy phase: messages sent (the delivery order within a tick).
+    sent: u64,
     stats: Stats,
 }
 
@@ -199,6 +204,8 @@ impl Sim {
             healthy_from_payload: u64::MAX,
             healthy_commit: false,
             crash_enabled: true,
+            link_at: vec![0; (n * n) as usize],
+            sent: 0,
             stats: Stats::default(),
             p,
         };
@@ -256,7 +263,17 @@ impl Sim {
             self.step(false)?;
         }
         let end = self.record.last().map_or(0, |(e, _)| e.end);
-        let deadline = self.now + CATCH_UP_TICKS;
+        // A node may be far behind (it lost its journal): allow a round trip
+        // of four ticks per window of bytes on top of the fixed bound.
+        let committed = |n: &SimNode| n.node.as_ref().unwrap().committed();
+        let behind = self
+            .nodes
+            .iter()
+            .map(|n| end.saturating_sub(committed(n)))
+            .max()
+            .unwrap();
+        let catch_up_ticks = CATCH_UP_TICKS + 4 * behind.div_ceil(self.p.window_bytes);
+        let deadline = self.now + catch_up_ticks;
         while let Some(n) = self
             .nodes
             .iter()
@@ -266,7 +283,7 @@ impl Sim {
                 let (id, c) = (n.id, n.node.as_ref().unwrap().committed());
                 fail!(
                     self,
-                    "node {id} did not catch up to {end} within {CATCH_UP_TICKS} ticks (C = {c})"
+                    "node {id} did not catch up to {end} within {catch_up_ticks} ticks (C = {c})"
                 );
             }
             self.step(false)?;
@@ -462,14 +479,26 @@ impl Sim {
             1
         };
         for _ in 0..copies {
-            // A tail of slow messages reorders across many round trips.
-            let delay_max = if self.rng.chance(1, 20) {
-                5 * self.p.delay_max
+            let (at, order) = if self.crash_enabled {
+                // A tail of slow messages reorders across many round trips.
+                let delay_max = if self.rng.chance(1, 20) {
+                    5 * self.p.delay_max
+                } else {
+                    self.p.delay_max
+                };
+                (
+                    self.now + self.rng.range(1, delay_max + 1),
+                    self.rng.next_u64(),
+                )
             } else {
-                self.p.delay_max
+                // Healthy links are FIFO, as TCP is.
+                let link = from * self.nodes.len() + to;
+                let at = self.now + self.rng.range(1, self.p.delay_max + 1);
+                let at = at.max(self.link_at[link]);
+                self.link_at[link] = at;
+                self.sent += 1;
+                (at, self.sent)
             };
-            let at = self.now + self.rng.range(1, delay_max + 1);
-            let order = self.rng.next_u64();
             self.net.push(Packet {
                 at,
                 order,

@@ -327,6 +327,27 @@ fn hard_state_is_handed_out_with_the_messages_that_depend_on_it() {
         }]
     ));
 
+    // A vote in a term the node already had: the vote alone must be persisted.
+    let mut v = node_with(1, 3, 5, vec![]);
+    v.step(msg(
+        2,
+        1,
+        5,
+        MessageKind::Vote {
+            last_pos: 0,
+            last_term: 0,
+            transfer: false,
+        },
+    ))
+    .unwrap();
+    assert_eq!(
+        take(&mut v).hard_state,
+        Some(HardState {
+            term: 5,
+            voted_for: Some(2)
+        })
+    );
+
     // A campaign: the self-vote and new term travel with the vote requests.
     let mut c = node(1, 3);
     tick_until_campaign(&mut c);
