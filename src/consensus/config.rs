@@ -130,7 +130,8 @@ mod tests {
     #[test]
     fn validate_refuses_each_broken_rule() {
         let ok = Config::new(1, vec![1, 2, 3]);
-        let cases: Vec<(&str, Box<dyn Fn(&mut Config)>)> = vec![
+        type Break = Box<dyn Fn(&mut Config)>;
+        let cases: Vec<(&str, Break)> = vec![
             ("no voters", Box::new(|c| c.voters.clear())),
             (
                 "too many voters",

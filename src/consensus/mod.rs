@@ -45,16 +45,12 @@ pub use ready::{HardState, Ready, Role, SoftState};
 pub type NodeId = u64;
 
 /// Deliberate bugs the tests switch on, one thread at a time, to prove the
-/// simulation catches them (see `sim::tests`). Compiled only for tests.
-#[cfg(test)]
+/// simulation catches them (see `sim.rs`). Outside tests [`mutation::is`]
+/// is a constant `false`, so the hooks compile away.
 pub(crate) mod mutation {
-    use std::cell::Cell;
-
     /// A rule to break.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum Mutation {
-        /// Every rule holds.
-        None,
         /// The leader commits a majority-flushed position even when its
         /// entry is of an earlier term (breaks §5.4.2).
         CommitPreviousTerm,
@@ -70,27 +66,39 @@ pub(crate) mod mutation {
         IgnorePrevTerm,
     }
 
+    /// Whether `m` is switched on (never, outside tests).
+    #[cfg(not(test))]
+    #[inline(always)]
+    pub fn is(_m: Mutation) -> bool {
+        false
+    }
+
+    #[cfg(test)]
     thread_local! {
-        static ACTIVE: Cell<Mutation> = const { Cell::new(Mutation::None) };
+        static ACTIVE: std::cell::Cell<Option<Mutation>> = const { std::cell::Cell::new(None) };
     }
 
     /// Whether `m` is switched on for this thread.
+    #[cfg(test)]
     pub fn is(m: Mutation) -> bool {
-        ACTIVE.with(|a| a.get() == m)
+        ACTIVE.with(|a| a.get() == Some(m))
     }
 
     /// Switches `m` on for this thread until the guard drops.
+    #[cfg(test)]
     pub fn enable(m: Mutation) -> Guard {
-        ACTIVE.with(|a| a.set(m));
+        ACTIVE.with(|a| a.set(Some(m)));
         Guard
     }
 
     /// Switches the mutation off when dropped.
+    #[cfg(test)]
     pub struct Guard;
 
+    #[cfg(test)]
     impl Drop for Guard {
         fn drop(&mut self) {
-            ACTIVE.with(|a| a.set(Mutation::None));
+            ACTIVE.with(|a| a.set(None));
         }
     }
 }

@@ -21,6 +21,7 @@
 //!   [`Node::transfer_leader`].
 
 use super::log::{check_run, Log};
+use super::mutation::{self, Mutation};
 use super::progress::{Progress, ProgressState};
 use super::quorum::{majority_position, vote_result, VoteResult, VOTERS_MAX};
 use super::rng::SplitMix64;
@@ -664,9 +665,7 @@ impl Node {
         // least as up-to-date as ours: higher last term, or same last term
         // and at least as long.
         let up_to_date = (last_term, last_pos) >= (self.log.last_term(), self.log.last_pos());
-        #[cfg(test)]
-        let up_to_date =
-            up_to_date || super::mutation::is(super::mutation::Mutation::VoteWithoutLogCheck);
+        let up_to_date = up_to_date || mutation::is(Mutation::VoteWithoutLogCheck);
         let granted = can_vote && up_to_date;
         if pre {
             let reply_term = if granted { term } else { self.term };
@@ -676,11 +675,7 @@ impl Node {
                 self.election_elapsed = 0;
                 self.voted_for = Some(from);
                 // The vote must be durable before the answer leaves.
-                #[cfg(test)]
-                let persist = !super::mutation::is(super::mutation::Mutation::VolatileVote);
-                #[cfg(not(test))]
-                let persist = true;
-                if persist {
+                if !mutation::is(Mutation::VolatileVote) {
                     self.out.hard_state_changed = true;
                 }
             }
@@ -784,12 +779,8 @@ impl Node {
         entries: &[Entry],
         commit: u64,
     ) -> Result<(), ConsensusError> {
-        #[cfg(test)]
-        let ignore_prev_term = super::mutation::is(super::mutation::Mutation::IgnorePrevTerm);
-        #[cfg(not(test))]
-        let ignore_prev_term = false;
         let prev_ok = match self.log.term_at(prev_pos) {
-            Some(t) => t == prev_term || ignore_prev_term,
+            Some(t) => t == prev_term || mutation::is(Mutation::IgnorePrevTerm),
             None => false,
         };
         if !prev_ok {
@@ -1038,11 +1029,7 @@ impl Node {
         let r = majority_position(&written[..n]).min(self.written);
         let c = majority_position(&flushed[..n]).min(self.written);
         let own_term = |pos| self.log.term_at(pos) == Some(self.term);
-        #[cfg(test)]
-        let commit_ok =
-            own_term(c) || super::mutation::is(super::mutation::Mutation::CommitPreviousTerm);
-        #[cfg(not(test))]
-        let commit_ok = own_term(c);
+        let commit_ok = own_term(c) || mutation::is(Mutation::CommitPreviousTerm);
         if c > self.commit && commit_ok {
             self.commit = c;
             self.out.replicate = true;
@@ -1065,12 +1052,10 @@ impl Node {
                 if let Some(leader) = self.leader.filter(|l| *l != self.cfg.id) {
                     let matched = self.matched;
                     let written = self.written.min(matched);
-                    let flushed = self.flushed.min(matched);
-                    #[cfg(test)]
-                    let flushed = if super::mutation::is(super::mutation::Mutation::AckUnflushed) {
+                    let flushed = if mutation::is(Mutation::AckUnflushed) {
                         written
                     } else {
-                        flushed
+                        self.flushed.min(matched)
                     };
                     self.send(
                         leader,

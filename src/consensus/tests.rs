@@ -191,14 +191,6 @@ impl Cluster {
         panic!("node {id} was not elected");
     }
 
-    /// Ticks every node once, then settles.
-    fn tick_all(&mut self) {
-        for n in &mut self.nodes {
-            n.tick();
-        }
-        self.settle();
-    }
-
     fn leaders(&self) -> Vec<NodeId> {
         self.nodes
             .iter()
@@ -1225,8 +1217,8 @@ fn leader_change_seen_in_soft_state_on_every_node() {
     for id in 1..=3 {
         let last = c.seen[id as usize - 1]
             .iter()
-            .filter_map(|r| r.soft_state)
-            .last()
+            .rev()
+            .find_map(|r| r.soft_state)
             .unwrap();
         assert_eq!(last.leader, Some(1), "node {id}");
     }
