@@ -19,19 +19,6 @@ pub struct Entry {
     pub term: u64,
 }
 
-impl Entry {
-    /// Length in bytes.
-    pub fn len(&self) -> u64 {
-        self.end - self.start
-    }
-
-    /// Always false: entries hold at least one byte. (For clippy's
-    /// `len_without_is_empty`.)
-    pub fn is_empty(&self) -> bool {
-        self.end == self.start
-    }
-}
-
 /// Checks that `entries` are non-empty ranges, contiguous from `from`, with
 /// terms that never decrease from `from_term` and never exceed `term_max`.
 pub(crate) fn check_run(

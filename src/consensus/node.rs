@@ -421,7 +421,7 @@ impl Node {
             || o.truncate.is_some()
             || o.unsynced_from != self.log.last_pos()
             || (o.ack && self.leader.is_some_and(|l| l != self.cfg.id))
-            || o.replicate
+            || (o.replicate && self.role == Role::Leader)
             || o.soft != Some(self.soft_state())
             || self.committed() > o.committed
             || self.replicated() != o.replicated

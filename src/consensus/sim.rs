@@ -152,6 +152,18 @@ struct Stats {
     ticks: u64,
 }
 
+impl Stats {
+    fn add(&mut self, s: &Stats) {
+        self.committed_entries += s.committed_entries;
+        self.leaders += s.leaders;
+        self.crashes += s.crashes;
+        self.partitions += s.partitions;
+        self.delivered += s.delivered;
+        self.truncations += s.truncations;
+        self.ticks += s.ticks;
+    }
+}
+
 struct Sim {
     rng: SplitMix64,
     p: Params,
@@ -798,11 +810,7 @@ impl Sim {
             let old = self.record.len();
             let new: Vec<(Entry, u64)> = self.nodes[i].journal[old..k].to_vec();
             for (j, entry) in new.iter().enumerate() {
-                let holders = self
-                    .nodes
-                    .iter()
-                    .filter(|n| n.journal.get(old + j) == Some(entry) && n.durable >= entry.0.end)
-                    .count();
+                let holders = self.durable_holders(old + j, entry);
                 if holders < self.quorum() {
                     fail!(
                         self,
@@ -817,6 +825,14 @@ impl Sim {
             self.record.extend(new);
         }
         Ok(())
+    }
+
+    /// How many journals hold `entry` durably as their `index`-th entry.
+    fn durable_holders(&self, index: usize, entry: &(Entry, u64)) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| n.journal.get(index) == Some(entry) && n.durable >= entry.0.end)
+            .count()
     }
 
     /// The node's own view of its log equals its journal.
@@ -849,11 +865,7 @@ impl Sim {
             }
         }
         for (j, entry) in self.record.iter().enumerate() {
-            let holders = self
-                .nodes
-                .iter()
-                .filter(|n| n.journal.get(j) == Some(entry) && n.durable >= entry.0.end)
-                .count();
+            let holders = self.durable_holders(j, entry);
             if holders < self.quorum() {
                 fail!(
                     self,
@@ -899,15 +911,7 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
     let count = seeds.end - seeds.start;
     for seed in seeds {
         match run_seed(seed, false) {
-            Ok(s) => {
-                total.committed_entries += s.committed_entries;
-                total.leaders += s.leaders;
-                total.crashes += s.crashes;
-                total.partitions += s.partitions;
-                total.delivered += s.delivered;
-                total.truncations += s.truncations;
-                total.ticks += s.ticks;
-            }
+            Ok(s) => total.add(&s),
             Err(why) => panic!(
                 "simulation seed {seed} failed: {why}\n\
                  replay: HUTONG_SIM_SEED={seed} cargo test --release --lib consensus::sim -- --nocapture"
