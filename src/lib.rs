@@ -29,6 +29,7 @@
 pub mod broker;
 pub mod client;
 pub mod config;
+pub mod consensus;
 pub mod journal;
 #[macro_use]
 pub mod log;
