@@ -270,25 +270,13 @@ mod tests {
         CreateTopicRequest, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse,
     };
     use crate::wire::batch::{records, BatchBuilder};
-    use crate::wire::frame::{
-        check_frame, finish_frame, RequestHeader, ResponseHeader, RESPONSE_HEADER_LEN,
-    };
+    use crate::wire::frame::{check_frame, ResponseHeader, RESPONSE_HEADER_LEN};
     use crate::wire::{ApiKey, ErrorCode, Qos};
     use std::io::{Read, Write};
     use std::net::TcpStream;
 
     fn request(api: ApiKey, corr: u32, body: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
-        let mut out = Vec::new();
-        RequestHeader {
-            api_key: api.as_u16(),
-            api_version: 1,
-            correlation_id: corr,
-            flags: 0,
-        }
-        .write(&mut out);
-        body(&mut out);
-        finish_frame(&mut out, 0);
-        out
+        crate::wire::frame::request_frame(api.as_u16(), 1, corr, body)
     }
 
     /// Reads one response frame, keeping extra bytes for the next call.

@@ -15,9 +15,7 @@ use hutong::wire::api::{
     ListOffsetsRequest, ListOffsetsResponse, ProduceRequest, ProduceResponse, PROTOCOL_VERSION,
 };
 use hutong::wire::batch::{records, split_batches, BatchBuilder};
-use hutong::wire::frame::{
-    finish_frame, RequestHeader, ResponseHeader, LENGTH_PREFIX_LEN, RESPONSE_HEADER_LEN,
-};
+use hutong::wire::frame::{ResponseHeader, LENGTH_PREFIX_LEN, RESPONSE_HEADER_LEN};
 use hutong::wire::{ApiKey, ErrorCode, Qos};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -706,17 +704,7 @@ impl RawConn {
         correlation_id: u32,
         body: impl FnOnce(&mut Vec<u8>),
     ) -> Vec<u8> {
-        let mut out = Vec::new();
-        RequestHeader {
-            api_key,
-            api_version,
-            correlation_id,
-            flags: 0,
-        }
-        .write(&mut out);
-        body(&mut out);
-        finish_frame(&mut out, 0);
-        out
+        hutong::wire::frame::request_frame(api_key, api_version, correlation_id, body)
     }
 
     /// Writes raw bytes.
