@@ -27,7 +27,7 @@
 //!   wired into the broker; replication will drive it from the replicator).
 //! - [`client`]: the blocking, pipelined Rust client.
 //! - [`config`]: every limit and default.
-//! - [`log`]: the broker's never-panicking log line.
+//! - `log`: the broker's never-panicking log line ([`log!`]).
 
 pub mod broker;
 pub mod client;
