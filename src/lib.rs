@@ -29,5 +29,7 @@
 pub mod broker;
 pub mod client;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod journal;
 pub mod wire;
