@@ -14,7 +14,7 @@
 //! and a TLB shoot-down per round, and an IO error would have been a
 //! SIGBUS instead of an error code.)
 
-use super::catalog::Catalog;
+use super::catalog::{Catalog, PARTITIONS_MAX};
 use super::checkpoint::{self, TopicMeta};
 use super::control::{self, Control};
 use super::error::JournalError;
@@ -290,7 +290,9 @@ impl Journal {
     /// catalog. The caller validated the name, the count and the limits.
     ///
     /// # Errors
-    /// [`JournalError::StorageFull`] when a new segment cannot be allocated.
+    /// [`JournalError::StorageFull`] when a new segment cannot be allocated;
+    /// an `InvalidInput` [`JournalError::Io`], before anything is written,
+    /// when the catalog would exceed [`PARTITIONS_MAX`] partitions.
     pub fn create_topic(
         &mut self,
         name: &str,
@@ -298,6 +300,20 @@ impl Journal {
         term: u64,
         now_ms: i64,
     ) -> Result<(Appended, usize), JournalError> {
+        // Recovery refuses a control record beyond the limit, so one must
+        // never be written.
+        if !self.catalog.has_room_for(partitions) {
+            return Err(JournalError::io(
+                "creating topic",
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "{partitions} more partitions would exceed the journal's limit of \
+                         {PARTITIONS_MAX} in all"
+                    ),
+                ),
+            ));
+        }
         let meta = TopicMeta {
             id: self.catalog.next_topic_id(),
             name: name.to_string(),
@@ -404,6 +420,12 @@ fn apply_batch(catalog: &mut Catalog, position: u64, batch: &[u8]) -> Result<(),
             } => match catalog.lookup(&name) {
                 Some(slot) if catalog.topic(slot).meta.id == id => Ok(()),
                 Some(_) => Err(format!("topic {name} re-created with another id")),
+                // The count comes from the file: believe it only within
+                // the limit, or a damaged record could exhaust memory.
+                None if !catalog.has_room_for(partitions) => Err(format!(
+                    "topic {name} declares {partitions} partitions, beyond the journal's \
+                     limit of {PARTITIONS_MAX} in all"
+                )),
                 None => {
                     catalog.add(TopicMeta {
                         id,
