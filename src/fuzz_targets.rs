@@ -670,27 +670,66 @@ fn open_journal(dir: &Path) -> Result<Journal, crate::journal::error::JournalErr
     Ok(j)
 }
 
-/// [`Journal::open`] on `data` (every batch sealed, padded with zeros to
-/// at least 1 KiB) as the only segment, `00000000000000000000.seg`, of a
-/// fresh directory. Opening must return `Ok` or a clean `Err`. When it
-/// works, reopening finds the same journal with nothing left to cut, and
-/// appending a batch (creating a topic first if none has a partition)
-/// works and survives another reopen.
+/// [`Journal::open`] on `data`, every batch sealed, laid out two ways in a
+/// fresh directory each: as the only segment, `00000000000000000000.seg`,
+/// padded with zeros to at least 1 KiB; and, when it holds two batches or
+/// more, cut into two segments between them with a checkpoint at the cut,
+/// so that the first segment gets recovery's header-only check. Opening
+/// must return `Ok` or a clean `Err`. When it works, reopening finds the
+/// same journal with nothing left to cut, and appending a batch (creating
+/// a topic first if none has a partition) works and survives another
+/// reopen.
 pub fn journal_open(data: &[u8]) {
-    let dir = TempDir::new().expect("create a temp dir for journal_open");
-    let mut segment = data.to_vec();
-    seal_batches(&mut segment);
-    if segment.len() < SEGMENT_PAD_BYTES {
-        segment.resize(SEGMENT_PAD_BYTES, 0);
+    let mut sealed = data.to_vec();
+    seal_batches(&mut sealed);
+    let padded = |bytes: &[u8]| {
+        let mut segment = bytes.to_vec();
+        segment.resize(bytes.len().max(SEGMENT_PAD_BYTES), 0);
+        segment
+    };
+    open_checks(&[(0, padded(&sealed))], None);
+
+    let ends: Vec<usize> = split_batches(&sealed)
+        .scan(0, |end, b| {
+            *end += b.len();
+            Some(*end)
+        })
+        .collect();
+    if ends.len() >= 2 {
+        let cut = ends[ends.len() / 2 - 1];
+        let checkpoint = Checkpoint {
+            position: cut as u64,
+            ..Checkpoint::default()
+        };
+        // The first segment's tail past its data is zeros, as the writer
+        // leaves it when the next batch does not fit.
+        let mut first = sealed[..cut].to_vec();
+        first.resize(cut + BATCH_HEADER_LEN, 0);
+        let segments = [(0, first), (cut as u64, padded(&sealed[cut..]))];
+        open_checks(&segments, Some(&checkpoint));
     }
-    std::fs::write(dir.path().join(segment_file_name(0)), &segment)
-        .expect("write the input segment");
+}
+
+/// Writes `segments` (start position, bytes) and `checkpoint` into a fresh
+/// directory and runs the checks of [`journal_open`] on it.
+fn open_checks(segments: &[(u64, Vec<u8>)], checkpoint: Option<&Checkpoint>) {
+    let dir = TempDir::new().expect("create a temp dir for journal_open");
+    for (start, bytes) in segments {
+        std::fs::write(dir.path().join(segment_file_name(*start)), bytes)
+            .expect("write an input segment");
+    }
+    if let Some(cp) = checkpoint {
+        checkpoint::write(dir.path(), cp).expect("write the input checkpoint");
+    }
+    let files_end = segments
+        .last()
+        .map_or(0, |(start, bytes)| start + bytes.len() as u64);
     let open = || open_journal(dir.path());
     let Ok(journal) = open() else {
         return;
     };
     let first = shape(&journal);
-    assert!(first.end <= segment.len() as u64);
+    assert!(first.end <= files_end);
     drop(journal);
 
     let mut journal = open().expect("a journal that opened once reopens");
