@@ -19,6 +19,7 @@ use super::catalog::PARTITIONS_MAX;
 use super::dir::sync_dir;
 use super::error::JournalError;
 use crate::wire::codec::{le_u32, DecodeError, Put, Reader};
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
@@ -96,8 +97,8 @@ pub fn encode(cp: &Checkpoint) -> Vec<u8> {
 ///
 /// # Errors
 /// [`JournalError::Corrupt`] when the magic, version, checksum or layout is
-/// wrong (including trailing bytes), or the topics hold more than
-/// [`PARTITIONS_MAX`] partitions in all.
+/// wrong (including trailing bytes), the topics hold more than
+/// [`PARTITIONS_MAX`] partitions in all, or two topics share an id.
 pub fn decode(bytes: &[u8]) -> Result<Checkpoint, JournalError> {
     let corrupt = |why: String| JournalError::Corrupt(format!("checkpoint: {why}"));
     if bytes.len() < HEADER_LEN {
@@ -135,8 +136,10 @@ fn decode_body(body: &[u8]) -> Result<Checkpoint, DecodeError> {
     // cannot make us allocate gigabytes before the reads fail.
     let mut topics = Vec::with_capacity(count.min(r.remaining() / 10));
     // Recovery allocates for every partition listed: a checksum-valid but
-    // absurd count must not be believed (see `PARTITIONS_MAX`).
+    // absurd count must not be believed (see `PARTITIONS_MAX`). And data
+    // batches name their topic by id, so an id must name one topic only.
     let mut partitions_total = 0usize;
+    let mut ids = HashSet::with_capacity(topics.capacity());
     for _ in 0..count {
         let id = r.u32("topic id")?;
         let partitions = r.u32("topic partitions")?;
@@ -145,6 +148,9 @@ fn decode_body(body: &[u8]) -> Result<Checkpoint, DecodeError> {
             return Err(DecodeError::InvalidValue {
                 field: "topic partitions",
             });
+        }
+        if !ids.insert(id) {
+            return Err(DecodeError::InvalidValue { field: "topic id" });
         }
         let name = r.str("topic name")?.to_owned();
         topics.push(TopicMeta {
@@ -347,6 +353,14 @@ mod tests {
     }
 
     #[test]
+    fn two_topics_with_one_id_are_corrupt() {
+        let mut cp = sample();
+        cp.topics[1].id = cp.topics[0].id;
+        let err = decode(&encode(&cp)).unwrap_err();
+        assert!(err.to_string().contains("topic id"), "{err}");
+    }
+
+    #[test]
     fn a_missing_checkpoint_reads_as_none() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(read(dir.path()).unwrap(), None);
@@ -417,8 +431,11 @@ mod tests {
         fn any_checkpoint_round_trips(
             position in any::<u64>(),
             next_topic_id in any::<u32>(),
-            topics in prop::collection::vec(topic(), 0..20),
+            mut topics in prop::collection::vec(topic(), 0..20),
         ) {
+            // A checkpoint never lists one id twice.
+            let mut ids = HashSet::new();
+            topics.retain(|t| ids.insert(t.id));
             let cp = Checkpoint { position, next_topic_id, topics };
             prop_assert_eq!(decode(&encode(&cp)).unwrap(), cp);
         }
