@@ -597,21 +597,22 @@ fn checkpoint_checks(bytes: &[u8]) {
 // journal_open
 
 /// A fresh directory, removed on drop. (The library cannot use the
-/// `tempfile` dev-dependency.) It lies under `$TMPDIR` when that is set,
-/// else under `/dev/shm` where there is one: on tmpfs an fsync costs
-/// nothing, which makes `journal_open` some 50 times faster than on a disk
-/// (tmpfs lacks `FALLOC_FL_ZERO_RANGE`, so the journal takes its fallback
-/// there; `TMPDIR=/tmp` exercises the other path).
+/// `tempfile` dev-dependency.) It lies under `$HUTONG_FUZZ_DIR` when that
+/// is set, else under `/dev/shm` where there is one, else in the system
+/// temp dir. On tmpfs an fsync costs nothing, which makes `journal_open`
+/// many times faster than on a disk; tmpfs lacks
+/// `FALLOC_FL_ZERO_RANGE`, so the journal takes its fallback there, and
+/// `HUTONG_FUZZ_DIR=/tmp` exercises the other path.
 struct TempDir(PathBuf);
 
 impl TempDir {
     fn new() -> std::io::Result<TempDir> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let shm = Path::new("/dev/shm");
-        let base = if std::env::var_os("TMPDIR").is_none() && shm.is_dir() {
-            shm.to_path_buf()
-        } else {
-            std::env::temp_dir()
+        let base = match std::env::var_os("HUTONG_FUZZ_DIR").filter(|d| !d.is_empty()) {
+            Some(dir) => PathBuf::from(dir),
+            None if shm.is_dir() => shm.to_path_buf(),
+            None => std::env::temp_dir(),
         };
         loop {
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
