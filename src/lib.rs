@@ -33,6 +33,8 @@ pub mod broker;
 pub mod client;
 pub mod config;
 pub mod consensus;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod journal;
 #[macro_use]
 pub mod log;

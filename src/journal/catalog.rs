@@ -36,6 +36,13 @@ pub enum SeqCheck {
     Stale,
 }
 
+/// The most partitions the journal holds, all topics together. Recovery
+/// allocates an index for every partition that a control record or the
+/// checkpoint declares (about 370 bytes each), so a damaged or hostile
+/// count must be bounded before it is believed: at this limit the catalog
+/// takes some 400 MB. It is ten times the default `partitions_max`.
+pub const PARTITIONS_MAX: usize = 1 << 20;
+
 /// One partition as the writer sees it.
 pub struct Partition {
     /// Offset the next record will get.
@@ -163,8 +170,15 @@ impl Catalog {
         self.next_topic_id
     }
 
+    /// True when `partitions` more partitions keep the catalog within
+    /// [`PARTITIONS_MAX`].
+    pub fn has_room_for(&self, partitions: u32) -> bool {
+        self.partition_count.saturating_add(partitions as usize) <= PARTITIONS_MAX
+    }
+
     /// Adds a topic (from a checkpoint, a control record or a create
-    /// request) and returns its slot. The caller checked the name is new.
+    /// request) and returns its slot. The caller checked the name is new
+    /// and [`Catalog::has_room_for`] its partitions.
     pub fn add(&mut self, meta: TopicMeta) -> usize {
         let slot = self.topics.len();
         self.next_topic_id = self.next_topic_id.max(meta.id.saturating_add(1));

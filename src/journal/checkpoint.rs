@@ -15,9 +15,11 @@
 //! ```
 //! All integers are little-endian; names are UTF-8.
 
+use super::catalog::PARTITIONS_MAX;
 use super::dir::sync_dir;
 use super::error::JournalError;
 use crate::wire::codec::{le_u32, DecodeError, Put, Reader};
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
@@ -95,7 +97,8 @@ pub fn encode(cp: &Checkpoint) -> Vec<u8> {
 ///
 /// # Errors
 /// [`JournalError::Corrupt`] when the magic, version, checksum or layout is
-/// wrong (including trailing bytes).
+/// wrong (including trailing bytes), the topics hold more than
+/// [`PARTITIONS_MAX`] partitions in all, or two topics share an id.
 pub fn decode(bytes: &[u8]) -> Result<Checkpoint, JournalError> {
     let corrupt = |why: String| JournalError::Corrupt(format!("checkpoint: {why}"));
     if bytes.len() < HEADER_LEN {
@@ -132,9 +135,23 @@ fn decode_body(body: &[u8]) -> Result<Checkpoint, DecodeError> {
     // bytes could hold (10 bytes per topic at least), so a damaged count
     // cannot make us allocate gigabytes before the reads fail.
     let mut topics = Vec::with_capacity(count.min(r.remaining() / 10));
+    // Recovery allocates for every partition listed: a checksum-valid but
+    // absurd count must not be believed (see `PARTITIONS_MAX`). And data
+    // batches name their topic by id, so an id must name one topic only.
+    let mut partitions_total = 0usize;
+    let mut ids = HashSet::with_capacity(topics.capacity());
     for _ in 0..count {
         let id = r.u32("topic id")?;
         let partitions = r.u32("topic partitions")?;
+        partitions_total = partitions_total.saturating_add(partitions as usize);
+        if partitions_total > PARTITIONS_MAX {
+            return Err(DecodeError::InvalidValue {
+                field: "topic partitions",
+            });
+        }
+        if !ids.insert(id) {
+            return Err(DecodeError::InvalidValue { field: "topic id" });
+        }
         let name = r.str("topic name")?.to_owned();
         topics.push(TopicMeta {
             id,
@@ -315,6 +332,35 @@ mod tests {
     }
 
     #[test]
+    fn more_partitions_than_the_journal_holds_are_corrupt() {
+        let topic = |id: u32, partitions: u32| TopicMeta {
+            id,
+            name: format!("t{id}"),
+            partitions,
+        };
+        let half = (PARTITIONS_MAX / 2) as u32;
+        let at_limit = Checkpoint {
+            topics: vec![topic(1, half), topic(2, half)],
+            ..Checkpoint::default()
+        };
+        assert_eq!(decode(&encode(&at_limit)).unwrap(), at_limit);
+        let beyond = Checkpoint {
+            topics: vec![topic(1, half), topic(2, half + 1)],
+            ..Checkpoint::default()
+        };
+        let err = decode(&encode(&beyond)).unwrap_err();
+        assert!(err.to_string().contains("topic partitions"), "{err}");
+    }
+
+    #[test]
+    fn two_topics_with_one_id_are_corrupt() {
+        let mut cp = sample();
+        cp.topics[1].id = cp.topics[0].id;
+        let err = decode(&encode(&cp)).unwrap_err();
+        assert!(err.to_string().contains("topic id"), "{err}");
+    }
+
+    #[test]
     fn a_missing_checkpoint_reads_as_none() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(read(dir.path()).unwrap(), None);
@@ -370,8 +416,10 @@ mod tests {
         assert_eq!(read(dir.path()).unwrap(), None);
     }
 
+    /// Up to 20 of these stay within `PARTITIONS_MAX` partitions in all.
     fn topic() -> impl Strategy<Value = TopicMeta> {
-        (any::<u32>(), "\\PC{0,40}", any::<u32>()).prop_map(|(id, name, partitions)| TopicMeta {
+        let partitions = 0..=(PARTITIONS_MAX / 20) as u32;
+        (any::<u32>(), "\\PC{0,40}", partitions).prop_map(|(id, name, partitions)| TopicMeta {
             id,
             name,
             partitions,
@@ -383,8 +431,11 @@ mod tests {
         fn any_checkpoint_round_trips(
             position in any::<u64>(),
             next_topic_id in any::<u32>(),
-            topics in prop::collection::vec(topic(), 0..20),
+            mut topics in prop::collection::vec(topic(), 0..20),
         ) {
+            // A checkpoint never lists one id twice.
+            let mut ids = HashSet::new();
+            topics.retain(|t| ids.insert(t.id));
             let cp = Checkpoint { position, next_topic_id, topics };
             prop_assert_eq!(decode(&encode(&cp)).unwrap(), cp);
         }

@@ -14,7 +14,7 @@
 //! and a TLB shoot-down per round, and an IO error would have been a
 //! SIGBUS instead of an error code.)
 
-use super::catalog::{Catalog, Landed, SeqCheck};
+use super::catalog::{Catalog, Landed, SeqCheck, PARTITIONS_MAX};
 use super::checkpoint::{self, TopicMeta};
 use super::control::{self, Control};
 use super::error::JournalError;
@@ -318,7 +318,10 @@ impl Journal {
     /// catalog. The caller validated the name, the count and the limits.
     ///
     /// # Errors
-    /// [`JournalError::StorageFull`] when a new segment cannot be allocated.
+    /// [`JournalError::StorageFull`] when a new segment cannot be allocated;
+    /// an `InvalidInput` [`JournalError::Io`], before anything is written,
+    /// when the catalog would exceed [`PARTITIONS_MAX`] partitions or the
+    /// next topic id is taken (ids are exhausted).
     pub fn create_topic(
         &mut self,
         name: &str,
@@ -326,8 +329,27 @@ impl Journal {
         term: u64,
         now_ms: i64,
     ) -> Result<(Appended, usize), JournalError> {
+        // Recovery refuses a control record beyond the partition limit or
+        // reusing a topic id (ids saturate at u32::MAX), so none may be
+        // written.
+        let refuse = |why: String| {
+            JournalError::io(
+                "creating topic",
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
+            )
+        };
+        if !self.catalog.has_room_for(partitions) {
+            return Err(refuse(format!(
+                "{partitions} more partitions would exceed the journal's limit of \
+                 {PARTITIONS_MAX} in all"
+            )));
+        }
+        let id = self.catalog.next_topic_id();
+        if self.catalog.lookup_id(id).is_some() {
+            return Err(refuse(format!("topic ids are exhausted ({id} is taken)")));
+        }
         let meta = TopicMeta {
-            id: self.catalog.next_topic_id(),
+            id,
             name: name.to_string(),
             partitions,
         };
@@ -438,6 +460,17 @@ fn apply_batch(catalog: &mut Catalog, position: u64, batch: &[u8]) -> Result<(),
             } => match catalog.lookup(&name) {
                 Some(slot) if catalog.topic(slot).meta.id == id => Ok(()),
                 Some(_) => Err(format!("topic {name} re-created with another id")),
+                // Data batches name their topic by id: an id taken by
+                // another topic would send its batches to the wrong one.
+                None if catalog.lookup_id(id).is_some() => Err(format!(
+                    "topic {name} created with the id {id} of another topic"
+                )),
+                // The count comes from the file: believe it only within
+                // the limit, or a damaged record could exhaust memory.
+                None if !catalog.has_room_for(partitions) => Err(format!(
+                    "topic {name} declares {partitions} partitions, beyond the journal's \
+                     limit of {PARTITIONS_MAX} in all"
+                )),
                 None => {
                     catalog.add(TopicMeta {
                         id,

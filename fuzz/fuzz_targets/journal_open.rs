@@ -1,0 +1,4 @@
+//! `hutong::fuzz_targets::journal_open` under libFuzzer; see docs/fuzzing.md.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hutong::fuzz_targets::journal_open(data));

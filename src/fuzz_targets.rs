@@ -1,0 +1,1025 @@
+//! Fuzz targets as plain functions over bytes.
+//!
+//! Each function takes arbitrary bytes, runs one part of the broker that
+//! reads untrusted input (the network or a file), and asserts the
+//! invariants that must hold for every input. None of them may panic
+//! except through one of those assertions: a panic is a bug, either in the
+//! code under test or in the invariant.
+//!
+//! The cargo-fuzz targets in `fuzz/` are one-line wrappers around these
+//! functions, and `tests/fuzz_regressions.rs` replays every saved crash and
+//! seed through them, so the fuzzers and the test suite share one source of
+//! truth. `docs/fuzzing.md` says how to run them.
+//!
+//! Checksums stop a byte-mutating fuzzer at the first CRC: almost every
+//! mutation of a batch fails it, so the record parser behind it would
+//! hardly ever run. The targets that read batches therefore also run each
+//! input a second time with every checksum recomputed ("sealed"), which
+//! lets the fuzzer explore the layout behind the checksums while the
+//! unsealed run keeps the checksum paths covered.
+
+use crate::config::FRAME_BYTES_MAX_DEFAULT;
+use crate::journal::checkpoint::{self, Checkpoint, TopicMeta};
+use crate::journal::control::{self, Control};
+use crate::journal::error::JournalError;
+use crate::journal::log::Journal;
+use crate::journal::scan::{header_crc_ok, scan, ScanResult, ScanStop};
+use crate::journal::segment::segment_file_name;
+use crate::wire::api::{
+    check_topic_name, ApiKey, CreateTopicRequest, ErrorBody, FetchRequest, FetchResponse,
+    HandshakeRequest, HandshakeResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, ProduceRequest, ProduceResponse,
+};
+use crate::wire::batch::{
+    check_producer_batch, check_producer_batch_with, check_stored_batch, declared_len, records,
+    split_batches, stamp, BatchBuilder, BatchError, BatchKind, BatchView, RecordLimits, Stamp,
+    BATCH_HEADER_LEN,
+};
+use crate::wire::codec::set_u32;
+use crate::wire::error::ErrorCode;
+use crate::wire::frame::{
+    check_frame, finish_frame, FrameError, RequestHeader, ResponseHeader, LENGTH_PREFIX_LEN,
+    REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN,
+};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A fuzz target: any bytes in, a panic only when an invariant breaks.
+pub type Target = fn(&[u8]);
+
+/// Every target by the name of its cargo-fuzz target (and of its folders
+/// under `fuzz/seeds/` and `fuzz/regressions/`).
+pub const TARGETS: [(&str, Target); 4] = [
+    ("frame_decoder", frame),
+    ("batch_validator", batch),
+    ("journal_recovery", recovery),
+    ("journal_open", journal_open),
+];
+
+/// The byte offset of the producer `crc` in a batch, and where the bytes it
+/// covers start (`wire::batch`'s layout; [`seal_batches`] asserts that
+/// [`BatchView::crc`] reads the same place).
+const BATCH_CRC_AT: usize = 40;
+const BATCH_CRC_FROM: usize = 44;
+/// The byte offset of the checkpoint `crc`, and where the bytes it covers
+/// start (`journal::checkpoint`'s layout).
+const CHECKPOINT_CRC_AT: usize = 6;
+const CHECKPOINT_CRC_FROM: usize = 10;
+
+/// `journal_open` pads shorter inputs with zeros to this many bytes, so
+/// that a segment is never empty and usually has a zero tail.
+const SEGMENT_PAD_BYTES: usize = 1024;
+/// Segment size for segments `journal_open` makes the journal create: small,
+/// so that appending after a nearly full input segment rolls.
+const OPEN_SEGMENT_BYTES: usize = 4096;
+/// Write cache of the journal `journal_open` opens.
+const OPEN_CACHE_BYTES: usize = 4096;
+
+// ---------------------------------------------------------------------------
+// frame_decoder
+
+/// The frame decoder: splits `data` into request frames the way the
+/// broker's reactor does and into response frames the way the client
+/// does, checking [`check_frame`]'s answer against the length prefix, and
+/// decodes every frame's header and its body with every request and
+/// response decoder of [`crate::wire::api`]. A body that decodes must
+/// re-encode to exactly its bytes (every encoding is canonical).
+pub fn frame(data: &[u8]) {
+    for_each_frame(data, REQUEST_HEADER_LEN, request_frame);
+    for_each_frame(data, RESPONSE_HEADER_LEN, response_frame);
+}
+
+/// Walks the frames at the start of `buf` (as pipelined on a connection)
+/// until one is incomplete or its length prefix is out of bounds.
+fn for_each_frame(mut buf: &[u8], min_len: usize, mut on_frame: impl FnMut(&[u8])) {
+    let max_len = FRAME_BYTES_MAX_DEFAULT;
+    loop {
+        let declared = (buf.len() >= LENGTH_PREFIX_LEN)
+            .then(|| u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize)
+            .map(|len| len + LENGTH_PREFIX_LEN);
+        match check_frame(buf, min_len, max_len) {
+            Ok(Some(total)) => {
+                assert_eq!(Some(total), declared, "frame size is the length prefix + 4");
+                assert!(min_len <= total && total <= max_len && total <= buf.len());
+                assert_eq!(
+                    check_frame(&buf[..total - 1], min_len, max_len),
+                    Ok(None),
+                    "a frame is only reported once all of it is buffered"
+                );
+                on_frame(&buf[..total]);
+                buf = &buf[total..];
+            }
+            Ok(None) => {
+                assert!(declared.is_none_or(|total| total > buf.len()));
+                return;
+            }
+            Err(e) => {
+                match e {
+                    FrameError::TooLarge { len, max } => {
+                        assert_eq!((Some(len), max), (declared, max_len));
+                        assert!(len > max);
+                        assert_eq!(e.code(), ErrorCode::FrameTooLarge);
+                    }
+                    FrameError::TooShort { len } => {
+                        assert_eq!(Some(len), declared);
+                        assert!(len < min_len);
+                        assert_eq!(e.code(), ErrorCode::MalformedRequest);
+                    }
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Appends `body` to `header` bytes written by `write` and seals the frame.
+fn rebuild_frame(write: impl FnOnce(&mut Vec<u8>), body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(RESPONSE_HEADER_LEN.max(REQUEST_HEADER_LEN) + body.len());
+    write(&mut out);
+    out.extend_from_slice(body);
+    finish_frame(&mut out, 0);
+    out
+}
+
+fn request_frame(frame: &[u8]) {
+    let header = RequestHeader::parse(frame);
+    let body = &frame[REQUEST_HEADER_LEN..];
+    let rebuilt = rebuild_frame(|out| header.write(out), body);
+    // The two reserved bytes at 14..16 are not part of the parsed header.
+    assert_eq!(rebuilt[..14], frame[..14], "request header re-encodes");
+    assert_eq!(rebuilt[REQUEST_HEADER_LEN..], *body);
+    assert_eq!(RequestHeader::parse(&rebuilt), header);
+    if let Some(key) = ApiKey::from_u16(header.api_key) {
+        assert_eq!(key.as_u16(), header.api_key);
+        let (min, max) = key.versions();
+        assert!(min <= max);
+    }
+    request_bodies(body);
+}
+
+/// Decodes `$body` as a `$ty`; when that works, the message must re-encode
+/// to exactly `$body` and decode again to itself. Evaluates to the message.
+macro_rules! round_trip {
+    ($ty:ident, $body:expr) => {{
+        let body: &[u8] = $body;
+        let decoded = $ty::decode(body).ok();
+        if let Some(msg) = &decoded {
+            let mut out = Vec::with_capacity(body.len());
+            msg.encode(&mut out);
+            assert_eq!(
+                out, body,
+                concat!(stringify!($ty), " re-encodes to its bytes")
+            );
+            assert_eq!($ty::decode(&out).as_ref(), Ok(msg));
+        }
+        decoded
+    }};
+}
+
+/// Every request decoder over one body. The reactor picks one by API key;
+/// trying them all lets every input reach every decoder.
+fn request_bodies(body: &[u8]) {
+    if let Some(req) = round_trip!(HandshakeRequest, body) {
+        assert!(req.client_id.len() <= u16::MAX as usize);
+    }
+    if let Some(req) = round_trip!(CreateTopicRequest, body) {
+        topic_name_checks(req.name);
+    }
+    if let Some(req) = round_trip!(MetadataRequest, body) {
+        assert!(req.topics.len() <= u16::MAX as usize);
+    }
+    if let Some(req) = round_trip!(ProduceRequest, body) {
+        topic_name_checks(req.topic);
+        batch_checks(req.batch);
+    }
+    if let Some(req) = round_trip!(FetchRequest, body) {
+        topic_name_checks(req.topic);
+    }
+    if let Some(req) = round_trip!(ListOffsetsRequest, body) {
+        topic_name_checks(req.topic);
+    }
+}
+
+fn topic_name_checks(name: &str) {
+    if check_topic_name(name).is_ok() {
+        assert!(!name.is_empty() && name.len() <= 249 && name.is_ascii());
+    }
+}
+
+fn response_frame(frame: &[u8]) {
+    let header = ResponseHeader::parse(frame);
+    let body = &frame[RESPONSE_HEADER_LEN..];
+    assert_eq!(header.to_bytes(body.len()), frame[..RESPONSE_HEADER_LEN]);
+    assert_eq!(rebuild_frame(|out| header.write(out), body), frame);
+    assert_eq!(ResponseHeader::parse(frame), header);
+    if let Some(code) = ErrorCode::from_u16(header.error_code) {
+        assert_eq!(code.as_u16(), header.error_code);
+        assert!(!code.name().is_empty() && !code.message().is_empty());
+    }
+    response_bodies(body);
+}
+
+/// Every response decoder over one body, as the client would apply them.
+fn response_bodies(body: &[u8]) {
+    // The error body is lenient: anything decodes, to the empty message
+    // when the string does not.
+    let error = ErrorBody::decode(body);
+    let mut out = Vec::new();
+    error.encode(&mut out);
+    assert_eq!(ErrorBody::decode(&out), error);
+    if !error.message.is_empty() {
+        assert!(
+            body.starts_with(&out),
+            "an error message is the body's prefix"
+        );
+    }
+    round_trip!(HandshakeResponse, body);
+    round_trip!(MetadataResponse, body);
+    round_trip!(ListOffsetsResponse, body);
+    if let Ok(resp) = ProduceResponse::decode(body) {
+        assert_eq!(resp.to_bytes()[..], *body);
+    }
+    if let Some(resp) = round_trip!(FetchResponse, body) {
+        // The consumer's next step: split the batches and check each.
+        split_checks(resp.batches);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// batch_validator
+
+/// The record-batch validator: [`check_producer_batch`],
+/// [`check_stored_batch`], [`records`] iteration and [`split_batches`]
+/// over `data`, then over `data` with every checksum sealed. A batch that
+/// passes the producer check must pass the stored check once stamped; a
+/// batch that passes a check must yield exactly `record_count` records with
+/// consecutive offsets.
+pub fn batch(data: &[u8]) {
+    batch_checks(data);
+    let mut sealed = data.to_vec();
+    seal_batches(&mut sealed);
+    if sealed != data {
+        batch_checks(&sealed);
+    }
+}
+
+fn batch_checks(buf: &[u8]) {
+    producer_checks(buf);
+    stored_checks(buf);
+    record_walk(buf);
+    split_checks(buf);
+}
+
+/// What a walk over a batch's records found.
+struct Walk {
+    records: u64,
+    key_bytes_max: usize,
+    value_bytes_max: usize,
+}
+
+/// Iterates the records of any bytes: never panics, and offsets count up
+/// from the header's `base_offset` one by one.
+fn record_walk(buf: &[u8]) -> Walk {
+    let mut expected = if buf.len() >= BATCH_HEADER_LEN {
+        BatchView(buf).base_offset()
+    } else {
+        0
+    };
+    let mut walk = Walk {
+        records: 0,
+        key_bytes_max: 0,
+        value_bytes_max: 0,
+    };
+    for rec in records(buf) {
+        assert_eq!(rec.offset, expected, "record offsets are consecutive");
+        expected = expected.wrapping_add(1);
+        walk.records += 1;
+        walk.key_bytes_max = walk.key_bytes_max.max(rec.key.len());
+        walk.value_bytes_max = walk.value_bytes_max.max(rec.value.len());
+        for h in rec.headers() {
+            assert!(h.key.len() <= u16::MAX as usize);
+        }
+    }
+    walk
+}
+
+fn producer_checks(buf: &[u8]) {
+    let Ok(count) = check_producer_batch(buf) else {
+        return;
+    };
+    let view = BatchView(buf);
+    assert_eq!(view.kind(), Some(BatchKind::Data));
+    assert_eq!(view.record_count(), count);
+    let walk = record_walk(buf);
+    assert_eq!(
+        walk.records,
+        u64::from(count),
+        "a checked batch yields record_count records"
+    );
+
+    // The record limits refuse exactly the records above them.
+    let exact = RecordLimits {
+        key_bytes_max: walk.key_bytes_max,
+        value_bytes_max: walk.value_bytes_max,
+    };
+    assert_eq!(check_producer_batch_with(buf, exact), Ok(count));
+    if walk.key_bytes_max > 0 {
+        let tight = RecordLimits {
+            key_bytes_max: walk.key_bytes_max - 1,
+            ..RecordLimits::NONE
+        };
+        assert_eq!(
+            check_producer_batch_with(buf, tight),
+            Err(BatchError::RecordTooLarge)
+        );
+    }
+    if walk.value_bytes_max > 0 {
+        let tight = RecordLimits {
+            value_bytes_max: walk.value_bytes_max - 1,
+            ..RecordLimits::NONE
+        };
+        assert_eq!(
+            check_producer_batch_with(buf, tight),
+            Err(BatchError::RecordTooLarge)
+        );
+    }
+
+    // The broker stamps what the producer check accepted; the result must
+    // pass the stored check, keep the producer's bytes, and carry the stamp.
+    // The stamp is taken from producer fields so the fuzzer controls it.
+    let s = Stamp {
+        base_offset: view.producer_seq(),
+        term: view.producer_id(),
+        append_time_ms: view.first_timestamp_ms(),
+        topic_id: view.crc(),
+        partition: count,
+    };
+    let mut stored = buf.to_vec();
+    stamp(&mut stored, &s);
+    assert_eq!(check_stored_batch(&stored), Ok(BatchKind::Data));
+    assert_eq!(check_producer_batch(&stored), Ok(count));
+    assert_eq!(stored[4..8], buf[4..8], "stamping keeps batch_len");
+    assert_eq!(
+        stored[BATCH_CRC_AT..],
+        buf[BATCH_CRC_AT..],
+        "stamping keeps the producer bytes"
+    );
+    assert_eq!(stamp_of(BatchView(&stored)), s);
+    assert!(header_crc_ok(&stored));
+    assert_eq!(record_walk(&stored).records, u64::from(count));
+    if let Some(first) = records(&stored).next() {
+        assert_eq!(first.offset, s.base_offset);
+    }
+}
+
+/// The broker-stamped fields of a batch header.
+fn stamp_of(view: BatchView<'_>) -> Stamp {
+    Stamp {
+        base_offset: view.base_offset(),
+        term: view.term(),
+        append_time_ms: view.append_time_ms(),
+        topic_id: view.topic_id(),
+        partition: view.partition(),
+    }
+}
+
+fn stored_checks(buf: &[u8]) {
+    let Ok(kind) = check_stored_batch(buf) else {
+        return;
+    };
+    let view = BatchView(buf);
+    assert_eq!(view.kind(), Some(kind));
+    assert!(
+        header_crc_ok(buf),
+        "a stored batch passes recovery's light check"
+    );
+    let walk = record_walk(buf);
+    assert_eq!(walk.records, u64::from(view.record_count()));
+    match kind {
+        BatchKind::Data => assert_eq!(check_producer_batch(buf), Ok(view.record_count())),
+        BatchKind::Control => control_checks(buf),
+    }
+    // Stamping a stored batch with its own fields changes nothing.
+    let mut again = buf.to_vec();
+    stamp(&mut again, &stamp_of(view));
+    assert_eq!(again, buf);
+}
+
+/// Decodes a control batch; a message that decodes must survive an
+/// encode/decode round trip.
+fn control_checks(buf: &[u8]) {
+    let Ok(c) = control::decode(buf) else {
+        return;
+    };
+    let mut builder = BatchBuilder::with_kind(BatchKind::Control);
+    let encoded = control::encode(&c, &mut builder).to_vec();
+    assert_eq!(
+        check_producer_batch(&encoded),
+        Err(BatchError::Field("kind"))
+    );
+    assert_eq!(control::decode(&encoded).ok(), Some(c));
+}
+
+/// [`split_batches`] yields contiguous batches of at least a header each,
+/// and stops only where the next one does not fit.
+fn split_checks(buf: &[u8]) {
+    let mut at = 0;
+    for b in split_batches(buf) {
+        assert_eq!(
+            b.as_ptr() as usize - buf.as_ptr() as usize,
+            at,
+            "batches are contiguous"
+        );
+        assert!(b.len() >= BATCH_HEADER_LEN);
+        assert_eq!(declared_len(b), Some(b.len()));
+        stored_checks(b);
+        at += b.len();
+    }
+    let rest = &buf[at..];
+    if let Some(len) = declared_len(rest) {
+        assert!(
+            len < BATCH_HEADER_LEN || len > rest.len(),
+            "split stopped early"
+        );
+    }
+}
+
+/// Recomputes both checksums of every batch that `buf` walks to by its
+/// declared lengths (stopping where a length does not fit), in place.
+pub fn seal_batches(buf: &mut [u8]) {
+    let mut at = 0;
+    while let Some(len) = declared_len(&buf[at..]) {
+        if len < BATCH_HEADER_LEN || len > buf.len() - at {
+            return;
+        }
+        let b = &mut buf[at..at + len];
+        let crc = crc32c::crc32c(&b[BATCH_CRC_FROM..]);
+        set_u32(b, BATCH_CRC_AT, crc);
+        assert_eq!(BatchView(b).crc(), crc, "BATCH_CRC_AT matches wire::batch");
+        // Restamping with the header's own fields reseals the header.
+        let own = stamp_of(BatchView(b));
+        stamp(b, &own);
+        at += len;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// journal_recovery
+
+/// Journal recovery as pure logic: [`scan`] over `data` as a segment
+/// (fully verified, header-checked only, and split by a checkpoint
+/// position), then over `data` with every batch sealed, and
+/// [`checkpoint::decode`] over `data` as it is and with its checksum
+/// sealed. The scan's report must agree with the bytes: `valid_len` within
+/// them, the batches contiguous from the start, each passing the check it
+/// was given, and the stop reason matching what follows.
+pub fn recovery(data: &[u8]) {
+    scan_checks(data);
+    let mut sealed = data.to_vec();
+    seal_batches(&mut sealed);
+    if sealed != data {
+        scan_checks(&sealed);
+    }
+
+    checkpoint_checks(data);
+    if data.len() >= CHECKPOINT_CRC_FROM {
+        let mut sealed = data.to_vec();
+        let crc = crc32c::crc32c(&sealed[CHECKPOINT_CRC_FROM..]);
+        set_u32(&mut sealed, CHECKPOINT_CRC_AT, crc);
+        if sealed != data {
+            checkpoint_checks(&sealed);
+        }
+    }
+}
+
+/// One scan: its result and each accepted batch as (offset in the
+/// segment, length).
+fn scan_collect(
+    bytes: &[u8],
+    start_pos: u64,
+    verify_from: u64,
+) -> (ScanResult, Vec<(usize, usize)>) {
+    let mut seen: Vec<(usize, usize)> = Vec::new();
+    let result = scan(bytes, start_pos, verify_from, |pos, b| {
+        let offset = b.as_ptr() as usize - bytes.as_ptr() as usize;
+        let expected = seen.last().map_or(0, |&(o, l)| o + l);
+        assert_eq!(
+            offset, expected,
+            "scanned batches are contiguous from the start"
+        );
+        assert_eq!(pos, start_pos.saturating_add(offset as u64));
+        assert!(b.len() >= BATCH_HEADER_LEN);
+        if pos.saturating_add(b.len() as u64) <= verify_from {
+            assert!(
+                header_crc_ok(b),
+                "a batch below verify_from passes the header check"
+            );
+        } else {
+            assert!(
+                check_stored_batch(b).is_ok(),
+                "a batch above verify_from passes the full check"
+            );
+        }
+        seen.push((offset, b.len()));
+        Ok(())
+    });
+    assert!(result.valid_len <= bytes.len());
+    assert_eq!(result.valid_len, seen.last().map_or(0, |&(o, l)| o + l));
+    let rest = &bytes[result.valid_len..];
+    let no_header = rest.len() < BATCH_HEADER_LEN || rest[..8].iter().all(|&b| b == 0);
+    match &result.stop {
+        ScanStop::End => assert!(no_header, "End only where no batch can start"),
+        ScanStop::Torn(_) => assert!(!no_header, "Torn only where a batch starts"),
+        ScanStop::Refused(_) => panic!("the callback refused nothing"),
+    }
+    (result, seen)
+}
+
+fn scan_checks(bytes: &[u8]) {
+    let (full, full_seen) = scan_collect(bytes, 0, 0);
+    let (light, light_seen) = scan_collect(bytes, 0, u64::MAX);
+    // A checkpoint position halfway, with the segment far into the journal.
+    let start = 7 << 40;
+    let (_, mid_seen) = scan_collect(bytes, start, start + bytes.len() as u64 / 2);
+    // The full check implies the header check, so stricter scans accept a
+    // prefix of what laxer ones accept.
+    assert!(light_seen.starts_with(&mid_seen));
+    assert!(mid_seen.starts_with(&full_seen));
+    assert!(full.valid_len <= light.valid_len);
+
+    // Recovery cuts the segment at valid_len; scanning the cut segment
+    // finds the same batches and a clean end.
+    let (cut, cut_seen) = scan_collect(&bytes[..full.valid_len], 0, 0);
+    assert_eq!((cut.stop, &cut_seen), (ScanStop::End, &full_seen));
+
+    // A refused batch stops the scan right before it.
+    if let Some(&(last_offset, _)) = full_seen.last() {
+        let refuse_at = full_seen.len() - 1;
+        let mut calls = 0;
+        let refused = scan(bytes, 0, 0, |_, _| {
+            calls += 1;
+            if calls > refuse_at {
+                Err("refused".into())
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(refused.valid_len, last_offset);
+        assert_eq!(refused.stop, ScanStop::Refused("refused".into()));
+    }
+
+    // What recovery then does with each batch.
+    for &(offset, len) in &full_seen {
+        stored_checks(&bytes[offset..offset + len]);
+    }
+    for &(offset, len) in &light_seen[full_seen.len()..] {
+        // Below a checkpoint only the header was checked, yet recovery
+        // decodes control batches and walks records there too.
+        let b = &bytes[offset..offset + len];
+        let _ = control::decode(b);
+        record_walk(b);
+    }
+}
+
+fn checkpoint_checks(bytes: &[u8]) {
+    let Ok(cp) = checkpoint::decode(bytes) else {
+        return;
+    };
+    let encoded = checkpoint::encode(&cp);
+    assert_eq!(
+        encoded, bytes,
+        "a decoded checkpoint re-encodes to its bytes"
+    );
+    assert_eq!(checkpoint::decode(&encoded).ok(), Some(cp));
+}
+
+// ---------------------------------------------------------------------------
+// journal_open
+
+/// A fresh directory, removed on drop. (The library cannot use the
+/// `tempfile` dev-dependency.) It lies under `$HUTONG_FUZZ_DIR` when that
+/// is set, else under `/dev/shm` where there is one, else in the system
+/// temp dir. On tmpfs an fsync costs nothing, which makes `journal_open`
+/// many times faster than on a disk; tmpfs lacks
+/// `FALLOC_FL_ZERO_RANGE`, so the journal takes its fallback there, and
+/// `HUTONG_FUZZ_DIR=/tmp` exercises the other path.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> std::io::Result<TempDir> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let shm = Path::new("/dev/shm");
+        let base = match std::env::var_os("HUTONG_FUZZ_DIR").filter(|d| !d.is_empty()) {
+            Some(dir) => PathBuf::from(dir),
+            None if shm.is_dir() => shm.to_path_buf(),
+            None => std::env::temp_dir(),
+        };
+        loop {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let path = base.join(format!("hutong-fuzz-{}-{n}", std::process::id()));
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Ok(TempDir(path)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What a journal looks like from outside, to compare two opens.
+#[derive(Debug, PartialEq, Eq)]
+struct Shape {
+    end: u64,
+    topics: Vec<TopicMeta>,
+    /// Per partition: the offset the next record gets, and batches indexed.
+    partitions: Vec<Vec<(u64, usize)>>,
+}
+
+fn shape(j: &Journal) -> Shape {
+    Shape {
+        end: j.end(),
+        topics: j.checkpoint_topics(),
+        partitions: j
+            .catalog()
+            .topics()
+            .iter()
+            .map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| (p.next_offset, p.index.len()))
+                    .collect()
+            })
+            .collect(),
+    }
+}
+
+/// Opens the journal and checks that its report counts the batches its
+/// indexes hold.
+fn open_journal(dir: &Path) -> Result<Journal, JournalError> {
+    let j = Journal::open(dir, OPEN_SEGMENT_BYTES, OPEN_CACHE_BYTES)?;
+    let indexed: usize = shape(&j).partitions.iter().flatten().map(|p| p.1).sum();
+    assert_eq!(j.report().batches, indexed as u64);
+    Ok(j)
+}
+
+/// [`Journal::open`] on `data`, every batch sealed, laid out two ways in a
+/// fresh directory each: as the only segment, `00000000000000000000.seg`,
+/// padded with zeros to at least 1 KiB; and, when it holds two batches or
+/// more, cut into two segments between them with a checkpoint at the cut,
+/// so that the first segment gets recovery's header-only check. Opening
+/// must return `Ok` or a clean `Err`. When it works, reopening finds the
+/// same journal with nothing left to cut, and appending a batch (creating
+/// a topic first if none has a partition) works and survives another
+/// reopen.
+pub fn journal_open(data: &[u8]) {
+    let mut sealed = data.to_vec();
+    seal_batches(&mut sealed);
+    let padded = |bytes: &[u8]| {
+        let mut segment = bytes.to_vec();
+        segment.resize(bytes.len().max(SEGMENT_PAD_BYTES), 0);
+        segment
+    };
+    open_checks(&[(0, padded(&sealed))], None);
+
+    let ends: Vec<usize> = split_batches(&sealed)
+        .scan(0, |end, b| {
+            *end += b.len();
+            Some(*end)
+        })
+        .collect();
+    if ends.len() >= 2 {
+        let cut = ends[ends.len() / 2 - 1];
+        let checkpoint = Checkpoint {
+            position: cut as u64,
+            ..Checkpoint::default()
+        };
+        // The first segment's tail past its data is zeros, as the writer
+        // leaves it when the next batch does not fit.
+        let mut first = sealed[..cut].to_vec();
+        first.resize(cut + BATCH_HEADER_LEN, 0);
+        let segments = [(0, first), (cut as u64, padded(&sealed[cut..]))];
+        open_checks(&segments, Some(&checkpoint));
+    }
+}
+
+/// Writes `segments` (start position, bytes) and `checkpoint` into a fresh
+/// directory and runs the checks of [`journal_open`] on it.
+fn open_checks(segments: &[(u64, Vec<u8>)], checkpoint: Option<&Checkpoint>) {
+    let dir = TempDir::new().expect("create a temp dir for journal_open");
+    for (start, bytes) in segments {
+        std::fs::write(dir.path().join(segment_file_name(*start)), bytes)
+            .expect("write an input segment");
+    }
+    if let Some(cp) = checkpoint {
+        checkpoint::write(dir.path(), cp).expect("write the input checkpoint");
+    }
+    let files_end = segments
+        .last()
+        .map_or(0, |(start, bytes)| start + bytes.len() as u64);
+    let open = || open_journal(dir.path());
+    let Ok(journal) = open() else {
+        return;
+    };
+    let first = shape(&journal);
+    assert!(first.end <= files_end);
+    drop(journal);
+
+    let mut journal = open().expect("a journal that opened once reopens");
+    assert_eq!(shape(&journal), first, "reopening finds the same journal");
+    assert_eq!(
+        journal.report().truncated,
+        None,
+        "the first open left nothing to cut"
+    );
+
+    let slot = match journal
+        .catalog()
+        .topics()
+        .iter()
+        .position(|t| !t.partitions.is_empty())
+    {
+        Some(slot) => slot,
+        None => {
+            let mut name = String::from("fuzz");
+            while journal.catalog().lookup(&name).is_some() {
+                name.push('x');
+            }
+            let (created, slot) = match journal.create_topic(&name, 1, 1, 1) {
+                Ok(created) => created,
+                // The recovered topics may have used up the ids or the
+                // partitions: a clean refusal.
+                Err(JournalError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::InvalidInput =>
+                {
+                    return;
+                }
+                Err(e) => panic!("creating a topic after recovery failed: {e}"),
+            };
+            assert_eq!(created.position, first.end);
+            slot
+        }
+    };
+    let before = journal.end();
+    let next_offset = journal.catalog().topic(slot).partitions[0].next_offset;
+    let mut builder = BatchBuilder::new();
+    builder.push(1, b"key", b"value", &[]);
+    let batch = builder.finish(0, 0).to_vec();
+    let appended = journal
+        .append_data(slot, 0, &batch, 1, 1, 1)
+        .expect("append after recovery");
+    assert_eq!(
+        (appended.position, appended.base_offset),
+        (before, next_offset)
+    );
+    journal.write_out().expect("write out after recovery");
+    let after = shape(&journal);
+    drop(journal);
+
+    let journal = open().expect("a journal that was appended to reopens");
+    assert_eq!(shape(&journal), after, "the append survives a reopen");
+    assert_eq!(journal.report().truncated, None);
+    assert_eq!(
+        journal.catalog().topic(slot).partitions[0].next_offset,
+        next_offset + 1
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Seeds
+
+/// A two-record data batch as a producer builds it.
+fn sample_batch() -> Vec<u8> {
+    let mut b = BatchBuilder::new();
+    b.push(1_700_000_000_000, b"k1", b"hello", &[]);
+    b.push(
+        1_700_000_000_005,
+        b"",
+        b"world",
+        &[crate::wire::batch::Header {
+            key: b"h",
+            value: b"v",
+        }],
+    );
+    b.finish(7, 1).to_vec()
+}
+
+fn stamped(mut batch: Vec<u8>, base_offset: u64, topic_id: u32) -> Vec<u8> {
+    stamp(
+        &mut batch,
+        &Stamp {
+            base_offset,
+            term: 1,
+            append_time_ms: 1_700_000_000_010,
+            topic_id,
+            partition: 0,
+        },
+    );
+    batch
+}
+
+fn control_batch(id: u32, name: &str, partitions: u32) -> Vec<u8> {
+    let mut b = BatchBuilder::with_kind(BatchKind::Control);
+    let c = Control::CreateTopic {
+        id,
+        name: name.into(),
+        partitions,
+    };
+    let bytes = control::encode(&c, &mut b).to_vec();
+    stamped(bytes, 0, u32::MAX)
+}
+
+/// A segment as the broker writes it: a topic's control batch, then two
+/// data batches of its partition 0, then `zeros` bytes of zeros.
+fn sample_segment(zeros: usize) -> Vec<u8> {
+    let mut seg = control_batch(1, "orders", 2);
+    seg.extend(stamped(sample_batch(), 0, 1));
+    seg.extend(stamped(sample_batch(), 2, 1));
+    seg.resize(seg.len() + zeros, 0);
+    seg
+}
+
+fn request(api: ApiKey, correlation_id: u32, body: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut out = Vec::new();
+    RequestHeader {
+        api_key: api.as_u16(),
+        api_version: 1,
+        correlation_id,
+        flags: 0,
+    }
+    .write(&mut out);
+    body(&mut out);
+    finish_frame(&mut out, 0);
+    out
+}
+
+fn response(api: ApiKey, error: ErrorCode, body: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut out = Vec::new();
+    ResponseHeader {
+        correlation_id: 1,
+        api_key: api.as_u16(),
+        error_code: error.as_u16(),
+    }
+    .write(&mut out);
+    body(&mut out);
+    finish_frame(&mut out, 0);
+    out
+}
+
+/// Valid, structured inputs for each target, as (target, file name,
+/// bytes): what `fuzz/seeds/<target>/<file name>` holds, so that the
+/// fuzzers start from real frames, batches and segments.
+pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let produce = request(ApiKey::Produce, 1, |out| {
+        ProduceRequest {
+            topic: "orders",
+            partition: 0,
+            qos: 2,
+            timeout_ms: 5_000,
+            batch: &sample_batch(),
+        }
+        .encode(out)
+    });
+    let fetch_batches = [stamped(sample_batch(), 0, 1), stamped(sample_batch(), 2, 1)].concat();
+    let mut pipelined = request(ApiKey::Handshake, 1, |out| {
+        HandshakeRequest {
+            min_version: 1,
+            max_version: 1,
+            client_id: "fuzz",
+        }
+        .encode(out)
+    });
+    pipelined.extend(request(ApiKey::CreateTopic, 2, |out| {
+        CreateTopicRequest {
+            name: "orders",
+            partitions: 2,
+        }
+        .encode(out)
+    }));
+    pipelined.extend(request(ApiKey::Metadata, 3, |out| {
+        MetadataRequest {
+            topics: vec!["orders", "audit"],
+        }
+        .encode(out)
+    }));
+    pipelined.extend(request(ApiKey::Fetch, 4, |out| {
+        FetchRequest {
+            topic: "orders",
+            partition: 0,
+            offset: 0,
+            max_bytes: 1 << 20,
+            max_wait_ms: 100,
+            min_bytes: 1,
+        }
+        .encode(out)
+    }));
+    pipelined.extend(request(ApiKey::ListOffsets, 5, |out| {
+        ListOffsetsRequest {
+            topic: "orders",
+            partition: 0,
+        }
+        .encode(out)
+    }));
+    let mut responses = response(ApiKey::Handshake, ErrorCode::None, |out| {
+        HandshakeResponse {
+            version: 1,
+            max_frame_bytes: FRAME_BYTES_MAX_DEFAULT as u32,
+            server: "hutong".into(),
+            apis: ApiKey::ALL
+                .iter()
+                .map(|k| crate::wire::api::ApiVersions {
+                    api_key: k.as_u16(),
+                    min_version: 1,
+                    max_version: 1,
+                })
+                .collect(),
+        }
+        .encode(out)
+    });
+    responses.extend(response(ApiKey::Metadata, ErrorCode::None, |out| {
+        MetadataResponse {
+            topics: vec![crate::wire::api::TopicMetadata {
+                name: "orders".into(),
+                error_code: 0,
+                partitions: vec![crate::wire::api::PartitionMetadata {
+                    partition: 0,
+                    start_offset: 0,
+                    end_offset: 4,
+                }],
+            }],
+        }
+        .encode(out)
+    }));
+    responses.extend(response(ApiKey::Produce, ErrorCode::None, |out| {
+        out.extend_from_slice(
+            &ProduceResponse {
+                base_offset: 2,
+                append_time_ms: 1_700_000_000_010,
+            }
+            .to_bytes(),
+        )
+    }));
+    responses.extend(response(ApiKey::ListOffsets, ErrorCode::None, |out| {
+        ListOffsetsResponse {
+            earliest: 0,
+            latest: 4,
+        }
+        .encode(out)
+    }));
+    responses.extend(response(ApiKey::Produce, ErrorCode::UnknownTopic, |out| {
+        ErrorBody {
+            message: "unknown topic",
+        }
+        .encode(out)
+    }));
+    let fetch = response(ApiKey::Fetch, ErrorCode::None, |out| {
+        FetchResponse {
+            high_watermark: 4,
+            start_offset: 0,
+            batches: &fetch_batches,
+        }
+        .encode(out)
+    });
+    let checkpoint = checkpoint::encode(&Checkpoint {
+        position: sample_segment(0).len() as u64,
+        next_topic_id: 2,
+        topics: vec![TopicMeta {
+            id: 1,
+            name: "orders".into(),
+            partitions: 2,
+        }],
+    });
+    let full = sample_segment(0);
+    let torn = full[..full.len() - 10].to_vec();
+    vec![
+        ("frame_decoder", "produce_request", produce),
+        ("frame_decoder", "pipelined_requests", pipelined),
+        ("frame_decoder", "responses", responses),
+        ("frame_decoder", "fetch_response", fetch),
+        ("batch_validator", "producer_batch", sample_batch()),
+        (
+            "batch_validator",
+            "stamped_batch",
+            stamped(sample_batch(), 40, 3),
+        ),
+        (
+            "batch_validator",
+            "control_batch",
+            control_batch(1, "orders", 2),
+        ),
+        ("batch_validator", "fetched_batches", fetch_batches),
+        ("journal_recovery", "segment", sample_segment(200)),
+        ("journal_recovery", "checkpoint", checkpoint),
+        ("journal_open", "segment", sample_segment(200)),
+        ("journal_open", "torn_segment", torn),
+    ]
+}
