@@ -45,4 +45,4 @@ pub use connection::{
 };
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartFrom};
 pub use error::ClientError;
-pub use producer::{ProduceAck, Producer, ProducerConfig, Receipt};
+pub use producer::{ProduceAck, Producer, ProducerConfig, Receipt, RetryConfig};
