@@ -329,14 +329,19 @@ impl TrackerState {
     }
 
     /// Notes that the connection of `epoch` failed. When it is the current
-    /// one, it is retired and the retry thread is called.
-    fn connection_failed(&mut self, epoch: u64) {
+    /// one, it is retired and true is returned: the retry thread must be
+    /// called.
+    #[must_use]
+    fn connection_failed(&mut self, epoch: u64) -> bool {
         self.dead_epoch = self.dead_epoch.max(epoch);
         if self.link.as_ref().is_some_and(|l| l.epoch == epoch) {
             let link = self.link.take().expect("checked above");
             self.retired.push(link);
             self.recovering = true;
             self.failures += 1;
+            true
+        } else {
+            false
         }
     }
 }
@@ -346,7 +351,10 @@ impl TrackerState {
 /// completion hooks.
 struct Tracker {
     state: Mutex<TrackerState>,
+    /// Senders and receipts wait here for answers.
     cond: Condvar,
+    /// The retry thread waits here, apart, so that answers do not wake it.
+    retry_cond: Condvar,
     retry: RetryConfig,
     max_in_flight: usize,
 }
@@ -369,16 +377,12 @@ impl Tracker {
         self.cond.wait(s).unwrap_or_else(|p| p.into_inner())
     }
 
-    fn wait_timeout<'a>(
-        &self,
-        mut s: MutexGuard<'a, TrackerState>,
-        timeout: Duration,
-    ) -> MutexGuard<'a, TrackerState> {
-        s.sleepers = true;
-        self.cond
-            .wait_timeout(s, timeout)
-            .unwrap_or_else(|p| p.into_inner())
-            .0
+    /// Notes that the connection of `epoch` failed and calls the retry
+    /// thread when it has a connection to replace.
+    fn fail_connection(&self, s: &mut TrackerState, epoch: u64) {
+        if s.connection_failed(epoch) {
+            self.retry_cond.notify_one();
+        }
     }
 
     fn wake(&self, s: &mut TrackerState) {
@@ -520,7 +524,7 @@ impl Tracker {
                         p.corrupt_retried |= corrupt;
                         p.epoch = None;
                         p.last_error = Some(e);
-                        s.connection_failed(epoch);
+                        self.fail_connection(&mut s, epoch);
                     } else {
                         self.finish(&mut s, i, Err(e));
                     }
@@ -641,6 +645,7 @@ impl Producer {
                 ..TrackerState::default()
             }),
             cond: Condvar::new(),
+            retry_cond: Condvar::new(),
             retry: config.retry,
             max_in_flight: config.max_in_flight,
         });
@@ -797,7 +802,7 @@ impl Producer {
         if let Err(e) = sent {
             if self.config.retry.is_enabled() && e.is_retriable() {
                 let mut s = lock(&self.tracker.state);
-                s.connection_failed(link.epoch);
+                self.tracker.fail_connection(&mut s, link.epoch);
                 self.tracker.wake(&mut s);
             }
             return Err(e);
@@ -859,7 +864,7 @@ impl Producer {
                 }
                 // Closed, and perhaps no one noticed yet.
                 let mut s = lock(&self.tracker.state);
-                s.connection_failed(link.epoch);
+                self.tracker.fail_connection(&mut s, link.epoch);
                 self.tracker.wake(&mut s);
                 drop(s);
                 continue;
@@ -904,7 +909,7 @@ impl Producer {
                         p.ever_sent = false;
                         p.last_error = Some(e);
                     }
-                    s.connection_failed(link.epoch);
+                    self.tracker.fail_connection(&mut s, link.epoch);
                     self.tracker.wake(&mut s);
                     Ok(self.receipt(tag))
                 }
@@ -1015,6 +1020,7 @@ fn close_tracker(tracker: &Tracker) {
         let mut s = lock(&tracker.state);
         s.closing = true;
         tracker.wake(&mut s);
+        tracker.retry_cond.notify_one();
         (s.link.take(), std::mem::take(&mut s.retired))
     };
     for l in link.iter().chain(retired.iter()) {
@@ -1043,7 +1049,10 @@ fn retry_loop(tracker: &Arc<Tracker>, addrs: &[SocketAddr], config: &ConnectionC
         let retired = {
             let mut s = lock(&tracker.state);
             while !s.recovering && !s.closing {
-                s = tracker.wait(s);
+                s = tracker
+                    .retry_cond
+                    .wait(s)
+                    .unwrap_or_else(|p| p.into_inner());
             }
             if s.closing {
                 return;
@@ -1087,7 +1096,11 @@ fn back_off(tracker: &Tracker) -> bool {
             .filter(|p| p.epoch.is_none())
             .map(|p| p.deadline)
             .fold(until, Instant::min);
-        s = tracker.wait_timeout(s, next.saturating_duration_since(now));
+        s = tracker
+            .retry_cond
+            .wait_timeout(s, next.saturating_duration_since(now))
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
     }
 }
 
