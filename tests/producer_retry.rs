@@ -147,3 +147,13 @@ fn a_producer_rides_through_a_graceful_restart_without_loss_or_duplicate() {
         start_again(broker, data);
     });
 }
+
+#[test]
+fn a_producer_waits_through_a_second_without_broker_and_loses_nothing() {
+    every_message_is_stored_once_across("kill -9, 1 s down", |broker, data| {
+        broker.kill9();
+        // Reconnections are refused meanwhile and back off.
+        std::thread::sleep(Duration::from_secs(1));
+        start_again(broker, data);
+    });
+}

@@ -568,6 +568,14 @@ fn new_link(tracker: &Arc<Tracker>, conn: Connection, epoch: u64) -> Arc<Link> {
 
 /// Sends record batches to the broker, pipelined on one connection. All
 /// methods take `&self`, so one producer can be shared by threads.
+///
+/// With retries (the default), a thread of the producer replaces a broken
+/// connection, and keeps trying every [`RETRY_BACKOFF_MS_MAX`] ms while the
+/// broker stays away. Dropping the producer closes its connection, fails
+/// the receipts still waiting with [`ClientError::Closed`], and waits for
+/// that thread, which may be in the middle of a reconnection (a TCP
+/// connection of at most 5 s and a handshake of at most
+/// [`HANDSHAKE_TIMEOUT`](super::connection::HANDSHAKE_TIMEOUT)).
 pub struct Producer {
     config: ProducerConfig,
     tracker: Arc<Tracker>,
@@ -1205,10 +1213,16 @@ fn resume(tracker: &Arc<Tracker>, conn: Connection, resend: &mut Vec<(u64, Arc<V
                 // Not registered: no hook comes for it.
                 let mut s = lock(&tracker.state);
                 if let Some(i) = s.find(tag) {
-                    s.pending[i].epoch = None;
-                    s.pending[i].last_error = Some(e);
+                    if e.is_retriable() {
+                        s.pending[i].epoch = None;
+                        s.pending[i].last_error = Some(e);
+                        s.dead_epoch = s.dead_epoch.max(epoch);
+                    } else {
+                        // Above the new broker's frame limit, say.
+                        tracker.finish(&mut s, i, Err(e));
+                        tracker.wake(&mut s);
+                    }
                 }
-                s.dead_epoch = s.dead_epoch.max(epoch);
             }
         }
         // A failed write closes the connection; its hooks then mark it dead.
