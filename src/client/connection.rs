@@ -616,7 +616,27 @@ impl Connection {
         addr: impl ToSocketAddrs,
         config: &ConnectionConfig,
     ) -> Result<Connection, ClientError> {
-        let stream = TcpStream::connect(addr)?;
+        Connection::start(TcpStream::connect(addr)?, config)
+    }
+
+    /// As [`Connection::connect_with`], to one address, giving up on the
+    /// TCP connection after `timeout` (the handshake has its own
+    /// [`HANDSHAKE_TIMEOUT`]).
+    ///
+    /// # Errors
+    /// As [`Connection::connect_with`]; [`ClientError::Io`] with kind
+    /// `TimedOut` when the TCP connection is not up in time.
+    pub fn connect_timeout_with(
+        addr: &SocketAddr,
+        timeout: Duration,
+        config: &ConnectionConfig,
+    ) -> Result<Connection, ClientError> {
+        Connection::start(TcpStream::connect_timeout(addr, timeout)?, config)
+    }
+
+    /// Starts the reader thread on a connected stream and performs the
+    /// handshake.
+    fn start(stream: TcpStream, config: &ConnectionConfig) -> Result<Connection, ClientError> {
         stream.set_nodelay(true)?;
         let local_addr = stream.local_addr()?;
         let peer_addr = stream.peer_addr()?;
@@ -821,6 +841,14 @@ impl Connection {
     /// Requests this connection keeps in flight at most.
     pub fn in_flight_max(&self) -> usize {
         self.shared.slots.len()
+    }
+
+    /// Shuts the socket down without waiting: the reader thread then fails
+    /// every request still waiting for its answer with
+    /// [`ClientError::Closed`], and later sends fail. Unlike dropping the
+    /// connection, this works while other threads still hold it.
+    pub fn shutdown(&self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
     }
 
     /// True once the connection is closed; every later send fails.

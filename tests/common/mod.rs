@@ -134,10 +134,30 @@ impl BrokerProc {
     /// As [`BrokerProc::start`], but a broker that exits (or stays silent,
     /// and is then killed) comes back as an error instead of a panic.
     pub fn try_start(data_dir: &Path, extra_args: &[&str]) -> Result<BrokerProc, StartFailure> {
+        BrokerProc::try_start_at("127.0.0.1:0", data_dir, extra_args)
+    }
+
+    /// As [`BrokerProc::start`], listening on `listen` (for example the
+    /// address of a broker that is being restarted) instead of
+    /// `127.0.0.1:0`.
+    ///
+    /// # Panics
+    /// As [`BrokerProc::start`].
+    pub fn start_at(listen: &str, data_dir: &Path, extra_args: &[&str]) -> BrokerProc {
+        BrokerProc::try_start_at(listen, data_dir, extra_args)
+            .unwrap_or_else(|e| panic!("{}", e.describe()))
+    }
+
+    /// As [`BrokerProc::try_start`], listening on `listen`.
+    pub fn try_start_at(
+        listen: &str,
+        data_dir: &Path,
+        extra_args: &[&str],
+    ) -> Result<BrokerProc, StartFailure> {
         let stderr_path = stderr_path_for(data_dir);
         let stderr = std::fs::File::create(&stderr_path).expect("create stderr log");
         let mut child = Command::new(broker_bin())
-            .args(["broker", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["broker", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra_args)
             .stdin(Stdio::null())
