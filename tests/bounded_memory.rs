@@ -222,6 +222,7 @@ fn push(addr: SocketAddr, stop: Arc<AtomicBool>) -> u64 {
             qos: Qos::Received,
             timeout_ms: 60_000,
             max_in_flight: PRODUCER_WINDOW,
+            ..ProducerConfig::default()
         },
     )
     .expect("producer connects");

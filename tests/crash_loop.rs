@@ -12,7 +12,7 @@
 mod common;
 
 use common::{bounded, lock, payload, read_partition, BrokerProc, Fetched, RawConn, Rng, TestDir};
-use hutong::client::{ClientError, Producer, ProducerConfig, Receipt};
+use hutong::client::{ClientError, Producer, ProducerConfig, Receipt, RetryConfig};
 use hutong::journal::segment::{list_segments, segment_file_name};
 use hutong::wire::batch::BatchBuilder;
 use hutong::wire::Qos;
@@ -125,6 +125,8 @@ fn produce(producer: u32, shared: Arc<Shared>) {
         qos: Qos::Flushed,
         timeout_ms: 10_000,
         max_in_flight: WINDOW,
+        // Send-once: this loop reconnects by itself and never resends.
+        retry: RetryConfig::none(),
     };
     let mut builder = BatchBuilder::new();
     let mut next_batch = 0u64;
