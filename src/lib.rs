@@ -23,13 +23,19 @@
 //! - [`wire`]: frames, message bodies, the record batch, error codes.
 //! - [`journal`]: segments, checksums, index, checkpoint, recovery.
 //! - [`broker`]: the pipeline threads.
+//! - [`consensus`]: the sans-IO Raft rules over journal positions (not yet
+//!   wired into the broker; replication will drive it from the replicator).
 //! - [`client`]: the blocking, pipelined Rust client.
 //! - [`config`]: every limit and default.
+//! - `log`: the broker's never-panicking log line ([`log!`]).
 
 pub mod broker;
 pub mod client;
 pub mod config;
+pub mod consensus;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod journal;
+#[macro_use]
+pub mod log;
 pub mod wire;

@@ -230,7 +230,7 @@ fn run_broker(args: BrokerArgs) -> Result<()> {
         stdout.flush()?;
     }
     let signal = signals.wait().context("cannot wait for a signal")?;
-    eprintln!("hutong: received {signal}, shutting down");
+    hutong::log!("received {signal}, shutting down");
     broker.shutdown_handle().shutdown();
     broker.wait()?;
     Ok(())

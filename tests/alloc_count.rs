@@ -7,9 +7,7 @@ use hutong::broker::Broker;
 use hutong::config::Config;
 use hutong::wire::api::ProduceRequest;
 use hutong::wire::batch::BatchBuilder;
-use hutong::wire::frame::{
-    check_frame, finish_frame, RequestHeader, ResponseHeader, RESPONSE_HEADER_LEN,
-};
+use hutong::wire::frame::{check_frame, request_frame, ResponseHeader, RESPONSE_HEADER_LEN};
 use hutong::wire::{ApiKey, Qos};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -68,17 +66,7 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOC: Counting = Counting;
 
 fn frame(api: ApiKey, corr: u32, body: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
-    let mut out = Vec::new();
-    RequestHeader {
-        api_key: api.as_u16(),
-        api_version: 1,
-        correlation_id: corr,
-        flags: 0,
-    }
-    .write(&mut out);
-    body(&mut out);
-    finish_frame(&mut out, 0);
-    out
+    request_frame(api.as_u16(), 1, corr, body)
 }
 
 /// Sends `requests` produce frames of `batch` 100-byte messages with 64 in

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{bounded, lock, payload, read_partition, BrokerProc, Fetched, RawConn, TestDir};
-use hutong::client::{Producer, ProducerConfig};
+use hutong::client::{Producer, ProducerConfig, RetryConfig};
 use hutong::wire::batch::BatchBuilder;
 use hutong::wire::Qos;
 use std::collections::VecDeque;
@@ -42,6 +42,10 @@ fn produce_until_killed(
         ProducerConfig {
             qos: Qos::Flushed,
             timeout_ms: 10_000,
+            // A producer that reconnects after the kill could reach another
+            // broker that took over the port; this test wants the old
+            // send-once behaviour.
+            retry: RetryConfig::none(),
             ..ProducerConfig::default()
         },
     ) else {

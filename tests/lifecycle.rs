@@ -8,7 +8,7 @@ use common::{
     assert_broker_serves, bounded, payload, read_partition, run_broker_expecting_exit, BrokerProc,
     RawConn, TestDir,
 };
-use hutong::client::{ClientError, Producer, ProducerConfig};
+use hutong::client::{ClientError, Producer, ProducerConfig, RetryConfig};
 use hutong::wire::api::{
     FetchRequest, FetchResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
 };
@@ -89,6 +89,8 @@ fn stream_through_shutdown(addr: std::net::SocketAddr) -> StreamOutcome {
             qos: Qos::All,
             timeout_ms: 15_000,
             max_in_flight: 64,
+            // This test counts the broker's own answers at shutdown.
+            retry: RetryConfig::none(),
         },
     )
     .expect("stream producer connects");

@@ -155,7 +155,7 @@ pub fn run(shared: Arc<Shared>, mut flusher: Flusher, events: Receiver<FlusherEv
                 Err(e) => {
                     // After a failed fdatasync the page cache state is
                     // unknown; never claim durability again in this process.
-                    eprintln!("hutong: fdatasync failed, flushed requests will fail: {e}");
+                    crate::log!("fdatasync failed, flushed requests will fail: {e}");
                     shared.storage_failed.store(true, Ordering::Release);
                     shared.wake(Stage::Responder);
                 }
@@ -164,9 +164,7 @@ pub fn run(shared: Arc<Shared>, mut flusher: Flusher, events: Receiver<FlusherEv
         let writer_done = shared.is_done(Stage::Writer) && w == shared.positions.written.get();
         let f = shared.positions.flushed.get();
         if let Err(e) = flusher.maybe_checkpoint(f, Instant::now(), writer_done) {
-            eprintln!(
-                "hutong: checkpoint write failed (recovery will verify more of the journal): {e}"
-            );
+            crate::log!("checkpoint write failed (recovery will verify more of the journal): {e}");
         }
         if writer_done && (f == w || shared.storage_failed.load(Ordering::Acquire)) {
             shared.mark_done(Stage::Flusher);

@@ -101,8 +101,8 @@ impl Broker {
             config.write_cache_bytes,
         )?;
         let report = journal.report();
-        eprintln!(
-            "hutong: journal {} recovered: {} bytes, {} topics, {} batches{}",
+        crate::log!(
+            "journal {} recovered: {} bytes, {} topics, {} batches{}",
             config.data_dir.display(),
             journal.end(),
             journal.catalog().len(),
@@ -270,25 +270,13 @@ mod tests {
         CreateTopicRequest, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse,
     };
     use crate::wire::batch::{records, BatchBuilder};
-    use crate::wire::frame::{
-        check_frame, finish_frame, RequestHeader, ResponseHeader, RESPONSE_HEADER_LEN,
-    };
+    use crate::wire::frame::{check_frame, ResponseHeader, RESPONSE_HEADER_LEN};
     use crate::wire::{ApiKey, ErrorCode, Qos};
     use std::io::{Read, Write};
     use std::net::TcpStream;
 
     fn request(api: ApiKey, corr: u32, body: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
-        let mut out = Vec::new();
-        RequestHeader {
-            api_key: api.as_u16(),
-            api_version: 1,
-            correlation_id: corr,
-            flags: 0,
-        }
-        .write(&mut out);
-        body(&mut out);
-        finish_frame(&mut out, 0);
-        out
+        crate::wire::frame::request_frame(api.as_u16(), 1, corr, body)
     }
 
     /// Reads one response frame, keeping extra bytes for the next call.
@@ -508,5 +496,66 @@ mod tests {
         }
         broker.shutdown_handle().shutdown();
         broker.wait().unwrap();
+    }
+
+    #[test]
+    fn a_retried_batch_is_stored_once_even_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = BatchBuilder::new();
+        b.push(0, b"k", b"once", &[]);
+        let batch = b.finish(42, 7).to_vec();
+        let produce = |s: &mut TcpStream, corr: u32| {
+            s.write_all(&request(ApiKey::Produce, corr, |out| {
+                ProduceRequest {
+                    topic: "dedup",
+                    partition: 0,
+                    qos: Qos::All as u8,
+                    timeout_ms: 10_000,
+                    batch: &batch,
+                }
+                .encode(out)
+            }))
+            .unwrap();
+            let (h, body) = response(s);
+            assert_eq!((h.correlation_id, h.error_code), (corr, 0));
+            ProduceResponse::decode(&body).unwrap().base_offset
+        };
+        for round in 0..2 {
+            let broker = Broker::start(Config {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                data_dir: dir.path().to_path_buf(),
+                auto_create_topics: true,
+                ..Config::default()
+            })
+            .unwrap();
+            let mut s = TcpStream::connect(broker.local_addr()).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            // Round 0 stores it and sees the retry; round 1 (after a
+            // restart) must still know it from the journal.
+            assert_eq!(produce(&mut s, 1), 0, "round {round}");
+            assert_eq!(produce(&mut s, 2), 0, "round {round}");
+            let mut other = BatchBuilder::new();
+            other.push(0, b"k", b"next", &[]);
+            let next = other.finish(42, 8 + round).to_vec();
+            s.write_all(&request(ApiKey::Produce, 3, |out| {
+                ProduceRequest {
+                    topic: "dedup",
+                    partition: 0,
+                    qos: Qos::All as u8,
+                    timeout_ms: 10_000,
+                    batch: &next,
+                }
+                .encode(out)
+            }))
+            .unwrap();
+            let (h, body) = response(&mut s);
+            assert_eq!(h.error_code, 0);
+            assert_eq!(
+                ProduceResponse::decode(&body).unwrap().base_offset,
+                1 + round
+            );
+            broker.shutdown_handle().shutdown();
+            broker.wait().unwrap();
+        }
     }
 }

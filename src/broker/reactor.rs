@@ -38,7 +38,9 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 const WRITE_BUFFER_KEEP_BYTES: usize = 1024 * 1024;
 /// Fetch-like requests in flight on one connection; their answers can be
 /// large, so they are bounded apart from the general in-flight limit.
-const READS_IN_FLIGHT_MAX: usize = 16;
+const READS_IN_FLIGHT_MAX: usize = 4;
+/// How long the reactor keeps polling without sleeping after an event.
+const REACTOR_SPIN: Duration = Duration::from_micros(50);
 /// How often connections are checked for the partial-frame and idle timeouts.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// How long shutdown waits for clients to take their last responses.
@@ -159,9 +161,16 @@ impl Reactor {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let mut grace_until: Option<Instant> = None;
+        let mut spin_until = Instant::now();
         loop {
             let timeout = if grace_until.is_some() {
                 Duration::from_millis(10)
+            } else if self.now < spin_until {
+                // Right after traffic, poll without sleeping for a few tens
+                // of microseconds: the next request of a ping-pong client
+                // usually arrives within that, and catching it awake saves
+                // the wake-up of an idle CPU (most of a round trip).
+                Duration::ZERO
             } else {
                 Duration::from_millis(100)
             };
@@ -171,6 +180,9 @@ impl Reactor {
                 }
             }
             self.now = Instant::now();
+            if !events.is_empty() {
+                spin_until = self.now + REACTOR_SPIN;
+            }
             if self.now >= self.next_sweep {
                 self.next_sweep = self.now + SWEEP_INTERVAL;
                 self.close_stalled();
@@ -243,9 +255,7 @@ impl Reactor {
                         );
                         // Best effort: a fresh socket's buffer takes a small frame.
                         let _ = stream.write(&frame);
-                        eprintln!(
-                            "hutong: refused connection from {peer}: connection limit reached"
-                        );
+                        crate::log!("refused connection from {peer}: connection limit reached");
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
@@ -257,7 +267,7 @@ impl Reactor {
                         Token(key),
                         Interest::READABLE | Interest::WRITABLE,
                     ) {
-                        eprintln!("hutong: cannot register connection from {peer}: {e}");
+                        crate::log!("cannot register connection from {peer}: {e}");
                         continue;
                     }
                     entry.insert(Conn {
@@ -285,7 +295,7 @@ impl Reactor {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // Typically EMFILE: keep serving the connections we have.
-                    eprintln!("hutong: accept failed: {e}");
+                    crate::log!("accept failed: {e}");
                     return;
                 }
             }
@@ -475,7 +485,7 @@ impl Reactor {
             .collect();
         for (key, why) in stalled {
             let mut conn = self.conns.remove(key);
-            eprintln!("hutong: closing connection from {}: {why}", conn.peer);
+            crate::log!("closing connection from {}: {why}", conn.peer);
             let _ = self.poll.registry().deregister(&mut conn.stream);
         }
     }
@@ -544,7 +554,7 @@ fn process_frames(
                 } else {
                     0
                 };
-                eprintln!("hutong: closing connection from {}: {:?}", conn.peer, e);
+                crate::log!("closing connection from {}: {:?}", conn.peer, e);
                 let msg = match e {
                     crate::wire::frame::FrameError::TooLarge { .. } => {
                         ErrorCode::FrameTooLarge.message()

@@ -355,7 +355,7 @@ impl Reader {
         match self.read_batches(w, &avail) {
             Ok(()) => {}
             Err(e) => {
-                eprintln!("hutong: fetch read failed: {e}");
+                crate::log!("fetch read failed: {e}");
                 self.answer_error(
                     w.conn,
                     w.flags,

@@ -170,7 +170,7 @@ impl Responder {
     }
 
     /// Answers every entry whose position is reached, then (at most every
-    /// [`SWEEP_INTERVAL`]) every expired one. With `fail_all`, answers
+    /// `SWEEP_INTERVAL`) every expired one. With `fail_all`, answers
     /// everything left with `code` (shutdown, storage failure).
     pub fn step(
         &mut self,

@@ -129,7 +129,7 @@ impl Shared {
     /// Wakes the reactor.
     pub fn wake_reactor(&self) {
         if let Err(e) = self.waker.wake() {
-            eprintln!("hutong: cannot wake the reactor: {e}");
+            crate::log!("cannot wake the reactor: {e}");
         }
     }
 
@@ -172,7 +172,7 @@ impl Shared {
 
     /// Records a fatal error and starts a shutdown.
     pub fn fail(&self, what: String) {
-        eprintln!("hutong: fatal: {what}");
+        crate::log!("fatal: {what}");
         if let Ok(mut f) = self.fatal.lock() {
             f.get_or_insert(what);
         }

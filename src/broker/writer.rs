@@ -11,6 +11,7 @@ use super::responder::Pending;
 use super::ring::MessageConsumer;
 use super::shared::{deadline_after, unix_ms, Idle, Shared, Stage};
 use crate::config::{Config, PRODUCE_TIMEOUT_MS_MAX, PRODUCE_TIMEOUT_MS_MIN};
+use crate::journal::catalog::SeqCheck;
 use crate::journal::error::JournalError;
 use crate::journal::log::{Appended, Journal};
 use crate::wire::api::{check_topic_name, CreateTopicRequest, ProduceRequest};
@@ -160,17 +161,28 @@ impl Writer {
             BatchError::RecordTooLarge => ErrorCode::RecordTooLarge,
             _ => ErrorCode::InvalidBatch,
         })?;
+        let deadline = deadline_after(now, req.timeout_ms as u64);
+        match self.journal.check_seq(slot, req.partition, req.batch) {
+            SeqCheck::New => {}
+            // A retry of a batch that is already stored: answer as the
+            // first copy will be answered, once its position is reached.
+            SeqCheck::Duplicate(first) => {
+                let appended = Appended {
+                    position: first.end,
+                    end: first.end,
+                    base_offset: first.base_offset,
+                    rolled: None,
+                };
+                return Ok((qos, appended, first.append_time_ms, deadline));
+            }
+            SeqCheck::Stale => return Err(ErrorCode::StaleSequence),
+        }
         let appended = self
             .journal
             .append_data(slot, req.partition, req.batch, count, self.term, now_ms)
             .map_err(storage_code)?;
         self.announce_roll(&appended);
-        Ok((
-            qos,
-            appended,
-            now_ms,
-            deadline_after(now, req.timeout_ms as u64),
-        ))
+        Ok((qos, appended, now_ms, deadline))
     }
 
     fn create_topic(&mut self, body: &[u8], now_ms: i64) -> Result<Appended, ErrorCode> {
@@ -234,7 +246,7 @@ fn storage_code(e: JournalError) -> ErrorCode {
     match e {
         JournalError::StorageFull(_) => ErrorCode::StorageFull,
         other => {
-            eprintln!("hutong: journal append failed: {other}");
+            crate::log!("journal append failed: {other}");
             ErrorCode::StorageError
         }
     }
@@ -279,11 +291,12 @@ pub fn run(
                     return;
                 }
             }
-            shared.wake(Stage::Flusher);
-            shared.wake(Stage::Replicator);
+            // The responder first: QoS `received` answers need nothing else.
             if queued > 0 {
                 shared.wake(Stage::Responder);
             }
+            shared.wake(Stage::Flusher);
+            shared.wake(Stage::Replicator);
             if shared
                 .request_ring_full
                 .swap(false, std::sync::atomic::Ordering::AcqRel)

@@ -616,7 +616,27 @@ impl Connection {
         addr: impl ToSocketAddrs,
         config: &ConnectionConfig,
     ) -> Result<Connection, ClientError> {
-        let stream = TcpStream::connect(addr)?;
+        Connection::start(TcpStream::connect(addr)?, config)
+    }
+
+    /// As [`Connection::connect_with`], to one address, giving up on the
+    /// TCP connection after `timeout` (the handshake has its own
+    /// [`HANDSHAKE_TIMEOUT`]).
+    ///
+    /// # Errors
+    /// As [`Connection::connect_with`]; [`ClientError::Io`] with kind
+    /// `TimedOut` when the TCP connection is not up in time.
+    pub fn connect_timeout_with(
+        addr: &SocketAddr,
+        timeout: Duration,
+        config: &ConnectionConfig,
+    ) -> Result<Connection, ClientError> {
+        Connection::start(TcpStream::connect_timeout(addr, timeout)?, config)
+    }
+
+    /// Starts the reader thread on a connected stream and performs the
+    /// handshake.
+    fn start(stream: TcpStream, config: &ConnectionConfig) -> Result<Connection, ClientError> {
         stream.set_nodelay(true)?;
         let local_addr = stream.local_addr()?;
         let peer_addr = stream.peer_addr()?;
@@ -823,6 +843,14 @@ impl Connection {
         self.shared.slots.len()
     }
 
+    /// Shuts the socket down without waiting: the reader thread then fails
+    /// every request still waiting for its answer with
+    /// [`ClientError::Closed`], and later sends fail. Unlike dropping the
+    /// connection, this works while other threads still hold it.
+    pub fn shutdown(&self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+
     /// True once the connection is closed; every later send fails.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
@@ -902,6 +930,36 @@ impl Pipeline<'_> {
         self.w
             .enqueue(&conn.shared, api, body_encoder, None, conn.max_frame_bytes)?;
         self.flush_if_full()
+    }
+
+    /// Buffers a request whose answer goes to `hook` with `tag` (see
+    /// [`Connection::send_with_completion`]), so that many of them leave in
+    /// one write.
+    ///
+    /// # Errors
+    /// As [`Connection::send`]. A write that fails later closes the
+    /// connection, and the close sweep hands the hook the error.
+    pub fn send_with_completion(
+        &mut self,
+        api: ApiKey,
+        body_encoder: impl FnOnce(&mut Vec<u8>),
+        hook: &Arc<dyn Completion>,
+        tag: u64,
+    ) -> Result<(), ClientError> {
+        let conn = self.conn;
+        let waiter = Waiter::Completion {
+            hook: Arc::clone(hook),
+            tag,
+        };
+        self.w.enqueue(
+            &conn.shared,
+            api,
+            body_encoder,
+            Some(waiter),
+            conn.max_frame_bytes,
+        )?;
+        let _ = self.flush_if_full();
+        Ok(())
     }
 
     fn flush_if_full(&mut self) -> Result<(), ClientError> {

@@ -80,6 +80,42 @@ impl ClientError {
         }
     }
 
+    /// True when sending the **same** request again, after a pause and
+    /// possibly on a new connection, can succeed. This is the "retriable"
+    /// column of `docs/protocol.md` §8 as the producer applies it:
+    ///
+    /// | error | retriable | why |
+    /// |---|---|---|
+    /// | [`Io`](ClientError::Io), [`Closed`](ClientError::Closed) | yes | the connection died; reconnect |
+    /// | [`Timeout`](ClientError::Timeout) (no answer in time) | yes | |
+    /// | `Timeout` (16) | yes | the batch may be stored; an idempotent retry is answered with the first copy's offset |
+    /// | `Busy` (18), `TooManyConnections` (25) | yes | after a backoff |
+    /// | `StorageFull` (19), `StorageError` (20) | yes | nothing was stored; the broker may recover (or be restarted) within the deadline |
+    /// | `ShuttingDown` (21) | yes | on a new connection, to the restarted broker |
+    /// | `NotLeader` (22) | yes | against the leader |
+    /// | `CorruptBatch` (11) | yes | the bytes may have been damaged in transit; the producer retries it once |
+    /// | every other broker code | no | the request must change first (`UnknownTopic`, `InvalidBatch`, `RecordTooLarge`, `StaleSequence`, ...) |
+    /// | [`Decode`](ClientError::Decode), [`Protocol`](ClientError::Protocol), [`FrameTooLarge`](ClientError::FrameTooLarge) | no | the broker or the request is broken |
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ClientError::Io(_) | ClientError::Closed | ClientError::Timeout => true,
+            ClientError::Broker { code, .. } => matches!(
+                code,
+                ErrorCode::Timeout
+                    | ErrorCode::Busy
+                    | ErrorCode::TooManyConnections
+                    | ErrorCode::StorageFull
+                    | ErrorCode::StorageError
+                    | ErrorCode::ShuttingDown
+                    | ErrorCode::NotLeader
+                    | ErrorCode::CorruptBatch
+            ),
+            ClientError::Decode(_)
+            | ClientError::Protocol(_)
+            | ClientError::FrameTooLarge { .. } => false,
+        }
+    }
+
     /// A copy of this error. `std::io::Error` is not `Clone`, so an IO error
     /// is copied as its kind and text; used where one failure must be
     /// reported to several waiters.
@@ -123,6 +159,35 @@ mod tests {
             e.to_string(),
             format!("broker error Busy: {}", ErrorCode::Busy.message())
         );
+    }
+
+    #[test]
+    fn retriable_errors_follow_the_protocol_table() {
+        let broker = |code| ClientError::Broker {
+            code,
+            message: String::new(),
+        };
+        let retriable = [
+            ErrorCode::Timeout,
+            ErrorCode::Busy,
+            ErrorCode::TooManyConnections,
+            ErrorCode::StorageFull,
+            ErrorCode::StorageError,
+            ErrorCode::ShuttingDown,
+            ErrorCode::NotLeader,
+            ErrorCode::CorruptBatch,
+        ];
+        for code in ErrorCode::ALL {
+            assert_eq!(
+                broker(code).is_retriable(),
+                retriable.contains(&code),
+                "{code}"
+            );
+        }
+        assert!(ClientError::Closed.is_retriable());
+        assert!(ClientError::Io(std::io::ErrorKind::ConnectionReset.into()).is_retriable());
+        assert!(!ClientError::Protocol("x".into()).is_retriable());
+        assert!(!ClientError::FrameTooLarge { bytes: 2, max: 1 }.is_retriable());
     }
 
     #[test]

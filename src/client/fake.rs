@@ -63,6 +63,57 @@ pub fn spawn_raw(script: impl FnOnce(FakeConn) + Send + 'static) -> FakeBroker {
     FakeBroker { addr, thread }
 }
 
+/// Starts a fake that accepts `connections` connections one after the
+/// other (each within the read timeout), answers each handshake and runs
+/// `script(index, conn)` on it, index counting from 0. Then it stops
+/// listening, so later connections are refused.
+pub fn spawn_seq(
+    connections: usize,
+    mut script: impl FnMut(usize, FakeConn) + Send + 'static,
+) -> FakeBroker {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let thread = std::thread::spawn(move || {
+        for index in 0..connections {
+            let mut c = accept_within(&listener, READ_TIMEOUT)
+                .unwrap_or_else(|| panic!("connection {index} never came"));
+            let req = c.read_request().expect("a handshake");
+            assert_eq!(req.header.api_key, ApiKey::Handshake.as_u16());
+            c.answer_handshake(&req, PROTOCOL_VERSION);
+            script(index, c);
+        }
+    });
+    FakeBroker { addr, thread }
+}
+
+/// Accepts one connection on a non-blocking listener, waiting at most
+/// `wait`.
+fn accept_within(listener: &TcpListener, wait: Duration) -> Option<FakeConn> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false).expect("blocking");
+                stream
+                    .set_read_timeout(Some(READ_TIMEOUT))
+                    .expect("timeout");
+                return Some(FakeConn {
+                    stream,
+                    buf: Vec::new(),
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() >= deadline {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
 /// One request as the fake read it.
 #[derive(Debug, Clone)]
 pub struct Request {

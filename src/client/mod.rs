@@ -5,7 +5,8 @@
 //!   its waiter by correlation id, so many requests are in flight at once.
 //! - [`admin`]: topics, metadata, offsets, ping.
 //! - [`producer`]: pipelined produce with receipts, `max_in_flight`
-//!   backpressure and `flush`.
+//!   backpressure and `flush`; idempotent retries over a new connection
+//!   when the old one breaks ([`RetryConfig`]).
 //! - [`consumer`]: reads one partition with long-polling fetches.
 //! - [`error`]: the error type, [`ClientError`].
 //!
@@ -45,4 +46,4 @@ pub use connection::{
 };
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartFrom};
 pub use error::ClientError;
-pub use producer::{ProduceAck, Producer, ProducerConfig, Receipt};
+pub use producer::{ProduceAck, Producer, ProducerConfig, Receipt, RetryConfig};

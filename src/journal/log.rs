@@ -14,7 +14,7 @@
 //! and a TLB shoot-down per round, and an IO error would have been a
 //! SIGBUS instead of an error code.)
 
-use super::catalog::{Catalog, PARTITIONS_MAX};
+use super::catalog::{Catalog, Landed, SeqCheck, PARTITIONS_MAX};
 use super::checkpoint::{self, TopicMeta};
 use super::control::{self, Control};
 use super::error::JournalError;
@@ -102,9 +102,7 @@ impl Journal {
         let cp = match checkpoint::read(dir) {
             Ok(cp) => cp.unwrap_or_default(),
             Err(e) => {
-                eprintln!(
-                    "hutong: ignoring unreadable checkpoint, verifying the whole journal: {e}"
-                );
+                crate::log!("ignoring unreadable checkpoint, verifying the whole journal: {e}");
                 checkpoint::Checkpoint::default()
             }
         };
@@ -131,6 +129,19 @@ impl Journal {
                     "segment {} starts at {start} but the previous data ends at {end}",
                     path.display()
                 )));
+            }
+            if is_last && is_empty_file(path)? {
+                // A crash between creating a segment file and preallocating
+                // it leaves it empty; nothing was ever written to it (the
+                // writer only appends after preallocation), so it goes.
+                crate::log!(
+                    "removing empty segment {} left by a crash during a roll",
+                    path.display()
+                );
+                std::fs::remove_file(path)
+                    .map_err(|e| JournalError::io(format!("remove {}", path.display()), e))?;
+                super::dir::sync_dir(dir)?;
+                break;
             }
             let mut seg = Segment::open(path, *start)?;
             let result = scan(seg.bytes(), *start, verify_from, |pos, batch| {
@@ -164,8 +175,7 @@ impl Journal {
             // was down (a torn write never reaches a checkpoint). It was cut
             // above, because everything before it is still good; say loudly
             // what was lost.
-            eprintln!(
-                "hutong: WARNING: the checkpoint recorded {} bytes as durable but only {end} survive                  recovery; {} bytes of the last segment were damaged and cut",
+            crate::log!("WARNING: the checkpoint recorded {} bytes as durable but only {end} survive                  recovery; {} bytes of the last segment were damaged and cut",
                 cp.position,
                 cp.position - end
             );
@@ -278,12 +288,30 @@ impl Journal {
         });
         part.next_offset += record_count as u64;
         self.end = position + batch.len() as u64;
+        let view = BatchView(batch);
+        part.record_seq(
+            view.producer_id(),
+            Landed {
+                seq: view.producer_seq(),
+                base_offset,
+                end: self.end,
+                append_time_ms: now_ms,
+            },
+        );
         Ok(Appended {
             position,
             end: self.end,
             base_offset,
             rolled,
         })
+    }
+
+    /// Says whether a producer batch for `partition` of the topic in slot
+    /// `topic` is new, a retry of a stored one, or too old to tell.
+    pub fn check_seq(&self, topic: usize, partition: u32, batch: &[u8]) -> SeqCheck {
+        let view = BatchView(batch);
+        self.catalog.topic(topic).partitions[partition as usize]
+            .check_seq(view.producer_id(), view.producer_seq())
     }
 
     /// Creates a topic: appends its control record and adds it to the
@@ -411,6 +439,12 @@ impl Journal {
     }
 }
 
+fn is_empty_file(path: &Path) -> Result<bool, JournalError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| JournalError::io(format!("stat {}", path.display()), e))?;
+    Ok(meta.len() == 0)
+}
+
 /// Applies one recovered batch to the catalog: a control record creates its
 /// topic, a data batch extends its partition's index. A batch that does not
 /// continue its partition's offsets is refused: it cannot belong after what
@@ -470,6 +504,15 @@ fn apply_batch(catalog: &mut Catalog, position: u64, batch: &[u8]) -> Result<(),
                 count: view.record_count(),
             });
             part.next_offset = view.next_offset();
+            part.record_seq(
+                view.producer_id(),
+                Landed {
+                    seq: view.producer_seq(),
+                    base_offset: view.base_offset(),
+                    end: position + batch.len() as u64,
+                    append_time_ms: view.append_time_ms(),
+                },
+            );
             Ok(())
         }
         None => Err("unknown batch kind".into()),

@@ -62,11 +62,15 @@ pub enum ErrorCode {
     TooManyConnections = 25,
     /// A record's key or value is above the broker's size limit.
     RecordTooLarge = 26,
+    /// A batch's producer sequence number is older than the broker
+    /// remembers for that producer and partition; it may be a duplicate, so
+    /// it was not stored.
+    StaleSequence = 27,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::None,
         ErrorCode::Internal,
         ErrorCode::MalformedRequest,
@@ -94,6 +98,7 @@ impl ErrorCode {
         ErrorCode::TooManyTopics,
         ErrorCode::TooManyConnections,
         ErrorCode::RecordTooLarge,
+        ErrorCode::StaleSequence,
     ];
 
     /// The code for a wire value, or `None` for an unknown number.
@@ -136,6 +141,7 @@ impl ErrorCode {
             ErrorCode::TooManyTopics => "TooManyTopics",
             ErrorCode::TooManyConnections => "TooManyConnections",
             ErrorCode::RecordTooLarge => "RecordTooLarge",
+            ErrorCode::StaleSequence => "StaleSequence",
         }
     }
 
@@ -174,6 +180,9 @@ impl ErrorCode {
             ErrorCode::TooManyTopics => "topic or partition limit reached",
             ErrorCode::TooManyConnections => "connection limit reached",
             ErrorCode::RecordTooLarge => "record key or value larger than the broker's limit",
+            ErrorCode::StaleSequence => {
+                "producer sequence older than the broker remembers; not stored (it may be a duplicate)"
+            }
         }
     }
 }

@@ -96,6 +96,27 @@ impl ResponseHeader {
     }
 }
 
+/// Encodes a whole request frame: header, the body `body` appends, and the
+/// length prefix.
+pub fn request_frame(
+    api_key: u16,
+    api_version: u16,
+    correlation_id: u32,
+    body: impl FnOnce(&mut Vec<u8>),
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    RequestHeader {
+        api_key,
+        api_version,
+        correlation_id,
+        flags: 0,
+    }
+    .write(&mut out);
+    body(&mut out);
+    finish_frame(&mut out, 0);
+    out
+}
+
 /// Sets the length prefix of the frame that starts at `start` in `out` and
 /// runs to its end.
 pub fn finish_frame(out: &mut [u8], start: usize) {

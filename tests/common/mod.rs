@@ -15,9 +15,7 @@ use hutong::wire::api::{
     ListOffsetsRequest, ListOffsetsResponse, ProduceRequest, ProduceResponse, PROTOCOL_VERSION,
 };
 use hutong::wire::batch::{records, split_batches, BatchBuilder};
-use hutong::wire::frame::{
-    finish_frame, RequestHeader, ResponseHeader, LENGTH_PREFIX_LEN, RESPONSE_HEADER_LEN,
-};
+use hutong::wire::frame::{ResponseHeader, LENGTH_PREFIX_LEN, RESPONSE_HEADER_LEN};
 use hutong::wire::{ApiKey, ErrorCode, Qos};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -136,10 +134,30 @@ impl BrokerProc {
     /// As [`BrokerProc::start`], but a broker that exits (or stays silent,
     /// and is then killed) comes back as an error instead of a panic.
     pub fn try_start(data_dir: &Path, extra_args: &[&str]) -> Result<BrokerProc, StartFailure> {
+        BrokerProc::try_start_at("127.0.0.1:0", data_dir, extra_args)
+    }
+
+    /// As [`BrokerProc::start`], listening on `listen` (for example the
+    /// address of a broker that is being restarted) instead of
+    /// `127.0.0.1:0`.
+    ///
+    /// # Panics
+    /// As [`BrokerProc::start`].
+    pub fn start_at(listen: &str, data_dir: &Path, extra_args: &[&str]) -> BrokerProc {
+        BrokerProc::try_start_at(listen, data_dir, extra_args)
+            .unwrap_or_else(|e| panic!("{}", e.describe()))
+    }
+
+    /// As [`BrokerProc::try_start`], listening on `listen`.
+    pub fn try_start_at(
+        listen: &str,
+        data_dir: &Path,
+        extra_args: &[&str],
+    ) -> Result<BrokerProc, StartFailure> {
         let stderr_path = stderr_path_for(data_dir);
         let stderr = std::fs::File::create(&stderr_path).expect("create stderr log");
         let mut child = Command::new(broker_bin())
-            .args(["broker", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["broker", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra_args)
             .stdin(Stdio::null())
@@ -481,6 +499,50 @@ pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 // ---------------------------------------------------------------------------
+// Seeded randomness
+// ---------------------------------------------------------------------------
+
+/// A small, seedable generator (SplitMix64), so that a randomized test can
+/// print its seed and be replayed with it.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A generator seeded from the environment variable `var` when it holds
+    /// a number, else from the clock. Prints the seed and how to reuse it.
+    pub fn from_env_or_clock(var: &str) -> Rng {
+        let seed = std::env::var(var)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+        eprintln!("random seed: {seed} (rerun with {var}={seed})");
+        Rng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// `len` random bytes appended to `out`.
+    pub fn fill(&mut self, out: &mut Vec<u8>, len: usize) {
+        out.extend((0..len).map(|_| self.next_u64() as u8));
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Batches and payloads
 // ---------------------------------------------------------------------------
 
@@ -662,17 +724,7 @@ impl RawConn {
         correlation_id: u32,
         body: impl FnOnce(&mut Vec<u8>),
     ) -> Vec<u8> {
-        let mut out = Vec::new();
-        RequestHeader {
-            api_key,
-            api_version,
-            correlation_id,
-            flags: 0,
-        }
-        .write(&mut out);
-        body(&mut out);
-        finish_frame(&mut out, 0);
-        out
+        hutong::wire::frame::request_frame(api_key, api_version, correlation_id, body)
     }
 
     /// Writes raw bytes.

@@ -1,0 +1,240 @@
+//! The broker a run measures: a running one (`--addr`) or one this process
+//! starts in a temporary directory and stops with SIGTERM at the end.
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Environment variable naming the `hutong` binary to start.
+pub const HUTONG_BIN_ENV: &str = "HUTONG_BIN";
+/// The line prefix the broker prints once it serves.
+const LISTENING: &str = "hutong listening on ";
+/// How long a started broker may take to print its address.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a broker may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the scenarios send their requests.
+pub enum Target {
+    /// A broker someone else runs.
+    Running(SocketAddr),
+    /// A broker this process started.
+    Started(BrokerProcess),
+}
+
+impl Target {
+    /// `--addr` when given, otherwise a broker started here.
+    ///
+    /// # Errors
+    /// When the broker cannot be started.
+    pub fn resolve(addr: Option<SocketAddr>) -> Result<Target> {
+        match addr {
+            Some(addr) => Ok(Target::Running(addr)),
+            None => Ok(Target::Started(BrokerProcess::start()?)),
+        }
+    }
+
+    /// The broker's address.
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            Target::Running(addr) => *addr,
+            Target::Started(b) => b.addr,
+        }
+    }
+
+    /// The data directory of a broker this process started.
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        match self {
+            Target::Running(_) => None,
+            Target::Started(b) => Some(b.data_dir()),
+        }
+    }
+
+    /// Stops a broker this process started (a running one is left alone).
+    ///
+    /// # Errors
+    /// When the broker does not exit cleanly.
+    pub fn stop(self) -> Result<()> {
+        match self {
+            Target::Running(_) => Ok(()),
+            Target::Started(b) => b.stop(),
+        }
+    }
+}
+
+/// A `hutong broker` child process with its data in a temporary directory.
+pub struct BrokerProcess {
+    child: Option<Child>,
+    addr: SocketAddr,
+    data_dir: tempfile::TempDir,
+    /// What the broker wrote on stderr, shown when it fails.
+    stderr: Arc<Mutex<String>>,
+    drains: Vec<JoinHandle<()>>,
+}
+
+/// The `hutong` binary: `$HUTONG_BIN`, or the one next to this executable
+/// (both are built into the same `target/<profile>/`).
+pub fn hutong_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(HUTONG_BIN_ENV) {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().context("cannot find this executable's path")?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| anyhow!("executable {} has no directory", exe.display()))?;
+    let bin = dir.join("hutong");
+    if !bin.is_file() {
+        bail!(
+            "no hutong binary at {} (build it with `cargo build --release --workspace`, \
+             set {HUTONG_BIN_ENV}, or pass --addr)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+impl BrokerProcess {
+    /// Starts `hutong broker --listen 127.0.0.1:0 --data-dir <temp>` and
+    /// waits for its `hutong listening on ADDR` line.
+    ///
+    /// # Errors
+    /// When the binary is missing, fails to start, or exits or stays silent
+    /// before printing its address.
+    pub fn start() -> Result<BrokerProcess> {
+        let bin = hutong_binary()?;
+        let data_dir = tempfile::Builder::new()
+            .prefix("hutong-bench-")
+            .tempdir()
+            .context("cannot create the broker's data directory")?;
+        let mut child = Command::new(&bin)
+            .arg("broker")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut drains = Vec::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            let sink = Arc::clone(&stderr);
+            drains.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..n]);
+                    sink.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_str(&text);
+                }
+            }));
+        }
+        let stdout = child.stdout.take().expect("stdout is piped");
+        // Read the address on a thread so a silent broker cannot hang us.
+        let (tx, rx) = std::sync::mpsc::channel();
+        drains.push(std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut sent = false;
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                if !sent {
+                    if let Some(at) = line.find(LISTENING) {
+                        let _ = tx.send(line[at + LISTENING.len()..].trim().to_string());
+                        sent = true;
+                    }
+                }
+            }
+        }));
+        let mut broker = BrokerProcess {
+            child: Some(child),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir,
+            stderr,
+            drains,
+        };
+        let line = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => {
+                let log = broker.kill_and_log();
+                bail!("the broker did not print its address within {START_TIMEOUT:?}:\n{log}");
+            }
+        };
+        broker.addr = line
+            .parse()
+            .with_context(|| format!("broker printed an unreadable address {line:?}"))?;
+        Ok(broker)
+    }
+
+    /// The broker's data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data_dir.path()
+    }
+
+    fn log(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn kill_and_log(&mut self) -> String {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for d in self.drains.drain(..) {
+            let _ = d.join();
+        }
+        self.log()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    ///
+    /// # Errors
+    /// When the broker exits with a failure or does not exit in time.
+    pub fn stop(mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let pid = Pid::from_raw(child.id() as i32);
+        kill(pid, Signal::SIGTERM).context("cannot send SIGTERM to the broker")?;
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the broker did not exit within {STOP_TIMEOUT:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        for d in self.drains.drain(..) {
+            let _ = d.join();
+        }
+        if !status.success() {
+            bail!("the broker exited with {status}:\n{}", self.log());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        // A run that failed before `stop` must not leave a broker behind.
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

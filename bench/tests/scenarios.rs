@@ -1,0 +1,259 @@
+//! Each scenario of `hutong-bench`, run small as a subprocess that starts
+//! its own broker: it must exit 0 and its `--json` line must report every
+//! message confirmed and no error. Figures are not checked here (timing
+//! goals live in docs/benchmarks.md, never in tests).
+
+use serde_json::Value;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Longest a small run may take before the test kills it and fails.
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The `hutong` binary the bench starts: `$HUTONG_BIN`, or the one cargo
+/// built next to `hutong-bench` in `target/<profile>/`.
+fn hutong_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("HUTONG_BIN") {
+        return PathBuf::from(p);
+    }
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_hutong-bench"));
+    let bin = bench.with_file_name("hutong");
+    assert!(
+        bin.is_file(),
+        "no broker binary at {} (build the workspace first: cargo build --workspace)",
+        bin.display()
+    );
+    bin
+}
+
+/// What a run printed and how it ended.
+struct Run {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// The JSON object on the last stdout line.
+    fn json(&self) -> Value {
+        let last = self.stdout.lines().last().unwrap_or_default();
+        serde_json::from_str(last).unwrap_or_else(|e| {
+            panic!(
+                "last line is not JSON ({e}): {last:?}\nstdout:\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+/// Runs `hutong-bench ARGS --json --quiet`, killing it after RUN_TIMEOUT.
+fn bench(args: &[&str]) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hutong-bench"))
+        .args(args)
+        .args(["--json", "--quiet"])
+        .env("HUTONG_BIN", hutong_bin())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("hutong-bench starts");
+    // Drain both pipes on threads so a chatty run cannot block on them.
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait works") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("hutong-bench {args:?} ran longer than {RUN_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Run {
+        success: status.success(),
+        stdout: out.join().expect("reader thread"),
+        stderr: err.join().expect("reader thread"),
+    }
+}
+
+/// Runs a scenario that must succeed with `messages` confirmed and no error.
+fn clean_run(args: &[&str], messages: u64) -> Value {
+    let run = bench(args);
+    assert!(
+        run.success,
+        "hutong-bench {args:?} failed\nstdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    let v = run.json();
+    assert_eq!(v["messages"], messages, "{v}");
+    assert_eq!(v["errors"], 0, "{v}");
+    v
+}
+
+#[test]
+fn produce_has_every_message_acknowledged_at_qos_all() {
+    let v = clean_run(&["produce", "--messages", "10000"], 10_000);
+    assert_eq!(v["scenario"], "produce");
+    assert_eq!(v["qos"], "all");
+    assert_eq!(v["latency_samples"], 100, "one sample per batch: {v}");
+    assert!(v["p50_us"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn produce_one_message_per_request_with_many_in_flight() {
+    let v = clean_run(
+        &[
+            "produce",
+            "--messages",
+            "10000",
+            "--batch",
+            "1",
+            "--in-flight",
+            "1000",
+            "--qos",
+            "received",
+        ],
+        10_000,
+    );
+    assert_eq!(v["latency_samples"], 10_000);
+}
+
+#[test]
+fn produce_from_several_producers_with_an_uneven_split() {
+    clean_run(
+        &[
+            "produce",
+            "--messages",
+            "10001",
+            "--producers",
+            "3",
+            "--batch",
+            "7",
+            "--partitions",
+            "2",
+        ],
+        10_001,
+    );
+}
+
+#[test]
+fn produce_open_loop_at_a_rate() {
+    let v = clean_run(
+        &[
+            "produce",
+            "--messages",
+            "10000",
+            "--rate",
+            "200000",
+            "--qos",
+            "received",
+        ],
+        10_000,
+    );
+    // 10,000 messages at 200,000 msg/s take at least 50 ms.
+    assert!(v["elapsed_s"].as_f64().unwrap() >= 0.045, "{v}");
+}
+
+#[test]
+fn produce_at_qos_none_is_confirmed_by_a_final_ping() {
+    clean_run(&["produce", "--messages", "10000", "--qos", "none"], 10_000);
+}
+
+#[test]
+fn produce_for_a_duration() {
+    let run = bench(&["produce", "--duration", "0.2", "--qos", "received"]);
+    assert!(
+        run.success,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    let v = run.json();
+    assert!(v["messages"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["errors"], 0);
+}
+
+#[test]
+fn consume_reads_back_every_sequence_number() {
+    let v = clean_run(&["consume", "--messages", "10000"], 10_000);
+    assert_eq!(v["scenario"], "consume");
+    clean_run(
+        &[
+            "consume",
+            "--messages",
+            "10000",
+            "--consumers",
+            "2",
+            "--fetch-bytes",
+            "4096",
+        ],
+        10_000,
+    );
+}
+
+#[test]
+fn e2e_receives_every_message_with_its_latency() {
+    let v = clean_run(&["e2e", "--messages", "10000", "--producers", "2"], 10_000);
+    assert_eq!(v["latency_samples"], 10_000, "one sample per message: {v}");
+}
+
+#[test]
+fn ping_one_in_flight_and_pipelined() {
+    let v = clean_run(&["ping", "--messages", "1000"], 1000);
+    assert_eq!(v["in_flight"], 1);
+    clean_run(&["ping", "--messages", "1000", "--in-flight", "32"], 1000);
+}
+
+#[test]
+fn hutong_conversation_checks_every_reply() {
+    let v = clean_run(&["hutong", "--meetings", "1000"], 1000);
+    assert_eq!(v["utterances"], 6000);
+    assert!(v["meetings_per_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn suite_runs_every_scenario_against_its_own_broker() {
+    let run = bench(&[
+        "suite",
+        "--messages",
+        "10000",
+        "--pings",
+        "1000",
+        "--meetings",
+        "1000",
+    ]);
+    assert!(
+        run.success,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    let v = run.json();
+    assert_eq!(v["errors"], 0, "{v}");
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 6);
+    for r in results {
+        assert_eq!(r["errors"], 0, "{r}");
+        assert!(r["messages"].as_u64().unwrap() > 0, "{r}");
+    }
+}
+
+#[test]
+fn an_unreachable_broker_is_a_failure() {
+    let run = bench(&["produce", "--messages", "10", "--addr", "127.0.0.1:1"]);
+    assert!(!run.success);
+    assert!(run.stderr.contains("cannot connect"), "{}", run.stderr);
+}

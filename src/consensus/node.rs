@@ -1,0 +1,1140 @@
+//! The Raft state machine of one node, applied to journal byte positions.
+//!
+//! Sans-IO in the raft-rs `RawNode` style: the caller feeds it
+//! [`Node::tick`]s, received [`Message`]s ([`Node::step`]), proposals
+//! ([`Node::propose`]) and its own journal positions
+//! ([`Node::report_written`], [`Node::report_flushed`]); the node answers
+//! with a [`Ready`] ([`Node::ready`]) that the caller applies and hands back
+//! ([`Node::advance`]). The node owns no thread, socket, clock or entropy:
+//! time is ticks, randomness comes from the seed in [`Config`].
+//!
+//! Rules and where they live:
+//! - terms and votes (Raft §5.1, §5.2): [`Node::step`], `handle_vote_request`;
+//! - pre-vote and leader stickiness (thesis §9.6, §4.2.3): `campaign`, `in_lease`;
+//! - the election restriction (§5.4.1): `handle_vote_request`;
+//! - log matching and truncation of a divergent tail (§5.3): `handle_append`;
+//! - pipelined replication with probe/replicate progress: `send_appends`,
+//!   `handle_ack`, `handle_reject`;
+//! - R and C, and committing only through the leader's own term (§5.4.2):
+//!   `advance_positions`;
+//! - check-quorum and leadership transfer (thesis §6.2, §3.10): `tick_leader`,
+//!   [`Node::transfer_leader`].
+
+use super::log::{check_run, Log};
+use super::mutation::{self, Mutation};
+use super::progress::{Progress, ProgressState};
+use super::quorum::{majority_position, vote_result, VoteResult, VOTERS_MAX};
+use super::rng::SplitMix64;
+use super::{
+    Config, ConsensusError, Entry, HardState, Message, MessageKind, NodeId, Ready, Role, SoftState,
+};
+
+/// What a peer's replication looks like from the leader, for status pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The peer.
+    pub id: NodeId,
+    /// Its progress as the leader tracks it.
+    pub progress: Progress,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Campaign {
+    /// Ask for pre-votes; the term stays.
+    Pre,
+    /// Bump the term, vote for self, ask for votes. `transfer` when the
+    /// leader handed over leadership (voters then ignore their lease).
+    Real { transfer: bool },
+}
+
+/// Outputs gathered between two calls of [`Node::ready`].
+#[derive(Debug, Default)]
+struct Outbox {
+    messages: Vec<Message>,
+    noops: Vec<Entry>,
+    /// Recycled buffer for `Ready::entries`.
+    entries: Vec<Entry>,
+    hard_state_changed: bool,
+    /// Soft state as last handed out.
+    soft: Option<SoftState>,
+    /// Lowest truncation not yet handed out.
+    truncate: Option<u64>,
+    /// Entries starting at or after this position have not been handed out.
+    unsynced_from: u64,
+    /// Follower: positions changed; acknowledge them to the leader.
+    ack: bool,
+    /// Leader: entries or a commit position may need sending.
+    replicate: bool,
+    /// R and C as last handed out.
+    replicated: u64,
+    committed: u64,
+    /// A `Ready` is out and `advance` has not been called.
+    outstanding: bool,
+}
+
+/// One node of a replication group. See the module documentation and
+/// `docs/consensus.md` for the contract.
+#[derive(Debug)]
+pub struct Node {
+    cfg: Config,
+    /// This node's index in `cfg.voters`.
+    slot: usize,
+    term: u64,
+    voted_for: Option<NodeId>,
+    role: Role,
+    leader: Option<NodeId>,
+    log: Log,
+    /// This node's journal positions, as its writer and flusher report them.
+    written: u64,
+    flushed: u64,
+    /// Follower: end of the prefix known to equal the current leader's log
+    /// (reset whenever the term or the leader changes).
+    matched: u64,
+    /// Highest commit position known (leader: decided; follower: the
+    /// leader's, within `matched`). Never decreases.
+    commit: u64,
+    /// Leader: highest own-term position held in memory by a majority.
+    replicated: u64,
+    rng: SplitMix64,
+    election_elapsed: u32,
+    heartbeat_elapsed: u32,
+    /// This round's randomised election timeout.
+    election_timeout: u32,
+    /// Leader: one record per voter (this node's slot is unused).
+    progress: Vec<Progress>,
+    /// Candidate and pre-candidate: one answer per voter.
+    votes: Vec<Option<bool>>,
+    /// Leader: leadership is being handed to this node.
+    transferee: Option<NodeId>,
+    out: Outbox,
+}
+
+impl Node {
+    /// A node starting (or restarting) with the persisted `hard_state` and
+    /// the journal's `entries` as recovery found them. Everything in
+    /// `entries` must be durable: it counts as written and flushed.
+    ///
+    /// # Errors
+    /// [`ConsensusError::InvalidConfig`] for a bad `config`;
+    /// [`ConsensusError::InvalidState`] if the entries are not contiguous
+    /// from 0 with non-decreasing terms, hold a term above
+    /// `hard_state.term`, or the vote names a non-voter.
+    pub fn new(
+        config: Config,
+        hard_state: HardState,
+        entries: Vec<Entry>,
+    ) -> Result<Node, ConsensusError> {
+        config.validate()?;
+        let log = Log::from_entries(entries)?;
+        if log.last_term() > hard_state.term {
+            return Err(ConsensusError::InvalidState(
+                "the journal holds a term above the persisted term",
+            ));
+        }
+        if hard_state
+            .voted_for
+            .is_some_and(|v| !config.voters.contains(&v))
+        {
+            return Err(ConsensusError::InvalidState(
+                "the persisted vote names a node outside the group",
+            ));
+        }
+        let slot = config
+            .voters
+            .iter()
+            .position(|v| *v == config.id)
+            .expect("validated");
+        let n = config.voters.len();
+        let last = log.last_pos();
+        let rng = SplitMix64::new(config.seed);
+        let mut node = Node {
+            slot,
+            term: hard_state.term,
+            voted_for: hard_state.voted_for,
+            role: Role::Follower,
+            leader: None,
+            log,
+            written: last,
+            flushed: last,
+            matched: 0,
+            commit: 0,
+            replicated: 0,
+            rng,
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            election_timeout: 0,
+            progress: vec![Progress::new(0); n],
+            votes: vec![None; n],
+            transferee: None,
+            out: Outbox {
+                unsynced_from: last,
+                ..Outbox::default()
+            },
+            cfg: config,
+        };
+        node.reset_election_timer();
+        node.out.soft = Some(node.soft_state());
+        Ok(node)
+    }
+
+    // ----- inputs ------------------------------------------------------
+
+    /// Advances time by one tick: followers and candidates count towards an
+    /// election, the leader towards heartbeats, retransmission and its
+    /// check-quorum.
+    pub fn tick(&mut self) {
+        match self.role {
+            Role::Leader => self.tick_leader(),
+            _ => {
+                self.election_elapsed += 1;
+                if self.election_elapsed >= self.election_timeout {
+                    self.campaign(Campaign::Pre);
+                }
+            }
+        }
+    }
+
+    /// Takes one message received from a peer.
+    ///
+    /// # Errors
+    /// [`ConsensusError::Malformed`] or [`ConsensusError::CommittedConflict`]
+    /// when the message breaks the protocol; the node ignores it.
+    pub fn step(&mut self, m: Message) -> Result<(), ConsensusError> {
+        self.check_message(&m)?;
+        if m.term > self.term {
+            if let MessageKind::PreVote { .. } | MessageKind::Vote { .. } = m.kind {
+                let transfer = matches!(m.kind, MessageKind::Vote { transfer: true, .. });
+                if !transfer && self.in_lease() {
+                    // Leader stickiness: a live leader exists, so this
+                    // candidate is disruptive (partitioned, or slow). Do not
+                    // even adopt its term.
+                    return Ok(());
+                }
+            }
+            match m.kind {
+                // A pre-vote does not change terms, and a granted pre-vote
+                // answer carries the term we *would* campaign in.
+                MessageKind::PreVote { .. } | MessageKind::PreVoteResp { granted: true } => {}
+                MessageKind::Append { .. }
+                | MessageKind::Heartbeat { .. }
+                | MessageKind::TimeoutNow => self.become_follower(m.term, Some(m.from)),
+                _ => self.become_follower(m.term, None),
+            }
+        } else if m.term < self.term {
+            match m.kind {
+                // Tell a stale leader there is a newer term, so it steps down.
+                MessageKind::Append { .. } | MessageKind::Heartbeat { .. } => self.send(
+                    m.from,
+                    self.term,
+                    MessageKind::AppendAck {
+                        matched: 0,
+                        written: 0,
+                        flushed: 0,
+                    },
+                ),
+                // Tell a pre-candidate with a stale term why it cannot win.
+                MessageKind::PreVote { .. } => self.send(
+                    m.from,
+                    self.term,
+                    MessageKind::PreVoteResp { granted: false },
+                ),
+                _ => {}
+            }
+            return Ok(());
+        }
+
+        match m.kind {
+            MessageKind::PreVote {
+                last_pos,
+                last_term,
+            } => self.handle_vote_request(m.from, m.term, last_pos, last_term, true),
+            MessageKind::Vote {
+                last_pos,
+                last_term,
+                ..
+            } => self.handle_vote_request(m.from, m.term, last_pos, last_term, false),
+            MessageKind::PreVoteResp { granted } => {
+                let answers_our_round = if granted {
+                    m.term == self.term + 1
+                } else {
+                    m.term == self.term
+                };
+                if self.role == Role::PreCandidate && answers_our_round {
+                    self.record_vote(m.from, granted);
+                }
+            }
+            MessageKind::VoteResp { granted } => {
+                if self.role == Role::Candidate {
+                    self.record_vote(m.from, granted);
+                }
+            }
+            MessageKind::Append {
+                prev_pos,
+                prev_term,
+                ref entries,
+                commit,
+            } => {
+                self.accept_leader(m.from)?;
+                self.handle_append(m.from, prev_pos, prev_term, entries, commit)?;
+            }
+            MessageKind::Heartbeat { commit } => {
+                self.accept_leader(m.from)?;
+                self.learn_commit(commit);
+                self.out.ack = true;
+            }
+            MessageKind::AppendAck {
+                matched,
+                written,
+                flushed,
+            } => {
+                if self.role == Role::Leader {
+                    self.handle_ack(m.from, matched, written, flushed);
+                }
+            }
+            MessageKind::AppendReject {
+                rejected,
+                hint_pos,
+                hint_term,
+            } => {
+                if self.role == Role::Leader {
+                    self.handle_reject(m.from, rejected, hint_pos, hint_term);
+                }
+            }
+            MessageKind::TimeoutNow => {
+                if self.role == Role::Follower && self.leader == Some(m.from) {
+                    self.campaign(Campaign::Real { transfer: true });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends a new entry of `bytes` bytes at the end of the leader's log,
+    /// in the current term, and returns it. The entry appears in the next
+    /// [`Ready::entries`]; the caller writes the batch there (stamped with
+    /// `entry.term`).
+    ///
+    /// # Errors
+    /// [`ConsensusError::NotLeader`] (with the known leader, for a
+    /// redirect), [`ConsensusError::TransferInProgress`], or
+    /// [`ConsensusError::InvalidLength`] for 0 bytes or a position overflow.
+    pub fn propose(&mut self, bytes: u64) -> Result<Entry, ConsensusError> {
+        if self.role != Role::Leader {
+            return Err(ConsensusError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if let Some(to) = self.transferee {
+            return Err(ConsensusError::TransferInProgress { to });
+        }
+        let start = self.log.last_pos();
+        let end = match start.checked_add(bytes) {
+            Some(end) if bytes > 0 => end,
+            _ => return Err(ConsensusError::InvalidLength(bytes)),
+        };
+        let e = Entry {
+            start,
+            end,
+            term: self.term,
+        };
+        self.log.append(e);
+        self.out.replicate = true;
+        Ok(e)
+    }
+
+    /// The caller's journal holds the log up to `pos` (in memory, maybe not
+    /// yet durable), where an entry of `term` ends. Reports that do not
+    /// match the log (the tail was truncated and rewritten since) are
+    /// ignored, so a late report can never vouch for replaced bytes.
+    pub fn report_written(&mut self, pos: u64, term: u64) {
+        if pos <= self.written || self.log.term_at(pos) != Some(term) {
+            return;
+        }
+        self.written = pos;
+        self.on_own_position_change();
+    }
+
+    /// The caller's journal holds the log up to `pos` durably (fdatasync'd),
+    /// where an entry of `term` ends. Ignored when it does not match the log.
+    pub fn report_flushed(&mut self, pos: u64, term: u64) {
+        if pos <= self.flushed || self.log.term_at(pos) != Some(term) {
+            return;
+        }
+        self.flushed = pos;
+        self.written = self.written.max(pos);
+        self.on_own_position_change();
+    }
+
+    /// The connection to `peer` broke, so messages to it may have been lost:
+    /// the leader goes back to probing it from the last acknowledged
+    /// position. Harmless on a non-leader.
+    pub fn report_unreachable(&mut self, peer: NodeId) {
+        if self.role != Role::Leader {
+            return;
+        }
+        if let Some(s) = self.slot_of(peer).filter(|s| *s != self.slot) {
+            let pr = &mut self.progress[s];
+            if pr.state == ProgressState::Replicate {
+                let from = pr.matched;
+                pr.probe_from(from);
+                self.out.replicate = true;
+            }
+        }
+    }
+
+    /// Hands leadership to `to` (graceful shutdown): the leader stops taking
+    /// proposals, brings `to` up to date, then tells it to campaign at once
+    /// (`TimeoutNow`). Abandoned if `to` has not taken over within an
+    /// election timeout. Transferring to itself does nothing.
+    ///
+    /// # Errors
+    /// [`ConsensusError::NotLeader`], or [`ConsensusError::UnknownNode`] if
+    /// `to` is not a voter.
+    pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), ConsensusError> {
+        if self.role != Role::Leader {
+            return Err(ConsensusError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        let s = self.slot_of(to).ok_or(ConsensusError::UnknownNode(to))?;
+        if s == self.slot || self.transferee == Some(to) {
+            return Ok(());
+        }
+        self.transferee = Some(to);
+        // The transfer gets one full election timeout.
+        self.election_elapsed = 0;
+        if self.progress[s].matched == self.log.last_pos() {
+            self.send(to, self.term, MessageKind::TimeoutNow);
+        } else {
+            self.out.replicate = true;
+        }
+        Ok(())
+    }
+
+    // ----- outputs -----------------------------------------------------
+
+    /// Whether [`Node::ready`] has anything to hand out.
+    pub fn has_ready(&self) -> bool {
+        let o = &self.out;
+        !o.messages.is_empty()
+            || o.hard_state_changed
+            || o.truncate.is_some()
+            || o.unsynced_from != self.log.last_pos()
+            || (o.ack && self.leader.is_some_and(|l| l != self.cfg.id))
+            || (o.replicate && self.role == Role::Leader)
+            || o.soft != Some(self.soft_state())
+            || self.committed() > o.committed
+            || self.replicated() != o.replicated
+    }
+
+    /// Everything the caller must do now, in the order documented on
+    /// [`Ready`]. Call [`Node::advance`] with it once applied.
+    ///
+    /// # Panics
+    /// If the previous `Ready` was not handed back with `advance`.
+    pub fn ready(&mut self) -> Ready {
+        assert!(
+            !self.out.outstanding,
+            "Node::ready called again before Node::advance"
+        );
+        self.out.outstanding = true;
+        self.flush_outbox();
+        let soft = self.soft_state();
+        let soft_state = (self.out.soft != Some(soft)).then(|| {
+            self.out.soft = Some(soft);
+            soft
+        });
+        let hard_state =
+            std::mem::take(&mut self.out.hard_state_changed).then(|| self.hard_state());
+        let mut entries = std::mem::take(&mut self.out.entries);
+        entries.extend_from_slice(self.log.entries_from(self.out.unsynced_from));
+        self.out.unsynced_from = self.log.last_pos();
+        let committed = (self.committed() > self.out.committed).then(|| {
+            self.out.committed = self.committed();
+            self.out.committed
+        });
+        let replicated = (self.replicated() != self.out.replicated).then(|| {
+            self.out.replicated = self.replicated();
+            self.out.replicated
+        });
+        Ready {
+            soft_state,
+            hard_state,
+            truncate: self.out.truncate.take(),
+            entries,
+            noops: std::mem::take(&mut self.out.noops),
+            messages: std::mem::take(&mut self.out.messages),
+            replicated,
+            committed,
+        }
+    }
+
+    /// Takes back an applied [`Ready`] (its buffers are reused).
+    ///
+    /// # Panics
+    /// If no `Ready` is outstanding.
+    pub fn advance(&mut self, mut ready: Ready) {
+        assert!(self.out.outstanding, "Node::advance without Node::ready");
+        self.out.outstanding = false;
+        ready.entries.clear();
+        self.out.entries = ready.entries;
+        if self.out.messages.is_empty() {
+            ready.messages.clear();
+            self.out.messages = ready.messages;
+        }
+        if self.out.noops.is_empty() {
+            ready.noops.clear();
+            self.out.noops = ready.noops;
+        }
+    }
+
+    // ----- queries -----------------------------------------------------
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// This node's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The leader of the current term, if known.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    /// Term and vote, as they must be persisted.
+    pub fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            voted_for: self.voted_for,
+        }
+    }
+
+    /// Role, leader and term.
+    pub fn soft_state(&self) -> SoftState {
+        SoftState {
+            role: self.role,
+            leader: self.leader,
+            term: self.term,
+        }
+    }
+
+    /// The log: the journal's entries as this node sees them (including
+    /// entries not yet handed out by `ready`).
+    pub fn log(&self) -> &[Entry] {
+        self.log.entries()
+    }
+
+    /// End of the log.
+    pub fn last_pos(&self) -> u64 {
+        self.log.last_pos()
+    }
+
+    /// This node's written position W, as reported.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// This node's flushed position F, as reported.
+    pub fn flushed(&self) -> u64 {
+        self.flushed
+    }
+
+    /// The commit position C: durable on a majority, and present in this
+    /// node's journal (`C <= W`). Never decreases.
+    pub fn committed(&self) -> u64 {
+        self.commit.min(self.written).max(self.out.committed)
+    }
+
+    /// The replication position R. On the leader: the highest position of
+    /// its own term held (written) by a majority, at least C and at most W.
+    /// On any other node: C.
+    pub fn replicated(&self) -> u64 {
+        let c = self.committed();
+        match self.role {
+            Role::Leader => self.replicated.min(self.written).max(c),
+            _ => c,
+        }
+    }
+
+    /// The leader's view of each peer (empty on a non-leader).
+    pub fn peers(&self) -> impl Iterator<Item = PeerStatus> + '_ {
+        let leading = self.role == Role::Leader;
+        self.cfg
+            .voters
+            .iter()
+            .zip(&self.progress)
+            .enumerate()
+            .filter(move |(i, _)| leading && *i != self.slot)
+            .map(|(_, (id, pr))| PeerStatus {
+                id: *id,
+                progress: *pr,
+            })
+    }
+
+    /// The follower best placed to take over leadership (the one whose log
+    /// matches furthest), for a graceful shutdown. `None` on a non-leader
+    /// or a single-node group.
+    pub fn best_transfer_target(&self) -> Option<NodeId> {
+        self.peers()
+            .max_by_key(|p| (p.progress.matched, std::cmp::Reverse(p.id)))
+            .map(|p| p.id)
+    }
+
+    // ----- elections ---------------------------------------------------
+
+    /// Whether this node heard from a live leader (or is one) within the
+    /// minimum election timeout: then it refuses to help depose it.
+    fn in_lease(&self) -> bool {
+        self.leader.is_some() && self.election_elapsed < self.cfg.election_ticks_min
+    }
+
+    fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        self.election_timeout = self.rng.range(
+            u64::from(self.cfg.election_ticks_min),
+            u64::from(self.cfg.election_ticks_max),
+        ) as u32;
+    }
+
+    fn campaign(&mut self, kind: Campaign) {
+        let term = match kind {
+            Campaign::Pre => {
+                self.role = Role::PreCandidate;
+                self.term + 1
+            }
+            Campaign::Real { .. } => {
+                self.term += 1;
+                self.voted_for = Some(self.cfg.id);
+                self.out.hard_state_changed = true;
+                self.role = Role::Candidate;
+                self.term
+            }
+        };
+        self.leader = None;
+        self.matched = 0;
+        self.transferee = None;
+        self.reset_election_timer();
+        self.votes.fill(None);
+        self.votes[self.slot] = Some(true);
+        let (last_pos, last_term) = (self.log.last_pos(), self.log.last_term());
+        for i in 0..self.cfg.voters.len() {
+            if i == self.slot {
+                continue;
+            }
+            let to = self.cfg.voters[i];
+            let msg = match kind {
+                Campaign::Pre => MessageKind::PreVote {
+                    last_pos,
+                    last_term,
+                },
+                Campaign::Real { transfer } => MessageKind::Vote {
+                    last_pos,
+                    last_term,
+                    transfer,
+                },
+            };
+            self.send(to, term, msg);
+        }
+        self.tally();
+    }
+
+    fn handle_vote_request(
+        &mut self,
+        from: NodeId,
+        term: u64,
+        last_pos: u64,
+        last_term: u64,
+        pre: bool,
+    ) {
+        // One vote per term (§5.2), first come first served; a pre-vote for
+        // a later term promises nothing, so it needs no free vote.
+        let can_vote = self.voted_for == Some(from)
+            || (self.voted_for.is_none() && self.leader.is_none())
+            || (pre && term > self.term);
+        // The election restriction (§5.4.1): the candidate's log must be at
+        // least as up-to-date as ours: higher last term, or same last term
+        // and at least as long.
+        let up_to_date = (last_term, last_pos) >= (self.log.last_term(), self.log.last_pos());
+        let up_to_date = up_to_date || mutation::is(Mutation::VoteWithoutLogCheck);
+        let granted = can_vote && up_to_date;
+        if pre {
+            let reply_term = if granted { term } else { self.term };
+            self.send(from, reply_term, MessageKind::PreVoteResp { granted });
+        } else {
+            if granted {
+                self.election_elapsed = 0;
+                self.voted_for = Some(from);
+                // The vote must be durable before the answer leaves.
+                if !mutation::is(Mutation::VolatileVote) {
+                    self.out.hard_state_changed = true;
+                }
+            }
+            self.send(from, self.term, MessageKind::VoteResp { granted });
+        }
+    }
+
+    fn record_vote(&mut self, from: NodeId, granted: bool) {
+        let s = self.slot_of(from).expect("checked sender");
+        if self.votes[s].is_none() {
+            self.votes[s] = Some(granted);
+        }
+        self.tally();
+    }
+
+    fn tally(&mut self) {
+        match vote_result(&self.votes) {
+            VoteResult::Won if self.role == Role::PreCandidate => {
+                self.campaign(Campaign::Real { transfer: false })
+            }
+            VoteResult::Won => self.become_leader(),
+            VoteResult::Lost => self.become_follower(self.term, None),
+            VoteResult::Pending => {}
+        }
+    }
+
+    fn become_follower(&mut self, term: u64, leader: Option<NodeId>) {
+        if term > self.term {
+            self.term = term;
+            self.voted_for = None;
+            self.out.hard_state_changed = true;
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.matched = 0;
+        self.transferee = None;
+        self.replicated = 0;
+        self.reset_election_timer();
+    }
+
+    fn become_leader(&mut self) {
+        self.role = Role::Leader;
+        self.leader = Some(self.cfg.id);
+        self.transferee = None;
+        self.replicated = 0;
+        self.reset_election_timer();
+        let next = self.log.last_pos();
+        for (i, pr) in self.progress.iter_mut().enumerate() {
+            if i != self.slot {
+                *pr = Progress::new(next);
+            }
+        }
+        // Entries of earlier terms commit only through one of ours (§5.4.2):
+        // append a no-op at once so they do not wait for the next proposal.
+        let noop = Entry {
+            start: next,
+            end: next + self.cfg.noop_bytes,
+            term: self.term,
+        };
+        self.log.append(noop);
+        self.out.noops.push(noop);
+        self.out.replicate = true;
+        self.advance_positions();
+    }
+
+    /// A message from `from` as the leader of the current term.
+    fn accept_leader(&mut self, from: NodeId) -> Result<(), ConsensusError> {
+        match self.role {
+            Role::Leader => {
+                return Err(ConsensusError::Malformed {
+                    from,
+                    reason: "a second leader in this term",
+                });
+            }
+            Role::Candidate | Role::PreCandidate => self.become_follower(self.term, Some(from)),
+            Role::Follower => match self.leader {
+                None => {
+                    self.leader = Some(from);
+                    self.matched = 0;
+                }
+                Some(l) if l != from => {
+                    return Err(ConsensusError::Malformed {
+                        from,
+                        reason: "a second leader in this term",
+                    });
+                }
+                Some(_) => {}
+            },
+        }
+        self.election_elapsed = 0;
+        Ok(())
+    }
+
+    // ----- the follower's log ------------------------------------------
+
+    fn handle_append(
+        &mut self,
+        from: NodeId,
+        prev_pos: u64,
+        prev_term: u64,
+        entries: &[Entry],
+        commit: u64,
+    ) -> Result<(), ConsensusError> {
+        let prev_ok = match self.log.term_at(prev_pos) {
+            Some(t) => t == prev_term || mutation::is(Mutation::IgnorePrevTerm),
+            None => false,
+        };
+        if !prev_ok {
+            // Log matching (§5.3) fails here: refuse, with a hint at our
+            // largest boundary that can still agree with the leader.
+            let (hint_pos, hint_term) = self
+                .log
+                .last_boundary_at_or_below(prev_pos.min(self.log.last_pos()), prev_term);
+            self.send(
+                from,
+                self.term,
+                MessageKind::AppendReject {
+                    rejected: prev_pos,
+                    hint_pos,
+                    hint_term,
+                },
+            );
+            return Ok(());
+        }
+        // Skip what we already hold; cut at the first conflict; append the rest.
+        let mut first_new = entries.len();
+        for (i, e) in entries.iter().enumerate() {
+            if e.start >= self.log.last_pos() {
+                first_new = i;
+                break;
+            }
+            if self.log.entry_at(e.start) != Some(e) {
+                if e.start < self.commit {
+                    return Err(ConsensusError::CommittedConflict {
+                        from,
+                        pos: e.start,
+                        commit: self.commit,
+                    });
+                }
+                self.truncate(e.start);
+                first_new = i;
+                break;
+            }
+        }
+        for e in &entries[first_new..] {
+            self.log.append(*e);
+        }
+        let end = entries.last().map_or(prev_pos, |e| e.end);
+        self.matched = self.matched.max(end);
+        self.learn_commit(commit);
+        self.out.ack = true;
+        Ok(())
+    }
+
+    /// Removes the log's tail from boundary `pos` on.
+    fn truncate(&mut self, pos: u64) {
+        assert!(
+            pos >= self.commit,
+            "truncating committed entries at {pos} (commit {})",
+            self.commit
+        );
+        self.log.truncate(pos);
+        self.written = self.written.min(pos);
+        self.flushed = self.flushed.min(pos);
+        self.matched = self.matched.min(pos);
+        self.out.noops.retain(|e| e.start < pos);
+        if pos < self.out.unsynced_from {
+            // The caller's journal holds bytes past `pos`: it must cut them.
+            self.out.truncate = Some(pos);
+            self.out.unsynced_from = pos;
+        }
+    }
+
+    /// The leader says `commit` is committed; we may only believe it for the
+    /// prefix we know matches the leader's log.
+    fn learn_commit(&mut self, commit: u64) {
+        self.commit = self.commit.max(commit.min(self.matched));
+    }
+
+    fn on_own_position_change(&mut self) {
+        if self.role == Role::Leader {
+            self.advance_positions();
+        } else {
+            self.out.ack = true;
+        }
+    }
+
+    // ----- the leader --------------------------------------------------
+
+    fn tick_leader(&mut self) {
+        self.heartbeat_elapsed += 1;
+        self.election_elapsed += 1;
+        for pr in &mut self.progress {
+            pr.idle_ticks = pr.idle_ticks.saturating_add(1);
+        }
+        if self.election_elapsed >= self.cfg.election_ticks_min {
+            self.election_elapsed = 0;
+            // Check-quorum: a leader that has not heard from a majority for a
+            // whole election timeout may be cut off; stop acting as leader
+            // so clients go find the real one.
+            let mut heard = [None; VOTERS_MAX];
+            for (i, pr) in self.progress.iter_mut().enumerate() {
+                heard[i] = (i == self.slot || pr.active).then_some(true);
+                pr.active = false;
+            }
+            if vote_result(&heard[..self.cfg.voters.len()]) != VoteResult::Won {
+                self.become_follower(self.term, None);
+                return;
+            }
+            // A transfer that has not happened in a full timeout is abandoned.
+            self.transferee = None;
+        }
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
+            self.heartbeat_elapsed = 0;
+            let commit = self.committed();
+            for i in 0..self.cfg.voters.len() {
+                if i == self.slot {
+                    continue;
+                }
+                let pr = &mut self.progress[i];
+                if pr.idle_ticks >= self.cfg.retransmit_ticks {
+                    // Nothing acknowledged for a while: appends (or their
+                    // answers) were probably lost. Resend from what we know.
+                    match pr.state {
+                        ProgressState::Replicate if pr.matched < pr.next => {
+                            let from = pr.matched;
+                            pr.probe_from(from);
+                        }
+                        // The probe or its answer was lost: probe again.
+                        ProgressState::Probe if pr.paused => pr.paused = false,
+                        _ => {}
+                    }
+                }
+                pr.commit_sent = commit;
+                let to = self.cfg.voters[i];
+                self.send(to, self.term, MessageKind::Heartbeat { commit });
+            }
+            self.out.replicate = true;
+        }
+    }
+
+    fn handle_ack(&mut self, from: NodeId, matched: u64, written: u64, flushed: u64) {
+        let s = self.slot_of(from).expect("checked sender");
+        self.progress[s].on_ack(matched, written, flushed);
+        self.advance_positions();
+        if self.transferee == Some(from) && self.progress[s].matched == self.log.last_pos() {
+            self.send(from, self.term, MessageKind::TimeoutNow);
+        }
+        self.out.replicate = true;
+    }
+
+    fn handle_reject(&mut self, from: NodeId, rejected: u64, hint_pos: u64, hint_term: u64) {
+        let s = self.slot_of(from).expect("checked sender");
+        let pr = &mut self.progress[s];
+        pr.active = true;
+        if pr.is_stale_reject(rejected) {
+            return;
+        }
+        // Our largest boundary at or below the follower's hint whose term is
+        // at most the hint's: every entry between it and `rejected` is one the
+        // follower lacks or holds with another term.
+        let (mut next, _) = self
+            .log
+            .last_boundary_at_or_below(hint_pos.min(rejected), hint_term);
+        if next >= rejected && rejected > 0 {
+            // A hint that makes no progress (a confused peer): one entry back.
+            next = self.log.last_boundary_at_or_below(rejected - 1, u64::MAX).0;
+        }
+        pr.probe_from(next.max(pr.flushed));
+        self.out.replicate = true;
+    }
+
+    /// Sends whatever each follower's progress allows, and the commit
+    /// position to followers that have not seen it.
+    fn send_appends(&mut self) {
+        let commit = self.committed();
+        let last = self.log.last_pos();
+        for i in 0..self.cfg.voters.len() {
+            if i == self.slot {
+                continue;
+            }
+            let to = self.cfg.voters[i];
+            loop {
+                let pr = &mut self.progress[i];
+                let can_send = match pr.state {
+                    ProgressState::Probe => !pr.paused,
+                    ProgressState::Replicate => {
+                        pr.next < last && pr.next - pr.matched < self.cfg.window_bytes
+                    }
+                };
+                if !can_send {
+                    break;
+                }
+                let prev_pos = pr.next;
+                let prev_term = self
+                    .log
+                    .term_at(prev_pos)
+                    .expect("next is an entry boundary");
+                let entries = self
+                    .log
+                    .batch_from(prev_pos, self.cfg.append_bytes_max)
+                    .to_vec();
+                let end = entries.last().map_or(prev_pos, |e| e.end);
+                pr.commit_sent = commit;
+                match pr.state {
+                    ProgressState::Probe => {
+                        pr.paused = true;
+                        pr.idle_ticks = 0;
+                    }
+                    ProgressState::Replicate => pr.next = end,
+                }
+                let probing = pr.state == ProgressState::Probe;
+                self.out.messages.push(Message {
+                    from: self.cfg.id,
+                    to,
+                    term: self.term,
+                    kind: MessageKind::Append {
+                        prev_pos,
+                        prev_term,
+                        entries,
+                        commit,
+                    },
+                });
+                if probing {
+                    break;
+                }
+            }
+            let pr = &mut self.progress[i];
+            if pr.commit_sent < commit {
+                pr.commit_sent = commit;
+                self.send(to, self.term, MessageKind::Heartbeat { commit });
+            }
+        }
+    }
+
+    /// Recomputes R (majority of written) and C (majority of flushed). Both
+    /// move only to a position whose entry is of the leader's own term: an
+    /// entry of an earlier term on a majority can still be replaced by a
+    /// later leader (Raft §5.4.2, figure 8), and commits only as part of a
+    /// prefix that ends in the current term.
+    fn advance_positions(&mut self) {
+        let n = self.cfg.voters.len();
+        let (mut written, mut flushed) = ([0u64; VOTERS_MAX], [0u64; VOTERS_MAX]);
+        for i in 0..n {
+            (written[i], flushed[i]) = if i == self.slot {
+                (self.written, self.flushed)
+            } else {
+                (self.progress[i].written, self.progress[i].flushed)
+            };
+        }
+        let r = majority_position(&written[..n]).min(self.written);
+        let c = majority_position(&flushed[..n]).min(self.written);
+        let own_term = |pos| self.log.term_at(pos) == Some(self.term);
+        let commit_ok = own_term(c) || mutation::is(Mutation::CommitPreviousTerm);
+        if c > self.commit && commit_ok {
+            self.commit = c;
+            self.out.replicate = true;
+        }
+        if r > self.replicated && own_term(r) {
+            self.replicated = r;
+        }
+    }
+
+    // ----- plumbing ----------------------------------------------------
+
+    fn flush_outbox(&mut self) {
+        if self.role == Role::Leader {
+            if std::mem::take(&mut self.out.replicate) {
+                self.send_appends();
+            }
+        } else {
+            self.out.replicate = false;
+            if std::mem::take(&mut self.out.ack) {
+                if let Some(leader) = self.leader.filter(|l| *l != self.cfg.id) {
+                    let matched = self.matched;
+                    let written = self.written.min(matched);
+                    let flushed = if mutation::is(Mutation::AckUnflushed) {
+                        written
+                    } else {
+                        self.flushed.min(matched)
+                    };
+                    self.send(
+                        leader,
+                        self.term,
+                        MessageKind::AppendAck {
+                            matched,
+                            written,
+                            flushed,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, to: NodeId, term: u64, kind: MessageKind) {
+        self.out.messages.push(Message {
+            from: self.cfg.id,
+            to,
+            term,
+            kind,
+        });
+    }
+
+    fn slot_of(&self, id: NodeId) -> Option<usize> {
+        self.cfg.voters.iter().position(|v| *v == id)
+    }
+
+    /// Refuses messages that no correct peer sends, before they touch state.
+    fn check_message(&self, m: &Message) -> Result<(), ConsensusError> {
+        let bad = |reason| {
+            Err(ConsensusError::Malformed {
+                from: m.from,
+                reason,
+            })
+        };
+        if m.to != self.cfg.id {
+            return bad("addressed to another node");
+        }
+        if m.from == self.cfg.id || self.slot_of(m.from).is_none() {
+            return bad("sender is not another voter of this group");
+        }
+        match &m.kind {
+            MessageKind::Append {
+                prev_pos,
+                prev_term,
+                entries,
+                ..
+            } => {
+                if *prev_term > m.term {
+                    return bad("prev_term above the message's term");
+                }
+                check_run(entries, *prev_pos, *prev_term, m.term).or_else(bad)
+            }
+            MessageKind::AppendAck {
+                matched,
+                written,
+                flushed,
+            } => {
+                if flushed > written || written > matched {
+                    return bad("acknowledged positions out of order");
+                }
+                if m.term == self.term
+                    && self.role == Role::Leader
+                    && *matched > self.log.last_pos()
+                {
+                    return bad("acknowledged past the leader's log");
+                }
+                Ok(())
+            }
+            MessageKind::AppendReject {
+                rejected, hint_pos, ..
+            } => {
+                if hint_pos > rejected {
+                    return bad("reject hint above the rejected position");
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! What a leader knows about one follower (after raft-rs `tracker/progress.rs`).
+//!
+//! - **Probe**: the leader does not know where the follower's log stops
+//!   matching its own. It sends one append at `next` and waits for its
+//!   answer (or `retransmit_ticks`) before sending another; a rejection
+//!   moves `next` back to the follower's hint.
+//! - **Replicate**: the follower matched at `next`; the leader streams
+//!   appends from `next` without waiting, as long as fewer than
+//!   `window_bytes` are unacknowledged. A rejection, an unreachable report
+//!   or `retransmit_ticks` without progress sends it back to Probe from the
+//!   last acknowledged position.
+
+/// Replication mode of one follower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressState {
+    /// Finding the last position where the logs agree; one append in flight.
+    Probe,
+    /// Streaming; many appends in flight, bounded by bytes.
+    Replicate,
+}
+
+/// A leader's record of one follower. Invariant:
+/// `flushed <= written <= matched <= next <= leader's last position`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// End of the prefix the follower acknowledged as equal to the leader's log.
+    pub matched: u64,
+    /// Its acknowledged written position.
+    pub written: u64,
+    /// Its acknowledged flushed position.
+    pub flushed: u64,
+    /// Where the next append starts (an entry boundary of the leader's log).
+    pub next: u64,
+    /// Probe or Replicate.
+    pub state: ProgressState,
+    /// Probe only: an append is in flight; wait for an answer.
+    pub(crate) paused: bool,
+    /// Heard from since the last check-quorum.
+    pub(crate) active: bool,
+    /// Ticks since `matched` last moved or, in Probe, since the probe was
+    /// sent: when it reaches `retransmit_ticks`, the leader sends again.
+    pub(crate) idle_ticks: u32,
+    /// Commit position last sent to it.
+    pub(crate) commit_sent: u64,
+}
+
+impl Progress {
+    /// A follower the leader knows nothing about yet: probe at `next`.
+    pub(crate) fn new(next: u64) -> Progress {
+        Progress {
+            matched: 0,
+            written: 0,
+            flushed: 0,
+            next,
+            state: ProgressState::Probe,
+            paused: false,
+            active: false,
+            idle_ticks: 0,
+            commit_sent: 0,
+        }
+    }
+
+    /// Takes an acknowledgement: positions only grow; an answer at or past
+    /// `next` ends probing.
+    pub(crate) fn on_ack(&mut self, matched: u64, written: u64, flushed: u64) {
+        self.active = true;
+        if matched > self.matched {
+            self.matched = matched;
+            self.idle_ticks = 0;
+        }
+        self.flushed = self.flushed.max(flushed);
+        self.written = self.written.max(written).max(self.flushed);
+        self.matched = self.matched.max(self.written);
+        if self.state == ProgressState::Probe && matched >= self.next {
+            // The probe at `next` (or a later one) succeeded. Other acks
+            // (heartbeat answers, position reports) do not free a probe:
+            // if each did, every one of them would start another probe,
+            // whose answer would start another, without end.
+            self.state = ProgressState::Replicate;
+            self.paused = false;
+            self.idle_ticks = 0;
+        }
+        self.next = self.next.max(self.matched);
+    }
+
+    /// Whether a rejection of an append at `rejected` is older than what
+    /// the leader already knows, and must be ignored.
+    pub(crate) fn is_stale_reject(&self, rejected: u64) -> bool {
+        rejected < self.flushed
+            || match self.state {
+                ProgressState::Replicate => rejected < self.matched,
+                ProgressState::Probe => rejected != self.next,
+            }
+    }
+
+    /// Goes back to probing at `next` (an entry boundary at or above
+    /// `flushed`). Written and matched positions above it are forgotten:
+    /// the follower may have lost them in a crash.
+    pub(crate) fn probe_from(&mut self, next: u64) {
+        debug_assert!(next >= self.flushed);
+        self.next = next;
+        self.matched = self.matched.min(next);
+        self.written = self.written.min(next);
+        self.state = ProgressState::Probe;
+        self.paused = false;
+        self.idle_ticks = 0;
+    }
+}

@@ -1,0 +1,164 @@
+//! Majority arithmetic, kept apart from the state machine so that it can be
+//! read and tested against the paper on its own (after raft-rs
+//! `quorum/majority.rs`).
+//!
+//! A group of `n` voters decides with a quorum of `n / 2 + 1`. Two uses:
+//! - **positions**: the highest journal position that at least a quorum of
+//!   voters have reached (R from written positions, C from flushed ones);
+//! - **tallies**: whether a set of yes/no/unknown answers (votes, or "heard
+//!   from recently" for check-quorum) has already won, already lost, or can
+//!   still go either way.
+
+/// Most voters a group may have. Positions are sorted in a stack array of
+/// this size, so computing a majority never allocates.
+pub const VOTERS_MAX: usize = 9;
+
+/// Size of a quorum (a strict majority) of `voters` voters.
+///
+/// # Panics
+/// If `voters` is 0.
+pub const fn quorum(voters: usize) -> usize {
+    assert!(voters > 0, "a group needs at least one voter");
+    voters / 2 + 1
+}
+
+/// The highest position that at least a quorum of the voters have reached,
+/// one position per voter. Every position at or below the result is held by
+/// a quorum; the next one above is not.
+///
+/// # Panics
+/// If `positions` is empty or longer than [`VOTERS_MAX`].
+pub fn majority_position(positions: &[u64]) -> u64 {
+    let n = positions.len();
+    assert!(
+        (1..=VOTERS_MAX).contains(&n),
+        "{n} voters (1..={VOTERS_MAX})"
+    );
+    let mut sorted = [0u64; VOTERS_MAX];
+    sorted[..n].copy_from_slice(positions);
+    sorted[..n].sort_unstable();
+    // Ascending order: the quorum highest positions are the last q ones, and
+    // the lowest of those is what all of them have reached.
+    sorted[n - quorum(n)]
+}
+
+/// Outcome of a tally.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VoteResult {
+    /// A quorum answered yes.
+    Won,
+    /// So many answered no that a quorum of yes is no longer possible.
+    Lost,
+    /// Neither yet: the missing answers decide.
+    Pending,
+}
+
+/// Tallies one answer per voter: `Some(true)` yes, `Some(false)` no, `None`
+/// not (yet) answered.
+///
+/// # Panics
+/// If `votes` is empty.
+pub fn vote_result(votes: &[Option<bool>]) -> VoteResult {
+    let q = quorum(votes.len());
+    let yes = votes.iter().filter(|v| **v == Some(true)).count();
+    let missing = votes.iter().filter(|v| v.is_none()).count();
+    if yes >= q {
+        VoteResult::Won
+    } else if yes + missing >= q {
+        VoteResult::Pending
+    } else {
+        VoteResult::Lost
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quorum_is_a_strict_majority() {
+        for (voters, q) in [
+            (1, 1),
+            (2, 2),
+            (3, 2),
+            (4, 3),
+            (5, 3),
+            (6, 4),
+            (7, 4),
+            (9, 5),
+        ] {
+            assert_eq!(quorum(voters), q, "{voters} voters");
+        }
+    }
+
+    #[test]
+    fn majority_position_is_held_by_a_quorum() {
+        let table: &[(&[u64], u64)] = &[
+            // One voter: its own position.
+            (&[7], 7),
+            // Two voters: both must hold it.
+            (&[7, 3], 3),
+            // Three voters: the median.
+            (&[0, 0, 0], 0),
+            (&[10, 0, 0], 0),
+            (&[10, 5, 0], 5),
+            (&[10, 5, 8], 8),
+            (&[5, 10, 8], 8),
+            (&[10, 10, 0], 10),
+            // Four voters need three.
+            (&[10, 9, 8, 7], 8),
+            (&[10, 10, 0, 0], 0),
+            // Five voters need three.
+            (&[1, 2, 3, 4, 5], 3),
+            (&[100, 100, 100, 0, 0], 100),
+            (&[100, 100, 0, 0, 0], 0),
+            (&[5, 4, 3, 2, 1], 3),
+            // Nine voters need five.
+            (&[9, 8, 7, 6, 5, 4, 3, 2, 1], 5),
+        ];
+        for (positions, want) in table {
+            assert_eq!(majority_position(positions), *want, "{positions:?}");
+        }
+    }
+
+    #[test]
+    fn majority_position_does_not_reorder_the_input() {
+        let positions = [3, 1, 2];
+        assert_eq!(majority_position(&positions), 2);
+        assert_eq!(positions, [3, 1, 2]);
+    }
+
+    #[test]
+    #[should_panic]
+    fn majority_position_of_no_voters_panics() {
+        majority_position(&[]);
+    }
+
+    #[test]
+    fn vote_tallies_follow_the_quorum() {
+        use VoteResult::*;
+        let (y, n, u) = (Some(true), Some(false), None);
+        let table: &[(&[Option<bool>], VoteResult)] = &[
+            (&[y], Won),
+            (&[n], Lost),
+            (&[u], Pending),
+            (&[y, u], Pending),
+            (&[y, y], Won),
+            (&[y, n], Lost),
+            (&[y, u, u], Pending),
+            (&[y, y, u], Won),
+            (&[y, n, u], Pending),
+            (&[y, n, n], Lost),
+            (&[n, n, u], Lost),
+            (&[y, u, u, u, u], Pending),
+            (&[y, y, u, u, u], Pending),
+            (&[y, y, y, u, u], Won),
+            (&[y, y, n, n, u], Pending),
+            (&[y, n, n, n, u], Lost),
+            (&[y, y, n, n, n], Lost),
+        ];
+        for (votes, want) in table {
+            assert_eq!(vote_result(votes), *want, "{votes:?}");
+        }
+    }
+}

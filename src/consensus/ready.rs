@@ -1,0 +1,73 @@
+//! What a node hands its caller: state to persist, journal changes to make,
+//! messages to send, positions to publish.
+
+use super::{Entry, Message, NodeId};
+
+/// The state that must survive a crash: Raft's `currentTerm` and
+/// `votedFor`. Write both atomically (temp file, fsync, rename, fsync the
+/// directory) before sending any message of the [`Ready`] that carried it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HardState {
+    /// Latest term this node has seen.
+    pub term: u64,
+    /// Whom it voted for in `term`, if anyone.
+    pub voted_for: Option<NodeId>,
+}
+
+/// A node's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Asking for pre-votes; its term is unchanged.
+    PreCandidate,
+    /// Campaigning in its (bumped) term.
+    Candidate,
+    /// Leads its term: takes proposals, replicates, decides R and C.
+    Leader,
+}
+
+/// Volatile state the caller may want to react to: who leads (for
+/// `NotLeader` redirects) and whether this node does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoftState {
+    /// This node's role.
+    pub role: Role,
+    /// The leader of the current term as far as this node knows.
+    pub leader: Option<NodeId>,
+    /// The current term.
+    pub term: u64,
+}
+
+/// Everything a node asks its caller to do, taken with `Node::ready` and
+/// returned with `Node::advance`. Apply in this order:
+///
+/// 1. persist `hard_state` (if any) durably;
+/// 2. cut the journal at `truncate` (if any), then append `entries` in order
+///    (`noops` lists the entries among them that are the leader's own no-op
+///    batches; the rest are proposals or entries received from the leader);
+/// 3. only then send `messages`;
+/// 4. publish `replicated` and `committed`; react to `soft_state`.
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// Role, leader or term changed.
+    pub soft_state: Option<SoftState>,
+    /// Term or vote changed: persist before sending `messages`.
+    pub hard_state: Option<HardState>,
+    /// Remove every journal byte at or after this position (an entry
+    /// boundary) before appending `entries`; the first entry starts here.
+    pub truncate: Option<u64>,
+    /// Entries to append to the journal, contiguous, starting at the
+    /// journal's end (after `truncate`).
+    pub entries: Vec<Entry>,
+    /// The no-op batches among `entries` (a new leader's first entry).
+    pub noops: Vec<Entry>,
+    /// Messages to send, after steps 1 and 2.
+    pub messages: Vec<Message>,
+    /// New replication position R (on the leader: held by a majority in
+    /// memory, in its own term; elsewhere equal to C). It falls back to C
+    /// when leadership is lost; otherwise it only grows.
+    pub replicated: Option<u64>,
+    /// New commit position C (durable on a majority). Only grows.
+    pub committed: Option<u64>,
+}

@@ -1,0 +1,1432 @@
+//! Unit tests of the Raft rules, one per rule, named after it. Section
+//! numbers refer to the Raft paper (Ongaro & Ousterhout 2014) and, for
+//! pre-vote, check-quorum and leadership transfer, to Ongaro's thesis.
+
+use super::*;
+use std::collections::VecDeque;
+
+fn e(start: u64, end: u64, term: u64) -> Entry {
+    Entry { start, end, term }
+}
+
+fn cfg(id: NodeId, n: u64) -> Config {
+    Config::new(id, (1..=n).collect())
+}
+
+fn node(id: NodeId, n: u64) -> Node {
+    Node::new(cfg(id, n), HardState::default(), vec![]).unwrap()
+}
+
+fn node_with(id: NodeId, n: u64, term: u64, entries: Vec<Entry>) -> Node {
+    Node::new(
+        cfg(id, n),
+        HardState {
+            term,
+            voted_for: None,
+        },
+        entries,
+    )
+    .unwrap()
+}
+
+fn msg(from: NodeId, to: NodeId, term: u64, kind: MessageKind) -> Message {
+    Message {
+        from,
+        to,
+        term,
+        kind,
+    }
+}
+
+/// Takes the node's `Ready` (advancing it at once).
+fn take(n: &mut Node) -> Ready {
+    let rd = n.ready();
+    n.advance(Ready::default());
+    rd
+}
+
+fn messages_to(rd: &Ready, to: NodeId) -> Vec<&Message> {
+    rd.messages.iter().filter(|m| m.to == to).collect()
+}
+
+fn appends(rd: &Ready, to: NodeId) -> Vec<(u64, Vec<Entry>)> {
+    rd.messages
+        .iter()
+        .filter(|m| m.to == to)
+        .filter_map(|m| match &m.kind {
+            MessageKind::Append {
+                prev_pos, entries, ..
+            } => Some((*prev_pos, entries.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Ticks `n` until it starts a pre-vote; returns the ticks it took.
+fn tick_until_campaign(n: &mut Node) -> u32 {
+    for t in 1..=ELECTION_MAX {
+        n.tick();
+        if n.role() != Role::Follower {
+            return t;
+        }
+    }
+    panic!("no campaign within {ELECTION_MAX} ticks");
+}
+
+const ELECTION_MAX: u32 = config::ELECTION_TICKS_MAX_DEFAULT;
+
+/// Makes node `id` (of `n`) leader of `hs_term + 1` over `entries`, by
+/// answering its pre-vote and vote as its peers would. Its Ready is drained.
+fn make_leader(id: NodeId, n: u64, hs_term: u64, entries: Vec<Entry>) -> Node {
+    let mut node = node_with(id, n, hs_term, entries);
+    tick_until_campaign(&mut node);
+    let peers: Vec<NodeId> = (1..=n).filter(|p| *p != id).collect();
+    for p in &peers {
+        node.step(msg(
+            *p,
+            id,
+            hs_term + 1,
+            MessageKind::PreVoteResp { granted: true },
+        ))
+        .unwrap();
+    }
+    for p in &peers {
+        node.step(msg(
+            *p,
+            id,
+            hs_term + 1,
+            MessageKind::VoteResp { granted: true },
+        ))
+        .unwrap();
+    }
+    assert_eq!(node.role(), Role::Leader);
+    take(&mut node);
+    node
+}
+
+fn ack(from: NodeId, to: NodeId, term: u64, matched: u64, written: u64, flushed: u64) -> Message {
+    msg(
+        from,
+        to,
+        term,
+        MessageKind::AppendAck {
+            matched,
+            written,
+            flushed,
+        },
+    )
+}
+
+/// A cluster on one thread with a perfect network (or some nodes cut off),
+/// whose writers and flushers report at once.
+struct Cluster {
+    nodes: Vec<Node>,
+    /// Nodes whose messages (both ways) are dropped.
+    cut: Vec<NodeId>,
+    /// Nodes whose flusher never reports.
+    no_flush: Vec<NodeId>,
+    /// Every `Ready` seen, per node (index id - 1).
+    seen: Vec<Vec<Ready>>,
+}
+
+impl Cluster {
+    fn new(n: u64) -> Cluster {
+        Cluster {
+            nodes: (1..=n).map(|id| node(id, n)).collect(),
+            cut: vec![],
+            no_flush: vec![],
+            seen: (1..=n).map(|_| vec![]).collect(),
+        }
+    }
+
+    fn node(&mut self, id: NodeId) -> &mut Node {
+        &mut self.nodes[id as usize - 1]
+    }
+
+    /// Applies readies and delivers messages until nothing moves.
+    fn settle(&mut self) {
+        let mut queue: VecDeque<Message> = VecDeque::new();
+        for _round in 0..10_000 {
+            let mut moved = false;
+            for i in 0..self.nodes.len() {
+                let id = i as NodeId + 1;
+                while self.nodes[i].has_ready() {
+                    moved = true;
+                    let rd = take(&mut self.nodes[i]);
+                    if let Some(last) = rd.entries.last() {
+                        self.nodes[i].report_written(last.end, last.term);
+                        if !self.no_flush.contains(&id) {
+                            self.nodes[i].report_flushed(last.end, last.term);
+                        }
+                    }
+                    for m in &rd.messages {
+                        if !self.cut.contains(&m.from) && !self.cut.contains(&m.to) {
+                            queue.push_back(m.clone());
+                        }
+                    }
+                    self.seen[i].push(rd);
+                }
+            }
+            while let Some(m) = queue.pop_front() {
+                moved = true;
+                let to = m.to;
+                self.node(to).step(m).unwrap();
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("cluster did not settle");
+    }
+
+    /// Ticks node `id` alone until it is leader.
+    fn elect(&mut self, id: NodeId) {
+        for _ in 0..(2 * ELECTION_MAX) {
+            self.node(id).tick();
+            self.settle();
+            if self.node(id).role() == Role::Leader {
+                return;
+            }
+        }
+        panic!("node {id} was not elected");
+    }
+
+    fn leaders(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|n| n.role() == Role::Leader)
+            .map(|n| n.id())
+            .collect()
+    }
+}
+
+// ----- terms and hard state (§5.1) -------------------------------------
+
+#[test]
+fn rule_5_1_higher_term_makes_a_leader_step_down_and_adopt_it() {
+    let mut leader = make_leader(1, 3, 0, vec![]);
+    assert_eq!(leader.term(), 1);
+    leader.step(ack(2, 1, 7, 0, 0, 0)).unwrap();
+    assert_eq!(
+        (leader.role(), leader.term(), leader.leader()),
+        (Role::Follower, 7, None)
+    );
+    let rd = take(&mut leader);
+    assert_eq!(
+        rd.hard_state,
+        Some(HardState {
+            term: 7,
+            voted_for: None
+        })
+    );
+    assert_eq!(rd.soft_state.map(|s| s.role), Some(Role::Follower));
+}
+
+#[test]
+fn rule_5_1_request_with_a_stale_term_is_refused_with_the_current_term() {
+    let mut f = node_with(2, 3, 5, vec![e(0, 10, 1)]);
+    take(&mut f);
+    let stale = MessageKind::Append {
+        prev_pos: 10,
+        prev_term: 1,
+        entries: vec![e(10, 20, 4)],
+        commit: 20,
+    };
+    f.step(msg(1, 2, 4, stale)).unwrap();
+    assert_eq!(
+        f.log(),
+        &[e(0, 10, 1)],
+        "a stale leader's entries are not taken"
+    );
+    let rd = take(&mut f);
+    assert_eq!(rd.messages.len(), 1);
+    assert_eq!(
+        rd.messages[0].term, 5,
+        "the answer carries the newer term so the stale leader steps down"
+    );
+    assert!(rd.entries.is_empty() && rd.committed.is_none());
+}
+
+#[test]
+fn rule_5_2_each_node_votes_at_most_once_per_term() {
+    let mut f = node(1, 3);
+    let vote = |from| {
+        msg(
+            from,
+            1,
+            1,
+            MessageKind::Vote {
+                last_pos: 0,
+                last_term: 0,
+                transfer: false,
+            },
+        )
+    };
+    f.step(vote(2)).unwrap();
+    f.step(vote(3)).unwrap();
+    f.step(vote(2)).unwrap();
+    let granted: Vec<(NodeId, bool)> = take(&mut f)
+        .messages
+        .iter()
+        .map(|m| match m.kind {
+            MessageKind::VoteResp { granted } => (m.to, granted),
+            _ => panic!("unexpected {m:?}"),
+        })
+        .collect();
+    assert_eq!(
+        granted,
+        [(2, true), (3, false), (2, true)],
+        "first come, first served; a retry is granted again"
+    );
+
+    // The vote survives a restart from the persisted hard state.
+    let mut restarted = Node::new(cfg(1, 3), f.hard_state(), vec![]).unwrap();
+    restarted.step(vote(3)).unwrap();
+    assert!(matches!(
+        take(&mut restarted).messages[0].kind,
+        MessageKind::VoteResp { granted: false }
+    ));
+}
+
+#[test]
+fn hard_state_is_handed_out_with_the_messages_that_depend_on_it() {
+    // A vote: the grant must not leave before the vote is durable.
+    let mut f = node(1, 3);
+    f.step(msg(
+        2,
+        1,
+        4,
+        MessageKind::Vote {
+            last_pos: 0,
+            last_term: 0,
+            transfer: false,
+        },
+    ))
+    .unwrap();
+    let rd = take(&mut f);
+    assert_eq!(
+        rd.hard_state,
+        Some(HardState {
+            term: 4,
+            voted_for: Some(2)
+        })
+    );
+    assert!(matches!(
+        rd.messages[..],
+        [Message {
+            kind: MessageKind::VoteResp { granted: true },
+            ..
+        }]
+    ));
+
+    // A vote in a term the node already had: the vote alone must be persisted.
+    let mut v = node_with(1, 3, 5, vec![]);
+    v.step(msg(
+        2,
+        1,
+        5,
+        MessageKind::Vote {
+            last_pos: 0,
+            last_term: 0,
+            transfer: false,
+        },
+    ))
+    .unwrap();
+    assert_eq!(
+        take(&mut v).hard_state,
+        Some(HardState {
+            term: 5,
+            voted_for: Some(2)
+        })
+    );
+
+    // A campaign: the self-vote and new term travel with the vote requests.
+    let mut c = node(1, 3);
+    tick_until_campaign(&mut c);
+    c.step(msg(2, 1, 1, MessageKind::PreVoteResp { granted: true }))
+        .unwrap();
+    let rd = take(&mut c);
+    assert_eq!(
+        rd.hard_state,
+        Some(HardState {
+            term: 1,
+            voted_for: Some(1)
+        })
+    );
+    assert_eq!(
+        rd.messages
+            .iter()
+            .filter(|m| matches!(m.kind, MessageKind::Vote { .. }))
+            .count(),
+        2
+    );
+
+    // Nothing changed, nothing to persist.
+    c.tick();
+    assert_eq!(take(&mut c).hard_state, None);
+}
+
+// ----- elections (§5.2) and pre-vote (thesis §9.6) -------------------
+
+#[test]
+fn election_timeouts_are_randomised_within_their_range() {
+    let mut seen = std::collections::BTreeSet::new();
+    for seed in 0..200 {
+        let mut c = cfg(1, 3);
+        c.seed = seed;
+        let mut n = Node::new(c, HardState::default(), vec![]).unwrap();
+        let t = tick_until_campaign(&mut n);
+        assert!(
+            (config::ELECTION_TICKS_MIN_DEFAULT..ELECTION_MAX).contains(&t),
+            "timeout {t}"
+        );
+        seen.insert(t);
+    }
+    assert!(
+        seen.len() >= 8,
+        "timeouts should spread over the range: {seen:?}"
+    );
+}
+
+#[test]
+fn same_seed_gives_the_same_timeouts() {
+    // The ticks at which a lone node starts pre-vote rounds.
+    let run = || {
+        let mut n = node(1, 3);
+        (1..=200)
+            .filter(|_| {
+                n.tick();
+                take(&mut n)
+                    .messages
+                    .iter()
+                    .any(|m| matches!(m.kind, MessageKind::PreVote { .. }))
+            })
+            .collect::<Vec<u32>>()
+    };
+    assert!(run().len() >= 10);
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn pre_vote_asks_for_the_next_term_without_bumping_its_own() {
+    let mut n = node_with(1, 3, 4, vec![e(0, 10, 2)]);
+    tick_until_campaign(&mut n);
+    assert_eq!((n.role(), n.term()), (Role::PreCandidate, 4));
+    let rd = take(&mut n);
+    assert_eq!(
+        rd.hard_state, None,
+        "nothing to persist: term and vote unchanged"
+    );
+    assert_eq!(rd.messages.len(), 2);
+    for m in &rd.messages {
+        assert_eq!(m.term, 5);
+        assert_eq!(
+            m.kind,
+            MessageKind::PreVote {
+                last_pos: 10,
+                last_term: 2
+            }
+        );
+    }
+}
+
+#[test]
+fn pre_vote_grant_leaves_the_voter_term_and_vote_unchanged() {
+    let mut f = node_with(2, 3, 4, vec![]);
+    f.step(msg(
+        1,
+        2,
+        5,
+        MessageKind::PreVote {
+            last_pos: 0,
+            last_term: 0,
+        },
+    ))
+    .unwrap();
+    assert_eq!(
+        f.hard_state(),
+        HardState {
+            term: 4,
+            voted_for: None
+        }
+    );
+    let rd = take(&mut f);
+    assert_eq!(rd.hard_state, None);
+    assert_eq!(
+        rd.messages,
+        [msg(2, 1, 5, MessageKind::PreVoteResp { granted: true })]
+    );
+}
+
+#[test]
+fn pre_candidate_with_a_majority_of_pre_votes_starts_the_real_election() {
+    let mut n = node(1, 5);
+    tick_until_campaign(&mut n);
+    n.step(msg(2, 1, 1, MessageKind::PreVoteResp { granted: true }))
+        .unwrap();
+    assert_eq!(
+        n.role(),
+        Role::PreCandidate,
+        "two of five is not a majority"
+    );
+    n.step(msg(3, 1, 1, MessageKind::PreVoteResp { granted: true }))
+        .unwrap();
+    assert_eq!(
+        (n.role(), n.term(), n.hard_state().voted_for),
+        (Role::Candidate, 1, Some(1))
+    );
+}
+
+#[test]
+fn pre_candidate_that_cannot_win_returns_to_follower_without_a_new_term() {
+    let mut n = node_with(1, 3, 3, vec![]);
+    tick_until_campaign(&mut n);
+    n.step(msg(2, 1, 3, MessageKind::PreVoteResp { granted: false }))
+        .unwrap();
+    n.step(msg(3, 1, 3, MessageKind::PreVoteResp { granted: false }))
+        .unwrap();
+    assert_eq!((n.role(), n.term()), (Role::Follower, 3));
+}
+
+#[test]
+fn node_that_hears_from_a_live_leader_ignores_pre_votes_and_votes() {
+    let mut f = node(2, 3);
+    f.step(msg(1, 2, 1, MessageKind::Heartbeat { commit: 0 }))
+        .unwrap();
+    take(&mut f);
+    f.step(msg(
+        3,
+        2,
+        2,
+        MessageKind::PreVote {
+            last_pos: 50,
+            last_term: 1,
+        },
+    ))
+    .unwrap();
+    f.step(msg(
+        3,
+        2,
+        2,
+        MessageKind::Vote {
+            last_pos: 50,
+            last_term: 1,
+            transfer: false,
+        },
+    ))
+    .unwrap();
+    assert_eq!(
+        (f.term(), f.leader()),
+        (1, Some(1)),
+        "the disruptive candidate's term is not adopted"
+    );
+    assert!(take(&mut f).messages.is_empty(), "no answer at all");
+
+    // Once the leader has been silent for the minimum election timeout, the
+    // lease is over and the same request is granted.
+    for _ in 0..config::ELECTION_TICKS_MIN_DEFAULT {
+        f.tick();
+    }
+    take(&mut f);
+    f.step(msg(
+        3,
+        2,
+        2,
+        MessageKind::PreVote {
+            last_pos: 50,
+            last_term: 1,
+        },
+    ))
+    .unwrap();
+    assert_eq!(
+        take(&mut f).messages,
+        [msg(2, 3, 2, MessageKind::PreVoteResp { granted: true })]
+    );
+}
+
+#[test]
+fn leader_ignores_pre_votes_while_it_leads() {
+    let mut l = make_leader(1, 3, 0, vec![]);
+    l.step(msg(
+        2,
+        1,
+        5,
+        MessageKind::PreVote {
+            last_pos: 999,
+            last_term: 1,
+        },
+    ))
+    .unwrap();
+    assert_eq!((l.role(), l.term()), (Role::Leader, 1));
+    assert!(take(&mut l)
+        .messages
+        .iter()
+        .all(|m| !matches!(m.kind, MessageKind::PreVoteResp { .. })));
+}
+
+#[test]
+fn rule_5_4_1_vote_requires_the_candidate_log_to_be_at_least_as_up_to_date() {
+    // The voter's log ends at position 20 in term 2.
+    let voter_log = vec![e(0, 10, 1), e(10, 20, 2)];
+    let table = [
+        // (candidate last_term, last_pos) -> granted
+        ((3, 5), true),    // higher last term wins, however short
+        ((2, 20), true),   // same term, same length
+        ((2, 25), true),   // same term, longer
+        ((2, 19), false),  // same term, shorter
+        ((1, 100), false), // lower last term loses, however long
+        ((0, 0), false),
+    ];
+    for ((last_term, last_pos), want) in table {
+        for pre in [true, false] {
+            let mut v = node_with(1, 3, 2, voter_log.clone());
+            let kind = if pre {
+                MessageKind::PreVote {
+                    last_pos,
+                    last_term,
+                }
+            } else {
+                MessageKind::Vote {
+                    last_pos,
+                    last_term,
+                    transfer: false,
+                }
+            };
+            v.step(msg(2, 1, 3, kind)).unwrap();
+            let got = match take(&mut v).messages[0].kind {
+                MessageKind::PreVoteResp { granted } | MessageKind::VoteResp { granted } => granted,
+                ref k => panic!("unexpected {k:?}"),
+            };
+            assert_eq!(
+                got, want,
+                "candidate ({last_term}, {last_pos}), pre-vote {pre}"
+            );
+        }
+    }
+}
+
+#[test]
+fn rule_5_2_candidate_with_a_majority_of_votes_becomes_leader_and_appends_a_noop() {
+    let mut c = node_with(1, 3, 0, vec![]);
+    tick_until_campaign(&mut c);
+    c.step(msg(2, 1, 1, MessageKind::PreVoteResp { granted: true }))
+        .unwrap();
+    assert_eq!(c.role(), Role::Candidate);
+    c.step(msg(3, 1, 1, MessageKind::VoteResp { granted: true }))
+        .unwrap();
+    assert_eq!((c.role(), c.leader()), (Role::Leader, Some(1)));
+    let rd = take(&mut c);
+    let noop = e(0, config::NOOP_BYTES_DEFAULT, 1);
+    assert_eq!(rd.entries, [noop]);
+    assert_eq!(rd.noops, [noop]);
+    assert_eq!(
+        rd.soft_state,
+        Some(SoftState {
+            role: Role::Leader,
+            leader: Some(1),
+            term: 1
+        })
+    );
+    // It announces itself with the no-op at once.
+    for to in [2, 3] {
+        assert_eq!(appends(&rd, to), [(0, vec![noop])]);
+    }
+}
+
+#[test]
+fn rule_5_2_candidate_that_loses_the_vote_becomes_follower() {
+    let mut c = node(1, 3);
+    tick_until_campaign(&mut c);
+    c.step(msg(2, 1, 1, MessageKind::PreVoteResp { granted: true }))
+        .unwrap();
+    c.step(msg(2, 1, 1, MessageKind::VoteResp { granted: false }))
+        .unwrap();
+    assert_eq!(c.role(), Role::Candidate);
+    c.step(msg(3, 1, 1, MessageKind::VoteResp { granted: false }))
+        .unwrap();
+    assert_eq!((c.role(), c.term()), (Role::Follower, 1));
+}
+
+#[test]
+fn rule_5_2_candidate_steps_down_for_a_leader_of_its_own_term() {
+    let mut c = node(1, 3);
+    tick_until_campaign(&mut c);
+    c.step(msg(2, 1, 1, MessageKind::PreVoteResp { granted: true }))
+        .unwrap();
+    assert_eq!((c.role(), c.term()), (Role::Candidate, 1));
+    c.step(msg(3, 1, 1, MessageKind::Heartbeat { commit: 0 }))
+        .unwrap();
+    assert_eq!(
+        (c.role(), c.leader(), c.term()),
+        (Role::Follower, Some(3), 1)
+    );
+}
+
+#[test]
+fn a_second_leader_in_one_term_is_refused() {
+    let mut f = node(2, 3);
+    f.step(msg(1, 2, 1, MessageKind::Heartbeat { commit: 0 }))
+        .unwrap();
+    let err = f
+        .step(msg(3, 2, 1, MessageKind::Heartbeat { commit: 0 }))
+        .unwrap_err();
+    assert!(matches!(err, ConsensusError::Malformed { from: 3, .. }));
+    assert_eq!(f.leader(), Some(1));
+}
+
+#[test]
+fn leader_sends_heartbeats_every_heartbeat_interval() {
+    let mut l = make_leader(1, 3, 0, vec![]);
+    let mut beats = vec![];
+    for t in 1..=8 {
+        l.tick();
+        let rd = take(&mut l);
+        let n = rd
+            .messages
+            .iter()
+            .filter(|m| matches!(m.kind, MessageKind::Heartbeat { .. }))
+            .count();
+        if n > 0 {
+            assert_eq!(n, 2, "one per follower");
+            beats.push(t);
+        }
+        // Keep the leader's quorum alive.
+        l.step(ack(2, 1, 1, 0, 0, 0)).unwrap();
+    }
+    let every = config::HEARTBEAT_TICKS_DEFAULT;
+    assert_eq!(
+        beats,
+        (1..=8).filter(|t| t % every == 0).collect::<Vec<_>>()
+    );
+}
+
+// ----- replication (§5.3) ----------------------------------------------
+
+#[test]
+fn rule_5_3_append_is_rejected_when_the_log_lacks_the_previous_entry() {
+    let log = vec![e(0, 10, 1), e(10, 20, 2)];
+    let table = [
+        // (prev_pos, prev_term) -> (hint_pos, hint_term)
+        ((30, 2), (20, 2)), // beyond our log: back up to our end
+        ((20, 3), (20, 2)), // our entry there has another term
+        ((15, 2), (10, 1)), // not an entry boundary here
+        ((20, 1), (10, 1)), // a term-2 entry where the leader has term 1
+    ];
+    for ((prev_pos, prev_term), (hint_pos, hint_term)) in table {
+        let mut f = node_with(2, 3, 3, log.clone());
+        let kind = MessageKind::Append {
+            prev_pos,
+            prev_term,
+            entries: vec![],
+            commit: 0,
+        };
+        f.step(msg(1, 2, 3, kind)).unwrap();
+        let rd = take(&mut f);
+        assert_eq!(
+            rd.messages,
+            [msg(
+                2,
+                1,
+                3,
+                MessageKind::AppendReject {
+                    rejected: prev_pos,
+                    hint_pos,
+                    hint_term
+                }
+            )],
+            "prev ({prev_pos}, {prev_term})"
+        );
+        assert_eq!(f.log(), &log[..], "nothing appended or cut");
+    }
+}
+
+#[test]
+fn rule_5_3_follower_truncates_a_conflicting_tail_then_appends() {
+    let mut f = node_with(2, 3, 2, vec![e(0, 10, 1), e(10, 20, 2), e(20, 25, 2)]);
+    take(&mut f);
+    let kind = MessageKind::Append {
+        prev_pos: 10,
+        prev_term: 1,
+        entries: vec![e(10, 15, 3), e(15, 30, 3)],
+        commit: 10,
+    };
+    f.step(msg(1, 2, 3, kind)).unwrap();
+    assert_eq!(f.log(), &[e(0, 10, 1), e(10, 15, 3), e(15, 30, 3)]);
+    assert_eq!(
+        f.written(),
+        10,
+        "the replaced bytes no longer count as written"
+    );
+    let rd = take(&mut f);
+    assert_eq!(rd.truncate, Some(10));
+    assert_eq!(rd.entries, [e(10, 15, 3), e(15, 30, 3)]);
+}
+
+#[test]
+fn rule_5_3_follower_keeps_entries_that_a_delayed_append_repeats() {
+    let mut f = node(2, 3);
+    let send = |f: &mut Node, prev_pos, prev_term, entries: Vec<Entry>| {
+        let kind = MessageKind::Append {
+            prev_pos,
+            prev_term,
+            entries,
+            commit: 0,
+        };
+        f.step(msg(1, 2, 1, kind)).unwrap();
+    };
+    send(&mut f, 0, 0, vec![e(0, 10, 1), e(10, 20, 1), e(20, 30, 1)]);
+    take(&mut f);
+    // An older, shorter append arrives late: it must not cut the tail.
+    send(&mut f, 0, 0, vec![e(0, 10, 1)]);
+    assert_eq!(f.log().len(), 3);
+    let rd = take(&mut f);
+    assert_eq!((rd.truncate, rd.entries.len()), (None, 0));
+}
+
+#[test]
+fn follower_acknowledges_written_and_flushed_within_the_matched_prefix() {
+    let mut f = node_with(2, 3, 1, vec![e(0, 10, 1), e(10, 20, 1)]);
+    // The leader of term 2 matches only [0, 10) so far.
+    let kind = MessageKind::Append {
+        prev_pos: 10,
+        prev_term: 1,
+        entries: vec![],
+        commit: 0,
+    };
+    f.step(msg(1, 2, 2, kind)).unwrap();
+    let rd = take(&mut f);
+    assert_eq!(
+        rd.messages,
+        [ack(2, 1, 2, 10, 10, 10)],
+        "positions beyond the match are not claimed"
+    );
+    // A new entry: written first, flushed later, each acknowledged.
+    let kind = MessageKind::Append {
+        prev_pos: 10,
+        prev_term: 1,
+        entries: vec![e(10, 30, 2)],
+        commit: 0,
+    };
+    f.step(msg(1, 2, 2, kind)).unwrap();
+    take(&mut f);
+    f.report_written(30, 2);
+    assert_eq!(take(&mut f).messages, [ack(2, 1, 2, 30, 30, 10)]);
+    f.report_flushed(30, 2);
+    assert_eq!(take(&mut f).messages, [ack(2, 1, 2, 30, 30, 30)]);
+}
+
+#[test]
+fn late_position_reports_for_replaced_entries_are_ignored() {
+    let mut f = node_with(2, 3, 1, vec![e(0, 10, 1)]);
+    let kind = MessageKind::Append {
+        prev_pos: 0,
+        prev_term: 0,
+        entries: vec![e(0, 10, 2)],
+        commit: 0,
+    };
+    f.step(msg(1, 2, 2, kind)).unwrap();
+    assert_eq!((f.written(), f.flushed()), (0, 0));
+    // The flusher's report about the old term-1 bytes arrives late.
+    f.report_flushed(10, 1);
+    assert_eq!(f.flushed(), 0);
+    f.report_flushed(10, 2);
+    assert_eq!((f.written(), f.flushed()), (10, 10));
+}
+
+#[test]
+fn leader_backs_up_to_the_follower_hint_in_one_step() {
+    // Leader log: term 1 up to 30, then term 3 (elected in 4).
+    let log = vec![
+        e(0, 10, 1),
+        e(10, 20, 1),
+        e(20, 30, 1),
+        e(30, 40, 3),
+        e(40, 50, 3),
+    ];
+    let mut l = make_leader(1, 3, 3, log);
+    let noop_end = 50 + config::NOOP_BYTES_DEFAULT;
+    assert_eq!(l.last_pos(), noop_end);
+    // The probe went out at 50 (the leader's end before its no-op).
+    // Follower 2 holds a term-2 tail after 20: its largest boundary <= 50
+    // with term <= 3 that is still term 1 ends at 20, so it hints (20, 1);
+    // the leader's largest boundary <= 20 with term <= 1 is 20.
+    l.step(msg(
+        2,
+        1,
+        4,
+        MessageKind::AppendReject {
+            rejected: 50,
+            hint_pos: 20,
+            hint_term: 1,
+        },
+    ))
+    .unwrap();
+    let rd = take(&mut l);
+    let sent = appends(&rd, 2);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, 20, "one round trip back to where the logs agree");
+    // Follower 3's last entry ends at 30 with term 2 (a term the leader never
+    // saw): hint (30, 2). The leader's largest boundary <= 30 with term <= 2
+    // is 30, where its term is 1: the next probe settles that in one more trip.
+    l.step(msg(
+        3,
+        1,
+        4,
+        MessageKind::AppendReject {
+            rejected: 50,
+            hint_pos: 30,
+            hint_term: 2,
+        },
+    ))
+    .unwrap();
+    let rd = take(&mut l);
+    assert_eq!(appends(&rd, 3)[0].0, 30);
+}
+
+#[test]
+fn leader_ignores_stale_rejections() {
+    let mut l = make_leader(1, 3, 0, vec![]);
+    let end = l.last_pos();
+    l.step(ack(2, 1, 1, end, end, end)).unwrap();
+    take(&mut l);
+    // A rejection of an append sent before the follower matched at `end`.
+    l.step(msg(
+        2,
+        1,
+        1,
+        MessageKind::AppendReject {
+            rejected: 0,
+            hint_pos: 0,
+            hint_term: 0,
+        },
+    ))
+    .unwrap();
+    let p = l.peers().find(|p| p.id == 2).unwrap().progress;
+    assert_eq!(
+        (p.state, p.next, p.matched),
+        (ProgressState::Replicate, end, end)
+    );
+}
+
+#[test]
+fn leader_pipelines_appends_up_to_its_window_without_waiting() {
+    let mut c = cfg(1, 3);
+    c.window_bytes = 1000;
+    c.append_bytes_max = 200;
+    c.noop_bytes = 100;
+    let mut l = Node::new(c, HardState::default(), vec![]).unwrap();
+    tick_until_campaign(&mut l);
+    l.step(msg(2, 1, 1, MessageKind::PreVoteResp { granted: true }))
+        .unwrap();
+    l.step(msg(2, 1, 1, MessageKind::VoteResp { granted: true }))
+        .unwrap();
+    take(&mut l);
+    // Follower 2 answers the probe: replicate state.
+    l.step(ack(2, 1, 1, 100, 100, 100)).unwrap();
+    take(&mut l);
+    for _ in 0..30 {
+        l.propose(100).unwrap();
+    }
+    let rd = take(&mut l);
+    let sent = appends(&rd, 2);
+    assert_eq!(
+        sent.len(),
+        5,
+        "five appends of two entries fill the 1000-byte window"
+    );
+    for (i, (prev, entries)) in sent.iter().enumerate() {
+        assert_eq!(
+            *prev,
+            100 + 200 * i as u64,
+            "each starts where the last ended"
+        );
+        assert_eq!(entries.len(), 2);
+    }
+    // Follower 3 never answered its probe: one append in flight only.
+    assert_eq!(appends(&rd, 3).len(), 0, "probe still outstanding");
+    // An acknowledgement opens the window again.
+    l.step(ack(2, 1, 1, 500, 500, 100)).unwrap();
+    let rd = take(&mut l);
+    assert_eq!(
+        appends(&rd, 2).iter().map(|a| a.0).collect::<Vec<_>>(),
+        [1100, 1300]
+    );
+}
+
+#[test]
+fn leader_resumes_from_the_acknowledged_position_after_a_reconnect() {
+    let mut l = make_leader(1, 3, 0, vec![]);
+    let noop = l.last_pos();
+    l.step(ack(2, 1, 1, noop, noop, noop)).unwrap();
+    for _ in 0..3 {
+        l.propose(10).unwrap();
+    }
+    take(&mut l);
+    assert_eq!(
+        l.peers().find(|p| p.id == 2).unwrap().progress.next,
+        noop + 30
+    );
+    // The connection broke: what was in flight may be lost.
+    l.report_unreachable(2);
+    let rd = take(&mut l);
+    assert_eq!(
+        appends(&rd, 2),
+        [(
+            noop,
+            vec![
+                e(noop, noop + 10, 1),
+                e(noop + 10, noop + 20, 1),
+                e(noop + 20, noop + 30, 1)
+            ]
+        )]
+    );
+}
+
+#[test]
+fn leader_resends_when_acknowledgements_stop() {
+    let mut l = make_leader(1, 3, 0, vec![]);
+    let noop = l.last_pos();
+    l.step(ack(2, 1, 1, noop, noop, noop)).unwrap();
+    l.propose(10).unwrap();
+    take(&mut l);
+    // The append is lost; nothing is acknowledged for retransmit_ticks.
+    let mut resent = false;
+    for _ in 0..=config::RETRANSMIT_TICKS_DEFAULT + config::HEARTBEAT_TICKS_DEFAULT {
+        l.tick();
+        let rd = take(&mut l);
+        resent |= appends(&rd, 2).iter().any(|(prev, _)| *prev == noop);
+        l.step(ack(3, 1, 1, 0, 0, 0)).unwrap(); // keep the quorum
+    }
+    assert!(
+        resent,
+        "the lost append was sent again from the acknowledged position"
+    );
+}
+
+// ----- R, C and the commit rule (§5.4.2) -------------------------------
+
+#[test]
+fn commit_is_the_majority_flushed_position_and_replicated_the_majority_written() {
+    let mut l = make_leader(1, 3, 0, vec![]);
+    let noop = l.last_pos();
+    l.report_written(noop, 1);
+    take(&mut l);
+    assert_eq!(
+        (l.replicated(), l.committed()),
+        (0, 0),
+        "one of three holds it"
+    );
+    // Follower 2 wrote it but has not flushed: a majority holds it in memory.
+    l.step(ack(2, 1, 1, noop, noop, 0)).unwrap();
+    assert_eq!((l.replicated(), l.committed()), (noop, 0));
+    // Follower 3 flushed it, the leader has not: one durable copy of three...
+    l.step(ack(3, 1, 1, noop, noop, noop)).unwrap();
+    assert_eq!(l.committed(), 0);
+    // ...until follower 2 flushes too: two of three durable, even though the
+    // leader's own flush is still running.
+    l.step(ack(2, 1, 1, noop, noop, noop)).unwrap();
+    assert_eq!(l.committed(), noop);
+    let rd = take(&mut l);
+    assert_eq!((rd.replicated, rd.committed), (Some(noop), Some(noop)));
+}
+
+#[test]
+fn commit_never_passes_the_leaders_own_written_position() {
+    let mut l = make_leader(1, 3, 0, vec![]);
+    let noop = l.last_pos();
+    l.step(ack(2, 1, 1, noop, noop, noop)).unwrap();
+    l.step(ack(3, 1, 1, noop, noop, noop)).unwrap();
+    assert_eq!(
+        l.committed(),
+        0,
+        "the leader's writer has not reported the bytes yet"
+    );
+    l.report_written(noop, 1);
+    assert_eq!(l.committed(), noop);
+}
+
+#[test]
+fn rule_5_4_2_leader_commits_earlier_terms_only_through_an_entry_of_its_own() {
+    // Figure 8: the leader of term 3 holds an uncommitted term-1 entry.
+    let mut l = make_leader(1, 3, 2, vec![e(0, 10, 1)]);
+    assert_eq!(l.term(), 3);
+    let noop = l.last_pos();
+    l.report_flushed(noop, 3);
+    // A majority holds [0, 10) durably, but that entry is of term 1.
+    l.step(ack(2, 1, 3, 10, 10, 10)).unwrap();
+    assert_eq!(
+        (l.committed(), l.replicated()),
+        (0, 0),
+        "not through an earlier term's entry"
+    );
+    // Once the no-op of term 3 is on a majority, both commit together.
+    l.step(ack(2, 1, 3, noop, noop, noop)).unwrap();
+    assert_eq!((l.committed(), l.replicated()), (noop, noop));
+}
+
+#[test]
+fn follower_commit_stays_within_the_prefix_matching_the_leader() {
+    // Follower holds a stale tail [10, 20) of term 1 the leader never had.
+    let mut f = node_with(2, 3, 1, vec![e(0, 10, 1), e(10, 20, 1)]);
+    f.step(msg(1, 2, 2, MessageKind::Heartbeat { commit: 100 }))
+        .unwrap();
+    assert_eq!(f.committed(), 0, "nothing is known to match yet");
+    let kind = MessageKind::Append {
+        prev_pos: 10,
+        prev_term: 1,
+        entries: vec![],
+        commit: 100,
+    };
+    f.step(msg(1, 2, 2, kind)).unwrap();
+    assert_eq!(f.committed(), 10, "only the matching prefix");
+    let kind = MessageKind::Append {
+        prev_pos: 10,
+        prev_term: 1,
+        entries: vec![e(10, 40, 2)],
+        commit: 100,
+    };
+    f.step(msg(1, 2, 2, kind)).unwrap();
+    assert_eq!(f.committed(), 10, "the new bytes are not written yet");
+    f.report_written(40, 2);
+    assert_eq!((f.committed(), f.replicated()), (40, 40));
+}
+
+#[test]
+fn replicated_falls_back_to_committed_when_leadership_is_lost() {
+    let mut l = make_leader(1, 3, 0, vec![]);
+    let noop = l.last_pos();
+    l.report_written(noop, 1);
+    l.step(ack(2, 1, 1, noop, noop, 0)).unwrap();
+    assert_eq!(take(&mut l).replicated, Some(noop));
+    l.step(ack(3, 1, 2, 0, 0, 0)).unwrap(); // a newer term
+    let rd = take(&mut l);
+    assert_eq!(
+        rd.replicated,
+        Some(0),
+        "R is only meaningful on the leader of the current term"
+    );
+    assert_eq!(rd.committed, None);
+}
+
+// ----- leadership transfer, check-quorum, proposals --------------------
+
+#[test]
+fn transfer_leader_sends_timeout_now_once_the_target_is_caught_up() {
+    let mut l = make_leader(1, 3, 0, vec![]);
+    l.transfer_leader(3).unwrap();
+    assert_eq!(
+        l.propose(10),
+        Err(ConsensusError::TransferInProgress { to: 3 })
+    );
+    assert!(
+        take(&mut l)
+            .messages
+            .iter()
+            .all(|m| m.kind != MessageKind::TimeoutNow),
+        "3 is behind"
+    );
+    let end = l.last_pos();
+    l.step(ack(3, 1, 1, end, end, 0)).unwrap();
+    let rd = take(&mut l);
+    assert_eq!(
+        messages_to(&rd, 3)
+            .iter()
+            .filter(|m| m.kind == MessageKind::TimeoutNow)
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn transfer_leader_hands_over_leadership_in_a_new_term() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.node(1).propose(10).unwrap();
+    c.settle();
+    c.node(1).transfer_leader(3).unwrap();
+    c.settle();
+    assert_eq!(c.leaders(), [3]);
+    assert_eq!(c.node(3).term(), 2);
+    // The followers were in lease with leader 1: the transfer vote passed anyway.
+    assert_eq!(c.node(2).leader(), Some(3));
+}
+
+#[test]
+fn abandoned_transfer_lets_the_leader_take_proposals_again() {
+    let mut l = make_leader(1, 3, 0, vec![]);
+    l.transfer_leader(2).unwrap();
+    for _ in 0..config::ELECTION_TICKS_MIN_DEFAULT {
+        l.step(ack(3, 1, 1, 0, 0, 0)).unwrap();
+        l.tick();
+    }
+    assert_eq!(l.role(), Role::Leader);
+    assert!(l.propose(10).is_ok());
+}
+
+#[test]
+fn check_quorum_leader_that_hears_from_no_majority_steps_down() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.cut = vec![1];
+    for _ in 0..2 * config::ELECTION_TICKS_MIN_DEFAULT {
+        c.node(1).tick();
+        c.settle();
+    }
+    assert_eq!(
+        (c.node(1).role(), c.node(1).leader()),
+        (Role::Follower, None)
+    );
+    assert_eq!(c.node(1).term(), 1, "stepping down needs no new term");
+}
+
+#[test]
+fn check_quorum_leader_that_hears_from_a_majority_stays() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.cut = vec![3];
+    for _ in 0..5 * config::ELECTION_TICKS_MAX_DEFAULT {
+        c.node(1).tick();
+        c.node(2).tick();
+        c.settle();
+    }
+    assert_eq!(c.leaders(), [1]);
+}
+
+#[test]
+fn only_the_leader_takes_proposals_and_followers_name_it() {
+    let mut c = Cluster::new(3);
+    c.elect(2);
+    assert_eq!(
+        c.node(1).propose(10),
+        Err(ConsensusError::NotLeader { leader: Some(2) })
+    );
+    assert_eq!(c.node(2).propose(0), Err(ConsensusError::InvalidLength(0)));
+    let e = c.node(2).propose(10).unwrap();
+    assert_eq!(e.term, c.node(2).term(), "stamped with the leader's term");
+    c.settle();
+    for id in 1..=3 {
+        assert_eq!(c.node(id).committed(), e.end, "node {id}");
+        assert_eq!(c.node(id).log().last(), Some(&e));
+    }
+}
+
+#[test]
+fn leader_change_seen_in_soft_state_on_every_node() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    for id in 1..=3 {
+        let last = c.seen[id as usize - 1]
+            .iter()
+            .rev()
+            .find_map(|r| r.soft_state)
+            .unwrap();
+        assert_eq!(last.leader, Some(1), "node {id}");
+    }
+}
+
+#[test]
+fn single_node_group_elects_itself_and_commits_what_it_flushes() {
+    let mut n = node(1, 1);
+    tick_until_campaign(&mut n);
+    assert_eq!(n.role(), Role::Leader);
+    let e = n.propose(10).unwrap();
+    let rd = take(&mut n);
+    assert_eq!(rd.entries.len(), 2, "the no-op and the proposal");
+    n.report_written(e.end, e.term);
+    assert_eq!((n.replicated(), n.committed()), (e.end, 0));
+    n.report_flushed(e.end, e.term);
+    assert_eq!(n.committed(), e.end);
+}
+
+#[test]
+fn cluster_replicates_and_commits_on_every_node() {
+    for size in [3, 5] {
+        let mut c = Cluster::new(size);
+        c.elect(1);
+        let mut last = Entry {
+            start: 0,
+            end: 0,
+            term: 0,
+        };
+        for len in 1..20 {
+            last = c.node(1).propose(len).unwrap();
+        }
+        c.settle();
+        for id in 1..=size {
+            assert_eq!(c.node(id).committed(), last.end, "node {id} of {size}");
+            let leader_log = c.node(1).log().to_vec();
+            assert_eq!(c.node(id).log(), &leader_log[..]);
+        }
+    }
+}
+
+#[test]
+fn commit_waits_for_a_majority_of_durable_copies() {
+    let mut c = Cluster::new(3);
+    c.no_flush = vec![2, 3];
+    c.elect(1);
+    let e = c.node(1).propose(10).unwrap();
+    c.settle();
+    assert_eq!(c.node(1).replicated(), e.end, "in memory on all three");
+    assert!(c.node(1).committed() < e.end, "durable on one");
+    c.no_flush = vec![3];
+    c.node(2).report_flushed(e.end, e.term);
+    c.settle();
+    assert_eq!(c.node(1).committed(), e.end);
+}
+
+// ----- the caller's contract -------------------------------------------
+
+#[test]
+fn restart_keeps_term_and_vote_and_treats_the_journal_as_durable() {
+    let hs = HardState {
+        term: 4,
+        voted_for: Some(2),
+    };
+    let n = Node::new(cfg(1, 3), hs, vec![e(0, 10, 3)]).unwrap();
+    assert_eq!(
+        (n.hard_state(), n.written(), n.flushed(), n.committed()),
+        (hs, 10, 10, 0)
+    );
+    let bad = Node::new(
+        cfg(1, 3),
+        HardState {
+            term: 2,
+            voted_for: None,
+        },
+        vec![e(0, 10, 3)],
+    );
+    assert!(matches!(bad, Err(ConsensusError::InvalidState(_))));
+    let bad = Node::new(
+        cfg(1, 3),
+        HardState {
+            term: 2,
+            voted_for: Some(9),
+        },
+        vec![],
+    );
+    assert!(matches!(bad, Err(ConsensusError::InvalidState(_))));
+}
+
+#[test]
+fn malformed_messages_are_refused_without_changing_state() {
+    let cases = [
+        msg(2, 9, 1, MessageKind::Heartbeat { commit: 0 }),
+        msg(9, 1, 1, MessageKind::Heartbeat { commit: 0 }),
+        msg(1, 1, 1, MessageKind::Heartbeat { commit: 0 }),
+        msg(
+            2,
+            1,
+            1,
+            MessageKind::Append {
+                prev_pos: 0,
+                prev_term: 0,
+                entries: vec![e(5, 10, 1)],
+                commit: 0,
+            },
+        ),
+        msg(
+            2,
+            1,
+            1,
+            MessageKind::Append {
+                prev_pos: 0,
+                prev_term: 0,
+                entries: vec![e(0, 0, 1)],
+                commit: 0,
+            },
+        ),
+        msg(
+            2,
+            1,
+            1,
+            MessageKind::Append {
+                prev_pos: 0,
+                prev_term: 0,
+                entries: vec![e(0, 5, 2)],
+                commit: 0,
+            },
+        ),
+        msg(
+            2,
+            1,
+            1,
+            MessageKind::Append {
+                prev_pos: 0,
+                prev_term: 2,
+                entries: vec![],
+                commit: 0,
+            },
+        ),
+        msg(
+            2,
+            1,
+            1,
+            MessageKind::AppendAck {
+                matched: 5,
+                written: 6,
+                flushed: 0,
+            },
+        ),
+        msg(
+            2,
+            1,
+            1,
+            MessageKind::AppendReject {
+                rejected: 5,
+                hint_pos: 6,
+                hint_term: 0,
+            },
+        ),
+    ];
+    for m in cases {
+        let mut n = node(1, 3);
+        assert!(
+            matches!(n.step(m.clone()), Err(ConsensusError::Malformed { .. })),
+            "{m:?}"
+        );
+        assert_eq!(
+            (n.term(), n.leader(), n.has_ready()),
+            (0, None, false),
+            "{m:?}"
+        );
+    }
+}
+
+#[test]
+fn append_that_would_replace_committed_entries_is_refused() {
+    let mut f = node(2, 3);
+    let kind = MessageKind::Append {
+        prev_pos: 0,
+        prev_term: 0,
+        entries: vec![e(0, 10, 1)],
+        commit: 10,
+    };
+    f.step(msg(1, 2, 1, kind)).unwrap();
+    f.report_written(10, 1);
+    assert_eq!(f.committed(), 10);
+    let kind = MessageKind::Append {
+        prev_pos: 0,
+        prev_term: 0,
+        entries: vec![e(0, 10, 2)],
+        commit: 0,
+    };
+    let err = f.step(msg(3, 2, 2, kind)).unwrap_err();
+    assert_eq!(
+        err,
+        ConsensusError::CommittedConflict {
+            from: 3,
+            pos: 0,
+            commit: 10
+        }
+    );
+    assert_eq!(f.log(), &[e(0, 10, 1)]);
+}
+
+#[test]
+#[should_panic(expected = "before Node::advance")]
+fn ready_twice_without_advance_panics() {
+    let mut n = node(1, 3);
+    let _first = n.ready();
+    let _second = n.ready();
+}
