@@ -246,6 +246,12 @@ impl Config {
         if self.connection_write_bytes_max < 64 * KIB {
             return fail("connection_write_bytes_max must be at least 64 KiB".into());
         }
+        if self.partitions_max > crate::journal::catalog::PARTITIONS_MAX {
+            return fail(format!(
+                "partitions_max must be at most {} (the journal's own bound)",
+                crate::journal::catalog::PARTITIONS_MAX
+            ));
+        }
         if self.topics_max == 0 || self.partitions_per_topic_max == 0 || self.partitions_max == 0 {
             return fail(
                 "topics_max, partitions_per_topic_max and partitions_max must be above 0".into(),
@@ -289,6 +295,11 @@ mod tests {
         assert!(c.validate().is_err());
         let c = Config {
             request_ring_bytes: 1024,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            partitions_max: crate::journal::catalog::PARTITIONS_MAX + 1,
             ..Config::default()
         };
         assert!(c.validate().is_err());

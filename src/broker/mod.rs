@@ -279,6 +279,20 @@ mod tests {
         crate::wire::frame::request_frame(api.as_u16(), 1, corr, body)
     }
 
+    /// A produce request at QoS all with a 10 s timeout.
+    fn produce_frame(topic: &str, partition: u32, corr: u32, batch: &[u8]) -> Vec<u8> {
+        request(ApiKey::Produce, corr, |out| {
+            ProduceRequest {
+                topic,
+                partition,
+                qos: Qos::All as u8,
+                timeout_ms: 10_000,
+                batch,
+            }
+            .encode(out)
+        })
+    }
+
     /// Reads one response frame, keeping extra bytes for the next call.
     fn response(s: &mut TcpStream) -> (ResponseHeader, Vec<u8>) {
         thread_local!(static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) });
@@ -333,17 +347,8 @@ mod tests {
             b.clear();
             b.push(i as i64, &i.to_le_bytes(), &value, &[]);
             let batch = b.finish(0, 0).to_vec();
-            s.write_all(&request(ApiKey::Produce, 100 + i, |out| {
-                ProduceRequest {
-                    topic: "t",
-                    partition: 1,
-                    qos: Qos::All as u8,
-                    timeout_ms: 10_000,
-                    batch: &batch,
-                }
-                .encode(out)
-            }))
-            .unwrap();
+            s.write_all(&produce_frame("t", 1, 100 + i, &batch))
+                .unwrap();
         }
         for i in 0..3000u32 {
             let (h, body) = response(&mut s);
@@ -480,17 +485,8 @@ mod tests {
             let mut b = BatchBuilder::new();
             b.push(0, b"k", &vec![1u8; size], &[]);
             let batch = b.finish(0, 0).to_vec();
-            s.write_all(&request(ApiKey::Produce, corr, |out| {
-                ProduceRequest {
-                    topic: "limits",
-                    partition: 0,
-                    qos: Qos::All as u8,
-                    timeout_ms: 10_000,
-                    batch: &batch,
-                }
-                .encode(out)
-            }))
-            .unwrap();
+            s.write_all(&produce_frame("limits", 0, corr, &batch))
+                .unwrap();
             let (h, _) = response(&mut s);
             assert_eq!((h.correlation_id, h.error_code), (corr, expect.as_u16()));
         }
@@ -505,17 +501,8 @@ mod tests {
         b.push(0, b"k", b"once", &[]);
         let batch = b.finish(42, 7).to_vec();
         let produce = |s: &mut TcpStream, corr: u32| {
-            s.write_all(&request(ApiKey::Produce, corr, |out| {
-                ProduceRequest {
-                    topic: "dedup",
-                    partition: 0,
-                    qos: Qos::All as u8,
-                    timeout_ms: 10_000,
-                    batch: &batch,
-                }
-                .encode(out)
-            }))
-            .unwrap();
+            s.write_all(&produce_frame("dedup", 0, corr, &batch))
+                .unwrap();
             let (h, body) = response(s);
             assert_eq!((h.correlation_id, h.error_code), (corr, 0));
             ProduceResponse::decode(&body).unwrap().base_offset
@@ -537,17 +524,7 @@ mod tests {
             let mut other = BatchBuilder::new();
             other.push(0, b"k", b"next", &[]);
             let next = other.finish(42, 8 + round).to_vec();
-            s.write_all(&request(ApiKey::Produce, 3, |out| {
-                ProduceRequest {
-                    topic: "dedup",
-                    partition: 0,
-                    qos: Qos::All as u8,
-                    timeout_ms: 10_000,
-                    batch: &next,
-                }
-                .encode(out)
-            }))
-            .unwrap();
+            s.write_all(&produce_frame("dedup", 0, 3, &next)).unwrap();
             let (h, body) = response(&mut s);
             assert_eq!(h.error_code, 0);
             assert_eq!(
