@@ -26,9 +26,9 @@ use crate::journal::log::Journal;
 use crate::journal::scan::{header_crc_ok, scan, ScanResult, ScanStop};
 use crate::journal::segment::segment_file_name;
 use crate::wire::api::{
-    check_topic_name, ApiKey, CreateTopicRequest, ErrorBody, FetchRequest, FetchResponse,
-    HandshakeRequest, HandshakeResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, ProduceRequest, ProduceResponse,
+    check_topic_name, ApiKey, ClusterStatusResponse, CreateTopicRequest, ErrorBody, FetchRequest,
+    FetchResponse, HandshakeRequest, HandshakeResponse, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataRequest, MetadataResponse, NotLeaderBody, ProduceRequest, ProduceResponse,
 };
 use crate::wire::batch::{
     check_producer_batch, check_producer_batch_with, check_stored_batch, declared_len, records,
@@ -41,6 +41,7 @@ use crate::wire::frame::{
     check_frame, finish_frame, FrameError, RequestHeader, ResponseHeader, LENGTH_PREFIX_LEN,
     REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN,
 };
+use crate::wire::replicate::{decode_message, encode_message, payload_len, write_frame};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -82,8 +83,9 @@ const OPEN_CACHE_BYTES: usize = 4096;
 /// broker's reactor does and into response frames the way the client
 /// does, checking [`check_frame`]'s answer against the length prefix, and
 /// decodes every frame's header and its body with every request and
-/// response decoder of [`crate::wire::api`]. A body that decodes must
-/// re-encode to exactly its bytes (every encoding is canonical).
+/// response decoder of [`crate::wire::api`] and the Replicate decoder of
+/// [`crate::wire::replicate`]. A body that decodes must re-encode to
+/// exactly its bytes (every encoding is canonical).
 pub fn frame(data: &[u8]) {
     for_each_frame(data, REQUEST_HEADER_LEN, request_frame);
     for_each_frame(data, RESPONSE_HEADER_LEN, response_frame);
@@ -198,6 +200,34 @@ fn request_bodies(body: &[u8]) {
     if let Some(req) = round_trip!(ListOffsetsRequest, body) {
         topic_name_checks(req.topic);
     }
+    replicate_checks(body);
+}
+
+/// The Replicate decoder: a body that decodes is the one encoding of its
+/// message followed by exactly the payload the message announces, and
+/// [`write_frame`] frames it so that the payload completes the frame.
+fn replicate_checks(body: &[u8]) {
+    let Ok((m, payload)) = decode_message(body) else {
+        return;
+    };
+    assert_eq!(payload_len(&m), payload.len() as u64);
+    let mut out = Vec::with_capacity(body.len());
+    encode_message(&m, &mut out);
+    assert_eq!(out.len() + payload.len(), body.len());
+    assert_eq!(out[..], body[..out.len()], "Replicate body re-encodes");
+    assert_eq!(
+        payload,
+        &body[out.len()..],
+        "the payload is the body's tail"
+    );
+    let mut frame = Vec::with_capacity(REQUEST_HEADER_LEN + body.len());
+    assert_eq!(write_frame(&m, &mut frame), payload.len() as u64);
+    assert_eq!(frame[REQUEST_HEADER_LEN..], out[..]);
+    let declared = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+    assert_eq!(
+        declared + LENGTH_PREFIX_LEN,
+        REQUEST_HEADER_LEN + body.len()
+    );
 }
 
 fn topic_name_checks(name: &str) {
@@ -236,6 +266,14 @@ fn response_bodies(body: &[u8]) {
     round_trip!(HandshakeResponse, body);
     round_trip!(MetadataResponse, body);
     round_trip!(ListOffsetsResponse, body);
+    round_trip!(ClusterStatusResponse, body);
+    // NotLeader's trailer is lenient like the error body: it re-decodes to
+    // itself, and its message is the error body's.
+    let not_leader = NotLeaderBody::decode(body);
+    assert_eq!(not_leader.message, error.message);
+    let mut out = Vec::new();
+    not_leader.encode(&mut out);
+    assert_eq!(NotLeaderBody::decode(&out), not_leader);
     if let Ok(resp) = ProduceResponse::decode(body) {
         assert_eq!(resp.to_bytes()[..], *body);
     }
@@ -875,6 +913,56 @@ fn response(api: ApiKey, error: ErrorCode, body: impl FnOnce(&mut Vec<u8>)) -> V
     out
 }
 
+/// Replicate frames as a leader sends them: an append carrying the journal
+/// bytes of `batches` (two entries), then a vote and a heartbeat.
+fn replicate_seed(batches: &[u8]) -> Vec<u8> {
+    use crate::consensus::{Entry, Message, MessageKind};
+    let split = split_batches(batches).next().map_or(0, <[u8]>::len) as u64;
+    let end = batches.len() as u64;
+    let message = |kind| Message {
+        from: 1,
+        to: 2,
+        term: 3,
+        kind,
+    };
+    let append = message(MessageKind::Append {
+        prev_pos: 0,
+        prev_term: 0,
+        entries: vec![
+            Entry {
+                start: 0,
+                end: split,
+                term: 2,
+            },
+            Entry {
+                start: split,
+                end,
+                term: 3,
+            },
+        ],
+        commit: 0,
+    });
+    let mut out = Vec::new();
+    let payload = write_frame(&append, &mut out);
+    assert_eq!(payload, end);
+    out.extend_from_slice(batches);
+    assert!(
+        decode_message(&out[REQUEST_HEADER_LEN..]).is_ok(),
+        "the seed's append decodes"
+    );
+    for kind in [
+        MessageKind::Vote {
+            last_pos: end,
+            last_term: 3,
+            transfer: false,
+        },
+        MessageKind::Heartbeat { commit: end },
+    ] {
+        write_frame(&message(kind), &mut out);
+    }
+    out
+}
+
 /// Valid, structured inputs for each target, as (target, file name,
 /// bytes): what `fuzz/seeds/<target>/<file name>` holds, so that the
 /// fuzzers start from real frames, batches and segments.
@@ -981,6 +1069,37 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         }
         .encode(out)
     }));
+    responses.extend(response(ApiKey::ClusterStatus, ErrorCode::None, |out| {
+        ClusterStatusResponse {
+            node_id: 2,
+            role: crate::wire::api::ClusterRole::Follower,
+            term: 3,
+            leader_id: 1,
+            written: 640,
+            flushed: 512,
+            replicated: 512,
+            committed: 400,
+            nodes: vec![
+                crate::wire::api::ClusterNode {
+                    id: 1,
+                    addr: "10.0.0.1:7000".into(),
+                },
+                crate::wire::api::ClusterNode {
+                    id: 2,
+                    addr: "10.0.0.2:7000".into(),
+                },
+            ],
+        }
+        .encode(out)
+    }));
+    responses.extend(response(ApiKey::Produce, ErrorCode::NotLeader, |out| {
+        NotLeaderBody {
+            message: "this broker is not the leader",
+            leader_id: 1,
+            leader_addr: "10.0.0.1:7000",
+        }
+        .encode(out)
+    }));
     let fetch = response(ApiKey::Fetch, ErrorCode::None, |out| {
         FetchResponse {
             high_watermark: 4,
@@ -989,6 +1108,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         }
         .encode(out)
     });
+    let replicate = replicate_seed(&fetch_batches);
     let checkpoint = checkpoint::encode(&Checkpoint {
         position: sample_segment(0).len() as u64,
         next_topic_id: 2,
@@ -1005,6 +1125,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("frame_decoder", "pipelined_requests", pipelined),
         ("frame_decoder", "responses", responses),
         ("frame_decoder", "fetch_response", fetch),
+        ("frame_decoder", "replicate", replicate),
         ("batch_validator", "producer_batch", sample_batch()),
         (
             "batch_validator",

@@ -1,5 +1,6 @@
-//! The wire protocol: frames, headers, message bodies, the record batch and
-//! error codes. Pure encoding and decoding: no IO, no threads.
+//! The wire protocol: frames, headers, message bodies, the consensus
+//! messages brokers exchange (`replicate`), the record batch and error
+//! codes. Pure encoding and decoding: no IO, no threads.
 
 pub mod api;
 pub mod batch;
