@@ -51,6 +51,24 @@ enum Command {
     Produce(ProduceArgs),
     /// Print the value of each message, one per line.
     Consume(ConsumeArgs),
+    /// Inspect the replication group.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Each member's id, address, role, term and W/F/R/C positions (every
+    /// member is asked; one that does not answer in 2 s is `unreachable`).
+    Status {
+        /// Print one JSON object: `leader` (node id or null), `term`, `nodes`.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -197,6 +215,9 @@ fn main() -> ExitCode {
         } => list_topics(&client.addr),
         Command::Produce(args) => produce(args),
         Command::Consume(args) => consume(args),
+        Command::Cluster {
+            command: ClusterCommand::Status { json, client },
+        } => cluster_status(&client.addr, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -247,6 +268,104 @@ fn run_broker(args: BrokerArgs) -> Result<()> {
     broker.shutdown_handle().shutdown();
     broker.wait()?;
     Ok(())
+}
+
+/// How long `cluster status` waits for each member.
+const CLUSTER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn cluster_status(addr: &str, json: bool) -> Result<()> {
+    use hutong::client::cluster::{group_status, role_name};
+    let group = group_status(addr, CLUSTER_STATUS_TIMEOUT)
+        .with_context(|| format!("cannot ask {addr} for its cluster status"))?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let nodes: Vec<String> = group
+            .members
+            .iter()
+            .map(|m| match &m.status {
+                Some(s) => format!(
+                    "{{\"id\":{},\"addr\":{},\"role\":\"{}\",\"term\":{},\"leader\":{},\
+                     \"written\":{},\"flushed\":{},\"replicated\":{},\"committed\":{}}}",
+                    m.id,
+                    json_string(&m.addr),
+                    role_name(s.role),
+                    s.term,
+                    json_id(s.leader_id),
+                    s.written,
+                    s.flushed,
+                    s.replicated,
+                    s.committed
+                ),
+                None => format!(
+                    "{{\"id\":{},\"addr\":{},\"role\":\"unreachable\"}}",
+                    m.id,
+                    json_string(&m.addr)
+                ),
+            })
+            .collect();
+        writeln!(
+            out,
+            "{{\"leader\":{},\"term\":{},\"nodes\":[{}]}}",
+            group.leader.map_or("null".to_string(), |l| l.to_string()),
+            group.term,
+            nodes.join(",")
+        )?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "leader: {}  term: {}",
+        group.leader.map_or("none".to_string(), |l| l.to_string()),
+        group.term
+    )?;
+    writeln!(
+        out,
+        "{:>4}  {:<22} {:<13} {:>6} {:>14} {:>14} {:>14} {:>14}",
+        "id", "addr", "role", "term", "written", "flushed", "replicated", "committed"
+    )?;
+    for m in &group.members {
+        match &m.status {
+            Some(s) => writeln!(
+                out,
+                "{:>4}  {:<22} {:<13} {:>6} {:>14} {:>14} {:>14} {:>14}",
+                m.id,
+                m.addr,
+                role_name(s.role),
+                s.term,
+                s.written,
+                s.flushed,
+                s.replicated,
+                s.committed
+            )?,
+            None => writeln!(out, "{:>4}  {:<22} unreachable", m.id, m.addr)?,
+        }
+    }
+    Ok(())
+}
+
+/// A node id for JSON: `null` for 0 (none).
+fn json_id(id: u64) -> String {
+    if id == 0 {
+        "null".to_string()
+    } else {
+        id.to_string()
+    }
+}
+
+/// A JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn admin(addr: &str) -> Result<Admin> {
@@ -318,7 +437,10 @@ fn produce(args: ProduceArgs) -> Result<()> {
         if builder.is_empty() {
             break;
         }
-        pending.push_back(producer.send(&args.topic, args.partition, builder.finish(0, 0))?);
+        // Stamped with the producer's id and a sequence number, so a batch
+        // retried after a lost connection or a leader change is stored once.
+        let batch = builder.finish(producer.producer_id(), producer.next_sequence());
+        pending.push_back(producer.send(&args.topic, args.partition, batch)?);
         // Take the acknowledgements already in, so a failure stops the run
         // early instead of after the whole input.
         while pending.front().is_some_and(Receipt::is_ready) {

@@ -36,7 +36,7 @@ impl Target {
     /// When the broker cannot be started.
     pub fn resolve(addr: Option<SocketAddr>) -> Result<Target> {
         match addr {
-            Some(addr) => Ok(Target::Running(addr)),
+            Some(addr) => Ok(Target::Running(leader_of(addr)?)),
             None => Ok(Target::Started(BrokerProcess::start()?)),
         }
     }
@@ -66,6 +66,42 @@ impl Target {
             Target::Running(_) => Ok(()),
             Target::Started(b) => b.stop(),
         }
+    }
+}
+
+/// How long to wait for a replication group to name its leader.
+const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The address to send produce requests to: `addr` itself for a standalone
+/// broker or a group's leader, else the leader `addr`'s group names (its
+/// address as `addr`'s member list gives it), waiting for an election if
+/// there is none yet. Every scenario then runs against the leader.
+///
+/// # Errors
+/// When `addr` cannot be asked, or no leader emerges in time.
+pub fn leader_of(addr: SocketAddr) -> Result<SocketAddr> {
+    use hutong::wire::api::ClusterRole;
+    let deadline = Instant::now() + LEADER_TIMEOUT;
+    loop {
+        let admin = hutong::client::Admin::connect(addr)
+            .with_context(|| format!("cannot connect to {addr}"))?;
+        let status = admin
+            .cluster_status()
+            .with_context(|| format!("cannot ask {addr} for its cluster status"))?;
+        if matches!(status.role, ClusterRole::Standalone | ClusterRole::Leader) {
+            return Ok(addr);
+        }
+        if let Some(node) = status.nodes.iter().find(|n| n.id == status.leader_id) {
+            let leader = node
+                .addr
+                .parse()
+                .with_context(|| format!("leader address {} is not IP:PORT", node.addr))?;
+            return Ok(leader);
+        }
+        if Instant::now() > deadline {
+            bail!("the group of {addr} has no leader after {LEADER_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -12,7 +12,8 @@
 //!   one loopback connection, without a broker.
 //! - [`suite`]: the standard suite that `make bench` runs.
 //!
-//! Every broker scenario takes `--addr` to target a running broker; without
+//! Every broker scenario takes `--addr` to target a running broker (any
+//! member of a replication group: the run goes to its leader); without
 //! it the bench starts one itself ([`broker`]). The measuring machinery is in
 //! [`window`] (requests in flight, acknowledgements, latency) and the output
 //! in [`report`].

@@ -103,6 +103,20 @@ impl Replica {
         let _ = self.segments.send(e);
     }
 
+    /// The follower to hand leadership to, when this node leads.
+    pub fn best_transfer_target(&self) -> Option<u64> {
+        (self.node.role() == Role::Leader)
+            .then(|| self.node.best_transfer_target())
+            .flatten()
+    }
+
+    /// Starts handing leadership to `to`.
+    pub fn transfer_leader(&mut self, to: u64) {
+        if let Err(e) = self.node.transfer_leader(to) {
+            crate::log!("cannot hand leadership to node {to}: {e}");
+        }
+    }
+
     /// The state machine (read-only).
     pub fn node(&self) -> &Node {
         &self.node

@@ -513,6 +513,23 @@ impl Writer {
         Ok(())
     }
 
+    /// Graceful shutdown of a leader: hands leadership to the follower that
+    /// holds the most of the log. When it holds everything (the usual case:
+    /// it acknowledged the last batches as they were written) it is told to
+    /// campaign at once, so the group has a new leader within a round trip
+    /// instead of an election timeout; otherwise the others elect one as
+    /// after a crash.
+    pub fn hand_over(&mut self) {
+        let Some(r) = self.replica.as_mut() else {
+            return;
+        };
+        if let Some(to) = r.best_transfer_target() {
+            crate::log!("shutting down: handing leadership to node {to}");
+            r.transfer_leader(to);
+            self.apply_ready(0, &[]);
+        }
+    }
+
     /// The fatal error found while applying consensus output, if any.
     pub fn take_fatal(&mut self) -> Option<String> {
         self.fatal.take()
@@ -606,6 +623,7 @@ pub fn run(shared: Arc<Shared>, mut writer: Writer, mut requests: MessageConsume
             .load(std::sync::atomic::Ordering::Acquire)
             && requests.is_empty()
         {
+            writer.hand_over();
             shared.mark_done(Stage::Writer);
             return;
         }

@@ -3,7 +3,8 @@
 use super::connection::Connection;
 use super::error::ClientError;
 use crate::wire::api::{
-    CreateTopicRequest, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    ClusterStatusResponse, CreateTopicRequest, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataRequest, MetadataResponse,
 };
 use crate::wire::ApiKey;
 use std::net::ToSocketAddrs;
@@ -77,6 +78,19 @@ impl Admin {
         partition: u32,
     ) -> Result<ListOffsetsResponse, ClientError> {
         list_offsets(&self.conn, topic, partition)
+    }
+
+    /// This broker's view of its replication group: its id, role, term,
+    /// the leader it knows, its W/F/R/C positions and the member list.
+    ///
+    /// # Errors
+    /// Connection errors, [`ClientError::Broker`], [`ClientError::Decode`].
+    pub fn cluster_status(&self) -> Result<ClusterStatusResponse, ClientError> {
+        let response = self
+            .conn
+            .call(ApiKey::ClusterStatus, |_| {})?
+            .into_result()?;
+        Ok(ClusterStatusResponse::decode(&response.body)?)
     }
 
     /// Sends `payload` in a Ping and returns the echo. The Ping body is the

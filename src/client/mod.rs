@@ -3,7 +3,8 @@
 //! - [`connection`]: one TCP connection; a locked writing side that sends
 //!   whole request frames, a reader thread that matches each response to
 //!   its waiter by correlation id, so many requests are in flight at once.
-//! - [`admin`]: topics, metadata, offsets, ping.
+//! - [`admin`]: topics, metadata, offsets, ping, cluster status.
+//! - [`cluster`]: the status of a whole replication group.
 //! - [`producer`]: pipelined produce with receipts, `max_in_flight`
 //!   backpressure and `flush`; idempotent retries over a new connection
 //!   when the old one breaks ([`RetryConfig`]).
@@ -32,6 +33,7 @@
 //! ```
 
 pub mod admin;
+pub mod cluster;
 pub mod connection;
 pub mod consumer;
 pub mod error;

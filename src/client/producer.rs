@@ -39,7 +39,10 @@
 //! - a batch without a producer id (`producer_id` 0, as a caller may pass
 //!   to [`Producer::send`]) is never resent once it may have reached the
 //!   broker: its receipt fails instead, since a second copy would be
-//!   stored twice. Only batches with a non-zero producer id (every batch
+//!   stored twice. The exception is a `NotLeader` answer, which says the
+//!   batch was not stored.
+//! - after `NotLeader`, the reconnection goes first to the leader that the
+//!   answer names (docs/protocol.md §4), then around the address list. Only batches with a non-zero producer id (every batch
 //!   [`Producer::send_records`] builds) are safe to retry.
 //!
 //! The broker remembers the last [`IDEMPOTENCE_WINDOW`] batches of each
@@ -50,7 +53,7 @@
 
 use super::connection::{Completion, Connection, ConnectionConfig, ResponseRef};
 use super::error::ClientError;
-use crate::wire::api::{ProduceRequest, ProduceResponse};
+use crate::wire::api::{NotLeaderBody, ProduceRequest, ProduceResponse};
 use crate::wire::batch::{BatchBuilder, BatchView, BATCH_HEADER_LEN};
 use crate::wire::frame::REQUEST_HEADER_LEN;
 use crate::wire::{ApiKey, ErrorCode, Qos};
@@ -357,6 +360,12 @@ struct Tracker {
     retry_cond: Condvar,
     retry: RetryConfig,
     max_in_flight: usize,
+    /// Where a broker that is not the leader said the leader is; the next
+    /// reconnection tries it first.
+    leader_hint: Mutex<Option<SocketAddr>>,
+    /// Reconnections so far; each starts at the next address of the list,
+    /// so a follower that knows no leader yet is not asked again and again.
+    reconnects: std::sync::atomic::AtomicUsize,
 }
 
 /// A request that holds room under the in-flight bounds and a buffer.
@@ -372,6 +381,14 @@ struct Reservation {
 }
 
 impl Tracker {
+    /// Remembers the leader a `NotLeader` answer names, if it names one.
+    fn note_leader(&self, body: &[u8]) {
+        let hint = NotLeaderBody::decode(body);
+        if let Ok(addr) = hint.leader_addr.parse::<SocketAddr>() {
+            *lock(&self.leader_hint) = Some(addr);
+        }
+    }
+
     fn wait<'a>(&self, mut s: MutexGuard<'a, TrackerState>) -> MutexGuard<'a, TrackerState> {
         s.sleepers = true;
         self.cond.wait(s).unwrap_or_else(|p| p.into_inner())
@@ -513,10 +530,14 @@ impl Tracker {
                 Err(e) => {
                     let p = &s.pending[i];
                     let corrupt = e.code() == Some(ErrorCode::CorruptBatch);
+                    // `NotLeader` says the batch was not stored (or was cut
+                    // with an old leader's divergent tail), so even a batch
+                    // without a producer id can go to the leader once more.
+                    let not_stored = e.code() == Some(ErrorCode::NotLeader);
                     let retry = current
                         && self.retry.is_enabled()
                         && !s.closing
-                        && p.stamped
+                        && (p.stamped || not_stored)
                         && e.is_retriable()
                         && !(corrupt && p.corrupt_retried);
                     if retry {
@@ -543,6 +564,11 @@ struct EpochHook {
 
 impl Completion for EpochHook {
     fn complete(&self, tag: u64, response: Result<ResponseRef<'_>, ClientError>) {
+        if let Ok(r) = &response {
+            if r.header.error_code == ErrorCode::NotLeader.as_u16() {
+                self.tracker.note_leader(r.body);
+            }
+        }
         let outcome = response.and_then(|r| {
             let r = r.into_result()?;
             let p = ProduceResponse::decode(r.body)?;
@@ -656,6 +682,8 @@ impl Producer {
             retry_cond: Condvar::new(),
             retry: config.retry,
             max_in_flight: config.max_in_flight,
+            leader_hint: Mutex::new(None),
+            reconnects: std::sync::atomic::AtomicUsize::new(0),
         });
         lock(&tracker.state).link = Some(new_link(&tracker, conn, 1));
         let retry_thread = if config.retry.is_enabled() {
@@ -750,6 +778,14 @@ impl Producer {
         let mut r = self.tracker.reserve(topic, partition, stamped);
         encode_into(&mut r, &request);
         self.submit(r)
+    }
+
+    /// Takes the next sequence number of this producer, for a batch the
+    /// caller builds itself and stamps with [`Producer::producer_id`]
+    /// (`BatchBuilder::finish(producer_id, seq)`), so that [`Producer::send`]
+    /// may retry it safely.
+    pub fn next_sequence(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Builds one batch of `(key, value)` records stamped with the current
@@ -1076,7 +1112,7 @@ fn retry_loop(tracker: &Arc<Tracker>, addrs: &[SocketAddr], config: &ConnectionC
         if !back_off(tracker) {
             return;
         }
-        match reconnect(addrs, config) {
+        match reconnect(tracker, addrs, config) {
             Ok(conn) => resume(tracker, conn, &mut resend),
             Err(e) => reconnect_failed(tracker, e),
         }
@@ -1112,10 +1148,20 @@ fn back_off(tracker: &Tracker) -> bool {
     }
 }
 
-/// Connects to the first of `addrs` that answers.
-fn reconnect(addrs: &[SocketAddr], config: &ConnectionConfig) -> Result<Connection, ClientError> {
+/// Connects to the leader a broker named last, if any, else to the first
+/// of `addrs` that answers, starting one further along the list each time.
+fn reconnect(
+    tracker: &Tracker,
+    addrs: &[SocketAddr],
+    config: &ConnectionConfig,
+) -> Result<Connection, ClientError> {
     let mut last = ClientError::Closed;
-    for addr in addrs {
+    let hint = lock(&tracker.leader_hint).take();
+    let turn = tracker
+        .reconnects
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let rotated = (0..addrs.len()).map(|i| &addrs[(turn + i) % addrs.len()]);
+    for addr in hint.iter().chain(rotated) {
         match Connection::connect_timeout_with(addr, RECONNECT_TIMEOUT, config) {
             Ok(conn) => return Ok(conn),
             Err(e) => last = e,
