@@ -7,10 +7,12 @@
 //! the document cannot drift from the codecs.
 
 use hutong::config::{FRAME_BYTES_MAX_DEFAULT, SMALL_REQUEST_BYTES_MAX};
+use hutong::consensus::{Entry, Message, MessageKind};
 use hutong::wire::api::{
-    ApiVersions, CreateTopicRequest, ErrorBody, FetchRequest, FetchResponse, HandshakeRequest,
-    HandshakeResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
-    PartitionMetadata, ProduceRequest, ProduceResponse, TopicMetadata, FETCH_PREFIX_LEN,
+    ApiVersions, ClusterNode, ClusterRole, ClusterStatusResponse, CreateTopicRequest, ErrorBody,
+    FetchRequest, FetchResponse, HandshakeRequest, HandshakeResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, NotLeaderBody, PartitionMetadata,
+    ProduceRequest, ProduceResponse, TopicMetadata, FETCH_PREFIX_LEN,
 };
 use hutong::wire::batch::{
     check_producer_batch, check_stored_batch, declared_len, records, split_batches, stamp,
@@ -20,6 +22,7 @@ use hutong::wire::frame::{
     check_frame, finish_frame, RequestHeader, ResponseHeader, REQUEST_HEADER_LEN,
     RESPONSE_HEADER_LEN,
 };
+use hutong::wire::replicate::{decode_message, encode_message, payload_len, write_frame};
 use hutong::wire::{ApiKey, ErrorCode, Qos};
 use proptest::prelude::*;
 
@@ -457,6 +460,10 @@ proptest! {
             Some(c) => prop_assert_eq!(c.as_u16(), v),
             None => prop_assert!(v as usize >= ErrorCode::ALL.len()),
         }
+        match ClusterRole::from_u8(v as u8) {
+            Some(r) => prop_assert_eq!(r.as_u8(), v as u8),
+            None => prop_assert!(v as u8 > ClusterRole::Standalone.as_u8()),
+        }
         match Qos::from_u8(v as u8) {
             Some(q) => prop_assert_eq!(q as u8, v as u8),
             None => prop_assert!(v as u8 > Qos::All as u8),
@@ -485,6 +492,9 @@ proptest! {
         let _ = ListOffsetsRequest::decode(&bytes);
         let _ = ListOffsetsResponse::decode(&bytes);
         let _ = ErrorBody::decode(&bytes);
+        let _ = NotLeaderBody::decode(&bytes);
+        let _ = ClusterStatusResponse::decode(&bytes);
+        let _ = decode_message(&bytes);
         if bytes.len() >= REQUEST_HEADER_LEN {
             let _ = RequestHeader::parse(&bytes);
         }
@@ -504,6 +514,9 @@ proptest! {
         let _ = MetadataResponse::decode(&bytes);
         let _ = FetchResponse::decode(&bytes);
         let _ = ErrorBody::decode(&bytes);
+        let _ = NotLeaderBody::decode(&bytes);
+        let _ = ClusterStatusResponse::decode(&bytes);
+        let _ = decode_message(&bytes);
     }
 
     #[test]
@@ -874,3 +887,255 @@ const DOC_EXAMPLE_ERROR_RESPONSE_HEX: &str = concat!(
     // error body: the message "unknown topic"
     "0d00756e6b6e6f776e20746f706963",
 );
+
+// ---------------------------------------------------------------------------
+// Replication: Replicate messages, ClusterStatus, NotLeader
+// ---------------------------------------------------------------------------
+
+/// A valid `Append` in `term`: up to 16 contiguous entries from `prev_pos`
+/// with non-decreasing terms from `prev_term` up to the message's term, and
+/// payload bytes spanning them.
+fn append() -> impl Strategy<Value = (Message, Vec<u8>)> {
+    (
+        any::<u64>(),
+        any::<u64>(),
+        0u64..=(u64::MAX / 2),
+        0u64..1000,
+        prop::collection::vec((1u64..300, 0u64..3), 0..16),
+        0u64..3,
+        edgy_u64(),
+        any::<u8>(),
+    )
+        .prop_map(
+            |(from, to, prev_pos, prev_term, runs, extra_term, commit, fill)| {
+                let (mut start, mut term) = (prev_pos, prev_term);
+                let mut entries = Vec::new();
+                for (len, bump) in runs {
+                    term += bump;
+                    entries.push(Entry {
+                        start,
+                        end: start + len,
+                        term,
+                    });
+                    start += len;
+                }
+                let payload: Vec<u8> = (0..start - prev_pos)
+                    .map(|i| fill.wrapping_add(i as u8))
+                    .collect();
+                let m = Message {
+                    from,
+                    to,
+                    term: term + extra_term,
+                    kind: MessageKind::Append {
+                        prev_pos,
+                        prev_term,
+                        entries,
+                        commit,
+                    },
+                };
+                (m, payload)
+            },
+        )
+}
+
+/// Any message of a kind without a payload.
+fn message_without_payload() -> impl Strategy<Value = Message> {
+    let kind = prop_oneof![
+        (edgy_u64(), edgy_u64()).prop_map(|(last_pos, last_term)| MessageKind::PreVote {
+            last_pos,
+            last_term
+        }),
+        any::<bool>().prop_map(|granted| MessageKind::PreVoteResp { granted }),
+        (edgy_u64(), edgy_u64(), any::<bool>()).prop_map(|(last_pos, last_term, transfer)| {
+            MessageKind::Vote {
+                last_pos,
+                last_term,
+                transfer,
+            }
+        }),
+        any::<bool>().prop_map(|granted| MessageKind::VoteResp { granted }),
+        (edgy_u64(), edgy_u64(), edgy_u64()).prop_map(|(matched, written, flushed)| {
+            MessageKind::AppendAck {
+                matched,
+                written,
+                flushed,
+            }
+        }),
+        (edgy_u64(), edgy_u64(), edgy_u64()).prop_map(|(rejected, hint_pos, hint_term)| {
+            MessageKind::AppendReject {
+                rejected,
+                hint_pos,
+                hint_term,
+            }
+        }),
+        edgy_u64().prop_map(|commit| MessageKind::Heartbeat { commit }),
+        Just(MessageKind::TimeoutNow),
+    ];
+    (edgy_u64(), edgy_u64(), edgy_u64(), kind).prop_map(|(from, to, term, kind)| Message {
+        from,
+        to,
+        term,
+        kind,
+    })
+}
+
+/// Any valid message of any kind, with its payload.
+fn message() -> impl Strategy<Value = (Message, Vec<u8>)> {
+    prop_oneof![
+        append(),
+        message_without_payload().prop_map(|m| (m, Vec::new())),
+    ]
+}
+
+/// The body of `m` with `payload` after it, as a peer receives it.
+fn replicate_body(m: &Message, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_message(m, &mut out);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// One edit of a valid body: overwrite a byte, cut the end, insert a byte.
+#[derive(Debug, Clone)]
+enum Edit {
+    Set(usize, u8),
+    Cut(usize),
+    Insert(usize, u8),
+}
+
+fn edits() -> impl Strategy<Value = Vec<Edit>> {
+    let edit = prop_oneof![
+        4 => (any::<usize>(), any::<u8>()).prop_map(|(at, b)| Edit::Set(at, b)),
+        1 => any::<usize>().prop_map(Edit::Cut),
+        1 => (any::<usize>(), any::<u8>()).prop_map(|(at, b)| Edit::Insert(at, b)),
+    ];
+    prop::collection::vec(edit, 1..4)
+}
+
+fn apply(body: &mut Vec<u8>, edits: &[Edit]) {
+    for e in edits {
+        match *e {
+            Edit::Set(at, b) if !body.is_empty() => {
+                let at = at % body.len();
+                body[at] = b;
+            }
+            Edit::Cut(at) => body.truncate(at % (body.len() + 1)),
+            Edit::Insert(at, b) => body.insert(at % (body.len() + 1), b),
+            Edit::Set(..) => {}
+        }
+    }
+}
+
+fn cluster_status() -> impl Strategy<Value = ClusterStatusResponse> {
+    (
+        (edgy_u64(), 0u8..=4, edgy_u64(), edgy_u64()),
+        (edgy_u64(), edgy_u64(), edgy_u64(), edgy_u64()),
+        prop::collection::vec((edgy_u64(), text()), 0..8),
+    )
+        .prop_map(
+            |(
+                (node_id, role, term, leader_id),
+                (written, flushed, replicated, committed),
+                nodes,
+            )| {
+                ClusterStatusResponse {
+                    node_id,
+                    role: ClusterRole::from_u8(role).unwrap(),
+                    term,
+                    leader_id,
+                    written,
+                    flushed,
+                    replicated,
+                    committed,
+                    nodes: nodes
+                        .into_iter()
+                        .map(|(id, addr)| ClusterNode { id, addr })
+                        .collect(),
+                }
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    #[test]
+    fn replicate_messages_round_trip_with_their_payload((m, payload) in message()) {
+        prop_assert_eq!(payload_len(&m), payload.len() as u64);
+        let body = replicate_body(&m, &payload);
+        let (decoded, bytes) = decode_message(&body).unwrap();
+        prop_assert_eq!(&decoded, &m);
+        prop_assert_eq!(bytes, &payload[..]);
+    }
+
+    #[test]
+    fn replicate_frame_is_complete_once_its_payload_follows((m, payload) in message()) {
+        let mut frame = Vec::new();
+        let announced = write_frame(&m, &mut frame);
+        prop_assert_eq!(announced, payload.len() as u64);
+        let header_and_body = frame.len();
+        frame.extend_from_slice(&payload);
+        prop_assert_eq!(
+            check_frame(&frame, REQUEST_HEADER_LEN, FRAME_BYTES_MAX_DEFAULT),
+            Ok(Some(frame.len()))
+        );
+        if !payload.is_empty() {
+            prop_assert_eq!(
+                check_frame(&frame[..header_and_body], REQUEST_HEADER_LEN, FRAME_BYTES_MAX_DEFAULT),
+                Ok(None)
+            );
+        }
+        let h = RequestHeader::parse(&frame);
+        prop_assert_eq!(
+            (h.api_key, h.api_version, h.correlation_id),
+            (ApiKey::Replicate.as_u16(), 1, 0)
+        );
+        let (decoded, bytes) = decode_message(&frame[REQUEST_HEADER_LEN..]).unwrap();
+        prop_assert_eq!(decoded, m);
+        prop_assert_eq!(bytes, &payload[..]);
+    }
+
+    #[test]
+    fn replicate_decoder_survives_edited_messages_and_stays_canonical(
+        (m, payload) in message(),
+        edits in edits(),
+    ) {
+        let mut body = replicate_body(&m, &payload);
+        apply(&mut body, &edits);
+        // Whatever decodes must be the only encoding of what it decodes to,
+        // so an edit either fails or yields another valid message.
+        if let Ok((decoded, bytes)) = decode_message(&body) {
+            prop_assert_eq!(payload_len(&decoded), bytes.len() as u64);
+            prop_assert_eq!(replicate_body(&decoded, bytes), body);
+        }
+    }
+
+    #[test]
+    fn replicate_decoder_survives_arbitrary_appends(
+        // A plausible head and the Append kind, then small integers that
+        // look like counts, positions and lengths.
+        head in prop::collection::vec(any::<u8>(), 24),
+        rest in prop::collection::vec(prop_oneof![Just(0u8), Just(1u8), Just(0xFFu8), any::<u8>()], 0..200),
+    ) {
+        let body = [&head[..], &[4], &rest].concat();
+        if let Ok((decoded, bytes)) = decode_message(&body) {
+            prop_assert_eq!(replicate_body(&decoded, bytes), body);
+        }
+    }
+
+    #[test]
+    fn cluster_status_round_trips(resp in cluster_status()) {
+        let mut out = Vec::new();
+        resp.encode(&mut out);
+        prop_assert_eq!(ClusterStatusResponse::decode(&out), Ok(resp));
+    }
+
+    #[test]
+    fn not_leader_body_round_trips(message in text(), leader_id in edgy_u64(), leader_addr in text()) {
+        let body = NotLeaderBody { message: &message, leader_id, leader_addr: &leader_addr };
+        let mut out = Vec::new();
+        body.encode(&mut out);
+        prop_assert_eq!(NotLeaderBody::decode(&out), body);
+        prop_assert_eq!(ErrorBody::decode(&out).message, message.as_str());
+    }
+}

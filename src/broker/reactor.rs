@@ -576,7 +576,10 @@ fn process_frames(
         let frame = &conn.rbuf[conn.rstart..conn.rstart + total];
         let h = RequestHeader::parse(frame);
         match ApiKey::from_u16(h.api_key) {
-            None => error_frame(
+            // Replicate and ClusterStatus are not served yet: they are
+            // refused as before their keys existed, until the broker wires
+            // them in.
+            None | Some(ApiKey::Replicate | ApiKey::ClusterStatus) => error_frame(
                 &mut conn.wbuf,
                 h.correlation_id,
                 h.api_key,

@@ -5,6 +5,7 @@
 use super::append_log::{append_log, AppendWriter};
 use super::checkpoint::TopicMeta;
 use super::index::{IndexEntry, PartitionIndex};
+use crate::wire::batch::BatchView;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -72,6 +73,70 @@ impl Partition {
         }
     }
 
+    /// Records a stored (stamped) data batch of this partition that starts
+    /// at journal position `position`: its index entry, the next offset and
+    /// its producer's window. The one place where a batch lands, for the
+    /// writer's appends, replication and recovery alike. The caller checked
+    /// that the batch continues the partition's offsets.
+    pub fn land(&mut self, position: u64, batch: &[u8]) {
+        let view = BatchView(batch);
+        debug_assert_eq!(view.base_offset(), self.next_offset);
+        self.index.push(IndexEntry {
+            base_offset: view.base_offset(),
+            position,
+            len: batch.len() as u32,
+            count: view.record_count(),
+        });
+        self.next_offset = view.next_offset();
+        self.record_seq(
+            view.producer_id(),
+            Landed {
+                seq: view.producer_seq(),
+                base_offset: view.base_offset(),
+                end: position + batch.len() as u64,
+                append_time_ms: view.append_time_ms(),
+            },
+        );
+    }
+
+    /// Forgets every batch at or above journal position `at`, a batch
+    /// boundary: the index becomes a new log holding only the entries
+    /// below `at` (readers keep the old one valid through their `Arc`s, so
+    /// it cannot be cut in place), the next offset follows the last one
+    /// kept, and producer windows drop the batches that ended above `at`.
+    /// Returns false, changing nothing, when no entry lies at or above `at`.
+    ///
+    /// A trimmed producer window may hold fewer batches than recovery would
+    /// rebuild from the journal (it remembers older ones the window had
+    /// already evicted). That only narrows retry detection for sequence
+    /// numbers older than every batch kept, which no producer retries after
+    /// losing its newer ones.
+    fn cut(&mut self, at: u64) -> bool {
+        let keep = super::index::entries_below_in(&self.index, self.index.len(), at);
+        if keep == self.index.len() {
+            return false;
+        }
+        let (mut index, _) = append_log();
+        for i in 0..keep {
+            // In bounds: keep is at most the writer's length.
+            if let Some(e) = self.index.get(i) {
+                index.push(*e);
+            }
+        }
+        self.next_offset = keep
+            .checked_sub(1)
+            .and_then(|last| index.get(last))
+            .map_or(0, IndexEntry::next_offset);
+        self.index = index;
+        self.producers.retain(|_, window| {
+            while window.back().is_some_and(|l| l.end > at) {
+                window.pop_back();
+            }
+            !window.is_empty()
+        });
+        true
+    }
+
     /// Remembers where a producer's batch landed.
     pub fn record_seq(&mut self, producer_id: u64, landed: Landed) {
         if producer_id == 0 {
@@ -94,6 +159,11 @@ pub struct Topic {
     pub meta: TopicMeta,
     /// Its partitions, indexed by partition number.
     pub partitions: Vec<Partition>,
+    /// Journal position of its `CreateTopic` control record, once the
+    /// journal wrote, received or recovered it; `None` for a topic known
+    /// only from the checkpoint. Truncating the journal at or below it
+    /// removes the topic.
+    pub created_at: Option<u64>,
 }
 
 impl Topic {
@@ -104,6 +174,16 @@ impl Topic {
             .map(|p| p.index.log().clone())
             .collect()
     }
+}
+
+/// What [`Catalog::cut`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatalogCut {
+    /// Ids of the topics removed (their slots were the last ones).
+    pub removed_topic_ids: Vec<u32>,
+    /// Slots of the remaining topics whose partition indexes were replaced:
+    /// readers must take new handles ([`Topic::index_handles`]).
+    pub changed_topics: Vec<usize>,
 }
 
 /// Every topic, by position, name and id.
@@ -192,8 +272,60 @@ impl Catalog {
                 producers: HashMap::new(),
             })
             .collect();
-        self.topics.push(Topic { meta, partitions });
+        self.topics.push(Topic {
+            meta,
+            partitions,
+            created_at: None,
+        });
         slot
+    }
+
+    /// Forgets everything at or above journal position `at`, a batch
+    /// boundary: removes the topics whose control record lies there and
+    /// cuts the indexes of the others (see [`Partition::cut`]). The next
+    /// topic id is kept: ids are never reused on a broker, so an id a
+    /// reader or a stale request still holds cannot come to name another
+    /// topic. (Followers take ids from the leader's control records, so
+    /// gaps are harmless.)
+    ///
+    /// # Errors
+    /// When a topic to remove precedes one to keep in slot order, changing
+    /// nothing: slots are handed out in journal order, so that means the
+    /// catalog does not match the journal, and removing a middle slot would
+    /// renumber the topics after it.
+    pub fn cut(&mut self, at: u64) -> Result<CatalogCut, String> {
+        let removed_from = self
+            .topics
+            .iter()
+            .position(|t| t.created_at.is_some_and(|p| p >= at))
+            .unwrap_or(self.topics.len());
+        if let Some(t) = self.topics[removed_from..]
+            .iter()
+            .find(|t| t.created_at.is_none_or(|p| p < at))
+        {
+            return Err(format!(
+                "topic {} (created at {:?}) follows a topic created above the cut at {at}",
+                t.meta.name, t.created_at
+            ));
+        }
+        let mut cut = CatalogCut::default();
+        for t in self.topics.drain(removed_from..) {
+            self.by_name.remove(&t.meta.name);
+            self.by_id.remove(&t.meta.id);
+            self.partition_count -= t.partitions.len();
+            cut.removed_topic_ids.push(t.meta.id);
+        }
+        for (slot, t) in self.topics.iter_mut().enumerate() {
+            // Not `any`: every partition of the topic must be cut.
+            let changed = t
+                .partitions
+                .iter_mut()
+                .fold(false, |changed, p| p.cut(at) | changed);
+            if changed {
+                cut.changed_topics.push(slot);
+            }
+        }
+        Ok(cut)
     }
 
     /// The metadata of every topic, for a checkpoint.

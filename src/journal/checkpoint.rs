@@ -16,12 +16,10 @@
 //! All integers are little-endian; names are UTF-8.
 
 use super::catalog::PARTITIONS_MAX;
-use super::dir::sync_dir;
+use super::dir::write_atomically;
 use super::error::JournalError;
 use crate::wire::codec::{le_u32, DecodeError, Put, Reader};
 use std::collections::HashSet;
-use std::fs::File;
-use std::io::Write;
 use std::path::Path;
 
 /// Name of the checkpoint file in the data directory.
@@ -194,23 +192,7 @@ pub fn write(dir: &Path, cp: &Checkpoint) -> Result<(), JournalError> {
             ),
         ));
     }
-    let bytes = encode(cp);
-    let tmp = dir.join(CHECKPOINT_TMP_FILE);
-    let context = |what: &str| format!("{what} {}", tmp.display());
-    let mut file = File::create(&tmp).map_err(|e| JournalError::io(context("create"), e))?;
-    file.write_all(&bytes)
-        .map_err(|e| JournalError::io(context("write"), e))?;
-    file.sync_all()
-        .map_err(|e| JournalError::io(context("fsync"), e))?;
-    drop(file);
-    let target = dir.join(CHECKPOINT_FILE);
-    std::fs::rename(&tmp, &target).map_err(|e| {
-        JournalError::io(
-            format!("rename {} to {}", tmp.display(), target.display()),
-            e,
-        )
-    })?;
-    sync_dir(dir)
+    write_atomically(dir, CHECKPOINT_TMP_FILE, CHECKPOINT_FILE, &encode(cp))
 }
 
 /// Reads `dir/checkpoint`.

@@ -8,21 +8,40 @@
 //! with the data.
 //!
 //! A control batch holds exactly one record with an empty key; the
-//! record's value is the message:
+//! record's value is the message, a type and a version (each type is
+//! versioned on its own) followed by the type's fields:
 //! ```text
 //! u16 type = 1 (CreateTopic) | u16 version = 1 | u32 id | u32 partitions |
 //! u16 name_len | name (UTF-8)
+//! u16 type = 2 (Noop)        | u16 version = 1
 //! ```
+//!
+//! A no-op changes nothing. A new Raft leader appends one in its term so
+//! that it can commit the entries of earlier terms (Raft §5.4.2): it is
+//! the leader's first entry, and its size is fixed ([`NOOP_BATCH_BYTES`])
+//! because consensus reserves the journal bytes before the batch exists.
 
 use super::checkpoint::TOPIC_NAME_BYTES_MAX;
 use super::error::JournalError;
-use crate::wire::batch::{records, BatchBuilder, BatchKind, BatchView, BATCH_HEADER_LEN};
+use crate::wire::batch::{
+    records, BatchBuilder, BatchKind, BatchView, BATCH_HEADER_LEN, RECORD_OVERHEAD,
+};
 use crate::wire::codec::{DecodeError, Put, Reader};
 
 /// Control message type of [`Control::CreateTopic`].
 pub const CONTROL_CREATE_TOPIC: u16 = 1;
-/// The only control message version so far.
+/// Control message type of [`Control::Noop`].
+pub const CONTROL_NOOP: u16 = 2;
+/// The version of [`Control::CreateTopic`] this broker writes and reads.
 pub const CONTROL_VERSION: u16 = 1;
+/// The version of [`Control::Noop`] this broker writes and reads.
+pub const CONTROL_NOOP_VERSION: u16 = 1;
+/// Bytes of the no-op message: its type and version.
+const NOOP_VALUE_BYTES: usize = 4;
+/// Exact size of an encoded no-op control batch: a header and one record
+/// with an empty key, no headers and a [`NOOP_VALUE_BYTES`] value. The
+/// consensus `Config::noop_bytes` must equal it.
+pub const NOOP_BATCH_BYTES: usize = BATCH_HEADER_LEN + RECORD_OVERHEAD + NOOP_VALUE_BYTES;
 
 /// A metadata change recorded in the journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +55,8 @@ pub enum Control {
         /// Number of partitions.
         partitions: u32,
     },
+    /// Nothing: a new leader's first entry in its term.
+    Noop,
 }
 
 /// Fills `builder` with one record whose value is the encoded control
@@ -67,6 +88,10 @@ pub fn encode<'b>(c: &Control, builder: &'b mut BatchBuilder) -> &'b [u8] {
             value.put_u32(*id);
             value.put_u32(*partitions);
             value.put_str(name);
+        }
+        Control::Noop => {
+            value.put_u16(CONTROL_NOOP);
+            value.put_u16(CONTROL_NOOP_VERSION);
         }
     }
     // The record's timestamp carries no meaning for metadata; the broker's
@@ -111,13 +136,20 @@ pub fn decode(batch: &[u8]) -> Result<Control, JournalError> {
     let layout = |e: DecodeError| corrupt(e.to_string());
     let kind = r.u16("control type").map_err(layout)?;
     let version = r.u16("control version").map_err(layout)?;
-    if kind != CONTROL_CREATE_TOPIC {
-        return Err(corrupt(format!("unknown control type {kind}")));
+    let supported = match kind {
+        CONTROL_CREATE_TOPIC => CONTROL_VERSION,
+        CONTROL_NOOP => CONTROL_NOOP_VERSION,
+        _ => return Err(corrupt(format!("unknown control type {kind}"))),
+    };
+    if version != supported {
+        return Err(corrupt(format!(
+            "unsupported control version {version} of type {kind}"
+        )));
     }
-    if version != CONTROL_VERSION {
-        return Err(corrupt(format!("unsupported control version {version}")));
+    match kind {
+        CONTROL_CREATE_TOPIC => decode_create_topic(&mut r).map_err(layout),
+        _ => r.finish().map(|()| Control::Noop).map_err(layout),
     }
-    decode_create_topic(&mut r).map_err(layout)
 }
 
 fn decode_create_topic(r: &mut Reader<'_>) -> Result<Control, DecodeError> {
@@ -218,8 +250,8 @@ mod tests {
     fn unknown_types_versions_and_layouts_are_corrupt() {
         let cases: [(&[u8], &str); 6] = [
             (
-                &[2, 0, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0],
-                "unknown control type 2",
+                &[3, 0, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0],
+                "unknown control type 3",
             ),
             (&[1, 0, 2, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0], "version 2"),
             (&[1, 0, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 9], "trailing"),
@@ -239,6 +271,29 @@ mod tests {
         // The same value decodes once it is well formed.
         let good = [1, 0, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0];
         assert_eq!(decode(&with_value(&good)).unwrap(), create(1, "", 1));
+    }
+
+    #[test]
+    fn a_noop_has_the_documented_layout_and_its_declared_size() {
+        let bytes = stored(&Control::Noop);
+        assert_eq!(bytes.len(), NOOP_BATCH_BYTES);
+        assert_eq!(check_stored_batch(&bytes), Ok(BatchKind::Control));
+        assert_eq!(records(&bytes).next().unwrap().value, &[2, 0, 1, 0]);
+        assert_eq!(decode(&bytes).unwrap(), Control::Noop);
+    }
+
+    #[test]
+    fn a_noop_with_another_version_or_trailing_bytes_is_corrupt() {
+        for (value, why) in [
+            (&[2u8, 0, 2, 0][..], "version 2 of type 2"),
+            (&[2, 0, 1, 0, 0][..], "trailing"),
+            (&[2, 0][..], "truncated"),
+        ] {
+            match decode(&with_value(value)) {
+                Err(JournalError::Corrupt(m)) => assert!(m.contains(why), "{m} lacks {why}"),
+                other => panic!("{value:?}: expected Corrupt, got {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -28,6 +28,12 @@ pub enum JournalError {
     /// by truncating a torn tail.
     #[error("journal corrupt: {0}")]
     Corrupt(String),
+    /// A batch received from the leader, or a truncation point, does not
+    /// fit the journal (bad checksum, wrong offset, unknown topic, not a
+    /// batch boundary, ...). Nothing was changed: the caller refuses the
+    /// request, the journal stays usable.
+    #[error("refused: {0}")]
+    Refused(String),
     /// The disk (or the user's quota) is full. Kept apart from [`JournalError::Io`]
     /// because the broker answers it with a retriable error instead of failing.
     #[error("disk full while {0}")]

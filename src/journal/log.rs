@@ -14,15 +14,18 @@
 //! and a TLB shoot-down per round, and an IO error would have been a
 //! SIGBUS instead of an error code.)
 
-use super::catalog::{Catalog, Landed, SeqCheck, PARTITIONS_MAX};
+use super::catalog::{Catalog, SeqCheck, PARTITIONS_MAX};
 use super::checkpoint::{self, TopicMeta};
 use super::control::{self, Control};
 use super::error::JournalError;
-use super::index::IndexEntry;
 use super::lock::{lock_dir, DirLock};
-use super::scan::{scan, ScanStop};
-use super::segment::{list_segments, Segment};
-use crate::wire::batch::{stamp, BatchBuilder, BatchKind, BatchView, Stamp};
+use super::scan::{header_crc_ok, scan, ScanStop};
+use super::segment::{list_segments, segment_file_name, Segment};
+use crate::consensus::Entry;
+use crate::wire::batch::{
+    check_stored_batch, declared_len, stamp, BatchBuilder, BatchKind, BatchView, Stamp,
+    BATCH_HEADER_LEN,
+};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -42,6 +45,32 @@ pub struct Appended {
     pub base_offset: u64,
     /// The new segment, when this append rolled to one.
     pub rolled: Option<SegmentFile>,
+}
+
+/// What [`Journal::append_replicated`] did.
+#[derive(Debug, Clone)]
+pub struct Replicated {
+    /// Where the batch landed (the same position as on the leader).
+    pub appended: Appended,
+    /// The catalog slot of the topic the batch created, when it was a
+    /// `CreateTopic` control record of a new topic.
+    pub created: Option<usize>,
+}
+
+/// What [`Journal::truncate`] changed, for the threads that hold handles
+/// on the journal's files and indexes.
+#[derive(Debug, Clone)]
+pub struct Truncated {
+    /// Ids of the topics whose creation was cut; they were the catalog's
+    /// last slots and are gone.
+    pub removed_topic_ids: Vec<u32>,
+    /// Slots of the remaining topics whose partition indexes were replaced
+    /// by shorter ones; take new handles with
+    /// [`Topic::index_handles`](super::catalog::Topic::index_handles).
+    pub changed_topics: Vec<usize>,
+    /// Every segment file now, oldest first (files above the cut were
+    /// deleted).
+    pub files: Vec<SegmentFile>,
 }
 
 /// What recovery found and did, for the startup log.
@@ -81,6 +110,8 @@ pub struct Journal {
     catalog: Catalog,
     control: BatchBuilder,
     report: RecoveryReport,
+    /// Every batch recovery found, until [`Journal::take_entries`].
+    entries: Vec<Entry>,
 }
 
 impl Journal {
@@ -122,6 +153,9 @@ impl Journal {
         // Older segments are trusted up to the checkpoint (header checks
         // only); the last one is always fully verified.
         let verify_from = cp.position.min(last_start);
+        // Consensus needs every batch, so every segment is scanned from its
+        // start; the checkpoint only spares the record checks below it.
+        let mut entries = Vec::new();
         for (i, (start, path)) in listed.iter().enumerate() {
             let is_last = i + 1 == listed.len();
             if *start != end {
@@ -145,7 +179,13 @@ impl Journal {
             }
             let mut seg = Segment::open(path, *start)?;
             let result = scan(seg.bytes(), *start, verify_from, |pos, batch| {
-                apply_batch(&mut catalog, pos, batch)
+                apply_batch(&mut catalog, pos, batch)?;
+                entries.push(Entry {
+                    start: pos,
+                    end: pos + batch.len() as u64,
+                    term: BatchView(batch).term(),
+                });
+                Ok(())
             });
             end = start + result.valid_len as u64;
             if result.stop != ScanStop::End && !is_last {
@@ -213,7 +253,15 @@ impl Journal {
             catalog,
             control: BatchBuilder::with_kind(BatchKind::Control),
             report,
+            entries,
         })
+    }
+
+    /// The `(start, end, term)` of every batch recovery found, in journal
+    /// order, for `consensus::Node::new`; empty on later calls (only the
+    /// consensus module tracks entries after startup).
+    pub fn take_entries(&mut self) -> Vec<Entry> {
+        std::mem::take(&mut self.entries)
     }
 
     /// Position one past the last appended byte (W).
@@ -263,6 +311,7 @@ impl Journal {
         term: u64,
         now_ms: i64,
     ) -> Result<Appended, JournalError> {
+        debug_assert_eq!(BatchView(batch).record_count(), record_count);
         let (position, rolled) = self.reserve(batch.len())?;
         let t = self.catalog.topic_mut(topic);
         let topic_id = t.meta.id;
@@ -280,24 +329,8 @@ impl Journal {
                 partition,
             },
         );
-        part.index.push(IndexEntry {
-            base_offset,
-            position,
-            len: batch.len() as u32,
-            count: record_count,
-        });
-        part.next_offset += record_count as u64;
+        part.land(position, &self.cache[at..]);
         self.end = position + batch.len() as u64;
-        let view = BatchView(batch);
-        part.record_seq(
-            view.producer_id(),
-            Landed {
-                seq: view.producer_seq(),
-                base_offset,
-                end: self.end,
-                append_time_ms: now_ms,
-            },
-        );
         Ok(Appended {
             position,
             end: self.end,
@@ -353,15 +386,38 @@ impl Journal {
             name: name.to_string(),
             partitions,
         };
-        control::encode(
-            &Control::CreateTopic {
-                id: meta.id,
-                name: meta.name.clone(),
-                partitions,
-            },
-            &mut self.control,
-        );
-        let len = self.control.size();
+        let create = Control::CreateTopic {
+            id: meta.id,
+            name: meta.name.clone(),
+            partitions,
+        };
+        let appended = self.append_control(&create, term, now_ms)?;
+        let slot = self.catalog.add(meta);
+        self.catalog.topic_mut(slot).created_at = Some(appended.position);
+        Ok((appended, slot))
+    }
+
+    /// Appends a no-op control record ([`Control::Noop`], exactly
+    /// [`control::NOOP_BATCH_BYTES`] bytes) stamped with `term`: a new
+    /// leader's first entry. It changes nothing else.
+    ///
+    /// # Errors
+    /// [`JournalError::StorageFull`] when a new segment cannot be allocated;
+    /// nothing is written then.
+    pub fn append_noop(&mut self, term: u64, now_ms: i64) -> Result<Appended, JournalError> {
+        self.append_control(&Control::Noop, term, now_ms)
+    }
+
+    /// Encodes `c` as a control batch, appends it and stamps it. Control
+    /// batches belong to no partition: they carry offset 0 and the topic and
+    /// partition `u32::MAX`.
+    fn append_control(
+        &mut self,
+        c: &Control,
+        term: u64,
+        now_ms: i64,
+    ) -> Result<Appended, JournalError> {
+        let len = control::encode(c, &mut self.control).len();
         let (position, rolled) = self.reserve(len)?;
         let at = self.cache.len();
         self.cache.extend_from_slice(self.control.finish(0, 0));
@@ -376,16 +432,45 @@ impl Journal {
             },
         );
         self.end = position + len as u64;
-        let slot = self.catalog.add(meta);
-        Ok((
-            Appended {
+        Ok(Appended {
+            position,
+            end: self.end,
+            base_offset: 0,
+            rolled,
+        })
+    }
+
+    /// Appends one batch exactly as the leader stored it (already stamped),
+    /// at the end of the journal, without re-stamping: a follower's journal
+    /// then holds the leader's bytes at the leader's positions. The batch
+    /// is checked first ([`check_stored_batch`]: length, both checksums,
+    /// layout; then what [`Journal::open`]'s recovery checks: a data batch
+    /// continues its partition's offsets in a known topic, a control record
+    /// decodes and a `CreateTopic` fits the catalog), and applied exactly as
+    /// recovery would.
+    ///
+    /// # Errors
+    /// [`JournalError::Refused`] when a check fails; nothing changed then.
+    /// [`JournalError::StorageFull`] when a new segment cannot be
+    /// allocated, or an IO error writing the cache out; nothing was appended
+    /// then (the cache may have been written out).
+    pub fn append_replicated(&mut self, batch: &[u8]) -> Result<Replicated, JournalError> {
+        let refuse = |why: String| JournalError::Refused(format!("replicated batch: {why}"));
+        check_stored_batch(batch).map_err(|e| refuse(e.to_string()))?;
+        let effect = check_batch(&self.catalog, batch).map_err(refuse)?;
+        let (position, rolled) = self.reserve(batch.len())?;
+        self.cache.extend_from_slice(batch);
+        self.end = position + batch.len() as u64;
+        let created = apply_effect(&mut self.catalog, position, batch, effect);
+        Ok(Replicated {
+            appended: Appended {
                 position,
                 end: self.end,
-                base_offset: 0,
+                base_offset: BatchView(batch).base_offset(),
                 rolled,
             },
-            slot,
-        ))
+            created,
+        })
     }
 
     /// Writes the cached batches to the active segment file with one
@@ -412,6 +497,110 @@ impl Journal {
     /// Position up to which appended bytes were handed to the kernel.
     pub fn written(&self) -> u64 {
         self.written
+    }
+
+    /// Cuts the journal at `at`, a batch boundary at or below the end:
+    /// everything from `at` on is gone, in memory and on disk, and appending
+    /// continues at `at`. Raft calls for this when a follower's uncommitted
+    /// tail diverges from the new leader's log.
+    ///
+    /// `durable` is the position the flusher last made durable (F); the
+    /// checkpoint is rewritten so that it vouches for nothing above
+    /// `min(durable, at)` nor names a removed topic. Topics whose
+    /// `CreateTopic` record lies at or above `at` are removed (they are the
+    /// catalog's last slots), partition indexes holding batches at or above
+    /// `at` are replaced by shorter ones (the old ones stay valid for
+    /// readers that hold them), and the next topic id is kept: see
+    /// [`Catalog::cut`].
+    ///
+    /// On disk, in an order that leaves a journal recovery accepts after a
+    /// crash at any step: the checkpoint first (so it never names what is
+    /// cut), then the segment files above `at`, newest first, then zeros
+    /// over `[at, old end)` of the segment holding `at`, which becomes the
+    /// active segment (when `at` is a segment's start, that segment is kept,
+    /// empty). A crash before the end leaves a longer prefix of the old
+    /// journal, which consensus cuts again.
+    ///
+    /// The caller must keep the flusher from writing a checkpoint with an
+    /// older position or topic list once this returns, and hand the
+    /// returned files and index handles to the reader and flusher.
+    ///
+    /// # Errors
+    /// [`JournalError::Refused`], changing nothing, when `at` is beyond the
+    /// end or not a batch boundary. IO errors otherwise, after which the
+    /// journal is between its old and new states: the broker must stop
+    /// (recovery then finds a consistent journal).
+    pub fn truncate(&mut self, at: u64, durable: u64) -> Result<Truncated, JournalError> {
+        let refuse = |why: String| JournalError::Refused(format!("truncate at {at}: {why}"));
+        if at > self.end {
+            return Err(refuse(format!("beyond the end {}", self.end)));
+        }
+        self.write_out()?;
+        // The segment holding `at`: the last starting at or below it.
+        let holder = self
+            .files
+            .iter()
+            .rposition(|(start, _)| *start <= at)
+            .ok_or_else(|| refuse("below the first segment".into()))?;
+        let (seg_start, seg_file) = self.files[holder].clone();
+        let capacity = if seg_start == self.active.start {
+            self.active.capacity
+        } else {
+            let len = seg_file
+                .metadata()
+                .map_err(|e| JournalError::io(format!("stat segment {seg_start}"), e))?
+                .len();
+            usize::try_from(len)
+                .map_err(|_| JournalError::Corrupt(format!("segment {seg_start} is {len} bytes")))?
+        };
+        {
+            let path = self.dir.join(segment_file_name(seg_start));
+            let seg = Segment::open(&path, seg_start)?;
+            check_boundary(seg.bytes(), (at - seg_start) as usize).map_err(refuse)?;
+        }
+        let cut = self.catalog.cut(at).map_err(refuse)?;
+        self.entries.retain(|e| e.end <= at);
+
+        let old_position = match checkpoint::read(&self.dir) {
+            Ok(cp) => cp.map_or(0, |cp| cp.position),
+            // Recovery ignores an unreadable checkpoint; vouching for
+            // nothing is the safe replacement.
+            Err(_) => 0,
+        };
+        checkpoint::write(
+            &self.dir,
+            &checkpoint::Checkpoint {
+                position: durable.min(at).min(old_position),
+                next_topic_id: self.catalog.next_topic_id(),
+                topics: self.catalog.metas(),
+            },
+        )?;
+        // Newest first, each removal durable before the next, so that a
+        // crash leaves contiguous segments.
+        for (start, _) in self.files.drain(holder + 1..).rev() {
+            let path = self.dir.join(segment_file_name(start));
+            std::fs::remove_file(&path)
+                .map_err(|e| JournalError::io(format!("remove {}", path.display()), e))?;
+            super::dir::sync_dir(&self.dir)?;
+        }
+        // Bytes past the old end were never written, so they are zeros
+        // already; the segment's data ends at its capacity at most.
+        let data_end = self.end.min(seg_start + capacity as u64);
+        zero_range(&seg_file, at - seg_start, data_end - seg_start).map_err(|e| {
+            JournalError::io(format!("zero segment {seg_start} from position {at}"), e)
+        })?;
+        self.active = Active {
+            start: seg_start,
+            capacity,
+            file: seg_file,
+        };
+        self.end = at;
+        self.written = at;
+        Ok(Truncated {
+            removed_topic_ids: cut.removed_topic_ids,
+            changed_topics: cut.changed_topics,
+            files: self.files.clone(),
+        })
     }
 
     /// Finds room for `len` bytes at the end: writes the cache out when it
@@ -445,11 +634,26 @@ fn is_empty_file(path: &Path) -> Result<bool, JournalError> {
     Ok(meta.len() == 0)
 }
 
-/// Applies one recovered batch to the catalog: a control record creates its
-/// topic, a data batch extends its partition's index. A batch that does not
-/// continue its partition's offsets is refused: it cannot belong after what
-/// precedes it, so the journal is cut there.
-fn apply_batch(catalog: &mut Catalog, position: u64, batch: &[u8]) -> Result<(), String> {
+/// What a checked batch does to the catalog, found by [`check_batch`]
+/// and carried out by [`apply_effect`].
+enum Effect {
+    /// A `CreateTopic` of a new topic.
+    Create(TopicMeta),
+    /// A `CreateTopic` of a topic the catalog holds already (from the
+    /// checkpoint), in this slot.
+    Known(usize),
+    /// A data batch continuing this partition of the topic in this slot.
+    Data { slot: usize, partition: usize },
+    /// A no-op.
+    Nothing,
+}
+
+/// Checks what a batch (whose checksums were checked) would do to the
+/// catalog, changing nothing: a control record must decode and a
+/// `CreateTopic` fit the catalog; a data batch must belong to a known
+/// partition and continue its offsets. Recovery and replication both use
+/// it, so a follower accepts exactly what a restart would.
+fn check_batch(catalog: &Catalog, batch: &[u8]) -> Result<Effect, String> {
     let view = BatchView(batch);
     match view.kind() {
         Some(BatchKind::Control) => match control::decode(batch).map_err(|e| e.to_string())? {
@@ -458,7 +662,7 @@ fn apply_batch(catalog: &mut Catalog, position: u64, batch: &[u8]) -> Result<(),
                 name,
                 partitions,
             } => match catalog.lookup(&name) {
-                Some(slot) if catalog.topic(slot).meta.id == id => Ok(()),
+                Some(slot) if catalog.topic(slot).meta.id == id => Ok(Effect::Known(slot)),
                 Some(_) => Err(format!("topic {name} re-created with another id")),
                 // Data batches name their topic by id: an id taken by
                 // another topic would send its batches to the wrong one.
@@ -471,24 +675,23 @@ fn apply_batch(catalog: &mut Catalog, position: u64, batch: &[u8]) -> Result<(),
                     "topic {name} declares {partitions} partitions, beyond the journal's \
                      limit of {PARTITIONS_MAX} in all"
                 )),
-                None => {
-                    catalog.add(TopicMeta {
-                        id,
-                        name,
-                        partitions,
-                    });
-                    Ok(())
-                }
+                None => Ok(Effect::Create(TopicMeta {
+                    id,
+                    name,
+                    partitions,
+                })),
             },
+            Control::Noop => Ok(Effect::Nothing),
         },
         Some(BatchKind::Data) => {
             let slot = catalog
                 .lookup_id(view.topic_id())
                 .ok_or_else(|| format!("batch for unknown topic id {}", view.topic_id()))?;
-            let topic = catalog.topic_mut(slot);
-            let part = topic
+            let partition = view.partition() as usize;
+            let part = catalog
+                .topic(slot)
                 .partitions
-                .get_mut(view.partition() as usize)
+                .get(partition)
                 .ok_or_else(|| format!("batch for unknown partition {}", view.partition()))?;
             if view.base_offset() != part.next_offset {
                 return Err(format!(
@@ -497,24 +700,109 @@ fn apply_batch(catalog: &mut Catalog, position: u64, batch: &[u8]) -> Result<(),
                     part.next_offset
                 ));
             }
-            part.index.push(IndexEntry {
-                base_offset: view.base_offset(),
-                position,
-                len: batch.len() as u32,
-                count: view.record_count(),
-            });
-            part.next_offset = view.next_offset();
-            part.record_seq(
-                view.producer_id(),
-                Landed {
-                    seq: view.producer_seq(),
-                    base_offset: view.base_offset(),
-                    end: position + batch.len() as u64,
-                    append_time_ms: view.append_time_ms(),
-                },
-            );
-            Ok(())
+            Ok(Effect::Data { slot, partition })
         }
         None => Err("unknown batch kind".into()),
     }
+}
+
+/// Carries out what [`check_batch`] found for the batch at `position`.
+/// Returns the slot of a topic it created.
+fn apply_effect(
+    catalog: &mut Catalog,
+    position: u64,
+    batch: &[u8],
+    effect: Effect,
+) -> Option<usize> {
+    match effect {
+        Effect::Create(meta) => {
+            let slot = catalog.add(meta);
+            catalog.topic_mut(slot).created_at = Some(position);
+            Some(slot)
+        }
+        Effect::Known(slot) => {
+            // The first record wins: a repeated one must not move the
+            // topic's creation up, or a cut between the two would remove
+            // a topic whose creation is kept.
+            let t = catalog.topic_mut(slot);
+            t.created_at = t.created_at.or(Some(position));
+            None
+        }
+        Effect::Data { slot, partition } => {
+            catalog.topic_mut(slot).partitions[partition].land(position, batch);
+            None
+        }
+        Effect::Nothing => None,
+    }
+}
+
+/// Applies one recovered batch to the catalog: a control record creates its
+/// topic, a data batch extends its partition's index. A batch that does not
+/// continue its partition's offsets is refused: it cannot belong after what
+/// precedes it, so the journal is cut there. Returns the slot of a topic it
+/// created.
+fn apply_batch(
+    catalog: &mut Catalog,
+    position: u64,
+    batch: &[u8],
+) -> Result<Option<usize>, String> {
+    let effect = check_batch(catalog, batch)?;
+    Ok(apply_effect(catalog, position, batch, effect))
+}
+
+/// Checks a batch received from the leader before a follower accepts the
+/// append that carries it, without looking at the journal: exactly one
+/// batch (its `batch_len` is its length), both checksums and the layout
+/// ([`check_stored_batch`]), and `term` in its header, the term consensus
+/// says its entry has. [`Journal::append_replicated`] checks the rest when
+/// appending.
+///
+/// # Errors
+/// Why the batch is refused.
+pub fn check_replicated_batch(batch: &[u8], term: u64) -> Result<(), String> {
+    check_stored_batch(batch).map_err(|e| e.to_string())?;
+    let header_term = BatchView(batch).term();
+    if header_term != term {
+        return Err(format!(
+            "batch of term {header_term} where its entry has term {term}"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `target` is a batch boundary of a segment's `bytes` by
+/// walking the batch headers from the segment's start (a segment starts
+/// with a batch, and batches never span segments). Each header's checksum
+/// is checked on the way, so a damaged length cannot lead the walk astray.
+fn check_boundary(bytes: &[u8], target: usize) -> Result<(), String> {
+    let mut at = 0;
+    while at < target {
+        let rest = &bytes[at..];
+        let len = declared_len(rest)
+            .filter(|&len| len >= BATCH_HEADER_LEN && len <= rest.len())
+            .ok_or_else(|| format!("no batch at segment byte {at}"))?;
+        if !header_crc_ok(&rest[..len]) {
+            return Err(format!("damaged batch header at segment byte {at}"));
+        }
+        if at + len > target {
+            return Err(format!(
+                "segment byte {target} lies inside the batch at {at}, not at a batch boundary"
+            ));
+        }
+        at += len;
+    }
+    Ok(())
+}
+
+/// Writes zeros over `[from, to)` of `file` with `pwrite`, a chunk at a
+/// time, then `fdatasync`s it.
+fn zero_range(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..n], at)?;
+        at += n as u64;
+    }
+    file.sync_data()
 }

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod control;
 pub mod dir;
 pub mod error;
+pub mod hardstate;
 pub mod index;
 pub mod lock;
 pub mod log;

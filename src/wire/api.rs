@@ -6,6 +6,7 @@
 
 use super::codec::{DecodeError, Put, Reader};
 use super::error::ErrorCode;
+use crate::consensus::Role;
 
 /// The protocol version this broker speaks (negotiated by Handshake).
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -28,11 +29,16 @@ pub enum ApiKey {
     Fetch = 5,
     /// Earliest and latest offsets of a partition.
     ListOffsets = 6,
+    /// One consensus message from a peer broker; never answered
+    /// (see [`super::replicate`]).
+    Replicate = 7,
+    /// This broker's view of its replication group.
+    ClusterStatus = 8,
 }
 
 impl ApiKey {
     /// Every API, in numeric order.
-    pub const ALL: [ApiKey; 7] = [
+    pub const ALL: [ApiKey; 9] = [
         ApiKey::Handshake,
         ApiKey::Ping,
         ApiKey::CreateTopic,
@@ -40,6 +46,8 @@ impl ApiKey {
         ApiKey::Produce,
         ApiKey::Fetch,
         ApiKey::ListOffsets,
+        ApiKey::Replicate,
+        ApiKey::ClusterStatus,
     ];
 
     /// The API for a wire value, or `None` when unknown.
@@ -582,6 +590,141 @@ impl ListOffsetsResponse {
     }
 }
 
+/// The role a broker reports in a [`ClusterStatusResponse`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ClusterRole {
+    /// Follows a leader (or waits for one).
+    Follower = 0,
+    /// Asking for pre-votes.
+    PreCandidate = 1,
+    /// Campaigning for leadership.
+    Candidate = 2,
+    /// Leads the group.
+    Leader = 3,
+    /// Not part of any replication group: a single broker.
+    Standalone = 4,
+}
+
+impl ClusterRole {
+    /// The role for a wire value, or `None` when unknown.
+    pub fn from_u8(v: u8) -> Option<ClusterRole> {
+        match v {
+            0 => Some(ClusterRole::Follower),
+            1 => Some(ClusterRole::PreCandidate),
+            2 => Some(ClusterRole::Candidate),
+            3 => Some(ClusterRole::Leader),
+            4 => Some(ClusterRole::Standalone),
+            _ => None,
+        }
+    }
+
+    /// The wire value.
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+}
+
+impl From<Role> for ClusterRole {
+    fn from(role: Role) -> ClusterRole {
+        match role {
+            Role::Follower => ClusterRole::Follower,
+            Role::PreCandidate => ClusterRole::PreCandidate,
+            Role::Candidate => ClusterRole::Candidate,
+            Role::Leader => ClusterRole::Leader,
+        }
+    }
+}
+
+/// One member of the replication group in a [`ClusterStatusResponse`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterNode {
+    /// The member's node id.
+    pub id: u64,
+    /// The address it serves clients and peers on, as configured.
+    pub addr: String,
+}
+
+/// ClusterStatus response body (the request body is empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatusResponse {
+    /// This broker's node id; 0 for a standalone broker.
+    pub node_id: u64,
+    /// This broker's role.
+    pub role: ClusterRole,
+    /// Its current term (0 for a standalone broker).
+    pub term: u64,
+    /// The leader it knows of; 0 when none is known.
+    pub leader_id: u64,
+    /// Journal position appended on this broker.
+    pub written: u64,
+    /// Journal position durable on this broker.
+    pub flushed: u64,
+    /// Replication position R: held by a majority.
+    pub replicated: u64,
+    /// Commit position C: durable on a majority.
+    pub committed: u64,
+    /// Every member of the group, this broker included; empty when standalone.
+    pub nodes: Vec<ClusterNode>,
+}
+
+impl ClusterStatusResponse {
+    /// Appends the body.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.put_u64(self.node_id);
+        out.put_u8(self.role.as_u8());
+        out.put_u64(self.term);
+        out.put_u64(self.leader_id);
+        out.put_u64(self.written);
+        out.put_u64(self.flushed);
+        out.put_u64(self.replicated);
+        out.put_u64(self.committed);
+        out.put_u16(self.nodes.len() as u16);
+        for n in &self.nodes {
+            out.put_u64(n.id);
+            out.put_str(&n.addr);
+        }
+    }
+
+    /// Parses a body.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a truncated or over-long body or an unknown role.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let node_id = r.u64("node_id")?;
+        let role = ClusterRole::from_u8(r.u8("role")?)
+            .ok_or(DecodeError::InvalidValue { field: "role" })?;
+        let term = r.u64("term")?;
+        let leader_id = r.u64("leader_id")?;
+        let written = r.u64("written")?;
+        let flushed = r.u64("flushed")?;
+        let replicated = r.u64("replicated")?;
+        let committed = r.u64("committed")?;
+        let n = r.u16("node_count")?;
+        // Never trust a count for an allocation: each node is at least 10 bytes.
+        let mut nodes = Vec::with_capacity((n as usize).min(r.remaining() / 10));
+        for _ in 0..n {
+            nodes.push(ClusterNode {
+                id: r.u64("node.id")?,
+                addr: r.str("node.addr")?.to_string(),
+            });
+        }
+        r.finish()?;
+        Ok(ClusterStatusResponse {
+            node_id,
+            role,
+            term,
+            leader_id,
+            written,
+            flushed,
+            replicated,
+            committed,
+            nodes,
+        })
+    }
+}
+
 /// The body of every response whose error code is not `None`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorBody<'a> {
@@ -600,6 +743,54 @@ impl<'a> ErrorBody<'a> {
     pub fn decode(body: &'a [u8]) -> Self {
         let message = Reader::new(body).str("message").unwrap_or("");
         ErrorBody { message }
+    }
+}
+
+/// The body of a [`ErrorCode::NotLeader`] response: the ordinary error body
+/// followed by where the leader is, so a client can go there directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotLeaderBody<'a> {
+    /// Human-readable detail.
+    pub message: &'a str,
+    /// The leader's node id; 0 when unknown.
+    pub leader_id: u64,
+    /// The leader's address; empty when unknown.
+    pub leader_addr: &'a str,
+}
+
+impl<'a> NotLeaderBody<'a> {
+    /// Appends the body.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        ErrorBody {
+            message: self.message,
+        }
+        .encode(out);
+        out.put_u64(self.leader_id);
+        out.put_str(self.leader_addr);
+    }
+
+    /// Parses a body leniently, like [`ErrorBody::decode`]: a body without
+    /// a complete leader trailer (an older broker, or another error's body)
+    /// yields leader 0 at the empty address, and bytes after the trailer are
+    /// ignored so that a later version may extend it.
+    pub fn decode(body: &'a [u8]) -> Self {
+        let mut r = Reader::new(body);
+        let Ok(message) = r.str("message") else {
+            return NotLeaderBody {
+                message: "",
+                leader_id: 0,
+                leader_addr: "",
+            };
+        };
+        let leader = r
+            .u64("leader_id")
+            .and_then(|id| Ok((id, r.str("leader_addr")?)));
+        let (leader_id, leader_addr) = leader.unwrap_or((0, ""));
+        NotLeaderBody {
+            message,
+            leader_id,
+            leader_addr,
+        }
     }
 }
 
@@ -671,6 +862,117 @@ mod tests {
             ListOffsetsRequest::decode(&out),
             Err(DecodeError::TrailingBytes { extra: 1 })
         ));
+    }
+
+    #[test]
+    fn cluster_status_has_its_documented_bytes() {
+        let resp = ClusterStatusResponse {
+            node_id: 2,
+            role: ClusterRole::Follower,
+            term: 7,
+            leader_id: 1,
+            written: 300,
+            flushed: 256,
+            replicated: 250,
+            committed: 200,
+            nodes: vec![
+                ClusterNode {
+                    id: 1,
+                    addr: "a:1".into(),
+                },
+                ClusterNode {
+                    id: 2,
+                    addr: "b:2".into(),
+                },
+            ],
+        };
+        let mut out = Vec::new();
+        resp.encode(&mut out);
+        let le = |v: u64| v.to_le_bytes();
+        let expected = [
+            &le(2)[..], // node_id
+            &[0],       // role: follower
+            &le(7),     // term
+            &le(1),     // leader_id
+            &le(300),   // written
+            &le(256),   // flushed
+            &le(250),   // replicated
+            &le(200),   // committed
+            &[2, 0],    // node_count
+            &le(1),     // node 0 id
+            &[3, 0],    // node 0 addr length
+            b"a:1",     // node 0 addr
+            &le(2),     // node 1 id
+            &[3, 0],    // node 1 addr length
+            b"b:2",     // node 1 addr
+        ]
+        .concat();
+        assert_eq!(out, expected);
+        assert_eq!(ClusterStatusResponse::decode(&out), Ok(resp));
+        out[8] = 5;
+        assert_eq!(
+            ClusterStatusResponse::decode(&out),
+            Err(DecodeError::InvalidValue { field: "role" })
+        );
+    }
+
+    #[test]
+    fn cluster_roles_follow_consensus_roles() {
+        assert_eq!(ClusterRole::from(Role::Follower).as_u8(), 0);
+        assert_eq!(ClusterRole::from(Role::PreCandidate).as_u8(), 1);
+        assert_eq!(ClusterRole::from(Role::Candidate).as_u8(), 2);
+        assert_eq!(ClusterRole::from(Role::Leader).as_u8(), 3);
+        for v in 0..=u8::MAX {
+            let role = ClusterRole::from_u8(v);
+            assert_eq!(role.map(ClusterRole::as_u8), (v <= 4).then_some(v));
+        }
+    }
+
+    #[test]
+    fn not_leader_body_extends_the_error_body() {
+        let body = NotLeaderBody {
+            message: "no",
+            leader_id: 3,
+            leader_addr: "h:9",
+        };
+        let mut out = Vec::new();
+        body.encode(&mut out);
+        let expected = [
+            &[2, 0][..], // message length
+            b"no",       // message
+            &3u64.to_le_bytes(),
+            &[3, 0], // leader_addr length
+            b"h:9",
+        ]
+        .concat();
+        assert_eq!(out, expected);
+        assert_eq!(NotLeaderBody::decode(&out), body);
+        // An old client reads the same message from it.
+        assert_eq!(ErrorBody::decode(&out).message, "no");
+    }
+
+    #[test]
+    fn not_leader_body_without_a_trailer_means_leader_unknown() {
+        let unknown = |message| NotLeaderBody {
+            message,
+            leader_id: 0,
+            leader_addr: "",
+        };
+        let mut plain = Vec::new();
+        ErrorBody { message: "no" }.encode(&mut plain);
+        assert_eq!(NotLeaderBody::decode(&plain), unknown("no"));
+        // A trailer cut anywhere counts as absent.
+        let mut full = Vec::new();
+        NotLeaderBody {
+            message: "no",
+            leader_id: 3,
+            leader_addr: "h:9",
+        }
+        .encode(&mut full);
+        for cut in plain.len()..full.len() {
+            assert_eq!(NotLeaderBody::decode(&full[..cut]), unknown("no"), "{cut}");
+        }
+        assert_eq!(NotLeaderBody::decode(&[]), unknown(""));
     }
 
     #[test]

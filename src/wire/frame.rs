@@ -119,9 +119,23 @@ pub fn request_frame(
 
 /// Sets the length prefix of the frame that starts at `start` in `out` and
 /// runs to its end.
+///
+/// # Panics
+/// If the frame is longer than a `u32` length prefix can say.
 pub fn finish_frame(out: &mut [u8], start: usize) {
-    let len = out.len() - start - LENGTH_PREFIX_LEN;
-    set_u32(out, start, len as u32);
+    finish_frame_before(out, start, 0);
+}
+
+/// Sets the length prefix of the frame that starts at `start` in `out`, runs
+/// to its end, and continues with `tail_len` more bytes the caller sends
+/// from another buffer (a payload read from files, for example).
+///
+/// # Panics
+/// If the frame is longer than a `u32` length prefix can say.
+pub fn finish_frame_before(out: &mut [u8], start: usize, tail_len: u64) {
+    let len = (out.len() - start - LENGTH_PREFIX_LEN) as u64 + tail_len;
+    let len = u32::try_from(len).expect("frame length fits its u32 prefix");
+    set_u32(out, start, len);
 }
 
 /// Why a buffered frame cannot be served. Framing errors below

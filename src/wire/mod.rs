@@ -6,6 +6,7 @@ pub mod batch;
 pub mod codec;
 pub mod error;
 pub mod frame;
+pub mod replicate;
 
 pub use api::{ApiKey, Qos};
 pub use error::ErrorCode;

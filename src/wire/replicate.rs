@@ -1,0 +1,561 @@
+//! Replicate (API 7): one consensus [`Message`] from a peer broker, in a
+//! request frame that is never answered.
+//!
+//! ```text
+//! body    = u64 from | u64 to | u64 term | u8 kind | kind fields
+//! Append  = u64 prev_pos | u64 prev_term | u64 commit | u32 entry_count
+//!           | entry_count × (u64 end | u64 term) | u64 payload_len | payload
+//! ```
+//! An `Append` carries the journal bytes of its entries, `[prev_pos, end of
+//! the last entry)`, as the last field of the body. Those bytes live in
+//! journal files, so the sender writes everything before them from one
+//! buffer ([`write_frame`]) and the payload from another; the fixed part
+//! therefore comes first and says how many payload bytes follow. An entry's
+//! start is not sent: the first starts at `prev_pos`, each next one where
+//! the previous one ends. Every other kind has no payload.
+//!
+//! [`decode_message`] checks everything the layout promises (known kind,
+//! 0/1 booleans, non-empty entries with non-decreasing terms no higher than
+//! the message's, a payload exactly as long as the entries, no trailing
+//! bytes), so the consensus node and the journal never see an `Append`
+//! whose entries and bytes disagree. Whether the sender is a voter of the
+//! group, and the other checks that need the node's state, stay with the
+//! node.
+
+use super::api::ApiKey;
+use super::codec::{DecodeError, Put, Reader};
+use super::frame::{finish_frame_before, RequestHeader};
+use crate::consensus::log::check_run;
+use crate::consensus::{Entry, Message, MessageKind};
+
+/// The version of the Replicate body this broker speaks.
+pub const REPLICATE_VERSION: u16 = 1;
+/// Bytes of the fields every message starts with: `from`, `to`, `term`, `kind`.
+pub const MESSAGE_HEADER_LEN: usize = 25;
+/// Bytes of one `Append` entry: `end`, `term`.
+pub const ENTRY_LEN: usize = 16;
+
+const KIND_PRE_VOTE: u8 = 0;
+const KIND_PRE_VOTE_RESP: u8 = 1;
+const KIND_VOTE: u8 = 2;
+const KIND_VOTE_RESP: u8 = 3;
+const KIND_APPEND: u8 = 4;
+const KIND_APPEND_ACK: u8 = 5;
+const KIND_APPEND_REJECT: u8 = 6;
+const KIND_HEARTBEAT: u8 = 7;
+const KIND_TIMEOUT_NOW: u8 = 8;
+
+/// The journal bytes that follow `m`'s body: the span of an `Append`'s
+/// entries, 0 for a probe and for every other kind.
+pub fn payload_len(m: &Message) -> u64 {
+    match &m.kind {
+        MessageKind::Append {
+            prev_pos, entries, ..
+        } => entries.last().map_or(0, |last| last.end - prev_pos),
+        _ => 0,
+    }
+}
+
+/// Appends `m`'s body without its payload; the caller appends the
+/// [`payload_len`] journal bytes from `prev_pos` next.
+///
+/// # Panics
+/// If an `Append`'s entries are not non-empty ranges contiguous from
+/// `prev_pos`: their starts are not sent, so such entries would arrive
+/// changed. The consensus node never makes them.
+pub fn encode_message(m: &Message, out: &mut Vec<u8>) {
+    out.put_u64(m.from);
+    out.put_u64(m.to);
+    out.put_u64(m.term);
+    match &m.kind {
+        MessageKind::PreVote {
+            last_pos,
+            last_term,
+        } => {
+            out.put_u8(KIND_PRE_VOTE);
+            out.put_u64(*last_pos);
+            out.put_u64(*last_term);
+        }
+        MessageKind::PreVoteResp { granted } => {
+            out.put_u8(KIND_PRE_VOTE_RESP);
+            out.put_u8(*granted as u8);
+        }
+        MessageKind::Vote {
+            last_pos,
+            last_term,
+            transfer,
+        } => {
+            out.put_u8(KIND_VOTE);
+            out.put_u64(*last_pos);
+            out.put_u64(*last_term);
+            out.put_u8(*transfer as u8);
+        }
+        MessageKind::VoteResp { granted } => {
+            out.put_u8(KIND_VOTE_RESP);
+            out.put_u8(*granted as u8);
+        }
+        MessageKind::Append {
+            prev_pos,
+            prev_term,
+            entries,
+            commit,
+        } => {
+            out.put_u8(KIND_APPEND);
+            out.put_u64(*prev_pos);
+            out.put_u64(*prev_term);
+            out.put_u64(*commit);
+            out.put_u32(
+                u32::try_from(entries.len()).expect("an append holds fewer than 2^32 entries"),
+            );
+            let mut pos = *prev_pos;
+            for e in entries {
+                assert!(
+                    e.start == pos && e.start < e.end,
+                    "append entries are non-empty and contiguous from prev_pos"
+                );
+                out.put_u64(e.end);
+                out.put_u64(e.term);
+                pos = e.end;
+            }
+            out.put_u64(pos - prev_pos);
+        }
+        MessageKind::AppendAck {
+            matched,
+            written,
+            flushed,
+        } => {
+            out.put_u8(KIND_APPEND_ACK);
+            out.put_u64(*matched);
+            out.put_u64(*written);
+            out.put_u64(*flushed);
+        }
+        MessageKind::AppendReject {
+            rejected,
+            hint_pos,
+            hint_term,
+        } => {
+            out.put_u8(KIND_APPEND_REJECT);
+            out.put_u64(*rejected);
+            out.put_u64(*hint_pos);
+            out.put_u64(*hint_term);
+        }
+        MessageKind::Heartbeat { commit } => {
+            out.put_u8(KIND_HEARTBEAT);
+            out.put_u64(*commit);
+        }
+        MessageKind::TimeoutNow => out.put_u8(KIND_TIMEOUT_NOW),
+    }
+}
+
+/// Appends a whole Replicate request frame for `m` to `out` (header with
+/// correlation id 0, then the body), except the payload, with a length
+/// prefix that already counts the payload. Returns the payload's length:
+/// the caller sends `out`, then exactly that many journal bytes from
+/// `prev_pos`, and the frame is complete.
+///
+/// # Panics
+/// As [`encode_message`]; and if the frame is longer than a `u32` length
+/// prefix can say (the node bounds an append far below that).
+pub fn write_frame(m: &Message, out: &mut Vec<u8>) -> u64 {
+    let start = out.len();
+    RequestHeader {
+        api_key: ApiKey::Replicate.as_u16(),
+        api_version: REPLICATE_VERSION,
+        correlation_id: 0,
+        flags: 0,
+    }
+    .write(out);
+    encode_message(m, out);
+    let payload = payload_len(m);
+    finish_frame_before(out, start, payload);
+    payload
+}
+
+/// Parses a Replicate body into its message and, for an `Append`, the
+/// journal bytes of its entries (empty for every other kind).
+///
+/// # Errors
+/// [`DecodeError::Truncated`] or [`DecodeError::TrailingBytes`] when the
+/// body is shorter or longer than its fields say;
+/// [`DecodeError::InvalidValue`] for an unknown kind, a boolean other than
+/// 0 or 1, entries that are empty, whose terms decrease or exceed the
+/// message's term, or a `payload_len` other than the entries' span.
+pub fn decode_message(body: &[u8]) -> Result<(Message, &[u8]), DecodeError> {
+    let mut r = Reader::new(body);
+    let from = r.u64("from")?;
+    let to = r.u64("to")?;
+    let term = r.u64("term")?;
+    let mut payload: &[u8] = &[];
+    let kind = match r.u8("kind")? {
+        KIND_PRE_VOTE => MessageKind::PreVote {
+            last_pos: r.u64("last_pos")?,
+            last_term: r.u64("last_term")?,
+        },
+        KIND_PRE_VOTE_RESP => MessageKind::PreVoteResp {
+            granted: bool_field(&mut r, "granted")?,
+        },
+        KIND_VOTE => MessageKind::Vote {
+            last_pos: r.u64("last_pos")?,
+            last_term: r.u64("last_term")?,
+            transfer: bool_field(&mut r, "transfer")?,
+        },
+        KIND_VOTE_RESP => MessageKind::VoteResp {
+            granted: bool_field(&mut r, "granted")?,
+        },
+        KIND_APPEND => {
+            let (kind, bytes) = decode_append(&mut r, term)?;
+            payload = bytes;
+            kind
+        }
+        KIND_APPEND_ACK => MessageKind::AppendAck {
+            matched: r.u64("matched")?,
+            written: r.u64("written")?,
+            flushed: r.u64("flushed")?,
+        },
+        KIND_APPEND_REJECT => MessageKind::AppendReject {
+            rejected: r.u64("rejected")?,
+            hint_pos: r.u64("hint_pos")?,
+            hint_term: r.u64("hint_term")?,
+        },
+        KIND_HEARTBEAT => MessageKind::Heartbeat {
+            commit: r.u64("commit")?,
+        },
+        KIND_TIMEOUT_NOW => MessageKind::TimeoutNow,
+        _ => return Err(DecodeError::InvalidValue { field: "kind" }),
+    };
+    r.finish()?;
+    let m = Message {
+        from,
+        to,
+        term,
+        kind,
+    };
+    Ok((m, payload))
+}
+
+/// The fields of an `Append` after its kind, and its payload.
+fn decode_append<'a>(
+    r: &mut Reader<'a>,
+    term: u64,
+) -> Result<(MessageKind, &'a [u8]), DecodeError> {
+    let prev_pos = r.u64("prev_pos")?;
+    let prev_term = r.u64("prev_term")?;
+    let commit = r.u64("commit")?;
+    let count = r.u32("entry_count")? as usize;
+    // Take the entries' bytes before allocating, so a lying count fails as
+    // truncation instead of reserving memory for entries that are not there.
+    let raw = r.take(count.saturating_mul(ENTRY_LEN), "entries")?;
+    let mut entries = Vec::with_capacity(count);
+    let mut start = prev_pos;
+    for chunk in raw.chunks_exact(ENTRY_LEN) {
+        let mut e = Reader::new(chunk);
+        let end = e.u64("entry.end")?;
+        let entry_term = e.u64("entry.term")?;
+        if end <= start {
+            return Err(DecodeError::InvalidValue { field: "entry.end" });
+        }
+        entries.push(Entry {
+            start,
+            end,
+            term: entry_term,
+        });
+        start = end;
+    }
+    check_run(&entries, prev_pos, prev_term, term).map_err(|_| DecodeError::InvalidValue {
+        field: "entry.term",
+    })?;
+    let payload_len = r.u64("payload_len")?;
+    if payload_len != start - prev_pos {
+        return Err(DecodeError::InvalidValue {
+            field: "payload_len",
+        });
+    }
+    // The span fits the body only if it fits a usize; otherwise it is
+    // necessarily longer than what is left.
+    let len = usize::try_from(payload_len).unwrap_or(usize::MAX);
+    let payload = r.take(len, "payload")?;
+    let kind = MessageKind::Append {
+        prev_pos,
+        prev_term,
+        entries,
+        commit,
+    };
+    Ok((kind, payload))
+}
+
+/// Reads a boolean byte, which must be 0 or 1.
+fn bool_field(r: &mut Reader<'_>, field: &'static str) -> Result<bool, DecodeError> {
+    match r.u8(field)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(DecodeError::InvalidValue { field }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::frame::{check_frame, REQUEST_HEADER_LEN};
+
+    fn le(v: u64) -> [u8; 8] {
+        v.to_le_bytes()
+    }
+
+    fn msg(kind: MessageKind) -> Message {
+        Message {
+            from: 1,
+            to: 2,
+            term: 3,
+            kind,
+        }
+    }
+
+    fn append() -> Message {
+        msg(MessageKind::Append {
+            prev_pos: 100,
+            prev_term: 2,
+            entries: vec![
+                Entry {
+                    start: 100,
+                    end: 150,
+                    term: 2,
+                },
+                Entry {
+                    start: 150,
+                    end: 170,
+                    term: 3,
+                },
+            ],
+            commit: 90,
+        })
+    }
+
+    #[test]
+    fn append_body_has_its_documented_bytes() {
+        let mut out = Vec::new();
+        encode_message(&append(), &mut out);
+        let expected = [
+            &le(1)[..],    // from
+            &le(2),        // to
+            &le(3),        // term
+            &[4],          // kind: Append
+            &le(100),      // prev_pos
+            &le(2),        // prev_term
+            &le(90),       // commit
+            &[2, 0, 0, 0], // entry_count
+            &le(150),      // entry 0 end (starts at prev_pos)
+            &le(2),        // entry 0 term
+            &le(170),      // entry 1 end
+            &le(3),        // entry 1 term
+            &le(70),       // payload_len: 170 - 100
+        ]
+        .concat();
+        assert_eq!(out, expected);
+        assert_eq!(out.len(), MESSAGE_HEADER_LEN + 28 + 2 * ENTRY_LEN + 8);
+        assert_eq!(payload_len(&append()), 70);
+
+        let payload = [7u8; 70];
+        out.extend_from_slice(&payload);
+        assert_eq!(decode_message(&out), Ok((append(), &payload[..])));
+    }
+
+    #[test]
+    fn every_other_kind_has_its_documented_bytes() {
+        let cases: [(MessageKind, Vec<u8>); 8] = [
+            (
+                MessageKind::PreVote {
+                    last_pos: 5,
+                    last_term: 6,
+                },
+                [&[0u8][..], &le(5), &le(6)].concat(),
+            ),
+            (MessageKind::PreVoteResp { granted: true }, vec![1, 1]),
+            (
+                MessageKind::Vote {
+                    last_pos: 5,
+                    last_term: 6,
+                    transfer: true,
+                },
+                [&[2u8][..], &le(5), &le(6), &[1]].concat(),
+            ),
+            (MessageKind::VoteResp { granted: false }, vec![3, 0]),
+            (
+                MessageKind::AppendAck {
+                    matched: 9,
+                    written: 8,
+                    flushed: 7,
+                },
+                [&[5u8][..], &le(9), &le(8), &le(7)].concat(),
+            ),
+            (
+                MessageKind::AppendReject {
+                    rejected: 9,
+                    hint_pos: 4,
+                    hint_term: 2,
+                },
+                [&[6u8][..], &le(9), &le(4), &le(2)].concat(),
+            ),
+            (
+                MessageKind::Heartbeat { commit: 11 },
+                [&[7u8][..], &le(11)].concat(),
+            ),
+            (MessageKind::TimeoutNow, vec![8]),
+        ];
+        for (kind, tail) in cases {
+            let m = msg(kind);
+            let mut out = Vec::new();
+            encode_message(&m, &mut out);
+            assert_eq!(out, [&le(1)[..], &le(2), &le(3), &tail].concat(), "{m:?}");
+            assert_eq!(payload_len(&m), 0);
+            assert_eq!(decode_message(&out), Ok((m, &[][..])));
+        }
+    }
+
+    #[test]
+    fn probe_append_has_no_entries_and_no_payload() {
+        let m = msg(MessageKind::Append {
+            prev_pos: 40,
+            prev_term: 1,
+            entries: vec![],
+            commit: 40,
+        });
+        let mut out = Vec::new();
+        encode_message(&m, &mut out);
+        assert_eq!(
+            &out[out.len() - 12..],
+            &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(decode_message(&out), Ok((m, &[][..])));
+    }
+
+    #[test]
+    fn frame_length_prefix_counts_the_payload_sent_after_it() {
+        let mut out = vec![0xAA]; // bytes already queued on the connection
+        let payload = write_frame(&append(), &mut out);
+        assert_eq!(payload, 70);
+        let frame = &out[1..];
+        let body_len = frame.len() - REQUEST_HEADER_LEN;
+        assert_eq!(
+            frame[..REQUEST_HEADER_LEN],
+            [
+                &((12 + body_len + 70) as u32).to_le_bytes()[..],
+                &[7, 0],       // api_key: Replicate
+                &[1, 0],       // api_version
+                &[0, 0, 0, 0], // correlation_id
+                &[0, 0, 0, 0], // flags, reserved
+            ]
+            .concat()[..]
+        );
+        let mut whole = frame.to_vec();
+        assert_eq!(check_frame(&whole, REQUEST_HEADER_LEN, 1 << 20), Ok(None));
+        whole.extend_from_slice(&[9u8; 70]);
+        assert_eq!(
+            check_frame(&whole, REQUEST_HEADER_LEN, 1 << 20),
+            Ok(Some(whole.len()))
+        );
+        let (m, bytes) = decode_message(&whole[REQUEST_HEADER_LEN..]).unwrap();
+        assert_eq!((m, bytes), (append(), &[9u8; 70][..]));
+    }
+
+    /// The append body with `edit` applied to its bytes (payload included).
+    fn edited_append(edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_message(&append(), &mut out);
+        out.extend_from_slice(&[0u8; 70]);
+        edit(&mut out);
+        out
+    }
+
+    // Offsets in the append body of `append()`.
+    const COUNT_AT: usize = MESSAGE_HEADER_LEN + 24;
+    const ENTRY0_AT: usize = COUNT_AT + 4;
+    const PAYLOAD_LEN_AT: usize = ENTRY0_AT + 2 * ENTRY_LEN;
+
+    #[test]
+    fn inconsistent_appends_are_refused() {
+        let invalid = |field| Err(DecodeError::InvalidValue { field });
+        let cases: [(&str, Vec<u8>, Result<(), DecodeError>); 7] = [
+            (
+                "empty entry",
+                edited_append(|b| b[ENTRY0_AT..ENTRY0_AT + 8].copy_from_slice(&le(100))),
+                invalid("entry.end"),
+            ),
+            (
+                "ends go backwards",
+                edited_append(|b| b[ENTRY0_AT + 16..ENTRY0_AT + 24].copy_from_slice(&le(120))),
+                invalid("entry.end"),
+            ),
+            (
+                "terms decrease",
+                edited_append(|b| b[ENTRY0_AT + 24..ENTRY0_AT + 32].copy_from_slice(&le(1))),
+                invalid("entry.term"),
+            ),
+            (
+                "entry term above the message's",
+                edited_append(|b| b[ENTRY0_AT + 24..ENTRY0_AT + 32].copy_from_slice(&le(4))),
+                invalid("entry.term"),
+            ),
+            (
+                "payload_len is not the span",
+                edited_append(|b| {
+                    b[PAYLOAD_LEN_AT..PAYLOAD_LEN_AT + 8].copy_from_slice(&le(69));
+                    b.pop();
+                }),
+                invalid("payload_len"),
+            ),
+            (
+                "payload shorter than its length",
+                edited_append(|b| {
+                    b.pop();
+                }),
+                Err(DecodeError::Truncated {
+                    field: "payload",
+                    needed: 1,
+                }),
+            ),
+            (
+                "trailing byte",
+                edited_append(|b| b.push(0)),
+                Err(DecodeError::TrailingBytes { extra: 1 }),
+            ),
+        ];
+        for (name, body, expected) in cases {
+            assert_eq!(decode_message(&body).map(|_| ()), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_lying_entry_count_fails_without_allocating_for_it() {
+        let body = edited_append(|b| b[COUNT_AT..COUNT_AT + 4].copy_from_slice(&[0xff; 4]));
+        assert!(matches!(
+            decode_message(&body),
+            Err(DecodeError::Truncated {
+                field: "entries",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn unknown_kinds_and_non_boolean_bytes_are_refused() {
+        let head = [&le(1)[..], &le(2), &le(3)].concat();
+        let body = |tail: &[u8]| [&head[..], tail].concat();
+        assert_eq!(
+            decode_message(&body(&[9])),
+            Err(DecodeError::InvalidValue { field: "kind" })
+        );
+        assert_eq!(
+            decode_message(&body(&[1, 2])),
+            Err(DecodeError::InvalidValue { field: "granted" })
+        );
+        let vote = [&[2u8][..], &le(5), &le(6), &[2]].concat();
+        assert_eq!(
+            decode_message(&body(&vote)),
+            Err(DecodeError::InvalidValue { field: "transfer" })
+        );
+        assert!(matches!(
+            decode_message(&head),
+            Err(DecodeError::Truncated { field: "kind", .. })
+        ));
+    }
+}
