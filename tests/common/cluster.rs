@@ -10,7 +10,8 @@
 use super::json::Json;
 use super::proxy::Proxy;
 use super::{run_cli, BrokerProc, RawConn, TestDir};
-use hutong::wire::ErrorCode;
+use hutong::wire::api::{ClusterRole, ClusterStatusResponse};
+use hutong::wire::{ApiKey, ErrorCode};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -25,6 +26,8 @@ pub const STATUS_TIMEOUT: Duration = Duration::from_secs(15);
 const RESTART_TIMEOUT: Duration = Duration::from_secs(15);
 /// Pause between two polls of the cluster's state.
 const POLL: Duration = Duration::from_millis(100);
+/// How long one node may take to answer a ClusterStatus request.
+pub const NODE_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Small segments, so that a test of a few megabytes crosses segment
 /// boundaries (and the journal comparison covers several files).
@@ -385,11 +388,29 @@ impl Cluster {
         self.try_status(id).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// The status as seen through any serving node, if one answers.
-    fn any_status(&self) -> Option<ClusterStatus> {
+    /// Node `id`'s own view (the ClusterStatus request), when it serves and
+    /// answers within [`NODE_STATUS_TIMEOUT`].
+    pub fn node_status(&self, id: usize) -> Option<ClusterStatusResponse> {
+        if !self.is_serving(id) {
+            return None;
+        }
+        let mut c = RawConn::connect(self.addr(id));
+        c.stream
+            .set_read_timeout(Some(NODE_STATUS_TIMEOUT))
+            .expect("set read timeout");
+        let cid = c.send(ApiKey::ClusterStatus, |_| {});
+        let r = c.read_response().ok()?;
+        if r.header.correlation_id != cid || r.code() != ErrorCode::None {
+            return None;
+        }
+        ClusterStatusResponse::decode(&r.body).ok()
+    }
+
+    /// Every serving node's own view, by node id.
+    pub fn node_statuses(&self) -> Vec<(usize, ClusterStatusResponse)> {
         self.ids()
-            .filter(|&id| self.is_serving(id))
-            .find_map(|id| self.try_status(id).ok())
+            .filter_map(|id| self.node_status(id).map(|s| (id, s)))
+            .collect()
     }
 
     /// Waits up to [`LEADER_TIMEOUT`] for a serving node that says it leads,
@@ -408,17 +429,14 @@ impl Cluster {
     ) -> Option<(usize, SocketAddr)> {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(s) = self.any_status() {
-                let best = s
-                    .nodes
-                    .iter()
-                    .filter(|n| n.role == "leader" && self.is_serving(n.id as usize))
-                    .max_by_key(|n| n.term);
-                if let Some(n) = best {
-                    let id = n.id as usize;
-                    if accept(id) {
-                        return Some((id, self.addr(id)));
-                    }
+            let best = self
+                .node_statuses()
+                .into_iter()
+                .filter(|(_, s)| s.role == ClusterRole::Leader)
+                .max_by_key(|(_, s)| s.term);
+            if let Some((id, _)) = best {
+                if accept(id) {
+                    return Some((id, self.addr(id)));
                 }
             }
             if Instant::now() >= deadline {
@@ -436,10 +454,17 @@ impl Cluster {
 
     /// A short text of the cluster's state for panic messages.
     pub fn describe(&self) -> String {
-        match self.any_status() {
-            Some(s) => format!("cluster status: {}", s.text.trim()),
-            None => "no node answers `hutong cluster status`".to_string(),
-        }
+        self.ids()
+            .map(|id| match self.node_status(id) {
+                Some(s) => format!(
+                    "node {id}: {:?} term {} leader {} W {} F {} R {} C {}",
+                    s.role, s.term, s.leader_id, s.written, s.flushed, s.replicated, s.committed
+                ),
+                None if self.is_serving(id) => format!("node {id}: no status answer"),
+                None => format!("node {id}: down or stopped"),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Creates a topic on the current leader, following a leadership
@@ -463,34 +488,32 @@ impl Cluster {
         }
     }
 
-    /// Waits up to `limit` until every node is reachable and has committed
+    /// Waits up to `limit` until every node serves and has committed
     /// everything the leader wrote: each node's C equals the leader's C,
     /// which equals the leader's W. Returns that position.
     ///
     /// # Panics
-    /// When that does not happen in time; the message carries the last status.
+    /// When that does not happen in time; the message carries the state.
     pub fn wait_caught_up(&self, limit: Duration) -> u64 {
         let deadline = Instant::now() + limit;
-        let mut last = String::from("(no status yet)");
         loop {
-            if let Some(s) = self.any_status() {
-                let leader = s.nodes.iter().find(|n| n.role == "leader");
-                if let Some(l) = leader {
-                    let all_there = s.nodes.len() == self.size()
-                        && s.nodes.iter().all(|n| n.role != "unreachable");
-                    if all_there
-                        && l.committed == l.written
-                        && s.nodes.iter().all(|n| n.committed == l.committed)
-                    {
-                        return l.committed;
-                    }
+            let all = self.node_statuses();
+            let leader = all
+                .iter()
+                .filter(|(_, s)| s.role == ClusterRole::Leader)
+                .max_by_key(|(_, s)| s.term);
+            if let Some((_, l)) = leader {
+                if all.len() == self.size()
+                    && l.committed == l.written
+                    && all.iter().all(|(_, s)| s.committed == l.committed)
+                {
+                    return l.committed;
                 }
-                last = s.text;
             }
             assert!(
                 Instant::now() < deadline,
-                "nodes did not catch up within {limit:?}; last status: {}",
-                last.trim()
+                "nodes did not catch up within {limit:?}:\n{}",
+                self.describe()
             );
             std::thread::sleep(POLL);
         }
