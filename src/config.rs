@@ -70,6 +70,13 @@ pub const PARTIAL_FRAME_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 pub const IDLE_CONNECTION_TIMEOUT_MS_DEFAULT: u64 = 600_000;
 /// Default partitions of an auto-created topic.
 pub const AUTO_CREATE_PARTITIONS_DEFAULT: u32 = 1;
+/// Default consensus tick: elections time out after 10-20 ticks
+/// (250-500 ms), the leader heartbeats every 2 ticks.
+pub const TICK_MS_DEFAULT: u64 = 25;
+/// Bounds of `tick_ms`.
+pub const TICK_MS_MIN: u64 = 1;
+/// Upper bound of `tick_ms`.
+pub const TICK_MS_MAX: u64 = 10_000;
 
 const _: () = assert!(
     BATCH_BYTES_MAX_DEFAULT + SMALL_REQUEST_BYTES_MAX <= FRAME_BYTES_MAX_DEFAULT + 64 * KIB
@@ -135,6 +142,47 @@ pub struct Config {
     pub partial_frame_timeout_ms: u64,
     /// A connection with nothing in flight and no traffic for this long is closed.
     pub idle_connection_timeout_ms: u64,
+    /// This broker's id in its replication group (0: standalone, no peers).
+    pub node_id: u64,
+    /// Every member of the replication group, this broker included: the
+    /// address this broker uses to reach each of them. Empty: standalone.
+    pub peers: Vec<Peer>,
+    /// The consensus clock: elections, heartbeats and retransmissions are
+    /// counted in ticks of this length.
+    pub tick_ms: u64,
+}
+
+/// One member of a replication group.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    /// Its node id (1 or more).
+    pub id: u64,
+    /// Its address, `host:port`.
+    pub addr: String,
+}
+
+/// Parses `1=ADDR1,2=ADDR2,...` (the `--peers` flag).
+///
+/// # Errors
+/// [`ConfigError`] naming the malformed entry.
+pub fn parse_peers(text: &str) -> Result<Vec<Peer>, ConfigError> {
+    text.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|entry| {
+            let (id, addr) = entry
+                .split_once('=')
+                .ok_or_else(|| ConfigError(format!("peer `{entry}` is not ID=HOST:PORT")))?;
+            let id = id
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError(format!("peer `{entry}`: `{id}` is not a node id")))?;
+            Ok(Peer {
+                id,
+                addr: addr.trim().to_string(),
+            })
+        })
+        .collect()
 }
 
 impl Default for Config {
@@ -167,6 +215,9 @@ impl Default for Config {
             record_value_bytes_max: RECORD_VALUE_BYTES_MAX_DEFAULT,
             partial_frame_timeout_ms: PARTIAL_FRAME_TIMEOUT_MS_DEFAULT,
             idle_connection_timeout_ms: IDLE_CONNECTION_TIMEOUT_MS_DEFAULT,
+            node_id: 0,
+            peers: Vec::new(),
+            tick_ms: TICK_MS_DEFAULT,
         }
     }
 }
@@ -272,6 +323,53 @@ impl Config {
         }
         if self.checkpoint_interval_ms == 0 {
             return fail("checkpoint_interval_ms must be above 0".into());
+        }
+        if !(TICK_MS_MIN..=TICK_MS_MAX).contains(&self.tick_ms) {
+            return fail(format!("tick_ms must be in {TICK_MS_MIN}..={TICK_MS_MAX}"));
+        }
+        self.validate_peers()
+    }
+
+    /// True when this broker is a member of a replication group.
+    pub fn is_clustered(&self) -> bool {
+        !self.peers.is_empty()
+    }
+
+    fn validate_peers(&self) -> Result<(), ConfigError> {
+        let fail = |m: String| Err(ConfigError(m));
+        if self.peers.is_empty() {
+            if self.node_id != 0 {
+                return fail("node_id needs peers (the whole group, this node included)".into());
+            }
+            return Ok(());
+        }
+        if self.node_id == 0 {
+            return fail(
+                "peers need node_id (1 or more) to say which of them this broker is".into(),
+            );
+        }
+        if self.peers.len() > crate::consensus::quorum::VOTERS_MAX {
+            return fail(format!(
+                "a group has at most {} members",
+                crate::consensus::quorum::VOTERS_MAX
+            ));
+        }
+        let mut ids: Vec<u64> = self.peers.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) || ids.first() == Some(&0) {
+            return fail("peer ids must be distinct and above 0".into());
+        }
+        if !ids.contains(&self.node_id) {
+            return fail(format!(
+                "peers must list this broker's own node_id {}",
+                self.node_id
+            ));
+        }
+        if let Some(p) = self.peers.iter().find(|p| !p.addr.contains(':')) {
+            return fail(format!(
+                "peer {} address `{}` is not HOST:PORT",
+                p.id, p.addr
+            ));
         }
         Ok(())
     }

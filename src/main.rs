@@ -67,6 +67,13 @@ struct BrokerArgs {
     /// Create unknown topics on first produce.
     #[arg(long)]
     auto_create_topics: bool,
+    /// This broker's id in its replication group (needs --peers).
+    #[arg(long, value_name = "N")]
+    node_id: Option<u64>,
+    /// Every member of the group, this broker included: `1=HOST:PORT,2=...`
+    /// (the address this broker uses to reach each one).
+    #[arg(long, value_name = "ID=ADDR,...")]
+    peers: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -213,6 +220,12 @@ fn run_broker(args: BrokerArgs) -> Result<()> {
     }
     if args.auto_create_topics {
         config.auto_create_topics = true;
+    }
+    if let Some(id) = args.node_id {
+        config.node_id = id;
+    }
+    if let Some(peers) = &args.peers {
+        config.peers = hutong::config::parse_peers(peers)?;
     }
     // Block the signals before any broker thread exists: threads inherit
     // the mask, so the signals stay pending for `wait` below instead of

@@ -26,6 +26,20 @@ pub enum FlusherEvent {
         /// Position one past its control record.
         end: u64,
     },
+    /// The writer is about to cut the journal at `at` (a divergent tail):
+    /// stop checkpointing until the `Reset` that follows, and never call
+    /// anything above `at` durable again.
+    Truncate {
+        /// The cut position.
+        at: u64,
+    },
+    /// The journal was cut: its segment files and topics now.
+    Reset {
+        /// Every segment file, oldest first.
+        files: Vec<SegmentFile>,
+        /// Every topic left.
+        topics: Vec<TopicMeta>,
+    },
 }
 
 /// The flusher's state.
@@ -38,6 +52,8 @@ pub struct Flusher {
     checkpointed: Option<u64>,
     checkpoint_interval: Duration,
     last_checkpoint: Instant,
+    /// A truncation is under way: no checkpoint until the journal is cut.
+    cutting: bool,
 }
 
 impl Flusher {
@@ -57,15 +73,30 @@ impl Flusher {
             checkpointed: None,
             checkpoint_interval,
             last_checkpoint: Instant::now(),
+            cutting: false,
         }
     }
 
-    /// Takes in an event from the writer.
-    pub fn event(&mut self, e: FlusherEvent) {
+    /// Takes in an event from the writer. Returns the cut position of a
+    /// `Truncate`.
+    pub fn event(&mut self, e: FlusherEvent) -> Option<u64> {
         match e {
             FlusherEvent::Segment(f) => self.dirty.push(f),
             FlusherEvent::Topic { meta, end } => self.topics_pending.push((meta, end)),
+            FlusherEvent::Truncate { at } => {
+                self.cutting = true;
+                self.topics_pending.retain(|(_, end)| *end <= at);
+                return Some(at);
+            }
+            FlusherEvent::Reset { files, topics } => {
+                self.cutting = false;
+                self.dirty = files.last().cloned().into_iter().collect();
+                self.topics = topics;
+                self.topics_pending.clear();
+                self.checkpointed = None;
+            }
         }
+        None
     }
 
     /// Makes everything below `w` durable.
@@ -98,6 +129,9 @@ impl Flusher {
         now: Instant,
         force: bool,
     ) -> Result<bool, crate::journal::error::JournalError> {
+        if self.cutting {
+            return Ok(false);
+        }
         let mut new_topic = false;
         while let Some((_, end)) = self.topics_pending.first() {
             if *end > f {
@@ -140,8 +174,25 @@ pub fn run(shared: Arc<Shared>, mut flusher: Flusher, events: Receiver<FlusherEv
         // Read W before the events: every event about bytes below W was
         // sent before W was published, so it is already in the channel.
         let w = shared.positions.written.get();
+        let mut cut = None;
         while let Ok(e) = events.try_recv() {
-            flusher.event(e);
+            if let Some(at) = flusher.event(e) {
+                cut = Some(at);
+            }
+        }
+        if let Some(at) = cut {
+            // W was lowered before the event was sent, but the W read above
+            // may predate that: start the round again. F may hold bytes
+            // that are about to be cut; it can only vouch for what stays.
+            if shared.positions.flushed.get() > at {
+                shared.positions.flushed.set(at);
+            }
+            shared
+                .cluster
+                .truncations_seen
+                .fetch_add(1, Ordering::AcqRel);
+            shared.wake(Stage::Writer);
+            continue;
         }
         let f = shared.positions.flushed.get();
         let mut worked = false;
@@ -150,6 +201,11 @@ pub fn run(shared: Arc<Shared>, mut flusher: Flusher, events: Receiver<FlusherEv
                 Ok(()) => {
                     shared.positions.flushed.publish(w);
                     shared.wake(Stage::Replicator);
+                    if shared.cluster.is_clustered() {
+                        // The writer runs the consensus node, which counts
+                        // this node's flushed position toward C.
+                        shared.wake(Stage::Writer);
+                    }
                     worked = true;
                 }
                 Err(e) => {

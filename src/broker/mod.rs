@@ -11,6 +11,7 @@
 pub mod flusher;
 pub mod reactor;
 pub mod reader;
+pub mod replica;
 pub mod replicator;
 pub mod responder;
 pub mod ring;
@@ -95,7 +96,7 @@ impl Broker {
     pub fn start(config: Config) -> Result<Broker, BrokerError> {
         config.validate()?;
         let config = Arc::new(config);
-        let journal = Journal::open(
+        let mut journal = Journal::open(
             &config.data_dir,
             config.segment_bytes,
             config.write_cache_bytes,
@@ -134,7 +135,43 @@ impl Broker {
         let poll = mio::Poll::new().map_err(|e| io("creating the poll", e))?;
         let waker = mio::Waker::new(poll.registry(), reactor::WAKER)
             .map_err(|e| io("creating the waker", e))?;
-        let shared = Arc::new(Shared::new(journal.end(), waker));
+        let cluster = shared::ClusterView::new(
+            config.node_id,
+            config
+                .peers
+                .iter()
+                .map(|p| (p.id, p.addr.clone()))
+                .collect(),
+        );
+        let shared = Arc::new(Shared::new(journal.end(), waker, cluster));
+        // A group member runs the consensus node on the writer thread and
+        // carries its messages on the replicator thread.
+        let (outbox_tx, outbox_rx) = HeapRb::new(replica::OUTBOX_MESSAGES).split();
+        let (segments_tx, segments_rx) = std::sync::mpsc::channel();
+        let replica = if config.is_clustered() {
+            let entries = journal.take_entries();
+            // Until a leader says what is committed, nothing is: consumers
+            // of a restarted member wait for the group.
+            shared.positions.committed.set(0);
+            shared.positions.replicated.set(0);
+            Some(replica::Replica::new(
+                &config,
+                entries,
+                crate::journal::control::NOOP_BATCH_BYTES as u64,
+                outbox_tx,
+                segments_tx,
+            )?)
+        } else {
+            None
+        };
+        let courier = if config.is_clustered() {
+            Some(
+                replicator::Courier::new(&config, journal.segment_files().to_vec(), &shared)
+                    .map_err(|e| io("creating the replicator's poll", e))?,
+            )
+        } else {
+            None
+        };
 
         let (to_writer, writer_requests) = ring::message_ring(config.request_ring_bytes);
         let (to_reader, reader_requests) = ring::message_ring(config.read_request_ring_bytes);
@@ -160,9 +197,17 @@ impl Broker {
             journal.segment_files().to_vec(),
             reader_events_rx,
             config.fetch_bytes_max,
+        )
+        .with_shared(shared.clone());
+        let writer = writer::Writer::new(
+            journal,
+            config.clone(),
+            reader_events_tx,
+            flusher_events_tx,
+            shared.clone(),
+            replica,
+            pending_tx,
         );
-        let writer =
-            writer::Writer::new(journal, config.clone(), reader_events_tx, flusher_events_tx);
         let reactor = reactor::Reactor::new(
             poll,
             listener,
@@ -203,7 +248,7 @@ impl Broker {
         let s = shared.clone();
         spawn(
             "writer",
-            Box::new(move || writer::run(s, writer, writer_requests, pending_tx)),
+            Box::new(move || writer::run(s, writer, writer_requests)),
         )?;
         let s = shared.clone();
         spawn(
@@ -211,7 +256,13 @@ impl Broker {
             Box::new(move || flusher::run(s, flusher, flusher_events_rx)),
         )?;
         let s = shared.clone();
-        spawn("replicator", Box::new(move || replicator::run(s)))?;
+        match courier {
+            Some(courier) => spawn(
+                "replicator",
+                Box::new(move || replicator::run_cluster(s, courier, outbox_rx, segments_rx)),
+            )?,
+            None => spawn("replicator", Box::new(move || replicator::run(s)))?,
+        }
         let s = shared.clone();
         let pending_max = config.pending_max;
         spawn(

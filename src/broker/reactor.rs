@@ -576,10 +576,7 @@ fn process_frames(
         let frame = &conn.rbuf[conn.rstart..conn.rstart + total];
         let h = RequestHeader::parse(frame);
         match ApiKey::from_u16(h.api_key) {
-            // Replicate and ClusterStatus are not served yet: they are
-            // refused as before their keys existed, until the broker wires
-            // them in.
-            None | Some(ApiKey::Replicate | ApiKey::ClusterStatus) => error_frame(
+            None => error_frame(
                 &mut conn.wbuf,
                 h.correlation_id,
                 h.api_key,
@@ -595,13 +592,26 @@ fn process_frames(
                     ErrorCode::UnsupportedVersion.message(),
                 )
             }
-            Some(api) if api != ApiKey::Produce && total > SMALL_REQUEST_BYTES_MAX => error_frame(
+            Some(ApiKey::Replicate) if !shared.cluster.is_clustered() => error_frame(
                 &mut conn.wbuf,
                 h.correlation_id,
                 h.api_key,
-                ErrorCode::FrameTooLarge,
-                "requests other than Produce are limited to 64 KiB",
+                ErrorCode::InvalidRequest,
+                "this broker is not a member of a replication group",
             ),
+            Some(api)
+                if api != ApiKey::Produce
+                    && api != ApiKey::Replicate
+                    && total > SMALL_REQUEST_BYTES_MAX =>
+            {
+                error_frame(
+                    &mut conn.wbuf,
+                    h.correlation_id,
+                    h.api_key,
+                    ErrorCode::FrameTooLarge,
+                    "requests other than Produce are limited to 64 KiB",
+                )
+            }
             Some(ApiKey::Handshake) => {
                 handshake(&mut conn.wbuf, &h, &frame[REQUEST_HEADER_LEN..], config)
             }
@@ -615,9 +625,11 @@ fn process_frames(
                 conn.wbuf.extend_from_slice(&head.to_bytes(body.len()));
                 conn.wbuf.extend_from_slice(body);
             }
-            Some(ApiKey::Produce | ApiKey::CreateTopic) => {
-                let counted =
-                    !(h.api_key == ApiKey::Produce.as_u16() && produce_qos(frame) == Some(0));
+            Some(ApiKey::Produce | ApiKey::CreateTopic | ApiKey::Replicate) => {
+                // Replicate frames from peers are never answered; produce at
+                // QoS none neither.
+                let counted = h.api_key != ApiKey::Replicate.as_u16()
+                    && !(h.api_key == ApiKey::Produce.as_u16() && produce_qos(frame) == Some(0));
                 let flags = if counted { FLAG_COUNTED } else { 0 };
                 if !routes.to_writer.push(id, flags, &[frame]) {
                     shared.request_ring_full.store(true, Ordering::Release);
@@ -627,7 +639,9 @@ fn process_frames(
                 routes.pushed_writer = true;
                 conn.in_flight += counted as usize;
             }
-            Some(ApiKey::Fetch | ApiKey::Metadata | ApiKey::ListOffsets) => {
+            Some(
+                ApiKey::Fetch | ApiKey::Metadata | ApiKey::ListOffsets | ApiKey::ClusterStatus,
+            ) => {
                 if conn.reads_in_flight >= READS_IN_FLIGHT_MAX {
                     return Stop::Blocked;
                 }

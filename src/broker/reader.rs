@@ -14,8 +14,9 @@ use crate::journal::checkpoint::TopicMeta;
 use crate::journal::index::{entries_below, locate, PartitionIndex};
 use crate::journal::log::SegmentFile;
 use crate::wire::api::{
-    ErrorBody, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
-    MetadataRequest, MetadataResponse, PartitionMetadata, TopicMetadata,
+    ClusterNode, ClusterRole, ClusterStatusResponse, ErrorBody, FetchRequest, FetchResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, PartitionMetadata,
+    TopicMetadata,
 };
 use crate::wire::frame::{finish_frame, RequestHeader, ResponseHeader, REQUEST_HEADER_LEN};
 use crate::wire::{ApiKey, ErrorCode};
@@ -37,6 +38,14 @@ pub enum ReaderEvent {
     },
     /// A new segment file was started.
     Segment(SegmentFile),
+    /// The journal was cut (a divergent tail): every topic with fresh
+    /// index handles, and the segment files now.
+    Reset {
+        /// Every topic left, in catalog order.
+        topics: Vec<(TopicMeta, Vec<Arc<PartitionIndex>>)>,
+        /// Every segment file, oldest first.
+        segments: Vec<SegmentFile>,
+    },
 }
 
 struct ReaderTopic {
@@ -70,6 +79,8 @@ pub struct Reader {
     events: Receiver<ReaderEvent>,
     fetch_bytes_max: usize,
     out: Vec<u8>,
+    /// The broker's shared state, for ClusterStatus (absent in unit tests).
+    shared: Option<Arc<super::shared::Shared>>,
 }
 
 /// What a fetch would return right now.
@@ -95,7 +106,14 @@ impl Reader {
             events,
             fetch_bytes_max,
             out: Vec::with_capacity(64 * 1024),
+            shared: None,
         }
+    }
+
+    /// Lets the reader answer ClusterStatus from the broker's shared state.
+    pub fn with_shared(mut self, shared: Arc<super::shared::Shared>) -> Reader {
+        self.shared = Some(shared);
+        self
     }
 
     /// Takes in every event the writer sent so far.
@@ -110,6 +128,27 @@ impl Reader {
                     });
                 }
                 ReaderEvent::Segment(f) => self.segments.push(f),
+                ReaderEvent::Reset { topics, segments } => {
+                    self.topics.clear();
+                    self.by_name.clear();
+                    for (meta, indexes) in topics {
+                        self.by_name.insert(meta.name.clone(), self.topics.len());
+                        self.topics.push(ReaderTopic {
+                            name: meta.name,
+                            partitions: indexes,
+                        });
+                    }
+                    self.segments = segments;
+                    // A fetch on a topic whose creation was cut cannot be
+                    // answered from this journal; its client times out and
+                    // asks again.
+                    let topics = &self.topics;
+                    self.waiting.retain(|w| {
+                        topics
+                            .get(w.topic)
+                            .is_some_and(|t| (w.partition as usize) < t.partitions.len())
+                    });
+                }
             }
         }
     }
@@ -150,6 +189,7 @@ impl Reader {
                 return self.fetch(conn, flags, h.correlation_id, body, committed, now, out)
             }
             Some(ApiKey::Metadata) => self.metadata(body, committed),
+            Some(ApiKey::ClusterStatus) => self.cluster_status(),
             Some(ApiKey::ListOffsets) => self.list_offsets(body, committed),
             _ => Err(ErrorCode::Internal),
         };
@@ -175,6 +215,37 @@ impl Reader {
         } else {
             Err(RingFull)
         }
+    }
+
+    /// This node's view of its replication group: its own role, term,
+    /// leader and positions, and the member list. A client asks every
+    /// member to see the whole group.
+    fn cluster_status(&mut self) -> Result<(), ErrorCode> {
+        let shared = self.shared.as_ref().ok_or(ErrorCode::Internal)?;
+        let view = &shared.cluster;
+        let p = &shared.positions;
+        let status = ClusterStatusResponse {
+            node_id: view.node_id,
+            role: ClusterRole::from_u8(view.role.load(Ordering::Acquire))
+                .unwrap_or(ClusterRole::Follower),
+            term: view.term.load(Ordering::Acquire),
+            leader_id: view.leader.load(Ordering::Acquire),
+            written: p.written.get(),
+            flushed: p.flushed.get(),
+            replicated: p.replicated.get(),
+            committed: p.committed.get(),
+            nodes: view
+                .peers
+                .iter()
+                .map(|(id, addr)| ClusterNode {
+                    id: *id,
+                    addr: addr.clone(),
+                })
+                .collect(),
+        };
+        self.out.clear();
+        status.encode(&mut self.out);
+        Ok(())
     }
 
     fn metadata(&mut self, body: &[u8], committed: u64) -> Result<(), ErrorCode> {

@@ -41,3 +41,367 @@ pub fn run(shared: Arc<Shared>) {
         idle.wait(Duration::from_millis(50));
     }
 }
+
+// ----- a member of a replication group ------------------------------------
+
+use crate::consensus::{Message, MessageKind};
+use crate::journal::log::SegmentFile;
+use crate::wire::replicate::write_frame;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use ringbuf::traits::{Consumer, Observer};
+use ringbuf::HeapCons;
+use std::io::{ErrorKind, Read, Write};
+use std::net::ToSocketAddrs;
+use std::os::unix::fs::FileExt;
+use std::sync::mpsc::Receiver;
+use std::time::Instant;
+
+/// The token of the replicator's waker; peer links use their slot number.
+const WAKER: Token = Token(usize::MAX);
+/// Bytes queued for one peer before further messages to it are dropped: a
+/// peer that stopped reading (frozen, or its host overloaded) must not
+/// grow the broker's memory or stall the others. The consensus window
+/// (8 MiB of appends in flight) keeps a live peer well below it.
+const LINK_QUEUE_BYTES_MAX: usize = 32 << 20;
+/// Wait between two connection attempts to a peer.
+const RECONNECT_DELAY: Duration = Duration::from_millis(100);
+/// Messages taken from the outbox per round.
+const MESSAGES_PER_ROUND_MAX: usize = 1024;
+
+/// What the writer tells the replicator about the journal's files.
+pub enum SegmentEvent {
+    /// A new segment file was started.
+    Segment(SegmentFile),
+    /// The journal was cut: the segment files now.
+    Reset(Vec<SegmentFile>),
+}
+
+/// The outbound connection to one peer. Replication messages are one-way:
+/// each node sends its own messages on its own connection to each peer and
+/// reads nothing back but the odd error frame, which it discards.
+struct Link {
+    id: u64,
+    /// Bit in `ClusterView::link_changes`.
+    slot: usize,
+    addr: String,
+    stream: Option<TcpStream>,
+    connected: bool,
+    queue: Vec<u8>,
+    sent: usize,
+    retry_at: Instant,
+    dropped: u64,
+}
+
+/// The replicator of a group member: carries the consensus node's messages
+/// to the peers, reading the journal bytes of each append from the files.
+pub struct Courier {
+    links: Vec<Link>,
+    segments: Vec<SegmentFile>,
+    poll: Poll,
+}
+
+impl Courier {
+    /// A courier for `config`'s group, reading the journal from `segments`.
+    ///
+    /// # Errors
+    /// Creating the poll or its waker failed.
+    pub fn new(
+        config: &crate::config::Config,
+        segments: Vec<SegmentFile>,
+        shared: &Shared,
+    ) -> std::io::Result<Courier> {
+        let poll = Poll::new()?;
+        let waker = mio::Waker::new(poll.registry(), WAKER)?;
+        let _ = shared.replicator_waker.set(waker);
+        let links = config
+            .peers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.id != config.node_id)
+            .map(|(slot, p)| Link {
+                id: p.id,
+                slot,
+                addr: p.addr.clone(),
+                stream: None,
+                connected: false,
+                queue: Vec::new(),
+                sent: 0,
+                retry_at: Instant::now(),
+                dropped: 0,
+            })
+            .collect();
+        Ok(Courier {
+            links,
+            segments,
+            poll,
+        })
+    }
+
+    fn event(&mut self, e: SegmentEvent) {
+        match e {
+            SegmentEvent::Segment(f) => self.segments.push(f),
+            SegmentEvent::Reset(files) => self.segments = files,
+        }
+    }
+
+    /// Opens connections to peers that have none and are due a try.
+    fn connect_due(&mut self, shared: &Shared, now: Instant) {
+        for i in 0..self.links.len() {
+            let link = &mut self.links[i];
+            if link.stream.is_some() || now < link.retry_at {
+                continue;
+            }
+            link.retry_at = now + RECONNECT_DELAY;
+            let addr = match link.addr.to_socket_addrs().map(|mut a| a.next()) {
+                Ok(Some(a)) => a,
+                _ => continue,
+            };
+            let Ok(mut stream) = TcpStream::connect(addr) else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            if self
+                .poll
+                .registry()
+                .register(
+                    &mut stream,
+                    Token(i),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .is_err()
+            {
+                continue;
+            }
+            link.stream = Some(stream);
+            link.connected = false;
+            link.queue.clear();
+            link.sent = 0;
+            let _ = shared; // the change is reported once connected
+        }
+    }
+
+    /// Drops the connection to link `i` and tells the consensus node, which
+    /// then resends from what the peer acknowledged.
+    fn close(&mut self, i: usize, shared: &Shared, why: &str) {
+        let link = &mut self.links[i];
+        if let Some(mut s) = link.stream.take() {
+            let _ = self.poll.registry().deregister(&mut s);
+            if link.connected {
+                crate::log!("lost the link to node {} ({}): {why}", link.id, link.addr);
+            }
+        }
+        let was = link.connected;
+        link.connected = false;
+        link.queue.clear();
+        link.sent = 0;
+        link.retry_at = Instant::now() + RECONNECT_DELAY;
+        if was {
+            report_link_change(shared, link.slot);
+        }
+    }
+
+    /// Encodes one message (with the journal bytes of an append) into its
+    /// peer's queue. Dropped when the peer is not connected or too far
+    /// behind: Raft resends what matters.
+    fn queue(&mut self, m: &Message) {
+        let Some(link) = self.links.iter_mut().find(|l| l.id == m.to) else {
+            return;
+        };
+        if link.stream.is_none() || link.queue.len() - link.sent > LINK_QUEUE_BYTES_MAX {
+            link.dropped += 1;
+            return;
+        }
+        if link.sent > 0 && link.sent == link.queue.len() {
+            link.queue.clear();
+            link.sent = 0;
+        }
+        let start = link.queue.len();
+        write_frame(m, &mut link.queue);
+        if let MessageKind::Append {
+            prev_pos, entries, ..
+        } = &m.kind
+        {
+            let end = entries.last().map_or(*prev_pos, |e| e.end);
+            if let Err(e) = read_journal(&self.segments, *prev_pos, end, &mut link.queue) {
+                crate::log!(
+                    "cannot read journal bytes [{prev_pos}, {end}) for node {}: {e}",
+                    m.to
+                );
+                link.queue.truncate(start);
+            }
+        }
+    }
+
+    /// Writes what is queued for link `i` until the socket is full.
+    fn flush(&mut self, i: usize, shared: &Shared) {
+        let link = &mut self.links[i];
+        let Some(stream) = link.stream.as_mut() else {
+            return;
+        };
+        if !link.connected {
+            match stream.peer_addr() {
+                Ok(_) => {
+                    link.connected = true;
+                    crate::log!("connected to node {} ({})", link.id, link.addr);
+                    report_link_change(shared, link.slot);
+                }
+                Err(e) if e.kind() == ErrorKind::NotConnected => {
+                    if let Ok(Some(e)) | Err(e) = stream.take_error() {
+                        let why = e.to_string();
+                        self.close(i, shared, &why);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    self.close(i, shared, &why);
+                    return;
+                }
+            }
+        }
+        while link.sent < link.queue.len() {
+            match stream.write(&link.queue[link.sent..]) {
+                Ok(0) => {
+                    self.close(i, shared, "the peer closed the connection");
+                    return;
+                }
+                Ok(n) => link.sent += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let why = e.to_string();
+                    self.close(i, shared, &why);
+                    return;
+                }
+            }
+        }
+        if link.sent == link.queue.len() {
+            link.queue.clear();
+            link.sent = 0;
+        }
+    }
+
+    /// Reads and discards what a peer sent back (error frames); notices a
+    /// closed connection.
+    fn drain_input(&mut self, i: usize, shared: &Shared) {
+        let mut buf = [0u8; 4096];
+        loop {
+            let Some(stream) = self.links[i].stream.as_mut() else {
+                return;
+            };
+            match stream.read(&mut buf) {
+                Ok(0) => {
+                    self.close(i, shared, "the peer closed the connection");
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let why = e.to_string();
+                    self.close(i, shared, &why);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn report_link_change(shared: &Shared, slot: usize) {
+    shared
+        .cluster
+        .link_changes
+        .fetch_or(1 << slot, std::sync::atomic::Ordering::AcqRel);
+    shared.wake(Stage::Writer);
+}
+
+/// Appends the journal bytes `[from, to)` to `out`, reading across segment
+/// files as needed.
+fn read_journal(
+    segments: &[SegmentFile],
+    from: u64,
+    to: u64,
+    out: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    let mut pos = from;
+    while pos < to {
+        let i = segments.partition_point(|(start, _)| *start <= pos);
+        let Some((start, file)) = i.checked_sub(1).map(|i| &segments[i]) else {
+            return Err(std::io::Error::new(
+                ErrorKind::NotFound,
+                format!("no segment holds position {pos}"),
+            ));
+        };
+        let seg_end = segments.get(i).map_or(to, |(next, _)| *next);
+        let chunk = (to.min(seg_end) - pos) as usize;
+        let at = out.len();
+        out.resize(at + chunk, 0);
+        file.read_exact_at(&mut out[at..], pos - start)?;
+        pos += chunk as u64;
+    }
+    Ok(())
+}
+
+/// The replicator thread of a group member.
+pub fn run_cluster(
+    shared: Arc<Shared>,
+    mut courier: Courier,
+    mut outbox: HeapCons<Message>,
+    events: Receiver<SegmentEvent>,
+) {
+    shared.register(Stage::Replicator);
+    let mut polled = Events::with_capacity(64);
+    loop {
+        let now = Instant::now();
+        while let Ok(e) = events.try_recv() {
+            courier.event(e);
+        }
+        courier.connect_due(&shared, now);
+        let mut taken = 0;
+        while taken < MESSAGES_PER_ROUND_MAX {
+            let Some(m) = outbox.try_pop() else { break };
+            courier.queue(&m);
+            taken += 1;
+        }
+        for i in 0..courier.links.len() {
+            if courier.links[i].sent < courier.links[i].queue.len() || !courier.links[i].connected {
+                courier.flush(i, &shared);
+            }
+        }
+        if shared.is_done(Stage::Writer) && outbox.is_empty() {
+            shared.mark_done(Stage::Replicator);
+            return;
+        }
+        if taken == MESSAGES_PER_ROUND_MAX {
+            continue;
+        }
+        let next_retry = courier
+            .links
+            .iter()
+            .filter(|l| l.stream.is_none())
+            .map(|l| l.retry_at.saturating_duration_since(now))
+            .min()
+            .unwrap_or(Duration::from_millis(100));
+        let timeout = next_retry.clamp(Duration::from_millis(1), Duration::from_millis(100));
+        if let Err(e) = courier.poll.poll(&mut polled, Some(timeout)) {
+            if e.kind() != ErrorKind::Interrupted {
+                shared.fail(format!("replicator poll failed: {e}"));
+                shared.mark_done(Stage::Replicator);
+                return;
+            }
+        }
+        for ev in polled.iter() {
+            let i = ev.token().0;
+            if ev.token() == WAKER || i >= courier.links.len() {
+                continue;
+            }
+            if ev.is_readable() || ev.is_read_closed() {
+                courier.drain_input(i, &shared);
+            }
+            if ev.is_writable() || ev.is_error() {
+                courier.flush(i, &shared);
+            }
+        }
+    }
+}

@@ -9,7 +9,7 @@
 
 use super::ring::{MessageProducer, FLAG_COUNTED};
 use super::shared::{Shared, Stage};
-use crate::wire::api::{ErrorBody, ProduceResponse};
+use crate::wire::api::{ErrorBody, NotLeaderBody, ProduceResponse};
 use crate::wire::frame::{finish_frame, ResponseHeader};
 use crate::wire::{ApiKey, ErrorCode, Qos};
 use ringbuf::traits::{Consumer, Observer};
@@ -68,6 +68,27 @@ impl Pending {
     }
 }
 
+/// The `conn` of a truncation marker: not a request but the writer saying
+/// that the journal was cut at `end`.
+const TRUNCATION_MARKER: u64 = u64::MAX;
+
+impl Pending {
+    /// A marker telling the responder the journal was cut at `at`: every
+    /// waiting request whose batch ends above it lost its batch.
+    pub fn truncated(at: u64) -> Pending {
+        Pending {
+            end: at,
+            ..Pending::failed(
+                TRUNCATION_MARKER,
+                0,
+                ApiKey::Produce,
+                ErrorCode::NotLeader,
+                false,
+            )
+        }
+    }
+}
+
 /// How often expired entries are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(2);
 
@@ -79,6 +100,8 @@ pub struct Responder {
     capacity: usize,
     next_sweep: Instant,
     scratch: Vec<u8>,
+    /// The leader to name in `NotLeader` answers: id (0: unknown) and address.
+    leader: (u64, String),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -142,6 +165,7 @@ impl Responder {
             capacity,
             next_sweep: Instant::now(),
             scratch: Vec::with_capacity(256),
+            leader: (0, String::new()),
         }
     }
 
@@ -162,11 +186,49 @@ impl Responder {
 
     /// Queues an entry. The caller checks [`Responder::has_room`] first.
     pub fn admit(&mut self, p: Pending) {
+        if p.conn == TRUNCATION_MARKER {
+            self.cut(p.end);
+            return;
+        }
         self.queues[queue_of(&p)].push_back(Slot {
             pending: p,
             done: false,
         });
         self.len += 1;
+    }
+
+    /// The journal was cut at `at`: requests whose batches end above it
+    /// are answered `NotLeader` (their writes did not happen; a retry goes
+    /// to the new leader). Those below keep waiting: their batches may
+    /// still commit under the new leader.
+    fn cut(&mut self, at: u64) {
+        for q in 1..self.queues.len() {
+            for i in (0..self.queues[q].len()).rev() {
+                let slot = self.queues[q][i];
+                if slot.pending.end <= at {
+                    break;
+                }
+                if slot.done {
+                    continue;
+                }
+                self.queues[q][i].done = true;
+                self.queues[0].push_back(Slot {
+                    pending: Pending {
+                        error: ErrorCode::NotLeader,
+                        ..slot.pending
+                    },
+                    done: false,
+                });
+                self.len += 1;
+            }
+        }
+    }
+
+    /// Sets the leader named in `NotLeader` answers.
+    pub fn set_leader(&mut self, id: u64, addr: &str) {
+        if self.leader.0 != id || self.leader.1 != addr {
+            self.leader = (id, addr.to_string());
+        }
     }
 
     /// Answers every entry whose position is reached, then (at most every
@@ -230,10 +292,19 @@ impl Responder {
         if code != ErrorCode::None {
             self.scratch.clear();
             header.write(&mut self.scratch);
-            ErrorBody {
-                message: code.message(),
+            if code == ErrorCode::NotLeader {
+                NotLeaderBody {
+                    message: code.message(),
+                    leader_id: self.leader.0,
+                    leader_addr: &self.leader.1,
+                }
+                .encode(&mut self.scratch);
+            } else {
+                ErrorBody {
+                    message: code.message(),
+                }
+                .encode(&mut self.scratch);
             }
-            .encode(&mut self.scratch);
             finish_frame(&mut self.scratch, 0);
             return out.push(p.conn, flags, &[&self.scratch]);
         }
@@ -262,6 +333,22 @@ pub fn run(
     let mut r = Responder::new(capacity);
     let mut idle = super::shared::Idle::new();
     loop {
+        // Positions first, then the ring: a truncation marker is pushed
+        // before W moves past the cut again, so whoever sees the new W here
+        // also finds the marker below and fails the cut requests before
+        // comparing them with positions that now hold other bytes.
+        let p = &shared.positions;
+        let marks = Marks {
+            written: p.written.get(),
+            flushed: p.flushed.get(),
+            replicated: p.replicated.get(),
+            committed: p.committed.get(),
+        };
+        if let Some((id, addr)) = shared.cluster.leader() {
+            r.set_leader(id, addr);
+        } else {
+            r.set_leader(0, "");
+        }
         let mut pulled = 0;
         while r.has_room() {
             match pending.try_pop() {
@@ -276,13 +363,6 @@ pub fn run(
             // The writer may be waiting for room in the pending ring.
             shared.wake(Stage::Writer);
         }
-        let p = &shared.positions;
-        let marks = Marks {
-            written: p.written.get(),
-            flushed: p.flushed.get(),
-            replicated: p.replicated.get(),
-            committed: p.committed.get(),
-        };
         let upstream_done = shared.is_done(Stage::Replicator) && pending.is_empty();
         let fail_rest = if upstream_done {
             Some(ErrorCode::ShuttingDown)

@@ -1,7 +1,8 @@
 //! State every pipeline stage shares: the journal positions, the shutdown
 //! protocol and the handles used to wake each stage.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use crate::wire::api::ClusterRole;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -25,6 +26,12 @@ impl Position {
             v >= self.0.load(Ordering::Relaxed),
             "positions are monotonic"
         );
+        self.0.store(v, Ordering::Release);
+    }
+
+    /// Stores a value that may be lower than the current one: R when a
+    /// leader steps down, W and F when a divergent tail is truncated.
+    pub fn set(&self, v: u64) {
         self.0.store(v, Ordering::Release);
     }
 }
@@ -70,8 +77,69 @@ pub enum Stage {
 
 const STAGES: usize = 5;
 
+/// What the rest of the broker needs to know about the replication group:
+/// the static membership, and the role, term and leader the writer (which
+/// runs the consensus state machine) publishes.
+pub struct ClusterView {
+    /// This node's id (0 when standalone).
+    pub node_id: u64,
+    /// Every member, this node included: id and address.
+    pub peers: Vec<(u64, String)>,
+    /// A [`ClusterRole`] code.
+    pub role: AtomicU8,
+    /// The current term.
+    pub term: AtomicU64,
+    /// The leader's id, 0 when none is known.
+    pub leader: AtomicU64,
+    /// Bit `i` set: the replicator lost or (re)made its connection to
+    /// `peers[i]`; the writer reports it to the state machine and clears it.
+    pub link_changes: AtomicU64,
+    /// Truncations the writer asked the flusher to take in, and the number
+    /// it took in (see `writer::truncate`).
+    pub truncations_asked: AtomicU64,
+    /// Truncations the flusher has taken in.
+    pub truncations_seen: AtomicU64,
+}
+
+impl ClusterView {
+    /// The view of a standalone broker or of a group member.
+    pub fn new(node_id: u64, peers: Vec<(u64, String)>) -> ClusterView {
+        let role = if peers.is_empty() {
+            ClusterRole::Standalone
+        } else {
+            ClusterRole::Follower
+        };
+        ClusterView {
+            node_id,
+            peers,
+            role: AtomicU8::new(role.as_u8()),
+            term: AtomicU64::new(0),
+            leader: AtomicU64::new(0),
+            link_changes: AtomicU64::new(0),
+            truncations_asked: AtomicU64::new(0),
+            truncations_seen: AtomicU64::new(0),
+        }
+    }
+
+    /// True for a member of a replication group.
+    pub fn is_clustered(&self) -> bool {
+        !self.peers.is_empty()
+    }
+
+    /// The known leader's id and address (from this node's peer list).
+    pub fn leader(&self) -> Option<(u64, &str)> {
+        let id = self.leader.load(Ordering::Acquire);
+        self.peers
+            .iter()
+            .find(|(p, _)| *p == id && id != 0)
+            .map(|(p, a)| (*p, a.as_str()))
+    }
+}
+
 /// What the stages share besides their rings.
 pub struct Shared {
+    /// The replication group as this node sees it.
+    pub cluster: ClusterView,
     /// Journal positions.
     pub positions: Positions,
     /// Set once by a shutdown request.
@@ -84,6 +152,9 @@ pub struct Shared {
     threads: [OnceLock<Thread>; STAGES],
     /// The reactor's waker.
     pub waker: mio::Waker,
+    /// The replicator's waker, when it waits in a poll of its own (a member
+    /// of a replication group owns its outbound peer sockets).
+    pub replicator_waker: OnceLock<mio::Waker>,
     /// The writer found the request ring full; wake the reactor when it has room.
     pub request_ring_full: AtomicBool,
     /// The responder or reader found a completion ring full.
@@ -98,14 +169,16 @@ pub struct Shared {
 
 impl Shared {
     /// Shared state for a journal recovered up to `end`.
-    pub fn new(end: u64, waker: mio::Waker) -> Shared {
+    pub fn new(end: u64, waker: mio::Waker, cluster: ClusterView) -> Shared {
         Shared {
+            cluster,
             positions: Positions::at(end),
             shutdown: AtomicBool::new(false),
             done: Default::default(),
             reactor_drained: AtomicBool::new(false),
             threads: Default::default(),
             waker,
+            replicator_waker: OnceLock::new(),
             request_ring_full: AtomicBool::new(false),
             completion_ring_full: AtomicBool::new(false),
             read_ring_full: AtomicBool::new(false),
@@ -121,6 +194,14 @@ impl Shared {
 
     /// Wakes a stage (a no-op syscall-free store when it is not parked).
     pub fn wake(&self, stage: Stage) {
+        if stage == Stage::Replicator {
+            if let Some(w) = self.replicator_waker.get() {
+                if let Err(e) = w.wake() {
+                    crate::log!("cannot wake the replicator: {e}");
+                }
+                return;
+            }
+        }
         if let Some(t) = self.threads[stage as usize].get() {
             t.unpark();
         }

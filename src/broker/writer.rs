@@ -7,16 +7,18 @@
 
 use super::flusher::FlusherEvent;
 use super::reader::ReaderEvent;
+use super::replica::Replica;
 use super::responder::Pending;
 use super::ring::MessageConsumer;
 use super::shared::{deadline_after, unix_ms, Idle, Shared, Stage};
 use crate::config::{Config, PRODUCE_TIMEOUT_MS_MAX, PRODUCE_TIMEOUT_MS_MIN};
 use crate::journal::catalog::SeqCheck;
 use crate::journal::error::JournalError;
-use crate::journal::log::{Appended, Journal};
+use crate::journal::log::{check_replicated_batch, Appended, Journal};
 use crate::wire::api::{check_topic_name, CreateTopicRequest, ProduceRequest};
 use crate::wire::batch::{check_producer_batch_with, BatchError, RecordLimits};
 use crate::wire::frame::{RequestHeader, REQUEST_HEADER_LEN};
+use crate::wire::replicate::decode_message;
 use crate::wire::{ApiKey, ErrorCode, Qos};
 use ringbuf::traits::{Observer, Producer};
 use ringbuf::HeapProd;
@@ -34,9 +36,15 @@ const CREATE_TOPIC_TIMEOUT_MS: u64 = 30_000;
 pub struct Writer {
     journal: Journal,
     config: Arc<Config>,
-    term: u64,
     reader_events: Sender<ReaderEvent>,
     flusher_events: Sender<FlusherEvent>,
+    shared: Arc<Shared>,
+    /// The consensus node, for a member of a replication group.
+    replica: Option<Replica>,
+    /// Produce requests waiting for their QoS position, to the responder.
+    pending: HeapProd<Pending>,
+    /// A fatal error found while applying consensus output.
+    fatal: Option<String>,
 }
 
 /// One request's outcome: the entry to hand to the responder, if any.
@@ -49,13 +57,19 @@ impl Writer {
         config: Arc<Config>,
         reader_events: Sender<ReaderEvent>,
         flusher_events: Sender<FlusherEvent>,
+        shared: Arc<Shared>,
+        replica: Option<Replica>,
+        pending: HeapProd<Pending>,
     ) -> Writer {
         Writer {
             journal,
             config,
-            term: 0,
             reader_events,
             flusher_events,
+            shared,
+            replica,
+            pending,
+            fatal: None,
         }
     }
 
@@ -121,8 +135,41 @@ impl Writer {
                 }),
                 Err(code) => fail(code),
             },
-            // The reactor routes only these two APIs here.
+            Some(ApiKey::Replicate) => {
+                self.replicate(body);
+                None
+            }
+            // The reactor routes only these APIs here.
             _ => fail(ErrorCode::Internal),
+        }
+    }
+
+    /// The term to stamp into new batches: 0 on a standalone broker, the
+    /// current term on a leader; `NotLeader` on any other group member.
+    fn write_term(&self) -> Result<u64, ErrorCode> {
+        match &self.replica {
+            None => Ok(0),
+            Some(r) => r.leader_term().ok_or(ErrorCode::NotLeader),
+        }
+    }
+
+    /// Hands a batch just appended at `appended` to the consensus log; if
+    /// the node refuses it, takes it back out of the journal.
+    fn propose(&mut self, appended: &Appended) -> Result<(), ErrorCode> {
+        let Some(r) = self.replica.as_mut() else {
+            return Ok(());
+        };
+        let bytes = appended.end - appended.position;
+        match r.propose(appended.position, bytes) {
+            Ok(()) => Ok(()),
+            Err(why) => {
+                crate::log!("proposal refused ({why}); taking the batch back out");
+                if let Err(e) = self.truncate(appended.position) {
+                    self.fatal
+                        .get_or_insert(format!("cannot take back a refused batch: {e}"));
+                }
+                Err(ErrorCode::NotLeader)
+            }
         }
     }
 
@@ -133,6 +180,7 @@ impl Writer {
         now_ms: i64,
     ) -> Result<(Qos, Appended, i64, Instant), ErrorCode> {
         let req = ProduceRequest::decode(body).map_err(|_| ErrorCode::MalformedRequest)?;
+        let term = self.write_term()?;
         let qos = Qos::from_u8(req.qos).ok_or(ErrorCode::InvalidQos)?;
         if !(PRODUCE_TIMEOUT_MS_MIN..=PRODUCE_TIMEOUT_MS_MAX).contains(&req.timeout_ms) {
             return Err(ErrorCode::InvalidTimeout);
@@ -179,14 +227,16 @@ impl Writer {
         }
         let appended = self
             .journal
-            .append_data(slot, req.partition, req.batch, count, self.term, now_ms)
+            .append_data(slot, req.partition, req.batch, count, term, now_ms)
             .map_err(storage_code)?;
         self.announce_roll(&appended);
+        self.propose(&appended)?;
         Ok((qos, appended, now_ms, deadline))
     }
 
     fn create_topic(&mut self, body: &[u8], now_ms: i64) -> Result<Appended, ErrorCode> {
         let req = CreateTopicRequest::decode(body).map_err(|_| ErrorCode::MalformedRequest)?;
+        self.write_term()?;
         check_topic_name(req.name)?;
         if req.partitions == 0 || req.partitions > self.config.partitions_per_topic_max {
             return Err(ErrorCode::InvalidPartitions);
@@ -209,11 +259,20 @@ impl Writer {
         {
             return Err(ErrorCode::TooManyTopics);
         }
+        let term = self.write_term()?;
         let (appended, slot) = self
             .journal
-            .create_topic(name, partitions, self.term, now_ms)
+            .create_topic(name, partitions, term, now_ms)
             .map_err(storage_code)?;
         self.announce_roll(&appended);
+        self.announce_topic(slot, appended.end);
+        self.propose(&appended)?;
+        Ok((appended, slot))
+    }
+
+    /// Tells the reader and the flusher about the topic in `slot`, whose
+    /// control record ends at `end`.
+    fn announce_topic(&self, slot: usize, end: u64) {
         let topic = self.journal.catalog().topic(slot);
         // The receivers live as long as the broker; a send fails only
         // during teardown, when nobody needs the event any more.
@@ -223,13 +282,247 @@ impl Writer {
         });
         let _ = self.flusher_events.send(FlusherEvent::Topic {
             meta: topic.meta.clone(),
-            end: appended.end,
+            end,
         });
-        Ok((appended, slot))
+    }
+
+    /// Takes one consensus message from a peer (API Replicate). An append
+    /// is checked batch by batch before the node sees it, so a damaged one
+    /// is dropped whole (the leader sends it again) instead of being half
+    /// accepted.
+    fn replicate(&mut self, body: &[u8]) {
+        let Some(r) = self.replica.as_mut() else {
+            return;
+        };
+        let (m, payload) = match decode_message(body) {
+            Ok(x) => x,
+            Err(e) => {
+                crate::log!("dropping a malformed replication message: {e}");
+                return;
+            }
+        };
+        let me = r.node().id();
+        if m.to != me || !self.config.peers.iter().any(|p| p.id == m.from) || m.from == me {
+            crate::log!(
+                "dropping a replication message from node {} to node {} (this is node {me})",
+                m.from,
+                m.to
+            );
+            return;
+        }
+        let mut from = 0;
+        if let crate::consensus::MessageKind::Append {
+            prev_pos, entries, ..
+        } = &m.kind
+        {
+            from = *prev_pos;
+            for e in entries {
+                let bytes = &payload[(e.start - prev_pos) as usize..(e.end - prev_pos) as usize];
+                if let Err(why) = check_replicated_batch(bytes, e.term) {
+                    crate::log!(
+                        "dropping an append from node {}: batch at {} is damaged: {why}",
+                        m.from,
+                        e.start
+                    );
+                    return;
+                }
+            }
+        }
+        r.step(m);
+        self.apply_ready(from, payload);
+    }
+
+    /// Runs the consensus clock and applies whatever the node has to say.
+    /// Returns how long the thread may sleep before the next tick.
+    pub fn pulse(&mut self, now: Instant) -> Option<Duration> {
+        let shared = self.shared.clone();
+        let r = self.replica.as_mut()?;
+        r.report_written(self.journal.written());
+        let wait = r.pulse(&shared, now);
+        self.apply_ready(0, &[]);
+        Some(wait)
+    }
+
+    /// Applies the node's `Ready`, in the order the consensus contract
+    /// demands: hard state, truncation, entries, then messages and
+    /// positions. `payload` holds the journal bytes from position `from`
+    /// of the append just stepped (empty otherwise).
+    fn apply_ready(&mut self, from: u64, payload: &[u8]) {
+        let shared = self.shared.clone();
+        loop {
+            let Some(r) = self.replica.as_mut() else {
+                return;
+            };
+            let Some(rd) = r.ready() else {
+                return;
+            };
+            if let Err(e) = r.persist(&rd) {
+                self.fatal
+                    .get_or_insert(format!("cannot persist the term and vote: {e}"));
+                return;
+            }
+            if let Some(at) = rd.truncate {
+                if let Err(e) = self.truncate(at) {
+                    self.fatal
+                        .get_or_insert(format!("cannot truncate the journal at {at}: {e}"));
+                    return;
+                }
+            }
+            for e in &rd.entries {
+                if e.end <= self.journal.end() {
+                    // This node's own proposal, appended when it was made.
+                    continue;
+                }
+                if let Err(why) = self.append_entry(e, rd.noops.contains(e), from, payload) {
+                    self.fatal.get_or_insert(why);
+                    return;
+                }
+            }
+            // Appends read their bytes from the file: write the cache out
+            // before any message leaves.
+            if self.journal.written() < self.journal.end() {
+                match self.write_out() {
+                    Ok(w) => shared.positions.written.publish(w),
+                    Err(e) => {
+                        self.fatal
+                            .get_or_insert(format!("journal write failed: {e}"));
+                        return;
+                    }
+                }
+                shared.wake(Stage::Flusher);
+            }
+            let r = self.replica.as_mut().expect("checked above");
+            r.report_written(self.journal.written());
+            r.publish(rd, &shared);
+        }
+    }
+
+    /// Appends one entry a `Ready` asks for: the leader's no-op, or a batch
+    /// received from the leader (its bytes at `e.start - from` in `payload`).
+    fn append_entry(
+        &mut self,
+        e: &crate::consensus::Entry,
+        noop: bool,
+        from: u64,
+        payload: &[u8],
+    ) -> Result<(), String> {
+        if e.start != self.journal.end() {
+            return Err(format!(
+                "entry [{}, {}) does not continue the journal, which ends at {}",
+                e.start,
+                e.end,
+                self.journal.end()
+            ));
+        }
+        if noop {
+            let appended = self
+                .journal
+                .append_noop(e.term, super::shared::unix_ms())
+                .map_err(|err| format!("cannot append the leader's no-op: {err}"))?;
+            self.announce_roll(&appended);
+            return Ok(());
+        }
+        let lo = e.start.checked_sub(from).map(|x| x as usize);
+        let hi = e.end.checked_sub(from).map(|x| x as usize);
+        let bytes = match (lo, hi) {
+            (Some(lo), Some(hi)) if hi <= payload.len() => &payload[lo..hi],
+            _ => {
+                return Err(format!(
+                    "entry [{}, {}) to append but its bytes did not come with it",
+                    e.start, e.end
+                ))
+            }
+        };
+        let crate::journal::log::Replicated { appended, created } = self
+            .journal
+            .append_replicated(bytes)
+            .map_err(|err| format!("cannot append a replicated batch at {}: {err}", e.start))?;
+        self.announce_roll(&appended);
+        if let Some(slot) = created {
+            self.announce_topic(slot, appended.end);
+        }
+        Ok(())
+    }
+
+    /// Cuts the journal at `at`: lowers W, has the flusher take the cut in
+    /// (so it neither syncs nor checkpoints the old tail again), cuts the
+    /// files and the catalog, tells the reader, and fails every waiting
+    /// request whose batch was cut.
+    fn truncate(&mut self, at: u64) -> Result<(), JournalError> {
+        let shared = self.shared.clone();
+        let view = &shared.cluster;
+        crate::log!(
+            "truncating the journal from {} to {at} (a divergent tail from an old leader)",
+            self.journal.end()
+        );
+        shared.positions.written.set(at);
+        if shared.positions.replicated.get() > at {
+            shared.positions.replicated.set(at);
+        }
+        let asked = view
+            .truncations_asked
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
+        let _ = self.flusher_events.send(FlusherEvent::Truncate { at });
+        shared.wake(Stage::Flusher);
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while view
+            .truncations_seen
+            .load(std::sync::atomic::Ordering::Acquire)
+            < asked
+        {
+            if shared.is_done(Stage::Flusher) || Instant::now() > give_up {
+                break;
+            }
+            std::thread::park_timeout(Duration::from_millis(1));
+        }
+        let durable = shared.positions.flushed.get().min(at);
+        let cut = self.journal.truncate(at, durable)?;
+        if let Some(r) = &self.replica {
+            r.segments_changed(super::replicator::SegmentEvent::Reset(cut.files.clone()));
+        }
+        let _ = self.flusher_events.send(FlusherEvent::Reset {
+            files: cut.files.clone(),
+            topics: self.journal.checkpoint_topics(),
+        });
+        shared.wake(Stage::Flusher);
+        let topics = self
+            .journal
+            .catalog()
+            .topics()
+            .iter()
+            .map(|t| (t.meta.clone(), t.index_handles()))
+            .collect();
+        let _ = self.reader_events.send(ReaderEvent::Reset {
+            topics,
+            segments: cut.files,
+        });
+        shared.wake(Stage::Reader);
+        if let Some(r) = self.replica.as_mut() {
+            r.truncated(at);
+        }
+        // Waiting requests whose batches were cut learn it now, before any
+        // new bytes can reach their positions.
+        let mut marker = Pending::truncated(at);
+        while let Err(back) = self.pending.try_push(marker) {
+            marker = back;
+            shared.wake(Stage::Responder);
+            std::thread::park_timeout(Duration::from_millis(1));
+        }
+        shared.wake(Stage::Responder);
+        Ok(())
+    }
+
+    /// The fatal error found while applying consensus output, if any.
+    pub fn take_fatal(&mut self) -> Option<String> {
+        self.fatal.take()
     }
 
     fn announce_roll(&self, appended: &Appended) {
         if let Some(file) = &appended.rolled {
+            if let Some(r) = &self.replica {
+                r.segments_changed(super::replicator::SegmentEvent::Segment(file.clone()));
+            }
             let _ = self
                 .flusher_events
                 .send(FlusherEvent::Segment(file.clone()));
@@ -254,12 +547,7 @@ fn storage_code(e: JournalError) -> ErrorCode {
 
 /// The writer thread: drains the request ring in rounds, publishes W after
 /// each round and wakes the stages downstream.
-pub fn run(
-    shared: Arc<Shared>,
-    mut writer: Writer,
-    mut requests: MessageConsumer,
-    mut pending: HeapProd<Pending>,
-) {
+pub fn run(shared: Arc<Shared>, mut writer: Writer, mut requests: MessageConsumer) {
     shared.register(Stage::Writer);
     let mut idle = Idle::new();
     loop {
@@ -267,17 +555,24 @@ pub fn run(
         let now_ms = unix_ms();
         let mut handled = 0;
         let mut queued = 0;
-        while handled < REQUESTS_PER_ROUND_MAX && !pending.is_full() {
+        while handled < REQUESTS_PER_ROUND_MAX && !writer.pending.is_full() {
             let Some(m) = requests.peek() else { break };
             let counted = m.flags & super::ring::FLAG_COUNTED != 0;
             if let Some(p) = writer.handle(m.conn, counted, m.payload, now, now_ms) {
-                // Room was checked above: one request yields at most one entry.
-                let pushed = pending.try_push(p).is_ok();
+                // Room was checked above: one request yields at most one
+                // entry (a truncation marker waits for room of its own).
+                let pushed = writer.pending.try_push(p).is_ok();
                 debug_assert!(pushed);
                 queued += 1;
             }
             requests.pop();
             handled += 1;
+        }
+        let next_tick = writer.pulse(now);
+        if let Some(why) = writer.take_fatal() {
+            shared.fail(why);
+            shared.mark_done(Stage::Writer);
+            return;
         }
         if handled > 0 {
             match writer.write_out() {
@@ -314,6 +609,8 @@ pub fn run(
             shared.mark_done(Stage::Writer);
             return;
         }
-        idle.wait(Duration::from_millis(100));
+        idle.wait(next_tick.map_or(Duration::from_millis(100), |t| {
+            t.min(Duration::from_millis(100))
+        }));
     }
 }

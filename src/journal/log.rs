@@ -806,3 +806,662 @@ fn zero_range(file: &File, from: u64, to: u64) -> std::io::Result<()> {
     }
     file.sync_data()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::control::NOOP_BATCH_BYTES;
+    use crate::journal::index::IndexEntry;
+    use proptest::prelude::*;
+
+    /// Small segments, so that a few batches roll to new ones.
+    const SEGMENT_BYTES: usize = 1024;
+    const CACHE_BYTES: usize = 4096;
+
+    fn open(dir: &Path) -> Journal {
+        Journal::open(dir, SEGMENT_BYTES, CACHE_BYTES).unwrap()
+    }
+
+    /// A producer batch of `records` records with `value_len`-byte values.
+    fn producer_batch(records: u32, value_len: usize, producer_id: u64, seq: u64) -> Vec<u8> {
+        let mut b = BatchBuilder::new();
+        for i in 0..records {
+            b.push(
+                1_000 + i64::from(i),
+                b"k",
+                &vec![i as u8 + 1; value_len],
+                &[],
+            );
+        }
+        b.finish(producer_id, seq).to_vec()
+    }
+
+    fn append(j: &mut Journal, slot: usize, partition: u32, batch: &[u8], term: u64) -> Appended {
+        let count = BatchView(batch).record_count();
+        j.append_data(slot, partition, batch, count, term, 77)
+            .unwrap()
+    }
+
+    /// Everything the catalog says that must survive a reopen.
+    #[derive(Debug, PartialEq, Eq)]
+    struct TopicSnap {
+        meta: TopicMeta,
+        created_at: Option<u64>,
+        partitions: Vec<(u64, Vec<IndexEntry>)>,
+    }
+
+    fn topics(j: &Journal) -> Vec<TopicSnap> {
+        j.catalog()
+            .topics()
+            .iter()
+            .map(|t| TopicSnap {
+                meta: t.meta.clone(),
+                created_at: t.created_at,
+                partitions: t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let entries = (0..p.index.len())
+                            .map(|i| *p.index.get(i).unwrap())
+                            .collect();
+                        (p.next_offset, entries)
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The journal's bytes `[0, end)`, read back from its segment files.
+    fn journal_bytes(j: &mut Journal) -> Vec<u8> {
+        j.write_out().unwrap();
+        let files = j.segment_files();
+        let mut out = Vec::new();
+        for (i, (start, file)) in files.iter().enumerate() {
+            let stop = files.get(i + 1).map_or(j.end(), |f| f.0).min(j.end());
+            let mut buf = vec![0; (stop - start) as usize];
+            file.read_exact_at(&mut buf, 0).unwrap();
+            out.extend_from_slice(&buf);
+        }
+        out
+    }
+
+    fn segment_contents(dir: &Path) -> Vec<(u64, Vec<u8>)> {
+        list_segments(dir)
+            .unwrap()
+            .into_iter()
+            .map(|(start, path)| (start, std::fs::read(path).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn a_noop_is_noop_batch_bytes_long_and_changes_no_topic() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path());
+        let (_, slot) = j.create_topic("t", 1, 1, 5).unwrap();
+        append(&mut j, slot, 0, &producer_batch(2, 10, 0, 0), 1);
+        let before = topics(&j);
+        let a = j.append_noop(4, 9).unwrap();
+        assert_eq!((a.end - a.position) as usize, NOOP_BATCH_BYTES);
+        assert_eq!(a.end, j.end());
+        assert_eq!(topics(&j), before);
+        let bytes = journal_bytes(&mut j);
+        let noop = &bytes[a.position as usize..a.end as usize];
+        assert_eq!(control::decode(noop).unwrap(), Control::Noop);
+        assert_eq!(
+            (BatchView(noop).term(), BatchView(noop).append_time_ms()),
+            (4, 9)
+        );
+        drop(j);
+        let mut j = open(dir.path());
+        assert_eq!(topics(&j), before, "recovery accepts the noop");
+        assert_eq!(j.end(), a.end);
+        assert_eq!(j.take_entries().last().unwrap().term, 4);
+    }
+
+    #[test]
+    fn recovery_hands_over_every_batch_with_its_term_even_below_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path());
+        let (c, slot) = j.create_topic("t", 2, 1, 5).unwrap();
+        let mut expected = vec![(c.position, c.end, 1)];
+        for (i, term) in [2, 2, 3, 5, 5, 5].into_iter().enumerate() {
+            let a = append(
+                &mut j,
+                slot,
+                i as u32 % 2,
+                &producer_batch(3, 150, 0, 0),
+                term,
+            );
+            expected.push((a.position, a.end, term));
+        }
+        let n = j.append_noop(6, 1).unwrap();
+        expected.push((n.position, n.end, 6));
+        assert!(j.segment_files().len() > 1, "spans segments");
+        j.write_out().unwrap();
+        // Most of the journal below the checkpoint: only headers checked.
+        checkpoint::write(
+            dir.path(),
+            &checkpoint::Checkpoint {
+                position: expected[5].1,
+                next_topic_id: j.catalog().next_topic_id(),
+                topics: j.checkpoint_topics(),
+            },
+        )
+        .unwrap();
+        let before = topics(&j);
+        drop(j);
+        let mut j = open(dir.path());
+        let entries: Vec<_> = j
+            .take_entries()
+            .iter()
+            .map(|e| (e.start, e.end, e.term))
+            .collect();
+        assert_eq!(entries, expected);
+        assert!(j.take_entries().is_empty(), "handed over once");
+        assert_eq!(topics(&j), before);
+    }
+
+    /// A journal with a topic of two partitions and a few batches.
+    fn leader(dir: &Path) -> (Journal, usize) {
+        let mut j = open(dir);
+        let (_, slot) = j.create_topic("orders", 2, 1, 5).unwrap();
+        for i in 0..6 {
+            append(&mut j, slot, i % 2, &producer_batch(2, 120, 9, i as u64), 2);
+        }
+        j.append_noop(3, 6).unwrap();
+        append(&mut j, slot, 1, &producer_batch(1, 5, 9, 6), 3);
+        (j, slot)
+    }
+
+    /// Each batch of `j`'s journal, in order.
+    fn batches(j: &mut Journal) -> Vec<Vec<u8>> {
+        let bytes = journal_bytes(j);
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let len = declared_len(&bytes[at..]).unwrap();
+            out.push(bytes[at..at + len].to_vec());
+            at += len;
+        }
+        out
+    }
+
+    #[test]
+    fn a_follower_copying_the_leaders_batches_gets_identical_segments_and_catalog() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (mut a, _) = leader(a_dir.path());
+        let mut b = open(b_dir.path());
+        let mut created = Vec::new();
+        for batch in batches(&mut a) {
+            check_replicated_batch(&batch, BatchView(&batch).term()).unwrap();
+            let r = b.append_replicated(&batch).unwrap();
+            created.extend(r.created);
+        }
+        b.write_out().unwrap();
+        assert_eq!(created, vec![0]);
+        assert_eq!(b.end(), a.end());
+        assert_eq!(topics(&b), topics(&a));
+        assert_eq!(b.catalog().next_topic_id(), a.catalog().next_topic_id());
+        assert_eq!(
+            segment_contents(b_dir.path()),
+            segment_contents(a_dir.path())
+        );
+        // The producer windows came along: a retry to the new leader is
+        // recognised.
+        let retry = producer_batch(2, 120, 9, 4);
+        assert!(matches!(
+            b.check_seq(0, 0, &retry),
+            SeqCheck::Duplicate(l) if l.base_offset == 4
+        ));
+    }
+
+    #[test]
+    fn append_replicated_refuses_a_bad_batch_and_changes_nothing() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (mut a, _) = leader(a_dir.path());
+        let all = batches(&mut a);
+        let mut b = open(b_dir.path());
+        for batch in &all[..3] {
+            b.append_replicated(batch).unwrap();
+        }
+        let next = all[3].clone();
+        let mut other = open(tempfile::tempdir().unwrap().path());
+        let mut bad: Vec<(&str, Vec<u8>)> = Vec::new();
+        for i in [0, 5, 20, 43, 45, 60, BATCH_HEADER_LEN + 3, next.len() - 1] {
+            let mut flipped = next.clone();
+            flipped[i] ^= 0x08;
+            bad.push(("flipped byte", flipped));
+        }
+        bad.push(("extra byte", [next.as_slice(), &[0]].concat()));
+        bad.push(("two batches", [next.as_slice(), &next].concat()));
+        bad.push(("already stored", all[2].clone()));
+        bad.push(("skips one", all[5].clone()));
+        let restamp = |s: Stamp| {
+            let mut b = next.clone();
+            stamp(&mut b, &s);
+            b
+        };
+        let s = {
+            let v = BatchView(&next);
+            Stamp {
+                base_offset: v.base_offset(),
+                term: v.term(),
+                append_time_ms: v.append_time_ms(),
+                topic_id: v.topic_id(),
+                partition: v.partition(),
+            }
+        };
+        bad.push((
+            "wrong base offset",
+            restamp(Stamp {
+                base_offset: s.base_offset + 1,
+                ..s
+            }),
+        ));
+        bad.push(("unknown topic", restamp(Stamp { topic_id: 7, ..s })));
+        bad.push(("unknown partition", restamp(Stamp { partition: 2, ..s })));
+        // A CreateTopic reusing the id of another topic.
+        other.create_topic("clash", 1, 1, 5).unwrap();
+        bad.push(("id clash", batches(&mut other)[0].clone()));
+        let before = (topics(&b), b.end(), journal_bytes(&mut b));
+        for (why, batch) in &bad {
+            assert!(
+                matches!(b.append_replicated(batch), Err(JournalError::Refused(_))),
+                "{why} accepted"
+            );
+            assert_eq!(
+                (topics(&b), b.end(), journal_bytes(&mut b)),
+                before,
+                "{why}"
+            );
+        }
+        // The right batch still goes in where it belongs.
+        assert_eq!(
+            b.append_replicated(&next).unwrap().appended.position,
+            before.1
+        );
+    }
+
+    #[test]
+    fn check_replicated_batch_wants_its_entry_term_and_intact_bytes() {
+        let (a_dir, _) = (tempfile::tempdir().unwrap(), ());
+        let (mut a, _) = leader(a_dir.path());
+        let batch = batches(&mut a)[1].clone();
+        assert_eq!(check_replicated_batch(&batch, 2), Ok(()));
+        assert!(check_replicated_batch(&batch, 3)
+            .unwrap_err()
+            .contains("term 2"));
+        let mut flipped = batch.clone();
+        flipped[100] ^= 1;
+        assert!(check_replicated_batch(&flipped, 2).is_err());
+        assert!(check_replicated_batch(&batch[..batch.len() - 1], 2).is_err());
+        assert!(check_replicated_batch(&[], 2).is_err());
+    }
+
+    #[test]
+    fn truncate_refuses_positions_that_are_not_batch_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = leader(dir.path());
+        let before = (topics(&j), j.end(), journal_bytes(&mut j));
+        let mut boundaries = vec![0];
+        for b in batches(&mut j) {
+            boundaries.push(boundaries.last().unwrap() + b.len() as u64);
+        }
+        for at in [
+            1,
+            50,
+            boundaries[2] - 1,
+            boundaries[3] + 88,
+            j.end() - 1,
+            j.end() + 1,
+            u64::MAX,
+        ] {
+            assert!(
+                matches!(j.truncate(at, 0), Err(JournalError::Refused(_))),
+                "cut at {at} accepted"
+            );
+            assert_eq!(
+                (topics(&j), j.end(), journal_bytes(&mut j)),
+                before,
+                "at {at}"
+            );
+        }
+        // At the end, nothing is cut.
+        j.truncate(j.end(), j.end()).unwrap();
+        assert_eq!((topics(&j), j.end(), journal_bytes(&mut j)), before);
+    }
+
+    #[test]
+    fn truncate_cuts_topics_and_indexes_and_leaves_old_handles_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path());
+        let (_, keep) = j.create_topic("keep", 2, 1, 5).unwrap();
+        append(&mut j, keep, 0, &producer_batch(2, 300, 4, 0), 1);
+        append(&mut j, keep, 1, &producer_batch(1, 300, 4, 1), 1);
+        let cut = append(&mut j, keep, 0, &producer_batch(3, 300, 4, 2), 1).position;
+        let (_, gone) = j.create_topic("gone", 1, 1, 5).unwrap();
+        append(&mut j, gone, 0, &producer_batch(1, 300, 0, 0), 1);
+        append(&mut j, keep, 0, &producer_batch(1, 300, 4, 3), 1);
+        let old = j.catalog().topic(keep).index_handles();
+        let files_before = j.segment_files().len();
+        let t = j.truncate(cut, cut).unwrap();
+        assert_eq!(t.removed_topic_ids, vec![1]);
+        assert_eq!(t.changed_topics, vec![keep]);
+        assert!(t.files.len() < files_before, "later segments deleted");
+        assert_eq!(t.files.len(), j.segment_files().len());
+        assert_eq!(j.end(), cut);
+        assert_eq!(j.catalog().len(), 1);
+        assert_eq!(j.catalog().lookup("gone"), None);
+        assert_eq!(j.catalog().next_topic_id(), 2, "ids are not reused");
+        let p0 = &j.catalog().topic(keep).partitions[0];
+        assert_eq!((p0.next_offset, p0.index.len()), (2, 1));
+        assert_eq!(j.catalog().topic(keep).partitions[1].next_offset, 1);
+        // Readers' handles still see what they saw.
+        assert_eq!((old[0].len(), old[0].get(2).unwrap().base_offset), (3, 5));
+        // The producer forgot the cut batches, not the kept ones.
+        let p = &j.catalog().topic(keep).partitions[0];
+        assert_eq!(p.check_seq(4, 2), SeqCheck::New);
+        assert!(matches!(p.check_seq(4, 0), SeqCheck::Duplicate(_)));
+        // Appending continues at the cut, and the next topic gets a new id.
+        let a = append(&mut j, keep, 0, &producer_batch(1, 10, 0, 0), 2);
+        assert_eq!((a.position, a.base_offset), (cut, 2));
+        let (c, slot) = j.create_topic("new", 1, 2, 5).unwrap();
+        assert_eq!((j.catalog().topic(slot).meta.id, c.position), (2, a.end));
+        let snapshot = (topics(&j), j.end());
+        j.write_out().unwrap();
+        drop(j);
+        let j = open(dir.path());
+        assert_eq!((topics(&j), j.end()), snapshot);
+        assert_eq!(j.catalog().next_topic_id(), 3);
+    }
+
+    #[test]
+    fn truncate_rewrites_the_checkpoint_below_the_cut_without_cut_topics() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path());
+        j.create_topic("a", 1, 1, 5).unwrap();
+        let (c, _) = j.create_topic("b", 1, 1, 5).unwrap();
+        j.append_noop(1, 5).unwrap();
+        j.write_out().unwrap();
+        checkpoint::write(
+            dir.path(),
+            &checkpoint::Checkpoint {
+                position: j.end(),
+                next_topic_id: 2,
+                topics: j.checkpoint_topics(),
+            },
+        )
+        .unwrap();
+        j.truncate(c.position, j.end()).unwrap();
+        let cp = checkpoint::read(dir.path()).unwrap().unwrap();
+        assert_eq!(cp.position, c.position);
+        assert_eq!(cp.next_topic_id, 2);
+        assert_eq!(
+            cp.topics
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>(),
+            vec!["a"]
+        );
+        // A lower durable position wins.
+        j.truncate(c.position, 3).unwrap();
+        assert_eq!(checkpoint::read(dir.path()).unwrap().unwrap().position, 3);
+        drop(j);
+        let j = open(dir.path());
+        assert_eq!(
+            j.catalog().lookup("b"),
+            None,
+            "not resurrected from the checkpoint"
+        );
+    }
+
+    #[test]
+    fn truncating_at_a_segment_start_keeps_that_segment_empty_and_active() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path());
+        let (_, slot) = j.create_topic("t", 1, 1, 5).unwrap();
+        let mut rolled_at = None;
+        while rolled_at.is_none() || j.segment_files().len() < 3 {
+            let a = append(&mut j, slot, 0, &producer_batch(1, 400, 0, 0), 1);
+            rolled_at = rolled_at.or(a.rolled.map(|r| r.0));
+        }
+        let at = rolled_at.unwrap();
+        let t = j.truncate(at, 0).unwrap();
+        assert_eq!(t.files.last().unwrap().0, at);
+        assert_eq!(list_segments(dir.path()).unwrap().len(), t.files.len());
+        let contents = segment_contents(dir.path());
+        let (_, last) = contents.last().unwrap();
+        assert_eq!(last.len(), SEGMENT_BYTES, "same capacity");
+        assert!(last.iter().all(|&b| b == 0), "zeroed");
+        let a = append(&mut j, slot, 0, &producer_batch(1, 10, 0, 0), 2);
+        assert_eq!((a.position, a.rolled.is_none()), (at, true));
+        let snapshot = (topics(&j), j.end());
+        j.write_out().unwrap();
+        drop(j);
+        let j = open(dir.path());
+        assert_eq!((topics(&j), j.end()), snapshot);
+    }
+
+    /// One step of the model-checked sequence.
+    #[derive(Debug, Clone)]
+    enum Op {
+        CreateTopic {
+            partitions: u32,
+        },
+        /// Topic and partition are picked modulo what exists.
+        Data {
+            topic: usize,
+            partition: u32,
+            records: u32,
+            value_len: usize,
+            producer: u64,
+        },
+        Noop,
+        /// The boundary is picked modulo the batches (plus the end).
+        Truncate {
+            boundary: usize,
+            durable_back: u64,
+        },
+        WriteOut,
+        Checkpoint,
+        Reopen,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            1 => (1u32..4).prop_map(|partitions| Op::CreateTopic { partitions }),
+            6 => (any::<usize>(), 0u32..4, 1u32..4, 0usize..300, 0u64..3).prop_map(
+                |(topic, partition, records, value_len, producer)| Op::Data {
+                    topic, partition, records, value_len, producer
+                }
+            ),
+            1 => Just(Op::Noop),
+            2 => (any::<usize>(), 0u64..400)
+                .prop_map(|(boundary, durable_back)| Op::Truncate { boundary, durable_back }),
+            1 => Just(Op::WriteOut),
+            1 => Just(Op::Checkpoint),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    /// A batch as the model knows it.
+    #[derive(Debug, Clone)]
+    struct ModelBatch {
+        start: u64,
+        end: u64,
+        term: u64,
+        /// `Some((topic id, partition, records))` for data.
+        data: Option<(u32, u32, u32)>,
+        /// `Some((id, name, partitions))` for a CreateTopic.
+        create: Option<(u32, String, u32)>,
+    }
+
+    /// The catalog the model's batches imply: topics in creation order with
+    /// each partition's (next offset, index entries).
+    fn expected_topics(model: &[ModelBatch]) -> Vec<TopicSnap> {
+        let mut topics: Vec<TopicSnap> = Vec::new();
+        for b in model {
+            if let Some((id, name, partitions)) = &b.create {
+                topics.push(TopicSnap {
+                    meta: TopicMeta {
+                        id: *id,
+                        name: name.clone(),
+                        partitions: *partitions,
+                    },
+                    created_at: Some(b.start),
+                    partitions: vec![(0, Vec::new()); *partitions as usize],
+                });
+            }
+            if let Some((id, partition, records)) = b.data {
+                let t = topics.iter_mut().find(|t| t.meta.id == id).unwrap();
+                let (next, entries) = &mut t.partitions[partition as usize];
+                entries.push(IndexEntry {
+                    base_offset: *next,
+                    position: b.start,
+                    len: (b.end - b.start) as u32,
+                    count: records,
+                });
+                *next += u64::from(records);
+            }
+        }
+        topics
+    }
+
+    fn check_against_model(j: &Journal, model: &[ModelBatch], next_id: u32) {
+        assert_eq!(j.end(), model.last().map_or(0, |b| b.end));
+        assert_eq!(topics(j), expected_topics(model));
+        assert_eq!(j.catalog().next_topic_id(), next_id);
+    }
+
+    fn run(ops: &[Op]) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path());
+        let mut model: Vec<ModelBatch> = Vec::new();
+        let (mut term, mut next_id, mut names, mut seq) = (1u64, 0u32, 0u32, 0u64);
+        for op in ops {
+            match op {
+                Op::CreateTopic { partitions } => {
+                    let name = format!("t{names}");
+                    names += 1;
+                    let (a, _) = j.create_topic(&name, *partitions, term, 5).unwrap();
+                    model.push(ModelBatch {
+                        start: a.position,
+                        end: a.end,
+                        term,
+                        data: None,
+                        create: Some((next_id, name, *partitions)),
+                    });
+                    next_id += 1;
+                }
+                Op::Data {
+                    topic,
+                    partition,
+                    records,
+                    value_len,
+                    producer,
+                } => {
+                    if j.catalog().is_empty() {
+                        continue;
+                    }
+                    let slot = topic % j.catalog().len();
+                    let t = j.catalog().topic(slot);
+                    let (id, partition) = (t.meta.id, partition % t.meta.partitions);
+                    seq += 1;
+                    let batch = producer_batch(*records, *value_len, *producer, seq);
+                    let a = append(&mut j, slot, partition, &batch, term);
+                    model.push(ModelBatch {
+                        start: a.position,
+                        end: a.end,
+                        term,
+                        data: Some((id, partition, *records)),
+                        create: None,
+                    });
+                }
+                Op::Noop => {
+                    term += 1;
+                    let a = j.append_noop(term, 5).unwrap();
+                    assert_eq!((a.end - a.position) as usize, NOOP_BATCH_BYTES);
+                    model.push(ModelBatch {
+                        start: a.position,
+                        end: a.end,
+                        term,
+                        data: None,
+                        create: None,
+                    });
+                }
+                Op::Truncate {
+                    boundary,
+                    durable_back,
+                } => {
+                    let k = boundary % (model.len() + 1);
+                    let at = model.get(k).map_or(j.end(), |b| b.start);
+                    model.truncate(k);
+                    term += 1;
+                    let durable = j.end().saturating_sub(*durable_back);
+                    j.truncate(at, durable).unwrap();
+                    let cp = checkpoint::read(dir.path()).unwrap().unwrap();
+                    assert!(cp.position <= at.min(durable));
+                }
+                Op::WriteOut => j.write_out().unwrap(),
+                Op::Checkpoint => {
+                    j.write_out().unwrap();
+                    checkpoint::write(
+                        dir.path(),
+                        &checkpoint::Checkpoint {
+                            position: j.end(),
+                            next_topic_id: j.catalog().next_topic_id(),
+                            topics: j.checkpoint_topics(),
+                        },
+                    )
+                    .unwrap();
+                }
+                Op::Reopen => {
+                    j.write_out().unwrap();
+                    drop(j);
+                    j = open(dir.path());
+                    let entries: Vec<_> = j
+                        .take_entries()
+                        .iter()
+                        .map(|e| (e.start, e.end, e.term))
+                        .collect();
+                    let expected: Vec<_> = model.iter().map(|b| (b.start, b.end, b.term)).collect();
+                    assert_eq!(entries, expected);
+                    assert!(j.report().truncated.is_none());
+                }
+            }
+            check_against_model(&j, &model, next_id);
+        }
+        // A follower copying the final journal batch by batch holds the same
+        // bytes and the same catalog.
+        let follower_dir = tempfile::tempdir().unwrap();
+        let mut f = open(follower_dir.path());
+        let leader_bytes = journal_bytes(&mut j);
+        for b in &model {
+            let batch = &leader_bytes[b.start as usize..b.end as usize];
+            check_replicated_batch(batch, b.term).unwrap();
+            f.append_replicated(batch).unwrap();
+        }
+        assert_eq!(journal_bytes(&mut f), leader_bytes);
+        assert_eq!(topics(&f), topics(&j));
+        // And both reopen to what they hold in memory.
+        for (journal, dir) in [(j, dir), (f, follower_dir)] {
+            let snapshot = (topics(&journal), journal.end());
+            drop(journal);
+            let mut reopened = open(dir.path());
+            assert_eq!((topics(&reopened), reopened.end()), snapshot);
+            let ends: Vec<_> = reopened.take_entries().iter().map(|e| e.end).collect();
+            assert_eq!(ends, model.iter().map(|b| b.end).collect::<Vec<_>>());
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn truncation_replication_and_reopen_agree_with_a_model(
+            ops in prop::collection::vec(op(), 1..40)
+        ) {
+            run(&ops);
+        }
+    }
+}
