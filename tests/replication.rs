@@ -81,7 +81,14 @@ struct Stream {
 }
 
 impl Stream {
-    fn start(addrs: Vec<SocketAddr>, per_batch: u64, batches_max: u64) -> Stream {
+    /// Sends at most `batches_per_s` batches a second, so that a run of
+    /// a few seconds writes megabytes, not gigabytes, on a fast broker.
+    fn start(
+        addrs: Vec<SocketAddr>,
+        per_batch: u64,
+        batches_max: u64,
+        batches_per_s: u64,
+    ) -> Stream {
         let stop = Arc::new(AtomicBool::new(false));
         let acked_batches = Arc::new(AtomicU64::new(0));
         let acks = Arc::new(Mutex::new(Vec::new()));
@@ -91,7 +98,13 @@ impl Stream {
                 let stop = Arc::clone(&stop);
                 let acked_batches = Arc::clone(&acked_batches);
                 let acks = Arc::clone(&acks);
-                move || stream(&addrs, per_batch, batches_max, &stop, &acked_batches, &acks)
+                move || {
+                    let pace = Pace {
+                        batches_max,
+                        batches_per_s,
+                    };
+                    stream(&addrs, per_batch, pace, &stop, &acked_batches, &acks)
+                }
             })
             .expect("spawn producer thread");
         Stream {
@@ -114,10 +127,21 @@ impl Stream {
     }
 
     /// Waits up to `limit` for `n` acknowledged batches.
-    fn wait_acked(&self, n: u64, limit: Duration) {
-        wait_until(limit, &format!("{n} acknowledged batches"), || {
-            self.acked() >= n
-        });
+    ///
+    /// # Panics
+    /// When they do not come, with the count and the cluster's state.
+    fn wait_acked(&self, n: u64, limit: Duration, cluster: &Cluster) {
+        let deadline = Instant::now() + limit;
+        while self.acked() < n {
+            assert!(
+                Instant::now() < deadline && !self.thread.as_ref().is_some_and(|t| t.is_finished()),
+                "{} of {n} batches acknowledged after {limit:?} (stream ended: {})\n{}",
+                self.acked(),
+                self.thread.as_ref().is_some_and(|t| t.is_finished()),
+                cluster.describe()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Stops sending (when not done yet) and waits, bounded, for the last
@@ -125,6 +149,34 @@ impl Stream {
     fn finish(mut self, limit: Duration) -> StreamReport {
         self.stop.store(true, Ordering::SeqCst);
         self.join(limit)
+    }
+
+    /// As [`Stream::join`], but first waits (bounded) for the stream to end
+    /// while printing its progress and the cluster's state every few
+    /// seconds, so that a stuck stream explains itself.
+    fn join_or_explain(&mut self, limit: Duration, cluster: &Cluster) -> StreamReport {
+        let deadline = Instant::now() + limit;
+        let mut next_report = Instant::now() + Duration::from_secs(5);
+        while !self.thread.as_ref().is_some_and(|t| t.is_finished()) {
+            if Instant::now() >= deadline {
+                panic!(
+                    "the producer stream did not finish within {limit:?}: {} batches \
+                     acknowledged\n{}",
+                    self.acked(),
+                    cluster.describe()
+                );
+            }
+            if Instant::now() >= next_report {
+                eprintln!(
+                    "stream: {} batches acknowledged so far\n{}",
+                    self.acked(),
+                    cluster.describe()
+                );
+                next_report += Duration::from_secs(5);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.join(Duration::from_secs(5))
     }
 
     /// Waits, bounded, for the stream to send everything it was to send.
@@ -151,10 +203,16 @@ impl Drop for Stream {
     }
 }
 
+/// How much and how fast a stream sends.
+struct Pace {
+    batches_max: u64,
+    batches_per_s: u64,
+}
+
 fn stream(
     addrs: &[SocketAddr],
     per_batch: u64,
-    batches_max: u64,
+    pace: Pace,
     stop: &AtomicBool,
     acked_batches: &AtomicU64,
     acks: &Mutex<Vec<Ack>>,
@@ -199,7 +257,12 @@ fn stream(
             }
         };
     let mut batch = 0;
-    while batch < batches_max && !stop.load(Ordering::SeqCst) {
+    let started = Instant::now();
+    while batch < pace.batches_max && !stop.load(Ordering::SeqCst) {
+        let due = started + Duration::from_secs_f64(batch as f64 / pace.batches_per_s as f64);
+        if let Some(early) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(early);
+        }
         let values: Vec<Vec<u8>> = (batch * per_batch..(batch + 1) * per_batch)
             .map(value)
             .collect();
@@ -276,6 +339,20 @@ fn check_stream(node: &str, records: &[Fetched], acks: &[Ack], per_batch: u64) {
             );
         }
     }
+}
+
+/// Every node's client address, the leader's first: the producer connects
+/// to the first that answers, and tries them in this order when it
+/// reconnects.
+fn leader_first(cluster: &Cluster, leader: usize) -> Vec<SocketAddr> {
+    let mut addrs = vec![cluster.addr(leader)];
+    addrs.extend(
+        cluster
+            .ids()
+            .filter(|&i| i != leader)
+            .map(|i| cluster.addr(i)),
+    );
+    addrs
 }
 
 /// Reads the whole partition from `addr` (bounded).
@@ -655,8 +732,8 @@ fn leader_kill_9_mid_stream_loses_no_acknowledged_message() {
     cluster.create_topic(TOPIC, 1);
     let (old, _) = cluster.expect_leader();
 
-    let mut stream = Stream::start(cluster.addrs(), PER_BATCH, BATCHES);
-    stream.wait_acked(BATCHES * 3 / 10, Duration::from_secs(60));
+    let mut stream = Stream::start(leader_first(&cluster, old), PER_BATCH, BATCHES, 200);
+    stream.wait_acked(BATCHES * 3 / 10, Duration::from_secs(60), &cluster);
     let killed_at = Instant::now();
     cluster.kill9(old);
     let acked_before = stream.acked();
@@ -664,15 +741,17 @@ fn leader_kill_9_mid_stream_loses_no_acknowledged_message() {
         .leader_within(Duration::from_secs(15), |id| id != old)
         .unwrap_or_else(|| panic!("no new leader after kill -9\n{}", cluster.describe()));
     let elected_after = killed_at.elapsed();
+    eprintln!(
+        "kill -9 of leader {old} after {acked_before} acknowledged batches; node {new} \
+         reported leader after {elected_after:?}"
+    );
 
-    let report = stream.join(Duration::from_secs(180));
+    let report = stream.join_or_explain(Duration::from_secs(120), &cluster);
     let (gap, _) = longest_gap(&report.acks);
     let acked_after = report.acks.iter().filter(|a| a.at > killed_at).count();
     eprintln!(
-        "kill -9 of leader {old} after {acked_before} acknowledged batches; node {new} \
-         reported leader after {elapsed:?}; longest pause between acknowledgements {gap:?}; \
-         {acked_after} batches acknowledged after the kill",
-        elapsed = elected_after
+        "longest pause between acknowledgements {gap:?}; {acked_after} batches acknowledged \
+         after the kill"
     );
     assert!(
         acked_after > 0,
@@ -734,8 +813,8 @@ fn frozen_follower_does_not_stall_quorum_writes() {
     let (leader, leader_addr) = cluster.expect_leader();
     let frozen = cluster.ids().find(|&i| i != leader).expect("a follower");
 
-    let stream = Stream::start(cluster.addrs(), PER_BATCH, u64::MAX);
-    stream.wait_acked(50, Duration::from_secs(30));
+    let stream = Stream::start(leader_first(&cluster, leader), PER_BATCH, u64::MAX, 2_000);
+    stream.wait_acked(50, Duration::from_secs(30), &cluster);
     let warm_start = Instant::now();
     let warm_acked = stream.acked();
     std::thread::sleep(Duration::from_secs(1));
@@ -783,8 +862,8 @@ fn isolated_leader_steps_down_and_loses_nothing_acknowledged() {
     cluster.create_topic(TOPIC, 1);
     let (old, old_addr) = cluster.expect_leader();
 
-    let stream = Stream::start(cluster.addrs(), PER_BATCH, u64::MAX);
-    stream.wait_acked(50, Duration::from_secs(30));
+    let stream = Stream::start(leader_first(&cluster, old), PER_BATCH, u64::MAX, 2_000);
+    stream.wait_acked(50, Duration::from_secs(30), &cluster);
     cluster.isolate(old);
     let isolated_at = Instant::now();
 

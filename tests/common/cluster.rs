@@ -128,10 +128,12 @@ impl ClusterStatus {
 
 /// One broker of the cluster.
 struct Node {
+    /// First, so that it drops (and prints its stderr on a failing test)
+    /// before its directory is removed.
+    proc: Option<BrokerProc>,
     dir: TestDir,
     addr: SocketAddr,
     args: Vec<String>,
-    proc: Option<BrokerProc>,
     stopped: bool,
 }
 
