@@ -10,6 +10,10 @@
 // Each test file uses a different subset of the harness.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod json;
+pub mod proxy;
+
 use hutong::wire::api::{
     CreateTopicRequest, ErrorBody, FetchRequest, FetchResponse, HandshakeRequest,
     ListOffsetsRequest, ListOffsetsResponse, ProduceRequest, ProduceResponse, PROTOCOL_VERSION,
