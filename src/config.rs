@@ -404,6 +404,39 @@ mod tests {
     }
 
     #[test]
+    fn peers_parse_and_must_name_this_node_once() {
+        let peers = parse_peers("1=127.0.0.1:7001, 2=127.0.0.1:7002,3=host.example:7003").unwrap();
+        assert_eq!(peers.len(), 3);
+        assert_eq!(peers[2].id, 3);
+        assert_eq!(peers[2].addr, "host.example:7003");
+        assert!(parse_peers("1:127.0.0.1:7001").is_err());
+        assert!(parse_peers("x=127.0.0.1:7001").is_err());
+        let group = |node_id, peers: &str| Config {
+            node_id,
+            peers: parse_peers(peers).unwrap(),
+            ..Config::default()
+        };
+        assert!(group(1, "1=a:1,2=b:2,3=c:3").validate().is_ok());
+        assert!(
+            group(4, "1=a:1,2=b:2,3=c:3").validate().is_err(),
+            "not a member"
+        );
+        assert!(group(0, "1=a:1,2=b:2").validate().is_err(), "no node id");
+        assert!(group(1, "1=a:1,1=b:2").validate().is_err(), "duplicate id");
+        assert!(
+            group(1, "1=a:1,2=nocolon").validate().is_err(),
+            "bad address"
+        );
+        assert!(group(2, "").validate().is_err(), "node id without peers");
+        assert!(group(0, "").validate().is_ok(), "standalone");
+        let c: Config = toml::from_str(
+            "node_id = 2\npeers = [{ id = 1, addr = \"a:1\" }, { id = 2, addr = \"b:2\" }]\n",
+        )
+        .unwrap();
+        assert!(c.is_clustered() && c.validate().is_ok());
+    }
+
+    #[test]
     fn config_file_overrides_only_what_it_names() {
         let c: Config =
             toml::from_str("listen = \"127.0.0.1:9000\"\nsegment_bytes = 33554432\n").unwrap();

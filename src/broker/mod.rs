@@ -174,6 +174,14 @@ impl Broker {
         };
 
         let (to_writer, writer_requests) = ring::message_ring(config.request_ring_bytes);
+        // Room for two of the largest appends (a standalone broker gets a
+        // token ring: peers' frames are refused before they reach it).
+        let peer_ring_bytes = if config.is_clustered() {
+            2 * (config.frame_bytes_max + crate::config::RING_ENVELOPE_BYTES)
+        } else {
+            4096
+        };
+        let (to_peers, peer_messages) = ring::message_ring(peer_ring_bytes);
         let (to_reader, reader_requests) = ring::message_ring(config.read_request_ring_bytes);
         let (responder_out, from_responder) = ring::message_ring(config.response_ring_bytes);
         let (reader_out, from_reader) = ring::message_ring(config.fetch_ring_bytes);
@@ -214,6 +222,7 @@ impl Broker {
             shared.clone(),
             config.clone(),
             to_writer,
+            to_peers,
             to_reader,
             from_responder,
             from_reader,
@@ -248,7 +257,7 @@ impl Broker {
         let s = shared.clone();
         spawn(
             "writer",
-            Box::new(move || writer::run(s, writer, writer_requests)),
+            Box::new(move || writer::run(s, writer, writer_requests, peer_messages)),
         )?;
         let s = shared.clone();
         spawn(

@@ -85,6 +85,10 @@ impl Conn {
 /// Where routed requests go.
 struct Routes {
     to_writer: MessageProducer,
+    /// Consensus messages from peers, to the writer on a ring of their own:
+    /// acknowledgements must reach it even while produce requests wait for
+    /// room (they are what frees that room).
+    to_peers: MessageProducer,
     to_reader: MessageProducer,
     pushed_writer: bool,
     pushed_reader: bool,
@@ -129,6 +133,7 @@ impl Reactor {
         shared: Arc<Shared>,
         config: Arc<Config>,
         to_writer: MessageProducer,
+        to_peers: MessageProducer,
         to_reader: MessageProducer,
         from_responder: MessageConsumer,
         from_reader: MessageConsumer,
@@ -144,6 +149,7 @@ impl Reactor {
             config,
             routes: Routes {
                 to_writer,
+                to_peers,
                 to_reader,
                 pushed_writer: false,
                 pushed_reader: false,
@@ -625,11 +631,19 @@ fn process_frames(
                 conn.wbuf.extend_from_slice(&head.to_bytes(body.len()));
                 conn.wbuf.extend_from_slice(body);
             }
-            Some(ApiKey::Produce | ApiKey::CreateTopic | ApiKey::Replicate) => {
-                // Replicate frames from peers are never answered; produce at
-                // QoS none neither.
-                let counted = h.api_key != ApiKey::Replicate.as_u16()
-                    && !(h.api_key == ApiKey::Produce.as_u16() && produce_qos(frame) == Some(0));
+            Some(ApiKey::Replicate) => {
+                // Never answered, so not counted in flight.
+                if !routes.to_peers.push(id, 0, &[frame]) {
+                    shared.request_ring_full.store(true, Ordering::Release);
+                    routes.pushed_writer = true;
+                    return Stop::Blocked;
+                }
+                routes.pushed_writer = true;
+            }
+            Some(ApiKey::Produce | ApiKey::CreateTopic) => {
+                // Produce at QoS none is never answered on success.
+                let counted =
+                    !(h.api_key == ApiKey::Produce.as_u16() && produce_qos(frame) == Some(0));
                 let flags = if counted { FLAG_COUNTED } else { 0 };
                 if !routes.to_writer.push(id, flags, &[frame]) {
                     shared.request_ring_full.store(true, Ordering::Release);

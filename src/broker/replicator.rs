@@ -64,8 +64,15 @@ const WAKER: Token = Token(usize::MAX);
 /// grow the broker's memory or stall the others. The consensus window
 /// (8 MiB of appends in flight) keeps a live peer well below it.
 const LINK_QUEUE_BYTES_MAX: usize = 32 << 20;
-/// Wait between two connection attempts to a peer.
+/// Wait before the first new connection attempt to a peer; it doubles
+/// after each connection that failed or did not last, up to
+/// `RECONNECT_DELAY_MAX` (a peer behind a cut link may accept and close
+/// at once, forever).
 const RECONNECT_DELAY: Duration = Duration::from_millis(100);
+/// The longest wait between connection attempts.
+const RECONNECT_DELAY_MAX: Duration = Duration::from_millis(1_000);
+/// A connection that lasted this long was a good one: the delay resets.
+const LINK_STABLE: Duration = Duration::from_secs(2);
 /// Messages taken from the outbox per round.
 const MESSAGES_PER_ROUND_MAX: usize = 1024;
 
@@ -91,6 +98,10 @@ struct Link {
     sent: usize,
     retry_at: Instant,
     dropped: u64,
+    /// Connections in a row that failed or did not last.
+    failures: u32,
+    /// When the current connection was made.
+    connected_at: Instant,
 }
 
 /// The replicator of a group member: carries the consensus node's messages
@@ -129,6 +140,8 @@ impl Courier {
                 sent: 0,
                 retry_at: Instant::now(),
                 dropped: 0,
+                failures: 0,
+                connected_at: Instant::now(),
             })
             .collect();
         Ok(Courier {
@@ -152,7 +165,7 @@ impl Courier {
             if link.stream.is_some() || now < link.retry_at {
                 continue;
             }
-            link.retry_at = now + RECONNECT_DELAY;
+            link.retry_at = now + reconnect_delay(link.failures);
             let addr = match link.addr.to_socket_addrs().map(|mut a| a.next()) {
                 Ok(Some(a)) => a,
                 _ => continue,
@@ -185,17 +198,33 @@ impl Courier {
     /// then resends from what the peer acknowledged.
     fn close(&mut self, i: usize, shared: &Shared, why: &str) {
         let link = &mut self.links[i];
+        let now = Instant::now();
+        if link.connected && now.duration_since(link.connected_at) >= LINK_STABLE {
+            link.failures = 0;
+        }
         if let Some(mut s) = link.stream.take() {
             let _ = self.poll.registry().deregister(&mut s);
-            if link.connected {
-                crate::log!("lost the link to node {} ({}): {why}", link.id, link.addr);
+            // A link that keeps failing is logged now and then, not at
+            // every try.
+            if link.connected && link.failures.is_power_of_two() || link.failures == 0 {
+                crate::log!(
+                    "lost the link to node {} ({}): {why}{}",
+                    link.id,
+                    link.addr,
+                    if link.failures > 0 {
+                        format!(" ({} short-lived connections in a row)", link.failures + 1)
+                    } else {
+                        String::new()
+                    }
+                );
             }
         }
+        link.failures = link.failures.saturating_add(1);
         let was = link.connected;
         link.connected = false;
         link.queue.clear();
         link.sent = 0;
-        link.retry_at = Instant::now() + RECONNECT_DELAY;
+        link.retry_at = now + reconnect_delay(link.failures);
         if was {
             report_link_change(shared, link.slot);
         }
@@ -243,7 +272,10 @@ impl Courier {
             match stream.peer_addr() {
                 Ok(_) => {
                     link.connected = true;
-                    crate::log!("connected to node {} ({})", link.id, link.addr);
+                    link.connected_at = Instant::now();
+                    if link.failures <= 1 {
+                        crate::log!("connected to node {} ({})", link.id, link.addr);
+                    }
                     report_link_change(shared, link.slot);
                 }
                 Err(e) if e.kind() == ErrorKind::NotConnected => {
@@ -306,6 +338,14 @@ impl Courier {
             }
         }
     }
+}
+
+/// The wait before the next connection attempt after `failures` failed or
+/// short-lived connections in a row.
+fn reconnect_delay(failures: u32) -> Duration {
+    RECONNECT_DELAY
+        .saturating_mul(1 << failures.min(4))
+        .min(RECONNECT_DELAY_MAX)
 }
 
 fn report_link_change(shared: &Shared, slot: usize) {

@@ -461,6 +461,42 @@ mod tests {
     }
 
     #[test]
+    fn a_cut_fails_the_requests_above_it_with_not_leader_naming_the_leader() {
+        let (mut out, mut inp) = message_ring(1 << 16);
+        let mut r = Responder::new(16);
+        r.set_leader(3, "10.0.0.3:7070");
+        let later = Instant::now() + Duration::from_secs(60);
+        r.admit(entry(1, Qos::All, 100, later));
+        r.admit(entry(2, Qos::All, 200, later));
+        r.admit(entry(3, Qos::Replicated, 150, later));
+        r.admit(entry(4, Qos::Replicated, 300, later));
+        r.admit(Pending::truncated(150));
+        r.step(Marks::default(), Instant::now(), &mut out, None);
+        let not_leader = ErrorCode::NotLeader.as_u16();
+        let mut answered = Vec::new();
+        while let Some(m) = inp.peek() {
+            let h = RH::parse(m.payload);
+            let body = NotLeaderBody::decode(&m.payload[crate::wire::frame::RESPONSE_HEADER_LEN..]);
+            assert_eq!((body.leader_id, body.leader_addr), (3, "10.0.0.3:7070"));
+            answered.push((h.correlation_id, h.error_code));
+            inp.pop();
+        }
+        answered.sort_unstable();
+        assert_eq!(answered, vec![(2, not_leader), (4, not_leader)]);
+        // Below the cut, requests still wait for their positions, even once
+        // W has grown past the cut again with other bytes.
+        let m = Marks {
+            written: 400,
+            flushed: 400,
+            replicated: 150,
+            committed: 100,
+        };
+        r.step(m, Instant::now(), &mut out, None);
+        assert_eq!(drain(&mut inp), vec![(3, 0), (1, 0)]);
+        assert!(r.is_empty());
+    }
+
+    #[test]
     fn expired_entries_get_timeout_once_and_later_ones_still_complete() {
         let (mut out, mut inp) = message_ring(1 << 16);
         let mut r = Responder::new(16);

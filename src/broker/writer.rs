@@ -564,7 +564,12 @@ fn storage_code(e: JournalError) -> ErrorCode {
 
 /// The writer thread: drains the request ring in rounds, publishes W after
 /// each round and wakes the stages downstream.
-pub fn run(shared: Arc<Shared>, mut writer: Writer, mut requests: MessageConsumer) {
+pub fn run(
+    shared: Arc<Shared>,
+    mut writer: Writer,
+    mut requests: MessageConsumer,
+    mut peers: MessageConsumer,
+) {
     shared.register(Stage::Writer);
     let mut idle = Idle::new();
     loop {
@@ -572,6 +577,15 @@ pub fn run(shared: Arc<Shared>, mut writer: Writer, mut requests: MessageConsume
         let now_ms = unix_ms();
         let mut handled = 0;
         let mut queued = 0;
+        // Peers first: their acknowledgements move R and C, which is what
+        // lets the responder take more waiting requests off the pending ring.
+        while handled < REQUESTS_PER_ROUND_MAX {
+            let Some(m) = peers.peek() else { break };
+            let outcome = writer.handle(m.conn, false, m.payload, now, now_ms);
+            debug_assert!(outcome.is_none(), "peer messages are never answered");
+            peers.pop();
+            handled += 1;
+        }
         while handled < REQUESTS_PER_ROUND_MAX && !writer.pending.is_full() {
             let Some(m) = requests.peek() else { break };
             let counted = m.flags & super::ring::FLAG_COUNTED != 0;
@@ -622,6 +636,7 @@ pub fn run(shared: Arc<Shared>, mut writer: Writer, mut requests: MessageConsume
             .reactor_drained
             .load(std::sync::atomic::Ordering::Acquire)
             && requests.is_empty()
+            && peers.is_empty()
         {
             writer.hand_over();
             shared.mark_done(Stage::Writer);

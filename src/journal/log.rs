@@ -616,6 +616,15 @@ impl Journal {
             return Ok((self.end, None));
         }
         let capacity = self.segment_bytes.max(len);
+        if used == 0 {
+            // The active segment holds nothing (a truncation cut it back to
+            // its start, or a crash came right after a roll): a new segment
+            // would start at the same position, so grow this one instead.
+            let path = self.dir.join(segment_file_name(self.active.start));
+            super::segment::grow(&self.active.file, &path, capacity)?;
+            self.active.capacity = capacity;
+            return Ok((self.end, None));
+        }
         let seg = Segment::create(&self.dir, self.end, capacity)?;
         let file = (self.end, seg.file().clone());
         self.files.push(file.clone());
@@ -840,6 +849,39 @@ mod tests {
         let count = BatchView(batch).record_count();
         j.append_data(slot, partition, batch, count, term, 77)
             .unwrap()
+    }
+
+    #[test]
+    fn a_batch_larger_than_a_segment_cut_back_to_its_start_grows_that_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path());
+        let (_, slot) = j.create_topic("t", 1, 1, 5).unwrap();
+        // Fill the first segment so that the next batch starts a new one.
+        while j.segment_files().len() < 2 {
+            append(&mut j, slot, 0, &producer_batch(1, 200, 0, 0), 1);
+        }
+        let second = j.segment_files()[1].0;
+        // Cut back to the second segment's start: it stays, empty.
+        let cut = j.truncate(second, 0).unwrap();
+        assert_eq!(cut.files.len(), 2);
+        assert_eq!(j.end(), second);
+        // A batch larger than a whole segment lands at that start (a second
+        // file at the same position would be refused).
+        let big = producer_batch(4, SEGMENT_BYTES, 0, 0);
+        assert!(big.len() > SEGMENT_BYTES);
+        let landed = append(&mut j, slot, 0, &big, 2);
+        assert_eq!(landed.position, second);
+        assert!(landed.rolled.is_none());
+        append(&mut j, slot, 0, &producer_batch(1, 10, 0, 0), 2);
+        j.write_out().unwrap();
+        let end = j.end();
+        drop(j);
+        let mut again = open(dir.path());
+        assert_eq!(again.end(), end);
+        assert_eq!(again.segment_files().len(), 3);
+        let entries = again.take_entries();
+        assert!(entries.iter().any(|e| e.start == second && e.term == 2));
+        assert_eq!(entries.last().map(|e| e.end), Some(end));
     }
 
     /// Everything the catalog says that must survive a reopen.

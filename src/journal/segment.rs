@@ -286,6 +286,20 @@ impl Segment {
 
 /// Reserves `capacity` bytes of disk for `file`, or at least sets its
 /// length where the filesystem cannot reserve.
+/// Grows a segment that holds no data yet to `capacity` bytes (a batch
+/// larger than its capacity must start right at its start, since positions
+/// are contiguous and a second file cannot start at the same position).
+///
+/// # Errors
+/// [`JournalError::StorageFull`] when the disk has no room;
+/// [`JournalError::Io`] otherwise.
+pub fn grow(file: &File, path: &Path, capacity: usize) -> Result<(), JournalError> {
+    preallocate(file, capacity)
+        .map_err(|e| JournalError::io(format!("preallocate {}", path.display()), e))?;
+    file.sync_all()
+        .map_err(|e| JournalError::io(format!("fsync {}", path.display()), e))
+}
+
 fn preallocate(file: &File, capacity: usize) -> std::io::Result<()> {
     let len = i64::try_from(capacity).map_err(|_| {
         std::io::Error::new(
