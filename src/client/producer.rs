@@ -363,6 +363,9 @@ struct Tracker {
     /// Where a broker that is not the leader said the leader is; the next
     /// reconnection tries it first.
     leader_hint: Mutex<Option<SocketAddr>>,
+    /// The last `NotLeader` named no leader: the group is electing one, so
+    /// the backoff stays short (an election takes well under a second).
+    electing: std::sync::atomic::AtomicBool,
     /// Reconnections so far; each starts at the next address of the list,
     /// so a follower that knows no leader yet is not asked again and again.
     reconnects: std::sync::atomic::AtomicUsize,
@@ -384,8 +387,11 @@ impl Tracker {
     /// Remembers the leader a `NotLeader` answer names, if it names one.
     fn note_leader(&self, body: &[u8]) {
         let hint = NotLeaderBody::decode(body);
-        if let Ok(addr) = hint.leader_addr.parse::<SocketAddr>() {
-            *lock(&self.leader_hint) = Some(addr);
+        let addr = hint.leader_addr.parse::<SocketAddr>().ok();
+        self.electing
+            .store(addr.is_none(), std::sync::atomic::Ordering::Relaxed);
+        if addr.is_some() {
+            *lock(&self.leader_hint) = addr;
         }
     }
 
@@ -683,6 +689,7 @@ impl Producer {
             retry: config.retry,
             max_in_flight: config.max_in_flight,
             leader_hint: Mutex::new(None),
+            electing: std::sync::atomic::AtomicBool::new(false),
             reconnects: std::sync::atomic::AtomicUsize::new(0),
         });
         lock(&tracker.state).link = Some(new_link(&tracker, conn, 1));
@@ -1123,7 +1130,19 @@ fn retry_loop(tracker: &Arc<Tracker>, addrs: &[SocketAddr], config: &ConnectionC
 /// meanwhile. False when the producer is closing.
 fn back_off(tracker: &Tracker) -> bool {
     let mut s = lock(&tracker.state);
-    let until = Instant::now() + tracker.retry.backoff(s.failures.max(1));
+    // After a leader change the pause stays short: straight to a named
+    // leader, or a few tries a round while the group elects one.
+    let failures = if lock(&tracker.leader_hint).is_some() {
+        1
+    } else if tracker
+        .electing
+        .swap(false, std::sync::atomic::Ordering::Relaxed)
+    {
+        s.failures.clamp(1, 3)
+    } else {
+        s.failures.max(1)
+    };
+    let until = Instant::now() + tracker.retry.backoff(failures);
     loop {
         if s.closing {
             return false;
