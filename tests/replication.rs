@@ -938,7 +938,7 @@ fn isolated_leader_steps_down_and_loses_nothing_acknowledged() {
     let (gap, _) = longest_gap(&report.acks);
     eprintln!("longest pause between acknowledgements: {gap:?}");
 
-    cluster.wait_caught_up(Duration::from_secs(30));
+    let committed = cluster.wait_caught_up(Duration::from_secs(30));
     let reference = read_all(cluster.addr(new));
     check_stream(
         &format!("leader {new}"),
@@ -954,4 +954,55 @@ fn isolated_leader_steps_down_and_loses_nothing_acknowledged() {
         );
         assert_eq!(stored, reference, "node {id} holds the leader's records");
     }
+    // The probe batch (and whatever else the cut-off leader appended in its
+    // old term) was cut from its journal when it rejoined, and its journal
+    // now equals the others' byte for byte.
+    assert!(
+        cluster.stderr(old).contains("truncating the journal"),
+        "the old leader cut its divergent tail; its log:\n{}",
+        cluster.stderr(old)
+    );
+    let leader_bytes = journal_prefix(cluster.data_dir(new), committed)
+        .unwrap_or_else(|e| panic!("leader {new}: {e}"));
+    for id in cluster.ids().filter(|&i| i != new) {
+        let bytes = journal_prefix(cluster.data_dir(id), committed)
+            .unwrap_or_else(|e| panic!("node {id}: {e}"));
+        assert!(
+            bytes == leader_bytes,
+            "node {id}'s journal equals leader {new}'s over the {committed} committed bytes"
+        );
+    }
+}
+
+#[test]
+fn graceful_shutdown_of_the_leader_hands_leadership_over() {
+    let mut cluster = Cluster::start(3, false);
+    cluster.create_topic(TOPIC, 1);
+    let (old, _) = cluster.expect_leader();
+    let term = cluster.node_status(old).expect("the leader answers").term;
+    let (status, log) = cluster.terminate(old);
+    assert!(
+        status.success(),
+        "the leader exits 0 after SIGTERM: {status}\n{log}"
+    );
+    let to: usize = log
+        .lines()
+        .find_map(|l| l.split("handing leadership to node ").nth(1))
+        .and_then(|id| id.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the leader names its successor; its log:\n{log}"));
+    assert_ne!(to, old);
+    let (new, _) = cluster
+        .leader_within(Duration::from_secs(15), |id| id != old)
+        .unwrap_or_else(|| panic!("no new leader\n{}", cluster.describe()));
+    let new_term = cluster
+        .node_status(new)
+        .expect("the new leader answers")
+        .term;
+    eprintln!(
+        "leader {old} (term {term}) handed over to {to}; node {new} leads in term {new_term}"
+    );
+    // TimeoutNow makes the successor campaign at once, in the next term,
+    // before any election timeout could start a competing campaign.
+    assert_eq!(new, to, "the successor the old leader named takes over");
+    assert_eq!(new_term, term + 1, "one election, no split vote");
 }

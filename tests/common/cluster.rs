@@ -290,6 +290,17 @@ impl Cluster {
         self.proc(id).map_or_else(String::new, BrokerProc::stderr)
     }
 
+    /// Stops node `id` with SIGTERM (a graceful shutdown) and returns its
+    /// exit status and everything it logged.
+    pub fn terminate(&mut self, id: usize) -> (std::process::ExitStatus, String) {
+        let node = &mut self.nodes[id - 1];
+        let mut p = node.proc.take().expect("the node runs");
+        node.stopped = false;
+        let status = p.terminate();
+        let log = p.stderr();
+        (status, log)
+    }
+
     /// Kills node `id` with SIGKILL.
     pub fn kill9(&mut self, id: usize) {
         let node = &mut self.nodes[id - 1];
