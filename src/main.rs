@@ -372,10 +372,16 @@ fn admin(addr: &str) -> Result<Admin> {
     Admin::connect(addr).with_context(|| format!("cannot connect to {addr}"))
 }
 
+/// How long `topic create` looks for the leader of a replication group.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+
 fn create_topic(addr: &str, name: &str, partitions: u32) -> Result<()> {
-    admin(addr)?
-        .create_topic(name, partitions)
-        .with_context(|| format!("cannot create topic {name}"))
+    // A member of a replication group that is not the leader answers
+    // NotLeader: the topic is created on the leader instead.
+    hutong::client::cluster::on_leader(addr, LEADER_WAIT, |admin| {
+        admin.create_topic(name, partitions)
+    })
+    .with_context(|| format!("cannot create topic {name}"))
 }
 
 fn list_topics(addr: &str) -> Result<()> {

@@ -112,6 +112,59 @@ pub fn group_status(addr: &str, timeout: Duration) -> Result<GroupStatus, Client
     })
 }
 
+/// The address of the leader of the group `addr` belongs to (`addr`
+/// itself for a standalone broker or the leader), as `addr`'s member list
+/// gives it; waits up to `timeout` for an election.
+///
+/// # Errors
+/// `addr` cannot be asked, or no leader emerged within `timeout`.
+pub fn leader_addr(addr: &str, timeout: Duration) -> Result<String, ClientError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = status_of(addr, timeout)?;
+        if matches!(status.role, ClusterRole::Standalone | ClusterRole::Leader) {
+            return Ok(addr.to_string());
+        }
+        if let Some(node) = status.nodes.iter().find(|n| n.id == status.leader_id) {
+            return Ok(node.addr.clone());
+        }
+        if Instant::now() >= deadline {
+            return Err(ClientError::Broker {
+                code: crate::wire::ErrorCode::NotLeader,
+                message: format!("the group of {addr} has no leader after {timeout:?}"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `call` against the leader of `addr`'s group, finding it again
+/// when the answer is `NotLeader` (leadership moved meanwhile), until
+/// `timeout`.
+///
+/// # Errors
+/// The last error of `call`, or of finding the leader.
+pub fn on_leader<T>(
+    addr: &str,
+    timeout: Duration,
+    mut call: impl FnMut(&Admin) -> Result<T, ClientError>,
+) -> Result<T, ClientError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let leader = leader_addr(addr, deadline.saturating_duration_since(Instant::now()))?;
+        let result = Admin::connect(leader.as_str()).and_then(|admin| call(&admin));
+        match result {
+            Err(e)
+                if e.code() == Some(crate::wire::ErrorCode::NotLeader)
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The lower-case name of a role, as the CLI prints it.
 pub fn role_name(role: ClusterRole) -> &'static str {
     match role {
