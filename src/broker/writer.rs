@@ -102,6 +102,15 @@ impl Writer {
                 counted,
             ))
         };
+        if self.fatal.is_some() {
+            // The writer is stopping over a fatal error (reported by `run`
+            // after this round); nothing more may be appended. Peers get no
+            // answer, as ever.
+            if h.api_key == ApiKey::Replicate.as_u16() {
+                return None;
+            }
+            return fail(ErrorCode::StorageError);
+        }
         match ApiKey::from_u16(h.api_key) {
             Some(ApiKey::Produce) => match self.produce(body, now, now_ms) {
                 Ok((qos, appended, append_time_ms, deadline)) => {
@@ -349,6 +358,11 @@ impl Writer {
     /// of the append just stepped (empty otherwise).
     fn apply_ready(&mut self, from: u64, payload: &[u8]) {
         let shared = self.shared.clone();
+        // After a fatal error a `Ready` was left unapplied (and unadvanced):
+        // the node must not be asked again; the thread is stopping.
+        if self.fatal.is_some() {
+            return;
+        }
         loop {
             let Some(r) = self.replica.as_mut() else {
                 return;
