@@ -592,6 +592,7 @@ fn check_stream(
     let mut problems = Vec::new();
     let mut expected = vec![0u8; message_size];
     let mut last: Option<u64> = None;
+    let mut seen = std::collections::HashSet::with_capacity(records.len());
     let first_offset = records.first().map_or(0, |r| r.0);
     for (k, (offset, value)) in records.iter().enumerate() {
         if *offset != first_offset + k as u64 {
@@ -613,18 +614,17 @@ fn check_stream(
         if *value != expected {
             problems.push(format!("offset {offset} is not stream message {seq}"));
         }
-        if let Some(prev) = last {
-            if seq <= prev {
-                let what = if seq == prev {
-                    "a duplicate"
-                } else {
-                    "out of order"
-                };
-                problems.push(format!(
-                    "message {seq} at offset {offset} follows message {prev}: {what}"
-                ));
-            }
+        if let Some(prev) = last.filter(|&prev| seq <= prev) {
+            let what = if seen.contains(&seq) {
+                "a duplicate"
+            } else {
+                "out of order"
+            };
+            problems.push(format!(
+                "message {seq} at offset {offset} follows message {prev}: {what}"
+            ));
         }
+        seen.insert(seq);
         last = Some(seq);
     }
     for a in acks {
@@ -959,4 +959,92 @@ pub fn run(args: &ClusterArgs, common: &Common, ui: &Ui) -> Result<Report> {
         report.error(format!("stopping the group: {e:#}"));
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIZE: usize = 16;
+
+    /// Partition records holding stream messages `seqs` from offset 0.
+    fn records(seqs: &[u64]) -> Vec<(u64, Vec<u8>)> {
+        seqs.iter()
+            .enumerate()
+            .map(|(k, &seq)| {
+                let mut v = vec![0u8; SIZE];
+                stream_value(seq, SIZE, &mut v);
+                (k as u64, v)
+            })
+            .collect()
+    }
+
+    fn ack(batch: u64, base_offset: u64) -> StreamAck {
+        StreamAck {
+            batch,
+            base_offset,
+            sent_ns: 0,
+            acked_ns: 0,
+        }
+    }
+
+    #[test]
+    fn a_stream_stored_once_in_order_passes() {
+        // Batches of 2; batch 1 failed but was stored, batch 2 was not.
+        let stored = records(&[0, 1, 2, 3, 6, 7]);
+        let acks = [ack(0, 0), ack(3, 4)];
+        assert_eq!(check_stream(&stored, &acks, 2, SIZE), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_duplicate_message_is_reported() {
+        let stored = records(&[0, 1, 0, 1]);
+        let problems = check_stream(&stored, &[ack(0, 0)], 2, SIZE);
+        assert!(
+            problems.iter().any(|p| p.contains("duplicate")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_reordered_message_is_reported() {
+        let stored = records(&[2, 3, 0, 1]);
+        let problems = check_stream(&stored, &[], 2, SIZE);
+        assert!(
+            problems.iter().any(|p| p.contains("out of order")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_lost_acknowledged_message_is_reported() {
+        let stored = records(&[0, 1]);
+        let problems = check_stream(&stored, &[ack(0, 0), ack(1, 2)], 2, SIZE);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].contains("message 2 (offset 2) is missing"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn an_acknowledgement_at_the_wrong_offset_is_reported() {
+        let stored = records(&[0, 1, 2, 3]);
+        let problems = check_stream(&stored, &[ack(1, 0)], 2, SIZE);
+        assert!(
+            problems[0].contains("acknowledged for message 2, holds message 0"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn damaged_bytes_are_reported() {
+        let mut stored = records(&[0, 1]);
+        stored[1].1[SIZE - 1] ^= 1;
+        let problems = check_stream(&stored, &[], 2, SIZE);
+        assert_eq!(
+            problems,
+            vec!["offset 1 is not stream message 1".to_string()]
+        );
+    }
 }
