@@ -53,8 +53,12 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Acknowledgements of batches sent since the stream resumed that make it
 /// steady enough to kill the leader under it.
 const STEADY_ACKS: usize = 50;
-/// How often the scenario polls the members and the stream.
+/// How often the scenario polls the stream, and the survivors after a kill
+/// (on connections opened before it).
 const POLL: Duration = Duration::from_millis(1);
+/// How often the scenario asks every member for its status while it waits
+/// for a leader or a catch-up (each question is a new connection).
+const STATUS_POLL: Duration = Duration::from_millis(10);
 /// How long one ClusterStatus question may take to connect.
 const STATUS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The broker-side deadline of a stream batch: well above a failover, so a
@@ -187,7 +191,7 @@ impl Group {
             if Instant::now() > deadline {
                 bail!("no leader after {limit:?}:\n{}", self.describe());
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(STATUS_POLL);
         }
     }
 
@@ -212,7 +216,7 @@ impl Group {
                     self.describe()
                 );
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(STATUS_POLL);
         }
     }
 
