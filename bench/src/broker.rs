@@ -45,7 +45,7 @@ impl Target {
     pub fn addr(&self) -> SocketAddr {
         match self {
             Target::Running(addr) => *addr,
-            Target::Started(b) => b.addr,
+            Target::Started(b) => b.addr(),
         }
     }
 
@@ -106,11 +106,20 @@ pub fn leader_of(addr: SocketAddr) -> Result<SocketAddr> {
 }
 
 /// A `hutong broker` child process with its data in a temporary directory.
+/// The directory lives as long as this value, so a broker killed with
+/// [`BrokerProcess::kill9`] can be started again on the same data with
+/// [`BrokerProcess::restart`].
 pub struct BrokerProcess {
     child: Option<Child>,
     addr: SocketAddr,
+    /// What `--listen` says: `127.0.0.1:0`, or a fixed address for a member
+    /// of a group, whose peers must find it there after a restart.
+    listen: String,
+    /// Arguments after `--listen ADDR --data-dir DIR` (`--node-id`, `--peers`).
+    extra_args: Vec<String>,
     data_dir: tempfile::TempDir,
-    /// What the broker wrote on stderr, shown when it fails.
+    /// What the broker wrote on stderr, over all its starts, shown when it
+    /// fails.
     stderr: Arc<Mutex<String>>,
     drains: Vec<JoinHandle<()>>,
 }
@@ -136,6 +145,9 @@ pub fn hutong_binary() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// How long a restart keeps trying while its fixed port is still taken.
+const PORT_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl BrokerProcess {
     /// Starts `hutong broker --listen 127.0.0.1:0 --data-dir <temp>` and
     /// waits for its `hutong listening on ADDR` line.
@@ -144,40 +156,121 @@ impl BrokerProcess {
     /// When the binary is missing, fails to start, or exits or stays silent
     /// before printing its address.
     pub fn start() -> Result<BrokerProcess> {
-        let bin = hutong_binary()?;
+        BrokerProcess::start_with("127.0.0.1:0", Vec::new())
+    }
+
+    /// Starts `hutong broker --listen LISTEN --data-dir <temp> EXTRA_ARGS...`
+    /// and waits for its `hutong listening on ADDR` line. A fixed `listen`
+    /// address that is still taken for a moment (a port reserved and just
+    /// released) is tried again for a while.
+    ///
+    /// # Errors
+    /// As [`BrokerProcess::start`].
+    pub fn start_with(listen: &str, extra_args: Vec<String>) -> Result<BrokerProcess> {
         let data_dir = tempfile::Builder::new()
             .prefix("hutong-bench-")
             .tempdir()
             .context("cannot create the broker's data directory")?;
+        let mut broker = BrokerProcess {
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listen: listen.to_string(),
+            extra_args,
+            data_dir,
+            stderr: Arc::new(Mutex::new(String::new())),
+            drains: Vec::new(),
+        };
+        broker.launch()?;
+        Ok(broker)
+    }
+
+    /// Starts the process again after [`BrokerProcess::kill9`]: same
+    /// binary, address, data directory and arguments.
+    ///
+    /// # Errors
+    /// As [`BrokerProcess::start`]; also when the broker is still running.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("the broker at {} is still running", self.addr);
+        }
+        self.append_log("--- hutong-bench: restarted ---\n");
+        self.launch()
+    }
+
+    /// Kills the broker with SIGKILL (no shutdown of any kind) and waits
+    /// for it; its data directory stays.
+    ///
+    /// # Errors
+    /// When the signal cannot be sent.
+    pub fn kill9(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        child.kill().context("cannot send SIGKILL to the broker")?;
+        let _ = child.wait();
+        for d in self.drains.drain(..) {
+            let _ = d.join();
+        }
+        self.append_log("--- hutong-bench: killed with SIGKILL ---\n");
+        Ok(())
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Spawns the process, retrying while a fixed port is taken.
+    fn launch(&mut self) -> Result<()> {
+        let deadline = Instant::now() + PORT_BUSY_TIMEOUT;
+        loop {
+            match self.spawn_once() {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if self.listen != "127.0.0.1:0"
+                        && Instant::now() < deadline
+                        && format!("{e:#}").contains("in use") =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn spawn_once(&mut self) -> Result<()> {
+        let bin = hutong_binary()?;
         let mut child = Command::new(&bin)
             .arg("broker")
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(&self.listen)
             .arg("--data-dir")
-            .arg(data_dir.path())
+            .arg(self.data_dir.path())
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut drains = Vec::new();
+        // This start's own stderr, so that a failed start reports its own
+        // reason (and a port in use is recognised) and not an earlier one.
+        let this_start = Arc::new(Mutex::new(String::new()));
         if let Some(mut pipe) = child.stderr.take() {
-            let sink = Arc::clone(&stderr);
-            drains.push(std::thread::spawn(move || {
+            let sinks = [Arc::clone(&self.stderr), Arc::clone(&this_start)];
+            self.drains.push(std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
                 while let Ok(n @ 1..) = pipe.read(&mut buf) {
                     let text = String::from_utf8_lossy(&buf[..n]);
-                    sink.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push_str(&text);
+                    for sink in &sinks {
+                        lock(sink).push_str(&text);
+                    }
                 }
             }));
         }
         let stdout = child.stdout.take().expect("stdout is piped");
         // Read the address on a thread so a silent broker cannot hang us.
         let (tx, rx) = std::sync::mpsc::channel();
-        drains.push(std::thread::spawn(move || {
+        self.drains.push(std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             let mut sent = false;
             for line in lines.by_ref() {
@@ -190,24 +283,27 @@ impl BrokerProcess {
                 }
             }
         }));
-        let mut broker = BrokerProcess {
-            child: Some(child),
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            data_dir,
-            stderr,
-            drains,
-        };
+        self.child = Some(child);
         let line = match rx.recv_timeout(START_TIMEOUT) {
             Ok(line) => line,
-            Err(_) => {
-                let log = broker.kill_and_log();
-                bail!("the broker did not print its address within {START_TIMEOUT:?}:\n{log}");
+            Err(e) => {
+                self.kill_and_reap();
+                let log = lock(&this_start).clone();
+                if e == std::sync::mpsc::RecvTimeoutError::Timeout {
+                    bail!("the broker did not print its address within {START_TIMEOUT:?}:\n{log}");
+                }
+                bail!("the broker exited before it printed its address:\n{log}");
             }
         };
-        broker.addr = line
+        self.addr = line
             .parse()
             .with_context(|| format!("broker printed an unreadable address {line:?}"))?;
-        Ok(broker)
+        Ok(())
+    }
+
+    /// The broker's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// The broker's data directory.
@@ -215,14 +311,16 @@ impl BrokerProcess {
         self.data_dir.path()
     }
 
-    fn log(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// Everything the broker wrote on stderr so far, over all its starts.
+    pub fn log(&self) -> String {
+        lock(&self.stderr).clone()
     }
 
-    fn kill_and_log(&mut self) -> String {
+    fn append_log(&self, line: &str) {
+        lock(&self.stderr).push_str(line);
+    }
+
+    fn kill_and_reap(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -230,7 +328,6 @@ impl BrokerProcess {
         for d in self.drains.drain(..) {
             let _ = d.join();
         }
-        self.log()
     }
 
     /// Sends SIGTERM and waits for a clean exit.
@@ -263,6 +360,10 @@ impl BrokerProcess {
         }
         Ok(())
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Drop for BrokerProcess {

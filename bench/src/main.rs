@@ -10,6 +10,10 @@
 //! - [`ping`]: Ping round trips, one in flight or pipelined.
 //! - [`conversation`]: the two-neighbours conversation of DESIGN.md §9 over
 //!   one loopback connection, without a broker.
+//! - [`cluster`]: a replication group of three brokers started here:
+//!   `produce` against its leader, then kill -9 of the leader under a
+//!   stream of batches (failover time, election time, nothing acknowledged
+//!   lost).
 //! - [`suite`]: the standard suite that `make bench` runs.
 //!
 //! Every broker scenario takes `--addr` to target a running broker (any
@@ -19,6 +23,7 @@
 //! in [`report`].
 
 mod broker;
+mod cluster;
 mod consume;
 mod conversation;
 mod ping;
@@ -71,6 +76,9 @@ enum Scenario {
     Hutong(conversation::HutongArgs),
     /// The standard suite (`make bench`): starts a broker unless --addr.
     Suite(suite::SuiteArgs),
+    /// A group of 3 brokers started here: produce against its leader, then
+    /// kill -9 of the leader under a stream (failover time).
+    Cluster(cluster::ClusterArgs),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +100,7 @@ fn run(cli: Cli) -> Result<bool> {
     let report = match &cli.scenario {
         Scenario::Hutong(args) => conversation::run(args, &ui)?,
         Scenario::Suite(args) => return suite::run(args, &cli.common, &ui),
+        Scenario::Cluster(args) => cluster::run(args, &cli.common, &ui)?,
         scenario => {
             let target = broker::Target::resolve(cli.common.addr)?;
             let addr = target.addr();
@@ -100,7 +109,9 @@ fn run(cli: Cli) -> Result<bool> {
                 Scenario::Consume(args) => consume::run_consume(addr, args, &ui)?,
                 Scenario::E2e(args) => consume::run_e2e(addr, args, &ui)?,
                 Scenario::Ping(args) => ping::run(addr, args, &ui)?,
-                Scenario::Hutong(_) | Scenario::Suite(_) => unreachable!("handled above"),
+                Scenario::Hutong(_) | Scenario::Suite(_) | Scenario::Cluster(_) => {
+                    unreachable!("handled above")
+                }
             };
             target.stop()?;
             report

@@ -252,6 +252,50 @@ fn suite_runs_every_scenario_against_its_own_broker() {
 }
 
 #[test]
+fn cluster_produces_to_the_leader_and_survives_a_leader_kill() {
+    let v = clean_run(
+        &["cluster", "--messages", "10000", "--failover-rounds", "1"],
+        10_000,
+    );
+    assert_eq!(v["scenario"], "cluster");
+    assert_eq!(v["brokers"], 3);
+    assert_eq!(v["qos"], "all");
+    assert_eq!(v["latency_samples"], 100, "one sample per batch: {v}");
+    let rounds = v["failover_rounds"].as_array().expect("failover rounds");
+    assert_eq!(rounds.len(), 1, "{v}");
+    let round = &rounds[0];
+    assert_ne!(round["killed_node"], round["new_leader_node"], "{v}");
+    assert!(
+        round["new_term"].as_u64() > round["old_term"].as_u64(),
+        "{v}"
+    );
+    for figure in ["failover_ms", "election_ms", "catch_up_ms"] {
+        assert!(round[figure].as_f64().unwrap() > 0.0, "{figure}: {v}");
+    }
+    assert_eq!(v["failover_ms_max"], round["failover_ms"], "{v}");
+    let stream = &v["failover_stream"];
+    assert_eq!(stream["problems"], 0, "{v}");
+    assert_eq!(stream["failed_batches"], 0, "{v}");
+    let acked = stream["acked_messages"].as_u64().unwrap();
+    assert!(acked > 0, "{v}");
+    assert!(stream["stored_messages"].as_u64().unwrap() >= acked, "{v}");
+}
+
+#[test]
+fn cluster_without_failover_measures_throughput_only() {
+    let v = clean_run(&["cluster", "--messages", "1000", "--no-failover"], 1000);
+    assert_eq!(v["failover"], false, "{v}");
+    assert!(v.get("failover_rounds").is_none(), "{v}");
+}
+
+#[test]
+fn cluster_refuses_a_running_broker() {
+    let run = bench(&["cluster", "--messages", "10", "--addr", "127.0.0.1:1"]);
+    assert!(!run.success);
+    assert!(run.stderr.contains("takes no --addr"), "{}", run.stderr);
+}
+
+#[test]
 fn an_unreachable_broker_is_a_failure() {
     let run = bench(&["produce", "--messages", "10", "--addr", "127.0.0.1:1"]);
     assert!(!run.success);
