@@ -43,6 +43,8 @@ const READS_IN_FLIGHT_MAX: usize = 4;
 const REACTOR_SPIN: Duration = Duration::from_micros(50);
 /// How often connections are checked for the partial-frame and idle timeouts.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+/// How long a grown read buffer is kept after its last large frame.
+const LARGE_BUFFER_KEEP: Duration = Duration::from_secs(1);
 /// How long shutdown waits for clients to take their last responses.
 const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(5);
 
@@ -65,6 +67,11 @@ struct Conn {
     last_read: Instant,
     /// When bytes last arrived or left.
     last_activity: Instant,
+    /// When the read buffer last held more than `READ_BUFFER_BYTES`: it is
+    /// given back only after `LARGE_BUFFER_KEEP` without such a frame, so a
+    /// connection that keeps sending large frames (a peer's appends, a bulk
+    /// producer) does not allocate, zero and fault in a new buffer for each.
+    large_at: Instant,
 }
 
 impl Conn {
@@ -293,6 +300,7 @@ impl Reactor {
                         peer_closed: false,
                         last_read: self.now,
                         last_activity: self.now,
+                        large_at: self.now,
                     });
                     // Data may already be waiting (edge-triggered).
                     self.read(key);
@@ -332,7 +340,7 @@ impl Reactor {
             if conn.peer_closed {
                 break;
             }
-            make_room(conn, self.config.frame_bytes_max);
+            make_room(conn, self.config.frame_bytes_max, self.now);
             match conn.stream.read(&mut conn.rbuf[conn.rend..]) {
                 Ok(0) => {
                     conn.peer_closed = true;
@@ -468,6 +476,18 @@ impl Reactor {
         let partial = Duration::from_millis(self.config.partial_frame_timeout_ms);
         let idle = Duration::from_millis(self.config.idle_connection_timeout_ms);
         let now = self.now;
+        for (_, c) in self.conns.iter_mut() {
+            let grown = c.rbuf.len() > READ_BUFFER_BYTES;
+            if grown
+                && c.rstart == c.rend
+                && now.saturating_duration_since(c.large_at) >= LARGE_BUFFER_KEEP
+            {
+                c.rstart = 0;
+                c.rend = 0;
+                c.rbuf.truncate(READ_BUFFER_BYTES);
+                c.rbuf.shrink_to_fit();
+            }
+        }
         let stalled: Vec<(usize, &'static str)> = self
             .conns
             .iter()
@@ -510,14 +530,13 @@ impl Reactor {
 
 /// Moves a partial frame to the front of the read buffer and grows the
 /// buffer when the frame being read is larger than it.
-fn make_room(conn: &mut Conn, frame_bytes_max: usize) {
+fn make_room(conn: &mut Conn, frame_bytes_max: usize, now: Instant) {
     if conn.rstart == conn.rend {
         conn.rstart = 0;
         conn.rend = 0;
-        if conn.rbuf.len() > READ_BUFFER_BYTES {
-            conn.rbuf.truncate(READ_BUFFER_BYTES);
-            conn.rbuf.shrink_to_fit();
-        }
+    }
+    if conn.rend > READ_BUFFER_BYTES {
+        conn.large_at = now;
     }
     if conn.rend < conn.rbuf.len() {
         return;
@@ -532,6 +551,7 @@ fn make_room(conn: &mut Conn, frame_bytes_max: usize) {
         // checked against frame_bytes_max before we get here.
         let want = (conn.rbuf.len() * 2).min(frame_bytes_max.max(READ_BUFFER_BYTES));
         conn.rbuf.resize(want.max(conn.rbuf.len() + 1), 0);
+        conn.large_at = now;
     }
 }
 

@@ -70,7 +70,7 @@ const LINK_QUEUE_BYTES_MAX: usize = 32 << 20;
 /// at once, forever).
 const RECONNECT_DELAY: Duration = Duration::from_millis(100);
 /// The longest wait between connection attempts.
-const RECONNECT_DELAY_MAX: Duration = Duration::from_millis(1_000);
+const RECONNECT_DELAY_MAX: Duration = Duration::from_millis(500);
 /// A connection that lasted this long was a good one: the delay resets.
 const LINK_STABLE: Duration = Duration::from_secs(2);
 /// Messages taken from the outbox per round.
@@ -110,6 +110,13 @@ pub struct Courier {
     links: Vec<Link>,
     segments: Vec<SegmentFile>,
     poll: Poll,
+    /// The journal bytes read for the last append, and their range with
+    /// the term of its last entry: the same range usually goes to every
+    /// follower, so it is read once. By log matching, an end position and
+    /// the term of the entry ending there name the same bytes before it,
+    /// even across a truncation.
+    scratch: Vec<u8>,
+    scratch_range: Option<(u64, u64, u64)>,
 }
 
 impl Courier {
@@ -148,10 +155,14 @@ impl Courier {
             links,
             segments,
             poll,
+            scratch: Vec::new(),
+            scratch_range: None,
         })
     }
 
     fn event(&mut self, e: SegmentEvent) {
+        // After a cut the same positions may hold other bytes.
+        self.scratch_range = None;
         match e {
             SegmentEvent::Segment(f) => self.segments.push(f),
             SegmentEvent::Reset(files) => self.segments = files,
@@ -212,7 +223,10 @@ impl Courier {
                     link.id,
                     link.addr,
                     if link.failures > 0 {
-                        format!(" ({} short-lived connections in a row)", link.failures + 1)
+                        format!(
+                            " ({} failed or short-lived connections in a row)",
+                            link.failures + 1
+                        )
                     } else {
                         String::new()
                     }
@@ -251,14 +265,28 @@ impl Courier {
             prev_pos, entries, ..
         } = &m.kind
         {
-            let end = entries.last().map_or(*prev_pos, |e| e.end);
-            if let Err(e) = read_journal(&self.segments, *prev_pos, end, &mut link.queue) {
-                crate::log!(
-                    "cannot read journal bytes [{prev_pos}, {end}) for node {}: {e}",
-                    m.to
-                );
-                link.queue.truncate(start);
+            let last = entries.last();
+            let range = (
+                *prev_pos,
+                last.map_or(*prev_pos, |e| e.end),
+                last.map_or(0, |e| e.term),
+            );
+            if self.scratch_range != Some(range) {
+                self.scratch_range = None;
+                if let Err(e) = read_journal(&self.segments, range.0, range.1, &mut self.scratch) {
+                    crate::log!(
+                        "cannot read journal bytes [{}, {}) for node {}: {e}",
+                        range.0,
+                        range.1,
+                        m.to
+                    );
+                    link.queue.truncate(start);
+                    return;
+                }
+                self.scratch_range = Some(range);
             }
+            link.queue
+                .extend_from_slice(&self.scratch[..(range.1 - range.0) as usize]);
         }
     }
 
@@ -356,14 +384,19 @@ fn report_link_change(shared: &Shared, slot: usize) {
     shared.wake(Stage::Writer);
 }
 
-/// Appends the journal bytes `[from, to)` to `out`, reading across segment
-/// files as needed.
+/// Reads the journal bytes `[from, to)` into the start of `out`, across
+/// segment files as needed. `out` only grows, so a buffer in steady use is
+/// never zeroed again.
 fn read_journal(
     segments: &[SegmentFile],
     from: u64,
     to: u64,
     out: &mut Vec<u8>,
 ) -> std::io::Result<()> {
+    let want = (to - from) as usize;
+    if out.len() < want {
+        out.resize(want, 0);
+    }
     let mut pos = from;
     while pos < to {
         let i = segments.partition_point(|(start, _)| *start <= pos);
@@ -375,9 +408,8 @@ fn read_journal(
         };
         let seg_end = segments.get(i).map_or(to, |(next, _)| *next);
         let chunk = (to.min(seg_end) - pos) as usize;
-        let at = out.len();
-        out.resize(at + chunk, 0);
-        file.read_exact_at(&mut out[at..], pos - start)?;
+        let at = (pos - from) as usize;
+        file.read_exact_at(&mut out[at..at + chunk], pos - start)?;
         pos += chunk as u64;
     }
     Ok(())
