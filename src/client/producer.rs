@@ -1695,10 +1695,22 @@ mod tests {
                     }
                 }
                 _ => {
-                    // The unanswered four come again first, byte for byte.
-                    for body in &first[2..] {
+                    // The unanswered four come again first, byte for byte,
+                    // in order. The two answers may be lost too: closing a
+                    // socket with unread requests resets it, and a reset can
+                    // discard answers the client had not read yet; those
+                    // two are then resent as well (and stored once).
+                    let (req, _) = read_produce(&mut c);
+                    let from = first
+                        .iter()
+                        .position(|b| *b == req.body)
+                        .expect("a resend repeats a request of the first connection");
+                    assert!(from <= 2, "every unanswered request is resent");
+                    let offset = log.store(&req.body);
+                    ack(&mut c, &req, offset);
+                    for body in &first[from + 1..] {
                         let (req, _) = read_produce(&mut c);
-                        assert_eq!(&req.body, body, "a resend repeats the request");
+                        assert_eq!(&req.body, body, "a resend repeats the request, in order");
                         let offset = log.store(&req.body);
                         ack(&mut c, &req, offset);
                     }
