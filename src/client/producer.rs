@@ -1130,15 +1130,15 @@ fn retry_loop(tracker: &Arc<Tracker>, addrs: &[SocketAddr], config: &ConnectionC
 /// meanwhile. False when the producer is closing.
 fn back_off(tracker: &Tracker) -> bool {
     let mut s = lock(&tracker.state);
-    // After a leader change the pause stays short: straight to a named
-    // leader, or a few tries a round while the group elects one.
-    let failures = if lock(&tracker.leader_hint).is_some() {
+    // After a leader change the pause stays at its shortest: straight to a
+    // named leader, or asking again while the group elects one (a new
+    // leader is named within an election timeout, 250-500 ms by default).
+    let leader_changing = lock(&tracker.leader_hint).is_some()
+        || tracker
+            .electing
+            .swap(false, std::sync::atomic::Ordering::Relaxed);
+    let failures = if leader_changing {
         1
-    } else if tracker
-        .electing
-        .swap(false, std::sync::atomic::Ordering::Relaxed)
-    {
-        s.failures.clamp(1, 3)
     } else {
         s.failures.max(1)
     };
