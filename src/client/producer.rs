@@ -32,7 +32,9 @@
 //! What is retried, and for how long, is [`RetryConfig`]:
 //! - a request fails with its last error once it has been tried
 //!   `attempts_max` times (a send counts, and so does a failed reconnection
-//!   while it waits) or `deadline_ms` after it was first sent;
+//!   while it waits; a resend after a `NotLeader` answer does not, since
+//!   the batch was not stored and only the leader moved) or `deadline_ms`
+//!   after it was first sent;
 //! - errors that are not retriable (`UnknownTopic`, `InvalidBatch`,
 //!   `RecordTooLarge`, `StaleSequence`, ...) fail the receipt at once;
 //! - `CorruptBatch` is retried once;
@@ -276,6 +278,9 @@ struct TrackerState {
     max_frame_bytes: usize,
     /// The producer is being dropped: nothing is retried any more.
     closing: bool,
+    /// The connection was given up over a `NotLeader` answer: the next
+    /// resend follows the leader and is not counted as a try.
+    leader_changed: bool,
 }
 
 impl TrackerState {
@@ -547,6 +552,7 @@ impl Tracker {
                         && e.is_retriable()
                         && !(corrupt && p.corrupt_retried);
                     if retry {
+                        s.leader_changed |= not_stored;
                         let p = &mut s.pending[i];
                         p.corrupt_retried |= corrupt;
                         p.epoch = None;
@@ -1212,10 +1218,13 @@ fn reconnect_failed(tracker: &Tracker, e: ClientError) {
 /// the connection is published only when nothing is left to send, while
 /// its writing side is still locked, so nothing overtakes a resend.
 fn resume(tracker: &Arc<Tracker>, conn: Connection, resend: &mut Vec<(u64, Arc<Vec<u8>>)>) {
-    let epoch = {
+    let (epoch, counts) = {
         let mut s = lock(&tracker.state);
         s.epoch += 1;
-        s.epoch
+        // A resend after `NotLeader` goes to where the leader now is; it is
+        // not a try of an uncertain outcome, so it does not count toward
+        // `attempts_max` (the deadline still bounds it).
+        (s.epoch, !std::mem::take(&mut s.leader_changed))
     };
     let link = new_link(tracker, conn, epoch);
     let Ok(mut pipe) = link.conn.pipeline() else {
@@ -1251,7 +1260,9 @@ fn resume(tracker: &Arc<Tracker>, conn: Connection, resend: &mut Vec<(u64, Arc<V
             let p = &mut s.pending[i];
             p.epoch = Some(epoch);
             p.ever_sent = true;
-            p.attempts += 1;
+            if counts {
+                p.attempts += 1;
+            }
             resend.push((p.tag, Arc::clone(&p.body)));
             i += 1;
         }
@@ -1829,6 +1840,36 @@ mod tests {
         assert_eq!(r.wait().unwrap_err().code(), Some(ErrorCode::Busy));
         broker.join();
         drop(p);
+    }
+
+    #[test]
+    fn not_leader_answers_do_not_use_up_the_tries_and_the_named_leader_is_asked_next() {
+        // Five followers in a row answer NotLeader while "the group elects"
+        // (more than the 3 tries allowed); the sixth connection names the
+        // leader; the request is stored there, once.
+        let leader = fake::spawn_seq(1, |_, mut c| {
+            let (req, _) = read_produce(&mut c);
+            ack(&mut c, &req, 0);
+            ack_all(c);
+        });
+        let leader_addr = leader.addr.to_string();
+        let followers = fake::spawn_seq(6, move |index, mut c| {
+            let (req, _) = read_produce(&mut c);
+            let mut body = Vec::new();
+            NotLeaderBody {
+                message: "not the leader",
+                leader_id: if index == 5 { 7 } else { 0 },
+                leader_addr: if index == 5 { &leader_addr } else { "" },
+            }
+            .encode(&mut body);
+            c.reply(&req, ErrorCode::NotLeader.as_u16(), &body);
+        });
+        let p = Producer::connect(followers.addr, quick_retry(3)).unwrap();
+        let r = p.send_records("t", 0, &[(b"", b"x")]).unwrap();
+        assert_eq!(r.wait().unwrap().base_offset, 0);
+        drop(p);
+        followers.join();
+        leader.join();
     }
 
     #[test]
