@@ -80,29 +80,11 @@ const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// # Errors
 /// When `addr` cannot be asked, or no leader emerges in time.
 pub fn leader_of(addr: SocketAddr) -> Result<SocketAddr> {
-    use hutong::wire::api::ClusterRole;
-    let deadline = Instant::now() + LEADER_TIMEOUT;
-    loop {
-        let admin = hutong::client::Admin::connect(addr)
-            .with_context(|| format!("cannot connect to {addr}"))?;
-        let status = admin
-            .cluster_status()
-            .with_context(|| format!("cannot ask {addr} for its cluster status"))?;
-        if matches!(status.role, ClusterRole::Standalone | ClusterRole::Leader) {
-            return Ok(addr);
-        }
-        if let Some(node) = status.nodes.iter().find(|n| n.id == status.leader_id) {
-            let leader = node
-                .addr
-                .parse()
-                .with_context(|| format!("leader address {} is not IP:PORT", node.addr))?;
-            return Ok(leader);
-        }
-        if Instant::now() > deadline {
-            bail!("the group of {addr} has no leader after {LEADER_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let leader = hutong::client::cluster::leader_addr(&addr.to_string(), LEADER_TIMEOUT)
+        .with_context(|| format!("cannot find the leader of {addr}'s group"))?;
+    leader
+        .parse()
+        .with_context(|| format!("leader address {leader} is not IP:PORT"))
 }
 
 /// A `hutong broker` child process with its data in a temporary directory.

@@ -24,8 +24,7 @@ use crate::Common;
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use hutong::client::{
-    Admin, ClientError, Connection, ConnectionConfig, Consumer, Producer, ProducerConfig, Receipt,
-    RetryConfig, StartFrom,
+    Admin, ClientError, Consumer, Producer, ProducerConfig, Receipt, RetryConfig, StartFrom,
 };
 use hutong::wire::api::{ClusterRole, ClusterStatusResponse};
 use hutong::wire::codec::{le_u64, set_u64};
@@ -282,12 +281,7 @@ impl Group {
 
 /// Asks the broker at `addr` for its ClusterStatus on a new connection.
 fn status_of(addr: SocketAddr) -> Result<ClusterStatusResponse, ClientError> {
-    let conn = Connection::connect_timeout_with(
-        &addr,
-        STATUS_CONNECT_TIMEOUT,
-        &ConnectionConfig::default(),
-    )?;
-    Admin::from_connection(conn).cluster_status()
+    hutong::client::cluster::status_of(&addr.to_string(), STATUS_CONNECT_TIMEOUT)
 }
 
 // ---------------------------------------------------------------------------

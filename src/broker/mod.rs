@@ -146,31 +146,27 @@ impl Broker {
         let shared = Arc::new(Shared::new(journal.end(), waker, cluster));
         // A group member runs the consensus node on the writer thread and
         // carries its messages on the replicator thread.
-        let (outbox_tx, outbox_rx) = HeapRb::new(replica::OUTBOX_MESSAGES).split();
         let (segments_tx, segments_rx) = std::sync::mpsc::channel();
-        let replica = if config.is_clustered() {
+        let (replica, carrier) = if config.is_clustered() {
+            let (outbox_tx, outbox_rx) = HeapRb::new(replica::OUTBOX_MESSAGES).split();
             let entries = journal.take_entries();
             // Until a leader says what is committed, nothing is: consumers
             // of a restarted member wait for the group.
             shared.positions.committed.set(0);
             shared.positions.replicated.set(0);
-            Some(replica::Replica::new(
+            let replica = replica::Replica::new(
                 &config,
                 entries,
                 crate::journal::control::NOOP_BATCH_BYTES as u64,
                 outbox_tx,
                 segments_tx,
-            )?)
-        } else {
-            None
-        };
-        let courier = if config.is_clustered() {
-            Some(
+            )?;
+            let courier =
                 replicator::Courier::new(&config, journal.segment_files().to_vec(), &shared)
-                    .map_err(|e| io("creating the replicator's poll", e))?,
-            )
+                    .map_err(|e| io("creating the replicator's poll", e))?;
+            (Some(replica), Some((courier, outbox_rx)))
         } else {
-            None
+            (None, None)
         };
 
         let (to_writer, writer_requests) = ring::message_ring(config.request_ring_bytes);
@@ -265,8 +261,8 @@ impl Broker {
             Box::new(move || flusher::run(s, flusher, flusher_events_rx)),
         )?;
         let s = shared.clone();
-        match courier {
-            Some(courier) => spawn(
+        match carrier {
+            Some((courier, outbox_rx)) => spawn(
                 "replicator",
                 Box::new(move || replicator::run_cluster(s, courier, outbox_rx, segments_rx)),
             )?,

@@ -169,7 +169,7 @@ impl Replica {
         }
         let f = shared.positions.flushed.get();
         if f != self.reported_flushed {
-            if let Some(term) = term_at(self.node.log(), f) {
+            if let Some(term) = self.node.term_at(f) {
                 self.node.report_flushed(f, term);
                 self.reported_flushed = f;
             }
@@ -193,7 +193,7 @@ impl Replica {
         if w == self.reported_written {
             return;
         }
-        if let Some(term) = term_at(self.node.log(), w) {
+        if let Some(term) = self.node.term_at(w) {
             self.node.report_written(w, term);
             self.reported_written = w;
         }
@@ -261,13 +261,7 @@ impl Replica {
         }
         if let Some(ss) = rd.soft_state {
             let view = &shared.cluster;
-            let code = match ss.role {
-                Role::Follower => ClusterRole::Follower,
-                Role::PreCandidate => ClusterRole::PreCandidate,
-                Role::Candidate => ClusterRole::Candidate,
-                Role::Leader => ClusterRole::Leader,
-            }
-            .as_u8();
+            let code = ClusterRole::from(ss.role).as_u8();
             view.term
                 .store(ss.term, std::sync::atomic::Ordering::Release);
             view.leader
@@ -285,23 +279,13 @@ impl Replica {
     }
 }
 
-/// The term of the entry ending exactly at `pos` (0 at position 0), or
-/// `None` when `pos` is not an entry boundary of `log`.
-pub fn term_at(log: &[Entry], pos: u64) -> Option<u64> {
-    if pos == 0 {
-        return Some(0);
-    }
-    let i = log.partition_point(|e| e.end < pos);
-    log.get(i).filter(|e| e.end == pos).map(|e| e.term)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn term_at_finds_boundaries_only() {
-        let log = [
+        let log = vec![
             Entry {
                 start: 0,
                 end: 10,
@@ -313,10 +297,20 @@ mod tests {
                 term: 2,
             },
         ];
-        assert_eq!(term_at(&log, 0), Some(0));
-        assert_eq!(term_at(&log, 10), Some(1));
-        assert_eq!(term_at(&log, 25), Some(2));
-        assert_eq!(term_at(&log, 11), None);
-        assert_eq!(term_at(&log, 30), None);
+        let node = Node::new(
+            consensus::Config::new(1, vec![1, 2, 3]),
+            HardState {
+                term: 2,
+                voted_for: None,
+            },
+            log,
+        )
+        .unwrap();
+        // The replica reports W and F with these terms.
+        assert_eq!(node.term_at(0), Some(0));
+        assert_eq!(node.term_at(10), Some(1));
+        assert_eq!(node.term_at(25), Some(2));
+        assert_eq!(node.term_at(11), None);
+        assert_eq!(node.term_at(30), None);
     }
 }

@@ -97,6 +97,7 @@ struct Link {
     queue: Vec<u8>,
     sent: usize,
     retry_at: Instant,
+    /// Messages dropped because its queue was full.
     dropped: u64,
     /// Connections in a row that failed or did not last.
     failures: u32,
@@ -169,8 +170,9 @@ impl Courier {
         }
     }
 
-    /// Opens connections to peers that have none and are due a try.
-    fn connect_due(&mut self, shared: &Shared, now: Instant) {
+    /// Opens connections to peers that have none and are due a try (the
+    /// consensus node hears of a link once it is connected, in `flush`).
+    fn connect_due(&mut self, now: Instant) {
         for i in 0..self.links.len() {
             let link = &mut self.links[i];
             if link.stream.is_some() || now < link.retry_at {
@@ -201,7 +203,6 @@ impl Courier {
             link.connected = false;
             link.queue.clear();
             link.sent = 0;
-            let _ = shared; // the change is reported once connected
         }
     }
 
@@ -251,8 +252,20 @@ impl Courier {
         let Some(link) = self.links.iter_mut().find(|l| l.id == m.to) else {
             return;
         };
-        if link.stream.is_none() || link.queue.len() - link.sent > LINK_QUEUE_BYTES_MAX {
+        if link.stream.is_none() {
+            return;
+        }
+        if link.queue.len() - link.sent > LINK_QUEUE_BYTES_MAX {
+            // The peer stopped reading (frozen, or its host overloaded):
+            // say so now and then, not for every message.
             link.dropped += 1;
+            if link.dropped.is_power_of_two() {
+                crate::log!(
+                    "node {} is not reading: {} messages to it dropped so far",
+                    link.id,
+                    link.dropped
+                );
+            }
             return;
         }
         if link.sent > 0 && link.sent == link.queue.len() {
@@ -429,7 +442,7 @@ pub fn run_cluster(
         while let Ok(e) = events.try_recv() {
             courier.event(e);
         }
-        courier.connect_due(&shared, now);
+        courier.connect_due(now);
         let mut taken = 0;
         while taken < MESSAGES_PER_ROUND_MAX {
             let Some(m) = outbox.try_pop() else { break };

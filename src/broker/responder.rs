@@ -224,11 +224,14 @@ impl Responder {
         }
     }
 
-    /// Sets the leader named in `NotLeader` answers.
+    /// Sets the leader named in `NotLeader` answers (0: none known).
     pub fn set_leader(&mut self, id: u64, addr: &str) {
-        if self.leader.0 != id || self.leader.1 != addr {
-            self.leader = (id, addr.to_string());
-        }
+        self.leader = (id, addr.to_string());
+    }
+
+    /// The leader named in `NotLeader` answers.
+    pub fn leader_id(&self) -> u64 {
+        self.leader.0
     }
 
     /// Answers every entry whose position is reached, then (at most every
@@ -344,10 +347,9 @@ pub fn run(
             replicated: p.replicated.get(),
             committed: p.committed.get(),
         };
-        if let Some((id, addr)) = shared.cluster.leader() {
-            r.set_leader(id, addr);
-        } else {
-            r.set_leader(0, "");
+        let leader = shared.cluster.leader_id();
+        if leader != r.leader_id() {
+            r.set_leader(leader, shared.cluster.addr_of(leader));
         }
         let mut pulled = 0;
         while r.has_room() {

@@ -126,13 +126,17 @@ impl ClusterView {
         !self.peers.is_empty()
     }
 
-    /// The known leader's id and address (from this node's peer list).
-    pub fn leader(&self) -> Option<(u64, &str)> {
-        let id = self.leader.load(Ordering::Acquire);
+    /// The known leader's id, 0 when none is known.
+    pub fn leader_id(&self) -> u64 {
+        self.leader.load(Ordering::Acquire)
+    }
+
+    /// The address of member `id` in this node's peer list ("" for none).
+    pub fn addr_of(&self, id: u64) -> &str {
         self.peers
             .iter()
             .find(|(p, _)| *p == id && id != 0)
-            .map(|(p, a)| (*p, a.as_str()))
+            .map_or("", |(_, a)| a.as_str())
     }
 }
 

@@ -344,10 +344,9 @@ impl Writer {
     /// Runs the consensus clock and applies whatever the node has to say.
     /// Returns how long the thread may sleep before the next tick.
     pub fn pulse(&mut self, now: Instant) -> Option<Duration> {
-        let shared = self.shared.clone();
         let r = self.replica.as_mut()?;
         r.report_written(self.journal.written());
-        let wait = r.pulse(&shared, now);
+        let wait = r.pulse(&self.shared, now);
         self.apply_ready(0, &[]);
         Some(wait)
     }
@@ -357,7 +356,6 @@ impl Writer {
     /// positions. `payload` holds the journal bytes from position `from`
     /// of the append just stepped (empty otherwise).
     fn apply_ready(&mut self, from: u64, payload: &[u8]) {
-        let shared = self.shared.clone();
         // After a fatal error a `Ready` was left unapplied (and unadvanced):
         // the node must not be asked again; the thread is stopping.
         if self.fatal.is_some() {
@@ -396,18 +394,18 @@ impl Writer {
             // before any message leaves.
             if self.journal.written() < self.journal.end() {
                 match self.write_out() {
-                    Ok(w) => shared.positions.written.publish(w),
+                    Ok(w) => self.shared.positions.written.publish(w),
                     Err(e) => {
                         self.fatal
                             .get_or_insert(format!("journal write failed: {e}"));
                         return;
                     }
                 }
-                shared.wake(Stage::Flusher);
+                self.shared.wake(Stage::Flusher);
             }
             let r = self.replica.as_mut().expect("checked above");
             r.report_written(self.journal.written());
-            r.publish(rd, &shared);
+            r.publish(rd, &self.shared);
         }
     }
 

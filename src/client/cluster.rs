@@ -36,7 +36,12 @@ pub struct GroupStatus {
     pub members: Vec<MemberStatus>,
 }
 
-fn status_of(addr: &str, timeout: Duration) -> Result<ClusterStatusResponse, ClientError> {
+/// Asks the broker at `addr` for its own ClusterStatus, on a new
+/// connection opened within `timeout`.
+///
+/// # Errors
+/// Connection, handshake and decode errors.
+pub fn status_of(addr: &str, timeout: Duration) -> Result<ClusterStatusResponse, ClientError> {
     let sock: SocketAddr = addr
         .to_socket_addrs()?
         .next()

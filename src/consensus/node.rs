@@ -533,6 +533,12 @@ impl Node {
         self.log.entries()
     }
 
+    /// The term of the entry ending exactly at `pos` (0 at position 0), or
+    /// `None` when `pos` is not an entry boundary of the log.
+    pub fn term_at(&self, pos: u64) -> Option<u64> {
+        self.log.term_at(pos)
+    }
+
     /// End of the log.
     pub fn last_pos(&self) -> u64 {
         self.log.last_pos()

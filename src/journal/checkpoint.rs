@@ -16,9 +16,9 @@
 //! All integers are little-endian; names are UTF-8.
 
 use super::catalog::PARTITIONS_MAX;
-use super::dir::write_atomically;
+use super::dir::{begin_state, open_state, seal_state, write_atomically, STATE_HEADER_LEN};
 use super::error::JournalError;
-use crate::wire::codec::{le_u32, DecodeError, Put, Reader};
+use crate::wire::codec::{DecodeError, Put, Reader};
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -32,7 +32,7 @@ pub const CHECKPOINT_MAGIC: [u8; 4] = *b"HTCP";
 /// The only checkpoint format version so far.
 pub const CHECKPOINT_VERSION: u16 = 1;
 /// Bytes before the checksummed body: magic, version, crc.
-const HEADER_LEN: usize = 10;
+const HEADER_LEN: usize = STATE_HEADER_LEN;
 /// Longest topic name the format can hold (its length is a `u16`).
 pub const TOPIC_NAME_BYTES_MAX: usize = u16::MAX as usize;
 
@@ -69,9 +69,7 @@ pub fn encode(cp: &Checkpoint) -> Vec<u8> {
     let mut out = Vec::with_capacity(
         HEADER_LEN + 16 + cp.topics.iter().map(|t| 10 + t.name.len()).sum::<usize>(),
     );
-    out.extend_from_slice(&CHECKPOINT_MAGIC);
-    out.put_u16(CHECKPOINT_VERSION);
-    out.put_u32(0); // crc, filled in below once the body is there
+    begin_state(&mut out, CHECKPOINT_MAGIC, CHECKPOINT_VERSION);
     out.put_u64(cp.position);
     out.put_u32(cp.next_topic_id);
     out.put_u32(cp.topics.len() as u32);
@@ -85,8 +83,7 @@ pub fn encode(cp: &Checkpoint) -> Vec<u8> {
         out.put_u32(t.partitions);
         out.put_str(&t.name);
     }
-    let crc = crc32c::crc32c(&out[HEADER_LEN..]);
-    out[6..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+    seal_state(&mut out);
     out
 }
 
@@ -99,28 +96,7 @@ pub fn encode(cp: &Checkpoint) -> Vec<u8> {
 /// [`PARTITIONS_MAX`] partitions in all, or two topics share an id.
 pub fn decode(bytes: &[u8]) -> Result<Checkpoint, JournalError> {
     let corrupt = |why: String| JournalError::Corrupt(format!("checkpoint: {why}"));
-    if bytes.len() < HEADER_LEN {
-        return Err(corrupt(format!(
-            "{} bytes, shorter than its {HEADER_LEN}-byte header",
-            bytes.len()
-        )));
-    }
-    if bytes[..4] != CHECKPOINT_MAGIC {
-        return Err(corrupt(format!("bad magic {:02x?}", &bytes[..4])));
-    }
-    // In bounds: the length was checked against HEADER_LEN above.
-    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-    let crc = le_u32(bytes, 6);
-    if version != CHECKPOINT_VERSION {
-        return Err(corrupt(format!("unsupported version {version}")));
-    }
-    let body = &bytes[HEADER_LEN..];
-    let actual = crc32c::crc32c(body);
-    if actual != crc {
-        return Err(corrupt(format!(
-            "checksum {actual:#010x} does not match stored {crc:#010x}"
-        )));
-    }
+    let body = open_state(bytes, CHECKPOINT_MAGIC, CHECKPOINT_VERSION).map_err(corrupt)?;
     decode_body(body).map_err(|e| corrupt(e.to_string()))
 }
 

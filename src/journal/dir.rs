@@ -51,6 +51,55 @@ pub fn write_atomically(
     sync_dir(dir)
 }
 
+/// Bytes before the checksummed body of a small state file (checkpoint,
+/// hard state): a 4-byte magic, a `u16` format version and the CRC32C of
+/// the body.
+pub const STATE_HEADER_LEN: usize = 10;
+
+/// Starts a state file in `out`: its header, with the checksum left for
+/// [`seal_state`] once the body follows.
+pub fn begin_state(out: &mut Vec<u8>, magic: [u8; 4], version: u16) {
+    out.extend_from_slice(&magic);
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+}
+
+/// Fills in the checksum of a state file begun by [`begin_state`].
+pub fn seal_state(out: &mut [u8]) {
+    let crc = crc32c::crc32c(&out[STATE_HEADER_LEN..]);
+    out[6..STATE_HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Checks a state file's header (length, magic, version, checksum) and
+/// returns its body. Any bytes give a body or an error, never a panic.
+///
+/// # Errors
+/// What is wrong, in words, for the caller's `Corrupt` error.
+pub fn open_state(bytes: &[u8], magic: [u8; 4], version: u16) -> Result<&[u8], String> {
+    if bytes.len() < STATE_HEADER_LEN {
+        return Err(format!(
+            "{} bytes, shorter than its {STATE_HEADER_LEN}-byte header",
+            bytes.len()
+        ));
+    }
+    if bytes[..4] != magic {
+        return Err(format!("bad magic {:02x?}", &bytes[..4]));
+    }
+    let found = u16::from_le_bytes([bytes[4], bytes[5]]);
+    if found != version {
+        return Err(format!("unsupported version {found}"));
+    }
+    let crc = crate::wire::codec::le_u32(bytes, 6);
+    let body = &bytes[STATE_HEADER_LEN..];
+    let actual = crc32c::crc32c(body);
+    if actual != crc {
+        return Err(format!(
+            "checksum {actual:#010x} does not match stored {crc:#010x}"
+        ));
+    }
+    Ok(body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

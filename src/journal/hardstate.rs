@@ -16,9 +16,9 @@
 //! ```
 //! All integers are little-endian; the file is exactly 27 bytes.
 
-use super::dir::write_atomically;
+use super::dir::{begin_state, open_state, seal_state, write_atomically, STATE_HEADER_LEN};
 use super::error::JournalError;
-use crate::wire::codec::{le_u32, Put, Reader};
+use crate::wire::codec::{Put, Reader};
 use std::path::Path;
 
 /// Name of the hard state file in the data directory.
@@ -30,21 +30,18 @@ pub const HARD_STATE_MAGIC: [u8; 4] = *b"HTHS";
 /// The only hard state format version so far.
 pub const HARD_STATE_VERSION: u16 = 1;
 /// Bytes before the checksummed body: magic, version, crc.
-const HEADER_LEN: usize = 10;
+const HEADER_LEN: usize = STATE_HEADER_LEN;
 /// Bytes of the whole file.
 const FILE_LEN: usize = HEADER_LEN + 8 + 1 + 8;
 
 /// Encodes a term and vote in the format of the [module docs](self).
 pub fn encode(term: u64, voted_for: Option<u64>) -> Vec<u8> {
     let mut out = Vec::with_capacity(FILE_LEN);
-    out.extend_from_slice(&HARD_STATE_MAGIC);
-    out.put_u16(HARD_STATE_VERSION);
-    out.put_u32(0); // crc, filled in below once the body is there
+    begin_state(&mut out, HARD_STATE_MAGIC, HARD_STATE_VERSION);
     out.put_u64(term);
     out.put_u8(u8::from(voted_for.is_some()));
     out.put_u64(voted_for.unwrap_or(0));
-    let crc = crc32c::crc32c(&out[HEADER_LEN..]);
-    out[6..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+    seal_state(&mut out);
     debug_assert_eq!(out.len(), FILE_LEN);
     out
 }
@@ -63,21 +60,8 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Option<u64>), JournalError> {
             bytes.len()
         )));
     }
-    if bytes[..4] != HARD_STATE_MAGIC {
-        return Err(corrupt(format!("bad magic {:02x?}", &bytes[..4])));
-    }
-    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-    if version != HARD_STATE_VERSION {
-        return Err(corrupt(format!("unsupported version {version}")));
-    }
-    let crc = le_u32(bytes, 6);
-    let actual = crc32c::crc32c(&bytes[HEADER_LEN..]);
-    if actual != crc {
-        return Err(corrupt(format!(
-            "checksum {actual:#010x} does not match stored {crc:#010x}"
-        )));
-    }
-    let mut r = Reader::new(&bytes[HEADER_LEN..]);
+    let body = open_state(bytes, HARD_STATE_MAGIC, HARD_STATE_VERSION).map_err(corrupt)?;
+    let mut r = Reader::new(body);
     let fields = (|| {
         let term = r.u64("term")?;
         let has_vote = r.u8("has_vote")?;
