@@ -68,25 +68,14 @@ impl Pending {
     }
 }
 
-/// The `conn` of a truncation marker: not a request but the writer saying
-/// that the journal was cut at `end`.
-const TRUNCATION_MARKER: u64 = u64::MAX;
-
-impl Pending {
-    /// A marker telling the responder the journal was cut at `at`: every
+/// What the writer hands the responder through the pending ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToResponder {
+    /// A request waiting for its answer.
+    Request(Pending),
+    /// The journal was cut at this position (a divergent tail): every
     /// waiting request whose batch ends above it lost its batch.
-    pub fn truncated(at: u64) -> Pending {
-        Pending {
-            end: at,
-            ..Pending::failed(
-                TRUNCATION_MARKER,
-                0,
-                ApiKey::Produce,
-                ErrorCode::NotLeader,
-                false,
-            )
-        }
-    }
+    Cut(u64),
 }
 
 /// How often expired entries are looked for.
@@ -184,12 +173,17 @@ impl Responder {
         self.len < self.capacity
     }
 
+    /// Takes in what the writer sent. The caller checks
+    /// [`Responder::has_room`] first.
+    pub fn take(&mut self, item: ToResponder) {
+        match item {
+            ToResponder::Request(p) => self.admit(p),
+            ToResponder::Cut(at) => self.cut(at),
+        }
+    }
+
     /// Queues an entry. The caller checks [`Responder::has_room`] first.
     pub fn admit(&mut self, p: Pending) {
-        if p.conn == TRUNCATION_MARKER {
-            self.cut(p.end);
-            return;
-        }
         self.queues[queue_of(&p)].push_back(Slot {
             pending: p,
             done: false,
@@ -328,7 +322,7 @@ impl Responder {
 /// into the completion ring and wakes the reactor.
 pub fn run(
     shared: Arc<Shared>,
-    mut pending: HeapCons<Pending>,
+    mut pending: HeapCons<ToResponder>,
     mut out: MessageProducer,
     capacity: usize,
 ) {
@@ -336,9 +330,9 @@ pub fn run(
     let mut r = Responder::new(capacity);
     let mut idle = super::shared::Idle::new();
     loop {
-        // Positions first, then the ring: a truncation marker is pushed
+        // Positions first, then the ring: a `Cut` is pushed
         // before W moves past the cut again, so whoever sees the new W here
-        // also finds the marker below and fails the cut requests before
+        // also finds the `Cut` below and fails the cut requests before
         // comparing them with positions that now hold other bytes.
         let p = &shared.positions;
         let marks = Marks {
@@ -354,8 +348,8 @@ pub fn run(
         let mut pulled = 0;
         while r.has_room() {
             match pending.try_pop() {
-                Some(p) => {
-                    r.admit(p);
+                Some(item) => {
+                    r.take(item);
                     pulled += 1;
                 }
                 None => break,
@@ -472,7 +466,7 @@ mod tests {
         r.admit(entry(2, Qos::All, 200, later));
         r.admit(entry(3, Qos::Replicated, 150, later));
         r.admit(entry(4, Qos::Replicated, 300, later));
-        r.admit(Pending::truncated(150));
+        r.take(ToResponder::Cut(150));
         r.step(Marks::default(), Instant::now(), &mut out, None);
         let not_leader = ErrorCode::NotLeader.as_u16();
         let mut answered = Vec::new();

@@ -8,7 +8,7 @@
 use super::flusher::FlusherEvent;
 use super::reader::ReaderEvent;
 use super::replica::Replica;
-use super::responder::Pending;
+use super::responder::{Pending, ToResponder};
 use super::ring::MessageConsumer;
 use super::shared::{deadline_after, unix_ms, Idle, Shared, Stage};
 use crate::config::{Config, PRODUCE_TIMEOUT_MS_MAX, PRODUCE_TIMEOUT_MS_MIN};
@@ -42,7 +42,7 @@ pub struct Writer {
     /// The consensus node, for a member of a replication group.
     replica: Option<Replica>,
     /// Produce requests waiting for their QoS position, to the responder.
-    pending: HeapProd<Pending>,
+    pending: HeapProd<ToResponder>,
     /// A fatal error found while applying consensus output.
     fatal: Option<String>,
 }
@@ -59,7 +59,7 @@ impl Writer {
         flusher_events: Sender<FlusherEvent>,
         shared: Arc<Shared>,
         replica: Option<Replica>,
-        pending: HeapProd<Pending>,
+        pending: HeapProd<ToResponder>,
     ) -> Writer {
         Writer {
             journal,
@@ -515,7 +515,7 @@ impl Writer {
         }
         // Waiting requests whose batches were cut learn it now, before any
         // new bytes can reach their positions.
-        let mut marker = Pending::truncated(at);
+        let mut marker = ToResponder::Cut(at);
         while let Err(back) = self.pending.try_push(marker) {
             marker = back;
             shared.wake(Stage::Responder);
@@ -603,8 +603,8 @@ pub fn run(
             let counted = m.flags & super::ring::FLAG_COUNTED != 0;
             if let Some(p) = writer.handle(m.conn, counted, m.payload, now, now_ms) {
                 // Room was checked above: one request yields at most one
-                // entry (a truncation marker waits for room of its own).
-                let pushed = writer.pending.try_push(p).is_ok();
+                // entry (a `Cut` waits for room of its own).
+                let pushed = writer.pending.try_push(ToResponder::Request(p)).is_ok();
                 debug_assert!(pushed);
                 queued += 1;
             }
