@@ -365,7 +365,11 @@ impl Config {
                 self.node_id
             ));
         }
-        if let Some(p) = self.peers.iter().find(|p| !p.addr.contains(':')) {
+        let host_port = |addr: &str| {
+            addr.rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        };
+        if let Some(p) = self.peers.iter().find(|p| !host_port(&p.addr)) {
             return fail(format!(
                 "peer {} address `{}` is not HOST:PORT",
                 p.id, p.addr

@@ -1052,3 +1052,78 @@ fn the_cli_creates_topics_and_produces_through_a_follower() {
     );
     assert_eq!(out, "one\ntwo\nthree\n");
 }
+
+#[test]
+fn a_bad_group_configuration_stops_the_start_with_a_clear_error() {
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--node-id", "4", "--peers", "1=127.0.0.1:1,2=127.0.0.1:2"],
+            "peers must list this broker's own node_id 4",
+        ),
+        (&["--peers", "1:127.0.0.1:1"], "is not ID=HOST:PORT"),
+        (
+            &[
+                "--node-id",
+                "1",
+                "--peers",
+                "1=127.0.0.1:1,2=127.0.0.1:http",
+            ],
+            "is not HOST:PORT",
+        ),
+        (
+            &["--node-id", "1", "--peers", "1=127.0.0.1:1,1=127.0.0.1:2"],
+            "peer ids must be distinct",
+        ),
+    ];
+    for (args, expected) in cases {
+        let dir = common::TestDir::new();
+        let (status, stderr) = common::run_broker_expecting_exit(&dir.data, args);
+        assert!(!status.success(), "{args:?} must not start");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: stderr says `{expected}`: {stderr:?}"
+        );
+    }
+}
+
+#[test]
+fn a_damaged_hard_state_stops_a_member_from_starting() {
+    let dir = common::TestDir::new();
+    std::fs::create_dir_all(&dir.data).unwrap();
+    std::fs::write(dir.data.join("hardstate"), b"not a hard state at all....").unwrap();
+    let (status, stderr) = common::run_broker_expecting_exit(
+        &dir.data,
+        &[
+            "--node-id",
+            "1",
+            "--peers",
+            "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3",
+        ],
+    );
+    assert!(!status.success(), "a member must not forget its vote");
+    assert!(
+        stderr.contains("hard state"),
+        "stderr names the file: {stderr:?}"
+    );
+}
+
+#[test]
+fn a_standalone_broker_refuses_replication_frames() {
+    let dir = common::TestDir::new();
+    let broker = common::BrokerProc::start(&dir.data, &[]);
+    let mut conn = RawConn::connect(broker.addr());
+    let reply = conn.request(hutong::wire::ApiKey::Replicate, |out| {
+        hutong::wire::replicate::encode_message(
+            &hutong::consensus::Message {
+                from: 2,
+                to: 1,
+                term: 1,
+                kind: hutong::consensus::MessageKind::Heartbeat { commit: 0 },
+            },
+            out,
+        )
+    });
+    reply.expect_error(ErrorCode::InvalidRequest);
+    // The connection stays usable.
+    assert_eq!(conn.ping(b"still here"), b"still here");
+}

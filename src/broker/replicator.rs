@@ -179,12 +179,29 @@ impl Courier {
                 continue;
             }
             link.retry_at = now + reconnect_delay(link.failures);
-            let addr = match link.addr.to_socket_addrs().map(|mut a| a.next()) {
-                Ok(Some(a)) => a,
-                _ => continue,
+            let stream = match link.addr.to_socket_addrs().map(|mut a| a.next()) {
+                Ok(Some(addr)) => TcpStream::connect(addr),
+                Ok(None) => Err(std::io::Error::new(
+                    ErrorKind::NotFound,
+                    "the address resolves to nothing",
+                )),
+                Err(e) => Err(e),
             };
-            let Ok(mut stream) = TcpStream::connect(addr) else {
-                continue;
+            let mut stream = match stream {
+                Ok(s) => s,
+                Err(e) => {
+                    // Said once, then again at 2, 4, 8, ... failures in a row.
+                    link.failures = link.failures.saturating_add(1);
+                    if link.failures.is_power_of_two() {
+                        crate::log!(
+                            "cannot connect to node {} ({}): {e} ({} tries in a row)",
+                            link.id,
+                            link.addr,
+                            link.failures
+                        );
+                    }
+                    continue;
+                }
             };
             let _ = stream.set_nodelay(true);
             if self
