@@ -80,8 +80,16 @@ const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// # Errors
 /// When `addr` cannot be asked, or no leader emerges in time.
 pub fn leader_of(addr: SocketAddr) -> Result<SocketAddr> {
-    let leader = hutong::client::cluster::leader_addr(&addr.to_string(), LEADER_TIMEOUT)
-        .with_context(|| format!("cannot find the leader of {addr}'s group"))?;
+    let leader =
+        hutong::client::cluster::leader_addr(&addr.to_string(), LEADER_TIMEOUT).map_err(|e| {
+            // A broker answer (no leader in time) is not a connection failure.
+            let what = if e.code().is_some() {
+                format!("cannot find the leader of {addr}'s group")
+            } else {
+                format!("cannot connect to {addr}")
+            };
+            anyhow::Error::new(e).context(what)
+        })?;
     leader
         .parse()
         .with_context(|| format!("leader address {leader} is not IP:PORT"))
