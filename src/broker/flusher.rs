@@ -1,14 +1,31 @@
 //! The flusher: makes the journal durable in group commits.
 //!
-//! Each round reads W, fdatasyncs every segment file that holds bytes below
-//! it (one call covers every request appended since the last round, however
-//! many), then publishes F = W. It also writes the checkpoint: when a new
-//! topic's control record became durable, every `checkpoint_interval_ms`,
-//! and at shutdown.
+//! Each round reads W, fdatasyncs every segment file that holds bytes
+//! between what it synced last and W (one call per file covers every
+//! request appended since the last round, however many), then publishes
+//! F = W. It also writes the checkpoint: when a new topic's control record
+//! became durable, every `checkpoint_interval_ms`, and at shutdown.
+//!
+//! The rule it keeps: F never exceeds a byte that this process has
+//! fdatasync'd, or that recovery synced (or found below the checkpoint)
+//! when the broker started. It does not trust a list of "dirty" files
+//! handed to it: it keeps every segment file and the position `synced`
+//! below which everything was synced, and derives the files to sync from
+//! the range [synced, W).
+//!
+//! A cut of the journal's tail (in a replication group) happens under the
+//! flush gate (`Shared::flush_gate`): the writer bumps the gate's
+//! generation, lowers W and F, cuts the files and rewrites the checkpoint
+//! while it holds the gate. The flusher publishes F and writes checkpoints
+//! only while holding the gate and only when the generation is the one
+//! whose `Reset` it has taken in, so nothing it synced or learned before a
+//! cut can be published after it. The writer never waits for the flusher
+//! beyond that lock.
 
 use super::shared::{Idle, Shared, Stage};
 use crate::journal::checkpoint::{self, Checkpoint, TopicMeta};
 use crate::journal::log::SegmentFile;
+use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
@@ -26,112 +43,173 @@ pub enum FlusherEvent {
         /// Position one past its control record.
         end: u64,
     },
-    /// The writer is about to cut the journal at `at` (a divergent tail):
-    /// stop checkpointing until the `Reset` that follows, and never call
-    /// anything above `at` durable again.
-    Truncate {
+    /// The journal was cut at `at` under gate generation `generation`:
+    /// its segment files and topics now.
+    Reset {
+        /// The gate generation of the cut.
+        generation: u64,
         /// The cut position.
         at: u64,
-    },
-    /// The journal was cut: its segment files and topics now.
-    Reset {
         /// Every segment file, oldest first.
         files: Vec<SegmentFile>,
-        /// Every topic left.
-        topics: Vec<TopicMeta>,
+        /// Every topic left, with the position of its control record
+        /// (`None` for a topic known only from the checkpoint).
+        topics: Vec<(TopicMeta, Option<u64>)>,
+        /// The id the next topic gets (ids are never reused).
+        next_topic_id: u32,
     },
 }
 
 /// The flusher's state.
 pub struct Flusher {
     dir: PathBuf,
-    /// Segments that may hold unsynced bytes, oldest first; the last is active.
-    dirty: Vec<SegmentFile>,
+    /// Every segment file, oldest first.
+    files: Vec<SegmentFile>,
+    /// Every journal byte below this position was fdatasync'd.
+    synced: u64,
+    /// The flush gate generation whose journal `files` and `synced`
+    /// describe.
+    generation: u64,
     topics: Vec<TopicMeta>,
+    /// Topics whose control record is not durable yet, with a position
+    /// F must pass for it to be.
     topics_pending: Vec<(TopicMeta, u64)>,
+    next_topic_id: u32,
     checkpointed: Option<u64>,
     checkpoint_interval: Duration,
     last_checkpoint: Instant,
-    /// A truncation is under way: no checkpoint until the journal is cut.
-    cutting: bool,
+    /// fdatasync(2) of one file; tests record the calls.
+    sync_file: fn(&File) -> std::io::Result<()>,
 }
 
 impl Flusher {
-    /// A flusher for a journal whose segments are `files` and whose
-    /// recovered topics are `topics`.
+    /// A flusher for a journal whose segments are `files`, durable below
+    /// `synced` (recovery syncs what the checkpoint does not vouch for),
+    /// and whose recovered topics are `topics`.
     pub fn new(
         dir: PathBuf,
         files: &[SegmentFile],
+        synced: u64,
         topics: Vec<TopicMeta>,
+        next_topic_id: u32,
         checkpoint_interval: Duration,
     ) -> Flusher {
         Flusher {
             dir,
-            dirty: files.last().cloned().into_iter().collect(),
+            files: files.to_vec(),
+            synced,
+            generation: 0,
             topics,
             topics_pending: Vec::new(),
+            next_topic_id,
             checkpointed: None,
             checkpoint_interval,
             last_checkpoint: Instant::now(),
-            cutting: false,
+            sync_file: File::sync_data,
         }
     }
 
-    /// Takes in an event from the writer. Returns the cut position of a
-    /// `Truncate`.
-    pub fn event(&mut self, e: FlusherEvent) -> Option<u64> {
+    /// Position below which every byte was fdatasync'd.
+    pub fn synced(&self) -> u64 {
+        self.synced
+    }
+
+    /// Takes in an event from the writer. Returns true for a `Reset`: the
+    /// caller must read W again before syncing, since the W it holds may
+    /// predate the cut.
+    pub fn event(&mut self, e: FlusherEvent) -> bool {
         match e {
-            FlusherEvent::Segment(f) => self.dirty.push(f),
-            FlusherEvent::Topic { meta, end } => self.topics_pending.push((meta, end)),
-            FlusherEvent::Truncate { at } => {
-                self.cutting = true;
-                self.topics_pending.retain(|(_, end)| *end <= at);
-                return Some(at);
+            FlusherEvent::Segment(f) => self.files.push(f),
+            FlusherEvent::Topic { meta, end } => {
+                self.next_topic_id = self.next_topic_id.max(meta.id.saturating_add(1));
+                self.topics_pending.push((meta, end));
             }
-            FlusherEvent::Reset { files, topics } => {
-                self.cutting = false;
-                self.dirty = files.last().cloned().into_iter().collect();
-                self.topics = topics;
+            FlusherEvent::Reset {
+                generation,
+                at,
+                files,
+                topics,
+                next_topic_id,
+            } => {
+                self.generation = generation;
+                self.synced = self.synced.min(at);
+                self.files = files;
+                self.topics.clear();
                 self.topics_pending.clear();
+                // F is a batch boundary, so a control record starting below
+                // it is durable whole; one at or above it is pending until
+                // F passes its first byte.
+                for (meta, created_at) in topics {
+                    match created_at {
+                        Some(p) if p >= self.synced => self.topics_pending.push((meta, p + 1)),
+                        _ => self.topics.push(meta),
+                    }
+                }
+                self.next_topic_id = next_topic_id;
                 self.checkpointed = None;
+                return true;
             }
         }
-        None
+        false
     }
 
-    /// Makes everything below `w` durable.
+    /// Makes everything below `w` durable: fdatasyncs every segment file
+    /// holding bytes in [synced, w).
     ///
     /// # Errors
-    /// The fdatasync error; nothing below `w` may then be called durable.
+    /// The fdatasync error; nothing above the old `synced` may then be
+    /// called durable.
     pub fn sync(&mut self, w: u64) -> std::io::Result<()> {
-        // `sync_data` is fdatasync(2).
-        // Every segment but the last is complete: sync it once and forget it.
-        while self.dirty.len() > 1 {
-            self.dirty[0].1.sync_data()?;
-            self.dirty.remove(0);
+        if w <= self.synced {
+            return Ok(());
         }
-        if let Some((start, file)) = self.dirty.first() {
-            if *start < w {
-                file.sync_data()?;
+        // The file holding byte `synced` (the last starting at or below
+        // it), then every later one starting below `w`.
+        let first = self
+            .files
+            .partition_point(|f| f.0 <= self.synced)
+            .saturating_sub(1);
+        for (start, file) in &self.files[first..] {
+            if *start >= w {
+                break;
             }
+            (self.sync_file)(file)?;
         }
+        self.synced = w;
         Ok(())
     }
 
-    /// Writes a checkpoint at durable position `f` when a new topic became
-    /// durable, when the interval passed, or when `force`d.
+    /// Publishes F = `w` when the journal did not change under the flusher
+    /// since its last `Reset` (see the module documentation). Returns
+    /// whether it published.
+    pub fn publish(&self, shared: &Shared, w: u64) -> bool {
+        let gate = shared.lock_flush_gate();
+        if *gate != self.generation {
+            return false;
+        }
+        if w > shared.positions.flushed.get() {
+            shared.positions.flushed.publish(w);
+        }
+        true
+    }
+
+    /// Writes a checkpoint at the durable position F when a new topic
+    /// became durable, when the interval passed, or when `force`d; never
+    /// for a journal the writer has cut since the last `Reset`.
     ///
     /// # Errors
     /// The checkpoint write error.
     pub fn maybe_checkpoint(
         &mut self,
-        f: u64,
+        shared: &Shared,
         now: Instant,
         force: bool,
     ) -> Result<bool, crate::journal::error::JournalError> {
-        if self.cutting {
+        let gate = shared.lock_flush_gate();
+        if *gate != self.generation {
             return Ok(false);
         }
+        let f = shared.positions.flushed.get().min(self.synced);
         let mut new_topic = false;
         while let Some((_, end)) = self.topics_pending.first() {
             if *end > f {
@@ -151,7 +229,8 @@ impl Flusher {
             .iter()
             .map(|t| t.id.saturating_add(1))
             .max()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(self.next_topic_id);
         checkpoint::write(
             &self.dir,
             &Checkpoint {
@@ -160,6 +239,7 @@ impl Flusher {
                 topics: self.topics.clone(),
             },
         )?;
+        drop(gate);
         self.checkpointed = Some(f);
         self.last_checkpoint = now;
         Ok(true)
@@ -174,37 +254,29 @@ pub fn run(shared: Arc<Shared>, mut flusher: Flusher, events: Receiver<FlusherEv
         // Read W before the events: every event about bytes below W was
         // sent before W was published, so it is already in the channel.
         let w = shared.positions.written.get();
-        let mut cut = None;
+        let mut reset = false;
         while let Ok(e) = events.try_recv() {
-            if let Some(at) = flusher.event(e) {
-                cut = Some(at);
-            }
+            reset |= flusher.event(e);
         }
-        if let Some(at) = cut {
-            // W was lowered before the event was sent, but the W read above
-            // may predate that: start the round again. F may hold bytes
-            // that are about to be cut; it can only vouch for what stays.
-            if shared.positions.flushed.get() > at {
-                shared.positions.flushed.set(at);
-            }
-            shared
-                .cluster
-                .truncations_seen
-                .fetch_add(1, Ordering::AcqRel);
-            shared.wake(Stage::Writer);
+        if reset {
+            // The W read above may predate the cut: read it again.
             continue;
         }
-        let f = shared.positions.flushed.get();
         let mut worked = false;
-        if w > f && !shared.storage_failed.load(Ordering::Acquire) {
+        // F, not `synced`, decides: a publication refused because of a
+        // cut leaves F below what is synced already.
+        if w > shared.positions.flushed.get() && !shared.storage_failed.load(Ordering::Acquire) {
             match flusher.sync(w) {
                 Ok(()) => {
-                    shared.positions.flushed.publish(w);
-                    shared.wake(Stage::Replicator);
-                    if shared.cluster.is_clustered() {
-                        // The writer runs the consensus node, which counts
-                        // this node's flushed position toward C.
-                        shared.wake(Stage::Writer);
+                    if flusher.publish(&shared, w) {
+                        // QoS `flushed` waits for F alone, in a group too.
+                        shared.wake(Stage::Responder);
+                        shared.wake(Stage::Replicator);
+                        if shared.cluster.is_clustered() {
+                            // The writer runs the consensus node, which
+                            // counts this node's flushed position toward C.
+                            shared.wake(Stage::Writer);
+                        }
                     }
                     worked = true;
                 }
@@ -218,10 +290,10 @@ pub fn run(shared: Arc<Shared>, mut flusher: Flusher, events: Receiver<FlusherEv
             }
         }
         let writer_done = shared.is_done(Stage::Writer) && w == shared.positions.written.get();
-        let f = shared.positions.flushed.get();
-        if let Err(e) = flusher.maybe_checkpoint(f, Instant::now(), writer_done) {
+        if let Err(e) = flusher.maybe_checkpoint(&shared, Instant::now(), writer_done) {
             crate::log!("checkpoint write failed (recovery will verify more of the journal): {e}");
         }
+        let f = shared.positions.flushed.get();
         if writer_done && (f == w || shared.storage_failed.load(Ordering::Acquire)) {
             shared.mark_done(Stage::Flusher);
             return;
@@ -230,6 +302,299 @@ pub fn run(shared: Arc<Shared>, mut flusher: Flusher, events: Receiver<FlusherEv
             idle.busy();
         } else {
             idle.wait(Duration::from_millis(50));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::os::unix::fs::MetadataExt;
+
+    thread_local! {
+        /// Inodes of the files synced, in call order.
+        static SYNCED: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+    }
+
+    fn record_sync(f: &File) -> std::io::Result<()> {
+        let ino = f.metadata()?.ino();
+        SYNCED.with(|s| s.borrow_mut().push(ino));
+        Ok(())
+    }
+
+    fn ino(f: &SegmentFile) -> u64 {
+        f.1.metadata().unwrap().ino()
+    }
+
+    /// The writer's side of the journal over real (empty) files: segment
+    /// files, batch boundaries, and for each file the lowest position
+    /// written since its last fdatasync (the flusher's syncs are recorded).
+    struct Model {
+        dir: tempfile::TempDir,
+        files: Vec<SegmentFile>,
+        /// Batch boundaries, the last one being the journal's end.
+        boundaries: Vec<u64>,
+        dirty_from: HashMap<u64, u64>,
+        next_name: u64,
+    }
+
+    /// Capacity of the model's segments.
+    const SEGMENT: u64 = 100;
+
+    impl Model {
+        fn new() -> Model {
+            let mut m = Model {
+                dir: tempfile::tempdir().unwrap(),
+                files: Vec::new(),
+                boundaries: vec![0],
+                dirty_from: HashMap::new(),
+                next_name: 0,
+            };
+            m.segment(0);
+            m
+        }
+
+        fn end(&self) -> u64 {
+            *self.boundaries.last().unwrap()
+        }
+
+        fn segment(&mut self, start: u64) -> SegmentFile {
+            // A fresh name each time: a cut may delete a file and a later
+            // roll create one at the same start.
+            let path = self.dir.path().join(format!("{}.seg", self.next_name));
+            self.next_name += 1;
+            let f = (start, Arc::new(File::create(path).unwrap()));
+            self.files.push(f.clone());
+            f
+        }
+
+        /// Appends a batch of `len` bytes, rolling first when the active
+        /// segment cannot hold it. Returns the new segment, if any.
+        fn write(&mut self, len: u64) -> Option<SegmentFile> {
+            let end = self.end();
+            let active = self.files.last().unwrap().0;
+            let rolled = (end > active && end - active + len > SEGMENT).then(|| self.segment(end));
+            let f = self.files.last().unwrap();
+            let from = self.dirty_from.entry(ino(f)).or_insert(u64::MAX);
+            *from = (*from).min(end);
+            self.boundaries.push(end + len);
+            rolled
+        }
+
+        /// Cuts at boundary number `k` (counted from the end): as
+        /// `Journal::truncate` does, later files go and the holder's tail
+        /// is zeroed and synced.
+        fn cut(&mut self, k: usize) -> u64 {
+            let keep = self.boundaries.len().saturating_sub(k).max(1);
+            self.boundaries.truncate(keep);
+            let at = self.end();
+            let holder = self.files.iter().rposition(|f| f.0 <= at).unwrap();
+            for f in self.files.drain(holder + 1..) {
+                self.dirty_from.remove(&ino(&f));
+            }
+            self.dirty_from.remove(&ino(&self.files[holder]));
+            at
+        }
+
+        fn take_syncs(&mut self) {
+            for ino in SYNCED.with(|s| std::mem::take(&mut *s.borrow_mut())) {
+                self.dirty_from.remove(&ino);
+            }
+        }
+
+        /// The rule: no byte below `f` was written since its file's last
+        /// fdatasync.
+        fn assert_durable_below(&mut self, f: u64) {
+            self.take_syncs();
+            for file in &self.files {
+                if let Some(from) = self.dirty_from.get(&ino(file)) {
+                    assert!(
+                        *from >= f,
+                        "segment {} holds bytes from {from} below F = {f} that were never synced",
+                        file.0
+                    );
+                }
+            }
+        }
+    }
+
+    fn flusher(m: &Model) -> Flusher {
+        let mut fl = Flusher::new(
+            m.dir.path().to_path_buf(),
+            &m.files,
+            0,
+            Vec::new(),
+            0,
+            Duration::from_secs(3600),
+        );
+        fl.sync_file = record_sync;
+        fl
+    }
+
+    /// Finding 2: a roll followed by a cut inside the new segment, before
+    /// the next sync, must not leave the older segment unsynced below F.
+    #[test]
+    fn a_cut_after_a_roll_keeps_the_older_segment_to_sync() {
+        let mut m = Model::new();
+        let mut fl = flusher(&m);
+        m.write(50);
+        fl.sync(50).unwrap();
+        m.assert_durable_below(50);
+        // More bytes in segment 0, a roll to segment 1, bytes there.
+        m.write(50);
+        let seg1 = m.write(50).expect("rolled");
+        fl.event(FlusherEvent::Segment(seg1));
+        // The writer cuts at 120 before the flusher's next round (the
+        // cut zeroes and syncs segment 1 from 120 on).
+        m.boundaries.insert(3, 120);
+        let at = m.cut(1);
+        assert_eq!(at, 120);
+        fl.event(FlusherEvent::Reset {
+            generation: 1,
+            at,
+            files: m.files.clone(),
+            topics: Vec::new(),
+            next_topic_id: 0,
+        });
+        fl.sync(120).unwrap();
+        m.assert_durable_below(120);
+    }
+
+    /// Finding 6: whatever the flusher synced or read before a cut, it
+    /// cannot publish an F above the cut afterwards.
+    #[test]
+    fn a_flush_that_straddles_a_cut_publishes_nothing() {
+        let (_poll, shared) = Shared::for_tests(0);
+        let mut m = Model::new();
+        let mut fl = flusher(&m);
+        m.write(80);
+        shared.positions.written.set(80);
+        let w = shared.positions.written.get();
+        fl.sync(w).unwrap();
+        // The writer cuts at 30 and writes new bytes up to 90 meanwhile.
+        {
+            let mut gate = shared.lock_flush_gate();
+            *gate += 1;
+            shared.positions.written.set(30);
+        }
+        assert!(!fl.publish(&shared, w), "a stale round publishes nothing");
+        assert_eq!(shared.positions.flushed.get(), 0);
+        assert!(!fl.maybe_checkpoint(&shared, Instant::now(), true).unwrap());
+        fl.event(FlusherEvent::Reset {
+            generation: 1,
+            at: 30,
+            files: m.files.clone(),
+            topics: Vec::new(),
+            next_topic_id: 0,
+        });
+        assert_eq!(fl.synced(), 30);
+        shared.positions.written.set(90);
+        fl.sync(90).unwrap();
+        assert!(fl.publish(&shared, 90));
+        assert_eq!(shared.positions.flushed.get(), 90);
+    }
+
+    /// One step of the interleaving model.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// The writer appends a batch and publishes W.
+        Write(u64),
+        /// The writer cuts `k` batches off the end.
+        Cut(usize),
+        /// The flusher reads W (its round's first step).
+        ReadW,
+        /// The flusher takes in the writer's events (after reading W).
+        Drain,
+        /// The flusher syncs up to the W it read, and publishes (after
+        /// draining; a `Reset` among the events starts the round again).
+        SyncPublish,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (1u64..60).prop_map(Step::Write),
+            1 => (0usize..4).prop_map(Step::Cut),
+            2 => Just(Step::ReadW),
+            2 => Just(Step::Drain),
+            2 => Just(Step::SyncPublish),
+        ]
+    }
+
+    fn run_model(steps: &[Step]) {
+        let (_poll, shared) = Shared::for_tests(0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut m = Model::new();
+        let mut fl = flusher(&m);
+        // The W of the flusher's round, once its events were drained.
+        let mut w_read = None;
+        let mut w_drained = None;
+        for s in steps {
+            match s {
+                Step::Write(len) => {
+                    if let Some(f) = m.write(*len) {
+                        tx.send(FlusherEvent::Segment(f)).unwrap();
+                    }
+                    shared.positions.written.set(m.end());
+                }
+                Step::Cut(k) => {
+                    // As `Writer::truncate` does, under the gate.
+                    let mut gate = shared.lock_flush_gate();
+                    *gate += 1;
+                    let at = m.cut(*k);
+                    let p = &shared.positions;
+                    for pos in [&p.written, &p.flushed] {
+                        if pos.get() > at {
+                            pos.set(at);
+                        }
+                    }
+                    tx.send(FlusherEvent::Reset {
+                        generation: *gate,
+                        at,
+                        files: m.files.clone(),
+                        topics: Vec::new(),
+                        next_topic_id: 0,
+                    })
+                    .unwrap();
+                }
+                Step::ReadW => {
+                    w_read = Some(shared.positions.written.get());
+                    w_drained = None;
+                }
+                Step::Drain => {
+                    let mut reset = false;
+                    while let Ok(e) = rx.try_recv() {
+                        reset |= fl.event(e);
+                    }
+                    // After a `Reset` the round starts again from ReadW.
+                    let w = w_read.take();
+                    w_drained = if reset { None } else { w };
+                }
+                Step::SyncPublish => {
+                    if let Some(w) = w_drained.take() {
+                        if w > shared.positions.flushed.get() {
+                            fl.sync(w).unwrap();
+                            fl.publish(&shared, w);
+                        }
+                    }
+                }
+            }
+            m.assert_durable_below(shared.positions.flushed.get());
+            assert!(shared.positions.flushed.get() <= m.end());
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// F never covers a byte that was not fdatasync'd after it was
+        /// written, whatever the interleaving of writer rounds, rolls,
+        /// cuts and the flusher's reads, syncs and publications.
+        #[test]
+        fn f_never_covers_an_unsynced_byte(steps in prop::collection::vec(step(), 1..60)) {
+            run_model(&steps);
         }
     }
 }

@@ -191,10 +191,14 @@ impl Broker {
                 indexes: t.index_handles(),
             });
         }
+        // Recovery synced what the checkpoint does not vouch for: every
+        // recovered byte is durable.
         let flusher = flusher::Flusher::new(
             config.data_dir.clone(),
             journal.segment_files(),
+            journal.end(),
             journal.checkpoint_topics(),
+            journal.catalog().next_topic_id(),
             Duration::from_millis(config.checkpoint_interval_ms),
         );
         let reader = reader::Reader::new(

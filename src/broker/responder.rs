@@ -8,7 +8,7 @@
 //! completion O(1); a periodic sweep finds expired entries.
 
 use super::ring::{MessageProducer, FLAG_COUNTED};
-use super::shared::{Shared, Stage};
+use super::shared::{Cut, Shared, Stage};
 use crate::wire::api::{ErrorBody, NotLeaderBody, ProduceResponse};
 use crate::wire::frame::{finish_frame, ResponseHeader};
 use crate::wire::{ApiKey, ErrorCode, Qos};
@@ -68,18 +68,14 @@ impl Pending {
     }
 }
 
-/// What the writer hands the responder through the pending ring.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ToResponder {
-    /// A request waiting for its answer.
-    Request(Pending),
-    /// The journal was cut at this position (a divergent tail): every
-    /// waiting request whose batch ends above it lost its batch.
-    Cut(u64),
-}
-
 /// How often expired entries are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(2);
+/// Cuts kept for entries still in the pending ring. Past this many (a
+/// storm of leader changes while the responder cannot take entries), they
+/// are merged into one that fails a superset: a `NotLeader` answer to a
+/// request whose batch survived is safe (the client resends and the
+/// broker recognises the retry), a success for a cut batch is not.
+const CUTS_KEPT_MAX: usize = 16;
 
 /// The responder's queues and logic, without the thread.
 pub struct Responder {
@@ -91,11 +87,22 @@ pub struct Responder {
     scratch: Vec<u8>,
     /// The leader to name in `NotLeader` answers: id (0: unknown) and address.
     leader: (u64, String),
+    /// Requests admitted so far: the next one's sequence number, in the
+    /// order the writer queued them.
+    admitted: u64,
+    /// Cuts that concern requests not admitted yet (still in the ring).
+    cuts: Vec<Cut>,
+    /// The cut log's generation last taken in.
+    cuts_seen: u64,
+    /// Reused buffer for cuts taken from the log.
+    scratch_cuts: Vec<Cut>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     pending: Pending,
+    /// The request's place in the writer's queue order.
+    seq: u64,
     done: bool,
 }
 
@@ -155,6 +162,10 @@ impl Responder {
             next_sweep: Instant::now(),
             scratch: Vec::with_capacity(256),
             leader: (0, String::new()),
+            admitted: 0,
+            cuts: Vec::with_capacity(CUTS_KEPT_MAX + 1),
+            cuts_seen: 0,
+            scratch_cuts: Vec::new(),
         }
     }
 
@@ -173,36 +184,52 @@ impl Responder {
         self.len < self.capacity
     }
 
-    /// Takes in what the writer sent. The caller checks
-    /// [`Responder::has_room`] first.
-    pub fn take(&mut self, item: ToResponder) {
-        match item {
-            ToResponder::Request(p) => self.admit(p),
-            ToResponder::Cut(at) => self.cut(at),
-        }
-    }
-
-    /// Queues an entry. The caller checks [`Responder::has_room`] first.
+    /// Queues the writer's next request. The caller checks
+    /// [`Responder::has_room`] first. A request whose batch a cut already
+    /// removed is failed at once.
     pub fn admit(&mut self, p: Pending) {
-        self.queues[queue_of(&p)].push_back(Slot {
-            pending: p,
+        let seq = self.admitted;
+        self.admitted += 1;
+        let cut = p.error == ErrorCode::None
+            && queue_of(&p) != 0
+            && self.cuts_before(seq).any(|c| p.end > c.at);
+        let admitted = self.admitted;
+        self.cuts.retain(|c| c.queued_before > admitted);
+        let pending = if cut {
+            Pending {
+                error: ErrorCode::NotLeader,
+                ..p
+            }
+        } else {
+            p
+        };
+        self.queues[queue_of(&pending)].push_back(Slot {
+            pending,
+            seq,
             done: false,
         });
         self.len += 1;
     }
 
-    /// The journal was cut at `at`: requests whose batches end above it
-    /// are answered `NotLeader` (their writes did not happen; a retry goes
-    /// to the new leader). Those below keep waiting: their batches may
-    /// still commit under the new leader.
-    fn cut(&mut self, at: u64) {
+    /// The cuts that concern the request with sequence number `seq`.
+    fn cuts_before(&self, seq: u64) -> impl Iterator<Item = &Cut> {
+        self.cuts.iter().filter(move |c| seq < c.queued_before)
+    }
+
+    /// The journal was cut at `cut.at`: every request queued before the
+    /// cut whose batch ends above it is answered `NotLeader` (its write did
+    /// not happen; a retry goes to the new leader), whether it waits here
+    /// or still in the pending ring. Requests below the cut keep waiting:
+    /// their batches may still commit under the new leader.
+    ///
+    /// Every waiting entry is looked at, not only a suffix: a retried
+    /// batch is queued with its first copy's end, which can be lower than
+    /// the ends of entries queued before it.
+    pub fn apply_cut(&mut self, cut: Cut) {
         for q in 1..self.queues.len() {
-            for i in (0..self.queues[q].len()).rev() {
+            for i in 0..self.queues[q].len() {
                 let slot = self.queues[q][i];
-                if slot.pending.end <= at {
-                    break;
-                }
-                if slot.done {
+                if slot.done || slot.seq >= cut.queued_before || slot.pending.end <= cut.at {
                     continue;
                 }
                 self.queues[q][i].done = true;
@@ -211,9 +238,26 @@ impl Responder {
                         error: ErrorCode::NotLeader,
                         ..slot.pending
                     },
+                    seq: slot.seq,
                     done: false,
                 });
                 self.len += 1;
+            }
+        }
+        if cut.queued_before > self.admitted {
+            self.cuts.push(cut);
+            if self.cuts.len() > CUTS_KEPT_MAX {
+                let merged = Cut {
+                    at: self.cuts.iter().map(|c| c.at).min().unwrap_or(cut.at),
+                    queued_before: self
+                        .cuts
+                        .iter()
+                        .map(|c| c.queued_before)
+                        .max()
+                        .unwrap_or(cut.queued_before),
+                };
+                self.cuts.clear();
+                self.cuts.push(merged);
             }
         }
     }
@@ -318,22 +362,34 @@ impl Responder {
     }
 }
 
-/// The responder thread: pulls entries from the pending ring, answers them
-/// into the completion ring and wakes the reactor.
-pub fn run(
-    shared: Arc<Shared>,
-    mut pending: HeapCons<ToResponder>,
-    mut out: MessageProducer,
-    capacity: usize,
-) {
-    shared.register(Stage::Responder);
-    let mut r = Responder::new(capacity);
-    let mut idle = super::shared::Idle::new();
-    loop {
-        // Positions first, then the ring: a `Cut` is pushed
-        // before W moves past the cut again, so whoever sees the new W here
-        // also finds the `Cut` below and fails the cut requests before
-        // comparing them with positions that now hold other bytes.
+/// What one [`Responder::round`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    /// Entries taken from the pending ring.
+    pub pulled: usize,
+    /// Answers pushed to the completion ring.
+    pub answered: usize,
+    /// Whether the completion ring filled up.
+    pub outcome: StepOutcome,
+    /// Everything upstream finished and nothing is left to answer.
+    pub finished: bool,
+}
+
+impl Responder {
+    /// One round of the responder thread: reads the positions, takes what
+    /// the writer sent, answers what can be answered.
+    pub fn round(
+        &mut self,
+        shared: &Shared,
+        pending: &mut HeapCons<Pending>,
+        out: &mut MessageProducer,
+        now: Instant,
+    ) -> Round {
+        // Positions first, then the cuts, then the ring. The writer records
+        // a cut before it lowers any position and before any byte is
+        // written past the cut, so positions read here that count such
+        // bytes come with the cut in the log below (release/acquire), and
+        // every request it concerns is failed before it is compared.
         let p = &shared.positions;
         let marks = Marks {
             written: p.written.get(),
@@ -342,22 +398,25 @@ pub fn run(
             committed: p.committed.get(),
         };
         let leader = shared.cluster.leader_id();
-        if leader != r.leader_id() {
-            r.set_leader(leader, shared.cluster.addr_of(leader));
+        if leader != self.leader_id() {
+            self.set_leader(leader, shared.cluster.addr_of(leader));
         }
+        let mut cuts = std::mem::take(&mut self.scratch_cuts);
+        if shared.cuts.take_new(&mut self.cuts_seen, &mut cuts) {
+            for cut in cuts.drain(..) {
+                self.apply_cut(cut);
+            }
+        }
+        self.scratch_cuts = cuts;
         let mut pulled = 0;
-        while r.has_room() {
+        while self.has_room() {
             match pending.try_pop() {
                 Some(item) => {
-                    r.take(item);
+                    self.admit(item);
                     pulled += 1;
                 }
                 None => break,
             }
-        }
-        if pulled > 0 {
-            // The writer may be waiting for room in the pending ring.
-            shared.wake(Stage::Writer);
         }
         let upstream_done = shared.is_done(Stage::Replicator) && pending.is_empty();
         let fail_rest = if upstream_done {
@@ -370,21 +429,47 @@ pub fn run(
         } else {
             None
         };
-        let (answered, outcome) = r.step(marks, Instant::now(), &mut out, fail_rest);
-        if answered > 0 {
+        let (answered, outcome) = self.step(marks, now, out, fail_rest);
+        Round {
+            pulled,
+            answered,
+            outcome,
+            finished: upstream_done && self.is_empty(),
+        }
+    }
+}
+
+/// The responder thread: pulls entries from the pending ring, answers them
+/// into the completion ring and wakes the reactor.
+pub fn run(
+    shared: Arc<Shared>,
+    mut pending: HeapCons<Pending>,
+    mut out: MessageProducer,
+    capacity: usize,
+) {
+    shared.register(Stage::Responder);
+    let mut r = Responder::new(capacity);
+    let mut idle = super::shared::Idle::new();
+    loop {
+        let round = r.round(&shared, &mut pending, &mut out, Instant::now());
+        if round.pulled > 0 {
+            // The writer may be waiting for room in the pending ring.
+            shared.wake(Stage::Writer);
+        }
+        if round.answered > 0 {
             shared.wake_reactor();
         }
-        if outcome == StepOutcome::RingFull {
+        if round.outcome == StepOutcome::RingFull {
             shared
                 .completion_ring_full
                 .store(true, std::sync::atomic::Ordering::Release);
             shared.wake_reactor();
         }
-        if upstream_done && r.is_empty() {
+        if round.finished {
             shared.mark_done(Stage::Responder);
             return;
         }
-        if pulled > 0 || answered > 0 {
+        if round.pulled > 0 || round.answered > 0 {
             idle.busy();
         } else {
             let wait = if r.is_empty() {
@@ -466,7 +551,10 @@ mod tests {
         r.admit(entry(2, Qos::All, 200, later));
         r.admit(entry(3, Qos::Replicated, 150, later));
         r.admit(entry(4, Qos::Replicated, 300, later));
-        r.take(ToResponder::Cut(150));
+        r.apply_cut(Cut {
+            at: 150,
+            queued_before: 4,
+        });
         r.step(Marks::default(), Instant::now(), &mut out, None);
         let not_leader = ErrorCode::NotLeader.as_u16();
         let mut answered = Vec::new();
@@ -534,6 +622,69 @@ mod tests {
             Some(ErrorCode::ShuttingDown),
         );
         assert_eq!(drain(&mut inp), vec![(1, ErrorCode::ShuttingDown.as_u16())]);
+    }
+
+    /// Finding 1 of the correctness review: a retried batch is queued with
+    /// its first copy's end, below entries queued before it; a cut must
+    /// still fail every entry above it, wherever it sits in its queue.
+    #[test]
+    fn a_cut_fails_entries_above_it_that_sit_in_front_of_a_retry() {
+        let (mut out, mut inp) = message_ring(1 << 16);
+        let mut r = Responder::new(16);
+        let later = Instant::now() + Duration::from_secs(60);
+        r.admit(entry(1, Qos::All, 500, later));
+        // The retry of a batch stored earlier, ending at 200.
+        r.admit(entry(2, Qos::All, 200, later));
+        r.apply_cut(Cut {
+            at: 300,
+            queued_before: 2,
+        });
+        // A new leader's bytes take the cut positions and C passes them.
+        let m = Marks {
+            written: 600,
+            flushed: 600,
+            replicated: 600,
+            committed: 600,
+        };
+        r.step(m, Instant::now(), &mut out, None);
+        let mut answered = drain(&mut inp);
+        answered.sort_unstable();
+        assert_eq!(
+            answered,
+            vec![(1, ErrorCode::NotLeader.as_u16()), (2, 0)],
+            "the entry whose batch was cut must not succeed"
+        );
+    }
+
+    /// Finding 3: a responder with no room must not compare entries it has
+    /// not taken yet, whose batches a cut removed, with positions reached
+    /// by the bytes written after the cut.
+    #[test]
+    fn a_full_responder_never_answers_a_cut_request_with_success() {
+        let (_poll, shared) = Shared::for_tests(0);
+        let (mut out, mut inp) = message_ring(1 << 16);
+        let (mut tx, mut rx) = ringbuf::HeapRb::<Pending>::new(8).split();
+        let mut r = Responder::new(1);
+        let later = Instant::now() + Duration::from_secs(60);
+        use ringbuf::traits::{Producer, Split};
+        tx.try_push(entry(1, Qos::Received, 100, later)).unwrap();
+        tx.try_push(entry(2, Qos::Received, 300, later)).unwrap();
+        // The writer cut the journal at 250, then wrote new bytes to 400.
+        shared.cuts.record(Cut {
+            at: 250,
+            queued_before: 2,
+        });
+        shared.positions.written.set(400);
+        let mut answered = Vec::new();
+        for _ in 0..4 {
+            r.round(&shared, &mut rx, &mut out, Instant::now());
+            answered.extend(drain(&mut inp));
+        }
+        assert_eq!(
+            answered,
+            vec![(1, 0), (2, ErrorCode::NotLeader.as_u16())],
+            "request 2's batch was cut"
+        );
     }
 
     #[test]

@@ -94,11 +94,6 @@ pub struct ClusterView {
     /// Bit `i` set: the replicator lost or (re)made its connection to
     /// `peers[i]`; the writer reports it to the state machine and clears it.
     pub link_changes: AtomicU64,
-    /// Truncations the writer asked the flusher to take in, and the number
-    /// it took in (see `writer::truncate`).
-    pub truncations_asked: AtomicU64,
-    /// Truncations the flusher has taken in.
-    pub truncations_seen: AtomicU64,
 }
 
 impl ClusterView {
@@ -116,8 +111,6 @@ impl ClusterView {
             term: AtomicU64::new(0),
             leader: AtomicU64::new(0),
             link_changes: AtomicU64::new(0),
-            truncations_asked: AtomicU64::new(0),
-            truncations_seen: AtomicU64::new(0),
         }
     }
 
@@ -140,12 +133,73 @@ impl ClusterView {
     }
 }
 
+/// A cut of the journal's tail, as the responder must learn of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    /// The cut position: batches ending above it are gone.
+    pub at: u64,
+    /// How many requests the writer had queued on the pending ring before
+    /// the cut. Only those can be waiting for cut bytes: a request queued
+    /// later was appended after the cut (or is the retry of a batch below
+    /// it).
+    pub queued_before: u64,
+}
+
+/// Journal cuts the writer made and the responder has not taken in yet.
+///
+/// They do not travel on the pending ring: a cut must reach the responder
+/// before any position past it is compared with a waiting request, however
+/// full the ring and the responder's queues are. The writer records a cut
+/// before it lowers any position; the responder looks here after reading
+/// the positions and before comparing anything (see `Responder::round`).
+/// Cuts are rare (a change of leader), so a mutex guards the list; the
+/// responder's per-round cost is one atomic load.
+#[derive(Debug, Default)]
+pub struct CutLog {
+    generation: AtomicU64,
+    cuts: Mutex<Vec<Cut>>,
+}
+
+impl CutLog {
+    /// Records a cut (writer).
+    pub fn record(&self, cut: Cut) {
+        self.cuts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(cut);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Moves the cuts recorded since `seen` into `into` (responder).
+    /// Returns false, without locking, when there are none.
+    pub fn take_new(&self, seen: &mut u64, into: &mut Vec<Cut>) -> bool {
+        let generation = self.generation.load(Ordering::Acquire);
+        if generation == *seen {
+            return false;
+        }
+        into.append(
+            &mut self
+                .cuts
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        *seen = generation;
+        true
+    }
+}
+
 /// What the stages share besides their rings.
 pub struct Shared {
     /// The replication group as this node sees it.
     pub cluster: ClusterView,
     /// Journal positions.
     pub positions: Positions,
+    /// Journal cuts on their way to the responder.
+    pub cuts: CutLog,
+    /// The flush gate: the number of journal cuts so far. The writer holds
+    /// it while it cuts; the flusher holds it to publish F or write a
+    /// checkpoint (see `flusher`).
+    flush_gate: Mutex<u64>,
     /// Set once by a shutdown request.
     shutdown: AtomicBool,
     /// Set by each stage when it has finished its part of the shutdown.
@@ -177,6 +231,8 @@ impl Shared {
         Shared {
             cluster,
             positions: Positions::at(end),
+            cuts: CutLog::default(),
+            flush_gate: Mutex::new(0),
             shutdown: AtomicBool::new(false),
             done: Default::default(),
             reactor_drained: AtomicBool::new(false),
@@ -189,6 +245,24 @@ impl Shared {
             storage_failed: AtomicBool::new(false),
             fatal: Mutex::new(None),
         }
+    }
+
+    /// A standalone broker's shared state for unit tests of the stages,
+    /// with a waker on a poll nobody waits on (keep the poll alive).
+    #[cfg(test)]
+    pub fn for_tests(end: u64) -> (mio::Poll, std::sync::Arc<Shared>) {
+        let poll = mio::Poll::new().expect("a poll for the test");
+        let waker = mio::Waker::new(poll.registry(), mio::Token(0)).expect("a waker");
+        let shared = Shared::new(end, waker, ClusterView::new(0, Vec::new()));
+        (poll, std::sync::Arc::new(shared))
+    }
+
+    /// Takes the flush gate (see `flusher`). Held for a cut or one
+    /// publication, never across a wait for another stage.
+    pub fn lock_flush_gate(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.flush_gate
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Records the calling thread as `stage` so others can wake it.

@@ -8,9 +8,9 @@
 use super::flusher::FlusherEvent;
 use super::reader::ReaderEvent;
 use super::replica::Replica;
-use super::responder::{Pending, ToResponder};
+use super::responder::Pending;
 use super::ring::MessageConsumer;
-use super::shared::{deadline_after, unix_ms, Idle, Shared, Stage};
+use super::shared::{deadline_after, unix_ms, Cut, Idle, Shared, Stage};
 use crate::config::{Config, PRODUCE_TIMEOUT_MS_MAX, PRODUCE_TIMEOUT_MS_MIN};
 use crate::journal::catalog::SeqCheck;
 use crate::journal::error::JournalError;
@@ -42,7 +42,9 @@ pub struct Writer {
     /// The consensus node, for a member of a replication group.
     replica: Option<Replica>,
     /// Produce requests waiting for their QoS position, to the responder.
-    pending: HeapProd<ToResponder>,
+    pending: HeapProd<Pending>,
+    /// Requests queued on `pending` so far (see [`Cut::queued_before`]).
+    queued: u64,
     /// A fatal error found while applying consensus output.
     fatal: Option<String>,
 }
@@ -59,7 +61,7 @@ impl Writer {
         flusher_events: Sender<FlusherEvent>,
         shared: Arc<Shared>,
         replica: Option<Replica>,
-        pending: HeapProd<ToResponder>,
+        pending: HeapProd<Pending>,
     ) -> Writer {
         Writer {
             journal,
@@ -69,8 +71,25 @@ impl Writer {
             shared,
             replica,
             pending,
+            queued: 0,
             fatal: None,
         }
+    }
+
+    /// True when the pending ring has room for another request's entry.
+    pub fn has_room(&self) -> bool {
+        !self.pending.is_full()
+    }
+
+    /// Hands a request's entry to the responder. Returns false, queuing
+    /// nothing, when the pending ring is full (check
+    /// [`Writer::has_room`] before handling a request).
+    pub fn queue(&mut self, p: Pending) -> bool {
+        if self.pending.try_push(p).is_err() {
+            return false;
+        }
+        self.queued += 1;
+        true
     }
 
     /// Hands every appended batch to the kernel and returns the new W.
@@ -456,48 +475,54 @@ impl Writer {
         Ok(())
     }
 
-    /// Cuts the journal at `at`: lowers W, has the flusher take the cut in
-    /// (so it neither syncs nor checkpoints the old tail again), cuts the
-    /// files and the catalog, tells the reader, and fails every waiting
-    /// request whose batch was cut.
+    /// Cuts the journal at `at`: tells the responder first (every request
+    /// queued so far whose batch ends above `at` fails), then, holding the
+    /// flush gate, lowers W, F and R, cuts the files, the catalog and the
+    /// checkpoint and tells the flusher; then the replicator and the reader.
+    /// Nothing here waits for another stage beyond the gate's lock.
     fn truncate(&mut self, at: u64) -> Result<(), JournalError> {
         let shared = self.shared.clone();
-        let view = &shared.cluster;
         crate::log!(
             "truncating the journal from {} to {at} (a divergent tail from an old leader)",
             self.journal.end()
         );
-        shared.positions.written.set(at);
-        if shared.positions.replicated.get() > at {
-            shared.positions.replicated.set(at);
-        }
-        let asked = view
-            .truncations_asked
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
-            + 1;
-        let _ = self.flusher_events.send(FlusherEvent::Truncate { at });
-        shared.wake(Stage::Flusher);
-        let give_up = Instant::now() + Duration::from_secs(60);
-        while view
-            .truncations_seen
-            .load(std::sync::atomic::Ordering::Acquire)
-            < asked
-        {
-            if shared.is_done(Stage::Flusher) || Instant::now() > give_up {
-                break;
+        // Before any position can pass `at` again (see `Responder::round`).
+        shared.cuts.record(Cut {
+            at,
+            queued_before: self.queued,
+        });
+        let cut = {
+            let mut gate = shared.lock_flush_gate();
+            *gate += 1;
+            let p = &shared.positions;
+            // Lower, never raise: W is below `at` when the cut lies in bytes
+            // still in the write cache, which are not in the file yet.
+            for pos in [&p.written, &p.flushed, &p.replicated] {
+                if pos.get() > at {
+                    pos.set(at);
+                }
             }
-            std::thread::park_timeout(Duration::from_millis(1));
-        }
-        let durable = shared.positions.flushed.get().min(at);
-        let cut = self.journal.truncate(at, durable)?;
+            let cut = self.journal.truncate(at, p.flushed.get())?;
+            let catalog = self.journal.catalog();
+            let _ = self.flusher_events.send(FlusherEvent::Reset {
+                generation: *gate,
+                at,
+                files: cut.files.clone(),
+                topics: catalog
+                    .topics()
+                    .iter()
+                    .map(|t| (t.meta.clone(), t.created_at))
+                    .collect(),
+                next_topic_id: catalog.next_topic_id(),
+            });
+            // The cut wrote the cache out first: the file now ends at `at`.
+            p.written.set(self.journal.written());
+            cut
+        };
+        shared.wake(Stage::Flusher);
         if let Some(r) = &self.replica {
             r.segments_changed(super::replicator::SegmentEvent::Reset(cut.files.clone()));
         }
-        let _ = self.flusher_events.send(FlusherEvent::Reset {
-            files: cut.files.clone(),
-            topics: self.journal.checkpoint_topics(),
-        });
-        shared.wake(Stage::Flusher);
         let topics = self
             .journal
             .catalog()
@@ -512,14 +537,6 @@ impl Writer {
         shared.wake(Stage::Reader);
         if let Some(r) = self.replica.as_mut() {
             r.truncated(at);
-        }
-        // Waiting requests whose batches were cut learn it now, before any
-        // new bytes can reach their positions.
-        let mut marker = ToResponder::Cut(at);
-        while let Err(back) = self.pending.try_push(marker) {
-            marker = back;
-            shared.wake(Stage::Responder);
-            std::thread::park_timeout(Duration::from_millis(1));
         }
         shared.wake(Stage::Responder);
         Ok(())
@@ -598,13 +615,13 @@ pub fn run(
             peers.pop();
             handled += 1;
         }
-        while handled < REQUESTS_PER_ROUND_MAX && !writer.pending.is_full() {
+        while handled < REQUESTS_PER_ROUND_MAX && writer.has_room() {
             let Some(m) = requests.peek() else { break };
             let counted = m.flags & super::ring::FLAG_COUNTED != 0;
             if let Some(p) = writer.handle(m.conn, counted, m.payload, now, now_ms) {
-                // Room was checked above: one request yields at most one
-                // entry (a `Cut` waits for room of its own).
-                let pushed = writer.pending.try_push(ToResponder::Request(p)).is_ok();
+                // Room was checked above, and one request yields at most
+                // one entry (cuts travel apart, in the cut log).
+                let pushed = writer.queue(p);
                 debug_assert!(pushed);
                 queued += 1;
             }
