@@ -76,6 +76,9 @@ pub struct Reader {
     by_name: HashMap<String, usize>,
     segments: Vec<SegmentFile>,
     waiting: Vec<WaitingFetch>,
+    /// Waiting fetches whose topic a cut removed: answered `UnknownTopic`
+    /// at the next recheck (the reactor counts them in flight until then).
+    orphaned: Vec<WaitingFetch>,
     events: Receiver<ReaderEvent>,
     fetch_bytes_max: usize,
     out: Vec<u8>,
@@ -103,6 +106,7 @@ impl Reader {
             by_name: HashMap::new(),
             segments,
             waiting: Vec::new(),
+            orphaned: Vec::new(),
             events,
             fetch_bytes_max,
             out: Vec::with_capacity(64 * 1024),
@@ -139,23 +143,27 @@ impl Reader {
                         });
                     }
                     self.segments = segments;
-                    // A fetch on a topic whose creation was cut cannot be
-                    // answered from this journal; its client times out and
-                    // asks again.
+                    // A fetch on a topic whose creation was cut has no topic
+                    // to wait on any more: it is answered `UnknownTopic`.
                     let topics = &self.topics;
+                    let orphaned = &mut self.orphaned;
                     self.waiting.retain(|w| {
-                        topics
+                        let kept = topics
                             .get(w.topic)
-                            .is_some_and(|t| (w.partition as usize) < t.partitions.len())
+                            .is_some_and(|t| (w.partition as usize) < t.partitions.len());
+                        if !kept {
+                            orphaned.push(*w);
+                        }
+                        kept
                     });
                 }
             }
         }
     }
 
-    /// Fetches waiting for data.
+    /// Fetches waiting for data or for their answer.
     pub fn waiting(&self) -> usize {
-        self.waiting.len()
+        self.waiting.len() + self.orphaned.len()
     }
 
     fn topic(&mut self, name: &str) -> Option<usize> {
@@ -538,6 +546,18 @@ impl Reader {
         out: &mut MessageProducer,
     ) -> Result<usize, RingFull> {
         let mut answered = 0;
+        while let Some(w) = self.orphaned.last().copied() {
+            self.answer_error(
+                w.conn,
+                w.flags,
+                w.correlation_id,
+                ApiKey::Fetch,
+                ErrorCode::UnknownTopic,
+                out,
+            )?;
+            self.orphaned.pop();
+            answered += 1;
+        }
         let mut i = 0;
         while i < self.waiting.len() {
             let w = self.waiting[i];
@@ -554,6 +574,11 @@ impl Reader {
     /// The earliest deadline among waiting fetches.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.waiting.iter().map(|w| w.deadline).min()
+    }
+
+    /// True when fetches wait only for their answer (see `orphaned`).
+    pub fn has_orphans(&self) -> bool {
+        !self.orphaned.is_empty()
     }
 }
 
@@ -613,7 +638,7 @@ pub fn run(
             shared.wake_reactor();
         }
         let stopping = shared.reactor_drained.load(Ordering::Acquire) && requests.is_empty();
-        let due = reader.next_deadline().is_some_and(|d| d <= now);
+        let due = reader.has_orphans() || reader.next_deadline().is_some_and(|d| d <= now);
         if !blocked && (committed != last_committed || due || stopping) {
             match reader.recheck(committed, now, stopping, &mut out) {
                 Ok(n) => {
@@ -644,5 +669,71 @@ pub fn run(
             .unwrap_or(Duration::from_millis(100))
             .min(Duration::from_millis(100));
         idle.wait(wait);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::ring::message_ring;
+    use crate::journal::append_log::append_log;
+    use crate::wire::frame::request_frame;
+
+    fn fetch_frame(topic: &str, correlation_id: u32) -> Vec<u8> {
+        request_frame(ApiKey::Fetch.as_u16(), 1, correlation_id, |out| {
+            FetchRequest {
+                topic,
+                partition: 0,
+                offset: 0,
+                max_bytes: 1 << 20,
+                max_wait_ms: 30_000,
+                min_bytes: 1,
+            }
+            .encode(out)
+        })
+    }
+
+    /// Finding 4: a fetch waiting on a topic whose creation a cut removed
+    /// is answered (the reactor counts it in flight until then), not
+    /// forgotten.
+    #[test]
+    fn a_cut_answers_the_fetches_waiting_on_a_removed_topic() {
+        let (events_tx, events_rx) = std::sync::mpsc::channel();
+        let mut reader = Reader::new(Vec::new(), events_rx, 1 << 20);
+        let (mut out, mut inp) = message_ring(1 << 16);
+        let (_writer, index) = append_log();
+        events_tx
+            .send(ReaderEvent::Topic {
+                meta: TopicMeta {
+                    id: 0,
+                    name: "gone".into(),
+                    partitions: 1,
+                },
+                indexes: vec![index],
+            })
+            .unwrap();
+        let now = Instant::now();
+        reader
+            .handle(7, FLAG_COUNTED, &fetch_frame("gone", 5), 0, now, &mut out)
+            .unwrap();
+        assert!(inp.peek().is_none(), "nothing to fetch yet: it waits");
+        assert_eq!(reader.waiting(), 1);
+        events_tx
+            .send(ReaderEvent::Reset {
+                topics: Vec::new(),
+                segments: Vec::new(),
+            })
+            .unwrap();
+        reader.drain_events();
+        reader.recheck(0, now, false, &mut out).unwrap();
+        let m = inp.peek().expect("the waiting fetch is answered");
+        let h = ResponseHeader::parse(m.payload);
+        assert_eq!((m.conn, m.flags), (7, FLAG_COUNTED));
+        assert_eq!(
+            (h.correlation_id, h.error_code),
+            (5, ErrorCode::UnknownTopic.as_u16())
+        );
+        inp.pop();
+        assert_eq!(reader.waiting(), 0);
     }
 }
