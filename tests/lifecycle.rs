@@ -606,3 +606,74 @@ fn a_startup_error_is_printed_once() {
     );
     drop(first);
 }
+
+/// Review finding 11: at shutdown the broker half-closes each connection
+/// and reads (and discards) what the client still sends until the client
+/// closes, so the answers it wrote are not destroyed by a reset sent over
+/// unread input.
+#[test]
+fn shutdown_ends_a_busy_connection_with_a_clean_close_not_a_reset() {
+    const PINGS: usize = 200_000;
+    let dir = TestDir::new();
+    let mut broker = BrokerProc::start(&dir.data, &[]);
+    let mut conn = RawConn::connect(broker.addr());
+    let mut out = conn.stream.try_clone().expect("clone socket");
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // A client that sends far more than the broker will read before it
+    // stops, and reads nothing until the broker is shutting down: the
+    // broker's socket then holds unread input when it closes.
+    let writer = std::thread::spawn({
+        let sent = sent.clone();
+        move || {
+            let frame = RawConn::frame(ApiKey::Ping.as_u16(), 1, 9, |o| {
+                o.extend_from_slice(&[7u8; 512])
+            })
+            .repeat(64);
+            for _ in 0..PINGS / 64 {
+                if let Err(e) = out.write_all(&frame) {
+                    return Some(e.kind());
+                }
+                sent.fetch_add(frame.len(), std::sync::atomic::Ordering::Release);
+            }
+            None
+        }
+    });
+    common::wait_until(Duration::from_secs(20), "the client to send 1 MB", || {
+        sent.load(std::sync::atomic::Ordering::Acquire) >= 1 << 20
+    });
+    broker.send_signal(Signal::SIGTERM);
+    common::wait_until(
+        Duration::from_secs(20),
+        "the broker to log the signal",
+        || broker.stderr().contains("shutting down"),
+    );
+    let (end, answers) = bounded(Duration::from_secs(60), "reading the answers", move || {
+        let mut answers = 0usize;
+        let end = loop {
+            match conn.read_response() {
+                Ok(r) => {
+                    assert_eq!(r.code(), ErrorCode::None);
+                    answers += 1;
+                }
+                Err(e) => break e.kind(),
+            }
+        };
+        (end, answers)
+    });
+    let status = broker.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let write_error = writer.join().expect("writer thread");
+    assert!(answers > 0);
+    // A reset is seen by whichever thread touches the socket first; it
+    // also destroys answers the broker had written but not yet sent.
+    assert_ne!(
+        write_error,
+        Some(std::io::ErrorKind::ConnectionReset),
+        "the broker reset the connection"
+    );
+    assert_eq!(
+        end,
+        std::io::ErrorKind::UnexpectedEof,
+        "after {answers} answers the connection must end with the broker's FIN, not a reset"
+    );
+}

@@ -47,6 +47,10 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 const LARGE_BUFFER_KEEP: Duration = Duration::from_secs(1);
 /// How long shutdown waits for clients to take their last responses.
 const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(5);
+/// After its FIN, a connection on which the client sent nothing for this
+/// long is closed without waiting for the client's own FIN: a client that
+/// is not sending cannot make the close a reset.
+const SHUTDOWN_QUIET_CLOSE: Duration = Duration::from_millis(100);
 
 struct Conn {
     stream: TcpStream,
@@ -63,6 +67,10 @@ struct Conn {
     dirty: bool,
     close_after_write: bool,
     peer_closed: bool,
+    /// Shutdown sent our FIN (`shutdown(Write)`): everything queued for
+    /// the client was written; what it still sends is read and dropped
+    /// until it closes.
+    write_closed: bool,
     /// When bytes last arrived.
     last_read: Instant,
     /// When bytes last arrived or left.
@@ -209,8 +217,12 @@ impl Reactor {
                         if event.is_writable() {
                             self.flush(key);
                         }
-                        if (event.is_readable() || event.is_read_closed()) && !draining {
-                            self.read(key);
+                        if event.is_readable() || event.is_read_closed() {
+                            if !draining {
+                                self.read(key);
+                            } else if self.conns.get(key).is_some_and(|c| c.write_closed) {
+                                self.discard_input(key);
+                            }
                         }
                         self.close_if_finished(key);
                     }
@@ -241,8 +253,9 @@ impl Reactor {
                 if stages_done && self.from_responder.is_empty() && self.from_reader.is_empty() {
                     let until =
                         *grace_until.get_or_insert_with(|| Instant::now() + SHUTDOWN_WRITE_GRACE);
-                    let unsent = self.conns.iter().any(|(_, c)| c.pending_write() > 0);
-                    if !unsent || Instant::now() >= until {
+                    self.half_close_written();
+                    self.close_quiet_half_closed();
+                    if self.conns.is_empty() || Instant::now() >= until {
                         return;
                     }
                 }
@@ -298,6 +311,7 @@ impl Reactor {
                         dirty: false,
                         close_after_write: false,
                         peer_closed: false,
+                        write_closed: false,
                         last_read: self.now,
                         last_activity: self.now,
                         large_at: self.now,
@@ -466,6 +480,76 @@ impl Reactor {
             if conn.wbuf.capacity() > WRITE_BUFFER_KEEP_BYTES {
                 conn.wbuf.shrink_to(READ_BUFFER_BYTES);
             }
+        }
+    }
+
+    /// At the end of a shutdown: sends a FIN on every connection whose
+    /// answers are all written, then reads and drops what the client still
+    /// sends until it closes. Closing a socket that holds unread input
+    /// would send a reset instead, which destroys the answers still in the
+    /// kernel's buffers on both sides.
+    fn half_close_written(&mut self) {
+        let keys: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.write_closed && c.pending_write() == 0)
+            .map(|(key, _)| key)
+            .collect();
+        for key in keys {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.write_closed = true;
+                conn.last_read = self.now;
+                if conn.stream.shutdown(std::net::Shutdown::Write).is_err() {
+                    // Not connected any more: nothing to wait for.
+                    conn.peer_closed = true;
+                }
+            }
+            // Input may be waiting already (edge-triggered: no new event).
+            self.discard_input(key);
+        }
+    }
+
+    /// Closes the half-closed connections whose clients sent nothing for
+    /// [`SHUTDOWN_QUIET_CLOSE`].
+    fn close_quiet_half_closed(&mut self) {
+        let now = Instant::now();
+        let quiet: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.write_closed && now.saturating_duration_since(c.last_read) >= SHUTDOWN_QUIET_CLOSE
+            })
+            .map(|(key, _)| key)
+            .collect();
+        for key in quiet {
+            // Whatever arrived since the last readiness event goes first,
+            // so the close does not find unread input.
+            self.discard_input(key);
+            if let Some(mut conn) = self.conns.try_remove(key) {
+                let _ = self.poll.registry().deregister(&mut conn.stream);
+            }
+        }
+    }
+
+    /// Reads and drops input on a half-closed connection until
+    /// `WouldBlock`; closes the connection at the client's EOF.
+    fn discard_input(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let mut sink = [0u8; 16 * 1024];
+        while !conn.peer_closed {
+            match conn.stream.read(&mut sink) {
+                Ok(0) => conn.peer_closed = true,
+                Ok(_) => conn.last_read = self.now,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => conn.peer_closed = true,
+            }
+        }
+        if conn.peer_closed {
+            let mut conn = self.conns.remove(key);
+            let _ = self.poll.registry().deregister(&mut conn.stream);
         }
     }
 
