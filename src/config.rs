@@ -150,6 +150,11 @@ pub struct Config {
     /// The consensus clock: elections, heartbeats and retransmissions are
     /// counted in ticks of this length.
     pub tick_ms: u64,
+    /// Cut the journal at damage recovery may not cut on its own, logging
+    /// what is dropped (`hutong broker --repair`; never read from a file:
+    /// it is a decision for one start, not a setting).
+    #[serde(skip)]
+    pub repair: bool,
 }
 
 /// One member of a replication group.
@@ -218,6 +223,7 @@ impl Default for Config {
             node_id: 0,
             peers: Vec::new(),
             tick_ms: TICK_MS_DEFAULT,
+            repair: false,
         }
     }
 }

@@ -92,6 +92,10 @@ struct BrokerArgs {
     /// (the address this broker uses to reach each one).
     #[arg(long, value_name = "ID=ADDR,...")]
     peers: Option<String>,
+    /// Cut the journal at damage that recovery refuses to cut on its own
+    /// (acknowledged data), logging what is dropped. See docs/operations.md.
+    #[arg(long)]
+    repair: bool,
 }
 
 #[derive(Debug, Args)]
@@ -248,6 +252,7 @@ fn run_broker(args: BrokerArgs) -> Result<()> {
     if let Some(peers) = &args.peers {
         config.peers = hutong::config::parse_peers(peers)?;
     }
+    config.repair = args.repair;
     // Block the signals before any broker thread exists: threads inherit
     // the mask, so the signals stay pending for `wait` below instead of
     // killing the process or landing on a pipeline thread.
@@ -263,9 +268,23 @@ fn run_broker(args: BrokerArgs) -> Result<()> {
         writeln!(stdout, "hutong listening on {}", broker.local_addr())?;
         stdout.flush()?;
     }
-    let signal = signals.wait().context("cannot wait for a signal")?;
-    hutong::log!("received {signal}, shutting down");
-    broker.shutdown_handle().shutdown();
+    // A signal asks for a shutdown; a fatal error inside the broker starts
+    // one by itself. Wait for the broker, not for a signal, so that a
+    // broker that failed ends the process instead of lingering.
+    let handle = broker.shutdown_handle();
+    std::thread::Builder::new()
+        .name("hutong-signals".into())
+        .spawn(move || match signals.wait() {
+            Ok(signal) => {
+                hutong::log!("received {signal}, shutting down");
+                handle.shutdown();
+            }
+            Err(e) => {
+                hutong::log!("cannot wait for a signal ({e}); shutting down");
+                handle.shutdown();
+            }
+        })
+        .context("cannot start the signal thread")?;
     broker.wait()?;
     Ok(())
 }

@@ -1,6 +1,10 @@
-//! A torn or corrupted tail of the active segment, made while the broker is
-//! stopped, is cut on restart: everything before it is served and new
-//! produces continue from the right offset.
+//! Damage made while the broker is stopped. A torn or corrupted tail of the
+//! active segment above the checkpoint (what a crash leaves) is cut on
+//! restart: everything before it is served and new produces continue from
+//! the right offset. Damage below the checkpoint, or before the last
+//! segment, is data that was acknowledged: the broker refuses to start,
+//! naming the segment, the position and what would be lost, and changes
+//! nothing; `--repair` cuts it and logs what was dropped.
 //!
 //! Each damage is made once after a clean shutdown (SIGTERM, which
 //! checkpoints past the whole journal) and once after `kill -9` with the
@@ -195,6 +199,46 @@ fn restart_and_check(dir: &TestDir, kept: u64) {
     check(broker.addr(), extra);
 }
 
+/// Starts a broker on a journal damaged below its checkpoint in
+/// `damaged`: it must refuse to start, say where and how much, and change
+/// no file; then `--repair` cuts the damage and says what it dropped.
+fn refuse_then_repair(dir: &TestDir, damaged: &Path) {
+    let before: Vec<(PathBuf, Vec<u8>)> = segments(&dir.data)
+        .into_iter()
+        .map(|s| {
+            let bytes = std::fs::read(&s).unwrap();
+            (s, bytes)
+        })
+        .collect();
+    let args = broker_args(dir);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (status, stderr) = common::run_broker_expecting_exit(&dir.data, &args);
+    assert!(!status.success(), "acknowledged data was damaged: {stderr}");
+    let name = damaged.file_name().unwrap().to_string_lossy().into_owned();
+    for words in [name.as_str(), "position", "bytes", "--repair"] {
+        assert!(
+            stderr.contains(words),
+            "the refusal names {words:?}: {stderr}"
+        );
+    }
+    for (s, b) in &before {
+        assert!(
+            std::fs::read(s).unwrap() == *b,
+            "{} was changed by a broker that refused to start",
+            s.display()
+        );
+    }
+    let mut repair_args = args.clone();
+    repair_args.push("--repair");
+    let mut broker = BrokerProc::start(&dir.data, &repair_args);
+    let log = broker.stderr();
+    assert!(
+        log.contains("REPAIR") && log.contains(&name),
+        "the repair logs what it dropped: {log}"
+    );
+    assert!(broker.terminate().success());
+}
+
 fn overwrite_last_batch_with_garbage(stop: Stop) {
     let dir = TestDir::new();
     let last = load_and_stop(&dir, stop);
@@ -208,6 +252,9 @@ fn overwrite_last_batch_with_garbage(stop: Stop) {
         })
         .collect();
     write_at(&last.file, last.pos, &garbage);
+    if stop == Stop::Sigterm {
+        refuse_then_repair(&dir, &last.file);
+    }
     restart_and_check(&dir, BATCHES - 1);
 }
 
@@ -226,11 +273,14 @@ fn flip_record_byte_of_last_batch(stop: Stop) {
     let last = load_and_stop(&dir, stop);
     let at = BATCH_HEADER_LEN + 20;
     write_at(&last.file, last.pos + at as u64, &[last.bytes[at] ^ 0x01]);
+    if stop == Stop::Sigterm {
+        refuse_then_repair(&dir, &last.file);
+    }
     restart_and_check(&dir, BATCHES - 1);
 }
 
 #[test]
-fn a_last_batch_overwritten_with_garbage_after_sigterm_is_cut_on_restart() {
+fn a_last_batch_overwritten_with_garbage_after_sigterm_is_refused_then_repaired() {
     overwrite_last_batch_with_garbage(Stop::Sigterm);
 }
 
@@ -240,7 +290,7 @@ fn a_partial_batch_after_the_last_one_after_sigterm_is_cut_on_restart() {
 }
 
 #[test]
-fn a_flipped_byte_in_the_last_batch_after_sigterm_is_cut_on_restart() {
+fn a_flipped_byte_in_the_last_batch_after_sigterm_is_refused_then_repaired() {
     flip_record_byte_of_last_batch(Stop::Sigterm);
 }
 
@@ -393,6 +443,23 @@ fn damage_in_an_earlier_segment_makes_the_broker_refuse_to_start_and_keep_the_fi
             s.display()
         );
     }
+    // `--repair` cuts at the damaged batch: the batches before it are
+    // served, the later segments are gone, and offsets continue.
+    let mut repair_args = args.to_vec();
+    repair_args.push("--repair");
+    let mut broker = BrokerProc::start(&dir.data, &repair_args);
+    let kept = read_partition(broker.addr(), "mid", 0).len() as u64;
+    assert!(kept >= 1 && kept < 6, "kept {kept} of 6 batches");
+    let mut c = RawConn::connect(broker.addr());
+    let v = vec![9u8; 1000];
+    assert_eq!(c.produce_ok("mid", 0, &batch_of_values(&[v])), kept);
+    drop(c);
+    assert!(broker.terminate().success());
+    let broker = BrokerProc::start(&dir.data, &args);
+    assert_eq!(
+        read_partition(broker.addr(), "mid", 0).len() as u64,
+        kept + 1
+    );
 }
 
 #[test]

@@ -1127,3 +1127,72 @@ fn a_standalone_broker_refuses_replication_frames() {
     // The connection stays usable.
     assert_eq!(conn.ping(b"still here"), b"still here");
 }
+
+/// Review finding 5: a fatal error on a broker thread ends the process
+/// promptly with a non-zero exit and a clear last line, instead of leaving
+/// a broker that refuses connections until someone kills it. Two members
+/// of a three-node group whose hard state cannot be written (a directory
+/// sits where the temporary file goes) fail as soon as an election needs
+/// to persist a term or a vote.
+#[test]
+fn a_member_that_cannot_persist_its_vote_exits_instead_of_lingering() {
+    let listeners: Vec<TcpListener> = (0..3)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let peers = (1..=3)
+        .map(|id| format!("{id}={}", addrs[id - 1]))
+        .collect::<Vec<_>>()
+        .join(",");
+    drop(listeners);
+    let dirs: Vec<common::TestDir> = (0..2).map(|_| common::TestDir::new()).collect();
+    let mut procs: Vec<common::BrokerProc> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, dir)| {
+            std::fs::create_dir_all(&dir.data).unwrap();
+            std::fs::create_dir(
+                dir.data
+                    .join(hutong::journal::hardstate::HARD_STATE_TMP_FILE),
+            )
+            .unwrap();
+            let id = (i + 1).to_string();
+            common::BrokerProc::start_at(
+                &addrs[i].to_string(),
+                &dir.data,
+                &["--node-id", &id, "--peers", &peers],
+            )
+        })
+        .collect();
+    // The first to need its hard state (a voter or a candidate) fails;
+    // the other may wait alone as a pre-candidate for ever. The failed one
+    // must be gone well within the broker's stop grace.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (i, status) = loop {
+        if let Some(exited) = procs
+            .iter_mut()
+            .enumerate()
+            .find_map(|(i, p)| p.try_exit_status().map(|s| (i, s)))
+        {
+            break exited;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no member exited within 60 s; logs:\n{}\n{}",
+            procs[0].stderr(),
+            procs[1].stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = procs[i].stderr();
+    assert!(!status.success(), "node {} exited with {status}", i + 1);
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("cannot persist the term and vote"),
+        "node {} ends with a clear line; its log:\n{log}",
+        i + 1
+    );
+    for p in &mut procs {
+        p.kill9();
+    }
+}

@@ -96,10 +96,21 @@ impl Broker {
     pub fn start(config: Config) -> Result<Broker, BrokerError> {
         config.validate()?;
         let config = Arc::new(config);
-        let mut journal = Journal::open(
+        // Damage below the checkpoint (or before the last segment) is data
+        // that may have been acknowledged: a standalone broker refuses to
+        // start unless told to cut it; a member of a replication group
+        // cuts it and fetches it again from the leader (the majority holds
+        // it).
+        let damage = if config.repair || config.is_clustered() {
+            crate::journal::log::Damage::Cut
+        } else {
+            crate::journal::log::Damage::Refuse
+        };
+        let mut journal = Journal::open_with(
             &config.data_dir,
             config.segment_bytes,
             config.write_cache_bytes,
+            damage,
         )?;
         let report = journal.report();
         crate::log!(
@@ -305,23 +316,53 @@ impl Broker {
 
     /// Blocks until the broker has shut down.
     ///
+    /// After a fatal error the stages get [`FATAL_STOP_GRACE`] to finish
+    /// their shutdown; a stage still running then (stuck on a disk, say)
+    /// is abandoned and the error returned anyway, so that the process can
+    /// exit and a supervisor restart it: a half-alive broker that refuses
+    /// connections is worse than a dead one.
+    ///
     /// # Errors
     /// [`BrokerError::Thread`] when a pipeline thread panicked or a stage
     /// hit a fatal error.
     pub fn wait(self) -> Result<(), BrokerError> {
+        let fatal = |shared: &Shared| shared.fatal.lock().ok().and_then(|f| f.clone());
+        let mut failed_at = None;
+        while !self.threads.iter().all(|(_, h)| h.is_finished()) {
+            if fatal(&self.shared).is_some() {
+                let since = *failed_at.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= FATAL_STOP_GRACE {
+                    let stuck: Vec<&str> = self
+                        .threads
+                        .iter()
+                        .filter(|(_, h)| !h.is_finished())
+                        .map(|(name, _)| *name)
+                        .collect();
+                    let msg = fatal(&self.shared).unwrap_or_default();
+                    return Err(BrokerError::Thread(format!(
+                        "{msg} (stopping without the {} thread(s), still running after {:?})",
+                        stuck.join(", "),
+                        FATAL_STOP_GRACE
+                    )));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let mut failure = None;
         for (name, handle) in self.threads {
             if handle.join().is_err() {
                 failure.get_or_insert(format!("the {name} thread panicked"));
             }
         }
-        let fatal = self.shared.fatal.lock().ok().and_then(|f| f.clone());
-        match failure.or(fatal) {
+        match failure.or(fatal(&self.shared)) {
             Some(msg) => Err(BrokerError::Thread(msg)),
             None => Ok(()),
         }
     }
 }
+
+/// How long [`Broker::wait`] lets the stages finish after a fatal error.
+pub const FATAL_STOP_GRACE: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

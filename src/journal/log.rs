@@ -87,6 +87,88 @@ pub struct RecoveryReport {
     /// Start positions of the segments fdatasync'd because they hold bytes
     /// the checkpoint does not vouch for.
     pub synced_segments: Vec<u64>,
+    /// What a [`Damage::Cut`] recovery dropped beyond a torn tail.
+    pub lost: Option<LostData>,
+}
+
+/// What recovery does with damage it may not cut on its own (anywhere but
+/// a torn tail of the last segment above the checkpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Damage {
+    /// Refuse to open: the data may have been acknowledged. A standalone
+    /// broker's default.
+    Refuse,
+    /// Cut the journal there and report what was dropped: `hutong broker
+    /// --repair`, and a member of a replication group (the majority still
+    /// holds the data; the member fetches it again).
+    Cut,
+}
+
+/// Data a recovery would drop, or dropped, at damage it may not cut on
+/// its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostData {
+    /// Journal position of the damage: the cut.
+    pub position: u64,
+    /// What is wrong there.
+    pub why: String,
+    /// The segment holding the damage; its bytes from `position` on go.
+    pub segment: PathBuf,
+    /// Bytes between the cut and the checkpoint's durable position: data
+    /// that was certainly acknowledged at QoS `flushed` or stronger.
+    pub durable_bytes: u64,
+    /// The later segments, deleted by a cut.
+    pub later_segments: Vec<PathBuf>,
+    /// Bytes of valid batches those later segments hold.
+    pub later_bytes: u64,
+}
+
+impl LostData {
+    /// Measures what cutting at `position` in `segments[0]` would drop.
+    fn measure(segments: &[(u64, PathBuf)], position: u64, durable: u64, why: String) -> LostData {
+        let mut later_bytes = 0u64;
+        for (start, path) in &segments[1..] {
+            // Best effort, for the message only: a segment that cannot be
+            // read counts as nothing.
+            if let Ok(seg) = Segment::open(path, *start) {
+                later_bytes += scan(seg.bytes(), *start, 0, |_, _| Ok(())).valid_len as u64;
+            }
+        }
+        LostData {
+            position,
+            why,
+            segment: segments[0].1.clone(),
+            durable_bytes: durable.saturating_sub(position),
+            later_segments: segments[1..].iter().map(|(_, p)| p.clone()).collect(),
+            later_bytes,
+        }
+    }
+
+    /// What is dropped, in words.
+    pub fn describe(&self) -> String {
+        format!(
+            "damage at journal position {} in {}: {}; a cut there drops the rest of that \
+             segment and {} later segment(s) holding {} bytes of valid batches; {} bytes \
+             above the cut were recorded as durable by the checkpoint (acknowledged data)",
+            self.position,
+            self.segment.display(),
+            self.why,
+            self.later_segments.len(),
+            self.later_bytes,
+            self.durable_bytes,
+        )
+    }
+
+    /// The refusal to start, in words.
+    fn refusal(&self) -> String {
+        format!(
+            "{}. Refusing to start: restore the data directory from a backup or a \
+             replica, or run `hutong broker --repair` to cut the journal at {} (what is \
+             dropped is logged)",
+            self.describe(),
+            self.position
+        )
+    }
 }
 
 /// The segment being appended to.
@@ -118,19 +200,43 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Locks `dir` (creating it if needed), then recovers: reads the
-    /// checkpoint, scans every segment, cuts a torn or corrupt tail of the
-    /// last segment, and rebuilds the catalog and indexes.
+    /// Opens `dir` as [`Journal::open_with`] does, refusing to cut
+    /// anything but a torn tail ([`Damage::Refuse`]).
     ///
     /// # Errors
-    /// [`JournalError::Locked`] when another broker holds the directory;
-    /// [`JournalError::Corrupt`] when damage is found before the last
-    /// segment (cutting there would drop acknowledged data, so the broker
-    /// refuses to start); IO errors otherwise.
+    /// As [`Journal::open_with`].
     pub fn open(
         dir: &Path,
         segment_bytes: usize,
         cache_bytes: usize,
+    ) -> Result<Journal, JournalError> {
+        Journal::open_with(dir, segment_bytes, cache_bytes, Damage::Refuse)
+    }
+
+    /// Locks `dir` (creating it if needed), then recovers: reads the
+    /// checkpoint, scans every segment, and rebuilds the catalog and
+    /// indexes.
+    ///
+    /// The first damaged batch found decides what happens (one policy for
+    /// every segment). Where a crash can leave one — in the last segment,
+    /// at or above the checkpoint's position — it is a torn tail and is
+    /// cut. Anywhere else the bytes were durable (below the checkpoint) or
+    /// are followed by later segments that may hold acknowledged data:
+    /// with [`Damage::Refuse`] the journal refuses to open, naming the
+    /// segment, the position and how much would be lost; with
+    /// [`Damage::Cut`] it cuts there (later segments are deleted, the
+    /// checkpoint lowered) and says what it dropped in
+    /// [`RecoveryReport::lost`].
+    ///
+    /// # Errors
+    /// [`JournalError::Locked`] when another broker holds the directory;
+    /// [`JournalError::Corrupt`] for damage [`Damage::Refuse`] does not
+    /// cut, a stray or misnamed segment file; IO errors otherwise.
+    pub fn open_with(
+        dir: &Path,
+        segment_bytes: usize,
+        cache_bytes: usize,
+        damage_policy: Damage,
     ) -> Result<Journal, JournalError> {
         let lock = lock_dir(dir)?;
         let cp = match checkpoint::read(dir) {
@@ -159,13 +265,21 @@ impl Journal {
         // Consensus needs every batch, so every segment is scanned from its
         // start; the checkpoint only spares the record checks below it.
         let mut entries = Vec::new();
+        // The first damage found: where, why, and in which listed segment.
+        let mut damage: Option<(u64, String, usize)> = None;
         for (i, (start, path)) in listed.iter().enumerate() {
             let is_last = i + 1 == listed.len();
             if *start != end {
-                return Err(JournalError::Corrupt(format!(
-                    "segment {} starts at {start} but the previous data ends at {end}",
-                    path.display()
-                )));
+                // The previous segment's data stops short of this one.
+                damage = Some((
+                    end,
+                    format!(
+                        "the data ends at {end} but the next segment, {}, starts at {start}",
+                        path.display()
+                    ),
+                    i - 1,
+                ));
+                break;
             }
             if is_last && is_empty_file(path)? {
                 // A crash between creating a segment file and preallocating
@@ -180,7 +294,7 @@ impl Journal {
                 super::dir::sync_dir(dir)?;
                 break;
             }
-            let mut seg = Segment::open(path, *start)?;
+            let seg = Segment::open(path, *start)?;
             let result = scan(seg.bytes(), *start, verify_from, |pos, batch| {
                 apply_batch(&mut catalog, pos, batch)?;
                 entries.push(Entry {
@@ -191,37 +305,62 @@ impl Journal {
                 Ok(())
             });
             end = start + result.valid_len as u64;
-            if result.stop != ScanStop::End && !is_last {
-                return Err(JournalError::Corrupt(format!(
-                    "damage at position {end} in {}, which is not the last segment ({:?}); \
-                     refusing to start: move that segment and the ones after it away to recover",
-                    path.display(),
-                    result.stop
-                )));
+            files.push((*start, seg.file().clone()));
+            let why = match &result.stop {
+                ScanStop::Torn(why) | ScanStop::Refused(why) => Some(why.clone()),
+                // Zeros where the checkpoint says durable data lies.
+                ScanStop::End if is_last && end < cp.position => Some(format!(
+                    "the data ends at {end}, below the checkpoint's durable position {}",
+                    cp.position
+                )),
+                ScanStop::End => None,
+            };
+            if let Some(why) = why {
+                damage = Some((end, why, i));
             }
-            if is_last {
-                if let ScanStop::Torn(why) | ScanStop::Refused(why) = &result.stop {
-                    report.truncated = Some((end, why.clone()));
-                }
-                // Zero whatever lies past the valid data (a torn batch, or
-                // pages the kernel wrote back after a hole) so it can never
-                // be read as data once new batches are appended.
-                seg.zero_from(result.valid_len)?;
-                files.push((*start, seg.file().clone()));
-                active = Some(seg);
-            } else {
-                files.push((*start, seg.file().clone()));
+            active = Some(seg);
+            if damage.is_some() {
+                break;
             }
         }
-        if end < cp.position {
-            // Durable data of the last segment was damaged while the broker
-            // was down (a torn write never reaches a checkpoint). It was cut
-            // above, because everything before it is still good; say loudly
-            // what was lost.
-            crate::log!("WARNING: the checkpoint recorded {} bytes as durable but only {end} survive                  recovery; {} bytes of the last segment were damaged and cut",
-                cp.position,
-                cp.position - end
-            );
+        if let Some((at, why, i)) = damage {
+            let torn_tail = i + 1 == listed.len() && at >= cp.position;
+            if torn_tail {
+                report.truncated = Some((at, why));
+            } else {
+                let lost = LostData::measure(&listed[i..], at, cp.position, why);
+                if damage_policy == Damage::Refuse {
+                    return Err(JournalError::Corrupt(lost.refusal()));
+                }
+                crate::log!("REPAIR: {}", lost.describe());
+                // Newest first, each removal durable before the next, so a
+                // crash leaves contiguous segments (and the same damage
+                // for the next start to find).
+                for (_, path) in listed[i + 1..].iter().rev() {
+                    std::fs::remove_file(path)
+                        .map_err(|e| JournalError::io(format!("remove {}", path.display()), e))?;
+                    super::dir::sync_dir(dir)?;
+                    report.removed_segments.push(path.clone());
+                }
+                // The checkpoint must not vouch for what is gone.
+                checkpoint::write(
+                    dir,
+                    &checkpoint::Checkpoint {
+                        position: cp.position.min(at),
+                        next_topic_id: catalog.next_topic_id(),
+                        topics: catalog.metas(),
+                    },
+                )?;
+                report.truncated = Some((at, lost.why.clone()));
+                report.lost = Some(lost);
+            }
+        }
+        // The segment holding the end is the active one: zero whatever lies
+        // past the valid data (a torn batch, or pages the kernel wrote back
+        // after a hole) so it can never be read as data once new batches
+        // are appended.
+        if let Some(seg) = active.as_mut() {
+            seg.zero_from((end - seg.start()) as usize)?;
         }
         // Every recovered byte counts as durable from here on (F starts at
         // the end), but only the bytes below the checkpoint were proven

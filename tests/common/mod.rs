@@ -274,6 +274,15 @@ impl BrokerProc {
         nix::sys::signal::kill(pid, signal).expect("signal the broker");
     }
 
+    /// The exit status, once the broker has exited (it is then reaped);
+    /// `None` while it runs.
+    pub fn try_exit_status(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let status = wait_child(child, Duration::ZERO)?;
+        self.child = None;
+        Some(status)
+    }
+
     /// Waits at most `timeout` for the broker to exit and returns its status.
     ///
     /// # Panics
