@@ -449,7 +449,7 @@ fn damage_in_an_earlier_segment_makes_the_broker_refuse_to_start_and_keep_the_fi
     repair_args.push("--repair");
     let mut broker = BrokerProc::start(&dir.data, &repair_args);
     let kept = read_partition(broker.addr(), "mid", 0).len() as u64;
-    assert!(kept >= 1 && kept < 6, "kept {kept} of 6 batches");
+    assert!((1..6).contains(&kept), "kept {kept} of 6 batches");
     let mut c = RawConn::connect(broker.addr());
     let v = vec![9u8; 1000];
     assert_eq!(c.produce_ok("mid", 0, &batch_of_values(&[v])), kept);
