@@ -7,6 +7,7 @@ pub mod batch;
 pub mod codec;
 pub mod error;
 pub mod frame;
+pub mod limits;
 pub mod replicate;
 
 pub use api::{ApiKey, Qos};
