@@ -6,6 +6,7 @@
 
 use super::codec::{DecodeError, Put, Reader};
 use super::error::ErrorCode;
+#[cfg(feature = "broker")]
 use crate::consensus::Role;
 
 /// The protocol version this broker speaks (negotiated by Handshake).
@@ -625,6 +626,7 @@ impl ClusterRole {
     }
 }
 
+#[cfg(feature = "broker")]
 impl From<Role> for ClusterRole {
     fn from(role: Role) -> ClusterRole {
         match role {
@@ -917,6 +919,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "broker")]
     fn cluster_roles_follow_consensus_roles() {
         assert_eq!(ClusterRole::from(Role::Follower).as_u8(), 0);
         assert_eq!(ClusterRole::from(Role::PreCandidate).as_u8(), 1);

@@ -1,6 +1,9 @@
 //! The wire protocol: frames, headers, message bodies, the consensus
 //! messages brokers exchange (`replicate`), the record batch and error
 //! codes. Pure encoding and decoding: no IO, no threads.
+//!
+//! `replicate` speaks the consensus module's types and exists only with
+//! the broker feature; everything else is shared with the client.
 
 pub mod api;
 pub mod batch;
@@ -8,6 +11,7 @@ pub mod codec;
 pub mod error;
 pub mod frame;
 pub mod limits;
+#[cfg(feature = "broker")]
 pub mod replicate;
 
 pub use api::{ApiKey, Qos};
