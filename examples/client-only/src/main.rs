@@ -4,17 +4,11 @@ use std::time::Duration;
 fn main() -> Result<(), hutong::client::ClientError> {
     let addr = "127.0.0.1:7070"; // topic `orders` must exist
     let producer = Producer::connect(addr, ProducerConfig::default())?;
-    let ack = producer
-        .send_records("orders", 0, &[(b"k1", b"hello")])?
-        .wait()?;
-    println!("stored at offset {}", ack.base_offset);
+    let receipt = producer.send_records("orders", 0, &[(b"k1", b"hello")])?;
+    println!("stored at offset {}", receipt.wait()?.base_offset);
     let mut consumer = Consumer::connect(addr, "orders", 0, StartFrom::Earliest)?;
-    for record in consumer.poll(Duration::from_secs(1))? {
-        println!(
-            "{}: {}",
-            record.offset,
-            String::from_utf8_lossy(&record.value)
-        );
+    for r in consumer.poll(Duration::from_secs(1))? {
+        println!("{}: {}", r.offset, String::from_utf8_lossy(&r.value));
     }
     Ok(())
 }
