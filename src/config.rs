@@ -293,10 +293,10 @@ impl Config {
         if self.connection_write_bytes_max < 64 * KIB {
             return fail("connection_write_bytes_max must be at least 64 KiB".into());
         }
-        if self.partitions_max > crate::journal::catalog::PARTITIONS_MAX {
+        if self.partitions_max > crate::journal::topic::PARTITIONS_MAX {
             return fail(format!(
                 "partitions_max must be at most {} (the journal's own bound)",
-                crate::journal::catalog::PARTITIONS_MAX
+                crate::journal::topic::PARTITIONS_MAX
             ));
         }
         if self.topics_max == 0 || self.partitions_per_topic_max == 0 || self.partitions_max == 0 {
@@ -397,7 +397,7 @@ mod tests {
         };
         assert!(c.validate().is_err());
         let c = Config {
-            partitions_max: crate::journal::catalog::PARTITIONS_MAX + 1,
+            partitions_max: crate::journal::topic::PARTITIONS_MAX + 1,
             ..Config::default()
         };
         assert!(c.validate().is_err());

@@ -19,12 +19,13 @@
 //! unsealed run keeps the checksum paths covered.
 
 use crate::config::FRAME_BYTES_MAX_DEFAULT;
-use crate::journal::checkpoint::{self, Checkpoint, TopicMeta};
+use crate::journal::checkpoint::{self, Checkpoint};
 use crate::journal::control::{self, Control};
 use crate::journal::error::JournalError;
 use crate::journal::log::Journal;
 use crate::journal::scan::{header_crc_ok, scan, ScanResult, ScanStop};
 use crate::journal::segment::segment_file_name;
+use crate::journal::topic::TopicMeta;
 use crate::wire::api::{
     check_topic_name, ApiKey, ClusterStatusResponse, CreateTopicRequest, ErrorBody, FetchRequest,
     FetchResponse, HandshakeRequest, HandshakeResponse, ListOffsetsRequest, ListOffsetsResponse,

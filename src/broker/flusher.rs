@@ -7,8 +7,9 @@
 //! and at shutdown.
 
 use super::shared::{Idle, Shared, Stage};
-use crate::journal::checkpoint::{self, Checkpoint, TopicMeta};
+use crate::journal::checkpoint::{self, Checkpoint};
 use crate::journal::log::SegmentFile;
+use crate::journal::topic::TopicMeta;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;

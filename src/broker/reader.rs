@@ -10,9 +10,9 @@
 use super::ring::{MessageConsumer, MessageProducer, FLAG_COUNTED};
 use super::shared::{deadline_after, Idle, Shared, Stage};
 use crate::config::FETCH_WAIT_MS_MAX;
-use crate::journal::checkpoint::TopicMeta;
 use crate::journal::index::{entries_below, locate, PartitionIndex};
 use crate::journal::log::SegmentFile;
+use crate::journal::topic::TopicMeta;
 use crate::wire::api::{
     ClusterNode, ClusterRole, ClusterStatusResponse, ErrorBody, FetchRequest, FetchResponse,
     ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, PartitionMetadata,

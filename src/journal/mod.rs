@@ -14,3 +14,4 @@ pub mod lock;
 pub mod log;
 pub mod scan;
 pub mod segment;
+pub mod topic;
