@@ -43,9 +43,6 @@ pub mod config;
 #[cfg(feature = "broker")]
 pub mod consensus;
 #[cfg(feature = "broker")]
-#[doc(hidden)]
-pub mod fuzz_targets;
-#[cfg(feature = "broker")]
 pub mod journal;
 #[cfg(feature = "broker")]
 #[macro_use]
