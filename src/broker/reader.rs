@@ -12,6 +12,7 @@ use super::shared::{deadline_after, Idle, Shared, Stage};
 use crate::config::FETCH_WAIT_MS_MAX;
 use crate::journal::index::{entries_below, locate, PartitionIndex};
 use crate::journal::log::SegmentFile;
+use crate::journal::reader::JournalReader;
 use crate::journal::topic::TopicMeta;
 use crate::wire::api::{
     ClusterNode, ClusterRole, ClusterStatusResponse, ErrorBody, FetchRequest, FetchResponse,
@@ -21,7 +22,6 @@ use crate::wire::api::{
 use crate::wire::frame::{finish_frame, RequestHeader, ResponseHeader, REQUEST_HEADER_LEN};
 use crate::wire::{ApiKey, ErrorCode};
 use std::collections::HashMap;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -74,7 +74,7 @@ pub struct RingFull;
 pub struct Reader {
     topics: Vec<ReaderTopic>,
     by_name: HashMap<String, usize>,
-    segments: Vec<SegmentFile>,
+    journal: JournalReader,
     waiting: Vec<WaitingFetch>,
     events: Receiver<ReaderEvent>,
     fetch_bytes_max: usize,
@@ -101,7 +101,7 @@ impl Reader {
         Reader {
             topics: Vec::new(),
             by_name: HashMap::new(),
-            segments,
+            journal: JournalReader::new(segments),
             waiting: Vec::new(),
             events,
             fetch_bytes_max,
@@ -127,7 +127,7 @@ impl Reader {
                         partitions: indexes,
                     });
                 }
-                ReaderEvent::Segment(f) => self.segments.push(f),
+                ReaderEvent::Segment(f) => self.journal.add_segment(f),
                 ReaderEvent::Reset { topics, segments } => {
                     self.topics.clear();
                     self.by_name.clear();
@@ -138,7 +138,7 @@ impl Reader {
                             partitions: indexes,
                         });
                     }
-                    self.segments = segments;
+                    self.journal.reset(segments);
                     // A fetch on a topic whose creation was cut cannot be
                     // answered from this journal; its client times out and
                     // asks again.
@@ -473,30 +473,9 @@ impl Reader {
                 end = entry(&idx, i).end_position();
                 i += 1;
             }
-            self.read_range(start, end)?;
+            self.journal.append(start, end, &mut self.out)?;
         }
         finish_frame(&mut self.out, 0);
-        Ok(())
-    }
-
-    /// Appends journal bytes [start, end) to `self.out`, crossing segment
-    /// boundaries as needed.
-    fn read_range(&mut self, mut start: u64, end: u64) -> std::io::Result<()> {
-        while start < end {
-            let s = self.segments.partition_point(|f| f.0 <= start);
-            if s == 0 {
-                return Err(std::io::Error::other(format!(
-                    "no segment holds position {start}"
-                )));
-            }
-            let (seg_start, file) = &self.segments[s - 1];
-            let seg_end = self.segments.get(s).map(|f| f.0).unwrap_or(u64::MAX);
-            let stop = end.min(seg_end);
-            let at = self.out.len();
-            self.out.resize(at + (stop - start) as usize, 0);
-            file.read_exact_at(&mut self.out[at..], start - seg_start)?;
-            start = stop;
-        }
         Ok(())
     }
 

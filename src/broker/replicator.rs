@@ -46,6 +46,7 @@ pub fn run(shared: Arc<Shared>) {
 
 use crate::consensus::{Message, MessageKind};
 use crate::journal::log::SegmentFile;
+use crate::journal::reader::JournalReader;
 use crate::wire::replicate::write_frame;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -53,7 +54,6 @@ use ringbuf::traits::{Consumer, Observer};
 use ringbuf::HeapCons;
 use std::io::{ErrorKind, Read, Write};
 use std::net::ToSocketAddrs;
-use std::os::unix::fs::FileExt;
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
@@ -109,7 +109,7 @@ struct Link {
 /// to the peers, reading the journal bytes of each append from the files.
 pub struct Courier {
     links: Vec<Link>,
-    segments: Vec<SegmentFile>,
+    journal: JournalReader,
     poll: Poll,
     /// The journal bytes read for the last append, and their range with
     /// the term of its last entry: the same range usually goes to every
@@ -154,7 +154,7 @@ impl Courier {
             .collect();
         Ok(Courier {
             links,
-            segments,
+            journal: JournalReader::new(segments),
             poll,
             scratch: Vec::new(),
             scratch_range: None,
@@ -165,8 +165,8 @@ impl Courier {
         // After a cut the same positions may hold other bytes.
         self.scratch_range = None;
         match e {
-            SegmentEvent::Segment(f) => self.segments.push(f),
-            SegmentEvent::Reset(files) => self.segments = files,
+            SegmentEvent::Segment(f) => self.journal.add_segment(f),
+            SegmentEvent::Reset(files) => self.journal.reset(files),
         }
     }
 
@@ -301,9 +301,18 @@ impl Courier {
                 last.map_or(*prev_pos, |e| e.end),
                 last.map_or(0, |e| e.term),
             );
+            let want = (range.1 - range.0) as usize;
             if self.scratch_range != Some(range) {
                 self.scratch_range = None;
-                if let Err(e) = read_journal(&self.segments, range.0, range.1, &mut self.scratch) {
+                // The buffer only grows, so one in steady use is never
+                // zeroed again.
+                if self.scratch.len() < want {
+                    self.scratch.resize(want, 0);
+                }
+                if let Err(e) = self
+                    .journal
+                    .read_exact_at(&mut self.scratch[..want], range.0)
+                {
                     crate::log!(
                         "cannot read journal bytes [{}, {}) for node {}: {e}",
                         range.0,
@@ -315,9 +324,28 @@ impl Courier {
                 }
                 self.scratch_range = Some(range);
             }
-            link.queue
-                .extend_from_slice(&self.scratch[..(range.1 - range.0) as usize]);
+            link.queue.extend_from_slice(&self.scratch[..want]);
         }
+    }
+
+    /// Takes up to [`MESSAGES_PER_ROUND_MAX`] messages from the outbox
+    /// (`pop`) into their peers' queues, with the writer's segment events.
+    /// Returns how many messages it took.
+    fn take(
+        &mut self,
+        pop: &mut dyn FnMut() -> Option<Message>,
+        events: &Receiver<SegmentEvent>,
+    ) -> usize {
+        while let Ok(e) = events.try_recv() {
+            self.event(e);
+        }
+        let mut taken = 0;
+        while taken < MESSAGES_PER_ROUND_MAX {
+            let Some(m) = pop() else { break };
+            self.queue(&m);
+            taken += 1;
+        }
+        taken
     }
 
     /// Writes what is queued for link `i` until the socket is full.
@@ -414,37 +442,6 @@ fn report_link_change(shared: &Shared, slot: usize) {
     shared.wake(Stage::Writer);
 }
 
-/// Reads the journal bytes `[from, to)` into the start of `out`, across
-/// segment files as needed. `out` only grows, so a buffer in steady use is
-/// never zeroed again.
-fn read_journal(
-    segments: &[SegmentFile],
-    from: u64,
-    to: u64,
-    out: &mut Vec<u8>,
-) -> std::io::Result<()> {
-    let want = (to - from) as usize;
-    if out.len() < want {
-        out.resize(want, 0);
-    }
-    let mut pos = from;
-    while pos < to {
-        let i = segments.partition_point(|(start, _)| *start <= pos);
-        let Some((start, file)) = i.checked_sub(1).map(|i| &segments[i]) else {
-            return Err(std::io::Error::new(
-                ErrorKind::NotFound,
-                format!("no segment holds position {pos}"),
-            ));
-        };
-        let seg_end = segments.get(i).map_or(to, |(next, _)| *next);
-        let chunk = (to.min(seg_end) - pos) as usize;
-        let at = (pos - from) as usize;
-        file.read_exact_at(&mut out[at..at + chunk], pos - start)?;
-        pos += chunk as u64;
-    }
-    Ok(())
-}
-
 /// The replicator thread of a group member.
 pub fn run_cluster(
     shared: Arc<Shared>,
@@ -456,16 +453,8 @@ pub fn run_cluster(
     let mut polled = Events::with_capacity(64);
     loop {
         let now = Instant::now();
-        while let Ok(e) = events.try_recv() {
-            courier.event(e);
-        }
         courier.connect_due(now);
-        let mut taken = 0;
-        while taken < MESSAGES_PER_ROUND_MAX {
-            let Some(m) = outbox.try_pop() else { break };
-            courier.queue(&m);
-            taken += 1;
-        }
+        let taken = courier.take(&mut || outbox.try_pop(), &events);
         for i in 0..courier.links.len() {
             if courier.links[i].sent < courier.links[i].queue.len() || !courier.links[i].connected {
                 courier.flush(i, &shared);
