@@ -199,10 +199,10 @@ impl Writer {
         if req.batch.len() > self.config.batch_bytes_max {
             return Err(ErrorCode::BatchTooLarge);
         }
+        check_topic_name(req.topic)?;
         let slot = match self.journal.catalog().lookup(req.topic) {
             Some(slot) => slot,
             None if self.config.auto_create_topics => {
-                check_topic_name(req.topic)?;
                 self.add_topic(req.topic, self.config.auto_create_partitions, now_ms)?
                     .1
             }

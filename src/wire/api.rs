@@ -647,7 +647,25 @@ pub struct ClusterNode {
     pub addr: String,
 }
 
-/// ClusterStatus response body (the request body is empty).
+/// ClusterStatus request body: empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClusterStatusRequest;
+
+impl ClusterStatusRequest {
+    /// Appends the body (nothing).
+    pub fn encode(&self, _out: &mut Vec<u8>) {}
+
+    /// Parses a body, which must be empty (bodies are exact).
+    ///
+    /// # Errors
+    /// [`DecodeError::TrailingBytes`] for any byte.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        Reader::new(body).finish()?;
+        Ok(ClusterStatusRequest)
+    }
+}
+
+/// ClusterStatus response body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterStatusResponse {
     /// This broker's node id; 0 for a standalone broker.
