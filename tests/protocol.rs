@@ -36,7 +36,7 @@ fn handshake_announces_the_version_limits_and_every_api() {
         "the highest version in both ranges"
     );
     assert_eq!(
-        hs.max_frame_bytes as usize,
+        hs.frame_bytes_max as usize,
         hutong::config::FRAME_BYTES_MAX_DEFAULT
     );
     assert!(!hs.server.is_empty(), "the broker names itself");
@@ -367,7 +367,7 @@ fn a_configured_frame_bytes_max_is_announced_and_enforced() {
         })
         .ok();
     let hs = HandshakeResponse::decode(&r.body).expect("decode handshake");
-    assert_eq!(hs.max_frame_bytes, 2 * 1024 * 1024);
+    assert_eq!(hs.frame_bytes_max, 2 * 1024 * 1024);
     // One byte over the limit (the length prefix counts 4 bytes less).
     let mut header = RawConn::frame(ApiKey::Produce.as_u16(), 1, 3, |_| {});
     header[..4].copy_from_slice(&(2u32 * 1024 * 1024 - 3).to_le_bytes());
@@ -375,4 +375,58 @@ fn a_configured_frame_bytes_max_is_announced_and_enforced() {
     let r = c.read_response().expect("an error before the close");
     r.expect_error(ErrorCode::FrameTooLarge);
     c.expect_closed();
+}
+
+/// docs/protocol.md §9.1: a standalone broker stamps term 0 (terms belong
+/// to replication groups) and numbers topics from 0 in creation order.
+#[test]
+fn a_standalone_broker_stamps_term_0_and_numbers_topics_from_0() {
+    let dir = TestDir::new();
+    let broker = BrokerProc::start(&dir.data, &[]);
+    let mut c = RawConn::connect(broker.addr());
+    c.create_topic("first", 1);
+    c.create_topic("second", 3);
+    for (topic, partition, id) in [("first", 0, 0), ("second", 2, 1)] {
+        c.produce_ok(topic, partition, &batch_of_values(&[b"v".to_vec()]));
+        let r = c
+            .fetch(&FetchRequest {
+                topic,
+                partition,
+                offset: 0,
+                max_bytes: 1 << 20,
+                max_wait_ms: 0,
+                min_bytes: 0,
+            })
+            .ok();
+        let f = FetchResponse::decode(&r.body).expect("decode fetch");
+        let stored = hutong::wire::batch::BatchView(f.batches);
+        assert_eq!(
+            (stored.term(), stored.topic_id(), stored.partition()),
+            (0, id, partition),
+            "the stamp of {topic}/{partition}"
+        );
+    }
+}
+
+/// docs/protocol.md §3: v1 brokers ignore the request header's `flags`
+/// and `reserved` fields (clients send 0; a later version may use them).
+#[test]
+fn the_flags_and_reserved_header_fields_are_ignored() {
+    let dir = TestDir::new();
+    let broker = BrokerProc::start(&dir.data, &[]);
+    let mut c = RawConn::connect(broker.addr());
+    c.create_topic("t", 1);
+    let id = c.next_id();
+    let mut frame = RawConn::frame(ApiKey::ListOffsets.as_u16(), 1, id, |out| {
+        ListOffsetsRequest {
+            topic: "t",
+            partition: 0,
+        }
+        .encode(out)
+    });
+    frame[12..16].copy_from_slice(&[0xff; 4]);
+    c.write_raw(&frame);
+    let r = c.response_to(id).ok();
+    assert_eq!(r.header.api_key, ApiKey::ListOffsets.as_u16());
+    assert_eq!(c.ping(b"still framed"), b"still framed");
 }

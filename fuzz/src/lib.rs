@@ -1031,7 +1031,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let mut responses = response(ApiKey::Handshake, ErrorCode::None, |out| {
         HandshakeResponse {
             version: 1,
-            max_frame_bytes: FRAME_BYTES_MAX_DEFAULT as u32,
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT as u32,
             server: "hutong".into(),
             apis: ApiKey::ALL
                 .iter()
