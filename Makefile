@@ -15,13 +15,18 @@ build:
 run: build
 	./target/release/hutong broker --listen $(ADDR) --data-dir $(DATA)
 
+# The second build compiles the README's client example on its own, so
+# hutong is built with the client feature alone (a workspace-wide build
+# unifies features and would hide a client that needs the broker).
 test:
 	$(CARGO) build --release --workspace
+	$(CARGO) build --release -p hutong-client-example
 	$(CARGO) test --release --workspace
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p hutong --lib --no-default-features --features client -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

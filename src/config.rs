@@ -3,16 +3,20 @@
 //! Names carry their unit last (`_bytes`, `_ms`, `_max`). The defaults are
 //! checked against each other at compile time; values from a config file or
 //! the command line are checked by [`Config::validate`].
+//!
+//! This is the broker's configuration (broker feature). The bounds the wire
+//! protocol fixes, which clients need too, live in [`crate::wire::limits`]
+//! and are re-exported here so that the broker's limits read in one place.
 
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use thiserror::Error;
 
-/// Kibibyte.
-pub const KIB: usize = 1024;
-/// Mebibyte.
-pub const MIB: usize = 1024 * KIB;
+pub use crate::wire::limits::{
+    FETCH_WAIT_MS_MAX, KIB, MIB, PRODUCE_TIMEOUT_MS_MAX, PRODUCE_TIMEOUT_MS_MIN,
+    SMALL_REQUEST_BYTES_MAX,
+};
 
 /// Default listen address.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7070";
@@ -22,8 +26,6 @@ pub const SEGMENT_BYTES_DEFAULT: usize = 128 * MIB;
 pub const FRAME_BYTES_MAX_DEFAULT: usize = 16 * MIB;
 /// Default maximum record batch size.
 pub const BATCH_BYTES_MAX_DEFAULT: usize = 16 * MIB - 1024;
-/// Largest frame accepted for any API other than Produce (they are small).
-pub const SMALL_REQUEST_BYTES_MAX: usize = 64 * KIB;
 /// Default capacity of the reactor → writer request ring.
 pub const REQUEST_RING_BYTES_DEFAULT: usize = 64 * MIB;
 /// Default capacity of the reactor → reader request ring.
@@ -52,12 +54,6 @@ pub const TOPICS_MAX_DEFAULT: usize = 10_000;
 pub const PARTITIONS_PER_TOPIC_MAX_DEFAULT: u32 = 4096;
 /// Default maximum partitions across all topics.
 pub const PARTITIONS_MAX_DEFAULT: usize = 100_000;
-/// Bounds of a produce request's `timeout_ms`.
-pub const PRODUCE_TIMEOUT_MS_MIN: u32 = 1;
-/// Upper bound of a produce request's `timeout_ms`.
-pub const PRODUCE_TIMEOUT_MS_MAX: u32 = 600_000;
-/// Upper bound of a fetch request's `max_wait_ms`.
-pub const FETCH_WAIT_MS_MAX: u32 = 60_000;
 /// Default interval between journal checkpoints.
 pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 5_000;
 /// Default largest record key.
@@ -303,10 +299,10 @@ impl Config {
         if self.connection_write_bytes_max < 64 * KIB {
             return fail("connection_write_bytes_max must be at least 64 KiB".into());
         }
-        if self.partitions_max > crate::journal::catalog::PARTITIONS_MAX {
+        if self.partitions_max > crate::journal::topic::PARTITIONS_MAX {
             return fail(format!(
                 "partitions_max must be at most {} (the journal's own bound)",
-                crate::journal::catalog::PARTITIONS_MAX
+                crate::journal::topic::PARTITIONS_MAX
             ));
         }
         if self.topics_max == 0 || self.partitions_per_topic_max == 0 || self.partitions_max == 0 {
@@ -407,7 +403,7 @@ mod tests {
         };
         assert!(c.validate().is_err());
         let c = Config {
-            partitions_max: crate::journal::catalog::PARTITIONS_MAX + 1,
+            partitions_max: crate::journal::topic::PARTITIONS_MAX + 1,
             ..Config::default()
         };
         assert!(c.validate().is_err());

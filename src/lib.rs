@@ -26,16 +26,25 @@
 //! - [`consensus`]: the sans-IO Raft rules over journal positions (not yet
 //!   wired into the broker; replication will drive it from the replicator).
 //! - [`client`]: the blocking, pipelined Rust client.
-//! - [`config`]: every limit and default.
+//! - [`config`]: every limit and default of the broker.
 //! - `log`: the broker's never-panicking log line ([`log!`]).
+//!
+//! Cargo features: `broker` (default) builds all of the above and the
+//! `hutong` binary; `client` alone builds only [`client`] and [`wire`]
+//! (without `wire::replicate`, the broker-to-broker messages), for
+//! applications that talk to brokers and need none of their machinery.
 
+#[cfg(feature = "broker")]
 pub mod broker;
+#[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "broker")]
 pub mod config;
+#[cfg(feature = "broker")]
 pub mod consensus;
-#[doc(hidden)]
-pub mod fuzz_targets;
+#[cfg(feature = "broker")]
 pub mod journal;
+#[cfg(feature = "broker")]
 #[macro_use]
 pub mod log;
 pub mod wire;

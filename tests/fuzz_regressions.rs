@@ -3,13 +3,20 @@
 //! that `make test` keeps every bug the fuzzers found fixed without
 //! needing libFuzzer (see docs/fuzzing.md).
 //!
+//! The target functions are `fuzz/src/lib.rs`, the library of the
+//! cargo-fuzz crate, compiled here as the module `harness`: the broker's own
+//! library does not carry them.
+//!
 //! - `fuzz/seeds/<target>/`: valid inputs the fuzzers start from, generated
-//!   by `hutong::fuzz_targets::seeds()` (regenerate with
+//!   by `harness::seeds()` (regenerate with
 //!   `HUTONG_BLESS_SEEDS=1 cargo test --release --test fuzz_regressions`).
 //! - `fuzz/regressions/<target>/`: every crashing input a fuzzer found,
 //!   minimised, kept after the fix.
 
-use hutong::fuzz_targets::{seeds, Target, TARGETS};
+#[path = "../fuzz/src/lib.rs"]
+mod harness;
+
+use harness::{seeds, Target, TARGETS};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 

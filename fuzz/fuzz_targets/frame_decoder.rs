@@ -1,4 +1,4 @@
-//! `hutong::fuzz_targets::frame` under libFuzzer; see docs/fuzzing.md.
+//! `hutong_fuzz::frame` under libFuzzer; see docs/fuzzing.md.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| hutong::fuzz_targets::frame(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hutong_fuzz::frame(data));

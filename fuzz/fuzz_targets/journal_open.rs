@@ -1,4 +1,4 @@
-//! `hutong::fuzz_targets::journal_open` under libFuzzer; see docs/fuzzing.md.
+//! `hutong_fuzz::journal_open` under libFuzzer; see docs/fuzzing.md.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| hutong::fuzz_targets::journal_open(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hutong_fuzz::journal_open(data));

@@ -23,8 +23,9 @@
 //! beyond that lock.
 
 use super::shared::{Idle, Shared, Stage};
-use crate::journal::checkpoint::{self, Checkpoint, TopicMeta};
+use crate::journal::checkpoint::{self, Checkpoint};
 use crate::journal::log::SegmentFile;
+use crate::journal::topic::TopicMeta;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;

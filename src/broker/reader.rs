@@ -10,18 +10,18 @@
 use super::ring::{MessageConsumer, MessageProducer, FLAG_COUNTED};
 use super::shared::{deadline_after, Idle, Shared, Stage};
 use crate::config::FETCH_WAIT_MS_MAX;
-use crate::journal::checkpoint::TopicMeta;
 use crate::journal::index::{entries_below, locate, PartitionIndex};
 use crate::journal::log::SegmentFile;
+use crate::journal::reader::JournalReader;
+use crate::journal::topic::TopicMeta;
 use crate::wire::api::{
-    ClusterNode, ClusterRole, ClusterStatusResponse, ErrorBody, FetchRequest, FetchResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, PartitionMetadata,
-    TopicMetadata,
+    check_topic_name, ClusterNode, ClusterRole, ClusterStatusRequest, ClusterStatusResponse,
+    ErrorBody, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataRequest, MetadataResponse, PartitionMetadata, TopicMetadata,
 };
 use crate::wire::frame::{finish_frame, RequestHeader, ResponseHeader, REQUEST_HEADER_LEN};
 use crate::wire::{ApiKey, ErrorCode};
 use std::collections::HashMap;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -74,7 +74,7 @@ pub struct RingFull;
 pub struct Reader {
     topics: Vec<ReaderTopic>,
     by_name: HashMap<String, usize>,
-    segments: Vec<SegmentFile>,
+    journal: JournalReader,
     waiting: Vec<WaitingFetch>,
     /// Waiting fetches whose topic a cut removed: answered `UnknownTopic`
     /// at the next recheck (the reactor counts them in flight until then).
@@ -104,7 +104,7 @@ impl Reader {
         Reader {
             topics: Vec::new(),
             by_name: HashMap::new(),
-            segments,
+            journal: JournalReader::new(segments),
             waiting: Vec::new(),
             orphaned: Vec::new(),
             events,
@@ -131,7 +131,7 @@ impl Reader {
                         partitions: indexes,
                     });
                 }
-                ReaderEvent::Segment(f) => self.segments.push(f),
+                ReaderEvent::Segment(f) => self.journal.add_segment(f),
                 ReaderEvent::Reset { topics, segments } => {
                     self.topics.clear();
                     self.by_name.clear();
@@ -142,7 +142,7 @@ impl Reader {
                             partitions: indexes,
                         });
                     }
-                    self.segments = segments;
+                    self.journal.reset(segments);
                     // A fetch on a topic whose creation was cut has no topic
                     // to wait on any more: it is answered `UnknownTopic`.
                     let topics = &self.topics;
@@ -197,7 +197,7 @@ impl Reader {
                 return self.fetch(conn, flags, h.correlation_id, body, committed, now, out)
             }
             Some(ApiKey::Metadata) => self.metadata(body, committed),
-            Some(ApiKey::ClusterStatus) => self.cluster_status(),
+            Some(ApiKey::ClusterStatus) => self.cluster_status(body),
             Some(ApiKey::ListOffsets) => self.list_offsets(body, committed),
             _ => Err(ErrorCode::Internal),
         };
@@ -228,7 +228,8 @@ impl Reader {
     /// This node's view of its replication group: its own role, term,
     /// leader and positions, and the member list. A client asks every
     /// member to see the whole group.
-    fn cluster_status(&mut self) -> Result<(), ErrorCode> {
+    fn cluster_status(&mut self, body: &[u8]) -> Result<(), ErrorCode> {
+        ClusterStatusRequest::decode(body).map_err(|_| ErrorCode::MalformedRequest)?;
         let shared = self.shared.as_ref().ok_or(ErrorCode::Internal)?;
         let view = &shared.cluster;
         let p = &shared.positions;
@@ -281,13 +282,17 @@ impl Reader {
         } else {
             req.topics
                 .iter()
-                .map(|name| match self.by_name.get(*name) {
-                    Some(&t) => describe(&self.topics[t]),
-                    None => TopicMetadata {
-                        name: name.to_string(),
-                        error_code: ErrorCode::UnknownTopic.as_u16(),
-                        partitions: Vec::new(),
-                    },
+                .map(|name| {
+                    let found = check_topic_name(name)
+                        .and_then(|()| self.by_name.get(*name).ok_or(ErrorCode::UnknownTopic));
+                    match found {
+                        Ok(&t) => describe(&self.topics[t]),
+                        Err(code) => TopicMetadata {
+                            name: name.to_string(),
+                            error_code: code.as_u16(),
+                            partitions: Vec::new(),
+                        },
+                    }
                 })
                 .collect()
         };
@@ -298,6 +303,7 @@ impl Reader {
 
     fn list_offsets(&mut self, body: &[u8], committed: u64) -> Result<(), ErrorCode> {
         let req = ListOffsetsRequest::decode(body).map_err(|_| ErrorCode::MalformedRequest)?;
+        check_topic_name(req.topic)?;
         let t = self.topic(req.topic).ok_or(ErrorCode::UnknownTopic)?;
         let idx = self.topics[t]
             .partitions
@@ -359,6 +365,7 @@ impl Reader {
         if req.max_bytes == 0 {
             return Err(ErrorCode::InvalidRequest);
         }
+        check_topic_name(req.topic)?;
         let t = self.topic(req.topic).ok_or(ErrorCode::UnknownTopic)?;
         if req.partition as usize >= self.topics[t].partitions.len() {
             return Err(ErrorCode::UnknownPartition);
@@ -421,7 +428,9 @@ impl Reader {
                 return Ok(true);
             }
         };
-        let enough = avail.bytes > 0 && avail.bytes >= w.min_bytes;
+        // `min_bytes` 0 is always enough: such a fetch is answered at once,
+        // even with nothing to return (docs/protocol.md §7.6).
+        let enough = avail.bytes >= w.min_bytes;
         if !(enough || force || now >= w.deadline) {
             return Ok(false);
         }
@@ -481,30 +490,9 @@ impl Reader {
                 end = entry(&idx, i).end_position();
                 i += 1;
             }
-            self.read_range(start, end)?;
+            self.journal.append(start, end, &mut self.out)?;
         }
         finish_frame(&mut self.out, 0);
-        Ok(())
-    }
-
-    /// Appends journal bytes [start, end) to `self.out`, crossing segment
-    /// boundaries as needed.
-    fn read_range(&mut self, mut start: u64, end: u64) -> std::io::Result<()> {
-        while start < end {
-            let s = self.segments.partition_point(|f| f.0 <= start);
-            if s == 0 {
-                return Err(std::io::Error::other(format!(
-                    "no segment holds position {start}"
-                )));
-            }
-            let (seg_start, file) = &self.segments[s - 1];
-            let seg_end = self.segments.get(s).map(|f| f.0).unwrap_or(u64::MAX);
-            let stop = end.min(seg_end);
-            let at = self.out.len();
-            self.out.resize(at + (stop - start) as usize, 0);
-            file.read_exact_at(&mut self.out[at..], start - seg_start)?;
-            start = stop;
-        }
         Ok(())
     }
 

@@ -44,8 +44,10 @@ pub fn run(shared: Arc<Shared>) {
 
 // ----- a member of a replication group ------------------------------------
 
-use crate::consensus::{Message, MessageKind};
+use crate::consensus::{Entry, Message, MessageKind};
 use crate::journal::log::SegmentFile;
+use crate::journal::reader::JournalReader;
+use crate::wire::batch::{declared_len, BatchView};
 use crate::wire::replicate::write_frame;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -53,7 +55,6 @@ use ringbuf::traits::{Consumer, Observer};
 use ringbuf::HeapCons;
 use std::io::{ErrorKind, Read, Write};
 use std::net::ToSocketAddrs;
-use std::os::unix::fs::FileExt;
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
@@ -109,7 +110,7 @@ struct Link {
 /// to the peers, reading the journal bytes of each append from the files.
 pub struct Courier {
     links: Vec<Link>,
-    segments: Vec<SegmentFile>,
+    journal: JournalReader,
     poll: Poll,
     /// The journal bytes read for the last append, and their range with
     /// the term of its last entry: the same range usually goes to every
@@ -118,6 +119,8 @@ pub struct Courier {
     /// even across a truncation.
     scratch: Vec<u8>,
     scratch_range: Option<(u64, u64, u64)>,
+    /// The messages of the current round, kept to reuse its allocation.
+    taken: Vec<Message>,
 }
 
 impl Courier {
@@ -154,10 +157,11 @@ impl Courier {
             .collect();
         Ok(Courier {
             links,
-            segments,
+            journal: JournalReader::new(segments),
             poll,
             scratch: Vec::new(),
             scratch_range: None,
+            taken: Vec::with_capacity(MESSAGES_PER_ROUND_MAX),
         })
     }
 
@@ -165,8 +169,8 @@ impl Courier {
         // After a cut the same positions may hold other bytes.
         self.scratch_range = None;
         match e {
-            SegmentEvent::Segment(f) => self.segments.push(f),
-            SegmentEvent::Reset(files) => self.segments = files,
+            SegmentEvent::Segment(f) => self.journal.add_segment(f),
+            SegmentEvent::Reset(files) => self.journal.reset(files),
         }
     }
 
@@ -301,9 +305,18 @@ impl Courier {
                 last.map_or(*prev_pos, |e| e.end),
                 last.map_or(0, |e| e.term),
             );
+            let want = (range.1 - range.0) as usize;
             if self.scratch_range != Some(range) {
                 self.scratch_range = None;
-                if let Err(e) = read_journal(&self.segments, range.0, range.1, &mut self.scratch) {
+                // The buffer only grows, so one in steady use is never
+                // zeroed again.
+                if self.scratch.len() < want {
+                    self.scratch.resize(want, 0);
+                }
+                if let Err(e) = self
+                    .journal
+                    .read_exact_at(&mut self.scratch[..want], range.0)
+                {
                     crate::log!(
                         "cannot read journal bytes [{}, {}) for node {}: {e}",
                         range.0,
@@ -313,11 +326,51 @@ impl Courier {
                     link.queue.truncate(start);
                     return;
                 }
+                if !holds_entries(&self.scratch[..want], *prev_pos, entries) {
+                    crate::log!(
+                        "journal bytes [{}, {}) are no longer the append's entries \
+                         (the journal was cut meanwhile); not sent to node {}",
+                        range.0,
+                        range.1,
+                        m.to
+                    );
+                    link.queue.truncate(start);
+                    return;
+                }
                 self.scratch_range = Some(range);
             }
-            link.queue
-                .extend_from_slice(&self.scratch[..(range.1 - range.0) as usize]);
+            link.queue.extend_from_slice(&self.scratch[..want]);
         }
+    }
+
+    /// Takes up to [`MESSAGES_PER_ROUND_MAX`] messages from the outbox
+    /// (`pop`) into their peers' queues, with the writer's segment events.
+    /// Returns how many messages it took.
+    fn take(
+        &mut self,
+        pop: &mut dyn FnMut() -> Option<Message>,
+        events: &Receiver<SegmentEvent>,
+    ) -> usize {
+        // Messages first, then the segment events: the writer announces a
+        // segment before it appends into it, so every event about a
+        // segment that a popped message reads is in the channel by now.
+        // Taking the events first missed a segment started in between,
+        // and the append into it could not be read and was dropped.
+        let mut taken = std::mem::take(&mut self.taken);
+        taken.clear();
+        while taken.len() < MESSAGES_PER_ROUND_MAX {
+            let Some(m) = pop() else { break };
+            taken.push(m);
+        }
+        while let Ok(e) = events.try_recv() {
+            self.event(e);
+        }
+        for m in &taken {
+            self.queue(m);
+        }
+        let n = taken.len();
+        self.taken = taken;
+        n
     }
 
     /// Writes what is queued for link `i` until the socket is full.
@@ -406,43 +459,29 @@ fn reconnect_delay(failures: u32) -> Duration {
         .min(RECONNECT_DELAY_MAX)
 }
 
+/// Whether `bytes`, the journal from `prev_pos`, are the batches `entries`
+/// name: each entry's bytes are one batch declaring the entry's length and
+/// term. The writer may cut the journal between pushing an append and the
+/// replicator reading its bytes; the positions then hold another term's
+/// batches, which must not travel under the append's entries.
+fn holds_entries(bytes: &[u8], prev_pos: u64, entries: &[Entry]) -> bool {
+    let mut start = prev_pos;
+    entries.iter().all(|e| {
+        let batch = e
+            .end
+            .checked_sub(prev_pos)
+            .and_then(|end| bytes.get((start - prev_pos) as usize..end as usize));
+        start = e.end;
+        batch.is_some_and(|b| declared_len(b) == Some(b.len()) && BatchView(b).term() == e.term)
+    })
+}
+
 fn report_link_change(shared: &Shared, slot: usize) {
     shared
         .cluster
         .link_changes
         .fetch_or(1 << slot, std::sync::atomic::Ordering::AcqRel);
     shared.wake(Stage::Writer);
-}
-
-/// Reads the journal bytes `[from, to)` into the start of `out`, across
-/// segment files as needed. `out` only grows, so a buffer in steady use is
-/// never zeroed again.
-fn read_journal(
-    segments: &[SegmentFile],
-    from: u64,
-    to: u64,
-    out: &mut Vec<u8>,
-) -> std::io::Result<()> {
-    let want = (to - from) as usize;
-    if out.len() < want {
-        out.resize(want, 0);
-    }
-    let mut pos = from;
-    while pos < to {
-        let i = segments.partition_point(|(start, _)| *start <= pos);
-        let Some((start, file)) = i.checked_sub(1).map(|i| &segments[i]) else {
-            return Err(std::io::Error::new(
-                ErrorKind::NotFound,
-                format!("no segment holds position {pos}"),
-            ));
-        };
-        let seg_end = segments.get(i).map_or(to, |(next, _)| *next);
-        let chunk = (to.min(seg_end) - pos) as usize;
-        let at = (pos - from) as usize;
-        file.read_exact_at(&mut out[at..at + chunk], pos - start)?;
-        pos += chunk as u64;
-    }
-    Ok(())
 }
 
 /// The replicator thread of a group member.
@@ -456,16 +495,8 @@ pub fn run_cluster(
     let mut polled = Events::with_capacity(64);
     loop {
         let now = Instant::now();
-        while let Ok(e) = events.try_recv() {
-            courier.event(e);
-        }
         courier.connect_due(now);
-        let mut taken = 0;
-        while taken < MESSAGES_PER_ROUND_MAX {
-            let Some(m) = outbox.try_pop() else { break };
-            courier.queue(&m);
-            taken += 1;
-        }
+        let taken = courier.take(&mut || outbox.try_pop(), &events);
         for i in 0..courier.links.len() {
             if courier.links[i].sent < courier.links[i].queue.len() || !courier.links[i].connected {
                 courier.flush(i, &shared);
@@ -505,5 +536,137 @@ pub fn run_cluster(
                 courier.flush(i, &shared);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::shared::ClusterView;
+    use crate::config::{Config, Peer};
+    use std::fs::File;
+    use std::sync::mpsc::channel;
+
+    /// A segment starting at `start` whose file holds `bytes`.
+    fn segment(dir: &std::path::Path, start: u64, bytes: &[u8]) -> SegmentFile {
+        let path = dir.join(format!("{start:020}"));
+        std::fs::write(&path, bytes).unwrap();
+        (start, Arc::new(File::open(&path).unwrap()))
+    }
+
+    /// A courier of node 1 with one link, to node 2 at a listener that
+    /// accepts nothing (its queue is inspected, never sent), reading the
+    /// journal from `segments`.
+    fn courier(segments: Vec<SegmentFile>) -> (Courier, std::net::TcpListener) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peers = vec![
+            Peer {
+                id: 1,
+                addr: "127.0.0.1:1".into(),
+            },
+            Peer {
+                id: 2,
+                addr: listener.local_addr().unwrap().to_string(),
+            },
+        ];
+        let config = Config {
+            node_id: 1,
+            peers,
+            ..Config::default()
+        };
+        let poll = Poll::new().unwrap();
+        let waker = mio::Waker::new(poll.registry(), Token(0)).unwrap();
+        let view = ClusterView::new(1, vec![(1, String::new()), (2, String::new())]);
+        let shared = Shared::new(0, waker, view);
+        let mut courier = Courier::new(&config, segments, &shared).unwrap();
+        courier.connect_due(Instant::now());
+        assert!(courier.links[0].stream.is_some(), "a link to node 2 exists");
+        (courier, listener)
+    }
+
+    /// Journal bytes that read as one stored batch of `len` bytes appended
+    /// in `term`: the header fields the replicator looks at (`batch_len`
+    /// at 4, `term` at 16, docs/protocol.md §9.1) and filler.
+    fn batch(len: usize, term: u64, filler: u8) -> Vec<u8> {
+        let mut b = vec![filler; len];
+        b[4..8].copy_from_slice(&(len as u32).to_le_bytes());
+        b[16..24].copy_from_slice(&term.to_le_bytes());
+        b
+    }
+
+    fn append(prev_pos: u64, end: u64) -> Message {
+        Message {
+            from: 1,
+            to: 2,
+            term: 1,
+            kind: MessageKind::Append {
+                prev_pos,
+                prev_term: 1,
+                entries: vec![Entry {
+                    start: prev_pos,
+                    end,
+                    term: 1,
+                }],
+                commit: 0,
+            },
+        }
+    }
+
+    /// Finding 6: the writer announces a new segment and only then pushes
+    /// the append that reads it; both may happen while the replicator is
+    /// in the middle of a round. The pop below plays the writer doing both
+    /// just before its message is popped: a replicator that took its
+    /// segment events before popping did not know the segment yet, failed
+    /// to read the bytes and dropped the append.
+    #[test]
+    fn an_append_into_a_segment_started_during_the_round_is_sent_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut courier, _listener) = courier(vec![segment(dir.path(), 0, &batch(100, 1, b'a'))]);
+        let (events, received) = channel();
+        let mut new_segment = Some(segment(dir.path(), 100, &batch(100, 1, b'b')));
+        let mut outbox = vec![append(100, 200)];
+        let mut pop = || {
+            if let Some(f) = new_segment.take() {
+                events.send(SegmentEvent::Segment(f)).unwrap();
+            }
+            outbox.pop()
+        };
+        assert_eq!(courier.take(&mut pop, &received), 1);
+        let mut expected = Vec::new();
+        write_frame(&append(100, 200), &mut expected);
+        expected.extend_from_slice(&batch(100, 1, b'b'));
+        assert!(
+            courier.links[0].queue == expected,
+            "the append is queued with its journal bytes ({} bytes queued, {} expected)",
+            courier.links[0].queue.len(),
+            expected.len()
+        );
+    }
+
+    /// A truncation between the append and the read: the writer cut the
+    /// journal at 100 (a new leader's tail replaces the old one) after the
+    /// append of the old bytes there was pushed. The bytes now at those
+    /// positions are another term's, and must not be sent under the old
+    /// append's entries; the append is dropped (Raft resends what matters).
+    #[test]
+    fn an_append_whose_bytes_were_cut_meanwhile_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = segment(dir.path(), 0, &batch(100, 1, b'a'));
+        let (mut courier, _listener) = courier(vec![first.clone()]);
+        let (events, received) = channel();
+        let mut cut = Some(vec![first, segment(dir.path(), 100, &batch(100, 2, b'c'))]);
+        let mut outbox = vec![append(100, 200)];
+        let mut pop = || {
+            if let Some(files) = cut.take() {
+                events.send(SegmentEvent::Reset(files)).unwrap();
+            }
+            outbox.pop()
+        };
+        assert_eq!(courier.take(&mut pop, &received), 1);
+        assert!(
+            courier.links[0].queue.is_empty(),
+            "nothing is sent for an append whose bytes are gone ({} bytes queued)",
+            courier.links[0].queue.len()
+        );
     }
 }

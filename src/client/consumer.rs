@@ -4,9 +4,9 @@
 use super::admin::list_offsets;
 use super::connection::Connection;
 use super::error::ClientError;
-use crate::config::FETCH_WAIT_MS_MAX;
 use crate::wire::api::{FetchRequest, FetchResponse};
 use crate::wire::batch::{check_stored_batch, records, split_batches, BatchKind, BatchView};
+use crate::wire::limits::FETCH_WAIT_MS_MAX;
 use crate::wire::ApiKey;
 use std::net::ToSocketAddrs;
 use std::time::Duration;

@@ -3,8 +3,8 @@
 //! `Arc<PartitionIndex>` handles.
 
 use super::append_log::{append_log, AppendWriter};
-use super::checkpoint::TopicMeta;
 use super::index::{IndexEntry, PartitionIndex};
+use super::topic::{TopicMeta, PARTITIONS_MAX};
 use crate::wire::batch::BatchView;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -36,13 +36,6 @@ pub enum SeqCheck {
     /// refused rather than stored twice.
     Stale,
 }
-
-/// The most partitions the journal holds, all topics together. Recovery
-/// allocates an index for every partition that a control record or the
-/// checkpoint declares (about 370 bytes each), so a damaged or hostile
-/// count must be bounded before it is believed: at this limit the catalog
-/// takes some 400 MB. It is ten times the default `partitions_max`.
-pub const PARTITIONS_MAX: usize = 1 << 20;
 
 /// One partition as the writer sees it.
 pub struct Partition {

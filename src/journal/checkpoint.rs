@@ -15,9 +15,9 @@
 //! ```
 //! All integers are little-endian; names are UTF-8.
 
-use super::catalog::PARTITIONS_MAX;
 use super::dir::{begin_state, open_state, seal_state, write_atomically, STATE_HEADER_LEN};
 use super::error::JournalError;
+use super::topic::{TopicMeta, PARTITIONS_MAX};
 use crate::wire::codec::{DecodeError, Put, Reader};
 use std::collections::HashSet;
 use std::path::Path;
@@ -35,17 +35,6 @@ pub const CHECKPOINT_VERSION: u16 = 1;
 const HEADER_LEN: usize = STATE_HEADER_LEN;
 /// Longest topic name the format can hold (its length is a `u16`).
 pub const TOPIC_NAME_BYTES_MAX: usize = u16::MAX as usize;
-
-/// One topic as the checkpoint remembers it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicMeta {
-    /// Broker-assigned id, stamped into every batch of the topic.
-    pub id: u32,
-    /// The topic's name.
-    pub name: String,
-    /// Number of partitions.
-    pub partitions: u32,
-}
 
 /// The state a checkpoint saves.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -14,13 +14,14 @@
 //! and a TLB shoot-down per round, and an IO error would have been a
 //! SIGBUS instead of an error code.)
 
-use super::catalog::{Catalog, SeqCheck, PARTITIONS_MAX};
-use super::checkpoint::{self, TopicMeta};
+use super::catalog::{Catalog, SeqCheck};
+use super::checkpoint;
 use super::control::{self, Control};
 use super::error::JournalError;
 use super::lock::{lock_dir, DirLock};
 use super::scan::{header_crc_ok, scan, ScanStop};
 use super::segment::{list_segments, segment_file_name, Segment};
+use super::topic::{TopicMeta, PARTITIONS_MAX};
 use crate::consensus::Entry;
 use crate::wire::batch::{
     check_stored_batch, declared_len, stamp, BatchBuilder, BatchKind, BatchView, Stamp,
@@ -422,7 +423,8 @@ impl Journal {
         std::mem::take(&mut self.entries)
     }
 
-    /// Position one past the last appended byte (W).
+    /// Position one past the last appended byte, which may still sit in the
+    /// write cache; W is [`Journal::written`].
     pub fn end(&self) -> u64 {
         self.end
     }
@@ -652,7 +654,8 @@ impl Journal {
         Ok(())
     }
 
-    /// Position up to which appended bytes were handed to the kernel.
+    /// Position up to which appended bytes were handed to the kernel: W,
+    /// what the writer publishes.
     pub fn written(&self) -> u64 {
         self.written
     }

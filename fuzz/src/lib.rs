@@ -6,10 +6,13 @@
 //! except through one of those assertions: a panic is a bug, either in the
 //! code under test or in the invariant.
 //!
-//! The cargo-fuzz targets in `fuzz/` are one-line wrappers around these
-//! functions, and `tests/fuzz_regressions.rs` replays every saved crash and
-//! seed through them, so the fuzzers and the test suite share one source of
-//! truth. `docs/fuzzing.md` says how to run them.
+//! This file is the library of the `hutong-fuzz` crate, next to the
+//! cargo-fuzz targets in `fuzz/fuzz_targets/`, which are one-line wrappers
+//! around these functions. `tests/fuzz_regressions.rs` compiles the same
+//! file as a module (`#[path]`) and replays every saved crash and seed
+//! through it, so the fuzzers and the test suite share one source of truth
+//! while none of it is compiled into the library the broker ships. It uses
+//! only hutong's public API. `docs/fuzzing.md` says how to run them.
 //!
 //! Checksums stop a byte-mutating fuzzer at the first CRC: almost every
 //! mutation of a batch fails it, so the record parser behind it would
@@ -18,30 +21,32 @@
 //! lets the fuzzer explore the layout behind the checksums while the
 //! unsealed run keeps the checksum paths covered.
 
-use crate::config::FRAME_BYTES_MAX_DEFAULT;
-use crate::journal::checkpoint::{self, Checkpoint, TopicMeta};
-use crate::journal::control::{self, Control};
-use crate::journal::error::JournalError;
-use crate::journal::log::Journal;
-use crate::journal::scan::{header_crc_ok, scan, ScanResult, ScanStop};
-use crate::journal::segment::segment_file_name;
-use crate::wire::api::{
-    check_topic_name, ApiKey, ClusterStatusResponse, CreateTopicRequest, ErrorBody, FetchRequest,
-    FetchResponse, HandshakeRequest, HandshakeResponse, ListOffsetsRequest, ListOffsetsResponse,
-    MetadataRequest, MetadataResponse, NotLeaderBody, ProduceRequest, ProduceResponse,
+use hutong::config::FRAME_BYTES_MAX_DEFAULT;
+use hutong::journal::checkpoint::{self, Checkpoint};
+use hutong::journal::control::{self, Control};
+use hutong::journal::error::JournalError;
+use hutong::journal::log::Journal;
+use hutong::journal::scan::{header_crc_ok, scan, ScanResult, ScanStop};
+use hutong::journal::segment::segment_file_name;
+use hutong::journal::topic::TopicMeta;
+use hutong::wire::api::{
+    check_topic_name, ApiKey, ClusterStatusRequest, ClusterStatusResponse, CreateTopicRequest,
+    ErrorBody, FetchRequest, FetchResponse, HandshakeRequest, HandshakeResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, NotLeaderBody,
+    ProduceRequest, ProduceResponse,
 };
-use crate::wire::batch::{
+use hutong::wire::batch::{
     check_producer_batch, check_producer_batch_with, check_stored_batch, declared_len, records,
     split_batches, stamp, BatchBuilder, BatchError, BatchKind, BatchView, RecordLimits, Stamp,
     BATCH_HEADER_LEN,
 };
-use crate::wire::codec::set_u32;
-use crate::wire::error::ErrorCode;
-use crate::wire::frame::{
+use hutong::wire::codec::set_u32;
+use hutong::wire::error::ErrorCode;
+use hutong::wire::frame::{
     check_frame, finish_frame, FrameError, RequestHeader, ResponseHeader, LENGTH_PREFIX_LEN,
     REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN,
 };
-use crate::wire::replicate::{decode_message, encode_message, payload_len, write_frame};
+use hutong::wire::replicate::{decode_message, encode_message, payload_len, write_frame};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -83,8 +88,8 @@ const OPEN_CACHE_BYTES: usize = 4096;
 /// broker's reactor does and into response frames the way the client
 /// does, checking [`check_frame`]'s answer against the length prefix, and
 /// decodes every frame's header and its body with every request and
-/// response decoder of [`crate::wire::api`] and the Replicate decoder of
-/// [`crate::wire::replicate`]. A body that decodes must re-encode to
+/// response decoder of [`hutong::wire::api`] and the Replicate decoder of
+/// [`hutong::wire::replicate`]. A body that decodes must re-encode to
 /// exactly its bytes (every encoding is canonical).
 pub fn frame(data: &[u8]) {
     for_each_frame(data, REQUEST_HEADER_LEN, request_frame);
@@ -199,6 +204,12 @@ fn request_bodies(body: &[u8]) {
     }
     if let Some(req) = round_trip!(ListOffsetsRequest, body) {
         topic_name_checks(req.topic);
+    }
+    if round_trip!(ClusterStatusRequest, body).is_some() {
+        assert!(
+            body.is_empty(),
+            "only the empty body is a ClusterStatus request"
+        );
     }
     replicate_checks(body);
 }
@@ -843,7 +854,7 @@ fn sample_batch() -> Vec<u8> {
         1_700_000_000_005,
         b"",
         b"world",
-        &[crate::wire::batch::Header {
+        &[hutong::wire::batch::Header {
             key: b"h",
             value: b"v",
         }],
@@ -916,7 +927,7 @@ fn response(api: ApiKey, error: ErrorCode, body: impl FnOnce(&mut Vec<u8>)) -> V
 /// Replicate frames as a leader sends them: an append carrying the journal
 /// bytes of `batches` (two entries), then a vote and a heartbeat.
 fn replicate_seed(batches: &[u8]) -> Vec<u8> {
-    use crate::consensus::{Entry, Message, MessageKind};
+    use hutong::consensus::{Entry, Message, MessageKind};
     let split = split_batches(batches).next().map_or(0, <[u8]>::len) as u64;
     let end = batches.len() as u64;
     let message = |kind| Message {
@@ -1020,11 +1031,11 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let mut responses = response(ApiKey::Handshake, ErrorCode::None, |out| {
         HandshakeResponse {
             version: 1,
-            max_frame_bytes: FRAME_BYTES_MAX_DEFAULT as u32,
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT as u32,
             server: "hutong".into(),
             apis: ApiKey::ALL
                 .iter()
-                .map(|k| crate::wire::api::ApiVersions {
+                .map(|k| hutong::wire::api::ApiVersions {
                     api_key: k.as_u16(),
                     min_version: 1,
                     max_version: 1,
@@ -1035,10 +1046,10 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     });
     responses.extend(response(ApiKey::Metadata, ErrorCode::None, |out| {
         MetadataResponse {
-            topics: vec![crate::wire::api::TopicMetadata {
+            topics: vec![hutong::wire::api::TopicMetadata {
                 name: "orders".into(),
                 error_code: 0,
-                partitions: vec![crate::wire::api::PartitionMetadata {
+                partitions: vec![hutong::wire::api::PartitionMetadata {
                     partition: 0,
                     start_offset: 0,
                     end_offset: 4,
@@ -1072,7 +1083,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     responses.extend(response(ApiKey::ClusterStatus, ErrorCode::None, |out| {
         ClusterStatusResponse {
             node_id: 2,
-            role: crate::wire::api::ClusterRole::Follower,
+            role: hutong::wire::api::ClusterRole::Follower,
             term: 3,
             leader_id: 1,
             written: 640,
@@ -1080,11 +1091,11 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             replicated: 512,
             committed: 400,
             nodes: vec![
-                crate::wire::api::ClusterNode {
+                hutong::wire::api::ClusterNode {
                     id: 1,
                     addr: "10.0.0.1:7000".into(),
                 },
-                crate::wire::api::ClusterNode {
+                hutong::wire::api::ClusterNode {
                     id: 2,
                     addr: "10.0.0.2:7000".into(),
                 },
