@@ -545,12 +545,7 @@ mod tests {
                     let mut gate = shared.lock_flush_gate();
                     *gate += 1;
                     let at = m.cut(*k);
-                    let p = &shared.positions;
-                    for pos in [&p.written, &p.flushed] {
-                        if pos.get() > at {
-                            pos.set(at);
-                        }
-                    }
+                    shared.lower_positions_to(&gate, at);
                     tx.send(FlusherEvent::Reset {
                         generation: *gate,
                         at,

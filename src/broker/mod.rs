@@ -101,16 +101,20 @@ impl Broker {
         // start unless told to cut it; a member of a replication group
         // cuts it and fetches it again from the leader (the majority holds
         // it).
-        let damage = if config.repair || config.is_clustered() {
-            crate::journal::log::Damage::Cut
-        } else {
-            crate::journal::log::Damage::Refuse
+        let recovery = crate::journal::log::Recovery {
+            damage: if config.repair || config.is_clustered() {
+                crate::journal::log::Damage::Cut
+            } else {
+                crate::journal::log::Damage::Refuse
+            },
+            // Only the consensus log starts from the recovered entries.
+            entries: config.is_clustered(),
         };
         let mut journal = Journal::open_with(
             &config.data_dir,
             config.segment_bytes,
             config.write_cache_bytes,
-            damage,
+            recovery,
         )?;
         let report = journal.report();
         crate::log!(

@@ -687,6 +687,32 @@ mod tests {
         );
     }
 
+    /// A cut concerns only the requests queued before it: the batches of
+    /// those queued after it were appended after the cut, above it.
+    #[test]
+    fn requests_queued_after_a_cut_are_not_failed_by_it() {
+        let (_poll, shared) = Shared::for_tests(0);
+        let (mut out, mut inp) = message_ring(1 << 16);
+        let (mut tx, mut rx) = ringbuf::HeapRb::<Pending>::new(8).split();
+        use ringbuf::traits::{Producer, Split};
+        let mut r = Responder::new(1);
+        let later = Instant::now() + Duration::from_secs(60);
+        tx.try_push(entry(1, Qos::Received, 300, later)).unwrap();
+        shared.cuts.record(Cut {
+            at: 250,
+            queued_before: 1,
+        });
+        // Written after the cut: its batch ends at 320, above 250.
+        tx.try_push(entry(2, Qos::Received, 320, later)).unwrap();
+        shared.positions.written.set(400);
+        let mut answered = Vec::new();
+        for _ in 0..4 {
+            r.round(&shared, &mut rx, &mut out, Instant::now());
+            answered.extend(drain(&mut inp));
+        }
+        assert_eq!(answered, vec![(1, ErrorCode::NotLeader.as_u16()), (2, 0)]);
+    }
+
     #[test]
     fn a_full_ring_keeps_the_entry_for_later() {
         let (mut out, mut inp) = message_ring(64);

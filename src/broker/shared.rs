@@ -265,6 +265,19 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Lowers W, F and R to a cut at `at`, with the flush gate held (the
+    /// writer's part of a truncation; see `flusher`). Lowers only: W is
+    /// below `at` when the cut lies in bytes still in the write cache,
+    /// which are not in the file yet, and must not be raised over them.
+    pub fn lower_positions_to(&self, _gate: &std::sync::MutexGuard<'_, u64>, at: u64) {
+        let p = &self.positions;
+        for pos in [&p.written, &p.flushed, &p.replicated] {
+            if pos.get() > at {
+                pos.set(at);
+            }
+        }
+    }
+
     /// Records the calling thread as `stage` so others can wake it.
     pub fn register(&self, stage: Stage) {
         let _ = self.threads[stage as usize].set(std::thread::current());

@@ -496,14 +496,8 @@ impl Writer {
         let cut = {
             let mut gate = shared.lock_flush_gate();
             *gate += 1;
+            shared.lower_positions_to(&gate, at);
             let p = &shared.positions;
-            // Lower, never raise: W is below `at` when the cut lies in bytes
-            // still in the write cache, which are not in the file yet.
-            for pos in [&p.written, &p.flushed, &p.replicated] {
-                if pos.get() > at {
-                    pos.set(at);
-                }
-            }
             let cut = self.journal.truncate(at, p.flushed.get())?;
             let catalog = self.journal.catalog();
             let _ = self.flusher_events.send(FlusherEvent::Reset {

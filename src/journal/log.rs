@@ -92,6 +92,18 @@ pub struct RecoveryReport {
     pub lost: Option<LostData>,
 }
 
+/// How [`Journal::open_with`] recovers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovery {
+    /// What to do with damage recovery may not cut on its own.
+    pub damage: Damage,
+    /// Keep every batch's `(start, end, term)` for
+    /// [`Journal::take_entries`] (a replication group's consensus log
+    /// starts from them; a standalone broker has no use for them, and they
+    /// cost 24 bytes per batch).
+    pub entries: bool,
+}
+
 /// What recovery does with damage it may not cut on its own (anywhere but
 /// a torn tail of the last segment above the checkpoint).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,7 +214,8 @@ pub struct Journal {
 
 impl Journal {
     /// Opens `dir` as [`Journal::open_with`] does, refusing to cut
-    /// anything but a torn tail ([`Damage::Refuse`]).
+    /// anything but a torn tail ([`Damage::Refuse`]) and keeping the
+    /// entries.
     ///
     /// # Errors
     /// As [`Journal::open_with`].
@@ -211,7 +224,11 @@ impl Journal {
         segment_bytes: usize,
         cache_bytes: usize,
     ) -> Result<Journal, JournalError> {
-        Journal::open_with(dir, segment_bytes, cache_bytes, Damage::Refuse)
+        let recovery = Recovery {
+            damage: Damage::Refuse,
+            entries: true,
+        };
+        Journal::open_with(dir, segment_bytes, cache_bytes, recovery)
     }
 
     /// Locks `dir` (creating it if needed), then recovers: reads the
@@ -237,7 +254,7 @@ impl Journal {
         dir: &Path,
         segment_bytes: usize,
         cache_bytes: usize,
-        damage_policy: Damage,
+        recovery: Recovery,
     ) -> Result<Journal, JournalError> {
         let lock = lock_dir(dir)?;
         let cp = match checkpoint::read(dir) {
@@ -298,11 +315,13 @@ impl Journal {
             let seg = Segment::open(path, *start)?;
             let result = scan(seg.bytes(), *start, verify_from, |pos, batch| {
                 apply_batch(&mut catalog, pos, batch)?;
-                entries.push(Entry {
-                    start: pos,
-                    end: pos + batch.len() as u64,
-                    term: BatchView(batch).term(),
-                });
+                if recovery.entries {
+                    entries.push(Entry {
+                        start: pos,
+                        end: pos + batch.len() as u64,
+                        term: BatchView(batch).term(),
+                    });
+                }
                 Ok(())
             });
             end = start + result.valid_len as u64;
@@ -330,7 +349,7 @@ impl Journal {
                 report.truncated = Some((at, why));
             } else {
                 let lost = LostData::measure(&listed[i..], at, cp.position, why);
-                if damage_policy == Damage::Refuse {
+                if recovery.damage == Damage::Refuse {
                     return Err(JournalError::Corrupt(lost.refusal()));
                 }
                 crate::log!("REPAIR: {}", lost.describe());
