@@ -175,6 +175,7 @@ impl Broker {
                 crate::journal::control::NOOP_BATCH_BYTES as u64,
                 outbox_tx,
                 segments_tx,
+                journal.report().lost.is_some(),
             )?;
             let courier =
                 replicator::Courier::new(&config, journal.segment_files().to_vec(), &shared)

@@ -47,6 +47,10 @@ pub struct Replica {
     dropped_messages: u64,
     /// Segment files, for the replicator that reads appends from them.
     segments: Sender<SegmentEvent>,
+    /// This data directory's identity and whether it caught up, persisted
+    /// with the term and vote.
+    incarnation: u64,
+    caught_up: bool,
 }
 
 impl Replica {
@@ -62,11 +66,13 @@ impl Replica {
         noop_bytes: u64,
         outbox: HeapProd<Message>,
         segments: Sender<SegmentEvent>,
+        lost_data: bool,
     ) -> Result<Replica, JournalError> {
         let dir = config.data_dir.clone();
-        let hard_state = match hardstate::read(&dir)? {
-            Some((term, voted_for)) => HardState { term, voted_for },
-            None => HardState::default(),
+        let persisted = identity(&dir, lost_data)?;
+        let hard_state = HardState {
+            term: persisted.term,
+            voted_for: persisted.voted_for,
         };
         let peer_ids: Vec<u64> = config.peers.iter().map(|p| p.id).collect();
         let mut cfg = consensus::Config::new(config.node_id, peer_ids.clone());
@@ -93,6 +99,8 @@ impl Replica {
             reported_flushed: last,
             dropped_messages: 0,
             segments,
+            incarnation: persisted.incarnation,
+            caught_up: persisted.caught_up,
         })
     }
 
@@ -218,7 +226,15 @@ impl Replica {
     /// persist must not be acted on.
     pub fn persist(&self, rd: &Ready) -> Result<(), JournalError> {
         match rd.hard_state {
-            Some(hs) => hardstate::write(&self.dir, hs.term, hs.voted_for),
+            Some(hs) => hardstate::write(
+                &self.dir,
+                &hardstate::Persisted {
+                    term: hs.term,
+                    voted_for: hs.voted_for,
+                    incarnation: self.incarnation,
+                    caught_up: self.caught_up,
+                },
+            ),
             None => Ok(()),
         }
     }
@@ -277,6 +293,40 @@ impl Replica {
         }
         self.node.advance(rd);
     }
+}
+
+/// The hard state of this data directory, with its identity settled and
+/// persisted before the node starts: a directory without a hard state (new,
+/// or wiped), or one whose journal lost acknowledged data (`lost_data`, cut
+/// by recovery), gets a fresh incarnation and has not caught up; a version
+/// 1 file gets an incarnation and keeps voting as before.
+///
+/// # Errors
+/// A damaged hard state file, or one that cannot be written.
+fn identity(dir: &std::path::Path, lost_data: bool) -> Result<hardstate::Persisted, JournalError> {
+    let read = hardstate::read(dir)?;
+    let mut hs = read.unwrap_or_default();
+    let fresh = read.is_none() || lost_data;
+    if fresh {
+        hs.incarnation = hardstate::new_incarnation();
+        hs.caught_up = false;
+        crate::log!(
+            "this data directory {}: new incarnation {:#018x}; it votes again once it has \
+             caught up with the group",
+            if lost_data {
+                "lost acknowledged data"
+            } else {
+                "starts without a hard state"
+            },
+            hs.incarnation
+        );
+    } else if hs.incarnation == 0 {
+        hs.incarnation = hardstate::new_incarnation();
+    }
+    if read != Some(hs) {
+        hardstate::write(dir, &hs)?;
+    }
+    Ok(hs)
 }
 
 #[cfg(test)]

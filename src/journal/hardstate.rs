@@ -1,22 +1,33 @@
 //! The hard state file: the Raft term and vote, which must survive any
-//! crash. A node that forgot its vote could vote twice in one term and
-//! elect two leaders, so the file is written atomically and durably
-//! (temp file, fsync, rename, fsync the directory) before any message that
-//! depends on it is sent, and a damaged file stops the broker instead of
-//! being ignored like a damaged checkpoint.
+//! crash, and the identity of this data directory. A node that forgot its
+//! vote could vote twice in one term and elect two leaders, so the file is
+//! written atomically and durably (temp file, fsync, rename, fsync the
+//! directory) before any message that depends on it is sent, and a damaged
+//! file stops the broker instead of being ignored like a damaged
+//! checkpoint.
 //!
+//! Version 2 (written since review finding 10):
 //! ```text
 //! offset size field
-//!  0     4    magic      "HTHS"
-//!  4     2    version    1
-//!  6     4    crc        CRC32C of bytes [10, 27)
-//! 10     8    term       latest term the node has seen
-//! 18     1    has_vote   1 when the node voted in `term`, else 0
-//! 19     8    voted_for  the node it voted for; 0 when has_vote is 0
+//!  0     4    magic        "HTHS"
+//!  4     2    version      2
+//!  6     4    crc          CRC32C of bytes [10, 36)
+//! 10     8    term         latest term the node has seen
+//! 18     1    has_vote     1 when the node voted in `term`, else 0
+//! 19     8    voted_for    the node it voted for; 0 when has_vote is 0
+//! 27     8    incarnation  random, non-zero: made when this directory
+//!                          started empty (or lost data); peers tell a
+//!                          replaced disk by it
+//! 35     1    caught_up    1 once the directory durably held a commit
+//!                          position a leader announced after it was made;
+//!                          until then the node neither votes nor campaigns
 //! ```
-//! All integers are little-endian; the file is exactly 27 bytes.
+//! Version 1 (27 bytes, without the last two fields) is still read: such a
+//! directory voted all along, so it counts as caught up, with no
+//! incarnation yet (the broker gives it one). All integers are
+//! little-endian.
 
-use super::dir::{begin_state, open_state, seal_state, write_atomically, STATE_HEADER_LEN};
+use super::dir::{begin_state, seal_state, write_atomically, STATE_HEADER_LEN};
 use super::error::JournalError;
 use crate::wire::codec::{Put, Reader};
 use std::path::Path;
@@ -27,65 +38,117 @@ pub const HARD_STATE_FILE: &str = "hardstate";
 pub const HARD_STATE_TMP_FILE: &str = "hardstate.tmp";
 /// First bytes of a hard state file.
 pub const HARD_STATE_MAGIC: [u8; 4] = *b"HTHS";
-/// The only hard state format version so far.
-pub const HARD_STATE_VERSION: u16 = 1;
+/// The hard state format version this broker writes.
+pub const HARD_STATE_VERSION: u16 = 2;
 /// Bytes before the checksummed body: magic, version, crc.
 const HEADER_LEN: usize = STATE_HEADER_LEN;
-/// Bytes of the whole file.
-const FILE_LEN: usize = HEADER_LEN + 8 + 1 + 8;
+/// Bytes of a whole version 1 file.
+const FILE_LEN_V1: usize = HEADER_LEN + 8 + 1 + 8;
+/// Bytes of a whole version 2 file.
+const FILE_LEN: usize = FILE_LEN_V1 + 8 + 1;
 
-/// Encodes a term and vote in the format of the [module docs](self).
-pub fn encode(term: u64, voted_for: Option<u64>) -> Vec<u8> {
+/// What the hard state file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Persisted {
+    /// Latest term the node has seen.
+    pub term: u64,
+    /// Whom it voted for in `term`.
+    pub voted_for: Option<u64>,
+    /// This data directory's incarnation; 0 when a version 1 file had none.
+    pub incarnation: u64,
+    /// The directory has caught up since it was made (see the module docs).
+    pub caught_up: bool,
+}
+
+/// Encodes a hard state in the version 2 format of the [module docs](self).
+pub fn encode(hs: &Persisted) -> Vec<u8> {
     let mut out = Vec::with_capacity(FILE_LEN);
     begin_state(&mut out, HARD_STATE_MAGIC, HARD_STATE_VERSION);
-    out.put_u64(term);
-    out.put_u8(u8::from(voted_for.is_some()));
-    out.put_u64(voted_for.unwrap_or(0));
+    out.put_u64(hs.term);
+    out.put_u8(u8::from(hs.voted_for.is_some()));
+    out.put_u64(hs.voted_for.unwrap_or(0));
+    out.put_u64(hs.incarnation);
+    out.put_u8(u8::from(hs.caught_up));
     seal_state(&mut out);
     debug_assert_eq!(out.len(), FILE_LEN);
     out
 }
 
-/// Decodes a hard state file's bytes into `(term, voted_for)`. Any bytes
-/// give a result or an error, never a panic.
+/// Decodes a hard state file's bytes (version 1 or 2). Any bytes give a
+/// result or an error, never a panic.
 ///
 /// # Errors
 /// [`JournalError::Corrupt`] when the length, magic, version, checksum or
-/// `has_vote` flag is wrong.
-pub fn decode(bytes: &[u8]) -> Result<(u64, Option<u64>), JournalError> {
+/// a flag is wrong.
+pub fn decode(bytes: &[u8]) -> Result<Persisted, JournalError> {
     let corrupt = |why: String| JournalError::Corrupt(format!("hard state: {why}"));
-    if bytes.len() != FILE_LEN {
+    let version = if bytes.len() >= HEADER_LEN {
+        u16::from_le_bytes([bytes[4], bytes[5]])
+    } else {
+        0
+    };
+    let want_len = match version {
+        1 => FILE_LEN_V1,
+        _ => FILE_LEN,
+    };
+    if bytes.len() != want_len {
         return Err(corrupt(format!(
-            "{} bytes where {FILE_LEN} were expected",
+            "{} bytes where {want_len} were expected",
             bytes.len()
         )));
     }
-    let body = open_state(bytes, HARD_STATE_MAGIC, HARD_STATE_VERSION).map_err(corrupt)?;
+    let body =
+        super::dir::open_state(bytes, HARD_STATE_MAGIC, version.clamp(1, 2)).map_err(corrupt)?;
     let mut r = Reader::new(body);
     let fields = (|| {
         let term = r.u64("term")?;
         let has_vote = r.u8("has_vote")?;
         let voted_for = r.u64("voted_for")?;
+        let (incarnation, caught_up) = if version == 1 {
+            (0, 1)
+        } else {
+            (r.u64("incarnation")?, r.u8("caught_up")?)
+        };
         r.finish()?;
-        Ok::<_, crate::wire::codec::DecodeError>((term, has_vote, voted_for))
+        Ok::<_, crate::wire::codec::DecodeError>((
+            term,
+            has_vote,
+            voted_for,
+            incarnation,
+            caught_up,
+        ))
     })();
-    match fields.map_err(|e| corrupt(e.to_string()))? {
-        (term, 0, 0) => Ok((term, None)),
-        (term, 1, voted_for) => Ok((term, Some(voted_for))),
-        (_, has_vote, voted_for) => Err(corrupt(format!(
-            "has_vote {has_vote} with voted_for {voted_for}"
-        ))),
+    let (term, has_vote, voted_for, incarnation, caught_up) =
+        fields.map_err(|e| corrupt(e.to_string()))?;
+    let voted_for = match (has_vote, voted_for) {
+        (0, 0) => None,
+        (1, v) => Some(v),
+        (h, v) => return Err(corrupt(format!("has_vote {h} with voted_for {v}"))),
+    };
+    let caught_up = match caught_up {
+        0 => false,
+        1 => true,
+        c => return Err(corrupt(format!("caught_up {c}"))),
+    };
+    if version == 2 && incarnation == 0 {
+        return Err(corrupt("incarnation 0".into()));
     }
+    Ok(Persisted {
+        term,
+        voted_for,
+        incarnation,
+        caught_up,
+    })
 }
 
-/// Reads `dir/hardstate`: `None` when the node never persisted a term
-/// (a new node), else its term and vote.
+/// Reads `dir/hardstate`: `None` when the node never persisted one (a new
+/// node, or a data directory that was wiped).
 ///
 /// # Errors
 /// [`JournalError::Corrupt`] when the file exists but does not decode: the
 /// broker must refuse to start rather than forget a vote.
 /// [`JournalError::Io`] when it cannot be read.
-pub fn read(dir: &Path) -> Result<Option<(u64, Option<u64>)>, JournalError> {
+pub fn read(dir: &Path) -> Result<Option<Persisted>, JournalError> {
     let path = dir.join(HARD_STATE_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => decode(&bytes)
@@ -96,19 +159,30 @@ pub fn read(dir: &Path) -> Result<Option<(u64, Option<u64>)>, JournalError> {
     }
 }
 
-/// Replaces `dir/hardstate` with `term` and `voted_for`, atomically and
-/// durably: when this returns, a crash cannot lose them.
+/// Replaces `dir/hardstate` with `hs`, atomically and durably: when this
+/// returns, a crash cannot lose it.
 ///
 /// # Errors
 /// [`JournalError::Io`] (or [`JournalError::StorageFull`]) when a step
 /// fails; the old file is then still in place.
-pub fn write(dir: &Path, term: u64, voted_for: Option<u64>) -> Result<(), JournalError> {
-    write_atomically(
-        dir,
-        HARD_STATE_TMP_FILE,
-        HARD_STATE_FILE,
-        &encode(term, voted_for),
-    )
+pub fn write(dir: &Path, hs: &Persisted) -> Result<(), JournalError> {
+    write_atomically(dir, HARD_STATE_TMP_FILE, HARD_STATE_FILE, &encode(hs))
+}
+
+/// A new random, non-zero incarnation for a data directory.
+pub fn new_incarnation() -> u64 {
+    // Not cryptographic: it only has to differ between a directory and its
+    // replacement. Time, process and address-space entropy mixed by the
+    // standard library's randomly keyed hasher.
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish().max(1)
 }
 
 #[cfg(test)]
@@ -116,18 +190,52 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn hs(term: u64, voted_for: Option<u64>) -> Persisted {
+        Persisted {
+            term,
+            voted_for,
+            incarnation: 0xabcd,
+            caught_up: true,
+        }
+    }
+
     #[test]
     fn encoding_follows_the_documented_layout() {
-        let bytes = encode(0x0102, Some(7));
+        let bytes = encode(&Persisted {
+            term: 0x0102,
+            voted_for: Some(7),
+            incarnation: 0x0a0b,
+            caught_up: false,
+        });
         let body: &[u8] = &[
             0x02, 0x01, 0, 0, 0, 0, 0, 0, // term
             1, // has_vote
             7, 0, 0, 0, 0, 0, 0, 0, // voted_for
+            0x0b, 0x0a, 0, 0, 0, 0, 0, 0, // incarnation
+            0, // caught_up
         ];
-        assert_eq!(&bytes[..6], b"HTHS\x01\x00");
+        assert_eq!(&bytes[..6], b"HTHS\x02\x00");
         assert_eq!(&bytes[6..10], &crc32c::crc32c(body).to_le_bytes());
         assert_eq!(&bytes[10..], body);
-        assert_eq!(&encode(3, None)[18..], &[0; 9]);
+    }
+
+    #[test]
+    fn a_version_1_file_reads_as_caught_up_without_an_incarnation() {
+        let mut v1 = Vec::new();
+        begin_state(&mut v1, HARD_STATE_MAGIC, 1);
+        v1.put_u64(5);
+        v1.put_u8(1);
+        v1.put_u64(3);
+        seal_state(&mut v1);
+        assert_eq!(
+            decode(&v1).unwrap(),
+            Persisted {
+                term: 5,
+                voted_for: Some(3),
+                incarnation: 0,
+                caught_up: true,
+            }
+        );
     }
 
     #[test]
@@ -139,24 +247,24 @@ mod tests {
     #[test]
     fn a_written_state_reads_back_and_replaces_the_old_one() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), 3, Some(2)).unwrap();
-        assert_eq!(read(dir.path()).unwrap(), Some((3, Some(2))));
-        write(dir.path(), 4, None).unwrap();
-        assert_eq!(read(dir.path()).unwrap(), Some((4, None)));
+        write(dir.path(), &hs(3, Some(2))).unwrap();
+        assert_eq!(read(dir.path()).unwrap(), Some(hs(3, Some(2))));
+        write(dir.path(), &hs(4, None)).unwrap();
+        assert_eq!(read(dir.path()).unwrap(), Some(hs(4, None)));
         assert!(!dir.path().join(HARD_STATE_TMP_FILE).exists());
     }
 
     #[test]
     fn a_vote_for_node_zero_is_kept_apart_from_no_vote() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), 1, Some(0)).unwrap();
-        assert_eq!(read(dir.path()).unwrap(), Some((1, Some(0))));
+        write(dir.path(), &hs(1, Some(0))).unwrap();
+        assert_eq!(read(dir.path()).unwrap(), Some(hs(1, Some(0))));
     }
 
     #[test]
     fn a_damaged_file_is_an_error_not_a_missing_one() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), 9, Some(1)).unwrap();
+        write(dir.path(), &hs(9, Some(1))).unwrap();
         let path = dir.path().join(HARD_STATE_FILE);
         let good = std::fs::read(&path).unwrap();
         for i in 0..good.len() {
@@ -177,25 +285,42 @@ mod tests {
     }
 
     #[test]
-    fn an_inconsistent_vote_flag_is_corrupt_even_with_a_valid_crc() {
-        for (has_vote, voted_for) in [(2u8, 1u64), (0, 5)] {
-            let mut bytes = encode(1, None);
-            bytes[18] = has_vote;
-            bytes[19..27].copy_from_slice(&voted_for.to_le_bytes());
+    fn inconsistent_flags_are_corrupt_even_with_a_valid_crc() {
+        for (at, byte) in [(18usize, 2u8), (35, 2)] {
+            let mut bytes = encode(&hs(1, Some(1)));
+            bytes[at] = byte;
             let crc = crc32c::crc32c(&bytes[HEADER_LEN..]);
             bytes[6..10].copy_from_slice(&crc.to_le_bytes());
             assert!(matches!(decode(&bytes), Err(JournalError::Corrupt(_))));
         }
+        let mut bytes = encode(&hs(1, None));
+        bytes[19] = 5; // voted_for without has_vote
+        let crc = crc32c::crc32c(&bytes[HEADER_LEN..]);
+        bytes[6..10].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(decode(&bytes), Err(JournalError::Corrupt(_))));
+    }
+
+    #[test]
+    fn incarnations_are_non_zero_and_differ() {
+        let a = new_incarnation();
+        let b = new_incarnation();
+        assert!(a != 0 && b != 0 && a != b);
     }
 
     proptest! {
         #[test]
-        fn any_term_and_vote_round_trip(term in any::<u64>(), voted_for in any::<Option<u64>>()) {
-            prop_assert_eq!(decode(&encode(term, voted_for)).unwrap(), (term, voted_for));
+        fn any_state_round_trips(
+            term in any::<u64>(),
+            voted_for in any::<Option<u64>>(),
+            incarnation in 1u64..,
+            caught_up in any::<bool>(),
+        ) {
+            let hs = Persisted { term, voted_for, incarnation, caught_up };
+            prop_assert_eq!(decode(&encode(&hs)).unwrap(), hs);
         }
 
         #[test]
-        fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..40)) {
+        fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..48)) {
             let _ = decode(&bytes);
         }
     }
