@@ -1150,18 +1150,20 @@ fn a_member_that_cannot_persist_its_vote_exits_instead_of_lingering() {
         .iter()
         .enumerate()
         .map(|(i, dir)| {
-            std::fs::create_dir_all(&dir.data).unwrap();
+            let id = (i + 1).to_string();
+            let p = common::BrokerProc::start_at(
+                &addrs[i].to_string(),
+                &dir.data,
+                &["--node-id", &id, "--peers", &peers],
+            );
+            // Started (its identity is written); the first election, a
+            // quarter second away at least, cannot persist anything.
             std::fs::create_dir(
                 dir.data
                     .join(hutong::journal::hardstate::HARD_STATE_TMP_FILE),
             )
             .unwrap();
-            let id = (i + 1).to_string();
-            common::BrokerProc::start_at(
-                &addrs[i].to_string(),
-                &dir.data,
-                &["--node-id", &id, "--peers", &peers],
-            )
+            p
         })
         .collect();
     // The first to need its hard state (a voter or a candidate) fails;
