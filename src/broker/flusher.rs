@@ -180,6 +180,40 @@ impl Flusher {
         Ok(())
     }
 
+    /// One group commit: syncs up to `w` and publishes F = `w` when F is
+    /// below it, waking the stages that wait for F. Returns whether it did
+    /// any work.
+    pub fn flush_to(&mut self, shared: &Shared, w: u64) -> bool {
+        // F, not `synced`, decides: a publication refused because of a
+        // cut leaves F below what is synced already.
+        if w <= shared.positions.flushed.get() || shared.storage_failed.load(Ordering::Acquire) {
+            return false;
+        }
+        match self.sync(w) {
+            Ok(()) => {
+                if self.publish(shared, w) {
+                    // QoS `flushed` waits for F alone, in a group too (where
+                    // no other stage wakes the responder for it).
+                    shared.wake(Stage::Responder);
+                    shared.wake(Stage::Replicator);
+                    if shared.cluster.is_clustered() {
+                        // The writer runs the consensus node, which counts
+                        // this node's flushed position toward C.
+                        shared.wake(Stage::Writer);
+                    }
+                }
+            }
+            Err(e) => {
+                // After a failed fdatasync the page cache state is unknown;
+                // never claim durability again in this process.
+                crate::log!("fdatasync failed, flushed requests will fail: {e}");
+                shared.storage_failed.store(true, Ordering::Release);
+                shared.wake(Stage::Responder);
+            }
+        }
+        true
+    }
+
     /// Publishes F = `w` when the journal did not change under the flusher
     /// since its last `Reset` (see the module documentation). Returns
     /// whether it published.
@@ -263,33 +297,7 @@ pub fn run(shared: Arc<Shared>, mut flusher: Flusher, events: Receiver<FlusherEv
             // The W read above may predate the cut: read it again.
             continue;
         }
-        let mut worked = false;
-        // F, not `synced`, decides: a publication refused because of a
-        // cut leaves F below what is synced already.
-        if w > shared.positions.flushed.get() && !shared.storage_failed.load(Ordering::Acquire) {
-            match flusher.sync(w) {
-                Ok(()) => {
-                    if flusher.publish(&shared, w) {
-                        // QoS `flushed` waits for F alone, in a group too.
-                        shared.wake(Stage::Responder);
-                        shared.wake(Stage::Replicator);
-                        if shared.cluster.is_clustered() {
-                            // The writer runs the consensus node, which
-                            // counts this node's flushed position toward C.
-                            shared.wake(Stage::Writer);
-                        }
-                    }
-                    worked = true;
-                }
-                Err(e) => {
-                    // After a failed fdatasync the page cache state is
-                    // unknown; never claim durability again in this process.
-                    crate::log!("fdatasync failed, flushed requests will fail: {e}");
-                    shared.storage_failed.store(true, Ordering::Release);
-                    shared.wake(Stage::Responder);
-                }
-            }
-        }
+        let worked = flusher.flush_to(&shared, w);
         let writer_done = shared.is_done(Stage::Writer) && w == shared.positions.written.get();
         if let Err(e) = flusher.maybe_checkpoint(&shared, Instant::now(), writer_done) {
             crate::log!("checkpoint write failed (recovery will verify more of the journal): {e}");
@@ -496,6 +504,27 @@ mod tests {
         fl.sync(90).unwrap();
         assert!(fl.publish(&shared, 90));
         assert_eq!(shared.positions.flushed.get(), 90);
+    }
+
+    /// Finding 6: answers at QoS `flushed` wait for F alone; in a group no
+    /// other stage wakes the responder for it, so the flusher must (they
+    /// waited for the responder's 2 ms sweep).
+    #[test]
+    fn moving_f_wakes_the_responder() {
+        let (_poll, shared) = Shared::for_tests(0);
+        let m = Model::new();
+        let mut fl = flusher(&m);
+        // This thread plays the responder.
+        shared.register(Stage::Responder);
+        shared.positions.written.set(10);
+        assert!(fl.flush_to(&shared, 10));
+        assert_eq!(shared.positions.flushed.get(), 10);
+        let t0 = Instant::now();
+        std::thread::park_timeout(Duration::from_secs(20));
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the responder was not woken when F moved"
+        );
     }
 
     /// One step of the interleaving model.
