@@ -613,7 +613,7 @@ fn a_startup_error_is_printed_once() {
 /// unread input.
 #[test]
 fn shutdown_ends_a_busy_connection_with_a_clean_close_not_a_reset() {
-    const PINGS: usize = 200_000;
+    const PINGS: usize = 100_000;
     let dir = TestDir::new();
     let mut broker = BrokerProc::start(&dir.data, &[]);
     let mut conn = RawConn::connect(broker.addr());

@@ -47,6 +47,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 const LARGE_BUFFER_KEEP: Duration = Duration::from_secs(1);
 /// How long shutdown waits for clients to take their last responses.
 const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(5);
+/// Client bytes read and dropped per half-closed connection and round.
+const SHUTDOWN_DISCARD_BYTES_PER_ROUND: usize = 1 << 20;
 /// After its FIN, a connection on which the client sent nothing for this
 /// long is closed without waiting for the client's own FIN: a client that
 /// is not sending cannot make the close a reset.
@@ -509,9 +511,18 @@ impl Reactor {
         }
     }
 
-    /// Closes the half-closed connections whose clients sent nothing for
-    /// [`SHUTDOWN_QUIET_CLOSE`].
+    /// Reads what the clients of half-closed connections sent, and closes
+    /// those that sent nothing for [`SHUTDOWN_QUIET_CLOSE`].
     fn close_quiet_half_closed(&mut self) {
+        let half_closed: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.write_closed)
+            .map(|(key, _)| key)
+            .collect();
+        for key in half_closed {
+            self.discard_input(key);
+        }
         let now = Instant::now();
         let quiet: Vec<usize> = self
             .conns
@@ -522,9 +533,8 @@ impl Reactor {
             .map(|(key, _)| key)
             .collect();
         for key in quiet {
-            // Whatever arrived since the last readiness event goes first,
-            // so the close does not find unread input.
-            self.discard_input(key);
+            // The reads above found nothing for a while (else `last_read`
+            // would be recent), so the close finds no unread input.
             if let Some(mut conn) = self.conns.try_remove(key) {
                 let _ = self.poll.registry().deregister(&mut conn.stream);
             }
@@ -538,10 +548,18 @@ impl Reactor {
             return;
         };
         let mut sink = [0u8; 16 * 1024];
-        while !conn.peer_closed {
+        // Bounded, so that a client that keeps sending cannot hold the
+        // loop (and the grace deadline) here; the rest is read on the next
+        // round (`close_quiet_half_closed` comes back to every half-closed
+        // connection, as readiness is edge-triggered).
+        let mut budget = SHUTDOWN_DISCARD_BYTES_PER_ROUND;
+        while !conn.peer_closed && budget > 0 {
             match conn.stream.read(&mut sink) {
                 Ok(0) => conn.peer_closed = true,
-                Ok(_) => conn.last_read = self.now,
+                Ok(n) => {
+                    conn.last_read = self.now;
+                    budget = budget.saturating_sub(n);
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => conn.peer_closed = true,

@@ -120,6 +120,17 @@ pub struct Marks {
 }
 
 impl Marks {
+    /// The positions as the stages published them.
+    fn read(shared: &Shared) -> Marks {
+        let p = &shared.positions;
+        Marks {
+            written: p.written.get(),
+            flushed: p.flushed.get(),
+            replicated: p.replicated.get(),
+            committed: p.committed.get(),
+        }
+    }
+
     fn for_queue(&self, q: usize) -> u64 {
         match q {
             0 => u64::MAX,
@@ -385,18 +396,39 @@ impl Responder {
         out: &mut MessageProducer,
         now: Instant,
     ) -> Round {
-        // Positions first, then the cuts, then the ring. The writer records
-        // a cut before it lowers any position and before any byte is
-        // written past the cut, so positions read here that count such
-        // bytes come with the cut in the log below (release/acquire), and
-        // every request it concerns is failed before it is compared.
-        let p = &shared.positions;
-        let marks = Marks {
-            written: p.written.get(),
-            flushed: p.flushed.get(),
-            replicated: p.replicated.get(),
-            committed: p.committed.get(),
-        };
+        self.round_reading(shared, pending, out, now, || Marks::read(shared))
+    }
+
+    /// [`Responder::round`], reading the positions with `marks` (tests
+    /// read them at chosen moments).
+    fn round_reading(
+        &mut self,
+        shared: &Shared,
+        pending: &mut HeapCons<Pending>,
+        out: &mut MessageProducer,
+        now: Instant,
+        marks: impl FnOnce() -> Marks,
+    ) -> Round {
+        // The ring first, then the positions, then the cuts.
+        // - An entry taken from the ring was queued after every cut the
+        //   writer made before it, and the writer lowered the positions for
+        //   those cuts before queuing it: positions read after taking it
+        //   are never older than those cuts (the ring's release/acquire).
+        // - Positions that count bytes written after a cut come with that
+        //   cut in the log read after them: the writer records a cut before
+        //   it lowers any position or writes past it (release/acquire), so
+        //   every entry the cut concerns is failed before it is compared.
+        let mut pulled = 0;
+        while self.has_room() {
+            match pending.try_pop() {
+                Some(item) => {
+                    self.admit(item);
+                    pulled += 1;
+                }
+                None => break,
+            }
+        }
+        let marks = marks();
         let leader = shared.cluster.leader_id();
         if leader != self.leader_id() {
             self.set_leader(leader, shared.cluster.addr_of(leader));
@@ -408,16 +440,6 @@ impl Responder {
             }
         }
         self.scratch_cuts = cuts;
-        let mut pulled = 0;
-        while self.has_room() {
-            match pending.try_pop() {
-                Some(item) => {
-                    self.admit(item);
-                    pulled += 1;
-                }
-                None => break,
-            }
-        }
         let upstream_done = shared.is_done(Stage::Replicator) && pending.is_empty();
         let fail_rest = if upstream_done {
             Some(ErrorCode::ShuttingDown)
@@ -711,6 +733,44 @@ mod tests {
             answered.extend(drain(&mut inp));
         }
         assert_eq!(answered, vec![(1, ErrorCode::NotLeader.as_u16()), (2, 0)]);
+    }
+
+    /// Review of the fix for finding 3: positions read before a cut must
+    /// not be compared with a request queued after it. Here the responder
+    /// reads F = 1200 (old-term bytes), then the writer cuts at 1000, lowers
+    /// F, appends a new batch ending at 1150 and queues its request.
+    #[test]
+    fn positions_read_before_a_cut_never_answer_a_request_queued_after_it() {
+        let (_poll, shared) = Shared::for_tests(0);
+        shared.positions.written.set(1200);
+        shared.positions.flushed.set(1200);
+        let (mut out, mut inp) = message_ring(1 << 16);
+        let (mut tx, mut rx) = ringbuf::HeapRb::<Pending>::new(8).split();
+        use ringbuf::traits::{Producer, Split};
+        let mut r = Responder::new(8);
+        let later = Instant::now() + Duration::from_secs(60);
+        let stale = Marks::read(&shared);
+        r.round_reading(&shared, &mut rx, &mut out, Instant::now(), || {
+            // The writer runs while the responder holds `stale`.
+            shared.cuts.record(Cut {
+                at: 1000,
+                queued_before: 0,
+            });
+            shared.lower_positions_to(&shared.lock_flush_gate(), 1000);
+            shared.positions.written.set(1150);
+            tx.try_push(entry(1, Qos::Flushed, 1150, later)).unwrap();
+            stale
+        });
+        for _ in 0..3 {
+            r.round(&shared, &mut rx, &mut out, Instant::now());
+        }
+        assert!(
+            drain(&mut inp).is_empty(),
+            "request 1 was answered before its batch was flushed"
+        );
+        shared.positions.flushed.set(1150);
+        r.round(&shared, &mut rx, &mut out, Instant::now());
+        assert_eq!(drain(&mut inp), vec![(1, 0)]);
     }
 
     #[test]
