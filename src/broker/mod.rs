@@ -109,6 +109,7 @@ impl Broker {
             },
             // Only the consensus log starts from the recovered entries.
             entries: config.is_clustered(),
+            ..crate::journal::log::Recovery::default()
         };
         let mut journal = Journal::open_with(
             &config.data_dir,

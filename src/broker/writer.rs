@@ -488,6 +488,9 @@ impl Writer {
             "truncating the journal from {} to {at} (a divergent tail from an old leader)",
             self.journal.end()
         );
+        // A cut the journal would refuse must change nothing, not even the
+        // positions or the cut log.
+        self.journal.check_cut(at)?;
         // Before any position can pass `at` again (see `Responder::round`).
         shared.cuts.record(Cut {
             at,
@@ -679,6 +682,11 @@ mod tests {
 
     /// A standalone broker's writer over a fresh journal in `dir`.
     fn writer(dir: &std::path::Path) -> Writer {
+        writer_and_ring(dir).0
+    }
+
+    /// [`writer`], with the responder's end of its pending ring.
+    fn writer_and_ring(dir: &std::path::Path) -> (Writer, ringbuf::HeapCons<Pending>) {
         let config = Config {
             data_dir: dir.to_path_buf(),
             segment_bytes: 1 << 20,
@@ -694,8 +702,8 @@ mod tests {
             waker,
             ClusterView::new(0, Vec::new()),
         ));
-        let (pending, _) = HeapRb::new(16).split();
-        Writer::new(
+        let (pending, pending_rx) = HeapRb::new(16).split();
+        let w = Writer::new(
             journal,
             Arc::new(config),
             std::sync::mpsc::channel().0,
@@ -703,7 +711,8 @@ mod tests {
             shared,
             None,
             pending,
-        )
+        );
+        (w, pending_rx)
     }
 
     fn frame(api_key: u16, body: &[u8]) -> Vec<u8> {
@@ -750,6 +759,83 @@ mod tests {
         assert_eq!(
             (create.api, create.error),
             (ApiKey::CreateTopic, ErrorCode::InvalidTopicName)
+        );
+    }
+
+    fn produce_frame(topic: &str, qos: Qos) -> Vec<u8> {
+        let mut b = crate::wire::batch::BatchBuilder::new();
+        b.push(0, b"", &[7u8; 100], &[]);
+        let mut body = Vec::new();
+        ProduceRequest {
+            topic,
+            partition: 0,
+            qos: qos as u8,
+            timeout_ms: 30_000,
+            batch: b.finish(0, 0),
+        }
+        .encode(&mut body);
+        frame(ApiKey::Produce.as_u16(), &body)
+    }
+
+    /// Review of the cut protocol: `Writer::truncate` records the cut with
+    /// the number of requests queued before it and lowers the positions;
+    /// the responder then fails exactly the queued requests whose batches
+    /// it removed. A cut the journal refuses changes nothing at all.
+    #[test]
+    fn a_cut_fails_exactly_the_queued_requests_above_it() {
+        use crate::broker::responder::Responder;
+        use crate::broker::ring::message_ring;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, mut rx) = writer_and_ring(dir.path());
+        let shared = w.shared.clone();
+        let now = Instant::now();
+        let mut body = Vec::new();
+        CreateTopicRequest {
+            name: "t",
+            partitions: 1,
+        }
+        .encode(&mut body);
+        let mut ends = Vec::new();
+        let create = w.handle(1, true, &frame(ApiKey::CreateTopic.as_u16(), &body), now, 0);
+        assert!(w.queue(create.expect("created")));
+        for _ in 0..3 {
+            let p = w
+                .handle(1, true, &produce_frame("t", Qos::Received), now, 0)
+                .expect("a produce is answered");
+            assert_eq!(p.error, ErrorCode::None);
+            ends.push(p.end);
+            assert!(w.queue(p));
+        }
+        let written = w.write_out().unwrap();
+        shared.positions.written.publish(written);
+        // Not a batch boundary: refused, and nothing moved.
+        assert!(w.truncate(ends[1] - 1).is_err());
+        assert_eq!(shared.positions.written.get(), written);
+        let mut none = Vec::new();
+        assert!(!shared.cuts.take_new(&mut 0, &mut none), "no cut recorded");
+        // The third batch goes.
+        w.truncate(ends[1]).unwrap();
+        assert_eq!(shared.positions.written.get(), ends[1]);
+        assert_eq!(shared.positions.flushed.get(), 0);
+        let mut r = Responder::new(16);
+        let (mut out, mut inp) = message_ring(1 << 16);
+        r.round(&shared, &mut rx, &mut out, Instant::now());
+        let mut answers = Vec::new();
+        while let Some(m) = inp.peek() {
+            let h = crate::wire::frame::ResponseHeader::parse(m.payload);
+            answers.push((h.api_key, h.error_code));
+            inp.pop();
+        }
+        let produce = ApiKey::Produce.as_u16();
+        answers.sort_unstable();
+        assert_eq!(
+            answers,
+            vec![
+                (produce, 0),
+                (produce, 0),
+                (produce, ErrorCode::NotLeader.as_u16())
+            ],
+            "the create waits for C; the third produce's batch was cut"
         );
     }
 }

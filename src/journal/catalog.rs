@@ -287,20 +287,7 @@ impl Catalog {
     /// catalog does not match the journal, and removing a middle slot would
     /// renumber the topics after it.
     pub fn cut(&mut self, at: u64) -> Result<CatalogCut, String> {
-        let removed_from = self
-            .topics
-            .iter()
-            .position(|t| t.created_at.is_some_and(|p| p >= at))
-            .unwrap_or(self.topics.len());
-        if let Some(t) = self.topics[removed_from..]
-            .iter()
-            .find(|t| t.created_at.is_none_or(|p| p < at))
-        {
-            return Err(format!(
-                "topic {} (created at {:?}) follows a topic created above the cut at {at}",
-                t.meta.name, t.created_at
-            ));
-        }
+        let removed_from = self.check_cut(at)?;
         let mut cut = CatalogCut::default();
         for t in self.topics.drain(removed_from..) {
             self.by_name.remove(&t.meta.name);
@@ -319,6 +306,50 @@ impl Catalog {
             }
         }
         Ok(cut)
+    }
+
+    /// Removes the topics known only from the checkpoint (no `CreateTopic`
+    /// record was met for them) and returns their names. Only for recovery,
+    /// after a cut of acknowledged data, before any reader holds a slot:
+    /// the remaining topics may change slots. The next topic id is kept.
+    pub fn drop_unrecorded(&mut self) -> Vec<String> {
+        let (kept, gone): (Vec<Topic>, Vec<Topic>) = std::mem::take(&mut self.topics)
+            .into_iter()
+            .partition(|t| t.created_at.is_some());
+        self.by_name.clear();
+        self.by_id.clear();
+        self.partition_count = 0;
+        for t in kept {
+            let slot = self.topics.len();
+            self.by_name.insert(t.meta.name.clone(), slot);
+            self.by_id.insert(t.meta.id, slot);
+            self.partition_count += t.partitions.len();
+            self.topics.push(t);
+        }
+        gone.into_iter().map(|t| t.meta.name).collect()
+    }
+
+    /// Checks that [`Catalog::cut`] at `at` can be done, changing nothing;
+    /// returns the first slot it would remove.
+    ///
+    /// # Errors
+    /// As [`Catalog::cut`].
+    pub fn check_cut(&self, at: u64) -> Result<usize, String> {
+        let removed_from = self
+            .topics
+            .iter()
+            .position(|t| t.created_at.is_some_and(|p| p >= at))
+            .unwrap_or(self.topics.len());
+        if let Some(t) = self.topics[removed_from..]
+            .iter()
+            .find(|t| t.created_at.is_none_or(|p| p < at))
+        {
+            return Err(format!(
+                "topic {} (created at {:?}) follows a topic created above the cut at {at}",
+                t.meta.name, t.created_at
+            ));
+        }
+        Ok(removed_from)
     }
 
     /// The metadata of every topic, for a checkpoint.

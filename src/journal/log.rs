@@ -93,7 +93,7 @@ pub struct RecoveryReport {
 }
 
 /// How [`Journal::open_with`] recovers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct Recovery {
     /// What to do with damage recovery may not cut on its own.
     pub damage: Damage,
@@ -102,6 +102,20 @@ pub struct Recovery {
     /// starts from them; a standalone broker has no use for them, and they
     /// cost 24 bytes per batch).
     pub entries: bool,
+    /// fdatasync(2) of one segment file, by recovery and at every roll;
+    /// tests record the calls.
+    pub sync_file: fn(&File) -> std::io::Result<()>,
+}
+
+impl Default for Recovery {
+    /// Refuse damage, keep the entries, sync with fdatasync.
+    fn default() -> Recovery {
+        Recovery {
+            damage: Damage::Refuse,
+            entries: true,
+            sync_file: File::sync_data,
+        }
+    }
 }
 
 /// What recovery does with damage it may not cut on its own (anywhere but
@@ -210,6 +224,8 @@ pub struct Journal {
     report: RecoveryReport,
     /// Every batch recovery found, until [`Journal::take_entries`].
     entries: Vec<Entry>,
+    /// fdatasync(2), as [`Recovery::sync_file`].
+    sync_file: fn(&File) -> std::io::Result<()>,
 }
 
 impl Journal {
@@ -224,11 +240,7 @@ impl Journal {
         segment_bytes: usize,
         cache_bytes: usize,
     ) -> Result<Journal, JournalError> {
-        let recovery = Recovery {
-            damage: Damage::Refuse,
-            entries: true,
-        };
-        Journal::open_with(dir, segment_bytes, cache_bytes, recovery)
+        Journal::open_with(dir, segment_bytes, cache_bytes, Recovery::default())
     }
 
     /// Locks `dir` (creating it if needed), then recovers: reads the
@@ -257,94 +269,49 @@ impl Journal {
         recovery: Recovery,
     ) -> Result<Journal, JournalError> {
         let lock = lock_dir(dir)?;
-        let cp = match checkpoint::read(dir) {
-            Ok(cp) => cp.unwrap_or_default(),
+        let (cp, cp_readable) = match checkpoint::read(dir) {
+            Ok(cp) => (cp.unwrap_or_default(), true),
             Err(e) => {
                 crate::log!("ignoring unreadable checkpoint, verifying the whole journal: {e}");
-                checkpoint::Checkpoint::default()
+                (checkpoint::Checkpoint::default(), false)
             }
         };
-        let mut catalog = Catalog::new(cp.next_topic_id);
-        for t in &cp.topics {
-            catalog.add(t.clone());
-        }
         let mut report = RecoveryReport {
             checkpoint_position: cp.position,
             ..RecoveryReport::default()
         };
-        let listed = list_segments(dir)?;
-        let mut files = Vec::with_capacity(listed.len());
-        let mut active = None;
-        let mut end = listed.first().map(|s| s.0).unwrap_or(0);
-        let last_start = listed.last().map(|s| s.0).unwrap_or(0);
         // Older segments are trusted up to the checkpoint (header checks
         // only); the last one is always fully verified.
-        let verify_from = cp.position.min(last_start);
-        // Consensus needs every batch, so every segment is scanned from its
-        // start; the checkpoint only spares the record checks below it.
-        let mut entries = Vec::new();
-        // The first damage found: where, why, and in which listed segment.
-        let mut damage: Option<(u64, String, usize)> = None;
-        for (i, (start, path)) in listed.iter().enumerate() {
-            let is_last = i + 1 == listed.len();
-            if *start != end {
-                // The previous segment's data stops short of this one.
-                damage = Some((
-                    end,
-                    format!(
-                        "the data ends at {end} but the next segment, {}, starts at {start}",
-                        path.display()
-                    ),
-                    i - 1,
-                ));
-                break;
-            }
-            if is_last && is_empty_file(path)? {
-                // A crash between creating a segment file and preallocating
-                // it leaves it empty; nothing was ever written to it (the
-                // writer only appends after preallocation), so it goes.
-                crate::log!(
-                    "removing empty segment {} left by a crash during a roll",
-                    path.display()
-                );
-                std::fs::remove_file(path)
-                    .map_err(|e| JournalError::io(format!("remove {}", path.display()), e))?;
-                super::dir::sync_dir(dir)?;
-                break;
-            }
-            let seg = Segment::open(path, *start)?;
-            let result = scan(seg.bytes(), *start, verify_from, |pos, batch| {
-                apply_batch(&mut catalog, pos, batch)?;
-                if recovery.entries {
-                    entries.push(Entry {
-                        start: pos,
-                        end: pos + batch.len() as u64,
-                        term: BatchView(batch).term(),
-                    });
-                }
-                Ok(())
-            });
-            end = start + result.valid_len as u64;
-            files.push((*start, seg.file().clone()));
-            let why = match &result.stop {
-                ScanStop::Torn(why) | ScanStop::Refused(why) => Some(why.clone()),
-                // Zeros where the checkpoint says durable data lies.
-                ScanStop::End if is_last && end < cp.position => Some(format!(
-                    "the data ends at {end}, below the checkpoint's durable position {}",
-                    cp.position
-                )),
-                ScanStop::End => None,
-            };
-            if let Some(why) = why {
-                damage = Some((end, why, i));
-            }
-            active = Some(seg);
-            if damage.is_some() {
-                break;
-            }
+        let last_start = list_segments(dir)?.last().map_or(0, |s| s.0);
+        let mut verify_from = cp.position.min(last_start);
+        let mut pass = scan_journal(dir, &cp, verify_from, recovery.entries)?;
+        // Where batches were only header-checked, damage may lie earlier
+        // than where the walk noticed it: a record count (outside the
+        // header checksum) throws the next batch's offsets off, and in a
+        // partition's last batch nothing notices it at all. Before acting
+        // on damage, or when a partition's last header-checked batch fails
+        // its full check, verify everything.
+        let suspect =
+            pass.damage.is_some() || !last_batches_ok(&pass.catalog, &pass.files, verify_from);
+        if suspect && verify_from > 0 {
+            verify_from = 0;
+            drop(pass);
+            pass = scan_journal(dir, &cp, verify_from, recovery.entries)?;
         }
+        let Scanned {
+            listed,
+            mut catalog,
+            mut files,
+            mut active,
+            end,
+            entries,
+            damage,
+        } = pass;
         if let Some((at, why, i)) = damage {
-            let torn_tail = i + 1 == listed.len() && at >= cp.position;
+            // A crash tears only the last segment (a roll syncs the old one
+            // before the new one exists) and only above the checkpoint; with
+            // an unreadable checkpoint, nothing is known to be above it.
+            let torn_tail = i + 1 == listed.len() && at >= cp.position && cp_readable;
             if torn_tail {
                 report.truncated = Some((at, why));
             } else {
@@ -361,6 +328,13 @@ impl Journal {
                         .map_err(|e| JournalError::io(format!("remove {}", path.display()), e))?;
                     super::dir::sync_dir(dir)?;
                     report.removed_segments.push(path.clone());
+                }
+                // Topics known from the checkpoint whose creation the scan
+                // did not meet below the cut were created above it: they
+                // go, or a leader's later topic with their id would be
+                // refused.
+                for name in catalog.drop_unrecorded() {
+                    crate::log!("REPAIR: topic {name} was created above the cut and is gone");
                 }
                 // The checkpoint must not vouch for what is gone.
                 checkpoint::write(
@@ -392,7 +366,7 @@ impl Journal {
         for (i, (start, file)) in files.iter().enumerate() {
             let next = files.get(i + 1).map_or(u64::MAX, |f| f.0);
             if next > durable_below && *start < end {
-                file.sync_data().map_err(|e| {
+                (recovery.sync_file)(file).map_err(|e| {
                     JournalError::io(format!("fdatasync segment {start} during recovery"), e)
                 })?;
                 report.synced_segments.push(*start);
@@ -432,6 +406,7 @@ impl Journal {
             control: BatchBuilder::with_kind(BatchKind::Control),
             report,
             entries,
+            sync_file: recovery.sync_file,
         })
     }
 
@@ -712,32 +687,7 @@ impl Journal {
     /// (recovery then finds a consistent journal).
     pub fn truncate(&mut self, at: u64, durable: u64) -> Result<Truncated, JournalError> {
         let refuse = |why: String| JournalError::Refused(format!("truncate at {at}: {why}"));
-        if at > self.end {
-            return Err(refuse(format!("beyond the end {}", self.end)));
-        }
-        self.write_out()?;
-        // The segment holding `at`: the last starting at or below it.
-        let holder = self
-            .files
-            .iter()
-            .rposition(|(start, _)| *start <= at)
-            .ok_or_else(|| refuse("below the first segment".into()))?;
-        let (seg_start, seg_file) = self.files[holder].clone();
-        let capacity = if seg_start == self.active.start {
-            self.active.capacity
-        } else {
-            let len = seg_file
-                .metadata()
-                .map_err(|e| JournalError::io(format!("stat segment {seg_start}"), e))?
-                .len();
-            usize::try_from(len)
-                .map_err(|_| JournalError::Corrupt(format!("segment {seg_start} is {len} bytes")))?
-        };
-        {
-            let path = self.dir.join(segment_file_name(seg_start));
-            let seg = Segment::open(&path, seg_start)?;
-            check_boundary(seg.bytes(), (at - seg_start) as usize).map_err(refuse)?;
-        }
+        let (holder, seg_start, seg_file, capacity) = self.prepare_cut(at)?;
         let cut = self.catalog.cut(at).map_err(refuse)?;
         self.entries.retain(|e| e.end <= at);
 
@@ -783,6 +733,51 @@ impl Journal {
         })
     }
 
+    /// Checks that [`Journal::truncate`] at `at` would be accepted: `at`
+    /// is a batch boundary at or below the end and the catalog can drop
+    /// what lies above it. Writes the cache out (the boundary is checked
+    /// in the file) but changes nothing else.
+    ///
+    /// # Errors
+    /// [`JournalError::Refused`] when the cut would be refused; IO errors.
+    pub fn check_cut(&mut self, at: u64) -> Result<(), JournalError> {
+        self.prepare_cut(at).map(|_| ())
+    }
+
+    /// The checks of a cut at `at`: returns the index, start, file and
+    /// capacity of the segment holding `at`.
+    fn prepare_cut(&mut self, at: u64) -> Result<(usize, u64, Arc<File>, usize), JournalError> {
+        let refuse = |why: String| JournalError::Refused(format!("truncate at {at}: {why}"));
+        if at > self.end {
+            return Err(refuse(format!("beyond the end {}", self.end)));
+        }
+        self.write_out()?;
+        // The segment holding `at`: the last starting at or below it.
+        let holder = self
+            .files
+            .iter()
+            .rposition(|(start, _)| *start <= at)
+            .ok_or_else(|| refuse("below the first segment".into()))?;
+        let (seg_start, seg_file) = self.files[holder].clone();
+        let capacity = if seg_start == self.active.start {
+            self.active.capacity
+        } else {
+            let len = seg_file
+                .metadata()
+                .map_err(|e| JournalError::io(format!("stat segment {seg_start}"), e))?
+                .len();
+            usize::try_from(len)
+                .map_err(|_| JournalError::Corrupt(format!("segment {seg_start} is {len} bytes")))?
+        };
+        {
+            let path = self.dir.join(segment_file_name(seg_start));
+            let seg = Segment::open(&path, seg_start)?;
+            check_boundary(seg.bytes(), (at - seg_start) as usize).map_err(refuse)?;
+        }
+        self.catalog.check_cut(at).map_err(refuse)?;
+        Ok((holder, seg_start, seg_file, capacity))
+    }
+
     /// Finds room for `len` bytes at the end: writes the cache out when it
     /// cannot take them, and rolls to a new segment when the active one
     /// cannot hold them.
@@ -805,6 +800,19 @@ impl Journal {
             self.active.capacity = capacity;
             return Ok((self.end, None));
         }
+        // The old segment is complete: make it durable before the new one
+        // exists, so that a crash (power loss included) can only ever tear
+        // the last segment. Recovery then tells damage in an earlier
+        // segment (never torn by a crash) from a torn tail; without this
+        // sync a power cut could leave an old segment short of where a
+        // durable new one starts. One fdatasync per segment, of what the
+        // flusher has not synced yet.
+        (self.sync_file)(&self.active.file).map_err(|e| {
+            JournalError::io(
+                format!("fdatasync segment {} at a roll", self.active.start),
+                e,
+            )
+        })?;
         let seg = Segment::create(&self.dir, self.end, capacity)?;
         let file = (self.end, seg.file().clone());
         self.files.push(file.clone());
@@ -815,6 +823,146 @@ impl Journal {
         };
         Ok((self.end, Some(file)))
     }
+}
+
+/// What one pass of recovery's walk over the segments found.
+struct Scanned {
+    /// The segment files listed when the pass began.
+    listed: Vec<(u64, PathBuf)>,
+    catalog: Catalog,
+    /// The files walked, up to the one holding the end.
+    files: Vec<SegmentFile>,
+    /// The segment holding the end, still mapped.
+    active: Option<Segment>,
+    /// Position one past the last valid batch.
+    end: u64,
+    entries: Vec<Entry>,
+    /// The first damage: where, why, and the index (in `listed`) of the
+    /// segment holding it.
+    damage: Option<(u64, String, usize)>,
+}
+
+/// Walks every segment from the start: rebuilds the catalog from the
+/// checkpoint's topics and every batch, fully checking the batches above
+/// `verify_from`, and stops at the first damage (see [`Journal::open_with`]).
+/// Changes nothing on disk but an empty last segment, which it removes.
+fn scan_journal(
+    dir: &Path,
+    cp: &checkpoint::Checkpoint,
+    verify_from: u64,
+    keep_entries: bool,
+) -> Result<Scanned, JournalError> {
+    let mut catalog = Catalog::new(cp.next_topic_id);
+    for t in &cp.topics {
+        catalog.add(t.clone());
+    }
+    let listed = list_segments(dir)?;
+    let mut files = Vec::with_capacity(listed.len());
+    let mut active = None;
+    let mut end = listed.first().map(|s| s.0).unwrap_or(0);
+    // Consensus needs every batch, so every segment is scanned from its
+    // start; the checkpoint only spares the record checks below it.
+    let mut entries = Vec::new();
+    let mut damage: Option<(u64, String, usize)> = None;
+    for (i, (start, path)) in listed.iter().enumerate() {
+        let is_last = i + 1 == listed.len();
+        if *start != end {
+            // The previous segment's data stops short of this one.
+            damage = Some((
+                end,
+                format!(
+                    "the data ends at {end} but the next segment, {}, starts at {start}",
+                    path.display()
+                ),
+                i - 1,
+            ));
+            break;
+        }
+        if is_last && is_empty_file(path)? {
+            // A crash between creating a segment file and preallocating
+            // it leaves it empty; nothing was ever written to it (the
+            // writer only appends after preallocation), so it goes.
+            crate::log!(
+                "removing empty segment {} left by a crash during a roll",
+                path.display()
+            );
+            std::fs::remove_file(path)
+                .map_err(|e| JournalError::io(format!("remove {}", path.display()), e))?;
+            super::dir::sync_dir(dir)?;
+            break;
+        }
+        let seg = Segment::open(path, *start)?;
+        let result = scan(seg.bytes(), *start, verify_from, |pos, batch| {
+            apply_batch(&mut catalog, pos, batch)?;
+            if keep_entries {
+                entries.push(Entry {
+                    start: pos,
+                    end: pos + batch.len() as u64,
+                    term: BatchView(batch).term(),
+                });
+            }
+            Ok(())
+        });
+        end = start + result.valid_len as u64;
+        files.push((*start, seg.file().clone()));
+        let why = match &result.stop {
+            ScanStop::Torn(why) | ScanStop::Refused(why) => Some(why.clone()),
+            // Zeros where the checkpoint says durable data lies.
+            ScanStop::End if is_last && end < cp.position => Some(format!(
+                "the data ends at {end}, below the checkpoint's durable position {}",
+                cp.position
+            )),
+            ScanStop::End => None,
+        };
+        if let Some(why) = why {
+            damage = Some((end, why, i));
+        }
+        active = Some(seg);
+        if damage.is_some() {
+            break;
+        }
+    }
+    Ok(Scanned {
+        listed,
+        catalog,
+        files,
+        active,
+        end,
+        entries,
+        damage,
+    })
+}
+
+/// True when the last batch of every partition passes the full check
+/// (`check_stored_batch`) where the walk only checked its header (it ends
+/// at or below `verify_from`): a damaged record count there would go
+/// unnoticed, giving the partition a wrong next offset.
+fn last_batches_ok(catalog: &Catalog, files: &[SegmentFile], verify_from: u64) -> bool {
+    let mut buf = Vec::new();
+    for part in catalog.topics().iter().flat_map(|t| t.partitions.iter()) {
+        let Some(e) = part
+            .index
+            .len()
+            .checked_sub(1)
+            .and_then(|i| part.index.get(i))
+        else {
+            continue;
+        };
+        if e.end_position() > verify_from {
+            continue;
+        }
+        let holder = files.partition_point(|f| f.0 <= e.position);
+        let Some((start, file)) = holder.checked_sub(1).and_then(|h| files.get(h)) else {
+            return false;
+        };
+        buf.resize(e.len as usize, 0);
+        if file.read_exact_at(&mut buf, e.position - start).is_err()
+            || check_stored_batch(&buf).is_err()
+        {
+            return false;
+        }
+    }
+    true
 }
 
 fn is_empty_file(path: &Path) -> Result<bool, JournalError> {
@@ -1077,6 +1225,7 @@ mod tests {
         }
         j.write_out().unwrap();
         let starts: Vec<u64> = j.segment_files().iter().map(|f| f.0).collect();
+        let inos: Vec<u64> = j.segment_files().iter().map(|f| ino(&f.1)).collect();
         // The checkpoint vouches for the first segment and part of the second.
         let vouched = starts[1] + 1;
         checkpoint::write(
@@ -1089,13 +1238,196 @@ mod tests {
         )
         .unwrap();
         drop(j);
-        let j = open(dir.path());
+        let j = open_recording(dir.path());
         assert_eq!(j.report().synced_segments, starts[1..].to_vec());
+        let synced = take_syncs();
+        for ino in &inos[1..] {
+            assert!(synced.contains(ino), "segment {ino} was fdatasync'd");
+        }
         drop(j);
         // Without a checkpoint, every segment.
         std::fs::remove_file(dir.path().join(checkpoint::CHECKPOINT_FILE)).unwrap();
-        let j = open(dir.path());
+        let j = open_recording(dir.path());
         assert_eq!(j.report().synced_segments, starts);
+        let synced = take_syncs();
+        assert!(inos.iter().all(|i| synced.contains(i)));
+    }
+
+    thread_local! {
+        /// Inodes of the files synced, with whether a segment file started
+        /// after them existed at that moment.
+        static SYNCS: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    fn ino(f: &File) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        f.metadata().unwrap().ino()
+    }
+
+    fn record_sync(f: &File) -> std::io::Result<()> {
+        SYNCS.with(|s| s.borrow_mut().push(ino(f)));
+        f.sync_data()
+    }
+
+    fn take_syncs() -> Vec<u64> {
+        SYNCS.with(|s| std::mem::take(&mut *s.borrow_mut()))
+    }
+
+    fn open_recording(dir: &Path) -> Journal {
+        let recovery = Recovery {
+            sync_file: record_sync,
+            ..Recovery::default()
+        };
+        Journal::open_with(dir, SEGMENT_BYTES, CACHE_BYTES, recovery).unwrap()
+    }
+
+    /// Review of finding 7's fix: a crash must only ever tear the last
+    /// segment, or recovery refuses to start after a plain power cut that
+    /// lost an older segment's unsynced tail while a new segment survived.
+    /// So a roll fdatasyncs the full segment before the next one exists.
+    #[test]
+    fn a_roll_syncs_the_full_segment_before_the_next_one_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open_recording(dir.path());
+        let (_, slot) = j.create_topic("t", 1, 1, 5).unwrap();
+        take_syncs();
+        let first = ino(&j.segment_files()[0].1);
+        while j.segment_files().len() < 2 {
+            append(&mut j, slot, 0, &producer_batch(1, 200, 0, 0), 1);
+        }
+        assert_eq!(take_syncs(), vec![first], "one sync, of the full segment");
+        // It happened before the new file was made durable: the hook saw
+        // only the old file, and the roll did not fail.
+        assert_eq!(list_segments(dir.path()).unwrap().len(), 2);
+    }
+
+    /// Review of finding 7's fix: below the checkpoint only headers are
+    /// checked, so a damaged record count (outside the header checksum) is
+    /// noticed only where the next batch's offset no longer follows. The
+    /// refusal (and a cut) must name the damaged batch itself.
+    #[test]
+    fn damage_below_the_checkpoint_is_found_where_it_is_not_where_it_shows() {
+        for in_last_batch in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut j = open(dir.path());
+            let (_, a) = j.create_topic("a", 1, 1, 5).unwrap();
+            let (_, b) = j.create_topic("b", 1, 1, 5).unwrap();
+            let mut victims = Vec::new();
+            while j.segment_files().len() < 3 {
+                victims.push(append(&mut j, a, 0, &producer_batch(2, 100, 0, 0), 1).position);
+            }
+            // Partition b/0 has one batch, early: its last batch.
+            let lone = append(&mut j, b, 0, &producer_batch(2, 100, 0, 0), 1).position;
+            while j.segment_files().len() < 4 {
+                append(&mut j, a, 0, &producer_batch(2, 100, 0, 0), 1);
+            }
+            j.write_out().unwrap();
+            checkpoint::write(
+                dir.path(),
+                &checkpoint::Checkpoint {
+                    position: j.end(),
+                    next_topic_id: 2,
+                    topics: j.checkpoint_topics(),
+                },
+            )
+            .unwrap();
+            let victim = if in_last_batch { lone } else { victims[1] };
+            let (start, file) = j
+                .segment_files()
+                .iter()
+                .rev()
+                .find(|f| f.0 <= victim)
+                .cloned()
+                .unwrap();
+            drop(j);
+            // record_count, at batch offset 48: producer-crc covered only.
+            let at = victim - start + 48;
+            let mut count = [0u8; 4];
+            file.read_exact_at(&mut count, at).unwrap();
+            count[0] ^= 0x40;
+            file.write_all_at(&count, at).unwrap();
+            drop(file);
+            let err = Journal::open(dir.path(), SEGMENT_BYTES, CACHE_BYTES)
+                .err()
+                .expect("acknowledged data is damaged: refuse");
+            assert!(
+                err.to_string().contains(&format!("position {victim} ")),
+                "the refusal names position {victim}: {err}"
+            );
+            let recovery = Recovery {
+                damage: Damage::Cut,
+                ..Recovery::default()
+            };
+            let j = Journal::open_with(dir.path(), SEGMENT_BYTES, CACHE_BYTES, recovery).unwrap();
+            assert_eq!(j.end(), victim, "the cut is at the damaged batch");
+            drop(j);
+            let j = open(dir.path());
+            assert_eq!(j.end(), victim, "the repaired journal opens as it is");
+        }
+    }
+
+    /// Review of finding 7's fix: with an unreadable checkpoint nothing is
+    /// known to lie above it, so damage in the last segment is not taken
+    /// for a torn tail (it may be durable, acknowledged data).
+    #[test]
+    fn with_an_unreadable_checkpoint_last_segment_damage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path());
+        let (_, slot) = j.create_topic("t", 1, 1, 5).unwrap();
+        let mid = append(&mut j, slot, 0, &producer_batch(2, 50, 0, 0), 1).position;
+        append(&mut j, slot, 0, &producer_batch(2, 50, 0, 0), 1);
+        j.write_out().unwrap();
+        let file = j.segment_files()[0].1.clone();
+        drop(j);
+        std::fs::write(dir.path().join(checkpoint::CHECKPOINT_FILE), b"garbage").unwrap();
+        file.write_all_at(&[0xff; 8], mid + 60).unwrap();
+        let err = Journal::open(dir.path(), SEGMENT_BYTES, CACHE_BYTES)
+            .err()
+            .expect("refused");
+        assert!(
+            err.to_string().contains(&format!("position {mid} ")),
+            "{err}"
+        );
+    }
+
+    /// Review of finding 7's fix: a cut of acknowledged data also removes
+    /// the topics the checkpoint knew but whose creation lay above the cut.
+    #[test]
+    fn a_repair_drops_the_topics_created_above_the_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path());
+        let (_, a) = j.create_topic("a", 1, 1, 5).unwrap();
+        let damaged = append(&mut j, a, 0, &producer_batch(2, 50, 0, 0), 1).position;
+        let (_, b) = j.create_topic("b", 1, 1, 5).unwrap();
+        append(&mut j, b, 0, &producer_batch(2, 50, 0, 0), 1);
+        j.write_out().unwrap();
+        checkpoint::write(
+            dir.path(),
+            &checkpoint::Checkpoint {
+                position: j.end(),
+                next_topic_id: 2,
+                topics: j.checkpoint_topics(),
+            },
+        )
+        .unwrap();
+        let file = j.segment_files()[0].1.clone();
+        drop(j);
+        file.write_all_at(&[0xff; 8], damaged + 60).unwrap();
+        let recovery = Recovery {
+            damage: Damage::Cut,
+            ..Recovery::default()
+        };
+        let j = Journal::open_with(dir.path(), SEGMENT_BYTES, CACHE_BYTES, recovery).unwrap();
+        assert_eq!(j.end(), damaged);
+        assert!(
+            j.catalog().lookup("b").is_none(),
+            "b was created above the cut"
+        );
+        assert!(j.catalog().lookup("a").is_some());
+        assert_eq!(j.catalog().next_topic_id(), 2, "ids are not reused");
+        let cp = checkpoint::read(dir.path()).unwrap().unwrap();
+        assert_eq!(cp.topics.len(), 1);
+        assert_eq!(cp.position, damaged);
     }
 
     /// Everything the catalog says that must survive a reopen.
