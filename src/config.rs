@@ -60,6 +60,22 @@ pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 5_000;
 pub const RECORD_KEY_BYTES_MAX_DEFAULT: usize = 64 * KIB;
 /// Default largest record value.
 pub const RECORD_VALUE_BYTES_MAX_DEFAULT: usize = 8 * MIB;
+/// Default number of batches remembered per producer and partition to
+/// recognise a retry (docs/protocol.md §9.1); the Rust client's default
+/// `max_in_flight_per_partition` matches it.
+pub const PRODUCER_WINDOW_DEFAULT: usize = 64;
+/// Largest `producer_window`.
+pub const PRODUCER_WINDOW_MAX: usize = 4096;
+/// Default time after its last batch for which a producer's state on a
+/// partition is kept: 7 days, as Kafka's `transactional.id.expiration.ms`.
+pub const PRODUCER_IDLE_EXPIRY_MS_DEFAULT: u64 = 7 * 24 * 60 * 60 * 1000;
+/// Default cap on (producer, partition) states, all partitions together.
+/// A state takes about 100 bytes plus 40 per remembered batch, so at most
+/// some 2.7 KB with the default window: the cap bounds them to about
+/// 44 MB, the order of the broker's rings and write cache.
+pub const PRODUCER_STATES_MAX_DEFAULT: usize = 16 * 1024;
+/// Largest `producer_states_max`.
+pub const PRODUCER_STATES_MAX_LIMIT: usize = 1 << 24;
 /// Default time a connection may sit on half a frame before it is closed.
 pub const PARTIAL_FRAME_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// Default time a connection with nothing in flight may stay silent.
@@ -134,6 +150,13 @@ pub struct Config {
     pub record_key_bytes_max: usize,
     /// Largest record value accepted.
     pub record_value_bytes_max: usize,
+    /// Batches remembered per producer and partition to recognise retries.
+    pub producer_window: usize,
+    /// A producer's state on a partition is dropped this long after its
+    /// last batch there.
+    pub producer_idle_expiry_ms: u64,
+    /// Most (producer, partition) states kept; the least recently used goes.
+    pub producer_states_max: usize,
     /// A connection holding half a frame with no new bytes for this long is closed.
     pub partial_frame_timeout_ms: u64,
     /// A connection with nothing in flight and no traffic for this long is closed.
@@ -209,6 +232,9 @@ impl Default for Config {
             checkpoint_interval_ms: CHECKPOINT_INTERVAL_MS_DEFAULT,
             record_key_bytes_max: RECORD_KEY_BYTES_MAX_DEFAULT,
             record_value_bytes_max: RECORD_VALUE_BYTES_MAX_DEFAULT,
+            producer_window: PRODUCER_WINDOW_DEFAULT,
+            producer_idle_expiry_ms: PRODUCER_IDLE_EXPIRY_MS_DEFAULT,
+            producer_states_max: PRODUCER_STATES_MAX_DEFAULT,
             partial_frame_timeout_ms: PARTIAL_FRAME_TIMEOUT_MS_DEFAULT,
             idle_connection_timeout_ms: IDLE_CONNECTION_TIMEOUT_MS_DEFAULT,
             node_id: 0,
@@ -311,6 +337,19 @@ impl Config {
         }
         if self.record_key_bytes_max == 0 || self.record_value_bytes_max == 0 {
             return fail("record_key_bytes_max and record_value_bytes_max must be above 0".into());
+        }
+        if !(1..=PRODUCER_WINDOW_MAX).contains(&self.producer_window) {
+            return fail(format!(
+                "producer_window must be in 1..={PRODUCER_WINDOW_MAX}"
+            ));
+        }
+        if self.producer_idle_expiry_ms == 0 || self.producer_idle_expiry_ms > i64::MAX as u64 {
+            return fail("producer_idle_expiry_ms must be above 0".into());
+        }
+        if !(1..=PRODUCER_STATES_MAX_LIMIT).contains(&self.producer_states_max) {
+            return fail(format!(
+                "producer_states_max must be in 1..={PRODUCER_STATES_MAX_LIMIT}"
+            ));
         }
         if self.partial_frame_timeout_ms == 0 || self.idle_connection_timeout_ms == 0 {
             return fail(

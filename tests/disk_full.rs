@@ -14,8 +14,6 @@ use common::{bounded, read_partition, BrokerProc, Fetched, RawConn, TestDir};
 use hutong::wire::api::ProduceResponse;
 use hutong::wire::{ErrorCode, Qos};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const TOPIC: &str = "full";
