@@ -60,22 +60,12 @@ pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 5_000;
 pub const RECORD_KEY_BYTES_MAX_DEFAULT: usize = 64 * KIB;
 /// Default largest record value.
 pub const RECORD_VALUE_BYTES_MAX_DEFAULT: usize = 8 * MIB;
-/// Default number of batches remembered per producer and partition to
-/// recognise a retry (docs/protocol.md §9.1); the Rust client's default
-/// `max_in_flight_per_partition` matches it.
-pub const PRODUCER_WINDOW_DEFAULT: usize = 64;
-/// Largest `producer_window`.
-pub const PRODUCER_WINDOW_MAX: usize = 4096;
-/// Default time after its last batch for which a producer's state on a
-/// partition is kept: 7 days, as Kafka's `transactional.id.expiration.ms`.
-pub const PRODUCER_IDLE_EXPIRY_MS_DEFAULT: u64 = 7 * 24 * 60 * 60 * 1000;
-/// Default cap on (producer, partition) states, all partitions together.
-/// A state takes about 100 bytes plus 40 per remembered batch, so at most
-/// some 2.7 KB with the default window: the cap bounds them to about
-/// 44 MB, the order of the broker's rings and write cache.
-pub const PRODUCER_STATES_MAX_DEFAULT: usize = 16 * 1024;
-/// Largest `producer_states_max`.
-pub const PRODUCER_STATES_MAX_LIMIT: usize = 1 << 24;
+// The producer states' bounds are the journal's (journal::producers,
+// where their memory is accounted for); they are settings of the broker.
+pub use crate::journal::producers::{
+    PRODUCER_IDLE_EXPIRY_MS_DEFAULT, PRODUCER_STATES_MAX_DEFAULT, PRODUCER_STATES_MAX_LIMIT,
+    PRODUCER_WINDOW_DEFAULT, PRODUCER_WINDOW_MAX,
+};
 /// Default time a connection may sit on half a frame before it is closed.
 pub const PARTIAL_FRAME_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// Default time a connection with nothing in flight may stay silent.
@@ -363,6 +353,15 @@ impl Config {
             return fail(format!("tick_ms must be in {TICK_MS_MIN}..={TICK_MS_MAX}"));
         }
         self.validate_peers()
+    }
+
+    /// The bounds of the producer states these settings give.
+    pub fn producer_limits(&self) -> crate::journal::producers::ProducerLimits {
+        crate::journal::producers::ProducerLimits {
+            window: self.producer_window,
+            idle_expiry_ms: self.producer_idle_expiry_ms,
+            states_max: self.producer_states_max,
+        }
     }
 
     /// True when this broker is a member of a replication group.

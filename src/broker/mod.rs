@@ -96,10 +96,11 @@ impl Broker {
     pub fn start(config: Config) -> Result<Broker, BrokerError> {
         config.validate()?;
         let config = Arc::new(config);
-        let mut journal = Journal::open(
+        let mut journal = Journal::open_with(
             &config.data_dir,
             config.segment_bytes,
             config.write_cache_bytes,
+            config.producer_limits(),
         )?;
         let report = journal.report();
         crate::log!(

@@ -14,7 +14,7 @@
 //! and a TLB shoot-down per round, and an IO error would have been a
 //! SIGBUS instead of an error code.)
 
-use super::catalog::{Catalog, SeqCheck};
+use super::catalog::{Catalog, ProducerLimits, SeqCheck};
 use super::checkpoint;
 use super::control::{self, Control};
 use super::error::JournalError;
@@ -130,6 +130,20 @@ impl Journal {
         segment_bytes: usize,
         cache_bytes: usize,
     ) -> Result<Journal, JournalError> {
+        Journal::open_with(dir, segment_bytes, cache_bytes, ProducerLimits::default())
+    }
+
+    /// As [`Journal::open`], with producer states bounded by `producers`
+    /// (recovery rebuilds them under the same bounds, evictions included).
+    ///
+    /// # Errors
+    /// As [`Journal::open`].
+    pub fn open_with(
+        dir: &Path,
+        segment_bytes: usize,
+        cache_bytes: usize,
+        producers: ProducerLimits,
+    ) -> Result<Journal, JournalError> {
         let lock = lock_dir(dir)?;
         let cp = match checkpoint::read(dir) {
             Ok(cp) => cp.unwrap_or_default(),
@@ -138,7 +152,7 @@ impl Journal {
                 checkpoint::Checkpoint::default()
             }
         };
-        let mut catalog = Catalog::new(cp.next_topic_id);
+        let mut catalog = Catalog::new(cp.next_topic_id, producers);
         for t in &cp.topics {
             catalog.add(t.clone());
         }
@@ -314,10 +328,9 @@ impl Journal {
     ) -> Result<Appended, JournalError> {
         debug_assert_eq!(BatchView(batch).record_count(), record_count);
         let (position, rolled) = self.reserve(batch.len())?;
-        let t = self.catalog.topic_mut(topic);
+        let t = self.catalog.topic(topic);
         let topic_id = t.meta.id;
-        let part = &mut t.partitions[partition as usize];
-        let base_offset = part.next_offset;
+        let base_offset = t.partitions[partition as usize].next_offset;
         let at = self.cache.len();
         self.cache.extend_from_slice(batch);
         stamp(
@@ -330,7 +343,8 @@ impl Journal {
                 partition,
             },
         );
-        part.land(position, &self.cache[at..]);
+        self.catalog
+            .land(topic, partition as usize, position, &self.cache[at..]);
         self.end = position + batch.len() as u64;
         Ok(Appended {
             position,
@@ -340,12 +354,11 @@ impl Journal {
         })
     }
 
-    /// Says whether a producer batch for `partition` of the topic in slot
-    /// `topic` is new, a retry of a stored one, or too old to tell.
-    pub fn check_seq(&self, topic: usize, partition: u32, batch: &[u8]) -> SeqCheck {
-        let view = BatchView(batch);
-        self.catalog.topic(topic).partitions[partition as usize]
-            .check_seq(view.producer_id(), view.producer_seq())
+    /// Says what to do with a producer batch for `partition` of the topic
+    /// in slot `topic` at broker time `now_ms` ([`Catalog::check_seq`]).
+    pub fn check_seq(&self, topic: usize, partition: u32, batch: &[u8], now_ms: i64) -> SeqCheck {
+        self.catalog
+            .check_seq(topic, partition as usize, batch, now_ms)
     }
 
     /// Creates a topic: appends its control record and adds it to the
@@ -739,7 +752,7 @@ fn apply_effect(
             None
         }
         Effect::Data { slot, partition } => {
-            catalog.topic_mut(slot).partitions[partition].land(position, batch);
+            catalog.land(slot, partition, position, batch);
             None
         }
         Effect::Nothing => None,
@@ -1053,7 +1066,7 @@ mod tests {
         // recognised.
         let retry = producer_batch(2, 120, 9, 4);
         assert!(matches!(
-            b.check_seq(0, 0, &retry),
+            b.check_seq(0, 0, &retry, 77),
             SeqCheck::Duplicate(l) if l.base_offset == 4
         ));
     }
@@ -1202,9 +1215,12 @@ mod tests {
         // Readers' handles still see what they saw.
         assert_eq!((old[0].len(), old[0].get(2).unwrap().base_offset), (3, 5));
         // The producer forgot the cut batches, not the kept ones.
-        let p = &j.catalog().topic(keep).partitions[0];
-        assert_eq!(p.check_seq(4, 2), SeqCheck::New);
-        assert!(matches!(p.check_seq(4, 0), SeqCheck::Duplicate(_)));
+        let seq = |seq| producer_batch(1, 300, 4, seq);
+        assert_eq!(j.check_seq(keep, 0, &seq(2), 77), SeqCheck::New);
+        assert!(matches!(
+            j.check_seq(keep, 0, &seq(0), 77),
+            SeqCheck::Duplicate(_)
+        ));
         // Appending continues at the cut, and the next topic gets a new id.
         let a = append(&mut j, keep, 0, &producer_batch(1, 10, 0, 0), 2);
         assert_eq!((a.position, a.base_offset), (cut, 2));
