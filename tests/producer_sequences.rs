@@ -10,7 +10,7 @@ mod common;
 use common::tmpfs::{fill, Tmpfs};
 use common::{bounded, read_partition, BrokerProc, RawConn, TestDir};
 use hutong::wire::api::ProduceResponse;
-use hutong::wire::batch::BatchBuilder;
+use hutong::wire::batch::{BatchBuilder, ProducerStamp};
 use hutong::wire::{ErrorCode, Qos};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -19,12 +19,18 @@ use std::time::Duration;
 const TOPIC: &str = "seq";
 const PRODUCER: u64 = 0x5e9_0001;
 
+/// A batch of one record `value` from producer `id`, epoch `epoch`,
+/// sequence `seq`.
+fn batch_of(id: u64, epoch: u32, seq: u64, value: &[u8]) -> Vec<u8> {
+    let mut b = BatchBuilder::new();
+    b.push(common::now_ms(), b"", value, &[]);
+    b.finish_with(ProducerStamp { id, epoch, seq }).to_vec()
+}
+
 /// A batch of one record `value` from [`PRODUCER`] with sequence `seq`
 /// (epoch 0).
 fn batch(seq: u64, value: &[u8]) -> Vec<u8> {
-    let mut b = BatchBuilder::new();
-    b.push(common::now_ms(), b"", value, &[]);
-    b.finish(PRODUCER, seq).to_vec()
+    batch_of(PRODUCER, 0, seq, value)
 }
 
 fn value(seq: u64) -> Vec<u8> {
@@ -34,7 +40,13 @@ fn value(seq: u64) -> Vec<u8> {
 /// Produces batch `seq` at QoS all: its base offset, or the error code of
 /// the answer.
 fn produce(c: &mut RawConn, seq: u64, value: &[u8]) -> Result<u64, ErrorCode> {
-    let r = c.produce(TOPIC, 0, Qos::All as u8, 10_000, &batch(seq, value));
+    produce_batch(c, &batch(seq, value))
+}
+
+/// Produces `batch` at QoS all: its base offset, or the error code of the
+/// answer.
+fn produce_batch(c: &mut RawConn, batch: &[u8]) -> Result<u64, ErrorCode> {
+    let r = c.produce(TOPIC, 0, Qos::All as u8, 10_000, batch);
     match r.code() {
         ErrorCode::None => Ok(ProduceResponse::decode(&r.body)
             .expect("decode produce response")
@@ -54,11 +66,27 @@ fn stored(addr: SocketAddr) -> Vec<Vec<u8>> {
 }
 
 fn start() -> (TestDir, BrokerProc, RawConn) {
+    start_with("")
+}
+
+/// A broker with `toml` as its config file, and topic [`TOPIC`].
+fn start_with(toml: &str) -> (TestDir, BrokerProc, RawConn) {
     let dir = TestDir::new();
-    let broker = BrokerProc::start(&dir.data, &[]);
+    let config = dir.config(toml);
+    let args = ["--config", config.to_str().expect("utf-8 temp path")];
+    let broker = BrokerProc::start(&dir.data, &args);
     let mut c = RawConn::connect(broker.addr());
     c.create_topic(TOPIC, 1);
     (dir, broker, c)
+}
+
+/// Kills the broker and starts it again on its directory and address.
+fn restart(dir: &TestDir, broker: &mut BrokerProc, toml: &str) -> RawConn {
+    broker.kill9();
+    let config = dir.config(toml);
+    let args = ["--config", config.to_str().expect("utf-8 temp path")];
+    *broker = BrokerProc::start_at(&broker.addr().to_string(), &dir.data, &args);
+    RawConn::connect(broker.addr())
 }
 
 #[test]
@@ -169,4 +197,109 @@ fn a_batch_behind_one_refused_for_a_full_disk_waits_for_it() {
     want.push(large);
     want.push(small);
     assert!(stored(addr) == want, "the batches are stored in send order");
+}
+
+#[test]
+fn epochs_fence_older_batches_and_start_their_sequences_at_zero() {
+    let (_dir, broker, mut c) = start();
+    let p = |epoch, seq, v: &str| batch_of(PRODUCER, epoch, seq, v.as_bytes());
+    assert_eq!(
+        produce_batch(&mut c, &p(0, 3, "x")),
+        Err(ErrorCode::UnknownProducer),
+        "a producer the broker does not know must start at 0"
+    );
+    assert_eq!(produce_batch(&mut c, &p(0, 0, "e0 s0")), Ok(0));
+    assert_eq!(produce_batch(&mut c, &p(0, 1, "e0 s1")), Ok(1));
+    assert_eq!(
+        produce_batch(&mut c, &p(1, 1, "x")),
+        Err(ErrorCode::OutOfOrderSequence),
+        "a new epoch starts at 0"
+    );
+    assert_eq!(produce_batch(&mut c, &p(1, 0, "e1 s0")), Ok(2));
+    assert_eq!(
+        produce_batch(&mut c, &p(0, 2, "x")),
+        Err(ErrorCode::ProducerFenced),
+        "the old epoch is fenced"
+    );
+    assert_eq!(
+        produce_batch(&mut c, &p(1, 0, "e1 s0")),
+        Ok(2),
+        "a retry in the new epoch is answered as its first copy"
+    );
+    assert_eq!(produce_batch(&mut c, &p(1, 1, "e1 s1")), Ok(3));
+    let want: Vec<Vec<u8>> = ["e0 s0", "e0 s1", "e1 s0", "e1 s1"]
+        .iter()
+        .map(|v| v.as_bytes().to_vec())
+        .collect();
+    assert_eq!(stored(broker.addr()), want);
+}
+
+#[test]
+fn producer_states_are_rebuilt_after_kill_9() {
+    let (dir, mut broker, mut c) = start();
+    for seq in 0..5 {
+        assert_eq!(produce(&mut c, seq, &value(seq)), Ok(seq));
+    }
+    let mut c = restart(&dir, &mut broker, "");
+    assert_eq!(
+        produce(&mut c, 2, &value(2)),
+        Ok(2),
+        "a retry is recognised"
+    );
+    assert_eq!(
+        produce(&mut c, 6, &value(6)),
+        Err(ErrorCode::OutOfOrderSequence),
+        "the gap is still a gap"
+    );
+    assert_eq!(produce(&mut c, 5, &value(5)), Ok(5));
+    let want: Vec<Vec<u8>> = (0..6).map(value).collect();
+    assert_eq!(stored(broker.addr()), want);
+}
+
+#[test]
+fn the_least_recently_used_producer_beyond_the_cap_is_evicted_and_stays_so_after_a_restart() {
+    const CONFIG: &str = "producer_states_max = 2\n";
+    let (dir, mut broker, mut c) = start_with(CONFIG);
+    let p = |id, seq| batch_of(id, 0, seq, format!("{id}/{seq}").as_bytes());
+    assert_eq!(produce_batch(&mut c, &p(1, 0)), Ok(0));
+    assert_eq!(produce_batch(&mut c, &p(2, 0)), Ok(1));
+    assert_eq!(produce_batch(&mut c, &p(1, 1)), Ok(2));
+    // A third producer: producer 2 is the least recently used.
+    assert_eq!(produce_batch(&mut c, &p(3, 0)), Ok(3));
+    let check = |c: &mut RawConn, when: &str| {
+        assert_eq!(
+            produce_batch(c, &p(2, 1)),
+            Err(ErrorCode::UnknownProducer),
+            "{when}: producer 2 was evicted"
+        );
+        assert_eq!(
+            produce_batch(c, &p(1, 1)),
+            Ok(2),
+            "{when}: producer 1 is remembered"
+        );
+    };
+    check(&mut c, "live");
+    let mut c = restart(&dir, &mut broker, CONFIG);
+    check(&mut c, "after a restart");
+}
+
+#[test]
+fn a_producer_idle_past_the_expiry_is_forgotten_and_stays_so_after_a_restart() {
+    const CONFIG: &str = "producer_idle_expiry_ms = 500\n";
+    let (dir, mut broker, mut c) = start_with(CONFIG);
+    assert_eq!(produce(&mut c, 0, &value(0)), Ok(0));
+    assert_eq!(produce(&mut c, 1, &value(1)), Ok(1));
+    // Wall-clock time must pass for an expiry; nothing waits on a thread.
+    std::thread::sleep(Duration::from_millis(700));
+    let mut c = restart(&dir, &mut broker, CONFIG);
+    assert_eq!(
+        produce(&mut c, 2, &value(2)),
+        Err(ErrorCode::UnknownProducer),
+        "idle past the expiry: forgotten"
+    );
+    // It starts again at 0, in a new epoch as the Rust producer would.
+    assert_eq!(
+        produce_batch(&mut c, &batch_of(PRODUCER, 1, 0, &value(2))),
+        Ok(2)
+    );
 }
