@@ -439,6 +439,39 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+        for c in [
+            Config {
+                producer_window: 0,
+                ..Config::default()
+            },
+            Config {
+                producer_window: PRODUCER_WINDOW_MAX + 1,
+                ..Config::default()
+            },
+            Config {
+                producer_idle_expiry_ms: 0,
+                ..Config::default()
+            },
+            Config {
+                producer_states_max: 0,
+                ..Config::default()
+            },
+        ] {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
+        let c: Config = toml::from_str(
+            "producer_window = 128\nproducer_idle_expiry_ms = 60000\nproducer_states_max = 10\n",
+        )
+        .unwrap();
+        assert!(c.validate().is_ok());
+        assert_eq!(
+            c.producer_limits(),
+            crate::journal::producers::ProducerLimits {
+                window: 128,
+                idle_expiry_ms: 60_000,
+                states_max: 10
+            }
+        );
     }
 
     #[test]
