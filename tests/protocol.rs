@@ -1,14 +1,16 @@
 //! The documented protocol choices (docs/protocol.md), checked on the wire:
 //! the handshake, requests without one, QoS none answering only failures,
-//! per-topic metadata errors, and fetch's batch boundaries, soft byte cap
-//! and end-of-partition behaviour.
+//! per-topic metadata errors, invalid topic names, exact bodies, and
+//! fetch's batch boundaries, soft byte cap, `min_bytes` 0 and
+//! end-of-partition behaviour.
 
 mod common;
 
 use common::{batch_of_values, BrokerProc, RawConn, TestDir};
 use hutong::wire::api::{
-    FetchRequest, FetchResponse, HandshakeRequest, HandshakeResponse, MetadataRequest,
-    MetadataResponse, ProduceRequest, PROTOCOL_VERSION,
+    ClusterRole, ClusterStatusResponse, FetchRequest, FetchResponse, HandshakeRequest,
+    HandshakeResponse, ListOffsetsRequest, MetadataRequest, MetadataResponse, ProduceRequest,
+    PROTOCOL_VERSION,
 };
 use hutong::wire::batch::split_batches;
 use hutong::wire::{ApiKey, ErrorCode, Qos};
@@ -34,7 +36,7 @@ fn handshake_announces_the_version_limits_and_every_api() {
         "the highest version in both ranges"
     );
     assert_eq!(
-        hs.max_frame_bytes as usize,
+        hs.frame_bytes_max as usize,
         hutong::config::FRAME_BYTES_MAX_DEFAULT
     );
     assert!(!hs.server.is_empty(), "the broker names itself");
@@ -155,12 +157,112 @@ fn metadata_reports_unknown_topics_per_topic() {
     assert_eq!(unknown.error_code, ErrorCode::UnknownTopic.as_u16());
     assert!(unknown.partitions.is_empty());
     let bad = by_name("a/b");
-    assert!(
-        bad.error_code == ErrorCode::UnknownTopic.as_u16()
-            || bad.error_code == ErrorCode::InvalidTopicName.as_u16(),
-        "a/b is reported as unknown or invalid, got {}",
-        bad.error_code
+    assert_eq!(
+        bad.error_code,
+        ErrorCode::InvalidTopicName.as_u16(),
+        "a/b cannot be a topic name"
     );
+    assert!(bad.partitions.is_empty());
+}
+
+/// docs/protocol.md §10: a name that cannot be a topic name is refused
+/// with `InvalidTopicName` by every API that names a topic, before the
+/// broker looks it up (not `UnknownTopic`).
+#[test]
+fn a_name_that_cannot_be_a_topic_name_gets_invalid_topic_name_from_every_api() {
+    let dir = TestDir::new();
+    let broker = BrokerProc::start(&dir.data, &[]);
+    let mut c = RawConn::connect(broker.addr());
+    c.create_topic("t", 1);
+    let too_long = "x".repeat(250);
+    for name in ["", "a/b", "..", "caf\u{e9}", too_long.as_str()] {
+        c.produce(
+            name,
+            0,
+            Qos::All as u8,
+            5000,
+            &batch_of_values(&[b"v".to_vec()]),
+        )
+        .expect_error(ErrorCode::InvalidTopicName);
+        c.fetch(&FetchRequest {
+            topic: name,
+            partition: 0,
+            offset: 0,
+            max_bytes: 1024,
+            max_wait_ms: 0,
+            min_bytes: 0,
+        })
+        .expect_error(ErrorCode::InvalidTopicName);
+        c.request(ApiKey::ListOffsets, |out| {
+            ListOffsetsRequest {
+                topic: name,
+                partition: 0,
+            }
+            .encode(out)
+        })
+        .expect_error(ErrorCode::InvalidTopicName);
+        c.try_create_topic(name, 1)
+            .expect_error(ErrorCode::InvalidTopicName);
+        let r = c
+            .request(ApiKey::Metadata, |out| {
+                MetadataRequest { topics: vec![name] }.encode(out)
+            })
+            .ok();
+        let md = MetadataResponse::decode(&r.body).expect("decode metadata");
+        assert_eq!(md.topics.len(), 1);
+        assert_eq!(
+            md.topics[0].error_code,
+            ErrorCode::InvalidTopicName.as_u16(),
+            "metadata of {name:?}"
+        );
+    }
+    assert_eq!(c.list_offsets("t", 0).latest, 0, "nothing was stored");
+}
+
+/// docs/protocol.md §1: bodies are exact, ClusterStatus's (empty) too.
+#[test]
+fn cluster_status_with_body_bytes_gets_malformed_request() {
+    let dir = TestDir::new();
+    let broker = BrokerProc::start(&dir.data, &[]);
+    let mut c = RawConn::connect(broker.addr());
+    c.request(ApiKey::ClusterStatus, |out| out.push(0))
+        .expect_error(ErrorCode::MalformedRequest);
+    let r = c.request(ApiKey::ClusterStatus, |_| {}).ok();
+    let status = ClusterStatusResponse::decode(&r.body).expect("decode cluster status");
+    assert_eq!(status.role, ClusterRole::Standalone);
+}
+
+/// docs/protocol.md §7.6: `min_bytes` 0 answers at once, even at the high
+/// watermark where there is nothing to return. The reader serves a
+/// connection's reads in order, so a fetch that waited would be answered
+/// after the one behind it, which has `max_wait_ms` 0.
+#[test]
+fn a_fetch_with_min_bytes_0_at_the_high_watermark_answers_at_once() {
+    let dir = TestDir::new();
+    let broker = BrokerProc::start(&dir.data, &[]);
+    let mut c = RawConn::connect(broker.addr());
+    five_batches_of_four(&mut c);
+    let at_end = |max_wait_ms| FetchRequest {
+        topic: "t",
+        partition: 0,
+        offset: 20,
+        max_bytes: 1 << 20,
+        max_wait_ms,
+        min_bytes: 0,
+    };
+    let patient = c.send(ApiKey::Fetch, |out| {
+        at_end(hutong::wire::limits::FETCH_WAIT_MS_MAX).encode(out)
+    });
+    let hasty = c.send(ApiKey::Fetch, |out| at_end(0).encode(out));
+    let first = c.read_response().expect("an answer");
+    assert_eq!(
+        first.header.correlation_id, patient,
+        "the fetch with min_bytes 0 and the longest wait is answered first, at once"
+    );
+    let first = first.ok();
+    let f = FetchResponse::decode(&first.body).expect("decode fetch");
+    assert_eq!((f.high_watermark, f.batches.len()), (20, 0));
+    assert_eq!(c.response_to(hasty).code(), ErrorCode::None);
 }
 
 /// Loads 5 batches of 4 records (values "b{batch}-r{record}") into t/0.
@@ -265,7 +367,7 @@ fn a_configured_frame_bytes_max_is_announced_and_enforced() {
         })
         .ok();
     let hs = HandshakeResponse::decode(&r.body).expect("decode handshake");
-    assert_eq!(hs.max_frame_bytes, 2 * 1024 * 1024);
+    assert_eq!(hs.frame_bytes_max, 2 * 1024 * 1024);
     // One byte over the limit (the length prefix counts 4 bytes less).
     let mut header = RawConn::frame(ApiKey::Produce.as_u16(), 1, 3, |_| {});
     header[..4].copy_from_slice(&(2u32 * 1024 * 1024 - 3).to_le_bytes());
@@ -273,4 +375,58 @@ fn a_configured_frame_bytes_max_is_announced_and_enforced() {
     let r = c.read_response().expect("an error before the close");
     r.expect_error(ErrorCode::FrameTooLarge);
     c.expect_closed();
+}
+
+/// docs/protocol.md §9.1: a standalone broker stamps term 0 (terms belong
+/// to replication groups) and numbers topics from 0 in creation order.
+#[test]
+fn a_standalone_broker_stamps_term_0_and_numbers_topics_from_0() {
+    let dir = TestDir::new();
+    let broker = BrokerProc::start(&dir.data, &[]);
+    let mut c = RawConn::connect(broker.addr());
+    c.create_topic("first", 1);
+    c.create_topic("second", 3);
+    for (topic, partition, id) in [("first", 0, 0), ("second", 2, 1)] {
+        c.produce_ok(topic, partition, &batch_of_values(&[b"v".to_vec()]));
+        let r = c
+            .fetch(&FetchRequest {
+                topic,
+                partition,
+                offset: 0,
+                max_bytes: 1 << 20,
+                max_wait_ms: 0,
+                min_bytes: 0,
+            })
+            .ok();
+        let f = FetchResponse::decode(&r.body).expect("decode fetch");
+        let stored = hutong::wire::batch::BatchView(f.batches);
+        assert_eq!(
+            (stored.term(), stored.topic_id(), stored.partition()),
+            (0, id, partition),
+            "the stamp of {topic}/{partition}"
+        );
+    }
+}
+
+/// docs/protocol.md §3: v1 brokers ignore the request header's `flags`
+/// and `reserved` fields (clients send 0; a later version may use them).
+#[test]
+fn the_flags_and_reserved_header_fields_are_ignored() {
+    let dir = TestDir::new();
+    let broker = BrokerProc::start(&dir.data, &[]);
+    let mut c = RawConn::connect(broker.addr());
+    c.create_topic("t", 1);
+    let id = c.next_id();
+    let mut frame = RawConn::frame(ApiKey::ListOffsets.as_u16(), 1, id, |out| {
+        ListOffsetsRequest {
+            topic: "t",
+            partition: 0,
+        }
+        .encode(out)
+    });
+    frame[12..16].copy_from_slice(&[0xff; 4]);
+    c.write_raw(&frame);
+    let r = c.response_to(id).ok();
+    assert_eq!(r.header.api_key, ApiKey::ListOffsets.as_u16());
+    assert_eq!(c.ping(b"still framed"), b"still framed");
 }

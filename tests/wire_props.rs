@@ -303,13 +303,13 @@ proptest! {
     #[test]
     fn handshake_response_round_trips(
         version in any::<u16>(),
-        max_frame_bytes in any::<u32>(),
+        frame_bytes_max in any::<u32>(),
         server in text(),
         apis in prop::collection::vec(any::<(u16, u16, u16)>(), 0..40),
     ) {
         let resp = HandshakeResponse {
             version,
-            max_frame_bytes,
+            frame_bytes_max,
             server,
             apis: apis
                 .into_iter()

@@ -30,9 +30,10 @@ use hutong::journal::scan::{header_crc_ok, scan, ScanResult, ScanStop};
 use hutong::journal::segment::segment_file_name;
 use hutong::journal::topic::TopicMeta;
 use hutong::wire::api::{
-    check_topic_name, ApiKey, ClusterStatusResponse, CreateTopicRequest, ErrorBody, FetchRequest,
-    FetchResponse, HandshakeRequest, HandshakeResponse, ListOffsetsRequest, ListOffsetsResponse,
-    MetadataRequest, MetadataResponse, NotLeaderBody, ProduceRequest, ProduceResponse,
+    check_topic_name, ApiKey, ClusterStatusRequest, ClusterStatusResponse, CreateTopicRequest,
+    ErrorBody, FetchRequest, FetchResponse, HandshakeRequest, HandshakeResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, NotLeaderBody,
+    ProduceRequest, ProduceResponse,
 };
 use hutong::wire::batch::{
     check_producer_batch, check_producer_batch_with, check_stored_batch, declared_len, records,
@@ -203,6 +204,12 @@ fn request_bodies(body: &[u8]) {
     }
     if let Some(req) = round_trip!(ListOffsetsRequest, body) {
         topic_name_checks(req.topic);
+    }
+    if round_trip!(ClusterStatusRequest, body).is_some() {
+        assert!(
+            body.is_empty(),
+            "only the empty body is a ClusterStatus request"
+        );
     }
     replicate_checks(body);
 }
@@ -1024,7 +1031,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let mut responses = response(ApiKey::Handshake, ErrorCode::None, |out| {
         HandshakeResponse {
             version: 1,
-            max_frame_bytes: FRAME_BYTES_MAX_DEFAULT as u32,
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT as u32,
             server: "hutong".into(),
             apis: ApiKey::ALL
                 .iter()

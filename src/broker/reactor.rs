@@ -731,7 +731,7 @@ fn handshake(out: &mut Vec<u8>, h: &RequestHeader, body: &[u8], config: &Config)
     .write(out);
     HandshakeResponse {
         version: PROTOCOL_VERSION,
-        max_frame_bytes: config.frame_bytes_max as u32,
+        frame_bytes_max: config.frame_bytes_max as u32,
         server: concat!("hutong ", env!("CARGO_PKG_VERSION")).to_string(),
         apis: ApiKey::ALL
             .iter()

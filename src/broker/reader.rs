@@ -15,9 +15,9 @@ use crate::journal::log::SegmentFile;
 use crate::journal::reader::JournalReader;
 use crate::journal::topic::TopicMeta;
 use crate::wire::api::{
-    ClusterNode, ClusterRole, ClusterStatusResponse, ErrorBody, FetchRequest, FetchResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, PartitionMetadata,
-    TopicMetadata,
+    check_topic_name, ClusterNode, ClusterRole, ClusterStatusRequest, ClusterStatusResponse,
+    ErrorBody, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataRequest, MetadataResponse, PartitionMetadata, TopicMetadata,
 };
 use crate::wire::frame::{finish_frame, RequestHeader, ResponseHeader, REQUEST_HEADER_LEN};
 use crate::wire::{ApiKey, ErrorCode};
@@ -189,7 +189,7 @@ impl Reader {
                 return self.fetch(conn, flags, h.correlation_id, body, committed, now, out)
             }
             Some(ApiKey::Metadata) => self.metadata(body, committed),
-            Some(ApiKey::ClusterStatus) => self.cluster_status(),
+            Some(ApiKey::ClusterStatus) => self.cluster_status(body),
             Some(ApiKey::ListOffsets) => self.list_offsets(body, committed),
             _ => Err(ErrorCode::Internal),
         };
@@ -220,7 +220,8 @@ impl Reader {
     /// This node's view of its replication group: its own role, term,
     /// leader and positions, and the member list. A client asks every
     /// member to see the whole group.
-    fn cluster_status(&mut self) -> Result<(), ErrorCode> {
+    fn cluster_status(&mut self, body: &[u8]) -> Result<(), ErrorCode> {
+        ClusterStatusRequest::decode(body).map_err(|_| ErrorCode::MalformedRequest)?;
         let shared = self.shared.as_ref().ok_or(ErrorCode::Internal)?;
         let view = &shared.cluster;
         let p = &shared.positions;
@@ -273,13 +274,17 @@ impl Reader {
         } else {
             req.topics
                 .iter()
-                .map(|name| match self.by_name.get(*name) {
-                    Some(&t) => describe(&self.topics[t]),
-                    None => TopicMetadata {
-                        name: name.to_string(),
-                        error_code: ErrorCode::UnknownTopic.as_u16(),
-                        partitions: Vec::new(),
-                    },
+                .map(|name| {
+                    let found = check_topic_name(name)
+                        .and_then(|()| self.by_name.get(*name).ok_or(ErrorCode::UnknownTopic));
+                    match found {
+                        Ok(&t) => describe(&self.topics[t]),
+                        Err(code) => TopicMetadata {
+                            name: name.to_string(),
+                            error_code: code.as_u16(),
+                            partitions: Vec::new(),
+                        },
+                    }
                 })
                 .collect()
         };
@@ -290,6 +295,7 @@ impl Reader {
 
     fn list_offsets(&mut self, body: &[u8], committed: u64) -> Result<(), ErrorCode> {
         let req = ListOffsetsRequest::decode(body).map_err(|_| ErrorCode::MalformedRequest)?;
+        check_topic_name(req.topic)?;
         let t = self.topic(req.topic).ok_or(ErrorCode::UnknownTopic)?;
         let idx = self.topics[t]
             .partitions
@@ -351,6 +357,7 @@ impl Reader {
         if req.max_bytes == 0 {
             return Err(ErrorCode::InvalidRequest);
         }
+        check_topic_name(req.topic)?;
         let t = self.topic(req.topic).ok_or(ErrorCode::UnknownTopic)?;
         if req.partition as usize >= self.topics[t].partitions.len() {
             return Err(ErrorCode::UnknownPartition);
@@ -413,7 +420,9 @@ impl Reader {
                 return Ok(true);
             }
         };
-        let enough = avail.bytes > 0 && avail.bytes >= w.min_bytes;
+        // `min_bytes` 0 is always enough: such a fetch is answered at once,
+        // even with nothing to return (docs/protocol.md §7.6).
+        let enough = avail.bytes >= w.min_bytes;
         if !(enough || force || now >= w.deadline) {
             return Ok(false);
         }

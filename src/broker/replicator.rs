@@ -44,9 +44,10 @@ pub fn run(shared: Arc<Shared>) {
 
 // ----- a member of a replication group ------------------------------------
 
-use crate::consensus::{Message, MessageKind};
+use crate::consensus::{Entry, Message, MessageKind};
 use crate::journal::log::SegmentFile;
 use crate::journal::reader::JournalReader;
+use crate::wire::batch::{declared_len, BatchView};
 use crate::wire::replicate::write_frame;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -118,6 +119,8 @@ pub struct Courier {
     /// even across a truncation.
     scratch: Vec<u8>,
     scratch_range: Option<(u64, u64, u64)>,
+    /// The messages of the current round, kept to reuse its allocation.
+    taken: Vec<Message>,
 }
 
 impl Courier {
@@ -158,6 +161,7 @@ impl Courier {
             poll,
             scratch: Vec::new(),
             scratch_range: None,
+            taken: Vec::with_capacity(MESSAGES_PER_ROUND_MAX),
         })
     }
 
@@ -322,6 +326,17 @@ impl Courier {
                     link.queue.truncate(start);
                     return;
                 }
+                if !holds_entries(&self.scratch[..want], *prev_pos, entries) {
+                    crate::log!(
+                        "journal bytes [{}, {}) are no longer the append's entries \
+                         (the journal was cut meanwhile); not sent to node {}",
+                        range.0,
+                        range.1,
+                        m.to
+                    );
+                    link.queue.truncate(start);
+                    return;
+                }
                 self.scratch_range = Some(range);
             }
             link.queue.extend_from_slice(&self.scratch[..want]);
@@ -336,16 +351,26 @@ impl Courier {
         pop: &mut dyn FnMut() -> Option<Message>,
         events: &Receiver<SegmentEvent>,
     ) -> usize {
+        // Messages first, then the segment events: the writer announces a
+        // segment before it appends into it, so every event about a
+        // segment that a popped message reads is in the channel by now.
+        // Taking the events first missed a segment started in between,
+        // and the append into it could not be read and was dropped.
+        let mut taken = std::mem::take(&mut self.taken);
+        taken.clear();
+        while taken.len() < MESSAGES_PER_ROUND_MAX {
+            let Some(m) = pop() else { break };
+            taken.push(m);
+        }
         while let Ok(e) = events.try_recv() {
             self.event(e);
         }
-        let mut taken = 0;
-        while taken < MESSAGES_PER_ROUND_MAX {
-            let Some(m) = pop() else { break };
-            self.queue(&m);
-            taken += 1;
+        for m in &taken {
+            self.queue(m);
         }
-        taken
+        let n = taken.len();
+        self.taken = taken;
+        n
     }
 
     /// Writes what is queued for link `i` until the socket is full.
@@ -434,6 +459,23 @@ fn reconnect_delay(failures: u32) -> Duration {
         .min(RECONNECT_DELAY_MAX)
 }
 
+/// Whether `bytes`, the journal from `prev_pos`, are the batches `entries`
+/// name: each entry's bytes are one batch declaring the entry's length and
+/// term. The writer may cut the journal between pushing an append and the
+/// replicator reading its bytes; the positions then hold another term's
+/// batches, which must not travel under the append's entries.
+fn holds_entries(bytes: &[u8], prev_pos: u64, entries: &[Entry]) -> bool {
+    let mut start = prev_pos;
+    entries.iter().all(|e| {
+        let batch = e
+            .end
+            .checked_sub(prev_pos)
+            .and_then(|end| bytes.get((start - prev_pos) as usize..end as usize));
+        start = e.end;
+        batch.is_some_and(|b| declared_len(b) == Some(b.len()) && BatchView(b).term() == e.term)
+    })
+}
+
 fn report_link_change(shared: &Shared, slot: usize) {
     shared
         .cluster
@@ -494,5 +536,137 @@ pub fn run_cluster(
                 courier.flush(i, &shared);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::shared::ClusterView;
+    use crate::config::{Config, Peer};
+    use std::fs::File;
+    use std::sync::mpsc::channel;
+
+    /// A segment starting at `start` whose file holds `bytes`.
+    fn segment(dir: &std::path::Path, start: u64, bytes: &[u8]) -> SegmentFile {
+        let path = dir.join(format!("{start:020}"));
+        std::fs::write(&path, bytes).unwrap();
+        (start, Arc::new(File::open(&path).unwrap()))
+    }
+
+    /// A courier of node 1 with one link, to node 2 at a listener that
+    /// accepts nothing (its queue is inspected, never sent), reading the
+    /// journal from `segments`.
+    fn courier(segments: Vec<SegmentFile>) -> (Courier, std::net::TcpListener) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peers = vec![
+            Peer {
+                id: 1,
+                addr: "127.0.0.1:1".into(),
+            },
+            Peer {
+                id: 2,
+                addr: listener.local_addr().unwrap().to_string(),
+            },
+        ];
+        let config = Config {
+            node_id: 1,
+            peers,
+            ..Config::default()
+        };
+        let poll = Poll::new().unwrap();
+        let waker = mio::Waker::new(poll.registry(), Token(0)).unwrap();
+        let view = ClusterView::new(1, vec![(1, String::new()), (2, String::new())]);
+        let shared = Shared::new(0, waker, view);
+        let mut courier = Courier::new(&config, segments, &shared).unwrap();
+        courier.connect_due(Instant::now());
+        assert!(courier.links[0].stream.is_some(), "a link to node 2 exists");
+        (courier, listener)
+    }
+
+    /// Journal bytes that read as one stored batch of `len` bytes appended
+    /// in `term`: the header fields the replicator looks at (`batch_len`
+    /// at 4, `term` at 16, docs/protocol.md §9.1) and filler.
+    fn batch(len: usize, term: u64, filler: u8) -> Vec<u8> {
+        let mut b = vec![filler; len];
+        b[4..8].copy_from_slice(&(len as u32).to_le_bytes());
+        b[16..24].copy_from_slice(&term.to_le_bytes());
+        b
+    }
+
+    fn append(prev_pos: u64, end: u64) -> Message {
+        Message {
+            from: 1,
+            to: 2,
+            term: 1,
+            kind: MessageKind::Append {
+                prev_pos,
+                prev_term: 1,
+                entries: vec![Entry {
+                    start: prev_pos,
+                    end,
+                    term: 1,
+                }],
+                commit: 0,
+            },
+        }
+    }
+
+    /// Finding 6: the writer announces a new segment and only then pushes
+    /// the append that reads it; both may happen while the replicator is
+    /// in the middle of a round. The pop below plays the writer doing both
+    /// just before its message is popped: a replicator that took its
+    /// segment events before popping did not know the segment yet, failed
+    /// to read the bytes and dropped the append.
+    #[test]
+    fn an_append_into_a_segment_started_during_the_round_is_sent_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut courier, _listener) = courier(vec![segment(dir.path(), 0, &batch(100, 1, b'a'))]);
+        let (events, received) = channel();
+        let mut new_segment = Some(segment(dir.path(), 100, &batch(100, 1, b'b')));
+        let mut outbox = vec![append(100, 200)];
+        let mut pop = || {
+            if let Some(f) = new_segment.take() {
+                events.send(SegmentEvent::Segment(f)).unwrap();
+            }
+            outbox.pop()
+        };
+        assert_eq!(courier.take(&mut pop, &received), 1);
+        let mut expected = Vec::new();
+        write_frame(&append(100, 200), &mut expected);
+        expected.extend_from_slice(&batch(100, 1, b'b'));
+        assert!(
+            courier.links[0].queue == expected,
+            "the append is queued with its journal bytes ({} bytes queued, {} expected)",
+            courier.links[0].queue.len(),
+            expected.len()
+        );
+    }
+
+    /// A truncation between the append and the read: the writer cut the
+    /// journal at 100 (a new leader's tail replaces the old one) after the
+    /// append of the old bytes there was pushed. The bytes now at those
+    /// positions are another term's, and must not be sent under the old
+    /// append's entries; the append is dropped (Raft resends what matters).
+    #[test]
+    fn an_append_whose_bytes_were_cut_meanwhile_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = segment(dir.path(), 0, &batch(100, 1, b'a'));
+        let (mut courier, _listener) = courier(vec![first.clone()]);
+        let (events, received) = channel();
+        let mut cut = Some(vec![first, segment(dir.path(), 100, &batch(100, 2, b'c'))]);
+        let mut outbox = vec![append(100, 200)];
+        let mut pop = || {
+            if let Some(files) = cut.take() {
+                events.send(SegmentEvent::Reset(files)).unwrap();
+            }
+            outbox.pop()
+        };
+        assert_eq!(courier.take(&mut pop, &received), 1);
+        assert!(
+            courier.links[0].queue.is_empty(),
+            "nothing is sent for an append whose bytes are gone ({} bytes queued)",
+            courier.links[0].queue.len()
+        );
     }
 }

@@ -93,15 +93,17 @@ impl Writer {
     ) -> Outcome {
         let h = RequestHeader::parse(frame);
         let body = &frame[REQUEST_HEADER_LEN..];
-        let fail = |code| {
-            Some(Pending::failed(
-                conn,
-                h.correlation_id,
-                api_of(h.api_key),
-                code,
-                counted,
-            ))
+        let Some(api) = ApiKey::from_u16(h.api_key) else {
+            // The reactor answers unknown APIs itself and routes only
+            // Produce, CreateTopic and Replicate here: this is a routing
+            // bug, and no answer can carry the frame's unknown key.
+            crate::log!(
+                "BUG: the writer was handed a frame of unknown API {}",
+                h.api_key
+            );
+            return None;
         };
+        let fail = |code| Some(Pending::failed(conn, h.correlation_id, api, code, counted));
         if self.fatal.is_some() {
             // The writer is stopping over a fatal error (reported by `run`
             // after this round); nothing more may be appended. Peers get no
@@ -111,8 +113,8 @@ impl Writer {
             }
             return fail(ErrorCode::StorageError);
         }
-        match ApiKey::from_u16(h.api_key) {
-            Some(ApiKey::Produce) => match self.produce(body, now, now_ms) {
+        match api {
+            ApiKey::Produce => match self.produce(body, now, now_ms) {
                 Ok((qos, appended, append_time_ms, deadline)) => {
                     (qos != Qos::None).then_some(Pending {
                         conn,
@@ -129,7 +131,7 @@ impl Writer {
                 }
                 Err(code) => fail(code),
             },
-            Some(ApiKey::CreateTopic) => match self.create_topic(body, now_ms) {
+            ApiKey::CreateTopic => match self.create_topic(body, now_ms) {
                 Ok(appended) => Some(Pending {
                     conn,
                     correlation_id: h.correlation_id,
@@ -144,7 +146,7 @@ impl Writer {
                 }),
                 Err(code) => fail(code),
             },
-            Some(ApiKey::Replicate) => {
+            ApiKey::Replicate => {
                 self.replicate(body);
                 None
             }
@@ -197,10 +199,10 @@ impl Writer {
         if req.batch.len() > self.config.batch_bytes_max {
             return Err(ErrorCode::BatchTooLarge);
         }
+        check_topic_name(req.topic)?;
         let slot = match self.journal.catalog().lookup(req.topic) {
             Some(slot) => slot,
             None if self.config.auto_create_topics => {
-                check_topic_name(req.topic)?;
                 self.add_topic(req.topic, self.config.auto_create_partitions, now_ms)?
                     .1
             }
@@ -571,10 +573,6 @@ impl Writer {
     }
 }
 
-fn api_of(key: u16) -> ApiKey {
-    ApiKey::from_u16(key).unwrap_or(ApiKey::Produce)
-}
-
 fn storage_code(e: JournalError) -> ErrorCode {
     match e {
         JournalError::StorageFull(_) => ErrorCode::StorageFull,
@@ -668,5 +666,90 @@ pub fn run(
         idle.wait(next_tick.map_or(Duration::from_millis(100), |t| {
             t.min(Duration::from_millis(100))
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::shared::ClusterView;
+    use crate::wire::frame::finish_frame;
+    use ringbuf::traits::Split;
+    use ringbuf::HeapRb;
+
+    /// A standalone broker's writer over a fresh journal in `dir`.
+    fn writer(dir: &std::path::Path) -> Writer {
+        let config = Config {
+            data_dir: dir.to_path_buf(),
+            segment_bytes: 1 << 20,
+            write_cache_bytes: 1 << 20,
+            batch_bytes_max: 64 << 10,
+            ..Config::default()
+        };
+        let journal = Journal::open(dir, config.segment_bytes, config.write_cache_bytes).unwrap();
+        let poll = mio::Poll::new().unwrap();
+        let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
+        let shared = Arc::new(Shared::new(
+            journal.end(),
+            waker,
+            ClusterView::new(0, Vec::new()),
+        ));
+        let (pending, _) = HeapRb::new(16).split();
+        Writer::new(
+            journal,
+            Arc::new(config),
+            std::sync::mpsc::channel().0,
+            std::sync::mpsc::channel().0,
+            shared,
+            None,
+            pending,
+        )
+    }
+
+    fn frame(api_key: u16, body: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        RequestHeader {
+            api_key,
+            api_version: 1,
+            correlation_id: 7,
+            flags: 0,
+        }
+        .write(&mut f);
+        f.extend_from_slice(body);
+        finish_frame(&mut f, 0);
+        f
+    }
+
+    /// The reactor answers unknown APIs itself; should a frame of one ever
+    /// reach the writer (a routing bug), it must not be answered as if it
+    /// were a Produce, under another API's key.
+    #[test]
+    fn a_frame_of_an_unknown_api_is_not_answered_as_a_produce() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        let outcome = w.handle(1, true, &frame(999, b""), Instant::now(), 0);
+        assert!(
+            outcome.is_none(),
+            "no Produce answer for API 999: {outcome:?}"
+        );
+        // A known API's failure keeps its own key.
+        let mut body = Vec::new();
+        CreateTopicRequest {
+            name: "no/slashes",
+            partitions: 1,
+        }
+        .encode(&mut body);
+        let create = w.handle(
+            1,
+            true,
+            &frame(ApiKey::CreateTopic.as_u16(), &body),
+            Instant::now(),
+            0,
+        );
+        let create = create.expect("a failed create is answered");
+        assert_eq!(
+            (create.api, create.error),
+            (ApiKey::CreateTopic, ErrorCode::InvalidTopicName)
+        );
     }
 }

@@ -917,7 +917,7 @@ impl Connection {
                 hs.version
             )));
         }
-        self.max_frame_bytes = hs.max_frame_bytes as usize;
+        self.max_frame_bytes = hs.frame_bytes_max as usize;
         self.server = hs.server;
         Ok(())
     }

@@ -269,7 +269,7 @@ impl FakeConn {
         let mut body = Vec::new();
         HandshakeResponse {
             version,
-            max_frame_bytes: MAX_FRAME_BYTES as u32,
+            frame_bytes_max: MAX_FRAME_BYTES as u32,
             server: SERVER.into(),
             apis: Vec::new(),
         }

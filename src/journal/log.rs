@@ -279,7 +279,8 @@ impl Journal {
         std::mem::take(&mut self.entries)
     }
 
-    /// Position one past the last appended byte (W).
+    /// Position one past the last appended byte, which may still sit in the
+    /// write cache; W is [`Journal::written`].
     pub fn end(&self) -> u64 {
         self.end
     }
@@ -508,7 +509,8 @@ impl Journal {
         Ok(())
     }
 
-    /// Position up to which appended bytes were handed to the kernel.
+    /// Position up to which appended bytes were handed to the kernel: W,
+    /// what the writer publishes.
     pub fn written(&self) -> u64 {
         self.written
     }

@@ -160,8 +160,9 @@ pub struct ApiVersions {
 pub struct HandshakeResponse {
     /// The protocol version both sides will speak.
     pub version: u16,
-    /// The broker's maximum frame size in bytes.
-    pub max_frame_bytes: u32,
+    /// The largest request frame the broker accepts, length prefix
+    /// included (its `frame_bytes_max` setting).
+    pub frame_bytes_max: u32,
     /// Broker name and version.
     pub server: String,
     /// Versions of each API.
@@ -172,7 +173,7 @@ impl HandshakeResponse {
     /// Appends the body.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.put_u16(self.version);
-        out.put_u32(self.max_frame_bytes);
+        out.put_u32(self.frame_bytes_max);
         out.put_str(&self.server);
         out.put_u16(self.apis.len() as u16);
         for a in &self.apis {
@@ -189,7 +190,7 @@ impl HandshakeResponse {
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
         let version = r.u16("version")?;
-        let max_frame_bytes = r.u32("max_frame_bytes")?;
+        let frame_bytes_max = r.u32("frame_bytes_max")?;
         let server = r.str("server")?.to_string();
         let n = r.u16("api_count")?;
         let mut apis = Vec::with_capacity(n as usize);
@@ -203,7 +204,7 @@ impl HandshakeResponse {
         r.finish()?;
         Ok(HandshakeResponse {
             version,
-            max_frame_bytes,
+            frame_bytes_max,
             server,
             apis,
         })
@@ -647,7 +648,25 @@ pub struct ClusterNode {
     pub addr: String,
 }
 
-/// ClusterStatus response body (the request body is empty).
+/// ClusterStatus request body: empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClusterStatusRequest;
+
+impl ClusterStatusRequest {
+    /// Appends the body (nothing).
+    pub fn encode(&self, _out: &mut Vec<u8>) {}
+
+    /// Parses a body, which must be empty (bodies are exact).
+    ///
+    /// # Errors
+    /// [`DecodeError::TrailingBytes`] for any byte.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        Reader::new(body).finish()?;
+        Ok(ClusterStatusRequest)
+    }
+}
+
+/// ClusterStatus response body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterStatusResponse {
     /// This broker's node id; 0 for a standalone broker.
