@@ -1973,6 +1973,9 @@ mod tests {
             let (req, _) = read_produce(&mut c);
             let p = ProduceRequest::decode(&req.body).unwrap();
             assert_eq!(p.qos, Qos::None as u8);
+            // Nothing is answered, so nothing could be resent: no producer
+            // id, and no sequence for the broker to hold the next ones to.
+            assert_eq!(stamp_of(&req.body), ProducerStamp::default());
             let (req, _) = read_produce(&mut c);
             c.reply_error(&req, ErrorCode::UnknownPartition, "no partition 9");
             ack_all(c);
