@@ -397,6 +397,9 @@ struct TrackerState {
     /// The connection was given up over a `NotLeader` answer: the next
     /// resend follows the leader and is not counted as a try.
     leader_changed: bool,
+    /// The connection was given up only to resend under a new epoch: the
+    /// broker is fine, so the resend does not wait a backoff.
+    renumbered: bool,
 }
 
 impl TrackerState {
@@ -764,6 +767,7 @@ impl Tracker {
         }
         s.lanes[lane].next_seq = seq;
         if let Some(g) = on_wire {
+            s.renumbered = true;
             self.fail_connection(s, g);
         }
     }
@@ -812,6 +816,7 @@ impl Tracker {
                 let p = &mut s.pending[i];
                 p.generation = None;
                 p.last_error = Some(e);
+                s.renumbered = true;
                 self.fail_connection(s, generation);
             } else {
                 self.finish(s, i, Err(e));
@@ -1500,6 +1505,13 @@ fn watch_answers<'a>(
 /// meanwhile. False when the producer is closing.
 fn back_off(tracker: &Tracker) -> bool {
     let mut s = lock(&tracker.state);
+    if std::mem::take(&mut s.renumbered) {
+        // Not a failure of the broker: resend at once.
+        s.failures = s.failures.saturating_sub(1);
+        tracker.expire(&mut s, Instant::now());
+        tracker.wake(&mut s);
+        return !s.closing;
+    }
     // After a leader change the pause stays at its shortest: straight to a
     // named leader, or asking again while the group elects one (a new
     // leader is named within an election timeout, 250-500 ms by default).
@@ -2574,8 +2586,9 @@ mod tests {
     /// takes over, with a log that `seed` prepares from the first broker's
     /// requests. Returns what the fourth batch's tries carried.
     fn fourth_batch_after_a_lost_tail(
+        config: ProducerConfig,
         seed: impl FnOnce(&[Vec<u8>], &mut DedupLog) + Send + 'static,
-    ) -> Vec<ProducerStamp> {
+    ) -> (Vec<ProducerStamp>, Duration) {
         let (tries_tx, tries_rx) = std::sync::mpsc::channel();
         // Connection 0 is the old broker; 1 and 2 the new one (a new epoch
         // starts on a new connection, so that no answer to the old numbers
@@ -2603,7 +2616,7 @@ mod tests {
                 }
             }
         });
-        let p = Producer::connect(broker.addr, quick_retry(10)).unwrap();
+        let p = Producer::connect(broker.addr, config).unwrap();
         for i in 0..3 {
             p.send_records("t", 0, &[(b"", &value(i))])
                 .unwrap()
@@ -2615,19 +2628,21 @@ mod tests {
             assert!(Instant::now() < deadline, "the close was never noticed");
             std::thread::sleep(Duration::from_millis(1));
         }
+        let started = Instant::now();
         let r = p.send_records("t", 0, &[(b"", &value(3))]).unwrap();
         r.wait().expect("the fourth batch is stored");
+        let took = started.elapsed();
         assert_eq!(p.sequence_of("t", 0), Some((1, 1)), "a new epoch");
         drop(p);
         broker.join();
-        tries_rx.try_iter().collect()
+        (tries_rx.try_iter().collect(), took)
     }
 
     #[test]
     fn unknown_producer_at_the_head_of_a_partition_starts_a_new_epoch() {
         // The new broker knows nothing of the producer (evicted, or the
         // batches were lost with the old leader at a weak QoS).
-        let tries = fourth_batch_after_a_lost_tail(|_, _| {});
+        let (tries, _) = fourth_batch_after_a_lost_tail(quick_retry(10), |_, _| {});
         let seqs: Vec<(u32, u64)> = tries.iter().map(|t| (t.epoch, t.seq)).collect();
         assert_eq!(seqs, vec![(0, 3), (1, 0)]);
     }
@@ -2636,11 +2651,29 @@ mod tests {
     fn out_of_order_at_the_head_of_a_partition_starts_a_new_epoch() {
         // The new broker holds batch 0 only: 1 and 2 were acknowledged at a
         // weak QoS and lost. Resending 3 cannot fill that gap.
-        let tries = fourth_batch_after_a_lost_tail(|first, log| {
+        let (tries, _) = fourth_batch_after_a_lost_tail(quick_retry(10), |first, log| {
             log.store(&first[0]);
         });
         let seqs: Vec<(u32, u64)> = tries.iter().map(|t| (t.epoch, t.seq)).collect();
         assert_eq!(seqs, vec![(0, 3), (1, 0)]);
+    }
+
+    #[test]
+    fn a_new_epoch_is_sent_without_a_backoff() {
+        // The reconnection after the lost broker waits one backoff (1 s);
+        // the one that only resends under a new epoch must not wait the
+        // next (2 s): the broker is fine.
+        let config = ProducerConfig {
+            retry: RetryConfig {
+                attempts_max: 10,
+                backoff_ms: 1_000,
+                deadline_ms: 30_000,
+            },
+            ..ProducerConfig::default()
+        };
+        let (tries, took) = fourth_batch_after_a_lost_tail(config, |_, _| {});
+        assert_eq!(tries.len(), 2);
+        assert!(took < Duration::from_millis(2_500), "{took:?}");
     }
 
     #[test]
