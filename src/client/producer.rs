@@ -655,10 +655,18 @@ impl Tracker {
 
     /// Takes request `tag` out of `pending` and undoes its reservation,
     /// for a request whose send failed without reaching the connection.
+    /// Its sequence is given back when no later batch took one, so that
+    /// the next batch does not find a gap.
     fn unqueue(&self, tag: u64) {
         let mut s = lock(&self.state);
         if let Some(i) = s.find(tag) {
             let p = s.pending.remove(i).expect("found above");
+            if let Some((lane, stamp)) = p.lane {
+                let l = &mut s.lanes[lane];
+                if l.epoch == stamp.epoch && l.next_seq == stamp.seq + 1 {
+                    l.next_seq = stamp.seq;
+                }
+            }
             s.receipts.remove(&tag);
             s.release(p.lane.map(|(l, _)| l), p.body, self.max_in_flight);
         }
@@ -1977,6 +1985,11 @@ mod tests {
             p.send_records("t", 0, &[(b"", b"z")]),
             Err(ClientError::Closed)
         ));
+        assert_eq!(
+            p.sequence_of("t", 0),
+            Some((0, 2)),
+            "a send that failed took no sequence"
+        );
     }
 
     #[test]
