@@ -60,6 +60,12 @@ pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 5_000;
 pub const RECORD_KEY_BYTES_MAX_DEFAULT: usize = 64 * KIB;
 /// Default largest record value.
 pub const RECORD_VALUE_BYTES_MAX_DEFAULT: usize = 8 * MIB;
+// The producer states' bounds are the journal's (journal::producers,
+// where their memory is accounted for); they are settings of the broker.
+pub use crate::journal::producers::{
+    PRODUCER_IDLE_EXPIRY_MS_DEFAULT, PRODUCER_STATES_MAX_DEFAULT, PRODUCER_STATES_MAX_LIMIT,
+    PRODUCER_WINDOW_DEFAULT, PRODUCER_WINDOW_MAX,
+};
 /// Default time a connection may sit on half a frame before it is closed.
 pub const PARTIAL_FRAME_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// Default time a connection with nothing in flight may stay silent.
@@ -134,6 +140,13 @@ pub struct Config {
     pub record_key_bytes_max: usize,
     /// Largest record value accepted.
     pub record_value_bytes_max: usize,
+    /// Batches remembered per producer and partition to recognise retries.
+    pub producer_window: usize,
+    /// A producer's state on a partition is dropped this long after its
+    /// last batch there.
+    pub producer_idle_expiry_ms: u64,
+    /// Most (producer, partition) states kept; the least recently used goes.
+    pub producer_states_max: usize,
     /// A connection holding half a frame with no new bytes for this long is closed.
     pub partial_frame_timeout_ms: u64,
     /// A connection with nothing in flight and no traffic for this long is closed.
@@ -214,6 +227,9 @@ impl Default for Config {
             checkpoint_interval_ms: CHECKPOINT_INTERVAL_MS_DEFAULT,
             record_key_bytes_max: RECORD_KEY_BYTES_MAX_DEFAULT,
             record_value_bytes_max: RECORD_VALUE_BYTES_MAX_DEFAULT,
+            producer_window: PRODUCER_WINDOW_DEFAULT,
+            producer_idle_expiry_ms: PRODUCER_IDLE_EXPIRY_MS_DEFAULT,
+            producer_states_max: PRODUCER_STATES_MAX_DEFAULT,
             partial_frame_timeout_ms: PARTIAL_FRAME_TIMEOUT_MS_DEFAULT,
             idle_connection_timeout_ms: IDLE_CONNECTION_TIMEOUT_MS_DEFAULT,
             node_id: 0,
@@ -318,6 +334,19 @@ impl Config {
         if self.record_key_bytes_max == 0 || self.record_value_bytes_max == 0 {
             return fail("record_key_bytes_max and record_value_bytes_max must be above 0".into());
         }
+        if !(1..=PRODUCER_WINDOW_MAX).contains(&self.producer_window) {
+            return fail(format!(
+                "producer_window must be in 1..={PRODUCER_WINDOW_MAX}"
+            ));
+        }
+        if self.producer_idle_expiry_ms == 0 || self.producer_idle_expiry_ms > i64::MAX as u64 {
+            return fail("producer_idle_expiry_ms must be above 0".into());
+        }
+        if !(1..=PRODUCER_STATES_MAX_LIMIT).contains(&self.producer_states_max) {
+            return fail(format!(
+                "producer_states_max must be in 1..={PRODUCER_STATES_MAX_LIMIT}"
+            ));
+        }
         if self.partial_frame_timeout_ms == 0 || self.idle_connection_timeout_ms == 0 {
             return fail(
                 "partial_frame_timeout_ms and idle_connection_timeout_ms must be above 0".into(),
@@ -330,6 +359,15 @@ impl Config {
             return fail(format!("tick_ms must be in {TICK_MS_MIN}..={TICK_MS_MAX}"));
         }
         self.validate_peers()
+    }
+
+    /// The bounds of the producer states these settings give.
+    pub fn producer_limits(&self) -> crate::journal::producers::ProducerLimits {
+        crate::journal::producers::ProducerLimits {
+            window: self.producer_window,
+            idle_expiry_ms: self.producer_idle_expiry_ms,
+            states_max: self.producer_states_max,
+        }
     }
 
     /// True when this broker is a member of a replication group.
@@ -407,6 +445,39 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+        for c in [
+            Config {
+                producer_window: 0,
+                ..Config::default()
+            },
+            Config {
+                producer_window: PRODUCER_WINDOW_MAX + 1,
+                ..Config::default()
+            },
+            Config {
+                producer_idle_expiry_ms: 0,
+                ..Config::default()
+            },
+            Config {
+                producer_states_max: 0,
+                ..Config::default()
+            },
+        ] {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
+        let c: Config = toml::from_str(
+            "producer_window = 128\nproducer_idle_expiry_ms = 60000\nproducer_states_max = 10\n",
+        )
+        .unwrap();
+        assert!(c.validate().is_ok());
+        assert_eq!(
+            c.producer_limits(),
+            crate::journal::producers::ProducerLimits {
+                window: 128,
+                idle_expiry_ms: 60_000,
+                states_max: 10
+            }
+        );
     }
 
     #[test]

@@ -462,9 +462,10 @@ fn produce(args: ProduceArgs) -> Result<()> {
         if builder.is_empty() {
             break;
         }
-        // Stamped with the producer's id and a sequence number, so a batch
-        // retried after a lost connection or a leader change is stored once.
-        let batch = builder.finish(producer.producer_id(), producer.next_sequence());
+        // With the producer's id, the producer stamps the partition's epoch
+        // and next sequence into it, so a batch retried after a lost
+        // connection or a leader change is stored once and in order.
+        let batch = builder.finish(producer.producer_id(), 0);
         pending.push_back(producer.send(&args.topic, args.partition, batch)?);
         // Take the acknowledgements already in, so a failure stops the run
         // early instead of after the whole input.

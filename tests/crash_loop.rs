@@ -127,6 +127,7 @@ fn produce(producer: u32, shared: Arc<Shared>) {
         max_in_flight: WINDOW,
         // Send-once: this loop reconnects by itself and never resends.
         retry: RetryConfig::none(),
+        ..ProducerConfig::default()
     };
     let mut builder = BatchBuilder::new();
     let mut next_batch = 0u64;

@@ -91,6 +91,7 @@ fn stream_through_shutdown(addr: std::net::SocketAddr) -> StreamOutcome {
             max_in_flight: 64,
             // This test counts the broker's own answers at shutdown.
             retry: RetryConfig::none(),
+            ..ProducerConfig::default()
         },
     )
     .expect("stream producer connects");

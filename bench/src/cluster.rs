@@ -371,6 +371,7 @@ impl Stream {
                         deadline_ms: SETTLE_TIMEOUT.as_millis() as u64 / 2,
                         ..RetryConfig::default()
                     },
+                    ..ProducerConfig::default()
                 },
             )
             .context("the failover stream cannot connect")?,

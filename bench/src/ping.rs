@@ -83,6 +83,7 @@ pub fn run(addr: SocketAddr, args: &PingArgs, ui: &Ui) -> Result<Report> {
                 .in_flight
                 .max(hutong::client::connection::IN_FLIGHT_MAX_DEFAULT),
             client_id: "hutong-bench".into(),
+            ..ConnectionConfig::default()
         },
     )
     .with_context(|| format!("cannot connect to {addr}"))?;

@@ -326,6 +326,7 @@ pub fn run_fleet(
                         .in_flight
                         .max(hutong::client::connection::IN_FLIGHT_MAX_DEFAULT),
                     client_id: "hutong-bench".into(),
+                    ..ConnectionConfig::default()
                 },
             )
         })

@@ -109,6 +109,7 @@ impl Broker {
             },
             // Only the consensus log starts from the recovered entries.
             entries: config.is_clustered(),
+            producers: config.producer_limits(),
             ..crate::journal::log::Recovery::default()
         };
         let mut journal = Journal::open_with(
@@ -606,7 +607,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut b = BatchBuilder::new();
         b.push(0, b"k", b"once", &[]);
-        let batch = b.finish(42, 7).to_vec();
+        // Producer 42's first batch: sequence 0 (docs/protocol.md §9.1).
+        let batch = b.finish(42, 0).to_vec();
         let produce = |s: &mut TcpStream, corr: u32| {
             s.write_all(&produce_frame("dedup", 0, corr, &batch))
                 .unwrap();
@@ -630,7 +632,7 @@ mod tests {
             assert_eq!(produce(&mut s, 2), 0, "round {round}");
             let mut other = BatchBuilder::new();
             other.push(0, b"k", b"next", &[]);
-            let next = other.finish(42, 8 + round).to_vec();
+            let next = other.finish(42, 1 + round).to_vec();
             s.write_all(&produce_frame("dedup", 0, 3, &next)).unwrap();
             let (h, body) = response(&mut s);
             assert_eq!(h.error_code, 0);

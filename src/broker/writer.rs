@@ -240,7 +240,15 @@ impl Writer {
             _ => ErrorCode::InvalidBatch,
         })?;
         let deadline = deadline_after(now, req.timeout_ms as u64);
-        match self.journal.check_seq(slot, req.partition, req.batch) {
+        // Strict sequences per (producer, partition) (docs/protocol.md
+        // §9.1): a batch that does not follow its producer's last one is
+        // refused before anything is written, so that a batch refused for a
+        // passing reason (StorageFull below, a proposal taken back) is never
+        // overtaken by the ones behind it.
+        match self
+            .journal
+            .check_seq(slot, req.partition, req.batch, now_ms)
+        {
             SeqCheck::New => {}
             // A retry of a batch that is already stored: answer as the
             // first copy will be answered, once its position is reached.
@@ -254,6 +262,9 @@ impl Writer {
                 return Ok((qos, appended, first.append_time_ms, deadline));
             }
             SeqCheck::Stale => return Err(ErrorCode::StaleSequence),
+            SeqCheck::OutOfOrder => return Err(ErrorCode::OutOfOrderSequence),
+            SeqCheck::UnknownProducer => return Err(ErrorCode::UnknownProducer),
+            SeqCheck::Fenced => return Err(ErrorCode::ProducerFenced),
         }
         let appended = self
             .journal

@@ -20,6 +20,15 @@
 //!
 //! When the connection dies, every waiter fails with [`ClientError::Closed`]
 //! (or the IO error that killed it) and later sends fail at once.
+//!
+//! A connection whose broker falls silent is noticed and closed, so that no
+//! waiter blocks for ever on a broker that lost power, was frozen or lost
+//! its network ([`Liveness`]): TCP keepalive probes an idle connection; the
+//! reader wakes up every few hundred milliseconds, and when requests are
+//! outstanding but nothing was heard for a while it sends a Ping (which the
+//! broker's reactor answers at once, whatever its disk is doing), and
+//! closes the connection with a `TimedOut` IO error when still nothing
+//! comes; a write that makes no progress for as long fails the same way.
 
 use super::error::ClientError;
 use crate::wire::api::{HandshakeRequest, HandshakeResponse, PROTOCOL_VERSION};
@@ -31,7 +40,7 @@ use crate::wire::frame::{
 use crate::wire::ApiKey;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -65,9 +74,74 @@ const SLOT_BODY_KEEP_BYTES: usize = 64 * 1024;
 /// How often a sender that found every slot taken looks again.
 const SLOT_RETRY: Duration = Duration::from_millis(10);
 
+/// Default [`Liveness::ping_after_ms`].
+pub const LIVENESS_PING_AFTER_MS_DEFAULT: u64 = 2_000;
+/// Default [`Liveness::dead_after_ms`].
+pub const LIVENESS_DEAD_AFTER_MS_DEFAULT: u64 = 10_000;
+/// How often the reader looks at the silence, at most (it looks at least
+/// four times per [`Liveness::ping_after_ms`]).
+const LIVENESS_TICK_MAX: Duration = Duration::from_millis(250);
+/// The reader's shortest wake-up interval.
+const LIVENESS_TICK_MIN: Duration = Duration::from_millis(5);
+/// TCP keepalive: an idle connection is probed after this many seconds...
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+const KEEPALIVE_IDLE_S: u32 = 10;
+/// ...every this many seconds...
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+const KEEPALIVE_INTERVAL_S: u32 = 2;
+/// ...and dropped by the kernel after this many unanswered probes.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+const KEEPALIVE_PROBES: u32 = 3;
+
 const _: () = assert!(IN_FLIGHT_MAX_DEFAULT.is_power_of_two());
+const _: () = assert!(LIVENESS_PING_AFTER_MS_DEFAULT < LIVENESS_DEAD_AFTER_MS_DEFAULT);
+const _: () = assert!(LIVENESS_TICK_MIN.as_millis() < LIVENESS_TICK_MAX.as_millis());
 const _: () = assert!(IN_FLIGHT_MAX_LIMIT.is_power_of_two());
 const _: () = assert!(READ_SPACE_MIN < READ_BUFFER_BYTES);
+
+/// How a connection tells a silent broker from a slow one.
+///
+/// "Silent" means: requests are waiting for their answers and not one byte
+/// came from the broker. A broker that is only slow to reach a QoS
+/// position still answers a Ping at once (its reactor never waits for the
+/// disk), so a Ping after `ping_after_ms` of silence tells the two apart;
+/// at `dead_after_ms` of silence the connection is closed and every
+/// waiter fails with an IO error of kind `TimedOut`. A write that cannot
+/// make progress for `dead_after_ms` (the broker stopped reading) fails
+/// the same way. An idle connection (nothing outstanding) is left to TCP
+/// keepalive, which drops it about 16 s after its peer host vanished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    /// Silence with requests outstanding after which a Ping is sent.
+    pub ping_after_ms: u64,
+    /// Silence with requests outstanding after which the connection is
+    /// closed; raised to at least twice `ping_after_ms`.
+    pub dead_after_ms: u64,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness {
+            ping_after_ms: LIVENESS_PING_AFTER_MS_DEFAULT,
+            dead_after_ms: LIVENESS_DEAD_AFTER_MS_DEFAULT,
+        }
+    }
+}
+
+impl Liveness {
+    /// The values in force: at least 1 ms, and a dead line at least twice
+    /// the ping's, so the Ping has time to come back.
+    fn effective(self) -> (Duration, Duration) {
+        let ping = self.ping_after_ms.max(1);
+        let dead = self.dead_after_ms.max(ping.saturating_mul(2));
+        (Duration::from_millis(ping), Duration::from_millis(dead))
+    }
+
+    /// How often the reader looks at the silence.
+    fn tick(self) -> Duration {
+        (self.effective().0 / 4).clamp(LIVENESS_TICK_MIN, LIVENESS_TICK_MAX)
+    }
+}
 
 /// Options of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +152,8 @@ pub struct ConnectionConfig {
     pub in_flight_max: usize,
     /// Name sent in the handshake, for the broker's logs.
     pub client_id: String,
+    /// When a silent broker is given up.
+    pub liveness: Liveness,
 }
 
 impl Default for ConnectionConfig {
@@ -85,6 +161,7 @@ impl Default for ConnectionConfig {
         ConnectionConfig {
             in_flight_max: IN_FLIGHT_MAX_DEFAULT,
             client_id: CLIENT_ID_DEFAULT.to_string(),
+            liveness: Liveness::default(),
         }
     }
 }
@@ -154,6 +231,40 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Turns on TCP keepalive, so that the kernel drops a connection whose peer
+/// host vanished (power loss, a cut cable) while nothing was outstanding.
+fn set_keepalive(stream: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    let set = |level: libc::c_int, name: libc::c_int, value: u32| {
+        let value = value as libc::c_int;
+        // SAFETY: `fd` is an open socket owned by `stream` for the whole
+        // call, and the option value is a live `c_int` of the given size.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                std::ptr::addr_of!(value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    #[cfg(target_os = "linux")]
+    {
+        set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, KEEPALIVE_IDLE_S)?;
+        set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)?;
+        set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, KEEPALIVE_PROBES)?;
+    }
+    Ok(())
+}
+
 /// Who waits for a request's answer.
 enum Waiter {
     /// A [`Ticket`] will take the response from the slot.
@@ -220,6 +331,12 @@ impl CloseReason {
 struct Shared {
     slots: Box<[Slot]>,
     mask: u32,
+    /// The writing side. The reader thread takes it too, with `try_lock`,
+    /// to send its liveness Ping.
+    writer: Mutex<WriteState>,
+    /// Requests on the wire without their answer yet (slots in
+    /// `Phase::Waiting`), for the reader's silence check.
+    waiting: AtomicUsize,
     closed: AtomicBool,
     close_reason: Mutex<Option<CloseReason>>,
     unsolicited_errors: AtomicU64,
@@ -228,9 +345,11 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(slots: usize) -> Shared {
+    fn new(slots: usize, writer: WriteState) -> Shared {
         debug_assert!(slots.is_power_of_two());
         Shared {
+            writer: Mutex::new(writer),
+            waiting: AtomicUsize::new(0),
             slots: (0..slots)
                 .map(|_| Slot {
                     state: Mutex::new(SlotState {
@@ -273,7 +392,10 @@ impl Shared {
         let slot = self.slot(header.correlation_id);
         let mut s = lock(&slot.state);
         let waiter = match std::mem::replace(&mut s.phase, Phase::Free) {
-            Phase::Waiting(w) if s.id == header.correlation_id => w,
+            Phase::Waiting(w) if s.id == header.correlation_id => {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                w
+            }
             other => {
                 s.phase = other;
                 drop(s);
@@ -342,6 +464,7 @@ impl Shared {
             let Phase::Waiting(waiter) = std::mem::replace(&mut s.phase, Phase::Free) else {
                 unreachable!("checked above");
             };
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
             match waiter {
                 Waiter::Ticket => {
                     s.phase = Phase::Failed(self.close_error());
@@ -364,6 +487,7 @@ impl Shared {
         let mut s = lock(&slot.state);
         if s.id == id && matches!(s.phase, Phase::Waiting(Waiter::Completion { .. })) {
             s.phase = Phase::Free;
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
             slot.wake(&mut s);
             true
         } else {
@@ -373,23 +497,89 @@ impl Shared {
 
     /// True when at least one slot's request is still on the wire.
     fn any_waiting(&self) -> bool {
-        self.slots
-            .iter()
-            .any(|slot| matches!(lock(&slot.state).phase, Phase::Waiting(_)))
+        self.waiting.load(Ordering::Acquire) > 0
+    }
+
+    /// Sends a Ping whose answer nobody waits for (any byte from the broker
+    /// proves it alive), unless a sender holds the writing side: then it is
+    /// writing, and a write that makes no progress fails on its own. True
+    /// when the Ping was written.
+    fn ping(&self) -> bool {
+        let Ok(mut w) = self.writer.try_lock() else {
+            return false;
+        };
+        let queued = w.enqueue(self, ApiKey::Ping, |_| {}, None, usize::MAX);
+        queued.is_ok() && w.write_all_buffered(self).is_ok()
     }
 }
 
 /// The reader thread: reads response frames and delivers them until the
-/// socket closes or framing is lost, then fails every remaining waiter.
-fn read_loop(mut stream: TcpStream, shared: &Shared) {
-    let reason = read_frames(&mut stream, shared);
-    let _ = stream.shutdown(Shutdown::Both);
+/// socket closes, framing is lost or the broker falls silent, then fails
+/// every remaining waiter.
+fn read_loop(mut stream: TcpStream, shared: &Shared, liveness: Liveness) {
+    let reason = read_frames(&mut stream, shared, liveness);
+    // Closed first, so that a write the shutdown interrupts reports why.
     shared.close(reason);
+    let _ = stream.shutdown(Shutdown::Both);
 }
 
-fn read_frames(stream: &mut TcpStream, shared: &Shared) -> CloseReason {
+/// The reader's view of the broker's silence ([`Liveness`]).
+struct Silence {
+    /// Since when nothing was heard while requests were outstanding.
+    since: Instant,
+    /// A Ping went out during this silence.
+    pinged: bool,
+    ping_after: Duration,
+    dead_after: Duration,
+}
+
+impl Silence {
+    fn new(liveness: Liveness) -> Silence {
+        let (ping_after, dead_after) = liveness.effective();
+        Silence {
+            since: Instant::now(),
+            pinged: false,
+            ping_after,
+            dead_after,
+        }
+    }
+
+    /// Bytes came in.
+    fn heard(&mut self) {
+        self.since = Instant::now();
+        self.pinged = false;
+    }
+
+    /// The read timed out: pings when the silence is long enough, and says
+    /// why the connection must close when it is too long.
+    fn check(&mut self, shared: &Shared) -> Option<CloseReason> {
+        if !shared.any_waiting() {
+            // Silence without a question is not a symptom.
+            self.heard();
+            return None;
+        }
+        let quiet = self.since.elapsed();
+        if quiet >= self.dead_after {
+            return Some(CloseReason::Io(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the broker sent nothing for {} ms while {} requests awaited their answer",
+                    quiet.as_millis(),
+                    shared.waiting.load(Ordering::Acquire)
+                ),
+            ));
+        }
+        if quiet >= self.ping_after && !self.pinged {
+            self.pinged = shared.ping();
+        }
+        None
+    }
+}
+
+fn read_frames(stream: &mut TcpStream, shared: &Shared, liveness: Liveness) -> CloseReason {
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
     let (mut start, mut end) = (0usize, 0usize);
+    let mut silence = Silence::new(liveness);
     loop {
         // Deliver every whole frame buffered; learn how long the next is.
         let need = loop {
@@ -432,8 +622,22 @@ fn read_frames(stream: &mut TcpStream, shared: &Shared) -> CloseReason {
         }
         match stream.read(&mut buf[end..]) {
             Ok(0) => return CloseReason::Eof,
-            Ok(n) => end += n,
+            Ok(n) => {
+                end += n;
+                silence.heard();
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // The read timeout: the reader's clock tick.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if let Some(reason) = silence.check(shared) {
+                    return reason;
+                }
+            }
             Err(e) => return CloseReason::Io(e.kind(), e.to_string()),
         }
     }
@@ -518,12 +722,13 @@ impl WriteState {
                     s.id = id;
                     s.api_key = api.as_u16();
                     s.phase = Phase::Waiting(waiter);
+                    shared.waiting.fetch_add(1, Ordering::AcqRel);
                     return Ok(id);
                 }
             }
             // Every slot is taken: put our earlier frames on the wire so
             // their answers can free slots, then wait for one.
-            self.write_out(*frame_start)?;
+            self.write_out(*frame_start, shared)?;
             *frame_start = 0;
             if shared.closed.load(Ordering::SeqCst) {
                 return Err(shared.close_error());
@@ -547,7 +752,10 @@ impl WriteState {
     /// whether or not the write succeeded. A failed write leaves the stream
     /// in an unknown state, so it is shut down: the reader thread then fails
     /// every waiter.
-    fn write_out(&mut self, end: usize) -> Result<(), ClientError> {
+    ///
+    /// When the reader closed the connection meanwhile (which is what
+    /// unblocks a write to a silent broker), its reason is the error.
+    fn write_out(&mut self, end: usize, shared: &Shared) -> Result<(), ClientError> {
         if end == 0 {
             return Ok(());
         }
@@ -558,12 +766,24 @@ impl WriteState {
         }
         result.map_err(|e| {
             let _ = self.stream.shutdown(Shutdown::Both);
-            ClientError::Io(e)
+            if shared.closed.load(Ordering::SeqCst) {
+                return shared.close_error();
+            }
+            match e.kind() {
+                // The write timeout ran out: the broker stopped reading.
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                    ClientError::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the broker read nothing of a request for too long",
+                    ))
+                }
+                _ => ClientError::Io(e),
+            }
         })
     }
 
-    fn write_all_buffered(&mut self) -> Result<(), ClientError> {
-        self.write_out(self.buf.len())
+    fn write_all_buffered(&mut self, shared: &Shared) -> Result<(), ClientError> {
+        self.write_out(self.buf.len(), shared)
     }
 }
 
@@ -571,7 +791,6 @@ impl WriteState {
 /// everywhere); dropping it closes the socket and fails every waiter.
 pub struct Connection {
     shared: Arc<Shared>,
-    writer: Mutex<WriteState>,
     stream: TcpStream,
     reader: Option<JoinHandle<()>>,
     max_frame_bytes: usize,
@@ -638,6 +857,13 @@ impl Connection {
     /// handshake.
     fn start(stream: TcpStream, config: &ConnectionConfig) -> Result<Connection, ClientError> {
         stream.set_nodelay(true)?;
+        let (_, dead_after) = config.liveness.effective();
+        // The reader's clock: a read returns at least this often.
+        stream.set_read_timeout(Some(config.liveness.tick()))?;
+        // A write that makes no progress this long means the broker stopped
+        // reading; it fails, and the connection with it.
+        stream.set_write_timeout(Some(dead_after))?;
+        set_keepalive(&stream)?;
         let local_addr = stream.local_addr()?;
         let peer_addr = stream.peer_addr()?;
         let read_half = stream.try_clone()?;
@@ -646,20 +872,23 @@ impl Connection {
             .in_flight_max
             .clamp(1, IN_FLIGHT_MAX_LIMIT)
             .next_power_of_two();
-        let shared = Arc::new(Shared::new(slots));
+        let shared = Arc::new(Shared::new(
+            slots,
+            WriteState {
+                stream: write_half,
+                buf: Vec::with_capacity(PIPELINE_FLUSH_BYTES),
+                next_id: 0,
+            },
+        ));
+        let liveness = config.liveness;
         let reader = std::thread::Builder::new()
             .name("hutong-client-reader".into())
             .spawn({
                 let shared = Arc::clone(&shared);
-                move || read_loop(read_half, &shared)
+                move || read_loop(read_half, &shared, liveness)
             })?;
         let mut conn = Connection {
             shared,
-            writer: Mutex::new(WriteState {
-                stream: write_half,
-                buf: Vec::with_capacity(PIPELINE_FLUSH_BYTES),
-                next_id: 0,
-            }),
             stream,
             reader: Some(reader),
             max_frame_bytes: PRE_HANDSHAKE_FRAME_BYTES_MAX,
@@ -697,7 +926,7 @@ impl Connection {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(self.shared.close_error());
         }
-        match self.writer.lock() {
+        match self.shared.writer.lock() {
             Ok(w) => Ok(w),
             // A body encoder panicked mid-frame: the buffer holds half a
             // frame, so the stream cannot be trusted any more.
@@ -739,7 +968,7 @@ impl Connection {
             id,
             taken: false,
         };
-        w.write_all_buffered()?;
+        w.write_all_buffered(&self.shared)?;
         Ok(ticket)
     }
 
@@ -756,7 +985,7 @@ impl Connection {
     ) -> Result<(), ClientError> {
         let mut w = self.lock_writer()?;
         w.enqueue(&self.shared, api, body_encoder, None, self.max_frame_bytes)?;
-        w.write_all_buffered()
+        w.write_all_buffered(&self.shared)
     }
 
     /// Sends a request whose answer goes to `hook` on the reader thread,
@@ -785,7 +1014,7 @@ impl Connection {
             Some(waiter),
             self.max_frame_bytes,
         )?;
-        match w.write_all_buffered() {
+        match w.write_all_buffered(&self.shared) {
             Ok(()) => Ok(()),
             Err(e) if self.shared.reclaim(id) => Err(e),
             // The close sweep already gave the hook the error.
@@ -964,7 +1193,7 @@ impl Pipeline<'_> {
 
     fn flush_if_full(&mut self) -> Result<(), ClientError> {
         if self.w.buf.len() >= PIPELINE_FLUSH_BYTES {
-            self.w.write_all_buffered()?;
+            self.w.write_all_buffered(&self.conn.shared)?;
         }
         Ok(())
     }
@@ -975,14 +1204,14 @@ impl Pipeline<'_> {
     /// [`ClientError::Io`] when the write fails; the connection is then
     /// closed and the tickets fail.
     pub fn flush(&mut self) -> Result<(), ClientError> {
-        self.w.write_all_buffered()
+        self.w.write_all_buffered(&self.conn.shared)
     }
 }
 
 impl Drop for Pipeline<'_> {
     fn drop(&mut self) {
         // A failure closes the connection, which fails the tickets.
-        let _ = self.w.write_all_buffered();
+        let _ = self.w.write_all_buffered(&self.conn.shared);
     }
 }
 
@@ -1514,6 +1743,116 @@ mod tests {
         let err = conn.call(ApiKey::Ping, |_| {}).unwrap_err();
         assert!(matches!(err, ClientError::Protocol(_)), "{err:?}");
         drop(conn);
+        broker.join();
+    }
+
+    /// Liveness short enough for tests: a Ping after 50 ms of silence, the
+    /// connection given up after 300 ms.
+    fn quick_liveness() -> ConnectionConfig {
+        ConnectionConfig {
+            liveness: Liveness {
+                ping_after_ms: 50,
+                dead_after_ms: 300,
+            },
+            ..ConnectionConfig::default()
+        }
+    }
+
+    fn is_timed_out_io(e: &ClientError) -> bool {
+        matches!(e, ClientError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
+    }
+
+    #[test]
+    fn a_silent_broker_is_pinged_then_given_up_and_every_waiter_fails() {
+        let broker = fake::spawn(|mut c| {
+            c.read_request().expect("the request");
+            let ping = c.read_request().expect("a liveness ping");
+            assert_eq!(ping.header.api_key, ApiKey::Ping.as_u16());
+            // Neither is answered; the client leaves on its own.
+            while c.read_request().is_some() {}
+        });
+        let conn = Connection::connect_with(broker.addr, &quick_liveness()).unwrap();
+        let started = Instant::now();
+        let ticket = conn.send(ApiKey::Produce, |out| out.push(1)).unwrap();
+        let err = ticket.wait_timeout(BOUND).unwrap_err();
+        assert!(is_timed_out_io(&err), "given up as silent: {err:?}");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(conn.is_closed());
+        let err = conn.send(ApiKey::Ping, |_| {}).unwrap_err();
+        assert!(is_timed_out_io(&err), "later sends fail too: {err:?}");
+        broker.join();
+    }
+
+    #[test]
+    fn a_slow_broker_that_answers_pings_keeps_its_connection() {
+        let broker = fake::spawn(|mut c| {
+            let slow = c.read_request().expect("the request");
+            // Ten times the silence limit, answering every liveness ping.
+            let until = Instant::now() + Duration::from_millis(3000);
+            let mut pings = 0;
+            while Instant::now() < until {
+                if c.request_arrives_within(Duration::from_millis(10)) {
+                    let ping = c.read_request().expect("a ping");
+                    assert_eq!(ping.header.api_key, ApiKey::Ping.as_u16());
+                    c.reply(&ping, 0, &[]);
+                    pings += 1;
+                }
+            }
+            assert!(pings >= 2, "the client pinged while it waited ({pings})");
+            c.reply(&slow, 0, b"late but fine");
+            echo_all(c);
+        });
+        let conn = Connection::connect_with(broker.addr, &quick_liveness()).unwrap();
+        let r = conn
+            .send(ApiKey::Produce, |out| out.push(1))
+            .unwrap()
+            .wait_timeout(BOUND)
+            .unwrap();
+        assert_eq!(r.body, b"late but fine");
+        assert!(!conn.is_closed());
+        drop(conn);
+        broker.join();
+    }
+
+    #[test]
+    fn an_idle_connection_is_not_pinged() {
+        let broker = fake::spawn(|mut c| {
+            assert!(
+                !c.request_arrives_within(Duration::from_millis(500)),
+                "nothing is outstanding, so nothing is sent"
+            );
+            echo_all(c);
+        });
+        let conn = Connection::connect_with(broker.addr, &quick_liveness()).unwrap();
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(!conn.is_closed(), "silence without a question is fine");
+        assert_eq!(
+            conn.call(ApiKey::Ping, |out| out.push(3)).unwrap().body,
+            [3]
+        );
+        drop(conn);
+        broker.join();
+    }
+
+    #[test]
+    fn a_write_to_a_broker_that_stopped_reading_fails_instead_of_blocking() {
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let broker = fake::spawn(move |_c| {
+            // Reads nothing more until the client is done.
+            let _ = done_rx.recv_timeout(BOUND);
+        });
+        let conn = Connection::connect_with(broker.addr, &quick_liveness()).unwrap();
+        let big = vec![0u8; fake::MAX_FRAME_BYTES / 2];
+        let started = Instant::now();
+        let err = loop {
+            assert!(started.elapsed() < BOUND, "the writes never failed");
+            match conn.send(ApiKey::Ping, |out| out.extend_from_slice(&big)) {
+                Ok(ticket) => drop(ticket),
+                Err(e) => break e,
+            }
+        };
+        assert!(is_timed_out_io(&err), "{err:?}");
+        done_tx.send(()).unwrap();
         broker.join();
     }
 

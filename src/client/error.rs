@@ -94,7 +94,9 @@ impl ClientError {
     /// | `ShuttingDown` (21) | yes | on a new connection, to the restarted broker |
     /// | `NotLeader` (22) | yes | against the leader |
     /// | `CorruptBatch` (11) | yes | the bytes may have been damaged in transit; the producer retries it once |
-    /// | every other broker code | no | the request must change first (`UnknownTopic`, `InvalidBatch`, `RecordTooLarge`, `StaleSequence`, ...) |
+    /// | `OutOfOrderSequence` (28) | yes | nothing was stored; resent after the batches before it (the producer resends from the gap, in order) |
+    /// | `UnknownProducer` (29) | no | not as is: the producer starts a new epoch and renumbers the batch |
+    /// | every other broker code | no | the request must change first (`UnknownTopic`, `InvalidBatch`, `RecordTooLarge`, `StaleSequence`, `ProducerFenced`, ...) |
     /// | [`Decode`](ClientError::Decode), [`Protocol`](ClientError::Protocol), [`FrameTooLarge`](ClientError::FrameTooLarge) | no | the broker or the request is broken |
     pub fn is_retriable(&self) -> bool {
         match self {
@@ -109,6 +111,7 @@ impl ClientError {
                     | ErrorCode::ShuttingDown
                     | ErrorCode::NotLeader
                     | ErrorCode::CorruptBatch
+                    | ErrorCode::OutOfOrderSequence
             ),
             ClientError::Decode(_)
             | ClientError::Protocol(_)
@@ -176,6 +179,7 @@ mod tests {
             ErrorCode::ShuttingDown,
             ErrorCode::NotLeader,
             ErrorCode::CorruptBatch,
+            ErrorCode::OutOfOrderSequence,
         ];
         for code in ErrorCode::ALL {
             assert_eq!(

@@ -123,6 +123,17 @@ pub struct Request {
     pub body: Vec<u8>,
 }
 
+/// What [`FakeConn::next_within`] found.
+#[derive(Debug)]
+pub enum Next {
+    /// A whole request.
+    Request(Request),
+    /// Nothing within the wait.
+    Quiet,
+    /// The client closed the connection (or it failed).
+    Closed,
+}
+
 /// The fake's side of the connection.
 pub struct FakeConn {
     stream: TcpStream,
@@ -147,6 +158,61 @@ impl FakeConn {
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
             }
         }
+    }
+
+    /// The next request if one arrives within `wait`: [`Next::Quiet`] when
+    /// none does, [`Next::Closed`] when the client closed the connection.
+    pub fn next_within(&mut self, wait: Duration) -> Next {
+        let deadline = std::time::Instant::now() + wait;
+        let next = loop {
+            if let Some(total) = check_frame(&self.buf, REQUEST_HEADER_LEN, 1 << 30).unwrap() {
+                let frame: Vec<u8> = self.buf.drain(..total).collect();
+                break Next::Request(Request {
+                    header: RequestHeader::parse(&frame),
+                    body: frame[REQUEST_HEADER_LEN..].to_vec(),
+                });
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break Next::Quiet;
+            }
+            self.stream.set_read_timeout(Some(left)).expect("timeout");
+            let mut chunk = [0u8; 64 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => break Next::Closed,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break Next::Quiet
+                }
+                Err(_) => break Next::Closed,
+            }
+        };
+        self.stream
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .expect("timeout");
+        next
+    }
+
+    /// Answers every Ping until the client closes the connection or `wait`
+    /// passes, leaving every other request unanswered; true when the
+    /// client closed it.
+    pub fn answer_only_pings(&mut self, wait: Duration) -> bool {
+        let deadline = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < deadline {
+            match self.next_within(Duration::from_millis(10)) {
+                Next::Request(r) if r.header.api_key == ApiKey::Ping.as_u16() => {
+                    self.reply(&r, 0, &[]);
+                }
+                Next::Request(_) | Next::Quiet => {}
+                Next::Closed => return true,
+            }
+        }
+        false
     }
 
     /// True when request bytes are buffered or arrive within `wait`.

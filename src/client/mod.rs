@@ -6,13 +6,17 @@
 //! - [`admin`]: topics, metadata, offsets, ping, cluster status.
 //! - [`cluster`]: the status of a whole replication group.
 //! - [`producer`]: pipelined produce with receipts, `max_in_flight`
-//!   backpressure and `flush`; idempotent retries over a new connection
-//!   when the old one breaks ([`RetryConfig`]).
+//!   backpressure and `flush`; exactly-once, in-order delivery per
+//!   partition (producer id, epoch and sequence per partition), with
+//!   retries over a new connection when the old one breaks or falls
+//!   silent, and a delivery deadline for every receipt ([`RetryConfig`]).
 //! - [`consumer`]: reads one partition with long-polling fetches.
 //! - [`error`]: the error type, [`ClientError`].
 //!
 //! Every call blocks its caller, never the connection: other threads keep
 //! sending on it, and answers come back in whatever order the broker gives.
+//! No call blocks for ever: a connection whose broker falls silent is
+//! closed ([`connection::Liveness`]).
 //!
 //! ```no_run
 //! use hutong::client::{Admin, Consumer, Producer, ProducerConfig, StartFrom};

@@ -1,41 +1,16 @@
 //! The catalog: topics, their partitions, each partition's next offset and
-//! its index. Owned by the writer; readers get the indexes through
-//! `Arc<PartitionIndex>` handles.
+//! its index, and the producer states of every partition
+//! ([`super::producers`]). Owned by the writer; readers get the indexes
+//! through `Arc<PartitionIndex>` handles.
 
 use super::append_log::{append_log, AppendWriter};
 use super::index::{IndexEntry, PartitionIndex};
+use super::producers::{Key, ProducerBatch, ProducerStates};
+pub use super::producers::{Landed, ProducerLimits, SeqCheck};
 use super::topic::{TopicMeta, PARTITIONS_MAX};
 use crate::wire::batch::BatchView;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
-
-/// Batches remembered per producer and partition for spotting retries.
-pub const PRODUCER_WINDOW: usize = 64;
-
-/// Where an earlier batch of a producer landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Landed {
-    /// The batch's producer sequence number.
-    pub seq: u64,
-    /// Offset of its first record.
-    pub base_offset: u64,
-    /// Journal position one past it.
-    pub end: u64,
-    /// When the broker appended it, Unix ms.
-    pub append_time_ms: i64,
-}
-
-/// What the partition knows of a producer's batch about to be appended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SeqCheck {
-    /// Not seen: append it.
-    New,
-    /// A retry of a batch already stored: answer with where it landed.
-    Duplicate(Landed),
-    /// Older than the remembered window: it may be a duplicate, so it is
-    /// refused rather than stored twice.
-    Stale,
-}
 
 /// One partition as the writer sees it.
 pub struct Partition {
@@ -43,35 +18,14 @@ pub struct Partition {
     pub next_offset: u64,
     /// One entry per stored batch, in journal order.
     pub index: AppendWriter<IndexEntry>,
-    /// The last batches of each producer (by producer id), oldest first.
-    producers: HashMap<u64, VecDeque<Landed>>,
 }
 
 impl Partition {
-    /// Classifies batch `seq` of producer `producer_id` (0 = no producer
-    /// identity: always new).
-    pub fn check_seq(&self, producer_id: u64, seq: u64) -> SeqCheck {
-        if producer_id == 0 {
-            return SeqCheck::New;
-        }
-        let Some(window) = self.producers.get(&producer_id) else {
-            return SeqCheck::New;
-        };
-        if let Some(l) = window.iter().find(|l| l.seq == seq) {
-            return SeqCheck::Duplicate(*l);
-        }
-        match (window.front(), window.len()) {
-            (Some(oldest), PRODUCER_WINDOW) if seq < oldest.seq => SeqCheck::Stale,
-            _ => SeqCheck::New,
-        }
-    }
-
     /// Records a stored (stamped) data batch of this partition that starts
-    /// at journal position `position`: its index entry, the next offset and
-    /// its producer's window. The one place where a batch lands, for the
-    /// writer's appends, replication and recovery alike. The caller checked
-    /// that the batch continues the partition's offsets.
-    pub fn land(&mut self, position: u64, batch: &[u8]) {
+    /// at journal position `position`: its index entry and the next
+    /// offset. The caller checked that the batch continues the partition's
+    /// offsets. (Its producer's state is [`Catalog::land`]'s part.)
+    fn land(&mut self, position: u64, batch: &[u8]) {
         let view = BatchView(batch);
         debug_assert_eq!(view.base_offset(), self.next_offset);
         self.index.push(IndexEntry {
@@ -81,29 +35,14 @@ impl Partition {
             count: view.record_count(),
         });
         self.next_offset = view.next_offset();
-        self.record_seq(
-            view.producer_id(),
-            Landed {
-                seq: view.producer_seq(),
-                base_offset: view.base_offset(),
-                end: position + batch.len() as u64,
-                append_time_ms: view.append_time_ms(),
-            },
-        );
     }
 
     /// Forgets every batch at or above journal position `at`, a batch
     /// boundary: the index becomes a new log holding only the entries
     /// below `at` (readers keep the old one valid through their `Arc`s, so
-    /// it cannot be cut in place), the next offset follows the last one
-    /// kept, and producer windows drop the batches that ended above `at`.
-    /// Returns false, changing nothing, when no entry lies at or above `at`.
-    ///
-    /// A trimmed producer window may hold fewer batches than recovery would
-    /// rebuild from the journal (it remembers older ones the window had
-    /// already evicted). That only narrows retry detection for sequence
-    /// numbers older than every batch kept, which no producer retries after
-    /// losing its newer ones.
+    /// it cannot be cut in place), and the next offset follows the last one
+    /// kept. Returns false, changing nothing, when no entry lies at or
+    /// above `at`.
     fn cut(&mut self, at: u64) -> bool {
         let keep = super::index::entries_below_in(&self.index, self.index.len(), at);
         if keep == self.index.len() {
@@ -121,28 +60,16 @@ impl Partition {
             .and_then(|last| index.get(last))
             .map_or(0, IndexEntry::next_offset);
         self.index = index;
-        self.producers.retain(|_, window| {
-            while window.back().is_some_and(|l| l.end > at) {
-                window.pop_back();
-            }
-            !window.is_empty()
-        });
         true
     }
+}
 
-    /// Remembers where a producer's batch landed.
-    pub fn record_seq(&mut self, producer_id: u64, landed: Landed) {
-        if producer_id == 0 {
-            return;
-        }
-        let window = self
-            .producers
-            .entry(producer_id)
-            .or_insert_with(|| VecDeque::with_capacity(PRODUCER_WINDOW));
-        if window.len() == PRODUCER_WINDOW {
-            window.pop_front();
-        }
-        window.push_back(landed);
+/// The producer fields of a batch as the producer states take them.
+fn producer_batch(view: &BatchView<'_>) -> ProducerBatch {
+    ProducerBatch {
+        id: view.producer_id(),
+        epoch: view.producer_epoch(),
+        first_seq: view.producer_seq(),
     }
 }
 
@@ -179,23 +106,82 @@ pub struct CatalogCut {
     pub changed_topics: Vec<usize>,
 }
 
-/// Every topic, by position, name and id.
-#[derive(Default)]
+/// Every topic, by position, name and id, and every producer state.
 pub struct Catalog {
     topics: Vec<Topic>,
     by_name: HashMap<String, usize>,
     by_id: HashMap<u32, usize>,
     next_topic_id: u32,
     partition_count: usize,
+    producers: ProducerStates,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Catalog::new(0, ProducerLimits::default())
+    }
 }
 
 impl Catalog {
-    /// An empty catalog whose first topic id will be `next_topic_id`.
-    pub fn new(next_topic_id: u32) -> Catalog {
+    /// An empty catalog whose first topic id will be `next_topic_id`, with
+    /// producer states bounded by `limits`.
+    pub fn new(next_topic_id: u32, limits: ProducerLimits) -> Catalog {
         Catalog {
+            topics: Vec::new(),
+            by_name: HashMap::new(),
+            by_id: HashMap::new(),
             next_topic_id,
-            ..Catalog::default()
+            partition_count: 0,
+            producers: ProducerStates::new(limits),
         }
+    }
+
+    /// The producer state of `producer_id` on `partition` of the topic in
+    /// `slot`.
+    fn producer_key(&self, slot: usize, partition: usize, producer_id: u64) -> Key {
+        Key {
+            topic_id: self.topics[slot].meta.id,
+            partition: partition as u32,
+            producer_id,
+        }
+    }
+
+    /// Says what to do with a producer batch for `partition` of the topic
+    /// in `slot` at broker time `now_ms`: store it, answer it as a retry of
+    /// a stored one, or refuse it (docs/protocol.md §9.1). The caller
+    /// checked the partition exists and the batch's header is there.
+    pub fn check_seq(&self, slot: usize, partition: usize, batch: &[u8], now_ms: i64) -> SeqCheck {
+        let view = BatchView(batch);
+        let key = self.producer_key(slot, partition, view.producer_id());
+        self.producers.check(&key, producer_batch(&view), now_ms)
+    }
+
+    /// Records a stored (stamped) data batch of `partition` of the topic in
+    /// `slot` that starts at journal position `position`: its index entry,
+    /// the partition's next offset and its producer's state. The one place
+    /// where a batch lands, for the writer's appends, replication and
+    /// recovery alike. The caller checked that the batch continues the
+    /// partition's offsets.
+    pub fn land(&mut self, slot: usize, partition: usize, position: u64, batch: &[u8]) {
+        self.topics[slot].partitions[partition].land(position, batch);
+        let view = BatchView(batch);
+        if view.producer_id() == 0 {
+            return;
+        }
+        let key = self.producer_key(slot, partition, view.producer_id());
+        let landed = Landed {
+            first_seq: view.producer_seq(),
+            last_seq: view.producer_seq(),
+            base_offset: view.base_offset(),
+            end: position + batch.len() as u64,
+            append_time_ms: view.append_time_ms(),
+        };
+        self.producers.land(key, producer_batch(&view), landed);
+    }
+
+    /// The producer states (for their counts and limits).
+    pub fn producers(&self) -> &ProducerStates {
+        &self.producers
     }
 
     /// The slot of the topic named `name`.
@@ -262,7 +248,6 @@ impl Catalog {
             .map(|_| Partition {
                 next_offset: 0,
                 index: append_log().0,
-                producers: HashMap::new(),
             })
             .collect();
         self.topics.push(Topic {
@@ -274,8 +259,9 @@ impl Catalog {
     }
 
     /// Forgets everything at or above journal position `at`, a batch
-    /// boundary: removes the topics whose control record lies there and
-    /// cuts the indexes of the others (see [`Partition::cut`]). The next
+    /// boundary: removes the topics whose control record lies there, cuts
+    /// the indexes of the others (see [`Partition::cut`]) and the producer
+    /// states ([`ProducerStates::cut`]). The next
     /// topic id is kept: ids are never reused on a broker, so an id a
     /// reader or a stale request still holds cannot come to name another
     /// topic. (Followers take ids from the leader's control records, so
@@ -305,6 +291,7 @@ impl Catalog {
                 cut.changed_topics.push(slot);
             }
         }
+        self.producers.cut(at, &cut.removed_topic_ids);
         Ok(cut)
     }
 
@@ -361,47 +348,229 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::batch::{stamp, BatchBuilder, ProducerStamp, Stamp};
 
-    fn landed(seq: u64) -> Landed {
-        Landed {
-            seq,
-            base_offset: seq * 10,
-            end: seq * 100,
-            append_time_ms: 5,
+    const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+    fn catalog(limits: ProducerLimits) -> Catalog {
+        let mut c = Catalog::new(0, limits);
+        for (id, name) in [(0, "a"), (1, "b")] {
+            c.add(TopicMeta {
+                id,
+                name: name.into(),
+                partitions: 2,
+            });
+        }
+        c
+    }
+
+    /// A batch of producer `stamp` as the journal stores it: the next
+    /// offsets of `partition` of topic `slot`, appended at `t`.
+    fn stored(c: &Catalog, slot: usize, partition: usize, p: ProducerStamp, t: i64) -> Vec<u8> {
+        let mut b = BatchBuilder::new();
+        b.push(t, b"", b"v", &[]);
+        let mut batch = b.finish_with(p).to_vec();
+        stamp(
+            &mut batch,
+            &Stamp {
+                base_offset: c.topic(slot).partitions[partition].next_offset,
+                term: 1,
+                append_time_ms: t,
+                topic_id: c.topic(slot).meta.id,
+                partition: partition as u32,
+            },
+        );
+        batch
+    }
+
+    fn probe(id: u64, epoch: u32, seq: u64) -> Vec<u8> {
+        let mut b = BatchBuilder::new();
+        b.push(0, b"", b"v", &[]);
+        b.finish_with(ProducerStamp { id, epoch, seq }).to_vec()
+    }
+
+    /// A journal of batches, as recovery replays it: (slot, partition,
+    /// position, bytes).
+    type Journal = Vec<(usize, usize, u64, Vec<u8>)>;
+
+    /// Checks and lands batch `p` on `slot`/`partition` at time `t`,
+    /// recording it in `journal`; the check must allow it.
+    fn append(
+        c: &mut Catalog,
+        journal: &mut Journal,
+        slot: usize,
+        partition: usize,
+        p: ProducerStamp,
+        t: i64,
+    ) {
+        let batch = stored(c, slot, partition, p, t);
+        assert_eq!(
+            c.check_seq(slot, partition, &batch, t),
+            SeqCheck::New,
+            "{p:?}"
+        );
+        let position = journal
+            .last()
+            .map_or(0, |(_, _, pos, b)| pos + b.len() as u64);
+        c.land(slot, partition, position, &batch);
+        journal.push((slot, partition, position, batch));
+    }
+
+    fn replay(limits: ProducerLimits, journal: &Journal) -> Catalog {
+        let mut c = catalog(limits);
+        for (slot, partition, position, batch) in journal {
+            c.land(*slot, *partition, *position, batch);
+        }
+        c
+    }
+
+    /// What both catalogs answer for every producer, epoch and sequence
+    /// the scenario used, at `now`.
+    fn same_answers(a: &Catalog, b: &Catalog, now: i64) {
+        for slot in 0..2 {
+            for partition in 0..2 {
+                for id in 1..=4 {
+                    for epoch in 0..3 {
+                        for seq in 0..12 {
+                            let batch = probe(id, epoch, seq);
+                            assert_eq!(
+                                a.check_seq(slot, partition, &batch, now),
+                                b.check_seq(slot, partition, &batch, now),
+                                "{slot}/{partition} producer {id} epoch {epoch} seq {seq}"
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 
-    #[test]
-    fn a_retried_batch_is_recognised_and_points_at_the_first_copy() {
-        let mut c = Catalog::new(0);
-        let slot = c.add(TopicMeta {
-            id: 0,
-            name: "t".into(),
-            partitions: 1,
-        });
-        let p = &mut c.topic_mut(slot).partitions[0];
-        assert_eq!(p.check_seq(7, 1), SeqCheck::New);
-        p.record_seq(7, landed(1));
-        assert_eq!(p.check_seq(7, 1), SeqCheck::Duplicate(landed(1)));
-        assert_eq!(p.check_seq(8, 1), SeqCheck::New, "another producer");
-        assert_eq!(p.check_seq(0, 1), SeqCheck::New, "no producer identity");
-        assert_eq!(p.check_seq(7, 2), SeqCheck::New);
+    fn stamp_of(id: u64, epoch: u32, seq: u64) -> ProducerStamp {
+        ProducerStamp { id, epoch, seq }
     }
 
     #[test]
-    fn a_batch_older_than_the_window_is_stale() {
-        let mut c = Catalog::new(0);
-        let slot = c.add(TopicMeta {
-            id: 0,
-            name: "t".into(),
-            partitions: 1,
-        });
-        let p = &mut c.topic_mut(slot).partitions[0];
-        for seq in 10..10 + PRODUCER_WINDOW as u64 + 5 {
-            p.record_seq(3, landed(seq));
+    fn a_landed_batch_extends_the_index_and_its_producers_state() {
+        let mut c = catalog(ProducerLimits::default());
+        let mut j = Journal::new();
+        append(&mut c, &mut j, 1, 1, stamp_of(7, 0, 0), 5);
+        append(&mut c, &mut j, 1, 1, stamp_of(7, 0, 1), 5);
+        let p = &c.topic(1).partitions[1];
+        assert_eq!((p.next_offset, p.index.len()), (2, 2));
+        let retry = probe(7, 0, 0);
+        assert!(matches!(
+            c.check_seq(1, 1, &retry, 5),
+            SeqCheck::Duplicate(l) if l.base_offset == 0 && l.end == j[0].3.len() as u64
+        ));
+        // The same producer on another partition, or topic, starts afresh.
+        assert_eq!(
+            c.check_seq(1, 0, &probe(7, 0, 2), 5),
+            SeqCheck::UnknownProducer
+        );
+        assert_eq!(
+            c.check_seq(0, 1, &probe(7, 0, 2), 5),
+            SeqCheck::UnknownProducer
+        );
+        assert_eq!(c.check_seq(1, 1, &probe(7, 0, 2), 5), SeqCheck::New);
+        assert_eq!(c.producers().len(), 1);
+    }
+
+    #[test]
+    fn recovery_rebuilds_the_same_states_evictions_and_expiries_included() {
+        let limits = ProducerLimits {
+            window: 4,
+            idle_expiry_ms: 7 * DAY_MS as u64,
+            states_max: 3,
+        };
+        let mut c = catalog(limits);
+        let mut j = Journal::new();
+        // Producer 1 on two partitions, a new epoch for producer 2, then
+        // producers 3 and 4 push producer 1's first state out (cap 3), and
+        // eight days later producer 4 again: whatever idled expires.
+        for seq in 0..6 {
+            append(&mut c, &mut j, 0, 0, stamp_of(1, 0, seq), 0);
         }
-        assert_eq!(p.check_seq(3, 12), SeqCheck::Stale);
-        assert_eq!(p.check_seq(3, 20), SeqCheck::Duplicate(landed(20)));
-        assert_eq!(p.check_seq(3, 1000), SeqCheck::New);
+        append(&mut c, &mut j, 0, 1, stamp_of(1, 0, 0), DAY_MS);
+        append(&mut c, &mut j, 1, 0, stamp_of(2, 0, 0), DAY_MS);
+        append(&mut c, &mut j, 1, 0, stamp_of(2, 1, 0), DAY_MS);
+        append(&mut c, &mut j, 1, 0, stamp_of(2, 1, 1), DAY_MS);
+        append(&mut c, &mut j, 1, 1, stamp_of(3, 0, 0), 2 * DAY_MS);
+        assert_eq!(c.producers().len(), 3, "the cap evicted one");
+        assert_eq!(
+            c.check_seq(0, 0, &probe(1, 0, 6), 2 * DAY_MS),
+            SeqCheck::UnknownProducer,
+            "the least recently used went"
+        );
+        same_answers(&c, &replay(limits, &j), 2 * DAY_MS);
+        append(&mut c, &mut j, 0, 1, stamp_of(4, 0, 0), 9 * DAY_MS);
+        assert_eq!(c.producers().len(), 2, "idle states expired");
+        let rebuilt = replay(limits, &j);
+        assert_eq!(rebuilt.producers().len(), 2);
+        same_answers(&c, &rebuilt, 9 * DAY_MS);
+    }
+
+    #[test]
+    fn a_producer_idle_past_the_expiry_stays_forgotten_after_a_restart() {
+        let mut c = catalog(ProducerLimits::default());
+        let mut j = Journal::new();
+        for seq in 0..3 {
+            append(&mut c, &mut j, 0, 0, stamp_of(1, 2, seq), 0);
+        }
+        // Restarted eight days later, with nothing written meanwhile: the
+        // rebuilt state is idle past the expiry, so it is unknown.
+        let rebuilt = replay(ProducerLimits::default(), &j);
+        let later = 8 * DAY_MS;
+        assert_eq!(
+            rebuilt.check_seq(0, 0, &probe(1, 2, 3), later),
+            SeqCheck::UnknownProducer
+        );
+        assert_eq!(
+            rebuilt.check_seq(0, 0, &probe(1, 0, 0), later),
+            SeqCheck::New
+        );
+        same_answers(&c, &rebuilt, later);
+    }
+
+    #[test]
+    fn a_cut_agrees_with_recovery_of_the_cut_journal() {
+        // Windows that hold every batch: the cut knows all recovery knows.
+        // (Deeper cuts: see `ProducerStates::cut`.)
+        let limits = ProducerLimits::default();
+        let mut c = catalog(limits);
+        let mut j = Journal::new();
+        for seq in 0..3 {
+            append(&mut c, &mut j, 0, 0, stamp_of(1, 0, seq), 0);
+        }
+        append(&mut c, &mut j, 0, 1, stamp_of(2, 0, 0), 0);
+        let at = j.len();
+        for seq in 3..9 {
+            append(&mut c, &mut j, 0, 0, stamp_of(1, 0, seq), 0);
+        }
+        append(&mut c, &mut j, 0, 1, stamp_of(2, 0, 1), 0);
+        append(&mut c, &mut j, 1, 1, stamp_of(3, 0, 0), 0);
+        let position = j[at].2;
+        c.cut(position).unwrap();
+        j.truncate(at);
+        let rebuilt = replay(limits, &j);
+        same_answers(&c, &rebuilt, 0);
+        assert_eq!(c.check_seq(0, 0, &probe(1, 0, 3), 0), SeqCheck::New);
+        assert_eq!(
+            c.check_seq(1, 1, &probe(3, 0, 1), 0),
+            SeqCheck::UnknownProducer
+        );
+    }
+
+    #[test]
+    fn removing_a_topic_forgets_its_producers() {
+        let mut c = catalog(ProducerLimits::default());
+        c.topic_mut(1).created_at = Some(1_000_000);
+        c.topic_mut(0).created_at = Some(0);
+        let mut j = Journal::new();
+        append(&mut c, &mut j, 1, 0, stamp_of(5, 0, 0), 0);
+        append(&mut c, &mut j, 0, 0, stamp_of(5, 0, 0), 0);
+        let cut = c.cut(1_000_000).unwrap();
+        assert_eq!(cut.removed_topic_ids, vec![1]);
+        assert_eq!(c.producers().len(), 1);
+        assert_eq!(c.check_seq(0, 0, &probe(5, 0, 1), 0), SeqCheck::New);
     }
 }

@@ -14,7 +14,7 @@
 //! and a TLB shoot-down per round, and an IO error would have been a
 //! SIGBUS instead of an error code.)
 
-use super::catalog::{Catalog, SeqCheck};
+use super::catalog::{Catalog, ProducerLimits, SeqCheck};
 use super::checkpoint;
 use super::control::{self, Control};
 use super::error::JournalError;
@@ -105,15 +105,20 @@ pub struct Recovery {
     /// fdatasync(2) of one segment file, by recovery and at every roll;
     /// tests record the calls.
     pub sync_file: fn(&File) -> std::io::Result<()>,
+    /// Bounds of the producer states recovery rebuilds (evictions
+    /// included, as when the batches were first appended).
+    pub producers: ProducerLimits,
 }
 
 impl Default for Recovery {
-    /// Refuse damage, keep the entries, sync with fdatasync.
+    /// Refuse damage, keep the entries, sync with fdatasync, default
+    /// producer limits.
     fn default() -> Recovery {
         Recovery {
             damage: Damage::Refuse,
             entries: true,
             sync_file: File::sync_data,
+            producers: ProducerLimits::default(),
         }
     }
 }
@@ -284,7 +289,7 @@ impl Journal {
         // only); the last one is always fully verified.
         let last_start = list_segments(dir)?.last().map_or(0, |s| s.0);
         let mut verify_from = cp.position.min(last_start);
-        let mut pass = scan_journal(dir, &cp, verify_from, recovery.entries)?;
+        let mut pass = scan_journal(dir, &cp, verify_from, &recovery)?;
         // Where batches were only header-checked, damage may lie earlier
         // than where the walk noticed it: a record count (outside the
         // header checksum) throws the next batch's offsets off, and in a
@@ -296,7 +301,7 @@ impl Journal {
         if suspect && verify_from > 0 {
             verify_from = 0;
             drop(pass);
-            pass = scan_journal(dir, &cp, verify_from, recovery.entries)?;
+            pass = scan_journal(dir, &cp, verify_from, &recovery)?;
         }
         let Scanned {
             listed,
@@ -467,10 +472,9 @@ impl Journal {
     ) -> Result<Appended, JournalError> {
         debug_assert_eq!(BatchView(batch).record_count(), record_count);
         let (position, rolled) = self.reserve(batch.len())?;
-        let t = self.catalog.topic_mut(topic);
+        let t = self.catalog.topic(topic);
         let topic_id = t.meta.id;
-        let part = &mut t.partitions[partition as usize];
-        let base_offset = part.next_offset;
+        let base_offset = t.partitions[partition as usize].next_offset;
         let at = self.cache.len();
         self.cache.extend_from_slice(batch);
         stamp(
@@ -483,7 +487,8 @@ impl Journal {
                 partition,
             },
         );
-        part.land(position, &self.cache[at..]);
+        self.catalog
+            .land(topic, partition as usize, position, &self.cache[at..]);
         self.end = position + batch.len() as u64;
         Ok(Appended {
             position,
@@ -493,12 +498,11 @@ impl Journal {
         })
     }
 
-    /// Says whether a producer batch for `partition` of the topic in slot
-    /// `topic` is new, a retry of a stored one, or too old to tell.
-    pub fn check_seq(&self, topic: usize, partition: u32, batch: &[u8]) -> SeqCheck {
-        let view = BatchView(batch);
-        self.catalog.topic(topic).partitions[partition as usize]
-            .check_seq(view.producer_id(), view.producer_seq())
+    /// Says what to do with a producer batch for `partition` of the topic
+    /// in slot `topic` at broker time `now_ms` ([`Catalog::check_seq`]).
+    pub fn check_seq(&self, topic: usize, partition: u32, batch: &[u8], now_ms: i64) -> SeqCheck {
+        self.catalog
+            .check_seq(topic, partition as usize, batch, now_ms)
     }
 
     /// Creates a topic: appends its control record and adds it to the
@@ -850,9 +854,10 @@ fn scan_journal(
     dir: &Path,
     cp: &checkpoint::Checkpoint,
     verify_from: u64,
-    keep_entries: bool,
+    recovery: &Recovery,
 ) -> Result<Scanned, JournalError> {
-    let mut catalog = Catalog::new(cp.next_topic_id);
+    let keep_entries = recovery.entries;
+    let mut catalog = Catalog::new(cp.next_topic_id, recovery.producers);
     for t in &cp.topics {
         catalog.add(t.clone());
     }
@@ -1066,7 +1071,7 @@ fn apply_effect(
             None
         }
         Effect::Data { slot, partition } => {
-            catalog.topic_mut(slot).partitions[partition].land(position, batch);
+            catalog.land(slot, partition, position, batch);
             None
         }
         Effect::Nothing => None,
@@ -1598,7 +1603,7 @@ mod tests {
         // recognised.
         let retry = producer_batch(2, 120, 9, 4);
         assert!(matches!(
-            b.check_seq(0, 0, &retry),
+            b.check_seq(0, 0, &retry, 77),
             SeqCheck::Duplicate(l) if l.base_offset == 4
         ));
     }
@@ -1747,9 +1752,12 @@ mod tests {
         // Readers' handles still see what they saw.
         assert_eq!((old[0].len(), old[0].get(2).unwrap().base_offset), (3, 5));
         // The producer forgot the cut batches, not the kept ones.
-        let p = &j.catalog().topic(keep).partitions[0];
-        assert_eq!(p.check_seq(4, 2), SeqCheck::New);
-        assert!(matches!(p.check_seq(4, 0), SeqCheck::Duplicate(_)));
+        let seq = |seq| producer_batch(1, 300, 4, seq);
+        assert_eq!(j.check_seq(keep, 0, &seq(2), 77), SeqCheck::New);
+        assert!(matches!(
+            j.check_seq(keep, 0, &seq(0), 77),
+            SeqCheck::Duplicate(_)
+        ));
         // Appending continues at the cut, and the next topic gets a new id.
         let a = append(&mut j, keep, 0, &producer_batch(1, 10, 0, 0), 2);
         assert_eq!((a.position, a.base_offset), (cut, 2));

@@ -12,6 +12,7 @@ pub mod hardstate;
 pub mod index;
 pub mod lock;
 pub mod log;
+pub mod producers;
 pub mod reader;
 pub mod scan;
 pub mod segment;

@@ -16,7 +16,7 @@
 //! 45     1    kind               producer    crc         0 data, 1 control
 //! 46     2    attributes         producer    crc         0 (compression later)
 //! 48     4    record_count       producer    crc         >= 1
-//! 52     4    reserved           producer    crc         0
+//! 52     4    producer_epoch     producer    crc         0 when unused
 //! 56     8    first_timestamp_ms producer    crc
 //! 64     8    max_timestamp_ms   producer    crc
 //! 72     8    producer_id        producer    crc         0 = none
@@ -56,7 +56,7 @@ const AT_VERSION: usize = 44;
 const AT_KIND: usize = 45;
 const AT_ATTRIBUTES: usize = 46;
 const AT_RECORD_COUNT: usize = 48;
-const AT_RESERVED: usize = 52;
+const AT_PRODUCER_EPOCH: usize = 52;
 const AT_FIRST_TS: usize = 56;
 const AT_MAX_TS: usize = 64;
 const AT_PRODUCER_ID: usize = 72;
@@ -82,7 +82,7 @@ pub enum BatchError {
     /// Unknown format version.
     #[error("unsupported batch version {0}")]
     Version(u8),
-    /// A field is outside its range (kind, attributes, reserved, count).
+    /// A field is outside its range (kind, attributes, count).
     #[error("invalid batch field {0}")]
     Field(&'static str),
     /// The producer checksum does not match.
@@ -112,6 +112,32 @@ pub struct Stamp {
     pub topic_id: u32,
     /// The partition within the topic.
     pub partition: u32,
+}
+
+/// The producer fields of a batch (docs/protocol.md §9.1): who sent it,
+/// in which epoch of its sequences, and its sequence number in that epoch
+/// for its partition. All 0 for a batch without producer identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct ProducerStamp {
+    /// Producer id; 0 = none (the batch is not deduplicated).
+    pub id: u64,
+    /// Producer epoch, bumped when the producer restarts its sequences.
+    pub epoch: u32,
+    /// Sequence number: 0 for the first batch of an epoch on a partition,
+    /// then one more per batch.
+    pub seq: u64,
+}
+
+/// Writes the producer fields into a finished batch and recomputes the
+/// producer checksum (`crc` covers them). The caller guarantees the slice
+/// is one whole batch of at least [`BATCH_HEADER_LEN`] bytes; the broker
+/// fields are left alone.
+pub fn stamp_producer(batch: &mut [u8], producer: ProducerStamp) {
+    set_u32(batch, AT_PRODUCER_EPOCH, producer.epoch);
+    set_u64(batch, AT_PRODUCER_ID, producer.id);
+    set_u64(batch, AT_PRODUCER_SEQ, producer.seq);
+    let crc = crc32c::crc32c(&batch[AT_VERSION..]);
+    set_u32(batch, AT_CRC, crc);
 }
 
 /// A read-only view of a batch's header fields. The caller guarantees the
@@ -184,9 +210,21 @@ impl<'a> BatchView<'a> {
     pub fn producer_id(&self) -> u64 {
         le_u64(self.0, AT_PRODUCER_ID)
     }
-    /// Producer sequence number.
+    /// Producer epoch: bumped by a producer that restarts its sequences.
+    pub fn producer_epoch(&self) -> u32 {
+        le_u32(self.0, AT_PRODUCER_EPOCH)
+    }
+    /// Producer sequence number (per producer, epoch and partition).
     pub fn producer_seq(&self) -> u64 {
         le_u64(self.0, AT_PRODUCER_SEQ)
+    }
+    /// The producer fields together.
+    pub fn producer(&self) -> ProducerStamp {
+        ProducerStamp {
+            id: self.producer_id(),
+            epoch: self.producer_epoch(),
+            seq: self.producer_seq(),
+        }
     }
     /// Offset one past the last record. Wraps instead of panicking on an
     /// absurd `base_offset`, because header bytes may be unchecked.
@@ -272,8 +310,8 @@ fn check_body(buf: &[u8], kind: BatchKind, limits: RecordLimits) -> Result<u32, 
     if view.kind() != Some(kind) {
         return Err(BatchError::Field("kind"));
     }
-    if buf[AT_ATTRIBUTES] != 0 || buf[AT_ATTRIBUTES + 1] != 0 || le_u32(buf, AT_RESERVED) != 0 {
-        return Err(BatchError::Field("attributes or reserved"));
+    if buf[AT_ATTRIBUTES] != 0 || buf[AT_ATTRIBUTES + 1] != 0 {
+        return Err(BatchError::Field("attributes"));
     }
     let count = view.record_count();
     if count == 0 {
@@ -543,8 +581,18 @@ impl BatchBuilder {
 
     /// Writes the header and checksum and returns the finished batch bytes.
     /// `producer_id`/`producer_seq` identify the batch for idempotent retry
-    /// (0 when unused).
+    /// (0 when unused); the producer epoch is 0 (see
+    /// [`BatchBuilder::finish_with`]).
     pub fn finish(&mut self, producer_id: u64, producer_seq: u64) -> &[u8] {
+        self.finish_with(ProducerStamp {
+            id: producer_id,
+            epoch: 0,
+            seq: producer_seq,
+        })
+    }
+
+    /// As [`BatchBuilder::finish`], with every producer field.
+    pub fn finish_with(&mut self, producer: ProducerStamp) -> &[u8] {
         let len = self.buf.len();
         let b = &mut self.buf;
         b[..AT_VERSION].fill(0);
@@ -554,13 +602,9 @@ impl BatchBuilder {
         b[AT_ATTRIBUTES] = 0;
         b[AT_ATTRIBUTES + 1] = 0;
         set_u32(b, AT_RECORD_COUNT, self.count);
-        set_u32(b, AT_RESERVED, 0);
         set_u64(b, AT_FIRST_TS, self.first_ts as u64);
         set_u64(b, AT_MAX_TS, self.max_ts as u64);
-        set_u64(b, AT_PRODUCER_ID, producer_id);
-        set_u64(b, AT_PRODUCER_SEQ, producer_seq);
-        let crc = crc32c::crc32c(&b[AT_VERSION..]);
-        set_u32(b, AT_CRC, crc);
+        stamp_producer(b, producer);
         &self.buf
     }
 }
@@ -635,6 +679,36 @@ mod tests {
             bad[i] ^= 0x5a;
             assert!(check_stored_batch(&bad).is_err(), "byte {i} not covered");
         }
+    }
+
+    #[test]
+    fn the_producer_fields_are_stamped_and_covered_by_the_producer_crc() {
+        let mut b = BatchBuilder::new();
+        b.push(1000, b"k", b"v", &[]);
+        let stamp = ProducerStamp {
+            id: 9,
+            epoch: 3,
+            seq: 77,
+        };
+        let mut batch = b.finish_with(stamp).to_vec();
+        assert_eq!(
+            check_producer_batch(&batch),
+            Ok(1),
+            "a non-zero epoch is valid"
+        );
+        assert_eq!(BatchView(&batch).producer(), stamp);
+        // Restamping under a new epoch keeps the batch valid...
+        let next = ProducerStamp {
+            epoch: 4,
+            seq: 0,
+            ..stamp
+        };
+        stamp_producer(&mut batch, next);
+        assert_eq!(check_producer_batch(&batch), Ok(1));
+        assert_eq!(BatchView(&batch).producer(), next);
+        // ...and changing the epoch without the checksum does not.
+        batch[AT_PRODUCER_EPOCH] ^= 1;
+        assert_eq!(check_producer_batch(&batch), Err(BatchError::Crc));
     }
 
     #[test]

@@ -66,11 +66,23 @@ pub enum ErrorCode {
     /// remembers for that producer and partition; it may be a duplicate, so
     /// it was not stored.
     StaleSequence = 27,
+    /// A batch's producer sequence is neither the next one expected for its
+    /// producer, epoch and partition nor a stored duplicate (a gap, or out
+    /// of order); nothing was stored. The producer resends from the gap, in
+    /// order.
+    OutOfOrderSequence = 28,
+    /// The broker holds no state for the batch's producer on this partition
+    /// (never seen, or evicted after idling) and the batch's sequence is not
+    /// 0; nothing was stored. The producer starts a new epoch at sequence 0.
+    UnknownProducer = 29,
+    /// The batch's producer epoch is older than the one the broker holds for
+    /// that producer and partition; nothing was stored.
+    ProducerFenced = 30,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 31] = [
         ErrorCode::None,
         ErrorCode::Internal,
         ErrorCode::MalformedRequest,
@@ -99,6 +111,9 @@ impl ErrorCode {
         ErrorCode::TooManyConnections,
         ErrorCode::RecordTooLarge,
         ErrorCode::StaleSequence,
+        ErrorCode::OutOfOrderSequence,
+        ErrorCode::UnknownProducer,
+        ErrorCode::ProducerFenced,
     ];
 
     /// The code for a wire value, or `None` for an unknown number.
@@ -142,6 +157,9 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "TooManyConnections",
             ErrorCode::RecordTooLarge => "RecordTooLarge",
             ErrorCode::StaleSequence => "StaleSequence",
+            ErrorCode::OutOfOrderSequence => "OutOfOrderSequence",
+            ErrorCode::UnknownProducer => "UnknownProducer",
+            ErrorCode::ProducerFenced => "ProducerFenced",
         }
     }
 
@@ -182,6 +200,15 @@ impl ErrorCode {
             ErrorCode::RecordTooLarge => "record key or value larger than the broker's limit",
             ErrorCode::StaleSequence => {
                 "producer sequence older than the broker remembers; not stored (it may be a duplicate)"
+            }
+            ErrorCode::OutOfOrderSequence => {
+                "producer sequence is not the next one expected; not stored (resend from the gap)"
+            }
+            ErrorCode::UnknownProducer => {
+                "no state for this producer on this partition and the sequence is not 0; not stored"
+            }
+            ErrorCode::ProducerFenced => {
+                "producer epoch older than the broker's for this producer and partition; not stored"
             }
         }
     }

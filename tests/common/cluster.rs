@@ -162,6 +162,13 @@ impl Cluster {
 
     /// As [`Cluster::start`], with `config_toml` as every node's config file.
     pub fn start_with(n: usize, proxied: bool, config_toml: &str) -> Cluster {
+        Cluster::start_named(n, proxied, config_toml, "127.0.0.1")
+    }
+
+    /// As [`Cluster::start_with`], naming every peer `host:PORT` in the
+    /// `--peers` list (`localhost`, say, to configure peers by host name);
+    /// the brokers still listen on 127.0.0.1.
+    pub fn start_named(n: usize, proxied: bool, config_toml: &str, host: &str) -> Cluster {
         assert!(n >= 1, "a cluster has at least one node");
         let reserved: Vec<(SocketAddr, TcpListener)> = (0..n).map(|_| reserve_port()).collect();
         let addrs: Vec<SocketAddr> = reserved.iter().map(|(a, _)| *a).collect();
@@ -183,7 +190,7 @@ impl Cluster {
                         .iter()
                         .find(|(f, t, _)| *f == id && *t == j)
                         .map_or(addrs[j - 1], |(_, _, p)| p.addr());
-                    format!("{j}={via}")
+                    format!("{j}={host}:{}", via.port())
                 })
                 .collect::<Vec<_>>()
                 .join(",");

@@ -13,6 +13,7 @@
 pub mod cluster;
 pub mod json;
 pub mod proxy;
+pub mod tmpfs;
 
 use hutong::wire::api::{
     CreateTopicRequest, ErrorBody, FetchRequest, FetchResponse, HandshakeRequest,

@@ -1,6 +1,8 @@
 //! An in-process TCP proxy for fault tests: it forwards every connection
 //! it accepts to one target, and can cut every connection (both ways) and
-//! refuse new ones until it is healed.
+//! refuse new ones until it is healed, or stall: keep every connection
+//! open (and accept new ones) but move no byte either way, as a network
+//! that silently drops packets does, until it is resumed.
 //!
 //! A cluster test puts one proxy on each directed replication link, so
 //! cutting the proxies into and out of a node isolates it from its peers
@@ -51,6 +53,7 @@ impl Link {
 struct Shared {
     target: SocketAddr,
     cut: AtomicBool,
+    stalled: AtomicBool,
     stop: AtomicBool,
     next_id: AtomicU64,
     links: Mutex<Vec<(u64, Link)>>,
@@ -97,6 +100,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             target,
             cut: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
             links: Mutex::new(Vec::new()),
@@ -138,6 +142,18 @@ impl Proxy {
     /// Forwards new connections again.
     pub fn heal(&self) {
         self.shared.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Stops moving bytes on every connection, current and new, without
+    /// closing any: peers see silence, not an error. New connections are
+    /// still accepted (the kernel completes the TCP handshake).
+    pub fn stall(&self) {
+        self.shared.stalled.store(true, Ordering::SeqCst);
+    }
+
+    /// Moves bytes again after [`Proxy::stall`]; what was held back flows.
+    pub fn resume(&self) {
+        self.shared.stalled.store(false, Ordering::SeqCst);
     }
 
     /// True between [`Proxy::cut`] and [`Proxy::heal`].
@@ -277,6 +293,11 @@ fn pump(mut from: TcpStream, mut to: TcpStream, closed: &AtomicBool, shared: &Sh
     let mut buf = vec![0u8; CHUNK_BYTES];
     let done = || closed.load(Ordering::SeqCst) || shared.stop.load(Ordering::SeqCst);
     while !done() {
+        if shared.stalled.load(Ordering::SeqCst) {
+            // Bytes wait in the kernel's buffers, as on a silent network.
+            std::thread::sleep(POLL_INTERVAL);
+            continue;
+        }
         let n = match from.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => n,
@@ -287,6 +308,11 @@ fn pump(mut from: TcpStream, mut to: TcpStream, closed: &AtomicBool, shared: &Sh
         while at < n {
             if done() {
                 return;
+            }
+            if shared.stalled.load(Ordering::SeqCst) {
+                // Read just before the stall: held back like the rest.
+                std::thread::sleep(POLL_INTERVAL);
+                continue;
             }
             match to.write(&buf[at..n]) {
                 Ok(0) => return,
