@@ -114,6 +114,9 @@ pub struct Catalog {
     next_topic_id: u32,
     partition_count: usize,
     producers: ProducerStates,
+    /// The replication group's id and the journal position of the control
+    /// record that set it.
+    cluster_id: Option<(u64, u64)>,
 }
 
 impl Default for Catalog {
@@ -133,7 +136,18 @@ impl Catalog {
             next_topic_id,
             partition_count: 0,
             producers: ProducerStates::new(limits),
+            cluster_id: None,
         }
+    }
+
+    /// The replication group's id, once a control record set it.
+    pub fn cluster_id(&self) -> Option<u64> {
+        self.cluster_id.map(|(id, _)| id)
+    }
+
+    /// Records the group's id from the control record at `position`.
+    pub fn set_cluster_id(&mut self, id: u64, position: u64) {
+        self.cluster_id = Some((id, position));
     }
 
     /// The producer state of `producer_id` on `partition` of the topic in
@@ -274,6 +288,9 @@ impl Catalog {
     /// renumber the topics after it.
     pub fn cut(&mut self, at: u64) -> Result<CatalogCut, String> {
         let removed_from = self.check_cut(at)?;
+        if self.cluster_id.is_some_and(|(_, p)| p >= at) {
+            self.cluster_id = None;
+        }
         let mut cut = CatalogCut::default();
         for t in self.topics.drain(removed_from..) {
             self.by_name.remove(&t.meta.name);

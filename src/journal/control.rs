@@ -14,7 +14,13 @@
 //! u16 type = 1 (CreateTopic) | u16 version = 1 | u32 id | u32 partitions |
 //! u16 name_len | name (UTF-8)
 //! u16 type = 2 (Noop)        | u16 version = 1
+//! u16 type = 3 (ClusterId)   | u16 version = 1 | u64 id
 //! ```
+//!
+//! A cluster id names a replication group: the group's first leader
+//! writes one (a random non-zero number) right after its first no-op, and
+//! every member takes it from the journal; consensus messages carry it, so
+//! a broker of another group is told apart.
 //!
 //! A no-op changes nothing. A new Raft leader appends one in its term so
 //! that it can commit the entries of earlier terms (Raft §5.4.2): it is
@@ -36,6 +42,10 @@ pub const CONTROL_NOOP: u16 = 2;
 pub const CONTROL_VERSION: u16 = 1;
 /// The version of [`Control::Noop`] this broker writes and reads.
 pub const CONTROL_NOOP_VERSION: u16 = 1;
+/// Control message type of [`Control::ClusterId`].
+pub const CONTROL_CLUSTER_ID: u16 = 3;
+/// The version of [`Control::ClusterId`] this broker writes and reads.
+pub const CONTROL_CLUSTER_ID_VERSION: u16 = 1;
 /// Bytes of the no-op message: its type and version.
 const NOOP_VALUE_BYTES: usize = 4;
 /// Exact size of an encoded no-op control batch: a header and one record
@@ -57,6 +67,11 @@ pub enum Control {
     },
     /// Nothing: a new leader's first entry in its term.
     Noop,
+    /// The replication group's id (non-zero).
+    ClusterId {
+        /// The id.
+        id: u64,
+    },
 }
 
 /// Fills `builder` with one record whose value is the encoded control
@@ -92,6 +107,11 @@ pub fn encode<'b>(c: &Control, builder: &'b mut BatchBuilder) -> &'b [u8] {
         Control::Noop => {
             value.put_u16(CONTROL_NOOP);
             value.put_u16(CONTROL_NOOP_VERSION);
+        }
+        Control::ClusterId { id } => {
+            value.put_u16(CONTROL_CLUSTER_ID);
+            value.put_u16(CONTROL_CLUSTER_ID_VERSION);
+            value.put_u64(*id);
         }
     }
     // The record's timestamp carries no meaning for metadata; the broker's
@@ -139,6 +159,7 @@ pub fn decode(batch: &[u8]) -> Result<Control, JournalError> {
     let supported = match kind {
         CONTROL_CREATE_TOPIC => CONTROL_VERSION,
         CONTROL_NOOP => CONTROL_NOOP_VERSION,
+        CONTROL_CLUSTER_ID => CONTROL_CLUSTER_ID_VERSION,
         _ => return Err(corrupt(format!("unknown control type {kind}"))),
     };
     if version != supported {
@@ -148,6 +169,14 @@ pub fn decode(batch: &[u8]) -> Result<Control, JournalError> {
     }
     match kind {
         CONTROL_CREATE_TOPIC => decode_create_topic(&mut r).map_err(layout),
+        CONTROL_CLUSTER_ID => {
+            let id = r.u64("cluster id").map_err(layout)?;
+            r.finish().map_err(layout)?;
+            if id == 0 {
+                return Err(corrupt("cluster id 0".into()));
+            }
+            Ok(Control::ClusterId { id })
+        }
         _ => r.finish().map(|()| Control::Noop).map_err(layout),
     }
 }
@@ -250,8 +279,8 @@ mod tests {
     fn unknown_types_versions_and_layouts_are_corrupt() {
         let cases: [(&[u8], &str); 6] = [
             (
-                &[3, 0, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0],
-                "unknown control type 3",
+                &[9, 0, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0],
+                "unknown control type 9",
             ),
             (&[1, 0, 2, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0], "version 2"),
             (&[1, 0, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 9], "trailing"),
@@ -280,6 +309,31 @@ mod tests {
         assert_eq!(check_stored_batch(&bytes), Ok(BatchKind::Control));
         assert_eq!(records(&bytes).next().unwrap().value, &[2, 0, 1, 0]);
         assert_eq!(decode(&bytes).unwrap(), Control::Noop);
+    }
+
+    #[test]
+    fn a_cluster_id_has_the_documented_layout_and_refuses_zero() {
+        let bytes = stored(&Control::ClusterId { id: 0x0102 });
+        assert_eq!(check_stored_batch(&bytes), Ok(BatchKind::Control));
+        assert_eq!(
+            records(&bytes).next().unwrap().value,
+            &[3, 0, 1, 0, 2, 1, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(decode(&bytes).unwrap(), Control::ClusterId { id: 0x0102 });
+        for (value, why) in [
+            (&[3u8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0][..], "cluster id 0"),
+            (&[3, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9][..], "trailing"),
+            (&[3, 0, 1, 0, 1][..], "truncated"),
+            (
+                &[3, 0, 2, 0, 1, 0, 0, 0, 0, 0, 0, 0][..],
+                "version 2 of type 3",
+            ),
+        ] {
+            match decode(&with_value(value)) {
+                Err(JournalError::Corrupt(m)) => assert!(m.contains(why), "{m} lacks {why}"),
+                other => panic!("{value:?}: expected Corrupt, got {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -566,6 +566,24 @@ impl Journal {
         self.append_control(&Control::Noop, term, now_ms)
     }
 
+    /// Appends the replication group's id ([`Control::ClusterId`]),
+    /// stamped with `term`, and records it in the catalog. The first leader
+    /// of a new group does this right after its no-op.
+    ///
+    /// # Errors
+    /// [`JournalError::StorageFull`] when a new segment cannot be allocated;
+    /// nothing is written then.
+    pub fn append_cluster_id(
+        &mut self,
+        id: u64,
+        term: u64,
+        now_ms: i64,
+    ) -> Result<Appended, JournalError> {
+        let appended = self.append_control(&Control::ClusterId { id }, term, now_ms)?;
+        self.catalog.set_cluster_id(id, appended.position);
+        Ok(appended)
+    }
+
     /// Encodes `c` as a control batch, appends it and stamps it. Control
     /// batches belong to no partition: they carry offset 0 and the topic and
     /// partition `u32::MAX`.
@@ -986,6 +1004,8 @@ enum Effect {
     Known(usize),
     /// A data batch continuing this partition of the topic in this slot.
     Data { slot: usize, partition: usize },
+    /// The replication group's id, first seen.
+    ClusterId(u64),
     /// A no-op.
     Nothing,
 }
@@ -1024,6 +1044,14 @@ fn check_batch(catalog: &Catalog, batch: &[u8]) -> Result<Effect, String> {
                 })),
             },
             Control::Noop => Ok(Effect::Nothing),
+            Control::ClusterId { id } => match catalog.cluster_id() {
+                None => Ok(Effect::ClusterId(id)),
+                Some(known) if known == id => Ok(Effect::Nothing),
+                Some(known) => Err(format!(
+                    "cluster id {id:#018x} where {known:#018x} was recorded: \
+                     the journal mixes two replication groups"
+                )),
+            },
         },
         Some(BatchKind::Data) => {
             let slot = catalog
@@ -1072,6 +1100,10 @@ fn apply_effect(
         }
         Effect::Data { slot, partition } => {
             catalog.land(slot, partition, position, batch);
+            None
+        }
+        Effect::ClusterId(id) => {
+            catalog.set_cluster_id(id, position);
             None
         }
         Effect::Nothing => None,
@@ -1433,6 +1465,53 @@ mod tests {
         let cp = checkpoint::read(dir.path()).unwrap().unwrap();
         assert_eq!(cp.topics.len(), 1);
         assert_eq!(cp.position, damaged);
+    }
+
+    /// The group's id: appended once, replicated and recovered like any
+    /// control record, forgotten by a cut below it, and never replaced by
+    /// another id in the same journal.
+    #[test]
+    fn the_cluster_id_is_recorded_replicated_recovered_and_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path());
+        j.append_noop(1, 5).unwrap();
+        let at = j.append_cluster_id(0xfeed, 1, 5).unwrap().position;
+        assert_eq!(j.catalog().cluster_id(), Some(0xfeed));
+        j.create_topic("t", 1, 1, 5).unwrap();
+        let bytes = journal_bytes(&mut j);
+        drop(j);
+        let mut j = open(dir.path());
+        assert_eq!(j.catalog().cluster_id(), Some(0xfeed), "recovered");
+        // A follower copying the journal learns it.
+        let fdir = tempfile::tempdir().unwrap();
+        let mut f = open(fdir.path());
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let len = declared_len(&bytes[pos..]).unwrap();
+            f.append_replicated(&bytes[pos..pos + len]).unwrap();
+            pos += len;
+        }
+        assert_eq!(f.catalog().cluster_id(), Some(0xfeed), "replicated");
+        // Another group's id is refused; the same one is harmless.
+        let mut other = BatchBuilder::with_kind(BatchKind::Control);
+        let mut foreign = control::encode(&Control::ClusterId { id: 0xbeef }, &mut other).to_vec();
+        stamp(
+            &mut foreign,
+            &Stamp {
+                base_offset: 0,
+                term: 1,
+                append_time_ms: 5,
+                topic_id: u32::MAX,
+                partition: u32::MAX,
+            },
+        );
+        assert!(matches!(
+            f.append_replicated(&foreign),
+            Err(JournalError::Refused(_))
+        ));
+        // A cut below the record forgets it.
+        j.truncate(at, 0).unwrap();
+        assert_eq!(j.catalog().cluster_id(), None);
     }
 
     /// Everything the catalog says that must survive a reopen.
