@@ -25,6 +25,24 @@ pub const APPEND_BYTES_MAX_DEFAULT: u64 = 1 << 20;
 /// no-op control batch.
 pub const NOOP_BYTES_DEFAULT: u64 = 128;
 
+/// Highest term a node adopts, persists or campaigns in. A term grows by
+/// one per election round, so a real group never comes near it (at a
+/// thousand elections a second it would take about 8,900 years); a term
+/// above it can only come from a forged or damaged message, which is
+/// refused before it touches any state. A node whose term reaches the limit
+/// stops campaigning (and says so in `Ready::alerts`) instead of wrapping to
+/// 0, which would strand the group.
+pub const TERM_MAX: u64 = 1 << 48;
+/// Highest journal position a message may name or a log may reach (4 EiB).
+/// Far beyond any disk; it keeps every position sum (an entry's end plus a
+/// no-op, a window) from overflowing a `u64`.
+pub const POSITION_MAX: u64 = 1 << 62;
+/// Largest no-op batch a configuration may ask for.
+pub const NOOP_BYTES_MAX: u64 = 1 << 20;
+
+const _: () = assert!(TERM_MAX < u64::MAX / 2);
+const _: () = assert!(POSITION_MAX < u64::MAX / 2 && NOOP_BYTES_MAX < POSITION_MAX);
+const _: () = assert!(NOOP_BYTES_DEFAULT <= NOOP_BYTES_MAX);
 const _: () = assert!(HEARTBEAT_TICKS_DEFAULT >= 1);
 const _: () = assert!(HEARTBEAT_TICKS_DEFAULT < ELECTION_TICKS_MIN_DEFAULT);
 const _: () = assert!(ELECTION_TICKS_MIN_DEFAULT < ELECTION_TICKS_MAX_DEFAULT);
@@ -110,8 +128,8 @@ impl Config {
         if self.append_bytes_max == 0 || self.window_bytes < self.append_bytes_max {
             return fail("append_bytes_max must be at least 1 and at most window_bytes");
         }
-        if self.noop_bytes == 0 {
-            return fail("noop_bytes must be at least 1");
+        if self.noop_bytes == 0 || self.noop_bytes > NOOP_BYTES_MAX {
+            return fail("noop_bytes must be 1 to NOOP_BYTES_MAX");
         }
         Ok(())
     }
@@ -155,6 +173,10 @@ mod tests {
                 Box::new(|c| c.window_bytes = c.append_bytes_max - 1),
             ),
             ("noop 0", Box::new(|c| c.noop_bytes = 0)),
+            (
+                "noop too large",
+                Box::new(|c| c.noop_bytes = NOOP_BYTES_MAX + 1),
+            ),
         ];
         for (name, breakit) in cases {
             let mut c = ok.clone();

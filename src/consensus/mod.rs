@@ -39,7 +39,7 @@ pub use log::Entry;
 pub use message::{Message, MessageKind};
 pub use node::{Node, PeerStatus};
 pub use progress::{Progress, ProgressState};
-pub use ready::{HardState, Ready, Role, SoftState};
+pub use ready::{Alert, HardState, Ready, Role, SoftState};
 
 /// Identifies a node of a replication group.
 pub type NodeId = u64;

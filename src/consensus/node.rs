@@ -20,13 +20,15 @@
 //! - check-quorum and leadership transfer (thesis §6.2, §3.10): `tick_leader`,
 //!   [`Node::transfer_leader`].
 
+use super::config::{POSITION_MAX, TERM_MAX};
 use super::log::{check_run, Log};
 use super::mutation::{self, Mutation};
 use super::progress::{Progress, ProgressState};
 use super::quorum::{majority_position, vote_result, VoteResult, VOTERS_MAX};
 use super::rng::SplitMix64;
 use super::{
-    Config, ConsensusError, Entry, HardState, Message, MessageKind, NodeId, Ready, Role, SoftState,
+    Alert, Config, ConsensusError, Entry, HardState, Message, MessageKind, NodeId, Ready, Role,
+    SoftState,
 };
 
 /// What a peer's replication looks like from the leader, for status pages.
@@ -70,6 +72,10 @@ struct Outbox {
     committed: u64,
     /// A `Ready` is out and `advance` has not been called.
     outstanding: bool,
+    /// Alerts not yet handed out.
+    alerts: Vec<Alert>,
+    /// The last alert raised: the same one is not raised again.
+    last_alert: Option<Alert>,
 }
 
 /// One node of a replication group. See the module documentation and
@@ -125,7 +131,17 @@ impl Node {
         entries: Vec<Entry>,
     ) -> Result<Node, ConsensusError> {
         config.validate()?;
+        if hard_state.term > TERM_MAX {
+            return Err(ConsensusError::InvalidState(
+                "the persisted term is above TERM_MAX",
+            ));
+        }
         let log = Log::from_entries(entries)?;
+        if log.last_pos() > POSITION_MAX {
+            return Err(ConsensusError::InvalidState(
+                "the journal ends beyond POSITION_MAX",
+            ));
+        }
         if log.last_term() > hard_state.term {
             return Err(ConsensusError::InvalidState(
                 "the journal holds a term above the persisted term",
@@ -186,7 +202,7 @@ impl Node {
         match self.role {
             Role::Leader => self.tick_leader(),
             _ => {
-                self.election_elapsed += 1;
+                self.election_elapsed = self.election_elapsed.saturating_add(1);
                 if self.election_elapsed >= self.election_timeout {
                     self.campaign(Campaign::Pre);
                 }
@@ -255,7 +271,7 @@ impl Node {
             } => self.handle_vote_request(m.from, m.term, last_pos, last_term, false),
             MessageKind::PreVoteResp { granted } => {
                 let answers_our_round = if granted {
-                    m.term == self.term + 1
+                    self.term.checked_add(1) == Some(m.term)
                 } else {
                     m.term == self.term
                 };
@@ -329,7 +345,7 @@ impl Node {
         }
         let start = self.log.last_pos();
         let end = match start.checked_add(bytes) {
-            Some(end) if bytes > 0 => end,
+            Some(end) if bytes > 0 && end <= POSITION_MAX => end,
             _ => return Err(ConsensusError::InvalidLength(bytes)),
         };
         let e = Entry {
@@ -417,6 +433,7 @@ impl Node {
     pub fn has_ready(&self) -> bool {
         let o = &self.out;
         !o.messages.is_empty()
+            || !o.alerts.is_empty()
             || o.hard_state_changed
             || o.truncate.is_some()
             || o.unsynced_from != self.log.last_pos()
@@ -466,6 +483,7 @@ impl Node {
             messages: std::mem::take(&mut self.out.messages),
             replicated,
             committed,
+            alerts: std::mem::take(&mut self.out.alerts),
         }
     }
 
@@ -612,7 +630,36 @@ impl Node {
         ) as u32;
     }
 
+    /// Why this node cannot campaign now, if it cannot: the next term or a
+    /// leader's no-op would pass a limit.
+    fn campaign_blocked(&self) -> Option<Alert> {
+        let last_pos = self.log.last_pos();
+        if self.term >= TERM_MAX {
+            Some(Alert::TermExhausted { term: self.term })
+        } else if last_pos > POSITION_MAX - self.cfg.noop_bytes {
+            Some(Alert::PositionsExhausted { last_pos })
+        } else {
+            None
+        }
+    }
+
+    /// Hands `a` to the caller unless it was the last alert raised.
+    fn alert(&mut self, a: Alert) {
+        if self.out.last_alert != Some(a) {
+            self.out.last_alert = Some(a);
+            self.out.alerts.push(a);
+        }
+    }
+
     fn campaign(&mut self, kind: Campaign) {
+        if let Some(why) = self.campaign_blocked() {
+            // Wait a whole timeout before looking again.
+            self.reset_election_timer();
+            self.alert(why);
+            return;
+        }
+        self.out.last_alert = None;
+        // Below TERM_MAX (checked above): the next term cannot overflow.
         let term = match kind {
             Campaign::Pre => {
                 self.role = Role::PreCandidate;
@@ -872,8 +919,8 @@ impl Node {
     // ----- the leader --------------------------------------------------
 
     fn tick_leader(&mut self) {
-        self.heartbeat_elapsed += 1;
-        self.election_elapsed += 1;
+        self.heartbeat_elapsed = self.heartbeat_elapsed.saturating_add(1);
+        self.election_elapsed = self.election_elapsed.saturating_add(1);
         for pr in &mut self.progress {
             pr.idle_ticks = pr.idle_ticks.saturating_add(1);
         }
@@ -1104,6 +1151,14 @@ impl Node {
         if m.from == self.cfg.id || self.slot_of(m.from).is_none() {
             return bad("sender is not another voter of this group");
         }
+        if m.term > TERM_MAX {
+            // Forged or damaged: adopting it would strand the group at a
+            // term it can never leave.
+            return bad("term above TERM_MAX");
+        }
+        if message_positions(&m.kind).any(|p| p > POSITION_MAX) {
+            return bad("position above POSITION_MAX");
+        }
         match &m.kind {
             MessageKind::Append {
                 prev_pos,
@@ -1143,4 +1198,32 @@ impl Node {
             _ => Ok(()),
         }
     }
+}
+
+/// Every journal position `kind` names.
+fn message_positions(kind: &MessageKind) -> impl Iterator<Item = u64> + '_ {
+    let (fixed, entries): ([u64; 3], &[Entry]) = match kind {
+        MessageKind::PreVote { last_pos, .. } | MessageKind::Vote { last_pos, .. } => {
+            ([*last_pos, 0, 0], &[])
+        }
+        MessageKind::Append {
+            prev_pos,
+            entries,
+            commit,
+            ..
+        } => ([*prev_pos, *commit, 0], entries),
+        MessageKind::AppendAck {
+            matched,
+            written,
+            flushed,
+        } => ([*matched, *written, *flushed], &[]),
+        MessageKind::AppendReject {
+            rejected, hint_pos, ..
+        } => ([*rejected, *hint_pos, 0], &[]),
+        MessageKind::Heartbeat { commit } => ([*commit, 0, 0], &[]),
+        MessageKind::PreVoteResp { .. }
+        | MessageKind::VoteResp { .. }
+        | MessageKind::TimeoutNow => ([0; 3], &[]),
+    };
+    fixed.into_iter().chain(entries.iter().map(|e| e.end))
 }

@@ -39,6 +39,42 @@ pub struct SoftState {
     pub term: u64,
 }
 
+/// Something the node cannot do and the caller should log (the node has no
+/// logger of its own). Each is reported once, not at every tick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alert {
+    /// The election timeout fired but the term is at
+    /// [`TERM_MAX`](super::config::TERM_MAX): the node will not campaign,
+    /// since the next term cannot be represented. Only a forged or damaged
+    /// term gets a group there; it needs an operator.
+    TermExhausted {
+        /// The node's term.
+        term: u64,
+    },
+    /// The election timeout fired but the log ends so close to
+    /// [`POSITION_MAX`](super::config::POSITION_MAX) that a leader's no-op
+    /// would not fit: the node will not campaign.
+    PositionsExhausted {
+        /// End of the node's log.
+        last_pos: u64,
+    },
+}
+
+impl std::fmt::Display for Alert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Alert::TermExhausted { term } => write!(
+                f,
+                "not campaigning: term {term} is at the limit TERM_MAX (a forged or damaged term?)"
+            ),
+            Alert::PositionsExhausted { last_pos } => write!(
+                f,
+                "not campaigning: the log ends at {last_pos}, too close to POSITION_MAX for a no-op"
+            ),
+        }
+    }
+}
+
 /// Everything a node asks its caller to do, taken with `Node::ready` and
 /// returned with `Node::advance`. Apply in this order:
 ///
@@ -70,4 +106,6 @@ pub struct Ready {
     pub replicated: Option<u64>,
     /// New commit position C (durable on a majority). Only grows.
     pub committed: Option<u64>,
+    /// Things the node could not do, for the caller's log.
+    pub alerts: Vec<Alert>,
 }

@@ -22,7 +22,7 @@
 //!
 //! Checked all along:
 //! - at most one leader per term;
-//! - a persisted term never decreases, never holds a forged term, and a
+//! - a persisted term never decreases, never passes `TERM_MAX`, and a
 //!   persisted vote never changes within its term;
 //! - every commit position a node publishes is an entry boundary of its
 //!   journal, and its journal up to there equals the global record of
@@ -61,8 +61,8 @@ const LIVENESS_TICKS: u64 = 300;
 const CATCH_UP_TICKS: u64 = 300;
 /// Seeds in a normal test run.
 const SEEDS_DEFAULT: u64 = 1000;
-/// Forged messages carry terms from here to `u64::MAX`: no real election
-/// gets there, and `term + 1` overflows at the top.
+/// Forged messages carry terms from here to `u64::MAX` (where `term + 1`
+/// overflows), or just above `TERM_MAX`.
 const FORGED_TERM_MIN: u64 = u64::MAX - 3;
 
 type Check = Result<(), String>;
@@ -752,7 +752,11 @@ impl Sim {
             0 => Message {
                 from: other,
                 to: me,
-                term: FORGED_TERM_MIN + self.rng.below(u64::MAX - FORGED_TERM_MIN + 1),
+                term: if self.rng.chance(1, 4) {
+                    config::TERM_MAX + 1
+                } else {
+                    FORGED_TERM_MIN + self.rng.below(u64::MAX - FORGED_TERM_MIN + 1)
+                },
                 kind: self.any_kind(),
             },
             // A sender that is not another member.
@@ -1140,7 +1144,7 @@ impl Sim {
                 if hs.term < old.term {
                     fail!(self, "n{id} persists term {} after {}", hs.term, old.term);
                 }
-                if hs.term >= FORGED_TERM_MIN {
+                if hs.term > config::TERM_MAX {
                     fail!(self, "n{id} persists the forged term {}", hs.term);
                 }
                 if hs.term == old.term && old.voted_for.is_some() && hs.voted_for != old.voted_for {

@@ -1430,3 +1430,149 @@ fn ready_twice_without_advance_panics() {
     let _first = n.ready();
     let _second = n.ready();
 }
+
+// ----- issue 9, finding 9: terms (and positions) from the wire are bounded --
+
+/// One message of every kind, with fields a correct peer could send.
+fn every_kind() -> Vec<MessageKind> {
+    vec![
+        MessageKind::PreVote {
+            last_pos: 0,
+            last_term: 0,
+        },
+        MessageKind::PreVoteResp { granted: true },
+        MessageKind::Vote {
+            last_pos: 0,
+            last_term: 0,
+            transfer: true,
+        },
+        MessageKind::VoteResp { granted: true },
+        MessageKind::Append {
+            prev_pos: 0,
+            prev_term: 0,
+            entries: vec![],
+            commit: 0,
+        },
+        MessageKind::AppendAck {
+            matched: 0,
+            written: 0,
+            flushed: 0,
+        },
+        MessageKind::AppendReject {
+            rejected: 0,
+            hint_pos: 0,
+            hint_term: 0,
+        },
+        MessageKind::Heartbeat { commit: 0 },
+        MessageKind::TimeoutNow,
+    ]
+}
+
+#[test]
+fn absurd_terms_from_the_wire_are_refused_and_never_persisted() {
+    for term in [config::TERM_MAX + 1, u64::MAX - 1, u64::MAX] {
+        for kind in every_kind() {
+            for mut n in [node(1, 3), make_leader(1, 3, 0, vec![])] {
+                let before = (n.hard_state(), n.soft_state());
+                let m = msg(2, 1, term, kind.clone());
+                assert!(
+                    matches!(n.step(m.clone()), Err(ConsensusError::Malformed { .. })),
+                    "{m:?}"
+                );
+                assert_eq!((n.hard_state(), n.soft_state()), before, "{m:?}");
+                let rd = take(&mut n);
+                assert!(
+                    rd.hard_state.is_none() && rd.messages.is_empty(),
+                    "{m:?}: {rd:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn persisted_state_beyond_the_limits_is_refused() {
+    for term in [config::TERM_MAX + 1, u64::MAX] {
+        let hs = HardState {
+            term,
+            voted_for: None,
+        };
+        let r = Node::new(cfg(1, 3), hs, vec![]);
+        assert!(matches!(r, Err(ConsensusError::InvalidState(_))), "{term}");
+    }
+    let hs = HardState {
+        term: 1,
+        voted_for: None,
+    };
+    let r = Node::new(cfg(1, 3), hs, vec![e(0, config::POSITION_MAX + 1, 1)]);
+    assert!(matches!(r, Err(ConsensusError::InvalidState(_))));
+}
+
+#[test]
+fn node_at_the_term_limit_does_not_campaign_and_says_why_once() {
+    let mut n = node_with(1, 3, config::TERM_MAX, vec![]);
+    for _ in 0..3 * ELECTION_MAX {
+        n.tick();
+    }
+    assert_eq!((n.role(), n.term()), (Role::Follower, config::TERM_MAX));
+    let rd = take(&mut n);
+    assert!(rd.messages.is_empty() && rd.hard_state.is_none(), "{rd:?}");
+    assert_eq!(
+        rd.alerts,
+        [Alert::TermExhausted {
+            term: config::TERM_MAX
+        }]
+    );
+    for _ in 0..3 * ELECTION_MAX {
+        n.tick();
+    }
+    assert!(!n.has_ready(), "the alert is given once");
+    // One below the limit, the last term can still be campaigned for.
+    let mut n = node_with(1, 3, config::TERM_MAX - 1, vec![]);
+    tick_until_campaign(&mut n);
+    let rd = take(&mut n);
+    assert!(rd
+        .messages
+        .iter()
+        .all(|m| m.term == config::TERM_MAX && matches!(m.kind, MessageKind::PreVote { .. })));
+}
+
+#[test]
+fn positions_stay_below_the_limit() {
+    let end = config::POSITION_MAX - 200;
+    let mut l = make_leader(1, 3, 1, vec![e(0, end, 1)]);
+    assert_eq!(l.last_pos(), end + config::NOOP_BYTES_DEFAULT);
+    assert_eq!(l.propose(100), Err(ConsensusError::InvalidLength(100)));
+    assert!(l.propose(10).is_ok());
+    // A node whose log leaves no room for a leader's no-op does not campaign.
+    let last = config::POSITION_MAX - 10;
+    let mut n = node_with(1, 3, 1, vec![e(0, last, 1)]);
+    for _ in 0..3 * ELECTION_MAX {
+        n.tick();
+    }
+    assert_eq!(n.role(), Role::Follower);
+    let rd = take(&mut n);
+    assert_eq!(rd.alerts, [Alert::PositionsExhausted { last_pos: last }]);
+    // Messages naming positions beyond the limit are refused.
+    let mut f = node(2, 3);
+    let beyond = config::POSITION_MAX + 1;
+    for kind in [
+        MessageKind::Heartbeat { commit: beyond },
+        MessageKind::Append {
+            prev_pos: 0,
+            prev_term: 0,
+            entries: vec![e(0, beyond, 1)],
+            commit: 0,
+        },
+        MessageKind::PreVote {
+            last_pos: beyond,
+            last_term: 0,
+        },
+    ] {
+        let m = msg(1, 2, 1, kind);
+        assert!(
+            matches!(f.step(m.clone()), Err(ConsensusError::Malformed { .. })),
+            "{m:?}"
+        );
+    }
+}
