@@ -64,6 +64,9 @@ pub(crate) mod mutation {
         AckUnflushed,
         /// Followers accept an append whatever the term at `prev_pos`.
         IgnorePrevTerm,
+        /// Position reports are judged by their position alone (a boundary
+        /// of the log), not by the term that came with it.
+        ReportWithoutTerm,
     }
 
     /// Whether `m` is switched on (never, outside tests).

@@ -363,7 +363,7 @@ impl Node {
     /// match the log (the tail was truncated and rewritten since) are
     /// ignored, so a late report can never vouch for replaced bytes.
     pub fn report_written(&mut self, pos: u64, term: u64) {
-        if pos <= self.written || self.log.term_at(pos) != Some(term) {
+        if pos <= self.written || !self.reported_pair_matches(pos, term) {
             return;
         }
         self.written = pos;
@@ -373,7 +373,7 @@ impl Node {
     /// The caller's journal holds the log up to `pos` durably (fdatasync'd),
     /// where an entry of `term` ends. Ignored when it does not match the log.
     pub fn report_flushed(&mut self, pos: u64, term: u64) {
-        if pos <= self.flushed || self.log.term_at(pos) != Some(term) {
+        if pos <= self.flushed || !self.reported_pair_matches(pos, term) {
             return;
         }
         self.flushed = pos;
@@ -381,20 +381,31 @@ impl Node {
         self.on_own_position_change();
     }
 
-    /// The connection to `peer` broke, so messages to it may have been lost:
-    /// the leader goes back to probing it from the last acknowledged
-    /// position. Harmless on a non-leader.
+    /// Whether a position report is about the log as it is: an entry of
+    /// `term` ends at `pos`. By log matching, the log below `pos` is then
+    /// the one the reporter wrote or synced; after a truncation and rewrite
+    /// the pair of the old bytes no longer matches.
+    fn reported_pair_matches(&self, pos: u64, term: u64) -> bool {
+        self.log
+            .term_at(pos)
+            .is_some_and(|t| t == term || mutation::is(Mutation::ReportWithoutTerm))
+    }
+
+    /// The connection to `peer` broke or was made again: messages to it may
+    /// have been lost, and the peer itself may have crashed and lost what
+    /// it held only in memory. The leader goes back to probing it from its
+    /// acknowledged *flushed* position and forgets its acknowledged written
+    /// and matched positions above that, so R never counts bytes the peer
+    /// may have lost. Harmless on a non-leader.
     pub fn report_unreachable(&mut self, peer: NodeId) {
         if self.role != Role::Leader {
             return;
         }
         if let Some(s) = self.slot_of(peer).filter(|s| *s != self.slot) {
             let pr = &mut self.progress[s];
-            if pr.state == ProgressState::Replicate {
-                let from = pr.matched;
-                pr.probe_from(from);
-                self.out.replicate = true;
-            }
+            let from = pr.flushed;
+            pr.probe_from(from);
+            self.out.replicate = true;
         }
     }
 

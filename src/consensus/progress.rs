@@ -6,9 +6,10 @@
 //!   moves `next` back to the follower's hint.
 //! - **Replicate**: the follower matched at `next`; the leader streams
 //!   appends from `next` without waiting, as long as fewer than
-//!   `window_bytes` are unacknowledged. A rejection, an unreachable report
-//!   or `retransmit_ticks` without progress sends it back to Probe from the
-//!   last acknowledged position.
+//!   `window_bytes` are unacknowledged. A rejection or `retransmit_ticks`
+//!   without progress sends it back to Probe from the last acknowledged
+//!   position; an unreachable report (the peer may have crashed) from the
+//!   last acknowledged *flushed* position.
 
 /// Replication mode of one follower.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1506,6 +1506,7 @@ fn sim_replay_seed_from_env() {
             VolatileVote,
             AckUnflushed,
             IgnorePrevTerm,
+            ReportWithoutTerm,
         ];
         let m = all
             .into_iter()
@@ -1610,6 +1611,11 @@ fn sim_catches_appends_accepted_without_the_prev_term_check() {
     sim_catches(mutation::Mutation::IgnorePrevTerm, BUG_SEEDS_MAX);
 }
 
+#[test]
+fn sim_catches_late_position_reports_judged_without_their_term() {
+    sim_catches(mutation::Mutation::ReportWithoutTerm, BUG_SEEDS_MAX);
+}
+
 /// How often each deliberate bug is caught, over `HUTONG_SIM_SEEDS` seeds
 /// (default 2000). A tool for tuning the simulation, not a check:
 /// `cargo test --release --lib consensus::sim::mutation_detection_rates -- --ignored --nocapture`.
@@ -1624,6 +1630,7 @@ fn mutation_detection_rates() {
         VolatileVote,
         AckUnflushed,
         IgnorePrevTerm,
+        ReportWithoutTerm,
     ] {
         let _guard = mutation::enable(m);
         let caught = (0..seeds)

@@ -1576,3 +1576,91 @@ fn positions_stay_below_the_limit() {
         );
     }
 }
+
+// ----- issue 9, finding 8: R never counts bytes a follower may have lost ----
+
+fn progress_of(l: &Node, id: NodeId) -> Progress {
+    l.peers().find(|p| p.id == id).unwrap().progress
+}
+
+#[test]
+fn a_broken_link_lowers_a_follower_to_what_it_flushed() {
+    // Five nodes: R needs the leader and two followers.
+    let mut l = make_leader(1, 5, 0, vec![]);
+    let noop = l.last_pos();
+    l.report_written(noop, 1);
+    l.report_flushed(noop, 1);
+    for f in 2..=5 {
+        l.step(ack(f, 1, 1, noop, noop, noop)).unwrap();
+    }
+    let e = l.propose(100).unwrap();
+    l.report_written(e.end, 1);
+    take(&mut l);
+    // Follower 2 holds the entry in memory, not yet on disk.
+    l.step(ack(2, 1, 1, e.end, e.end, noop)).unwrap();
+    assert_eq!(
+        l.replicated(),
+        noop,
+        "two copies are not a majority of five"
+    );
+    // It crashes and loses the unflushed bytes: its link breaks.
+    l.report_unreachable(2);
+    let p = progress_of(&l, 2);
+    assert_eq!(
+        (p.matched, p.written, p.flushed, p.next, p.state),
+        (noop, noop, noop, noop, ProgressState::Probe)
+    );
+    // Follower 3 acknowledges the entry: only the leader and 3 hold it.
+    l.step(ack(3, 1, 1, e.end, e.end, noop)).unwrap();
+    assert_eq!(l.replicated(), noop, "R counted bytes follower 2 lost");
+    // Follower 2 receives the entry again and says so: now it counts.
+    l.step(ack(2, 1, 1, e.end, e.end, noop)).unwrap();
+    assert_eq!(l.replicated(), e.end);
+}
+
+#[test]
+fn a_broken_link_lowers_a_probing_follower_too() {
+    let mut l = make_leader(1, 5, 0, vec![]);
+    let noop = l.last_pos();
+    l.report_written(noop, 1);
+    // Follower 2 never answered a probe, but a heartbeat answer says it
+    // holds the no-op in memory.
+    let e = l.propose(10).unwrap();
+    l.report_written(e.end, 1);
+    l.step(ack(2, 1, 1, noop, noop, 0)).unwrap();
+    l.step(ack(3, 1, 1, noop, noop, 0)).unwrap();
+    assert_eq!(l.replicated(), noop);
+    l.report_unreachable(2);
+    let p = progress_of(&l, 2);
+    assert_eq!((p.matched, p.written, p.flushed), (0, 0, 0));
+}
+
+#[test]
+fn late_position_reports_are_judged_by_their_position_and_term_alone() {
+    // The follower holds term-1 entries; a term-2 leader replaces the second.
+    let mut f = node_with(2, 3, 1, vec![e(0, 10, 1), e(10, 20, 1)]);
+    assert_eq!((f.written(), f.flushed()), (20, 20));
+    let kind = MessageKind::Append {
+        prev_pos: 10,
+        prev_term: 1,
+        entries: vec![e(10, 20, 2)],
+        commit: 0,
+    };
+    f.step(msg(1, 2, 2, kind)).unwrap();
+    take(&mut f);
+    assert_eq!((f.written(), f.flushed()), (10, 10));
+    // The writer and the flusher were about the old bytes at 20: their
+    // reports arrive after the tail was cut and rewritten to end at 20 again.
+    f.report_written(20, 1);
+    f.report_flushed(20, 1);
+    assert_eq!((f.written(), f.flushed()), (10, 10), "stale pairs ignored");
+    // Positions that are no boundary, or beyond the log, are ignored too.
+    f.report_written(15, 2);
+    f.report_flushed(25, 2);
+    assert_eq!((f.written(), f.flushed()), (10, 10));
+    // The pair for the new bytes counts.
+    f.report_written(20, 2);
+    assert_eq!((f.written(), f.flushed()), (20, 10));
+    f.report_flushed(20, 2);
+    assert_eq!((f.written(), f.flushed()), (20, 20));
+}
