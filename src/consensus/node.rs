@@ -155,11 +155,9 @@ impl Node {
                 "the persisted vote names a node outside the group",
             ));
         }
-        let slot = config
-            .voters
-            .iter()
-            .position(|v| *v == config.id)
-            .expect("validated");
+        let slot = config.voters.iter().position(|v| *v == config.id).ok_or(
+            ConsensusError::InvalidConfig("id must be one of the voters"),
+        )?;
         let n = config.voters.len();
         let last = log.last_pos();
         let rng = SplitMix64::new(config.seed);
@@ -216,7 +214,7 @@ impl Node {
     /// [`ConsensusError::Malformed`] or [`ConsensusError::CommittedConflict`]
     /// when the message breaks the protocol; the node ignores it.
     pub fn step(&mut self, m: Message) -> Result<(), ConsensusError> {
-        self.check_message(&m)?;
+        let s = self.check_message(&m)?;
         if m.term > self.term {
             if let MessageKind::PreVote { .. } | MessageKind::Vote { .. } = m.kind {
                 let transfer = matches!(m.kind, MessageKind::Vote { transfer: true, .. });
@@ -276,12 +274,12 @@ impl Node {
                     m.term == self.term
                 };
                 if self.role == Role::PreCandidate && answers_our_round {
-                    self.record_vote(m.from, granted);
+                    self.record_vote(s, granted);
                 }
             }
             MessageKind::VoteResp { granted } => {
                 if self.role == Role::Candidate {
-                    self.record_vote(m.from, granted);
+                    self.record_vote(s, granted);
                 }
             }
             MessageKind::Append {
@@ -304,7 +302,7 @@ impl Node {
                 flushed,
             } => {
                 if self.role == Role::Leader {
-                    self.handle_ack(m.from, matched, written, flushed);
+                    self.handle_ack(s, matched, written, flushed);
                 }
             }
             MessageKind::AppendReject {
@@ -313,14 +311,21 @@ impl Node {
                 hint_term,
             } => {
                 if self.role == Role::Leader {
-                    self.handle_reject(m.from, rejected, hint_pos, hint_term);
+                    self.handle_reject(s, rejected, hint_pos, hint_term);
                 }
             }
-            MessageKind::TimeoutNow => {
-                if self.role == Role::Follower && self.leader == Some(m.from) {
-                    self.campaign(Campaign::Real { transfer: true });
+            MessageKind::TimeoutNow => match self.leader {
+                Some(l) if l != m.from => {
+                    return Err(ConsensusError::Malformed {
+                        from: m.from,
+                        reason: "TimeoutNow from a node that does not lead this term",
+                    });
                 }
-            }
+                Some(_) if self.role == Role::Follower => {
+                    self.campaign(Campaign::Real { transfer: true })
+                }
+                _ => {}
+            },
         }
         Ok(())
     }
@@ -747,8 +752,7 @@ impl Node {
         }
     }
 
-    fn record_vote(&mut self, from: NodeId, granted: bool) {
-        let s = self.slot_of(from).expect("checked sender");
+    fn record_vote(&mut self, s: usize, granted: bool) {
         if self.votes[s].is_none() {
             self.votes[s] = Some(granted);
         }
@@ -865,23 +869,39 @@ impl Node {
             return Ok(());
         }
         // Skip what we already hold; cut at the first conflict; append the rest.
+        let bad = |reason| Err(ConsensusError::Malformed { from, reason });
         let mut first_new = entries.len();
         for (i, e) in entries.iter().enumerate() {
             if e.start >= self.log.last_pos() {
                 first_new = i;
                 break;
             }
-            if self.log.entry_at(e.start) != Some(e) {
-                if e.start < self.commit {
-                    return Err(ConsensusError::CommittedConflict {
-                        from,
-                        pos: e.start,
-                        commit: self.commit,
-                    });
-                }
-                self.truncate(e.start);
-                first_new = i;
-                break;
+            let Some(held) = self.log.entry_at(e.start) else {
+                // Entries follow `prev_pos`, a boundary, and each other.
+                return bad("entries start inside an entry");
+            };
+            if held == e {
+                continue;
+            }
+            if held.term >= self.term {
+                // Only this term's leader makes entries of its term, and it
+                // never changes them: a different one is a lie.
+                return bad("an append rewrites an entry of its leader's own term");
+            }
+            if e.start < self.commit {
+                return Err(ConsensusError::CommittedConflict {
+                    from,
+                    pos: e.start,
+                    commit: self.commit,
+                });
+            }
+            self.truncate(e.start);
+            first_new = i;
+            break;
+        }
+        if let Some(first) = entries.get(first_new) {
+            if first.start != self.log.last_pos() || first.term < self.log.last_term() {
+                return bad("entries do not continue the log");
             }
         }
         for e in &entries[first_new..] {
@@ -981,18 +1001,17 @@ impl Node {
         }
     }
 
-    fn handle_ack(&mut self, from: NodeId, matched: u64, written: u64, flushed: u64) {
-        let s = self.slot_of(from).expect("checked sender");
+    fn handle_ack(&mut self, s: usize, matched: u64, written: u64, flushed: u64) {
         self.progress[s].on_ack(matched, written, flushed);
         self.advance_positions();
+        let from = self.cfg.voters[s];
         if self.transferee == Some(from) && self.progress[s].matched == self.log.last_pos() {
             self.send(from, self.term, MessageKind::TimeoutNow);
         }
         self.out.replicate = true;
     }
 
-    fn handle_reject(&mut self, from: NodeId, rejected: u64, hint_pos: u64, hint_term: u64) {
-        let s = self.slot_of(from).expect("checked sender");
+    fn handle_reject(&mut self, s: usize, rejected: u64, hint_pos: u64, hint_term: u64) {
         let pr = &mut self.progress[s];
         pr.active = true;
         if pr.is_stale_reject(rejected) {
@@ -1027,22 +1046,29 @@ impl Node {
                 let can_send = match pr.state {
                     ProgressState::Probe => !pr.paused,
                     ProgressState::Replicate => {
-                        pr.next < last && pr.next - pr.matched < self.cfg.window_bytes
+                        pr.next < last && pr.next.saturating_sub(pr.matched) < self.cfg.window_bytes
                     }
                 };
                 if !can_send {
                     break;
                 }
+                let Some(prev_term) = self.log.term_at(pr.next) else {
+                    // Every input that moves `next` is checked to be an
+                    // entry boundary, so this is a bug; probing again from
+                    // a boundary below is still correct, a crash is not.
+                    debug_assert!(false, "next {} is not an entry boundary", pr.next);
+                    let below = self.log.last_boundary_at_or_below(pr.next, u64::MAX).0;
+                    pr.flushed = pr.flushed.min(below);
+                    pr.probe_from(below);
+                    continue;
+                };
                 let prev_pos = pr.next;
-                let prev_term = self
-                    .log
-                    .term_at(prev_pos)
-                    .expect("next is an entry boundary");
                 let entries = self
                     .log
                     .batch_from(prev_pos, self.cfg.append_bytes_max)
                     .to_vec();
                 let end = entries.last().map_or(prev_pos, |e| e.end);
+                pr.sent = pr.sent.max(end);
                 pr.commit_sent = commit;
                 match pr.state {
                     ProgressState::Probe => {
@@ -1148,8 +1174,14 @@ impl Node {
         self.cfg.voters.iter().position(|v| *v == id)
     }
 
-    /// Refuses messages that no correct peer sends, before they touch state.
-    fn check_message(&self, m: &Message) -> Result<(), ConsensusError> {
+    /// Refuses messages that no correct peer sends, before they touch
+    /// state, and returns the sender's slot. Two kinds of checks: what no
+    /// correct node ever sends (an unknown or own sender, a term or position
+    /// beyond the limits, positions out of order, entries that do not follow
+    /// `prev_pos`), and what no correct peer sends to *this* node in its
+    /// current state (a leader is told of positions it never sent, or that
+    /// are not boundaries of its log, which it never changes in its term).
+    fn check_message(&self, m: &Message) -> Result<usize, ConsensusError> {
         let bad = |reason| {
             Err(ConsensusError::Malformed {
                 from: m.from,
@@ -1159,9 +1191,9 @@ impl Node {
         if m.to != self.cfg.id {
             return bad("addressed to another node");
         }
-        if m.from == self.cfg.id || self.slot_of(m.from).is_none() {
+        let Some(s) = self.slot_of(m.from).filter(|s| *s != self.slot) else {
             return bad("sender is not another voter of this group");
-        }
+        };
         if m.term > TERM_MAX {
             // Forged or damaged: adopting it would strand the group at a
             // term it can never leave.
@@ -1171,6 +1203,12 @@ impl Node {
             return bad("position above POSITION_MAX");
         }
         match &m.kind {
+            MessageKind::PreVote { last_term, .. } | MessageKind::Vote { last_term, .. } => {
+                // A candidate's log holds terms below the one it asks for.
+                if *last_term >= m.term {
+                    return bad("candidate's last term is not below its term");
+                }
+            }
             MessageKind::Append {
                 prev_pos,
                 prev_term,
@@ -1180,7 +1218,12 @@ impl Node {
                 if *prev_term > m.term {
                     return bad("prev_term above the message's term");
                 }
-                check_run(entries, *prev_pos, *prev_term, m.term).or_else(bad)
+                if *prev_pos == 0 && *prev_term != 0 {
+                    return bad("a term at position 0");
+                }
+                if let Err(reason) = check_run(entries, *prev_pos, *prev_term, m.term) {
+                    return bad(reason);
+                }
             }
             MessageKind::AppendAck {
                 matched,
@@ -1190,23 +1233,57 @@ impl Node {
                 if flushed > written || written > matched {
                     return bad("acknowledged positions out of order");
                 }
-                if m.term == self.term
-                    && self.role == Role::Leader
-                    && *matched > self.log.last_pos()
-                {
-                    return bad("acknowledged past the leader's log");
-                }
-                Ok(())
             }
             MessageKind::AppendReject {
-                rejected, hint_pos, ..
+                rejected,
+                hint_pos,
+                hint_term,
             } => {
                 if hint_pos > rejected {
                     return bad("reject hint above the rejected position");
                 }
-                Ok(())
+                if *hint_term > m.term {
+                    return bad("reject hint term above the message's term");
+                }
             }
-            _ => Ok(()),
+            MessageKind::PreVoteResp { .. }
+            | MessageKind::VoteResp { .. }
+            | MessageKind::Heartbeat { .. }
+            | MessageKind::TimeoutNow => {}
+        }
+        if m.term != self.term || self.role != Role::Leader {
+            return Ok(s);
+        }
+        // This node leads the message's term: it knows what it sent.
+        let pr = &self.progress[s];
+        let boundary = |p: u64| self.log.term_at(p).is_some();
+        match &m.kind {
+            MessageKind::Append { .. }
+            | MessageKind::Heartbeat { .. }
+            | MessageKind::TimeoutNow => bad("a second leader in this term"),
+            MessageKind::AppendAck {
+                matched,
+                written,
+                flushed,
+            } => {
+                if *matched > pr.sent {
+                    bad("acknowledged past what the leader sent")
+                } else if !(boundary(*matched) && boundary(*written) && boundary(*flushed)) {
+                    bad("acknowledged a position that is not an entry boundary")
+                } else {
+                    Ok(s)
+                }
+            }
+            MessageKind::AppendReject { rejected, .. } => {
+                if *rejected > pr.sent {
+                    bad("rejected an append the leader never sent")
+                } else if !boundary(*rejected) {
+                    bad("rejected a position that is not an entry boundary")
+                } else {
+                    Ok(s)
+                }
+            }
+            _ => Ok(s),
         }
     }
 }

@@ -43,6 +43,9 @@ pub struct Progress {
     pub(crate) idle_ticks: u32,
     /// Commit position last sent to it.
     pub(crate) commit_sent: u64,
+    /// End of the furthest append sent to it in this term: it cannot
+    /// acknowledge or reject anything beyond.
+    pub(crate) sent: u64,
 }
 
 impl Progress {
@@ -58,6 +61,7 @@ impl Progress {
             active: false,
             idle_ticks: 0,
             commit_sent: 0,
+            sent: 0,
         }
     }
 

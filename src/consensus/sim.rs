@@ -97,6 +97,7 @@ struct Params {
     stale_report: u64,
     stale_delay_max: u64,
     forge: u64,
+    entry_bytes: u64,
 }
 
 impl Params {
@@ -137,6 +138,10 @@ impl Params {
             stale_delay_max: pick(rng, &[5, 30]),
             forge: pick(rng, &[0, 0, 5, 30]),
             crash_after_ack: pick(rng, &[0, 0, 100, 300]),
+            // Entries of one size (the no-op's) make a rewritten tail end
+            // at the positions the old one did: a late report about the
+            // old bytes then names a boundary of the new log.
+            entry_bytes: pick(rng, &[0, 0, 8]),
         }
     }
 }
@@ -1078,7 +1083,10 @@ impl Sim {
         }
         let node = self.nodes[i].node.as_mut().unwrap();
         for _ in 0..self.rng.range(1, 4) {
-            let len = self.rng.range(1, 64);
+            let len = match self.p.entry_bytes {
+                0 => self.rng.range(1, 64),
+                fixed => fixed,
+            };
             match node.propose(len) {
                 Ok(e) => {
                     let payload = self.next_payload;
@@ -1317,10 +1325,25 @@ impl Sim {
         let id = sn.id;
         self.trace(|| format!("n{id} truncates its journal at {pos}"));
         let sn = &mut self.nodes[i];
+        let (old_end, old_term) = sn.journal_end();
         sn.journal.truncate(keep);
         sn.durable = sn.durable.min(pos);
         sn.verified = sn.verified.min(keep);
         self.stats.truncations += 1;
+        if self.rng.chance(self.p.stale_report, 1000) {
+            // The writer or the flusher was busy with the old tail: its
+            // report about it arrives after the cut.
+            let at = self.now + self.rng.range(1, self.p.stale_delay_max + 1);
+            let flushed = self.rng.chance(1, 2);
+            self.reports.push(Report {
+                at,
+                node: i,
+                flushed,
+                pos: old_end,
+                term: old_term,
+            });
+            self.stats.late_reports += 1;
+        }
         Ok(())
     }
 

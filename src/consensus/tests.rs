@@ -592,7 +592,8 @@ fn rule_5_4_1_vote_requires_the_candidate_log_to_be_at_least_as_up_to_date() {
                     transfer: false,
                 }
             };
-            v.step(msg(2, 1, 3, kind)).unwrap();
+            // (A candidate's last term is always below the term it asks for.)
+            v.step(msg(2, 1, 4, kind)).unwrap();
             let got = match take(&mut v).messages[0].kind {
                 MessageKind::PreVoteResp { granted } | MessageKind::VoteResp { granted } => granted,
                 ref k => panic!("unexpected {k:?}"),
@@ -1663,4 +1664,191 @@ fn late_position_reports_are_judged_by_their_position_and_term_alone() {
     assert_eq!((f.written(), f.flushed()), (20, 10));
     f.report_flushed(20, 2);
     assert_eq!((f.written(), f.flushed()), (20, 20));
+}
+
+// ----- issue 9, finding 5: wrong input is an error, never a panic ----------
+
+/// Leader 1 of 3 in term 1 with the log [no-op 0..128, 128..138, 138..158]:
+/// follower 2 acknowledged the no-op (Replicate, sent up to 158); follower
+/// 3 never answered its probe at 0 (sent up to 128).
+fn leader_with_entries() -> Node {
+    let mut l = make_leader(1, 3, 0, vec![]);
+    let noop = l.last_pos();
+    l.report_written(noop, 1);
+    l.step(ack(2, 1, 1, noop, noop, noop)).unwrap();
+    l.propose(10).unwrap();
+    l.propose(20).unwrap();
+    take(&mut l);
+    l
+}
+
+fn reject(from: NodeId, to: NodeId, term: u64, rejected: u64, hint: (u64, u64)) -> Message {
+    msg(
+        from,
+        to,
+        term,
+        MessageKind::AppendReject {
+            rejected,
+            hint_pos: hint.0,
+            hint_term: hint.1,
+        },
+    )
+}
+
+/// Everything a leader's outputs depend on.
+fn leader_view(l: &Node) -> String {
+    let peers: Vec<PeerStatus> = l.peers().collect();
+    format!(
+        "{:?} {:?} {} {} {:?}",
+        l.soft_state(),
+        l.hard_state(),
+        l.committed(),
+        l.replicated(),
+        peers
+    )
+}
+
+#[test]
+fn leader_refuses_positions_no_follower_can_send() {
+    let noop = config::NOOP_BYTES_DEFAULT;
+    let last = noop + 30;
+    let cases: Vec<(&str, Message)> = vec![
+        (
+            "matched inside an entry",
+            ack(2, 1, 1, noop + 5, noop, noop),
+        ),
+        ("matched inside the no-op", ack(3, 1, 1, 5, 0, 0)),
+        (
+            "written inside an entry",
+            ack(2, 1, 1, last, noop + 5, noop),
+        ),
+        (
+            "flushed inside an entry",
+            ack(2, 1, 1, last, last, noop + 5),
+        ),
+        ("matched past the log", ack(2, 1, 1, last + 10, last, noop)),
+        ("matched past what was sent", ack(3, 1, 1, last, last, 0)),
+        (
+            "rejected inside an entry",
+            reject(2, 1, 1, noop + 5, (0, 0)),
+        ),
+        ("rejected past the log", reject(2, 1, 1, last + 10, (0, 0))),
+        (
+            "rejected past what was sent",
+            reject(3, 1, 1, noop + 10, (0, 0)),
+        ),
+        ("hint term above the term", reject(2, 1, 1, noop, (noop, 2))),
+        (
+            "a second leader's heartbeat",
+            msg(2, 1, 1, MessageKind::Heartbeat { commit: 0 }),
+        ),
+        (
+            "a second leader's TimeoutNow",
+            msg(2, 1, 1, MessageKind::TimeoutNow),
+        ),
+    ];
+    for (name, m) in cases {
+        let mut l = leader_with_entries();
+        let before = leader_view(&l);
+        assert!(
+            matches!(l.step(m.clone()), Err(ConsensusError::Malformed { .. })),
+            "{name}: {m:?}"
+        );
+        assert_eq!(leader_view(&l), before, "{name}");
+        // Nothing it did later trips over the refused message.
+        for _ in 0..3 * config::RETRANSMIT_TICKS_DEFAULT {
+            l.tick();
+            take(&mut l);
+        }
+    }
+}
+
+#[test]
+fn messages_no_correct_peer_sends_are_refused_in_every_role() {
+    let cases: Vec<(&str, MessageKind)> = vec![
+        (
+            "pre-vote whose last term is not below its term",
+            MessageKind::PreVote {
+                last_pos: 10,
+                last_term: 2,
+            },
+        ),
+        (
+            "vote whose last term is not below its term",
+            MessageKind::Vote {
+                last_pos: 10,
+                last_term: 2,
+                transfer: false,
+            },
+        ),
+        (
+            "append at position 0 with a term",
+            MessageKind::Append {
+                prev_pos: 0,
+                prev_term: 1,
+                entries: vec![],
+                commit: 0,
+            },
+        ),
+        (
+            "reject hint term above the term",
+            MessageKind::AppendReject {
+                rejected: 10,
+                hint_pos: 0,
+                hint_term: 3,
+            },
+        ),
+        (
+            "ack flushed above written",
+            MessageKind::AppendAck {
+                matched: 10,
+                written: 5,
+                flushed: 10,
+            },
+        ),
+    ];
+    for (name, kind) in cases {
+        let candidate = {
+            let mut c = node(1, 3);
+            tick_until_campaign(&mut c);
+            c.step(msg(2, 1, 1, MessageKind::PreVoteResp { granted: true }))
+                .unwrap();
+            assert_eq!(c.role(), Role::Candidate);
+            c
+        };
+        for mut n in [
+            node_with(1, 3, 2, vec![]),
+            candidate,
+            make_leader(1, 3, 1, vec![]),
+        ] {
+            let term = n.term().max(2);
+            let before = (n.hard_state(), n.soft_state());
+            let m = msg(2, 1, term, kind.clone());
+            assert!(
+                matches!(n.step(m.clone()), Err(ConsensusError::Malformed { .. })),
+                "{name}, {:?}: {m:?}",
+                n.role()
+            );
+            assert_eq!((n.hard_state(), n.soft_state()), before, "{name}");
+        }
+    }
+}
+
+#[test]
+fn follower_refuses_an_append_that_rewrites_its_leaders_own_term() {
+    let mut f = node(2, 3);
+    let kind = |end| MessageKind::Append {
+        prev_pos: 0,
+        prev_term: 0,
+        entries: vec![e(0, end, 1)],
+        commit: 0,
+    };
+    f.step(msg(1, 2, 1, kind(10))).unwrap();
+    take(&mut f);
+    // Only the leader of term 1 makes term-1 entries, and it never changes
+    // its log: a different term-1 entry at 0 is a lie.
+    let err = f.step(msg(1, 2, 1, kind(12))).unwrap_err();
+    assert!(matches!(err, ConsensusError::Malformed { .. }), "{err:?}");
+    assert_eq!(f.log(), &[e(0, 10, 1)]);
+    assert!(take(&mut f).truncate.is_none());
 }
