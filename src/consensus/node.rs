@@ -410,6 +410,7 @@ impl Node {
             let pr = &mut self.progress[s];
             let from = pr.flushed;
             pr.probe_from(from);
+            pr.acked_since_link = false;
             self.out.replicate = true;
         }
     }
@@ -435,7 +436,7 @@ impl Node {
         self.transferee = Some(to);
         // The transfer gets one full election timeout.
         self.election_elapsed = 0;
-        if self.progress[s].matched == self.log.last_pos() {
+        if self.ready_to_lead(s) {
             self.send(to, self.term, MessageKind::TimeoutNow);
         } else {
             self.out.replicate = true;
@@ -620,13 +621,27 @@ impl Node {
             })
     }
 
-    /// The follower best placed to take over leadership (the one whose log
-    /// matches furthest), for a graceful shutdown. `None` on a non-leader
-    /// or a single-node group.
+    /// The follower best placed to take over leadership, for a graceful
+    /// shutdown: one that was heard from within the minimum election
+    /// timeout and acknowledged the leader's whole log in this term since
+    /// its link was last made (a follower that restarted may have lost what
+    /// it acknowledged before; handing over to it would fail and leave the
+    /// group waiting for an election). `None` when no follower qualifies,
+    /// on a non-leader, or in a single-node group: then shut down without
+    /// a hand-over.
     pub fn best_transfer_target(&self) -> Option<NodeId> {
-        self.peers()
-            .max_by_key(|p| (p.progress.matched, std::cmp::Reverse(p.id)))
-            .map(|p| p.id)
+        if self.role != Role::Leader {
+            return None;
+        }
+        (0..self.cfg.voters.len())
+            .filter(|s| *s != self.slot && self.ready_to_lead(*s))
+            .map(|s| self.cfg.voters[s])
+            .min()
+    }
+
+    /// Whether the follower in slot `s` could take over leadership now.
+    fn ready_to_lead(&self, s: usize) -> bool {
+        self.progress[s].ready_to_lead(self.log.last_pos(), self.cfg.election_ticks_min)
     }
 
     // ----- elections ---------------------------------------------------
@@ -954,6 +969,7 @@ impl Node {
         self.election_elapsed = self.election_elapsed.saturating_add(1);
         for pr in &mut self.progress {
             pr.idle_ticks = pr.idle_ticks.saturating_add(1);
+            pr.silent_ticks = pr.silent_ticks.saturating_add(1);
         }
         if self.election_elapsed >= self.cfg.election_ticks_min {
             self.election_elapsed = 0;
@@ -1005,7 +1021,7 @@ impl Node {
         self.progress[s].on_ack(matched, written, flushed);
         self.advance_positions();
         let from = self.cfg.voters[s];
-        if self.transferee == Some(from) && self.progress[s].matched == self.log.last_pos() {
+        if self.transferee == Some(from) && self.ready_to_lead(s) {
             self.send(from, self.term, MessageKind::TimeoutNow);
         }
         self.out.replicate = true;
@@ -1014,6 +1030,7 @@ impl Node {
     fn handle_reject(&mut self, s: usize, rejected: u64, hint_pos: u64, hint_term: u64) {
         let pr = &mut self.progress[s];
         pr.active = true;
+        pr.silent_ticks = 0;
         if pr.is_stale_reject(rejected) {
             return;
         }

@@ -46,6 +46,11 @@ pub struct Progress {
     /// End of the furthest append sent to it in this term: it cannot
     /// acknowledge or reject anything beyond.
     pub(crate) sent: u64,
+    /// Ticks since the leader last heard from it (an ack or a rejection).
+    pub(crate) silent_ticks: u32,
+    /// It acknowledged something since its link was last made: `matched`
+    /// is not a leftover of an earlier connection (or process).
+    pub(crate) acked_since_link: bool,
 }
 
 impl Progress {
@@ -62,6 +67,8 @@ impl Progress {
             idle_ticks: 0,
             commit_sent: 0,
             sent: 0,
+            silent_ticks: u32::MAX,
+            acked_since_link: false,
         }
     }
 
@@ -69,6 +76,8 @@ impl Progress {
     /// `next` ends probing.
     pub(crate) fn on_ack(&mut self, matched: u64, written: u64, flushed: u64) {
         self.active = true;
+        self.silent_ticks = 0;
+        self.acked_since_link = true;
         if matched > self.matched {
             self.matched = matched;
             self.idle_ticks = 0;
@@ -96,6 +105,13 @@ impl Progress {
                 ProgressState::Replicate => rejected < self.matched,
                 ProgressState::Probe => rejected != self.next,
             }
+    }
+
+    /// Whether it is ready to take over leadership from a leader whose log
+    /// ends at `last_pos`: heard from within `live_ticks`, and it
+    /// acknowledged the whole log since its link was last made.
+    pub(crate) fn ready_to_lead(&self, last_pos: u64, live_ticks: u32) -> bool {
+        self.acked_since_link && self.matched == last_pos && self.silent_ticks < live_ticks
     }
 
     /// Goes back to probing at `next` (an entry boundary at or above

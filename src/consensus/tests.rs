@@ -1852,3 +1852,54 @@ fn follower_refuses_an_append_that_rewrites_its_leaders_own_term() {
     assert_eq!(f.log(), &[e(0, 10, 1)]);
     assert!(take(&mut f).truncate.is_none());
 }
+
+// ----- issue 9, finding 11: hand over only to a follower known to be ready --
+
+#[test]
+fn transfer_target_is_live_and_acknowledged_the_whole_log_since_its_link_was_made() {
+    let mut l = make_leader(1, 3, 0, vec![]);
+    let noop = l.last_pos();
+    l.report_written(noop, 1);
+    assert_eq!(
+        l.best_transfer_target(),
+        None,
+        "nobody acknowledged anything"
+    );
+    l.step(ack(2, 1, 1, noop, noop, noop)).unwrap();
+    l.step(ack(3, 1, 1, 0, 0, 0)).unwrap();
+    assert_eq!(l.best_transfer_target(), Some(2));
+    // Follower 2 restarted: its link was made again, and what it
+    // acknowledged before may be gone.
+    l.report_unreachable(2);
+    assert_eq!(l.best_transfer_target(), None, "a stale match is no match");
+    l.step(ack(2, 1, 1, noop, noop, noop)).unwrap();
+    assert_eq!(l.best_transfer_target(), Some(2));
+    // A new entry that only follower 3 acknowledges.
+    let e = l.propose(10).unwrap();
+    take(&mut l);
+    assert_eq!(l.best_transfer_target(), None);
+    l.step(ack(3, 1, 1, e.end, e.end, e.end)).unwrap();
+    assert_eq!(l.best_transfer_target(), Some(3));
+    // Follower 3 falls silent for an election timeout: not live any more.
+    for _ in 0..config::ELECTION_TICKS_MIN_DEFAULT {
+        l.tick();
+        l.step(ack(2, 1, 1, noop, noop, noop)).unwrap();
+        take(&mut l);
+    }
+    assert_eq!(l.role(), Role::Leader);
+    assert_eq!(l.best_transfer_target(), None);
+    // A transfer to a follower that is not ready waits for it to catch up.
+    l.transfer_leader(3).unwrap();
+    let rd = take(&mut l);
+    assert!(
+        messages_to(&rd, 3)
+            .iter()
+            .all(|m| m.kind != MessageKind::TimeoutNow),
+        "{rd:?}"
+    );
+    l.step(ack(3, 1, 1, e.end, e.end, e.end)).unwrap();
+    let rd = take(&mut l);
+    assert!(messages_to(&rd, 3)
+        .iter()
+        .any(|m| m.kind == MessageKind::TimeoutNow));
+}
