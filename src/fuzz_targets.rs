@@ -919,12 +919,7 @@ fn replicate_seed(batches: &[u8]) -> Vec<u8> {
     use crate::consensus::{Entry, Message, MessageKind};
     let split = split_batches(batches).next().map_or(0, <[u8]>::len) as u64;
     let end = batches.len() as u64;
-    let message = |kind| Message {
-        from: 1,
-        to: 2,
-        term: 3,
-        kind,
-    };
+    let message = |kind| Message::new(1, 2, 3, kind);
     let append = message(MessageKind::Append {
         prev_pos: 0,
         prev_term: 0,
@@ -953,7 +948,7 @@ fn replicate_seed(batches: &[u8]) -> Vec<u8> {
     for kind in [
         MessageKind::Vote {
             last_pos: end,
-            last_term: 3,
+            last_term: 2,
             transfer: false,
         },
         MessageKind::Heartbeat { commit: end },

@@ -1114,12 +1114,12 @@ fn a_standalone_broker_refuses_replication_frames() {
     let mut conn = RawConn::connect(broker.addr());
     let reply = conn.request(hutong::wire::ApiKey::Replicate, |out| {
         hutong::wire::replicate::encode_message(
-            &hutong::consensus::Message {
-                from: 2,
-                to: 1,
-                term: 1,
-                kind: hutong::consensus::MessageKind::Heartbeat { commit: 0 },
-            },
+            &hutong::consensus::Message::new(
+                2,
+                1,
+                1,
+                hutong::consensus::MessageKind::Heartbeat { commit: 0 },
+            ),
             out,
         )
     });

@@ -64,9 +64,19 @@ impl Replica {
         segments: Sender<SegmentEvent>,
     ) -> Result<Replica, JournalError> {
         let dir = config.data_dir.clone();
+        // `caught_up: true` keeps today's behaviour (every member votes)
+        // until the broker persists the flag and gives a new data directory
+        // a fresh incarnation (issue 9, finding 10; see docs/consensus.md).
         let hard_state = match hardstate::read(&dir)? {
-            Some((term, voted_for)) => HardState { term, voted_for },
-            None => HardState::default(),
+            Some((term, voted_for)) => HardState {
+                term,
+                voted_for,
+                caught_up: true,
+            },
+            None => HardState {
+                caught_up: true,
+                ..HardState::default()
+            },
         };
         let peer_ids: Vec<u64> = config.peers.iter().map(|p| p.id).collect();
         let mut cfg = consensus::Config::new(config.node_id, peer_ids.clone());
@@ -302,6 +312,7 @@ mod tests {
             HardState {
                 term: 2,
                 voted_for: None,
+                caught_up: true,
             },
             log,
         )

@@ -62,6 +62,12 @@ pub struct Config {
     /// Seed of the generator that draws election timeouts. Give each node
     /// (and each restart of it) a different seed, or timeouts collide.
     pub seed: u64,
+    /// This node's incarnation: a random non-zero number made when its data
+    /// directory was created and kept with it (not made again at restart).
+    /// Peers that see it change know the disk was replaced and void what
+    /// the old one acknowledged. 0: the node has none (peers cannot tell a
+    /// wiped disk from a restart).
+    pub incarnation: u64,
     /// Election timeouts are drawn from `[election_ticks_min,
     /// election_ticks_max)`. `election_ticks_min` is also the lease: a node
     /// that heard from a leader fewer ticks ago refuses (pre-)votes, and a
@@ -89,6 +95,7 @@ impl Config {
             id,
             voters,
             seed: id,
+            incarnation: 0,
             election_ticks_min: ELECTION_TICKS_MIN_DEFAULT,
             election_ticks_max: ELECTION_TICKS_MAX_DEFAULT,
             heartbeat_ticks: HEARTBEAT_TICKS_DEFAULT,

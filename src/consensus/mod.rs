@@ -36,7 +36,7 @@ mod tests;
 pub use config::Config;
 pub use error::ConsensusError;
 pub use log::Entry;
-pub use message::{Message, MessageKind};
+pub use message::{FieldError, Message, MessageKind};
 pub use node::{Node, PeerStatus};
 pub use progress::{Progress, ProgressState};
 pub use ready::{Alert, HardState, Ready, Role, SoftState};
@@ -67,6 +67,12 @@ pub(crate) mod mutation {
         /// Position reports are judged by their position alone (a boundary
         /// of the log), not by the term that came with it.
         ReportWithoutTerm,
+        /// A node votes and campaigns as if caught up, whatever its hard
+        /// state says (a wiped node votes again).
+        VoteBeforeCaughtUp,
+        /// A leader keeps a peer's acknowledgements when the peer's
+        /// incarnation changes (its disk was replaced).
+        KeepAcksOfOldIncarnation,
     }
 
     /// Whether `m` is switched on (never, outside tests).

@@ -21,10 +21,12 @@
 //!   [`Node::transfer_leader`].
 
 use super::config::{POSITION_MAX, TERM_MAX};
-use super::log::{check_run, Log};
+use super::log::Log;
 use super::mutation::{self, Mutation};
 use super::progress::{Progress, ProgressState};
-use super::quorum::{majority_position, vote_result, VoteResult, VOTERS_MAX};
+use super::quorum::{
+    election_result, majority_position, vote_result, Answer, VoteResult, VOTERS_MAX,
+};
 use super::rng::SplitMix64;
 use super::{
     Alert, Config, ConsensusError, Entry, HardState, Message, MessageKind, NodeId, Ready, Role,
@@ -109,9 +111,19 @@ pub struct Node {
     /// Leader: one record per voter (this node's slot is unused).
     progress: Vec<Progress>,
     /// Candidate and pre-candidate: one answer per voter.
-    votes: Vec<Option<bool>>,
+    votes: Vec<Option<Answer>>,
     /// Leader: leadership is being handed to this node.
     transferee: Option<NodeId>,
+    /// See `HardState::caught_up`.
+    caught_up: bool,
+    /// Not caught up: a commit position of its leader's own term, announced
+    /// to this incarnation; caught up once the journal holds it durably.
+    catch_up_at: Option<u64>,
+    /// Per voter: its incarnation as last heard, and the one before (whose
+    /// late messages are refused). 0: none heard.
+    incarnations: Vec<[u64; 2]>,
+    /// The group's cluster id (0: not known yet).
+    cluster_id: u64,
     out: Outbox,
 }
 
@@ -119,6 +131,10 @@ impl Node {
     /// A node starting (or restarting) with the persisted `hard_state` and
     /// the journal's `entries` as recovery found them. Everything in
     /// `entries` must be durable: it counts as written and flushed.
+    ///
+    /// A node on a new (or wiped, or damaged-and-cut) data directory starts
+    /// with a fresh `config.incarnation` and `hard_state.caught_up` false:
+    /// see [`HardState::caught_up`].
     ///
     /// # Errors
     /// [`ConsensusError::InvalidConfig`] for a bad `config`;
@@ -180,6 +196,10 @@ impl Node {
             progress: vec![Progress::new(0); n],
             votes: vec![None; n],
             transferee: None,
+            caught_up: hard_state.caught_up,
+            catch_up_at: None,
+            incarnations: vec![[0; 2]; n],
+            cluster_id: 0,
             out: Outbox {
                 unsynced_from: last,
                 ..Outbox::default()
@@ -215,6 +235,7 @@ impl Node {
     /// when the message breaks the protocol; the node ignores it.
     pub fn step(&mut self, m: Message) -> Result<(), ConsensusError> {
         let s = self.check_message(&m)?;
+        self.note_incarnation(s, m.from_incarnation);
         if m.term > self.term {
             if let MessageKind::PreVote { .. } | MessageKind::Vote { .. } = m.kind {
                 let transfer = matches!(m.kind, MessageKind::Vote { transfer: true, .. });
@@ -228,7 +249,7 @@ impl Node {
             match m.kind {
                 // A pre-vote does not change terms, and a granted pre-vote
                 // answer carries the term we *would* campaign in.
-                MessageKind::PreVote { .. } | MessageKind::PreVoteResp { granted: true } => {}
+                MessageKind::PreVote { .. } | MessageKind::PreVoteResp { granted: true, .. } => {}
                 MessageKind::Append { .. }
                 | MessageKind::Heartbeat { .. }
                 | MessageKind::TimeoutNow => self.become_follower(m.term, Some(m.from)),
@@ -250,7 +271,10 @@ impl Node {
                 MessageKind::PreVote { .. } => self.send(
                     m.from,
                     self.term,
-                    MessageKind::PreVoteResp { granted: false },
+                    MessageKind::PreVoteResp {
+                        granted: false,
+                        caught_up: self.may_vote(),
+                    },
                 ),
                 _ => {}
             }
@@ -267,19 +291,19 @@ impl Node {
                 last_term,
                 ..
             } => self.handle_vote_request(m.from, m.term, last_pos, last_term, false),
-            MessageKind::PreVoteResp { granted } => {
+            MessageKind::PreVoteResp { granted, caught_up } => {
                 let answers_our_round = if granted {
                     self.term.checked_add(1) == Some(m.term)
                 } else {
                     m.term == self.term
                 };
                 if self.role == Role::PreCandidate && answers_our_round {
-                    self.record_vote(s, granted);
+                    self.record_vote(s, granted, caught_up);
                 }
             }
-            MessageKind::VoteResp { granted } => {
+            MessageKind::VoteResp { granted, caught_up } => {
                 if self.role == Role::Candidate {
-                    self.record_vote(s, granted);
+                    self.record_vote(s, granted, caught_up);
                 }
             }
             MessageKind::Append {
@@ -290,11 +314,13 @@ impl Node {
             } => {
                 self.accept_leader(m.from)?;
                 self.handle_append(m.from, prev_pos, prev_term, entries, commit)?;
+                self.learn_catch_up_point(&m, commit);
             }
             MessageKind::Heartbeat { commit } => {
                 self.accept_leader(m.from)?;
                 self.learn_commit(commit);
                 self.out.ack = true;
+                self.learn_catch_up_point(&m, commit);
             }
             MessageKind::AppendAck {
                 matched,
@@ -383,6 +409,7 @@ impl Node {
         }
         self.flushed = pos;
         self.written = self.written.max(pos);
+        self.check_caught_up();
         self.on_own_position_change();
     }
 
@@ -442,6 +469,16 @@ impl Node {
             self.out.replicate = true;
         }
         Ok(())
+    }
+
+    /// The group's cluster id, as the caller learned it (the first leader of
+    /// a new group writes one into the journal as a control record); 0
+    /// forgets it. From then on, messages that carry another non-zero
+    /// cluster id are refused ([`ConsensusError::WrongCluster`]), and this
+    /// node's messages carry it. Set it only once the record is committed
+    /// (an uncommitted one may be replaced by another leader's).
+    pub fn set_cluster_id(&mut self, cluster_id: u64) {
+        self.cluster_id = cluster_id;
     }
 
     // ----- outputs -----------------------------------------------------
@@ -545,12 +582,18 @@ impl Node {
         self.leader
     }
 
-    /// Term and vote, as they must be persisted.
+    /// Term, vote and catch-up, as they must be persisted.
     pub fn hard_state(&self) -> HardState {
         HardState {
             term: self.term,
             voted_for: self.voted_for,
+            caught_up: self.caught_up,
         }
+    }
+
+    /// The group's cluster id as set by [`Node::set_cluster_id`] (0: none).
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
     }
 
     /// Role, leader and term.
@@ -652,6 +695,73 @@ impl Node {
         self.leader.is_some() && self.election_elapsed < self.cfg.election_ticks_min
     }
 
+    /// Whether this node may vote and campaign in an ordinary election.
+    fn may_vote(&self) -> bool {
+        self.caught_up || mutation::is(Mutation::VoteBeforeCaughtUp)
+    }
+
+    /// The peer in slot `s` says its incarnation is `incarnation`. When it
+    /// changed, the peer's disk was replaced: what it acknowledged (on a
+    /// leader) or granted (on a candidate) is void.
+    fn note_incarnation(&mut self, s: usize, incarnation: u64) {
+        let [now, _] = self.incarnations[s];
+        if incarnation == 0 || incarnation == now {
+            return;
+        }
+        self.incarnations[s] = [incarnation, now];
+        if now == 0 || mutation::is(Mutation::KeepAcksOfOldIncarnation) {
+            return; // first heard of since this node started
+        }
+        match self.role {
+            Role::Leader => {
+                // Probe it afresh. What was sent this term stays sent: an
+                // answer to it is no lie.
+                let sent = self.progress[s].sent;
+                self.progress[s] = Progress::new(self.log.last_pos());
+                self.progress[s].sent = sent;
+                self.out.replicate = true;
+            }
+            Role::Candidate | Role::PreCandidate => {
+                self.votes[s] = None;
+                self.tally();
+            }
+            Role::Follower => {}
+        }
+    }
+
+    /// A node that has not caught up learns from its leader's append or
+    /// heartbeat `m` the commit position `commit`. It is a point to catch
+    /// up to if it ends an entry of the leader's own term (everything
+    /// committed in earlier terms lies below), within what this node knows
+    /// matches the leader, and `m` was made for this incarnation (not
+    /// before it existed).
+    fn learn_catch_up_point(&mut self, m: &Message, commit: u64) {
+        if self.caught_up
+            || self.role != Role::Follower
+            || self.leader != Some(m.from)
+            || m.to_incarnation != self.cfg.incarnation
+        {
+            return;
+        }
+        let c = commit.min(self.matched);
+        if c > 0 && self.log.term_at(c) == Some(self.term) {
+            self.catch_up_at.get_or_insert(c);
+            self.check_caught_up();
+        }
+    }
+
+    /// Caught up once the journal holds the catch-up point durably; said
+    /// through the hard state, so a restart votes normally.
+    fn check_caught_up(&mut self) {
+        if let Some(at) = self.catch_up_at {
+            if !self.caught_up && self.flushed >= at {
+                self.caught_up = true;
+                self.catch_up_at = None;
+                self.out.hard_state_changed = true;
+            }
+        }
+    }
+
     fn reset_election_timer(&mut self) {
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
@@ -709,7 +819,8 @@ impl Node {
         self.transferee = None;
         self.reset_election_timer();
         self.votes.fill(None);
-        self.votes[self.slot] = Some(true);
+        // Its own vote counts like anyone's: fully only if it caught up.
+        self.votes[self.slot] = Some(Answer::new(true, self.may_vote()));
         let (last_pos, last_term) = (self.log.last_pos(), self.log.last_term());
         for i in 0..self.cfg.voters.len() {
             if i == self.slot {
@@ -751,9 +862,17 @@ impl Node {
         let up_to_date = (last_term, last_pos) >= (self.log.last_term(), self.log.last_pos());
         let up_to_date = up_to_date || mutation::is(Mutation::VoteWithoutLogCheck);
         let granted = can_vote && up_to_date;
+        // A node that has not caught up since its data directory was made
+        // may have voted or acknowledged entries in a life it forgot: its
+        // yes says so, and counts only if every voter says yes.
+        let caught_up = self.may_vote();
         if pre {
             let reply_term = if granted { term } else { self.term };
-            self.send(from, reply_term, MessageKind::PreVoteResp { granted });
+            self.send(
+                from,
+                reply_term,
+                MessageKind::PreVoteResp { granted, caught_up },
+            );
         } else {
             if granted {
                 self.election_elapsed = 0;
@@ -763,19 +882,23 @@ impl Node {
                     self.out.hard_state_changed = true;
                 }
             }
-            self.send(from, self.term, MessageKind::VoteResp { granted });
+            self.send(
+                from,
+                self.term,
+                MessageKind::VoteResp { granted, caught_up },
+            );
         }
     }
 
-    fn record_vote(&mut self, s: usize, granted: bool) {
+    fn record_vote(&mut self, s: usize, granted: bool, caught_up: bool) {
         if self.votes[s].is_none() {
-            self.votes[s] = Some(granted);
+            self.votes[s] = Some(Answer::new(granted, caught_up));
         }
         self.tally();
     }
 
     fn tally(&mut self) {
-        match vote_result(&self.votes) {
+        match election_result(&self.votes) {
             VoteResult::Won if self.role == Role::PreCandidate => {
                 self.campaign(Campaign::Real { transfer: false })
             }
@@ -1095,17 +1218,14 @@ impl Node {
                     ProgressState::Replicate => pr.next = end,
                 }
                 let probing = pr.state == ProgressState::Probe;
-                self.out.messages.push(Message {
-                    from: self.cfg.id,
-                    to,
-                    term: self.term,
-                    kind: MessageKind::Append {
-                        prev_pos,
-                        prev_term,
-                        entries,
-                        commit,
-                    },
-                });
+                let kind = MessageKind::Append {
+                    prev_pos,
+                    prev_term,
+                    entries,
+                    commit,
+                };
+                let m = self.message(to, self.term, kind);
+                self.out.messages.push(m);
                 if probing {
                     break;
                 }
@@ -1127,21 +1247,34 @@ impl Node {
         let n = self.cfg.voters.len();
         let (mut written, mut flushed) = ([0u64; VOTERS_MAX], [0u64; VOTERS_MAX]);
         for i in 0..n {
+            let pr = &self.progress[i];
             (written[i], flushed[i]) = if i == self.slot {
                 (self.written, self.flushed)
+            } else if pr.acked_since_link {
+                (pr.written, pr.flushed)
             } else {
-                (self.progress[i].written, self.progress[i].flushed)
+                // Its link was made again (it may have restarted, perhaps
+                // on a new disk) and it has not spoken since: count it when
+                // it does, once its incarnation is known to be the same.
+                (0, 0)
             };
         }
         let r = majority_position(&written[..n]).min(self.written);
         let c = majority_position(&flushed[..n]).min(self.written);
         let own_term = |pos| self.log.term_at(pos) == Some(self.term);
-        let commit_ok = own_term(c) || mutation::is(Mutation::CommitPreviousTerm);
+        let (c_own, r_own) = (own_term(c), own_term(r));
+        let commit_ok = c_own || mutation::is(Mutation::CommitPreviousTerm);
         if c > self.commit && commit_ok {
             self.commit = c;
             self.out.replicate = true;
+            if !self.caught_up && c_own {
+                // A leader holds every committed entry; this commit is of
+                // its own term, so everything committed before is below.
+                self.catch_up_at.get_or_insert(c);
+                self.check_caught_up();
+            }
         }
-        if r > self.replicated && own_term(r) {
+        if r > self.replicated && r_own {
             self.replicated = r;
         }
     }
@@ -1179,12 +1312,23 @@ impl Node {
     }
 
     fn send(&mut self, to: NodeId, term: u64, kind: MessageKind) {
-        self.out.messages.push(Message {
+        let m = self.message(to, term, kind);
+        self.out.messages.push(m);
+    }
+
+    /// A message from this node, with its incarnation, the addressee's as
+    /// last heard, and the cluster id.
+    fn message(&self, to: NodeId, term: u64, kind: MessageKind) -> Message {
+        let to_incarnation = self.slot_of(to).map_or(0, |s| self.incarnations[s][0]);
+        Message {
             from: self.cfg.id,
             to,
             term,
+            from_incarnation: self.cfg.incarnation,
+            to_incarnation,
+            cluster_id: self.cluster_id,
             kind,
-        });
+        }
     }
 
     fn slot_of(&self, id: NodeId) -> Option<usize> {
@@ -1211,62 +1355,23 @@ impl Node {
         let Some(s) = self.slot_of(m.from).filter(|s| *s != self.slot) else {
             return bad("sender is not another voter of this group");
         };
-        if m.term > TERM_MAX {
-            // Forged or damaged: adopting it would strand the group at a
-            // term it can never leave.
-            return bad("term above TERM_MAX");
+        if m.cluster_id != 0 && self.cluster_id != 0 && m.cluster_id != self.cluster_id {
+            return Err(ConsensusError::WrongCluster {
+                from: m.from,
+                theirs: m.cluster_id,
+                ours: self.cluster_id,
+            });
         }
-        if message_positions(&m.kind).any(|p| p > POSITION_MAX) {
-            return bad("position above POSITION_MAX");
+        if m.from_incarnation != 0 && m.from_incarnation == self.incarnations[s][1] {
+            // Sent before the sender's disk was replaced, delivered late:
+            // what it says is void.
+            return bad("from an earlier incarnation of the sender");
         }
-        match &m.kind {
-            MessageKind::PreVote { last_term, .. } | MessageKind::Vote { last_term, .. } => {
-                // A candidate's log holds terms below the one it asks for.
-                if *last_term >= m.term {
-                    return bad("candidate's last term is not below its term");
-                }
-            }
-            MessageKind::Append {
-                prev_pos,
-                prev_term,
-                entries,
-                ..
-            } => {
-                if *prev_term > m.term {
-                    return bad("prev_term above the message's term");
-                }
-                if *prev_pos == 0 && *prev_term != 0 {
-                    return bad("a term at position 0");
-                }
-                if let Err(reason) = check_run(entries, *prev_pos, *prev_term, m.term) {
-                    return bad(reason);
-                }
-            }
-            MessageKind::AppendAck {
-                matched,
-                written,
-                flushed,
-            } => {
-                if flushed > written || written > matched {
-                    return bad("acknowledged positions out of order");
-                }
-            }
-            MessageKind::AppendReject {
-                rejected,
-                hint_pos,
-                hint_term,
-            } => {
-                if hint_pos > rejected {
-                    return bad("reject hint above the rejected position");
-                }
-                if *hint_term > m.term {
-                    return bad("reject hint term above the message's term");
-                }
-            }
-            MessageKind::PreVoteResp { .. }
-            | MessageKind::VoteResp { .. }
-            | MessageKind::Heartbeat { .. }
-            | MessageKind::TimeoutNow => {}
+        // What no correct node sends, whoever receives it. A term above
+        // TERM_MAX, in particular, would strand the group at a term it can
+        // never leave.
+        if let Err(e) = m.check_fields() {
+            return bad(e.reason);
         }
         if m.term != self.term || self.role != Role::Leader {
             return Ok(s);
@@ -1303,32 +1408,4 @@ impl Node {
             _ => Ok(s),
         }
     }
-}
-
-/// Every journal position `kind` names.
-fn message_positions(kind: &MessageKind) -> impl Iterator<Item = u64> + '_ {
-    let (fixed, entries): ([u64; 3], &[Entry]) = match kind {
-        MessageKind::PreVote { last_pos, .. } | MessageKind::Vote { last_pos, .. } => {
-            ([*last_pos, 0, 0], &[])
-        }
-        MessageKind::Append {
-            prev_pos,
-            entries,
-            commit,
-            ..
-        } => ([*prev_pos, *commit, 0], entries),
-        MessageKind::AppendAck {
-            matched,
-            written,
-            flushed,
-        } => ([*matched, *written, *flushed], &[]),
-        MessageKind::AppendReject {
-            rejected, hint_pos, ..
-        } => ([*rejected, *hint_pos, 0], &[]),
-        MessageKind::Heartbeat { commit } => ([*commit, 0, 0], &[]),
-        MessageKind::PreVoteResp { .. }
-        | MessageKind::VoteResp { .. }
-        | MessageKind::TimeoutNow => ([0; 3], &[]),
-    };
-    fixed.into_iter().chain(entries.iter().map(|e| e.end))
 }

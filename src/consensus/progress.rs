@@ -97,12 +97,20 @@ impl Progress {
         self.next = self.next.max(self.matched);
     }
 
-    /// Whether a rejection of an append at `rejected` is older than what
-    /// the leader already knows, and must be ignored.
+    /// Whether a rejection of an append at `rejected` tells the leader
+    /// nothing new, and must be ignored. In Probe, only the answer to the
+    /// probe at `next` counts. In Replicate, only a rejection at `matched`
+    /// (the follower lost what it acknowledged): one below is older than
+    /// the acknowledgement, and one above means the appends before it have
+    /// not arrived yet, reordered or lost. Going back to Probe for each of
+    /// those would resend the whole window once per rejection, and under
+    /// heavy reordering the resent windows' own rejections multiply the
+    /// traffic without end (the simulation found this); a lost append is
+    /// resent when `matched` stops moving for `retransmit_ticks`.
     pub(crate) fn is_stale_reject(&self, rejected: u64) -> bool {
         rejected < self.flushed
             || match self.state {
-                ProgressState::Replicate => rejected < self.matched,
+                ProgressState::Replicate => rejected != self.matched,
                 ProgressState::Probe => rejected != self.next,
             }
     }

@@ -71,6 +71,62 @@ pub fn vote_result(votes: &[Option<bool>]) -> VoteResult {
     }
 }
 
+/// One voter's answer in an election.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Yes, from a voter that has caught up since its data directory was
+    /// made (see `HardState::caught_up`).
+    Yes,
+    /// Yes, from a voter that has not: it may have been wiped and forgotten
+    /// a vote or an acknowledgement, so its yes counts only if every voter
+    /// says yes.
+    YesIfUnanimous,
+    /// No.
+    No,
+}
+
+impl Answer {
+    /// The answer of a voter that `granted` its vote (or not) and has
+    /// `caught_up` (or not).
+    pub fn new(granted: bool, caught_up: bool) -> Answer {
+        match (granted, caught_up) {
+            (false, _) => Answer::No,
+            (true, true) => Answer::Yes,
+            (true, false) => Answer::YesIfUnanimous,
+        }
+    }
+}
+
+/// Tallies an election, one answer per voter (`None`: not yet answered).
+/// Won with a quorum of [`Answer::Yes`], or with a yes of either kind from
+/// every voter.
+///
+/// A quorum of caught-up voters intersects every majority that committed
+/// an entry in at least one voter that still holds it (a wiped voter is not
+/// caught up), and every earlier quorum of the term in a voter that
+/// remembers its vote. A unanimous election reaches every voter, so it
+/// hears from any that still holds a committed entry, and another leader
+/// of its term would need every voter to have voted twice.
+///
+/// # Panics
+/// If `answers` is empty.
+pub fn election_result(answers: &[Option<Answer>]) -> VoteResult {
+    let q = quorum(answers.len());
+    let count = |a: Option<Answer>| answers.iter().filter(|x| **x == a).count();
+    let (yes, yes_if, missing) = (
+        count(Some(Answer::Yes)),
+        count(Some(Answer::YesIfUnanimous)),
+        count(None),
+    );
+    if yes >= q || yes + yes_if == answers.len() {
+        VoteResult::Won
+    } else if yes + missing >= q || count(Some(Answer::No)) == 0 {
+        VoteResult::Pending
+    } else {
+        VoteResult::Lost
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +215,40 @@ mod tests {
         ];
         for (votes, want) in table {
             assert_eq!(vote_result(votes), *want, "{votes:?}");
+        }
+    }
+
+    #[test]
+    fn elections_count_voters_that_did_not_catch_up_only_when_unanimous() {
+        use VoteResult::*;
+        let (y, f, n, u) = (
+            Some(Answer::Yes),
+            Some(Answer::YesIfUnanimous),
+            Some(Answer::No),
+            None,
+        );
+        let table: &[(&[Option<Answer>], VoteResult)] = &[
+            (&[y], Won),
+            (&[f], Won),
+            // Caught-up voters decide by majority, as in Raft.
+            (&[y, y, u], Won),
+            (&[y, n, y], Won),
+            (&[y, n, n], Lost),
+            // A new group: nobody caught up; every voter must agree.
+            (&[f, f, u], Pending),
+            (&[f, f, f], Won),
+            (&[f, f, n], Lost),
+            // One caught up, the others not (say, wiped).
+            (&[y, f, u], Pending),
+            (&[y, f, f], Won),
+            (&[y, f, n], Lost),
+            (&[f, y, y], Won),
+            (&[y, f, f, f, u], Pending),
+            (&[y, y, f, f, n], Lost),
+            (&[y, y, y, f, n], Won),
+        ];
+        for (answers, want) in table {
+            assert_eq!(election_result(answers), *want, "{answers:?}");
         }
     }
 }

@@ -4,14 +4,30 @@
 use super::{Entry, Message, NodeId};
 
 /// The state that must survive a crash: Raft's `currentTerm` and
-/// `votedFor`. Write both atomically (temp file, fsync, rename, fsync the
-/// directory) before sending any message of the [`Ready`] that carried it.
+/// `votedFor`, and whether this node's data directory has caught up. Write
+/// them atomically (temp file, fsync, rename, fsync the directory) before
+/// sending any message of the [`Ready`] that carried it.
+///
+/// The default is the state of a new data directory: term 0, no vote, not
+/// caught up.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HardState {
     /// Latest term this node has seen.
     pub term: u64,
     /// Whom it voted for in `term`, if anyone.
     pub voted_for: Option<NodeId>,
+    /// This data directory has durably held the log up to a commit position
+    /// that a leader of the group announced after the directory was made
+    /// (in that leader's own term, so everything committed before is
+    /// below it), or it led the group's first term to its first commit.
+    ///
+    /// Until then the node may have been wiped and restarted empty: it does
+    /// not know which votes it cast or which entries it acknowledged, so it
+    /// grants no vote or pre-vote and does not campaign, except in a group
+    /// where no member has caught up (a new group electing its first
+    /// leader, which needs every member's vote). A directory made before
+    /// this field existed has voted all along: treat it as caught up.
+    pub caught_up: bool,
 }
 
 /// A node's role.

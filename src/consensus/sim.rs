@@ -98,6 +98,8 @@ struct Params {
     stale_delay_max: u64,
     forge: u64,
     entry_bytes: u64,
+    wipe: u64,
+    new_group: bool,
 }
 
 impl Params {
@@ -142,6 +144,13 @@ impl Params {
             // at the positions the old one did: a late report about the
             // old bytes then names a boundary of the new log.
             entry_bytes: pick(rng, &[0, 0, 8]),
+            // A crash that loses the whole disk, journal and hard state;
+            // the node comes back with a fresh incarnation.
+            wipe: pick(rng, &[0, 0, 3, 10]),
+            // A new group (no member caught up: the first election takes
+            // every vote), or the empty directories of members that caught
+            // up before the run (elections by majority from the start).
+            new_group: rng.chance(1, 2),
         }
     }
 }
@@ -215,6 +224,8 @@ struct SimNode {
     /// Leading journal entries already checked equal to the record.
     verified: usize,
     restarts: u64,
+    /// The incarnation of its data directory (new after a wipe).
+    incarnation: u64,
     /// Paused (stopped) until this tick; 0 when running.
     paused_until: u64,
     /// Peers whose links broke while this node was paused: it learns of
@@ -258,6 +269,7 @@ struct Stats {
     one_way: u64,
     late_reports: u64,
     forged: u64,
+    wipes: u64,
 }
 
 impl Stats {
@@ -274,6 +286,7 @@ impl Stats {
         self.one_way += s.one_way;
         self.late_reports += s.late_reports;
         self.forged += s.forged;
+        self.wipes += s.wipes;
     }
 }
 
@@ -292,6 +305,8 @@ struct Sim {
     /// `unnoticed[leader * n + node]`: `node` lost journal bytes in a crash
     /// and `leader` has not been told of a broken link to it since.
     unnoticed: Vec<bool>,
+    /// The same, for nodes that lost their whole disk (durable bytes too).
+    unnoticed_wipe: Vec<bool>,
     /// Position reports on their way to a node.
     reports: Vec<Report>,
     /// Every committed entry, in order, with its payload.
@@ -324,7 +339,14 @@ macro_rules! fail {
 impl Sim {
     fn new(seed: u64, trace: bool) -> Sim {
         let mut rng = SplitMix64::new(seed);
-        let p = Params::draw(&mut rng);
+        let mut p = Params::draw(&mut rng);
+        if p.append_bytes_max == 1 {
+            // One entry per append and a window of thousands of them make a
+            // go-back-N storm of every loss: a far-behind follower (one
+            // whose disk was lost) would take millions of messages to catch
+            // up. The broker's window holds a few appends.
+            p.window_bytes = p.window_bytes.min(1024);
+        }
         let n = p.nodes;
         let mut sim = Sim {
             rng,
@@ -335,6 +357,7 @@ impl Sim {
             group: vec![0; n as usize],
             blocked: vec![false; (n * n) as usize],
             unnoticed: vec![false; (n * n) as usize],
+            unnoticed_wipe: vec![false; (n * n) as usize],
             reports: Vec::new(),
             record: Vec::new(),
             record_terms: Vec::new(),
@@ -350,14 +373,20 @@ impl Sim {
             p,
         };
         sim.trace(|| format!("seed {seed}: {:?}", sim.p));
+        let hard = HardState {
+            caught_up: !sim.p.new_group,
+            ..HardState::default()
+        };
         for id in 1..=n {
-            let node = sim.boot(id, HardState::default(), vec![]);
+            let incarnation = sim.rng.next_u64() | 1;
+            let node = sim.boot(id, incarnation, hard, vec![]);
             sim.nodes.push(SimNode {
                 id,
+                incarnation,
                 node: Some(node),
                 journal: Journal::default(),
                 durable: 0,
-                hard: HardState::default(),
+                hard,
                 write_unreported: false,
                 restart_at: 0,
                 verified: 0,
@@ -375,9 +404,10 @@ impl Sim {
         }
     }
 
-    fn boot(&mut self, id: NodeId, hard: HardState, entries: Vec<Entry>) -> Node {
+    fn boot(&mut self, id: NodeId, incarnation: u64, hard: HardState, entries: Vec<Entry>) -> Node {
         let mut cfg = Config::new(id, (1..=self.p.nodes).collect());
         cfg.seed = self.rng.next_u64();
+        cfg.incarnation = incarnation;
         // Small limits, so windows, batching and probing are exercised.
         cfg.window_bytes = self.p.window_bytes;
         cfg.append_bytes_max = self.p.append_bytes_max;
@@ -540,6 +570,10 @@ impl Sim {
             let i = self.rng.below(n as u64) as usize;
             self.pause(i);
         }
+        if self.rng.chance(self.p.wipe, 1000) {
+            let i = self.rng.below(n as u64) as usize;
+            self.wipe(i)?;
+        }
         for i in 0..n {
             if self.nodes[i].node.is_none() && self.nodes[i].restart_at <= self.now {
                 self.restart(i)?;
@@ -695,10 +729,46 @@ impl Sim {
         Ok(())
     }
 
+    /// Whether node `i`'s disk may be lost now: every other node has
+    /// caught up. (Losing a second disk before the first one caught up can
+    /// lose what only those two held, a majority of three; no protocol
+    /// keeps data a majority lost.)
+    fn may_wipe(&self, i: usize) -> bool {
+        (0..self.nodes.len()).all(|j| j == i || self.nodes[j].hard.caught_up)
+    }
+
+    /// Node `i` loses its whole disk (journal and hard state): it comes
+    /// back empty, with a fresh incarnation, after a while.
+    fn wipe(&mut self, i: usize) -> Check {
+        if !self.may_wipe(i) {
+            return Ok(());
+        }
+        if self.nodes[i].node.is_some() {
+            self.crash_as(i, false, false)?;
+        }
+        let incarnation = self.rng.next_u64() | 1;
+        let n = self.nodes.len();
+        let sn = &mut self.nodes[i];
+        sn.journal.truncate(0);
+        sn.durable = 0;
+        sn.verified = 0;
+        sn.hard = HardState::default();
+        sn.incarnation = incarnation;
+        for j in 0..n {
+            if j != i {
+                self.unnoticed[j * n + i] = true;
+                self.unnoticed_wipe[j * n + i] = true;
+            }
+        }
+        self.stats.wipes += 1;
+        self.trace(|| format!("n{} loses its disk (incarnation {incarnation:#x})", i + 1));
+        Ok(())
+    }
+
     fn restart(&mut self, i: usize) -> Check {
-        let hard = self.nodes[i].hard;
+        let (hard, incarnation) = (self.nodes[i].hard, self.nodes[i].incarnation);
         let entries = self.nodes[i].journal.iter().map(|(e, _)| *e).collect();
-        let node = self.boot(self.nodes[i].id, hard, entries);
+        let node = self.boot(self.nodes[i].id, incarnation, hard, entries);
         let sn = &mut self.nodes[i];
         sn.node = Some(node);
         // Recovery syncs what it found: all of it is durable from here on.
@@ -708,6 +778,11 @@ impl Sim {
         self.trace(|| format!("n{id} restarts with {hard:?}, journal up to {end}"));
         let n = self.nodes.len();
         self.unnoticed[i * n..(i + 1) * n].fill(false);
+        self.unnoticed_wipe[i * n..(i + 1) * n].fill(false);
+        // What the old process sent and is still in flight died with its
+        // connections (peers that are down now never see it either).
+        let id = self.nodes[i].id;
+        self.net.retain(|p| p.msg.from != id);
         // Its peers connect to the new process: each sees a link change.
         for j in 0..n {
             self.tell_link(j, i)?;
@@ -754,33 +829,25 @@ impl Sim {
         let term = self.nodes[i].node.as_ref().unwrap().term();
         let m = match self.rng.below(4) {
             // A term no election reaches, from a member.
-            0 => Message {
-                from: other,
-                to: me,
-                term: if self.rng.chance(1, 4) {
+            0 => {
+                let term = if self.rng.chance(1, 4) {
                     config::TERM_MAX + 1
                 } else {
                     FORGED_TERM_MIN + self.rng.below(u64::MAX - FORGED_TERM_MIN + 1)
-                },
-                kind: self.any_kind(),
-            },
+                };
+                Message::new(other, me, term, self.any_kind())
+            }
             // A sender that is not another member.
             1 => {
                 let from = [0, me, n + 1, u64::MAX][self.rng.below(4) as usize];
-                Message {
-                    from,
-                    to: me,
-                    term: self.rng.range(0, term + 2),
-                    kind: self.any_kind(),
-                }
+                let term = self.rng.range(0, term + 2);
+                Message::new(from, me, term, self.any_kind())
             }
             // Addressed to someone else.
-            2 => Message {
-                from: other,
-                to: [other, n + 1, 0][self.rng.below(3) as usize],
-                term,
-                kind: self.any_kind(),
-            },
+            2 => {
+                let to = [other, n + 1, 0][self.rng.below(3) as usize];
+                Message::new(other, to, term, self.any_kind())
+            }
             _ => match self.bad_positions(i, other) {
                 Some(m) => m,
                 None => return Ok(()),
@@ -805,13 +872,19 @@ impl Sim {
                 last_pos: pos,
                 last_term: 0,
             },
-            1 => MessageKind::PreVoteResp { granted: flag },
+            1 => MessageKind::PreVoteResp {
+                granted: flag,
+                caught_up: flag,
+            },
             2 => MessageKind::Vote {
                 last_pos: pos,
                 last_term: 0,
                 transfer: flag,
             },
-            3 => MessageKind::VoteResp { granted: flag },
+            3 => MessageKind::VoteResp {
+                granted: flag,
+                caught_up: flag,
+            },
             4 => MessageKind::Append {
                 prev_pos: 0,
                 prev_term: 0,
@@ -882,12 +955,7 @@ impl Sim {
                 commit: 0,
             },
         };
-        Some(Message {
-            from,
-            to: me,
-            term,
-            kind,
-        })
+        Some(Message::new(from, me, term, kind))
     }
 
     // ----- the network --------------------------------------------------
@@ -1125,6 +1193,7 @@ impl Sim {
                     // A new leader tracks its followers afresh.
                     let n = self.nodes.len();
                     self.unnoticed[i * n..(i + 1) * n].fill(false);
+                    self.unnoticed_wipe[i * n..(i + 1) * n].fill(false);
                     if let Some(other) = self.leaders.insert(ss.term, id).filter(|o| *o != id) {
                         fail!(self, "two leaders in term {}: n{other} and n{id}", ss.term);
                     }
@@ -1204,7 +1273,7 @@ impl Sim {
             }
             let (mut voted, mut vouched) = (false, false);
             for m in rd.messages.drain(..) {
-                voted |= matches!(m.kind, MessageKind::VoteResp { granted: true });
+                voted |= matches!(m.kind, MessageKind::VoteResp { granted: true, .. });
                 if let MessageKind::AppendAck {
                     written, flushed, ..
                 } = m.kind
@@ -1239,8 +1308,13 @@ impl Sim {
             self.nodes[i].node.as_mut().unwrap().advance(rd);
             if voted && self.crash_enabled && self.rng.chance(self.p.crash_after_vote, 1000) {
                 // The worst moment: the vote is out, the node dies, and it
-                // is back before the election is over.
-                self.crash(i)?;
+                // is back before the election is over; with wipes on, it
+                // may have lost its disk and forgotten the vote.
+                if self.p.wipe > 0 && self.rng.chance(1, 2) && self.may_wipe(i) {
+                    self.wipe(i)?;
+                } else {
+                    self.crash(i)?;
+                }
                 self.nodes[i].restart_at = self.now + self.rng.range(1, 4);
                 return Ok(());
             }
@@ -1371,8 +1445,15 @@ impl Sim {
         if k > self.record.len() {
             let old = self.record.len();
             let new: Vec<(Entry, u64)> = self.nodes[i].journal[old..k].to_vec();
+            // A node that lost its disk after acknowledging, before the
+            // publisher heard of it, is given the benefit of the doubt.
+            let n = self.nodes.len();
+            let lost = self.unnoticed_wipe[i * n..(i + 1) * n]
+                .iter()
+                .filter(|x| **x)
+                .count();
             for (j, entry) in new.iter().enumerate() {
-                let holders = self.durable_holders(old + j, entry);
+                let holders = self.durable_holders(old + j, entry) + lost;
                 if holders < self.quorum() {
                     fail!(
                         self,
@@ -1530,6 +1611,8 @@ fn sim_replay_seed_from_env() {
             AckUnflushed,
             IgnorePrevTerm,
             ReportWithoutTerm,
+            VoteBeforeCaughtUp,
+            KeepAcksOfOldIncarnation,
         ];
         let m = all
             .into_iter()
@@ -1639,6 +1722,16 @@ fn sim_catches_late_position_reports_judged_without_their_term() {
     sim_catches(mutation::Mutation::ReportWithoutTerm, BUG_SEEDS_MAX);
 }
 
+#[test]
+fn sim_catches_a_wiped_node_that_votes_before_catching_up() {
+    sim_catches(mutation::Mutation::VoteBeforeCaughtUp, BUG_SEEDS_MAX);
+}
+
+#[test]
+fn sim_catches_acknowledgements_kept_from_a_wiped_disk() {
+    sim_catches(mutation::Mutation::KeepAcksOfOldIncarnation, BUG_SEEDS_MAX);
+}
+
 /// How often each deliberate bug is caught, over `HUTONG_SIM_SEEDS` seeds
 /// (default 2000). A tool for tuning the simulation, not a check:
 /// `cargo test --release --lib consensus::sim::mutation_detection_rates -- --ignored --nocapture`.
@@ -1654,6 +1747,8 @@ fn mutation_detection_rates() {
         AckUnflushed,
         IgnorePrevTerm,
         ReportWithoutTerm,
+        VoteBeforeCaughtUp,
+        KeepAcksOfOldIncarnation,
     ] {
         let _guard = mutation::enable(m);
         let caught = (0..seeds)
