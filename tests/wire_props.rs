@@ -980,13 +980,14 @@ fn message_without_payload() -> impl Strategy<Value = Message> {
             }),
             (any::<bool>(), any::<bool>())
                 .prop_map(|(granted, caught_up)| MessageKind::VoteResp { granted, caught_up }),
-            (pos(), pos(), pos()).prop_map(|(a, b, c)| {
+            (pos(), pos(), pos(), any::<bool>()).prop_map(|(a, b, c, caught_up)| {
                 let mut p = [a, b, c];
                 p.sort_unstable();
                 MessageKind::AppendAck {
                     matched: p[2],
                     written: p[1],
                     flushed: p[0],
+                    caught_up,
                 }
             }),
             (pos(), pos(), 0..=term).prop_map(|(a, b, hint_term)| MessageKind::AppendReject {

@@ -94,6 +94,10 @@ pub enum MessageKind {
         written: u64,
         /// Durable in its journal (≤ `written`).
         flushed: u64,
+        /// The follower has caught up (`HardState::caught_up`). The
+        /// positions of one that has not count toward R and C only where
+        /// every voter holds them.
+        caught_up: bool,
     },
     /// The follower lacks an entry ending at `rejected` with the expected
     /// term. The hint is its largest boundary at or below `rejected` whose
@@ -207,6 +211,7 @@ impl Message {
                 matched,
                 written,
                 flushed,
+                ..
             } => {
                 if *matched > POSITION_MAX {
                     return bad("matched", "position above POSITION_MAX");

@@ -25,7 +25,7 @@ use super::log::Log;
 use super::mutation::{self, Mutation};
 use super::progress::{Progress, ProgressState};
 use super::quorum::{
-    election_result, majority_position, vote_result, Answer, VoteResult, VOTERS_MAX,
+    election_result, majority_position_counting, vote_result, Answer, VoteResult, VOTERS_MAX,
 };
 use super::rng::SplitMix64;
 use super::{
@@ -122,6 +122,10 @@ pub struct Node {
     /// Per voter: its incarnation as last heard, and the one before (whose
     /// late messages are refused). 0: none heard.
     incarnations: Vec<[u64; 2]>,
+    /// Not caught up: per voter, whether it has sent a message addressed
+    /// to this incarnation since this node started (so it has heard of it,
+    /// and voided whatever an earlier incarnation promised it).
+    confirmed: Vec<bool>,
     /// The group's cluster id (0: not known yet).
     cluster_id: u64,
     out: Outbox,
@@ -199,6 +203,7 @@ impl Node {
             caught_up: hard_state.caught_up,
             catch_up_at: None,
             incarnations: vec![[0; 2]; n],
+            confirmed: (0..n).map(|i| i == slot).collect(),
             cluster_id: 0,
             out: Outbox {
                 unsynced_from: last,
@@ -236,6 +241,10 @@ impl Node {
     pub fn step(&mut self, m: Message) -> Result<(), ConsensusError> {
         let s = self.check_message(&m)?;
         self.note_incarnation(s, m.from_incarnation);
+        if !self.caught_up && m.to_incarnation == self.cfg.incarnation && !self.confirmed[s] {
+            self.confirmed[s] = true;
+            self.check_caught_up();
+        }
         if m.term > self.term {
             if let MessageKind::PreVote { .. } | MessageKind::Vote { .. } = m.kind {
                 let transfer = matches!(m.kind, MessageKind::Vote { transfer: true, .. });
@@ -265,6 +274,7 @@ impl Node {
                         matched: 0,
                         written: 0,
                         flushed: 0,
+                        caught_up: self.may_vote(),
                     },
                 ),
                 // Tell a pre-candidate with a stale term why it cannot win.
@@ -326,8 +336,10 @@ impl Node {
                 matched,
                 written,
                 flushed,
+                caught_up,
             } => {
                 if self.role == Role::Leader {
+                    self.progress[s].caught_up = caught_up;
                     self.handle_ack(s, matched, written, flushed);
                 }
             }
@@ -732,9 +744,10 @@ impl Node {
     /// A node that has not caught up learns from its leader's append or
     /// heartbeat `m` the commit position `commit`. It is a point to catch
     /// up to if it ends an entry of the leader's own term (everything
-    /// committed in earlier terms lies below), within what this node knows
-    /// matches the leader, and `m` was made for this incarnation (not
-    /// before it existed).
+    /// committed in earlier terms lies below, and everything this leader
+    /// committed so far), this node's log matches the leader's up to there,
+    /// and `m` was made for this incarnation (not before it existed). A
+    /// commit beyond what matches is no use yet: a later message will do.
     fn learn_catch_up_point(&mut self, m: &Message, commit: u64) {
         if self.caught_up
             || self.role != Role::Follower
@@ -743,18 +756,21 @@ impl Node {
         {
             return;
         }
-        let c = commit.min(self.matched);
-        if c > 0 && self.log.term_at(c) == Some(self.term) {
-            self.catch_up_at.get_or_insert(c);
+        if commit > 0 && commit <= self.matched && self.log.term_at(commit) == Some(self.term) {
+            self.catch_up_at.get_or_insert(commit);
             self.check_caught_up();
         }
     }
 
-    /// Caught up once the journal holds the catch-up point durably; said
+    /// Caught up once the journal holds the catch-up point durably and
+    /// every peer has addressed this incarnation (whatever an earlier one
+    /// promised is void everywhere: a candidate that counted its vote, a
+    /// leader that counted its acknowledgements, dropped them on hearing of
+    /// the new one, or already had a term this node has now seen). Said
     /// through the hard state, so a restart votes normally.
     fn check_caught_up(&mut self) {
         if let Some(at) = self.catch_up_at {
-            if !self.caught_up && self.flushed >= at {
+            if !self.caught_up && self.flushed >= at && self.confirmed.iter().all(|c| *c) {
                 self.caught_up = true;
                 self.catch_up_at = None;
                 self.out.hard_state_changed = true;
@@ -1246,21 +1262,24 @@ impl Node {
     fn advance_positions(&mut self) {
         let n = self.cfg.voters.len();
         let (mut written, mut flushed) = ([0u64; VOTERS_MAX], [0u64; VOTERS_MAX]);
+        let mut counts = [false; VOTERS_MAX];
         for i in 0..n {
             let pr = &self.progress[i];
-            (written[i], flushed[i]) = if i == self.slot {
-                (self.written, self.flushed)
+            (written[i], flushed[i], counts[i]) = if i == self.slot {
+                (self.written, self.flushed, self.may_vote())
             } else if pr.acked_since_link {
-                (pr.written, pr.flushed)
+                let counts = pr.caught_up || mutation::is(Mutation::VoteBeforeCaughtUp);
+                (pr.written, pr.flushed, counts)
             } else {
                 // Its link was made again (it may have restarted, perhaps
                 // on a new disk) and it has not spoken since: count it when
                 // it does, once its incarnation is known to be the same.
-                (0, 0)
+                (0, 0, false)
             };
         }
-        let r = majority_position(&written[..n]).min(self.written);
-        let c = majority_position(&flushed[..n]).min(self.written);
+        let counts = &counts[..n];
+        let r = majority_position_counting(&written[..n], counts).min(self.written);
+        let c = majority_position_counting(&flushed[..n], counts).min(self.written);
         let own_term = |pos| self.log.term_at(pos) == Some(self.term);
         let (c_own, r_own) = (own_term(c), own_term(r));
         let commit_ok = c_own || mutation::is(Mutation::CommitPreviousTerm);
@@ -1297,6 +1316,7 @@ impl Node {
                     } else {
                         self.flushed.min(matched)
                     };
+                    let caught_up = self.may_vote();
                     self.send(
                         leader,
                         self.term,
@@ -1304,6 +1324,7 @@ impl Node {
                             matched,
                             written,
                             flushed,
+                            caught_up,
                         },
                     );
                 }
@@ -1387,6 +1408,7 @@ impl Node {
                 matched,
                 written,
                 flushed,
+                ..
             } => {
                 if *matched > pr.sent {
                     bad("acknowledged past what the leader sent")

@@ -51,6 +51,10 @@ pub struct Progress {
     /// It acknowledged something since its link was last made: `matched`
     /// is not a leftover of an earlier connection (or process).
     pub(crate) acked_since_link: bool,
+    /// Its last acknowledgement said it has caught up (see
+    /// `HardState::caught_up`); otherwise its positions count toward R and
+    /// C only where every voter holds them.
+    pub caught_up: bool,
 }
 
 impl Progress {
@@ -69,6 +73,7 @@ impl Progress {
             sent: 0,
             silent_ticks: u32::MAX,
             acked_since_link: false,
+            caught_up: false,
         }
     }
 

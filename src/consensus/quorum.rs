@@ -42,6 +42,40 @@ pub fn majority_position(positions: &[u64]) -> u64 {
     sorted[n - quorum(n)]
 }
 
+/// The highest position held either by a quorum of voters that count
+/// (`counts[i]`: voter `i` has caught up, see `HardState::caught_up`) or by
+/// every voter: what a leader may call replicated (written positions) or
+/// committed (flushed positions). A voter that has not caught up may be a
+/// wiped disk whose old self was counted elsewhere; like its vote, its
+/// position counts only where nobody is missing.
+///
+/// # Panics
+/// If `positions` is empty, longer than [`VOTERS_MAX`], or `counts` is not
+/// as long.
+pub fn majority_position_counting(positions: &[u64], counts: &[bool]) -> u64 {
+    assert_eq!(positions.len(), counts.len(), "one flag per voter");
+    let n = positions.len();
+    let mut full = [0u64; VOTERS_MAX];
+    let mut k = 0;
+    for (p, c) in positions.iter().zip(counts) {
+        if *c {
+            full[k] = *p;
+            k += 1;
+        }
+    }
+    let q = quorum(n);
+    // Held by q of the voters that count: the q-th highest of them.
+    let by_quorum = if k >= q {
+        full[..k].sort_unstable();
+        full[k - q]
+    } else {
+        0
+    };
+    // Held by every voter.
+    let by_all = positions.iter().copied().min().unwrap_or(0);
+    by_quorum.max(by_all)
+}
+
 /// Outcome of a tally.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VoteResult {
@@ -174,6 +208,30 @@ mod tests {
         ];
         for (positions, want) in table {
             assert_eq!(majority_position(positions), *want, "{positions:?}");
+        }
+    }
+
+    #[test]
+    fn positions_of_voters_that_did_not_catch_up_count_only_when_all_hold_them() {
+        let (y, n) = (true, false);
+        let table: &[(&[u64], &[bool], u64)] = &[
+            (&[10, 5, 0], &[y, y, y], 5),
+            // Voter 2 (5) has not caught up: 10 and 0 are no quorum of 5.
+            (&[10, 5, 0], &[y, n, y], 0),
+            (&[10, 5, 7], &[y, n, y], 7),
+            // Everyone holds 5, whatever their state.
+            (&[10, 5, 7], &[n, n, n], 5),
+            (&[10, 5, 7], &[y, n, n], 5),
+            (&[9, 8, 7, 6, 5], &[y, y, n, n, y], 5),
+            (&[9, 8, 7, 6, 5], &[y, y, y, n, n], 7),
+            (&[4], &[n], 4),
+        ];
+        for (positions, counts, want) in table {
+            assert_eq!(
+                majority_position_counting(positions, counts),
+                *want,
+                "{positions:?} {counts:?}"
+            );
         }
     }
 

@@ -424,12 +424,19 @@ impl Sim {
             self.step(true)?;
         }
         self.heal()?;
-        let deadline = self.now + LIVENESS_TICKS;
+        // The new leader commits only once a majority holds its log: when
+        // the members are far apart (one lost its disk, another much of
+        // its journal), allow a round trip of four ticks per window of the
+        // bytes between the longest journal and the shortest.
+        let ends = self.nodes.iter().map(|n| n.journal_end().0);
+        let apart = ends.clone().max().unwrap() - ends.min().unwrap();
+        let liveness_ticks = LIVENESS_TICKS + 4 * apart.div_ceil(self.p.window_bytes);
+        let deadline = self.now + liveness_ticks;
         while !self.healthy_commit {
             if self.now >= deadline {
                 fail!(
                     self,
-                    "no entry committed within {LIVENESS_TICKS} ticks of a healthy network"
+                    "no entry committed within {liveness_ticks} ticks of a healthy network"
                 );
             }
             self.step(false)?;
@@ -895,6 +902,7 @@ impl Sim {
                 matched: 0,
                 written: 0,
                 flushed: 0,
+                caught_up: true,
             },
             6 => MessageKind::AppendReject {
                 rejected: 0,
@@ -931,6 +939,7 @@ impl Sim {
                 matched: bad,
                 written: bad,
                 flushed: self.rng.range(0, bad + 1),
+                caught_up: true,
             },
             1 if leader => MessageKind::AppendReject {
                 rejected: bad,
@@ -942,6 +951,7 @@ impl Sim {
                 matched: bad,
                 written: bad + 1,
                 flushed: 0,
+                caught_up: true,
             },
             // Entries that do not follow `prev_pos`.
             _ => MessageKind::Append {

@@ -124,6 +124,7 @@ fn ack(from: NodeId, to: NodeId, term: u64, matched: u64, written: u64, flushed:
             matched,
             written,
             flushed,
+            caught_up: true,
         },
     )
 }
@@ -1510,6 +1511,7 @@ fn malformed_messages_are_refused_without_changing_state() {
                 matched: 5,
                 written: 6,
                 flushed: 0,
+                caught_up: true,
             },
         ),
         msg(
@@ -1607,6 +1609,7 @@ fn every_kind() -> Vec<MessageKind> {
             matched: 0,
             written: 0,
             flushed: 0,
+            caught_up: true,
         },
         MessageKind::AppendReject {
             rejected: 0,
@@ -1955,6 +1958,7 @@ fn messages_no_correct_peer_sends_are_refused_in_every_role() {
                 matched: 10,
                 written: 5,
                 flushed: 10,
+                caught_up: true,
             },
         ),
     ];
@@ -2071,6 +2075,16 @@ fn fresh(id: NodeId, n: u64, inc: u64) -> Node {
     let mut c = cfg(id, n);
     c.incarnation = inc;
     Node::new(c, HardState::default(), vec![]).unwrap()
+}
+
+/// A message from `from` to `to` (incarnation `to_inc`) that says nothing
+/// but that `from` has heard of that incarnation.
+fn confirm(from: NodeId, to: NodeId, term: u64, to_inc: u64) -> Message {
+    let kind = MessageKind::PreVoteResp {
+        granted: false,
+        caught_up: true,
+    };
+    from_inc(msg(from, to, term, kind), 0, to_inc)
 }
 
 /// `m` as sent by incarnation `from_inc` to incarnation `to_inc`.
@@ -2245,13 +2259,17 @@ fn a_node_catches_up_on_a_commit_of_its_leaders_term_made_for_its_incarnation() 
     // A commit of an earlier term is no catch-up point either.
     f.step(from_inc(append(2, vec![], 20, 10), 5, 22)).unwrap();
     assert!(!f.hard_state().caught_up);
-    // Made for this incarnation, of the leader's own term, held durably.
+    // Made for this incarnation, of the leader's own term, held durably…
     f.step(from_inc(append(2, vec![], 20, 20), 5, 22)).unwrap();
+    assert!(!f.hard_state().caught_up, "node 3 has not heard of it");
+    // …and every peer has heard of this incarnation.
+    f.step(confirm(3, 2, 2, 22)).unwrap();
     assert!(f.hard_state().caught_up);
     let rd = take(&mut f);
     assert_eq!(rd.hard_state.map(|h| h.caught_up), Some(true));
     // Not before the entries are flushed.
     let mut g = fresh(3, 3, 33);
+    g.step(confirm(2, 3, 2, 33)).unwrap();
     g.step(from_inc(append(3, entries, 0, 20), 5, 33)).unwrap();
     assert!(!g.hard_state().caught_up, "written is not durable");
     g.report_written(20, 2);
@@ -2298,6 +2316,27 @@ fn a_leader_that_caught_up_with_two_new_members_can_still_be_elected() {
 }
 
 #[test]
+fn positions_of_a_member_that_has_not_caught_up_count_only_when_all_hold_them() {
+    // A stale leader of term 1 whose other follower moved on: a wiped
+    // member's acknowledgement must not make a majority with it.
+    let mut l = make_leader(1, 3, 0, vec![]);
+    let noop = l.last_pos();
+    l.report_written(noop, 1);
+    l.report_flushed(noop, 1);
+    let mut fresh_ack = ack(2, 1, 1, noop, noop, noop);
+    if let MessageKind::AppendAck { caught_up, .. } = &mut fresh_ack.kind {
+        *caught_up = false;
+    }
+    l.step(fresh_ack).unwrap();
+    assert_eq!((l.replicated(), l.committed()), (0, 0));
+    // With every voter holding it, it counts.
+    l.step(ack(3, 1, 1, noop, noop, 0)).unwrap();
+    assert_eq!((l.replicated(), l.committed()), (noop, 0));
+    l.step(ack(3, 1, 1, noop, noop, noop)).unwrap();
+    assert_eq!(l.committed(), noop);
+}
+
+#[test]
 fn messages_carry_identities_and_other_clusters_are_refused() {
     let mut c = cfg(1, 3);
     c.incarnation = 0x11;
@@ -2328,4 +2367,31 @@ fn messages_carry_identities_and_other_clusters_are_refused() {
         (ack.from_incarnation, ack.to_incarnation, ack.cluster_id),
         (0x11, 0x22, 0xC1)
     );
+}
+
+#[test]
+fn a_node_does_not_catch_up_on_a_prefix_of_the_leaders_commit() {
+    // The leader's commit (30) is beyond what this node holds (20, whose
+    // entry is of the leader's term too): holding 20 is not catching up.
+    let mut f = fresh(2, 3, 22);
+    f.step(confirm(3, 2, 2, 22)).unwrap();
+    let kind = MessageKind::Append {
+        prev_pos: 0,
+        prev_term: 0,
+        entries: vec![e(0, 10, 2), e(10, 20, 2)],
+        commit: 30,
+    };
+    f.step(from_inc(msg(1, 2, 2, kind), 5, 22)).unwrap();
+    f.report_flushed(20, 2);
+    assert!(!f.hard_state().caught_up);
+    let kind = MessageKind::Append {
+        prev_pos: 20,
+        prev_term: 2,
+        entries: vec![e(20, 30, 2)],
+        commit: 30,
+    };
+    f.step(from_inc(msg(1, 2, 2, kind), 5, 22)).unwrap();
+    assert!(!f.hard_state().caught_up, "not flushed yet");
+    f.report_flushed(30, 2);
+    assert!(f.hard_state().caught_up);
 }

@@ -5,6 +5,7 @@
 //! body    = u64 from | u64 to | u64 term | u64 from_incarnation
 //!           | u64 to_incarnation | u64 cluster_id | u8 kind | kind fields
 //! PreVoteResp, VoteResp = u8 granted | u8 caught_up
+//! AppendAck = u64 matched | u64 written | u64 flushed | u8 caught_up
 //! Append  = u64 prev_pos | u64 prev_term | u64 commit | u32 entry_count
 //!           | entry_count × (u64 end | u64 term) | u64 payload_len | payload
 //! ```
@@ -132,11 +133,13 @@ pub fn encode_message(m: &Message, out: &mut Vec<u8>) {
             matched,
             written,
             flushed,
+            caught_up,
         } => {
             out.put_u8(KIND_APPEND_ACK);
             out.put_u64(*matched);
             out.put_u64(*written);
             out.put_u64(*flushed);
+            out.put_u8(*caught_up as u8);
         }
         MessageKind::AppendReject {
             rejected,
@@ -227,6 +230,7 @@ pub fn decode_message(body: &[u8]) -> Result<(Message, &[u8]), DecodeError> {
             matched: r.u64("matched")?,
             written: r.u64("written")?,
             flushed: r.u64("flushed")?,
+            caught_up: bool_field(&mut r, "caught_up")?,
         },
         KIND_APPEND_REJECT => MessageKind::AppendReject {
             rejected: r.u64("rejected")?,
@@ -422,8 +426,9 @@ mod tests {
                     matched: 9,
                     written: 8,
                     flushed: 7,
+                    caught_up: true,
                 },
-                [&[5u8][..], &le(9), &le(8), &le(7)].concat(),
+                [&[5u8][..], &le(9), &le(8), &le(7), &[1]].concat(),
             ),
             (
                 MessageKind::AppendReject {
@@ -630,6 +635,7 @@ mod tests {
                     matched: 5,
                     written: 6,
                     flushed: 0,
+                    caught_up: false,
                 }),
                 invalid("flushed"),
             ),
