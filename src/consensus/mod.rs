@@ -16,8 +16,10 @@
 //! - [`progress`]: the leader's view of each follower (probe / replicate).
 //! - [`message`], [`ready`]: what goes in and out.
 //! - [`config`]: limits and defaults; [`rng`]: the seeded generator.
+//! - [`check`]: the invariants a harness checks after every call.
 //! - `sim` (tests only): the deterministic cluster simulation.
 
+pub mod check;
 pub mod config;
 pub mod error;
 pub mod log;

@@ -231,6 +231,8 @@ struct SimNode {
     /// Peers whose links broke while this node was paused: it learns of
     /// them when it resumes.
     pending_links: Vec<usize>,
+    /// The node's outputs since it started, checked against each other.
+    history: check::History,
 }
 
 impl SimNode {
@@ -393,6 +395,7 @@ impl Sim {
                 restarts: 0,
                 paused_until: 0,
                 pending_links: Vec::new(),
+                history: check::History::new(0),
             });
         }
         sim
@@ -778,6 +781,7 @@ impl Sim {
         let node = self.boot(self.nodes[i].id, incarnation, hard, entries);
         let sn = &mut self.nodes[i];
         sn.node = Some(node);
+        sn.history = check::History::new(sn.journal_end().0);
         // Recovery syncs what it found: all of it is durable from here on.
         sn.durable = sn.journal_end().0;
         sn.restarts += 1;
@@ -1191,6 +1195,10 @@ impl Sim {
             }
             let mut rd = node.ready();
             let id = self.nodes[i].id;
+            let sn = &mut self.nodes[i];
+            if let Err(why) = sn.history.observe(sn.node.as_ref().unwrap(), &rd) {
+                fail!(self, "{why}");
+            }
             if let Some(ss) = rd.soft_state {
                 self.trace(|| {
                     format!(
@@ -1316,6 +1324,9 @@ impl Sim {
                 }
             }
             self.nodes[i].node.as_mut().unwrap().advance(rd);
+            if let Err(why) = check::check_node(self.nodes[i].node.as_ref().unwrap()) {
+                fail!(self, "{why}");
+            }
             if voted && self.crash_enabled && self.rng.chance(self.p.crash_after_vote, 1000) {
                 // The worst moment: the vote is out, the node dies, and it
                 // is back before the election is over; with wipes on, it

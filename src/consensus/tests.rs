@@ -2395,3 +2395,365 @@ fn a_node_does_not_catch_up_on_a_prefix_of_the_leaders_commit() {
     f.report_flushed(30, 2);
     assert!(f.hard_state().caught_up);
 }
+
+// ----- issue 9, finding 5: any input in any role ----------------------------
+
+/// Property tests: nodes set up in every role step arbitrary messages,
+/// ticks, position reports, link reports, proposals and transfers; none
+/// may panic, and `check::check_node` and `check::History` hold after each.
+mod any_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The role a node is brought into before the inputs.
+    #[derive(Clone, Copy, Debug)]
+    enum Setup {
+        Follower,
+        FollowerOfTwo,
+        PreCandidate,
+        Candidate,
+        /// Leader; follower 2 in Replicate, the others in Probe.
+        Leader,
+    }
+
+    /// A position, chosen against the node's log when it is used.
+    #[derive(Clone, Copy, Debug)]
+    enum Pos {
+        Boundary(u16),
+        Inside(u16),
+        Beyond(u16),
+        Raw(u64),
+    }
+
+    /// A term, relative to the node's when it is used, or any.
+    #[derive(Clone, Copy, Debug)]
+    enum TermOf {
+        Rel(i8),
+        Raw(u64),
+    }
+
+    #[derive(Clone, Debug)]
+    enum Kind {
+        PreVote(Pos, TermOf),
+        PreVoteResp(bool, bool),
+        Vote(Pos, TermOf, bool),
+        VoteResp(bool, bool),
+        Append(Pos, TermOf, Vec<(u64, TermOf)>, Pos),
+        Ack(Pos, Pos, Pos, bool),
+        Reject(Pos, Pos, TermOf),
+        Heartbeat(Pos),
+        TimeoutNow,
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Step {
+            from: u64,
+            to: u64,
+            term: TermOf,
+            kind: Kind,
+            ids: (u64, u64, u64),
+        },
+        Tick,
+        Written(Pos, TermOf),
+        Flushed(Pos, TermOf),
+        Unreachable(u64),
+        Propose(u64),
+        Transfer(u64),
+        Cluster(u64),
+    }
+
+    fn pos() -> impl Strategy<Value = Pos> {
+        prop_oneof![
+            4 => any::<u16>().prop_map(Pos::Boundary),
+            2 => any::<u16>().prop_map(Pos::Inside),
+            1 => any::<u16>().prop_map(Pos::Beyond),
+            1 => prop_oneof![Just(u64::MAX), Just(config::POSITION_MAX + 1), any::<u64>()]
+                .prop_map(Pos::Raw),
+        ]
+    }
+
+    fn term_of() -> impl Strategy<Value = TermOf> {
+        prop_oneof![
+            6 => (-2i8..=2).prop_map(TermOf::Rel),
+            1 => prop_oneof![
+                Just(u64::MAX),
+                Just(config::TERM_MAX),
+                Just(config::TERM_MAX + 1),
+                any::<u64>()
+            ]
+            .prop_map(TermOf::Raw),
+        ]
+    }
+
+    fn kind() -> impl Strategy<Value = Kind> {
+        prop_oneof![
+            (pos(), term_of()).prop_map(|(p, t)| Kind::PreVote(p, t)),
+            (any::<bool>(), any::<bool>()).prop_map(|(g, c)| Kind::PreVoteResp(g, c)),
+            (pos(), term_of(), any::<bool>()).prop_map(|(p, t, x)| Kind::Vote(p, t, x)),
+            (any::<bool>(), any::<bool>()).prop_map(|(g, c)| Kind::VoteResp(g, c)),
+            (
+                pos(),
+                term_of(),
+                prop::collection::vec((1u64..40, term_of()), 0..4),
+                pos()
+            )
+                .prop_map(|(p, t, e, c)| Kind::Append(p, t, e, c)),
+            (pos(), pos(), pos(), any::<bool>()).prop_map(|(m, w, f, c)| Kind::Ack(m, w, f, c)),
+            (pos(), pos(), term_of()).prop_map(|(r, h, t)| Kind::Reject(r, h, t)),
+            pos().prop_map(Kind::Heartbeat),
+            Just(Kind::TimeoutNow),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let ids = prop_oneof![
+            3 => Just((0u64, 0u64, 0u64)),
+            1 => (0u64..3, 0u64..3, 0u64..3),
+        ];
+        prop_oneof![
+            8 => (0u64..=6, prop_oneof![4 => Just(1u64), 1 => 0u64..=6], term_of(), kind(), ids)
+                .prop_map(|(from, to, term, kind, ids)| Op::Step { from, to, term, kind, ids }),
+            3 => Just(Op::Tick),
+            2 => (pos(), term_of()).prop_map(|(p, t)| Op::Written(p, t)),
+            2 => (pos(), term_of()).prop_map(|(p, t)| Op::Flushed(p, t)),
+            1 => (0u64..=6).prop_map(Op::Unreachable),
+            2 => prop_oneof![1u64..100, Just(0), Just(u64::MAX)].prop_map(Op::Propose),
+            1 => (0u64..=6).prop_map(Op::Transfer),
+            1 => (0u64..3).prop_map(Op::Cluster),
+        ]
+    }
+
+    /// A harness: one node, its history, and a journal that keeps up.
+    struct Run {
+        node: Node,
+        history: check::History,
+    }
+
+    impl Run {
+        fn new(setup: Setup, n: u64, caught: bool) -> Run {
+            let log = vec![e(0, 10, 1), e(10, 30, 2), e(30, 31, 2)];
+            let mut c = cfg(1, n);
+            c.incarnation = 1;
+            let hs = HardState {
+                term: 2,
+                voted_for: None,
+                caught_up: caught,
+            };
+            let node = Node::new(c, hs, log).unwrap();
+            let mut run = Run {
+                history: check::History::new(node.last_pos()),
+                node,
+            };
+            let grant = |_term| MessageKind::PreVoteResp {
+                granted: true,
+                caught_up: true,
+            };
+            match setup {
+                Setup::Follower => {}
+                Setup::FollowerOfTwo => {
+                    run.input(msg(2, 1, 2, MessageKind::Heartbeat { commit: 10 }));
+                }
+                Setup::PreCandidate | Setup::Candidate | Setup::Leader => {
+                    while run.node.role() == Role::Follower {
+                        run.node.tick();
+                        run.drain();
+                    }
+                }
+            }
+            if matches!(setup, Setup::Candidate | Setup::Leader) {
+                // Every other voter grants the pre-vote (a unanimous yes
+                // wins whether or not anyone caught up).
+                for p in 2..=n {
+                    run.input(msg(p, 1, 3, grant(3)));
+                }
+                assert_eq!(run.node.role(), Role::Candidate);
+            }
+            if matches!(setup, Setup::Leader) {
+                for p in 2..=n {
+                    let vote = MessageKind::VoteResp {
+                        granted: true,
+                        caught_up: true,
+                    };
+                    run.input(msg(p, 1, 3, vote));
+                }
+                assert_eq!(run.node.role(), Role::Leader);
+                let end = run.node.last_pos();
+                run.input(ack(2, 1, 3, end, end, end));
+            }
+            run
+        }
+
+        /// Applies everything the node asks, checking it, as a caller
+        /// would (the journal follows its entries; positions are reported
+        /// only by the inputs).
+        fn drain(&mut self) {
+            while self.node.has_ready() {
+                let rd = self.node.ready();
+                self.history
+                    .observe(&self.node, &rd)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                self.node.advance(rd);
+            }
+            check::check_node(&self.node).unwrap_or_else(|e| panic!("{e}"));
+        }
+
+        fn input(&mut self, m: Message) {
+            let _ = self.node.step(m);
+            self.drain();
+        }
+
+        fn pos(&self, p: Pos) -> u64 {
+            let log = self.node.log();
+            let last = self.node.last_pos();
+            match p {
+                Pos::Boundary(k) => {
+                    let k = k as usize % (log.len() + 1);
+                    if k == 0 {
+                        0
+                    } else {
+                        log[k - 1].end
+                    }
+                }
+                Pos::Inside(k) => log
+                    .iter()
+                    .filter(|e| e.end - e.start >= 2)
+                    .nth(k as usize % log.len().max(1))
+                    .map_or(last + 1, |e| e.start + 1),
+                Pos::Beyond(k) => last + 1 + u64::from(k),
+                Pos::Raw(v) => v,
+            }
+        }
+
+        fn term(&self, t: TermOf) -> u64 {
+            match t {
+                TermOf::Rel(d) => self.node.term().saturating_add_signed(i64::from(d)),
+                TermOf::Raw(v) => v,
+            }
+        }
+
+        fn kind(&self, k: &Kind) -> MessageKind {
+            match *k {
+                Kind::PreVote(p, t) => MessageKind::PreVote {
+                    last_pos: self.pos(p),
+                    last_term: self.term(t),
+                },
+                Kind::PreVoteResp(granted, caught_up) => {
+                    MessageKind::PreVoteResp { granted, caught_up }
+                }
+                Kind::Vote(p, t, transfer) => MessageKind::Vote {
+                    last_pos: self.pos(p),
+                    last_term: self.term(t),
+                    transfer,
+                },
+                Kind::VoteResp(granted, caught_up) => MessageKind::VoteResp { granted, caught_up },
+                Kind::Append(prev, prev_term, ref runs, commit) => {
+                    let prev_pos = self.pos(prev);
+                    let mut start = prev_pos;
+                    let entries = runs
+                        .iter()
+                        .map(|(len, t)| {
+                            let entry = Entry {
+                                start,
+                                end: start.saturating_add(*len),
+                                term: self.term(*t),
+                            };
+                            start = entry.end;
+                            entry
+                        })
+                        .collect();
+                    MessageKind::Append {
+                        prev_pos,
+                        prev_term: self.term(prev_term),
+                        entries,
+                        commit: self.pos(commit),
+                    }
+                }
+                Kind::Ack(m, w, f, caught_up) => MessageKind::AppendAck {
+                    matched: self.pos(m),
+                    written: self.pos(w),
+                    flushed: self.pos(f),
+                    caught_up,
+                },
+                Kind::Reject(r, h, t) => MessageKind::AppendReject {
+                    rejected: self.pos(r),
+                    hint_pos: self.pos(h),
+                    hint_term: self.term(t),
+                },
+                Kind::Heartbeat(c) => MessageKind::Heartbeat {
+                    commit: self.pos(c),
+                },
+                Kind::TimeoutNow => MessageKind::TimeoutNow,
+            }
+        }
+
+        fn apply(&mut self, op: &Op) {
+            match op {
+                Op::Step {
+                    from,
+                    to,
+                    term,
+                    kind,
+                    ids,
+                } => {
+                    let m = Message {
+                        from: *from,
+                        to: *to,
+                        term: self.term(*term),
+                        from_incarnation: ids.0,
+                        to_incarnation: ids.1,
+                        cluster_id: ids.2,
+                        kind: self.kind(kind),
+                    };
+                    self.input(m);
+                    return;
+                }
+                Op::Tick => self.node.tick(),
+                Op::Written(p, t) => {
+                    let (p, t) = (self.pos(*p), self.term(*t));
+                    self.node.report_written(p, t);
+                }
+                Op::Flushed(p, t) => {
+                    let (p, t) = (self.pos(*p), self.term(*t));
+                    self.node.report_flushed(p, t);
+                }
+                Op::Unreachable(peer) => self.node.report_unreachable(*peer),
+                Op::Propose(bytes) => {
+                    let _ = self.node.propose(*bytes);
+                }
+                Op::Transfer(to) => {
+                    let _ = self.node.transfer_leader(*to);
+                }
+                Op::Cluster(id) => self.node.set_cluster_id(*id),
+            }
+            self.drain();
+        }
+    }
+
+    fn setup() -> impl Strategy<Value = Setup> {
+        prop_oneof![
+            Just(Setup::Follower),
+            Just(Setup::FollowerOfTwo),
+            Just(Setup::PreCandidate),
+            Just(Setup::Candidate),
+            Just(Setup::Leader),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_input_in_any_role_keeps_the_invariants(
+            setup in setup(),
+            n in prop_oneof![Just(3u64), Just(5u64)],
+            caught in any::<bool>(),
+            ops in prop::collection::vec(op(), 1..60),
+        ) {
+            let mut run = Run::new(setup, n, caught);
+            for op in &ops {
+                run.apply(op);
+            }
+        }
+    }
+}
