@@ -39,12 +39,12 @@ pub fn check_node(n: &Node) -> Result<(), String> {
     }
     let boundary = |p: u64| n.term_at(p).is_some();
     let (w, f, c, r) = (n.written(), n.flushed(), n.committed(), n.replicated());
-    if !(f <= w && w <= last) || !boundary(w) || !boundary(f) {
+    if !(f <= w && w <= last && boundary(w) && boundary(f)) {
         return fail(&format!(
             "positions flushed {f}, written {w}, log end {last} out of order or off a boundary"
         ));
     }
-    if !(c <= r && r <= w) || !boundary(c) || !boundary(r) {
+    if !(c <= r && r <= w && boundary(c) && boundary(r)) {
         return fail(&format!(
             "C {c}, R {r}, written {w} out of order or off a boundary"
         ));

@@ -327,6 +327,14 @@ impl Node {
                 self.learn_catch_up_point(&m, commit);
             }
             MessageKind::Heartbeat { commit } => {
+                // What matches the leader's log so far (nothing, if it is
+                // news that `from` leads).
+                let matched = if self.leader == Some(m.from) {
+                    self.matched
+                } else {
+                    0
+                };
+                self.check_commit(m.from, commit, matched, 0, &[])?;
                 self.accept_leader(m.from)?;
                 self.learn_commit(commit);
                 self.out.ack = true;
@@ -1022,6 +1030,7 @@ impl Node {
             );
             return Ok(());
         }
+        self.check_commit(from, commit, self.matched, prev_pos, entries)?;
         // Skip what we already hold; cut at the first conflict; append the rest.
         let bad = |reason| Err(ConsensusError::Malformed { from, reason });
         let mut first_new = entries.len();
@@ -1066,6 +1075,36 @@ impl Node {
         self.learn_commit(commit);
         self.out.ack = true;
         Ok(())
+    }
+
+    /// A leader's commit position is an entry boundary of its log. Within
+    /// what this node will know matches that log (`matched`, or the end of
+    /// `entries` appended after `prev_pos`) it must be one of this node's
+    /// boundaries too; beyond, it is clamped to that prefix.
+    fn check_commit(
+        &self,
+        from: NodeId,
+        commit: u64,
+        matched: u64,
+        prev_pos: u64,
+        entries: &[Entry],
+    ) -> Result<(), ConsensusError> {
+        let end = entries.last().map_or(prev_pos, |e| e.end);
+        let boundary = if commit >= matched.max(end) {
+            true
+        } else if commit > prev_pos && commit <= end {
+            entries.iter().any(|e| e.end == commit)
+        } else {
+            self.log.term_at(commit).is_some()
+        };
+        if boundary {
+            Ok(())
+        } else {
+            Err(ConsensusError::Malformed {
+                from,
+                reason: "commit position is not an entry boundary",
+            })
+        }
     }
 
     /// Removes the log's tail from boundary `pos` on.

@@ -2757,3 +2757,32 @@ mod any_input {
         }
     }
 }
+
+#[test]
+fn follower_refuses_a_commit_position_inside_its_entries() {
+    // A leader's commit is an entry boundary of its log; within what the
+    // follower knows matches, it is one of the follower's too.
+    let mut f = node(2, 3);
+    let kind = |commit| MessageKind::Append {
+        prev_pos: 0,
+        prev_term: 0,
+        entries: vec![e(0, 10, 1), e(10, 20, 1)],
+        commit,
+    };
+    assert!(matches!(
+        f.step(msg(1, 2, 1, kind(5))),
+        Err(ConsensusError::Malformed { .. })
+    ));
+    assert!(f.log().is_empty(), "refused before anything changed");
+    f.step(msg(1, 2, 1, kind(10))).unwrap();
+    f.report_written(20, 1);
+    assert_eq!(f.committed(), 10);
+    let hb = |commit| msg(1, 2, 1, MessageKind::Heartbeat { commit });
+    assert!(matches!(
+        f.step(hb(15)),
+        Err(ConsensusError::Malformed { .. })
+    ));
+    // Beyond what matches, a commit is only clamped.
+    f.step(hb(500)).unwrap();
+    assert_eq!(f.committed(), 20);
+}
