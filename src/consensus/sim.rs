@@ -150,7 +150,7 @@ impl Params {
             // A new group (no member caught up: the first election takes
             // every vote), or the empty directories of members that caught
             // up before the run (elections by majority from the start).
-            new_group: rng.chance(1, 2),
+            new_group: rng.chance(1, 3),
         }
     }
 }
@@ -1331,12 +1331,15 @@ impl Sim {
                 // The worst moment: the vote is out, the node dies, and it
                 // is back before the election is over; with wipes on, it
                 // may have lost its disk and forgotten the vote.
-                if self.p.wipe > 0 && self.rng.chance(1, 2) && self.may_wipe(i) {
+                if self.p.wipe > 0 && self.rng.chance(1, 4) && self.may_wipe(i) {
                     self.wipe(i)?;
                 } else {
                     self.crash(i)?;
                 }
-                self.nodes[i].restart_at = self.now + self.rng.range(1, 4);
+                // Back after its vote had time to arrive (what the old
+                // process sent is lost when it restarts, as on a TCP
+                // connection), before the election is over.
+                self.nodes[i].restart_at = self.now + self.rng.range(2, 8);
                 return Ok(());
             }
             if vouched && self.crash_enabled && self.rng.chance(self.p.crash_after_ack, 1000) {
