@@ -236,8 +236,10 @@ impl Node {
     /// Takes one message received from a peer.
     ///
     /// # Errors
-    /// [`ConsensusError::Malformed`] or [`ConsensusError::CommittedConflict`]
-    /// when the message breaks the protocol; the node ignores it.
+    /// [`ConsensusError::Malformed`], [`ConsensusError::WrongCluster`] or
+    /// [`ConsensusError::CommittedConflict`] when the message is wrong for
+    /// this node (docs/consensus.md, "Refused inputs"); the node ignores it.
+    /// Never panics, whatever the message.
     pub fn step(&mut self, m: Message) -> Result<(), ConsensusError> {
         let s = self.check_message(&m)?;
         self.note_incarnation(s, m.from_incarnation);
@@ -715,7 +717,8 @@ impl Node {
         self.leader.is_some() && self.election_elapsed < self.cfg.election_ticks_min
     }
 
-    /// Whether this node may vote and campaign in an ordinary election.
+    /// Whether this node has caught up (`HardState::caught_up`): its votes
+    /// and acknowledged positions count fully, not only when unanimous.
     fn may_vote(&self) -> bool {
         self.caught_up || mutation::is(Mutation::VoteBeforeCaughtUp)
     }

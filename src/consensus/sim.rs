@@ -61,6 +61,12 @@ const LIVENESS_TICKS: u64 = 300;
 const CATCH_UP_TICKS: u64 = 300;
 /// Seeds in a normal test run.
 const SEEDS_DEFAULT: u64 = 1000;
+/// Messages in flight at once, at most: more is a storm (a bug), and would
+/// exhaust memory before any check failed. A busy run keeps a few thousand.
+const IN_FLIGHT_MAX: usize = 1_000_000;
+/// Messages delivered in one run, at most (a busy run delivers some
+/// hundreds of thousands).
+const DELIVERED_MAX: u64 = 20_000_000;
 /// Forged messages carry terms from here to `u64::MAX` (where `term + 1`
 /// overflows), or just above `TERM_MAX`.
 const FORGED_TERM_MIN: u64 = u64::MAX - 3;
@@ -311,6 +317,8 @@ struct Sim {
     unnoticed_wipe: Vec<bool>,
     /// Position reports on their way to a node.
     reports: Vec<Report>,
+    /// Link changes to report after this tick's deliveries: (told, about).
+    later_links: Vec<(usize, usize)>,
     /// Every committed entry, in order, with its payload.
     record: Vec<(Entry, u64)>,
     /// For each entry of the record, the term of the node that first
@@ -361,6 +369,7 @@ impl Sim {
             unnoticed: vec![false; (n * n) as usize],
             unnoticed_wipe: vec![false; (n * n) as usize],
             reports: Vec::new(),
+            later_links: Vec::new(),
             record: Vec::new(),
             record_terms: Vec::new(),
             leaders: BTreeMap::new(),
@@ -479,11 +488,20 @@ impl Sim {
     /// One tick of the world.
     fn step(&mut self, chaos: bool) -> Check {
         self.now += 1;
+        if self.net.len() > IN_FLIGHT_MAX || self.stats.delivered > DELIVERED_MAX {
+            fail!(
+                self,
+                "message storm: {} messages in flight, {} delivered",
+                self.net.len(),
+                self.stats.delivered
+            );
+        }
         if chaos {
             self.faults()?;
         }
         self.resume_paused()?;
         self.deliver()?;
+        self.tell_later_links()?;
         self.deliver_reports()?;
         for i in 0..self.nodes.len() {
             if self.live(i) {
@@ -790,12 +808,25 @@ impl Sim {
         let n = self.nodes.len();
         self.unnoticed[i * n..(i + 1) * n].fill(false);
         self.unnoticed_wipe[i * n..(i + 1) * n].fill(false);
-        // What the old process sent and is still in flight died with its
-        // connections (peers that are down now never see it either).
+        // Its peers connect to the new process: each sees a link change,
+        // after the last of what the old process sent on the old
+        // connections has arrived (now: connecting takes longer than a
+        // message in flight; peers that are down never see it).
         let id = self.nodes[i].id;
-        self.net.retain(|p| p.msg.from != id);
-        // Its peers connect to the new process: each sees a link change.
-        for j in 0..n {
+        let now = self.now;
+        for p in &mut self.net {
+            if p.msg.from == id {
+                p.at = p.at.min(now);
+            }
+        }
+        self.later_links.extend((0..n).map(|j| (j, i)));
+        Ok(())
+    }
+
+    /// The link changes that wait for the old connections' last messages
+    /// (see `restart`).
+    fn tell_later_links(&mut self) -> Check {
+        for (j, i) in std::mem::take(&mut self.later_links) {
             self.tell_link(j, i)?;
         }
         Ok(())
