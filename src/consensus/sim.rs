@@ -14,11 +14,14 @@
 //! of its last batch, a torn write that recovery cuts) or a power loss (only
 //! flushed bytes are certain; some unflushed ones may have reached the disk,
 //! the first one lost is torn). A hard state not yet written is lost either
-//! way. The writer's and the flusher's position reports may arrive late,
-//! after the journal was cut and rewritten. Forged messages are stepped into
-//! nodes: terms at or near `u64::MAX`, senders that are unknown or the
-//! receiver itself, messages addressed to another node, positions a correct
-//! peer cannot send; each must be refused.
+//! way. A wipe loses the whole disk (journal and hard state): the node comes
+//! back with a fresh incarnation. A run starts as a new group (nobody caught
+//! up) or with members that caught up before it. The writer's and the
+//! flusher's position reports may arrive late, after the journal was cut and
+//! rewritten. Forged messages are stepped into nodes: terms above `TERM_MAX`
+//! or near `u64::MAX`, senders that are unknown or the receiver itself,
+//! messages addressed to another node, positions a correct peer cannot
+//! send; each must be refused.
 //!
 //! Checked all along:
 //! - at most one leader per term;
@@ -37,12 +40,13 @@
 //! - a node never believes more is flushed than its journal holds durably;
 //! - no node ever truncates an entry equal to a committed one;
 //! - R ≥ C and R ≤ the journal's end whenever published;
-//! - every forged message is refused.
+//! - every forged message is refused;
+//! - after every `Ready`, `check::check_node` and `check::History`.
 //!
-//! After the chaos, the network heals and every node restarts; then the
-//! group must commit a new entry within a bounded number of ticks, every
-//! node must catch up to it, and all journals must equal the record up to
-//! their C.
+//! After the chaos, the network heals and every node is up (crashed ones
+//! restart, paused ones resume); then the group must commit a new entry
+//! within a bounded number of ticks, every node must catch up to it, and all
+//! journals must equal the record up to their C.
 //!
 //! Replay one seed with a trace:
 //! `HUTONG_SIM_SEED=1234 cargo test --release sim -- --nocapture`.
