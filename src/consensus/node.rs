@@ -144,7 +144,8 @@ impl Node {
     /// [`ConsensusError::InvalidConfig`] for a bad `config`;
     /// [`ConsensusError::InvalidState`] if the entries are not contiguous
     /// from 0 with non-decreasing terms, hold a term above
-    /// `hard_state.term`, or the vote names a non-voter.
+    /// `hard_state.term`, end beyond [`POSITION_MAX`], the term is above
+    /// [`TERM_MAX`], or the vote names a non-voter.
     pub fn new(
         config: Config,
         hard_state: HardState,
