@@ -304,7 +304,8 @@ fn cluster_status(addr: &str, json: bool) -> Result<()> {
             .map(|m| match &m.status {
                 Some(s) => format!(
                     "{{\"id\":{},\"addr\":{},\"role\":\"{}\",\"term\":{},\"leader\":{},\
-                     \"written\":{},\"flushed\":{},\"replicated\":{},\"committed\":{}}}",
+                     \"written\":{},\"flushed\":{},\"replicated\":{},\"committed\":{},\
+                     \"caught_up\":{}}}",
                     m.id,
                     json_string(&m.addr),
                     role_name(s.role),
@@ -313,7 +314,8 @@ fn cluster_status(addr: &str, json: bool) -> Result<()> {
                     s.written,
                     s.flushed,
                     s.replicated,
-                    s.committed
+                    s.committed,
+                    s.caught_up
                 ),
                 None => format!(
                     "{{\"id\":{},\"addr\":{},\"role\":\"unreachable\"}}",
@@ -339,14 +341,14 @@ fn cluster_status(addr: &str, json: bool) -> Result<()> {
     )?;
     writeln!(
         out,
-        "{:>4}  {:<22} {:<13} {:>6} {:>14} {:>14} {:>14} {:>14}",
-        "id", "addr", "role", "term", "written", "flushed", "replicated", "committed"
+        "{:>4}  {:<22} {:<13} {:>6} {:>14} {:>14} {:>14} {:>14}  {:<5}",
+        "id", "addr", "role", "term", "written", "flushed", "replicated", "committed", "votes"
     )?;
     for m in &group.members {
         match &m.status {
             Some(s) => writeln!(
                 out,
-                "{:>4}  {:<22} {:<13} {:>6} {:>14} {:>14} {:>14} {:>14}",
+                "{:>4}  {:<22} {:<13} {:>6} {:>14} {:>14} {:>14} {:>14}  {:<5}",
                 m.id,
                 m.addr,
                 role_name(s.role),
@@ -354,7 +356,8 @@ fn cluster_status(addr: &str, json: bool) -> Result<()> {
                 s.written,
                 s.flushed,
                 s.replicated,
-                s.committed
+                s.committed,
+                if s.caught_up { "yes" } else { "no" }
             )?,
             None => writeln!(out, "{:>4}  {:<22} unreachable", m.id, m.addr)?,
         }

@@ -1114,12 +1114,12 @@ fn a_standalone_broker_refuses_replication_frames() {
     let mut conn = RawConn::connect(broker.addr());
     let reply = conn.request(hutong::wire::ApiKey::Replicate, |out| {
         hutong::wire::replicate::encode_message(
-            &hutong::consensus::Message {
-                from: 2,
-                to: 1,
-                term: 1,
-                kind: hutong::consensus::MessageKind::Heartbeat { commit: 0 },
-            },
+            &hutong::consensus::Message::new(
+                2,
+                1,
+                1,
+                hutong::consensus::MessageKind::Heartbeat { commit: 0 },
+            ),
             out,
         )
     });
@@ -1130,10 +1130,10 @@ fn a_standalone_broker_refuses_replication_frames() {
 
 /// Review finding 5: a fatal error on a broker thread ends the process
 /// promptly with a non-zero exit and a clear last line, instead of leaving
-/// a broker that refuses connections until someone kills it. Two members
-/// of a three-node group whose hard state cannot be written (a directory
-/// sits where the temporary file goes) fail as soon as an election needs
-/// to persist a term or a vote.
+/// a broker that refuses connections until someone kills it. Members of a
+/// three-node group whose hard state cannot be written (a directory sits
+/// where the temporary file goes) fail as soon as an election needs to
+/// persist a term or a vote.
 #[test]
 fn a_member_that_cannot_persist_its_vote_exits_instead_of_lingering() {
     let listeners: Vec<TcpListener> = (0..3)
@@ -1145,7 +1145,9 @@ fn a_member_that_cannot_persist_its_vote_exits_instead_of_lingering() {
         .collect::<Vec<_>>()
         .join(",");
     drop(listeners);
-    let dirs: Vec<common::TestDir> = (0..2).map(|_| common::TestDir::new()).collect();
+    // All three: a new group's first election needs every member's vote
+    // (docs/consensus.md, members that lost their disk).
+    let dirs: Vec<common::TestDir> = (0..3).map(|_| common::TestDir::new()).collect();
     let mut procs: Vec<common::BrokerProc> = dirs
         .iter()
         .enumerate()
@@ -1167,7 +1169,7 @@ fn a_member_that_cannot_persist_its_vote_exits_instead_of_lingering() {
         })
         .collect();
     // The first to need its hard state (a voter or a candidate) fails;
-    // the other may wait alone as a pre-candidate for ever. The failed one
+    // the others may then wait as pre-candidates for ever. The failed one
     // must be gone well within the broker's stop grace.
     let deadline = Instant::now() + Duration::from_secs(60);
     let (i, status) = loop {
@@ -1180,9 +1182,12 @@ fn a_member_that_cannot_persist_its_vote_exits_instead_of_lingering() {
         }
         assert!(
             Instant::now() < deadline,
-            "no member exited within 60 s; logs:\n{}\n{}",
-            procs[0].stderr(),
-            procs[1].stderr()
+            "no member exited within 60 s; logs:\n{}",
+            procs
+                .iter()
+                .map(|p| p.stderr())
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         std::thread::sleep(Duration::from_millis(20));
     };

@@ -7,6 +7,7 @@
 //! the document cannot drift from the codecs.
 
 use hutong::config::{FRAME_BYTES_MAX_DEFAULT, SMALL_REQUEST_BYTES_MAX};
+use hutong::consensus::config::{POSITION_MAX, TERM_MAX};
 use hutong::consensus::{Entry, Message, MessageKind};
 use hutong::wire::api::{
     ApiVersions, ClusterNode, ClusterRole, ClusterStatusResponse, CreateTopicRequest, ErrorBody,
@@ -18,6 +19,7 @@ use hutong::wire::batch::{
     check_producer_batch, check_stored_batch, declared_len, records, split_batches, stamp,
     BatchBuilder, BatchKind, BatchView, Header, Stamp, BATCH_HEADER_LEN,
 };
+use hutong::wire::codec::DecodeError;
 use hutong::wire::frame::{
     check_frame, finish_frame, RequestHeader, ResponseHeader, REQUEST_HEADER_LEN,
     RESPONSE_HEADER_LEN,
@@ -892,22 +894,46 @@ const DOC_EXAMPLE_ERROR_RESPONSE_HEX: &str = concat!(
 // Replication: Replicate messages, ClusterStatus, NotLeader
 // ---------------------------------------------------------------------------
 
+/// A `u64` in `0..=max` that hits the edges of the range often.
+fn edgy_up_to(max: u64) -> impl Strategy<Value = u64> {
+    prop_oneof![Just(0u64), Just(max), Just(max - 1), 0..=max]
+}
+
+/// A message's identities: incarnations and cluster id, any value.
+fn identities() -> impl Strategy<Value = (u64, u64, u64)> {
+    (edgy_u64(), edgy_u64(), edgy_u64())
+}
+
+/// `kind` from `from` to `to` in `term`, with `ids` as its identities.
+fn message_of(from: u64, to: u64, term: u64, ids: (u64, u64, u64), kind: MessageKind) -> Message {
+    Message {
+        from,
+        to,
+        term,
+        from_incarnation: ids.0,
+        to_incarnation: ids.1,
+        cluster_id: ids.2,
+        kind,
+    }
+}
+
 /// A valid `Append` in `term`: up to 16 contiguous entries from `prev_pos`
 /// with non-decreasing terms from `prev_term` up to the message's term, and
 /// payload bytes spanning them.
 fn append() -> impl Strategy<Value = (Message, Vec<u8>)> {
     (
-        any::<u64>(),
-        any::<u64>(),
-        0u64..=(u64::MAX / 2),
+        (any::<u64>(), any::<u64>(), identities()),
+        edgy_up_to(POSITION_MAX / 2),
         0u64..1000,
         prop::collection::vec((1u64..300, 0u64..3), 0..16),
         0u64..3,
-        edgy_u64(),
+        edgy_up_to(POSITION_MAX),
         any::<u8>(),
     )
         .prop_map(
-            |(from, to, prev_pos, prev_term, runs, extra_term, commit, fill)| {
+            |((from, to, ids), prev_pos, prev_term, runs, extra_term, commit, fill)| {
+                // Position 0 has term 0.
+                let prev_term = if prev_pos == 0 { 0 } else { prev_term };
                 let (mut start, mut term) = (prev_pos, prev_term);
                 let mut entries = Vec::new();
                 for (len, bump) in runs {
@@ -922,61 +948,101 @@ fn append() -> impl Strategy<Value = (Message, Vec<u8>)> {
                 let payload: Vec<u8> = (0..start - prev_pos)
                     .map(|i| fill.wrapping_add(i as u8))
                     .collect();
-                let m = Message {
-                    from,
-                    to,
-                    term: term + extra_term,
-                    kind: MessageKind::Append {
-                        prev_pos,
-                        prev_term,
-                        entries,
-                        commit,
-                    },
+                let kind = MessageKind::Append {
+                    prev_pos,
+                    prev_term,
+                    entries,
+                    commit,
                 };
-                (m, payload)
+                (message_of(from, to, term + extra_term, ids, kind), payload)
             },
         )
 }
 
-/// Any message of a kind without a payload.
+/// Any message of a kind without a payload, whose fields keep every rule
+/// a correct node keeps (`Message::check_fields`).
 fn message_without_payload() -> impl Strategy<Value = Message> {
-    let kind = prop_oneof![
-        (edgy_u64(), edgy_u64()).prop_map(|(last_pos, last_term)| MessageKind::PreVote {
-            last_pos,
-            last_term
-        }),
-        any::<bool>().prop_map(|granted| MessageKind::PreVoteResp { granted }),
-        (edgy_u64(), edgy_u64(), any::<bool>()).prop_map(|(last_pos, last_term, transfer)| {
-            MessageKind::Vote {
+    let pos = || edgy_up_to(POSITION_MAX);
+    let kind = move |term: u64| {
+        prop_oneof![
+            (pos(), 0..term).prop_map(|(last_pos, last_term)| MessageKind::PreVote {
                 last_pos,
                 last_term,
-                transfer,
-            }
-        }),
-        any::<bool>().prop_map(|granted| MessageKind::VoteResp { granted }),
-        (edgy_u64(), edgy_u64(), edgy_u64()).prop_map(|(matched, written, flushed)| {
-            MessageKind::AppendAck {
-                matched,
-                written,
-                flushed,
-            }
-        }),
-        (edgy_u64(), edgy_u64(), edgy_u64()).prop_map(|(rejected, hint_pos, hint_term)| {
-            MessageKind::AppendReject {
-                rejected,
-                hint_pos,
+            }),
+            (any::<bool>(), any::<bool>())
+                .prop_map(|(granted, caught_up)| MessageKind::PreVoteResp { granted, caught_up }),
+            (pos(), 0..term, any::<bool>()).prop_map(|(last_pos, last_term, transfer)| {
+                MessageKind::Vote {
+                    last_pos,
+                    last_term,
+                    transfer,
+                }
+            }),
+            (any::<bool>(), any::<bool>())
+                .prop_map(|(granted, caught_up)| MessageKind::VoteResp { granted, caught_up }),
+            (pos(), pos(), pos(), any::<bool>()).prop_map(|(a, b, c, caught_up)| {
+                let mut p = [a, b, c];
+                p.sort_unstable();
+                MessageKind::AppendAck {
+                    matched: p[2],
+                    written: p[1],
+                    flushed: p[0],
+                    caught_up,
+                }
+            }),
+            (pos(), pos(), 0..=term).prop_map(|(a, b, hint_term)| MessageKind::AppendReject {
+                rejected: a.max(b),
+                hint_pos: a.min(b),
                 hint_term,
+            }),
+            pos().prop_map(|commit| MessageKind::Heartbeat { commit }),
+            Just(MessageKind::TimeoutNow),
+            Just(MessageKind::Probe),
+            Just(MessageKind::ProbeResp),
+        ]
+    };
+    (
+        edgy_u64(),
+        edgy_u64(),
+        identities(),
+        edgy_up_to(TERM_MAX).prop_map(|t| t.max(1)),
+    )
+        .prop_flat_map(move |(from, to, ids, term)| {
+            kind(term).prop_map(move |k| message_of(from, to, term, ids, k))
+        })
+}
+
+/// One way to break a valid message so that no correct node could have
+/// sent it: a term above `TERM_MAX` or a position above `POSITION_MAX`.
+#[derive(Debug, Clone)]
+enum Absurd {
+    Term(u64),
+    Position(u64),
+}
+
+fn absurd() -> impl Strategy<Value = Absurd> {
+    prop_oneof![
+        (TERM_MAX + 1..=u64::MAX).prop_map(Absurd::Term),
+        Just(Absurd::Term(u64::MAX)),
+        (POSITION_MAX + 1..=u64::MAX).prop_map(Absurd::Position),
+    ]
+}
+
+/// `m` broken by `a`; `None` when `m` has no position to break.
+fn break_message(mut m: Message, a: &Absurd) -> Option<Message> {
+    match *a {
+        Absurd::Term(t) => m.term = t,
+        Absurd::Position(p) => match &mut m.kind {
+            MessageKind::PreVote { last_pos, .. } | MessageKind::Vote { last_pos, .. } => {
+                *last_pos = p
             }
-        }),
-        edgy_u64().prop_map(|commit| MessageKind::Heartbeat { commit }),
-        Just(MessageKind::TimeoutNow),
-    ];
-    (edgy_u64(), edgy_u64(), edgy_u64(), kind).prop_map(|(from, to, term, kind)| Message {
-        from,
-        to,
-        term,
-        kind,
-    })
+            MessageKind::Heartbeat { commit } => *commit = p,
+            MessageKind::AppendAck { matched, .. } => *matched = p,
+            MessageKind::AppendReject { rejected, .. } => *rejected = p,
+            _ => return None,
+        },
+    }
+    Some(m)
 }
 
 /// Any valid message of any kind, with its payload.
@@ -1029,13 +1095,19 @@ fn apply(body: &mut Vec<u8>, edits: &[Edit]) {
 fn cluster_status() -> impl Strategy<Value = ClusterStatusResponse> {
     (
         (edgy_u64(), 0u8..=4, edgy_u64(), edgy_u64()),
-        (edgy_u64(), edgy_u64(), edgy_u64(), edgy_u64()),
+        (
+            edgy_u64(),
+            edgy_u64(),
+            edgy_u64(),
+            edgy_u64(),
+            any::<bool>(),
+        ),
         prop::collection::vec((edgy_u64(), text()), 0..8),
     )
         .prop_map(
             |(
                 (node_id, role, term, leader_id),
-                (written, flushed, replicated, committed),
+                (written, flushed, replicated, committed, caught_up),
                 nodes,
             )| {
                 ClusterStatusResponse {
@@ -1047,6 +1119,7 @@ fn cluster_status() -> impl Strategy<Value = ClusterStatusResponse> {
                     flushed,
                     replicated,
                     committed,
+                    caught_up,
                     nodes: nodes
                         .into_iter()
                         .map(|(id, addr)| ClusterNode { id, addr })
@@ -1107,6 +1180,18 @@ proptest! {
         if let Ok((decoded, bytes)) = decode_message(&body) {
             prop_assert_eq!(payload_len(&decoded), bytes.len() as u64);
             prop_assert_eq!(replicate_body(&decoded, bytes), body);
+            prop_assert_eq!(decoded.check_fields(), Ok(()));
+        }
+    }
+
+    #[test]
+    fn replicate_decoder_refuses_absurd_terms_and_positions(
+        m in message_without_payload(),
+        a in absurd(),
+    ) {
+        if let Some(bad) = break_message(m, &a) {
+            let body = replicate_body(&bad, &[]);
+            prop_assert!(matches!(decode_message(&body), Err(DecodeError::InvalidValue { .. })), "{:?}", bad);
         }
     }
 
@@ -1114,12 +1199,13 @@ proptest! {
     fn replicate_decoder_survives_arbitrary_appends(
         // A plausible head and the Append kind, then small integers that
         // look like counts, positions and lengths.
-        head in prop::collection::vec(any::<u8>(), 24),
+        head in prop::collection::vec(any::<u8>(), 48),
         rest in prop::collection::vec(prop_oneof![Just(0u8), Just(1u8), Just(0xFFu8), any::<u8>()], 0..200),
     ) {
         let body = [&head[..], &[4], &rest].concat();
         if let Ok((decoded, bytes)) = decode_message(&body) {
             prop_assert_eq!(replicate_body(&decoded, bytes), body);
+            prop_assert_eq!(decoded.check_fields(), Ok(()));
         }
     }
 

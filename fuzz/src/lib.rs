@@ -930,12 +930,7 @@ fn replicate_seed(batches: &[u8]) -> Vec<u8> {
     use hutong::consensus::{Entry, Message, MessageKind};
     let split = split_batches(batches).next().map_or(0, <[u8]>::len) as u64;
     let end = batches.len() as u64;
-    let message = |kind| Message {
-        from: 1,
-        to: 2,
-        term: 3,
-        kind,
-    };
+    let message = |kind| Message::new(1, 2, 3, kind);
     let append = message(MessageKind::Append {
         prev_pos: 0,
         prev_term: 0,
@@ -964,7 +959,7 @@ fn replicate_seed(batches: &[u8]) -> Vec<u8> {
     for kind in [
         MessageKind::Vote {
             last_pos: end,
-            last_term: 3,
+            last_term: 2,
             transfer: false,
         },
         MessageKind::Heartbeat { commit: end },
@@ -1090,6 +1085,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             flushed: 512,
             replicated: 512,
             committed: 400,
+            caught_up: true,
             nodes: vec![
                 hutong::wire::api::ClusterNode {
                     id: 1,

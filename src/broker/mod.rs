@@ -179,6 +179,10 @@ impl Broker {
                 segments_tx,
                 journal.report().lost.is_some(),
             )?;
+            shared.cluster.caught_up.store(
+                replica.node().hard_state().caught_up,
+                std::sync::atomic::Ordering::Release,
+            );
             let courier =
                 replicator::Courier::new(&config, journal.segment_files().to_vec(), &shared)
                     .map_err(|e| io("creating the replicator's poll", e))?;

@@ -243,6 +243,7 @@ impl Reader {
             flushed: p.flushed.get(),
             replicated: p.replicated.get(),
             committed: p.committed.get(),
+            caught_up: view.caught_up.load(Ordering::Acquire),
             nodes: view
                 .peers
                 .iter()

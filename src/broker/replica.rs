@@ -47,10 +47,8 @@ pub struct Replica {
     dropped_messages: u64,
     /// Segment files, for the replicator that reads appends from them.
     segments: Sender<SegmentEvent>,
-    /// This data directory's identity and whether it caught up, persisted
-    /// with the term and vote.
+    /// This data directory's identity, persisted with the term and vote.
     incarnation: u64,
-    caught_up: bool,
 }
 
 impl Replica {
@@ -73,10 +71,12 @@ impl Replica {
         let hard_state = HardState {
             term: persisted.term,
             voted_for: persisted.voted_for,
+            caught_up: persisted.caught_up,
         };
         let peer_ids: Vec<u64> = config.peers.iter().map(|p| p.id).collect();
         let mut cfg = consensus::Config::new(config.node_id, peer_ids.clone());
         cfg.noop_bytes = noop_bytes;
+        cfg.incarnation = persisted.incarnation;
         // Elections must not be in lockstep across nodes or restarts.
         cfg.seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -100,7 +100,6 @@ impl Replica {
             dropped_messages: 0,
             segments,
             incarnation: persisted.incarnation,
-            caught_up: persisted.caught_up,
         })
     }
 
@@ -122,6 +121,15 @@ impl Replica {
     pub fn transfer_leader(&mut self, to: u64) {
         if let Err(e) = self.node.transfer_leader(to) {
             crate::log!("cannot hand leadership to node {to}: {e}");
+        }
+    }
+
+    /// Gives the node the group's id (once the record naming it is
+    /// committed); messages from another group are refused from then on.
+    pub fn set_cluster_id(&mut self, id: u64) {
+        if self.node.cluster_id() != id {
+            crate::log!("this node belongs to the group with cluster id {id:#018x}");
+            self.node.set_cluster_id(id);
         }
     }
 
@@ -232,7 +240,7 @@ impl Replica {
                     term: hs.term,
                     voted_for: hs.voted_for,
                     incarnation: self.incarnation,
-                    caught_up: self.caught_up,
+                    caught_up: hs.caught_up,
                 },
             ),
             None => Ok(()),
@@ -242,6 +250,9 @@ impl Replica {
     /// Publishes the outputs of `rd` that are not journal work: messages,
     /// R, C and the soft state; then hands `rd` back to the node.
     pub fn publish(&mut self, mut rd: Ready, shared: &Shared) {
+        for alert in rd.alerts.drain(..) {
+            crate::log!("consensus: {alert:?}; this node needs an operator");
+        }
         let mut sent = false;
         for m in rd.messages.drain(..) {
             if self.outbox.try_push(m).is_err() {
@@ -274,6 +285,15 @@ impl Replica {
         }
         if moved {
             shared.wake(Stage::Responder);
+        }
+        if let Some(hs) = rd.hard_state {
+            let was = shared
+                .cluster
+                .caught_up
+                .swap(hs.caught_up, std::sync::atomic::Ordering::AcqRel);
+            if hs.caught_up && !was {
+                crate::log!("this data directory has caught up with the group: it votes again");
+            }
         }
         if let Some(ss) = rd.soft_state {
             let view = &shared.cluster;
@@ -352,6 +372,7 @@ mod tests {
             HardState {
                 term: 2,
                 voted_for: None,
+                caught_up: true,
             },
             log,
         )

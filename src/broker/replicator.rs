@@ -595,11 +595,11 @@ mod tests {
     }
 
     fn append(prev_pos: u64, end: u64) -> Message {
-        Message {
-            from: 1,
-            to: 2,
-            term: 1,
-            kind: MessageKind::Append {
+        Message::new(
+            1,
+            2,
+            1,
+            MessageKind::Append {
                 prev_pos,
                 prev_term: 1,
                 entries: vec![Entry {
@@ -609,7 +609,7 @@ mod tests {
                 }],
                 commit: 0,
             },
-        }
+        )
     }
 
     /// Finding 6: the writer announces a new segment and only then pushes

@@ -94,6 +94,9 @@ pub struct ClusterView {
     /// Bit `i` set: the replicator lost or (re)made its connection to
     /// `peers[i]`; the writer reports it to the state machine and clears it.
     pub link_changes: AtomicU64,
+    /// This member's data directory has caught up with the group (it votes
+    /// and campaigns); always true on a standalone broker.
+    pub caught_up: AtomicBool,
 }
 
 impl ClusterView {
@@ -111,6 +114,7 @@ impl ClusterView {
             term: AtomicU64::new(0),
             leader: AtomicU64::new(0),
             link_changes: AtomicU64::new(0),
+            caught_up: AtomicBool::new(true),
         }
     }
 

@@ -380,7 +380,49 @@ impl Writer {
         r.report_written(self.journal.written());
         let wait = r.pulse(&self.shared, now);
         self.apply_ready(0, &[]);
+        self.settle_cluster_id();
         Some(wait)
+    }
+
+    /// The group's id: the first leader of a new group writes it into the
+    /// journal after its no-op; every member hands it to its node once the
+    /// record is committed (an uncommitted one may still be cut and
+    /// replaced by another leader's).
+    fn settle_cluster_id(&mut self) {
+        if self.fatal.is_some() {
+            return;
+        }
+        let Some(r) = self.replica.as_mut() else {
+            return;
+        };
+        match self.journal.catalog().cluster_id_record() {
+            Some((id, position)) => {
+                if position < self.shared.positions.committed.get() {
+                    r.set_cluster_id(id);
+                }
+            }
+            None => {
+                let Some(term) = r.leader_term() else {
+                    return;
+                };
+                // After this term's no-op: a leader's first entry is its no-op.
+                if r.node().log().last().is_none_or(|e| e.term != term) {
+                    return;
+                }
+                // Random and non-zero, like an incarnation.
+                let id = crate::journal::hardstate::new_incarnation();
+                match self.journal.append_cluster_id(id, term, unix_ms()) {
+                    Ok(appended) => {
+                        crate::log!("writing the group's cluster id {id:#018x}");
+                        self.announce_roll(&appended);
+                        // A refused proposal takes the record back out.
+                        let _ = self.propose(&appended);
+                    }
+                    // Tried again at the next pulse.
+                    Err(e) => crate::log!("cannot write the group's cluster id yet: {e}"),
+                }
+            }
+        }
     }
 
     /// Applies the node's `Ready`, in the order the consensus contract

@@ -25,6 +25,24 @@ pub const APPEND_BYTES_MAX_DEFAULT: u64 = 1 << 20;
 /// no-op control batch.
 pub const NOOP_BYTES_DEFAULT: u64 = 128;
 
+/// Highest term a node adopts, persists or campaigns in. A term grows by
+/// one per election round, so a real group never comes near it (at a
+/// thousand elections a second it would take about 8,900 years); a term
+/// above it can only come from a forged or damaged message, which is
+/// refused before it touches any state. A node whose term reaches the limit
+/// stops campaigning (and says so in `Ready::alerts`) instead of wrapping to
+/// 0, which would strand the group.
+pub const TERM_MAX: u64 = 1 << 48;
+/// Highest journal position a message may name or a log may reach (4 EiB).
+/// Far beyond any disk; it keeps every position sum (an entry's end plus a
+/// no-op, a window) from overflowing a `u64`.
+pub const POSITION_MAX: u64 = 1 << 62;
+/// Largest no-op batch a configuration may ask for.
+pub const NOOP_BYTES_MAX: u64 = 1 << 20;
+
+const _: () = assert!(TERM_MAX < u64::MAX / 2);
+const _: () = assert!(POSITION_MAX < u64::MAX / 2 && NOOP_BYTES_MAX < POSITION_MAX);
+const _: () = assert!(NOOP_BYTES_DEFAULT <= NOOP_BYTES_MAX);
 const _: () = assert!(HEARTBEAT_TICKS_DEFAULT >= 1);
 const _: () = assert!(HEARTBEAT_TICKS_DEFAULT < ELECTION_TICKS_MIN_DEFAULT);
 const _: () = assert!(ELECTION_TICKS_MIN_DEFAULT < ELECTION_TICKS_MAX_DEFAULT);
@@ -44,6 +62,12 @@ pub struct Config {
     /// Seed of the generator that draws election timeouts. Give each node
     /// (and each restart of it) a different seed, or timeouts collide.
     pub seed: u64,
+    /// This node's incarnation: a random non-zero number made when its data
+    /// directory was created and kept with it (not made again at restart).
+    /// Peers that see it change know the disk was replaced and void what
+    /// the old one acknowledged. 0: the node has none (peers cannot tell a
+    /// wiped disk from a restart).
+    pub incarnation: u64,
     /// Election timeouts are drawn from `[election_ticks_min,
     /// election_ticks_max)`. `election_ticks_min` is also the lease: a node
     /// that heard from a leader fewer ticks ago refuses (pre-)votes, and a
@@ -71,6 +95,7 @@ impl Config {
             id,
             voters,
             seed: id,
+            incarnation: 0,
             election_ticks_min: ELECTION_TICKS_MIN_DEFAULT,
             election_ticks_max: ELECTION_TICKS_MAX_DEFAULT,
             heartbeat_ticks: HEARTBEAT_TICKS_DEFAULT,
@@ -110,8 +135,8 @@ impl Config {
         if self.append_bytes_max == 0 || self.window_bytes < self.append_bytes_max {
             return fail("append_bytes_max must be at least 1 and at most window_bytes");
         }
-        if self.noop_bytes == 0 {
-            return fail("noop_bytes must be at least 1");
+        if self.noop_bytes == 0 || self.noop_bytes > NOOP_BYTES_MAX {
+            return fail("noop_bytes must be 1 to NOOP_BYTES_MAX");
         }
         Ok(())
     }
@@ -155,6 +180,10 @@ mod tests {
                 Box::new(|c| c.window_bytes = c.append_bytes_max - 1),
             ),
             ("noop 0", Box::new(|c| c.noop_bytes = 0)),
+            (
+                "noop too large",
+                Box::new(|c| c.noop_bytes = NOOP_BYTES_MAX + 1),
+            ),
         ];
         for (name, breakit) in cases {
             let mut c = ok.clone();

@@ -31,6 +31,17 @@ pub enum ConsensusError {
         /// Which rule it broke.
         reason: &'static str,
     },
+    /// The message comes from a member of another group: its cluster id is
+    /// not this node's (neither being 0, "not known yet").
+    #[error("message from node {from} of cluster {theirs:#x}, this node is in cluster {ours:#x}")]
+    WrongCluster {
+        /// The sender.
+        from: NodeId,
+        /// The cluster id in the message.
+        theirs: u64,
+        /// This node's cluster id.
+        ours: u64,
+    },
     /// A leader asked this node to replace entries it knows are committed.
     /// Raft's safety makes this impossible between correct nodes, so the
     /// message is refused rather than applied.

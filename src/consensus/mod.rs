@@ -16,8 +16,10 @@
 //! - [`progress`]: the leader's view of each follower (probe / replicate).
 //! - [`message`], [`ready`]: what goes in and out.
 //! - [`config`]: limits and defaults; [`rng`]: the seeded generator.
+//! - [`check`]: the invariants a harness checks after every call.
 //! - `sim` (tests only): the deterministic cluster simulation.
 
+pub mod check;
 pub mod config;
 pub mod error;
 pub mod log;
@@ -36,10 +38,10 @@ mod tests;
 pub use config::Config;
 pub use error::ConsensusError;
 pub use log::Entry;
-pub use message::{Message, MessageKind};
+pub use message::{FieldError, Message, MessageKind};
 pub use node::{Node, PeerStatus};
 pub use progress::{Progress, ProgressState};
-pub use ready::{HardState, Ready, Role, SoftState};
+pub use ready::{Alert, HardState, Ready, Role, SoftState};
 
 /// Identifies a node of a replication group.
 pub type NodeId = u64;
@@ -64,6 +66,15 @@ pub(crate) mod mutation {
         AckUnflushed,
         /// Followers accept an append whatever the term at `prev_pos`.
         IgnorePrevTerm,
+        /// Position reports are judged by their position alone (a boundary
+        /// of the log), not by the term that came with it.
+        ReportWithoutTerm,
+        /// A node votes and campaigns as if caught up, whatever its hard
+        /// state says (a wiped node votes again).
+        VoteBeforeCaughtUp,
+        /// A leader keeps a peer's acknowledgements when the peer's
+        /// incarnation changes (its disk was replaced).
+        KeepAcksOfOldIncarnation,
     }
 
     /// Whether `m` is switched on (never, outside tests).

@@ -20,13 +20,17 @@
 //! - check-quorum and leadership transfer (thesis §6.2, §3.10): `tick_leader`,
 //!   [`Node::transfer_leader`].
 
-use super::log::{check_run, Log};
+use super::config::{POSITION_MAX, TERM_MAX};
+use super::log::Log;
 use super::mutation::{self, Mutation};
 use super::progress::{Progress, ProgressState};
-use super::quorum::{majority_position, vote_result, VoteResult, VOTERS_MAX};
+use super::quorum::{
+    election_result, majority_position_counting, vote_result, Answer, VoteResult, VOTERS_MAX,
+};
 use super::rng::SplitMix64;
 use super::{
-    Config, ConsensusError, Entry, HardState, Message, MessageKind, NodeId, Ready, Role, SoftState,
+    Alert, Config, ConsensusError, Entry, HardState, Message, MessageKind, NodeId, Ready, Role,
+    SoftState,
 };
 
 /// What a peer's replication looks like from the leader, for status pages.
@@ -70,6 +74,10 @@ struct Outbox {
     committed: u64,
     /// A `Ready` is out and `advance` has not been called.
     outstanding: bool,
+    /// Alerts not yet handed out.
+    alerts: Vec<Alert>,
+    /// The last alert raised: the same one is not raised again.
+    last_alert: Option<Alert>,
 }
 
 /// One node of a replication group. See the module documentation and
@@ -98,14 +106,30 @@ pub struct Node {
     rng: SplitMix64,
     election_elapsed: u32,
     heartbeat_elapsed: u32,
+    /// Not caught up: ticks since the last round of probes.
+    probe_elapsed: u32,
     /// This round's randomised election timeout.
     election_timeout: u32,
     /// Leader: one record per voter (this node's slot is unused).
     progress: Vec<Progress>,
     /// Candidate and pre-candidate: one answer per voter.
-    votes: Vec<Option<bool>>,
+    votes: Vec<Option<Answer>>,
     /// Leader: leadership is being handed to this node.
     transferee: Option<NodeId>,
+    /// See `HardState::caught_up`.
+    caught_up: bool,
+    /// Not caught up: a commit position of its leader's own term, announced
+    /// to this incarnation; caught up once the journal holds it durably.
+    catch_up_at: Option<u64>,
+    /// Per voter: its incarnation as last heard, and the one before (whose
+    /// late messages are refused). 0: none heard.
+    incarnations: Vec<[u64; 2]>,
+    /// Not caught up: per voter, whether it has sent a message addressed
+    /// to this incarnation since this node started (so it has heard of it,
+    /// and voided whatever an earlier incarnation promised it).
+    confirmed: Vec<bool>,
+    /// The group's cluster id (0: not known yet).
+    cluster_id: u64,
     out: Outbox,
 }
 
@@ -114,18 +138,33 @@ impl Node {
     /// the journal's `entries` as recovery found them. Everything in
     /// `entries` must be durable: it counts as written and flushed.
     ///
+    /// A node on a new (or wiped, or damaged-and-cut) data directory starts
+    /// with a fresh `config.incarnation` and `hard_state.caught_up` false:
+    /// see [`HardState::caught_up`].
+    ///
     /// # Errors
     /// [`ConsensusError::InvalidConfig`] for a bad `config`;
     /// [`ConsensusError::InvalidState`] if the entries are not contiguous
     /// from 0 with non-decreasing terms, hold a term above
-    /// `hard_state.term`, or the vote names a non-voter.
+    /// `hard_state.term`, end beyond [`POSITION_MAX`], the term is above
+    /// [`TERM_MAX`], or the vote names a non-voter.
     pub fn new(
         config: Config,
         hard_state: HardState,
         entries: Vec<Entry>,
     ) -> Result<Node, ConsensusError> {
         config.validate()?;
+        if hard_state.term > TERM_MAX {
+            return Err(ConsensusError::InvalidState(
+                "the persisted term is above TERM_MAX",
+            ));
+        }
         let log = Log::from_entries(entries)?;
+        if log.last_pos() > POSITION_MAX {
+            return Err(ConsensusError::InvalidState(
+                "the journal ends beyond POSITION_MAX",
+            ));
+        }
         if log.last_term() > hard_state.term {
             return Err(ConsensusError::InvalidState(
                 "the journal holds a term above the persisted term",
@@ -139,11 +178,9 @@ impl Node {
                 "the persisted vote names a node outside the group",
             ));
         }
-        let slot = config
-            .voters
-            .iter()
-            .position(|v| *v == config.id)
-            .expect("validated");
+        let slot = config.voters.iter().position(|v| *v == config.id).ok_or(
+            ConsensusError::InvalidConfig("id must be one of the voters"),
+        )?;
         let n = config.voters.len();
         let last = log.last_pos();
         let rng = SplitMix64::new(config.seed);
@@ -162,10 +199,16 @@ impl Node {
             rng,
             election_elapsed: 0,
             heartbeat_elapsed: 0,
+            probe_elapsed: 0,
             election_timeout: 0,
             progress: vec![Progress::new(0); n],
             votes: vec![None; n],
             transferee: None,
+            caught_up: hard_state.caught_up,
+            catch_up_at: None,
+            incarnations: vec![[0; 2]; n],
+            confirmed: (0..n).map(|i| i == slot).collect(),
+            cluster_id: 0,
             out: Outbox {
                 unsynced_from: last,
                 ..Outbox::default()
@@ -186,10 +229,31 @@ impl Node {
         match self.role {
             Role::Leader => self.tick_leader(),
             _ => {
-                self.election_elapsed += 1;
+                self.election_elapsed = self.election_elapsed.saturating_add(1);
                 if self.election_elapsed >= self.election_timeout {
                     self.campaign(Campaign::Pre);
                 }
+                self.tick_probes();
+            }
+        }
+    }
+
+    /// A member that has not caught up needs every peer to address its
+    /// incarnation (see `check_caught_up`); a follower hears only from its
+    /// leader, so every `heartbeat_ticks` it probes the peers it has not
+    /// heard from at this incarnation.
+    fn tick_probes(&mut self) {
+        if self.caught_up {
+            return;
+        }
+        self.probe_elapsed = self.probe_elapsed.saturating_add(1);
+        if self.probe_elapsed < self.cfg.heartbeat_ticks {
+            return;
+        }
+        self.probe_elapsed = 0;
+        for s in 0..self.cfg.voters.len() {
+            if s != self.slot && !self.confirmed[s] {
+                self.send(self.cfg.voters[s], self.term, MessageKind::Probe);
             }
         }
     }
@@ -197,10 +261,17 @@ impl Node {
     /// Takes one message received from a peer.
     ///
     /// # Errors
-    /// [`ConsensusError::Malformed`] or [`ConsensusError::CommittedConflict`]
-    /// when the message breaks the protocol; the node ignores it.
+    /// [`ConsensusError::Malformed`], [`ConsensusError::WrongCluster`] or
+    /// [`ConsensusError::CommittedConflict`] when the message is wrong for
+    /// this node (docs/consensus.md, "Refused inputs"); the node ignores it.
+    /// Never panics, whatever the message.
     pub fn step(&mut self, m: Message) -> Result<(), ConsensusError> {
-        self.check_message(&m)?;
+        let s = self.check_message(&m)?;
+        self.note_incarnation(s, m.from_incarnation);
+        if !self.caught_up && m.to_incarnation == self.cfg.incarnation && !self.confirmed[s] {
+            self.confirmed[s] = true;
+            self.check_caught_up();
+        }
         if m.term > self.term {
             if let MessageKind::PreVote { .. } | MessageKind::Vote { .. } = m.kind {
                 let transfer = matches!(m.kind, MessageKind::Vote { transfer: true, .. });
@@ -213,8 +284,12 @@ impl Node {
             }
             match m.kind {
                 // A pre-vote does not change terms, and a granted pre-vote
-                // answer carries the term we *would* campaign in.
-                MessageKind::PreVote { .. } | MessageKind::PreVoteResp { granted: true } => {}
+                // answer carries the term we *would* campaign in. A probe
+                // changes no term either: it comes from a member that has
+                // not caught up (possibly behind, possibly partitioned).
+                MessageKind::PreVote { .. }
+                | MessageKind::PreVoteResp { granted: true, .. }
+                | MessageKind::Probe => {}
                 MessageKind::Append { .. }
                 | MessageKind::Heartbeat { .. }
                 | MessageKind::TimeoutNow => self.become_follower(m.term, Some(m.from)),
@@ -230,14 +305,20 @@ impl Node {
                         matched: 0,
                         written: 0,
                         flushed: 0,
+                        caught_up: self.may_vote(),
                     },
                 ),
                 // Tell a pre-candidate with a stale term why it cannot win.
                 MessageKind::PreVote { .. } => self.send(
                     m.from,
                     self.term,
-                    MessageKind::PreVoteResp { granted: false },
+                    MessageKind::PreVoteResp {
+                        granted: false,
+                        caught_up: self.may_vote(),
+                    },
                 ),
+                // Answered at this node's term, which the prober adopts.
+                MessageKind::Probe => self.send(m.from, self.term, MessageKind::ProbeResp),
                 _ => {}
             }
             return Ok(());
@@ -253,19 +334,19 @@ impl Node {
                 last_term,
                 ..
             } => self.handle_vote_request(m.from, m.term, last_pos, last_term, false),
-            MessageKind::PreVoteResp { granted } => {
+            MessageKind::PreVoteResp { granted, caught_up } => {
                 let answers_our_round = if granted {
-                    m.term == self.term + 1
+                    self.term.checked_add(1) == Some(m.term)
                 } else {
                     m.term == self.term
                 };
                 if self.role == Role::PreCandidate && answers_our_round {
-                    self.record_vote(m.from, granted);
+                    self.record_vote(s, granted, caught_up);
                 }
             }
-            MessageKind::VoteResp { granted } => {
+            MessageKind::VoteResp { granted, caught_up } => {
                 if self.role == Role::Candidate {
-                    self.record_vote(m.from, granted);
+                    self.record_vote(s, granted, caught_up);
                 }
             }
             MessageKind::Append {
@@ -276,19 +357,31 @@ impl Node {
             } => {
                 self.accept_leader(m.from)?;
                 self.handle_append(m.from, prev_pos, prev_term, entries, commit)?;
+                self.learn_catch_up_point(&m, commit);
             }
             MessageKind::Heartbeat { commit } => {
+                // What matches the leader's log so far (nothing, if it is
+                // news that `from` leads).
+                let matched = if self.leader == Some(m.from) {
+                    self.matched
+                } else {
+                    0
+                };
+                self.check_commit(m.from, commit, matched, 0, &[])?;
                 self.accept_leader(m.from)?;
                 self.learn_commit(commit);
                 self.out.ack = true;
+                self.learn_catch_up_point(&m, commit);
             }
             MessageKind::AppendAck {
                 matched,
                 written,
                 flushed,
+                caught_up,
             } => {
                 if self.role == Role::Leader {
-                    self.handle_ack(m.from, matched, written, flushed);
+                    self.progress[s].caught_up = caught_up;
+                    self.handle_ack(s, matched, written, flushed);
                 }
             }
             MessageKind::AppendReject {
@@ -297,14 +390,25 @@ impl Node {
                 hint_term,
             } => {
                 if self.role == Role::Leader {
-                    self.handle_reject(m.from, rejected, hint_pos, hint_term);
+                    self.handle_reject(s, rejected, hint_pos, hint_term);
                 }
             }
-            MessageKind::TimeoutNow => {
-                if self.role == Role::Follower && self.leader == Some(m.from) {
-                    self.campaign(Campaign::Real { transfer: true });
+            // Answered so that the prober hears from this node at its
+            // incarnation (see `step`'s confirmation above).
+            MessageKind::Probe => self.send(m.from, self.term, MessageKind::ProbeResp),
+            MessageKind::ProbeResp => {}
+            MessageKind::TimeoutNow => match self.leader {
+                Some(l) if l != m.from => {
+                    return Err(ConsensusError::Malformed {
+                        from: m.from,
+                        reason: "TimeoutNow from a node that does not lead this term",
+                    });
                 }
-            }
+                Some(_) if self.role == Role::Follower => {
+                    self.campaign(Campaign::Real { transfer: true })
+                }
+                _ => {}
+            },
         }
         Ok(())
     }
@@ -329,7 +433,7 @@ impl Node {
         }
         let start = self.log.last_pos();
         let end = match start.checked_add(bytes) {
-            Some(end) if bytes > 0 => end,
+            Some(end) if bytes > 0 && end <= POSITION_MAX => end,
             _ => return Err(ConsensusError::InvalidLength(bytes)),
         };
         let e = Entry {
@@ -347,7 +451,7 @@ impl Node {
     /// match the log (the tail was truncated and rewritten since) are
     /// ignored, so a late report can never vouch for replaced bytes.
     pub fn report_written(&mut self, pos: u64, term: u64) {
-        if pos <= self.written || self.log.term_at(pos) != Some(term) {
+        if pos <= self.written || !self.reported_pair_matches(pos, term) {
             return;
         }
         self.written = pos;
@@ -357,28 +461,41 @@ impl Node {
     /// The caller's journal holds the log up to `pos` durably (fdatasync'd),
     /// where an entry of `term` ends. Ignored when it does not match the log.
     pub fn report_flushed(&mut self, pos: u64, term: u64) {
-        if pos <= self.flushed || self.log.term_at(pos) != Some(term) {
+        if pos <= self.flushed || !self.reported_pair_matches(pos, term) {
             return;
         }
         self.flushed = pos;
         self.written = self.written.max(pos);
+        self.check_caught_up();
         self.on_own_position_change();
     }
 
-    /// The connection to `peer` broke, so messages to it may have been lost:
-    /// the leader goes back to probing it from the last acknowledged
-    /// position. Harmless on a non-leader.
+    /// Whether a position report is about the log as it is: an entry of
+    /// `term` ends at `pos`. By log matching, the log below `pos` is then
+    /// the one the reporter wrote or synced; after a truncation and rewrite
+    /// the pair of the old bytes no longer matches.
+    fn reported_pair_matches(&self, pos: u64, term: u64) -> bool {
+        self.log
+            .term_at(pos)
+            .is_some_and(|t| t == term || mutation::is(Mutation::ReportWithoutTerm))
+    }
+
+    /// The connection to `peer` broke or was made again: messages to it may
+    /// have been lost, and the peer itself may have crashed and lost what
+    /// it held only in memory. The leader goes back to probing it from its
+    /// acknowledged *flushed* position and forgets its acknowledged written
+    /// and matched positions above that, so R never counts bytes the peer
+    /// may have lost. Harmless on a non-leader.
     pub fn report_unreachable(&mut self, peer: NodeId) {
         if self.role != Role::Leader {
             return;
         }
         if let Some(s) = self.slot_of(peer).filter(|s| *s != self.slot) {
             let pr = &mut self.progress[s];
-            if pr.state == ProgressState::Replicate {
-                let from = pr.matched;
-                pr.probe_from(from);
-                self.out.replicate = true;
-            }
+            let from = pr.flushed;
+            pr.probe_from(from);
+            pr.acked_since_link = false;
+            self.out.replicate = true;
         }
     }
 
@@ -403,12 +520,22 @@ impl Node {
         self.transferee = Some(to);
         // The transfer gets one full election timeout.
         self.election_elapsed = 0;
-        if self.progress[s].matched == self.log.last_pos() {
+        if self.ready_to_lead(s) {
             self.send(to, self.term, MessageKind::TimeoutNow);
         } else {
             self.out.replicate = true;
         }
         Ok(())
+    }
+
+    /// The group's cluster id, as the caller learned it (the first leader of
+    /// a new group writes one into the journal as a control record); 0
+    /// forgets it. From then on, messages that carry another non-zero
+    /// cluster id are refused ([`ConsensusError::WrongCluster`]), and this
+    /// node's messages carry it. Set it only once the record is committed
+    /// (an uncommitted one may be replaced by another leader's).
+    pub fn set_cluster_id(&mut self, cluster_id: u64) {
+        self.cluster_id = cluster_id;
     }
 
     // ----- outputs -----------------------------------------------------
@@ -417,6 +544,7 @@ impl Node {
     pub fn has_ready(&self) -> bool {
         let o = &self.out;
         !o.messages.is_empty()
+            || !o.alerts.is_empty()
             || o.hard_state_changed
             || o.truncate.is_some()
             || o.unsynced_from != self.log.last_pos()
@@ -466,6 +594,7 @@ impl Node {
             messages: std::mem::take(&mut self.out.messages),
             replicated,
             committed,
+            alerts: std::mem::take(&mut self.out.alerts),
         }
     }
 
@@ -510,12 +639,18 @@ impl Node {
         self.leader
     }
 
-    /// Term and vote, as they must be persisted.
+    /// Term, vote and catch-up, as they must be persisted.
     pub fn hard_state(&self) -> HardState {
         HardState {
             term: self.term,
             voted_for: self.voted_for,
+            caught_up: self.caught_up,
         }
+    }
+
+    /// The group's cluster id as set by [`Node::set_cluster_id`] (0: none).
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
     }
 
     /// Role, leader and term.
@@ -586,13 +721,27 @@ impl Node {
             })
     }
 
-    /// The follower best placed to take over leadership (the one whose log
-    /// matches furthest), for a graceful shutdown. `None` on a non-leader
-    /// or a single-node group.
+    /// The follower best placed to take over leadership, for a graceful
+    /// shutdown: one that was heard from within the minimum election
+    /// timeout and acknowledged the leader's whole log in this term since
+    /// its link was last made (a follower that restarted may have lost what
+    /// it acknowledged before; handing over to it would fail and leave the
+    /// group waiting for an election). `None` when no follower qualifies,
+    /// on a non-leader, or in a single-node group: then shut down without
+    /// a hand-over.
     pub fn best_transfer_target(&self) -> Option<NodeId> {
-        self.peers()
-            .max_by_key(|p| (p.progress.matched, std::cmp::Reverse(p.id)))
-            .map(|p| p.id)
+        if self.role != Role::Leader {
+            return None;
+        }
+        (0..self.cfg.voters.len())
+            .filter(|s| *s != self.slot && self.ready_to_lead(*s))
+            .map(|s| self.cfg.voters[s])
+            .min()
+    }
+
+    /// Whether the follower in slot `s` could take over leadership now.
+    fn ready_to_lead(&self, s: usize) -> bool {
+        self.progress[s].ready_to_lead(self.log.last_pos(), self.cfg.election_ticks_min)
     }
 
     // ----- elections ---------------------------------------------------
@@ -601,6 +750,78 @@ impl Node {
     /// minimum election timeout: then it refuses to help depose it.
     fn in_lease(&self) -> bool {
         self.leader.is_some() && self.election_elapsed < self.cfg.election_ticks_min
+    }
+
+    /// Whether this node has caught up (`HardState::caught_up`): its votes
+    /// and acknowledged positions count fully, not only when unanimous.
+    fn may_vote(&self) -> bool {
+        self.caught_up || mutation::is(Mutation::VoteBeforeCaughtUp)
+    }
+
+    /// The peer in slot `s` says its incarnation is `incarnation`. When it
+    /// changed, the peer's disk was replaced: what it acknowledged (on a
+    /// leader) or granted (on a candidate) is void.
+    fn note_incarnation(&mut self, s: usize, incarnation: u64) {
+        let [now, _] = self.incarnations[s];
+        if incarnation == 0 || incarnation == now {
+            return;
+        }
+        self.incarnations[s] = [incarnation, now];
+        if now == 0 || mutation::is(Mutation::KeepAcksOfOldIncarnation) {
+            return; // first heard of since this node started
+        }
+        match self.role {
+            Role::Leader => {
+                // Probe it afresh. What was sent this term stays sent: an
+                // answer to it is no lie.
+                let sent = self.progress[s].sent;
+                self.progress[s] = Progress::new(self.log.last_pos());
+                self.progress[s].sent = sent;
+                self.out.replicate = true;
+            }
+            Role::Candidate | Role::PreCandidate => {
+                self.votes[s] = None;
+                self.tally();
+            }
+            Role::Follower => {}
+        }
+    }
+
+    /// A node that has not caught up learns from its leader's append or
+    /// heartbeat `m` the commit position `commit`. It is a point to catch
+    /// up to if it ends an entry of the leader's own term (everything
+    /// committed in earlier terms lies below, and everything this leader
+    /// committed so far), this node's log matches the leader's up to there,
+    /// and `m` was made for this incarnation (not before it existed). A
+    /// commit beyond what matches is no use yet: a later message will do.
+    fn learn_catch_up_point(&mut self, m: &Message, commit: u64) {
+        if self.caught_up
+            || self.role != Role::Follower
+            || self.leader != Some(m.from)
+            || m.to_incarnation != self.cfg.incarnation
+        {
+            return;
+        }
+        if commit > 0 && commit <= self.matched && self.log.term_at(commit) == Some(self.term) {
+            self.catch_up_at.get_or_insert(commit);
+            self.check_caught_up();
+        }
+    }
+
+    /// Caught up once the journal holds the catch-up point durably and
+    /// every peer has addressed this incarnation (whatever an earlier one
+    /// promised is void everywhere: a candidate that counted its vote, a
+    /// leader that counted its acknowledgements, dropped them on hearing of
+    /// the new one, or already had a term this node has now seen). Said
+    /// through the hard state, so a restart votes normally.
+    fn check_caught_up(&mut self) {
+        if let Some(at) = self.catch_up_at {
+            if !self.caught_up && self.flushed >= at && self.confirmed.iter().all(|c| *c) {
+                self.caught_up = true;
+                self.catch_up_at = None;
+                self.out.hard_state_changed = true;
+            }
+        }
     }
 
     fn reset_election_timer(&mut self) {
@@ -612,7 +833,36 @@ impl Node {
         ) as u32;
     }
 
+    /// Why this node cannot campaign now, if it cannot: the next term or a
+    /// leader's no-op would pass a limit.
+    fn campaign_blocked(&self) -> Option<Alert> {
+        let last_pos = self.log.last_pos();
+        if self.term >= TERM_MAX {
+            Some(Alert::TermExhausted { term: self.term })
+        } else if last_pos > POSITION_MAX - self.cfg.noop_bytes {
+            Some(Alert::PositionsExhausted { last_pos })
+        } else {
+            None
+        }
+    }
+
+    /// Hands `a` to the caller unless it was the last alert raised.
+    fn alert(&mut self, a: Alert) {
+        if self.out.last_alert != Some(a) {
+            self.out.last_alert = Some(a);
+            self.out.alerts.push(a);
+        }
+    }
+
     fn campaign(&mut self, kind: Campaign) {
+        if let Some(why) = self.campaign_blocked() {
+            // Wait a whole timeout before looking again.
+            self.reset_election_timer();
+            self.alert(why);
+            return;
+        }
+        self.out.last_alert = None;
+        // Below TERM_MAX (checked above): the next term cannot overflow.
         let term = match kind {
             Campaign::Pre => {
                 self.role = Role::PreCandidate;
@@ -631,7 +881,8 @@ impl Node {
         self.transferee = None;
         self.reset_election_timer();
         self.votes.fill(None);
-        self.votes[self.slot] = Some(true);
+        // Its own vote counts like anyone's: fully only if it caught up.
+        self.votes[self.slot] = Some(Answer::new(true, self.may_vote()));
         let (last_pos, last_term) = (self.log.last_pos(), self.log.last_term());
         for i in 0..self.cfg.voters.len() {
             if i == self.slot {
@@ -673,9 +924,17 @@ impl Node {
         let up_to_date = (last_term, last_pos) >= (self.log.last_term(), self.log.last_pos());
         let up_to_date = up_to_date || mutation::is(Mutation::VoteWithoutLogCheck);
         let granted = can_vote && up_to_date;
+        // A node that has not caught up since its data directory was made
+        // may have voted or acknowledged entries in a life it forgot: its
+        // yes says so, and counts only if every voter says yes.
+        let caught_up = self.may_vote();
         if pre {
             let reply_term = if granted { term } else { self.term };
-            self.send(from, reply_term, MessageKind::PreVoteResp { granted });
+            self.send(
+                from,
+                reply_term,
+                MessageKind::PreVoteResp { granted, caught_up },
+            );
         } else {
             if granted {
                 self.election_elapsed = 0;
@@ -685,20 +944,23 @@ impl Node {
                     self.out.hard_state_changed = true;
                 }
             }
-            self.send(from, self.term, MessageKind::VoteResp { granted });
+            self.send(
+                from,
+                self.term,
+                MessageKind::VoteResp { granted, caught_up },
+            );
         }
     }
 
-    fn record_vote(&mut self, from: NodeId, granted: bool) {
-        let s = self.slot_of(from).expect("checked sender");
+    fn record_vote(&mut self, s: usize, granted: bool, caught_up: bool) {
         if self.votes[s].is_none() {
-            self.votes[s] = Some(granted);
+            self.votes[s] = Some(Answer::new(granted, caught_up));
         }
         self.tally();
     }
 
     fn tally(&mut self) {
-        match vote_result(&self.votes) {
+        match election_result(&self.votes) {
             VoteResult::Won if self.role == Role::PreCandidate => {
                 self.campaign(Campaign::Real { transfer: false })
             }
@@ -806,24 +1068,41 @@ impl Node {
             );
             return Ok(());
         }
+        self.check_commit(from, commit, self.matched, prev_pos, entries)?;
         // Skip what we already hold; cut at the first conflict; append the rest.
+        let bad = |reason| Err(ConsensusError::Malformed { from, reason });
         let mut first_new = entries.len();
         for (i, e) in entries.iter().enumerate() {
             if e.start >= self.log.last_pos() {
                 first_new = i;
                 break;
             }
-            if self.log.entry_at(e.start) != Some(e) {
-                if e.start < self.commit {
-                    return Err(ConsensusError::CommittedConflict {
-                        from,
-                        pos: e.start,
-                        commit: self.commit,
-                    });
-                }
-                self.truncate(e.start);
-                first_new = i;
-                break;
+            let Some(held) = self.log.entry_at(e.start) else {
+                // Entries follow `prev_pos`, a boundary, and each other.
+                return bad("entries start inside an entry");
+            };
+            if held == e {
+                continue;
+            }
+            if held.term >= self.term {
+                // Only this term's leader makes entries of its term, and it
+                // never changes them: a different one is a lie.
+                return bad("an append rewrites an entry of its leader's own term");
+            }
+            if e.start < self.commit {
+                return Err(ConsensusError::CommittedConflict {
+                    from,
+                    pos: e.start,
+                    commit: self.commit,
+                });
+            }
+            self.truncate(e.start);
+            first_new = i;
+            break;
+        }
+        if let Some(first) = entries.get(first_new) {
+            if first.start != self.log.last_pos() || first.term < self.log.last_term() {
+                return bad("entries do not continue the log");
             }
         }
         for e in &entries[first_new..] {
@@ -834,6 +1113,36 @@ impl Node {
         self.learn_commit(commit);
         self.out.ack = true;
         Ok(())
+    }
+
+    /// A leader's commit position is an entry boundary of its log. Within
+    /// what this node will know matches that log (`matched`, or the end of
+    /// `entries` appended after `prev_pos`) it must be one of this node's
+    /// boundaries too; beyond, it is clamped to that prefix.
+    fn check_commit(
+        &self,
+        from: NodeId,
+        commit: u64,
+        matched: u64,
+        prev_pos: u64,
+        entries: &[Entry],
+    ) -> Result<(), ConsensusError> {
+        let end = entries.last().map_or(prev_pos, |e| e.end);
+        let boundary = if commit >= matched.max(end) {
+            true
+        } else if commit > prev_pos && commit <= end {
+            entries.iter().any(|e| e.end == commit)
+        } else {
+            self.log.term_at(commit).is_some()
+        };
+        if boundary {
+            Ok(())
+        } else {
+            Err(ConsensusError::Malformed {
+                from,
+                reason: "commit position is not an entry boundary",
+            })
+        }
     }
 
     /// Removes the log's tail from boundary `pos` on.
@@ -872,10 +1181,11 @@ impl Node {
     // ----- the leader --------------------------------------------------
 
     fn tick_leader(&mut self) {
-        self.heartbeat_elapsed += 1;
-        self.election_elapsed += 1;
+        self.heartbeat_elapsed = self.heartbeat_elapsed.saturating_add(1);
+        self.election_elapsed = self.election_elapsed.saturating_add(1);
         for pr in &mut self.progress {
             pr.idle_ticks = pr.idle_ticks.saturating_add(1);
+            pr.silent_ticks = pr.silent_ticks.saturating_add(1);
         }
         if self.election_elapsed >= self.cfg.election_ticks_min {
             self.election_elapsed = 0;
@@ -923,20 +1233,20 @@ impl Node {
         }
     }
 
-    fn handle_ack(&mut self, from: NodeId, matched: u64, written: u64, flushed: u64) {
-        let s = self.slot_of(from).expect("checked sender");
+    fn handle_ack(&mut self, s: usize, matched: u64, written: u64, flushed: u64) {
         self.progress[s].on_ack(matched, written, flushed);
         self.advance_positions();
-        if self.transferee == Some(from) && self.progress[s].matched == self.log.last_pos() {
+        let from = self.cfg.voters[s];
+        if self.transferee == Some(from) && self.ready_to_lead(s) {
             self.send(from, self.term, MessageKind::TimeoutNow);
         }
         self.out.replicate = true;
     }
 
-    fn handle_reject(&mut self, from: NodeId, rejected: u64, hint_pos: u64, hint_term: u64) {
-        let s = self.slot_of(from).expect("checked sender");
+    fn handle_reject(&mut self, s: usize, rejected: u64, hint_pos: u64, hint_term: u64) {
         let pr = &mut self.progress[s];
         pr.active = true;
+        pr.silent_ticks = 0;
         if pr.is_stale_reject(rejected) {
             return;
         }
@@ -969,22 +1279,29 @@ impl Node {
                 let can_send = match pr.state {
                     ProgressState::Probe => !pr.paused,
                     ProgressState::Replicate => {
-                        pr.next < last && pr.next - pr.matched < self.cfg.window_bytes
+                        pr.next < last && pr.next.saturating_sub(pr.matched) < self.cfg.window_bytes
                     }
                 };
                 if !can_send {
                     break;
                 }
+                let Some(prev_term) = self.log.term_at(pr.next) else {
+                    // Every input that moves `next` is checked to be an
+                    // entry boundary, so this is a bug; probing again from
+                    // a boundary below is still correct, a crash is not.
+                    debug_assert!(false, "next {} is not an entry boundary", pr.next);
+                    let below = self.log.last_boundary_at_or_below(pr.next, u64::MAX).0;
+                    pr.flushed = pr.flushed.min(below);
+                    pr.probe_from(below);
+                    continue;
+                };
                 let prev_pos = pr.next;
-                let prev_term = self
-                    .log
-                    .term_at(prev_pos)
-                    .expect("next is an entry boundary");
                 let entries = self
                     .log
                     .batch_from(prev_pos, self.cfg.append_bytes_max)
                     .to_vec();
                 let end = entries.last().map_or(prev_pos, |e| e.end);
+                pr.sent = pr.sent.max(end);
                 pr.commit_sent = commit;
                 match pr.state {
                     ProgressState::Probe => {
@@ -994,17 +1311,14 @@ impl Node {
                     ProgressState::Replicate => pr.next = end,
                 }
                 let probing = pr.state == ProgressState::Probe;
-                self.out.messages.push(Message {
-                    from: self.cfg.id,
-                    to,
-                    term: self.term,
-                    kind: MessageKind::Append {
-                        prev_pos,
-                        prev_term,
-                        entries,
-                        commit,
-                    },
-                });
+                let kind = MessageKind::Append {
+                    prev_pos,
+                    prev_term,
+                    entries,
+                    commit,
+                };
+                let m = self.message(to, self.term, kind);
+                self.out.messages.push(m);
                 if probing {
                     break;
                 }
@@ -1025,22 +1339,38 @@ impl Node {
     fn advance_positions(&mut self) {
         let n = self.cfg.voters.len();
         let (mut written, mut flushed) = ([0u64; VOTERS_MAX], [0u64; VOTERS_MAX]);
+        let mut counts = [false; VOTERS_MAX];
         for i in 0..n {
-            (written[i], flushed[i]) = if i == self.slot {
-                (self.written, self.flushed)
+            let pr = &self.progress[i];
+            (written[i], flushed[i], counts[i]) = if i == self.slot {
+                (self.written, self.flushed, self.may_vote())
+            } else if pr.acked_since_link {
+                let counts = pr.caught_up || mutation::is(Mutation::VoteBeforeCaughtUp);
+                (pr.written, pr.flushed, counts)
             } else {
-                (self.progress[i].written, self.progress[i].flushed)
+                // Its link was made again (it may have restarted, perhaps
+                // on a new disk) and it has not spoken since: count it when
+                // it does, once its incarnation is known to be the same.
+                (0, 0, false)
             };
         }
-        let r = majority_position(&written[..n]).min(self.written);
-        let c = majority_position(&flushed[..n]).min(self.written);
+        let counts = &counts[..n];
+        let r = majority_position_counting(&written[..n], counts).min(self.written);
+        let c = majority_position_counting(&flushed[..n], counts).min(self.written);
         let own_term = |pos| self.log.term_at(pos) == Some(self.term);
-        let commit_ok = own_term(c) || mutation::is(Mutation::CommitPreviousTerm);
+        let (c_own, r_own) = (own_term(c), own_term(r));
+        let commit_ok = c_own || mutation::is(Mutation::CommitPreviousTerm);
         if c > self.commit && commit_ok {
             self.commit = c;
             self.out.replicate = true;
+            if !self.caught_up && c_own {
+                // A leader holds every committed entry; this commit is of
+                // its own term, so everything committed before is below.
+                self.catch_up_at.get_or_insert(c);
+                self.check_caught_up();
+            }
         }
-        if r > self.replicated && own_term(r) {
+        if r > self.replicated && r_own {
             self.replicated = r;
         }
     }
@@ -1063,6 +1393,7 @@ impl Node {
                     } else {
                         self.flushed.min(matched)
                     };
+                    let caught_up = self.may_vote();
                     self.send(
                         leader,
                         self.term,
@@ -1070,6 +1401,7 @@ impl Node {
                             matched,
                             written,
                             flushed,
+                            caught_up,
                         },
                     );
                 }
@@ -1078,20 +1410,37 @@ impl Node {
     }
 
     fn send(&mut self, to: NodeId, term: u64, kind: MessageKind) {
-        self.out.messages.push(Message {
+        let m = self.message(to, term, kind);
+        self.out.messages.push(m);
+    }
+
+    /// A message from this node, with its incarnation, the addressee's as
+    /// last heard, and the cluster id.
+    fn message(&self, to: NodeId, term: u64, kind: MessageKind) -> Message {
+        let to_incarnation = self.slot_of(to).map_or(0, |s| self.incarnations[s][0]);
+        Message {
             from: self.cfg.id,
             to,
             term,
+            from_incarnation: self.cfg.incarnation,
+            to_incarnation,
+            cluster_id: self.cluster_id,
             kind,
-        });
+        }
     }
 
     fn slot_of(&self, id: NodeId) -> Option<usize> {
         self.cfg.voters.iter().position(|v| *v == id)
     }
 
-    /// Refuses messages that no correct peer sends, before they touch state.
-    fn check_message(&self, m: &Message) -> Result<(), ConsensusError> {
+    /// Refuses messages that no correct peer sends, before they touch
+    /// state, and returns the sender's slot. Two kinds of checks: what no
+    /// correct node ever sends (an unknown or own sender, a term or position
+    /// beyond the limits, positions out of order, entries that do not follow
+    /// `prev_pos`), and what no correct peer sends to *this* node in its
+    /// current state (a leader is told of positions it never sent, or that
+    /// are not boundaries of its log, which it never changes in its term).
+    fn check_message(&self, m: &Message) -> Result<usize, ConsensusError> {
         let bad = |reason| {
             Err(ConsensusError::Malformed {
                 from: m.from,
@@ -1101,46 +1450,61 @@ impl Node {
         if m.to != self.cfg.id {
             return bad("addressed to another node");
         }
-        if m.from == self.cfg.id || self.slot_of(m.from).is_none() {
+        let Some(s) = self.slot_of(m.from).filter(|s| *s != self.slot) else {
             return bad("sender is not another voter of this group");
+        };
+        if m.cluster_id != 0 && self.cluster_id != 0 && m.cluster_id != self.cluster_id {
+            return Err(ConsensusError::WrongCluster {
+                from: m.from,
+                theirs: m.cluster_id,
+                ours: self.cluster_id,
+            });
         }
+        if m.from_incarnation != 0 && m.from_incarnation == self.incarnations[s][1] {
+            // Sent before the sender's disk was replaced, delivered late:
+            // what it says is void.
+            return bad("from an earlier incarnation of the sender");
+        }
+        // What no correct node sends, whoever receives it. A term above
+        // TERM_MAX, in particular, would strand the group at a term it can
+        // never leave.
+        if let Err(e) = m.check_fields() {
+            return bad(e.reason);
+        }
+        if m.term != self.term || self.role != Role::Leader {
+            return Ok(s);
+        }
+        // This node leads the message's term: it knows what it sent.
+        let pr = &self.progress[s];
+        let boundary = |p: u64| self.log.term_at(p).is_some();
         match &m.kind {
-            MessageKind::Append {
-                prev_pos,
-                prev_term,
-                entries,
-                ..
-            } => {
-                if *prev_term > m.term {
-                    return bad("prev_term above the message's term");
-                }
-                check_run(entries, *prev_pos, *prev_term, m.term).or_else(bad)
-            }
+            MessageKind::Append { .. }
+            | MessageKind::Heartbeat { .. }
+            | MessageKind::TimeoutNow => bad("a second leader in this term"),
             MessageKind::AppendAck {
                 matched,
                 written,
                 flushed,
+                ..
             } => {
-                if flushed > written || written > matched {
-                    return bad("acknowledged positions out of order");
+                if *matched > pr.sent {
+                    bad("acknowledged past what the leader sent")
+                } else if !(boundary(*matched) && boundary(*written) && boundary(*flushed)) {
+                    bad("acknowledged a position that is not an entry boundary")
+                } else {
+                    Ok(s)
                 }
-                if m.term == self.term
-                    && self.role == Role::Leader
-                    && *matched > self.log.last_pos()
-                {
-                    return bad("acknowledged past the leader's log");
-                }
-                Ok(())
             }
-            MessageKind::AppendReject {
-                rejected, hint_pos, ..
-            } => {
-                if hint_pos > rejected {
-                    return bad("reject hint above the rejected position");
+            MessageKind::AppendReject { rejected, .. } => {
+                if *rejected > pr.sent {
+                    bad("rejected an append the leader never sent")
+                } else if !boundary(*rejected) {
+                    bad("rejected a position that is not an entry boundary")
+                } else {
+                    Ok(s)
                 }
-                Ok(())
             }
-            _ => Ok(()),
+            _ => Ok(s),
         }
     }
 }

@@ -6,9 +6,10 @@
 //!   moves `next` back to the follower's hint.
 //! - **Replicate**: the follower matched at `next`; the leader streams
 //!   appends from `next` without waiting, as long as fewer than
-//!   `window_bytes` are unacknowledged. A rejection, an unreachable report
-//!   or `retransmit_ticks` without progress sends it back to Probe from the
-//!   last acknowledged position.
+//!   `window_bytes` are unacknowledged. A rejection or `retransmit_ticks`
+//!   without progress sends it back to Probe from the last acknowledged
+//!   position; an unreachable report (the peer may have crashed) from the
+//!   last acknowledged *flushed* position.
 
 /// Replication mode of one follower.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +43,18 @@ pub struct Progress {
     pub(crate) idle_ticks: u32,
     /// Commit position last sent to it.
     pub(crate) commit_sent: u64,
+    /// End of the furthest append sent to it in this term: it cannot
+    /// acknowledge or reject anything beyond.
+    pub(crate) sent: u64,
+    /// Ticks since the leader last heard from it (an ack or a rejection).
+    pub(crate) silent_ticks: u32,
+    /// It acknowledged something since its link was last made: `matched`
+    /// is not a leftover of an earlier connection (or process).
+    pub(crate) acked_since_link: bool,
+    /// Its last acknowledgement said it has caught up (see
+    /// `HardState::caught_up`); otherwise its positions count toward R and
+    /// C only where every voter holds them.
+    pub caught_up: bool,
 }
 
 impl Progress {
@@ -57,6 +70,10 @@ impl Progress {
             active: false,
             idle_ticks: 0,
             commit_sent: 0,
+            sent: 0,
+            silent_ticks: u32::MAX,
+            acked_since_link: false,
+            caught_up: false,
         }
     }
 
@@ -64,6 +81,8 @@ impl Progress {
     /// `next` ends probing.
     pub(crate) fn on_ack(&mut self, matched: u64, written: u64, flushed: u64) {
         self.active = true;
+        self.silent_ticks = 0;
+        self.acked_since_link = true;
         if matched > self.matched {
             self.matched = matched;
             self.idle_ticks = 0;
@@ -83,14 +102,29 @@ impl Progress {
         self.next = self.next.max(self.matched);
     }
 
-    /// Whether a rejection of an append at `rejected` is older than what
-    /// the leader already knows, and must be ignored.
+    /// Whether a rejection of an append at `rejected` tells the leader
+    /// nothing new, and must be ignored. In Probe, only the answer to the
+    /// probe at `next` counts. In Replicate, only a rejection at `matched`
+    /// (the follower lost what it acknowledged): one below is older than
+    /// the acknowledgement, and one above means the appends before it have
+    /// not arrived yet, reordered or lost. Going back to Probe for each of
+    /// those would resend the whole window once per rejection, and under
+    /// heavy reordering the resent windows' own rejections multiply the
+    /// traffic without end (the simulation found this); a lost append is
+    /// resent when `matched` stops moving for `retransmit_ticks`.
     pub(crate) fn is_stale_reject(&self, rejected: u64) -> bool {
         rejected < self.flushed
             || match self.state {
-                ProgressState::Replicate => rejected < self.matched,
+                ProgressState::Replicate => rejected != self.matched,
                 ProgressState::Probe => rejected != self.next,
             }
+    }
+
+    /// Whether it is ready to take over leadership from a leader whose log
+    /// ends at `last_pos`: heard from within `live_ticks`, and it
+    /// acknowledged the whole log since its link was last made.
+    pub(crate) fn ready_to_lead(&self, last_pos: u64, live_ticks: u32) -> bool {
+        self.acked_since_link && self.matched == last_pos && self.silent_ticks < live_ticks
     }
 
     /// Goes back to probing at `next` (an entry boundary at or above

@@ -42,6 +42,40 @@ pub fn majority_position(positions: &[u64]) -> u64 {
     sorted[n - quorum(n)]
 }
 
+/// The highest position held either by a quorum of voters that count
+/// (`counts[i]`: voter `i` has caught up, see `HardState::caught_up`) or by
+/// every voter: what a leader may call replicated (written positions) or
+/// committed (flushed positions). A voter that has not caught up may be a
+/// wiped disk whose old self was counted elsewhere; like its vote, its
+/// position counts only where nobody is missing.
+///
+/// # Panics
+/// If `positions` is empty, longer than [`VOTERS_MAX`], or `counts` is not
+/// as long.
+pub fn majority_position_counting(positions: &[u64], counts: &[bool]) -> u64 {
+    assert_eq!(positions.len(), counts.len(), "one flag per voter");
+    let n = positions.len();
+    let mut full = [0u64; VOTERS_MAX];
+    let mut k = 0;
+    for (p, c) in positions.iter().zip(counts) {
+        if *c {
+            full[k] = *p;
+            k += 1;
+        }
+    }
+    let q = quorum(n);
+    // Held by q of the voters that count: the q-th highest of them.
+    let by_quorum = if k >= q {
+        full[..k].sort_unstable();
+        full[k - q]
+    } else {
+        0
+    };
+    // Held by every voter.
+    let by_all = positions.iter().copied().min().unwrap_or(0);
+    by_quorum.max(by_all)
+}
+
 /// Outcome of a tally.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VoteResult {
@@ -65,6 +99,62 @@ pub fn vote_result(votes: &[Option<bool>]) -> VoteResult {
     if yes >= q {
         VoteResult::Won
     } else if yes + missing >= q {
+        VoteResult::Pending
+    } else {
+        VoteResult::Lost
+    }
+}
+
+/// One voter's answer in an election.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Yes, from a voter that has caught up since its data directory was
+    /// made (see `HardState::caught_up`).
+    Yes,
+    /// Yes, from a voter that has not: it may have been wiped and forgotten
+    /// a vote or an acknowledgement, so its yes counts only if every voter
+    /// says yes.
+    YesIfUnanimous,
+    /// No.
+    No,
+}
+
+impl Answer {
+    /// The answer of a voter that `granted` its vote (or not) and has
+    /// `caught_up` (or not).
+    pub fn new(granted: bool, caught_up: bool) -> Answer {
+        match (granted, caught_up) {
+            (false, _) => Answer::No,
+            (true, true) => Answer::Yes,
+            (true, false) => Answer::YesIfUnanimous,
+        }
+    }
+}
+
+/// Tallies an election, one answer per voter (`None`: not yet answered).
+/// Won with a quorum of [`Answer::Yes`], or with a yes of either kind from
+/// every voter.
+///
+/// A quorum of caught-up voters intersects every majority that committed
+/// an entry in at least one voter that still holds it (a wiped voter is not
+/// caught up), and every earlier quorum of the term in a voter that
+/// remembers its vote. A unanimous election reaches every voter, so it
+/// hears from any that still holds a committed entry, and another leader
+/// of its term would need every voter to have voted twice.
+///
+/// # Panics
+/// If `answers` is empty.
+pub fn election_result(answers: &[Option<Answer>]) -> VoteResult {
+    let q = quorum(answers.len());
+    let count = |a: Option<Answer>| answers.iter().filter(|x| **x == a).count();
+    let (yes, yes_if, missing) = (
+        count(Some(Answer::Yes)),
+        count(Some(Answer::YesIfUnanimous)),
+        count(None),
+    );
+    if yes >= q || yes + yes_if == answers.len() {
+        VoteResult::Won
+    } else if yes + missing >= q || count(Some(Answer::No)) == 0 {
         VoteResult::Pending
     } else {
         VoteResult::Lost
@@ -122,6 +212,30 @@ mod tests {
     }
 
     #[test]
+    fn positions_of_voters_that_did_not_catch_up_count_only_when_all_hold_them() {
+        let (y, n) = (true, false);
+        let table: &[(&[u64], &[bool], u64)] = &[
+            (&[10, 5, 0], &[y, y, y], 5),
+            // Voter 2 (5) has not caught up: 10 and 0 are no quorum of 5.
+            (&[10, 5, 0], &[y, n, y], 0),
+            (&[10, 5, 7], &[y, n, y], 7),
+            // Everyone holds 5, whatever their state.
+            (&[10, 5, 7], &[n, n, n], 5),
+            (&[10, 5, 7], &[y, n, n], 5),
+            (&[9, 8, 7, 6, 5], &[y, y, n, n, y], 5),
+            (&[9, 8, 7, 6, 5], &[y, y, y, n, n], 7),
+            (&[4], &[n], 4),
+        ];
+        for (positions, counts, want) in table {
+            assert_eq!(
+                majority_position_counting(positions, counts),
+                *want,
+                "{positions:?} {counts:?}"
+            );
+        }
+    }
+
+    #[test]
     fn majority_position_does_not_reorder_the_input() {
         let positions = [3, 1, 2];
         assert_eq!(majority_position(&positions), 2);
@@ -159,6 +273,40 @@ mod tests {
         ];
         for (votes, want) in table {
             assert_eq!(vote_result(votes), *want, "{votes:?}");
+        }
+    }
+
+    #[test]
+    fn elections_count_voters_that_did_not_catch_up_only_when_unanimous() {
+        use VoteResult::*;
+        let (y, f, n, u) = (
+            Some(Answer::Yes),
+            Some(Answer::YesIfUnanimous),
+            Some(Answer::No),
+            None,
+        );
+        let table: &[(&[Option<Answer>], VoteResult)] = &[
+            (&[y], Won),
+            (&[f], Won),
+            // Caught-up voters decide by majority, as in Raft.
+            (&[y, y, u], Won),
+            (&[y, n, y], Won),
+            (&[y, n, n], Lost),
+            // A new group: nobody caught up; every voter must agree.
+            (&[f, f, u], Pending),
+            (&[f, f, f], Won),
+            (&[f, f, n], Lost),
+            // One caught up, the others not (say, wiped).
+            (&[y, f, u], Pending),
+            (&[y, f, f], Won),
+            (&[y, f, n], Lost),
+            (&[f, y, y], Won),
+            (&[y, f, f, f, u], Pending),
+            (&[y, y, f, f, n], Lost),
+            (&[y, y, y, f, n], Won),
+        ];
+        for (answers, want) in table {
+            assert_eq!(election_result(answers), *want, "{answers:?}");
         }
     }
 }

@@ -4,14 +4,30 @@
 use super::{Entry, Message, NodeId};
 
 /// The state that must survive a crash: Raft's `currentTerm` and
-/// `votedFor`. Write both atomically (temp file, fsync, rename, fsync the
-/// directory) before sending any message of the [`Ready`] that carried it.
+/// `votedFor`, and whether this node's data directory has caught up. Write
+/// them atomically (temp file, fsync, rename, fsync the directory) before
+/// sending any message of the [`Ready`] that carried it.
+///
+/// The default is the state of a new data directory: term 0, no vote, not
+/// caught up.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HardState {
     /// Latest term this node has seen.
     pub term: u64,
     /// Whom it voted for in `term`, if anyone.
     pub voted_for: Option<NodeId>,
+    /// This data directory has durably held the log up to a commit position
+    /// that a leader of the group announced after the directory was made
+    /// (in that leader's own term, so everything committed before is
+    /// below it), or it led the group's first term to its first commit.
+    ///
+    /// Until then the node may have been wiped and restarted empty: it does
+    /// not know which votes it cast or which entries it acknowledged, so it
+    /// grants no vote or pre-vote and does not campaign, except in a group
+    /// where no member has caught up (a new group electing its first
+    /// leader, which needs every member's vote). A directory made before
+    /// this field existed has voted all along: treat it as caught up.
+    pub caught_up: bool,
 }
 
 /// A node's role.
@@ -37,6 +53,42 @@ pub struct SoftState {
     pub leader: Option<NodeId>,
     /// The current term.
     pub term: u64,
+}
+
+/// Something the node cannot do and the caller should log (the node has no
+/// logger of its own). Each is reported once, not at every tick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alert {
+    /// The election timeout fired but the term is at
+    /// [`TERM_MAX`](super::config::TERM_MAX): the node will not campaign,
+    /// since the next term cannot be represented. Only a forged or damaged
+    /// term gets a group there; it needs an operator.
+    TermExhausted {
+        /// The node's term.
+        term: u64,
+    },
+    /// The election timeout fired but the log ends so close to
+    /// [`POSITION_MAX`](super::config::POSITION_MAX) that a leader's no-op
+    /// would not fit: the node will not campaign.
+    PositionsExhausted {
+        /// End of the node's log.
+        last_pos: u64,
+    },
+}
+
+impl std::fmt::Display for Alert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Alert::TermExhausted { term } => write!(
+                f,
+                "not campaigning: term {term} is at the limit TERM_MAX (a forged or damaged term?)"
+            ),
+            Alert::PositionsExhausted { last_pos } => write!(
+                f,
+                "not campaigning: the log ends at {last_pos}, too close to POSITION_MAX for a no-op"
+            ),
+        }
+    }
 }
 
 /// Everything a node asks its caller to do, taken with `Node::ready` and
@@ -70,4 +122,6 @@ pub struct Ready {
     pub replicated: Option<u64>,
     /// New commit position C (durable on a majority). Only grows.
     pub committed: Option<u64>,
+    /// Things the node could not do, for the caller's log.
+    pub alerts: Vec<Alert>,
 }

@@ -13,8 +13,17 @@ fn cfg(id: NodeId, n: u64) -> Config {
     Config::new(id, (1..=n).collect())
 }
 
+/// The hard state of an empty data directory that has caught up (the
+/// usual case; `HardState::default()` is a new directory).
+fn caught_up() -> HardState {
+    HardState {
+        caught_up: true,
+        ..HardState::default()
+    }
+}
+
 fn node(id: NodeId, n: u64) -> Node {
-    Node::new(cfg(id, n), HardState::default(), vec![]).unwrap()
+    Node::new(cfg(id, n), caught_up(), vec![]).unwrap()
 }
 
 fn node_with(id: NodeId, n: u64, term: u64, entries: Vec<Entry>) -> Node {
@@ -23,6 +32,7 @@ fn node_with(id: NodeId, n: u64, term: u64, entries: Vec<Entry>) -> Node {
         HardState {
             term,
             voted_for: None,
+            caught_up: true,
         },
         entries,
     )
@@ -30,12 +40,7 @@ fn node_with(id: NodeId, n: u64, term: u64, entries: Vec<Entry>) -> Node {
 }
 
 fn msg(from: NodeId, to: NodeId, term: u64, kind: MessageKind) -> Message {
-    Message {
-        from,
-        to,
-        term,
-        kind,
-    }
+    Message::new(from, to, term, kind)
 }
 
 /// Takes the node's `Ready` (advancing it at once).
@@ -86,7 +91,10 @@ fn make_leader(id: NodeId, n: u64, hs_term: u64, entries: Vec<Entry>) -> Node {
             *p,
             id,
             hs_term + 1,
-            MessageKind::PreVoteResp { granted: true },
+            MessageKind::PreVoteResp {
+                granted: true,
+                caught_up: true,
+            },
         ))
         .unwrap();
     }
@@ -95,7 +103,10 @@ fn make_leader(id: NodeId, n: u64, hs_term: u64, entries: Vec<Entry>) -> Node {
             *p,
             id,
             hs_term + 1,
-            MessageKind::VoteResp { granted: true },
+            MessageKind::VoteResp {
+                granted: true,
+                caught_up: true,
+            },
         ))
         .unwrap();
     }
@@ -113,6 +124,7 @@ fn ack(from: NodeId, to: NodeId, term: u64, matched: u64, written: u64, flushed:
             matched,
             written,
             flushed,
+            caught_up: true,
         },
     )
 }
@@ -216,7 +228,8 @@ fn rule_5_1_higher_term_makes_a_leader_step_down_and_adopt_it() {
         rd.hard_state,
         Some(HardState {
             term: 7,
-            voted_for: None
+            voted_for: None,
+            caught_up: true,
         })
     );
     assert_eq!(rd.soft_state.map(|s| s.role), Some(Role::Follower));
@@ -269,7 +282,7 @@ fn rule_5_2_each_node_votes_at_most_once_per_term() {
         .messages
         .iter()
         .map(|m| match m.kind {
-            MessageKind::VoteResp { granted } => (m.to, granted),
+            MessageKind::VoteResp { granted, .. } => (m.to, granted),
             _ => panic!("unexpected {m:?}"),
         })
         .collect();
@@ -284,7 +297,7 @@ fn rule_5_2_each_node_votes_at_most_once_per_term() {
     restarted.step(vote(3)).unwrap();
     assert!(matches!(
         take(&mut restarted).messages[0].kind,
-        MessageKind::VoteResp { granted: false }
+        MessageKind::VoteResp { granted: false, .. }
     ));
 }
 
@@ -308,13 +321,17 @@ fn hard_state_is_handed_out_with_the_messages_that_depend_on_it() {
         rd.hard_state,
         Some(HardState {
             term: 4,
-            voted_for: Some(2)
+            voted_for: Some(2),
+            caught_up: true,
         })
     );
     assert!(matches!(
         rd.messages[..],
         [Message {
-            kind: MessageKind::VoteResp { granted: true },
+            kind: MessageKind::VoteResp {
+                granted: true,
+                caught_up: true,
+            },
             ..
         }]
     ));
@@ -336,21 +353,31 @@ fn hard_state_is_handed_out_with_the_messages_that_depend_on_it() {
         take(&mut v).hard_state,
         Some(HardState {
             term: 5,
-            voted_for: Some(2)
+            voted_for: Some(2),
+            caught_up: true,
         })
     );
 
     // A campaign: the self-vote and new term travel with the vote requests.
     let mut c = node(1, 3);
     tick_until_campaign(&mut c);
-    c.step(msg(2, 1, 1, MessageKind::PreVoteResp { granted: true }))
-        .unwrap();
+    c.step(msg(
+        2,
+        1,
+        1,
+        MessageKind::PreVoteResp {
+            granted: true,
+            caught_up: true,
+        },
+    ))
+    .unwrap();
     let rd = take(&mut c);
     assert_eq!(
         rd.hard_state,
         Some(HardState {
             term: 1,
-            voted_for: Some(1)
+            voted_for: Some(1),
+            caught_up: true,
         })
     );
     assert_eq!(
@@ -374,7 +401,7 @@ fn election_timeouts_are_randomised_within_their_range() {
     for seed in 0..200 {
         let mut c = cfg(1, 3);
         c.seed = seed;
-        let mut n = Node::new(c, HardState::default(), vec![]).unwrap();
+        let mut n = Node::new(c, caught_up(), vec![]).unwrap();
         let t = tick_until_campaign(&mut n);
         assert!(
             (config::ELECTION_TICKS_MIN_DEFAULT..ELECTION_MAX).contains(&t),
@@ -424,7 +451,7 @@ fn pre_vote_asks_for_the_next_term_without_bumping_its_own() {
             m.kind,
             MessageKind::PreVote {
                 last_pos: 10,
-                last_term: 2
+                last_term: 2,
             }
         );
     }
@@ -447,14 +474,23 @@ fn pre_vote_grant_leaves_the_voter_term_and_vote_unchanged() {
         f.hard_state(),
         HardState {
             term: 4,
-            voted_for: None
+            voted_for: None,
+            caught_up: true,
         }
     );
     let rd = take(&mut f);
     assert_eq!(rd.hard_state, None);
     assert_eq!(
         rd.messages,
-        [msg(2, 1, 5, MessageKind::PreVoteResp { granted: true })]
+        [msg(
+            2,
+            1,
+            5,
+            MessageKind::PreVoteResp {
+                granted: true,
+                caught_up: true,
+            }
+        )]
     );
 }
 
@@ -462,15 +498,31 @@ fn pre_vote_grant_leaves_the_voter_term_and_vote_unchanged() {
 fn pre_candidate_with_a_majority_of_pre_votes_starts_the_real_election() {
     let mut n = node(1, 5);
     tick_until_campaign(&mut n);
-    n.step(msg(2, 1, 1, MessageKind::PreVoteResp { granted: true }))
-        .unwrap();
+    n.step(msg(
+        2,
+        1,
+        1,
+        MessageKind::PreVoteResp {
+            granted: true,
+            caught_up: true,
+        },
+    ))
+    .unwrap();
     assert_eq!(
         n.role(),
         Role::PreCandidate,
         "two of five is not a majority"
     );
-    n.step(msg(3, 1, 1, MessageKind::PreVoteResp { granted: true }))
-        .unwrap();
+    n.step(msg(
+        3,
+        1,
+        1,
+        MessageKind::PreVoteResp {
+            granted: true,
+            caught_up: true,
+        },
+    ))
+    .unwrap();
     assert_eq!(
         (n.role(), n.term(), n.hard_state().voted_for),
         (Role::Candidate, 1, Some(1))
@@ -481,10 +533,26 @@ fn pre_candidate_with_a_majority_of_pre_votes_starts_the_real_election() {
 fn pre_candidate_that_cannot_win_returns_to_follower_without_a_new_term() {
     let mut n = node_with(1, 3, 3, vec![]);
     tick_until_campaign(&mut n);
-    n.step(msg(2, 1, 3, MessageKind::PreVoteResp { granted: false }))
-        .unwrap();
-    n.step(msg(3, 1, 3, MessageKind::PreVoteResp { granted: false }))
-        .unwrap();
+    n.step(msg(
+        2,
+        1,
+        3,
+        MessageKind::PreVoteResp {
+            granted: false,
+            caught_up: true,
+        },
+    ))
+    .unwrap();
+    n.step(msg(
+        3,
+        1,
+        3,
+        MessageKind::PreVoteResp {
+            granted: false,
+            caught_up: true,
+        },
+    ))
+    .unwrap();
     assert_eq!((n.role(), n.term()), (Role::Follower, 3));
 }
 
@@ -540,7 +608,15 @@ fn node_that_hears_from_a_live_leader_ignores_pre_votes_and_votes() {
     .unwrap();
     assert_eq!(
         take(&mut f).messages,
-        [msg(2, 3, 2, MessageKind::PreVoteResp { granted: true })]
+        [msg(
+            2,
+            3,
+            2,
+            MessageKind::PreVoteResp {
+                granted: true,
+                caught_up: true,
+            }
+        )]
     );
 }
 
@@ -592,9 +668,11 @@ fn rule_5_4_1_vote_requires_the_candidate_log_to_be_at_least_as_up_to_date() {
                     transfer: false,
                 }
             };
-            v.step(msg(2, 1, 3, kind)).unwrap();
+            // (A candidate's last term is always below the term it asks for.)
+            v.step(msg(2, 1, 4, kind)).unwrap();
             let got = match take(&mut v).messages[0].kind {
-                MessageKind::PreVoteResp { granted } | MessageKind::VoteResp { granted } => granted,
+                MessageKind::PreVoteResp { granted, .. }
+                | MessageKind::VoteResp { granted, .. } => granted,
                 ref k => panic!("unexpected {k:?}"),
             };
             assert_eq!(
@@ -609,11 +687,27 @@ fn rule_5_4_1_vote_requires_the_candidate_log_to_be_at_least_as_up_to_date() {
 fn rule_5_2_candidate_with_a_majority_of_votes_becomes_leader_and_appends_a_noop() {
     let mut c = node_with(1, 3, 0, vec![]);
     tick_until_campaign(&mut c);
-    c.step(msg(2, 1, 1, MessageKind::PreVoteResp { granted: true }))
-        .unwrap();
+    c.step(msg(
+        2,
+        1,
+        1,
+        MessageKind::PreVoteResp {
+            granted: true,
+            caught_up: true,
+        },
+    ))
+    .unwrap();
     assert_eq!(c.role(), Role::Candidate);
-    c.step(msg(3, 1, 1, MessageKind::VoteResp { granted: true }))
-        .unwrap();
+    c.step(msg(
+        3,
+        1,
+        1,
+        MessageKind::VoteResp {
+            granted: true,
+            caught_up: true,
+        },
+    ))
+    .unwrap();
     assert_eq!((c.role(), c.leader()), (Role::Leader, Some(1)));
     let rd = take(&mut c);
     let noop = e(0, config::NOOP_BYTES_DEFAULT, 1);
@@ -637,13 +731,37 @@ fn rule_5_2_candidate_with_a_majority_of_votes_becomes_leader_and_appends_a_noop
 fn rule_5_2_candidate_that_loses_the_vote_becomes_follower() {
     let mut c = node(1, 3);
     tick_until_campaign(&mut c);
-    c.step(msg(2, 1, 1, MessageKind::PreVoteResp { granted: true }))
-        .unwrap();
-    c.step(msg(2, 1, 1, MessageKind::VoteResp { granted: false }))
-        .unwrap();
+    c.step(msg(
+        2,
+        1,
+        1,
+        MessageKind::PreVoteResp {
+            granted: true,
+            caught_up: true,
+        },
+    ))
+    .unwrap();
+    c.step(msg(
+        2,
+        1,
+        1,
+        MessageKind::VoteResp {
+            granted: false,
+            caught_up: true,
+        },
+    ))
+    .unwrap();
     assert_eq!(c.role(), Role::Candidate);
-    c.step(msg(3, 1, 1, MessageKind::VoteResp { granted: false }))
-        .unwrap();
+    c.step(msg(
+        3,
+        1,
+        1,
+        MessageKind::VoteResp {
+            granted: false,
+            caught_up: true,
+        },
+    ))
+    .unwrap();
     assert_eq!((c.role(), c.term()), (Role::Follower, 1));
 }
 
@@ -651,8 +769,16 @@ fn rule_5_2_candidate_that_loses_the_vote_becomes_follower() {
 fn rule_5_2_candidate_steps_down_for_a_leader_of_its_own_term() {
     let mut c = node(1, 3);
     tick_until_campaign(&mut c);
-    c.step(msg(2, 1, 1, MessageKind::PreVoteResp { granted: true }))
-        .unwrap();
+    c.step(msg(
+        2,
+        1,
+        1,
+        MessageKind::PreVoteResp {
+            granted: true,
+            caught_up: true,
+        },
+    ))
+    .unwrap();
     assert_eq!((c.role(), c.term()), (Role::Candidate, 1));
     c.step(msg(3, 1, 1, MessageKind::Heartbeat { commit: 0 }))
         .unwrap();
@@ -914,12 +1040,28 @@ fn leader_pipelines_appends_up_to_its_window_without_waiting() {
     c.window_bytes = 1000;
     c.append_bytes_max = 200;
     c.noop_bytes = 100;
-    let mut l = Node::new(c, HardState::default(), vec![]).unwrap();
+    let mut l = Node::new(c, caught_up(), vec![]).unwrap();
     tick_until_campaign(&mut l);
-    l.step(msg(2, 1, 1, MessageKind::PreVoteResp { granted: true }))
-        .unwrap();
-    l.step(msg(2, 1, 1, MessageKind::VoteResp { granted: true }))
-        .unwrap();
+    l.step(msg(
+        2,
+        1,
+        1,
+        MessageKind::PreVoteResp {
+            granted: true,
+            caught_up: true,
+        },
+    ))
+    .unwrap();
+    l.step(msg(
+        2,
+        1,
+        1,
+        MessageKind::VoteResp {
+            granted: true,
+            caught_up: true,
+        },
+    ))
+    .unwrap();
     take(&mut l);
     // Follower 2 answers the probe: replicate state.
     l.step(ack(2, 1, 1, 100, 100, 100)).unwrap();
@@ -1282,6 +1424,7 @@ fn restart_keeps_term_and_vote_and_treats_the_journal_as_durable() {
     let hs = HardState {
         term: 4,
         voted_for: Some(2),
+        caught_up: true,
     };
     let n = Node::new(cfg(1, 3), hs, vec![e(0, 10, 3)]).unwrap();
     assert_eq!(
@@ -1293,6 +1436,7 @@ fn restart_keeps_term_and_vote_and_treats_the_journal_as_durable() {
         HardState {
             term: 2,
             voted_for: None,
+            caught_up: true,
         },
         vec![e(0, 10, 3)],
     );
@@ -1302,6 +1446,7 @@ fn restart_keeps_term_and_vote_and_treats_the_journal_as_durable() {
         HardState {
             term: 2,
             voted_for: Some(9),
+            caught_up: true,
         },
         vec![],
     );
@@ -1366,6 +1511,7 @@ fn malformed_messages_are_refused_without_changing_state() {
                 matched: 5,
                 written: 6,
                 flushed: 0,
+                caught_up: true,
             },
         ),
         msg(
@@ -1429,4 +1575,1220 @@ fn ready_twice_without_advance_panics() {
     let mut n = node(1, 3);
     let _first = n.ready();
     let _second = n.ready();
+}
+
+// ----- issue 9, finding 9: terms (and positions) from the wire are bounded --
+
+/// One message of every kind, with fields a correct peer could send.
+fn every_kind() -> Vec<MessageKind> {
+    vec![
+        MessageKind::PreVote {
+            last_pos: 0,
+            last_term: 0,
+        },
+        MessageKind::PreVoteResp {
+            granted: true,
+            caught_up: true,
+        },
+        MessageKind::Vote {
+            last_pos: 0,
+            last_term: 0,
+            transfer: true,
+        },
+        MessageKind::VoteResp {
+            granted: true,
+            caught_up: true,
+        },
+        MessageKind::Append {
+            prev_pos: 0,
+            prev_term: 0,
+            entries: vec![],
+            commit: 0,
+        },
+        MessageKind::AppendAck {
+            matched: 0,
+            written: 0,
+            flushed: 0,
+            caught_up: true,
+        },
+        MessageKind::AppendReject {
+            rejected: 0,
+            hint_pos: 0,
+            hint_term: 0,
+        },
+        MessageKind::Heartbeat { commit: 0 },
+        MessageKind::TimeoutNow,
+    ]
+}
+
+#[test]
+fn absurd_terms_from_the_wire_are_refused_and_never_persisted() {
+    for term in [config::TERM_MAX + 1, u64::MAX - 1, u64::MAX] {
+        for kind in every_kind() {
+            for mut n in [node(1, 3), make_leader(1, 3, 0, vec![])] {
+                let before = (n.hard_state(), n.soft_state());
+                let m = msg(2, 1, term, kind.clone());
+                assert!(
+                    matches!(n.step(m.clone()), Err(ConsensusError::Malformed { .. })),
+                    "{m:?}"
+                );
+                assert_eq!((n.hard_state(), n.soft_state()), before, "{m:?}");
+                let rd = take(&mut n);
+                assert!(
+                    rd.hard_state.is_none() && rd.messages.is_empty(),
+                    "{m:?}: {rd:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn persisted_state_beyond_the_limits_is_refused() {
+    for term in [config::TERM_MAX + 1, u64::MAX] {
+        let hs = HardState {
+            term,
+            voted_for: None,
+            caught_up: true,
+        };
+        let r = Node::new(cfg(1, 3), hs, vec![]);
+        assert!(matches!(r, Err(ConsensusError::InvalidState(_))), "{term}");
+    }
+    let hs = HardState {
+        term: 1,
+        voted_for: None,
+        caught_up: true,
+    };
+    let r = Node::new(cfg(1, 3), hs, vec![e(0, config::POSITION_MAX + 1, 1)]);
+    assert!(matches!(r, Err(ConsensusError::InvalidState(_))));
+}
+
+#[test]
+fn node_at_the_term_limit_does_not_campaign_and_says_why_once() {
+    let mut n = node_with(1, 3, config::TERM_MAX, vec![]);
+    for _ in 0..3 * ELECTION_MAX {
+        n.tick();
+    }
+    assert_eq!((n.role(), n.term()), (Role::Follower, config::TERM_MAX));
+    let rd = take(&mut n);
+    assert!(rd.messages.is_empty() && rd.hard_state.is_none(), "{rd:?}");
+    assert_eq!(
+        rd.alerts,
+        [Alert::TermExhausted {
+            term: config::TERM_MAX
+        }]
+    );
+    for _ in 0..3 * ELECTION_MAX {
+        n.tick();
+    }
+    assert!(!n.has_ready(), "the alert is given once");
+    // One below the limit, the last term can still be campaigned for.
+    let mut n = node_with(1, 3, config::TERM_MAX - 1, vec![]);
+    tick_until_campaign(&mut n);
+    let rd = take(&mut n);
+    assert!(rd
+        .messages
+        .iter()
+        .all(|m| m.term == config::TERM_MAX && matches!(m.kind, MessageKind::PreVote { .. })));
+}
+
+#[test]
+fn positions_stay_below_the_limit() {
+    let end = config::POSITION_MAX - 200;
+    let mut l = make_leader(1, 3, 1, vec![e(0, end, 1)]);
+    assert_eq!(l.last_pos(), end + config::NOOP_BYTES_DEFAULT);
+    assert_eq!(l.propose(100), Err(ConsensusError::InvalidLength(100)));
+    assert!(l.propose(10).is_ok());
+    // A node whose log leaves no room for a leader's no-op does not campaign.
+    let last = config::POSITION_MAX - 10;
+    let mut n = node_with(1, 3, 1, vec![e(0, last, 1)]);
+    for _ in 0..3 * ELECTION_MAX {
+        n.tick();
+    }
+    assert_eq!(n.role(), Role::Follower);
+    let rd = take(&mut n);
+    assert_eq!(rd.alerts, [Alert::PositionsExhausted { last_pos: last }]);
+    // Messages naming positions beyond the limit are refused.
+    let mut f = node(2, 3);
+    let beyond = config::POSITION_MAX + 1;
+    for kind in [
+        MessageKind::Heartbeat { commit: beyond },
+        MessageKind::Append {
+            prev_pos: 0,
+            prev_term: 0,
+            entries: vec![e(0, beyond, 1)],
+            commit: 0,
+        },
+        MessageKind::PreVote {
+            last_pos: beyond,
+            last_term: 0,
+        },
+    ] {
+        let m = msg(1, 2, 1, kind);
+        assert!(
+            matches!(f.step(m.clone()), Err(ConsensusError::Malformed { .. })),
+            "{m:?}"
+        );
+    }
+}
+
+// ----- issue 9, finding 8: R never counts bytes a follower may have lost ----
+
+fn progress_of(l: &Node, id: NodeId) -> Progress {
+    l.peers().find(|p| p.id == id).unwrap().progress
+}
+
+#[test]
+fn a_broken_link_lowers_a_follower_to_what_it_flushed() {
+    // Five nodes: R needs the leader and two followers.
+    let mut l = make_leader(1, 5, 0, vec![]);
+    let noop = l.last_pos();
+    l.report_written(noop, 1);
+    l.report_flushed(noop, 1);
+    for f in 2..=5 {
+        l.step(ack(f, 1, 1, noop, noop, noop)).unwrap();
+    }
+    let e = l.propose(100).unwrap();
+    l.report_written(e.end, 1);
+    take(&mut l);
+    // Follower 2 holds the entry in memory, not yet on disk.
+    l.step(ack(2, 1, 1, e.end, e.end, noop)).unwrap();
+    assert_eq!(
+        l.replicated(),
+        noop,
+        "two copies are not a majority of five"
+    );
+    // It crashes and loses the unflushed bytes: its link breaks.
+    l.report_unreachable(2);
+    let p = progress_of(&l, 2);
+    assert_eq!(
+        (p.matched, p.written, p.flushed, p.next, p.state),
+        (noop, noop, noop, noop, ProgressState::Probe)
+    );
+    // Follower 3 acknowledges the entry: only the leader and 3 hold it.
+    l.step(ack(3, 1, 1, e.end, e.end, noop)).unwrap();
+    assert_eq!(l.replicated(), noop, "R counted bytes follower 2 lost");
+    // Follower 2 receives the entry again and says so: now it counts.
+    l.step(ack(2, 1, 1, e.end, e.end, noop)).unwrap();
+    assert_eq!(l.replicated(), e.end);
+}
+
+#[test]
+fn a_broken_link_lowers_a_probing_follower_too() {
+    let mut l = make_leader(1, 5, 0, vec![]);
+    let noop = l.last_pos();
+    l.report_written(noop, 1);
+    // Follower 2 never answered a probe, but a heartbeat answer says it
+    // holds the no-op in memory.
+    let e = l.propose(10).unwrap();
+    l.report_written(e.end, 1);
+    l.step(ack(2, 1, 1, noop, noop, 0)).unwrap();
+    l.step(ack(3, 1, 1, noop, noop, 0)).unwrap();
+    assert_eq!(l.replicated(), noop);
+    l.report_unreachable(2);
+    let p = progress_of(&l, 2);
+    assert_eq!((p.matched, p.written, p.flushed), (0, 0, 0));
+}
+
+#[test]
+fn late_position_reports_are_judged_by_their_position_and_term_alone() {
+    // The follower holds term-1 entries; a term-2 leader replaces the second.
+    let mut f = node_with(2, 3, 1, vec![e(0, 10, 1), e(10, 20, 1)]);
+    assert_eq!((f.written(), f.flushed()), (20, 20));
+    let kind = MessageKind::Append {
+        prev_pos: 10,
+        prev_term: 1,
+        entries: vec![e(10, 20, 2)],
+        commit: 0,
+    };
+    f.step(msg(1, 2, 2, kind)).unwrap();
+    take(&mut f);
+    assert_eq!((f.written(), f.flushed()), (10, 10));
+    // The writer and the flusher were about the old bytes at 20: their
+    // reports arrive after the tail was cut and rewritten to end at 20 again.
+    f.report_written(20, 1);
+    f.report_flushed(20, 1);
+    assert_eq!((f.written(), f.flushed()), (10, 10), "stale pairs ignored");
+    // Positions that are no boundary, or beyond the log, are ignored too.
+    f.report_written(15, 2);
+    f.report_flushed(25, 2);
+    assert_eq!((f.written(), f.flushed()), (10, 10));
+    // The pair for the new bytes counts.
+    f.report_written(20, 2);
+    assert_eq!((f.written(), f.flushed()), (20, 10));
+    f.report_flushed(20, 2);
+    assert_eq!((f.written(), f.flushed()), (20, 20));
+}
+
+// ----- issue 9, finding 5: wrong input is an error, never a panic ----------
+
+/// Leader 1 of 3 in term 1 with the log [no-op 0..128, 128..138, 138..158]:
+/// follower 2 acknowledged the no-op (Replicate, sent up to 158); follower
+/// 3 never answered its probe at 0 (sent up to 128).
+fn leader_with_entries() -> Node {
+    let mut l = make_leader(1, 3, 0, vec![]);
+    let noop = l.last_pos();
+    l.report_written(noop, 1);
+    l.step(ack(2, 1, 1, noop, noop, noop)).unwrap();
+    l.propose(10).unwrap();
+    l.propose(20).unwrap();
+    take(&mut l);
+    l
+}
+
+fn reject(from: NodeId, to: NodeId, term: u64, rejected: u64, hint: (u64, u64)) -> Message {
+    msg(
+        from,
+        to,
+        term,
+        MessageKind::AppendReject {
+            rejected,
+            hint_pos: hint.0,
+            hint_term: hint.1,
+        },
+    )
+}
+
+/// Everything a leader's outputs depend on.
+fn leader_view(l: &Node) -> String {
+    let peers: Vec<PeerStatus> = l.peers().collect();
+    format!(
+        "{:?} {:?} {} {} {:?}",
+        l.soft_state(),
+        l.hard_state(),
+        l.committed(),
+        l.replicated(),
+        peers
+    )
+}
+
+#[test]
+fn leader_refuses_positions_no_follower_can_send() {
+    let noop = config::NOOP_BYTES_DEFAULT;
+    let last = noop + 30;
+    let cases: Vec<(&str, Message)> = vec![
+        (
+            "matched inside an entry",
+            ack(2, 1, 1, noop + 5, noop, noop),
+        ),
+        ("matched inside the no-op", ack(3, 1, 1, 5, 0, 0)),
+        (
+            "written inside an entry",
+            ack(2, 1, 1, last, noop + 5, noop),
+        ),
+        (
+            "flushed inside an entry",
+            ack(2, 1, 1, last, last, noop + 5),
+        ),
+        ("matched past the log", ack(2, 1, 1, last + 10, last, noop)),
+        ("matched past what was sent", ack(3, 1, 1, last, last, 0)),
+        (
+            "rejected inside an entry",
+            reject(2, 1, 1, noop + 5, (0, 0)),
+        ),
+        ("rejected past the log", reject(2, 1, 1, last + 10, (0, 0))),
+        (
+            "rejected past what was sent",
+            reject(3, 1, 1, noop + 10, (0, 0)),
+        ),
+        ("hint term above the term", reject(2, 1, 1, noop, (noop, 2))),
+        (
+            "a second leader's heartbeat",
+            msg(2, 1, 1, MessageKind::Heartbeat { commit: 0 }),
+        ),
+        (
+            "a second leader's TimeoutNow",
+            msg(2, 1, 1, MessageKind::TimeoutNow),
+        ),
+    ];
+    for (name, m) in cases {
+        let mut l = leader_with_entries();
+        let before = leader_view(&l);
+        assert!(
+            matches!(l.step(m.clone()), Err(ConsensusError::Malformed { .. })),
+            "{name}: {m:?}"
+        );
+        assert_eq!(leader_view(&l), before, "{name}");
+        // Nothing it did later trips over the refused message.
+        for _ in 0..3 * config::RETRANSMIT_TICKS_DEFAULT {
+            l.tick();
+            take(&mut l);
+        }
+    }
+}
+
+#[test]
+fn messages_no_correct_peer_sends_are_refused_in_every_role() {
+    let cases: Vec<(&str, MessageKind)> = vec![
+        (
+            "pre-vote whose last term is not below its term",
+            MessageKind::PreVote {
+                last_pos: 10,
+                last_term: 2,
+            },
+        ),
+        (
+            "vote whose last term is not below its term",
+            MessageKind::Vote {
+                last_pos: 10,
+                last_term: 2,
+                transfer: false,
+            },
+        ),
+        (
+            "append at position 0 with a term",
+            MessageKind::Append {
+                prev_pos: 0,
+                prev_term: 1,
+                entries: vec![],
+                commit: 0,
+            },
+        ),
+        (
+            "reject hint term above the term",
+            MessageKind::AppendReject {
+                rejected: 10,
+                hint_pos: 0,
+                hint_term: 3,
+            },
+        ),
+        (
+            "ack flushed above written",
+            MessageKind::AppendAck {
+                matched: 10,
+                written: 5,
+                flushed: 10,
+                caught_up: true,
+            },
+        ),
+    ];
+    for (name, kind) in cases {
+        let candidate = {
+            let mut c = node(1, 3);
+            tick_until_campaign(&mut c);
+            c.step(msg(
+                2,
+                1,
+                1,
+                MessageKind::PreVoteResp {
+                    granted: true,
+                    caught_up: true,
+                },
+            ))
+            .unwrap();
+            assert_eq!(c.role(), Role::Candidate);
+            c
+        };
+        for mut n in [
+            node_with(1, 3, 2, vec![]),
+            candidate,
+            make_leader(1, 3, 1, vec![]),
+        ] {
+            let term = n.term().max(2);
+            let before = (n.hard_state(), n.soft_state());
+            let m = msg(2, 1, term, kind.clone());
+            assert!(
+                matches!(n.step(m.clone()), Err(ConsensusError::Malformed { .. })),
+                "{name}, {:?}: {m:?}",
+                n.role()
+            );
+            assert_eq!((n.hard_state(), n.soft_state()), before, "{name}");
+        }
+    }
+}
+
+#[test]
+fn follower_refuses_an_append_that_rewrites_its_leaders_own_term() {
+    let mut f = node(2, 3);
+    let kind = |end| MessageKind::Append {
+        prev_pos: 0,
+        prev_term: 0,
+        entries: vec![e(0, end, 1)],
+        commit: 0,
+    };
+    f.step(msg(1, 2, 1, kind(10))).unwrap();
+    take(&mut f);
+    // Only the leader of term 1 makes term-1 entries, and it never changes
+    // its log: a different term-1 entry at 0 is a lie.
+    let err = f.step(msg(1, 2, 1, kind(12))).unwrap_err();
+    assert!(matches!(err, ConsensusError::Malformed { .. }), "{err:?}");
+    assert_eq!(f.log(), &[e(0, 10, 1)]);
+    assert!(take(&mut f).truncate.is_none());
+}
+
+// ----- issue 9, finding 11: hand over only to a follower known to be ready --
+
+#[test]
+fn transfer_target_is_live_and_acknowledged_the_whole_log_since_its_link_was_made() {
+    let mut l = make_leader(1, 3, 0, vec![]);
+    let noop = l.last_pos();
+    l.report_written(noop, 1);
+    assert_eq!(
+        l.best_transfer_target(),
+        None,
+        "nobody acknowledged anything"
+    );
+    l.step(ack(2, 1, 1, noop, noop, noop)).unwrap();
+    l.step(ack(3, 1, 1, 0, 0, 0)).unwrap();
+    assert_eq!(l.best_transfer_target(), Some(2));
+    // Follower 2 restarted: its link was made again, and what it
+    // acknowledged before may be gone.
+    l.report_unreachable(2);
+    assert_eq!(l.best_transfer_target(), None, "a stale match is no match");
+    l.step(ack(2, 1, 1, noop, noop, noop)).unwrap();
+    assert_eq!(l.best_transfer_target(), Some(2));
+    // A new entry that only follower 3 acknowledges.
+    let e = l.propose(10).unwrap();
+    take(&mut l);
+    assert_eq!(l.best_transfer_target(), None);
+    l.step(ack(3, 1, 1, e.end, e.end, e.end)).unwrap();
+    assert_eq!(l.best_transfer_target(), Some(3));
+    // Follower 3 falls silent for an election timeout: not live any more.
+    for _ in 0..config::ELECTION_TICKS_MIN_DEFAULT {
+        l.tick();
+        l.step(ack(2, 1, 1, noop, noop, noop)).unwrap();
+        take(&mut l);
+    }
+    assert_eq!(l.role(), Role::Leader);
+    assert_eq!(l.best_transfer_target(), None);
+    // A transfer to a follower that is not ready waits for it to catch up.
+    l.transfer_leader(3).unwrap();
+    let rd = take(&mut l);
+    assert!(
+        messages_to(&rd, 3)
+            .iter()
+            .all(|m| m.kind != MessageKind::TimeoutNow),
+        "{rd:?}"
+    );
+    l.step(ack(3, 1, 1, e.end, e.end, e.end)).unwrap();
+    let rd = take(&mut l);
+    assert!(messages_to(&rd, 3)
+        .iter()
+        .any(|m| m.kind == MessageKind::TimeoutNow));
+}
+
+// ----- issue 9, finding 10: a wiped member neither votes twice nor counts ---
+
+/// Node `id` of `n` on a new data directory (not caught up) with
+/// incarnation `inc`.
+fn fresh(id: NodeId, n: u64, inc: u64) -> Node {
+    let mut c = cfg(id, n);
+    c.incarnation = inc;
+    Node::new(c, HardState::default(), vec![]).unwrap()
+}
+
+/// A message from `from` to `to` (incarnation `to_inc`) that says nothing
+/// but that `from` has heard of that incarnation.
+fn confirm(from: NodeId, to: NodeId, term: u64, to_inc: u64) -> Message {
+    let kind = MessageKind::PreVoteResp {
+        granted: false,
+        caught_up: true,
+    };
+    from_inc(msg(from, to, term, kind), 0, to_inc)
+}
+
+/// `m` as sent by incarnation `from_inc` to incarnation `to_inc`.
+fn from_inc(mut m: Message, from_inc: u64, to_inc: u64) -> Message {
+    m.from_incarnation = from_inc;
+    m.to_incarnation = to_inc;
+    m
+}
+
+#[test]
+fn a_new_incarnation_voids_what_the_old_disk_acknowledged() {
+    let mut l = make_leader(1, 3, 0, vec![]);
+    let noop = l.last_pos();
+    l.report_written(noop, 1);
+    l.report_flushed(noop, 1);
+    l.step(from_inc(ack(2, 1, 1, noop, noop, noop), 7, 0))
+        .unwrap();
+    let e = l.propose(10).unwrap();
+    l.report_written(e.end, 1);
+    take(&mut l);
+    // Follower 2 (incarnation 7) holds the entry durably: C needs only the
+    // leader's own flush now.
+    l.step(from_inc(ack(2, 1, 1, e.end, e.end, e.end), 7, 0))
+        .unwrap();
+    assert_eq!(l.committed(), noop);
+    // Its disk is replaced: incarnation 9 answers a heartbeat, holding nothing.
+    l.step(from_inc(ack(2, 1, 1, 0, 0, 0), 9, 0)).unwrap();
+    let p = progress_of(&l, 2);
+    assert_eq!((p.matched, p.written, p.flushed), (0, 0, 0));
+    l.report_flushed(e.end, 1);
+    assert_eq!(l.committed(), noop, "the old disk's flush counted");
+    // (R reached e.end while follower 2 held the entry in memory: that
+    // promise was kept when it was made.)
+    // A late message from the old disk is refused and restores nothing.
+    let late = from_inc(ack(2, 1, 1, e.end, e.end, e.end), 7, 0);
+    assert!(matches!(
+        l.step(late),
+        Err(ConsensusError::Malformed { .. })
+    ));
+    assert_eq!(l.committed(), noop);
+    // The new disk catches up and counts.
+    l.step(from_inc(ack(2, 1, 1, e.end, e.end, e.end), 9, 0))
+        .unwrap();
+    assert_eq!(l.committed(), e.end);
+}
+
+#[test]
+fn a_new_incarnation_voids_the_vote_the_old_disk_granted() {
+    let mut c = node(1, 5);
+    tick_until_campaign(&mut c);
+    for p in [2, 3] {
+        let m = msg(
+            p,
+            1,
+            1,
+            MessageKind::PreVoteResp {
+                granted: true,
+                caught_up: true,
+            },
+        );
+        c.step(m).unwrap();
+    }
+    assert_eq!(c.role(), Role::Candidate);
+    let vote = |from, granted| {
+        msg(
+            from,
+            1,
+            1,
+            MessageKind::VoteResp {
+                granted,
+                caught_up: true,
+            },
+        )
+    };
+    c.step(from_inc(vote(2, true), 7, 0)).unwrap();
+    // Node 2 lost its disk and voted again: its new self says no.
+    c.step(from_inc(vote(2, false), 9, 0)).unwrap();
+    c.step(vote(3, true)).unwrap();
+    assert_eq!(c.role(), Role::Candidate, "1 and 3 are not three of five");
+    c.step(vote(4, true)).unwrap();
+    assert_eq!(c.role(), Role::Leader);
+}
+
+#[test]
+fn a_node_that_has_not_caught_up_votes_only_in_unanimous_elections() {
+    // Its answers say it has not caught up.
+    let mut v = fresh(2, 3, 22);
+    let m = msg(
+        1,
+        2,
+        1,
+        MessageKind::Vote {
+            last_pos: 0,
+            last_term: 0,
+            transfer: false,
+        },
+    );
+    v.step(m).unwrap();
+    let rd = take(&mut v);
+    assert_eq!(
+        rd.messages[0].kind,
+        MessageKind::VoteResp {
+            granted: true,
+            caught_up: false
+        }
+    );
+    assert_eq!(rd.hard_state.map(|h| h.voted_for), Some(Some(1)));
+    // A caught-up candidate with one such yes has no majority of three…
+    let mut c = node(1, 3);
+    tick_until_campaign(&mut c);
+    let pre = |from, caught_up| {
+        msg(
+            from,
+            1,
+            1,
+            MessageKind::PreVoteResp {
+                granted: true,
+                caught_up,
+            },
+        )
+    };
+    c.step(pre(2, false)).unwrap();
+    assert_eq!(c.role(), Role::PreCandidate);
+    // …until every voter says yes.
+    c.step(pre(3, false)).unwrap();
+    assert_eq!(c.role(), Role::Candidate);
+    // A new group (nobody caught up) elects its first leader only when
+    // every member answers: with one cut off, nobody wins.
+    let mut g = Cluster {
+        nodes: (1..=3).map(|id| fresh(id, 3, 10 + id)).collect(),
+        cut: vec![3],
+        no_flush: vec![],
+        seen: (1..=3).map(|_| vec![]).collect(),
+    };
+    for _ in 0..4 * ELECTION_MAX {
+        g.node(1).tick();
+        g.node(2).tick();
+        g.settle();
+    }
+    assert_eq!(g.leaders(), Vec::<NodeId>::new());
+    g.cut.clear();
+    g.elect(1);
+    assert_eq!(g.leaders(), [1]);
+}
+
+#[test]
+fn a_node_catches_up_on_a_commit_of_its_leaders_term_made_for_its_incarnation() {
+    let mut f = fresh(2, 3, 22);
+    let append = |to, entries: Vec<Entry>, prev: u64, commit| {
+        let prev_term = if prev == 0 { 0 } else { 2 };
+        msg(
+            1,
+            to,
+            2,
+            MessageKind::Append {
+                prev_pos: prev,
+                prev_term,
+                entries,
+                commit,
+            },
+        )
+    };
+    // The log and a commit of the leader's term 2: [0,10) t1, [10,20) t2.
+    let entries = vec![e(0, 10, 1), e(10, 20, 2)];
+    // Sent before the leader heard from this incarnation: no catch-up.
+    f.step(from_inc(append(2, entries.clone(), 0, 20), 5, 0))
+        .unwrap();
+    take(&mut f);
+    f.report_flushed(20, 2);
+    assert!(!f.hard_state().caught_up);
+    assert!(take(&mut f).hard_state.is_none());
+    // A commit of an earlier term is no catch-up point either.
+    f.step(from_inc(append(2, vec![], 20, 10), 5, 22)).unwrap();
+    assert!(!f.hard_state().caught_up);
+    // Made for this incarnation, of the leader's own term, held durably…
+    f.step(from_inc(append(2, vec![], 20, 20), 5, 22)).unwrap();
+    assert!(!f.hard_state().caught_up, "node 3 has not heard of it");
+    // …and every peer has heard of this incarnation.
+    f.step(confirm(3, 2, 2, 22)).unwrap();
+    assert!(f.hard_state().caught_up);
+    let rd = take(&mut f);
+    assert_eq!(rd.hard_state.map(|h| h.caught_up), Some(true));
+    // Not before the entries are flushed.
+    let mut g = fresh(3, 3, 33);
+    g.step(confirm(2, 3, 2, 33)).unwrap();
+    g.step(from_inc(append(3, entries, 0, 20), 5, 33)).unwrap();
+    assert!(!g.hard_state().caught_up, "written is not durable");
+    g.report_written(20, 2);
+    assert!(!g.hard_state().caught_up);
+    g.report_flushed(20, 2);
+    assert!(g.hard_state().caught_up);
+    // A restart keeps it.
+    let r = Node::new(cfg(3, 3), g.hard_state(), g.log().to_vec()).unwrap();
+    assert!(r.hard_state().caught_up);
+}
+
+#[test]
+fn a_leader_that_caught_up_with_two_new_members_can_still_be_elected() {
+    // The first leader committed its no-op and was cut off before the
+    // others learned it: one member caught up, two did not. It needs the
+    // other two's yes (unanimous), which they give: it holds the longer log.
+    let mut g = Cluster {
+        nodes: (1..=3).map(|id| fresh(id, 3, 10 + id)).collect(),
+        cut: vec![],
+        no_flush: vec![],
+        seen: (1..=3).map(|_| vec![]).collect(),
+    };
+    g.elect(1);
+    assert!(g.node(1).hard_state().caught_up);
+    // Nobody else learned the commit yet? They did here; forget it by
+    // restarting them on their journals with the hard state they persisted
+    // before the commit reached them.
+    for id in [2, 3] {
+        let log = g.node(id).log().to_vec();
+        let mut c = cfg(id, 3);
+        c.incarnation = 10 + id;
+        let hs = HardState {
+            caught_up: false,
+            ..g.node(id).hard_state()
+        };
+        g.nodes[id as usize - 1] = Node::new(c, hs, log).unwrap();
+    }
+    let log = g.node(1).log().to_vec();
+    let mut c = cfg(1, 3);
+    c.incarnation = 11;
+    g.nodes[0] = Node::new(c, g.node(1).hard_state(), log).unwrap();
+    g.elect(1);
+    assert_eq!(g.leaders(), [1]);
+}
+
+#[test]
+fn positions_of_a_member_that_has_not_caught_up_count_only_when_all_hold_them() {
+    // A stale leader of term 1 whose other follower moved on: a wiped
+    // member's acknowledgement must not make a majority with it.
+    let mut l = make_leader(1, 3, 0, vec![]);
+    let noop = l.last_pos();
+    l.report_written(noop, 1);
+    l.report_flushed(noop, 1);
+    let mut fresh_ack = ack(2, 1, 1, noop, noop, noop);
+    if let MessageKind::AppendAck { caught_up, .. } = &mut fresh_ack.kind {
+        *caught_up = false;
+    }
+    l.step(fresh_ack).unwrap();
+    assert_eq!((l.replicated(), l.committed()), (0, 0));
+    // With every voter holding it, it counts.
+    l.step(ack(3, 1, 1, noop, noop, 0)).unwrap();
+    assert_eq!((l.replicated(), l.committed()), (noop, 0));
+    l.step(ack(3, 1, 1, noop, noop, noop)).unwrap();
+    assert_eq!(l.committed(), noop);
+}
+
+#[test]
+fn messages_carry_identities_and_other_clusters_are_refused() {
+    let mut c = cfg(1, 3);
+    c.incarnation = 0x11;
+    let mut n = Node::new(c, caught_up(), vec![]).unwrap();
+    n.set_cluster_id(0xC1);
+    assert_eq!(n.cluster_id(), 0xC1);
+    let hb = |cluster_id| {
+        let mut m = msg(2, 1, 1, MessageKind::Heartbeat { commit: 0 });
+        m.cluster_id = cluster_id;
+        m.from_incarnation = 0x22;
+        m
+    };
+    let err = n.step(hb(0xC2)).unwrap_err();
+    assert_eq!(
+        err,
+        ConsensusError::WrongCluster {
+            from: 2,
+            theirs: 0xC2,
+            ours: 0xC1
+        }
+    );
+    assert_eq!((n.term(), n.leader()), (0, None));
+    n.step(hb(0)).unwrap(); // a peer that does not know the id yet
+    n.step(hb(0xC1)).unwrap();
+    let rd = take(&mut n);
+    let ack = &rd.messages[0];
+    assert_eq!(
+        (ack.from_incarnation, ack.to_incarnation, ack.cluster_id),
+        (0x11, 0x22, 0xC1)
+    );
+}
+
+#[test]
+fn a_node_does_not_catch_up_on_a_prefix_of_the_leaders_commit() {
+    // The leader's commit (30) is beyond what this node holds (20, whose
+    // entry is of the leader's term too): holding 20 is not catching up.
+    let mut f = fresh(2, 3, 22);
+    f.step(confirm(3, 2, 2, 22)).unwrap();
+    let kind = MessageKind::Append {
+        prev_pos: 0,
+        prev_term: 0,
+        entries: vec![e(0, 10, 2), e(10, 20, 2)],
+        commit: 30,
+    };
+    f.step(from_inc(msg(1, 2, 2, kind), 5, 22)).unwrap();
+    f.report_flushed(20, 2);
+    assert!(!f.hard_state().caught_up);
+    let kind = MessageKind::Append {
+        prev_pos: 20,
+        prev_term: 2,
+        entries: vec![e(20, 30, 2)],
+        commit: 30,
+    };
+    f.step(from_inc(msg(1, 2, 2, kind), 5, 22)).unwrap();
+    assert!(!f.hard_state().caught_up, "not flushed yet");
+    f.report_flushed(30, 2);
+    assert!(f.hard_state().caught_up);
+}
+
+// ----- issue 9, finding 5: any input in any role ----------------------------
+
+/// Property tests: nodes set up in every role step arbitrary messages,
+/// ticks, position reports, link reports, proposals and transfers; none
+/// may panic, and `check::check_node` and `check::History` hold after each.
+mod any_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The role a node is brought into before the inputs.
+    #[derive(Clone, Copy, Debug)]
+    enum Setup {
+        Follower,
+        FollowerOfTwo,
+        PreCandidate,
+        Candidate,
+        /// Leader; follower 2 in Replicate, the others in Probe.
+        Leader,
+    }
+
+    /// A position, chosen against the node's log when it is used.
+    #[derive(Clone, Copy, Debug)]
+    enum Pos {
+        Boundary(u16),
+        Inside(u16),
+        Beyond(u16),
+        Raw(u64),
+    }
+
+    /// A term, relative to the node's when it is used, or any.
+    #[derive(Clone, Copy, Debug)]
+    enum TermOf {
+        Rel(i8),
+        Raw(u64),
+    }
+
+    #[derive(Clone, Debug)]
+    enum Kind {
+        PreVote(Pos, TermOf),
+        PreVoteResp(bool, bool),
+        Vote(Pos, TermOf, bool),
+        VoteResp(bool, bool),
+        Append(Pos, TermOf, Vec<(u64, TermOf)>, Pos),
+        Ack(Pos, Pos, Pos, bool),
+        Reject(Pos, Pos, TermOf),
+        Heartbeat(Pos),
+        TimeoutNow,
+        Probe,
+        ProbeResp,
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Step {
+            from: u64,
+            to: u64,
+            term: TermOf,
+            kind: Kind,
+            ids: (u64, u64, u64),
+        },
+        Tick,
+        Written(Pos, TermOf),
+        Flushed(Pos, TermOf),
+        Unreachable(u64),
+        Propose(u64),
+        Transfer(u64),
+        Cluster(u64),
+    }
+
+    fn pos() -> impl Strategy<Value = Pos> {
+        prop_oneof![
+            4 => any::<u16>().prop_map(Pos::Boundary),
+            2 => any::<u16>().prop_map(Pos::Inside),
+            1 => any::<u16>().prop_map(Pos::Beyond),
+            1 => prop_oneof![Just(u64::MAX), Just(config::POSITION_MAX + 1), any::<u64>()]
+                .prop_map(Pos::Raw),
+        ]
+    }
+
+    fn term_of() -> impl Strategy<Value = TermOf> {
+        prop_oneof![
+            6 => (-2i8..=2).prop_map(TermOf::Rel),
+            1 => prop_oneof![
+                Just(u64::MAX),
+                Just(config::TERM_MAX),
+                Just(config::TERM_MAX + 1),
+                any::<u64>()
+            ]
+            .prop_map(TermOf::Raw),
+        ]
+    }
+
+    fn kind() -> impl Strategy<Value = Kind> {
+        prop_oneof![
+            (pos(), term_of()).prop_map(|(p, t)| Kind::PreVote(p, t)),
+            (any::<bool>(), any::<bool>()).prop_map(|(g, c)| Kind::PreVoteResp(g, c)),
+            (pos(), term_of(), any::<bool>()).prop_map(|(p, t, x)| Kind::Vote(p, t, x)),
+            (any::<bool>(), any::<bool>()).prop_map(|(g, c)| Kind::VoteResp(g, c)),
+            (
+                pos(),
+                term_of(),
+                prop::collection::vec((1u64..40, term_of()), 0..4),
+                pos()
+            )
+                .prop_map(|(p, t, e, c)| Kind::Append(p, t, e, c)),
+            (pos(), pos(), pos(), any::<bool>()).prop_map(|(m, w, f, c)| Kind::Ack(m, w, f, c)),
+            (pos(), pos(), term_of()).prop_map(|(r, h, t)| Kind::Reject(r, h, t)),
+            pos().prop_map(Kind::Heartbeat),
+            Just(Kind::TimeoutNow),
+            Just(Kind::Probe),
+            Just(Kind::ProbeResp),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let ids = prop_oneof![
+            3 => Just((0u64, 0u64, 0u64)),
+            1 => (0u64..3, 0u64..3, 0u64..3),
+        ];
+        prop_oneof![
+            8 => (0u64..=6, prop_oneof![4 => Just(1u64), 1 => 0u64..=6], term_of(), kind(), ids)
+                .prop_map(|(from, to, term, kind, ids)| Op::Step { from, to, term, kind, ids }),
+            3 => Just(Op::Tick),
+            2 => (pos(), term_of()).prop_map(|(p, t)| Op::Written(p, t)),
+            2 => (pos(), term_of()).prop_map(|(p, t)| Op::Flushed(p, t)),
+            1 => (0u64..=6).prop_map(Op::Unreachable),
+            2 => prop_oneof![1u64..100, Just(0), Just(u64::MAX)].prop_map(Op::Propose),
+            1 => (0u64..=6).prop_map(Op::Transfer),
+            1 => (0u64..3).prop_map(Op::Cluster),
+        ]
+    }
+
+    /// A harness: one node, its history, and a journal that keeps up.
+    struct Run {
+        node: Node,
+        history: check::History,
+    }
+
+    impl Run {
+        fn new(setup: Setup, n: u64, caught: bool) -> Run {
+            let log = vec![e(0, 10, 1), e(10, 30, 2), e(30, 31, 2)];
+            let mut c = cfg(1, n);
+            c.incarnation = 1;
+            let hs = HardState {
+                term: 2,
+                voted_for: None,
+                caught_up: caught,
+            };
+            let node = Node::new(c, hs, log).unwrap();
+            let mut run = Run {
+                history: check::History::new(node.last_pos()),
+                node,
+            };
+            let grant = |_term| MessageKind::PreVoteResp {
+                granted: true,
+                caught_up: true,
+            };
+            match setup {
+                Setup::Follower => {}
+                Setup::FollowerOfTwo => {
+                    run.input(msg(2, 1, 2, MessageKind::Heartbeat { commit: 10 }));
+                }
+                Setup::PreCandidate | Setup::Candidate | Setup::Leader => {
+                    while run.node.role() == Role::Follower {
+                        run.node.tick();
+                        run.drain();
+                    }
+                }
+            }
+            if matches!(setup, Setup::Candidate | Setup::Leader) {
+                // Every other voter grants the pre-vote (a unanimous yes
+                // wins whether or not anyone caught up).
+                for p in 2..=n {
+                    run.input(msg(p, 1, 3, grant(3)));
+                }
+                assert_eq!(run.node.role(), Role::Candidate);
+            }
+            if matches!(setup, Setup::Leader) {
+                for p in 2..=n {
+                    let vote = MessageKind::VoteResp {
+                        granted: true,
+                        caught_up: true,
+                    };
+                    run.input(msg(p, 1, 3, vote));
+                }
+                assert_eq!(run.node.role(), Role::Leader);
+                let end = run.node.last_pos();
+                run.input(ack(2, 1, 3, end, end, end));
+            }
+            run
+        }
+
+        /// Applies everything the node asks, checking it, as a caller
+        /// would (the journal follows its entries; positions are reported
+        /// only by the inputs).
+        fn drain(&mut self) {
+            while self.node.has_ready() {
+                let rd = self.node.ready();
+                self.history
+                    .observe(&self.node, &rd)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                self.node.advance(rd);
+            }
+            check::check_node(&self.node).unwrap_or_else(|e| panic!("{e}"));
+        }
+
+        fn input(&mut self, m: Message) {
+            let _ = self.node.step(m);
+            self.drain();
+        }
+
+        fn pos(&self, p: Pos) -> u64 {
+            let log = self.node.log();
+            let last = self.node.last_pos();
+            match p {
+                Pos::Boundary(k) => {
+                    let k = k as usize % (log.len() + 1);
+                    if k == 0 {
+                        0
+                    } else {
+                        log[k - 1].end
+                    }
+                }
+                Pos::Inside(k) => log
+                    .iter()
+                    .filter(|e| e.end - e.start >= 2)
+                    .nth(k as usize % log.len().max(1))
+                    .map_or(last + 1, |e| e.start + 1),
+                Pos::Beyond(k) => last + 1 + u64::from(k),
+                Pos::Raw(v) => v,
+            }
+        }
+
+        fn term(&self, t: TermOf) -> u64 {
+            match t {
+                TermOf::Rel(d) => self.node.term().saturating_add_signed(i64::from(d)),
+                TermOf::Raw(v) => v,
+            }
+        }
+
+        fn kind(&self, k: &Kind) -> MessageKind {
+            match *k {
+                Kind::PreVote(p, t) => MessageKind::PreVote {
+                    last_pos: self.pos(p),
+                    last_term: self.term(t),
+                },
+                Kind::PreVoteResp(granted, caught_up) => {
+                    MessageKind::PreVoteResp { granted, caught_up }
+                }
+                Kind::Vote(p, t, transfer) => MessageKind::Vote {
+                    last_pos: self.pos(p),
+                    last_term: self.term(t),
+                    transfer,
+                },
+                Kind::VoteResp(granted, caught_up) => MessageKind::VoteResp { granted, caught_up },
+                Kind::Append(prev, prev_term, ref runs, commit) => {
+                    let prev_pos = self.pos(prev);
+                    let mut start = prev_pos;
+                    let entries = runs
+                        .iter()
+                        .map(|(len, t)| {
+                            let entry = Entry {
+                                start,
+                                end: start.saturating_add(*len),
+                                term: self.term(*t),
+                            };
+                            start = entry.end;
+                            entry
+                        })
+                        .collect();
+                    MessageKind::Append {
+                        prev_pos,
+                        prev_term: self.term(prev_term),
+                        entries,
+                        commit: self.pos(commit),
+                    }
+                }
+                Kind::Ack(m, w, f, caught_up) => MessageKind::AppendAck {
+                    matched: self.pos(m),
+                    written: self.pos(w),
+                    flushed: self.pos(f),
+                    caught_up,
+                },
+                Kind::Reject(r, h, t) => MessageKind::AppendReject {
+                    rejected: self.pos(r),
+                    hint_pos: self.pos(h),
+                    hint_term: self.term(t),
+                },
+                Kind::Heartbeat(c) => MessageKind::Heartbeat {
+                    commit: self.pos(c),
+                },
+                Kind::TimeoutNow => MessageKind::TimeoutNow,
+                Kind::Probe => MessageKind::Probe,
+                Kind::ProbeResp => MessageKind::ProbeResp,
+            }
+        }
+
+        fn apply(&mut self, op: &Op) {
+            match op {
+                Op::Step {
+                    from,
+                    to,
+                    term,
+                    kind,
+                    ids,
+                } => {
+                    let m = Message {
+                        from: *from,
+                        to: *to,
+                        term: self.term(*term),
+                        from_incarnation: ids.0,
+                        to_incarnation: ids.1,
+                        cluster_id: ids.2,
+                        kind: self.kind(kind),
+                    };
+                    self.input(m);
+                    return;
+                }
+                Op::Tick => self.node.tick(),
+                Op::Written(p, t) => {
+                    let (p, t) = (self.pos(*p), self.term(*t));
+                    self.node.report_written(p, t);
+                }
+                Op::Flushed(p, t) => {
+                    let (p, t) = (self.pos(*p), self.term(*t));
+                    self.node.report_flushed(p, t);
+                }
+                Op::Unreachable(peer) => self.node.report_unreachable(*peer),
+                Op::Propose(bytes) => {
+                    let _ = self.node.propose(*bytes);
+                }
+                Op::Transfer(to) => {
+                    let _ = self.node.transfer_leader(*to);
+                }
+                Op::Cluster(id) => self.node.set_cluster_id(*id),
+            }
+            self.drain();
+        }
+    }
+
+    fn setup() -> impl Strategy<Value = Setup> {
+        prop_oneof![
+            Just(Setup::Follower),
+            Just(Setup::FollowerOfTwo),
+            Just(Setup::PreCandidate),
+            Just(Setup::Candidate),
+            Just(Setup::Leader),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_input_in_any_role_keeps_the_invariants(
+            setup in setup(),
+            n in prop_oneof![Just(3u64), Just(5u64)],
+            caught in any::<bool>(),
+            ops in prop::collection::vec(op(), 1..60),
+        ) {
+            let mut run = Run::new(setup, n, caught);
+            for op in &ops {
+                run.apply(op);
+            }
+        }
+    }
+}
+
+#[test]
+fn follower_refuses_a_commit_position_inside_its_entries() {
+    // A leader's commit is an entry boundary of its log; within what the
+    // follower knows matches, it is one of the follower's too.
+    let mut f = node(2, 3);
+    let kind = |commit| MessageKind::Append {
+        prev_pos: 0,
+        prev_term: 0,
+        entries: vec![e(0, 10, 1), e(10, 20, 1)],
+        commit,
+    };
+    assert!(matches!(
+        f.step(msg(1, 2, 1, kind(5))),
+        Err(ConsensusError::Malformed { .. })
+    ));
+    assert!(f.log().is_empty(), "refused before anything changed");
+    f.step(msg(1, 2, 1, kind(10))).unwrap();
+    f.report_written(20, 1);
+    assert_eq!(f.committed(), 10);
+    let hb = |commit| msg(1, 2, 1, MessageKind::Heartbeat { commit });
+    assert!(matches!(
+        f.step(hb(15)),
+        Err(ConsensusError::Malformed { .. })
+    ));
+    // Beyond what matches, a commit is only clamped.
+    f.step(hb(500)).unwrap();
+    assert_eq!(f.committed(), 20);
 }

@@ -145,6 +145,11 @@ impl Catalog {
         self.cluster_id.map(|(id, _)| id)
     }
 
+    /// The group's id and the journal position of the record that set it.
+    pub fn cluster_id_record(&self) -> Option<(u64, u64)> {
+        self.cluster_id
+    }
+
     /// Records the group's id from the control record at `position`.
     pub fn set_cluster_id(&mut self, id: u64, position: u64) {
         self.cluster_id = Some((id, position));

@@ -685,6 +685,10 @@ pub struct ClusterStatusResponse {
     pub replicated: u64,
     /// Commit position C: durable on a majority.
     pub committed: u64,
+    /// This member's data directory has caught up with the group since it
+    /// was made (or lost data): until then it grants no vote and does not
+    /// campaign. Always true on a standalone broker.
+    pub caught_up: bool,
     /// Every member of the group, this broker included; empty when standalone.
     pub nodes: Vec<ClusterNode>,
 }
@@ -700,6 +704,7 @@ impl ClusterStatusResponse {
         out.put_u64(self.flushed);
         out.put_u64(self.replicated);
         out.put_u64(self.committed);
+        out.put_u8(u8::from(self.caught_up));
         out.put_u16(self.nodes.len() as u16);
         for n in &self.nodes {
             out.put_u64(n.id);
@@ -722,6 +727,11 @@ impl ClusterStatusResponse {
         let flushed = r.u64("flushed")?;
         let replicated = r.u64("replicated")?;
         let committed = r.u64("committed")?;
+        let caught_up = match r.u8("caught_up")? {
+            0 => false,
+            1 => true,
+            _ => return Err(DecodeError::InvalidValue { field: "caught_up" }),
+        };
         let n = r.u16("node_count")?;
         // Never trust a count for an allocation: each node is at least 10 bytes.
         let mut nodes = Vec::with_capacity((n as usize).min(r.remaining() / 10));
@@ -741,6 +751,7 @@ impl ClusterStatusResponse {
             flushed,
             replicated,
             committed,
+            caught_up,
             nodes,
         })
     }
@@ -896,6 +907,7 @@ mod tests {
             flushed: 256,
             replicated: 250,
             committed: 200,
+            caught_up: true,
             nodes: vec![
                 ClusterNode {
                     id: 1,
@@ -919,6 +931,7 @@ mod tests {
             &le(256),   // flushed
             &le(250),   // replicated
             &le(200),   // committed
+            &[1],       // caught_up
             &[2, 0],    // node_count
             &le(1),     // node 0 id
             &[3, 0],    // node 0 addr length
@@ -930,6 +943,12 @@ mod tests {
         .concat();
         assert_eq!(out, expected);
         assert_eq!(ClusterStatusResponse::decode(&out), Ok(resp));
+        out[57] = 2;
+        assert_eq!(
+            ClusterStatusResponse::decode(&out),
+            Err(DecodeError::InvalidValue { field: "caught_up" })
+        );
+        out[57] = 1;
         out[8] = 5;
         assert_eq!(
             ClusterStatusResponse::decode(&out),

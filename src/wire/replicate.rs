@@ -2,7 +2,10 @@
 //! request frame that is never answered.
 //!
 //! ```text
-//! body    = u64 from | u64 to | u64 term | u8 kind | kind fields
+//! body    = u64 from | u64 to | u64 term | u64 from_incarnation
+//!           | u64 to_incarnation | u64 cluster_id | u8 kind | kind fields
+//! PreVoteResp, VoteResp = u8 granted | u8 caught_up
+//! AppendAck = u64 matched | u64 written | u64 flushed | u8 caught_up
 //! Append  = u64 prev_pos | u64 prev_term | u64 commit | u32 entry_count
 //!           | entry_count × (u64 end | u64 term) | u64 payload_len | payload
 //! ```
@@ -15,23 +18,25 @@
 //! the previous one ends. Every other kind has no payload.
 //!
 //! [`decode_message`] checks everything the layout promises (known kind,
-//! 0/1 booleans, non-empty entries with non-decreasing terms no higher than
-//! the message's, a payload exactly as long as the entries, no trailing
-//! bytes), so the consensus node and the journal never see an `Append`
-//! whose entries and bytes disagree. Whether the sender is a voter of the
-//! group, and the other checks that need the node's state, stay with the
-//! node.
+//! 0/1 booleans, non-empty entries, a payload exactly as long as the
+//! entries, no trailing bytes) and every rule a message from a correct node
+//! keeps whatever its receiver ([`Message::check_fields`]: terms at most
+//! `TERM_MAX`, positions at most `POSITION_MAX`, entry terms that never
+//! decrease and never pass the message's, positions in order), so the
+//! consensus node and the journal never see an `Append` whose entries and
+//! bytes disagree. Whether the sender is a voter of the group, and the
+//! other checks that need the node's state, stay with the node.
 
 use super::api::ApiKey;
 use super::codec::{DecodeError, Put, Reader};
 use super::frame::{finish_frame_before, RequestHeader};
-use crate::consensus::log::check_run;
 use crate::consensus::{Entry, Message, MessageKind};
 
 /// The version of the Replicate body this broker speaks.
 pub const REPLICATE_VERSION: u16 = 1;
-/// Bytes of the fields every message starts with: `from`, `to`, `term`, `kind`.
-pub const MESSAGE_HEADER_LEN: usize = 25;
+/// Bytes of the fields every message starts with: `from`, `to`, `term`,
+/// `from_incarnation`, `to_incarnation`, `cluster_id`, `kind`.
+pub const MESSAGE_HEADER_LEN: usize = 49;
 /// Bytes of one `Append` entry: `end`, `term`.
 pub const ENTRY_LEN: usize = 16;
 
@@ -44,6 +49,8 @@ const KIND_APPEND_ACK: u8 = 5;
 const KIND_APPEND_REJECT: u8 = 6;
 const KIND_HEARTBEAT: u8 = 7;
 const KIND_TIMEOUT_NOW: u8 = 8;
+const KIND_PROBE: u8 = 9;
+const KIND_PROBE_RESP: u8 = 10;
 
 /// The journal bytes that follow `m`'s body: the span of an `Append`'s
 /// entries, 0 for a probe and for every other kind.
@@ -67,6 +74,9 @@ pub fn encode_message(m: &Message, out: &mut Vec<u8>) {
     out.put_u64(m.from);
     out.put_u64(m.to);
     out.put_u64(m.term);
+    out.put_u64(m.from_incarnation);
+    out.put_u64(m.to_incarnation);
+    out.put_u64(m.cluster_id);
     match &m.kind {
         MessageKind::PreVote {
             last_pos,
@@ -76,9 +86,10 @@ pub fn encode_message(m: &Message, out: &mut Vec<u8>) {
             out.put_u64(*last_pos);
             out.put_u64(*last_term);
         }
-        MessageKind::PreVoteResp { granted } => {
+        MessageKind::PreVoteResp { granted, caught_up } => {
             out.put_u8(KIND_PRE_VOTE_RESP);
             out.put_u8(*granted as u8);
+            out.put_u8(*caught_up as u8);
         }
         MessageKind::Vote {
             last_pos,
@@ -90,9 +101,10 @@ pub fn encode_message(m: &Message, out: &mut Vec<u8>) {
             out.put_u64(*last_term);
             out.put_u8(*transfer as u8);
         }
-        MessageKind::VoteResp { granted } => {
+        MessageKind::VoteResp { granted, caught_up } => {
             out.put_u8(KIND_VOTE_RESP);
             out.put_u8(*granted as u8);
+            out.put_u8(*caught_up as u8);
         }
         MessageKind::Append {
             prev_pos,
@@ -123,11 +135,13 @@ pub fn encode_message(m: &Message, out: &mut Vec<u8>) {
             matched,
             written,
             flushed,
+            caught_up,
         } => {
             out.put_u8(KIND_APPEND_ACK);
             out.put_u64(*matched);
             out.put_u64(*written);
             out.put_u64(*flushed);
+            out.put_u8(*caught_up as u8);
         }
         MessageKind::AppendReject {
             rejected,
@@ -144,6 +158,8 @@ pub fn encode_message(m: &Message, out: &mut Vec<u8>) {
             out.put_u64(*commit);
         }
         MessageKind::TimeoutNow => out.put_u8(KIND_TIMEOUT_NOW),
+        MessageKind::Probe => out.put_u8(KIND_PROBE),
+        MessageKind::ProbeResp => out.put_u8(KIND_PROBE_RESP),
     }
 }
 
@@ -178,13 +194,18 @@ pub fn write_frame(m: &Message, out: &mut Vec<u8>) -> u64 {
 /// [`DecodeError::Truncated`] or [`DecodeError::TrailingBytes`] when the
 /// body is shorter or longer than its fields say;
 /// [`DecodeError::InvalidValue`] for an unknown kind, a boolean other than
-/// 0 or 1, entries that are empty, whose terms decrease or exceed the
-/// message's term, or a `payload_len` other than the entries' span.
+/// 0 or 1, entries that are empty, a `payload_len` other than the entries'
+/// span, or a field that breaks [`Message::check_fields`] (a term above
+/// `TERM_MAX`, a position above `POSITION_MAX`, entry terms that decrease or
+/// exceed the message's term, positions out of order, …), naming the field.
 pub fn decode_message(body: &[u8]) -> Result<(Message, &[u8]), DecodeError> {
     let mut r = Reader::new(body);
     let from = r.u64("from")?;
     let to = r.u64("to")?;
     let term = r.u64("term")?;
+    let from_incarnation = r.u64("from_incarnation")?;
+    let to_incarnation = r.u64("to_incarnation")?;
+    let cluster_id = r.u64("cluster_id")?;
     let mut payload: &[u8] = &[];
     let kind = match r.u8("kind")? {
         KIND_PRE_VOTE => MessageKind::PreVote {
@@ -193,6 +214,7 @@ pub fn decode_message(body: &[u8]) -> Result<(Message, &[u8]), DecodeError> {
         },
         KIND_PRE_VOTE_RESP => MessageKind::PreVoteResp {
             granted: bool_field(&mut r, "granted")?,
+            caught_up: bool_field(&mut r, "caught_up")?,
         },
         KIND_VOTE => MessageKind::Vote {
             last_pos: r.u64("last_pos")?,
@@ -201,9 +223,10 @@ pub fn decode_message(body: &[u8]) -> Result<(Message, &[u8]), DecodeError> {
         },
         KIND_VOTE_RESP => MessageKind::VoteResp {
             granted: bool_field(&mut r, "granted")?,
+            caught_up: bool_field(&mut r, "caught_up")?,
         },
         KIND_APPEND => {
-            let (kind, bytes) = decode_append(&mut r, term)?;
+            let (kind, bytes) = decode_append(&mut r)?;
             payload = bytes;
             kind
         }
@@ -211,6 +234,7 @@ pub fn decode_message(body: &[u8]) -> Result<(Message, &[u8]), DecodeError> {
             matched: r.u64("matched")?,
             written: r.u64("written")?,
             flushed: r.u64("flushed")?,
+            caught_up: bool_field(&mut r, "caught_up")?,
         },
         KIND_APPEND_REJECT => MessageKind::AppendReject {
             rejected: r.u64("rejected")?,
@@ -221,6 +245,8 @@ pub fn decode_message(body: &[u8]) -> Result<(Message, &[u8]), DecodeError> {
             commit: r.u64("commit")?,
         },
         KIND_TIMEOUT_NOW => MessageKind::TimeoutNow,
+        KIND_PROBE => MessageKind::Probe,
+        KIND_PROBE_RESP => MessageKind::ProbeResp,
         _ => return Err(DecodeError::InvalidValue { field: "kind" }),
     };
     r.finish()?;
@@ -228,16 +254,18 @@ pub fn decode_message(body: &[u8]) -> Result<(Message, &[u8]), DecodeError> {
         from,
         to,
         term,
+        from_incarnation,
+        to_incarnation,
+        cluster_id,
         kind,
     };
+    m.check_fields()
+        .map_err(|e| DecodeError::InvalidValue { field: e.field })?;
     Ok((m, payload))
 }
 
 /// The fields of an `Append` after its kind, and its payload.
-fn decode_append<'a>(
-    r: &mut Reader<'a>,
-    term: u64,
-) -> Result<(MessageKind, &'a [u8]), DecodeError> {
+fn decode_append<'a>(r: &mut Reader<'a>) -> Result<(MessageKind, &'a [u8]), DecodeError> {
     let prev_pos = r.u64("prev_pos")?;
     let prev_term = r.u64("prev_term")?;
     let commit = r.u64("commit")?;
@@ -261,9 +289,6 @@ fn decode_append<'a>(
         });
         start = end;
     }
-    check_run(&entries, prev_pos, prev_term, term).map_err(|_| DecodeError::InvalidValue {
-        field: "entry.term",
-    })?;
     let payload_len = r.u64("payload_len")?;
     if payload_len != start - prev_pos {
         return Err(DecodeError::InvalidValue {
@@ -306,8 +331,16 @@ mod tests {
             from: 1,
             to: 2,
             term: 3,
+            from_incarnation: 0x44,
+            to_incarnation: 0x55,
+            cluster_id: 0x66,
             kind,
         }
+    }
+
+    /// The 48 bytes before `kind` in every body of `msg`.
+    fn head() -> Vec<u8> {
+        [&le(1)[..], &le(2), &le(3), &le(0x44), &le(0x55), &le(0x66)].concat()
     }
 
     fn append() -> Message {
@@ -338,6 +371,9 @@ mod tests {
             &le(1)[..],    // from
             &le(2),        // to
             &le(3),        // term
+            &le(0x44),     // from_incarnation
+            &le(0x55),     // to_incarnation
+            &le(0x66),     // cluster_id
             &[4],          // kind: Append
             &le(100),      // prev_pos
             &le(2),        // prev_term
@@ -361,31 +397,44 @@ mod tests {
 
     #[test]
     fn every_other_kind_has_its_documented_bytes() {
-        let cases: [(MessageKind, Vec<u8>); 8] = [
+        let cases: [(MessageKind, Vec<u8>); 10] = [
             (
                 MessageKind::PreVote {
                     last_pos: 5,
-                    last_term: 6,
+                    last_term: 2,
                 },
-                [&[0u8][..], &le(5), &le(6)].concat(),
+                [&[0u8][..], &le(5), &le(2)].concat(),
             ),
-            (MessageKind::PreVoteResp { granted: true }, vec![1, 1]),
+            (
+                MessageKind::PreVoteResp {
+                    granted: true,
+                    caught_up: false,
+                },
+                vec![1, 1, 0],
+            ),
             (
                 MessageKind::Vote {
                     last_pos: 5,
-                    last_term: 6,
+                    last_term: 2,
                     transfer: true,
                 },
-                [&[2u8][..], &le(5), &le(6), &[1]].concat(),
+                [&[2u8][..], &le(5), &le(2), &[1]].concat(),
             ),
-            (MessageKind::VoteResp { granted: false }, vec![3, 0]),
+            (
+                MessageKind::VoteResp {
+                    granted: false,
+                    caught_up: true,
+                },
+                vec![3, 0, 1],
+            ),
             (
                 MessageKind::AppendAck {
                     matched: 9,
                     written: 8,
                     flushed: 7,
+                    caught_up: true,
                 },
-                [&[5u8][..], &le(9), &le(8), &le(7)].concat(),
+                [&[5u8][..], &le(9), &le(8), &le(7), &[1]].concat(),
             ),
             (
                 MessageKind::AppendReject {
@@ -400,12 +449,14 @@ mod tests {
                 [&[7u8][..], &le(11)].concat(),
             ),
             (MessageKind::TimeoutNow, vec![8]),
+            (MessageKind::Probe, vec![9]),
+            (MessageKind::ProbeResp, vec![10]),
         ];
         for (kind, tail) in cases {
             let m = msg(kind);
             let mut out = Vec::new();
             encode_message(&m, &mut out);
-            assert_eq!(out, [&le(1)[..], &le(2), &le(3), &tail].concat(), "{m:?}");
+            assert_eq!(out, [&head()[..], &tail].concat(), "{m:?}");
             assert_eq!(payload_len(&m), 0);
             assert_eq!(decode_message(&out), Ok((m, &[][..])));
         }
@@ -538,17 +589,21 @@ mod tests {
 
     #[test]
     fn unknown_kinds_and_non_boolean_bytes_are_refused() {
-        let head = [&le(1)[..], &le(2), &le(3)].concat();
+        let head = head();
         let body = |tail: &[u8]| [&head[..], tail].concat();
         assert_eq!(
             decode_message(&body(&[9])),
             Err(DecodeError::InvalidValue { field: "kind" })
         );
         assert_eq!(
-            decode_message(&body(&[1, 2])),
+            decode_message(&body(&[1, 2, 0])),
             Err(DecodeError::InvalidValue { field: "granted" })
         );
-        let vote = [&[2u8][..], &le(5), &le(6), &[2]].concat();
+        assert_eq!(
+            decode_message(&body(&[3, 1, 7])),
+            Err(DecodeError::InvalidValue { field: "caught_up" })
+        );
+        let vote = [&[2u8][..], &le(5), &le(2), &[2]].concat();
         assert_eq!(
             decode_message(&body(&vote)),
             Err(DecodeError::InvalidValue { field: "transfer" })
@@ -557,5 +612,74 @@ mod tests {
             decode_message(&head),
             Err(DecodeError::Truncated { field: "kind", .. })
         ));
+    }
+
+    #[test]
+    fn fields_no_correct_node_sends_are_refused_when_decoding() {
+        use crate::consensus::config::{POSITION_MAX, TERM_MAX};
+        let invalid = |field| Err(DecodeError::InvalidValue { field });
+        let mut absurd = msg(MessageKind::Heartbeat { commit: 0 });
+        absurd.term = TERM_MAX + 1;
+        let cases: [(&str, Message, Result<(), DecodeError>); 7] = [
+            ("term above TERM_MAX", absurd, invalid("term")),
+            (
+                "commit above POSITION_MAX",
+                msg(MessageKind::Heartbeat {
+                    commit: POSITION_MAX + 1,
+                }),
+                invalid("commit"),
+            ),
+            (
+                "candidate's last term not below its term",
+                msg(MessageKind::PreVote {
+                    last_pos: 5,
+                    last_term: 3,
+                }),
+                invalid("last_term"),
+            ),
+            (
+                "acknowledged positions out of order",
+                msg(MessageKind::AppendAck {
+                    matched: 5,
+                    written: 6,
+                    flushed: 0,
+                    caught_up: false,
+                }),
+                invalid("flushed"),
+            ),
+            (
+                "hint above the rejected position",
+                msg(MessageKind::AppendReject {
+                    rejected: 5,
+                    hint_pos: 6,
+                    hint_term: 0,
+                }),
+                invalid("hint_pos"),
+            ),
+            (
+                "hint term above the term",
+                msg(MessageKind::AppendReject {
+                    rejected: 5,
+                    hint_pos: 5,
+                    hint_term: 4,
+                }),
+                invalid("hint_term"),
+            ),
+            (
+                "a term at position 0",
+                msg(MessageKind::Append {
+                    prev_pos: 0,
+                    prev_term: 1,
+                    entries: vec![],
+                    commit: 0,
+                }),
+                invalid("prev_term"),
+            ),
+        ];
+        for (name, m, expected) in cases {
+            let mut body = Vec::new();
+            encode_message(&m, &mut body);
+            assert_eq!(decode_message(&body).map(|_| ()), expected, "{name}");
+        }
     }
 }

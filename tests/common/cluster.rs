@@ -218,6 +218,10 @@ impl Cluster {
         for id in 1..=n {
             cluster.launch(id);
         }
+        // A new group's members vote as full members once each has caught
+        // up with the first leader's commit (docs/consensus.md): until
+        // then the group does not survive the loss of a member.
+        cluster.wait_voting(Duration::from_secs(30));
         eprintln!(
             "cluster of {n}{}: {}",
             if proxied { " (proxied links)" } else { "" },
@@ -426,6 +430,27 @@ impl Cluster {
         ClusterStatusResponse::decode(&r.body).ok()
     }
 
+    /// Waits until every node says it has caught up with the group (it
+    /// votes).
+    ///
+    /// # Panics
+    /// When that does not happen within `limit`.
+    pub fn wait_voting(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let all = self.node_statuses();
+            if all.len() == self.size() && all.iter().all(|(_, s)| s.caught_up) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not every node caught up within {limit:?}:\n{}",
+                self.describe()
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// Every serving node's own view, by node id.
     pub fn node_statuses(&self) -> Vec<(usize, ClusterStatusResponse)> {
         self.ids()
@@ -477,8 +502,15 @@ impl Cluster {
         self.ids()
             .map(|id| match self.node_status(id) {
                 Some(s) => format!(
-                    "node {id}: {:?} term {} leader {} W {} F {} R {} C {}",
-                    s.role, s.term, s.leader_id, s.written, s.flushed, s.replicated, s.committed
+                    "node {id}: {:?} term {} leader {} W {} F {} R {} C {}{}",
+                    s.role,
+                    s.term,
+                    s.leader_id,
+                    s.written,
+                    s.flushed,
+                    s.replicated,
+                    s.committed,
+                    if s.caught_up { "" } else { " (not caught up)" }
                 ),
                 None if self.is_serving(id) => format!("node {id}: no status answer"),
                 None => format!("node {id}: down or stopped"),
