@@ -341,14 +341,14 @@ fn cluster_status(addr: &str, json: bool) -> Result<()> {
     )?;
     writeln!(
         out,
-        "{:>4}  {:<22} {:<13} {:>6} {:>14} {:>14} {:>14} {:>14}  {:<5}",
+        "{:>4}  {:<22} {:<13} {:>6} {:>14} {:>14} {:>14} {:>14}  {}",
         "id", "addr", "role", "term", "written", "flushed", "replicated", "committed", "votes"
     )?;
     for m in &group.members {
         match &m.status {
             Some(s) => writeln!(
                 out,
-                "{:>4}  {:<22} {:<13} {:>6} {:>14} {:>14} {:>14} {:>14}  {:<5}",
+                "{:>4}  {:<22} {:<13} {:>6} {:>14} {:>14} {:>14} {:>14}  {}",
                 m.id,
                 m.addr,
                 role_name(s.role),
