@@ -341,8 +341,8 @@ fn cluster_status(addr: &str, json: bool) -> Result<()> {
     )?;
     writeln!(
         out,
-        "{:>4}  {:<22} {:<13} {:>6} {:>14} {:>14} {:>14} {:>14}  {}",
-        "id", "addr", "role", "term", "written", "flushed", "replicated", "committed", "votes"
+        "{:>4}  {:<22} {:<13} {:>6} {:>14} {:>14} {:>14} {:>14}  votes",
+        "id", "addr", "role", "term", "written", "flushed", "replicated", "committed"
     )?;
     for m in &group.members {
         match &m.status {

@@ -1796,6 +1796,22 @@ mod tests {
     use std::time::Duration;
 
     /// Reads one produce request, checks its batch and returns it.
+    /// A fake follower that answers its one produce with `NotLeader`
+    /// naming node 2 at `leader_addr`.
+    fn not_leader_follower(leader_addr: String) -> fake::FakeBroker {
+        fake::spawn_seq(1, move |_, mut c| {
+            let (req, _) = read_produce(&mut c);
+            let mut body = Vec::new();
+            NotLeaderBody {
+                message: "not the leader",
+                leader_id: 2,
+                leader_addr: &leader_addr,
+            }
+            .encode(&mut body);
+            c.reply(&req, ErrorCode::NotLeader.as_u16(), &body);
+        })
+    }
+
     fn read_produce(c: &mut FakeConn) -> (Request, u32) {
         let req = c.read_request().expect("a produce request");
         assert_eq!(req.header.api_key, ApiKey::Produce.as_u16());
@@ -2493,17 +2509,7 @@ mod tests {
             ack_all(c);
         });
         let leader_addr = leader.addr.to_string();
-        let follower = fake::spawn_seq(1, move |_, mut c| {
-            let (req, _) = read_produce(&mut c);
-            let mut body = Vec::new();
-            NotLeaderBody {
-                message: "not the leader",
-                leader_id: 2,
-                leader_addr: &leader_addr,
-            }
-            .encode(&mut body);
-            c.reply(&req, ErrorCode::NotLeader.as_u16(), &body);
-        });
+        let follower = not_leader_follower(leader_addr);
         let p = Producer::connect(follower.addr, quick_retry(3)).unwrap();
         let mut b = BatchBuilder::new();
         b.push(0, b"", b"unstamped", &[]);
@@ -2803,17 +2809,7 @@ mod tests {
             ack_all(c);
         });
         let leader_addr = format!("localhost:{}", leader.addr.port());
-        let follower = fake::spawn_seq(1, move |_, mut c| {
-            let (req, _) = read_produce(&mut c);
-            let mut body = Vec::new();
-            NotLeaderBody {
-                message: "not the leader",
-                leader_id: 2,
-                leader_addr: &leader_addr,
-            }
-            .encode(&mut body);
-            c.reply(&req, ErrorCode::NotLeader.as_u16(), &body);
-        });
+        let follower = not_leader_follower(leader_addr);
         let p = Producer::connect(follower.addr, quick_retry(3)).unwrap();
         let r = p.send_records("t", 0, &[(b"", b"x")]).unwrap();
         assert_eq!(r.wait().unwrap().base_offset, 0);
