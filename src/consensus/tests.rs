@@ -2519,6 +2519,55 @@ fn a_probe_or_its_answer_confirms_only_within_the_probers_term() {
     }
 }
 
+#[test]
+fn a_wiped_member_catches_up_to_the_first_commit_announced_to_it() {
+    // The leader's commit moves on while the new disk fetches the journal:
+    // the first commit of the leader's term announced to it is enough.
+    let mut f = fresh(2, 3, 0x22);
+    f.step(confirm(3, 2, 2, 0x22)).unwrap();
+    let append = |prev: u64, entries: Vec<Entry>, commit| {
+        let prev_term = if prev == 0 { 0 } else { 2 };
+        let kind = MessageKind::Append {
+            prev_pos: prev,
+            prev_term,
+            entries,
+            commit,
+        };
+        from_inc(msg(1, 2, 2, kind), 0x11, 0x22)
+    };
+    let hb = |commit| from_inc(msg(1, 2, 2, MessageKind::Heartbeat { commit }), 0x11, 0x22);
+    f.step(hb(20)).unwrap();
+    f.step(append(0, vec![e(0, 10, 2)], 30)).unwrap();
+    f.report_flushed(10, 2);
+    assert!(!f.hard_state().caught_up, "holds 10 of 20");
+    f.step(append(10, vec![e(10, 20, 2)], 40)).unwrap();
+    f.report_written(20, 2);
+    assert!(!f.hard_state().caught_up, "20 is not durable yet");
+    f.report_flushed(20, 2);
+    assert!(
+        f.hard_state().caught_up,
+        "chases the leader's commit (now 40) instead of the first one announced (20)"
+    );
+    // A first commit of an earlier term is no catch-up point: the leader
+    // has not committed in its own term yet, and entries committed before
+    // may lie above it. The next one is.
+    let mut g = fresh(2, 3, 0x22);
+    g.step(confirm(3, 2, 2, 0x22)).unwrap();
+    let kind = MessageKind::Append {
+        prev_pos: 0,
+        prev_term: 0,
+        entries: vec![e(0, 10, 1), e(10, 20, 1), e(20, 30, 2)],
+        commit: 10,
+    };
+    g.step(from_inc(msg(1, 2, 2, kind), 0x11, 0x22)).unwrap();
+    g.report_flushed(30, 2);
+    assert!(!g.hard_state().caught_up);
+    g.step(hb(20)).unwrap();
+    assert!(!g.hard_state().caught_up, "20 ends an entry of term 1");
+    g.step(hb(30)).unwrap();
+    assert!(g.hard_state().caught_up);
+}
+
 /// Ticks every node of `g` once, then delivers until nothing moves.
 fn tick_all(g: &mut Cluster) {
     for n in &mut g.nodes {
