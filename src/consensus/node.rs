@@ -118,15 +118,18 @@ pub struct Node {
     transferee: Option<NodeId>,
     /// See `HardState::caught_up`.
     caught_up: bool,
-    /// Not caught up: a commit position of its leader's own term, announced
-    /// to this incarnation; caught up once the journal holds it durably.
-    catch_up_at: Option<u64>,
+    /// Not caught up: `(term, pos)`, a commit position `pos` that the leader
+    /// of `term` announced to this incarnation, at the end of an entry of
+    /// `term`; caught up once the journal holds it durably, if `term` is
+    /// still the current term (see `check_caught_up`).
+    catch_up_at: Option<(u64, u64)>,
     /// Per voter: its incarnation as last heard, and the one before (whose
     /// late messages are refused). 0: none heard.
     incarnations: Vec<[u64; 2]>,
     /// Not caught up: per voter, whether it has sent a message addressed
-    /// to this incarnation since this node started (so it has heard of it,
-    /// and voided whatever an earlier incarnation promised it).
+    /// to this incarnation, with a term at most this node's, since this
+    /// node started (so it had heard of it, and had used whatever an
+    /// earlier incarnation promised it only in terms up to this node's).
     confirmed: Vec<bool>,
     /// The group's cluster id (0: not known yet).
     cluster_id: u64,
@@ -268,10 +271,24 @@ impl Node {
     pub fn step(&mut self, m: Message) -> Result<(), ConsensusError> {
         let s = self.check_message(&m)?;
         self.note_incarnation(s, m.from_incarnation);
-        if !self.caught_up && m.to_incarnation == self.cfg.incarnation && !self.confirmed[s] {
+        let (term, addressed) = (m.term, m.to_incarnation == self.cfg.incarnation);
+        self.handle(s, m)?;
+        // Made for this incarnation: the sender had heard of it, so it had
+        // stopped counting what an earlier one promised, and had counted it
+        // only in terms up to its own, which is at most the message's term
+        // (a pre-vote names the next one). That bound is what makes this a
+        // confirmation, so it must lie within this node's term (a higher
+        // one was adopted above, unless the kind changes no term): see
+        // `check_caught_up`.
+        if !self.caught_up && addressed && term <= self.term && !self.confirmed[s] {
             self.confirmed[s] = true;
             self.check_caught_up();
         }
+        Ok(())
+    }
+
+    /// `step` for a message that passed the checks, from the peer in slot `s`.
+    fn handle(&mut self, s: usize, m: Message) -> Result<(), ConsensusError> {
         if m.term > self.term {
             if let MessageKind::PreVote { .. } | MessageKind::Vote { .. } = m.kind {
                 let transfer = matches!(m.kind, MessageKind::Vote { transfer: true, .. });
@@ -788,12 +805,12 @@ impl Node {
     }
 
     /// A node that has not caught up learns from its leader's append or
-    /// heartbeat `m` the commit position `commit`. It is a point to catch
-    /// up to if it ends an entry of the leader's own term (everything
-    /// committed in earlier terms lies below, and everything this leader
-    /// committed so far), this node's log matches the leader's up to there,
-    /// and `m` was made for this incarnation (not before it existed). A
-    /// commit beyond what matches is no use yet: a later message will do.
+    /// heartbeat `m` the commit position `commit`. Made for this
+    /// incarnation (not before the leader heard of it), the first one of
+    /// the term is the point to catch up to (see `check_caught_up`), even
+    /// beyond what this node holds yet: a wiped member that fetches the
+    /// journal catches up once it has fetched that far, instead of chasing
+    /// a commit position that moves on while it fetches.
     fn learn_catch_up_point(&mut self, m: &Message, commit: u64) {
         if self.caught_up
             || self.role != Role::Follower
@@ -802,25 +819,60 @@ impl Node {
         {
             return;
         }
-        if commit > 0 && commit <= self.matched && self.log.term_at(commit) == Some(self.term) {
-            self.catch_up_at.get_or_insert(commit);
-            self.check_caught_up();
+        if commit > 0 {
+            self.learn_catch_up_at(commit);
+        }
+        // The point, or more of the leader's log that matches it.
+        self.check_caught_up();
+    }
+
+    /// `pos` is a commit position that the current term's leader (this
+    /// node, or its leader) announced to this incarnation. The first one of
+    /// a term is the catch-up point; later ones of the same term lie above
+    /// it and add nothing (see `check_caught_up`).
+    fn learn_catch_up_at(&mut self, pos: u64) {
+        if self.catch_up_at.is_none_or(|(term, _)| term != self.term) {
+            self.catch_up_at = Some((self.term, pos));
         }
     }
 
-    /// Caught up once the journal holds the catch-up point durably and
-    /// every peer has addressed this incarnation (whatever an earlier one
-    /// promised is void everywhere: a candidate that counted its vote, a
-    /// leader that counted its acknowledgements, dropped them on hearing of
-    /// the new one, or already had a term this node has now seen). Said
-    /// through the hard state, so a restart votes normally.
+    /// Caught up once, in the current term `T`, the journal durably holds
+    /// the leader's log up to the catch-up point (a commit position of
+    /// `T`'s leader, announced to this incarnation, at the end of an entry
+    /// of `T`) and every peer has addressed this incarnation with a term at
+    /// most `T`. A peer counts an earlier incarnation's vote or
+    /// acknowledgement only until it hears of this one, and so only in a
+    /// term at most `T`: a vote in such a term, or a commit by a leader of
+    /// such a term. `T`'s leader holds every entry committed in earlier
+    /// terms, and announced the catch-up point after it heard of this
+    /// incarnation, after the last commit it made with the old one's help:
+    /// the point lies beyond every such commit. Holding an entry of `T`,
+    /// this node grants no vote in `T` or below (a candidate there has an
+    /// older last term). So its yes and its positions can count as anyone's
+    /// (docs/consensus.md, "Members that lost their disk"). A catch-up
+    /// point of an earlier term proves nothing: it may lie below what a
+    /// newer leader committed with the old disk's help (simulation seed
+    /// 19289). Said through the hard state, so a restart votes normally.
     fn check_caught_up(&mut self) {
-        if let Some(at) = self.catch_up_at {
-            if !self.caught_up && self.flushed >= at && self.confirmed.iter().all(|c| *c) {
-                self.caught_up = true;
-                self.catch_up_at = None;
-                self.out.hard_state_changed = true;
-            }
+        let Some((term, at)) = self.catch_up_at else {
+            return;
+        };
+        // A follower knows the leader's log only up to `matched` (a leader
+        // holds its own).
+        let holds = self.role == Role::Leader || self.matched >= at;
+        if self.caught_up || term != self.term || !holds {
+            return;
+        }
+        if self.log.term_at(at) != Some(term) {
+            // The leader has not committed in its own term yet: earlier
+            // terms' commits may lie above this one. A later one will do.
+            self.catch_up_at = None;
+            return;
+        }
+        if self.flushed >= at && self.confirmed.iter().all(|c| *c) {
+            self.caught_up = true;
+            self.catch_up_at = None;
+            self.out.hard_state_changed = true;
         }
     }
 
@@ -1366,7 +1418,7 @@ impl Node {
             if !self.caught_up && c_own {
                 // A leader holds every committed entry; this commit is of
                 // its own term, so everything committed before is below.
-                self.catch_up_at.get_or_insert(c);
+                self.learn_catch_up_at(c);
                 self.check_caught_up();
             }
         }

@@ -2396,6 +2396,264 @@ fn a_node_does_not_catch_up_on_a_prefix_of_the_leaders_commit() {
     assert!(f.hard_state().caught_up);
 }
 
+// ----- catching up: the newest term, and in a settled group -------------
+
+/// Node 1 of three on a new disk (incarnation 0x11) that follows node 2, a
+/// leader of term 6, and holds its commit 20 (an entry of term 6)
+/// durably: node 2 has heard of the new disk, node 3 not yet.
+fn follower_of_a_term_6_leader() -> Node {
+    let mut n = fresh(1, 3, 0x11);
+    let kind = MessageKind::Append {
+        prev_pos: 0,
+        prev_term: 0,
+        entries: vec![e(0, 10, 5), e(10, 20, 6)],
+        commit: 20,
+    };
+    n.step(from_inc(msg(2, 1, 6, kind), 0x22, 0x11)).unwrap();
+    n.report_written(20, 6);
+    n.report_flushed(20, 6);
+    take(&mut n);
+    assert!(!n.hard_state().caught_up, "node 3 has not heard of 0x11");
+    n
+}
+
+#[test]
+fn a_catch_up_point_older_than_a_peers_term_is_no_catch_up_point() {
+    // Seed 19289 of a 20,000-seed soak, distilled. Node 1's old disk voted
+    // for node 3 in term 7 and acknowledged [20, 28) of term 7, which node
+    // 3 committed with it. Node 2 slept through term 7 and still leads term
+    // 6; the new disk holds node 2's commit 20 (term 6). Node 3 has now
+    // heard of the new disk, but everything it counted from the old one
+    // lies in term 7, beyond node 2's commit.
+    let mut n = follower_of_a_term_6_leader();
+    let pre = MessageKind::PreVote {
+        last_pos: 28,
+        last_term: 7,
+    };
+    n.step(from_inc(msg(3, 1, 8, pre), 0x33, 0x11)).unwrap();
+    assert!(
+        !n.hard_state().caught_up,
+        "caught up on term 6's commit after node 3 spoke from term 7"
+    );
+    // Nor once it has adopted term 7.
+    n.step(from_inc(confirm(3, 1, 7, 0x11), 0x33, 0x11))
+        .unwrap();
+    assert_eq!(n.term(), 7);
+    assert!(!n.hard_state().caught_up);
+    take(&mut n);
+    // What it would cost: node 2 campaigns in term 8 with a log that lacks
+    // the committed [20, 28). Node 1 grants (its own log lacks it too); its
+    // yes must not make a majority with node 2's own.
+    let vote = MessageKind::Vote {
+        last_pos: 20,
+        last_term: 6,
+        transfer: false,
+    };
+    n.step(from_inc(msg(2, 1, 8, vote), 0x22, 0x11)).unwrap();
+    let rd = take(&mut n);
+    assert_eq!(
+        messages_to(&rd, 2)[0].kind,
+        MessageKind::VoteResp {
+            granted: true,
+            caught_up: false
+        }
+    );
+    // Node 3 leads term 9 and announces a commit of its own term: that one
+    // lies beyond whatever any peer counted from the old disk.
+    let kind = MessageKind::Append {
+        prev_pos: 20,
+        prev_term: 6,
+        entries: vec![e(20, 28, 7), e(28, 36, 9)],
+        commit: 36,
+    };
+    n.step(from_inc(msg(3, 1, 9, kind), 0x33, 0x11)).unwrap();
+    n.report_written(36, 9);
+    assert!(!n.hard_state().caught_up, "not durable yet");
+    n.report_flushed(36, 9);
+    assert!(n.hard_state().caught_up);
+    assert_eq!(take(&mut n).hard_state.map(|h| h.caught_up), Some(true));
+}
+
+#[test]
+fn a_probe_or_its_answer_confirms_only_within_the_probers_term() {
+    let mut n = follower_of_a_term_6_leader();
+    // Node 3 (in term 7, not caught up either) probes node 1. Node 1
+    // answers at its own term, and has not learned that node 3's promises
+    // from the old disk lie within its term.
+    n.step(from_inc(msg(3, 1, 7, MessageKind::Probe), 0x33, 0x11))
+        .unwrap();
+    assert_eq!(n.term(), 6, "a probe changes no term");
+    assert!(
+        !n.hard_state().caught_up,
+        "a probe from term 7 confirmed a catch-up point of term 6"
+    );
+    let rd = take(&mut n);
+    assert_eq!(messages_to(&rd, 3)[0].kind, MessageKind::ProbeResp);
+    assert_eq!(messages_to(&rd, 3)[0].term, 6);
+    // Node 1 probes the peers that have not answered it, every heartbeat.
+    let mut probed = vec![];
+    for _ in 0..config::HEARTBEAT_TICKS_DEFAULT {
+        n.tick();
+        let rd = take(&mut n);
+        probed.extend(
+            rd.messages
+                .iter()
+                .filter(|m| m.kind == MessageKind::Probe)
+                .map(|m| (m.to, m.term, m.to_incarnation)),
+        );
+    }
+    assert_eq!(probed, [(3, 6, 0x33)]);
+    // Node 3's answer shows term 7: node 1 adopts it, and its catch-up
+    // point of term 6 is void.
+    n.step(from_inc(msg(3, 1, 7, MessageKind::ProbeResp), 0x33, 0x11))
+        .unwrap();
+    assert_eq!(n.term(), 7);
+    assert!(!n.hard_state().caught_up);
+    // It has heard from everyone: no more probes.
+    for _ in 0..config::HEARTBEAT_TICKS_DEFAULT {
+        n.tick();
+        assert!(take(&mut n)
+            .messages
+            .iter()
+            .all(|m| m.kind != MessageKind::Probe));
+    }
+}
+
+#[test]
+fn a_wiped_member_catches_up_to_the_first_commit_announced_to_it() {
+    // The leader's commit moves on while the new disk fetches the journal:
+    // the first commit of the leader's term announced to it is enough.
+    let mut f = fresh(2, 3, 0x22);
+    f.step(confirm(3, 2, 2, 0x22)).unwrap();
+    let append = |prev: u64, entries: Vec<Entry>, commit| {
+        let prev_term = if prev == 0 { 0 } else { 2 };
+        let kind = MessageKind::Append {
+            prev_pos: prev,
+            prev_term,
+            entries,
+            commit,
+        };
+        from_inc(msg(1, 2, 2, kind), 0x11, 0x22)
+    };
+    let hb = |commit| from_inc(msg(1, 2, 2, MessageKind::Heartbeat { commit }), 0x11, 0x22);
+    f.step(hb(20)).unwrap();
+    f.step(append(0, vec![e(0, 10, 2)], 30)).unwrap();
+    f.report_flushed(10, 2);
+    assert!(!f.hard_state().caught_up, "holds 10 of 20");
+    f.step(append(10, vec![e(10, 20, 2)], 40)).unwrap();
+    f.report_written(20, 2);
+    assert!(!f.hard_state().caught_up, "20 is not durable yet");
+    f.report_flushed(20, 2);
+    assert!(
+        f.hard_state().caught_up,
+        "chases the leader's commit (now 40) instead of the first one announced (20)"
+    );
+    // A first commit of an earlier term is no catch-up point: the leader
+    // has not committed in its own term yet, and entries committed before
+    // may lie above it. The next one is.
+    let mut g = fresh(2, 3, 0x22);
+    g.step(confirm(3, 2, 2, 0x22)).unwrap();
+    let kind = MessageKind::Append {
+        prev_pos: 0,
+        prev_term: 0,
+        entries: vec![e(0, 10, 1), e(10, 20, 1), e(20, 30, 2)],
+        commit: 10,
+    };
+    g.step(from_inc(msg(1, 2, 2, kind), 0x11, 0x22)).unwrap();
+    g.report_flushed(30, 2);
+    assert!(!g.hard_state().caught_up);
+    g.step(hb(20)).unwrap();
+    assert!(!g.hard_state().caught_up, "20 ends an entry of term 1");
+    g.step(hb(30)).unwrap();
+    assert!(g.hard_state().caught_up);
+}
+
+/// Ticks every node of `g` once, then delivers until nothing moves.
+fn tick_all(g: &mut Cluster) {
+    for n in &mut g.nodes {
+        n.tick();
+    }
+    g.settle();
+}
+
+/// Ticks `g` until every member has caught up; returns the ticks it took,
+/// or fails after `max`.
+fn ticks_until_all_caught_up(g: &mut Cluster, max: u32) -> u32 {
+    for t in 0..=max {
+        if g.nodes.iter().all(|n| n.hard_state().caught_up) {
+            return t;
+        }
+        tick_all(g);
+    }
+    let states: Vec<HardState> = g.nodes.iter().map(|n| n.hard_state()).collect();
+    panic!("not every member caught up within {max} ticks: {states:?}");
+}
+
+/// Ticks within which every member of a settled group catches up: a
+/// heartbeat (the leader's commit), a round of probes, and their answers
+/// on a network that delivers at once.
+const CATCH_UP_TICKS_SETTLED: u32 = 2 * config::HEARTBEAT_TICKS_DEFAULT + 1;
+
+#[test]
+fn a_new_group_catches_up_everywhere_without_another_election() {
+    let mut g = Cluster {
+        nodes: (1..=3).map(|id| fresh(id, 3, 10 + id)).collect(),
+        cut: vec![],
+        no_flush: vec![],
+        seen: (1..=3).map(|_| vec![]).collect(),
+    };
+    g.elect(1);
+    let term = g.node(1).term();
+    let entry = g.node(1).propose(10).unwrap();
+    g.settle();
+    assert!(g.nodes.iter().all(|n| n.committed() == entry.end));
+    let ticks = ticks_until_all_caught_up(&mut g, CATCH_UP_TICKS_SETTLED);
+    println!("a new group caught up in {ticks} ticks");
+    assert_eq!(g.leaders(), [1]);
+    assert!(g.nodes.iter().all(|n| n.term() == term));
+    // The hard state says so, for the restart.
+    for i in 0..3 {
+        assert!(g.seen[i]
+            .iter()
+            .any(|rd| rd.hard_state.is_some_and(|h| h.caught_up)));
+    }
+}
+
+#[test]
+fn a_wiped_follower_rejoining_a_settled_group_catches_up_without_an_election() {
+    let mut g = Cluster {
+        nodes: (1..=3)
+            .map(|id| {
+                let mut c = cfg(id, 3);
+                c.incarnation = 10 + id;
+                Node::new(c, caught_up(), vec![]).unwrap()
+            })
+            .collect(),
+        cut: vec![],
+        no_flush: vec![],
+        seen: (1..=3).map(|_| vec![]).collect(),
+    };
+    g.elect(1);
+    for _ in 0..3 {
+        g.node(1).propose(10).unwrap();
+        g.settle();
+    }
+    let (term, end) = (g.node(1).term(), g.node(1).last_pos());
+    assert_eq!(g.node(3).committed(), end);
+    // Node 3 loses its disk and comes back empty; its peers see the link
+    // made again.
+    g.nodes[2] = fresh(3, 3, 0x33);
+    g.node(1).report_unreachable(3);
+    g.node(2).report_unreachable(3);
+    g.settle();
+    let ticks = ticks_until_all_caught_up(&mut g, CATCH_UP_TICKS_SETTLED);
+    println!("a wiped follower caught up in {ticks} ticks");
+    assert_eq!(g.leaders(), [1]);
+    assert!(g.nodes.iter().all(|n| n.term() == term));
+    assert_eq!(g.nodes[2].log(), g.nodes[0].log());
+    assert_eq!(g.node(3).committed(), end);
+}
+
 // ----- issue 9, finding 5: any input in any role ----------------------------
 
 /// Property tests: nodes set up in every role step arbitrary messages,
