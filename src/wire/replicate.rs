@@ -592,7 +592,7 @@ mod tests {
         let head = head();
         let body = |tail: &[u8]| [&head[..], tail].concat();
         assert_eq!(
-            decode_message(&body(&[9])),
+            decode_message(&body(&[KIND_PROBE_RESP + 1])),
             Err(DecodeError::InvalidValue { field: "kind" })
         );
         assert_eq!(
