@@ -144,6 +144,17 @@ impl Replica {
         (self.node.role() == Role::Leader).then(|| self.node.term())
     }
 
+    /// True when this node leads and has committed an entry of its own
+    /// term. Before that, entries of earlier terms above its commit may
+    /// still be cut (a newer leader's log wins) or committed although this
+    /// node's log lacks them (a leader of a later term holds them): what its
+    /// journal says about a producer's batches is not final yet. From then
+    /// on every future leader's log holds this node's up to that entry.
+    pub fn leader_settled(&self) -> bool {
+        self.node.role() == Role::Leader
+            && self.node.term_at(self.node.committed()) == Some(self.node.term())
+    }
+
     /// Reserves `bytes` at the end of the log for a batch the writer just
     /// appended at `position`.
     ///

@@ -183,6 +183,22 @@ impl Writer {
         }
     }
 
+    /// `code`, a refusal that rests on the producer states the journal
+    /// holds, once those are final; `Busy` before. A leader that has not
+    /// committed in its own term may still see batches of earlier terms cut
+    /// from its journal, or committed by a later leader although its journal
+    /// lacks them: a gap answer then would make the client renumber a batch
+    /// that ends up stored under its old number too (stored twice), and a
+    /// fence or a stale answer would be just as unfounded. `Busy` stores
+    /// nothing and asks for the same batch again after a backoff, by which
+    /// time the leader's first entry is normally committed.
+    fn refusal(&self, code: ErrorCode) -> ErrorCode {
+        match &self.replica {
+            Some(r) if !r.leader_settled() => ErrorCode::Busy,
+            _ => code,
+        }
+    }
+
     /// Hands a batch just appended at `appended` to the consensus log; if
     /// the node refuses it, takes it back out of the journal.
     fn propose(&mut self, appended: &Appended) -> Result<(), ErrorCode> {
@@ -261,10 +277,10 @@ impl Writer {
                 };
                 return Ok((qos, appended, first.append_time_ms, deadline));
             }
-            SeqCheck::Stale => return Err(ErrorCode::StaleSequence),
-            SeqCheck::OutOfOrder => return Err(ErrorCode::OutOfOrderSequence),
-            SeqCheck::UnknownProducer => return Err(ErrorCode::UnknownProducer),
-            SeqCheck::Fenced => return Err(ErrorCode::ProducerFenced),
+            SeqCheck::Stale => return Err(self.refusal(ErrorCode::StaleSequence)),
+            SeqCheck::OutOfOrder => return Err(self.refusal(ErrorCode::OutOfOrderSequence)),
+            SeqCheck::UnknownProducer => return Err(self.refusal(ErrorCode::UnknownProducer)),
+            SeqCheck::Fenced => return Err(self.refusal(ErrorCode::ProducerFenced)),
         }
         let appended = self
             .journal
@@ -768,6 +784,60 @@ mod tests {
         (w, pending_rx)
     }
 
+    /// The writer of a one-member replication group (node 1) over a fresh
+    /// journal in `dir`: it elects itself within a few ticks, and commits
+    /// what the test says is flushed.
+    fn group_writer(dir: &std::path::Path) -> Writer {
+        let config = Config {
+            data_dir: dir.to_path_buf(),
+            segment_bytes: 1 << 20,
+            write_cache_bytes: 1 << 20,
+            batch_bytes_max: 64 << 10,
+            node_id: 1,
+            peers: vec![crate::config::Peer {
+                id: 1,
+                addr: "127.0.0.1:1".into(),
+            }],
+            ..Config::default()
+        };
+        let mut journal = Journal::open_with(
+            dir,
+            config.segment_bytes,
+            config.write_cache_bytes,
+            crate::journal::log::Recovery::default(),
+        )
+        .unwrap();
+        let poll = mio::Poll::new().unwrap();
+        let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
+        let shared = Arc::new(Shared::new(
+            journal.end(),
+            waker,
+            ClusterView::new(1, vec![(1, "127.0.0.1:1".into())]),
+        ));
+        let (outbox, outbox_rx) = HeapRb::new(64).split();
+        std::mem::forget(outbox_rx);
+        let replica = crate::broker::replica::Replica::new(
+            &config,
+            journal.take_entries(),
+            crate::journal::control::NOOP_BATCH_BYTES as u64,
+            outbox,
+            std::sync::mpsc::channel().0,
+            false,
+        )
+        .unwrap();
+        let (pending, pending_rx) = HeapRb::new(16).split();
+        std::mem::forget(pending_rx);
+        Writer::new(
+            journal,
+            Arc::new(config),
+            std::sync::mpsc::channel().0,
+            std::sync::mpsc::channel().0,
+            shared,
+            Some(replica),
+            pending,
+        )
+    }
+
     fn frame(api_key: u16, body: &[u8]) -> Vec<u8> {
         let mut f = Vec::new();
         RequestHeader {
@@ -890,5 +960,79 @@ mod tests {
             ],
             "the create waits for C; the third produce's batch was cut"
         );
+    }
+
+    fn stamped_produce_frame(topic: &str, producer: u64, seq: u64) -> Vec<u8> {
+        let mut b = crate::wire::batch::BatchBuilder::new();
+        b.push(0, b"", &[7u8; 100], &[]);
+        let mut body = Vec::new();
+        ProduceRequest {
+            topic,
+            partition: 0,
+            qos: Qos::Received as u8,
+            timeout_ms: 30_000,
+            batch: b.finish(producer, seq),
+        }
+        .encode(&mut body);
+        frame(ApiKey::Produce.as_u16(), &body)
+    }
+
+    /// Review of issue 9's fixes: a leader that has not committed in its own
+    /// term answered gaps from producer states that a newer leader may
+    /// still overrule (its journal's tail of earlier terms may be cut, or
+    /// committed elsewhere although it lacks it). A gap answer makes the
+    /// client renumber the batch under a new epoch, so the batch could end
+    /// up stored twice. Until its first entry is committed it answers
+    /// `Busy` (nothing stored, send the same batch again).
+    #[test]
+    fn a_new_leader_answers_no_producer_refusal_before_it_commits_in_its_term() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = group_writer(dir.path());
+        let shared = w.shared.clone();
+        let tick = Duration::from_millis(w.config.tick_ms);
+        let mut now = Instant::now();
+        for _ in 0..1000 {
+            if w.replica.as_ref().unwrap().leader_term().is_some() {
+                break;
+            }
+            now += tick;
+            w.pulse(now);
+        }
+        assert!(
+            w.replica.as_ref().unwrap().leader_term().is_some(),
+            "elected"
+        );
+        assert!(
+            !w.replica.as_ref().unwrap().leader_settled(),
+            "nothing flushed yet"
+        );
+        let mut body = Vec::new();
+        CreateTopicRequest {
+            name: "t",
+            partitions: 1,
+        }
+        .encode(&mut body);
+        let create = w.handle(1, true, &frame(ApiKey::CreateTopic.as_u16(), &body), now, 0);
+        assert_eq!(create.expect("answered").error, ErrorCode::None);
+        // Producer 5 was never seen, and its batch is not its first.
+        let p = w
+            .handle(1, true, &stamped_produce_frame("t", 5, 3), now, 0)
+            .expect("answered");
+        assert_eq!(p.error, ErrorCode::Busy, "no gap answer before the commit");
+        // The no-op and the topic become durable: the leader commits in its term.
+        let written = w.write_out().unwrap();
+        shared.positions.written.publish(written);
+        shared.positions.flushed.publish(written);
+        w.pulse(now);
+        assert!(w.replica.as_ref().unwrap().leader_settled());
+        let p = w
+            .handle(1, true, &stamped_produce_frame("t", 5, 3), now, 0)
+            .expect("answered");
+        assert_eq!(p.error, ErrorCode::UnknownProducer);
+        // A first batch is taken either way.
+        let p = w
+            .handle(1, true, &stamped_produce_frame("t", 5, 0), now, 0)
+            .expect("answered");
+        assert_eq!(p.error, ErrorCode::None);
     }
 }
