@@ -70,11 +70,14 @@ impl Pending {
 
 /// How often expired entries are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(2);
-/// Cuts kept for entries still in the pending ring. Past this many (a
-/// storm of leader changes while the responder cannot take entries), they
-/// are merged into one that fails a superset: a `NotLeader` answer to a
-/// request whose batch survived is safe (the client resends and the
-/// broker recognises the retry), a success for a cut batch is not.
+/// Cuts kept exactly for entries still in the pending ring. A cut that a
+/// later one at or below it covers is dropped, which loses nothing; past
+/// this many (a storm of leader changes, each above the last, while the
+/// responder cannot take entries) the oldest are merged into one that
+/// covers a superset of their requests. A request only the merged cut
+/// fails is answered `Timeout` (its outcome is unknown), never `NotLeader`
+/// ("not stored", which a client takes as leave to resend a batch without
+/// a producer id) nor success.
 const CUTS_KEPT_MAX: usize = 16;
 
 /// The responder's queues and logic, without the thread.
@@ -90,8 +93,12 @@ pub struct Responder {
     /// Requests admitted so far: the next one's sequence number, in the
     /// order the writer queued them.
     admitted: u64,
-    /// Cuts that concern requests not admitted yet (still in the ring).
+    /// Cuts that concern requests not admitted yet (still in the ring),
+    /// exact, at strictly rising positions in the order they were made.
     cuts: Vec<Cut>,
+    /// Cuts merged past `CUTS_KEPT_MAX`: at their lowest position, up to
+    /// the last request queued before any of them.
+    merged_cuts: Option<Cut>,
     /// The cut log's generation last taken in.
     cuts_seen: u64,
     /// Reused buffer for cuts taken from the log.
@@ -175,6 +182,7 @@ impl Responder {
             leader: (0, String::new()),
             admitted: 0,
             cuts: Vec::with_capacity(CUTS_KEPT_MAX + 1),
+            merged_cuts: None,
             cuts_seen: 0,
             scratch_cuts: Vec::new(),
         }
@@ -201,30 +209,27 @@ impl Responder {
     pub fn admit(&mut self, p: Pending) {
         let seq = self.admitted;
         self.admitted += 1;
-        let cut = p.error == ErrorCode::None
-            && queue_of(&p) != 0
-            && self.cuts_before(seq).any(|c| p.end > c.at);
+        let waits = p.error == ErrorCode::None && queue_of(&p) != 0;
+        let fails = |c: &Cut| seq < c.queued_before && p.end > c.at;
+        let error = if !waits {
+            p.error
+        } else if self.cuts.iter().any(fails) {
+            ErrorCode::NotLeader
+        } else if self.merged_cuts.as_ref().is_some_and(fails) {
+            ErrorCode::Timeout
+        } else {
+            p.error
+        };
         let admitted = self.admitted;
         self.cuts.retain(|c| c.queued_before > admitted);
-        let pending = if cut {
-            Pending {
-                error: ErrorCode::NotLeader,
-                ..p
-            }
-        } else {
-            p
-        };
+        self.merged_cuts = self.merged_cuts.filter(|c| c.queued_before > admitted);
+        let pending = Pending { error, ..p };
         self.queues[queue_of(&pending)].push_back(Slot {
             pending,
             seq,
             done: false,
         });
         self.len += 1;
-    }
-
-    /// The cuts that concern the request with sequence number `seq`.
-    fn cuts_before(&self, seq: u64) -> impl Iterator<Item = &Cut> {
-        self.cuts.iter().filter(move |c| seq < c.queued_before)
     }
 
     /// The journal was cut at `cut.at`: every request queued before the
@@ -256,19 +261,21 @@ impl Responder {
             }
         }
         if cut.queued_before > self.admitted {
+            // An earlier cut at or above this one fails nothing this one
+            // does not: it concerns fewer requests (queued before it), and
+            // fails only batches ending above a higher position.
+            self.cuts.retain(|c| c.at < cut.at);
+            self.merged_cuts = self.merged_cuts.filter(|c| c.at < cut.at);
             self.cuts.push(cut);
             if self.cuts.len() > CUTS_KEPT_MAX {
-                let merged = Cut {
-                    at: self.cuts.iter().map(|c| c.at).min().unwrap_or(cut.at),
-                    queued_before: self
-                        .cuts
-                        .iter()
-                        .map(|c| c.queued_before)
-                        .max()
-                        .unwrap_or(cut.queued_before),
-                };
-                self.cuts.clear();
-                self.cuts.push(merged);
+                let oldest = self.cuts.remove(0);
+                self.merged_cuts = Some(match self.merged_cuts {
+                    None => oldest,
+                    Some(m) => Cut {
+                        at: m.at.min(oldest.at),
+                        queued_before: m.queued_before.max(oldest.queued_before),
+                    },
+                });
             }
         }
     }
@@ -707,6 +714,111 @@ mod tests {
             vec![(1, 0), (2, ErrorCode::NotLeader.as_u16())],
             "request 2's batch was cut"
         );
+    }
+
+    /// Review of issue 9's fixes: a storm of cuts while the responder is
+    /// full used to be merged into one that answered `NotLeader` (= "not
+    /// stored") to a request whose batch survived every cut; a client
+    /// resends such a batch, and one without a producer id is then stored
+    /// twice. Cuts that a later, lower one covers are dropped exactly; past
+    /// the bound, a request the merged remainder may fail is answered
+    /// `Timeout` (outcome unknown), never `NotLeader`.
+    #[test]
+    fn a_storm_of_cuts_never_answers_not_leader_to_a_batch_that_survived() {
+        let (_poll, shared) = Shared::for_tests(0);
+        let (mut out, mut inp) = message_ring(1 << 16);
+        let (mut tx, mut rx) = ringbuf::HeapRb::<Pending>::new(64).split();
+        use ringbuf::traits::{Producer, Split};
+        let mut r = Responder::new(1);
+        let later = Instant::now() + Duration::from_secs(60);
+        // Request 1 waits in the responder; the rest stay in the ring.
+        tx.try_push(entry(1, Qos::All, 50, later)).unwrap();
+        r.round(&shared, &mut rx, &mut out, Instant::now());
+        assert!(drain(&mut inp).is_empty());
+        // Request 2 (end 250) was queued, then the journal was cut at
+        // 100 (it goes).
+        tx.try_push(entry(2, Qos::Received, 250, later)).unwrap();
+        shared.cuts.record(Cut {
+            at: 100,
+            queued_before: 2,
+        });
+        // Request 3 (end 250, written again after the cut), then many cuts
+        // at or above 300: it survives every one of them.
+        tx.try_push(entry(3, Qos::Received, 250, later)).unwrap();
+        for i in 0..(CUTS_KEPT_MAX as u64 + 4) {
+            shared.cuts.record(Cut {
+                at: 300 + 10 * i,
+                queued_before: 3 + i,
+            });
+        }
+        // Requests 4.. each waited behind one of those cuts (ends 400..):
+        // each was cut by the next one.
+        for i in 0..(CUTS_KEPT_MAX as u32 + 3) {
+            tx.try_push(entry(4 + i, Qos::Received, 1000 + 10 * u64::from(i), later))
+                .unwrap();
+        }
+        shared.positions.written.set(2000);
+        shared.positions.flushed.set(2000);
+        shared.positions.replicated.set(2000);
+        shared.positions.committed.set(2000);
+        let mut answered = Vec::new();
+        for _ in 0..64 {
+            r.round(&shared, &mut rx, &mut out, Instant::now());
+            answered.extend(drain(&mut inp));
+        }
+        answered.sort_unstable();
+        let not_leader = ErrorCode::NotLeader.as_u16();
+        assert_eq!(answered[0], (1, 0), "below every cut");
+        let timeout = ErrorCode::Timeout.as_u16();
+        // Its cut was merged: `Timeout` says the outcome is not known.
+        assert_eq!(answered[1], (2, timeout), "cut at 100");
+        assert_eq!(
+            answered[2].1, timeout,
+            "request 3's batch survived every cut, but a merged one may have failed it: {:?}",
+            answered[2]
+        );
+        for &(corr, code) in &answered[3..] {
+            assert!(
+                code == not_leader || code == timeout,
+                "request {corr}'s batch was cut: answered {code}"
+            );
+        }
+        assert_eq!(answered.len(), 3 + CUTS_KEPT_MAX + 3);
+    }
+
+    /// Cuts each at or below the last (the usual storm: every new leader
+    /// cuts back further) stay exact however many there are: each one
+    /// covers the ones before it.
+    #[test]
+    fn falling_cuts_stay_exact_however_many() {
+        let (_poll, shared) = Shared::for_tests(0);
+        let (mut out, mut inp) = message_ring(1 << 16);
+        let (mut tx, mut rx) = ringbuf::HeapRb::<Pending>::new(64).split();
+        use ringbuf::traits::{Producer, Split};
+        let mut r = Responder::new(1);
+        let later = Instant::now() + Duration::from_secs(60);
+        tx.try_push(entry(1, Qos::All, 50, later)).unwrap();
+        r.round(&shared, &mut rx, &mut out, Instant::now());
+        let cuts = CUTS_KEPT_MAX as u32 * 2;
+        for i in 0..cuts {
+            tx.try_push(entry(2 + i, Qos::Received, 2000 - u64::from(i), later))
+                .unwrap();
+            shared.cuts.record(Cut {
+                at: 1000 - u64::from(i),
+                queued_before: 2 + u64::from(i),
+            });
+        }
+        shared.positions.written.set(3000);
+        shared.positions.committed.set(3000);
+        let mut answered = Vec::new();
+        for _ in 0..64 {
+            r.round(&shared, &mut rx, &mut out, Instant::now());
+            answered.extend(drain(&mut inp));
+        }
+        answered.sort_unstable();
+        let mut want = vec![(1, 0)];
+        want.extend((0..cuts).map(|i| (2 + i, ErrorCode::NotLeader.as_u16())));
+        assert_eq!(answered, want);
     }
 
     /// A cut concerns only the requests queued before it: the batches of
