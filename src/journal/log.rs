@@ -156,10 +156,18 @@ pub struct LostData {
 }
 
 impl LostData {
-    /// Measures what cutting at `position` in `segments[0]` would drop.
-    fn measure(segments: &[(u64, PathBuf)], position: u64, durable: u64, why: String) -> LostData {
+    /// Measures what cutting at `position` in `segments[0]` would drop
+    /// (with no segment at all, in the journal directory `dir`).
+    fn measure(
+        dir: &Path,
+        segments: &[(u64, PathBuf)],
+        position: u64,
+        durable: u64,
+        why: String,
+    ) -> LostData {
+        let later = segments.get(1..).unwrap_or(&[]);
         let mut later_bytes = 0u64;
-        for (start, path) in &segments[1..] {
+        for (start, path) in later {
             // Best effort, for the message only: a segment that cannot be
             // read counts as nothing.
             if let Ok(seg) = Segment::open(path, *start) {
@@ -169,9 +177,11 @@ impl LostData {
         LostData {
             position,
             why,
-            segment: segments[0].1.clone(),
+            segment: segments
+                .first()
+                .map_or_else(|| dir.to_path_buf(), |s| s.1.clone()),
             durable_bytes: durable.saturating_sub(position),
-            later_segments: segments[1..].iter().map(|(_, p)| p.clone()).collect(),
+            later_segments: later.iter().map(|(_, p)| p.clone()).collect(),
             later_bytes,
         }
     }
@@ -320,7 +330,8 @@ impl Journal {
             if torn_tail {
                 report.truncated = Some((at, why));
             } else {
-                let lost = LostData::measure(&listed[i..], at, cp.position, why);
+                let lost =
+                    LostData::measure(dir, listed.get(i..).unwrap_or(&[]), at, cp.position, why);
                 if recovery.damage == Damage::Refuse {
                     return Err(JournalError::Corrupt(lost.refusal()));
                 }
@@ -328,7 +339,7 @@ impl Journal {
                 // Newest first, each removal durable before the next, so a
                 // crash leaves contiguous segments (and the same damage
                 // for the next start to find).
-                for (_, path) in listed[i + 1..].iter().rev() {
+                for (_, path) in listed.get(i + 1..).unwrap_or(&[]).iter().rev() {
                     std::fs::remove_file(path)
                         .map_err(|e| JournalError::io(format!("remove {}", path.display()), e))?;
                     super::dir::sync_dir(dir)?;
@@ -945,6 +956,21 @@ fn scan_journal(
             break;
         }
     }
+    if damage.is_none() && end < cp.position {
+        // No segment is left to hold what the checkpoint vouches for: the
+        // files were lost, or all that is left is an empty one from a
+        // crash during a roll. (A scanned last segment that ends short is
+        // caught above, with its own index.)
+        damage = Some((
+            end,
+            format!(
+                "the data ends at {end} where no segment holds more, below the \
+                 checkpoint's durable position {}",
+                cp.position
+            ),
+            listed.len().saturating_sub(1),
+        ));
+    }
     Ok(Scanned {
         listed,
         catalog,
@@ -1425,6 +1451,58 @@ mod tests {
             err.to_string().contains(&format!("position {mid} ")),
             "{err}"
         );
+    }
+
+    /// Review of issue 9's fixes: a checkpoint that vouches for durable data
+    /// while no segment holds any (the segment files were lost, or removed
+    /// by hand) is lost data, not an empty journal: a standalone broker
+    /// refuses to start, and a cut (group member, `--repair`) reports it so
+    /// the member takes a new incarnation instead of voting as if it held
+    /// what it acknowledged. Likewise when the last segment that held data
+    /// is gone and an empty one (a crash during a roll) is all that is left.
+    #[test]
+    fn a_checkpoint_above_every_segment_is_lost_data() {
+        for keep_empty_last in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut j = open(dir.path());
+            let (_, slot) = j.create_topic("t", 1, 1, 5).unwrap();
+            append(&mut j, slot, 0, &producer_batch(2, 50, 0, 0), 1);
+            j.write_out().unwrap();
+            let durable = j.end();
+            checkpoint::write(
+                dir.path(),
+                &checkpoint::Checkpoint {
+                    position: durable,
+                    next_topic_id: 1,
+                    topics: j.checkpoint_topics(),
+                },
+            )
+            .unwrap();
+            drop(j);
+            for (_, path) in list_segments(dir.path()).unwrap() {
+                std::fs::remove_file(path).unwrap();
+            }
+            if keep_empty_last {
+                std::fs::File::create(dir.path().join(segment_file_name(0))).unwrap();
+            }
+            let err = Journal::open(dir.path(), SEGMENT_BYTES, CACHE_BYTES)
+                .err()
+                .expect("refused: the checkpoint vouches for data that is gone");
+            assert!(err.to_string().contains("below the checkpoint"), "{err}");
+            let recovery = Recovery {
+                damage: Damage::Cut,
+                ..Recovery::default()
+            };
+            let j = Journal::open_with(dir.path(), SEGMENT_BYTES, CACHE_BYTES, recovery).unwrap();
+            assert_eq!(j.end(), 0);
+            let lost = j.report().lost.clone().expect("reported as lost data");
+            assert_eq!(lost.durable_bytes, durable);
+            assert!(
+                j.catalog().lookup("t").is_none(),
+                "its creation is gone too"
+            );
+            assert_eq!(checkpoint::read(dir.path()).unwrap().unwrap().position, 0);
+        }
     }
 
     /// Review of finding 7's fix: a cut of acknowledged data also removes
