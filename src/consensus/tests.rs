@@ -3050,3 +3050,134 @@ fn follower_refuses_a_commit_position_inside_its_entries() {
     f.step(hb(500)).unwrap();
     assert_eq!(f.committed(), 20);
 }
+
+// ----- review: a vote belongs to an incarnation; incarnations are ordered ----
+
+/// Node `id` of `n` with incarnation `inc`, the given hard state and log,
+/// and its own seed.
+fn incarnation_of(id: NodeId, n: u64, inc: u64, hs: HardState, log: Vec<Entry>) -> Node {
+    let mut c = cfg(id, n);
+    c.incarnation = inc;
+    c.seed = id * 7919;
+    Node::new(c, hs, log).unwrap()
+}
+
+/// Delivers the messages of `from`'s next `Ready` to the nodes in `to`
+/// that they name; returns the rest.
+fn route(from: &mut Node, to: &mut [&mut Node]) -> Vec<Message> {
+    let mut rest = vec![];
+    for m in take(from).messages {
+        match to.iter_mut().find(|n| n.id() == m.to) {
+            // Refusals are part of what is tested: the caller asserts on state.
+            Some(n) => drop(n.step(m)),
+            None => rest.push(m),
+        }
+    }
+    rest
+}
+
+#[test]
+fn a_new_incarnation_gets_no_repeated_vote_its_old_self_got_in_a_term() {
+    // Node 1's old disk (incarnation 0xA) won term 2 with the votes of 2 and
+    // 3, sent its no-op [0,128) of term 2 to node 5 only, and was lost.
+    let voted = |term, voted_for| HardState {
+        term,
+        voted_for,
+        caught_up: true,
+    };
+    let mut v2 = incarnation_of(2, 5, 0x22, voted(2, Some(1)), vec![]);
+    let mut v3 = incarnation_of(3, 5, 0x33, voted(2, Some(1)), vec![]);
+    let mut v4 = incarnation_of(4, 5, 0x44, voted(1, None), vec![]);
+    let mut v5 = incarnation_of(5, 5, 0x55, voted(2, None), vec![e(0, 128, 2)]);
+    // Node 1 comes back empty as incarnation 0xB and hears term 1 from 4.
+    let mut l = incarnation_of(1, 5, 0xB, HardState::default(), vec![]);
+    l.step(from_inc(msg(4, 1, 1, MessageKind::ProbeResp), 0x44, 0))
+        .unwrap();
+    assert_eq!(l.term(), 1);
+    tick_until_campaign(&mut l);
+    for _ in 0..4 {
+        let mut rd = take(&mut l);
+        // Its probes to 2 and 3 are lost (they were out of reach until now).
+        rd.messages
+            .retain(|m| !(m.kind == MessageKind::Probe && (m.to == 2 || m.to == 3)));
+        for m in rd.messages {
+            let to = [&mut v2, &mut v3, &mut v4, &mut v5]
+                .into_iter()
+                .find(|n| n.id() == m.to)
+                .unwrap();
+            let _ = to.step(m);
+        }
+        for v in [&mut v2, &mut v3, &mut v4, &mut v5] {
+            route(v, &mut [&mut l]);
+        }
+    }
+    assert!(
+        !(l.role() == Role::Leader && l.term() == 2),
+        "node 1's new incarnation leads term 2, which its old self led: its no-op {:?} \
+         has the position and term of the old one's on node 5",
+        l.log().first()
+    );
+}
+
+#[test]
+fn a_late_ack_from_an_incarnation_older_than_the_one_heard_never_counts() {
+    let mut l = incarnation_of(1, 3, 0x11, caught_up(), vec![]);
+    let mut b = incarnation_of(2, 3, 0x22, caught_up(), vec![]);
+    // l leads term 1 with b's vote.
+    tick_until_campaign(&mut l);
+    for _ in 0..2 {
+        route(&mut l, &mut [&mut b]);
+        route(&mut b, &mut [&mut l]);
+    }
+    assert_eq!(l.role(), Role::Leader);
+    l.propose(100).unwrap(); // [128,228)
+    l.propose(100).unwrap(); // [228,328)
+    l.report_written(328, 1);
+    l.report_flushed(328, 1);
+    let to_3 = route(&mut l, &mut [&mut b]);
+    assert!(to_3.iter().all(|m| m.to == 3 && m.to_incarnation == 0));
+    // Node 3's old disk (0xA) got [0,328) and flushed it; its ack is late.
+    let late = from_inc(ack(3, 1, 1, 328, 328, 328), 0xA, 0x11);
+    // b holds everything, durably only the no-op.
+    take(&mut b);
+    b.report_written(328, 1);
+    b.report_flushed(128, 1);
+    route(&mut b, &mut [&mut l]);
+    assert_eq!(l.committed(), 128);
+    // Node 3 lost its disk and comes back as 0xB; it probes both peers.
+    let mut x = incarnation_of(3, 3, 0xB, HardState::default(), vec![]);
+    for _ in 0..config::HEARTBEAT_TICKS_DEFAULT {
+        x.tick();
+    }
+    route(&mut x, &mut [&mut l, &mut b]);
+    route(&mut l, &mut [&mut x]);
+    route(&mut b, &mut [&mut x]);
+    // l announces its commit 128 to 0xB; x fetches and flushes [0,128).
+    for _ in 0..40 {
+        if x.hard_state().caught_up {
+            break;
+        }
+        l.tick();
+        route(&mut l, &mut [&mut x]);
+        let rd = take(&mut x);
+        if let Some(last) = rd.entries.last() {
+            x.report_written(last.end, last.term);
+        }
+        if x.last_pos() >= 128 && x.flushed() < 128 {
+            x.report_flushed(128, 1);
+        }
+        for m in rd.messages.into_iter().filter(|m| m.to == 1) {
+            l.step(m).unwrap();
+        }
+    }
+    assert!(x.hard_state().caught_up);
+    assert_eq!(x.flushed(), 128);
+    // Now the old disk's ack arrives. Only l holds [128,328) durably.
+    let refused = l.step(late);
+    assert!(
+        l.committed() <= 128,
+        "C = {} is durable on l alone",
+        l.committed()
+    );
+    assert!(refused.is_err());
+}
