@@ -88,6 +88,7 @@ impl Run {
             term: 2,
             voted_for: None,
             caught_up: setup & 0x20 != 0,
+            ..HardState::default()
         };
         let node = Node::new(cfg, hard, log).expect("a valid start");
         let mut run = Run {

@@ -71,6 +71,7 @@ impl Replica {
         let hard_state = HardState {
             term: persisted.term,
             voted_for: persisted.voted_for,
+            voted_incarnation: persisted.voted_incarnation,
             caught_up: persisted.caught_up,
         };
         let peer_ids: Vec<u64> = config.peers.iter().map(|p| p.id).collect();
@@ -250,6 +251,7 @@ impl Replica {
                 &hardstate::Persisted {
                     term: hs.term,
                     voted_for: hs.voted_for,
+                    voted_incarnation: hs.voted_incarnation,
                     incarnation: self.incarnation,
                     caught_up: hs.caught_up,
                 },
@@ -384,6 +386,7 @@ mod tests {
                 term: 2,
                 voted_for: None,
                 caught_up: true,
+                ..HardState::default()
             },
             log,
         )

@@ -89,6 +89,8 @@ pub struct Node {
     slot: usize,
     term: u64,
     voted_for: Option<NodeId>,
+    /// See `HardState::voted_incarnation`.
+    voted_incarnation: u64,
     role: Role,
     leader: Option<NodeId>,
     log: Log,
@@ -181,6 +183,11 @@ impl Node {
                 "the persisted vote names a node outside the group",
             ));
         }
+        if hard_state.voted_for.is_none() && hard_state.voted_incarnation != 0 {
+            return Err(ConsensusError::InvalidState(
+                "the persisted vote names an incarnation but no node",
+            ));
+        }
         let slot = config.voters.iter().position(|v| *v == config.id).ok_or(
             ConsensusError::InvalidConfig("id must be one of the voters"),
         )?;
@@ -191,6 +198,7 @@ impl Node {
             slot,
             term: hard_state.term,
             voted_for: hard_state.voted_for,
+            voted_incarnation: hard_state.voted_incarnation,
             role: Role::Follower,
             leader: None,
             log,
@@ -345,12 +353,12 @@ impl Node {
             MessageKind::PreVote {
                 last_pos,
                 last_term,
-            } => self.handle_vote_request(m.from, m.term, last_pos, last_term, true),
+            } => self.handle_vote_request(&m, last_pos, last_term, true),
             MessageKind::Vote {
                 last_pos,
                 last_term,
                 ..
-            } => self.handle_vote_request(m.from, m.term, last_pos, last_term, false),
+            } => self.handle_vote_request(&m, last_pos, last_term, false),
             MessageKind::PreVoteResp { granted, caught_up } => {
                 let answers_our_round = if granted {
                     self.term.checked_add(1) == Some(m.term)
@@ -661,6 +669,7 @@ impl Node {
         HardState {
             term: self.term,
             voted_for: self.voted_for,
+            voted_incarnation: self.voted_incarnation,
             caught_up: self.caught_up,
         }
     }
@@ -923,6 +932,7 @@ impl Node {
             Campaign::Real { .. } => {
                 self.term += 1;
                 self.voted_for = Some(self.cfg.id);
+                self.voted_incarnation = self.cfg.incarnation;
                 self.out.hard_state_changed = true;
                 self.role = Role::Candidate;
                 self.term
@@ -957,17 +967,19 @@ impl Node {
         self.tally();
     }
 
-    fn handle_vote_request(
-        &mut self,
-        from: NodeId,
-        term: u64,
-        last_pos: u64,
-        last_term: u64,
-        pre: bool,
-    ) {
+    /// Answers the vote or pre-vote request `m`.
+    fn handle_vote_request(&mut self, m: &Message, last_pos: u64, last_term: u64, pre: bool) {
+        let (from, term) = (m.from, m.term);
         // One vote per term (§5.2), first come first served; a pre-vote for
-        // a later term promises nothing, so it needs no free vote.
-        let can_vote = self.voted_for == Some(from)
+        // a later term promises nothing, so it needs no free vote. The vote
+        // is repeated only to the incarnation it went to: the same node id
+        // on a new disk forgot that its old self asked (and may lead this
+        // term with it). A vote whose incarnation is unknown (0, from a
+        // version 1 file) is repeated to no candidate that has one: refusing
+        // costs at most one more election round.
+        let same_candidate =
+            self.voted_for == Some(from) && self.voted_incarnation == m.from_incarnation;
+        let can_vote = same_candidate
             || (self.voted_for.is_none() && self.leader.is_none())
             || (pre && term > self.term);
         // The election restriction (§5.4.1): the candidate's log must be at
@@ -991,6 +1003,7 @@ impl Node {
             if granted {
                 self.election_elapsed = 0;
                 self.voted_for = Some(from);
+                self.voted_incarnation = m.from_incarnation;
                 // The vote must be durable before the answer leaves.
                 if !mutation::is(Mutation::VolatileVote) {
                     self.out.hard_state_changed = true;
@@ -1026,6 +1039,7 @@ impl Node {
         if term > self.term {
             self.term = term;
             self.voted_for = None;
+            self.voted_incarnation = 0;
             self.out.hard_state_changed = true;
         }
         self.role = Role::Follower;

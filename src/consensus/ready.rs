@@ -16,6 +16,13 @@ pub struct HardState {
     pub term: u64,
     /// Whom it voted for in `term`, if anyone.
     pub voted_for: Option<NodeId>,
+    /// The incarnation of the data directory it voted for (the vote's
+    /// `from_incarnation`); 0 with no vote, or when unknown (a vote read
+    /// from a file written before votes recorded it). A vote is repeated in
+    /// its term only to the same node *and* incarnation: a node that lost
+    /// its disk and asks again in the same term is a different candidate,
+    /// and its old self may already lead the term.
+    pub voted_incarnation: u64,
     /// This data directory has durably held the log up to a commit position
     /// that a leader of the group announced after the directory was made
     /// (in that leader's own term, so everything committed before is

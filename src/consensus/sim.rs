@@ -333,7 +333,9 @@ struct Sim {
     /// For each entry of the record, the term of the node that first
     /// published it as committed.
     record_terms: Vec<u64>,
-    leaders: BTreeMap<u64, NodeId>,
+    /// The leader of each term: its id and incarnation (a node that lost
+    /// its disk is another voter, which must not lead its old self's term).
+    leaders: BTreeMap<u64, (NodeId, u64)>,
     next_payload: u64,
     /// Payloads of entries this step may append: (start, term, payload).
     stash: Vec<(u64, u64, u64)>,
@@ -1265,8 +1267,16 @@ impl Sim {
                     let n = self.nodes.len();
                     self.unnoticed[i * n..(i + 1) * n].fill(false);
                     self.unnoticed_wipe[i * n..(i + 1) * n].fill(false);
-                    if let Some(other) = self.leaders.insert(ss.term, id).filter(|o| *o != id) {
-                        fail!(self, "two leaders in term {}: n{other} and n{id}", ss.term);
+                    let me = (id, self.nodes[i].incarnation);
+                    if let Some(other) = self.leaders.insert(ss.term, me).filter(|o| *o != me) {
+                        fail!(
+                            self,
+                            "two leaders in term {}: n{} (incarnation {:#x}) and n{id} ({:#x})",
+                            ss.term,
+                            other.0,
+                            other.1,
+                            me.1
+                        );
                     }
                     // Leader completeness (§5.4): a leader holds every
                     // entry committed in an earlier term. (A candidate that
@@ -1295,13 +1305,14 @@ impl Sim {
                 if hs.term > config::TERM_MAX {
                     fail!(self, "n{id} persists the forged term {}", hs.term);
                 }
-                if hs.term == old.term && old.voted_for.is_some() && hs.voted_for != old.voted_for {
+                let vote = |h: &HardState| (h.voted_for, h.voted_incarnation);
+                if hs.term == old.term && old.voted_for.is_some() && vote(&hs) != vote(&old) {
                     fail!(
                         self,
                         "n{id} changes its vote in term {} from {:?} to {:?}",
                         hs.term,
-                        old.voted_for,
-                        hs.voted_for
+                        vote(&old),
+                        vote(&hs)
                     );
                 }
                 self.nodes[i].hard = hs;

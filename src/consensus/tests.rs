@@ -33,6 +33,7 @@ fn node_with(id: NodeId, n: u64, term: u64, entries: Vec<Entry>) -> Node {
             term,
             voted_for: None,
             caught_up: true,
+            ..HardState::default()
         },
         entries,
     )
@@ -230,6 +231,7 @@ fn rule_5_1_higher_term_makes_a_leader_step_down_and_adopt_it() {
             term: 7,
             voted_for: None,
             caught_up: true,
+            ..HardState::default()
         })
     );
     assert_eq!(rd.soft_state.map(|s| s.role), Some(Role::Follower));
@@ -323,6 +325,7 @@ fn hard_state_is_handed_out_with_the_messages_that_depend_on_it() {
             term: 4,
             voted_for: Some(2),
             caught_up: true,
+            ..HardState::default()
         })
     );
     assert!(matches!(
@@ -355,6 +358,7 @@ fn hard_state_is_handed_out_with_the_messages_that_depend_on_it() {
             term: 5,
             voted_for: Some(2),
             caught_up: true,
+            ..HardState::default()
         })
     );
 
@@ -378,6 +382,7 @@ fn hard_state_is_handed_out_with_the_messages_that_depend_on_it() {
             term: 1,
             voted_for: Some(1),
             caught_up: true,
+            ..HardState::default()
         })
     );
     assert_eq!(
@@ -476,6 +481,7 @@ fn pre_vote_grant_leaves_the_voter_term_and_vote_unchanged() {
             term: 4,
             voted_for: None,
             caught_up: true,
+            ..HardState::default()
         }
     );
     let rd = take(&mut f);
@@ -1425,6 +1431,7 @@ fn restart_keeps_term_and_vote_and_treats_the_journal_as_durable() {
         term: 4,
         voted_for: Some(2),
         caught_up: true,
+        ..HardState::default()
     };
     let n = Node::new(cfg(1, 3), hs, vec![e(0, 10, 3)]).unwrap();
     assert_eq!(
@@ -1437,6 +1444,7 @@ fn restart_keeps_term_and_vote_and_treats_the_journal_as_durable() {
             term: 2,
             voted_for: None,
             caught_up: true,
+            ..HardState::default()
         },
         vec![e(0, 10, 3)],
     );
@@ -1447,6 +1455,7 @@ fn restart_keeps_term_and_vote_and_treats_the_journal_as_durable() {
             term: 2,
             voted_for: Some(9),
             caught_up: true,
+            ..HardState::default()
         },
         vec![],
     );
@@ -1650,6 +1659,7 @@ fn persisted_state_beyond_the_limits_is_refused() {
             term,
             voted_for: None,
             caught_up: true,
+            ..HardState::default()
         };
         let r = Node::new(cfg(1, 3), hs, vec![]);
         assert!(matches!(r, Err(ConsensusError::InvalidState(_))), "{term}");
@@ -1658,6 +1668,7 @@ fn persisted_state_beyond_the_limits_is_refused() {
         term: 1,
         voted_for: None,
         caught_up: true,
+        ..HardState::default()
     };
     let r = Node::new(cfg(1, 3), hs, vec![e(0, config::POSITION_MAX + 1, 1)]);
     assert!(matches!(r, Err(ConsensusError::InvalidState(_))));
@@ -2801,6 +2812,7 @@ mod any_input {
                 term: 2,
                 voted_for: None,
                 caught_up: caught,
+                ..HardState::default()
             };
             let node = Node::new(c, hs, log).unwrap();
             let mut run = Run {
@@ -3080,9 +3092,11 @@ fn route(from: &mut Node, to: &mut [&mut Node]) -> Vec<Message> {
 fn a_new_incarnation_gets_no_repeated_vote_its_old_self_got_in_a_term() {
     // Node 1's old disk (incarnation 0xA) won term 2 with the votes of 2 and
     // 3, sent its no-op [0,128) of term 2 to node 5 only, and was lost.
-    let voted = |term, voted_for| HardState {
+    // (Their votes went to the old disk, 0xA.)
+    let voted = |term, voted_for: Option<NodeId>| HardState {
         term,
         voted_for,
+        voted_incarnation: voted_for.map_or(0, |_| 0xA),
         caught_up: true,
     };
     let mut v2 = incarnation_of(2, 5, 0x22, voted(2, Some(1)), vec![]);
