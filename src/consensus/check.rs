@@ -113,7 +113,15 @@ impl History {
                         vote(&hs)
                     ));
                 }
-                if old.caught_up && !hs.caught_up {
+                if hs.incarnation < old.incarnation {
+                    return fail(format!(
+                        "persists incarnation {:#x} after {:#x}",
+                        hs.incarnation, old.incarnation
+                    ));
+                }
+                // Only a new incarnation (a stale directory found out)
+                // starts catching up again.
+                if old.caught_up && !hs.caught_up && hs.incarnation == old.incarnation {
                     return fail("forgets that it caught up".into());
                 }
             }

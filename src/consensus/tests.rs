@@ -2083,9 +2083,11 @@ fn transfer_target_is_live_and_acknowledged_the_whole_log_since_its_link_was_mad
 /// Node `id` of `n` on a new data directory (not caught up) with
 /// incarnation `inc`.
 fn fresh(id: NodeId, n: u64, inc: u64) -> Node {
-    let mut c = cfg(id, n);
-    c.incarnation = inc;
-    Node::new(c, HardState::default(), vec![]).unwrap()
+    let hs = HardState {
+        incarnation: inc,
+        ..HardState::default()
+    };
+    Node::new(cfg(id, n), hs, vec![]).unwrap()
 }
 
 /// A message from `from` to `to` (incarnation `to_inc`) that says nothing
@@ -2133,7 +2135,11 @@ fn a_new_incarnation_voids_what_the_old_disk_acknowledged() {
     let late = from_inc(ack(2, 1, 1, e.end, e.end, e.end), 7, 0);
     assert!(matches!(
         l.step(late),
-        Err(ConsensusError::Malformed { .. })
+        Err(ConsensusError::StaleIncarnation {
+            from: 2,
+            incarnation: 7,
+            newest: 9
+        })
     ));
     assert_eq!(l.committed(), noop);
     // The new disk catches up and counts.
@@ -2310,18 +2316,14 @@ fn a_leader_that_caught_up_with_two_new_members_can_still_be_elected() {
     // before the commit reached them.
     for id in [2, 3] {
         let log = g.node(id).log().to_vec();
-        let mut c = cfg(id, 3);
-        c.incarnation = 10 + id;
         let hs = HardState {
             caught_up: false,
             ..g.node(id).hard_state()
         };
-        g.nodes[id as usize - 1] = Node::new(c, hs, log).unwrap();
+        g.nodes[id as usize - 1] = Node::new(cfg(id, 3), hs, log).unwrap();
     }
     let log = g.node(1).log().to_vec();
-    let mut c = cfg(1, 3);
-    c.incarnation = 11;
-    g.nodes[0] = Node::new(c, g.node(1).hard_state(), log).unwrap();
+    g.nodes[0] = Node::new(cfg(1, 3), g.node(1).hard_state(), log).unwrap();
     g.elect(1);
     assert_eq!(g.leaders(), [1]);
 }
@@ -2349,9 +2351,11 @@ fn positions_of_a_member_that_has_not_caught_up_count_only_when_all_hold_them() 
 
 #[test]
 fn messages_carry_identities_and_other_clusters_are_refused() {
-    let mut c = cfg(1, 3);
-    c.incarnation = 0x11;
-    let mut n = Node::new(c, caught_up(), vec![]).unwrap();
+    let hs = HardState {
+        incarnation: 0x11,
+        ..caught_up()
+    };
+    let mut n = Node::new(cfg(1, 3), hs, vec![]).unwrap();
     n.set_cluster_id(0xC1);
     assert_eq!(n.cluster_id(), 0xC1);
     let hb = |cluster_id| {
@@ -2635,9 +2639,11 @@ fn a_wiped_follower_rejoining_a_settled_group_catches_up_without_an_election() {
     let mut g = Cluster {
         nodes: (1..=3)
             .map(|id| {
-                let mut c = cfg(id, 3);
-                c.incarnation = 10 + id;
-                Node::new(c, caught_up(), vec![]).unwrap()
+                let hs = HardState {
+                    incarnation: 10 + id,
+                    ..caught_up()
+                };
+                Node::new(cfg(id, 3), hs, vec![]).unwrap()
             })
             .collect(),
         cut: vec![],
@@ -2806,12 +2812,12 @@ mod any_input {
     impl Run {
         fn new(setup: Setup, n: u64, caught: bool) -> Run {
             let log = vec![e(0, 10, 1), e(10, 30, 2), e(30, 31, 2)];
-            let mut c = cfg(1, n);
-            c.incarnation = 1;
+            let c = cfg(1, n);
             let hs = HardState {
                 term: 2,
                 voted_for: None,
                 caught_up: caught,
+                incarnation: 1,
                 ..HardState::default()
             };
             let node = Node::new(c, hs, log).unwrap();
@@ -3069,8 +3075,11 @@ fn follower_refuses_a_commit_position_inside_its_entries() {
 /// and its own seed.
 fn incarnation_of(id: NodeId, n: u64, inc: u64, hs: HardState, log: Vec<Entry>) -> Node {
     let mut c = cfg(id, n);
-    c.incarnation = inc;
     c.seed = id * 7919;
+    let hs = HardState {
+        incarnation: inc,
+        ..hs
+    };
     Node::new(c, hs, log).unwrap()
 }
 
@@ -3098,6 +3107,7 @@ fn a_new_incarnation_gets_no_repeated_vote_its_old_self_got_in_a_term() {
         voted_for,
         voted_incarnation: voted_for.map_or(0, |_| 0xA),
         caught_up: true,
+        ..HardState::default()
     };
     let mut v2 = incarnation_of(2, 5, 0x22, voted(2, Some(1)), vec![]);
     let mut v3 = incarnation_of(3, 5, 0x33, voted(2, Some(1)), vec![]);
@@ -3193,5 +3203,12 @@ fn a_late_ack_from_an_incarnation_older_than_the_one_heard_never_counts() {
         "C = {} is durable on l alone",
         l.committed()
     );
-    assert!(refused.is_err());
+    assert!(matches!(
+        refused,
+        Err(ConsensusError::StaleIncarnation {
+            from: 3,
+            incarnation: 0xA,
+            newest: 0xB
+        })
+    ));
 }

@@ -185,11 +185,31 @@ pub fn write(dir: &Path, hs: &Persisted) -> Result<(), JournalError> {
     write_atomically(dir, HARD_STATE_TMP_FILE, HARD_STATE_FILE, &encode(hs))
 }
 
-/// A new random, non-zero incarnation for a data directory.
+/// A new incarnation for a data directory: the time in milliseconds since
+/// the Unix epoch, shifted left by
+/// [`INCARNATION_RANDOM_BITS`](crate::consensus::config::INCARNATION_RANDOM_BITS),
+/// with random low bits; never 0. A directory made later (by a clock that
+/// does not run behind) has a higher one, which is what lets peers refuse
+/// the late messages of the directory it replaced. The random bits keep two
+/// directories made in the same millisecond apart.
 pub fn new_incarnation() -> u64 {
-    // Not cryptographic: it only has to differ between a directory and its
-    // replacement. Time, process and address-space entropy mixed by the
-    // standard library's randomly keyed hasher.
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    incarnation_at(since_epoch.as_millis() as u64, random_bits())
+}
+
+/// The incarnation made at `unix_ms` with random low bits `random`.
+fn incarnation_at(unix_ms: u64, random: u64) -> u64 {
+    let bits = crate::consensus::config::INCARNATION_RANDOM_BITS;
+    let low = random & ((1 << bits) - 1);
+    ((unix_ms << bits) | low).max(1)
+}
+
+/// Random bits (not cryptographic: they only keep apart directories made in
+/// the same millisecond): the standard library's randomly keyed hasher over
+/// the time and the process id.
+fn random_bits() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -198,7 +218,7 @@ pub fn new_incarnation() -> u64 {
             .map_or(0, |d| d.as_nanos()),
     );
     h.write_u32(std::process::id());
-    h.finish().max(1)
+    h.finish()
 }
 
 #[cfg(test)]
@@ -324,10 +344,20 @@ mod tests {
     }
 
     #[test]
-    fn incarnations_are_non_zero_and_differ() {
-        let a = new_incarnation();
-        let b = new_incarnation();
-        assert!(a != 0 && b != 0 && a != b);
+    fn incarnations_are_ordered_by_time_and_never_zero() {
+        let bits = crate::consensus::config::INCARNATION_RANDOM_BITS;
+        let (a, b) = (incarnation_at(1_000, u64::MAX), incarnation_at(1_001, 0));
+        assert!(
+            a < b,
+            "a later millisecond is higher whatever the random bits"
+        );
+        assert_eq!(a, (1_000 << bits) | ((1 << bits) - 1));
+        assert_eq!(incarnation_at(0, 0), 1);
+        assert_ne!(incarnation_at(7, 1), incarnation_at(7, 2));
+        // Today's time: far from the top, so a stale directory's new
+        // incarnation (one above a newer one) cannot run out.
+        let now = new_incarnation();
+        assert!(now > 1 << 60 && now < u64::MAX >> 1, "{now:#x}");
     }
 
     proptest! {
