@@ -172,11 +172,19 @@ impl Params {
             // after the new process's first messages, this often: the
             // receiver reads two connections in no particular order.
             late_old: pick(rng, &[0, 300, 1000]),
-            // A node restarts on an old copy of its own directory: a
-            // backup taken before its disk was last replaced (an earlier
-            // incarnation that had caught up, with an older term, vote and
-            // journal).
-            restore: pick(rng, &[0, 0, 3, 10]),
+            // A node restarts on an old copy of its own directory (a backup
+            // taken before its disk was last replaced: an earlier
+            // incarnation that had caught up). Out of the mix: until a peer
+            // that heard the newer directory addresses it, the copy votes
+            // and acknowledges at full weight without what the newer one
+            // promised, and 100,000 seeds found two runs where a leader
+            // then lacked a committed entry (seeds 15487 and 56206 with
+            // rates 3 and 10 per mille). docs/operations.md forbids it;
+            // `HUTONG_SIM_RESTORE=<per mille>` puts it back to study it.
+            restore: std::env::var("HUTONG_SIM_RESTORE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
         }
     }
 }
@@ -864,9 +872,18 @@ impl Sim {
     /// with an older term, vote and journal. It is down meanwhile. Like a
     /// wipe, only while every other node has caught up.
     fn restore(&mut self, i: usize) -> Check {
-        let current = self.nodes[i].hard.incarnation;
-        let older = |b: &(Journal, HardState)| b.1.incarnation < current;
-        if !self.may_wipe(i) || !self.nodes[i].backup.as_ref().is_some_and(older) {
+        // The newer directory caught up, so every peer addressed it: a
+        // restore over a directory no peer heard of is a restore over the
+        // same incarnation as far as they can tell, which nothing detects
+        // (docs/consensus.md); the leader would probe it from what the
+        // newer one flushed, forever.
+        let hard = self.nodes[i].hard;
+        let older = |b: &(Journal, HardState)| b.1.incarnation < hard.incarnation;
+        let newer_caught_up = hard.caught_up && self.nodes[i].node.is_some();
+        if !self.may_wipe(i)
+            || !newer_caught_up
+            || !self.nodes[i].backup.as_ref().is_some_and(older)
+        {
             return Ok(());
         }
         if self.nodes[i].node.is_some() {
@@ -1230,8 +1247,11 @@ impl Sim {
             match result {
                 // From a directory older than one this node id has had:
                 // late, or from a restored backup.
-                Err(ConsensusError::StaleIncarnation { .. })
-                    if sent_by < self.nodes[from].incarnation_max => {}
+                Err(err @ ConsensusError::StaleIncarnation { .. })
+                    if sent_by < self.nodes[from].incarnation_max =>
+                {
+                    self.trace(|| format!("n{} drops it: {err}", to + 1));
+                }
                 Err(err) => fail!(self, "n{} refused a message: {err}", to + 1),
                 Ok(()) => {}
             }
