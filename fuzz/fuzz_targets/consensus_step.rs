@@ -81,13 +81,14 @@ impl Run {
     /// into the role `setup` names by answers its peers could give.
     fn new(setup: u8) -> Run {
         let voters = if setup & 0x10 == 0 { 3 } else { 5 };
-        let mut cfg = Config::new(1, (1..=voters).collect());
-        cfg.incarnation = 1;
+        let cfg = Config::new(1, (1..=voters).collect());
         let log = vec![entry(0, 10, 1), entry(10, 30, 2), entry(30, 31, 2)];
         let hard = HardState {
             term: 2,
             voted_for: None,
             caught_up: setup & 0x20 != 0,
+            incarnation: 1,
+            ..HardState::default()
         };
         let node = Node::new(cfg, hard, log).expect("a valid start");
         let mut run = Run {

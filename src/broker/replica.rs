@@ -47,8 +47,6 @@ pub struct Replica {
     dropped_messages: u64,
     /// Segment files, for the replicator that reads appends from them.
     segments: Sender<SegmentEvent>,
-    /// This data directory's identity, persisted with the term and vote.
-    incarnation: u64,
 }
 
 impl Replica {
@@ -71,12 +69,13 @@ impl Replica {
         let hard_state = HardState {
             term: persisted.term,
             voted_for: persisted.voted_for,
+            voted_incarnation: persisted.voted_incarnation,
+            incarnation: persisted.incarnation,
             caught_up: persisted.caught_up,
         };
         let peer_ids: Vec<u64> = config.peers.iter().map(|p| p.id).collect();
         let mut cfg = consensus::Config::new(config.node_id, peer_ids.clone());
         cfg.noop_bytes = noop_bytes;
-        cfg.incarnation = persisted.incarnation;
         // Elections must not be in lockstep across nodes or restarts.
         cfg.seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -99,7 +98,6 @@ impl Replica {
             reported_flushed: last,
             dropped_messages: 0,
             segments,
-            incarnation: persisted.incarnation,
         })
     }
 
@@ -250,7 +248,8 @@ impl Replica {
                 &hardstate::Persisted {
                     term: hs.term,
                     voted_for: hs.voted_for,
-                    incarnation: self.incarnation,
+                    voted_incarnation: hs.voted_incarnation,
+                    incarnation: hs.incarnation,
                     caught_up: hs.caught_up,
                 },
             ),
@@ -262,7 +261,7 @@ impl Replica {
     /// R, C and the soft state; then hands `rd` back to the node.
     pub fn publish(&mut self, mut rd: Ready, shared: &Shared) {
         for alert in rd.alerts.drain(..) {
-            crate::log!("consensus: {alert:?}; this node needs an operator");
+            crate::log!("consensus alert (this node needs an operator): {alert}");
         }
         let mut sent = false;
         for m in rd.messages.drain(..) {
@@ -329,8 +328,9 @@ impl Replica {
 /// The hard state of this data directory, with its identity settled and
 /// persisted before the node starts: a directory without a hard state (new,
 /// or wiped), or one whose journal lost acknowledged data (`lost_data`, cut
-/// by recovery), gets a fresh incarnation and has not caught up; a version
-/// 1 file gets an incarnation and keeps voting as before.
+/// by recovery), gets a fresh incarnation (above the one it had, even if the
+/// clock went back) and has not caught up; a version 1 file gets an
+/// incarnation and keeps voting as before.
 ///
 /// # Errors
 /// A damaged hard state file, or one that cannot be written.
@@ -339,7 +339,7 @@ fn identity(dir: &std::path::Path, lost_data: bool) -> Result<hardstate::Persist
     let mut hs = read.unwrap_or_default();
     let fresh = read.is_none() || lost_data;
     if fresh {
-        hs.incarnation = hardstate::new_incarnation();
+        hs.incarnation = hardstate::new_incarnation().max(hs.incarnation.saturating_add(1));
         hs.caught_up = false;
         crate::log!(
             "this data directory {}: new incarnation {:#018x}; it votes again once it has \
@@ -384,6 +384,7 @@ mod tests {
                 term: 2,
                 voted_for: None,
                 caught_up: true,
+                ..HardState::default()
             },
             log,
         )

@@ -104,13 +104,24 @@ impl History {
                 if hs.term < old.term {
                     return fail(format!("persists term {} after {}", hs.term, old.term));
                 }
-                if hs.term == old.term && old.voted_for.is_some() && hs.voted_for != old.voted_for {
+                let vote = |h: &HardState| (h.voted_for, h.voted_incarnation);
+                if hs.term == old.term && old.voted_for.is_some() && vote(&hs) != vote(&old) {
                     return fail(format!(
                         "changes its vote in term {} from {:?} to {:?}",
-                        hs.term, old.voted_for, hs.voted_for
+                        hs.term,
+                        vote(&old),
+                        vote(&hs)
                     ));
                 }
-                if old.caught_up && !hs.caught_up {
+                if hs.incarnation < old.incarnation {
+                    return fail(format!(
+                        "persists incarnation {:#x} after {:#x}",
+                        hs.incarnation, old.incarnation
+                    ));
+                }
+                // Only a new incarnation (a stale directory found out)
+                // starts catching up again.
+                if old.caught_up && !hs.caught_up && hs.incarnation == old.incarnation {
                     return fail("forgets that it caught up".into());
                 }
             }

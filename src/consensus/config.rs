@@ -37,6 +37,11 @@ pub const TERM_MAX: u64 = 1 << 48;
 /// Far beyond any disk; it keeps every position sum (an entry's end plus a
 /// no-op, a window) from overflowing a `u64`.
 pub const POSITION_MAX: u64 = 1 << 62;
+/// Random low bits of an incarnation (`HardState::incarnation`): the rest
+/// orders incarnations (the creation time in milliseconds, for the broker's
+/// directories; one above a newer incarnation heard of, for a node that
+/// learns its directory is stale).
+pub const INCARNATION_RANDOM_BITS: u32 = 20;
 /// Largest no-op batch a configuration may ask for.
 pub const NOOP_BYTES_MAX: u64 = 1 << 20;
 
@@ -62,12 +67,6 @@ pub struct Config {
     /// Seed of the generator that draws election timeouts. Give each node
     /// (and each restart of it) a different seed, or timeouts collide.
     pub seed: u64,
-    /// This node's incarnation: a random non-zero number made when its data
-    /// directory was created and kept with it (not made again at restart).
-    /// Peers that see it change know the disk was replaced and void what
-    /// the old one acknowledged. 0: the node has none (peers cannot tell a
-    /// wiped disk from a restart).
-    pub incarnation: u64,
     /// Election timeouts are drawn from `[election_ticks_min,
     /// election_ticks_max)`. `election_ticks_min` is also the lease: a node
     /// that heard from a leader fewer ticks ago refuses (pre-)votes, and a
@@ -95,7 +94,6 @@ impl Config {
             id,
             voters,
             seed: id,
-            incarnation: 0,
             election_ticks_min: ELECTION_TICKS_MIN_DEFAULT,
             election_ticks_max: ELECTION_TICKS_MAX_DEFAULT,
             heartbeat_ticks: HEARTBEAT_TICKS_DEFAULT,

@@ -42,6 +42,19 @@ pub enum ConsensusError {
         /// This node's cluster id.
         ours: u64,
     },
+    /// The message comes from an incarnation of the sender (a data
+    /// directory) older than the newest this node heard from that node id:
+    /// sent before the disk was replaced and delivered late, or sent by a
+    /// stale copy. What it says is void.
+    #[error("message from node {from}'s incarnation {incarnation:#x}, older than {newest:#x}")]
+    StaleIncarnation {
+        /// The sender.
+        from: NodeId,
+        /// The sender's incarnation in the message.
+        incarnation: u64,
+        /// The newest incarnation heard from the sender.
+        newest: u64,
+    },
     /// A leader asked this node to replace entries it knows are committed.
     /// Raft's safety makes this impossible between correct nodes, so the
     /// message is refused rather than applied.

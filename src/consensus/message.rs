@@ -24,7 +24,7 @@ pub struct Message {
     /// The sender's term (for `PreVote`, the term it would campaign in; for a
     /// granted `PreVoteResp`, that same term).
     pub term: u64,
-    /// The sender's incarnation (`Config::incarnation`); 0 when it has none.
+    /// The sender's incarnation (`HardState::incarnation`); 0 when it has none.
     pub from_incarnation: u64,
     /// The addressee's incarnation as the sender last heard it; 0 when the
     /// sender has not heard from it since it started.

@@ -20,7 +20,7 @@
 //! - check-quorum and leadership transfer (thesis §6.2, §3.10): `tick_leader`,
 //!   [`Node::transfer_leader`].
 
-use super::config::{POSITION_MAX, TERM_MAX};
+use super::config::{INCARNATION_RANDOM_BITS, POSITION_MAX, TERM_MAX};
 use super::log::Log;
 use super::mutation::{self, Mutation};
 use super::progress::{Progress, ProgressState};
@@ -89,6 +89,8 @@ pub struct Node {
     slot: usize,
     term: u64,
     voted_for: Option<NodeId>,
+    /// See `HardState::voted_incarnation`.
+    voted_incarnation: u64,
     role: Role,
     leader: Option<NodeId>,
     log: Log,
@@ -123,9 +125,12 @@ pub struct Node {
     /// `term`; caught up once the journal holds it durably, if `term` is
     /// still the current term (see `check_caught_up`).
     catch_up_at: Option<(u64, u64)>,
-    /// Per voter: its incarnation as last heard, and the one before (whose
-    /// late messages are refused). 0: none heard.
-    incarnations: Vec<[u64; 2]>,
+    /// This data directory's incarnation (see `HardState::incarnation`).
+    incarnation: u64,
+    /// Per voter: the highest incarnation heard from it since this node
+    /// started (0: none). Incarnations are ordered by creation, so messages
+    /// from a lower one come from a replaced directory and are refused.
+    incarnations: Vec<u64>,
     /// Not caught up: per voter, whether it has sent a message addressed
     /// to this incarnation, with a term at most this node's, since this
     /// node started (so it had heard of it, and had used whatever an
@@ -142,8 +147,9 @@ impl Node {
     /// `entries` must be durable: it counts as written and flushed.
     ///
     /// A node on a new (or wiped, or damaged-and-cut) data directory starts
-    /// with a fresh `config.incarnation` and `hard_state.caught_up` false:
-    /// see [`HardState::caught_up`].
+    /// with a fresh `hard_state.incarnation` (above any earlier one of the
+    /// same node id) and `hard_state.caught_up` false: see
+    /// [`HardState::caught_up`] and [`HardState::incarnation`].
     ///
     /// # Errors
     /// [`ConsensusError::InvalidConfig`] for a bad `config`;
@@ -181,6 +187,11 @@ impl Node {
                 "the persisted vote names a node outside the group",
             ));
         }
+        if hard_state.voted_for.is_none() && hard_state.voted_incarnation != 0 {
+            return Err(ConsensusError::InvalidState(
+                "the persisted vote names an incarnation but no node",
+            ));
+        }
         let slot = config.voters.iter().position(|v| *v == config.id).ok_or(
             ConsensusError::InvalidConfig("id must be one of the voters"),
         )?;
@@ -191,6 +202,7 @@ impl Node {
             slot,
             term: hard_state.term,
             voted_for: hard_state.voted_for,
+            voted_incarnation: hard_state.voted_incarnation,
             role: Role::Follower,
             leader: None,
             log,
@@ -209,7 +221,8 @@ impl Node {
             transferee: None,
             caught_up: hard_state.caught_up,
             catch_up_at: None,
-            incarnations: vec![[0; 2]; n],
+            incarnation: hard_state.incarnation,
+            incarnations: vec![0; n],
             confirmed: (0..n).map(|i| i == slot).collect(),
             cluster_id: 0,
             out: Outbox {
@@ -264,14 +277,18 @@ impl Node {
     /// Takes one message received from a peer.
     ///
     /// # Errors
-    /// [`ConsensusError::Malformed`], [`ConsensusError::WrongCluster`] or
+    /// [`ConsensusError::Malformed`], [`ConsensusError::WrongCluster`],
+    /// [`ConsensusError::StaleIncarnation`] or
     /// [`ConsensusError::CommittedConflict`] when the message is wrong for
     /// this node (docs/consensus.md, "Refused inputs"); the node ignores it.
     /// Never panics, whatever the message.
     pub fn step(&mut self, m: Message) -> Result<(), ConsensusError> {
         let s = self.check_message(&m)?;
         self.note_incarnation(s, m.from_incarnation);
-        let (term, addressed) = (m.term, m.to_incarnation == self.cfg.incarnation);
+        if m.to_incarnation > self.incarnation {
+            self.renew_incarnation(m.to_incarnation);
+        }
+        let (term, addressed) = (m.term, m.to_incarnation == self.incarnation);
         self.handle(s, m)?;
         // Made for this incarnation: the sender had heard of it, so it had
         // stopped counting what an earlier one promised, and had counted it
@@ -345,12 +362,12 @@ impl Node {
             MessageKind::PreVote {
                 last_pos,
                 last_term,
-            } => self.handle_vote_request(m.from, m.term, last_pos, last_term, true),
+            } => self.handle_vote_request(&m, last_pos, last_term, true),
             MessageKind::Vote {
                 last_pos,
                 last_term,
                 ..
-            } => self.handle_vote_request(m.from, m.term, last_pos, last_term, false),
+            } => self.handle_vote_request(&m, last_pos, last_term, false),
             MessageKind::PreVoteResp { granted, caught_up } => {
                 let answers_our_round = if granted {
                     self.term.checked_add(1) == Some(m.term)
@@ -661,6 +678,8 @@ impl Node {
         HardState {
             term: self.term,
             voted_for: self.voted_for,
+            voted_incarnation: self.voted_incarnation,
+            incarnation: self.incarnation,
             caught_up: self.caught_up,
         }
     }
@@ -775,15 +794,16 @@ impl Node {
         self.caught_up || mutation::is(Mutation::VoteBeforeCaughtUp)
     }
 
-    /// The peer in slot `s` says its incarnation is `incarnation`. When it
-    /// changed, the peer's disk was replaced: what it acknowledged (on a
+    /// The peer in slot `s` says its incarnation is `incarnation` (not
+    /// below the highest heard: `check_message` refused those). When it
+    /// rose, the peer's disk was replaced: what it acknowledged (on a
     /// leader) or granted (on a candidate) is void.
     fn note_incarnation(&mut self, s: usize, incarnation: u64) {
-        let [now, _] = self.incarnations[s];
-        if incarnation == 0 || incarnation == now {
+        let now = self.incarnations[s];
+        if incarnation <= now {
             return;
         }
-        self.incarnations[s] = [incarnation, now];
+        self.incarnations[s] = incarnation;
         if now == 0 || mutation::is(Mutation::KeepAcksOfOldIncarnation) {
             return; // first heard of since this node started
         }
@@ -804,6 +824,42 @@ impl Node {
         }
     }
 
+    /// A peer addressed this node as incarnation `known`, above its own: a
+    /// newer directory of this node id exists (this one is a restored
+    /// backup or a copy, or was made with a clock running behind). What
+    /// that directory promised (votes, acknowledged bytes) this one does
+    /// not know, exactly as if it had lost its disk: it takes an
+    /// incarnation above `known` (peers then void what the newer one
+    /// promised, as for any replaced disk) and catches up again before its
+    /// vote and positions count fully. The new incarnation leaves in the
+    /// next `Ready`'s hard state, which is persisted before any message
+    /// that carries it. It is `known` plus one plus up to 20 random bits,
+    /// so that two copies of one directory that both learn of `known` part
+    /// ways, and so that it stays just above `known`: a random 64-bit value
+    /// could lie above every incarnation a later directory, made by the
+    /// clock, would get.
+    fn renew_incarnation(&mut self, known: u64) {
+        let was = self.incarnation;
+        let spread = self.rng.below(1 << INCARNATION_RANDOM_BITS);
+        self.incarnation = known.saturating_add(1).saturating_add(spread);
+        self.caught_up = false;
+        self.catch_up_at = None;
+        for (i, c) in self.confirmed.iter_mut().enumerate() {
+            *c = i == self.slot;
+        }
+        self.probe_elapsed = 0;
+        self.out.hard_state_changed = true;
+        self.alert(Alert::StaleIncarnation {
+            was,
+            known,
+            now: self.incarnation,
+        });
+        if self.role != Role::Follower {
+            // Its election counted this directory's own vote at full weight.
+            self.become_follower(self.term, None);
+        }
+    }
+
     /// A node that has not caught up learns from its leader's append or
     /// heartbeat `m` the commit position `commit`. Made for this
     /// incarnation (not before the leader heard of it), the first one of
@@ -815,7 +871,7 @@ impl Node {
         if self.caught_up
             || self.role != Role::Follower
             || self.leader != Some(m.from)
-            || m.to_incarnation != self.cfg.incarnation
+            || m.to_incarnation != self.incarnation
         {
             return;
         }
@@ -923,6 +979,7 @@ impl Node {
             Campaign::Real { .. } => {
                 self.term += 1;
                 self.voted_for = Some(self.cfg.id);
+                self.voted_incarnation = self.incarnation;
                 self.out.hard_state_changed = true;
                 self.role = Role::Candidate;
                 self.term
@@ -957,17 +1014,19 @@ impl Node {
         self.tally();
     }
 
-    fn handle_vote_request(
-        &mut self,
-        from: NodeId,
-        term: u64,
-        last_pos: u64,
-        last_term: u64,
-        pre: bool,
-    ) {
+    /// Answers the vote or pre-vote request `m`.
+    fn handle_vote_request(&mut self, m: &Message, last_pos: u64, last_term: u64, pre: bool) {
+        let (from, term) = (m.from, m.term);
         // One vote per term (§5.2), first come first served; a pre-vote for
-        // a later term promises nothing, so it needs no free vote.
-        let can_vote = self.voted_for == Some(from)
+        // a later term promises nothing, so it needs no free vote. The vote
+        // is repeated only to the incarnation it went to: the same node id
+        // on a new disk forgot that its old self asked (and may lead this
+        // term with it). A vote whose incarnation is unknown (0, from a
+        // version 1 file) is repeated to no candidate that has one: refusing
+        // costs at most one more election round.
+        let same_candidate =
+            self.voted_for == Some(from) && self.voted_incarnation == m.from_incarnation;
+        let can_vote = same_candidate
             || (self.voted_for.is_none() && self.leader.is_none())
             || (pre && term > self.term);
         // The election restriction (§5.4.1): the candidate's log must be at
@@ -991,6 +1050,7 @@ impl Node {
             if granted {
                 self.election_elapsed = 0;
                 self.voted_for = Some(from);
+                self.voted_incarnation = m.from_incarnation;
                 // The vote must be durable before the answer leaves.
                 if !mutation::is(Mutation::VolatileVote) {
                     self.out.hard_state_changed = true;
@@ -1026,6 +1086,7 @@ impl Node {
         if term > self.term {
             self.term = term;
             self.voted_for = None;
+            self.voted_incarnation = 0;
             self.out.hard_state_changed = true;
         }
         self.role = Role::Follower;
@@ -1469,12 +1530,12 @@ impl Node {
     /// A message from this node, with its incarnation, the addressee's as
     /// last heard, and the cluster id.
     fn message(&self, to: NodeId, term: u64, kind: MessageKind) -> Message {
-        let to_incarnation = self.slot_of(to).map_or(0, |s| self.incarnations[s][0]);
+        let to_incarnation = self.slot_of(to).map_or(0, |s| self.incarnations[s]);
         Message {
             from: self.cfg.id,
             to,
             term,
-            from_incarnation: self.cfg.incarnation,
+            from_incarnation: self.incarnation,
             to_incarnation,
             cluster_id: self.cluster_id,
             kind,
@@ -1512,10 +1573,15 @@ impl Node {
                 ours: self.cluster_id,
             });
         }
-        if m.from_incarnation != 0 && m.from_incarnation == self.incarnations[s][1] {
-            // Sent before the sender's disk was replaced, delivered late:
-            // what it says is void.
-            return bad("from an earlier incarnation of the sender");
+        if m.from_incarnation != 0 && m.from_incarnation < self.incarnations[s] {
+            // From a directory older than one heard from this node id: sent
+            // before the disk was replaced and delivered late, or from a
+            // stale copy (a restored backup). What it says is void.
+            return Err(ConsensusError::StaleIncarnation {
+                from: m.from,
+                incarnation: m.from_incarnation,
+                newest: self.incarnations[s],
+            });
         }
         // What no correct node sends, whoever receives it. A term above
         // TERM_MAX, in particular, would strand the group at a term it can

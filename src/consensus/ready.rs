@@ -16,6 +16,24 @@ pub struct HardState {
     pub term: u64,
     /// Whom it voted for in `term`, if anyone.
     pub voted_for: Option<NodeId>,
+    /// The incarnation of the data directory it voted for (the vote's
+    /// `from_incarnation`); 0 with no vote, or when unknown (a vote read
+    /// from a file written before votes recorded it). A vote is repeated in
+    /// its term only to the same node *and* incarnation: a node that lost
+    /// its disk and asks again in the same term is a different candidate,
+    /// and its old self may already lead the term.
+    pub voted_incarnation: u64,
+    /// This data directory's incarnation: non-zero, made with the directory
+    /// and kept with it, and ordered: a directory made later has a higher
+    /// one (the broker takes the creation time in milliseconds, shifted
+    /// left by [`INCARNATION_RANDOM_BITS`](super::config::INCARNATION_RANDOM_BITS),
+    /// with random low bits). Peers refuse messages from an incarnation
+    /// below the highest they heard from this node id, and void what a
+    /// lower one promised when a higher one appears. The node raises it
+    /// itself when a peer addresses a higher one (this directory is a stale
+    /// copy); it then reports it here, with `caught_up` false. 0: none
+    /// (peers cannot tell a wiped disk from a restart).
+    pub incarnation: u64,
     /// This data directory has durably held the log up to a commit position
     /// that a leader of the group announced after the directory was made
     /// (in that leader's own term, so everything committed before is
@@ -74,6 +92,19 @@ pub enum Alert {
         /// End of the node's log.
         last_pos: u64,
     },
+    /// A peer addressed a newer incarnation of this node than its own: this
+    /// data directory is a restored backup or a copy (or was made with a
+    /// clock running behind). The node took incarnation `now`, above
+    /// `known`, and catches up again before it votes; an operator should
+    /// find out how the stale directory came to run.
+    StaleIncarnation {
+        /// This directory's incarnation until now.
+        was: u64,
+        /// The newer incarnation a peer knows of.
+        known: u64,
+        /// The incarnation it took.
+        now: u64,
+    },
 }
 
 impl std::fmt::Display for Alert {
@@ -86,6 +117,12 @@ impl std::fmt::Display for Alert {
             Alert::PositionsExhausted { last_pos } => write!(
                 f,
                 "not campaigning: the log ends at {last_pos}, too close to POSITION_MAX for a no-op"
+            ),
+            Alert::StaleIncarnation { was, known, now } => write!(
+                f,
+                "this data directory (incarnation {was:#x}) is older than one a peer knows \
+                 ({known:#x}): a restored backup or a copy? It takes incarnation {now:#x} and \
+                 catches up again before it votes"
             ),
         }
     }

@@ -33,6 +33,7 @@ fn node_with(id: NodeId, n: u64, term: u64, entries: Vec<Entry>) -> Node {
             term,
             voted_for: None,
             caught_up: true,
+            ..HardState::default()
         },
         entries,
     )
@@ -230,6 +231,7 @@ fn rule_5_1_higher_term_makes_a_leader_step_down_and_adopt_it() {
             term: 7,
             voted_for: None,
             caught_up: true,
+            ..HardState::default()
         })
     );
     assert_eq!(rd.soft_state.map(|s| s.role), Some(Role::Follower));
@@ -323,6 +325,7 @@ fn hard_state_is_handed_out_with_the_messages_that_depend_on_it() {
             term: 4,
             voted_for: Some(2),
             caught_up: true,
+            ..HardState::default()
         })
     );
     assert!(matches!(
@@ -355,6 +358,7 @@ fn hard_state_is_handed_out_with_the_messages_that_depend_on_it() {
             term: 5,
             voted_for: Some(2),
             caught_up: true,
+            ..HardState::default()
         })
     );
 
@@ -378,6 +382,7 @@ fn hard_state_is_handed_out_with_the_messages_that_depend_on_it() {
             term: 1,
             voted_for: Some(1),
             caught_up: true,
+            ..HardState::default()
         })
     );
     assert_eq!(
@@ -476,6 +481,7 @@ fn pre_vote_grant_leaves_the_voter_term_and_vote_unchanged() {
             term: 4,
             voted_for: None,
             caught_up: true,
+            ..HardState::default()
         }
     );
     let rd = take(&mut f);
@@ -1425,6 +1431,7 @@ fn restart_keeps_term_and_vote_and_treats_the_journal_as_durable() {
         term: 4,
         voted_for: Some(2),
         caught_up: true,
+        ..HardState::default()
     };
     let n = Node::new(cfg(1, 3), hs, vec![e(0, 10, 3)]).unwrap();
     assert_eq!(
@@ -1437,6 +1444,7 @@ fn restart_keeps_term_and_vote_and_treats_the_journal_as_durable() {
             term: 2,
             voted_for: None,
             caught_up: true,
+            ..HardState::default()
         },
         vec![e(0, 10, 3)],
     );
@@ -1447,6 +1455,7 @@ fn restart_keeps_term_and_vote_and_treats_the_journal_as_durable() {
             term: 2,
             voted_for: Some(9),
             caught_up: true,
+            ..HardState::default()
         },
         vec![],
     );
@@ -1650,6 +1659,7 @@ fn persisted_state_beyond_the_limits_is_refused() {
             term,
             voted_for: None,
             caught_up: true,
+            ..HardState::default()
         };
         let r = Node::new(cfg(1, 3), hs, vec![]);
         assert!(matches!(r, Err(ConsensusError::InvalidState(_))), "{term}");
@@ -1658,6 +1668,7 @@ fn persisted_state_beyond_the_limits_is_refused() {
         term: 1,
         voted_for: None,
         caught_up: true,
+        ..HardState::default()
     };
     let r = Node::new(cfg(1, 3), hs, vec![e(0, config::POSITION_MAX + 1, 1)]);
     assert!(matches!(r, Err(ConsensusError::InvalidState(_))));
@@ -2072,9 +2083,11 @@ fn transfer_target_is_live_and_acknowledged_the_whole_log_since_its_link_was_mad
 /// Node `id` of `n` on a new data directory (not caught up) with
 /// incarnation `inc`.
 fn fresh(id: NodeId, n: u64, inc: u64) -> Node {
-    let mut c = cfg(id, n);
-    c.incarnation = inc;
-    Node::new(c, HardState::default(), vec![]).unwrap()
+    let hs = HardState {
+        incarnation: inc,
+        ..HardState::default()
+    };
+    Node::new(cfg(id, n), hs, vec![]).unwrap()
 }
 
 /// A message from `from` to `to` (incarnation `to_inc`) that says nothing
@@ -2122,7 +2135,11 @@ fn a_new_incarnation_voids_what_the_old_disk_acknowledged() {
     let late = from_inc(ack(2, 1, 1, e.end, e.end, e.end), 7, 0);
     assert!(matches!(
         l.step(late),
-        Err(ConsensusError::Malformed { .. })
+        Err(ConsensusError::StaleIncarnation {
+            from: 2,
+            incarnation: 7,
+            newest: 9
+        })
     ));
     assert_eq!(l.committed(), noop);
     // The new disk catches up and counts.
@@ -2299,18 +2316,14 @@ fn a_leader_that_caught_up_with_two_new_members_can_still_be_elected() {
     // before the commit reached them.
     for id in [2, 3] {
         let log = g.node(id).log().to_vec();
-        let mut c = cfg(id, 3);
-        c.incarnation = 10 + id;
         let hs = HardState {
             caught_up: false,
             ..g.node(id).hard_state()
         };
-        g.nodes[id as usize - 1] = Node::new(c, hs, log).unwrap();
+        g.nodes[id as usize - 1] = Node::new(cfg(id, 3), hs, log).unwrap();
     }
     let log = g.node(1).log().to_vec();
-    let mut c = cfg(1, 3);
-    c.incarnation = 11;
-    g.nodes[0] = Node::new(c, g.node(1).hard_state(), log).unwrap();
+    g.nodes[0] = Node::new(cfg(1, 3), g.node(1).hard_state(), log).unwrap();
     g.elect(1);
     assert_eq!(g.leaders(), [1]);
 }
@@ -2338,9 +2351,11 @@ fn positions_of_a_member_that_has_not_caught_up_count_only_when_all_hold_them() 
 
 #[test]
 fn messages_carry_identities_and_other_clusters_are_refused() {
-    let mut c = cfg(1, 3);
-    c.incarnation = 0x11;
-    let mut n = Node::new(c, caught_up(), vec![]).unwrap();
+    let hs = HardState {
+        incarnation: 0x11,
+        ..caught_up()
+    };
+    let mut n = Node::new(cfg(1, 3), hs, vec![]).unwrap();
     n.set_cluster_id(0xC1);
     assert_eq!(n.cluster_id(), 0xC1);
     let hb = |cluster_id| {
@@ -2624,9 +2639,11 @@ fn a_wiped_follower_rejoining_a_settled_group_catches_up_without_an_election() {
     let mut g = Cluster {
         nodes: (1..=3)
             .map(|id| {
-                let mut c = cfg(id, 3);
-                c.incarnation = 10 + id;
-                Node::new(c, caught_up(), vec![]).unwrap()
+                let hs = HardState {
+                    incarnation: 10 + id,
+                    ..caught_up()
+                };
+                Node::new(cfg(id, 3), hs, vec![]).unwrap()
             })
             .collect(),
         cut: vec![],
@@ -2795,12 +2812,13 @@ mod any_input {
     impl Run {
         fn new(setup: Setup, n: u64, caught: bool) -> Run {
             let log = vec![e(0, 10, 1), e(10, 30, 2), e(30, 31, 2)];
-            let mut c = cfg(1, n);
-            c.incarnation = 1;
+            let c = cfg(1, n);
             let hs = HardState {
                 term: 2,
                 voted_for: None,
                 caught_up: caught,
+                incarnation: 1,
+                ..HardState::default()
             };
             let node = Node::new(c, hs, log).unwrap();
             let mut run = Run {
@@ -3049,4 +3067,216 @@ fn follower_refuses_a_commit_position_inside_its_entries() {
     // Beyond what matches, a commit is only clamped.
     f.step(hb(500)).unwrap();
     assert_eq!(f.committed(), 20);
+}
+
+// ----- review: a vote belongs to an incarnation; incarnations are ordered ----
+
+/// Node `id` of `n` with incarnation `inc`, the given hard state and log,
+/// and its own seed.
+fn incarnation_of(id: NodeId, n: u64, inc: u64, hs: HardState, log: Vec<Entry>) -> Node {
+    let mut c = cfg(id, n);
+    c.seed = id * 7919;
+    let hs = HardState {
+        incarnation: inc,
+        ..hs
+    };
+    Node::new(c, hs, log).unwrap()
+}
+
+/// Delivers the messages of `from`'s next `Ready` to the nodes in `to`
+/// that they name; returns the rest.
+fn route(from: &mut Node, to: &mut [&mut Node]) -> Vec<Message> {
+    let mut rest = vec![];
+    for m in take(from).messages {
+        match to.iter_mut().find(|n| n.id() == m.to) {
+            // Refusals are part of what is tested: the caller asserts on state.
+            Some(n) => drop(n.step(m)),
+            None => rest.push(m),
+        }
+    }
+    rest
+}
+
+#[test]
+fn a_new_incarnation_gets_no_repeated_vote_its_old_self_got_in_a_term() {
+    // Node 1's old disk (incarnation 0xA) won term 2 with the votes of 2 and
+    // 3, sent its no-op [0,128) of term 2 to node 5 only, and was lost.
+    // (Their votes went to the old disk, 0xA.)
+    let voted = |term, voted_for: Option<NodeId>| HardState {
+        term,
+        voted_for,
+        voted_incarnation: voted_for.map_or(0, |_| 0xA),
+        caught_up: true,
+        ..HardState::default()
+    };
+    let mut v2 = incarnation_of(2, 5, 0x22, voted(2, Some(1)), vec![]);
+    let mut v3 = incarnation_of(3, 5, 0x33, voted(2, Some(1)), vec![]);
+    let mut v4 = incarnation_of(4, 5, 0x44, voted(1, None), vec![]);
+    let mut v5 = incarnation_of(5, 5, 0x55, voted(2, None), vec![e(0, 128, 2)]);
+    // Node 1 comes back empty as incarnation 0xB and hears term 1 from 4.
+    let mut l = incarnation_of(1, 5, 0xB, HardState::default(), vec![]);
+    l.step(from_inc(msg(4, 1, 1, MessageKind::ProbeResp), 0x44, 0))
+        .unwrap();
+    assert_eq!(l.term(), 1);
+    tick_until_campaign(&mut l);
+    for _ in 0..4 {
+        let mut rd = take(&mut l);
+        // Its probes to 2 and 3 are lost (they were out of reach until now).
+        rd.messages
+            .retain(|m| !(m.kind == MessageKind::Probe && (m.to == 2 || m.to == 3)));
+        for m in rd.messages {
+            let to = [&mut v2, &mut v3, &mut v4, &mut v5]
+                .into_iter()
+                .find(|n| n.id() == m.to)
+                .unwrap();
+            let _ = to.step(m);
+        }
+        for v in [&mut v2, &mut v3, &mut v4, &mut v5] {
+            route(v, &mut [&mut l]);
+        }
+    }
+    assert!(
+        !(l.role() == Role::Leader && l.term() == 2),
+        "node 1's new incarnation leads term 2, which its old self led: its no-op {:?} \
+         has the position and term of the old one's on node 5",
+        l.log().first()
+    );
+}
+
+#[test]
+fn a_late_ack_from_an_incarnation_older_than_the_one_heard_never_counts() {
+    let mut l = incarnation_of(1, 3, 0x11, caught_up(), vec![]);
+    let mut b = incarnation_of(2, 3, 0x22, caught_up(), vec![]);
+    // l leads term 1 with b's vote.
+    tick_until_campaign(&mut l);
+    for _ in 0..2 {
+        route(&mut l, &mut [&mut b]);
+        route(&mut b, &mut [&mut l]);
+    }
+    assert_eq!(l.role(), Role::Leader);
+    l.propose(100).unwrap(); // [128,228)
+    l.propose(100).unwrap(); // [228,328)
+    l.report_written(328, 1);
+    l.report_flushed(328, 1);
+    let to_3 = route(&mut l, &mut [&mut b]);
+    assert!(to_3.iter().all(|m| m.to == 3 && m.to_incarnation == 0));
+    // Node 3's old disk (0xA) got [0,328) and flushed it; its ack is late.
+    let late = from_inc(ack(3, 1, 1, 328, 328, 328), 0xA, 0x11);
+    // b holds everything, durably only the no-op.
+    take(&mut b);
+    b.report_written(328, 1);
+    b.report_flushed(128, 1);
+    route(&mut b, &mut [&mut l]);
+    assert_eq!(l.committed(), 128);
+    // Node 3 lost its disk and comes back as 0xB; it probes both peers.
+    let mut x = incarnation_of(3, 3, 0xB, HardState::default(), vec![]);
+    for _ in 0..config::HEARTBEAT_TICKS_DEFAULT {
+        x.tick();
+    }
+    route(&mut x, &mut [&mut l, &mut b]);
+    route(&mut l, &mut [&mut x]);
+    route(&mut b, &mut [&mut x]);
+    // l announces its commit 128 to 0xB; x fetches and flushes [0,128).
+    for _ in 0..40 {
+        if x.hard_state().caught_up {
+            break;
+        }
+        l.tick();
+        route(&mut l, &mut [&mut x]);
+        let rd = take(&mut x);
+        if let Some(last) = rd.entries.last() {
+            x.report_written(last.end, last.term);
+        }
+        if x.last_pos() >= 128 && x.flushed() < 128 {
+            x.report_flushed(128, 1);
+        }
+        for m in rd.messages.into_iter().filter(|m| m.to == 1) {
+            l.step(m).unwrap();
+        }
+    }
+    assert!(x.hard_state().caught_up);
+    assert_eq!(x.flushed(), 128);
+    // Now the old disk's ack arrives. Only l holds [128,328) durably.
+    let refused = l.step(late);
+    assert!(
+        l.committed() <= 128,
+        "C = {} is durable on l alone",
+        l.committed()
+    );
+    assert!(matches!(
+        refused,
+        Err(ConsensusError::StaleIncarnation {
+            from: 3,
+            incarnation: 0xA,
+            newest: 0xB
+        })
+    ));
+}
+
+#[test]
+fn a_node_addressed_as_a_newer_incarnation_of_itself_takes_a_higher_one_and_catches_up_again() {
+    // Node 2 runs on a restored backup (incarnation 0x20, caught up); node
+    // 1 heard from its newer directory, 0x30.
+    let mut n = incarnation_of(2, 3, 0x20, caught_up(), vec![]);
+    let hb = from_inc(
+        msg(1, 2, 1, MessageKind::Heartbeat { commit: 0 }),
+        0x11,
+        0x30,
+    );
+    n.step(hb).unwrap();
+    let hs = n.hard_state();
+    assert!(hs.incarnation > 0x30, "{:#x}", hs.incarnation);
+    assert!(hs.incarnation <= 0x30 + (1 << config::INCARNATION_RANDOM_BITS));
+    assert!(!hs.caught_up);
+    let rd = take(&mut n);
+    // Persisted with the messages that carry it, and said once.
+    assert_eq!(rd.hard_state, Some(hs));
+    assert!(rd
+        .messages
+        .iter()
+        .all(|m| m.from_incarnation == hs.incarnation));
+    assert_eq!(
+        rd.alerts,
+        [Alert::StaleIncarnation {
+            was: 0x20,
+            known: 0x30,
+            now: hs.incarnation
+        }]
+    );
+    // A message to the old one changes nothing more; one to the new one is
+    // a confirmation like any other.
+    let again = from_inc(
+        msg(1, 2, 1, MessageKind::Heartbeat { commit: 0 }),
+        0x11,
+        0x30,
+    );
+    n.step(again).unwrap();
+    assert_eq!(n.hard_state(), hs);
+    // The same seed gives the same incarnation (the simulation replays).
+    let mut m = incarnation_of(2, 3, 0x20, caught_up(), vec![]);
+    m.step(from_inc(
+        msg(1, 2, 1, MessageKind::Heartbeat { commit: 0 }),
+        0x11,
+        0x30,
+    ))
+    .unwrap();
+    assert_eq!(m.hard_state().incarnation, hs.incarnation);
+}
+
+#[test]
+fn messages_from_an_incarnation_below_the_highest_heard_are_refused_whatever_the_order() {
+    // The leader heard 0xB first, then 0xA: 0xA is older, whichever came first.
+    let mut l = make_leader(1, 3, 0, vec![]);
+    l.step(from_inc(ack(2, 1, 1, 0, 0, 0), 0xB, 0)).unwrap();
+    let err = l.step(from_inc(ack(2, 1, 1, 0, 0, 0), 0xA, 0)).unwrap_err();
+    assert_eq!(
+        err,
+        ConsensusError::StaleIncarnation {
+            from: 2,
+            incarnation: 0xA,
+            newest: 0xB
+        }
+    );
+    // A message without an incarnation (a peer that has none) is not judged.
+    l.step(from_inc(ack(2, 1, 1, 0, 0, 0), 0, 0)).unwrap();
 }

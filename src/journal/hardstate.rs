@@ -9,23 +9,27 @@
 //! Version 2 (written since review finding 10):
 //! ```text
 //! offset size field
-//!  0     4    magic        "HTHS"
-//!  4     2    version      2
-//!  6     4    crc          CRC32C of bytes [10, 36)
-//! 10     8    term         latest term the node has seen
-//! 18     1    has_vote     1 when the node voted in `term`, else 0
-//! 19     8    voted_for    the node it voted for; 0 when has_vote is 0
-//! 27     8    incarnation  random, non-zero: made when this directory
-//!                          started empty (or lost data); peers tell a
-//!                          replaced disk by it
-//! 35     1    caught_up    1 once the directory durably held a commit
-//!                          position a leader announced after it was made;
-//!                          until then the node neither votes nor campaigns
+//!  0     4    magic              "HTHS"
+//!  4     2    version            2
+//!  6     4    crc                CRC32C of bytes [10, 44)
+//! 10     8    term               latest term the node has seen
+//! 18     1    has_vote           1 when the node voted in `term`, else 0
+//! 19     8    voted_for          the node it voted for; 0 when has_vote is 0
+//! 27     8    voted_incarnation  the incarnation of the directory it voted
+//!                                for; 0 when has_vote is 0
+//! 35     8    incarnation        non-zero, ordered by creation time: made
+//!                                when this directory started empty (or
+//!                                lost data, or learned it is a stale
+//!                                copy); peers tell a replaced disk by it
+//! 43     1    caught_up          1 once the directory durably held a commit
+//!                                position a leader announced after it was
+//!                                made; until then the node neither votes
+//!                                nor campaigns
 //! ```
-//! Version 1 (27 bytes, without the last two fields) is still read: such a
-//! directory voted all along, so it counts as caught up, with no
-//! incarnation yet (the broker gives it one). All integers are
-//! little-endian.
+//! Version 1 (27 bytes, with the first three fields only) is still read:
+//! such a directory voted all along, so it counts as caught up, with no
+//! incarnation yet (the broker gives it one) and its vote's incarnation
+//! unknown (0). All integers are little-endian.
 
 use super::dir::{begin_state, seal_state, write_atomically, STATE_HEADER_LEN};
 use super::error::JournalError;
@@ -45,7 +49,7 @@ const HEADER_LEN: usize = STATE_HEADER_LEN;
 /// Bytes of a whole version 1 file.
 const FILE_LEN_V1: usize = HEADER_LEN + 8 + 1 + 8;
 /// Bytes of a whole version 2 file.
-const FILE_LEN: usize = FILE_LEN_V1 + 8 + 1;
+const FILE_LEN: usize = FILE_LEN_V1 + 8 + 8 + 1;
 
 /// What the hard state file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -54,6 +58,9 @@ pub struct Persisted {
     pub term: u64,
     /// Whom it voted for in `term`.
     pub voted_for: Option<u64>,
+    /// The incarnation of the directory it voted for; 0 without a vote, or
+    /// when a version 1 file did not record it.
+    pub voted_incarnation: u64,
     /// This data directory's incarnation; 0 when a version 1 file had none.
     pub incarnation: u64,
     /// The directory has caught up since it was made (see the module docs).
@@ -67,6 +74,7 @@ pub fn encode(hs: &Persisted) -> Vec<u8> {
     out.put_u64(hs.term);
     out.put_u8(u8::from(hs.voted_for.is_some()));
     out.put_u64(hs.voted_for.unwrap_or(0));
+    out.put_u64(hs.voted_incarnation);
     out.put_u64(hs.incarnation);
     out.put_u8(u8::from(hs.caught_up));
     seal_state(&mut out);
@@ -104,27 +112,34 @@ pub fn decode(bytes: &[u8]) -> Result<Persisted, JournalError> {
         let term = r.u64("term")?;
         let has_vote = r.u8("has_vote")?;
         let voted_for = r.u64("voted_for")?;
-        let (incarnation, caught_up) = if version == 1 {
-            (0, 1)
+        let (voted_incarnation, incarnation, caught_up) = if version == 1 {
+            (0, 0, 1)
         } else {
-            (r.u64("incarnation")?, r.u8("caught_up")?)
+            (
+                r.u64("voted_incarnation")?,
+                r.u64("incarnation")?,
+                r.u8("caught_up")?,
+            )
         };
         r.finish()?;
         Ok::<_, crate::wire::codec::DecodeError>((
             term,
-            has_vote,
-            voted_for,
+            (has_vote, voted_for, voted_incarnation),
             incarnation,
             caught_up,
         ))
     })();
-    let (term, has_vote, voted_for, incarnation, caught_up) =
-        fields.map_err(|e| corrupt(e.to_string()))?;
-    let voted_for = match (has_vote, voted_for) {
-        (0, 0) => None,
-        (1, v) => Some(v),
-        (h, v) => return Err(corrupt(format!("has_vote {h} with voted_for {v}"))),
+    let (term, vote, incarnation, caught_up) = fields.map_err(|e| corrupt(e.to_string()))?;
+    let voted_for = match vote {
+        (0, 0, 0) => None,
+        (1, v, _) => Some(v),
+        (h, v, i) => {
+            return Err(corrupt(format!(
+                "has_vote {h} with voted_for {v}, voted_incarnation {i}"
+            )))
+        }
     };
+    let voted_incarnation = vote.2;
     let caught_up = match caught_up {
         0 => false,
         1 => true,
@@ -136,6 +151,7 @@ pub fn decode(bytes: &[u8]) -> Result<Persisted, JournalError> {
     Ok(Persisted {
         term,
         voted_for,
+        voted_incarnation,
         incarnation,
         caught_up,
     })
@@ -169,11 +185,31 @@ pub fn write(dir: &Path, hs: &Persisted) -> Result<(), JournalError> {
     write_atomically(dir, HARD_STATE_TMP_FILE, HARD_STATE_FILE, &encode(hs))
 }
 
-/// A new random, non-zero incarnation for a data directory.
+/// A new incarnation for a data directory: the time in milliseconds since
+/// the Unix epoch, shifted left by
+/// [`INCARNATION_RANDOM_BITS`](crate::consensus::config::INCARNATION_RANDOM_BITS),
+/// with random low bits; never 0. A directory made later (by a clock that
+/// does not run behind) has a higher one, which is what lets peers refuse
+/// the late messages of the directory it replaced. The random bits keep two
+/// directories made in the same millisecond apart.
 pub fn new_incarnation() -> u64 {
-    // Not cryptographic: it only has to differ between a directory and its
-    // replacement. Time, process and address-space entropy mixed by the
-    // standard library's randomly keyed hasher.
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    incarnation_at(since_epoch.as_millis() as u64, random_bits())
+}
+
+/// The incarnation made at `unix_ms` with random low bits `random`.
+fn incarnation_at(unix_ms: u64, random: u64) -> u64 {
+    let bits = crate::consensus::config::INCARNATION_RANDOM_BITS;
+    let low = random & ((1 << bits) - 1);
+    ((unix_ms << bits) | low).max(1)
+}
+
+/// Random bits (not cryptographic: they only keep apart directories made in
+/// the same millisecond): the standard library's randomly keyed hasher over
+/// the time and the process id.
+fn random_bits() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -182,7 +218,7 @@ pub fn new_incarnation() -> u64 {
             .map_or(0, |d| d.as_nanos()),
     );
     h.write_u32(std::process::id());
-    h.finish().max(1)
+    h.finish()
 }
 
 #[cfg(test)]
@@ -194,6 +230,7 @@ mod tests {
         Persisted {
             term,
             voted_for,
+            voted_incarnation: if voted_for.is_some() { 0x1234 } else { 0 },
             incarnation: 0xabcd,
             caught_up: true,
         }
@@ -204,6 +241,7 @@ mod tests {
         let bytes = encode(&Persisted {
             term: 0x0102,
             voted_for: Some(7),
+            voted_incarnation: 0x0c0d,
             incarnation: 0x0a0b,
             caught_up: false,
         });
@@ -211,6 +249,7 @@ mod tests {
             0x02, 0x01, 0, 0, 0, 0, 0, 0, // term
             1, // has_vote
             7, 0, 0, 0, 0, 0, 0, 0, // voted_for
+            0x0d, 0x0c, 0, 0, 0, 0, 0, 0, // voted_incarnation
             0x0b, 0x0a, 0, 0, 0, 0, 0, 0, // incarnation
             0, // caught_up
         ];
@@ -232,6 +271,7 @@ mod tests {
             Persisted {
                 term: 5,
                 voted_for: Some(3),
+                voted_incarnation: 0,
                 incarnation: 0,
                 caught_up: true,
             }
@@ -286,25 +326,38 @@ mod tests {
 
     #[test]
     fn inconsistent_flags_are_corrupt_even_with_a_valid_crc() {
-        for (at, byte) in [(18usize, 2u8), (35, 2)] {
+        for (at, byte) in [(18usize, 2u8), (43, 2)] {
             let mut bytes = encode(&hs(1, Some(1)));
             bytes[at] = byte;
             let crc = crc32c::crc32c(&bytes[HEADER_LEN..]);
             bytes[6..10].copy_from_slice(&crc.to_le_bytes());
             assert!(matches!(decode(&bytes), Err(JournalError::Corrupt(_))));
         }
-        let mut bytes = encode(&hs(1, None));
-        bytes[19] = 5; // voted_for without has_vote
-        let crc = crc32c::crc32c(&bytes[HEADER_LEN..]);
-        bytes[6..10].copy_from_slice(&crc.to_le_bytes());
-        assert!(matches!(decode(&bytes), Err(JournalError::Corrupt(_))));
+        for at in [19, 27] {
+            // voted_for, or voted_incarnation, without has_vote
+            let mut bytes = encode(&hs(1, None));
+            bytes[at] = 5;
+            let crc = crc32c::crc32c(&bytes[HEADER_LEN..]);
+            bytes[6..10].copy_from_slice(&crc.to_le_bytes());
+            assert!(matches!(decode(&bytes), Err(JournalError::Corrupt(_))));
+        }
     }
 
     #[test]
-    fn incarnations_are_non_zero_and_differ() {
-        let a = new_incarnation();
-        let b = new_incarnation();
-        assert!(a != 0 && b != 0 && a != b);
+    fn incarnations_are_ordered_by_time_and_never_zero() {
+        let bits = crate::consensus::config::INCARNATION_RANDOM_BITS;
+        let (a, b) = (incarnation_at(1_000, u64::MAX), incarnation_at(1_001, 0));
+        assert!(
+            a < b,
+            "a later millisecond is higher whatever the random bits"
+        );
+        assert_eq!(a, (1_000 << bits) | ((1 << bits) - 1));
+        assert_eq!(incarnation_at(0, 0), 1);
+        assert_ne!(incarnation_at(7, 1), incarnation_at(7, 2));
+        // Today's time: far from the top, so a stale directory's new
+        // incarnation (one above a newer one) cannot run out.
+        let now = new_incarnation();
+        assert!(now > 1 << 60 && now < u64::MAX >> 1, "{now:#x}");
     }
 
     proptest! {
@@ -312,10 +365,12 @@ mod tests {
         fn any_state_round_trips(
             term in any::<u64>(),
             voted_for in any::<Option<u64>>(),
+            voted_incarnation in any::<u64>(),
             incarnation in 1u64..,
             caught_up in any::<bool>(),
         ) {
-            let hs = Persisted { term, voted_for, incarnation, caught_up };
+            let voted_incarnation = if voted_for.is_some() { voted_incarnation } else { 0 };
+            let hs = Persisted { term, voted_for, voted_incarnation, incarnation, caught_up };
             prop_assert_eq!(decode(&encode(&hs)).unwrap(), hs);
         }
 
