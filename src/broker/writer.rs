@@ -425,8 +425,8 @@ impl Writer {
                 if r.node().log().last().is_none_or(|e| e.term != term) {
                     return;
                 }
-                // Random and non-zero, like an incarnation.
-                let id = crate::journal::hardstate::new_incarnation();
+                // Random and non-zero (0 means "not known yet").
+                let id = crate::journal::hardstate::random_bits().max(1);
                 match self.journal.append_cluster_id(id, term, unix_ms()) {
                     Ok(appended) => {
                         crate::log!("writing the group's cluster id {id:#018x}");

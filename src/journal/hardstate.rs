@@ -206,10 +206,10 @@ fn incarnation_at(unix_ms: u64, random: u64) -> u64 {
     ((unix_ms << bits) | low).max(1)
 }
 
-/// Random bits (not cryptographic: they only keep apart directories made in
-/// the same millisecond): the standard library's randomly keyed hasher over
-/// the time and the process id.
-fn random_bits() -> u64 {
+/// 64 random bits, not cryptographic (they keep apart directories made in
+/// the same millisecond, and groups): the standard library's randomly keyed
+/// hasher over the time and the process id.
+pub fn random_bits() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
