@@ -339,7 +339,16 @@ fn identity(dir: &std::path::Path, lost_data: bool) -> Result<hardstate::Persist
     let mut hs = read.unwrap_or_default();
     let fresh = read.is_none() || lost_data;
     if fresh {
-        hs.incarnation = hardstate::new_incarnation().max(hs.incarnation.saturating_add(1));
+        let max = crate::consensus::config::INCARNATION_MAX;
+        if hs.incarnation >= max {
+            return Err(JournalError::Corrupt(format!(
+                "the hard state's incarnation {:#018x} leaves no higher one below {max:#018x} \
+                 to take for this directory (a forged peer message may have set it): give \
+                 the member an empty data directory",
+                hs.incarnation
+            )));
+        }
+        hs.incarnation = hardstate::new_incarnation().max(hs.incarnation + 1);
         hs.caught_up = false;
         crate::log!(
             "this data directory {}: new incarnation {:#018x}; it votes again once it has \

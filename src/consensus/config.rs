@@ -42,6 +42,11 @@ pub const POSITION_MAX: u64 = 1 << 62;
 /// directories; one above a newer incarnation heard of, for a node that
 /// learns its directory is stale).
 pub const INCARNATION_RANDOM_BITS: u32 = 20;
+/// Highest incarnation a message may name or a node may take (2^62: a
+/// directory made by the clock reaches it in the year 2109). Bounded so
+/// that a node addressed as a newer incarnation of itself always has a
+/// higher one to take, and one forged number cannot pin it at the top.
+pub const INCARNATION_MAX: u64 = 1 << 62;
 /// Largest no-op batch a configuration may ask for.
 pub const NOOP_BYTES_MAX: u64 = 1 << 20;
 

@@ -10,7 +10,7 @@
 //! for it from messages made before it existed), and the group's cluster id
 //! (so a node never takes part in another group's elections).
 
-use super::config::{POSITION_MAX, TERM_MAX};
+use super::config::{INCARNATION_MAX, POSITION_MAX, TERM_MAX};
 use super::log::check_run;
 use super::{Entry, NodeId};
 
@@ -172,6 +172,12 @@ impl Message {
         let bad = |field, reason| Err(FieldError { field, reason });
         if self.term > TERM_MAX {
             return bad("term", "term above TERM_MAX");
+        }
+        if self.from_incarnation > INCARNATION_MAX {
+            return bad("from_incarnation", "incarnation above INCARNATION_MAX");
+        }
+        if self.to_incarnation > INCARNATION_MAX {
+            return bad("to_incarnation", "incarnation above INCARNATION_MAX");
         }
         match &self.kind {
             MessageKind::PreVote {

@@ -20,7 +20,7 @@
 //! - check-quorum and leadership transfer (thesis §6.2, §3.10): `tick_leader`,
 //!   [`Node::transfer_leader`].
 
-use super::config::{INCARNATION_RANDOM_BITS, POSITION_MAX, TERM_MAX};
+use super::config::{INCARNATION_MAX, INCARNATION_RANDOM_BITS, POSITION_MAX, TERM_MAX};
 use super::log::Log;
 use super::mutation::{self, Mutation};
 use super::progress::{Progress, ProgressState};
@@ -187,6 +187,13 @@ impl Node {
                 "the persisted vote names a node outside the group",
             ));
         }
+        if hard_state.incarnation > INCARNATION_MAX
+            || hard_state.voted_incarnation > INCARNATION_MAX
+        {
+            return Err(ConsensusError::InvalidState(
+                "the persisted incarnation is above INCARNATION_MAX",
+            ));
+        }
         if hard_state.voted_for.is_none() && hard_state.voted_incarnation != 0 {
             return Err(ConsensusError::InvalidState(
                 "the persisted vote names an incarnation but no node",
@@ -285,7 +292,13 @@ impl Node {
     pub fn step(&mut self, m: Message) -> Result<(), ConsensusError> {
         let s = self.check_message(&m)?;
         self.note_incarnation(s, m.from_incarnation);
-        if m.to_incarnation > self.incarnation {
+        // Only a message of this group's current business may say this
+        // directory is stale: not one of an older term, nor one without the
+        // group's id once it is known (it changes persisted state and takes
+        // the node's full weight away until it catches up again).
+        let current =
+            m.term >= self.term && (self.cluster_id == 0 || m.cluster_id == self.cluster_id);
+        if m.to_incarnation > self.incarnation && current {
             self.renew_incarnation(m.to_incarnation);
         }
         let (term, addressed) = (m.term, m.to_incarnation == self.incarnation);
@@ -841,7 +854,19 @@ impl Node {
     fn renew_incarnation(&mut self, known: u64) {
         let was = self.incarnation;
         let spread = self.rng.below(1 << INCARNATION_RANDOM_BITS);
-        self.incarnation = known.saturating_add(1).saturating_add(spread);
+        // `known` is at most INCARNATION_MAX (`check_fields`): no overflow.
+        let renewed = (known + 1 + spread).min(INCARNATION_MAX);
+        if renewed <= known {
+            // At the bound: no higher one to take. Keep this one and say so
+            // (nothing a clock makes comes near it before 2109).
+            self.alert(Alert::StaleIncarnation {
+                was,
+                known,
+                now: was,
+            });
+            return;
+        }
+        self.incarnation = renewed;
         self.caught_up = false;
         self.catch_up_at = None;
         for (i, c) in self.confirmed.iter_mut().enumerate() {

@@ -890,8 +890,9 @@ fn scan_journal(
     for t in &cp.topics {
         catalog.add(t.clone());
     }
-    let listed = list_segments(dir)?;
+    let mut listed = list_segments(dir)?;
     let mut files = Vec::with_capacity(listed.len());
+    let mut removed_empty = false;
     let mut active = None;
     let mut end = listed.first().map(|s| s.0).unwrap_or(0);
     // Consensus needs every batch, so every segment is scanned from its
@@ -923,6 +924,7 @@ fn scan_journal(
             std::fs::remove_file(path)
                 .map_err(|e| JournalError::io(format!("remove {}", path.display()), e))?;
             super::dir::sync_dir(dir)?;
+            removed_empty = true;
             break;
         }
         let seg = Segment::open(path, *start)?;
@@ -955,6 +957,9 @@ fn scan_journal(
         if damage.is_some() {
             break;
         }
+    }
+    if removed_empty {
+        listed.pop();
     }
     if damage.is_none() && end < cp.position {
         // No segment is left to hold what the checkpoint vouches for: the
@@ -1497,6 +1502,11 @@ mod tests {
             assert_eq!(j.end(), 0);
             let lost = j.report().lost.clone().expect("reported as lost data");
             assert_eq!(lost.durable_bytes, durable);
+            assert!(
+                lost.segment == dir.path(),
+                "no segment is left: the directory is named, not {}",
+                lost.segment.display()
+            );
             assert!(
                 j.catalog().lookup("t").is_none(),
                 "its creation is gone too"
