@@ -7,7 +7,7 @@
 //! the document cannot drift from the codecs.
 
 use hutong::config::{FRAME_BYTES_MAX_DEFAULT, SMALL_REQUEST_BYTES_MAX};
-use hutong::consensus::config::{POSITION_MAX, TERM_MAX};
+use hutong::consensus::config::{INCARNATION_MAX, POSITION_MAX, TERM_MAX};
 use hutong::consensus::{Entry, Message, MessageKind};
 use hutong::wire::api::{
     ApiVersions, ClusterNode, ClusterRole, ClusterStatusResponse, CreateTopicRequest, ErrorBody,
@@ -899,9 +899,14 @@ fn edgy_up_to(max: u64) -> impl Strategy<Value = u64> {
     prop_oneof![Just(0u64), Just(max), Just(max - 1), 0..=max]
 }
 
-/// A message's identities: incarnations and cluster id, any value.
+/// A message's identities: incarnations up to their bound, and a cluster
+/// id of any value.
 fn identities() -> impl Strategy<Value = (u64, u64, u64)> {
-    (edgy_u64(), edgy_u64(), edgy_u64())
+    (
+        edgy_up_to(INCARNATION_MAX),
+        edgy_up_to(INCARNATION_MAX),
+        edgy_u64(),
+    )
 }
 
 /// `kind` from `from` to `to` in `term`, with `ids` as its identities.
@@ -1013,11 +1018,14 @@ fn message_without_payload() -> impl Strategy<Value = Message> {
 }
 
 /// One way to break a valid message so that no correct node could have
-/// sent it: a term above `TERM_MAX` or a position above `POSITION_MAX`.
+/// sent it: a term above `TERM_MAX`, a position above `POSITION_MAX` or an
+/// incarnation above `INCARNATION_MAX`.
 #[derive(Debug, Clone)]
 enum Absurd {
     Term(u64),
     Position(u64),
+    FromIncarnation(u64),
+    ToIncarnation(u64),
 }
 
 fn absurd() -> impl Strategy<Value = Absurd> {
@@ -1025,6 +1033,8 @@ fn absurd() -> impl Strategy<Value = Absurd> {
         (TERM_MAX + 1..=u64::MAX).prop_map(Absurd::Term),
         Just(Absurd::Term(u64::MAX)),
         (POSITION_MAX + 1..=u64::MAX).prop_map(Absurd::Position),
+        (INCARNATION_MAX + 1..=u64::MAX).prop_map(Absurd::FromIncarnation),
+        (INCARNATION_MAX + 1..=u64::MAX).prop_map(Absurd::ToIncarnation),
     ]
 }
 
@@ -1032,6 +1042,8 @@ fn absurd() -> impl Strategy<Value = Absurd> {
 fn break_message(mut m: Message, a: &Absurd) -> Option<Message> {
     match *a {
         Absurd::Term(t) => m.term = t,
+        Absurd::FromIncarnation(i) => m.from_incarnation = i,
+        Absurd::ToIncarnation(i) => m.to_incarnation = i,
         Absurd::Position(p) => match &mut m.kind {
             MessageKind::PreVote { last_pos, .. } | MessageKind::Vote { last_pos, .. } => {
                 *last_pos = p
