@@ -542,6 +542,60 @@ mod tests {
         v
     }
 
+    /// A responder of capacity 1 (so requests wait in its pending ring),
+    /// with the writer's end of that ring and the reactor's end of its
+    /// answers.
+    struct Rig {
+        _poll: mio::Poll,
+        shared: Arc<Shared>,
+        out: MessageProducer,
+        inp: crate::broker::ring::MessageConsumer,
+        tx: ringbuf::HeapProd<Pending>,
+        rx: ringbuf::HeapCons<Pending>,
+        r: Responder,
+    }
+
+    impl Rig {
+        fn new(ring: usize) -> Rig {
+            use ringbuf::traits::Split;
+            let (poll, shared) = Shared::for_tests(0);
+            let (out, inp) = message_ring(1 << 16);
+            let (tx, rx) = ringbuf::HeapRb::<Pending>::new(ring).split();
+            Rig {
+                _poll: poll,
+                shared,
+                out,
+                inp,
+                tx,
+                rx,
+                r: Responder::new(1),
+            }
+        }
+
+        /// The writer queues request `corr`, whose batch ends at `end`.
+        fn queue(&mut self, corr: u32, qos: Qos, end: u64) {
+            use ringbuf::traits::Producer;
+            let later = Instant::now() + Duration::from_secs(60);
+            assert!(self.tx.try_push(entry(corr, qos, end, later)).is_ok());
+        }
+
+        /// The writer records a cut.
+        fn cut(&self, at: u64, queued_before: u64) {
+            self.shared.cuts.record(Cut { at, queued_before });
+        }
+
+        /// Runs `rounds` responder rounds; the answers, in order.
+        fn answers(&mut self, rounds: usize) -> Vec<(u32, u16)> {
+            let mut answered = Vec::new();
+            for _ in 0..rounds {
+                self.r
+                    .round(&self.shared, &mut self.rx, &mut self.out, Instant::now());
+                answered.extend(drain(&mut self.inp));
+            }
+            answered
+        }
+    }
+
     #[test]
     fn each_level_is_answered_only_when_its_position_is_reached() {
         let (mut out, mut inp) = message_ring(1 << 16);
@@ -690,27 +744,14 @@ mod tests {
     /// by the bytes written after the cut.
     #[test]
     fn a_full_responder_never_answers_a_cut_request_with_success() {
-        let (_poll, shared) = Shared::for_tests(0);
-        let (mut out, mut inp) = message_ring(1 << 16);
-        let (mut tx, mut rx) = ringbuf::HeapRb::<Pending>::new(8).split();
-        let mut r = Responder::new(1);
-        let later = Instant::now() + Duration::from_secs(60);
-        use ringbuf::traits::{Producer, Split};
-        tx.try_push(entry(1, Qos::Received, 100, later)).unwrap();
-        tx.try_push(entry(2, Qos::Received, 300, later)).unwrap();
+        let mut g = Rig::new(8);
+        g.queue(1, Qos::Received, 100);
+        g.queue(2, Qos::Received, 300);
         // The writer cut the journal at 250, then wrote new bytes to 400.
-        shared.cuts.record(Cut {
-            at: 250,
-            queued_before: 2,
-        });
-        shared.positions.written.set(400);
-        let mut answered = Vec::new();
-        for _ in 0..4 {
-            r.round(&shared, &mut rx, &mut out, Instant::now());
-            answered.extend(drain(&mut inp));
-        }
+        g.cut(250, 2);
+        g.shared.positions.written.set(400);
         assert_eq!(
-            answered,
+            g.answers(4),
             vec![(1, 0), (2, ErrorCode::NotLeader.as_u16())],
             "request 2's batch was cut"
         );
@@ -725,47 +766,30 @@ mod tests {
     /// `Timeout` (outcome unknown), never `NotLeader`.
     #[test]
     fn a_storm_of_cuts_never_answers_not_leader_to_a_batch_that_survived() {
-        let (_poll, shared) = Shared::for_tests(0);
-        let (mut out, mut inp) = message_ring(1 << 16);
-        let (mut tx, mut rx) = ringbuf::HeapRb::<Pending>::new(64).split();
-        use ringbuf::traits::{Producer, Split};
-        let mut r = Responder::new(1);
-        let later = Instant::now() + Duration::from_secs(60);
+        let mut g = Rig::new(64);
         // Request 1 waits in the responder; the rest stay in the ring.
-        tx.try_push(entry(1, Qos::All, 50, later)).unwrap();
-        r.round(&shared, &mut rx, &mut out, Instant::now());
-        assert!(drain(&mut inp).is_empty());
+        g.queue(1, Qos::All, 50);
+        assert!(g.answers(1).is_empty());
         // Request 2 (end 250) was queued, then the journal was cut at
         // 100 (it goes).
-        tx.try_push(entry(2, Qos::Received, 250, later)).unwrap();
-        shared.cuts.record(Cut {
-            at: 100,
-            queued_before: 2,
-        });
+        g.queue(2, Qos::Received, 250);
+        g.cut(100, 2);
         // Request 3 (end 250, written again after the cut), then many cuts
         // at or above 300: it survives every one of them.
-        tx.try_push(entry(3, Qos::Received, 250, later)).unwrap();
+        g.queue(3, Qos::Received, 250);
         for i in 0..(CUTS_KEPT_MAX as u64 + 4) {
-            shared.cuts.record(Cut {
-                at: 300 + 10 * i,
-                queued_before: 3 + i,
-            });
+            g.cut(300 + 10 * i, 3 + i);
         }
-        // Requests 4.. each waited behind one of those cuts (ends 400..):
+        // Requests 4.. each waited behind one of those cuts (ends 1000..):
         // each was cut by the next one.
         for i in 0..(CUTS_KEPT_MAX as u32 + 3) {
-            tx.try_push(entry(4 + i, Qos::Received, 1000 + 10 * u64::from(i), later))
-                .unwrap();
+            g.queue(4 + i, Qos::Received, 1000 + 10 * u64::from(i));
         }
-        shared.positions.written.set(2000);
-        shared.positions.flushed.set(2000);
-        shared.positions.replicated.set(2000);
-        shared.positions.committed.set(2000);
-        let mut answered = Vec::new();
-        for _ in 0..64 {
-            r.round(&shared, &mut rx, &mut out, Instant::now());
-            answered.extend(drain(&mut inp));
+        let p = &g.shared.positions;
+        for position in [&p.written, &p.flushed, &p.replicated, &p.committed] {
+            position.set(2000);
         }
+        let mut answered = g.answers(64);
         answered.sort_unstable();
         let not_leader = ErrorCode::NotLeader.as_u16();
         assert_eq!(answered[0], (1, 0), "below every cut");
@@ -791,30 +815,17 @@ mod tests {
     /// covers the ones before it.
     #[test]
     fn falling_cuts_stay_exact_however_many() {
-        let (_poll, shared) = Shared::for_tests(0);
-        let (mut out, mut inp) = message_ring(1 << 16);
-        let (mut tx, mut rx) = ringbuf::HeapRb::<Pending>::new(64).split();
-        use ringbuf::traits::{Producer, Split};
-        let mut r = Responder::new(1);
-        let later = Instant::now() + Duration::from_secs(60);
-        tx.try_push(entry(1, Qos::All, 50, later)).unwrap();
-        r.round(&shared, &mut rx, &mut out, Instant::now());
+        let mut g = Rig::new(64);
+        g.queue(1, Qos::All, 50);
+        assert!(g.answers(1).is_empty());
         let cuts = CUTS_KEPT_MAX as u32 * 2;
         for i in 0..cuts {
-            tx.try_push(entry(2 + i, Qos::Received, 2000 - u64::from(i), later))
-                .unwrap();
-            shared.cuts.record(Cut {
-                at: 1000 - u64::from(i),
-                queued_before: 2 + u64::from(i),
-            });
+            g.queue(2 + i, Qos::Received, 2000 - u64::from(i));
+            g.cut(1000 - u64::from(i), 2 + u64::from(i));
         }
-        shared.positions.written.set(3000);
-        shared.positions.committed.set(3000);
-        let mut answered = Vec::new();
-        for _ in 0..64 {
-            r.round(&shared, &mut rx, &mut out, Instant::now());
-            answered.extend(drain(&mut inp));
-        }
+        g.shared.positions.written.set(3000);
+        g.shared.positions.committed.set(3000);
+        let mut answered = g.answers(64);
         answered.sort_unstable();
         let mut want = vec![(1, 0)];
         want.extend((0..cuts).map(|i| (2 + i, ErrorCode::NotLeader.as_u16())));
@@ -825,26 +836,16 @@ mod tests {
     /// those queued after it were appended after the cut, above it.
     #[test]
     fn requests_queued_after_a_cut_are_not_failed_by_it() {
-        let (_poll, shared) = Shared::for_tests(0);
-        let (mut out, mut inp) = message_ring(1 << 16);
-        let (mut tx, mut rx) = ringbuf::HeapRb::<Pending>::new(8).split();
-        use ringbuf::traits::{Producer, Split};
-        let mut r = Responder::new(1);
-        let later = Instant::now() + Duration::from_secs(60);
-        tx.try_push(entry(1, Qos::Received, 300, later)).unwrap();
-        shared.cuts.record(Cut {
-            at: 250,
-            queued_before: 1,
-        });
+        let mut g = Rig::new(8);
+        g.queue(1, Qos::Received, 300);
+        g.cut(250, 1);
         // Written after the cut: its batch ends at 320, above 250.
-        tx.try_push(entry(2, Qos::Received, 320, later)).unwrap();
-        shared.positions.written.set(400);
-        let mut answered = Vec::new();
-        for _ in 0..4 {
-            r.round(&shared, &mut rx, &mut out, Instant::now());
-            answered.extend(drain(&mut inp));
-        }
-        assert_eq!(answered, vec![(1, ErrorCode::NotLeader.as_u16()), (2, 0)]);
+        g.queue(2, Qos::Received, 320);
+        g.shared.positions.written.set(400);
+        assert_eq!(
+            g.answers(4),
+            vec![(1, ErrorCode::NotLeader.as_u16()), (2, 0)]
+        );
     }
 
     /// Review of the fix for finding 3: positions read before a cut must

@@ -865,16 +865,10 @@ mod tests {
             "no Produce answer for API 999: {outcome:?}"
         );
         // A known API's failure keeps its own key.
-        let mut body = Vec::new();
-        CreateTopicRequest {
-            name: "no/slashes",
-            partitions: 1,
-        }
-        .encode(&mut body);
         let create = w.handle(
             1,
             true,
-            &frame(ApiKey::CreateTopic.as_u16(), &body),
+            &create_topic_frame("no/slashes"),
             Instant::now(),
             0,
         );
@@ -883,6 +877,17 @@ mod tests {
             (create.api, create.error),
             (ApiKey::CreateTopic, ErrorCode::InvalidTopicName)
         );
+    }
+
+    /// A CreateTopic of `name` with one partition.
+    fn create_topic_frame(name: &str) -> Vec<u8> {
+        let mut body = Vec::new();
+        CreateTopicRequest {
+            name,
+            partitions: 1,
+        }
+        .encode(&mut body);
+        frame(ApiKey::CreateTopic.as_u16(), &body)
     }
 
     fn produce_frame(topic: &str, qos: Qos) -> Vec<u8> {
@@ -912,14 +917,8 @@ mod tests {
         let (mut w, mut rx) = writer_and_ring(dir.path());
         let shared = w.shared.clone();
         let now = Instant::now();
-        let mut body = Vec::new();
-        CreateTopicRequest {
-            name: "t",
-            partitions: 1,
-        }
-        .encode(&mut body);
         let mut ends = Vec::new();
-        let create = w.handle(1, true, &frame(ApiKey::CreateTopic.as_u16(), &body), now, 0);
+        let create = w.handle(1, true, &create_topic_frame("t"), now, 0);
         assert!(w.queue(create.expect("created")));
         for _ in 0..3 {
             let p = w
@@ -1006,13 +1005,7 @@ mod tests {
             !w.replica.as_ref().unwrap().leader_settled(),
             "nothing flushed yet"
         );
-        let mut body = Vec::new();
-        CreateTopicRequest {
-            name: "t",
-            partitions: 1,
-        }
-        .encode(&mut body);
-        let create = w.handle(1, true, &frame(ApiKey::CreateTopic.as_u16(), &body), now, 0);
+        let create = w.handle(1, true, &create_topic_frame("t"), now, 0);
         assert_eq!(create.expect("answered").error, ErrorCode::None);
         // Producer 5 was never seen, and its batch is not its first.
         let p = w
