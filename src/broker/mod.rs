@@ -201,6 +201,7 @@ impl Broker {
         };
         let (to_peers, peer_messages) = ring::message_ring(peer_ring_bytes);
         let (to_reader, reader_requests) = ring::message_ring(config.read_request_ring_bytes);
+        let (writer_out, from_writer) = ring::message_ring(config.response_ring_bytes);
         let (responder_out, from_responder) = ring::message_ring(config.response_ring_bytes);
         let (reader_out, from_reader) = ring::message_ring(config.fetch_ring_bytes);
         let (pending_tx, pending_rx) = HeapRb::new(config.pending_max).split();
@@ -237,6 +238,7 @@ impl Broker {
             shared.clone(),
             replica,
             pending_tx,
+            writer_out,
         );
         let reactor = reactor::Reactor::new(
             poll,
@@ -246,8 +248,11 @@ impl Broker {
             to_writer,
             to_peers,
             to_reader,
-            from_responder,
-            from_reader,
+            reactor::Completions {
+                from_writer,
+                from_responder,
+                from_reader,
+            },
         )
         .map_err(|e| io("registering the listener", e))?;
 

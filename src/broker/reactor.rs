@@ -122,6 +122,17 @@ enum Stop {
     Close,
 }
 
+/// The rings that bring answers to the reactor, one per stage that
+/// answers.
+pub struct Completions {
+    /// Errors and QoS `received` answers, given by the writer itself.
+    pub from_writer: MessageConsumer,
+    /// Answers that waited for F, R or C.
+    pub from_responder: MessageConsumer,
+    /// Fetch and other read answers.
+    pub from_reader: MessageConsumer,
+}
+
 /// The reactor's state.
 pub struct Reactor {
     poll: Poll,
@@ -131,8 +142,7 @@ pub struct Reactor {
     shared: Arc<Shared>,
     config: Arc<Config>,
     routes: Routes,
-    from_responder: MessageConsumer,
-    from_reader: MessageConsumer,
+    completions: Completions,
     paused: Vec<usize>,
     dirty: Vec<usize>,
     /// The time of the current loop round (one clock read per round).
@@ -152,8 +162,7 @@ impl Reactor {
         to_writer: MessageProducer,
         to_peers: MessageProducer,
         to_reader: MessageProducer,
-        from_responder: MessageConsumer,
-        from_reader: MessageConsumer,
+        completions: Completions,
     ) -> std::io::Result<Reactor> {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -171,8 +180,7 @@ impl Reactor {
                 pushed_writer: false,
                 pushed_reader: false,
             },
-            from_responder,
-            from_reader,
+            completions,
             paused: Vec::new(),
             dirty: Vec::new(),
             now: Instant::now(),
@@ -261,9 +269,14 @@ impl Reactor {
                     self.shared.reactor_drained.store(true, Ordering::Release);
                     self.shared.request_shutdown();
                 }
-                let stages_done =
-                    self.shared.is_done(Stage::Responder) && self.shared.is_done(Stage::Reader);
-                if stages_done && self.from_responder.is_empty() && self.from_reader.is_empty() {
+                let stages_done = self.shared.is_done(Stage::Writer)
+                    && self.shared.is_done(Stage::Responder)
+                    && self.shared.is_done(Stage::Reader);
+                let c = &self.completions;
+                let drained = c.from_writer.is_empty()
+                    && c.from_responder.is_empty()
+                    && c.from_reader.is_empty();
+                if stages_done && drained {
                     let until =
                         *grace_until.get_or_insert_with(|| Instant::now() + SHUTDOWN_WRITE_GRACE);
                     self.half_close_written();
@@ -412,11 +425,12 @@ impl Reactor {
     }
 
     fn drain_completions(&mut self) {
-        for from_reader in [false, true] {
-            let ring = if from_reader {
-                &mut self.from_reader
-            } else {
-                &mut self.from_responder
+        for stage in [Stage::Writer, Stage::Responder, Stage::Reader] {
+            let from_reader = stage == Stage::Reader;
+            let ring = match stage {
+                Stage::Writer => &mut self.completions.from_writer,
+                Stage::Responder => &mut self.completions.from_responder,
+                _ => &mut self.completions.from_reader,
             };
             while let Some(m) = ring.peek() {
                 let key = (m.conn & 0xffff_ffff) as usize;
@@ -448,6 +462,7 @@ impl Reactor {
             .completion_ring_full
             .swap(false, Ordering::AcqRel)
         {
+            self.shared.wake(Stage::Writer);
             self.shared.wake(Stage::Responder);
             self.shared.wake(Stage::Reader);
         }

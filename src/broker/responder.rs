@@ -342,41 +342,63 @@ impl Responder {
 
     /// Encodes one answer into the completion ring.
     fn answer(&mut self, p: &Pending, code: ErrorCode, out: &mut MessageProducer) -> bool {
-        let flags = if p.counted { FLAG_COUNTED } else { 0 };
-        let header = ResponseHeader {
-            correlation_id: p.correlation_id,
-            api_key: p.api.as_u16(),
-            error_code: code.as_u16(),
-        };
-        if code != ErrorCode::None {
-            self.scratch.clear();
-            header.write(&mut self.scratch);
-            if code == ErrorCode::NotLeader {
-                NotLeaderBody {
-                    message: code.message(),
-                    leader_id: self.leader.0,
-                    leader_addr: &self.leader.1,
-                }
-                .encode(&mut self.scratch);
-            } else {
-                ErrorBody {
-                    message: code.message(),
-                }
-                .encode(&mut self.scratch);
+        let leader = (self.leader.0, self.leader.1.as_str());
+        encode_answer(p, code, leader, &mut self.scratch, out)
+    }
+}
+
+/// True when the writer answers `p` itself, right after its write: an
+/// error found before anything waits, or QoS `received`, whose position W
+/// the writer reaches with the write (docs/architecture.md). The responder
+/// gets the rest.
+pub fn answered_by_writer(p: &Pending) -> bool {
+    p.error != ErrorCode::None || p.qos <= Qos::Received
+}
+
+/// Encodes the answer to `p` with `code` into `out`, through `scratch`;
+/// `leader` (id, address; 0 and "" when unknown) is named in a `NotLeader`
+/// answer. False, pushing nothing, when `out` has no room.
+pub fn encode_answer(
+    p: &Pending,
+    code: ErrorCode,
+    leader: (u64, &str),
+    scratch: &mut Vec<u8>,
+    out: &mut MessageProducer,
+) -> bool {
+    let flags = if p.counted { FLAG_COUNTED } else { 0 };
+    let header = ResponseHeader {
+        correlation_id: p.correlation_id,
+        api_key: p.api.as_u16(),
+        error_code: code.as_u16(),
+    };
+    if code != ErrorCode::None {
+        scratch.clear();
+        header.write(scratch);
+        if code == ErrorCode::NotLeader {
+            NotLeaderBody {
+                message: code.message(),
+                leader_id: leader.0,
+                leader_addr: leader.1,
             }
-            finish_frame(&mut self.scratch, 0);
-            return out.push(p.conn, flags, &[&self.scratch]);
-        }
-        if p.api == ApiKey::Produce {
-            let body = ProduceResponse {
-                base_offset: p.base_offset,
-                append_time_ms: p.append_time_ms,
-            }
-            .to_bytes();
-            out.push(p.conn, flags, &[&header.to_bytes(body.len()), &body])
+            .encode(scratch);
         } else {
-            out.push(p.conn, flags, &[&header.to_bytes(0)])
+            ErrorBody {
+                message: code.message(),
+            }
+            .encode(scratch);
         }
+        finish_frame(scratch, 0);
+        return out.push(p.conn, flags, &[scratch]);
+    }
+    if p.api == ApiKey::Produce {
+        let body = ProduceResponse {
+            base_offset: p.base_offset,
+            append_time_ms: p.append_time_ms,
+        }
+        .to_bytes();
+        out.push(p.conn, flags, &[&header.to_bytes(body.len()), &body])
+    } else {
+        out.push(p.conn, flags, &[&header.to_bytes(0)])
     }
 }
 

@@ -3,13 +3,16 @@
 //! It takes produce and create-topic requests from the request ring in
 //! batches, validates them without re-encoding, appends them to the journal
 //! (assigning offsets), queues one [`Pending`] entry per request for the
-//! responder, and publishes W once per batch of requests.
+//! responder, and publishes W once per batch of requests. What needs no
+//! later position (errors, and QoS `received`, which W reaches with the
+//! write) it answers itself, straight to the reactor: one thread hand-off
+//! less for a client that waits for each answer.
 
 use super::flusher::FlusherEvent;
 use super::reader::ReaderEvent;
 use super::replica::Replica;
-use super::responder::Pending;
-use super::ring::MessageConsumer;
+use super::responder::{answered_by_writer, encode_answer, Pending};
+use super::ring::{MessageConsumer, MessageProducer};
 use super::shared::{deadline_after, unix_ms, Cut, Idle, Shared, Stage};
 use crate::config::{Config, PRODUCE_TIMEOUT_MS_MAX, PRODUCE_TIMEOUT_MS_MIN};
 use crate::journal::catalog::SeqCheck;
@@ -29,6 +32,9 @@ use std::time::{Duration, Instant};
 /// Requests handled between two publications of W; bounds how long the
 /// responder waits to see the first of them.
 const REQUESTS_PER_ROUND_MAX: usize = 1024;
+/// Answers the writer holds for the reactor at most: past this (the
+/// reactor's ring full) it takes no more requests until they are out.
+const DIRECT_ANSWERS_MAX: usize = 2 * REQUESTS_PER_ROUND_MAX;
 /// Timeout of a create-topic request (it waits for QoS `all`).
 const CREATE_TOPIC_TIMEOUT_MS: u64 = 30_000;
 
@@ -45,6 +51,15 @@ pub struct Writer {
     pending: HeapProd<Pending>,
     /// Requests queued on `pending` so far (see [`Cut::queued_before`]).
     queued: u64,
+    /// Requests the writer answers itself ([`answered_by_writer`]), in
+    /// the order they came, until they are in `answers`.
+    direct: Vec<Pending>,
+    /// The writer's completion ring, to the reactor.
+    answers: MessageProducer,
+    /// Encoding buffer for `answers`.
+    scratch: Vec<u8>,
+    /// The leader named in `NotLeader` answers: id (0: unknown), address.
+    leader: (u64, String),
     /// A fatal error found while applying consensus output.
     fatal: Option<String>,
 }
@@ -54,6 +69,7 @@ pub type Outcome = Option<Pending>;
 
 impl Writer {
     /// A writer appending to `journal`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         journal: Journal,
         config: Arc<Config>,
@@ -62,6 +78,7 @@ impl Writer {
         shared: Arc<Shared>,
         replica: Option<Replica>,
         pending: HeapProd<Pending>,
+        answers: MessageProducer,
     ) -> Writer {
         Writer {
             journal,
@@ -72,24 +89,80 @@ impl Writer {
             replica,
             pending,
             queued: 0,
+            direct: Vec::with_capacity(DIRECT_ANSWERS_MAX),
+            answers,
+            scratch: Vec::with_capacity(256),
+            leader: (0, String::new()),
             fatal: None,
         }
     }
 
-    /// True when the pending ring has room for another request's entry.
+    /// True when another request's entry fits, wherever it goes.
     pub fn has_room(&self) -> bool {
-        !self.pending.is_full()
+        !self.pending.is_full() && self.direct.len() < DIRECT_ANSWERS_MAX
     }
 
-    /// Hands a request's entry to the responder. Returns false, queuing
-    /// nothing, when the pending ring is full (check
-    /// [`Writer::has_room`] before handling a request).
+    /// Hands a request's entry to the responder, or keeps it to answer
+    /// itself ([`answered_by_writer`]). Returns false, queuing nothing,
+    /// when there is no room (check [`Writer::has_room`] before handling a
+    /// request).
     pub fn queue(&mut self, p: Pending) -> bool {
+        if answered_by_writer(&p) {
+            if self.direct.len() >= DIRECT_ANSWERS_MAX {
+                return false;
+            }
+            self.direct.push(p);
+            return true;
+        }
         if self.pending.try_push(p).is_err() {
             return false;
         }
         self.queued += 1;
         true
+    }
+
+    /// True when answers of its own wait to go out.
+    pub fn has_answers(&self) -> bool {
+        !self.direct.is_empty()
+    }
+
+    /// Answers, in order, the requests of its own whose position W has
+    /// reached (all of them after a write) and the errors. Returns how
+    /// many went out; stops early when the reactor's ring is full (the
+    /// reactor wakes the writer once it has drained it).
+    pub fn answer_direct(&mut self) -> usize {
+        let leader = self.shared.cluster.leader_id();
+        if leader != self.leader.0 {
+            self.leader = (leader, self.shared.cluster.addr_of(leader).to_string());
+        }
+        let w = self.journal.written();
+        let mut sent = 0;
+        for p in &self.direct {
+            if p.error == ErrorCode::None && p.end > w {
+                break;
+            }
+            let leader = (self.leader.0, self.leader.1.as_str());
+            if !encode_answer(p, p.error, leader, &mut self.scratch, &mut self.answers) {
+                self.shared
+                    .completion_ring_full
+                    .store(true, std::sync::atomic::Ordering::Release);
+                break;
+            }
+            sent += 1;
+        }
+        self.direct.drain(..sent);
+        sent
+    }
+
+    /// Fails with `code` every answer of its own still waiting for W (the
+    /// thread is stopping over a fatal error).
+    pub fn fail_direct(&mut self, code: ErrorCode) {
+        let w = self.journal.written();
+        for p in &mut self.direct {
+            if p.error == ErrorCode::None && p.end > w {
+                p.error = code;
+            }
+        }
     }
 
     /// Hands every appended batch to the kernel and returns the new W.
@@ -565,6 +638,14 @@ impl Writer {
             at,
             queued_before: self.queued,
         });
+        // Its own answers wait on this thread: a batch the cut removes was
+        // not written (its answer has not gone out, it goes out after the
+        // next write).
+        for p in &mut self.direct {
+            if p.error == ErrorCode::None && p.end > at {
+                p.error = ErrorCode::NotLeader;
+            }
+        }
         let cut = {
             let mut gate = shared.lock_flush_gate();
             *gate += 1;
@@ -669,7 +750,7 @@ pub fn run(
         let now = Instant::now();
         let now_ms = unix_ms();
         let mut handled = 0;
-        let mut queued = 0;
+        let queued_before = writer.queued;
         // Peers first: their acknowledgements move R and C, which is what
         // lets the responder take more waiting requests off the pending ring.
         while handled < REQUESTS_PER_ROUND_MAX {
@@ -687,13 +768,16 @@ pub fn run(
                 // one entry (cuts travel apart, in the cut log).
                 let pushed = writer.queue(p);
                 debug_assert!(pushed);
-                queued += 1;
             }
             requests.pop();
             handled += 1;
         }
         let next_tick = writer.pulse(now);
         if let Some(why) = writer.take_fatal() {
+            writer.fail_direct(ErrorCode::StorageError);
+            if writer.answer_direct() > 0 {
+                shared.wake_reactor();
+            }
             shared.fail(why);
             shared.mark_done(Stage::Writer);
             return;
@@ -703,15 +787,26 @@ pub fn run(
                 Ok(w) => shared.positions.written.publish(w),
                 Err(e) => {
                     // Requests of this round hold offsets whose bytes did not
-                    // reach the file; they will time out, and the broker stops
-                    // rather than hand out those offsets again.
+                    // reach the file: the ones waiting here fail, the others
+                    // time out, and the broker stops rather than hand out
+                    // those offsets again.
+                    writer.fail_direct(ErrorCode::StorageError);
+                    if writer.answer_direct() > 0 {
+                        shared.wake_reactor();
+                    }
                     shared.fail(format!("journal write failed: {e}"));
                     shared.mark_done(Stage::Writer);
                     return;
                 }
             }
-            // The responder first: QoS `received` answers need nothing else.
-            if queued > 0 {
+        }
+        // Its own answers first: nothing else stands between them and the
+        // client (QoS `received`: W was just published).
+        if writer.has_answers() && writer.answer_direct() > 0 {
+            shared.wake_reactor();
+        }
+        if handled > 0 {
+            if writer.queued != queued_before {
                 shared.wake(Stage::Responder);
             }
             shared.wake(Stage::Flusher);
@@ -730,6 +825,7 @@ pub fn run(
             .load(std::sync::atomic::Ordering::Acquire)
             && requests.is_empty()
             && peers.is_empty()
+            && !writer.has_answers()
         {
             writer.hand_over();
             shared.mark_done(Stage::Writer);
@@ -751,11 +847,14 @@ mod tests {
 
     /// A standalone broker's writer over a fresh journal in `dir`.
     fn writer(dir: &std::path::Path) -> Writer {
-        writer_and_ring(dir).0
+        writer_and_rings(dir).0
     }
 
-    /// [`writer`], with the responder's end of its pending ring.
-    fn writer_and_ring(dir: &std::path::Path) -> (Writer, ringbuf::HeapCons<Pending>) {
+    /// [`writer`], with the responder's end of its pending ring and the
+    /// reactor's end of its own answers.
+    fn writer_and_rings(
+        dir: &std::path::Path,
+    ) -> (Writer, ringbuf::HeapCons<Pending>, MessageConsumer) {
         let config = Config {
             data_dir: dir.to_path_buf(),
             segment_bytes: 1 << 20,
@@ -772,6 +871,7 @@ mod tests {
             ClusterView::new(0, Vec::new()),
         ));
         let (pending, pending_rx) = HeapRb::new(16).split();
+        let (answers, answers_rx) = crate::broker::ring::message_ring(1 << 16);
         let w = Writer::new(
             journal,
             Arc::new(config),
@@ -780,8 +880,9 @@ mod tests {
             shared,
             None,
             pending,
+            answers,
         );
-        (w, pending_rx)
+        (w, pending_rx, answers_rx)
     }
 
     /// The writer of a one-member replication group (node 1) over a fresh
@@ -827,6 +928,8 @@ mod tests {
         .unwrap();
         let (pending, pending_rx) = HeapRb::new(16).split();
         std::mem::forget(pending_rx);
+        let (answers, answers_rx) = crate::broker::ring::message_ring(1 << 16);
+        std::mem::forget(answers_rx);
         Writer::new(
             journal,
             Arc::new(config),
@@ -835,6 +938,7 @@ mod tests {
             shared,
             Some(replica),
             pending,
+            answers,
         )
     }
 
@@ -908,57 +1012,105 @@ mod tests {
     /// Review of the cut protocol: `Writer::truncate` records the cut with
     /// the number of requests queued before it and lowers the positions;
     /// the responder then fails exactly the queued requests whose batches
-    /// it removed. A cut the journal refuses changes nothing at all.
+    /// it removed, and so does the writer for the ones it answers itself
+    /// (QoS `received`). A cut the journal refuses changes nothing at all.
     #[test]
     fn a_cut_fails_exactly_the_queued_requests_above_it() {
         use crate::broker::responder::Responder;
         use crate::broker::ring::message_ring;
+        for qos in [Qos::Received, Qos::Flushed] {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut w, mut rx, mut direct) = writer_and_rings(dir.path());
+            let shared = w.shared.clone();
+            let now = Instant::now();
+            let mut ends = Vec::new();
+            let create = w.handle(1, true, &create_topic_frame("t"), now, 0);
+            assert!(w.queue(create.expect("created")));
+            for _ in 0..3 {
+                let p = w
+                    .handle(1, true, &produce_frame("t", qos), now, 0)
+                    .expect("a produce is answered");
+                assert_eq!(p.error, ErrorCode::None);
+                ends.push(p.end);
+                assert!(w.queue(p));
+            }
+            let written = w.write_out().unwrap();
+            shared.positions.written.publish(written);
+            // Not a batch boundary: refused, and nothing moved.
+            assert!(w.truncate(ends[1] - 1).is_err());
+            assert_eq!(shared.positions.written.get(), written);
+            let mut none = Vec::new();
+            assert!(!shared.cuts.take_new(&mut 0, &mut none), "no cut recorded");
+            // The third batch goes.
+            w.truncate(ends[1]).unwrap();
+            assert_eq!(shared.positions.written.get(), ends[1]);
+            assert_eq!(shared.positions.flushed.get(), 0);
+            // The flusher syncs what is left.
+            shared.positions.flushed.set(ends[1]);
+            w.answer_direct();
+            let mut r = Responder::new(16);
+            let (mut out, mut inp) = message_ring(1 << 16);
+            r.round(&shared, &mut rx, &mut out, Instant::now());
+            let mut answers = Vec::new();
+            for ring in [&mut inp, &mut direct] {
+                while let Some(m) = ring.peek() {
+                    let h = crate::wire::frame::ResponseHeader::parse(m.payload);
+                    answers.push((h.api_key, h.error_code));
+                    ring.pop();
+                }
+            }
+            let produce = ApiKey::Produce.as_u16();
+            answers.sort_unstable();
+            assert_eq!(
+                answers,
+                vec![
+                    (produce, 0),
+                    (produce, 0),
+                    (produce, ErrorCode::NotLeader.as_u16())
+                ],
+                "{qos:?}: the create waits for C; the third produce's batch was cut"
+            );
+        }
+    }
+
+    /// QoS `received` is answered by the writer itself once its write is
+    /// out, in the order the requests came, errors included; nothing of it
+    /// goes to the responder.
+    #[test]
+    fn the_writer_answers_qos_received_and_errors_itself_after_its_write() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut w, mut rx) = writer_and_ring(dir.path());
-        let shared = w.shared.clone();
+        let (mut w, rx, mut direct) = writer_and_rings(dir.path());
         let now = Instant::now();
-        let mut ends = Vec::new();
         let create = w.handle(1, true, &create_topic_frame("t"), now, 0);
         assert!(w.queue(create.expect("created")));
-        for _ in 0..3 {
-            let p = w
-                .handle(1, true, &produce_frame("t", Qos::Received), now, 0)
-                .expect("a produce is answered");
-            assert_eq!(p.error, ErrorCode::None);
-            ends.push(p.end);
-            assert!(w.queue(p));
-        }
-        let written = w.write_out().unwrap();
-        shared.positions.written.publish(written);
-        // Not a batch boundary: refused, and nothing moved.
-        assert!(w.truncate(ends[1] - 1).is_err());
-        assert_eq!(shared.positions.written.get(), written);
-        let mut none = Vec::new();
-        assert!(!shared.cuts.take_new(&mut 0, &mut none), "no cut recorded");
-        // The third batch goes.
-        w.truncate(ends[1]).unwrap();
-        assert_eq!(shared.positions.written.get(), ends[1]);
-        assert_eq!(shared.positions.flushed.get(), 0);
-        let mut r = Responder::new(16);
-        let (mut out, mut inp) = message_ring(1 << 16);
-        r.round(&shared, &mut rx, &mut out, Instant::now());
+        let p = w
+            .handle(1, true, &produce_frame("t", Qos::Received), now, 0)
+            .expect("answered");
+        assert!(w.queue(p));
+        let bad = w
+            .handle(1, true, &produce_frame("nope", Qos::Received), now, 0)
+            .expect("answered");
+        assert_eq!(bad.error, ErrorCode::UnknownTopic);
+        assert!(w.queue(bad));
+        // In order: the error waits behind the batch, which waits for its
+        // write (both go out in the same round of the thread).
+        assert_eq!(w.answer_direct(), 0, "nothing before the write");
+        w.write_out().unwrap();
+        assert_eq!(w.answer_direct(), 2);
+        assert!(!w.has_answers());
         let mut answers = Vec::new();
-        while let Some(m) = inp.peek() {
+        while let Some(m) = direct.peek() {
             let h = crate::wire::frame::ResponseHeader::parse(m.payload);
-            answers.push((h.api_key, h.error_code));
-            inp.pop();
+            answers.push((h.error_code, m.flags));
+            direct.pop();
         }
-        let produce = ApiKey::Produce.as_u16();
-        answers.sort_unstable();
+        let counted = crate::broker::ring::FLAG_COUNTED;
         assert_eq!(
             answers,
-            vec![
-                (produce, 0),
-                (produce, 0),
-                (produce, ErrorCode::NotLeader.as_u16())
-            ],
-            "the create waits for C; the third produce's batch was cut"
+            vec![(0, counted), (ErrorCode::UnknownTopic.as_u16(), counted)]
         );
+        use ringbuf::traits::Observer;
+        assert_eq!(rx.occupied_len(), 1, "only the create waits for the responder");
     }
 
     fn stamped_produce_frame(topic: &str, producer: u64, seq: u64) -> Vec<u8> {
