@@ -207,8 +207,9 @@ impl Reactor {
             };
             if timeout.is_zero() {
                 // Spinning keeps this CPU awake for the next event, but on
-                // a 2-core machine the writer and the responder that must
-                // run before the answer comes back need a CPU too: a
+                // a 2-core machine the writer (and above QoS received the
+                // responder) that must run before the answer comes back
+                // needs a CPU too: a
                 // zero-timeout poll never gives one up, a yield does (the
                 // stage it hands to is usually the one this request
                 // waits for). One request in flight at QoS received: p50

@@ -219,7 +219,7 @@ pub struct Shared {
     pub replicator_waker: OnceLock<mio::Waker>,
     /// The writer found the request ring full; wake the reactor when it has room.
     pub request_ring_full: AtomicBool,
-    /// The responder or reader found a completion ring full.
+    /// The writer, responder or reader found its completion ring full.
     pub completion_ring_full: AtomicBool,
     /// The reader's request ring was full.
     pub read_ring_full: AtomicBool,

@@ -35,6 +35,9 @@ const REQUESTS_PER_ROUND_MAX: usize = 1024;
 /// Answers the writer holds for the reactor at most: past this (the
 /// reactor's ring full) it takes no more requests until they are out.
 const DIRECT_ANSWERS_MAX: usize = 2 * REQUESTS_PER_ROUND_MAX;
+/// How long a writer stopping over a fatal error waits for room to send
+/// the answers it holds.
+const FINISH_GRACE: Duration = Duration::from_secs(2);
 /// Timeout of a create-topic request (it waits for QoS `all`).
 const CREATE_TOPIC_TIMEOUT_MS: u64 = 30_000;
 
@@ -143,9 +146,12 @@ impl Writer {
             }
             let leader = (self.leader.0, self.leader.1.as_str());
             if !encode_answer(p, p.error, leader, &mut self.scratch, &mut self.answers) {
+                // The reactor wakes this thread once it has drained the
+                // ring; woken now, it cannot miss the flag.
                 self.shared
                     .completion_ring_full
                     .store(true, std::sync::atomic::Ordering::Release);
+                self.shared.wake_reactor();
                 break;
             }
             sent += 1;
@@ -154,14 +160,32 @@ impl Writer {
         sent
     }
 
-    /// Fails with `code` every answer of its own still waiting for W (the
-    /// thread is stopping over a fatal error).
-    pub fn fail_direct(&mut self, code: ErrorCode) {
+    /// The thread is stopping over a fatal error: fails with `code` every
+    /// answer of its own still waiting for W, and sends them all, waiting
+    /// for the reactor to make room for at most `grace`. The reactor keeps
+    /// draining until this stage is done.
+    pub fn finish_direct(&mut self, code: ErrorCode, grace: Duration) {
         let w = self.journal.written();
         for p in &mut self.direct {
             if p.error == ErrorCode::None && p.end > w {
                 p.error = code;
             }
+        }
+        let until = Instant::now() + grace;
+        loop {
+            if self.answer_direct() > 0 {
+                self.shared.wake_reactor();
+            }
+            if self.direct.is_empty() || Instant::now() >= until {
+                break;
+            }
+            std::thread::park_timeout(Duration::from_millis(1));
+        }
+        if !self.direct.is_empty() {
+            crate::log!(
+                "{} answers could not be sent before the writer stopped",
+                self.direct.len()
+            );
         }
     }
 
@@ -751,6 +775,12 @@ pub fn run(
         let now_ms = unix_ms();
         let mut handled = 0;
         let queued_before = writer.queued;
+        // Answers held over from a round whose ring was full go first: they
+        // make room for this round's requests (`has_room`).
+        let mut answered = 0;
+        if writer.has_answers() {
+            answered = writer.answer_direct();
+        }
         // Peers first: their acknowledgements move R and C, which is what
         // lets the responder take more waiting requests off the pending ring.
         while handled < REQUESTS_PER_ROUND_MAX {
@@ -774,10 +804,7 @@ pub fn run(
         }
         let next_tick = writer.pulse(now);
         if let Some(why) = writer.take_fatal() {
-            writer.fail_direct(ErrorCode::StorageError);
-            if writer.answer_direct() > 0 {
-                shared.wake_reactor();
-            }
+            writer.finish_direct(ErrorCode::StorageError, FINISH_GRACE);
             shared.fail(why);
             shared.mark_done(Stage::Writer);
             return;
@@ -790,10 +817,7 @@ pub fn run(
                     // reach the file: the ones waiting here fail, the others
                     // time out, and the broker stops rather than hand out
                     // those offsets again.
-                    writer.fail_direct(ErrorCode::StorageError);
-                    if writer.answer_direct() > 0 {
-                        shared.wake_reactor();
-                    }
+                    writer.finish_direct(ErrorCode::StorageError, FINISH_GRACE);
                     shared.fail(format!("journal write failed: {e}"));
                     shared.mark_done(Stage::Writer);
                     return;
@@ -802,7 +826,10 @@ pub fn run(
         }
         // Its own answers first: nothing else stands between them and the
         // client (QoS `received`: W was just published).
-        if writer.has_answers() && writer.answer_direct() > 0 {
+        if writer.has_answers() {
+            answered += writer.answer_direct();
+        }
+        if answered > 0 {
             shared.wake_reactor();
         }
         if handled > 0 {
@@ -817,6 +844,10 @@ pub fn run(
             {
                 shared.wake_reactor();
             }
+            idle.busy();
+            continue;
+        }
+        if answered > 0 {
             idle.busy();
             continue;
         }
@@ -855,6 +886,21 @@ mod tests {
     fn writer_and_rings(
         dir: &std::path::Path,
     ) -> (Writer, ringbuf::HeapCons<Pending>, MessageConsumer) {
+        let (w, rx, answers, _poll) = writer_with_poll(dir, 1 << 16);
+        (w, rx, answers)
+    }
+
+    /// [`writer_and_rings`] with an answer ring of `answer_ring_bytes`, and
+    /// the reactor's poll (its waker is the one in `Shared`).
+    fn writer_with_poll(
+        dir: &std::path::Path,
+        answer_ring_bytes: usize,
+    ) -> (
+        Writer,
+        ringbuf::HeapCons<Pending>,
+        MessageConsumer,
+        mio::Poll,
+    ) {
         let config = Config {
             data_dir: dir.to_path_buf(),
             segment_bytes: 1 << 20,
@@ -863,15 +909,9 @@ mod tests {
             ..Config::default()
         };
         let journal = Journal::open(dir, config.segment_bytes, config.write_cache_bytes).unwrap();
-        let poll = mio::Poll::new().unwrap();
-        let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
-        let shared = Arc::new(Shared::new(
-            journal.end(),
-            waker,
-            ClusterView::new(0, Vec::new()),
-        ));
+        let (poll, shared) = Shared::for_tests(journal.end());
         let (pending, pending_rx) = HeapRb::new(16).split();
-        let (answers, answers_rx) = crate::broker::ring::message_ring(1 << 16);
+        let (answers, answers_rx) = crate::broker::ring::message_ring(answer_ring_bytes);
         let w = Writer::new(
             journal,
             Arc::new(config),
@@ -882,7 +922,7 @@ mod tests {
             pending,
             answers,
         );
-        (w, pending_rx, answers_rx)
+        (w, pending_rx, answers_rx, poll)
     }
 
     /// The writer of a one-member replication group (node 1) over a fresh
@@ -1110,7 +1150,11 @@ mod tests {
             vec![(0, counted), (ErrorCode::UnknownTopic.as_u16(), counted)]
         );
         use ringbuf::traits::Observer;
-        assert_eq!(rx.occupied_len(), 1, "only the create waits for the responder");
+        assert_eq!(
+            rx.occupied_len(),
+            1,
+            "only the create waits for the responder"
+        );
     }
 
     fn stamped_produce_frame(topic: &str, producer: u64, seq: u64) -> Vec<u8> {
@@ -1179,5 +1223,56 @@ mod tests {
             .handle(1, true, &stamped_produce_frame("t", 5, 0), now, 0)
             .expect("answered");
         assert_eq!(p.error, ErrorCode::None);
+    }
+
+    /// Review of the writer's own answers: when its ring is full it wakes
+    /// the reactor (which wakes the writer once it has drained), and a
+    /// writer stopping over a fatal error sends every answer it holds, as
+    /// the responder did for the entries it held, while the reactor drains.
+    #[test]
+    fn held_answers_wake_the_reactor_and_all_go_out_when_the_writer_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _rx, mut answers, mut poll) = writer_with_poll(dir.path(), 4096);
+        let count = 500;
+        for i in 0..count {
+            let p = Pending::failed(7, i, ApiKey::Produce, ErrorCode::UnknownTopic, true);
+            assert!(w.queue(p));
+        }
+        let sent = w.answer_direct();
+        assert!(
+            sent > 0 && sent < count as usize,
+            "the ring holds some: {sent}"
+        );
+        assert!(w
+            .shared
+            .completion_ring_full
+            .load(std::sync::atomic::Ordering::Acquire));
+        let mut events = mio::Events::with_capacity(4);
+        poll.poll(&mut events, Some(Duration::ZERO)).unwrap();
+        assert!(
+            events.iter().any(|e| e.token() == mio::Token(0)),
+            "the reactor was woken"
+        );
+        // The reactor drains while the writer stops.
+        let drainer = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let until = Instant::now() + Duration::from_secs(30);
+            while seen.len() < count as usize && Instant::now() < until {
+                while let Some(m) = answers.peek() {
+                    seen.push(crate::wire::frame::ResponseHeader::parse(m.payload).correlation_id);
+                    answers.pop();
+                }
+                std::thread::yield_now();
+            }
+            seen
+        });
+        w.finish_direct(ErrorCode::StorageError, Duration::from_secs(30));
+        assert!(!w.has_answers());
+        let seen = drainer.join().unwrap();
+        assert_eq!(
+            seen,
+            (0..count).collect::<Vec<_>>(),
+            "every answer, once, in order"
+        );
     }
 }
