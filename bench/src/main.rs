@@ -26,6 +26,7 @@ mod broker;
 mod cluster;
 mod consume;
 mod conversation;
+mod floor;
 mod ping;
 mod produce;
 mod report;

@@ -4,6 +4,7 @@
 use crate::broker::Target;
 use crate::consume::{self, ConsumeArgs};
 use crate::conversation::{self, HutongArgs};
+use crate::floor;
 use crate::ping::{self, PingArgs};
 use crate::produce::{self, ProduceArgs};
 use crate::report::Report;
@@ -28,6 +29,11 @@ pub struct SuiteArgs {
     pub meetings: u32,
 }
 
+/// The step whose median the relative goals compare with.
+const PING_STEP: &str = "ping, one in flight";
+/// Writes of each kind for the fdatasync floor.
+const SYNC_FLOOR_WRITES: usize = 500;
+
 /// What a figure is compared with.
 #[derive(Debug, Clone, Copy)]
 enum Goal {
@@ -39,11 +45,51 @@ enum Goal {
     P50UsAtMost(f64),
     /// At most this many milliseconds in all.
     ElapsedMsAtMost(f64),
+    /// A median latency at most this many µs above the Ping's median of
+    /// the same suite.
+    P50OverPingAtMost(f64),
+    /// A median latency at most this many µs above the disk's fdatasync
+    /// floor (an overwrite of written blocks), measured by the suite.
+    P50OverSyncAtMost(f64),
+}
+
+/// What the relative goals are measured against, from the same suite.
+#[derive(Debug, Clone, Copy, Default)]
+struct Floors {
+    ping_p50_us: Option<f64>,
+    sync: Option<floor::SyncFloor>,
 }
 
 impl Goal {
-    fn judge(self, r: &Report) -> (String, String, bool) {
+    fn judge(self, r: &Report, floors: &Floors) -> (String, String, bool) {
+        let p50 = || r.latency.value_at_quantile(0.5) as f64 / 1e3;
         match self {
+            Goal::P50OverPingAtMost(t) => {
+                let v = p50();
+                match floors.ping_p50_us {
+                    Some(ping) => (
+                        format!("p50 {v:.1} µs = Ping {:+.1}", v - ping),
+                        format!("<= Ping + {t:.0} µs"),
+                        v <= ping + t,
+                    ),
+                    None => (format!("p50 {v:.1} µs"), "no Ping".into(), false),
+                }
+            }
+            Goal::P50OverSyncAtMost(t) => {
+                let v = p50();
+                match floors.sync {
+                    Some(f) => (
+                        format!(
+                            "p50 {v:.1} µs = sync {:+.1} (fresh {:.0})",
+                            v - f.overwrite_p50_us,
+                            f.fresh_p50_us
+                        ),
+                        format!("<= sync + {t:.0} µs"),
+                        v <= f.overwrite_p50_us + t,
+                    ),
+                    None => (format!("p50 {v:.1} µs"), "no floor".into(), false),
+                }
+            }
             Goal::MsgsPerS(t) => {
                 let v = r.msgs_per_s();
                 (format!("{v:.0} msg/s"), format!(">= {t:.0} msg/s"), v >= t)
@@ -89,6 +135,23 @@ pub fn run(args: &SuiteArgs, common: &Common, ui: &Ui) -> Result<bool> {
     let addr = target.addr();
     let machine = machine_line(target.data_dir());
     println!("Machine: {machine}");
+    // The disk's floor first, before the broker has written anything.
+    let floor_dir = target
+        .data_dir()
+        .map_or_else(std::env::temp_dir, |d| d.to_path_buf());
+    let mut floors = Floors::default();
+    match floor::measure(&floor_dir, SYNC_FLOOR_WRITES) {
+        Ok(f) => {
+            println!(
+                "fdatasync floor in {}: 4 KiB overwrite p50 {:.1} µs, into fresh preallocated blocks p50 {:.1} µs",
+                floor_dir.display(),
+                f.overwrite_p50_us,
+                f.fresh_p50_us
+            );
+            floors.sync = Some(f);
+        }
+        Err(e) => println!("fdatasync floor not measured: {e:#}"),
+    }
     match target.data_dir() {
         Some(dir) => println!(
             "Standard suite against a broker started at {addr}, data in {}\n",
@@ -150,7 +213,7 @@ pub fn run(args: &SuiteArgs, common: &Common, ui: &Ui) -> Result<bool> {
             }),
         ),
         (
-            "ping, one in flight",
+            PING_STEP,
             Goal::P50UsAtMost(30.0),
             Box::new(|| {
                 ping::run(
@@ -160,6 +223,41 @@ pub fn run(args: &SuiteArgs, common: &Common, ui: &Ui) -> Result<bool> {
                         in_flight: 1,
                         message_size: 8,
                     },
+                    ui,
+                )
+            }),
+        ),
+        // One request in flight, the client that waits for each answer
+        // (issue 10's goals, relative to the Ping and the disk above).
+        (
+            "produce batch 1, one in flight, QoS received",
+            Goal::P50OverPingAtMost(10.0),
+            Box::new(|| {
+                produce::run(
+                    addr,
+                    &produce_args("bench-one-received", 1, 1, Qos::Received, args.pings),
+                    ui,
+                )
+            }),
+        ),
+        (
+            "produce batch 1, one in flight, QoS all",
+            Goal::P50OverSyncAtMost(30.0),
+            Box::new(|| {
+                produce::run(
+                    addr,
+                    &produce_args("bench-one-all", 1, 1, Qos::All, args.pings / 4),
+                    ui,
+                )
+            }),
+        ),
+        (
+            "produce batch 100, one in flight, QoS received",
+            Goal::MsgsPerS(1_500_000.0),
+            Box::new(|| {
+                produce::run(
+                    addr,
+                    &produce_args("bench-one-b100", 100, 1, Qos::Received, args.messages / 5),
                     ui,
                 )
             }),
@@ -185,7 +283,10 @@ pub fn run(args: &SuiteArgs, common: &Common, ui: &Ui) -> Result<bool> {
             Ok(report) => {
                 print!("{}", report.summary());
                 println!();
-                let (figure, target, met) = goal.judge(&report);
+                if *name == PING_STEP {
+                    floors.ping_p50_us = Some(report.latency.value_at_quantile(0.5) as f64 / 1e3);
+                }
+                let (figure, target, met) = goal.judge(&report, &floors);
                 clean &= report.is_clean();
                 let status = if !report.is_clean() {
                     "FAILED"
@@ -218,12 +319,21 @@ pub fn run(args: &SuiteArgs, common: &Common, ui: &Ui) -> Result<bool> {
     println!("Summary");
     let width = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
     for (name, figure, target, status) in &rows {
-        println!("  {name:<width$}  {figure:>18}  {target:>18}  {status}");
+        println!("  {name:<width$}  {figure:>34}  {target:>18}  {status}");
     }
     if common.json {
         println!(
             "{}",
-            json!({"scenario": "suite", "machine": machine, "results": results, "errors": u64::from(!clean)})
+            json!({
+                "scenario": "suite",
+                "machine": machine,
+                "sync_floor": floors.sync.map(|f| json!({
+                    "overwrite_p50_us": f.overwrite_p50_us,
+                    "fresh_p50_us": f.fresh_p50_us,
+                })),
+                "results": results,
+                "errors": u64::from(!clean),
+            })
         );
     }
     Ok(clean)
@@ -235,6 +345,8 @@ fn goal_text(goal: &Goal) -> String {
         Goal::MbPerS(t) => format!(">= {t:.0} MB/s"),
         Goal::P50UsAtMost(t) => format!("p50 <= {t:.0} µs"),
         Goal::ElapsedMsAtMost(t) => format!("<= {t:.0} ms"),
+        Goal::P50OverPingAtMost(t) => format!("p50 <= Ping p50 + {t:.0} µs"),
+        Goal::P50OverSyncAtMost(t) => format!("p50 <= fdatasync p50 + {t:.0} µs"),
     }
 }
 

@@ -244,7 +244,20 @@ fn suite_runs_every_scenario_against_its_own_broker() {
     let v = run.json();
     assert_eq!(v["errors"], 0, "{v}");
     let results = v["results"].as_array().unwrap();
-    assert_eq!(results.len(), 6);
+    assert_eq!(results.len(), 9);
+    // The disk's floor, measured by the suite for the QoS all goal.
+    for floor in ["overwrite_p50_us", "fresh_p50_us"] {
+        assert!(v["sync_floor"][floor].as_f64().unwrap() > 0.0, "{v}");
+    }
+    let targets: Vec<&str> = results
+        .iter()
+        .map(|r| r["target"].as_str().unwrap())
+        .collect();
+    assert!(targets.contains(&"p50 <= Ping p50 + 10 µs"), "{targets:?}");
+    assert!(
+        targets.contains(&"p50 <= fdatasync p50 + 30 µs"),
+        "{targets:?}"
+    );
     for r in results {
         assert_eq!(r["errors"], 0, "{r}");
         assert!(r["messages"].as_u64().unwrap() > 0, "{r}");
