@@ -39,6 +39,9 @@ const WRITE_BUFFER_KEEP_BYTES: usize = 1024 * 1024;
 /// Fetch-like requests in flight on one connection; their answers can be
 /// large, so they are bounded apart from the general in-flight limit.
 const READS_IN_FLIGHT_MAX: usize = 4;
+/// Answers at least this large are written from the completion ring
+/// straight to an idle socket instead of through the write buffer.
+const DIRECT_WRITE_BYTES_MIN: usize = 64 * 1024;
 /// How long the reactor keeps polling without sleeping after an event.
 const REACTOR_SPIN: Duration = Duration::from_micros(50);
 /// How often connections are checked for the partial-frame and idle timeouts.
@@ -442,7 +445,17 @@ impl Reactor {
                             conn.wbuf.clear();
                             conn.wpos = 0;
                         }
-                        conn.wbuf.extend_from_slice(m.payload);
+                        // A large answer (a fetch) with nothing queued
+                        // before it goes from the ring to the socket, not
+                        // through the write buffer: one copy of up to
+                        // `fetch_bytes_max` less on the one thread that
+                        // serves every socket. Small ones are gathered and
+                        // written once per round.
+                        let mut rest = m.payload;
+                        if conn.wbuf.is_empty() && rest.len() >= DIRECT_WRITE_BYTES_MIN {
+                            rest = write_some(conn, rest, self.now);
+                        }
+                        conn.wbuf.extend_from_slice(rest);
                         if m.flags & FLAG_COUNTED != 0 {
                             conn.in_flight = conn.in_flight.saturating_sub(1);
                         }
@@ -484,25 +497,25 @@ impl Reactor {
 
     /// Writes queued responses until `WouldBlock`.
     fn flush(&mut self, key: usize) {
+        let now = self.now;
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        while conn.wpos < conn.wbuf.len() {
-            match conn.stream.write(&conn.wbuf[conn.wpos..]) {
-                Ok(0) => break,
-                Ok(n) => {
-                    conn.wpos += n;
-                    conn.last_activity = self.now;
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => {
-                    conn.wpos = conn.wbuf.len();
-                    conn.peer_closed = true;
-                    conn.close_after_write = true;
-                }
-            }
+        let (wpos, len) = (conn.wpos, conn.wbuf.len());
+        if wpos < len {
+            let wbuf = std::mem::take(&mut conn.wbuf);
+            let left = write_some(conn, &wbuf[wpos..], now).len();
+            conn.wbuf = wbuf;
+            conn.wpos = len - left;
         }
+        self.finish_flush(key);
+    }
+
+    /// Resets an emptied write buffer (shrinking a grown one).
+    fn finish_flush(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         if conn.wpos == conn.wbuf.len() {
             conn.wbuf.clear();
             conn.wpos = 0;
@@ -892,4 +905,27 @@ pub fn error_frame(
     .write(out);
     ErrorBody { message }.encode(out);
     finish_frame(out, start);
+}
+
+/// Writes as much of `bytes` to `conn`'s socket as it takes now; returns
+/// what is left. A write error marks the peer gone (the connection closes
+/// once nothing is left to write) and drops the rest.
+fn write_some<'a>(conn: &mut Conn, mut bytes: &'a [u8], now: Instant) -> &'a [u8] {
+    while !bytes.is_empty() {
+        match conn.stream.write(bytes) {
+            Ok(0) => break,
+            Ok(n) => {
+                bytes = &bytes[n..];
+                conn.last_activity = now;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => {
+                conn.peer_closed = true;
+                conn.close_after_write = true;
+                return &[];
+            }
+        }
+    }
+    bytes
 }
