@@ -1035,6 +1035,12 @@ mod tests {
     }
 
     fn produce_frame(topic: &str, qos: Qos) -> Vec<u8> {
+        producer_frame(topic, qos, 0, 0)
+    }
+
+    /// A Produce of one 100-byte record to partition 0 of `topic`, stamped
+    /// with `producer` (0: none) and `seq`.
+    fn producer_frame(topic: &str, qos: Qos, producer: u64, seq: u64) -> Vec<u8> {
         let mut b = crate::wire::batch::BatchBuilder::new();
         b.push(0, b"", &[7u8; 100], &[]);
         let mut body = Vec::new();
@@ -1043,10 +1049,22 @@ mod tests {
             partition: 0,
             qos: qos as u8,
             timeout_ms: 30_000,
-            batch: b.finish(0, 0),
+            batch: b.finish(producer, seq),
         }
         .encode(&mut body);
         frame(ApiKey::Produce.as_u16(), &body)
+    }
+
+    /// Every answer waiting in `ring`: (correlation id, API, error code,
+    /// envelope flags), in order.
+    fn take_answers(ring: &mut MessageConsumer) -> Vec<(u32, u16, u16, u32)> {
+        let mut answers = Vec::new();
+        while let Some(m) = ring.peek() {
+            let h = crate::wire::frame::ResponseHeader::parse(m.payload);
+            answers.push((h.correlation_id, h.api_key, h.error_code, m.flags));
+            ring.pop();
+        }
+        answers
     }
 
     /// Review of the cut protocol: `Writer::truncate` records the cut with
@@ -1091,14 +1109,11 @@ mod tests {
             let mut r = Responder::new(16);
             let (mut out, mut inp) = message_ring(1 << 16);
             r.round(&shared, &mut rx, &mut out, Instant::now());
-            let mut answers = Vec::new();
-            for ring in [&mut inp, &mut direct] {
-                while let Some(m) = ring.peek() {
-                    let h = crate::wire::frame::ResponseHeader::parse(m.payload);
-                    answers.push((h.api_key, h.error_code));
-                    ring.pop();
-                }
-            }
+            let mut answers: Vec<(u16, u16)> = [&mut inp, &mut direct]
+                .into_iter()
+                .flat_map(take_answers)
+                .map(|(_, api, code, _)| (api, code))
+                .collect();
             let produce = ApiKey::Produce.as_u16();
             answers.sort_unstable();
             assert_eq!(
@@ -1138,12 +1153,10 @@ mod tests {
         w.write_out().unwrap();
         assert_eq!(w.answer_direct(), 2);
         assert!(!w.has_answers());
-        let mut answers = Vec::new();
-        while let Some(m) = direct.peek() {
-            let h = crate::wire::frame::ResponseHeader::parse(m.payload);
-            answers.push((h.error_code, m.flags));
-            direct.pop();
-        }
+        let answers: Vec<(u16, u32)> = take_answers(&mut direct)
+            .into_iter()
+            .map(|(_, _, code, flags)| (code, flags))
+            .collect();
         let counted = crate::broker::ring::FLAG_COUNTED;
         assert_eq!(
             answers,
@@ -1155,21 +1168,6 @@ mod tests {
             1,
             "only the create waits for the responder"
         );
-    }
-
-    fn stamped_produce_frame(topic: &str, producer: u64, seq: u64) -> Vec<u8> {
-        let mut b = crate::wire::batch::BatchBuilder::new();
-        b.push(0, b"", &[7u8; 100], &[]);
-        let mut body = Vec::new();
-        ProduceRequest {
-            topic,
-            partition: 0,
-            qos: Qos::Received as u8,
-            timeout_ms: 30_000,
-            batch: b.finish(producer, seq),
-        }
-        .encode(&mut body);
-        frame(ApiKey::Produce.as_u16(), &body)
     }
 
     /// Review of issue 9's fixes: a leader that has not committed in its own
@@ -1205,7 +1203,7 @@ mod tests {
         assert_eq!(create.expect("answered").error, ErrorCode::None);
         // Producer 5 was never seen, and its batch is not its first.
         let p = w
-            .handle(1, true, &stamped_produce_frame("t", 5, 3), now, 0)
+            .handle(1, true, &producer_frame("t", Qos::Received, 5, 3), now, 0)
             .expect("answered");
         assert_eq!(p.error, ErrorCode::Busy, "no gap answer before the commit");
         // The no-op and the topic become durable: the leader commits in its term.
@@ -1215,12 +1213,12 @@ mod tests {
         w.pulse(now);
         assert!(w.replica.as_ref().unwrap().leader_settled());
         let p = w
-            .handle(1, true, &stamped_produce_frame("t", 5, 3), now, 0)
+            .handle(1, true, &producer_frame("t", Qos::Received, 5, 3), now, 0)
             .expect("answered");
         assert_eq!(p.error, ErrorCode::UnknownProducer);
         // A first batch is taken either way.
         let p = w
-            .handle(1, true, &stamped_produce_frame("t", 5, 0), now, 0)
+            .handle(1, true, &producer_frame("t", Qos::Received, 5, 0), now, 0)
             .expect("answered");
         assert_eq!(p.error, ErrorCode::None);
     }
@@ -1258,10 +1256,7 @@ mod tests {
             let mut seen = Vec::new();
             let until = Instant::now() + Duration::from_secs(30);
             while seen.len() < count as usize && Instant::now() < until {
-                while let Some(m) = answers.peek() {
-                    seen.push(crate::wire::frame::ResponseHeader::parse(m.payload).correlation_id);
-                    answers.pop();
-                }
+                seen.extend(take_answers(&mut answers).into_iter().map(|a| a.0));
                 std::thread::yield_now();
             }
             seen

@@ -3281,6 +3281,16 @@ fn messages_from_an_incarnation_below_the_highest_heard_are_refused_whatever_the
     l.step(from_inc(ack(2, 1, 1, 0, 0, 0), 0, 0)).unwrap();
 }
 
+/// A heartbeat of term `term` from node 1 (incarnation `from`) to node 2,
+/// addressed to incarnation `to`.
+fn heartbeat_from_1(term: u64, from: u64, to: u64) -> Message {
+    from_inc(
+        msg(1, 2, term, MessageKind::Heartbeat { commit: 0 }),
+        from,
+        to,
+    )
+}
+
 #[test]
 fn only_a_current_message_of_the_group_makes_a_node_renew_its_incarnation() {
     // Second review: one forged message with a stale term made a node give
@@ -3289,11 +3299,7 @@ fn only_a_current_message_of_the_group_makes_a_node_renew_its_incarnation() {
     let mut n = incarnation_of(2, 3, 0x20, caught_up(), vec![]);
     n.step(msg(3, 2, 4, MessageKind::Heartbeat { commit: 0 }))
         .unwrap();
-    let stale_term = from_inc(
-        msg(1, 2, 1, MessageKind::Heartbeat { commit: 0 }),
-        0x11,
-        0x30,
-    );
+    let stale_term = heartbeat_from_1(1, 0x11, 0x30);
     let _ = n.step(stale_term);
     assert_eq!(
         n.hard_state().incarnation,
@@ -3303,22 +3309,14 @@ fn only_a_current_message_of_the_group_makes_a_node_renew_its_incarnation() {
     assert!(n.hard_state().caught_up);
     // Once the node knows its group's id, only a message naming it does.
     n.set_cluster_id(0x77);
-    let no_cluster = from_inc(
-        msg(1, 2, 5, MessageKind::Heartbeat { commit: 0 }),
-        0x11,
-        0x30,
-    );
+    let no_cluster = heartbeat_from_1(5, 0x11, 0x30);
     let _ = n.step(no_cluster);
     assert_eq!(
         n.hard_state().incarnation,
         0x20,
         "no cluster id, no renewal"
     );
-    let mut named = from_inc(
-        msg(1, 2, 5, MessageKind::Heartbeat { commit: 0 }),
-        0x11,
-        0x30,
-    );
+    let mut named = heartbeat_from_1(5, 0x11, 0x30);
     named.cluster_id = 0x77;
     n.step(named).unwrap();
     assert!(n.hard_state().incarnation > 0x30);
@@ -3332,27 +3330,18 @@ fn incarnations_stay_below_their_bound_and_never_saturate() {
     // same number and went unnoticed.
     let top = config::INCARNATION_MAX;
     for (from, to) in [(top + 1, 0), (0, top + 1), (u64::MAX, 0), (0, u64::MAX)] {
-        let m = from_inc(msg(1, 2, 1, MessageKind::Heartbeat { commit: 0 }), from, to);
+        let m = heartbeat_from_1(1, from, to);
         assert!(m.check_fields().is_err(), "from {from:#x} to {to:#x}");
     }
     // Addressed at the bound itself: there is no higher one to take; the
     // node says so and keeps its own.
     let mut n = incarnation_of(2, 3, 0x20, caught_up(), vec![]);
-    let _ = n.step(from_inc(
-        msg(1, 2, 1, MessageKind::Heartbeat { commit: 0 }),
-        0x11,
-        top,
-    ));
+    let _ = n.step(heartbeat_from_1(1, 0x11, top));
     let hs = n.hard_state();
     assert_eq!(hs.incarnation, 0x20);
     // Just below it: a higher one, at most the bound.
     let mut n = incarnation_of(2, 3, 0x20, caught_up(), vec![]);
-    n.step(from_inc(
-        msg(1, 2, 1, MessageKind::Heartbeat { commit: 0 }),
-        0x11,
-        top - 1,
-    ))
-    .unwrap();
+    n.step(heartbeat_from_1(1, 0x11, top - 1)).unwrap();
     assert_eq!(n.hard_state().incarnation, top);
     assert!(!n.hard_state().caught_up);
 }
