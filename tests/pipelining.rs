@@ -285,3 +285,77 @@ fn a_client_that_never_reads_stalls_only_itself_and_memory_stays_bounded() {
     drop(stalled);
     common::assert_broker_serves(addr);
 }
+
+/// Fetch answers of 1 MiB, several in flight on one connection that the
+/// client does not read for a while: the broker's socket buffer fills, so
+/// an answer is partly written straight from the broker's ring and the rest
+/// later from its write buffer (docs/architecture.md, "Rings"). Every
+/// answer must arrive whole, once, byte for byte.
+#[test]
+fn large_fetch_answers_pipelined_to_a_slow_reader_arrive_whole() {
+    use hutong::wire::api::{FetchRequest, FetchResponse};
+    const VALUE_BYTES: usize = 4000;
+    const RECORDS_PER_BATCH: u64 = 64;
+    const BATCHES: u64 = 16;
+    let value_of = |offset: u64| vec![(offset % 251) as u8; VALUE_BYTES];
+    let dir = TestDir::new();
+    let broker = BrokerProc::start(&dir.data, &[]);
+    let addr = broker.addr();
+    let mut c = RawConn::connect(addr);
+    c.create_topic("big", 1);
+    for b in 0..BATCHES {
+        let values: Vec<Vec<u8>> = (0..RECORDS_PER_BATCH)
+            .map(|i| value_of(b * RECORDS_PER_BATCH + i))
+            .collect();
+        c.produce_ok("big", 0, &common::batch_of_values(&values));
+    }
+    bounded(Duration::from_secs(60), "slow reader", move || {
+        let records = BATCHES * RECORDS_PER_BATCH;
+        let offsets: Vec<u64> = (0..8).map(|i| (i * records / 4) % records).collect();
+        let mut wanted = std::collections::HashMap::new();
+        for &offset in &offsets {
+            let id = c.send(ApiKey::Fetch, |out| {
+                FetchRequest {
+                    topic: "big",
+                    partition: 0,
+                    offset,
+                    max_bytes: 1 << 20,
+                    max_wait_ms: 0,
+                    min_bytes: 0,
+                }
+                .encode(out)
+            });
+            wanted.insert(id, offset);
+        }
+        let ping = c.send(ApiKey::Ping, |_| {});
+        // Not read yet: the answers pile up in the broker's socket buffer.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut ping_seen = false;
+        for _ in 0..=offsets.len() {
+            let r = c.read_response().expect("an answer").ok();
+            let id = r.header.correlation_id;
+            if id == ping {
+                assert!(!ping_seen, "the Ping answered twice");
+                ping_seen = true;
+                continue;
+            }
+            let offset = wanted.remove(&id).expect("an answer to a fetch sent, once");
+            let f = FetchResponse::decode(&r.body).expect("a whole fetch answer");
+            let fetched = common::decode_fetched(f.batches, offset);
+            assert!(
+                fetched.len() >= 200,
+                "about 1 MiB from {offset}: {}",
+                fetched.len()
+            );
+            for (i, rec) in fetched.iter().enumerate() {
+                assert_eq!(rec.offset, offset + i as u64);
+                assert!(
+                    rec.value == value_of(rec.offset),
+                    "record {} intact",
+                    rec.offset
+                );
+            }
+        }
+        assert!(ping_seen && wanted.is_empty());
+    });
+}
