@@ -370,13 +370,15 @@ pub fn run(args: &HutongArgs, _ui: &Ui) -> Result<Report> {
     for s in [&zhang, &li] {
         s.set_nodelay(true)?;
     }
-    // Both neighbours' four threads start talking together.
+    // Both neighbours' four threads start talking together. The clock
+    // starts before the barrier opens: read after it, on a busy machine
+    // it could come after the neighbours had already finished.
     let barrier = Barrier::new(5);
     let (z, l, start) = std::thread::scope(|s| {
         let z = s.spawn(|| neighbour(&ZHANG, meetings, zhang, &barrier));
         let l = s.spawn(|| neighbour(&LI, meetings, li, &barrier));
-        barrier.wait();
         let start = Instant::now();
+        barrier.wait();
         (z.join(), l.join(), start)
     });
     let (z_read, z_end) = z.map_err(|_| anyhow!("Zhang panicked"))??;

@@ -351,8 +351,11 @@ pub fn run_fleet(
                 window::drive(conn, win, &mut source, pace);
             }));
         }
-        barrier.wait();
+        // Read the clock before the barrier opens: after it, a busy
+        // machine could schedule this thread only once the producers
+        // were done, and the run would measure nothing.
         let start_ns = window::now_ns();
+        barrier.wait();
         while !handles.iter().all(|h| h.is_finished()) {
             std::thread::sleep(PROGRESS_TICK);
             bar.set_position(windows.iter().map(|w| w.acked_messages()).sum());
