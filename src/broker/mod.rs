@@ -203,7 +203,7 @@ impl Broker {
         let (to_reader, reader_requests) = ring::message_ring(config.read_request_ring_bytes);
         let (writer_out, from_writer) = ring::message_ring(config.response_ring_bytes);
         let (responder_out, from_responder) = ring::message_ring(config.response_ring_bytes);
-        let (reader_out, from_reader) = ring::message_ring(config.fetch_ring_bytes);
+        let (reader_out, from_reader) = ring::message_ring_in_place(config.fetch_ring_bytes);
         let (pending_tx, pending_rx) = HeapRb::new(config.pending_max).split();
         let (reader_events_tx, reader_events_rx) = std::sync::mpsc::channel();
         let (flusher_events_tx, flusher_events_rx) = std::sync::mpsc::channel();

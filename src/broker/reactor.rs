@@ -22,7 +22,7 @@ use crate::wire::{ApiKey, ErrorCode};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -436,7 +436,7 @@ impl Reactor {
                 Stage::Responder => &mut self.completions.from_responder,
                 _ => &mut self.completions.from_reader,
             };
-            while let Some(m) = ring.peek() {
+            while let Some(m) = ring.peek_split() {
                 let key = (m.conn & 0xffff_ffff) as usize;
                 let generation = (m.conn >> 32) as u32;
                 if let Some(conn) = self.conns.get_mut(key) {
@@ -451,11 +451,14 @@ impl Reactor {
                         // `fetch_bytes_max` less on the one thread that
                         // serves every socket. Small ones are gathered and
                         // written once per round.
-                        let mut rest = m.payload;
-                        if conn.wbuf.is_empty() && rest.len() >= DIRECT_WRITE_BYTES_MIN {
-                            rest = write_some(conn, rest, self.now);
+                        // A frame that wraps around the ring's end comes in
+                        // two parts, written with one `writev`.
+                        let mut rest = m.parts;
+                        if conn.wbuf.is_empty() && m.len() >= DIRECT_WRITE_BYTES_MIN {
+                            rest = write_parts(conn, rest, self.now);
                         }
-                        conn.wbuf.extend_from_slice(rest);
+                        conn.wbuf.extend_from_slice(rest[0]);
+                        conn.wbuf.extend_from_slice(rest[1]);
                         if m.flags & FLAG_COUNTED != 0 {
                             conn.in_flight = conn.in_flight.saturating_sub(1);
                         }
@@ -905,6 +908,37 @@ pub fn error_frame(
     .write(out);
     ErrorBody { message }.encode(out);
     finish_frame(out, start);
+}
+
+/// [`write_some`] of a frame in two parts, with `writev` while the first
+/// part is not fully written; returns what is left of each part.
+fn write_parts<'a>(conn: &mut Conn, parts: [&'a [u8]; 2], now: Instant) -> [&'a [u8]; 2] {
+    let [mut first, second] = parts;
+    while !first.is_empty() && !second.is_empty() {
+        let iov = [IoSlice::new(first), IoSlice::new(second)];
+        match conn.stream.write_vectored(&iov) {
+            Ok(0) => return [first, second],
+            Ok(n) if n < first.len() => first = &first[n..],
+            Ok(n) => {
+                let second = &second[n - first.len()..];
+                conn.last_activity = now;
+                return [&[], write_some(conn, second, now)];
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return [first, second],
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => {
+                conn.peer_closed = true;
+                conn.close_after_write = true;
+                return [&[], &[]];
+            }
+        }
+        conn.last_activity = now;
+    }
+    if first.is_empty() {
+        [&[], write_some(conn, second, now)]
+    } else {
+        [write_some(conn, first, now), &[]]
+    }
 }
 
 /// Writes as much of `bytes` to `conn`'s socket as it takes now; returns

@@ -19,7 +19,9 @@ use crate::wire::api::{
     ErrorBody, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
     MetadataRequest, MetadataResponse, PartitionMetadata, TopicMetadata,
 };
-use crate::wire::frame::{finish_frame, RequestHeader, ResponseHeader, REQUEST_HEADER_LEN};
+use crate::wire::frame::{
+    finish_frame, finish_frame_before, RequestHeader, ResponseHeader, REQUEST_HEADER_LEN,
+};
 use crate::wire::{ApiKey, ErrorCode};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -435,15 +437,41 @@ impl Reader {
         if !(enough || force || now >= w.deadline) {
             return Ok(false);
         }
-        let total = crate::wire::frame::RESPONSE_HEADER_LEN
-            + crate::wire::api::FETCH_PREFIX_LEN
-            + avail.bytes;
-        if !out.fits(total) {
+        let head_len = crate::wire::frame::RESPONSE_HEADER_LEN + crate::wire::api::FETCH_PREFIX_LEN;
+        if !out.fits(head_len + avail.bytes) {
             return Err(RingFull);
         }
-        match self.read_batches(w, &avail) {
-            Ok(()) => {}
-            Err(e) => {
+        self.fetch_head(w, &avail);
+        let idx = self.topics[w.topic].partitions[w.partition as usize].clone();
+        let (head, journal) = (&self.out, &self.journal);
+        // The batches go from the page cache straight into the ring (one
+        // copy), read in runs of batches adjacent in the journal.
+        let pushed: Option<std::io::Result<()>> = out.push_in_place(
+            w.conn,
+            w.flags & FLAG_COUNTED,
+            head.len() + avail.bytes,
+            |room| {
+                room.put(head);
+                let mut i = avail.first;
+                while i < avail.last {
+                    let start = entry(&idx, i).position;
+                    let mut end = entry(&idx, i).end_position();
+                    i += 1;
+                    while i < avail.last && entry(&idx, i).position == end {
+                        end = entry(&idx, i).end_position();
+                        i += 1;
+                    }
+                    room.fill((end - start) as usize, |dst, done| {
+                        journal.read_exact_at(dst, start + done as u64)
+                    })?;
+                }
+                Ok(())
+            },
+        );
+        match pushed {
+            None => unreachable!("room was checked"),
+            Some(Ok(())) => Ok(true),
+            Some(Err(e)) => {
                 crate::log!("fetch read failed: {e}");
                 self.answer_error(
                     w.conn,
@@ -453,17 +481,15 @@ impl Reader {
                     ErrorCode::StorageError,
                     out,
                 )?;
-                return Ok(true);
+                Ok(true)
             }
         }
-        let pushed = out.push(w.conn, w.flags & FLAG_COUNTED, &[&self.out]);
-        debug_assert!(pushed, "room was checked");
-        Ok(true)
     }
 
-    /// Builds the whole fetch response frame in `self.out`.
-    fn read_batches(&mut self, w: &WaitingFetch, avail: &Available) -> std::io::Result<()> {
-        let idx = self.topics[w.topic].partitions[w.partition as usize].clone();
+    /// Writes the fetch answer's response header and body prefix to
+    /// `self.out`; the batches (`avail.bytes` of them) follow it on the wire.
+    fn fetch_head(&mut self, w: &WaitingFetch, avail: &Available) {
+        let idx = &self.topics[w.topic].partitions[w.partition as usize];
         self.out.clear();
         let header = ResponseHeader {
             correlation_id: w.correlation_id,
@@ -474,27 +500,14 @@ impl Reader {
         let start_offset = if idx.is_empty() {
             0
         } else {
-            entry(&idx, 0).base_offset
+            entry(idx, 0).base_offset
         };
         self.out.extend_from_slice(&FetchResponse::prefix(
             avail.high_watermark,
             start_offset,
             avail.bytes,
         ));
-        // Read runs of batches that are adjacent in the journal with one pread.
-        let mut i = avail.first;
-        while i < avail.last {
-            let start = entry(&idx, i).position;
-            let mut end = entry(&idx, i).end_position();
-            i += 1;
-            while i < avail.last && entry(&idx, i).position == end {
-                end = entry(&idx, i).end_position();
-                i += 1;
-            }
-            self.journal.append(start, end, &mut self.out)?;
-        }
-        finish_frame(&mut self.out, 0);
-        Ok(())
+        finish_frame_before(&mut self.out, 0, avail.bytes as u64);
     }
 
     fn answer_error(
@@ -664,7 +677,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::ring::message_ring;
+    use crate::broker::ring::message_ring_in_place as message_ring;
     use crate::journal::append_log::append_log;
     use crate::wire::frame::request_frame;
 
