@@ -359,3 +359,66 @@ fn large_fetch_answers_pipelined_to_a_slow_reader_arrive_whole() {
         assert!(ping_seen && wanted.is_empty());
     });
 }
+
+/// Fetch answers of a few hundred KiB read back one after the other by a
+/// client that keeps up: each goes from the broker's fetch ring straight to
+/// the socket, and every few answers one wraps around the ring's end, so it
+/// leaves in two parts (docs/architecture.md, "Rings"). Every byte must
+/// arrive, in order.
+#[test]
+fn large_fetch_answers_that_wrap_around_the_fetch_ring_arrive_whole() {
+    use hutong::wire::api::{FetchRequest, FetchResponse};
+    const VALUE_BYTES: usize = 3000;
+    const RECORDS_PER_BATCH: u64 = 50;
+    const BATCHES: u64 = 40;
+    let value_of = |offset: u64| vec![(offset % 241) as u8; VALUE_BYTES];
+    let dir = TestDir::new();
+    // A fetch ring of 1 MiB (the smallest these limits allow), so that the
+    // answers below wrap around its end many times.
+    let config = dir.config(
+        "batch_bytes_max = 262144\nfetch_bytes_max = 524288\nfetch_ring_bytes = 1048576\n",
+    );
+    let broker = BrokerProc::start(&dir.data, &["--config", config.to_str().unwrap()]);
+    let addr = broker.addr();
+    let mut c = RawConn::connect(addr);
+    c.create_topic("wrap", 1);
+    for b in 0..BATCHES {
+        let values: Vec<Vec<u8>> = (0..RECORDS_PER_BATCH)
+            .map(|i| value_of(b * RECORDS_PER_BATCH + i))
+            .collect();
+        c.produce_ok("wrap", 0, &common::batch_of_values(&values));
+    }
+    bounded(Duration::from_secs(60), "wrapping fetches", move || {
+        let records = BATCHES * RECORDS_PER_BATCH;
+        // About 450 KiB per answer (three batches), read 40 times over a
+        // 1 MiB ring: most answers straddle its end.
+        let mut offset = 0;
+        for _ in 0..40 {
+            let id = c.send(ApiKey::Fetch, |out| {
+                FetchRequest {
+                    topic: "wrap",
+                    partition: 0,
+                    offset,
+                    max_bytes: 400 * 1024,
+                    max_wait_ms: 0,
+                    min_bytes: 0,
+                }
+                .encode(out)
+            });
+            let r = c.read_response().expect("an answer").ok();
+            assert_eq!(r.header.correlation_id, id);
+            let f = FetchResponse::decode(&r.body).expect("a whole fetch answer");
+            let fetched = common::decode_fetched(f.batches, offset);
+            assert!(fetched.len() >= 100, "answers of several batches");
+            for (i, rec) in fetched.iter().enumerate() {
+                assert_eq!(rec.offset, offset + i as u64);
+                assert!(
+                    rec.value == value_of(rec.offset),
+                    "record {} intact",
+                    rec.offset
+                );
+            }
+            offset = (offset + fetched.len() as u64) % (records - 3 * RECORDS_PER_BATCH);
+        }
+    });
+}
