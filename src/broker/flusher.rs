@@ -95,9 +95,13 @@ impl Flusher {
         next_topic_id: u32,
         checkpoint_interval: Duration,
     ) -> Flusher {
+        // Only the file holding `synced` and later ones are ever synced
+        // again: holding older ones would keep their blocks allocated
+        // after retention deletes them.
+        let holder = files.partition_point(|f| f.0 <= synced).saturating_sub(1);
         Flusher {
             dir,
-            files: files.to_vec(),
+            files: files[holder..].to_vec(),
             synced,
             generation: 0,
             topics,

@@ -22,8 +22,8 @@
 use super::reader::ReaderEvent;
 use crate::journal::log::Retained;
 use crate::journal::start;
-use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, Sender};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,27 +32,85 @@ use std::time::{Duration, Instant};
 const RELEASE_WAIT: Duration = Duration::from_secs(2);
 /// Poll interval of that wait.
 const RELEASE_POLL: Duration = Duration::from_millis(5);
+/// How soon a decision whose start state could not be written is tried
+/// again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Carries out the writer's retention decisions until the writer hangs
 /// up (it drops its sender when it stops).
 pub fn run(dir: PathBuf, decisions: Receiver<Retained>, reader: Sender<ReaderEvent>) {
-    while let Ok(decision) = decisions.recv() {
-        carry_out(&dir, decision, &reader);
+    let mut janitor = Janitor::new(dir, reader);
+    loop {
+        let next = if janitor.has_pending() {
+            decisions.recv_timeout(RETRY_AFTER)
+        } else {
+            decisions.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        };
+        match next {
+            Ok(decision) => janitor.take(decision),
+            Err(RecvTimeoutError::Timeout) => janitor.retry(),
+            // A decision still pending is lost with its start state: the
+            // next start keeps those segments, as the journal on disk says.
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
     }
 }
 
-/// One decision, steps 1 to 4 of the [module docs](self).
-fn carry_out(dir: &std::path::Path, decision: Retained, reader: &Sender<ReaderEvent>) {
+/// The stage's state: the decision it could not carry out yet, if any.
+struct Janitor {
+    dir: PathBuf,
+    reader: Sender<ReaderEvent>,
+    /// A decision whose start state could not be written, with the files
+    /// of every later decision merged in (the writer forgot them all, so
+    /// they must not be dropped).
+    pending: Option<Retained>,
+}
+
+impl Janitor {
+    fn new(dir: PathBuf, reader: Sender<ReaderEvent>) -> Janitor {
+        Janitor {
+            dir,
+            reader,
+            pending: None,
+        }
+    }
+
+    fn has_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Takes a new decision: it supersedes a pending one (its start state
+    /// is later), whose files it adds to its own, and is carried out.
+    fn take(&mut self, mut decision: Retained) {
+        if let Some(mut older) = self.pending.take() {
+            older.files.append(&mut decision.files);
+            decision.files = older.files;
+        }
+        self.pending = Some(decision);
+        self.retry();
+    }
+
+    /// Carries out the pending decision, keeping it when its start state
+    /// still cannot be written.
+    fn retry(&mut self) {
+        if let Some(decision) = self.pending.take() {
+            self.pending = carry_out(&self.dir, decision, &self.reader).err();
+        }
+    }
+}
+
+/// One decision, steps 1 to 4 of the [module docs](self). Gives the
+/// decision back when the start state cannot be written (nothing was
+/// deleted then).
+fn carry_out(dir: &Path, decision: Retained, reader: &Sender<ReaderEvent>) -> Result<(), Retained> {
     let position = decision.state.position;
     if let Err(e) = start::write(dir, &decision.state) {
-        // Nothing was deleted and the old start state stands: the files
-        // stay until the next start, which decides again.
         crate::log!(
-            "retention: cannot write the start state at position {position}, \
-             keeping {} segment(s) until the next start: {e}",
+            "retention: cannot write the start state at position {position}, keeping {} \
+             segment(s) for now (trying again in {RETRY_AFTER:?}): {e}",
             decision.files.len()
         );
-        return;
+        return Err(decision);
     }
     let _ = reader.send(ReaderEvent::Retained { position });
     let mut removed = 0usize;
@@ -81,4 +139,70 @@ fn carry_out(dir: &std::path::Path, decision: Retained, reader: &Sender<ReaderEv
     crate::log!(
         "retention: the journal now starts at position {position} ({removed} segment(s) deleted)"
     );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::log::{Journal, Retention};
+    use crate::journal::segment::list_segments;
+    use crate::wire::batch::BatchBuilder;
+
+    /// Review finding: a start state that cannot be written once must not
+    /// leave that decision's segments on disk for good (the journal forgot
+    /// them): the next decision carries them out too.
+    #[test]
+    fn a_failed_start_state_write_is_retried_with_the_next_decision() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path(), 1024, 4096).unwrap();
+        let (_, slot) = j.create_topic("t", 1, 1, 1_000).unwrap();
+        let mut grow = |j: &mut Journal, segments: usize| {
+            while j.segment_files().len() < segments {
+                let mut b = BatchBuilder::new();
+                b.push(0, b"", &[7u8; 100], &[]);
+                let batch = b.finish(0, 0).to_vec();
+                j.append_data(slot, 0, &batch, 1, 1, 1_000).unwrap();
+            }
+            j.write_out().unwrap();
+        };
+        let below_start = |j: &Journal| {
+            list_segments(dir.path())
+                .unwrap()
+                .into_iter()
+                .filter(|(s, _)| *s < j.start())
+                .count()
+        };
+        let policy = Retention { bytes: 1, ms: None };
+        let (to_reader, from_janitor) = std::sync::mpsc::channel();
+        let mut janitor = Janitor::new(dir.path().to_path_buf(), to_reader);
+        grow(&mut j, 4);
+        let first = j.retain(policy, j.end(), 1_000).unwrap();
+        // The write fails (a directory where the temporary file goes).
+        let blocker = dir.path().join(start::START_TMP_FILE);
+        std::fs::create_dir(&blocker).unwrap();
+        janitor.take(first);
+        assert!(janitor.has_pending());
+        assert!(below_start(&j) > 0, "nothing deleted without a start state");
+        assert!(from_janitor.try_recv().is_err(), "the reader is not told");
+        std::fs::remove_dir(&blocker).unwrap();
+        grow(&mut j, 8);
+        let second = j.retain(policy, j.end(), 1_000).unwrap();
+        janitor.take(second);
+        assert!(!janitor.has_pending());
+        assert_eq!(below_start(&j), 0, "both decisions' segments are gone");
+        assert_eq!(
+            start::read(dir.path()).unwrap().unwrap().position,
+            j.start()
+        );
+        // Retried on its own too, without a new decision.
+        grow(&mut j, 12);
+        let third = j.retain(policy, j.end(), 1_000).unwrap();
+        std::fs::create_dir(&blocker).unwrap();
+        janitor.take(third);
+        assert!(janitor.has_pending());
+        std::fs::remove_dir(&blocker).unwrap();
+        janitor.retry();
+        assert_eq!(below_start(&j), 0);
+    }
 }

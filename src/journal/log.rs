@@ -904,26 +904,30 @@ impl Journal {
     /// byte; the caller writes the returned start state durably, then
     /// deletes the files. Nothing is deleted here: no IO on the writer.
     pub fn retain(&mut self, policy: Retention, durable: u64, now_ms: i64) -> Option<Retained> {
-        let cutoff = policy
-            .ms
-            .map(|ms| now_ms.saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX)));
-        let mut held = self.end - self.start;
-        let mut k = 0usize;
-        for seg in &self.sealed {
-            let len = seg.end - seg.start;
-            if seg.end > durable {
+        let len = |seg: &Sealed| seg.end - seg.start;
+        // By time: up to the newest sealed segment that is too old, and
+        // every segment before it whatever its stamp says. The journal's
+        // order is the order things were written, so those are older
+        // still; a stamp from a clock that was ahead for a while must not
+        // hold back the segments after it.
+        let mut k = policy.ms.map_or(0, |ms| {
+            let cutoff = now_ms.saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX));
+            self.sealed
+                .iter()
+                .rposition(|seg| seg.end <= durable && seg.newest_ms < cutoff)
+                .map_or(0, |j| j + 1)
+        });
+        // By size: then oldest first while the rest still holds enough.
+        let mut held = self.end - self.start - self.sealed[..k].iter().map(len).sum::<u64>();
+        while let Some(seg) = self.sealed.get(k) {
+            if seg.end > durable || policy.bytes == 0 || held - len(seg) < policy.bytes {
                 break;
             }
-            let by_size = policy.bytes > 0 && held - len >= policy.bytes;
-            let by_time = cutoff.is_some_and(|c| seg.newest_ms < c);
-            if !(by_size || by_time) {
-                break;
-            }
-            held -= len;
+            held -= len(seg);
             k += 1;
         }
         let position = self.sealed.get(k.checked_sub(1)?)?.end;
-        let state = self.start_state_at(position);
+        let state = self.start_state_at(position, durable);
         let gone = self.files.partition_point(|f| f.0 < position);
         let files = self
             .files
@@ -939,14 +943,16 @@ impl Journal {
     }
 
     /// The start state of a journal that begins at `position`, a segment
-    /// start: every topic known now (those created later are met again by
-    /// recovery, which takes them as known) with each partition's log
-    /// start there.
-    fn start_state_at(&self, position: u64) -> StartState {
+    /// start: every topic whose creation is durable (below `durable`; one
+    /// created since is met again by recovery if its record survives, and
+    /// must not come back through this file if it does not), with each
+    /// partition's log start there.
+    fn start_state_at(&self, position: u64, durable: u64) -> StartState {
         let topics = self
             .catalog
             .topics()
             .iter()
+            .filter(|t| t.created_at.is_none_or(|p| p < durable))
             .map(|t| StartTopic {
                 meta: t.meta.clone(),
                 log_starts: t
@@ -1025,8 +1031,14 @@ impl Journal {
 /// # Errors
 /// IO errors listing or removing files.
 fn remove_below(dir: &Path, base: u64) -> Result<Vec<PathBuf>, JournalError> {
+    let listed = list_segments(dir)?;
+    // A recovery that refuses changes no file: check the segment at the
+    // start is there before deleting anything (`scan_journal` says why).
+    if base > 0 && !listed.iter().any(|(start, _)| *start == base) {
+        return Ok(Vec::new());
+    }
     let mut removed = Vec::new();
-    for (start, path) in list_segments(dir)? {
+    for (start, path) in listed {
         if start >= base {
             break;
         }
@@ -1106,10 +1118,18 @@ fn scan_journal(
     // Retention never deletes the active segment, so with a start state
     // the segment at its position must be there.
     match (listed.first(), start) {
-        (Some((first, path)), _) if *first != base => {
+        (Some((first, path)), Some(_)) if *first != base => {
             return Err(JournalError::Corrupt(format!(
                 "the journal starts at position {base} (its start state) but its oldest \
                  segment, {}, starts at {first}: segments are missing",
+                path.display()
+            )));
+        }
+        (Some((first, path)), None) if *first != 0 => {
+            return Err(JournalError::Corrupt(format!(
+                "the oldest segment, {}, starts at position {first} and there is no start \
+                 state (the file retention writes before it deletes segments): segments \
+                 are missing",
                 path.display()
             )));
         }
@@ -2624,5 +2644,79 @@ mod tests {
                 std::fs::remove_file(last).unwrap();
             }
         }
+    }
+
+    /// Review finding: a segment stamped by a clock that was ahead for a
+    /// while must not hold back time retention of the segments after it.
+    #[test]
+    fn time_retention_is_not_held_back_by_a_segment_from_the_future() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path());
+        let (_, slot) = j.create_topic("t", 1, 1, 1_000).unwrap();
+        let mut stamp = |j: &mut Journal, segments: usize, ms: i64| {
+            while j.segment_files().len() < segments {
+                j.append_data(slot, 0, &producer_batch(3, 100, 0, 0), 3, 1, ms)
+                    .unwrap();
+            }
+        };
+        stamp(&mut j, 2, 1_000);
+        stamp(&mut j, 3, 1_000_000_000_000_000);
+        stamp(&mut j, 8, 2_000);
+        j.write_out().unwrap();
+        let end = j.end();
+        let sealed = j.sealed().len();
+        let policy = Retention {
+            bytes: 0,
+            ms: Some(500),
+        };
+        let r = j.retain(policy, end, 10_000).expect("old segments go");
+        assert_eq!(
+            r.files.len(),
+            sealed,
+            "every sealed segment is older than 500 ms"
+        );
+        assert!(j.sealed().is_empty());
+    }
+
+    /// Review finding: a recovery that refuses (the segment at the start
+    /// state's position is missing) deletes nothing.
+    #[test]
+    fn a_recovery_that_refuses_a_hole_deletes_no_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path());
+        fill(&mut j, 5, 1_000);
+        let end = j.end();
+        let policy = Retention {
+            bytes: 2 * SEGMENT_BYTES as u64,
+            ms: None,
+        };
+        let r = j.retain(policy, end, 1_000).unwrap();
+        start::write(dir.path(), &r.state).unwrap();
+        drop(j);
+        std::fs::remove_file(dir.path().join(segment_file_name(r.state.position))).unwrap();
+        let before = list_segments(dir.path()).unwrap();
+        assert!(Journal::open(dir.path(), SEGMENT_BYTES, CACHE_BYTES).is_err());
+        assert_eq!(list_segments(dir.path()).unwrap(), before);
+    }
+
+    /// Review finding: a topic whose creation was not durable when
+    /// retention decided must not come back through the start state after
+    /// a crash that lost its record.
+    #[test]
+    fn a_topic_created_above_the_durable_position_is_not_in_the_start_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path());
+        fill(&mut j, 4, 1_000);
+        let durable = j.end();
+        j.create_topic("late", 1, 1, 1_000).unwrap();
+        let policy = Retention { bytes: 1, ms: None };
+        let r = j.retain(policy, durable, 1_000).unwrap();
+        assert!(r.state.topics.iter().all(|t| t.meta.name != "late"));
+        carry_out(dir.path(), &r);
+        // A crash: the record of "late" never reached the file.
+        drop(j);
+        let j = open(dir.path());
+        assert!(j.catalog().lookup("late").is_none());
+        assert!(j.catalog().lookup("t").is_some());
     }
 }
