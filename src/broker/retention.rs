@@ -157,7 +157,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::open(dir.path(), 1024, 4096).unwrap();
         let (_, slot) = j.create_topic("t", 1, 1, 1_000).unwrap();
-        let mut grow = |j: &mut Journal, segments: usize| {
+        let grow = |j: &mut Journal, segments: usize| {
             while j.segment_files().len() < segments {
                 let mut b = BatchBuilder::new();
                 b.push(0, b"", &[7u8; 100], &[]);

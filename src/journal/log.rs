@@ -2653,7 +2653,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut j = open(dir.path());
         let (_, slot) = j.create_topic("t", 1, 1, 1_000).unwrap();
-        let mut stamp = |j: &mut Journal, segments: usize, ms: i64| {
+        let stamp = |j: &mut Journal, segments: usize, ms: i64| {
             while j.segment_files().len() < segments {
                 j.append_data(slot, 0, &producer_batch(3, 100, 0, 0), 3, 1, ms)
                     .unwrap();
