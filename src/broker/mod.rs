@@ -331,9 +331,12 @@ impl Broker {
         )?;
         if let Some((decisions, to_reader)) = janitor {
             let dir = config.data_dir.clone();
+            let s = shared.clone();
             spawn(
                 "retention",
-                Box::new(move || retention::run(dir, decisions, to_reader)),
+                Box::new(move || {
+                    retention::run(dir, decisions, to_reader, || s.wake(shared::Stage::Reader));
+                }),
             )?;
         }
         spawn("reactor", Box::new(move || reactor.run()))?;

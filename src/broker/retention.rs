@@ -11,7 +11,12 @@
 //! 3. unlink the old segment files, oldest first, and fsync the directory;
 //! 4. close them last, once the reader and the flusher let go, so that
 //!    freeing their blocks (a close of an unlinked file) costs this thread
-//!    and not a pipeline stage.
+//!    and not a pipeline stage. It does not wait for that: files still held
+//!    elsewhere are closed on a later round.
+//!
+//! Decisions that queue up while one is carried out are merged into one
+//! (the latest start state, every file), so deletion keeps pace with a
+//! producer that seals segments faster than a start state can be written.
 //!
 //! A crash before step 1 is done leaves the old start state and every
 //! segment; a crash after it leaves the new start state, and recovery
@@ -30,30 +35,56 @@ use std::time::{Duration, Instant};
 /// How long the stage waits for the other holders of a deleted segment's
 /// file to let go before closing its own handle anyway.
 const RELEASE_WAIT: Duration = Duration::from_secs(2);
-/// Poll interval of that wait.
-const RELEASE_POLL: Duration = Duration::from_millis(5);
+/// How often files still held elsewhere are looked at again.
+const RELEASE_POLL: Duration = Duration::from_millis(10);
 /// How soon a decision whose start state could not be written is tried
 /// again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Carries out the writer's retention decisions until the writer hangs
 /// up (it drops its sender when it stops).
-pub fn run(dir: PathBuf, decisions: Receiver<Retained>, reader: Sender<ReaderEvent>) {
+/// `wake_reader` makes the reader take in the `Retained` event at once
+/// (it lets go of the deleted files then).
+pub fn run(
+    dir: PathBuf,
+    decisions: Receiver<Retained>,
+    reader: Sender<ReaderEvent>,
+    wake_reader: impl Fn(),
+) {
     let mut janitor = Janitor::new(dir, reader);
     loop {
-        let next = if janitor.has_pending() {
+        let next = if !janitor.closing.is_empty() {
+            decisions.recv_timeout(RELEASE_POLL)
+        } else if janitor.has_pending() {
             decisions.recv_timeout(RETRY_AFTER)
         } else {
             decisions.recv().map_err(|_| RecvTimeoutError::Disconnected)
         };
         match next {
-            Ok(decision) => janitor.take(decision),
+            Ok(mut decision) => {
+                // Everything queued behind it too, as one decision.
+                while let Ok(later) = decisions.try_recv() {
+                    decision = merge(decision, later);
+                }
+                janitor.take(decision);
+                wake_reader();
+            }
             Err(RecvTimeoutError::Timeout) => janitor.retry(),
             // A decision still pending is lost with its start state: the
             // next start keeps those segments, as the journal on disk says.
+            // Files still held elsewhere close with their last holder.
             Err(RecvTimeoutError::Disconnected) => return,
         }
+        janitor.close_released(Instant::now());
     }
+}
+
+/// One decision carrying out `older` and then `newer`: the later start
+/// state, and the files of both (the older ones first).
+fn merge(mut older: Retained, mut newer: Retained) -> Retained {
+    older.files.append(&mut newer.files);
+    newer.files = older.files;
+    newer
 }
 
 /// The stage's state: the decision it could not carry out yet, if any.
@@ -64,6 +95,9 @@ struct Janitor {
     /// of every later decision merged in (the writer forgot them all, so
     /// they must not be dropped).
     pending: Option<Retained>,
+    /// Deleted segments' files still held by another stage, with when to
+    /// stop waiting for it.
+    closing: Vec<(Arc<std::fs::File>, Instant)>,
 }
 
 impl Janitor {
@@ -72,6 +106,7 @@ impl Janitor {
             dir,
             reader,
             pending: None,
+            closing: Vec::new(),
         }
     }
 
@@ -81,12 +116,11 @@ impl Janitor {
 
     /// Takes a new decision: it supersedes a pending one (its start state
     /// is later), whose files it adds to its own, and is carried out.
-    fn take(&mut self, mut decision: Retained) {
-        if let Some(mut older) = self.pending.take() {
-            older.files.append(&mut decision.files);
-            decision.files = older.files;
-        }
-        self.pending = Some(decision);
+    fn take(&mut self, decision: Retained) {
+        self.pending = Some(match self.pending.take() {
+            Some(older) => merge(older, decision),
+            None => decision,
+        });
         self.retry();
     }
 
@@ -94,15 +128,33 @@ impl Janitor {
     /// still cannot be written.
     fn retry(&mut self) {
         if let Some(decision) = self.pending.take() {
-            self.pending = carry_out(&self.dir, decision, &self.reader).err();
+            match carry_out(&self.dir, decision, &self.reader) {
+                Ok(files) => {
+                    let deadline = Instant::now() + RELEASE_WAIT;
+                    self.closing
+                        .extend(files.into_iter().map(|file| (file, deadline)));
+                }
+                Err(decision) => self.pending = Some(decision),
+            }
         }
+    }
+
+    /// Closes the deleted files no other stage holds any more, and those
+    /// it waited for long enough (their last holder closes them then).
+    fn close_released(&mut self, now: Instant) {
+        self.closing
+            .retain(|(file, deadline)| Arc::strong_count(file) > 1 && now < *deadline);
     }
 }
 
-/// One decision, steps 1 to 4 of the [module docs](self). Gives the
-/// decision back when the start state cannot be written (nothing was
-/// deleted then).
-fn carry_out(dir: &Path, decision: Retained, reader: &Sender<ReaderEvent>) -> Result<(), Retained> {
+/// One decision, steps 1 to 3 of the [module docs](self); returns the
+/// deleted files for step 4. Gives the decision back when the start state
+/// cannot be written (nothing was deleted then).
+fn carry_out(
+    dir: &Path,
+    decision: Retained,
+    reader: &Sender<ReaderEvent>,
+) -> Result<Vec<Arc<std::fs::File>>, Retained> {
     let position = decision.state.position;
     if let Err(e) = start::write(dir, &decision.state) {
         crate::log!(
@@ -129,17 +181,10 @@ fn carry_out(dir: &Path, decision: Retained, reader: &Sender<ReaderEvent>) -> Re
             crate::log!("retention: {e}");
         }
     }
-    let deadline = Instant::now() + RELEASE_WAIT;
-    for ((_, file), _) in decision.files {
-        while Arc::strong_count(&file) > 1 && Instant::now() < deadline {
-            std::thread::sleep(RELEASE_POLL);
-        }
-        drop(file);
-    }
     crate::log!(
         "retention: the journal now starts at position {position} ({removed} segment(s) deleted)"
     );
-    Ok(())
+    Ok(decision.files.into_iter().map(|((_, file), _)| file).collect())
 }
 
 #[cfg(test)]
