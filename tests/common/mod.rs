@@ -17,9 +17,11 @@ pub mod tmpfs;
 
 use hutong::wire::api::{
     CreateTopicRequest, ErrorBody, FetchRequest, FetchResponse, HandshakeRequest,
-    ListOffsetsRequest, ListOffsetsResponse, ProduceRequest, ProduceResponse, PROTOCOL_VERSION,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
+    ProduceResponse, PROTOCOL_VERSION,
 };
 use hutong::wire::batch::{records, split_batches, BatchBuilder};
+use hutong::wire::codec::Reader;
 use hutong::wire::frame::{ResponseHeader, LENGTH_PREFIX_LEN, RESPONSE_HEADER_LEN};
 use hutong::wire::{ApiKey, ErrorCode, Qos};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -686,6 +688,37 @@ impl RawResponse {
     }
 }
 
+/// The body of an `OffsetOutOfRange` error: the ordinary error body
+/// followed by the partition's log start and end (docs/protocol.md), so
+/// that a consumer can jump to the first offset still kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutOfRangeBody {
+    /// Human-readable detail.
+    pub message: String,
+    /// The partition's log start: its first offset still stored.
+    pub start_offset: u64,
+    /// One past its last committed offset (the high watermark).
+    pub end_offset: u64,
+}
+
+impl OutOfRangeBody {
+    /// Parses an error body as `string message | u64 start_offset | u64
+    /// end_offset` (little-endian); bytes after the trailer are ignored, as
+    /// for every error trailer. `None` when the trailer is missing or
+    /// incomplete.
+    pub fn decode(body: &[u8]) -> Option<OutOfRangeBody> {
+        let mut r = Reader::new(body);
+        let message = r.str("message").ok()?.to_string();
+        let start_offset = r.u64("start_offset").ok()?;
+        let end_offset = r.u64("end_offset").ok()?;
+        Some(OutOfRangeBody {
+            message,
+            start_offset,
+            end_offset,
+        })
+    }
+}
+
 /// A blocking protocol connection with timeouts, for tests that need byte
 /// control (bad input, correlation ids, exact request shapes).
 pub struct RawConn {
@@ -884,20 +917,37 @@ impl RawConn {
         self.request(ApiKey::Fetch, |out| req.encode(out))
     }
 
+    /// Fetches up to 1 MiB from `offset` without waiting and returns the
+    /// raw response, which may be an error.
+    pub fn fetch_at(&mut self, topic: &str, partition: u32, offset: u64) -> RawResponse {
+        self.fetch(&FetchRequest {
+            topic,
+            partition,
+            offset,
+            max_bytes: 1 << 20,
+            max_wait_ms: 0,
+            min_bytes: 0,
+        })
+    }
+
     /// Fetches from `offset` (no wait) and returns the records at or above it.
     pub fn fetch_records(&mut self, topic: &str, partition: u32, offset: u64) -> Vec<Fetched> {
-        let r = self
-            .fetch(&FetchRequest {
-                topic,
-                partition,
-                offset,
-                max_bytes: 1 << 20,
-                max_wait_ms: 0,
-                min_bytes: 0,
-            })
-            .ok();
+        let r = self.fetch_at(topic, partition, offset).ok();
         let f = FetchResponse::decode(&r.body).expect("decode fetch response");
         decode_fetched(f.batches, offset)
+    }
+
+    /// Metadata for `topics` (every topic when empty).
+    pub fn metadata(&mut self, topics: &[&str]) -> MetadataResponse {
+        let r = self
+            .request(ApiKey::Metadata, |out| {
+                MetadataRequest {
+                    topics: topics.to_vec(),
+                }
+                .encode(out)
+            })
+            .ok();
+        MetadataResponse::decode(&r.body).expect("decode metadata response")
     }
 
     /// ListOffsets for one partition.
