@@ -21,7 +21,6 @@ use hutong::wire::api::{
     ProduceResponse, PROTOCOL_VERSION,
 };
 use hutong::wire::batch::{records, split_batches, BatchBuilder};
-use hutong::wire::codec::Reader;
 use hutong::wire::frame::{ResponseHeader, LENGTH_PREFIX_LEN, RESPONSE_HEADER_LEN};
 use hutong::wire::{ApiKey, ErrorCode, Qos};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -702,19 +701,21 @@ pub struct OutOfRangeBody {
 }
 
 impl OutOfRangeBody {
-    /// Parses an error body as `string message | u64 start_offset | u64
-    /// end_offset` (little-endian); bytes after the trailer are ignored, as
+    /// Parses an error body by the byte layout docs/protocol.md gives it
+    /// (read here on its own, not with the broker's codec, so that a layout
+    /// the broker and its codec agree on wrongly still shows): `string
+    /// message` (u16 length, UTF-8), then `u64 start_offset` and `u64
+    /// end_offset`, little-endian; bytes after the trailer are ignored, as
     /// for every error trailer. `None` when the trailer is missing or
     /// incomplete.
     pub fn decode(body: &[u8]) -> Option<OutOfRangeBody> {
-        let mut r = Reader::new(body);
-        let message = r.str("message").ok()?.to_string();
-        let start_offset = r.u64("start_offset").ok()?;
-        let end_offset = r.u64("end_offset").ok()?;
+        let len = usize::from(u16::from_le_bytes(body.get(..2)?.try_into().ok()?));
+        let message = std::str::from_utf8(body.get(2..2 + len)?).ok()?.to_string();
+        let u64_at = |at: usize| Some(u64::from_le_bytes(body.get(at..at + 8)?.try_into().ok()?));
         Some(OutOfRangeBody {
             message,
-            start_offset,
-            end_offset,
+            start_offset: u64_at(2 + len)?,
+            end_offset: u64_at(10 + len)?,
         })
     }
 }
