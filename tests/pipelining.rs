@@ -375,9 +375,8 @@ fn large_fetch_answers_that_wrap_around_the_fetch_ring_arrive_whole() {
     let dir = TestDir::new();
     // A fetch ring of 1 MiB (the smallest these limits allow), so that the
     // answers below wrap around its end many times.
-    let config = dir.config(
-        "batch_bytes_max = 262144\nfetch_bytes_max = 524288\nfetch_ring_bytes = 1048576\n",
-    );
+    let config = dir
+        .config("batch_bytes_max = 262144\nfetch_bytes_max = 524288\nfetch_ring_bytes = 1048576\n");
     let broker = BrokerProc::start(&dir.data, &["--config", config.to_str().unwrap()]);
     let addr = broker.addr();
     let mut c = RawConn::connect(addr);

@@ -177,6 +177,11 @@ impl Flusher {
             (self.sync_file)(file)?;
         }
         self.synced = w;
+        // Files wholly below what is synced are never synced again (a cut
+        // hands over the files it needs in its `Reset`): let go of them, so
+        // that retention's deletion frees their blocks.
+        let holder = self.files.partition_point(|f| f.0 <= w).saturating_sub(1);
+        self.files.drain(..holder);
         Ok(())
     }
 
