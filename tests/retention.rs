@@ -195,11 +195,17 @@ impl Journal {
     }
 }
 
-/// Waits until size retention has deleted all it should and the segment
-/// files fit in `retention_bytes` + 2 segments; returns the journal then.
-fn wait_for_size_retention(dir: &Path, retention_bytes: u64, segment_bytes: u64) -> Journal {
+/// Waits (at most `limit`) until size retention has deleted all it should
+/// and the segment files fit in `retention_bytes` + 2 segments; returns the
+/// journal then.
+fn wait_for_size_retention(
+    dir: &Path,
+    retention_bytes: u64,
+    segment_bytes: u64,
+    limit: Duration,
+) -> Journal {
     let mut last = None;
-    let deadline = Instant::now() + DELETION_TIMEOUT;
+    let deadline = Instant::now() + limit;
     loop {
         if let Some(j) = Journal::read(dir) {
             if j.size_retention_done(retention_bytes)
@@ -212,7 +218,7 @@ fn wait_for_size_retention(dir: &Path, retention_bytes: u64, segment_bytes: u64)
         assert!(
             Instant::now() < deadline,
             "size retention ({retention_bytes} bytes, {segment_bytes}-byte segments) did not \
-             bring the journal down within {DELETION_TIMEOUT:?}; last seen: {}",
+             bring the journal down within {limit:?}; last seen: {}",
             last.as_ref().map_or("nothing".into(), Journal::describe)
         );
         std::thread::sleep(Duration::from_millis(20));
@@ -429,12 +435,37 @@ fn fill_past_size_retention(
     let broker = BrokerProc::start(&dir.data, &strs(args));
     RawConn::connect(broker.addr()).create_topic(topic, PARTITIONS);
     let ends = produce_round_robin(broker.addr(), topic, [0; PARTITIONS as usize], FILL_BATCHES);
-    let journal = wait_for_size_retention(&dir.data, RETENTION_BYTES, SEGMENT_BYTES);
+    let journal =
+        wait_for_size_retention(&dir.data, RETENTION_BYTES, SEGMENT_BYTES, DELETION_TIMEOUT);
     eprintln!(
         "after producing {FILL_BATCHES} batches: {}",
         journal.describe()
     );
+    assert_no_further_deletion(&dir.data, &journal);
     (broker, ends, journal)
+}
+
+/// How long a settled journal is watched for deletions it must not get:
+/// ten retention checks of the size tests.
+const SETTLED_WATCH: Duration = Duration::from_secs(1);
+
+/// Watches the settled `journal` in `dir` for [`SETTLED_WATCH`]: size
+/// retention, which has nothing more to delete, must keep deleting
+/// nothing while nothing is produced.
+fn assert_no_further_deletion(dir: &Path, journal: &Journal) {
+    let until = Instant::now() + SETTLED_WATCH;
+    while Instant::now() < until {
+        let now = Journal::read_settled(dir);
+        assert_eq!(
+            now.first_start(),
+            journal.first_start(),
+            "size retention deleted more of an idle journal that held only what it must \
+             keep: was {}, now {}",
+            journal.describe(),
+            now.describe()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Asserts what size retention promises about a journal it is done with:
@@ -626,7 +657,9 @@ fn a_restart_after_deletion_keeps_the_log_start_and_continues_at_the_old_end() {
                 }
             },
         );
-        let journal = wait_for_size_retention(&dir.data, RETENTION_BYTES, SEGMENT_BYTES);
+        let journal =
+            wait_for_size_retention(&dir.data, RETENTION_BYTES, SEGMENT_BYTES, DELETION_TIMEOUT);
+        assert_no_further_deletion(&dir.data, &journal);
         assert_size_retention_kept_enough(&journal);
         let now = check_topic(broker.addr(), TOPIC);
         for (p, (&(start0, end0), &(start1, end1))) in before.iter().zip(&now).enumerate() {
@@ -946,6 +979,74 @@ fn acked_data_inside_retention_survives_twenty_kill_9_while_segments_are_deleted
         journal.describe(),
         t0.elapsed().as_secs_f64()
     );
+}
+
+/// How long the pace test produces without a pause.
+const PACE_PRODUCE: Duration = Duration::from_secs(3);
+/// How far the segment files may run ahead of retention while the
+/// producer runs: deletion may lag by many segments (it works off the
+/// produce path), but not by a third of what the producer wrote.
+const PACE_LAG_BYTES_MAX: u64 = 32 * MIB;
+/// How long deletion may take to finish once the producer stopped: a
+/// retention check every 10 ms needs far less.
+const PACE_SETTLE: Duration = Duration::from_secs(20);
+
+#[test]
+fn size_retention_keeps_pace_with_a_producer_that_never_pauses() {
+    let dir = TestDir::new();
+    let args = args_with(&dir, LOOP_TOML, &[]);
+    let broker = BrokerProc::start(&dir.data, &strs(&args));
+    let addr = broker.addr();
+    RawConn::connect(addr).create_topic(LOOP_TOPIC, PARTITIONS);
+    let feed = Arc::new(Feed::default());
+    let producer = std::thread::spawn({
+        let feed = Arc::clone(&feed);
+        move || produce_until_killed(addr, &feed)
+    });
+    let started = Instant::now();
+    let mut most = Journal::read_settled(&dir.data);
+    while started.elapsed() < PACE_PRODUCE {
+        if let Some(j) = Journal::read(&dir.data) {
+            if j.file_bytes() > most.file_bytes() {
+                most = j;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    feed.stop.store(true, Ordering::Relaxed);
+    bounded(Duration::from_secs(30), "the producer stops", move || {
+        producer.join().expect("producer thread")
+    });
+    let acked = lock(&feed.acked).len();
+    let produced = acked as u64 * RECORDS_PER_BATCH * LOOP_VALUE_BYTES as u64;
+    eprintln!(
+        "{acked} batches (~{} MiB) acknowledged in {PACE_PRODUCE:?}; most on disk meanwhile: {}",
+        produced / MIB,
+        most.describe()
+    );
+    let settle_started = Instant::now();
+    let settled = wait_for_size_retention(&dir.data, LOOP_RETENTION_BYTES, 65536, PACE_SETTLE);
+    eprintln!(
+        "settled {:?} after the producer stopped: {}",
+        settle_started.elapsed(),
+        settled.describe()
+    );
+    assert!(
+        most.file_bytes() <= LOOP_RETENTION_BYTES + PACE_LAG_BYTES_MAX,
+        "while a producer wrote ~{} MiB, deletion fell {} bytes behind retention \
+         ({LOOP_RETENTION_BYTES} bytes): {}",
+        produced / MIB,
+        most.file_bytes() - LOOP_RETENTION_BYTES,
+        most.describe()
+    );
+    let mut c = RawConn::connect(addr);
+    for p in 0..PARTITIONS {
+        let lo = c.list_offsets(LOOP_TOPIC, p);
+        assert!(
+            lo.earliest > 0,
+            "{LOOP_TOPIC}/{p}: the log start moved with the deletions"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------
