@@ -387,14 +387,23 @@ fn check_partition(c: &mut RawConn, topic: &str, partition: u32) -> (u64, u64) {
     (start, end)
 }
 
-/// Checks every partition with [`check_partition`].
-fn check_topic(addr: SocketAddr, topic: &'static str) -> Vec<(u64, u64)> {
-    bounded(Duration::from_secs(120), "read the topic back", move || {
-        let mut c = RawConn::connect(addr);
-        (0..PARTITIONS)
-            .map(|p| check_partition(&mut c, topic, p))
-            .collect()
-    })
+/// `(topic, partition)` pairs that a test checks together.
+type Parts = &'static [(&'static str, u32)];
+
+/// Checks each of `parts` with [`check_partition`] and returns their
+/// `(log start, end)`s in the same order.
+fn check_parts(addr: SocketAddr, parts: Parts) -> Vec<(u64, u64)> {
+    bounded(
+        Duration::from_secs(120),
+        "read the partitions back",
+        move || {
+            let mut c = RawConn::connect(addr);
+            parts
+                .iter()
+                .map(|&(topic, p)| check_partition(&mut c, topic, p))
+                .collect()
+        },
+    )
 }
 
 /// Broker arguments: `--config` with `toml`, then `extra`.
@@ -425,17 +434,29 @@ fn size_args(dir: &TestDir) -> Vec<String> {
     )
 }
 
-/// Starts a size-retention broker on `dir`, creates `topic`, produces three
-/// times [`RETENTION_BYTES`] and waits until retention has caught up.
-/// Returns the broker, the partitions' ends and the journal.
+/// The size tests' main topic, filled round robin.
+const SIZED: &str = "sized";
+/// A one-partition topic of the size tests that gets a single batch
+/// before [`SIZED`] is filled: size retention deletes the segment that
+/// holds it, so it keeps no record at all.
+const EMPTIED: &str = "emptied";
+/// Every partition of the size tests.
+const SIZED_PARTS: Parts = &[(SIZED, 0), (SIZED, 1), (EMPTIED, 0)];
+
+/// Starts a size-retention broker on `dir`, creates [`SIZED`] and
+/// [`EMPTIED`], produces one batch to [`EMPTIED`], then three times
+/// [`RETENTION_BYTES`] to [`SIZED`], and waits until retention has caught
+/// up. Returns the broker, [`SIZED`]'s partitions' ends and the journal.
 fn fill_past_size_retention(
     dir: &TestDir,
     args: &[String],
-    topic: &'static str,
 ) -> (BrokerProc, [u64; PARTITIONS as usize], Journal) {
     let broker = BrokerProc::start(&dir.data, &strs(args));
-    RawConn::connect(broker.addr()).create_topic(topic, PARTITIONS);
-    let ends = produce_round_robin(broker.addr(), topic, [0; PARTITIONS as usize], FILL_BATCHES);
+    let mut c = RawConn::connect(broker.addr());
+    c.create_topic(SIZED, PARTITIONS);
+    c.create_topic(EMPTIED, 1);
+    produce_expected(&mut c, EMPTIED, 0, 0);
+    let ends = produce_round_robin(broker.addr(), SIZED, [0; PARTITIONS as usize], FILL_BATCHES);
     let journal =
         wait_for_size_retention(&dir.data, RETENTION_BYTES, SEGMENT_BYTES, DELETION_TIMEOUT);
     eprintln!(
@@ -488,27 +509,32 @@ fn assert_size_retention_kept_enough(journal: &Journal) {
 
 #[test]
 fn size_retention_deletes_the_oldest_segments_and_moves_the_log_start() {
-    const TOPIC: &str = "sized";
     let dir = TestDir::new();
     let args = size_args(&dir);
-    let (broker, ends, journal) = fill_past_size_retention(&dir, &args, TOPIC);
+    let (broker, ends, journal) = fill_past_size_retention(&dir, &args);
     assert_size_retention_kept_enough(&journal);
-    let offsets = check_topic(broker.addr(), TOPIC);
-    for (p, &(_, end)) in offsets.iter().enumerate() {
+    let offsets = check_parts(broker.addr(), SIZED_PARTS);
+    for (p, &end) in ends.iter().enumerate() {
         assert_eq!(
-            end, ends[p],
-            "{TOPIC}/{p}: the end is where producing stopped"
+            offsets[p].1, end,
+            "{SIZED}/{p}: the end is where producing stopped"
         );
     }
     assert!(
-        offsets.iter().any(|&(start, _)| start > 0),
+        offsets[..ends.len()].iter().any(|&(start, _)| start > 0),
         "no partition's log start moved although segments were deleted: {offsets:?}"
+    );
+    assert_eq!(
+        offsets[ends.len()],
+        (RECORDS_PER_BATCH, RECORDS_PER_BATCH),
+        "{EMPTIED}/0, whose only batch was deleted, starts and ends after it"
     );
 }
 
 #[test]
 fn time_retention_deletes_old_sealed_segments_and_keeps_the_active_one() {
     const TOPIC: &str = "timed";
+    const PARTS: Parts = &[(TOPIC, 0), (TOPIC, 1)];
     /// Slack for the broker's clock granularity when judging whether it
     /// could have deleted anything yet.
     const CLOCK_SLACK: Duration = Duration::from_millis(250);
@@ -517,7 +543,7 @@ fn time_retention_deletes_old_sealed_segments_and_keeps_the_active_one() {
     // The config file keeps ten minutes; the flag must win.
     let toml = format!("{SMALL_SEGMENTS_TOML}retention_ms = 600000\n");
     let args = args_with(&dir, &toml, &["--retention-ms", &RETENTION_MS.to_string()]);
-    let broker = BrokerProc::start(&dir.data, &strs(&args));
+    let mut broker = BrokerProc::start(&dir.data, &strs(&args));
     let addr = broker.addr();
     let t0 = Instant::now();
     RawConn::connect(addr).create_topic(TOPIC, PARTITIONS);
@@ -587,7 +613,7 @@ fn time_retention_deletes_old_sealed_segments_and_keeps_the_active_one() {
         "the segment left is a new one: {}",
         kept.describe()
     );
-    let offsets = check_topic(addr, TOPIC);
+    let offsets = check_parts(addr, PARTS);
     assert!(
         offsets[0].0 > 0 && offsets[0].0 <= recent_offset,
         "{TOPIC}/0: the log start {} moved past the old data but not past the recent batch \
@@ -610,20 +636,40 @@ fn time_retention_deletes_old_sealed_segments_and_keeps_the_active_one() {
         later.describe()
     );
     assert_eq!(
-        check_topic(addr, TOPIC),
+        check_parts(addr, PARTS),
         offsets,
         "the active segment's data is still served, from the same log starts"
+    );
+
+    // A restart keeps the log starts and the ends, old as the data is, and
+    // producing continues at the ends.
+    broker.kill9();
+    let broker = BrokerProc::start(&dir.data, &strs(&args));
+    let addr = broker.addr();
+    assert_eq!(
+        check_parts(addr, PARTS),
+        offsets,
+        "after kill -9 and a restart, the (log start, end) of each partition is unchanged"
+    );
+    bounded(
+        Duration::from_secs(30),
+        "produce after the restart",
+        move || {
+            let mut c = RawConn::connect(addr);
+            for (&(topic, p), &(_, end)) in PARTS.iter().zip(&offsets) {
+                produce_expected(&mut c, topic, p, end);
+            }
+        },
     );
 }
 
 #[test]
 fn a_restart_after_deletion_keeps_the_log_start_and_continues_at_the_old_end() {
-    const TOPIC: &str = "restarted";
     let dir = TestDir::new();
     let args = size_args(&dir);
-    let (mut broker, _, journal) = fill_past_size_retention(&dir, &args, TOPIC);
+    let (mut broker, _, journal) = fill_past_size_retention(&dir, &args);
     assert_size_retention_kept_enough(&journal);
-    let mut before = check_topic(broker.addr(), TOPIC);
+    let mut before = check_parts(broker.addr(), SIZED_PARTS);
     for how in ["kill -9", "SIGTERM"] {
         if how == "kill -9" {
             broker.kill9();
@@ -640,7 +686,7 @@ fn a_restart_after_deletion_keeps_the_log_start_and_continues_at_the_old_end() {
                 e.describe()
             )
         });
-        let after = check_topic(broker.addr(), TOPIC);
+        let after = check_parts(broker.addr(), SIZED_PARTS);
         assert_eq!(
             after, before,
             "after {how} and a restart, each partition's (log start, end) is unchanged"
@@ -653,8 +699,8 @@ fn a_restart_after_deletion_keeps_the_log_start_and_continues_at_the_old_end() {
             "produce after the restart",
             move || {
                 let mut c = RawConn::connect(addr);
-                for (p, &end) in ends.iter().enumerate() {
-                    produce_expected(&mut c, TOPIC, p as u32, end);
+                for (&(topic, p), &end) in SIZED_PARTS.iter().zip(&ends) {
+                    produce_expected(&mut c, topic, p, end);
                 }
             },
         );
@@ -662,11 +708,13 @@ fn a_restart_after_deletion_keeps_the_log_start_and_continues_at_the_old_end() {
             wait_for_size_retention(&dir.data, RETENTION_BYTES, SEGMENT_BYTES, DELETION_TIMEOUT);
         assert_no_further_deletion(&dir.data, &journal);
         assert_size_retention_kept_enough(&journal);
-        let now = check_topic(broker.addr(), TOPIC);
-        for (p, (&(start0, end0), &(start1, end1))) in before.iter().zip(&now).enumerate() {
+        let now = check_parts(broker.addr(), SIZED_PARTS);
+        for (((topic, p), &(start0, end0)), &(start1, end1)) in
+            SIZED_PARTS.iter().zip(&before).zip(&now)
+        {
             assert!(
                 start1 >= start0 && end1 == end0 + RECORDS_PER_BATCH,
-                "{TOPIC}/{p}: one more batch after {how} moves ({start0}, {end0}) to \
+                "{topic}/{p}: one more batch after {how} moves ({start0}, {end0}) to \
                  ({start1}, {end1})"
             );
         }
