@@ -5,7 +5,9 @@
 //! and Fetch report it, a Fetch below it is answered `OffsetOutOfRange`
 //! with the log start and end in a trailer, and a restart (clean or
 //! `kill -9`) keeps it where it was while offsets carry on from the old
-//! end.
+//! end. Deletion keeps pace with a producer that never pauses, and twenty
+//! `kill -9` in a row while segments are being deleted lose nothing that
+//! was acknowledged and is still inside retention.
 //!
 //! The values these tests produce are computed from where they are stored
 //! (partition and offset, or batch number and index), so a read-back
