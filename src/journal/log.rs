@@ -1082,6 +1082,10 @@ fn scan_journal(
     // knows besides (created later: the walk meets their records again).
     for t in start.map_or(&[][..], |st| &st.topics[..]) {
         let slot = catalog.add(t.meta.clone());
+        // Created in the deleted part of the journal, which no cut can
+        // reach (a cut never goes below the first kept byte): recorded, so
+        // that a repair's `drop_unrecorded` keeps it.
+        catalog.topic_mut(slot).created_at = Some(0);
         for (p, &log_start) in catalog
             .topic_mut(slot)
             .partitions
