@@ -184,7 +184,11 @@ fn carry_out(
     crate::log!(
         "retention: the journal now starts at position {position} ({removed} segment(s) deleted)"
     );
-    Ok(decision.files.into_iter().map(|((_, file), _)| file).collect())
+    Ok(decision
+        .files
+        .into_iter()
+        .map(|((_, file), _)| file)
+        .collect())
 }
 
 #[cfg(test)]
