@@ -25,9 +25,8 @@
 
 use super::dir::{begin_state, open_state, seal_state, write_atomically};
 use super::error::JournalError;
-use super::topic::{TopicMeta, PARTITIONS_MAX};
+use super::topic::{encode_meta, MetaReader, TopicMeta};
 use crate::wire::codec::{DecodeError, Put, Reader};
-use std::collections::HashSet;
 use std::path::Path;
 
 /// Name of the start state file in the data directory.
@@ -38,8 +37,6 @@ pub const START_TMP_FILE: &str = "start.tmp";
 pub const START_MAGIC: [u8; 4] = *b"HTST";
 /// The only start state format version so far.
 pub const START_VERSION: u16 = 1;
-/// Longest topic name the format holds (its length is a `u16`).
-const NAME_BYTES_MAX: usize = u16::MAX as usize;
 
 /// One topic as it stood at the journal's first kept byte.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,10 +72,7 @@ pub fn encode(st: &StartState) -> Vec<u8> {
     out.put_u32(st.topics.len() as u32);
     for t in &st.topics {
         assert_eq!(t.meta.partitions as usize, t.log_starts.len());
-        assert!(t.meta.name.len() <= NAME_BYTES_MAX, "topic name too long");
-        out.put_u32(t.meta.id);
-        out.put_u32(t.meta.partitions);
-        out.put_str(&t.meta.name);
+        encode_meta(&t.meta, &mut out);
         for &s in &t.log_starts {
             out.put_u64(s);
         }
@@ -108,33 +102,15 @@ fn decode_body(body: &[u8]) -> Result<StartState, DecodeError> {
     // Counts come from the file: reserve only what the remaining bytes
     // could hold, and believe no more partitions than the journal allows.
     let mut topics = Vec::with_capacity(count.min(r.remaining() / 10));
-    let mut partitions_total = 0usize;
-    let mut ids = HashSet::new();
+    let mut metas = MetaReader::default();
     for _ in 0..count {
-        let id = r.u32("topic id")?;
-        let partitions = r.u32("topic partitions")?;
-        partitions_total = partitions_total.saturating_add(partitions as usize);
-        if partitions_total > PARTITIONS_MAX {
-            return Err(DecodeError::InvalidValue {
-                field: "topic partitions",
-            });
-        }
-        if !ids.insert(id) {
-            return Err(DecodeError::InvalidValue { field: "topic id" });
-        }
-        let name = r.str("topic name")?.to_owned();
-        let mut log_starts = Vec::with_capacity((partitions as usize).min(r.remaining() / 8));
-        for _ in 0..partitions {
+        let meta = metas.read(&mut r)?;
+        // The count was bounded by the meta reader; the room by what is left.
+        let mut log_starts = Vec::with_capacity((meta.partitions as usize).min(r.remaining() / 8));
+        for _ in 0..meta.partitions {
             log_starts.push(r.u64("log start")?);
         }
-        topics.push(StartTopic {
-            meta: TopicMeta {
-                id,
-                name,
-                partitions,
-            },
-            log_starts,
-        });
+        topics.push(StartTopic { meta, log_starts });
     }
     r.finish()?;
     Ok(StartState {
