@@ -148,7 +148,9 @@ pub fn read(dir: &Path) -> Result<Option<Checkpoint>, JournalError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::topic::PARTITIONS_MAX;
     use proptest::prelude::*;
+    use std::collections::HashSet;
 
     fn sample() -> Checkpoint {
         Checkpoint {
