@@ -97,6 +97,10 @@ pub struct Retention {
     pub ms: Option<u64>,
 }
 
+/// How far ahead of the broker's clock a segment's newest stamp must be for
+/// retention to say that it holds time retention back: a day.
+const FUTURE_STAMP_MS: i64 = 24 * 3600 * 1000;
+
 /// A decision of [`Journal::retain`]: the journal now starts at
 /// `state.position`. The caller writes `state` ([`start::write`]) before it
 /// deletes any of `files`, and only then tells readers.
@@ -278,6 +282,9 @@ pub struct Journal {
     sealed: Vec<Sealed>,
     /// The newest append time in the active segment.
     active_newest_ms: i64,
+    /// The start of the last segment retention warned about for a stamp
+    /// from the future (one line per segment, not one per check).
+    warned: u64,
     control: BatchBuilder,
     report: RecoveryReport,
     /// Every batch recovery found, until [`Journal::take_entries`].
@@ -481,6 +488,7 @@ impl Journal {
             start: base,
             sealed,
             active_newest_ms,
+            warned: u64::MAX,
             control: BatchBuilder::with_kind(BatchKind::Control),
             report,
             entries,
@@ -904,26 +912,40 @@ impl Journal {
     /// byte; the caller writes the returned start state durably, then
     /// deletes the files. Nothing is deleted here: no IO on the writer.
     pub fn retain(&mut self, policy: Retention, durable: u64, now_ms: i64) -> Option<Retained> {
-        let len = |seg: &Sealed| seg.end - seg.start;
-        // By time: up to the newest sealed segment that is too old, and
-        // every segment before it whatever its stamp says. The journal's
-        // order is the order things were written, so those are older
-        // still; a stamp from a clock that was ahead for a while must not
-        // hold back the segments after it.
-        let mut k = policy.ms.map_or(0, |ms| {
-            let cutoff = now_ms.saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX));
-            self.sealed
-                .iter()
-                .rposition(|seg| seg.end <= durable && seg.newest_ms < cutoff)
-                .map_or(0, |j| j + 1)
-        });
-        // By size: then oldest first while the rest still holds enough.
-        let mut held = self.end - self.start - self.sealed[..k].iter().map(len).sum::<u64>();
-        while let Some(seg) = self.sealed.get(k) {
-            if seg.end > durable || policy.bytes == 0 || held - len(seg) < policy.bytes {
+        let cutoff = policy
+            .ms
+            .map(|ms| now_ms.saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX)));
+        // Oldest first, each segment judged by its own stamps, stopping at
+        // the first one to keep. A clock that was wrong for a while errs on
+        // the safe side: a stamp from the future holds the segments after
+        // it back (logged below), where deleting up to the newest old
+        // stamp would delete recent segments whenever the clock had been
+        // behind.
+        let mut held = self.end - self.start;
+        let mut k = 0usize;
+        for seg in &self.sealed {
+            let len = seg.end - seg.start;
+            if seg.end > durable {
                 break;
             }
-            held -= len(seg);
+            let by_size = policy.bytes > 0 && held - len >= policy.bytes;
+            let by_time = cutoff.is_some_and(|c| seg.newest_ms < c);
+            if !(by_size || by_time) {
+                if seg.newest_ms > now_ms.saturating_add(FUTURE_STAMP_MS)
+                    && self.warned != seg.start
+                {
+                    self.warned = seg.start;
+                    crate::log!(
+                        "retention: segment {} holds batches stamped {} ms ahead of the broker's \
+                         clock now; time retention keeps it and every later segment until the \
+                         clock passes that time (size retention still applies)",
+                        seg.start,
+                        seg.newest_ms - now_ms
+                    );
+                }
+                break;
+            }
+            held -= len;
             k += 1;
         }
         let position = self.sealed.get(k.checked_sub(1)?)?.end;
@@ -2646,10 +2668,36 @@ mod tests {
         }
     }
 
-    /// Review finding: a segment stamped by a clock that was ahead for a
-    /// while must not hold back time retention of the segments after it.
+    /// Time retention judges each segment by its own stamps, oldest first,
+    /// and stops at the first to keep: a segment stamped by a clock that
+    /// was behind for a while must not take recent segments before it
+    /// along (second review), and one stamped by a clock that was ahead
+    /// holds the later ones back, on the safe side.
     #[test]
-    fn time_retention_is_not_held_back_by_a_segment_from_the_future() {
+    fn time_retention_stops_at_the_first_segment_to_keep_whatever_comes_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path());
+        let (_, slot) = j.create_topic("t", 1, 1, 1_000).unwrap();
+        let stamp = |j: &mut Journal, segments: usize, ms: i64| {
+            while j.segment_files().len() < segments {
+                j.append_data(slot, 0, &producer_batch(3, 100, 0, 0), 3, 1, ms)
+                    .unwrap();
+            }
+        };
+        stamp(&mut j, 3, 1_000);
+        stamp(&mut j, 6, 9_000);
+        stamp(&mut j, 7, 2_000); // a clock behind for a while
+        stamp(&mut j, 8, 9_500);
+        j.write_out().unwrap();
+        let end = j.end();
+        let policy = Retention {
+            bytes: 0,
+            ms: Some(5_000),
+        };
+        let r = j.retain(policy, end, 10_000).expect("the old segments go");
+        assert_eq!(r.files.len(), 2, "the two segments stamped 1,000 only");
+        assert!(j.sealed()[0].newest_ms == 9_000, "recent segments kept");
+        // A stamp from the future holds back what follows it.
         let dir = tempfile::tempdir().unwrap();
         let mut j = open(dir.path());
         let (_, slot) = j.create_topic("t", 1, 1, 1_000).unwrap();
@@ -2660,22 +2708,15 @@ mod tests {
             }
         };
         stamp(&mut j, 2, 1_000);
-        stamp(&mut j, 3, 1_000_000_000_000_000);
-        stamp(&mut j, 8, 2_000);
+        stamp(&mut j, 3, i64::MAX / 2);
+        stamp(&mut j, 5, 1_000);
         j.write_out().unwrap();
         let end = j.end();
-        let sealed = j.sealed().len();
-        let policy = Retention {
-            bytes: 0,
-            ms: Some(500),
-        };
-        let r = j.retain(policy, end, 10_000).expect("old segments go");
-        assert_eq!(
-            r.files.len(),
-            sealed,
-            "every sealed segment is older than 500 ms"
-        );
-        assert!(j.sealed().is_empty());
+        let r = j
+            .retain(policy, end, 10_000)
+            .expect("the first old one goes");
+        assert_eq!(r.files.len(), 1);
+        assert!(j.retain(policy, end, 10_000).is_none(), "held back");
     }
 
     /// Review finding: a recovery that refuses (the segment at the start
