@@ -22,6 +22,12 @@ pub use crate::wire::limits::{
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7070";
 /// Default journal segment size (preallocated).
 pub const SEGMENT_BYTES_DEFAULT: usize = 128 * MIB;
+/// Default `retention_ms` of a standalone broker: 7 days, as Kafka.
+pub const RETENTION_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
+/// Default `retention_check_ms`.
+pub const RETENTION_CHECK_MS_DEFAULT: u64 = 1000;
+/// Accepted `retention_check_ms`: from 10 ms to an hour.
+pub const RETENTION_CHECK_MS_RANGE: std::ops::RangeInclusive<u64> = 10..=3_600_000;
 /// Default maximum frame size, length prefix included.
 pub const FRAME_BYTES_MAX_DEFAULT: usize = 16 * MIB;
 /// Default maximum record batch size.
@@ -136,6 +142,17 @@ pub struct Config {
     pub partitions_max: usize,
     /// Interval between journal checkpoints.
     pub checkpoint_interval_ms: u64,
+    /// Journal bytes kept: the oldest sealed segments are deleted while
+    /// the rest still holds at least this much. 0: no size limit.
+    pub retention_bytes: u64,
+    /// A sealed segment whose newest batch is older than this is deleted
+    /// (oldest first). `None` in a file means the default (7 days, for a
+    /// standalone broker; a replication group keeps everything unless
+    /// told otherwise). 0: no time limit.
+    pub retention_ms: Option<u64>,
+    /// How often the writer looks for segments to delete (it also looks
+    /// each time it seals one).
+    pub retention_check_ms: u64,
     /// Largest record key accepted.
     pub record_key_bytes_max: usize,
     /// Largest record value accepted.
@@ -225,6 +242,9 @@ impl Default for Config {
             partitions_per_topic_max: PARTITIONS_PER_TOPIC_MAX_DEFAULT,
             partitions_max: PARTITIONS_MAX_DEFAULT,
             checkpoint_interval_ms: CHECKPOINT_INTERVAL_MS_DEFAULT,
+            retention_bytes: 0,
+            retention_ms: None,
+            retention_check_ms: RETENTION_CHECK_MS_DEFAULT,
             record_key_bytes_max: RECORD_KEY_BYTES_MAX_DEFAULT,
             record_value_bytes_max: RECORD_VALUE_BYTES_MAX_DEFAULT,
             producer_window: PRODUCER_WINDOW_DEFAULT,
@@ -249,6 +269,18 @@ pub struct ConfigError(pub String);
 pub const RING_ENVELOPE_BYTES: usize = 16;
 
 impl Config {
+    /// The time limit retention applies, in ms: `retention_ms`, or its
+    /// default (7 days standalone, none in a replication group); `None`
+    /// when there is no limit.
+    pub fn retention_ms_effective(&self) -> Option<u64> {
+        let ms = self.retention_ms.unwrap_or(if self.peers.is_empty() {
+            RETENTION_MS_DEFAULT
+        } else {
+            0
+        });
+        (ms > 0).then_some(ms)
+    }
+
     /// Reads a TOML config file; fields it leaves out keep their defaults.
     ///
     /// # Errors
@@ -280,6 +312,23 @@ impl Config {
         }
         if self.segment_bytes < self.batch_bytes_max || self.segment_bytes > 1 << 40 {
             return fail("segment_bytes must hold at least one batch_bytes_max batch".into());
+        }
+        if !RETENTION_CHECK_MS_RANGE.contains(&self.retention_check_ms) {
+            return fail(format!(
+                "retention_check_ms must be in {}..={}",
+                RETENTION_CHECK_MS_RANGE.start(),
+                RETENTION_CHECK_MS_RANGE.end()
+            ));
+        }
+        if !self.peers.is_empty()
+            && (self.retention_bytes > 0 || self.retention_ms.is_some_and(|ms| ms > 0))
+        {
+            return fail(
+                "retention_bytes and retention_ms are not supported in a replication group yet \
+                 (a follower that falls behind the leader's first kept segment needs a snapshot \
+                 install, which does not exist); a group keeps its whole journal"
+                    .into(),
+            );
         }
         if self.write_cache_bytes < self.batch_bytes_max || self.write_cache_bytes > 1 << 32 {
             return fail("write_cache_bytes must hold at least one batch_bytes_max batch".into());

@@ -92,6 +92,17 @@ struct BrokerArgs {
     /// (the address this broker uses to reach each one).
     #[arg(long, value_name = "ID=ADDR,...")]
     peers: Option<String>,
+    /// Size of each journal segment file [default: 128 MiB].
+    #[arg(long, value_name = "N")]
+    segment_bytes: Option<usize>,
+    /// Journal bytes kept; older sealed segments are deleted (0: no limit)
+    /// [default: 0].
+    #[arg(long, value_name = "N")]
+    retention_bytes: Option<u64>,
+    /// Segments whose newest batch is older than this many ms are deleted
+    /// (0: no limit) [default: 604800000, 7 days].
+    #[arg(long, value_name = "N")]
+    retention_ms: Option<u64>,
     /// Cut the journal at damage that recovery refuses to cut on its own
     /// (acknowledged data), logging what is dropped. See docs/operations.md.
     #[arg(long)]
@@ -251,6 +262,15 @@ fn run_broker(args: BrokerArgs) -> Result<()> {
     }
     if let Some(peers) = &args.peers {
         config.peers = hutong::config::parse_peers(peers)?;
+    }
+    if let Some(n) = args.segment_bytes {
+        config.segment_bytes = n;
+    }
+    if let Some(n) = args.retention_bytes {
+        config.retention_bytes = n;
+    }
+    if let Some(ms) = args.retention_ms {
+        config.retention_ms = Some(ms);
     }
     config.repair = args.repair;
     // Block the signals before any broker thread exists: threads inherit
@@ -493,7 +513,16 @@ fn consume(args: ConsumeArgs) -> Result<()> {
     let mut out = BufWriter::new(std::io::stdout().lock());
     let mut remaining = args.count;
     while remaining != Some(0) {
+        let skipped = consumer.skipped();
         let records = consumer.poll(CONSUME_POLL_WAIT)?;
+        if consumer.skipped() > skipped {
+            eprintln!(
+                "hutong: {} message(s) were deleted by retention before they were read; \
+                 going on from offset {}",
+                consumer.skipped() - skipped,
+                consumer.position()
+            );
+        }
         let take = remaining.map_or(records.len(), |n| records.len().min(n as usize));
         let written = records[..take].iter().try_for_each(|r| {
             out.write_all(&r.value)?;

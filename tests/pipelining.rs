@@ -302,13 +302,7 @@ fn large_fetch_answers_pipelined_to_a_slow_reader_arrive_whole() {
     let broker = BrokerProc::start(&dir.data, &[]);
     let addr = broker.addr();
     let mut c = RawConn::connect(addr);
-    c.create_topic("big", 1);
-    for b in 0..BATCHES {
-        let values: Vec<Vec<u8>> = (0..RECORDS_PER_BATCH)
-            .map(|i| value_of(b * RECORDS_PER_BATCH + i))
-            .collect();
-        c.produce_ok("big", 0, &common::batch_of_values(&values));
-    }
+    fill_topic(&mut c, "big", BATCHES, RECORDS_PER_BATCH, value_of);
     bounded(Duration::from_secs(60), "slow reader", move || {
         let records = BATCHES * RECORDS_PER_BATCH;
         let offsets: Vec<u64> = (0..8).map(|i| (i * records / 4) % records).collect();
@@ -347,14 +341,7 @@ fn large_fetch_answers_pipelined_to_a_slow_reader_arrive_whole() {
                 "about 1 MiB from {offset}: {}",
                 fetched.len()
             );
-            for (i, rec) in fetched.iter().enumerate() {
-                assert_eq!(rec.offset, offset + i as u64);
-                assert!(
-                    rec.value == value_of(rec.offset),
-                    "record {} intact",
-                    rec.offset
-                );
-            }
+            check_fetched(&fetched, offset, value_of);
         }
         assert!(ping_seen && wanted.is_empty());
     });
@@ -375,19 +362,12 @@ fn large_fetch_answers_that_wrap_around_the_fetch_ring_arrive_whole() {
     let dir = TestDir::new();
     // A fetch ring of 1 MiB (the smallest these limits allow), so that the
     // answers below wrap around its end many times.
-    let config = dir.config(
-        "batch_bytes_max = 262144\nfetch_bytes_max = 524288\nfetch_ring_bytes = 1048576\n",
-    );
+    let config = dir
+        .config("batch_bytes_max = 262144\nfetch_bytes_max = 524288\nfetch_ring_bytes = 1048576\n");
     let broker = BrokerProc::start(&dir.data, &["--config", config.to_str().unwrap()]);
     let addr = broker.addr();
     let mut c = RawConn::connect(addr);
-    c.create_topic("wrap", 1);
-    for b in 0..BATCHES {
-        let values: Vec<Vec<u8>> = (0..RECORDS_PER_BATCH)
-            .map(|i| value_of(b * RECORDS_PER_BATCH + i))
-            .collect();
-        c.produce_ok("wrap", 0, &common::batch_of_values(&values));
-    }
+    fill_topic(&mut c, "wrap", BATCHES, RECORDS_PER_BATCH, value_of);
     bounded(Duration::from_secs(60), "wrapping fetches", move || {
         let records = BATCHES * RECORDS_PER_BATCH;
         // About 450 KiB per answer (three batches), read 40 times over a
@@ -410,15 +390,39 @@ fn large_fetch_answers_that_wrap_around_the_fetch_ring_arrive_whole() {
             let f = FetchResponse::decode(&r.body).expect("a whole fetch answer");
             let fetched = common::decode_fetched(f.batches, offset);
             assert!(fetched.len() >= 100, "answers of several batches");
-            for (i, rec) in fetched.iter().enumerate() {
-                assert_eq!(rec.offset, offset + i as u64);
-                assert!(
-                    rec.value == value_of(rec.offset),
-                    "record {} intact",
-                    rec.offset
-                );
-            }
+            check_fetched(&fetched, offset, value_of);
             offset = (offset + fetched.len() as u64) % (records - 3 * RECORDS_PER_BATCH);
         }
     });
+}
+
+/// Creates `topic` with one partition and fills it with `batches` batches
+/// of `per_batch` records, record `o` holding `value_of(o)`.
+fn fill_topic(
+    c: &mut RawConn,
+    topic: &str,
+    batches: u64,
+    per_batch: u64,
+    value_of: impl Fn(u64) -> Vec<u8>,
+) {
+    c.create_topic(topic, 1);
+    for b in 0..batches {
+        let values: Vec<Vec<u8>> = (0..per_batch)
+            .map(|i| value_of(b * per_batch + i))
+            .collect();
+        c.produce_ok(topic, 0, &common::batch_of_values(&values));
+    }
+}
+
+/// Checks that fetched records run from `offset` on, each holding
+/// `value_of(its offset)`.
+fn check_fetched(fetched: &[common::Fetched], offset: u64, value_of: impl Fn(u64) -> Vec<u8>) {
+    for (i, rec) in fetched.iter().enumerate() {
+        assert_eq!(rec.offset, offset + i as u64);
+        assert!(
+            rec.value == value_of(rec.offset),
+            "record {} intact",
+            rec.offset
+        );
+    }
 }

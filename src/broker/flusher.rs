@@ -95,9 +95,13 @@ impl Flusher {
         next_topic_id: u32,
         checkpoint_interval: Duration,
     ) -> Flusher {
+        // Only the file holding `synced` and later ones are ever synced
+        // again: holding older ones would keep their blocks allocated
+        // after retention deletes them.
+        let holder = files.partition_point(|f| f.0 <= synced).saturating_sub(1);
         Flusher {
             dir,
-            files: files.to_vec(),
+            files: files[holder..].to_vec(),
             synced,
             generation: 0,
             topics,
@@ -177,6 +181,11 @@ impl Flusher {
             (self.sync_file)(file)?;
         }
         self.synced = w;
+        // Files wholly below what is synced are never synced again (a cut
+        // hands over the files it needs in its `Reset`): let go of them, so
+        // that retention's deletion frees their blocks.
+        let holder = self.files.partition_point(|f| f.0 <= w).saturating_sub(1);
+        self.files.drain(..holder);
         Ok(())
     }
 

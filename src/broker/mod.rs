@@ -14,6 +14,7 @@ pub mod reader;
 pub mod replica;
 pub mod replicator;
 pub mod responder;
+pub mod retention;
 pub mod ring;
 pub mod shared;
 pub mod writer;
@@ -214,6 +215,17 @@ impl Broker {
                 indexes: t.index_handles(),
             });
         }
+        let _ = reader_events_tx.send(reader::ReaderEvent::Retained {
+            position: journal.start(),
+        });
+        let policy = crate::journal::log::Retention {
+            bytes: config.retention_bytes,
+            ms: config.retention_ms_effective(),
+        };
+        let retention = (policy != crate::journal::log::Retention::default()).then(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            (tx, rx, reader_events_tx.clone())
+        });
         // Recovery synced what the checkpoint does not vouch for: every
         // recovered byte is durable.
         let flusher = flusher::Flusher::new(
@@ -230,7 +242,7 @@ impl Broker {
             config.fetch_bytes_max,
         )
         .with_shared(shared.clone());
-        let writer = writer::Writer::new(
+        let mut writer = writer::Writer::new(
             journal,
             config.clone(),
             reader_events_tx,
@@ -240,6 +252,12 @@ impl Broker {
             pending_tx,
             writer_out,
         );
+        let mut janitor = None;
+        if let Some((tx, rx, to_reader)) = retention {
+            writer =
+                writer.with_retention(policy, Duration::from_millis(config.retention_check_ms), tx);
+            janitor = Some((rx, to_reader));
+        }
         let reactor = reactor::Reactor::new(
             poll,
             listener,
@@ -268,9 +286,10 @@ impl Broker {
                         s.fail(format!("the {name} thread panicked"));
                         match stage {
                             Some(stage) => s.mark_done(stage),
-                            None => s
+                            None if name == "reactor" => s
                                 .reactor_drained
                                 .store(true, std::sync::atomic::Ordering::Release),
+                            None => {}
                         }
                     }
                 };
@@ -310,6 +329,16 @@ impl Broker {
             "reader",
             Box::new(move || reader::run(s, reader, reader_requests, reader_out)),
         )?;
+        if let Some((decisions, to_reader)) = janitor {
+            let dir = config.data_dir.clone();
+            let s = shared.clone();
+            spawn(
+                "retention",
+                Box::new(move || {
+                    retention::run(dir, decisions, to_reader, || s.wake(shared::Stage::Reader));
+                }),
+            )?;
+        }
         spawn("reactor", Box::new(move || reactor.run()))?;
         Ok(Broker {
             local_addr,

@@ -10,6 +10,7 @@
 use super::ring::{MessageConsumer, MessageProducer, FLAG_COUNTED};
 use super::shared::{deadline_after, Idle, Shared, Stage};
 use crate::config::FETCH_WAIT_MS_MAX;
+use crate::journal::catalog::IndexHandle;
 use crate::journal::index::{entries_below, locate, PartitionIndex};
 use crate::journal::log::SegmentFile;
 use crate::journal::reader::JournalReader;
@@ -17,7 +18,7 @@ use crate::journal::topic::TopicMeta;
 use crate::wire::api::{
     check_topic_name, ClusterNode, ClusterRole, ClusterStatusRequest, ClusterStatusResponse,
     ErrorBody, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
-    MetadataRequest, MetadataResponse, PartitionMetadata, TopicMetadata,
+    MetadataRequest, MetadataResponse, OffsetRangeBody, PartitionMetadata, TopicMetadata,
 };
 use crate::wire::frame::{
     finish_frame, finish_frame_before, RequestHeader, ResponseHeader, REQUEST_HEADER_LEN,
@@ -36,7 +37,14 @@ pub enum ReaderEvent {
         /// Its metadata.
         meta: TopicMeta,
         /// One index per partition.
-        indexes: Vec<Arc<PartitionIndex>>,
+        indexes: Vec<IndexHandle>,
+    },
+    /// Retention deleted the segments below `position` (the start state
+    /// saying so is durable): log starts move up, and the reader lets go
+    /// of those files.
+    Retained {
+        /// The journal's first kept byte.
+        position: u64,
     },
     /// A new segment file was started.
     Segment(SegmentFile),
@@ -44,7 +52,7 @@ pub enum ReaderEvent {
     /// index handles, and the segment files now.
     Reset {
         /// Every topic left, in catalog order.
-        topics: Vec<(TopicMeta, Vec<Arc<PartitionIndex>>)>,
+        topics: Vec<(TopicMeta, Vec<IndexHandle>)>,
         /// Every segment file, oldest first.
         segments: Vec<SegmentFile>,
     },
@@ -52,7 +60,7 @@ pub enum ReaderEvent {
 
 struct ReaderTopic {
     name: String,
-    partitions: Vec<Arc<PartitionIndex>>,
+    partitions: Vec<IndexHandle>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -86,11 +94,14 @@ pub struct Reader {
     out: Vec<u8>,
     /// The broker's shared state, for ClusterStatus (absent in unit tests).
     shared: Option<Arc<super::shared::Shared>>,
+    /// The journal's first kept byte, as the last `Retained` event said.
+    journal_start: u64,
 }
 
 /// What a fetch would return right now.
 struct Available {
     high_watermark: u64,
+    start_offset: u64,
     first: usize,
     last: usize,
     bytes: usize,
@@ -107,6 +118,7 @@ impl Reader {
             topics: Vec::new(),
             by_name: HashMap::new(),
             journal: JournalReader::new(segments),
+            journal_start: 0,
             waiting: Vec::new(),
             orphaned: Vec::new(),
             events,
@@ -134,6 +146,10 @@ impl Reader {
                     });
                 }
                 ReaderEvent::Segment(f) => self.journal.add_segment(f),
+                ReaderEvent::Retained { position } => {
+                    self.journal_start = self.journal_start.max(position);
+                    self.journal.forget_below(self.journal_start);
+                }
                 ReaderEvent::Reset { topics, segments } => {
                     self.topics.clear();
                     self.by_name.clear();
@@ -263,6 +279,7 @@ impl Reader {
     fn metadata(&mut self, body: &[u8], committed: u64) -> Result<(), ErrorCode> {
         let req = MetadataRequest::decode(body).map_err(|_| ErrorCode::MalformedRequest)?;
         self.drain_events();
+        let journal_start = self.journal_start;
         let describe = |t: &ReaderTopic| TopicMetadata {
             name: t.name.clone(),
             error_code: 0,
@@ -271,7 +288,7 @@ impl Reader {
                 .iter()
                 .enumerate()
                 .map(|(i, idx)| {
-                    let (start_offset, end_offset) = offsets(idx, committed);
+                    let (start_offset, end_offset) = offsets(idx, committed, journal_start);
                     PartitionMetadata {
                         partition: i as u32,
                         start_offset,
@@ -312,7 +329,7 @@ impl Reader {
             .partitions
             .get(req.partition as usize)
             .ok_or(ErrorCode::UnknownPartition)?;
-        let (earliest, latest) = offsets(idx, committed);
+        let (earliest, latest) = offsets(idx, committed, self.journal_start);
         self.out.clear();
         ListOffsetsResponse { earliest, latest }.encode(&mut self.out);
         Ok(())
@@ -383,16 +400,17 @@ impl Reader {
         ))
     }
 
-    fn available(&self, w: &WaitingFetch, committed: u64) -> Result<Available, ErrorCode> {
-        let idx = &self.topics[w.topic].partitions[w.partition as usize];
+    fn available(&self, w: &WaitingFetch, committed: u64) -> Result<Available, OutOfRange> {
+        let h = &self.topics[w.topic].partitions[w.partition as usize];
+        let idx = &*h.index;
         let n = entries_below(idx, idx.len(), committed);
-        let high_watermark = if n == 0 {
-            0
-        } else {
-            entry(idx, n - 1).next_offset()
-        };
-        if w.offset > high_watermark {
-            return Err(ErrorCode::OffsetOutOfRange);
+        let high_watermark = h.end_offset(n);
+        let start_offset = h.log_start(n, self.journal_start);
+        if w.offset > high_watermark || w.offset < start_offset {
+            return Err(OutOfRange {
+                start: start_offset,
+                end: high_watermark,
+            });
         }
         let first = locate(idx, n, w.offset);
         let mut last = first;
@@ -408,6 +426,7 @@ impl Reader {
         }
         Ok(Available {
             high_watermark,
+            start_offset,
             first,
             last,
             bytes,
@@ -426,8 +445,8 @@ impl Reader {
     ) -> Result<bool, RingFull> {
         let avail = match self.available(w, committed) {
             Ok(a) => a,
-            Err(code) => {
-                self.answer_error(w.conn, w.flags, w.correlation_id, ApiKey::Fetch, code, out)?;
+            Err(range) => {
+                self.answer_out_of_range(w, range, out)?;
                 return Ok(true);
             }
         };
@@ -442,7 +461,9 @@ impl Reader {
             return Err(RingFull);
         }
         self.fetch_head(w, &avail);
-        let idx = self.topics[w.topic].partitions[w.partition as usize].clone();
+        let idx = self.topics[w.topic].partitions[w.partition as usize]
+            .index
+            .clone();
         let (head, journal) = (&self.out, &self.journal);
         // The batches go from the page cache straight into the ring (one
         // copy), read in runs of batches adjacent in the journal.
@@ -489,7 +510,6 @@ impl Reader {
     /// Writes the fetch answer's response header and body prefix to
     /// `self.out`; the batches (`avail.bytes` of them) follow it on the wire.
     fn fetch_head(&mut self, w: &WaitingFetch, avail: &Available) {
-        let idx = &self.topics[w.topic].partitions[w.partition as usize];
         self.out.clear();
         let header = ResponseHeader {
             correlation_id: w.correlation_id,
@@ -497,17 +517,44 @@ impl Reader {
             error_code: 0,
         };
         header.write(&mut self.out);
-        let start_offset = if idx.is_empty() {
-            0
-        } else {
-            entry(idx, 0).base_offset
-        };
         self.out.extend_from_slice(&FetchResponse::prefix(
             avail.high_watermark,
-            start_offset,
+            avail.start_offset,
             avail.bytes,
         ));
         finish_frame_before(&mut self.out, 0, avail.bytes as u64);
+    }
+
+    /// Answers a fetch for an offset outside its partition's range with
+    /// `OffsetOutOfRange` and the range (docs/protocol.md §4).
+    fn answer_out_of_range(
+        &mut self,
+        w: &WaitingFetch,
+        range: OutOfRange,
+        out: &mut MessageProducer,
+    ) -> Result<(), RingFull> {
+        self.out.clear();
+        ResponseHeader {
+            correlation_id: w.correlation_id,
+            api_key: ApiKey::Fetch.as_u16(),
+            error_code: ErrorCode::OffsetOutOfRange.as_u16(),
+        }
+        .write(&mut self.out);
+        OffsetRangeBody {
+            message: &format!(
+                "offset {} is outside the partition's range {}..{}",
+                w.offset, range.start, range.end
+            ),
+            start_offset: range.start,
+            end_offset: range.end,
+        }
+        .encode(&mut self.out);
+        finish_frame(&mut self.out, 0);
+        if out.push(w.conn, w.flags & FLAG_COUNTED, &[&self.out]) {
+            Ok(())
+        } else {
+            Err(RingFull)
+        }
     }
 
     fn answer_error(
@@ -591,15 +638,18 @@ fn entry(idx: &PartitionIndex, i: usize) -> crate::journal::index::IndexEntry {
 
 /// Earliest stored offset and high watermark (one past the last committed
 /// offset) of a partition.
-fn offsets(idx: &PartitionIndex, committed: u64) -> (u64, u64) {
-    let n = entries_below(idx, idx.len(), committed);
-    let hw = if n == 0 {
-        0
-    } else {
-        entry(idx, n - 1).next_offset()
-    };
-    let start = if n == 0 { 0 } else { entry(idx, 0).base_offset };
-    (start, hw)
+/// A partition's log start and high watermark when the journal starts at
+/// `journal_start` and `committed` is C.
+fn offsets(h: &IndexHandle, committed: u64, journal_start: u64) -> (u64, u64) {
+    let n = entries_below(&h.index, h.index.len(), committed);
+    (h.log_start(n, journal_start), h.end_offset(n))
+}
+
+/// The range of a partition a fetch fell outside of.
+#[derive(Debug, Clone, Copy)]
+struct OutOfRange {
+    start: u64,
+    end: u64,
 }
 
 /// Requests handled per round before waiting fetches are looked at again.
@@ -682,11 +732,15 @@ mod tests {
     use crate::wire::frame::request_frame;
 
     fn fetch_frame(topic: &str, correlation_id: u32) -> Vec<u8> {
+        fetch_frame_at(topic, correlation_id, 0)
+    }
+
+    fn fetch_frame_at(topic: &str, correlation_id: u32, offset: u64) -> Vec<u8> {
         request_frame(ApiKey::Fetch.as_u16(), 1, correlation_id, |out| {
             FetchRequest {
                 topic,
                 partition: 0,
-                offset: 0,
+                offset,
                 max_bytes: 1 << 20,
                 max_wait_ms: 30_000,
                 min_bytes: 1,
@@ -711,7 +765,7 @@ mod tests {
                     name: "gone".into(),
                     partitions: 1,
                 },
-                indexes: vec![index],
+                indexes: vec![IndexHandle { index, floor: 0 }],
             })
             .unwrap();
         let now = Instant::now();
@@ -737,5 +791,106 @@ mod tests {
         );
         inp.pop();
         assert_eq!(reader.waiting(), 0);
+    }
+
+    /// The error code and the range trailer of the answer at the ring's head.
+    fn out_of_range(inp: &mut crate::broker::ring::MessageConsumer) -> (u16, Option<(u64, u64)>) {
+        let m = inp.peek().expect("an answer");
+        let h = ResponseHeader::parse(m.payload);
+        let body = &m.payload[crate::wire::frame::RESPONSE_HEADER_LEN..];
+        let (_, range) = OffsetRangeBody::decode(body);
+        let r = (h.error_code, range);
+        inp.pop();
+        r
+    }
+
+    fn list_offsets(reader: &mut Reader, topic: &str, committed: u64) -> (u64, u64) {
+        let (mut out, mut inp) = message_ring(1 << 16);
+        let frame = request_frame(ApiKey::ListOffsets.as_u16(), 1, 1, |out| {
+            ListOffsetsRequest {
+                topic,
+                partition: 0,
+            }
+            .encode(out)
+        });
+        reader
+            .handle(1, 0, &frame, committed, Instant::now(), &mut out)
+            .unwrap();
+        let m = inp.peek().expect("an answer");
+        let r = ListOffsetsResponse::decode(&m.payload[crate::wire::frame::RESPONSE_HEADER_LEN..])
+            .unwrap();
+        (r.earliest, r.latest)
+    }
+
+    /// Retention moved the journal's start to position 100: the partition
+    /// starts at the first batch kept there; a fetch below it gets
+    /// `OffsetOutOfRange` with the range, ListOffsets says where it starts,
+    /// and a partition whose index is empty starts and ends at its floor.
+    #[test]
+    fn log_starts_follow_the_journal_start() {
+        use crate::journal::index::IndexEntry;
+        let (events_tx, events_rx) = std::sync::mpsc::channel();
+        let mut reader = Reader::new(Vec::new(), events_rx, 1 << 20);
+        let (mut out, mut inp) = message_ring(1 << 16);
+        let (mut writer, index) = append_log();
+        for (base_offset, position, count) in [(0, 0, 10), (10, 100, 5), (15, 200, 5)] {
+            writer.push(IndexEntry {
+                base_offset,
+                position,
+                len: 100,
+                count,
+            });
+        }
+        let (_empty_writer, empty) = append_log();
+        for (name, handle) in [
+            ("kept", IndexHandle { index, floor: 0 }),
+            (
+                "idle",
+                IndexHandle {
+                    index: empty,
+                    floor: 42,
+                },
+            ),
+        ] {
+            events_tx
+                .send(ReaderEvent::Topic {
+                    meta: TopicMeta {
+                        id: 0,
+                        name: name.into(),
+                        partitions: 1,
+                    },
+                    indexes: vec![handle],
+                })
+                .unwrap();
+        }
+        reader.drain_events();
+        assert_eq!(list_offsets(&mut reader, "kept", 300), (0, 20));
+        events_tx
+            .send(ReaderEvent::Retained { position: 100 })
+            .unwrap();
+        reader.drain_events();
+        assert_eq!(list_offsets(&mut reader, "kept", 300), (10, 20));
+        assert_eq!(list_offsets(&mut reader, "idle", 300), (42, 42));
+        let now = Instant::now();
+        reader
+            .handle(1, 0, &fetch_frame_at("kept", 1, 9), 300, now, &mut out)
+            .unwrap();
+        assert_eq!(
+            out_of_range(&mut inp),
+            (ErrorCode::OffsetOutOfRange.as_u16(), Some((10, 20)))
+        );
+        reader
+            .handle(1, 0, &fetch_frame_at("idle", 2, 41), 300, now, &mut out)
+            .unwrap();
+        assert_eq!(
+            out_of_range(&mut inp),
+            (ErrorCode::OffsetOutOfRange.as_u16(), Some((42, 42)))
+        );
+        // A later, lower start never moves it back.
+        events_tx
+            .send(ReaderEvent::Retained { position: 0 })
+            .unwrap();
+        reader.drain_events();
+        assert_eq!(list_offsets(&mut reader, "kept", 300), (10, 20));
     }
 }

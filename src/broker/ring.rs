@@ -275,18 +275,7 @@ impl MessageConsumer {
     /// when done with it.
     pub fn peek(&mut self) -> Option<Message<'_>> {
         let (a, b) = self.cons.as_slices();
-        if a.len() + b.len() < RING_ENVELOPE_BYTES {
-            return None;
-        }
-        let mut env = [0u8; RING_ENVELOPE_BYTES];
-        copy_out(a, b, 0, &mut env);
-        let len = u32::from_le_bytes([env[0], env[1], env[2], env[3]]) as usize;
-        let flags = u32::from_le_bytes([env[4], env[5], env[6], env[7]]);
-        let mut conn = [0u8; 8];
-        conn.copy_from_slice(&env[8..]);
-        let conn = u64::from_le_bytes(conn);
-        // The producer pushes a message whole before publishing it.
-        debug_assert!(a.len() + b.len() >= RING_ENVELOPE_BYTES + len);
+        let (len, flags, conn) = read_envelope(a, b)?;
         let start = RING_ENVELOPE_BYTES;
         let payload: &[u8] = if a.len() >= start + len {
             &a[start..start + len]
@@ -308,16 +297,7 @@ impl MessageConsumer {
     /// [`MessageConsumer::pop`] when done with it.
     pub fn peek_split(&self) -> Option<SplitMessage<'_>> {
         let (a, b) = self.cons.as_slices();
-        if a.len() + b.len() < RING_ENVELOPE_BYTES {
-            return None;
-        }
-        let mut env = [0u8; RING_ENVELOPE_BYTES];
-        copy_out(a, b, 0, &mut env);
-        let len = u32::from_le_bytes([env[0], env[1], env[2], env[3]]) as usize;
-        let flags = u32::from_le_bytes([env[4], env[5], env[6], env[7]]);
-        let mut conn = [0u8; 8];
-        conn.copy_from_slice(&env[8..]);
-        debug_assert!(a.len() + b.len() >= RING_ENVELOPE_BYTES + len);
+        let (len, flags, conn) = read_envelope(a, b)?;
         let (start, end) = (RING_ENVELOPE_BYTES, RING_ENVELOPE_BYTES + len);
         let parts: [&[u8]; 2] = if end <= a.len() {
             [&a[start..end], &[]]
@@ -326,11 +306,7 @@ impl MessageConsumer {
         } else {
             [&a[start..], &b[..end - a.len()]]
         };
-        Some(SplitMessage {
-            conn: u64::from_le_bytes(conn),
-            flags,
-            parts,
-        })
+        Some(SplitMessage { conn, flags, parts })
     }
 
     /// Drops the oldest message.
@@ -349,6 +325,23 @@ impl MessageConsumer {
     pub fn is_empty(&self) -> bool {
         self.cons.is_empty()
     }
+}
+
+/// The payload length, flags and connection of the message at the front of
+/// the queued bytes `a ++ b`, if one is there.
+fn read_envelope(a: &[u8], b: &[u8]) -> Option<(usize, u32, u64)> {
+    if a.len() + b.len() < RING_ENVELOPE_BYTES {
+        return None;
+    }
+    let mut env = [0u8; RING_ENVELOPE_BYTES];
+    copy_out(a, b, 0, &mut env);
+    let len = u32::from_le_bytes([env[0], env[1], env[2], env[3]]) as usize;
+    let flags = u32::from_le_bytes([env[4], env[5], env[6], env[7]]);
+    let mut conn = [0u8; 8];
+    conn.copy_from_slice(&env[8..]);
+    // The producer pushes a message whole before publishing it.
+    debug_assert!(a.len() + b.len() >= RING_ENVELOPE_BYTES + len);
+    Some((len, flags, u64::from_le_bytes(conn)))
 }
 
 /// The envelope of a message of `len` payload bytes.

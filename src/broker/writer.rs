@@ -17,7 +17,7 @@ use super::shared::{deadline_after, unix_ms, Cut, Idle, Shared, Stage};
 use crate::config::{Config, PRODUCE_TIMEOUT_MS_MAX, PRODUCE_TIMEOUT_MS_MIN};
 use crate::journal::catalog::SeqCheck;
 use crate::journal::error::JournalError;
-use crate::journal::log::{check_replicated_batch, Appended, Journal};
+use crate::journal::log::{check_replicated_batch, Appended, Journal, Retained, Retention};
 use crate::wire::api::{check_topic_name, CreateTopicRequest, ProduceRequest};
 use crate::wire::batch::{check_producer_batch_with, BatchError, RecordLimits};
 use crate::wire::frame::{RequestHeader, REQUEST_HEADER_LEN};
@@ -65,12 +65,61 @@ pub struct Writer {
     leader: (u64, String),
     /// A fatal error found while applying consensus output.
     fatal: Option<String>,
+    /// Retention, when the broker has a limit ([`Writer::with_retention`]).
+    retention: Option<RetentionClock>,
+}
+
+/// When and how the writer applies retention.
+struct RetentionClock {
+    policy: Retention,
+    every: Duration,
+    next: Instant,
+    /// A segment was sealed since the last look.
+    sealed: bool,
+    /// The retention stage, which carries out the decisions.
+    decisions: Sender<Retained>,
 }
 
 /// One request's outcome: the entry to hand to the responder, if any.
 pub type Outcome = Option<Pending>;
 
 impl Writer {
+    /// Applies `policy` every `every` and whenever a segment is sealed,
+    /// handing each decision to the retention stage over `decisions`.
+    pub fn with_retention(
+        mut self,
+        policy: Retention,
+        every: Duration,
+        decisions: Sender<Retained>,
+    ) -> Writer {
+        self.retention = Some(RetentionClock {
+            policy,
+            every,
+            next: Instant::now(),
+            sealed: false,
+            decisions,
+        });
+        self
+    }
+
+    /// Applies retention when its interval passed or a segment was sealed
+    /// since the last look (a few comparisons per sealed segment and a
+    /// binary search per partition: no IO here). Returns how long until
+    /// the next look, `None` without retention.
+    pub fn retain(&mut self, now: Instant) -> Option<Duration> {
+        let clock = self.retention.as_mut()?;
+        if now < clock.next && !clock.sealed {
+            return Some(clock.next - now);
+        }
+        clock.next = now + clock.every;
+        clock.sealed = false;
+        let durable = self.shared.positions.flushed.get();
+        if let Some(decision) = self.journal.retain(clock.policy, durable, unix_ms()) {
+            let _ = clock.decisions.send(decision);
+        }
+        Some(clock.every)
+    }
+
     /// A writer appending to `journal`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -97,6 +146,7 @@ impl Writer {
             scratch: Vec::with_capacity(256),
             leader: (0, String::new()),
             fatal: None,
+            retention: None,
         }
     }
 
@@ -737,8 +787,11 @@ impl Writer {
         self.fatal.take()
     }
 
-    fn announce_roll(&self, appended: &Appended) {
+    fn announce_roll(&mut self, appended: &Appended) {
         if let Some(file) = &appended.rolled {
+            if let Some(clock) = self.retention.as_mut() {
+                clock.sealed = true;
+            }
             if let Some(r) = &self.replica {
                 r.segments_changed(super::replicator::SegmentEvent::Segment(file.clone()));
             }
@@ -802,7 +855,10 @@ pub fn run(
             requests.pop();
             handled += 1;
         }
-        let next_tick = writer.pulse(now);
+        let next_tick = match (writer.pulse(now), writer.retain(now)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if let Some(why) = writer.take_fatal() {
             writer.finish_direct(ErrorCode::StorageError, FINISH_GRACE);
             shared.fail(why);

@@ -4,10 +4,10 @@
 use super::admin::list_offsets;
 use super::connection::Connection;
 use super::error::ClientError;
-use crate::wire::api::{FetchRequest, FetchResponse};
+use crate::wire::api::{FetchRequest, FetchResponse, OffsetRangeBody};
 use crate::wire::batch::{check_stored_batch, records, split_batches, BatchKind, BatchView};
 use crate::wire::limits::FETCH_WAIT_MS_MAX;
-use crate::wire::ApiKey;
+use crate::wire::{ApiKey, ErrorCode};
 use std::net::ToSocketAddrs;
 use std::time::Duration;
 
@@ -34,12 +34,19 @@ pub struct ConsumerConfig {
     /// Soft cap on the batch bytes of one fetch (the broker returns at
     /// least one whole batch).
     pub max_bytes: u32,
+    /// When the position falls below the partition's log start (retention
+    /// deleted those records before they were read), move up to the log
+    /// start and go on, counting what was skipped
+    /// ([`Consumer::skipped`]); otherwise [`Consumer::poll`] fails with
+    /// `OffsetOutOfRange`. On by default.
+    pub skip_deleted: bool,
 }
 
 impl Default for ConsumerConfig {
     fn default() -> Self {
         ConsumerConfig {
             max_bytes: FETCH_MAX_BYTES_DEFAULT,
+            skip_deleted: true,
         }
     }
 }
@@ -67,6 +74,7 @@ pub struct Consumer {
     partition: u32,
     position: u64,
     config: ConsumerConfig,
+    skipped: u64,
 }
 
 impl Consumer {
@@ -108,7 +116,14 @@ impl Consumer {
             partition,
             position,
             config,
+            skipped: 0,
         })
+    }
+
+    /// Offsets skipped so far because retention deleted them before they
+    /// were read ([`ConsumerConfig::skip_deleted`]).
+    pub fn skipped(&self) -> u64 {
+        self.skipped
     }
 
     /// The offset the next poll reads from.
@@ -150,12 +165,26 @@ impl Consumer {
         let ticket = self.conn.send(ApiKey::Fetch, |out| request.encode(out))?;
         let wait = Duration::from_millis(max_wait_ms as u64) + FETCH_ANSWER_GRACE;
         // Decode in place: the fetch body stays in the connection's buffer.
-        let (out, next) = ticket.wait_with(Some(wait), |header, body| {
+        let position = self.position;
+        let skip_deleted = self.config.skip_deleted;
+        let (out, next, jumped) = ticket.wait_with(Some(wait), |header, body| {
+            if header.error_code == ErrorCode::OffsetOutOfRange.as_u16() && skip_deleted {
+                // Below the log start: those records are gone; go on from
+                // the first one kept.
+                if let (_, Some((start, _))) = OffsetRangeBody::decode(body) {
+                    if start > position {
+                        return Ok((Vec::new(), start, true));
+                    }
+                }
+            }
             if header.error_code != 0 {
                 return Err(ClientError::from_response(header.error_code, body));
             }
-            decode_fetch(body, self.position)
+            decode_fetch(body, position).map(|(out, next)| (out, next, false))
         })??;
+        if jumped {
+            self.skipped += next - position;
+        }
         self.position = next;
         Ok(out)
     }
@@ -334,6 +363,39 @@ mod tests {
         let err = consumer.poll(Duration::ZERO).unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::OffsetOutOfRange));
         assert_eq!(consumer.position(), 99);
+        drop(consumer);
+        broker.join();
+    }
+
+    #[test]
+    fn a_position_below_the_log_start_moves_up_to_it_and_counts_the_skip() {
+        let out_of_range = |c: &mut FakeConn, start: u64| {
+            let req = c.read_request().unwrap();
+            let mut body = Vec::new();
+            OffsetRangeBody {
+                message: "gone",
+                start_offset: start,
+                end_offset: 90,
+            }
+            .encode(&mut body);
+            c.reply(&req, ErrorCode::OffsetOutOfRange.as_u16(), &body);
+        };
+        let broker = fake::spawn(move |mut c| {
+            out_of_range(&mut c, 40);
+            answer_fetch(&mut c, 40, &stored_batch(40, &[b"kept"]));
+            // A range that does not lie above the position is an error.
+            out_of_range(&mut c, 0);
+            c.read_request();
+        });
+        let mut consumer =
+            Consumer::connect(broker.addr, "orders", 1, StartFrom::Offset(7)).unwrap();
+        assert!(consumer.poll(Duration::ZERO).unwrap().is_empty());
+        assert_eq!((consumer.position(), consumer.skipped()), (40, 33));
+        let got = consumer.poll(Duration::ZERO).unwrap();
+        assert_eq!((got[0].offset, consumer.position()), (40, 41));
+        let err = consumer.poll(Duration::ZERO).unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::OffsetOutOfRange));
+        assert_eq!((consumer.position(), consumer.skipped()), (41, 33));
         drop(consumer);
         broker.join();
     }

@@ -4,7 +4,7 @@
 //! through `Arc<PartitionIndex>` handles.
 
 use super::append_log::{append_log, AppendWriter};
-use super::index::{IndexEntry, PartitionIndex};
+use super::index::{IndexEntries, IndexEntry, PartitionIndex};
 use super::producers::{Key, ProducerBatch, ProducerStates};
 pub use super::producers::{Landed, ProducerLimits, SeqCheck};
 use super::topic::{TopicMeta, PARTITIONS_MAX};
@@ -18,6 +18,57 @@ pub struct Partition {
     pub next_offset: u64,
     /// One entry per stored batch, in journal order.
     pub index: AppendWriter<IndexEntry>,
+    /// The offset the index starts at: its first entry's base offset, or
+    /// the next offset while it has none. 0 for a new partition; the log
+    /// start the journal's start state records for one recovered after
+    /// retention deleted the segments before it.
+    pub floor: u64,
+}
+
+/// A reader's handle on one partition: its index and where it starts.
+#[derive(Debug, Clone)]
+pub struct IndexHandle {
+    /// The partition index, shared with the writer.
+    pub index: Arc<PartitionIndex>,
+    /// [`Partition::floor`], fixed for the life of the index.
+    pub floor: u64,
+}
+
+impl IndexHandle {
+    /// The partition's first kept offset among the first `n` entries (the
+    /// visible ones) when the journal starts at position `journal_start`:
+    /// the first batch at or after it, or where the visible ones end when
+    /// none is.
+    pub fn log_start(&self, n: usize, journal_start: u64) -> u64 {
+        log_start_in(&*self.index, n, self.floor, journal_start)
+    }
+
+    /// One past the last offset among the first `n` entries.
+    pub fn end_offset(&self, n: usize) -> u64 {
+        end_offset_in(&*self.index, n, self.floor)
+    }
+}
+
+/// [`IndexHandle::log_start`] over any index.
+pub fn log_start_in(
+    index: &(impl IndexEntries + ?Sized),
+    n: usize,
+    floor: u64,
+    journal_start: u64,
+) -> u64 {
+    let k = super::index::entries_below_in(index, n, journal_start);
+    match index.entry(k) {
+        Some(e) if k < n => e.base_offset,
+        _ => end_offset_in(index, n, floor),
+    }
+}
+
+/// One past the last offset among the first `n` entries of `index`, or
+/// `floor` when it has none.
+pub fn end_offset_in(index: &(impl IndexEntries + ?Sized), n: usize, floor: u64) -> u64 {
+    n.checked_sub(1)
+        .and_then(|last| index.entry(last))
+        .map_or(floor, IndexEntry::next_offset)
 }
 
 impl Partition {
@@ -55,10 +106,7 @@ impl Partition {
                 index.push(*e);
             }
         }
-        self.next_offset = keep
-            .checked_sub(1)
-            .and_then(|last| index.get(last))
-            .map_or(0, IndexEntry::next_offset);
+        self.next_offset = end_offset_in(&index, keep, self.floor);
         self.index = index;
         true
     }
@@ -88,10 +136,13 @@ pub struct Topic {
 
 impl Topic {
     /// Read handles on every partition index, for the reader stage.
-    pub fn index_handles(&self) -> Vec<Arc<PartitionIndex>> {
+    pub fn index_handles(&self) -> Vec<IndexHandle> {
         self.partitions
             .iter()
-            .map(|p| p.index.log().clone())
+            .map(|p| IndexHandle {
+                index: p.index.log().clone(),
+                floor: p.floor,
+            })
             .collect()
     }
 }
@@ -267,6 +318,7 @@ impl Catalog {
             .map(|_| Partition {
                 next_offset: 0,
                 index: append_log().0,
+                floor: 0,
             })
             .collect();
         self.topics.push(Topic {

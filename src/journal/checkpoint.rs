@@ -17,9 +17,9 @@
 
 use super::dir::{begin_state, open_state, seal_state, write_atomically, STATE_HEADER_LEN};
 use super::error::JournalError;
-use super::topic::{TopicMeta, PARTITIONS_MAX};
+pub use super::topic::TOPIC_NAME_BYTES_MAX;
+use super::topic::{encode_meta, MetaReader, TopicMeta};
 use crate::wire::codec::{DecodeError, Put, Reader};
-use std::collections::HashSet;
 use std::path::Path;
 
 /// Name of the checkpoint file in the data directory.
@@ -33,8 +33,6 @@ pub const CHECKPOINT_MAGIC: [u8; 4] = *b"HTCP";
 pub const CHECKPOINT_VERSION: u16 = 1;
 /// Bytes before the checksummed body: magic, version, crc.
 const HEADER_LEN: usize = STATE_HEADER_LEN;
-/// Longest topic name the format can hold (its length is a `u16`).
-pub const TOPIC_NAME_BYTES_MAX: usize = u16::MAX as usize;
 
 /// The state a checkpoint saves.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -63,14 +61,7 @@ pub fn encode(cp: &Checkpoint) -> Vec<u8> {
     out.put_u32(cp.next_topic_id);
     out.put_u32(cp.topics.len() as u32);
     for t in &cp.topics {
-        assert!(
-            t.name.len() <= TOPIC_NAME_BYTES_MAX,
-            "topic name of {} bytes",
-            t.name.len()
-        );
-        out.put_u32(t.id);
-        out.put_u32(t.partitions);
-        out.put_str(&t.name);
+        encode_meta(t, &mut out);
     }
     seal_state(&mut out);
     out
@@ -98,29 +89,9 @@ fn decode_body(body: &[u8]) -> Result<Checkpoint, DecodeError> {
     // bytes could hold (10 bytes per topic at least), so a damaged count
     // cannot make us allocate gigabytes before the reads fail.
     let mut topics = Vec::with_capacity(count.min(r.remaining() / 10));
-    // Recovery allocates for every partition listed: a checksum-valid but
-    // absurd count must not be believed (see `PARTITIONS_MAX`). And data
-    // batches name their topic by id, so an id must name one topic only.
-    let mut partitions_total = 0usize;
-    let mut ids = HashSet::with_capacity(topics.capacity());
+    let mut metas = MetaReader::default();
     for _ in 0..count {
-        let id = r.u32("topic id")?;
-        let partitions = r.u32("topic partitions")?;
-        partitions_total = partitions_total.saturating_add(partitions as usize);
-        if partitions_total > PARTITIONS_MAX {
-            return Err(DecodeError::InvalidValue {
-                field: "topic partitions",
-            });
-        }
-        if !ids.insert(id) {
-            return Err(DecodeError::InvalidValue { field: "topic id" });
-        }
-        let name = r.str("topic name")?.to_owned();
-        topics.push(TopicMeta {
-            id,
-            name,
-            partitions,
-        });
+        topics.push(metas.read(&mut r)?);
     }
     r.finish()?;
     Ok(Checkpoint {
@@ -177,7 +148,9 @@ pub fn read(dir: &Path) -> Result<Option<Checkpoint>, JournalError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::topic::PARTITIONS_MAX;
     use proptest::prelude::*;
+    use std::collections::HashSet;
 
     fn sample() -> Checkpoint {
         Checkpoint {

@@ -16,4 +16,5 @@ pub mod producers;
 pub mod reader;
 pub mod scan;
 pub mod segment;
+pub mod start;
 pub mod topic;

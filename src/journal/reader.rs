@@ -36,6 +36,15 @@ impl JournalReader {
         self.segments.push(segment);
     }
 
+    /// Lets go of the segment files below `position`, a segment start (the
+    /// journal's first kept byte after retention deleted older ones).
+    pub fn forget_below(&mut self, position: u64) {
+        let gone = self
+            .segments
+            .partition_point(|(start, _)| *start < position);
+        self.segments.drain(..gone);
+    }
+
     /// Takes in the segment files after the writer cut the journal.
     pub fn reset(&mut self, segments: Vec<SegmentFile>) {
         self.segments = segments;

@@ -778,6 +778,46 @@ impl<'a> ErrorBody<'a> {
     }
 }
 
+/// The body of an `OffsetOutOfRange` error: the ordinary error body, then
+/// the partition's range so that a client can jump to a valid offset
+/// without asking ListOffsets (docs/protocol.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetRangeBody<'a> {
+    /// Human-readable detail.
+    pub message: &'a str,
+    /// The partition's first kept offset (its log start).
+    pub start_offset: u64,
+    /// One past its last committed offset (the high watermark).
+    pub end_offset: u64,
+}
+
+impl<'a> OffsetRangeBody<'a> {
+    /// Appends the body.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        ErrorBody {
+            message: self.message,
+        }
+        .encode(out);
+        out.put_u64(self.start_offset);
+        out.put_u64(self.end_offset);
+    }
+
+    /// Parses a body leniently: `None` for the range when the trailer is
+    /// missing or incomplete (an older broker, or another error's body);
+    /// bytes after it are ignored, for later additions.
+    pub fn decode(body: &'a [u8]) -> (&'a str, Option<(u64, u64)>) {
+        let mut r = Reader::new(body);
+        let Ok(message) = r.str("message") else {
+            return ("", None);
+        };
+        let range = r
+            .u64("start_offset")
+            .and_then(|start| Ok((start, r.u64("end_offset")?)))
+            .ok();
+        (message, range)
+    }
+}
+
 /// The body of a [`ErrorCode::NotLeader`] response: the ordinary error body
 /// followed by where the leader is, so a client can go there directly.
 #[derive(Debug, Clone, PartialEq, Eq)]

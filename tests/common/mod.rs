@@ -17,7 +17,8 @@ pub mod tmpfs;
 
 use hutong::wire::api::{
     CreateTopicRequest, ErrorBody, FetchRequest, FetchResponse, HandshakeRequest,
-    ListOffsetsRequest, ListOffsetsResponse, ProduceRequest, ProduceResponse, PROTOCOL_VERSION,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
+    ProduceResponse, PROTOCOL_VERSION,
 };
 use hutong::wire::batch::{records, split_batches, BatchBuilder};
 use hutong::wire::frame::{ResponseHeader, LENGTH_PREFIX_LEN, RESPONSE_HEADER_LEN};
@@ -686,6 +687,39 @@ impl RawResponse {
     }
 }
 
+/// The body of an `OffsetOutOfRange` error: the ordinary error body
+/// followed by the partition's log start and end (docs/protocol.md), so
+/// that a consumer can jump to the first offset still kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutOfRangeBody {
+    /// Human-readable detail.
+    pub message: String,
+    /// The partition's log start: its first offset still stored.
+    pub start_offset: u64,
+    /// One past its last committed offset (the high watermark).
+    pub end_offset: u64,
+}
+
+impl OutOfRangeBody {
+    /// Parses an error body by the byte layout docs/protocol.md gives it
+    /// (read here on its own, not with the broker's codec, so that a layout
+    /// the broker and its codec agree on wrongly still shows): `string
+    /// message` (u16 length, UTF-8), then `u64 start_offset` and `u64
+    /// end_offset`, little-endian; bytes after the trailer are ignored, as
+    /// for every error trailer. `None` when the trailer is missing or
+    /// incomplete.
+    pub fn decode(body: &[u8]) -> Option<OutOfRangeBody> {
+        let len = usize::from(u16::from_le_bytes(body.get(..2)?.try_into().ok()?));
+        let message = std::str::from_utf8(body.get(2..2 + len)?).ok()?.to_string();
+        let u64_at = |at: usize| Some(u64::from_le_bytes(body.get(at..at + 8)?.try_into().ok()?));
+        Some(OutOfRangeBody {
+            message,
+            start_offset: u64_at(2 + len)?,
+            end_offset: u64_at(10 + len)?,
+        })
+    }
+}
+
 /// A blocking protocol connection with timeouts, for tests that need byte
 /// control (bad input, correlation ids, exact request shapes).
 pub struct RawConn {
@@ -884,20 +918,37 @@ impl RawConn {
         self.request(ApiKey::Fetch, |out| req.encode(out))
     }
 
+    /// Fetches up to 1 MiB from `offset` without waiting and returns the
+    /// raw response, which may be an error.
+    pub fn fetch_at(&mut self, topic: &str, partition: u32, offset: u64) -> RawResponse {
+        self.fetch(&FetchRequest {
+            topic,
+            partition,
+            offset,
+            max_bytes: 1 << 20,
+            max_wait_ms: 0,
+            min_bytes: 0,
+        })
+    }
+
     /// Fetches from `offset` (no wait) and returns the records at or above it.
     pub fn fetch_records(&mut self, topic: &str, partition: u32, offset: u64) -> Vec<Fetched> {
-        let r = self
-            .fetch(&FetchRequest {
-                topic,
-                partition,
-                offset,
-                max_bytes: 1 << 20,
-                max_wait_ms: 0,
-                min_bytes: 0,
-            })
-            .ok();
+        let r = self.fetch_at(topic, partition, offset).ok();
         let f = FetchResponse::decode(&r.body).expect("decode fetch response");
         decode_fetched(f.batches, offset)
+    }
+
+    /// Metadata for `topics` (every topic when empty).
+    pub fn metadata(&mut self, topics: &[&str]) -> MetadataResponse {
+        let r = self
+            .request(ApiKey::Metadata, |out| {
+                MetadataRequest {
+                    topics: topics.to_vec(),
+                }
+                .encode(out)
+            })
+            .ok();
+        MetadataResponse::decode(&r.body).expect("decode metadata response")
     }
 
     /// ListOffsets for one partition.

@@ -1,0 +1,202 @@
+//! The start state: where the journal begins once retention deleted its
+//! oldest segments, and what recovery needs to know of the deleted part.
+//!
+//! Without it recovery rebuilds the catalog by reading the journal from
+//! position 0. Once the first segments are gone, the catalog as it stood at
+//! the first kept byte comes from this file instead: every topic known then
+//! and each partition's log start (the offset its first kept batch has, or
+//! its next offset when it has none). It is written atomically before any
+//! segment is deleted, so after a crash at any point of a deletion the file
+//! names a position at which a segment exists, and any older segment still
+//! on disk is a leftover that recovery deletes.
+//!
+//! ```text
+//! offset size field
+//!  0     4    magic          "HTST"
+//!  4     2    version        1
+//!  6     4    crc            CRC32C of bytes [10, end)
+//! 10     8    position       the journal's first kept byte (a segment start)
+//! 18     4    next_topic_id  id the next created topic gets
+//! 22     4    topic_count
+//! 26     ...  topic_count × (u32 id | u32 partitions | u16 name_len | name
+//!                            | partitions × u64 log_start)
+//! ```
+//! All integers are little-endian; names are UTF-8.
+
+use super::dir::{begin_state, open_state, seal_state, write_atomically};
+use super::error::JournalError;
+use super::topic::{encode_meta, MetaReader, TopicMeta};
+use crate::wire::codec::{DecodeError, Put, Reader};
+use std::path::Path;
+
+/// Name of the start state file in the data directory.
+pub const START_FILE: &str = "start";
+/// The temporary file a new start state is written to before the rename.
+pub const START_TMP_FILE: &str = "start.tmp";
+/// First bytes of a start state file.
+pub const START_MAGIC: [u8; 4] = *b"HTST";
+/// The only start state format version so far.
+pub const START_VERSION: u16 = 1;
+
+/// One topic as it stood at the journal's first kept byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartTopic {
+    /// Id, name and partition count.
+    pub meta: TopicMeta,
+    /// Each partition's log start, by partition number.
+    pub log_starts: Vec<u64>,
+}
+
+/// The state the start file saves.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StartState {
+    /// The journal's first kept byte: the start of its oldest segment.
+    pub position: u64,
+    /// Id the next created topic gets.
+    pub next_topic_id: u32,
+    /// Every topic known at `position`.
+    pub topics: Vec<StartTopic>,
+}
+
+/// Encodes a start state in the format of the [module docs](self).
+///
+/// # Panics
+/// When a topic's partition count differs from its log starts, or a name
+/// is longer than the format holds: the writer builds the state from its
+/// catalog, whose names were validated long before.
+pub fn encode(st: &StartState) -> Vec<u8> {
+    let mut out = Vec::new();
+    begin_state(&mut out, START_MAGIC, START_VERSION);
+    out.put_u64(st.position);
+    out.put_u32(st.next_topic_id);
+    out.put_u32(st.topics.len() as u32);
+    for t in &st.topics {
+        assert_eq!(t.meta.partitions as usize, t.log_starts.len());
+        encode_meta(&t.meta, &mut out);
+        for &s in &t.log_starts {
+            out.put_u64(s);
+        }
+    }
+    seal_state(&mut out);
+    out
+}
+
+/// Decodes a start state. Any bytes give a state or an error, never a
+/// panic.
+///
+/// # Errors
+/// [`JournalError::Corrupt`] when the magic, version, checksum or layout is
+/// wrong (trailing bytes included), the topics hold more than
+/// [`PARTITIONS_MAX`] partitions in all, or two topics share an id.
+pub fn decode(bytes: &[u8]) -> Result<StartState, JournalError> {
+    let corrupt = |why: String| JournalError::Corrupt(format!("start state: {why}"));
+    let body = open_state(bytes, START_MAGIC, START_VERSION).map_err(corrupt)?;
+    decode_body(body).map_err(|e| corrupt(e.to_string()))
+}
+
+fn decode_body(body: &[u8]) -> Result<StartState, DecodeError> {
+    let mut r = Reader::new(body);
+    let position = r.u64("position")?;
+    let next_topic_id = r.u32("next_topic_id")?;
+    let count = r.u32("topic_count")? as usize;
+    // Counts come from the file: reserve only what the remaining bytes
+    // could hold, and believe no more partitions than the journal allows.
+    let mut topics = Vec::with_capacity(count.min(r.remaining() / 10));
+    let mut metas = MetaReader::default();
+    for _ in 0..count {
+        let meta = metas.read(&mut r)?;
+        // The count was bounded by the meta reader; the room by what is left.
+        let mut log_starts = Vec::with_capacity((meta.partitions as usize).min(r.remaining() / 8));
+        for _ in 0..meta.partitions {
+            log_starts.push(r.u64("log start")?);
+        }
+        topics.push(StartTopic { meta, log_starts });
+    }
+    r.finish()?;
+    Ok(StartState {
+        position,
+        next_topic_id,
+        topics,
+    })
+}
+
+/// Replaces `dir/start` with `st`, atomically and durably.
+///
+/// # Errors
+/// [`JournalError::Io`] (or [`JournalError::StorageFull`]) when a step
+/// fails; the old file is then still in place.
+pub fn write(dir: &Path, st: &StartState) -> Result<(), JournalError> {
+    write_atomically(dir, START_TMP_FILE, START_FILE, &encode(st))
+}
+
+/// Reads `dir/start`; `None` when the journal never lost a segment.
+///
+/// # Errors
+/// [`JournalError::Corrupt`] when the file exists but does not decode;
+/// [`JournalError::Io`] when it cannot be read.
+pub fn read(dir: &Path) -> Result<Option<StartState>, JournalError> {
+    let path = dir.join(START_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => decode(&bytes).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(JournalError::io(format!("read {}", path.display()), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> StartState {
+        StartState {
+            position: 1 << 40,
+            next_topic_id: 9,
+            topics: vec![
+                StartTopic {
+                    meta: TopicMeta {
+                        id: 3,
+                        name: "orders".into(),
+                        partitions: 2,
+                    },
+                    log_starts: vec![17, 0],
+                },
+                StartTopic {
+                    meta: TopicMeta {
+                        id: 8,
+                        name: "胡同".into(),
+                        partitions: 1,
+                    },
+                    log_starts: vec![u64::MAX],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_start_state_round_trips_through_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read(dir.path()).unwrap(), None);
+        write(dir.path(), &sample()).unwrap();
+        assert_eq!(read(dir.path()).unwrap(), Some(sample()));
+    }
+
+    #[test]
+    fn every_damaged_byte_is_refused() {
+        let bytes = encode(&sample());
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x20;
+            assert!(decode(&bad).is_err(), "byte {i} flipped");
+        }
+        assert!(decode(&bytes[..bytes.len() - 1]).is_err(), "truncated");
+    }
+
+    proptest! {
+        /// Any bytes give a state or an error, never a panic.
+        #[test]
+        fn any_bytes_decode_or_fail(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode(&bytes);
+        }
+    }
+}
