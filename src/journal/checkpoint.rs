@@ -15,7 +15,9 @@
 //! ```
 //! All integers are little-endian; names are UTF-8.
 
-use super::dir::{begin_state, open_state, seal_state, write_atomically, STATE_HEADER_LEN};
+use super::dir::{
+    begin_state, open_state, read_state_file, seal_state, write_atomically, STATE_HEADER_LEN,
+};
 use super::error::JournalError;
 pub use super::topic::TOPIC_NAME_BYTES_MAX;
 use super::topic::{encode_meta, MetaReader, TopicMeta};
@@ -137,12 +139,9 @@ pub fn write(dir: &Path, cp: &Checkpoint) -> Result<(), JournalError> {
 /// [`JournalError::Corrupt`] when the file exists but does not decode;
 /// [`JournalError::Io`] when it cannot be read.
 pub fn read(dir: &Path) -> Result<Option<Checkpoint>, JournalError> {
-    let path = dir.join(CHECKPOINT_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => decode(&bytes).map(Some),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(JournalError::io(format!("read {}", path.display()), e)),
-    }
+    read_state_file(dir, CHECKPOINT_FILE)?
+        .map(|bytes| decode(&bytes))
+        .transpose()
 }
 
 #[cfg(test)]

@@ -51,6 +51,19 @@ pub fn write_atomically(
     sync_dir(dir)
 }
 
+/// Reads the state file `dir/name`: `None` when it does not exist.
+///
+/// # Errors
+/// [`JournalError::Io`] when it exists but cannot be read.
+pub fn read_state_file(dir: &Path, name: &str) -> Result<Option<Vec<u8>>, JournalError> {
+    let path = dir.join(name);
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(JournalError::io(format!("read {}", path.display()), e)),
+    }
+}
+
 /// Bytes before the checksummed body of a small state file (checkpoint,
 /// hard state): a 4-byte magic, a `u16` format version and the CRC32C of
 /// the body.

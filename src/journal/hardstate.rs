@@ -31,7 +31,7 @@
 //! incarnation yet (the broker gives it one) and its vote's incarnation
 //! unknown (0). All integers are little-endian.
 
-use super::dir::{begin_state, seal_state, write_atomically, STATE_HEADER_LEN};
+use super::dir::{begin_state, read_state_file, seal_state, write_atomically, STATE_HEADER_LEN};
 use super::error::JournalError;
 use crate::wire::codec::{Put, Reader};
 use std::path::Path;
@@ -166,13 +166,11 @@ pub fn decode(bytes: &[u8]) -> Result<Persisted, JournalError> {
 /// [`JournalError::Io`] when it cannot be read.
 pub fn read(dir: &Path) -> Result<Option<Persisted>, JournalError> {
     let path = dir.join(HARD_STATE_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => decode(&bytes)
-            .map(Some)
-            .map_err(|e| JournalError::Corrupt(format!("{}: {e}", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(JournalError::io(format!("read {}", path.display()), e)),
-    }
+    read_state_file(dir, HARD_STATE_FILE)?
+        .map(|bytes| {
+            decode(&bytes).map_err(|e| JournalError::Corrupt(format!("{}: {e}", path.display())))
+        })
+        .transpose()
 }
 
 /// Replaces `dir/hardstate` with `hs`, atomically and durably: when this

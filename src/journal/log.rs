@@ -2675,42 +2675,37 @@ mod tests {
     /// holds the later ones back, on the safe side.
     #[test]
     fn time_retention_stops_at_the_first_segment_to_keep_whatever_comes_after() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut j = open(dir.path());
-        let (_, slot) = j.create_topic("t", 1, 1, 1_000).unwrap();
-        let stamp = |j: &mut Journal, segments: usize, ms: i64| {
-            while j.segment_files().len() < segments {
-                j.append_data(slot, 0, &producer_batch(3, 100, 0, 0), 3, 1, ms)
-                    .unwrap();
+        /// A journal whose segments hold batches stamped as `stamps` says:
+        /// `(segment files to reach, append time)`, in order.
+        fn stamped(dir: &Path, stamps: &[(usize, i64)]) -> Journal {
+            let mut j = open(dir);
+            let (_, slot) = j.create_topic("t", 1, 1, 1_000).unwrap();
+            for &(segments, ms) in stamps {
+                while j.segment_files().len() < segments {
+                    j.append_data(slot, 0, &producer_batch(3, 100, 0, 0), 3, 1, ms)
+                        .unwrap();
+                }
             }
-        };
-        stamp(&mut j, 3, 1_000);
-        stamp(&mut j, 6, 9_000);
-        stamp(&mut j, 7, 2_000); // a clock behind for a while
-        stamp(&mut j, 8, 9_500);
-        j.write_out().unwrap();
-        let end = j.end();
+            j.write_out().unwrap();
+            j
+        }
         let policy = Retention {
             bytes: 0,
             ms: Some(5_000),
         };
+        // A clock behind for a while (2,000) after recent segments.
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = stamped(
+            dir.path(),
+            &[(3, 1_000), (6, 9_000), (7, 2_000), (8, 9_500)],
+        );
+        let end = j.end();
         let r = j.retain(policy, end, 10_000).expect("the old segments go");
         assert_eq!(r.files.len(), 2, "the two segments stamped 1,000 only");
         assert!(j.sealed()[0].newest_ms == 9_000, "recent segments kept");
         // A stamp from the future holds back what follows it.
         let dir = tempfile::tempdir().unwrap();
-        let mut j = open(dir.path());
-        let (_, slot) = j.create_topic("t", 1, 1, 1_000).unwrap();
-        let stamp = |j: &mut Journal, segments: usize, ms: i64| {
-            while j.segment_files().len() < segments {
-                j.append_data(slot, 0, &producer_batch(3, 100, 0, 0), 3, 1, ms)
-                    .unwrap();
-            }
-        };
-        stamp(&mut j, 2, 1_000);
-        stamp(&mut j, 3, i64::MAX / 2);
-        stamp(&mut j, 5, 1_000);
-        j.write_out().unwrap();
+        let mut j = stamped(dir.path(), &[(2, 1_000), (3, i64::MAX / 2), (5, 1_000)]);
         let end = j.end();
         let r = j
             .retain(policy, end, 10_000)

@@ -23,7 +23,7 @@
 //! ```
 //! All integers are little-endian; names are UTF-8.
 
-use super::dir::{begin_state, open_state, seal_state, write_atomically};
+use super::dir::{begin_state, open_state, read_state_file, seal_state, write_atomically};
 use super::error::JournalError;
 use super::topic::{encode_meta, MetaReader, TopicMeta};
 use crate::wire::codec::{DecodeError, Put, Reader};
@@ -135,12 +135,9 @@ pub fn write(dir: &Path, st: &StartState) -> Result<(), JournalError> {
 /// [`JournalError::Corrupt`] when the file exists but does not decode;
 /// [`JournalError::Io`] when it cannot be read.
 pub fn read(dir: &Path) -> Result<Option<StartState>, JournalError> {
-    let path = dir.join(START_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => decode(&bytes).map(Some),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(JournalError::io(format!("read {}", path.display()), e)),
-    }
+    read_state_file(dir, START_FILE)?
+        .map(|bytes| decode(&bytes))
+        .transpose()
 }
 
 #[cfg(test)]
