@@ -533,28 +533,25 @@ impl Reader {
         range: OutOfRange,
         out: &mut MessageProducer,
     ) -> Result<(), RingFull> {
-        self.out.clear();
-        ResponseHeader {
-            correlation_id: w.correlation_id,
-            api_key: ApiKey::Fetch.as_u16(),
-            error_code: ErrorCode::OffsetOutOfRange.as_u16(),
-        }
-        .write(&mut self.out);
-        OffsetRangeBody {
-            message: &format!(
-                "offset {} is outside the partition's range {}..{}",
-                w.offset, range.start, range.end
-            ),
+        let message = format!(
+            "offset {} is outside the partition's range {}..{}",
+            w.offset, range.start, range.end
+        );
+        let body = OffsetRangeBody {
+            message: &message,
             start_offset: range.start,
             end_offset: range.end,
-        }
-        .encode(&mut self.out);
-        finish_frame(&mut self.out, 0);
-        if out.push(w.conn, w.flags & FLAG_COUNTED, &[&self.out]) {
-            Ok(())
-        } else {
-            Err(RingFull)
-        }
+        };
+        let code = ErrorCode::OffsetOutOfRange;
+        self.push_error(
+            w.conn,
+            w.flags,
+            w.correlation_id,
+            ApiKey::Fetch,
+            code,
+            out,
+            |b| body.encode(b),
+        )
     }
 
     fn answer_error(
@@ -566,6 +563,24 @@ impl Reader {
         code: ErrorCode,
         out: &mut MessageProducer,
     ) -> Result<(), RingFull> {
+        let message = code.message();
+        self.push_error(conn, flags, correlation_id, api, code, out, |b| {
+            ErrorBody { message }.encode(b)
+        })
+    }
+
+    /// Pushes an error answer whose body `encode_body` writes.
+    #[allow(clippy::too_many_arguments)]
+    fn push_error(
+        &mut self,
+        conn: u64,
+        flags: u32,
+        correlation_id: u32,
+        api: ApiKey,
+        code: ErrorCode,
+        out: &mut MessageProducer,
+        encode_body: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), RingFull> {
         self.out.clear();
         ResponseHeader {
             correlation_id,
@@ -573,10 +588,7 @@ impl Reader {
             error_code: code.as_u16(),
         }
         .write(&mut self.out);
-        ErrorBody {
-            message: code.message(),
-        }
-        .encode(&mut self.out);
+        encode_body(&mut self.out);
         finish_frame(&mut self.out, 0);
         if out.push(conn, flags & FLAG_COUNTED, &[&self.out]) {
             Ok(())

@@ -26,6 +26,7 @@
 
 use super::reader::ReaderEvent;
 use crate::journal::log::Retained;
+use crate::journal::segment::segment_file_name;
 use crate::journal::start;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -181,8 +182,9 @@ fn carry_out(
     }
     let _ = reader.send(ReaderEvent::Retained { position });
     let mut removed = 0usize;
-    for ((start, _), path) in &decision.files {
-        match std::fs::remove_file(path) {
+    for (start, _) in &decision.files {
+        let path = dir.join(segment_file_name(*start));
+        match std::fs::remove_file(&path) {
             Ok(()) => removed += 1,
             // The next start deletes what is left below the start state.
             Err(e) => crate::log!(
@@ -199,11 +201,7 @@ fn carry_out(
     crate::log!(
         "retention: the journal now starts at position {position} ({removed} segment(s) deleted)"
     );
-    Ok(decision
-        .files
-        .into_iter()
-        .map(|((_, file), _)| file)
-        .collect())
+    Ok(decision.files.into_iter().map(|(_, file)| file).collect())
 }
 
 #[cfg(test)]

@@ -108,8 +108,9 @@ const FUTURE_STAMP_MS: i64 = 24 * 3600 * 1000;
 pub struct Retained {
     /// The start state to write first.
     pub state: StartState,
-    /// The segment files to delete, oldest first, with their paths.
-    pub files: Vec<(SegmentFile, PathBuf)>,
+    /// The segment files to delete, oldest first (each at
+    /// `dir/segment_file_name(start)`).
+    pub files: Vec<SegmentFile>,
 }
 
 /// What recovery found and did, for the startup log.
@@ -951,14 +952,7 @@ impl Journal {
         let position = self.sealed.get(k.checked_sub(1)?)?.end;
         let state = self.start_state_at(position, durable);
         let gone = self.files.partition_point(|f| f.0 < position);
-        let files = self
-            .files
-            .drain(..gone)
-            .map(|f| {
-                let path = self.dir.join(segment_file_name(f.0));
-                (f, path)
-            })
-            .collect();
+        let files = self.files.drain(..gone).collect();
         self.sealed.drain(..k);
         self.start = position;
         Some(Retained { state, files })
@@ -2512,8 +2506,8 @@ mod tests {
     /// first, then the files, oldest first.
     fn carry_out(dir: &Path, r: &Retained) {
         start::write(dir, &r.state).unwrap();
-        for (_, path) in &r.files {
-            std::fs::remove_file(path).unwrap();
+        for (start, _) in &r.files {
+            std::fs::remove_file(dir.join(segment_file_name(*start))).unwrap();
         }
     }
 
@@ -2563,7 +2557,7 @@ mod tests {
             end - kept_from - oldest_kept < policy.bytes,
             "one segment fewer would hold less than retention_bytes"
         );
-        assert!(r.files.iter().all(|((start, _), _)| *start < kept_from));
+        assert!(r.files.iter().all(|(start, _)| *start < kept_from));
         // Each log start is the first offset of the partition's first batch
         // at or after the new start.
         for (p, &log_start) in r.state.topics[0].log_starts.iter().enumerate() {

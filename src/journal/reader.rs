@@ -80,22 +80,6 @@ impl JournalReader {
         }
         Ok(())
     }
-
-    /// Appends the journal bytes `[from, to)` to `out`. On an error `out`
-    /// is left as it was.
-    ///
-    /// # Errors
-    /// As [`JournalReader::read_exact_at`].
-    pub fn append(&self, from: u64, to: u64, out: &mut Vec<u8>) -> std::io::Result<()> {
-        debug_assert!(from <= to, "a range runs forwards");
-        let at = out.len();
-        out.resize(at + (to - from) as usize, 0);
-        let read = self.read_exact_at(&mut out[at..], from);
-        if read.is_err() {
-            out.truncate(at);
-        }
-        read
-    }
 }
 
 #[cfg(test)]
@@ -121,30 +105,27 @@ mod tests {
             segment(dir.path(), 106, b"ghij"),
         ]);
         reader.add_segment(segment(dir.path(), 110, b"klmnop"));
-        let mut out = b">".to_vec();
-        reader.append(102, 114, &mut out).unwrap();
+        let mut out = [0u8; 12];
+        reader.read_exact_at(&mut out, 102).unwrap();
         assert_eq!(
-            out, b">cdefghijklmn",
+            &out, b"cdefghijklmn",
             "the tail of a file past the next segment's start is not journal"
         );
         let mut buf = [0u8; 3];
         reader.read_exact_at(&mut buf, 110).unwrap();
         assert_eq!(&buf, b"klm");
-        reader.append(108, 108, &mut out).unwrap();
-        assert_eq!(out.len(), 13, "an empty range reads nothing");
+        reader.read_exact_at(&mut [], 108).unwrap();
     }
 
     #[test]
-    fn a_position_no_known_segment_holds_is_not_found_and_leaves_the_buffer() {
+    fn a_position_no_known_segment_holds_is_not_found() {
         let dir = tempfile::tempdir().unwrap();
         let mut reader = JournalReader::new(vec![segment(dir.path(), 100, b"abcd")]);
-        let mut out = b"keep".to_vec();
-        let e = reader.append(90, 102, &mut out).unwrap_err();
+        let mut out = [0u8; 12];
+        let e = reader.read_exact_at(&mut out, 90).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::NotFound);
-        assert_eq!(out, b"keep");
-        let e = reader.append(102, 106, &mut out).unwrap_err();
+        let e = reader.read_exact_at(&mut out[..4], 102).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::UnexpectedEof, "past the file's end");
-        assert_eq!(out, b"keep");
         reader.reset(vec![segment(dir.path(), 0, b"0123")]);
         let mut buf = [0u8; 2];
         reader.read_exact_at(&mut buf, 1).unwrap();
@@ -154,5 +135,24 @@ mod tests {
             ErrorKind::UnexpectedEof,
             "the last segment reaches as far as its file"
         );
+    }
+
+    #[test]
+    fn forgetting_below_a_segment_start_drops_only_the_older_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reader = JournalReader::new(vec![
+            segment(dir.path(), 0, b"0123"),
+            segment(dir.path(), 4, b"4567"),
+            segment(dir.path(), 8, b"89ab"),
+        ]);
+        reader.forget_below(8);
+        let mut buf = [0u8; 2];
+        let e = reader.read_exact_at(&mut buf, 6).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "segment 4 was let go");
+        reader.read_exact_at(&mut buf, 9).unwrap();
+        assert_eq!(&buf, b"9a");
+        reader.forget_below(8);
+        reader.read_exact_at(&mut buf, 8).unwrap();
+        assert_eq!(&buf, b"89", "forgetting again changes nothing");
     }
 }
