@@ -17,8 +17,8 @@ mod common;
 
 use common::cluster::Cluster;
 use common::{
-    batch_of_values, bounded, decode_fetched, lock, payload, run_broker_expecting_exit, BrokerProc,
-    Fetched, OutOfRangeBody, RawConn, Rng, TestDir,
+    batch_of_values, bounded, decode_fetched, lock, payload, run_broker_expecting_exit, run_cli,
+    BrokerProc, Fetched, OutOfRangeBody, RawConn, Rng, TestDir,
 };
 use hutong::client::{ClientError, Producer, ProducerConfig, Receipt, RetryConfig};
 use hutong::journal::scan::scan;
@@ -531,6 +531,44 @@ fn size_retention_deletes_the_oldest_segments_and_moves_the_log_start() {
         (RECORDS_PER_BATCH, RECORDS_PER_BATCH),
         "{EMPTIED}/0, whose only batch was deleted, starts and ends after it"
     );
+    consume_from_deleted_offsets(broker.addr(), offsets[0].0);
+}
+
+/// `hutong consume` of `sized`/0 from `earliest` starts at the log start
+/// `start`; from offset 0, deleted by retention, it says how many messages
+/// it skipped and goes on from the log start (it used to fail with
+/// `OffsetOutOfRange`).
+fn consume_from_deleted_offsets(addr: SocketAddr, start: u64) {
+    assert!(start > 0, "the test needs deleted offsets");
+    let addr = addr.to_string();
+    // The readable prefix every value of message `start` begins with.
+    let first = format!("p0-{start:08}-");
+    for (from, skipped) in [("earliest", false), ("0", true)] {
+        let args = [
+            "consume",
+            "--addr",
+            &addr,
+            "--topic",
+            SIZED,
+            "--partition",
+            "0",
+            "--from",
+            from,
+            "--count",
+            "1",
+        ];
+        let (status, stdout, stderr) = run_cli(&args, b"", Duration::from_secs(30));
+        assert!(status.success(), "consume --from {from}: {stderr}");
+        assert!(
+            stdout.starts_with(&first),
+            "consume --from {from} prints offset {start} first"
+        );
+        let said = format!(
+            "{start} message(s) were deleted by retention before they were read; \
+             going on from offset {start}"
+        );
+        assert_eq!(stderr.contains(&said), skipped, "--from {from}: {stderr}");
+    }
 }
 
 #[test]
