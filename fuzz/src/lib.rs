@@ -28,6 +28,7 @@ use hutong::journal::error::JournalError;
 use hutong::journal::log::Journal;
 use hutong::journal::scan::{header_crc_ok, scan, ScanResult, ScanStop};
 use hutong::journal::segment::segment_file_name;
+use hutong::journal::start;
 use hutong::journal::topic::TopicMeta;
 use hutong::wire::api::{
     check_topic_name, ApiKey, ClusterStatusRequest, ClusterStatusResponse, CreateTopicRequest,
@@ -530,15 +531,26 @@ pub fn recovery(data: &[u8]) {
         scan_checks(&sealed);
     }
 
-    checkpoint_checks(data);
+    state_file_checks(data);
     if data.len() >= CHECKPOINT_CRC_FROM {
         let mut sealed = data.to_vec();
         let crc = crc32c::crc32c(&sealed[CHECKPOINT_CRC_FROM..]);
         set_u32(&mut sealed, CHECKPOINT_CRC_AT, crc);
         if sealed != data {
-            checkpoint_checks(&sealed);
+            state_file_checks(&sealed);
         }
+        // The start state shares the header layout: the same bytes under
+        // its magic reach its decoder too.
+        let mut as_start = sealed;
+        as_start[..4].copy_from_slice(&start::START_MAGIC);
+        state_file_checks(&as_start);
     }
+}
+
+/// The checkpoint's and the start state's decoders over `bytes`.
+fn state_file_checks(bytes: &[u8]) {
+    checkpoint_checks(bytes);
+    start_checks(bytes);
 }
 
 /// One scan: its result and each accepted batch as (offset in the
@@ -628,6 +640,19 @@ fn scan_checks(bytes: &[u8]) {
         let _ = control::decode(b);
         record_walk(b);
     }
+}
+
+/// A start state that decodes re-encodes to exactly its bytes.
+fn start_checks(bytes: &[u8]) {
+    let Ok(st) = start::decode(bytes) else {
+        return;
+    };
+    let encoded = start::encode(&st);
+    assert_eq!(
+        encoded, bytes,
+        "a decoded start state re-encodes to its bytes"
+    );
+    assert_eq!(start::decode(&encoded).ok(), Some(st));
 }
 
 fn checkpoint_checks(bytes: &[u8]) {
