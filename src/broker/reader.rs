@@ -884,20 +884,16 @@ mod tests {
         assert_eq!(list_offsets(&mut reader, "kept", 300), (10, 20));
         assert_eq!(list_offsets(&mut reader, "idle", 300), (42, 42));
         let now = Instant::now();
-        reader
-            .handle(1, 0, &fetch_frame_at("kept", 1, 9), 300, now, &mut out)
-            .unwrap();
-        assert_eq!(
-            out_of_range(&mut inp),
-            (ErrorCode::OffsetOutOfRange.as_u16(), Some((10, 20)))
-        );
-        reader
-            .handle(1, 0, &fetch_frame_at("idle", 2, 41), 300, now, &mut out)
-            .unwrap();
-        assert_eq!(
-            out_of_range(&mut inp),
-            (ErrorCode::OffsetOutOfRange.as_u16(), Some((42, 42)))
-        );
+        for (topic, offset, range) in [("kept", 9, (10, 20)), ("idle", 41, (42, 42))] {
+            reader
+                .handle(1, 0, &fetch_frame_at(topic, 1, offset), 300, now, &mut out)
+                .unwrap();
+            assert_eq!(
+                out_of_range(&mut inp),
+                (ErrorCode::OffsetOutOfRange.as_u16(), Some(range)),
+                "a fetch of {topic} at {offset}"
+            );
+        }
         // A later, lower start never moves it back.
         events_tx
             .send(ReaderEvent::Retained { position: 0 })
