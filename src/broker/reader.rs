@@ -851,6 +851,7 @@ mod tests {
                 position,
                 len: 100,
                 count,
+                max_time_ms: 0,
             });
         }
         let (_empty_writer, empty) = append_log();

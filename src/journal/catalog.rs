@@ -79,11 +79,18 @@ impl Partition {
     fn land(&mut self, position: u64, batch: &[u8]) {
         let view = BatchView(batch);
         debug_assert_eq!(view.base_offset(), self.next_offset);
+        let before = self
+            .index
+            .len()
+            .checked_sub(1)
+            .and_then(|i| self.index.get(i));
+        let max_time_ms = before.map_or(i64::MIN, |e| e.max_time_ms);
         self.index.push(IndexEntry {
             base_offset: view.base_offset(),
             position,
             len: batch.len() as u32,
             count: view.record_count(),
+            max_time_ms: max_time_ms.max(view.append_time_ms()),
         });
         self.next_offset = view.next_offset();
     }

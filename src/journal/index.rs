@@ -22,6 +22,11 @@ pub struct IndexEntry {
     pub len: u32,
     /// Records in the batch.
     pub count: u32,
+    /// The newest append time (ms since the epoch) of this batch and every
+    /// earlier batch of the partition: append times are the broker's clock,
+    /// which may step back, so a search by time runs over this running
+    /// maximum (as Kafka's time index does).
+    pub max_time_ms: i64,
 }
 
 impl IndexEntry {
@@ -140,6 +145,7 @@ mod tests {
                     position,
                     len,
                     count,
+                    max_time_ms: 0,
                 };
                 offset = e.next_offset();
                 position = e.end_position();
@@ -163,6 +169,7 @@ mod tests {
             position: 1000,
             len: 200,
             count: 3,
+            max_time_ms: 0,
         };
         assert_eq!((e.next_offset(), e.end_position()), (13, 1200));
         let huge = IndexEntry {
@@ -170,6 +177,7 @@ mod tests {
             position: u64::MAX,
             len: 9,
             count: 9,
+            max_time_ms: 0,
         };
         assert_eq!(
             (huge.next_offset(), huge.end_position()),

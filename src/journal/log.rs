@@ -2357,6 +2357,8 @@ mod tests {
                     position: b.start,
                     len: (b.end - b.start) as u32,
                     count: records,
+                    // Every batch of the model is stamped at 77.
+                    max_time_ms: 77,
                 });
                 *next += u64::from(records);
             }
