@@ -10,6 +10,7 @@
 
 pub mod flusher;
 pub mod reactor;
+pub mod partition_view;
 pub mod reader;
 pub mod replica;
 pub mod replicator;
@@ -222,10 +223,10 @@ impl Broker {
             bytes: config.retention_bytes,
             ms: config.retention_ms_effective(),
         };
-        let retention = (policy != crate::journal::log::Retention::default()).then(|| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            (tx, rx, reader_events_tx.clone())
-        });
+        let policy = (policy != crate::journal::log::Retention::default()).then_some(policy);
+        let (jobs_tx, jobs_rx) = std::sync::mpsc::channel();
+        let (trims_tx, trims_rx) = std::sync::mpsc::channel();
+        let janitor_to_reader = reader_events_tx.clone();
         // Recovery synced what the checkpoint does not vouch for: every
         // recovered byte is durable.
         let flusher = flusher::Flusher::new(
@@ -252,12 +253,12 @@ impl Broker {
             pending_tx,
             writer_out,
         );
-        let mut janitor = None;
-        if let Some((tx, rx, to_reader)) = retention {
-            writer =
-                writer.with_retention(policy, Duration::from_millis(config.retention_check_ms), tx);
-            janitor = Some((rx, to_reader));
-        }
+        writer = writer.with_janitor(
+            policy,
+            Duration::from_millis(config.retention_check_ms),
+            jobs_tx,
+            trims_rx,
+        );
         let reactor = reactor::Reactor::new(
             poll,
             listener,
@@ -329,16 +330,17 @@ impl Broker {
             "reader",
             Box::new(move || reader::run(s, reader, reader_requests, reader_out)),
         )?;
-        if let Some((decisions, to_reader)) = janitor {
-            let dir = config.data_dir.clone();
-            let s = shared.clone();
-            spawn(
-                "retention",
-                Box::new(move || {
-                    retention::run(dir, decisions, to_reader, || s.wake(shared::Stage::Reader));
-                }),
-            )?;
-        }
+        let dir = config.data_dir.clone();
+        let s = shared.clone();
+        let outlets = retention::Outlets {
+            reader: janitor_to_reader,
+            writer: trims_tx,
+            wake_reader: Box::new(move || s.wake(shared::Stage::Reader)),
+        };
+        spawn(
+            "retention",
+            Box::new(move || retention::run(dir, jobs_rx, outlets)),
+        )?;
         spawn("reactor", Box::new(move || reactor.run()))?;
         Ok(Broker {
             local_addr,

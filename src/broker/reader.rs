@@ -11,7 +11,9 @@ use super::ring::{MessageConsumer, MessageProducer, FLAG_COUNTED};
 use super::shared::{deadline_after, Idle, Shared, Stage};
 use crate::config::FETCH_WAIT_MS_MAX;
 use crate::journal::catalog::IndexHandle;
-use crate::journal::index::{entries_below, locate, PartitionIndex};
+use super::partition_view::{NoSelection, PartitionView, Selection};
+use crate::journal::index::IndexEntry;
+use crate::journal::seg_index::SegmentIndex;
 use crate::journal::log::SegmentFile;
 use crate::journal::reader::JournalReader;
 use crate::journal::topic::TopicMeta;
@@ -48,6 +50,17 @@ pub enum ReaderEvent {
     },
     /// A new segment file was started.
     Segment(SegmentFile),
+    /// A sealed segment's index is on disk: fetches below the in-memory
+    /// indexes' floors read it there.
+    Indexed(Arc<SegmentIndex>),
+    /// The topic in `slot` has new, smaller in-memory indexes (their
+    /// entries below the floor moved to segment index files).
+    Indexes {
+        /// The topic's slot.
+        slot: usize,
+        /// One index per partition.
+        indexes: Vec<IndexHandle>,
+    },
     /// The journal was cut (a divergent tail): every topic with fresh
     /// index handles, and the segment files now.
     Reset {
@@ -60,7 +73,18 @@ pub enum ReaderEvent {
 
 struct ReaderTopic {
     name: String,
-    partitions: Vec<IndexHandle>,
+    id: u32,
+    partitions: Vec<PartitionView>,
+}
+
+impl ReaderTopic {
+    fn new(meta: TopicMeta, indexes: Vec<IndexHandle>) -> ReaderTopic {
+        ReaderTopic {
+            name: meta.name,
+            id: meta.id,
+            partitions: indexes.into_iter().map(PartitionView::new).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -96,16 +120,12 @@ pub struct Reader {
     shared: Option<Arc<super::shared::Shared>>,
     /// The journal's first kept byte, as the last `Retained` event said.
     journal_start: u64,
+    /// The journal ranges of the fetch being answered.
+    runs: Vec<(u64, u64)>,
+    /// Index entries read from a segment index file.
+    scratch: Vec<IndexEntry>,
 }
 
-/// What a fetch would return right now.
-struct Available {
-    high_watermark: u64,
-    start_offset: u64,
-    first: usize,
-    last: usize,
-    bytes: usize,
-}
 
 impl Reader {
     /// A reader over `segments`, learning of new topics and segments from `events`.
@@ -125,6 +145,8 @@ impl Reader {
             fetch_bytes_max,
             out: Vec::with_capacity(64 * 1024),
             shared: None,
+            runs: Vec::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -140,25 +162,53 @@ impl Reader {
             match e {
                 ReaderEvent::Topic { meta, indexes } => {
                     self.by_name.insert(meta.name.clone(), self.topics.len());
-                    self.topics.push(ReaderTopic {
-                        name: meta.name,
-                        partitions: indexes,
-                    });
+                    self.topics.push(ReaderTopic::new(meta, indexes));
                 }
                 ReaderEvent::Segment(f) => self.journal.add_segment(f),
+                ReaderEvent::Indexed(index) => {
+                    let by_id: HashMap<u32, usize> =
+                        self.topics.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
+                    for (i, s) in index.sections().iter().enumerate() {
+                        let partition = by_id.get(&s.topic_id).and_then(|&t| {
+                            self.topics[t].partitions.get_mut(s.partition as usize)
+                        });
+                        if let Some(p) = partition {
+                            p.add_section(&index, i);
+                        }
+                    }
+                }
+                ReaderEvent::Indexes { slot, indexes } => {
+                    if let Some(t) = self.topics.get_mut(slot) {
+                        for (p, h) in t.partitions.iter_mut().zip(indexes) {
+                            p.replace_memory(h);
+                        }
+                    }
+                }
                 ReaderEvent::Retained { position } => {
                     self.journal_start = self.journal_start.max(position);
                     self.journal.forget_below(self.journal_start);
+                    for p in self.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
+                        p.forget_below(self.journal_start);
+                    }
                 }
                 ReaderEvent::Reset { topics, segments } => {
-                    self.topics.clear();
+                    // What is on disk lies below C and outlives any cut:
+                    // the topics kept keep it.
+                    let mut old: HashMap<u32, ReaderTopic> =
+                        self.topics.drain(..).map(|t| (t.id, t)).collect();
                     self.by_name.clear();
                     for (meta, indexes) in topics {
                         self.by_name.insert(meta.name.clone(), self.topics.len());
-                        self.topics.push(ReaderTopic {
-                            name: meta.name,
-                            partitions: indexes,
-                        });
+                        let topic = match old.remove(&meta.id) {
+                            Some(mut kept) if kept.partitions.len() == indexes.len() => {
+                                for (p, h) in kept.partitions.iter_mut().zip(indexes) {
+                                    p.replace_memory(h);
+                                }
+                                kept
+                            }
+                            _ => ReaderTopic::new(meta, indexes),
+                        };
+                        self.topics.push(topic);
                     }
                     self.journal.reset(segments);
                     // A fetch on a topic whose creation was cut has no topic
@@ -287,8 +337,8 @@ impl Reader {
                 .partitions
                 .iter()
                 .enumerate()
-                .map(|(i, idx)| {
-                    let (start_offset, end_offset) = offsets(idx, committed, journal_start);
+                .map(|(i, p)| {
+                    let (start_offset, end_offset) = p.offsets(committed, journal_start);
                     PartitionMetadata {
                         partition: i as u32,
                         start_offset,
@@ -325,11 +375,11 @@ impl Reader {
         let req = ListOffsetsRequest::decode(body).map_err(|_| ErrorCode::MalformedRequest)?;
         check_topic_name(req.topic)?;
         let t = self.topic(req.topic).ok_or(ErrorCode::UnknownTopic)?;
-        let idx = self.topics[t]
+        let p = self.topics[t]
             .partitions
             .get(req.partition as usize)
             .ok_or(ErrorCode::UnknownPartition)?;
-        let (earliest, latest) = offsets(idx, committed, self.journal_start);
+        let (earliest, latest) = p.offsets(committed, self.journal_start);
         self.out.clear();
         ListOffsetsResponse { earliest, latest }.encode(&mut self.out);
         Ok(())
@@ -400,39 +450,6 @@ impl Reader {
         ))
     }
 
-    fn available(&self, w: &WaitingFetch, committed: u64) -> Result<Available, OutOfRange> {
-        let h = &self.topics[w.topic].partitions[w.partition as usize];
-        let idx = &*h.index;
-        let n = entries_below(idx, idx.len(), committed);
-        let high_watermark = h.end_offset(n);
-        let start_offset = h.log_start(n, self.journal_start);
-        if w.offset > high_watermark || w.offset < start_offset {
-            return Err(OutOfRange {
-                start: start_offset,
-                end: high_watermark,
-            });
-        }
-        let first = locate(idx, n, w.offset);
-        let mut last = first;
-        let mut bytes = 0usize;
-        // At least one whole batch, so a consumer always makes progress.
-        while last < n {
-            let len = entry(idx, last).len as usize;
-            if last > first && bytes + len > w.max_bytes {
-                break;
-            }
-            bytes += len;
-            last += 1;
-        }
-        Ok(Available {
-            high_watermark,
-            start_offset,
-            first,
-            last,
-            bytes,
-        })
-    }
-
     /// Answers `w` if it has enough data, its deadline passed, or `force`.
     /// Returns whether it was answered.
     fn try_answer(
@@ -443,10 +460,31 @@ impl Reader {
         force: bool,
         out: &mut MessageProducer,
     ) -> Result<bool, RingFull> {
-        let avail = match self.available(w, committed) {
+        let view = &self.topics[w.topic].partitions[w.partition as usize];
+        let selected = view.select(
+            w.offset,
+            w.max_bytes,
+            committed,
+            self.journal_start,
+            &mut self.runs,
+            &mut self.scratch,
+        );
+        let avail = match selected {
             Ok(a) => a,
-            Err(range) => {
-                self.answer_out_of_range(w, range, out)?;
+            Err(NoSelection::OutOfRange { start, end }) => {
+                self.answer_out_of_range(w, OutOfRange { start, end }, out)?;
+                return Ok(true);
+            }
+            Err(NoSelection::Io(e)) => {
+                crate::log!("fetch: cannot read a segment index file: {e}");
+                self.answer_error(
+                    w.conn,
+                    w.flags,
+                    w.correlation_id,
+                    ApiKey::Fetch,
+                    ErrorCode::StorageError,
+                    out,
+                )?;
                 return Ok(true);
             }
         };
@@ -461,10 +499,7 @@ impl Reader {
             return Err(RingFull);
         }
         self.fetch_head(w, &avail);
-        let idx = self.topics[w.topic].partitions[w.partition as usize]
-            .index
-            .clone();
-        let (head, journal) = (&self.out, &self.journal);
+        let (head, journal, runs) = (&self.out, &self.journal, &self.runs);
         // The batches go from the page cache straight into the ring (one
         // copy), read in runs of batches adjacent in the journal.
         let pushed: Option<std::io::Result<()>> = out.push_in_place(
@@ -473,15 +508,7 @@ impl Reader {
             head.len() + avail.bytes,
             |room| {
                 room.put(head);
-                let mut i = avail.first;
-                while i < avail.last {
-                    let start = entry(&idx, i).position;
-                    let mut end = entry(&idx, i).end_position();
-                    i += 1;
-                    while i < avail.last && entry(&idx, i).position == end {
-                        end = entry(&idx, i).end_position();
-                        i += 1;
-                    }
+                for &(start, end) in runs {
                     room.fill((end - start) as usize, |dst, done| {
                         journal.read_exact_at(dst, start + done as u64)
                     })?;
@@ -509,7 +536,7 @@ impl Reader {
 
     /// Writes the fetch answer's response header and body prefix to
     /// `self.out`; the batches (`avail.bytes` of them) follow it on the wire.
-    fn fetch_head(&mut self, w: &WaitingFetch, avail: &Available) {
+    fn fetch_head(&mut self, w: &WaitingFetch, avail: &Selection) {
         self.out.clear();
         let header = ResponseHeader {
             correlation_id: w.correlation_id,
@@ -643,20 +670,6 @@ impl Reader {
     }
 }
 
-fn entry(idx: &PartitionIndex, i: usize) -> crate::journal::index::IndexEntry {
-    *idx.get(i)
-        .expect("index entries below the published length exist")
-}
-
-/// Earliest stored offset and high watermark (one past the last committed
-/// offset) of a partition.
-/// A partition's log start and high watermark when the journal starts at
-/// `journal_start` and `committed` is C.
-fn offsets(h: &IndexHandle, committed: u64, journal_start: u64) -> (u64, u64) {
-    let n = entries_below(&h.index, h.index.len(), committed);
-    (h.log_start(n, journal_start), h.end_offset(n))
-}
-
 /// The range of a partition a fetch fell outside of.
 #[derive(Debug, Clone, Copy)]
 struct OutOfRange {
@@ -777,7 +790,7 @@ mod tests {
                     name: "gone".into(),
                     partitions: 1,
                 },
-                indexes: vec![IndexHandle { index, floor: 0 }],
+                indexes: vec![IndexHandle { index, floor: 0, floor_time_ms: i64::MIN }],
             })
             .unwrap();
         let now = Instant::now();
@@ -856,12 +869,13 @@ mod tests {
         }
         let (_empty_writer, empty) = append_log();
         for (name, handle) in [
-            ("kept", IndexHandle { index, floor: 0 }),
+            ("kept", IndexHandle { index, floor: 0, floor_time_ms: i64::MIN }),
             (
                 "idle",
                 IndexHandle {
                     index: empty,
                     floor: 42,
+                    floor_time_ms: i64::MIN,
                 },
             ),
         ] {

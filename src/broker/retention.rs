@@ -26,6 +26,9 @@
 
 use super::reader::ReaderEvent;
 use crate::journal::log::Retained;
+use crate::journal::offload::{self, IndexJob, Trim};
+use crate::journal::seg_index;
+use std::collections::VecDeque;
 use crate::journal::segment::segment_file_name;
 use crate::journal::start;
 use std::path::{Path, PathBuf};
@@ -42,37 +45,63 @@ const RELEASE_POLL: Duration = Duration::from_millis(10);
 /// again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// Carries out the writer's retention decisions until the writer hangs
-/// up (it drops its sender when it stops).
-/// `wake_reader` makes the reader take in the `Retained` event at once
-/// (it lets go of the deleted files then).
-pub fn run(
-    dir: PathBuf,
-    decisions: Receiver<Retained>,
-    reader: Sender<ReaderEvent>,
-    wake_reader: impl Fn(),
-) {
-    let mut janitor = Janitor::new(dir, reader);
+/// Work the writer hands this stage.
+pub enum Job {
+    /// Delete the oldest segments.
+    Retain(Retained),
+    /// Write a sealed segment's index file.
+    Index(IndexJob),
+}
+
+/// Where this stage sends what it did.
+pub struct Outlets {
+    /// To the reader: segments indexed on disk, log starts moved.
+    pub reader: Sender<ReaderEvent>,
+    /// To the writer: the smaller indexes that leave indexed entries out.
+    pub writer: Sender<Trim>,
+    /// Makes the reader take in its events at once.
+    pub wake_reader: Box<dyn Fn() + Send>,
+}
+
+/// Carries out the writer's jobs until the writer hangs up (it drops its
+/// sender when it stops).
+pub fn run(dir: PathBuf, jobs: Receiver<Job>, outlets: Outlets) {
+    let mut janitor = Janitor::new(dir, outlets.reader);
     loop {
         let next = if !janitor.closing.is_empty() {
-            decisions.recv_timeout(RELEASE_POLL)
+            jobs.recv_timeout(RELEASE_POLL)
         } else if janitor.has_pending() {
-            decisions.recv_timeout(RETRY_AFTER)
+            jobs.recv_timeout(RETRY_AFTER)
         } else {
-            decisions.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            jobs.recv().map_err(|_| RecvTimeoutError::Disconnected)
         };
         match next {
-            Ok(mut decision) => {
-                // Everything queued behind it too, as one decision.
-                while let Ok(later) = decisions.try_recv() {
-                    decision = merge(decision, later);
+            Ok(first) => {
+                // Everything queued behind it too: the retention decisions
+                // as one, the index jobs in order.
+                let mut decision = None;
+                for job in std::iter::once(first).chain(std::iter::from_fn(|| jobs.try_recv().ok())) {
+                    match job {
+                        Job::Retain(d) => {
+                            decision = Some(match decision.take() {
+                                Some(older) => merge(older, d),
+                                None => d,
+                            });
+                        }
+                        Job::Index(j) => janitor.indexing.push_back(j),
+                    }
                 }
-                janitor.take(decision);
-                wake_reader();
+                if let Some(d) = decision {
+                    janitor.take(d);
+                }
+                janitor.index(&outlets.writer);
+                (outlets.wake_reader)();
             }
             Err(RecvTimeoutError::Timeout) => {
                 if janitor.retry_due(Instant::now()) {
                     janitor.retry();
+                    janitor.index(&outlets.writer);
+                    (outlets.wake_reader)();
                 }
             }
             // A decision still pending is lost with its start state: the
@@ -106,6 +135,15 @@ struct Janitor {
     /// When the pending decision was last tried: retries come
     /// [`RETRY_AFTER`] apart, however often the loop wakes up.
     tried: Instant,
+    /// Index jobs not carried out yet, oldest first: they are done in
+    /// order, and one that fails holds the later ones back (a trim drops
+    /// every entry below its segment's end, so every segment below must be
+    /// indexed on disk first).
+    indexing: VecDeque<IndexJob>,
+    /// When an index job last failed.
+    index_failed: Option<Instant>,
+    /// Where the journal starts after the decisions carried out so far.
+    deleted_below: u64,
 }
 
 impl Janitor {
@@ -116,17 +154,69 @@ impl Janitor {
             pending: None,
             closing: Vec::new(),
             tried: Instant::now(),
+            indexing: VecDeque::new(),
+            index_failed: None,
+            deleted_below: 0,
         }
     }
 
     fn has_pending(&self) -> bool {
-        self.pending.is_some()
+        self.pending.is_some() || !self.indexing.is_empty()
     }
 
-    /// True when a pending decision waited [`RETRY_AFTER`] since its
-    /// last try.
+    /// True when a pending decision or index job waited [`RETRY_AFTER`]
+    /// since its last try.
     fn retry_due(&self, now: Instant) -> bool {
-        self.pending.is_some() && now.duration_since(self.tried) >= RETRY_AFTER
+        let decision = self.pending.is_some() && now.duration_since(self.tried) >= RETRY_AFTER;
+        let index = self
+            .index_failed
+            .is_some_and(|at| now.duration_since(at) >= RETRY_AFTER);
+        decision || index
+    }
+
+    /// Carries out the index jobs in order, stopping at the first that
+    /// fails (tried again [`RETRY_AFTER`] later). Jobs for segments
+    /// retention deleted meanwhile are dropped.
+    fn index(&mut self, writer: &Sender<Trim>) {
+        if self
+            .index_failed
+            .is_some_and(|at| at.elapsed() < RETRY_AFTER)
+        {
+            return;
+        }
+        self.index_failed = None;
+        while self
+            .indexing
+            .front()
+            .is_some_and(|job| job.start < self.deleted_below)
+        {
+            self.indexing.pop_front();
+        }
+        // Every job queued: one index file each, then one trim for all of
+        // them, built from the newest job's handles (which still hold the
+        // entries of every segment queued: trims come only from here).
+        let mut done = Vec::new();
+        for job in &self.indexing {
+            match offload::write_index(&self.dir, job.start, job.end, &job.partitions) {
+                Ok(index) => {
+                    let _ = self.reader.send(ReaderEvent::Indexed(Arc::new(index)));
+                    done.push((job.start, job.end));
+                }
+                Err(e) => {
+                    crate::log!(
+                        "index file of segment {}: {e} (its entries stay in memory; trying \
+                         again in {RETRY_AFTER:?})",
+                        job.start
+                    );
+                    self.index_failed = Some(Instant::now());
+                    break;
+                }
+            }
+        }
+        let Some(last) = self.indexing.drain(..done.len()).last() else {
+            return;
+        };
+        let _ = writer.send(offload::trim(done, &last.partitions));
     }
 
     /// Takes a new decision: it supersedes a pending one (its start state
@@ -144,8 +234,10 @@ impl Janitor {
     fn retry(&mut self) {
         if let Some(decision) = self.pending.take() {
             self.tried = Instant::now();
+            let position = decision.state.position;
             match carry_out(&self.dir, decision, &self.reader) {
                 Ok(files) => {
+                    self.deleted_below = self.deleted_below.max(position);
                     let deadline = Instant::now() + RELEASE_WAIT;
                     self.closing
                         .extend(files.into_iter().map(|file| (file, deadline)));
@@ -183,6 +275,9 @@ fn carry_out(
     let _ = reader.send(ReaderEvent::Retained { position });
     let mut removed = 0usize;
     for (start, _) in &decision.files {
+        if let Err(e) = seg_index::remove(dir, *start) {
+            crate::log!("retention: {e}");
+        }
         let path = dir.join(segment_file_name(*start));
         match std::fs::remove_file(&path) {
             Ok(()) => removed += 1,

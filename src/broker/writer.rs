@@ -17,7 +17,9 @@ use super::shared::{deadline_after, unix_ms, Cut, Idle, Shared, Stage};
 use crate::config::{Config, PRODUCE_TIMEOUT_MS_MAX, PRODUCE_TIMEOUT_MS_MIN};
 use crate::journal::catalog::SeqCheck;
 use crate::journal::error::JournalError;
-use crate::journal::log::{check_replicated_batch, Appended, Journal, Retained, Retention};
+use super::retention::Job;
+use crate::journal::log::{check_replicated_batch, Appended, Journal, Retention};
+use crate::journal::offload::Trim;
 use crate::wire::api::{check_topic_name, CreateTopicRequest, ProduceRequest};
 use crate::wire::batch::{check_producer_batch_with, BatchError, RecordLimits};
 use crate::wire::frame::{RequestHeader, REQUEST_HEADER_LEN};
@@ -25,7 +27,7 @@ use crate::wire::replicate::decode_message;
 use crate::wire::{ApiKey, ErrorCode, Qos};
 use ringbuf::traits::{Observer, Producer};
 use ringbuf::HeapProd;
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -65,59 +67,91 @@ pub struct Writer {
     leader: (u64, String),
     /// A fatal error found while applying consensus output.
     fatal: Option<String>,
-    /// Retention, when the broker has a limit ([`Writer::with_retention`]).
+    /// Retention and indexing ([`Writer::with_janitor`]).
     retention: Option<RetentionClock>,
 }
 
-/// When and how the writer applies retention.
+/// When and how the writer applies retention and hands sealed segments to
+/// the indexing stage.
 struct RetentionClock {
-    policy: Retention,
+    /// `None`: no limit, nothing is deleted.
+    policy: Option<Retention>,
     every: Duration,
     next: Instant,
     /// A segment was sealed since the last look.
     sealed: bool,
-    /// The retention stage, which carries out the decisions.
-    decisions: Sender<Retained>,
+    /// The retention stage, which carries out the decisions and the index
+    /// jobs.
+    jobs: Sender<Job>,
+    /// Its answers to index jobs.
+    trims: Receiver<Trim>,
 }
 
 /// One request's outcome: the entry to hand to the responder, if any.
 pub type Outcome = Option<Pending>;
 
 impl Writer {
-    /// Applies `policy` every `every` and whenever a segment is sealed,
-    /// handing each decision to the retention stage over `decisions`.
-    pub fn with_retention(
+    /// Applies `policy` (if any) every `every` and whenever a segment is
+    /// sealed, handing each decision to the retention stage over `jobs`,
+    /// with an index job for every sealed segment that became durable; takes
+    /// the stage's answers to those from `trims`.
+    pub fn with_janitor(
         mut self,
-        policy: Retention,
+        policy: Option<Retention>,
         every: Duration,
-        decisions: Sender<Retained>,
+        jobs: Sender<Job>,
+        trims: Receiver<Trim>,
     ) -> Writer {
         self.retention = Some(RetentionClock {
             policy,
             every,
             next: Instant::now(),
             sealed: false,
-            decisions,
+            jobs,
+            trims,
         });
         self
     }
 
-    /// Applies retention when its interval passed or a segment was sealed
-    /// since the last look (a few comparisons per sealed segment and a
-    /// binary search per partition: no IO here). Returns how long until
-    /// the next look, `None` without retention.
+    /// Takes in the indexing stage's trims (the readers get the new index
+    /// handles), then applies retention and hands out index jobs when the
+    /// interval passed or a segment was sealed since the last look (a few
+    /// comparisons per sealed segment and a binary search per partition:
+    /// no IO here). Returns how long until the next look, `None` without
+    /// the stage.
     pub fn retain(&mut self, now: Instant) -> Option<Duration> {
+        let clock = self.retention.as_mut()?;
+        let mut changed = Vec::new();
+        while let Ok(trim) = clock.trims.try_recv() {
+            changed.extend(self.journal.trim(trim));
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        for slot in changed {
+            let indexes = self.journal.catalog().topic(slot).index_handles();
+            let _ = self
+                .reader_events
+                .send(ReaderEvent::Indexes { slot, indexes });
+        }
         let clock = self.retention.as_mut()?;
         if now < clock.next && !clock.sealed {
             return Some(clock.next - now);
         }
         clock.next = now + clock.every;
         clock.sealed = false;
-        let durable = self.shared.positions.flushed.get();
-        if let Some(decision) = self.journal.retain(clock.policy, durable, unix_ms()) {
-            let _ = clock.decisions.send(decision);
+        let every = clock.every;
+        let flushed = self.shared.positions.flushed.get();
+        if let Some(policy) = clock.policy {
+            if let Some(decision) = self.journal.retain(policy, flushed, unix_ms()) {
+                let _ = clock.jobs.send(Job::Retain(decision));
+            }
         }
-        Some(clock.every)
+        // Only committed segments: a cut never reaches them.
+        let durable = flushed.min(self.shared.positions.committed.get());
+        for job in self.journal.index_jobs(durable) {
+            let _ = clock.jobs.send(Job::Index(job));
+        }
+        Some(every)
     }
 
     /// A writer appending to `journal`.

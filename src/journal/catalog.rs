@@ -5,6 +5,7 @@
 
 use super::append_log::{append_log, AppendWriter};
 use super::index::{IndexEntries, IndexEntry, PartitionIndex};
+use super::offload::Trim;
 use super::producers::{Key, ProducerBatch, ProducerStates};
 pub use super::producers::{Landed, ProducerLimits, SeqCheck};
 use super::topic::{TopicMeta, PARTITIONS_MAX};
@@ -21,8 +22,18 @@ pub struct Partition {
     /// The offset the index starts at: its first entry's base offset, or
     /// the next offset while it has none. 0 for a new partition; the log
     /// start the journal's start state records for one recovered after
-    /// retention deleted the segments before it.
+    /// retention deleted the segments before it, or where the batches
+    /// moved to segment index files end ([`Catalog::trim`]).
     pub floor: u64,
+    /// The newest append time of the batches below the floor
+    /// (`i64::MIN`: none known): where the index's running maximum of
+    /// append times resumes.
+    pub floor_time_ms: i64,
+    /// The sealed segments whose index entries are on disk (in their
+    /// segment index files) and no longer in `index`, oldest first, that
+    /// hold batches of this partition: each one's start position and the
+    /// offset of its first batch of the partition.
+    pub on_disk: std::collections::VecDeque<(u64, u64)>,
 }
 
 /// A reader's handle on one partition: its index and where it starts.
@@ -32,6 +43,20 @@ pub struct IndexHandle {
     pub index: Arc<PartitionIndex>,
     /// [`Partition::floor`], fixed for the life of the index.
     pub floor: u64,
+    /// [`Partition::floor_time_ms`], fixed with it.
+    pub floor_time_ms: i64,
+}
+
+impl Partition {
+    /// The partition's first kept offset when the journal starts at
+    /// `position`, a segment start: the first batch at or after it, on
+    /// disk or in the index, or the next offset when there is none.
+    pub fn log_start_at(&self, position: u64) -> u64 {
+        match self.on_disk.iter().find(|(start, _)| *start >= position) {
+            Some(&(_, first)) => first,
+            None => log_start_in(&self.index, self.index.len(), self.floor, position),
+        }
+    }
 }
 
 impl IndexHandle {
@@ -149,6 +174,7 @@ impl Topic {
             .map(|p| IndexHandle {
                 index: p.index.log().clone(),
                 floor: p.floor,
+                floor_time_ms: p.floor_time_ms,
             })
             .collect()
     }
@@ -175,6 +201,9 @@ pub struct Catalog {
     /// The replication group's id and the journal position of the control
     /// record that set it.
     cluster_id: Option<(u64, u64)>,
+    /// Position below which index entries may have left memory for segment
+    /// index files ([`Catalog::trim`]): the journal is never cut below it.
+    trimmed_below: u64,
 }
 
 impl Default for Catalog {
@@ -195,6 +224,7 @@ impl Catalog {
             partition_count: 0,
             producers: ProducerStates::new(limits),
             cluster_id: None,
+            trimmed_below: 0,
         }
     }
 
@@ -326,6 +356,8 @@ impl Catalog {
                 next_offset: 0,
                 index: append_log().0,
                 floor: 0,
+                floor_time_ms: i64::MIN,
+                on_disk: Default::default(),
             })
             .collect();
         self.topics.push(Topic {
@@ -397,12 +429,78 @@ impl Catalog {
         gone.into_iter().map(|t| t.meta.name).collect()
     }
 
+    /// Takes in a [`Trim`]: the segment it names is indexed on disk, so
+    /// every partition records where its batches there start, and takes
+    /// the offered smaller index when it still has the index the offer was
+    /// copied from (after copying the entries appended since). Returns the
+    /// slots of the topics whose indexes were replaced: readers must take
+    /// new handles.
+    pub fn trim(&mut self, trim: Trim) -> Vec<usize> {
+        let Some(&(_, end)) = trim.segments.last() else {
+            return Vec::new();
+        };
+        self.trimmed_below = self.trimmed_below.max(end);
+        let mut changed = Vec::new();
+        for offer in trim.offers {
+            let Some(slot) = self.lookup_id(offer.topic_id) else {
+                continue;
+            };
+            let Some(p) = self.topics[slot]
+                .partitions
+                .get_mut(offer.partition as usize)
+            else {
+                continue;
+            };
+            for (start, first) in offer.firsts {
+                if p.on_disk.back().is_none_or(|&(s, _)| s < start) {
+                    p.on_disk.push_back((start, first));
+                }
+            }
+            if !Arc::ptr_eq(p.index.log(), &offer.source) {
+                continue;
+            }
+            let mut index = offer.index;
+            for i in offer.copied..p.index.len() {
+                if let Some(e) = p.index.get(i) {
+                    index.push(*e);
+                }
+            }
+            p.index = index;
+            p.floor = offer.floor;
+            p.floor_time_ms = offer.floor_time_ms;
+            if changed.last() != Some(&slot) {
+                changed.push(slot);
+            }
+        }
+        changed
+    }
+
+    /// Forgets the on-disk segments below `position`, which retention
+    /// deleted.
+    pub fn forget_below(&mut self, position: u64) {
+        for t in &mut self.topics {
+            for p in &mut t.partitions {
+                while p.on_disk.front().is_some_and(|&(start, _)| start < position) {
+                    p.on_disk.pop_front();
+                }
+            }
+        }
+    }
+
     /// Checks that [`Catalog::cut`] at `at` can be done, changing nothing;
     /// returns the first slot it would remove.
     ///
     /// # Errors
-    /// As [`Catalog::cut`].
+    /// As [`Catalog::cut`]; also when `at` lies below what
+    /// [`Catalog::trim`] took out of memory (only committed segments are
+    /// indexed on disk, and the journal is never cut below C).
     pub fn check_cut(&self, at: u64) -> Result<usize, String> {
+        if at < self.trimmed_below {
+            return Err(format!(
+                "a cut at {at} lies below {}, where index entries are on disk",
+                self.trimmed_below
+            ));
+        }
         let removed_from = self
             .topics
             .iter()

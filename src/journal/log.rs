@@ -19,6 +19,7 @@ use super::checkpoint;
 use super::control::{self, Control};
 use super::error::JournalError;
 use super::lock::{lock_dir, DirLock};
+use super::offload::{IndexJob, JobPartition, Trim};
 use super::scan::{header_crc_ok, scan, ScanStop};
 use super::segment::{list_segments, segment_file_name, Segment};
 use super::start::{self, StartState, StartTopic};
@@ -132,6 +133,9 @@ pub struct RecoveryReport {
     /// Segments older than the start state's position that an interrupted
     /// retention pass had not deleted yet, deleted now.
     pub leftover_segments: Vec<PathBuf>,
+    /// Segment index files without a sealed segment (left by a deletion or
+    /// a cut a crash interrupted) and unfinished ones, deleted now.
+    pub stray_index_files: Vec<PathBuf>,
 }
 
 /// How [`Journal::open_with`] recovers.
@@ -286,6 +290,9 @@ pub struct Journal {
     /// The start of the last segment retention warned about for a stamp
     /// from the future (one line per segment, not one per check).
     warned: u64,
+    /// Sealed segments from here on have not been handed out as
+    /// [`IndexJob`]s yet.
+    indexing_from: u64,
     control: BatchBuilder,
     report: RecoveryReport,
     /// Every batch recovery found, until [`Journal::take_entries`].
@@ -463,6 +470,7 @@ impl Journal {
             });
         }
         let active_newest_ms = newest.get(files.len() - 1).copied().unwrap_or(i64::MIN);
+        report.stray_index_files = remove_stray_index_files(dir, &sealed)?;
         // From here on the active segment is written with pwrite; its map
         // (used by the scan) is dropped with `active`.
         let active = Active {
@@ -490,6 +498,7 @@ impl Journal {
             sealed,
             active_newest_ms,
             warned: u64::MAX,
+            indexing_from: base,
             control: BatchBuilder::with_kind(BatchKind::Control),
             report,
             entries,
@@ -955,7 +964,58 @@ impl Journal {
         let files = self.files.drain(..gone).collect();
         self.sealed.drain(..k);
         self.start = position;
+        self.catalog.forget_below(position);
         Some(Retained { state, files })
+    }
+
+    /// The sealed segments wholly below `durable` (C) not handed out yet, as
+    /// jobs for the indexing stage, oldest first: each with a read handle
+    /// on every partition index. A segment is handed out once.
+    pub fn index_jobs(&mut self, durable: u64) -> Vec<IndexJob> {
+        let from = self.indexing_from.max(self.start);
+        let ready: Vec<(u64, u64)> = self
+            .sealed
+            .iter()
+            .filter(|s| s.start >= from && s.end <= durable)
+            .map(|s| (s.start, s.end))
+            .collect();
+        let Some(&(_, last_end)) = ready.last() else {
+            return Vec::new();
+        };
+        self.indexing_from = last_end;
+        let partitions: Vec<JobPartition> = self
+            .catalog
+            .topics()
+            .iter()
+            .flat_map(|t| {
+                t.index_handles()
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, handle)| JobPartition {
+                        topic_id: t.meta.id,
+                        partition: i as u32,
+                        handle,
+                    })
+            })
+            .collect();
+        ready
+            .into_iter()
+            .map(|(start, end)| IndexJob {
+                start,
+                end,
+                partitions: partitions.clone(),
+            })
+            .collect()
+    }
+
+    /// Takes in what the indexing stage did for a job
+    /// ([`Catalog::trim`](super::catalog::Catalog::trim)); returns the
+    /// slots of the topics whose readers need new index handles.
+    pub fn trim(&mut self, trim: Trim) -> Vec<usize> {
+        let changed = self.catalog.trim(trim);
+        // Retention may have deleted some of its segments meanwhile.
+        self.catalog.forget_below(self.start);
+        changed
     }
 
     /// The start state of a journal that begins at `position`, a segment
@@ -974,9 +1034,7 @@ impl Journal {
                 log_starts: t
                     .partitions
                     .iter()
-                    .map(|p| {
-                        super::catalog::log_start_in(&p.index, p.index.len(), p.floor, position)
-                    })
+                    .map(|p| p.log_start_at(position))
                     .collect(),
             })
             .collect();
@@ -1038,6 +1096,28 @@ impl Journal {
         };
         Ok((self.end, Some(file)))
     }
+}
+
+/// Deletes the segment index files of `dir` that belong to no sealed
+/// segment, and unfinished ones. Returns their paths.
+///
+/// # Errors
+/// IO errors listing or removing files.
+fn remove_stray_index_files(dir: &Path, sealed: &[Sealed]) -> Result<Vec<PathBuf>, JournalError> {
+    let (files, unfinished) = super::seg_index::list(dir)?;
+    let mut removed = Vec::new();
+    for (start, path) in files {
+        if sealed.binary_search_by_key(&start, |s| s.start).is_err() {
+            super::seg_index::remove(dir, start)?;
+            removed.push(path);
+        }
+    }
+    for path in unfinished {
+        std::fs::remove_file(&path)
+            .map_err(|e| JournalError::io(format!("remove {}", path.display()), e))?;
+        removed.push(path);
+    }
+    Ok(removed)
 }
 
 /// Deletes the segment files of `dir` that start below `base` (the start
