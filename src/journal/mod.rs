@@ -15,6 +15,7 @@ pub mod log;
 pub mod producers;
 pub mod reader;
 pub mod scan;
+pub mod seg_index;
 pub mod segment;
 pub mod start;
 pub mod topic;
