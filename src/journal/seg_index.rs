@@ -96,6 +96,8 @@ pub const INDEX_ENTRY_LEN: usize = 32;
 /// Where `header_crc` lies in the header; it covers the bytes before it
 /// and the directory.
 pub const INDEX_HEADER_CRC_AT: usize = 28;
+/// Where `segment_start` lies in the header.
+pub const INDEX_SEGMENT_START_AT: usize = 8;
 /// Where `section_count` lies in the header.
 pub const INDEX_SECTION_COUNT_AT: usize = 24;
 /// Where `entry_count`, `entries_crc` and `entries_at` lie in a directory
@@ -109,7 +111,6 @@ pub const INDEX_ENTRIES_AT_AT: usize = 56;
 // Header fields.
 const VERSION_AT: usize = 4;
 const RESERVED_AT: usize = 6;
-const SEGMENT_START_AT: usize = 8;
 const SEGMENT_END_AT: usize = 16;
 
 // Directory record fields (the rest are public above).
@@ -138,6 +139,7 @@ const CHUNK_BYTES: usize = CHUNK_ENTRIES * INDEX_ENTRY_LEN;
 const _: () = assert!(INDEX_HEADER_CRC_AT + 4 == INDEX_HEADER_LEN);
 const _: () = assert!(INDEX_SECTION_COUNT_AT + 4 == INDEX_HEADER_CRC_AT);
 const _: () = assert!(SEGMENT_END_AT + 8 == INDEX_SECTION_COUNT_AT);
+const _: () = assert!(INDEX_SEGMENT_START_AT + 8 == SEGMENT_END_AT);
 const _: () = assert!(INDEX_ENTRIES_AT_AT + 8 == INDEX_SECTION_LEN);
 const _: () = assert!(ENTRY_MAX_TIME_AT + 8 == INDEX_ENTRY_LEN);
 const _: () = assert!(CHUNK_ENTRIES > 0 && CHUNK_ENTRIES <= u32::MAX as usize);
@@ -560,7 +562,7 @@ pub fn write(
     let mut header = [0u8; INDEX_HEADER_LEN];
     header[..4].copy_from_slice(&INDEX_MAGIC);
     header[VERSION_AT..VERSION_AT + 2].copy_from_slice(&INDEX_VERSION.to_le_bytes());
-    set_u64(&mut header, SEGMENT_START_AT, segment_start);
+    set_u64(&mut header, INDEX_SEGMENT_START_AT, segment_start);
     set_u64(&mut header, SEGMENT_END_AT, segment_end);
     set_u32(&mut header, INDEX_SECTION_COUNT_AT, section_count);
     let crc = crc32c::crc32c_append(crc32c::crc32c(&header[..INDEX_HEADER_CRC_AT]), &directory);
@@ -583,7 +585,8 @@ pub fn write(
 }
 
 /// An opened index file: its header and directory in memory, its entries
-/// read on demand with `pread`.
+/// read on demand with `pread`. Reads take `&self` and `pread` has no file
+/// cursor, so reader threads share one through an `Arc`.
 #[derive(Debug)]
 pub struct SegmentIndex {
     /// Journal position of the segment's first byte.
@@ -666,7 +669,7 @@ impl SegmentIndex {
         if reserved != 0 {
             return Err(corrupt(format!("reserved field {reserved}, not 0")));
         }
-        let start = le_u64(&header, SEGMENT_START_AT);
+        let start = le_u64(&header, INDEX_SEGMENT_START_AT);
         let end = le_u64(&header, SEGMENT_END_AT);
         if start != segment_start {
             return Err(corrupt(format!(
