@@ -191,9 +191,15 @@ fn random_segments_open_or_fail_cleanly() {
 }
 
 #[test]
+fn random_segment_indexes_open_or_fail_cleanly() {
+    fuzz_randomly("segment_index", 500);
+}
+
+#[test]
 fn seeds_are_valid_inputs_that_reach_past_the_checks() {
     use hutong::journal::checkpoint;
     use hutong::journal::scan::{scan, ScanStop};
+    use hutong::journal::seg_index::{index_file_name, SegmentIndex};
     use hutong::wire::batch::{check_producer_batch, check_stored_batch, split_batches};
     use hutong::wire::frame::{check_frame, RESPONSE_HEADER_LEN};
 
@@ -221,6 +227,14 @@ fn seeds_are_valid_inputs_that_reach_past_the_checks() {
             ("journal_recovery", "checkpoint") => checkpoint::decode(&bytes).is_ok(),
             ("journal_recovery", _) => batches_in(&bytes) == (3, ScanStop::End),
             ("journal_open", _) => batches_in(&bytes).0 >= 2,
+            ("segment_index", name) => {
+                let dir = tempfile::tempdir().unwrap();
+                let start = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
+                std::fs::write(dir.path().join(index_file_name(start)), &bytes).unwrap();
+                let idx = SegmentIndex::open(dir.path(), start).unwrap().unwrap();
+                idx.verify().is_ok()
+                    && (idx.sections().len() >= 3 || name.ends_with("without_sections"))
+            }
             _ => false,
         };
         assert!(

@@ -22,11 +22,18 @@
 //! unsealed run keeps the checksum paths covered.
 
 use hutong::config::FRAME_BYTES_MAX_DEFAULT;
+use hutong::journal::append_log::append_log;
 use hutong::journal::checkpoint::{self, Checkpoint};
 use hutong::journal::control::{self, Control};
 use hutong::journal::error::JournalError;
+use hutong::journal::index::{IndexEntry, PartitionIndex};
 use hutong::journal::log::Journal;
 use hutong::journal::scan::{header_crc_ok, scan, ScanResult, ScanStop};
+use hutong::journal::seg_index::{
+    self, index_file_name, Section, SectionSource, SegmentIndex, INDEX_ENTRIES_AT_AT,
+    INDEX_ENTRIES_CRC_AT, INDEX_ENTRY_COUNT_AT, INDEX_ENTRY_LEN, INDEX_HEADER_CRC_AT,
+    INDEX_HEADER_LEN, INDEX_SECTION_COUNT_AT, INDEX_SECTION_LEN, INDEX_SEGMENT_START_AT,
+};
 use hutong::journal::segment::segment_file_name;
 use hutong::journal::start;
 use hutong::journal::topic::TopicMeta;
@@ -41,7 +48,7 @@ use hutong::wire::batch::{
     split_batches, stamp, BatchBuilder, BatchError, BatchKind, BatchView, RecordLimits, Stamp,
     BATCH_HEADER_LEN,
 };
-use hutong::wire::codec::set_u32;
+use hutong::wire::codec::{le_u32, le_u64, set_u32};
 use hutong::wire::error::ErrorCode;
 use hutong::wire::frame::{
     check_frame, finish_frame, FrameError, RequestHeader, ResponseHeader, LENGTH_PREFIX_LEN,
@@ -56,11 +63,12 @@ pub type Target = fn(&[u8]);
 
 /// Every target by the name of its cargo-fuzz target (and of its folders
 /// under `fuzz/seeds/` and `fuzz/regressions/`).
-pub const TARGETS: [(&str, Target); 4] = [
+pub const TARGETS: [(&str, Target); 5] = [
     ("frame_decoder", frame),
     ("batch_validator", batch),
     ("journal_recovery", recovery),
     ("journal_open", journal_open),
+    ("segment_index", segment_index),
 ];
 
 /// The byte offset of the producer `crc` in a batch, and where the bytes it
@@ -81,6 +89,9 @@ const SEGMENT_PAD_BYTES: usize = 1024;
 const OPEN_SEGMENT_BYTES: usize = 4096;
 /// Write cache of the journal `journal_open` opens.
 const OPEN_CACHE_BYTES: usize = 4096;
+/// Entries `segment_index` reads per call: odd, so that its reads straddle
+/// the reader's own chunks.
+const INDEX_READ_ENTRIES: usize = 97;
 
 // ---------------------------------------------------------------------------
 // frame_decoder
@@ -869,6 +880,210 @@ fn open_checks(segments: &[(u64, Vec<u8>)], checkpoint: Option<&Checkpoint>) {
 }
 
 // ---------------------------------------------------------------------------
+// segment_index
+
+/// The segment index reader over `data` as an index file, as it is and
+/// sealed ([`seal_index`]). The file is named for the segment start its
+/// header claims (0 when it is too short to claim one), so that inputs
+/// get past the name check.
+///
+/// Opening gives an index or [`JournalError::Corrupt`], never `Ok(None)`
+/// (the file exists) or another error, and `verify` likewise. On an opened
+/// index the sections are sorted and unique and `section` finds each;
+/// `read_entries`, `locate` and `locate_time` on every section give
+/// answers within the section, or an `InvalidData` error. When `verify`
+/// accepts the file: every entry reads back, each search agrees with a
+/// linear scan of the entries, and writing the entries read with
+/// `seg_index::write` reproduces the file byte for byte (the format is
+/// canonical).
+pub fn segment_index(data: &[u8]) {
+    index_checks(data);
+    let mut sealed = data.to_vec();
+    seal_index(&mut sealed);
+    if sealed != data {
+        index_checks(&sealed);
+    }
+}
+
+/// Recomputes the checksums of an index file in place, reading its
+/// directory as it stands: every section's `entries_crc` whose entries lie
+/// within `buf`, then `header_crc` over the header and as much of the
+/// directory as `buf` holds.
+pub fn seal_index(buf: &mut [u8]) {
+    if buf.len() < INDEX_HEADER_LEN {
+        return;
+    }
+    let count = le_u32(buf, INDEX_SECTION_COUNT_AT) as usize;
+    let dir_end = count
+        .saturating_mul(INDEX_SECTION_LEN)
+        .saturating_add(INDEX_HEADER_LEN)
+        .min(buf.len());
+    let mut at = INDEX_HEADER_LEN;
+    while at + INDEX_SECTION_LEN <= dir_end {
+        let n = le_u32(buf, at + INDEX_ENTRY_COUNT_AT) as usize;
+        let from = le_u64(buf, at + INDEX_ENTRIES_AT_AT);
+        let entries = usize::try_from(from)
+            .ok()
+            .and_then(|f| Some(f..f.checked_add(n.checked_mul(INDEX_ENTRY_LEN)?)?))
+            .filter(|r| r.end <= buf.len());
+        if let Some(r) = entries {
+            let crc = crc32c::crc32c(&buf[r]);
+            set_u32(buf, at + INDEX_ENTRIES_CRC_AT, crc);
+        }
+        at += INDEX_SECTION_LEN;
+    }
+    let crc = crc32c::crc32c_append(
+        crc32c::crc32c(&buf[..INDEX_HEADER_CRC_AT]),
+        &buf[INDEX_HEADER_LEN..dir_end],
+    );
+    set_u32(buf, INDEX_HEADER_CRC_AT, crc);
+}
+
+/// The checks of [`segment_index`] on one file's bytes.
+fn index_checks(bytes: &[u8]) {
+    let segment_start = if bytes.len() >= INDEX_SEGMENT_START_AT + 8 {
+        le_u64(bytes, INDEX_SEGMENT_START_AT)
+    } else {
+        0
+    };
+    let dir = TempDir::new().expect("create a temp dir for segment_index");
+    std::fs::write(dir.path().join(index_file_name(segment_start)), bytes)
+        .expect("write the input index");
+    let idx = match SegmentIndex::open(dir.path(), segment_start) {
+        Ok(Some(idx)) => idx,
+        Ok(None) => panic!("an existing index file opened as missing"),
+        Err(JournalError::Corrupt(_)) => return,
+        Err(e) => panic!("opening an index failed other than as corrupt: {e}"),
+    };
+    assert_eq!(idx.segment_start, segment_start);
+    assert!(idx.segment_start < idx.segment_end);
+    let sections = idx.sections();
+    let key = |s: &Section| (s.topic_id, s.partition);
+    assert!(
+        sections.windows(2).all(|w| key(&w[0]) < key(&w[1])),
+        "sections are sorted and unique"
+    );
+    for s in sections {
+        assert!(s.entry_count > 0);
+        assert_eq!(idx.section(s.topic_id, s.partition), Some(s));
+    }
+    let verified = match idx.verify() {
+        Ok(()) => true,
+        Err(JournalError::Corrupt(_)) => false,
+        Err(e) => panic!("verifying an index failed other than as corrupt: {e}"),
+    };
+    let entries: Vec<Vec<IndexEntry>> = sections
+        .iter()
+        .map(|s| section_checks(&idx, s, verified))
+        .collect();
+    if !verified {
+        return;
+    }
+    let logs: Vec<std::sync::Arc<PartitionIndex>> = entries
+        .iter()
+        .map(|es| {
+            let (mut w, r) = append_log();
+            for e in es {
+                w.push(*e);
+            }
+            r
+        })
+        .collect();
+    let sources: Vec<SectionSource<'_>> = sections
+        .iter()
+        .zip(&logs)
+        .map(|(s, log)| SectionSource {
+            topic_id: s.topic_id,
+            partition: s.partition,
+            entries: &**log,
+            range: 0..log.len(),
+        })
+        .collect();
+    let out = TempDir::new().expect("create a temp dir for segment_index");
+    seg_index::write(out.path(), idx.segment_start, idx.segment_end, &sources)
+        .expect("the entries of a verified index are written again");
+    let rewritten = std::fs::read(out.path().join(index_file_name(segment_start)))
+        .expect("read the rewritten index");
+    assert!(rewritten == bytes, "a verified index rewrites to its bytes");
+}
+
+/// Reads a section's entries and searches them (see [`segment_index`]);
+/// returns the entries read.
+fn section_checks(idx: &SegmentIndex, s: &Section, verified: bool) -> Vec<IndexEntry> {
+    let failed = |e: std::io::Error| {
+        assert!(!verified, "reading a verified index failed: {e}");
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+    };
+    let mut entries = Vec::new();
+    let mut out = Vec::new();
+    loop {
+        let from = entries.len() as u32;
+        match idx.read_entries(s, from, INDEX_READ_ENTRIES, &mut out) {
+            Ok(0) => break,
+            Ok(n) => {
+                assert!(n <= INDEX_READ_ENTRIES && n == out.len());
+                entries.extend_from_slice(&out);
+            }
+            Err(e) => {
+                failed(e);
+                break;
+            }
+        }
+    }
+    for e in &entries {
+        assert!(e.len > 0 && e.position >= idx.segment_start);
+        assert!(e.end_position() <= idx.segment_end);
+    }
+    let complete = entries.len() == s.entry_count as usize;
+    assert!(complete || !verified, "a verified section reads back whole");
+
+    let mut offsets = vec![0, u64::MAX, s.first_offset.wrapping_sub(1), s.next_offset];
+    let mut times = vec![
+        i64::MIN,
+        i64::MAX,
+        s.max_time_ms,
+        s.max_time_ms.wrapping_add(1),
+    ];
+    for e in &entries {
+        offsets.extend([
+            e.base_offset,
+            e.next_offset().wrapping_sub(1),
+            e.next_offset(),
+        ]);
+        times.extend([e.max_time_ms.wrapping_sub(1), e.max_time_ms]);
+    }
+    for offset in offsets {
+        match idx.locate(s, offset) {
+            Ok(i) => {
+                assert!(i <= s.entry_count);
+                if verified {
+                    let scan = entries.iter().position(|e| e.next_offset() > offset);
+                    assert_eq!(i as usize, scan.unwrap_or(entries.len()), "locate {offset}");
+                }
+            }
+            Err(e) => failed(e),
+        }
+    }
+    for time in times {
+        match idx.locate_time(s, time) {
+            Ok(i) => {
+                assert!(i <= s.entry_count);
+                if verified {
+                    let scan = entries.iter().position(|e| e.max_time_ms >= time);
+                    assert_eq!(
+                        i as usize,
+                        scan.unwrap_or(entries.len()),
+                        "locate_time {time}"
+                    );
+                }
+            }
+            Err(e) => failed(e),
+        }
+    }
+    entries
+}
+
+// ---------------------------------------------------------------------------
 // Seeds
 
 /// A two-record data batch as a producer builds it.
@@ -992,6 +1207,47 @@ fn replicate_seed(batches: &[u8]) -> Vec<u8> {
         write_frame(&message(kind), &mut out);
     }
     out
+}
+
+/// An index file as the broker writes it: two partitions of topic 1 and
+/// one of topic 2, their batches interleaved in a segment from 1 GiB on,
+/// and (when `with_sections` is false) one for a segment with no data
+/// batches at all.
+fn sample_index(with_sections: bool) -> Vec<u8> {
+    const START: u64 = 1 << 30;
+    let mut logs: Vec<_> = (0..3).map(|_| append_log::<IndexEntry>()).collect();
+    if with_sections {
+        let mut position = START;
+        let mut next_offsets = [0u64, 7, 1_000];
+        for i in 0..12u32 {
+            let p = (i % 3) as usize;
+            let len = 150 + 20 * i;
+            let count = 1 + i % 4;
+            logs[p].0.push(IndexEntry {
+                base_offset: next_offsets[p],
+                position,
+                len,
+                count,
+                max_time_ms: 1_700_000_000_000 + i64::from(i / 2) * 10,
+            });
+            next_offsets[p] += u64::from(count);
+            position += u64::from(len);
+        }
+    }
+    let keys = [(1, 0), (1, 1), (2, 0)];
+    let sources: Vec<SectionSource<'_>> = logs
+        .iter()
+        .zip(keys)
+        .map(|((_, log), (topic_id, partition))| SectionSource {
+            topic_id,
+            partition,
+            entries: &**log,
+            range: 0..log.len(),
+        })
+        .collect();
+    let dir = TempDir::new().expect("create a temp dir for a seed");
+    seg_index::write(dir.path(), START, START + 4096, &sources).expect("write the seed index");
+    std::fs::read(dir.path().join(index_file_name(START))).expect("read the seed index")
 }
 
 /// Valid, structured inputs for each target, as (target, file name,
@@ -1174,5 +1430,11 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("journal_recovery", "checkpoint", checkpoint),
         ("journal_open", "segment", sample_segment(200)),
         ("journal_open", "torn_segment", torn),
+        ("segment_index", "index", sample_index(true)),
+        (
+            "segment_index",
+            "index_without_sections",
+            sample_index(false),
+        ),
     ]
 }

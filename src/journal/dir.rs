@@ -2,7 +2,7 @@
 
 use super::error::JournalError;
 use std::fs::File;
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
 /// Fsyncs a directory, making the creation, removal or renaming of its
@@ -33,21 +33,49 @@ pub fn write_atomically(
     name: &str,
     bytes: &[u8],
 ) -> Result<(), JournalError> {
+    write_atomically_with(dir, tmp_name, name, |w| w.write_all(bytes))
+}
+
+/// Bytes [`write_atomically_with`] buffers before each `write` call.
+const ATOMIC_WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// [`write_atomically`] for contents too large to build in memory first:
+/// `fill` streams them into the temporary file through a buffered writer.
+/// When a step fails, the temporary file is removed (best effort: it may
+/// be large, and the disk may be full).
+///
+/// # Errors
+/// [`JournalError::Io`] (or [`JournalError::StorageFull`]) when a step,
+/// `fill` included, fails; the old file is then still in place.
+pub fn write_atomically_with(
+    dir: &Path,
+    tmp_name: &str,
+    name: &str,
+    fill: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+) -> Result<(), JournalError> {
     let tmp = dir.join(tmp_name);
-    let context = |what: &str| format!("{what} {}", tmp.display());
-    let mut file = File::create(&tmp).map_err(|e| JournalError::io(context("create"), e))?;
-    file.write_all(bytes)
-        .map_err(|e| JournalError::io(context("write"), e))?;
-    file.sync_all()
-        .map_err(|e| JournalError::io(context("fsync"), e))?;
-    drop(file);
     let target = dir.join(name);
-    std::fs::rename(&tmp, &target).map_err(|e| {
-        JournalError::io(
-            format!("rename {} to {}", tmp.display(), target.display()),
-            e,
-        )
-    })?;
+    let context = |what: &str| format!("{what} {}", tmp.display());
+    let file = File::create(&tmp).map_err(|e| JournalError::io(context("create"), e))?;
+    let written = (|| {
+        let mut w = BufWriter::with_capacity(ATOMIC_WRITE_BUFFER_BYTES, file);
+        fill(&mut w)
+            .and_then(|()| w.into_inner().map_err(|e| e.into_error()))
+            .map_err(|e| JournalError::io(context("write"), e))?
+            .sync_all()
+            .map_err(|e| JournalError::io(context("fsync"), e))?;
+        std::fs::rename(&tmp, &target).map_err(|e| {
+            JournalError::io(
+                format!("rename {} to {}", tmp.display(), target.display()),
+                e,
+            )
+        })
+    })();
+    if let Err(e) = written {
+        // The error being reported is the first one.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     sync_dir(dir)
 }
 
@@ -134,5 +162,29 @@ mod tests {
         write_atomically(tmp.path(), "f.tmp", "f", b"new").unwrap();
         assert_eq!(std::fs::read(tmp.path().join("f")).unwrap(), b"new");
         assert!(!tmp.path().join("f.tmp").exists());
+    }
+
+    #[test]
+    fn a_failed_streamed_write_keeps_the_old_file_and_removes_the_temp_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        write_atomically(tmp.path(), "f.tmp", "f", b"old").unwrap();
+        let err = write_atomically_with(tmp.path(), "f.tmp", "f", |w| {
+            w.write_all(&[7; 100_000])?;
+            Err(std::io::Error::other("the source failed"))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("write"), "{err}");
+        assert!(err.to_string().contains("f.tmp"), "{err}");
+        assert_eq!(std::fs::read(tmp.path().join("f")).unwrap(), b"old");
+        assert!(!tmp.path().join("f.tmp").exists());
+        write_atomically_with(tmp.path(), "f.tmp", "f", |w| {
+            w.write_all(b"new, ")?;
+            w.write_all(b"streamed")
+        })
+        .unwrap();
+        assert_eq!(
+            std::fs::read(tmp.path().join("f")).unwrap(),
+            b"new, streamed"
+        );
     }
 }

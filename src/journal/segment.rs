@@ -32,19 +32,32 @@ const START_DIGITS: usize = 20;
 /// The file name of the segment starting at journal position `start`:
 /// twenty zero-padded decimal digits and `.seg`.
 pub fn segment_file_name(start: u64) -> String {
-    format!("{start:0width$}{SEGMENT_SUFFIX}", width = START_DIGITS)
+    start_file_name(start, SEGMENT_SUFFIX)
 }
 
 /// The start position a segment file name encodes, when it is exactly what
 /// [`segment_file_name`] produces.
 pub fn parse_segment_file_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    parse_start_file_name(name, SEGMENT_SUFFIX)
+}
+
+/// The name of a file that belongs to the segment starting at `start`:
+/// twenty zero-padded decimal digits and `suffix` (`.seg` for the segment
+/// itself, `.idx` for its index).
+pub fn start_file_name(start: u64, suffix: &str) -> String {
+    format!("{start:0width$}{suffix}", width = START_DIGITS)
+}
+
+/// The start position `name` encodes, when it is exactly what
+/// [`start_file_name`] produces for `suffix`.
+pub fn parse_start_file_name(name: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_suffix(suffix)?;
     if digits.len() != START_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let start = digits.parse().ok()?;
     // Round-trip so that exactly one name maps to each start.
-    (segment_file_name(start) == name).then_some(start)
+    (start_file_name(start, suffix) == name).then_some(start)
 }
 
 /// The segment files in `dir`, sorted by start position. Other files (the
