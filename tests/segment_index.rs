@@ -137,17 +137,31 @@ fn read_back(addr: SocketAddr, ends: Vec<u64>) -> Vec<u64> {
         for (p, &end) in ends.iter().enumerate() {
             let p = p as u32;
             let offsets = c.list_offsets(TOPIC, p);
-            assert_eq!(offsets.latest, end, "{TOPIC}/{p}: the end is what was produced");
+            assert_eq!(
+                offsets.latest, end,
+                "{TOPIC}/{p}: the end is what was produced"
+            );
             let mut next = offsets.earliest;
             starts.push(next);
             // Every third read starts in the middle of a batch.
             let mut k = 0u64;
             while next < end {
-                let from = if k % 3 == 2 && next + 1 < end { next + 1 } else { next };
+                let from = if k % 3 == 2 && next + 1 < end {
+                    next + 1
+                } else {
+                    next
+                };
                 let got = c.fetch_records(TOPIC, p, from);
-                assert!(!got.is_empty(), "{TOPIC}/{p}: a fetch at {from} < {end} returned nothing");
+                assert!(
+                    !got.is_empty(),
+                    "{TOPIC}/{p}: a fetch at {from} < {end} returned nothing"
+                );
                 for (i, r) in got.iter().enumerate() {
-                    assert_eq!(r.offset, from + i as u64, "{TOPIC}/{p}: no gap after {from}");
+                    assert_eq!(
+                        r.offset,
+                        from + i as u64,
+                        "{TOPIC}/{p}: no gap after {from}"
+                    );
                     assert_eq!(
                         r.value,
                         expected(p, r.offset),
@@ -174,13 +188,22 @@ fn sealed_segments_get_index_files_and_reads_through_them_return_every_record() 
     // About 6 MiB: five or six sealed segments.
     let ends = produce(broker.addr(), vec![0; PARTITIONS as usize], 2_700);
     let segments = wait_for_index_files(&dir.data);
-    assert!(segments.len() >= 5, "the test needs sealed segments: {segments:?}");
+    assert!(
+        segments.len() >= 5,
+        "the test needs sealed segments: {segments:?}"
+    );
     let indexed = check_index_files(&dir.data, &segments);
-    assert!(indexed > 2_000, "the sealed segments index most batches: {indexed}");
+    assert!(
+        indexed > 2_000,
+        "the sealed segments index most batches: {indexed}"
+    );
     // Give the writer a few retention checks to drop the indexed entries
     // from memory, so that the reads below go through the files.
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(read_back(broker.addr(), ends.clone()), vec![0; PARTITIONS as usize]);
+    assert_eq!(
+        read_back(broker.addr(), ends.clone()),
+        vec![0; PARTITIONS as usize]
+    );
 
     // Producing goes on after the trims, and a restart (which rebuilds the
     // indexes from the journal and finds the files sound) serves the same.
@@ -208,7 +231,10 @@ fn damaged_missing_and_stray_index_files_are_rebuilt_or_deleted_at_the_next_star
     RawConn::connect(broker.addr()).create_topic(TOPIC, PARTITIONS);
     let ends = produce(broker.addr(), vec![0; PARTITIONS as usize], 2_700);
     let segments = wait_for_index_files(&dir.data);
-    assert!(segments.len() >= 5, "the test needs sealed segments: {segments:?}");
+    assert!(
+        segments.len() >= 5,
+        "the test needs sealed segments: {segments:?}"
+    );
     broker.terminate();
 
     let idx = |start: u64| dir.data.join(seg_index::index_file_name(start));
@@ -224,7 +250,8 @@ fn damaged_missing_and_stray_index_files_are_rebuilt_or_deleted_at_the_next_star
     let stray = segments.last().unwrap() + 12_345;
     std::fs::write(idx(stray), b"HTIX not really").unwrap();
     std::fs::write(
-        dir.data.join(format!("{}.tmp", seg_index::index_file_name(segments[3]))),
+        dir.data
+            .join(format!("{}.tmp", seg_index::index_file_name(segments[3]))),
         b"half written",
     )
     .unwrap();
@@ -238,7 +265,10 @@ fn damaged_missing_and_stray_index_files_are_rebuilt_or_deleted_at_the_next_star
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".tmp") || n.contains(&stray.to_string()))
         .collect();
-    assert!(leftovers.is_empty(), "stray and unfinished index files are deleted: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "stray and unfinished index files are deleted: {leftovers:?}"
+    );
     let stderr = broker.stderr();
     for start in [segments[0], segments[1]] {
         assert!(

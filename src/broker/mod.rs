@@ -9,8 +9,8 @@
 //! [`shared`].
 
 pub mod flusher;
-pub mod reactor;
 pub mod partition_view;
+pub mod reactor;
 pub mod reader;
 pub mod replica;
 pub mod replicator;

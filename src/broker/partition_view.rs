@@ -221,3 +221,166 @@ impl PartitionView {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::append_log::append_log;
+    use crate::journal::seg_index::{self, SectionSource};
+
+    /// Batches of partition 0 of topic 7: three records each, 100 bytes,
+    /// with 50-byte gaps (other partitions' batches) between them, over
+    /// segments starting at 0, 1000 and 2000 (the last one active).
+    fn entries() -> Vec<IndexEntry> {
+        let mut out = Vec::new();
+        let (mut offset, mut position) = (0u64, 0u64);
+        while position + 100 <= 2600 {
+            // A batch never crosses a segment boundary.
+            let seg_end = (position / 1000 + 1) * 1000;
+            if position + 100 > seg_end {
+                position = seg_end;
+                continue;
+            }
+            out.push(IndexEntry {
+                base_offset: offset,
+                position,
+                len: 100,
+                count: 3,
+                max_time_ms: offset as i64,
+            });
+            offset += 3;
+            position += 150;
+        }
+        out
+    }
+
+    /// The view with segments 0 and 1000 on disk in `dir`, the rest in
+    /// memory.
+    fn view(dir: &std::path::Path, all: &Vec<IndexEntry>) -> PartitionView {
+        let mut at = 0;
+        let mut disk = Vec::new();
+        for (start, end) in [(0u64, 1000u64), (1000, 2000)] {
+            let n = all[at..].iter().take_while(|e| e.position < end).count();
+            seg_index::write(
+                dir,
+                start,
+                end,
+                &[SectionSource {
+                    topic_id: 7,
+                    partition: 0,
+                    entries: all,
+                    range: at..at + n,
+                }],
+            )
+            .unwrap();
+            at += n;
+            disk.push(Arc::new(SegmentIndex::open(dir, start).unwrap().unwrap()));
+        }
+        let (mut w, index) = append_log();
+        for e in &all[at..] {
+            w.push(*e);
+        }
+        std::mem::forget(w);
+        let mut v = PartitionView::new(IndexHandle {
+            index,
+            floor: all[at].base_offset,
+            floor_time_ms: all[at - 1].max_time_ms,
+        });
+        for d in &disk {
+            v.add_section(d, 0);
+        }
+        v
+    }
+
+    /// The runs and bytes a fetch from `offset` should get: batches from
+    /// the one holding it, within `max` bytes (at least one), not past the
+    /// end of its segment when that segment is on disk.
+    fn expected(all: &[IndexEntry], offset: u64, max: usize) -> (Vec<(u64, u64)>, usize) {
+        let first = all.iter().position(|e| e.next_offset() > offset).unwrap();
+        let seg = all[first].position / 1000;
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let mut bytes = 0;
+        for e in &all[first..] {
+            if seg < 2 && e.position / 1000 != seg {
+                break;
+            }
+            if !runs.is_empty() && bytes + e.len as usize > max {
+                break;
+            }
+            bytes += e.len as usize;
+            match runs.last_mut() {
+                Some(r) if r.1 == e.position => r.1 = e.end_position(),
+                _ => runs.push((e.position, e.end_position())),
+            }
+        }
+        (runs, bytes)
+    }
+
+    #[test]
+    fn fetches_read_sealed_segments_from_their_files_and_the_rest_from_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = entries();
+        let v = view(dir.path(), &all);
+        let end = all.last().unwrap().next_offset();
+        assert_eq!(v.offsets(u64::MAX, 0), (0, end));
+        let (mut runs, mut scratch) = (Vec::new(), Vec::new());
+        for offset in 0..end {
+            for max in [1, 250, 400, 10_000] {
+                let got = v
+                    .select(offset, max, u64::MAX, 0, &mut runs, &mut scratch)
+                    .unwrap();
+                let (want_runs, want_bytes) = expected(&all, offset, max);
+                assert_eq!(runs, want_runs, "offset {offset}, max {max}");
+                assert_eq!(got.bytes, want_bytes);
+                assert_eq!((got.start_offset, got.high_watermark), (0, end));
+            }
+        }
+        // Nothing above the end; the end itself is an empty answer.
+        let got = v.select(end, 100, u64::MAX, 0, &mut runs, &mut scratch);
+        assert!(matches!(got, Ok(s) if s.bytes == 0) && runs.is_empty());
+        assert!(matches!(
+            v.select(end + 1, 100, u64::MAX, 0, &mut runs, &mut scratch),
+            Err(NoSelection::OutOfRange { start: 0, end: e }) if e == end
+        ));
+        // Only what lies below C is visible.
+        let (_, hw) = v.offsets(2000 + 150 + 100, 0);
+        assert_eq!(
+            hw,
+            all.iter()
+                .find(|e| e.position == 2150)
+                .unwrap()
+                .next_offset()
+        );
+        assert_eq!(
+            v.bytes(u64::MAX, 0),
+            100 * all.len() as u64,
+            "bytes count both the files and memory"
+        );
+    }
+
+    #[test]
+    fn retention_moves_the_start_past_the_deleted_segments_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = entries();
+        let mut v = view(dir.path(), &all);
+        let end = all.last().unwrap().next_offset();
+        let second_batch = all.iter().find(|e| e.position >= 1000).unwrap();
+        let second = second_batch.base_offset;
+        v.forget_below(1000);
+        assert_eq!(v.offsets(u64::MAX, 1000), (second, end));
+        let (mut runs, mut scratch) = (Vec::new(), Vec::new());
+        assert!(matches!(
+            v.select(second - 1, 100, u64::MAX, 1000, &mut runs, &mut scratch),
+            Err(NoSelection::OutOfRange { start, .. }) if start == second
+        ));
+        let got = v
+            .select(second, 100, u64::MAX, 1000, &mut runs, &mut scratch)
+            .unwrap();
+        assert_eq!((runs[0].0, got.bytes), (second_batch.position, 100));
+        // Both file segments gone: the start is the first batch in memory.
+        v.forget_below(2000);
+        let third = all.iter().find(|e| e.position >= 2000).unwrap().base_offset;
+        assert_eq!(v.offsets(u64::MAX, 2000), (third, end));
+        assert_eq!(v.bytes(u64::MAX, 2000), 100 * (end - third) / 3);
+    }
+}

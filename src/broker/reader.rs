@@ -7,15 +7,15 @@
 //! A fetch that cannot be satisfied yet waits here until C moves or its
 //! `max_wait_ms` passes.
 
+use super::partition_view::{NoSelection, PartitionView, Selection};
 use super::ring::{MessageConsumer, MessageProducer, FLAG_COUNTED};
 use super::shared::{deadline_after, Idle, Shared, Stage};
 use crate::config::FETCH_WAIT_MS_MAX;
 use crate::journal::catalog::IndexHandle;
-use super::partition_view::{NoSelection, PartitionView, Selection};
 use crate::journal::index::IndexEntry;
-use crate::journal::seg_index::SegmentIndex;
 use crate::journal::log::SegmentFile;
 use crate::journal::reader::JournalReader;
+use crate::journal::seg_index::SegmentIndex;
 use crate::journal::topic::TopicMeta;
 use crate::wire::api::{
     check_topic_name, ClusterNode, ClusterRole, ClusterStatusRequest, ClusterStatusResponse,
@@ -126,7 +126,6 @@ pub struct Reader {
     scratch: Vec<IndexEntry>,
 }
 
-
 impl Reader {
     /// A reader over `segments`, learning of new topics and segments from `events`.
     pub fn new(
@@ -166,12 +165,16 @@ impl Reader {
                 }
                 ReaderEvent::Segment(f) => self.journal.add_segment(f),
                 ReaderEvent::Indexed(index) => {
-                    let by_id: HashMap<u32, usize> =
-                        self.topics.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
+                    let by_id: HashMap<u32, usize> = self
+                        .topics
+                        .iter()
+                        .enumerate()
+                        .map(|(i, t)| (t.id, i))
+                        .collect();
                     for (i, s) in index.sections().iter().enumerate() {
-                        let partition = by_id.get(&s.topic_id).and_then(|&t| {
-                            self.topics[t].partitions.get_mut(s.partition as usize)
-                        });
+                        let partition = by_id
+                            .get(&s.topic_id)
+                            .and_then(|&t| self.topics[t].partitions.get_mut(s.partition as usize));
                         if let Some(p) = partition {
                             p.add_section(&index, i);
                         }
@@ -790,7 +793,11 @@ mod tests {
                     name: "gone".into(),
                     partitions: 1,
                 },
-                indexes: vec![IndexHandle { index, floor: 0, floor_time_ms: i64::MIN }],
+                indexes: vec![IndexHandle {
+                    index,
+                    floor: 0,
+                    floor_time_ms: i64::MIN,
+                }],
             })
             .unwrap();
         let now = Instant::now();
@@ -869,7 +876,14 @@ mod tests {
         }
         let (_empty_writer, empty) = append_log();
         for (name, handle) in [
-            ("kept", IndexHandle { index, floor: 0, floor_time_ms: i64::MIN }),
+            (
+                "kept",
+                IndexHandle {
+                    index,
+                    floor: 0,
+                    floor_time_ms: i64::MIN,
+                },
+            ),
             (
                 "idle",
                 IndexHandle {

@@ -28,9 +28,9 @@ use super::reader::ReaderEvent;
 use crate::journal::log::Retained;
 use crate::journal::offload::{self, IndexJob, Trim};
 use crate::journal::seg_index;
-use std::collections::VecDeque;
 use crate::journal::segment::segment_file_name;
 use crate::journal::start;
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -80,7 +80,8 @@ pub fn run(dir: PathBuf, jobs: Receiver<Job>, outlets: Outlets) {
                 // Everything queued behind it too: the retention decisions
                 // as one, the index jobs in order.
                 let mut decision = None;
-                for job in std::iter::once(first).chain(std::iter::from_fn(|| jobs.try_recv().ok())) {
+                for job in std::iter::once(first).chain(std::iter::from_fn(|| jobs.try_recv().ok()))
+                {
                     match job {
                         Job::Retain(d) => {
                             decision = Some(match decision.take() {
@@ -213,7 +214,7 @@ impl Janitor {
                 }
             }
         }
-        let Some(last) = self.indexing.drain(..done.len()).last() else {
+        let Some(last) = self.indexing.drain(..done.len()).next_back() else {
             return;
         };
         let _ = writer.send(offload::trim(done, &last.partitions));

@@ -480,7 +480,11 @@ impl Catalog {
     pub fn forget_below(&mut self, position: u64) {
         for t in &mut self.topics {
             for p in &mut t.partitions {
-                while p.on_disk.front().is_some_and(|&(start, _)| start < position) {
+                while p
+                    .on_disk
+                    .front()
+                    .is_some_and(|&(start, _)| start < position)
+                {
                     p.on_disk.pop_front();
                 }
             }

@@ -72,6 +72,15 @@ impl IndexEntries for AppendWriter<IndexEntry> {
     }
 }
 
+impl IndexEntries for Vec<IndexEntry> {
+    fn entry_count(&self) -> usize {
+        self.len()
+    }
+    fn entry(&self, i: usize) -> Option<&IndexEntry> {
+        self.get(i)
+    }
+}
+
 impl IndexEntries for [IndexEntry] {
     fn entry_count(&self) -> usize {
         self.len()

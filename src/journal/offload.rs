@@ -218,3 +218,153 @@ fn matches(
     }
     found.sections().len() == expected
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::log::{Journal, Retention};
+    use crate::wire::batch::BatchBuilder;
+
+    fn append(j: &mut Journal, slot: usize, partition: u32, now_ms: i64) {
+        let mut b = BatchBuilder::new();
+        b.push(0, b"", &[7u8; 100], &[]);
+        let batch = b.finish(0, 0).to_vec();
+        j.append_data(slot, partition, &batch, 1, 1, now_ms)
+            .unwrap();
+    }
+
+    type Shape = (Vec<u64>, u64, i64);
+
+    /// Each partition's (log start at every sealed segment's start, end
+    /// offset, running maximum time at its end), as the writer sees them.
+    fn shape(j: &Journal) -> Vec<Shape> {
+        let starts: Vec<u64> = j.sealed().iter().map(|s| s.start).collect();
+        j.catalog()
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .map(|p| {
+                let last = p.index.len().checked_sub(1).and_then(|i| p.index.get(i));
+                (
+                    starts.iter().map(|&s| p.log_start_at(s)).collect(),
+                    p.next_offset,
+                    last.map_or(p.floor_time_ms, |e| e.max_time_ms),
+                )
+            })
+            .collect()
+    }
+
+    /// Fills a journal in `dir` over four sealed segments, trimming them
+    /// (while the writer appends) when `trimmed`, then appends more and
+    /// applies size retention; returns the shape before retention and the
+    /// start state's log starts.
+    fn run(dir: &Path, trimmed: bool) -> (Vec<Shape>, Vec<Vec<u64>>) {
+        let mut j = Journal::open(dir, 4096, 4096).unwrap();
+        let (_, a) = j.create_topic("a", 3, 1, 1_000).unwrap();
+        let (_, b) = j.create_topic("b", 1, 1, 1_000).unwrap();
+        // Partition 2 of `a` gets nothing until the end; `b` only in the
+        // first segment.
+        let mut t = 0;
+        while j.sealed().len() < 4 {
+            t += 1;
+            append(&mut j, a, (t % 2) as u32, 1_000 + t);
+            if j.sealed().is_empty() {
+                append(&mut j, b, 0, 500);
+            }
+        }
+        j.write_out().unwrap();
+        let jobs = j.index_jobs(j.end());
+        assert_eq!(jobs.len(), 4, "one job per sealed segment");
+        assert!(
+            j.index_jobs(j.end()).is_empty(),
+            "each segment is handed out once"
+        );
+        let mut done = Vec::new();
+        for job in &jobs {
+            write_index(dir, job.start, job.end, &job.partitions).unwrap();
+            done.push((job.start, job.end));
+        }
+        let trim = trim(done, &jobs[3].partitions);
+        // The writer goes on meanwhile: the trim copies what it missed.
+        append(&mut j, a, 0, 9_000);
+        append(&mut j, a, 2, 8_000);
+        j.write_out().unwrap();
+        let active = j.segment_files().last().unwrap().0;
+        if trimmed {
+            assert_eq!(j.trim(trim), vec![a, b]);
+            for t in j.catalog().topics() {
+                for p in &t.partitions {
+                    let kept: Vec<_> = (0..p.index.len())
+                        .map(|i| *p.index.get(i).unwrap())
+                        .collect();
+                    assert!(
+                        kept.iter().all(|e| e.position >= active),
+                        "only the active segment's entries stay in memory"
+                    );
+                    assert_eq!(
+                        p.floor,
+                        kept.first().map_or(p.next_offset, |e| e.base_offset)
+                    );
+                }
+            }
+            // The journal is never cut below what left memory.
+            assert!(j.truncate(active - 1, j.end()).is_err());
+        }
+        // More appends continue the offsets and the running maximum.
+        append(&mut j, a, 1, 100);
+        let p = &j.catalog().topic(a).partitions[1];
+        let last = p.index.get(p.index.len() - 1).unwrap();
+        assert_eq!(last.next_offset(), p.next_offset);
+        assert!(last.max_time_ms > 1_000, "the running maximum resumes");
+        let before = shape(&j);
+        let r = j
+            .retain(Retention { bytes: 1, ms: None }, j.end(), 10_000)
+            .expect("sealed segments go");
+        assert_eq!(r.state.position, active);
+        let starts = r
+            .state
+            .topics
+            .iter()
+            .map(|t| t.log_starts.clone())
+            .collect();
+        (before, starts)
+    }
+
+    #[test]
+    fn a_trim_moves_sealed_entries_to_files_and_keeps_every_answer() {
+        let (plain, trimmed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let want = run(plain.path(), false);
+        assert_eq!(
+            run(trimmed.path(), true),
+            want,
+            "the same answers with and without the trim"
+        );
+        assert_eq!(want.1[1], vec![want.0[3].1], "b's batches are all gone");
+    }
+
+    #[test]
+    fn an_offer_for_an_index_replaced_meanwhile_keeps_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path(), 4096, 4096).unwrap();
+        let (_, a) = j.create_topic("a", 1, 1, 1_000).unwrap();
+        while j.sealed().len() < 2 {
+            append(&mut j, a, 0, 1_000);
+        }
+        j.write_out().unwrap();
+        let jobs = j.index_jobs(j.end());
+        for job in &jobs {
+            write_index(dir.path(), job.start, job.end, &job.partitions).unwrap();
+        }
+        let first = trim(vec![(jobs[0].start, jobs[0].end)], &jobs[0].partitions);
+        let second = trim(vec![(jobs[1].start, jobs[1].end)], &jobs[1].partitions);
+        assert_eq!(j.trim(first), vec![a]);
+        let len = j.catalog().topic(a).partitions[0].index.len();
+        // Built from the index the first trim replaced: not taken, but the
+        // segment is recorded as on disk.
+        assert!(j.trim(second).is_empty());
+        let p = &j.catalog().topic(a).partitions[0];
+        assert_eq!(p.index.len(), len);
+        assert_eq!(p.on_disk.len(), 2);
+        assert_eq!(p.log_start_at(jobs[1].start), p.on_disk[1].1);
+    }
+}
