@@ -930,4 +930,81 @@ mod tests {
         reader.drain_events();
         assert_eq!(list_offsets(&mut reader, "kept", 300), (10, 20));
     }
+
+    /// Review finding: a fetch from the last batch of a segment indexed on disk,
+    /// with plenty of committed data after it, must not wait for
+    /// `max_wait_ms` because the selection stops at the segment's end.
+    #[test]
+    fn a_fetch_at_the_end_of_an_indexed_segment_goes_on_into_memory() {
+        use crate::journal::index::IndexEntry;
+        use crate::journal::seg_index::{self, SectionSource};
+        let dir = tempfile::tempdir().unwrap();
+        let e = |base_offset, position| IndexEntry {
+            base_offset,
+            position,
+            len: 100,
+            count: 1,
+            max_time_ms: 0,
+        };
+        // Segment [0, 1000): offsets 0 and 1; memory: offsets 2..12 in [1000, ..).
+        let disk = vec![e(0, 0), e(1, 100)];
+        seg_index::write(
+            dir.path(),
+            0,
+            1000,
+            &[SectionSource {
+                topic_id: 0,
+                partition: 0,
+                entries: &disk,
+                range: 0..2,
+            }],
+        )
+        .unwrap();
+        let index = std::sync::Arc::new(
+            crate::journal::seg_index::SegmentIndex::open(dir.path(), 0)
+                .unwrap()
+                .unwrap(),
+        );
+        let (mut w, mem) = append_log();
+        for k in 0..10u64 {
+            w.push(e(2 + k, 1000 + 100 * k));
+        }
+        let (events_tx, events_rx) = std::sync::mpsc::channel();
+        let mut reader = Reader::new(Vec::new(), events_rx, 1 << 20);
+        let (mut out, mut inp) = message_ring(1 << 16);
+        events_tx
+            .send(ReaderEvent::Topic {
+                meta: TopicMeta {
+                    id: 0,
+                    name: "t".into(),
+                    partitions: 1,
+                },
+                indexes: vec![IndexHandle {
+                    index: mem,
+                    floor: 2,
+                    floor_time_ms: 0,
+                }],
+            })
+            .unwrap();
+        events_tx.send(ReaderEvent::Indexed(index)).unwrap();
+        reader.drain_events();
+        let frame = request_frame(ApiKey::Fetch.as_u16(), 1, 9, |out| {
+            FetchRequest {
+                topic: "t",
+                partition: 0,
+                offset: 1,
+                max_bytes: 1 << 20,
+                max_wait_ms: 30_000,
+                min_bytes: 300,
+            }
+            .encode(out)
+        });
+        let committed = 1000 + 100 * 10;
+        let _ = reader.handle(1, 0, &frame, committed, Instant::now(), &mut out);
+        assert_eq!(list_offsets(&mut reader, "t", committed), (0, 12));
+        assert!(
+            inp.peek().is_some() || reader.waiting() == 0,
+            "1000 committed bytes follow offset 1, yet the fetch (min_bytes 300) waits 30 s"
+        );
+    }
 }

@@ -25,6 +25,7 @@
 //! Either way the journal is contiguous from its start state on.
 
 use super::reader::ReaderEvent;
+use crate::journal::error::JournalError;
 use crate::journal::log::Retained;
 use crate::journal::offload::{self, IndexJob, Trim};
 use crate::journal::seg_index;
@@ -41,6 +42,10 @@ use std::time::{Duration, Instant};
 const RELEASE_WAIT: Duration = Duration::from_secs(2);
 /// How often files still held elsewhere are looked at again.
 const RELEASE_POLL: Duration = Duration::from_millis(10);
+/// Index jobs carried out before the stage looks at its channel again
+/// (so that a backlog, as after a start, does not hold a deletion or a
+/// shutdown back for long).
+const INDEX_JOBS_PER_PASS: usize = 4;
 /// How soon a decision whose start state could not be written is tried
 /// again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -68,7 +73,11 @@ pub struct Outlets {
 pub fn run(dir: PathBuf, jobs: Receiver<Job>, outlets: Outlets) {
     let mut janitor = Janitor::new(dir, outlets.reader);
     loop {
-        let next = if !janitor.closing.is_empty() {
+        let next = if janitor.can_index_now() {
+            // More jobs queued than one pass does: look at the channel and
+            // go on.
+            jobs.recv_timeout(Duration::ZERO)
+        } else if !janitor.closing.is_empty() {
             jobs.recv_timeout(RELEASE_POLL)
         } else if janitor.has_pending() {
             jobs.recv_timeout(RETRY_AFTER)
@@ -101,7 +110,8 @@ pub fn run(dir: PathBuf, jobs: Receiver<Job>, outlets: Outlets) {
             Err(RecvTimeoutError::Timeout) => {
                 if janitor.retry_due(Instant::now()) {
                     janitor.retry();
-                    janitor.index(&outlets.writer);
+                }
+                if janitor.index(&outlets.writer) {
                     (outlets.wake_reader)();
                 }
             }
@@ -143,6 +153,10 @@ struct Janitor {
     indexing: VecDeque<IndexJob>,
     /// When an index job last failed.
     index_failed: Option<Instant>,
+    /// Indexing stopped for good (a job's entries were refused as an
+    /// index: a bug); every later job is dropped and entries stay in
+    /// memory until the next start.
+    index_stopped: bool,
     /// Where the journal starts after the decisions carried out so far.
     deleted_below: u64,
 }
@@ -157,6 +171,7 @@ impl Janitor {
             tried: Instant::now(),
             indexing: VecDeque::new(),
             index_failed: None,
+            index_stopped: false,
             deleted_below: 0,
         }
     }
@@ -175,15 +190,33 @@ impl Janitor {
         decision || index
     }
 
-    /// Carries out the index jobs in order, stopping at the first that
-    /// fails (tried again [`RETRY_AFTER`] later). Jobs for segments
-    /// retention deleted meanwhile are dropped.
-    fn index(&mut self, writer: &Sender<Trim>) {
-        if self
-            .index_failed
-            .is_some_and(|at| at.elapsed() < RETRY_AFTER)
+    /// True when index jobs wait and nothing holds them back.
+    fn can_index_now(&self) -> bool {
+        !self.indexing.is_empty()
+            && self.pending.is_none()
+            && self.index_failed.is_none()
+            && !self.index_stopped
+    }
+
+    /// Carries out up to [`INDEX_JOBS_PER_PASS`] index jobs in order,
+    /// stopping at the first that fails (tried again [`RETRY_AFTER`]
+    /// later), and hands the writer one trim for those done. Nothing is
+    /// indexed while a retention decision is pending: its segments are
+    /// gone for the writer but not yet for the reader, and a trim must not
+    /// take their entries from memory before the reader hears of it. Jobs
+    /// for segments retention deleted meanwhile are dropped. Returns
+    /// whether it told the reader anything.
+    fn index(&mut self, writer: &Sender<Trim>) -> bool {
+        if self.index_stopped {
+            self.indexing.clear();
+            return false;
+        }
+        if self.pending.is_some()
+            || self
+                .index_failed
+                .is_some_and(|at| at.elapsed() < RETRY_AFTER)
         {
-            return;
+            return false;
         }
         self.index_failed = None;
         while self
@@ -193,15 +226,26 @@ impl Janitor {
         {
             self.indexing.pop_front();
         }
-        // Every job queued: one index file each, then one trim for all of
-        // them, built from the newest job's handles (which still hold the
-        // entries of every segment queued: trims come only from here).
+        // One index file per job, then one trim for all of them, built
+        // from the last job's handles (which still hold the entries of
+        // every segment before it that is not trimmed yet: trims come only
+        // from here, in order).
         let mut done = Vec::new();
-        for job in &self.indexing {
+        for job in self.indexing.iter().take(INDEX_JOBS_PER_PASS) {
             match offload::write_index(&self.dir, job.start, job.end, &job.partitions) {
                 Ok(index) => {
                     let _ = self.reader.send(ReaderEvent::Indexed(Arc::new(index)));
                     done.push((job.start, job.end));
+                }
+                Err(JournalError::Corrupt(why)) => {
+                    crate::log!(
+                        "index file of segment {}: the index entries in memory are refused \
+                         ({why}); indexing stops, and index entries stay in memory until the \
+                         next start",
+                        job.start
+                    );
+                    self.index_stopped = true;
+                    break;
                 }
                 Err(e) => {
                     crate::log!(
@@ -214,10 +258,14 @@ impl Janitor {
                 }
             }
         }
-        let Some(last) = self.indexing.drain(..done.len()).next_back() else {
-            return;
-        };
-        let _ = writer.send(offload::trim(done, &last.partitions));
+        let told = !done.is_empty();
+        if let Some(last) = self.indexing.drain(..done.len()).next_back() {
+            let _ = writer.send(offload::trim(done, &last.partitions));
+        }
+        if self.index_stopped {
+            self.indexing.clear();
+        }
+        told
     }
 
     /// Takes a new decision: it supersedes a pending one (its start state
@@ -366,5 +414,84 @@ mod tests {
         std::fs::remove_dir(&blocker).unwrap();
         janitor.retry();
         assert_eq!(below_start(&j), 0);
+    }
+
+    /// Review finding: a retention decision whose start state cannot be written yet
+    /// leaves the reader's journal start where it was, but the writer has
+    /// already moved its start: a segment that became committed in the same
+    /// look is never indexed, while a later one is and its trim drops the
+    /// skipped segment's entries from memory. The reader then serves a
+    /// fetch inside the skipped segment from the next segment's file:
+    /// batches above the offset asked for, no OffsetOutOfRange.
+    #[test]
+    fn a_pending_retention_decision_holds_indexing_back_so_no_segment_is_skipped() {
+        use crate::broker::partition_view::PartitionView;
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path(), 1024, 4096).unwrap();
+        let (_, slot) = j.create_topic("t", 1, 1, 1_000).unwrap();
+        let mut view = PartitionView::new(j.catalog().topic(slot).index_handles().remove(0));
+        while j.segment_files().len() < 4 {
+            let mut b = BatchBuilder::new();
+            b.push(0, b"", &[7u8; 100], &[]);
+            let batch = b.finish(0, 0).to_vec();
+            j.append_data(slot, 0, &batch, 1, 1, 1_000).unwrap();
+        }
+        j.write_out().unwrap();
+        let s: Vec<(u64, u64)> = j.sealed().iter().map(|x| (x.start, x.end)).collect();
+        let (to_reader, from_janitor) = std::sync::mpsc::channel();
+        let (trims_tx, trims_rx) = std::sync::mpsc::channel();
+        let mut janitor = Janitor::new(dir.path().to_path_buf(), to_reader);
+        let apply = |j: &mut Journal, view: &mut PartitionView| {
+            while let Ok(e) = from_janitor.try_recv() {
+                match e {
+                    ReaderEvent::Indexed(ix) => {
+                        if let Some(i) = ix.sections().iter().position(|x| x.topic_id == 0) {
+                            view.add_section(&ix, i);
+                        }
+                    }
+                    ReaderEvent::Retained { position } => view.forget_below(position),
+                    _ => {}
+                }
+            }
+            while let Ok(t) = trims_rx.try_recv() {
+                if !j.trim(t).is_empty() {
+                    view.replace_memory(j.catalog().topic(slot).index_handles().remove(0));
+                }
+            }
+        };
+        // S0 committed and indexed.
+        janitor.indexing.extend(j.index_jobs(s[0].1));
+        janitor.index(&trims_tx);
+        apply(&mut j, &mut view);
+        // Later look: S1 and S2 are committed; retention deletes S0 and S1,
+        // but the start state cannot be written (yet).
+        std::fs::create_dir(dir.path().join(start::START_TMP_FILE)).unwrap();
+        let d = j
+            .retain(Retention { bytes: 1, ms: None }, s[1].1, 1_000)
+            .unwrap();
+        assert_eq!(d.state.position, s[2].0);
+        janitor.take(d);
+        assert!(janitor.has_pending());
+        janitor.indexing.extend(j.index_jobs(s[2].1));
+        janitor.index(&trims_tx);
+        apply(&mut j, &mut view);
+        let (start, _) = view.offsets(u64::MAX, 0);
+        let (mut runs, mut scratch) = (Vec::new(), Vec::new());
+        let mut offset = start;
+        loop {
+            let got = view
+                .select(offset, 1, u64::MAX, 0, &mut runs, &mut scratch)
+                .unwrap_or_else(|_| panic!("offset {offset}"));
+            assert!(got.bytes > 0);
+            let pos = runs[0].0;
+            if pos >= s[1].0 {
+                assert!(
+                    pos < s[2].0,
+                    "offset {offset} (log start {start}) is served from position {pos}, in S2: S1 skipped"
+                );
+                break;
+            }
+            offset += 1;
+        }
     }
 }

@@ -109,7 +109,7 @@ impl Partition {
             .len()
             .checked_sub(1)
             .and_then(|i| self.index.get(i));
-        let max_time_ms = before.map_or(i64::MIN, |e| e.max_time_ms);
+        let max_time_ms = before.map_or(self.floor_time_ms, |e| e.max_time_ms);
         self.index.push(IndexEntry {
             base_offset: view.base_offset(),
             position,

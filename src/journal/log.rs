@@ -983,7 +983,7 @@ impl Journal {
             return Vec::new();
         };
         self.indexing_from = last_end;
-        let partitions: Vec<JobPartition> = self
+        let partitions: Arc<[JobPartition]> = self
             .catalog
             .topics()
             .iter()

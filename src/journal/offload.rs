@@ -38,8 +38,9 @@ pub struct IndexJob {
     pub start: u64,
     /// One past its last batch.
     pub end: u64,
-    /// Every partition of every topic when the job was made.
-    pub partitions: Vec<JobPartition>,
+    /// Every partition of every topic when the job was made (shared by the
+    /// jobs made at once).
+    pub partitions: Arc<[JobPartition]>,
 }
 
 /// One partition's smaller index, offered to the writer.
@@ -142,10 +143,14 @@ pub fn trim(segments: Vec<(u64, u64)>, partitions: &[JobPartition]) -> Trim {
     };
     let offers = partitions
         .iter()
-        .map(|p| {
+        .filter_map(|p| {
             let source = p.handle.index.clone();
             let len = source.entry_count();
             let hi = entries_below_in(&*source, len, end);
+            if hi == 0 {
+                // Nothing of it to drop, and no batch in the segments.
+                return None;
+            }
             let firsts = segments
                 .iter()
                 .filter_map(|&(s, e)| {
@@ -163,7 +168,7 @@ pub fn trim(segments: Vec<(u64, u64)>, partitions: &[JobPartition]) -> Trim {
                 }
             }
             let last_out = hi.checked_sub(1).and_then(|i| source.entry(i));
-            TrimOffer {
+            Some(TrimOffer {
                 topic_id: p.topic_id,
                 partition: p.partition,
                 copied: len,
@@ -172,7 +177,7 @@ pub fn trim(segments: Vec<(u64, u64)>, partitions: &[JobPartition]) -> Trim {
                 floor_time_ms: last_out.map_or(p.handle.floor_time_ms, |e| e.max_time_ms),
                 firsts,
                 source,
-            }
+            })
         })
         .collect();
     Trim { segments, offers }
@@ -366,5 +371,38 @@ mod tests {
         assert_eq!(p.index.len(), len);
         assert_eq!(p.on_disk.len(), 2);
         assert_eq!(p.log_start_at(jobs[1].start), p.on_disk[1].1);
+    }
+
+    /// Review finding: after a trim leaves a partition's in-memory index empty, the
+    /// next batch's running maximum of append times must resume from the
+    /// floor's (the doc and `IndexEntry::max_time_ms` say "every earlier
+    /// batch of the partition"), not restart from the batch's own time.
+    #[test]
+    fn the_running_maximum_of_times_resumes_from_the_floor_after_a_trim() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path(), 4096, 4096).unwrap();
+        let (_, a) = j.create_topic("a", 2, 1, 1_000).unwrap();
+        // p1: one batch, stamped 5000, in the first segment only.
+        append(&mut j, a, 1, 5_000);
+        while j.sealed().is_empty() {
+            append(&mut j, a, 0, 5_000);
+        }
+        j.write_out().unwrap();
+        let jobs = j.index_jobs(j.end());
+        assert_eq!(jobs.len(), 1);
+        write_index(dir.path(), jobs[0].start, jobs[0].end, &jobs[0].partitions).unwrap();
+        let t = trim(vec![(jobs[0].start, jobs[0].end)], &jobs[0].partitions);
+        j.trim(t);
+        let p = &j.catalog().topic(a).partitions[1];
+        assert_eq!(p.index.len(), 0);
+        assert_eq!(p.floor_time_ms, 5_000);
+        // The broker clock stepped back.
+        append(&mut j, a, 1, 1_000);
+        let p = &j.catalog().topic(a).partitions[1];
+        assert_eq!(
+            p.index.get(0).unwrap().max_time_ms,
+            5_000,
+            "running max lost"
+        );
     }
 }

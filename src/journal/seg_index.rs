@@ -655,6 +655,13 @@ impl SegmentIndex {
                 "{count} sections cannot fit in {len} bytes"
             )));
         }
+        // A sparse file can claim any length: a section per partition at
+        // most.
+        if count as usize > super::topic::PARTITIONS_MAX {
+            return Err(corrupt(format!(
+                "{count} sections, more than a broker has partitions"
+            )));
+        }
         // Fits: at most the file's length, which was just compared.
         let mut directory = vec![0u8; count as usize * INDEX_SECTION_LEN];
         read(&mut directory, INDEX_HEADER_LEN as u64)?;
