@@ -243,7 +243,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// Large allocations come straight from the kernel and go back to it when
+/// freed. glibc raises this threshold whenever such a block is freed, after
+/// which blocks of up to 32 MiB come from its heaps and, once freed, mostly
+/// stay in the process: the in-memory partition indexes, whose large
+/// buckets are freed whenever their entries move to segment index files
+/// (and after recovery), would then keep the broker's memory at its high
+/// water mark. A fixed threshold keeps memory independent of the data held.
+fn return_large_blocks_to_the_kernel() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes a tuning parameter of the allocator;
+    // it is called before the broker starts its threads.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 fn run_broker(args: BrokerArgs) -> Result<()> {
+    return_large_blocks_to_the_kernel();
     let mut config = match &args.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),

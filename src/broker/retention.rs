@@ -31,7 +31,6 @@ use crate::journal::offload::{self, IndexJob, Trim};
 use crate::journal::seg_index;
 use crate::journal::segment::segment_file_name;
 use crate::journal::start;
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -42,10 +41,10 @@ use std::time::{Duration, Instant};
 const RELEASE_WAIT: Duration = Duration::from_secs(2);
 /// How often files still held elsewhere are looked at again.
 const RELEASE_POLL: Duration = Duration::from_millis(10);
-/// Index jobs carried out before the stage looks at its channel again
-/// (so that a backlog, as after a start, does not hold a deletion or a
+/// Index files written before the stage looks at its channel again (so
+/// that a backlog, as after a start, does not hold a deletion or a
 /// shutdown back for long).
-const INDEX_JOBS_PER_PASS: usize = 4;
+const INDEX_FILES_PER_PASS: usize = 4;
 /// How soon a decision whose start state could not be written is tried
 /// again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -98,7 +97,7 @@ pub fn run(dir: PathBuf, jobs: Receiver<Job>, outlets: Outlets) {
                                 None => d,
                             });
                         }
-                        Job::Index(j) => janitor.indexing.push_back(j),
+                        Job::Index(j) => janitor.start_indexing(j),
                     }
                 }
                 if let Some(d) = decision {
@@ -146,11 +145,13 @@ struct Janitor {
     /// When the pending decision was last tried: retries come
     /// [`RETRY_AFTER`] apart, however often the loop wakes up.
     tried: Instant,
-    /// Index jobs not carried out yet, oldest first: they are done in
-    /// order, and one that fails holds the later ones back (a trim drops
-    /// every entry below its segment's end, so every segment below must be
-    /// indexed on disk first).
-    indexing: VecDeque<IndexJob>,
+    /// The index job being carried out (the writer hands out one at a
+    /// time) and its segments indexed so far, in order: one that fails
+    /// holds the later ones back (a trim drops every entry below its last
+    /// segment's end, so every segment below must be indexed on disk).
+    indexing: Option<(IndexJob, Vec<(u64, u64)>)>,
+    /// Segments of the job skipped because retention deleted them.
+    skipped: usize,
     /// When an index job last failed.
     index_failed: Option<Instant>,
     /// Indexing stopped for good (a job's entries were refused as an
@@ -169,7 +170,8 @@ impl Janitor {
             pending: None,
             closing: Vec::new(),
             tried: Instant::now(),
-            indexing: VecDeque::new(),
+            indexing: None,
+            skipped: 0,
             index_failed: None,
             index_stopped: false,
             deleted_below: 0,
@@ -177,7 +179,17 @@ impl Janitor {
     }
 
     fn has_pending(&self) -> bool {
-        self.pending.is_some() || !self.indexing.is_empty()
+        self.pending.is_some() || self.indexing.is_some()
+    }
+
+    /// Takes the writer's next index job (it hands out one at a time).
+    fn start_indexing(&mut self, job: IndexJob) {
+        if self.index_stopped {
+            return;
+        }
+        debug_assert!(self.indexing.is_none(), "one index job at a time");
+        self.indexing = Some((job, Vec::new()));
+        self.skipped = 0;
     }
 
     /// True when a pending decision or index job waited [`RETRY_AFTER`]
@@ -192,23 +204,22 @@ impl Janitor {
 
     /// True when index jobs wait and nothing holds them back.
     fn can_index_now(&self) -> bool {
-        !self.indexing.is_empty()
+        self.indexing.is_some()
             && self.pending.is_none()
             && self.index_failed.is_none()
             && !self.index_stopped
     }
 
-    /// Carries out up to [`INDEX_JOBS_PER_PASS`] index jobs in order,
-    /// stopping at the first that fails (tried again [`RETRY_AFTER`]
-    /// later), and hands the writer one trim for those done. Nothing is
-    /// indexed while a retention decision is pending: its segments are
-    /// gone for the writer but not yet for the reader, and a trim must not
-    /// take their entries from memory before the reader hears of it. Jobs
-    /// for segments retention deleted meanwhile are dropped. Returns
-    /// whether it told the reader anything.
+    /// Writes up to [`INDEX_FILES_PER_PASS`] index files of the job's
+    /// segments in order, stopping at the first that fails (tried again
+    /// [`RETRY_AFTER`] later); once every segment is done, hands the writer
+    /// the job's trim. Nothing is indexed while a retention decision is
+    /// pending: its segments are gone for the writer but not yet for the
+    /// reader, and a trim must not take entries from memory before the
+    /// reader hears of it. Segments retention deleted meanwhile are
+    /// skipped. Returns whether it told the reader anything.
     fn index(&mut self, writer: &Sender<Trim>) -> bool {
-        if self.index_stopped {
-            self.indexing.clear();
+        if self.index_stopped || self.indexing.is_none() {
             return false;
         }
         if self.pending.is_some()
@@ -219,51 +230,52 @@ impl Janitor {
             return false;
         }
         self.index_failed = None;
-        while self
-            .indexing
-            .front()
-            .is_some_and(|job| job.start < self.deleted_below)
-        {
-            self.indexing.pop_front();
-        }
-        // One index file per job, then one trim for all of them, built
-        // from the last job's handles (which still hold the entries of
-        // every segment before it that is not trimmed yet: trims come only
-        // from here, in order).
-        let mut done = Vec::new();
-        for job in self.indexing.iter().take(INDEX_JOBS_PER_PASS) {
-            match offload::write_index(&self.dir, job.start, job.end, &job.partitions) {
+        let Some((job, done)) = self.indexing.as_mut() else {
+            return false;
+        };
+        let mut told = false;
+        let mut written = 0;
+        while let Some(&(start, end)) = job.segments.get(done.len() + self.skipped) {
+            if written == INDEX_FILES_PER_PASS {
+                return told;
+            }
+            if start < self.deleted_below {
+                self.skipped += 1;
+                continue;
+            }
+            match offload::write_index(&self.dir, start, end, &job.partitions) {
                 Ok(index) => {
                     let _ = self.reader.send(ReaderEvent::Indexed(Arc::new(index)));
-                    done.push((job.start, job.end));
+                    done.push((start, end));
+                    told = true;
+                    written += 1;
                 }
                 Err(JournalError::Corrupt(why)) => {
                     crate::log!(
-                        "index file of segment {}: the index entries in memory are refused \
+                        "index file of segment {start}: the index entries in memory are refused \
                          ({why}); indexing stops, and index entries stay in memory until the \
-                         next start",
-                        job.start
+                         next start"
                     );
                     self.index_stopped = true;
                     break;
                 }
                 Err(e) => {
                     crate::log!(
-                        "index file of segment {}: {e} (its entries stay in memory; trying \
-                         again in {RETRY_AFTER:?})",
-                        job.start
+                        "index file of segment {start}: {e} (its entries stay in memory; trying \
+                         again in {RETRY_AFTER:?})"
                     );
                     self.index_failed = Some(Instant::now());
-                    break;
+                    return told;
                 }
             }
         }
-        let told = !done.is_empty();
-        if let Some(last) = self.indexing.drain(..done.len()).next_back() {
-            let _ = writer.send(offload::trim(done, &last.partitions));
-        }
-        if self.index_stopped {
-            self.indexing.clear();
+        // Every segment done (or indexing stopped): the trim, built from the
+        // job's handles, which the writer still has.
+        if let Some((job, done)) = self.indexing.take() {
+            self.skipped = 0;
+            let mut trim = offload::trim(done, &job.partitions);
+            trim.stopped = self.index_stopped;
+            let _ = writer.send(trim);
         }
         told
     }
@@ -460,7 +472,7 @@ mod tests {
             }
         };
         // S0 committed and indexed.
-        janitor.indexing.extend(j.index_jobs(s[0].1));
+        janitor.start_indexing(j.index_job(s[0].1).unwrap());
         janitor.index(&trims_tx);
         apply(&mut j, &mut view);
         // Later look: S1 and S2 are committed; retention deletes S0 and S1,
@@ -472,7 +484,7 @@ mod tests {
         assert_eq!(d.state.position, s[2].0);
         janitor.take(d);
         assert!(janitor.has_pending());
-        janitor.indexing.extend(j.index_jobs(s[2].1));
+        janitor.start_indexing(j.index_job(s[2].1).unwrap());
         janitor.index(&trims_tx);
         apply(&mut j, &mut view);
         let (start, _) = view.offsets(u64::MAX, 0);

@@ -85,6 +85,19 @@ struct RetentionClock {
     jobs: Sender<Job>,
     /// Its answers to index jobs.
     trims: Receiver<Trim>,
+    /// Where the one index job at a time stands.
+    indexing: Indexing,
+}
+
+/// Whether an index job is out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Indexing {
+    /// None: the next look may hand one out.
+    Idle,
+    /// One is out; its trim has not come back.
+    InFlight,
+    /// The stage stopped indexing for good.
+    Stopped,
 }
 
 /// One request's outcome: the entry to hand to the responder, if any.
@@ -109,6 +122,7 @@ impl Writer {
             sealed: false,
             jobs,
             trims,
+            indexing: Indexing::Idle,
         });
         self
     }
@@ -122,36 +136,51 @@ impl Writer {
     pub fn retain(&mut self, now: Instant) -> Option<Duration> {
         let clock = self.retention.as_mut()?;
         let mut changed = Vec::new();
+        let mut answered = false;
         while let Ok(trim) = clock.trims.try_recv() {
+            clock.indexing = if trim.stopped {
+                Indexing::Stopped
+            } else {
+                Indexing::Idle
+            };
+            answered = true;
             changed.extend(self.journal.trim(trim));
         }
         changed.sort_unstable();
         changed.dedup();
-        for slot in changed {
+        for &slot in &changed {
             let indexes = self.journal.catalog().topic(slot).index_handles();
             let _ = self
                 .reader_events
                 .send(ReaderEvent::Indexes { slot, indexes });
         }
-        let clock = self.retention.as_mut()?;
-        if now < clock.next && !clock.sealed {
-            return Some(clock.next - now);
+        if !changed.is_empty() {
+            // An idle reader would hold the old indexes, and their memory,
+            // until its next request.
+            self.shared.wake(Stage::Reader);
         }
-        clock.next = now + clock.every;
-        clock.sealed = false;
-        let every = clock.every;
+        let clock = self.retention.as_mut()?;
+        let due = now >= clock.next || clock.sealed;
         let flushed = self.shared.positions.flushed.get();
-        if let Some(policy) = clock.policy {
-            if let Some(decision) = self.journal.retain(policy, flushed, unix_ms()) {
-                let _ = clock.jobs.send(Job::Retain(decision));
+        if due {
+            clock.next = now + clock.every;
+            clock.sealed = false;
+            if let Some(policy) = clock.policy {
+                if let Some(decision) = self.journal.retain(policy, flushed, unix_ms()) {
+                    let _ = clock.jobs.send(Job::Retain(decision));
+                }
             }
         }
-        // Only committed segments: a cut never reaches them.
-        let durable = flushed.min(self.shared.positions.committed.get());
-        for job in self.journal.index_jobs(durable) {
-            let _ = clock.jobs.send(Job::Index(job));
+        // One index job at a time: the trim answering it is built from its
+        // handles. Only committed segments: a cut never reaches them.
+        if (due || answered) && clock.indexing == Indexing::Idle {
+            let durable = flushed.min(self.shared.positions.committed.get());
+            if let Some(job) = self.journal.index_job(durable) {
+                clock.indexing = Indexing::InFlight;
+                let _ = clock.jobs.send(Job::Index(job));
+            }
         }
-        Some(every)
+        Some(clock.next.saturating_duration_since(now))
     }
 
     /// A writer appending to `journal`.

@@ -969,21 +969,20 @@ impl Journal {
     }
 
     /// The sealed segments wholly below `durable` (C) not handed out yet, as
-    /// jobs for the indexing stage, oldest first: each with a read handle
-    /// on every partition index. A segment is handed out once.
-    pub fn index_jobs(&mut self, durable: u64) -> Vec<IndexJob> {
+    /// one job for the indexing stage, with a read handle on every
+    /// partition index; `None` when there is none. A segment is handed out
+    /// once.
+    pub fn index_job(&mut self, durable: u64) -> Option<IndexJob> {
         let from = self.indexing_from.max(self.start);
-        let ready: Vec<(u64, u64)> = self
+        let segments: Vec<(u64, u64)> = self
             .sealed
             .iter()
             .filter(|s| s.start >= from && s.end <= durable)
             .map(|s| (s.start, s.end))
             .collect();
-        let Some(&(_, last_end)) = ready.last() else {
-            return Vec::new();
-        };
+        let &(_, last_end) = segments.last()?;
         self.indexing_from = last_end;
-        let partitions: Arc<[JobPartition]> = self
+        let partitions = self
             .catalog
             .topics()
             .iter()
@@ -998,14 +997,10 @@ impl Journal {
                     })
             })
             .collect();
-        ready
-            .into_iter()
-            .map(|(start, end)| IndexJob {
-                start,
-                end,
-                partitions: partitions.clone(),
-            })
-            .collect()
+        Some(IndexJob {
+            segments,
+            partitions,
+        })
     }
 
     /// Takes in what the indexing stage did for a job

@@ -30,17 +30,17 @@ pub struct JobPartition {
     pub handle: IndexHandle,
 }
 
-/// Write the index file of the sealed, committed segment `[start, end)`,
-/// whose entries are in `partitions`' indexes.
+/// Write the index files of the sealed, committed segments `segments`
+/// (`(start, end)`, adjacent, oldest first), whose entries are in
+/// `partitions`' indexes, and answer with one [`Trim`]. The writer hands
+/// out one job at a time and the next one only after the trim: a trim
+/// built from these handles holds only while the writer still has them.
 #[derive(Debug, Clone)]
 pub struct IndexJob {
-    /// The segment's first byte.
-    pub start: u64,
-    /// One past its last batch.
-    pub end: u64,
-    /// Every partition of every topic when the job was made (shared by the
-    /// jobs made at once).
-    pub partitions: Arc<[JobPartition]>,
+    /// The segments, oldest first.
+    pub segments: Vec<(u64, u64)>,
+    /// Every partition of every topic when the job was made.
+    pub partitions: Vec<JobPartition>,
 }
 
 /// One partition's smaller index, offered to the writer.
@@ -72,8 +72,10 @@ pub struct TrimOffer {
 pub struct Trim {
     /// `(start, end)` of each segment indexed, oldest first, adjacent.
     pub segments: Vec<(u64, u64)>,
-    /// One offer per partition.
+    /// One offer per partition that has entries to drop.
     pub offers: Vec<TrimOffer>,
+    /// Indexing stopped for good: hand out no more jobs.
+    pub stopped: bool,
 }
 
 /// Each partition's entries in `[start, end)`, as positions in its index.
@@ -139,6 +141,7 @@ pub fn trim(segments: Vec<(u64, u64)>, partitions: &[JobPartition]) -> Trim {
         return Trim {
             segments,
             offers: Vec::new(),
+            stopped: false,
         };
     };
     let offers = partitions
@@ -180,7 +183,11 @@ pub fn trim(segments: Vec<(u64, u64)>, partitions: &[JobPartition]) -> Trim {
             })
         })
         .collect();
-    Trim { segments, offers }
+    Trim {
+        segments,
+        offers,
+        stopped: false,
+    }
 }
 
 /// True when `found` is a sound index file of a segment ending at `end`
@@ -230,6 +237,15 @@ mod tests {
     use crate::journal::log::{Journal, Retention};
     use crate::wire::batch::BatchBuilder;
 
+    /// What the indexing stage does with `job`: every index file, then the
+    /// trim.
+    fn carry(dir: &Path, job: &IndexJob) -> Trim {
+        for &(start, end) in &job.segments {
+            write_index(dir, start, end, &job.partitions).unwrap();
+        }
+        trim(job.segments.clone(), &job.partitions)
+    }
+
     fn append(j: &mut Journal, slot: usize, partition: u32, now_ms: i64) {
         let mut b = BatchBuilder::new();
         b.push(0, b"", &[7u8; 100], &[]);
@@ -278,18 +294,13 @@ mod tests {
             }
         }
         j.write_out().unwrap();
-        let jobs = j.index_jobs(j.end());
-        assert_eq!(jobs.len(), 4, "one job per sealed segment");
+        let job = j.index_job(j.end()).unwrap();
+        assert_eq!(job.segments.len(), 4, "one job for every sealed segment");
         assert!(
-            j.index_jobs(j.end()).is_empty(),
+            j.index_job(j.end()).is_none(),
             "each segment is handed out once"
         );
-        let mut done = Vec::new();
-        for job in &jobs {
-            write_index(dir, job.start, job.end, &job.partitions).unwrap();
-            done.push((job.start, job.end));
-        }
-        let trim = trim(done, &jobs[3].partitions);
+        let trim = carry(dir, &job);
         // The writer goes on meanwhile: the trim copies what it missed.
         append(&mut j, a, 0, 9_000);
         append(&mut j, a, 2, 8_000);
@@ -356,12 +367,13 @@ mod tests {
             append(&mut j, a, 0, 1_000);
         }
         j.write_out().unwrap();
-        let jobs = j.index_jobs(j.end());
-        for job in &jobs {
-            write_index(dir.path(), job.start, job.end, &job.partitions).unwrap();
-        }
-        let first = trim(vec![(jobs[0].start, jobs[0].end)], &jobs[0].partitions);
-        let second = trim(vec![(jobs[1].start, jobs[1].end)], &jobs[1].partitions);
+        // Two jobs from the same handles (the writer hands out one at a
+        // time, but a cut can replace an index under a job just the same).
+        let s0_end = j.sealed()[0].end;
+        let job0 = j.index_job(s0_end).unwrap();
+        let job1 = j.index_job(j.end()).unwrap();
+        let first = carry(dir.path(), &job0);
+        let second = carry(dir.path(), &job1);
         assert_eq!(j.trim(first), vec![a]);
         let len = j.catalog().topic(a).partitions[0].index.len();
         // Built from the index the first trim replaced: not taken, but the
@@ -370,7 +382,7 @@ mod tests {
         let p = &j.catalog().topic(a).partitions[0];
         assert_eq!(p.index.len(), len);
         assert_eq!(p.on_disk.len(), 2);
-        assert_eq!(p.log_start_at(jobs[1].start), p.on_disk[1].1);
+        assert_eq!(p.log_start_at(job1.segments[0].0), p.on_disk[1].1);
     }
 
     /// Review finding: after a trim leaves a partition's in-memory index empty, the
@@ -388,11 +400,9 @@ mod tests {
             append(&mut j, a, 0, 5_000);
         }
         j.write_out().unwrap();
-        let jobs = j.index_jobs(j.end());
-        assert_eq!(jobs.len(), 1);
-        write_index(dir.path(), jobs[0].start, jobs[0].end, &jobs[0].partitions).unwrap();
-        let t = trim(vec![(jobs[0].start, jobs[0].end)], &jobs[0].partitions);
-        j.trim(t);
+        let job = j.index_job(j.end()).unwrap();
+        assert_eq!(job.segments.len(), 1);
+        j.trim(carry(dir.path(), &job));
         let p = &j.catalog().topic(a).partitions[1];
         assert_eq!(p.index.len(), 0);
         assert_eq!(p.floor_time_ms, 5_000);
