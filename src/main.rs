@@ -133,6 +133,14 @@ enum TopicCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Show a topic's partitions: log start, end offset, messages and bytes
+    /// held.
+    Describe {
+        /// Topic name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// The acknowledgement level, by name.
@@ -194,12 +202,103 @@ struct ConsumeArgs {
     /// Where to start: earliest, latest or an offset.
     #[arg(long, value_name = "earliest|latest|OFFSET", default_value = "earliest", value_parser = parse_start)]
     from: StartFrom,
+    /// Start at the first message the broker appended at or after this
+    /// time: RFC 3339 (2026-12-07T16:00:00Z, offsets and fractions
+    /// allowed) or milliseconds since the Unix epoch.
+    #[arg(long, value_name = "RFC3339|MS", conflicts_with = "from", value_parser = parse_time)]
+    from_time: Option<i64>,
     /// Exit after this many messages, waiting for them if needed
     /// (default: run until killed).
     #[arg(long, value_name = "N")]
     count: Option<u64>,
     #[command(flatten)]
     client: ClientArgs,
+}
+
+/// A time as milliseconds since the Unix epoch: an integer is taken as
+/// such, anything else as an RFC 3339 date-time.
+fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    parse_rfc3339_ms(s).ok_or_else(|| {
+        format!(
+            "expected milliseconds since the epoch or an RFC 3339 time such as \
+             2026-12-07T16:00:00Z, not {s:?}"
+        )
+    })
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` as ms since the Unix epoch
+/// (fractions beyond milliseconds are cut).
+fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |from: usize, len: usize| -> Option<i64> {
+        let digits = b.get(from..from + len)?;
+        digits.iter().all(u8::is_ascii_digit).then(|| {
+            digits
+                .iter()
+                .fold(0i64, |n, d| n * 10 + i64::from(d - b'0'))
+        })
+    };
+    let sep = |at: usize, c: &[u8]| b.get(at).is_some_and(|x| c.contains(x));
+    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
+        return None;
+    }
+    let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+    let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if day < 1 || day > days_in_month || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut at = 19;
+    let mut ms = 0;
+    if sep(at, b".") {
+        at += 1;
+        let start = at;
+        while b.get(at).is_some_and(u8::is_ascii_digit) {
+            at += 1;
+        }
+        if at == start {
+            return None;
+        }
+        // The first three digits, padded: ".5" is 500 ms.
+        let frac = &s[start..at.min(start + 3)];
+        ms = format!("{frac:0<3}").parse::<i64>().ok()?;
+    }
+    let offset_minutes = match b.get(at)? {
+        b'Z' | b'z' if at + 1 == b.len() => 0,
+        sign @ (b'+' | b'-') if at + 6 == b.len() && sep(at + 3, b":") => {
+            let (h, m) = (num(at + 1, 2)?, num(at + 4, 2)?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let minutes = h * 60 + m;
+            if *sign == b'-' {
+                -minutes
+            } else {
+                minutes
+            }
+        }
+        _ => return None,
+    };
+    // Days since 1970-01-01 of a proleptic Gregorian date (the civil
+    // calendar arithmetic of shifting the year to start in March).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second - offset_minutes * 60;
+    Some(seconds * 1_000 + ms)
 }
 
 fn parse_start(s: &str) -> Result<StartFrom, String> {
@@ -228,6 +327,9 @@ fn main() -> ExitCode {
         Command::Topic {
             command: TopicCommand::List { client },
         } => list_topics(&client.addr),
+        Command::Topic {
+            command: TopicCommand::Describe { name, client },
+        } => describe_topic(&client.addr, &name),
         Command::Produce(args) => produce(args),
         Command::Consume(args) => consume(args),
         Command::Cluster {
@@ -462,6 +564,37 @@ fn list_topics(addr: &str) -> Result<()> {
     Ok(())
 }
 
+fn describe_topic(addr: &str, name: &str) -> Result<()> {
+    let metadata = admin(addr)?.metadata(&[name])?;
+    let Some(topic) = metadata.topics.into_iter().find(|t| t.name == name) else {
+        anyhow::bail!("the broker did not describe topic {name}");
+    };
+    if topic.error_code != 0 {
+        let code = ErrorCode::from_u16(topic.error_code)
+            .map_or_else(|| topic.error_code.to_string(), |c| c.name().to_string());
+        anyhow::bail!("topic {name}: {code}");
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "topic {name}: {} partition(s)", topic.partitions.len())?;
+    writeln!(
+        out,
+        "{:>9}  {:>20}  {:>20}  {:>20}  {:>20}",
+        "partition", "log_start", "end_offset", "messages", "bytes"
+    )?;
+    for p in &topic.partitions {
+        writeln!(
+            out,
+            "{:>9}  {:>20}  {:>20}  {:>20}  {:>20}",
+            p.partition,
+            p.start_offset,
+            p.end_offset,
+            p.end_offset.saturating_sub(p.start_offset),
+            p.bytes
+        )?;
+    }
+    Ok(())
+}
+
 fn produce(args: ProduceArgs) -> Result<()> {
     let addr = &args.client.addr;
     let config = ProducerConfig {
@@ -525,7 +658,8 @@ fn produce(args: ProduceArgs) -> Result<()> {
 
 fn consume(args: ConsumeArgs) -> Result<()> {
     let addr = &args.client.addr;
-    let mut consumer = Consumer::connect(addr, &args.topic, args.partition, args.from)
+    let from = args.from_time.map_or(args.from, StartFrom::Time);
+    let mut consumer = Consumer::connect(addr, &args.topic, args.partition, from)
         .with_context(|| format!("cannot read {}/{} at {addr}", args.topic, args.partition))?;
     let mut out = BufWriter::new(std::io::stdout().lock());
     let mut remaining = args.count;
@@ -560,6 +694,35 @@ fn consume(args: ConsumeArgs) -> Result<()> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn rfc3339_times_are_milliseconds_since_the_epoch() {
+        for (text, ms) in [
+            ("1970-01-01T00:00:00Z", 0),
+            ("2026-12-07T16:00:00Z", 1_796_659_200_000),
+            ("2026-12-07t16:00:00z", 1_796_659_200_000),
+            ("2000-02-29T12:34:56.789+01:30", 951_822_296_789),
+            ("2000-02-29 12:34:56.7891234+01:30", 951_822_296_789),
+            ("1969-12-31T23:59:59.5-05:00", 17_999_500),
+            ("1796659200000", 1_796_659_200_000),
+            ("-5", -5),
+        ] {
+            assert_eq!(parse_time(text), Ok(ms), "{text}");
+        }
+        for bad in [
+            "2026-02-29T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-12-07T16:00:00",
+            "2026-12-07T24:00:00Z",
+            "2026-12-07T16:00:00.Z",
+            "2026-12-07T16:00:00+1:00",
+            "2026-12-07",
+            "yesterday",
+            "",
+        ] {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
+    }
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("hutong").chain(args.iter().copied()))

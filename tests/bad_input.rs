@@ -223,6 +223,7 @@ fn produce_to_an_unknown_topic_gets_unknown_topic() {
         ListOffsetsRequest {
             topic: "nope",
             partition: 0,
+            timestamp_ms: None,
         }
         .encode(out)
     });
@@ -390,6 +391,7 @@ fn malformed_bodies_get_malformed_request_and_the_connection_stays_usable() {
         ListOffsetsRequest {
             topic: "t",
             partition: 0,
+            timestamp_ms: None,
         }
         .encode(out);
         out.push(0);

@@ -197,6 +197,7 @@ fn a_name_that_cannot_be_a_topic_name_gets_invalid_topic_name_from_every_api() {
             ListOffsetsRequest {
                 topic: name,
                 partition: 0,
+                timestamp_ms: None,
             }
             .encode(out)
         })
@@ -421,6 +422,7 @@ fn the_flags_and_reserved_header_fields_are_ignored() {
         ListOffsetsRequest {
             topic: "t",
             partition: 0,
+            timestamp_ms: None,
         }
         .encode(out)
     });

@@ -9,7 +9,10 @@
 
 mod common;
 
-use common::{batch_of_values, bounded, lock, payload, BrokerProc, RawConn, TestDir};
+use common::{
+    batch_of_values, bounded, lock, now_ms, payload, run_cli, BrokerProc, RawConn, TestDir,
+};
+use hutong::client::Admin;
 use hutong::journal::seg_index::{self, SegmentIndex};
 use hutong::journal::segment::list_segments;
 use std::collections::BTreeSet;
@@ -309,5 +312,131 @@ fn retention_deletes_index_files_with_their_segments() {
     assert!(
         starts.iter().all(|&s| s > 0),
         "every partition's log start moved up: {starts:?}"
+    );
+}
+
+/// ListOffsets by time (version 2), `hutong consume --from-time` and
+/// `hutong topic describe` over a partition whose older batches are in
+/// segment index files and newer ones in memory: produced in phases a few
+/// milliseconds apart, each phase's first offset is what a lookup at the
+/// time the phase began finds, and describe shows the log start, end and
+/// the bytes stored.
+#[test]
+fn time_lookups_and_describe_cover_the_files_and_memory() {
+    let _serial = lock(&SERIAL);
+    let dir = TestDir::new();
+    let config = dir.config(SMALL_SEGMENTS_TOML);
+    let broker = BrokerProc::start(&dir.data, &["--config", path_str(&config)]);
+    let addr = broker.addr();
+    RawConn::connect(addr).create_topic(TOPIC, PARTITIONS);
+    // Each phase: about 1.4 MiB, so every phase boundary but the last lies
+    // in a sealed segment.
+    const PHASES: usize = 5;
+    let (times, firsts, ends, bytes) = bounded(Duration::from_secs(120), "phases", move || {
+        let mut c = RawConn::connect(addr);
+        let mut next = vec![0u64; PARTITIONS as usize];
+        let mut bytes = vec![0u64; PARTITIONS as usize];
+        let (mut times, mut firsts) = (Vec::new(), Vec::new());
+        for _ in 0..PHASES {
+            std::thread::sleep(Duration::from_millis(5));
+            times.push(now_ms());
+            std::thread::sleep(Duration::from_millis(5));
+            firsts.push(next.clone());
+            for k in 0..600u64 {
+                let p = (k % u64::from(PARTITIONS)) as usize;
+                let values: Vec<Vec<u8>> = (next[p]..next[p] + RECORDS_PER_BATCH)
+                    .map(|o| expected(p as u32, o))
+                    .collect();
+                let batch = batch_of_values(&values);
+                assert_eq!(c.produce_ok(TOPIC, p as u32, &batch), next[p]);
+                next[p] += RECORDS_PER_BATCH;
+                bytes[p] += batch.len() as u64;
+            }
+        }
+        (times, firsts, next, bytes)
+    });
+    let segments = wait_for_index_files(&dir.data);
+    assert!(
+        segments.len() >= 4,
+        "phases span sealed segments: {segments:?}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let admin = Admin::connect(addr).unwrap();
+    for p in 0..PARTITIONS {
+        let pi = p as usize;
+        for (k, &t) in times.iter().enumerate() {
+            assert_eq!(
+                admin.offset_for_time(TOPIC, p, t).unwrap(),
+                firsts[k][pi],
+                "{TOPIC}/{p}: the first offset appended at or after phase {k}'s start"
+            );
+        }
+        assert_eq!(
+            admin.offset_for_time(TOPIC, p, 0).unwrap(),
+            0,
+            "a time before all: the start"
+        );
+        assert_eq!(
+            admin.offset_for_time(TOPIC, p, now_ms() + 60_000).unwrap(),
+            ends[pi],
+            "a time after all: the end"
+        );
+    }
+    // The command line: from a time in ms, the first message of phase 3.
+    let (status, stdout, stderr) = run_cli(
+        &[
+            "consume",
+            "--addr",
+            &addr.to_string(),
+            "--topic",
+            TOPIC,
+            "--partition",
+            "1",
+            "--from-time",
+            &times[3].to_string(),
+            "--count",
+            "1",
+        ],
+        b"",
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "consume --from-time: {stderr}");
+    // The readable prefix every value of that message starts with.
+    let want = format!("p1-{:08}-", firsts[3][1]);
+    assert!(
+        stdout.starts_with(&want),
+        "consume --from-time starts at phase 3's first message: {stdout:?}"
+    );
+    // Describe: one row per partition with start, end, messages and bytes.
+    let (status, stdout, stderr) = run_cli(
+        &["topic", "describe", TOPIC, "--addr", &addr.to_string()],
+        b"",
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "topic describe: {stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!("topic {TOPIC}: {PARTITIONS} partition(s)")
+    );
+    for p in 0..PARTITIONS as usize {
+        let cols: Vec<u64> = lines[2 + p]
+            .split_whitespace()
+            .map(|c| c.parse().unwrap())
+            .collect();
+        assert_eq!(
+            cols,
+            vec![p as u64, 0, ends[p], ends[p], bytes[p]],
+            "describe's row for partition {p}: {stdout}"
+        );
+    }
+    let (status, _, stderr) = run_cli(
+        &["topic", "describe", "nope", "--addr", &addr.to_string()],
+        b"",
+        Duration::from_secs(30),
+    );
+    assert!(
+        !status.success() && stderr.contains("UnknownTopic"),
+        "{stderr}"
     );
 }

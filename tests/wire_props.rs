@@ -360,14 +360,25 @@ proptest! {
                             partition,
                             start_offset,
                             end_offset,
+                            bytes: end_offset ^ start_offset,
                         })
                         .collect(),
                 })
                 .collect(),
         };
         let mut out = Vec::new();
-        resp.encode(&mut out);
-        prop_assert_eq!(MetadataResponse::decode(&out), Ok(resp));
+        resp.encode_version(2, &mut out);
+        prop_assert_eq!(MetadataResponse::decode_version(&out, 2), Ok(resp.clone()));
+        // Version 1 has no bytes: they decode as 0.
+        let mut v1 = resp;
+        for t in &mut v1.topics {
+            for p in &mut t.partitions {
+                p.bytes = 0;
+            }
+        }
+        let mut out = Vec::new();
+        v1.encode(&mut out);
+        prop_assert_eq!(MetadataResponse::decode(&out), Ok(v1));
     }
 
     #[test]
@@ -432,12 +443,28 @@ proptest! {
         earliest in edgy_u64(),
         latest in edgy_u64(),
     ) {
-        let req = ListOffsetsRequest { topic: &topic, partition };
+        let req = ListOffsetsRequest {
+            topic: &topic,
+            partition,
+            timestamp_ms: None,
+        };
         let mut out = Vec::new();
         req.encode(&mut out);
         prop_assert_eq!(ListOffsetsRequest::decode(&out), Ok(req));
+        let req = ListOffsetsRequest {
+            topic: &topic,
+            partition,
+            timestamp_ms: Some(earliest as i64),
+        };
+        let mut out = Vec::new();
+        req.encode(&mut out);
+        prop_assert_eq!(ListOffsetsRequest::decode_version(&out, 2), Ok(req));
 
-        let resp = ListOffsetsResponse { earliest, latest };
+        let resp = ListOffsetsResponse {
+            earliest,
+            latest,
+            time_offset: None,
+        };
         let mut out = Vec::new();
         resp.encode(&mut out);
         prop_assert_eq!(out.len(), 16);

@@ -1301,6 +1301,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ListOffsetsRequest {
             topic: "orders",
             partition: 0,
+            timestamp_ms: None,
         }
         .encode(out)
     }));
@@ -1329,6 +1330,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
                     partition: 0,
                     start_offset: 0,
                     end_offset: 4,
+                    bytes: 0,
                 }],
             }],
         }
@@ -1347,6 +1349,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ListOffsetsResponse {
             earliest: 0,
             latest: 4,
+            time_offset: None,
         }
         .encode(out)
     }));

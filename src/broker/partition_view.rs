@@ -118,6 +118,50 @@ impl PartitionView {
         (start, end)
     }
 
+    /// The first offset of the first kept, committed batch appended at or
+    /// after `time_ms` by the running maximum of append times (so a clock
+    /// that stepped back cannot make an earlier batch look later), or one
+    /// past the last committed offset when there is none.
+    ///
+    /// # Errors
+    /// An index file could not be read.
+    pub fn offset_for_time(
+        &self,
+        time_ms: i64,
+        committed: u64,
+        journal_start: u64,
+    ) -> std::io::Result<u64> {
+        let (start, end) = self.offsets(committed, journal_start);
+        for d in &self.disk {
+            let Some(s) = d.index.sections().get(d.section) else {
+                continue;
+            };
+            if s.max_time_ms < time_ms {
+                continue;
+            }
+            let i = d.index.locate_time(s, time_ms)?;
+            let mut one = Vec::with_capacity(1);
+            if d.index.read_entries(s, i, 1, &mut one)? == 1 {
+                return Ok(one[0].base_offset.clamp(start, end));
+            }
+        }
+        let idx = &*self.memory.index;
+        let n = entries_below(idx, idx.len(), committed);
+        let from = entries_below(idx, n, journal_start);
+        let (mut lo, mut hi) = (from, n);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match idx.get(mid) {
+                Some(e) if e.max_time_ms < time_ms => lo = mid + 1,
+                _ => hi = mid,
+            }
+        }
+        Ok(idx
+            .get(lo)
+            .filter(|_| lo < n)
+            .map_or(end, |e| e.base_offset.clamp(start, end)))
+    }
+
     /// Bytes of the partition's batches that are kept (on disk or in
     /// memory) and committed.
     pub fn bytes(&self, committed: u64, journal_start: u64) -> u64 {
@@ -375,6 +419,31 @@ mod tests {
             100 * all.len() as u64,
             "bytes count both the files and memory"
         );
+    }
+
+    #[test]
+    fn a_time_lookup_searches_the_files_then_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = entries();
+        let mut v = view(dir.path(), &all);
+        let end = all.last().unwrap().next_offset();
+        // Each batch's running maximum time is its base offset.
+        for t in -5..end as i64 + 5 {
+            let want = all
+                .iter()
+                .find(|e| e.max_time_ms >= t)
+                .map_or(end, |e| e.base_offset);
+            assert_eq!(v.offset_for_time(t, u64::MAX, 0).unwrap(), want, "time {t}");
+        }
+        // Below C only, and never below the log start.
+        let c = all.iter().find(|e| e.position >= 2000).unwrap();
+        assert_eq!(
+            v.offset_for_time(i64::MAX, c.position, 0).unwrap(),
+            c.base_offset
+        );
+        v.forget_below(1000);
+        let second = all.iter().find(|e| e.position >= 1000).unwrap().base_offset;
+        assert_eq!(v.offset_for_time(0, u64::MAX, 1000).unwrap(), second);
     }
 
     #[test]

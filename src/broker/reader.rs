@@ -267,9 +267,9 @@ impl Reader {
             Some(ApiKey::Fetch) => {
                 return self.fetch(conn, flags, h.correlation_id, body, committed, now, out)
             }
-            Some(ApiKey::Metadata) => self.metadata(body, committed),
+            Some(ApiKey::Metadata) => self.metadata(body, committed, h.api_version),
             Some(ApiKey::ClusterStatus) => self.cluster_status(body),
-            Some(ApiKey::ListOffsets) => self.list_offsets(body, committed),
+            Some(ApiKey::ListOffsets) => self.list_offsets(body, committed, h.api_version),
             _ => Err(ErrorCode::Internal),
         };
         let code = match result {
@@ -329,7 +329,7 @@ impl Reader {
         Ok(())
     }
 
-    fn metadata(&mut self, body: &[u8], committed: u64) -> Result<(), ErrorCode> {
+    fn metadata(&mut self, body: &[u8], committed: u64, version: u16) -> Result<(), ErrorCode> {
         let req = MetadataRequest::decode(body).map_err(|_| ErrorCode::MalformedRequest)?;
         self.drain_events();
         let journal_start = self.journal_start;
@@ -346,6 +346,13 @@ impl Reader {
                         partition: i as u32,
                         start_offset,
                         end_offset,
+                        // A sum over the in-memory entries: only asked for
+                        // in version 2.
+                        bytes: if version >= 2 {
+                            p.bytes(committed, journal_start)
+                        } else {
+                            0
+                        },
                     }
                 })
                 .collect(),
@@ -370,12 +377,13 @@ impl Reader {
                 .collect()
         };
         self.out.clear();
-        MetadataResponse { topics }.encode(&mut self.out);
+        MetadataResponse { topics }.encode_version(version, &mut self.out);
         Ok(())
     }
 
-    fn list_offsets(&mut self, body: &[u8], committed: u64) -> Result<(), ErrorCode> {
-        let req = ListOffsetsRequest::decode(body).map_err(|_| ErrorCode::MalformedRequest)?;
+    fn list_offsets(&mut self, body: &[u8], committed: u64, version: u16) -> Result<(), ErrorCode> {
+        let req = ListOffsetsRequest::decode_version(body, version)
+            .map_err(|_| ErrorCode::MalformedRequest)?;
         check_topic_name(req.topic)?;
         let t = self.topic(req.topic).ok_or(ErrorCode::UnknownTopic)?;
         let p = self.topics[t]
@@ -383,8 +391,23 @@ impl Reader {
             .get(req.partition as usize)
             .ok_or(ErrorCode::UnknownPartition)?;
         let (earliest, latest) = p.offsets(committed, self.journal_start);
+        let time_offset = match req.timestamp_ms {
+            None => None,
+            Some(t) => Some(
+                p.offset_for_time(t, committed, self.journal_start)
+                    .map_err(|e| {
+                        crate::log!("list offsets: cannot read a segment index file: {e}");
+                        ErrorCode::StorageError
+                    })?,
+            ),
+        };
         self.out.clear();
-        ListOffsetsResponse { earliest, latest }.encode(&mut self.out);
+        ListOffsetsResponse {
+            earliest,
+            latest,
+            time_offset,
+        }
+        .encode(&mut self.out);
         Ok(())
     }
 
@@ -842,6 +865,7 @@ mod tests {
             ListOffsetsRequest {
                 topic,
                 partition: 0,
+                timestamp_ms: None,
             }
             .encode(out)
         });

@@ -63,7 +63,8 @@ impl Admin {
             .conn
             .call(ApiKey::Metadata, |out| request.encode(out))?
             .into_result()?;
-        Ok(MetadataResponse::decode(&response.body)?)
+        // Sent at the highest version: 2, with each partition's bytes.
+        Ok(MetadataResponse::decode_version(&response.body, 2)?)
     }
 
     /// The earliest and latest (one past the last committed) offsets of a
@@ -78,6 +79,23 @@ impl Admin {
         partition: u32,
     ) -> Result<ListOffsetsResponse, ClientError> {
         list_offsets(&self.conn, topic, partition)
+    }
+
+    /// The first offset of `partition` appended at or after `time_ms` (ms
+    /// since the Unix epoch; by the broker's append times, as a running
+    /// maximum), or the end of the partition when there is none. A time
+    /// before the log start gives the log start.
+    ///
+    /// # Errors
+    /// As [`Admin::list_offsets`].
+    pub fn offset_for_time(
+        &self,
+        topic: &str,
+        partition: u32,
+        time_ms: i64,
+    ) -> Result<u64, ClientError> {
+        let r = list_offsets_at(&self.conn, topic, partition, time_ms)?;
+        Ok(r.time_offset.unwrap_or(r.latest))
     }
 
     /// This broker's view of its replication group: its id, role, term,
@@ -113,11 +131,28 @@ pub(crate) fn list_offsets(
     topic: &str,
     partition: u32,
 ) -> Result<ListOffsetsResponse, ClientError> {
-    let request = ListOffsetsRequest { topic, partition };
+    // The connection speaks version 2, which always carries a time: the
+    // latest possible one looks nothing up on the broker.
+    list_offsets_at(conn, topic, partition, i64::MAX)
+}
+
+/// ListOffsets version 2: the range, and the first offset appended at or
+/// after `time_ms`.
+pub(crate) fn list_offsets_at(
+    conn: &Connection,
+    topic: &str,
+    partition: u32,
+    time_ms: i64,
+) -> Result<ListOffsetsResponse, ClientError> {
+    let request = ListOffsetsRequest {
+        topic,
+        partition,
+        timestamp_ms: Some(time_ms),
+    };
     let response = conn
         .call(ApiKey::ListOffsets, |out| request.encode(out))?
         .into_result()?;
-    Ok(ListOffsetsResponse::decode(&response.body)?)
+    Ok(ListOffsetsResponse::decode_version(&response.body, 2)?)
 }
 
 #[cfg(test)]
@@ -156,19 +191,22 @@ mod tests {
                         partition: 0,
                         start_offset: 2,
                         end_offset: 9,
+                        bytes: 700,
                     }],
                 }],
             }
-            .encode(&mut body);
+            .encode_version(2, &mut body);
             c.reply(&req, 0, &body);
 
             let req = c.read_request().unwrap();
-            let lo = ListOffsetsRequest::decode(&req.body).unwrap();
+            assert_eq!(req.header.api_version, 2);
+            let lo = ListOffsetsRequest::decode_version(&req.body, 2).unwrap();
             assert_eq!((lo.topic, lo.partition), ("orders", 1));
             let mut body = Vec::new();
             ListOffsetsResponse {
                 earliest: 4,
                 latest: 10,
+                time_offset: Some(10),
             }
             .encode(&mut body);
             c.reply(&req, 0, &body);

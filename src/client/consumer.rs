@@ -26,6 +26,9 @@ pub enum StartFrom {
     Latest,
     /// A given offset.
     Offset(u64),
+    /// The first record appended at or after this time (ms since the Unix
+    /// epoch, by the broker's clock), or the end when there is none.
+    Time(i64),
 }
 
 /// How a consumer fetches.
@@ -109,6 +112,10 @@ impl Consumer {
             StartFrom::Offset(offset) => offset,
             StartFrom::Earliest => list_offsets(&conn, topic, partition)?.earliest,
             StartFrom::Latest => list_offsets(&conn, topic, partition)?.latest,
+            StartFrom::Time(ms) => {
+                let r = super::admin::list_offsets_at(&conn, topic, partition, ms)?;
+                r.time_offset.unwrap_or(r.latest)
+            }
         };
         Ok(Consumer {
             conn,
@@ -276,10 +283,15 @@ mod tests {
 
     fn answer_list_offsets(c: &mut FakeConn, earliest: u64, latest: u64) {
         let req = c.read_request().expect("a list offsets");
-        let lo = ListOffsetsRequest::decode(&req.body).unwrap();
+        let lo = ListOffsetsRequest::decode_version(&req.body, 2).unwrap();
         assert_eq!((lo.topic, lo.partition), ("orders", 1));
         let mut body = Vec::new();
-        ListOffsetsResponse { earliest, latest }.encode(&mut body);
+        ListOffsetsResponse {
+            earliest,
+            latest,
+            time_offset: Some(latest),
+        }
+        .encode(&mut body);
         c.reply(&req, 0, &body);
     }
 

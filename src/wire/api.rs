@@ -62,8 +62,13 @@ impl ApiKey {
     }
 
     /// Lowest and highest version of this API the broker speaks.
+    /// Metadata 2 adds each partition's bytes; ListOffsets 2 looks an
+    /// offset up by append time (docs/protocol.md §7.4, §7.7).
     pub fn versions(self) -> (u16, u16) {
-        (1, 1)
+        match self {
+            ApiKey::Metadata | ApiKey::ListOffsets => (1, 2),
+            _ => (1, 1),
+        }
     }
 }
 
@@ -283,6 +288,9 @@ pub struct PartitionMetadata {
     pub start_offset: u64,
     /// One past the last committed offset (the high watermark).
     pub end_offset: u64,
+    /// Bytes of the batches kept from `start_offset` to `end_offset`
+    /// (version 2; 0 when decoded from version 1).
+    pub bytes: u64,
 }
 
 /// One topic in a metadata response.
@@ -304,8 +312,13 @@ pub struct MetadataResponse {
 }
 
 impl MetadataResponse {
-    /// Appends the body.
+    /// Appends the version 1 body.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_version(1, out);
+    }
+
+    /// Appends the body of `version` (2 adds each partition's bytes).
+    pub fn encode_version(&self, version: u16, out: &mut Vec<u8>) {
         out.put_u32(self.topics.len() as u32);
         for t in &self.topics {
             out.put_str(&t.name);
@@ -315,15 +328,26 @@ impl MetadataResponse {
                 out.put_u32(p.partition);
                 out.put_u64(p.start_offset);
                 out.put_u64(p.end_offset);
+                if version >= 2 {
+                    out.put_u64(p.bytes);
+                }
             }
         }
     }
 
-    /// Parses a body.
+    /// Parses a version 1 body.
     ///
     /// # Errors
     /// [`DecodeError`] for a truncated or over-long body.
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        MetadataResponse::decode_version(body, 1)
+    }
+
+    /// Parses a body of `version`.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a truncated or over-long body.
+    pub fn decode_version(body: &[u8], version: u16) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
         let n = r.u32("topic_count")?;
         let mut topics = Vec::new();
@@ -331,13 +355,15 @@ impl MetadataResponse {
             let name = r.str("name")?.to_string();
             let error_code = r.u16("error_code")?;
             let np = r.u32("partition_count")?;
-            // Never trust a count for an allocation: each entry is 20 bytes.
+            // Never trust a count for an allocation: each entry is at
+            // least 20 bytes.
             let mut partitions = Vec::with_capacity((np as usize).min(r.remaining() / 20));
             for _ in 0..np {
                 partitions.push(PartitionMetadata {
                     partition: r.u32("partition")?,
                     start_offset: r.u64("start_offset")?,
                     end_offset: r.u64("end_offset")?,
+                    bytes: if version >= 2 { r.u64("bytes")? } else { 0 },
                 });
             }
             topics.push(TopicMetadata {
@@ -537,24 +563,52 @@ pub struct ListOffsetsRequest<'a> {
     pub topic: &'a str,
     /// Partition number.
     pub partition: u32,
+    /// Version 2: look up the first offset appended at or after this time
+    /// (ms since the Unix epoch); `None` in version 1.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl<'a> ListOffsetsRequest<'a> {
-    /// Appends the body.
+    /// Appends the body: version 2 when it has a time, else version 1.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.put_str(self.topic);
         out.put_u32(self.partition);
+        if let Some(t) = self.timestamp_ms {
+            out.put_u64(t as u64);
+        }
     }
 
-    /// Parses a body.
+    /// The version [`ListOffsetsRequest::encode`] writes.
+    pub fn version(&self) -> u16 {
+        if self.timestamp_ms.is_some() {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Parses a version 1 body.
     ///
     /// # Errors
     /// [`DecodeError`] for a truncated or over-long body.
     pub fn decode(body: &'a [u8]) -> Result<Self, DecodeError> {
+        ListOffsetsRequest::decode_version(body, 1)
+    }
+
+    /// Parses a body of `version`.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a truncated or over-long body.
+    pub fn decode_version(body: &'a [u8], version: u16) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
         let out = ListOffsetsRequest {
             topic: r.str("topic")?,
             partition: r.u32("partition")?,
+            timestamp_ms: if version >= 2 {
+                Some(r.u64("timestamp_ms")? as i64)
+            } else {
+                None
+            },
         };
         r.finish()?;
         Ok(out)
@@ -568,24 +622,44 @@ pub struct ListOffsetsResponse {
     pub earliest: u64,
     /// One past the last committed offset.
     pub latest: u64,
+    /// Version 2: the first offset of the first batch appended at or after
+    /// the time asked for (by the running maximum of append times), or
+    /// `latest` when there is none; `None` in version 1.
+    pub time_offset: Option<u64>,
 }
 
 impl ListOffsetsResponse {
-    /// Appends the body.
+    /// Appends the body: version 2 when it has a time offset.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.put_u64(self.earliest);
         out.put_u64(self.latest);
+        if let Some(o) = self.time_offset {
+            out.put_u64(o);
+        }
     }
 
-    /// Parses a body.
+    /// Parses a version 1 body.
     ///
     /// # Errors
     /// [`DecodeError`] for a truncated or over-long body.
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        ListOffsetsResponse::decode_version(body, 1)
+    }
+
+    /// Parses a body of `version`.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a truncated or over-long body.
+    pub fn decode_version(body: &[u8], version: u16) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
         let out = ListOffsetsResponse {
             earliest: r.u64("earliest")?,
             latest: r.u64("latest")?,
+            time_offset: if version >= 2 {
+                Some(r.u64("time_offset")?)
+            } else {
+                None
+            },
         };
         r.finish()?;
         Ok(out)
@@ -913,12 +987,47 @@ mod tests {
                     partition: 0,
                     start_offset: 0,
                     end_offset: 9,
+                    bytes: 0,
                 }],
             }],
         };
         let mut out = Vec::new();
         resp.encode(&mut out);
-        assert_eq!(MetadataResponse::decode(&out), Ok(resp));
+        assert_eq!(MetadataResponse::decode(&out), Ok(resp.clone()));
+        // Version 2 carries each partition's bytes, 8 more per partition.
+        let mut with_bytes = resp;
+        with_bytes.topics[0].partitions[0].bytes = 12_345;
+        let mut v2 = Vec::new();
+        with_bytes.encode_version(2, &mut v2);
+        assert_eq!(v2.len(), out.len() + 8);
+        assert_eq!(MetadataResponse::decode_version(&v2, 2), Ok(with_bytes));
+        assert!(MetadataResponse::decode_version(&out, 2).is_err());
+    }
+
+    #[test]
+    fn list_offsets_version_2_carries_a_time_and_the_offset_found() {
+        let req = ListOffsetsRequest {
+            topic: "orders",
+            partition: 3,
+            timestamp_ms: Some(-5),
+        };
+        assert_eq!(req.version(), 2);
+        let mut out = Vec::new();
+        req.encode(&mut out);
+        assert_eq!(ListOffsetsRequest::decode_version(&out, 2), Ok(req));
+        assert!(
+            ListOffsetsRequest::decode(&out).is_err(),
+            "8 bytes too many for v1"
+        );
+        let resp = ListOffsetsResponse {
+            earliest: 1,
+            latest: 9,
+            time_offset: Some(4),
+        };
+        let mut out = Vec::new();
+        resp.encode(&mut out);
+        assert_eq!(out.len(), 24);
+        assert_eq!(ListOffsetsResponse::decode_version(&out, 2), Ok(resp));
     }
 
     #[test]
@@ -927,6 +1036,7 @@ mod tests {
         ListOffsetsRequest {
             topic: "a",
             partition: 0,
+            timestamp_ms: None,
         }
         .encode(&mut out);
         out.push(0);

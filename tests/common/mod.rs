@@ -955,7 +955,12 @@ impl RawConn {
     pub fn list_offsets(&mut self, topic: &str, partition: u32) -> ListOffsetsResponse {
         let r = self
             .request(ApiKey::ListOffsets, |out| {
-                ListOffsetsRequest { topic, partition }.encode(out)
+                ListOffsetsRequest {
+                    topic,
+                    partition,
+                    timestamp_ms: None,
+                }
+                .encode(out)
             })
             .ok();
         ListOffsetsResponse::decode(&r.body).expect("decode list offsets response")
