@@ -180,21 +180,28 @@ fn read_back(addr: SocketAddr, ends: Vec<u64>) -> Vec<u64> {
     })
 }
 
-#[test]
-fn sealed_segments_get_index_files_and_reads_through_them_return_every_record() {
-    let _serial = lock(&SERIAL);
-    let dir = TestDir::new();
-    let config = dir.config(SMALL_SEGMENTS_TOML);
-    let args = ["--config", path_str(&config)];
-    let mut broker = BrokerProc::start(&dir.data, &args);
+/// A broker started with `args` in `dir`, its topic filled with about 6
+/// MiB (five or six sealed segments), once every sealed segment has its
+/// index file: the broker, the partitions' ends and the segment starts.
+fn filled(dir: &TestDir, args: &[&str]) -> (BrokerProc, Vec<u64>, Vec<u64>) {
+    let broker = BrokerProc::start(&dir.data, args);
     RawConn::connect(broker.addr()).create_topic(TOPIC, PARTITIONS);
-    // About 6 MiB: five or six sealed segments.
     let ends = produce(broker.addr(), vec![0; PARTITIONS as usize], 2_700);
     let segments = wait_for_index_files(&dir.data);
     assert!(
         segments.len() >= 5,
         "the test needs sealed segments: {segments:?}"
     );
+    (broker, ends, segments)
+}
+
+#[test]
+fn sealed_segments_get_index_files_and_reads_through_them_return_every_record() {
+    let _serial = lock(&SERIAL);
+    let dir = TestDir::new();
+    let config = dir.config(SMALL_SEGMENTS_TOML);
+    let args = ["--config", path_str(&config)];
+    let (mut broker, ends, segments) = filled(&dir, &args);
     let indexed = check_index_files(&dir.data, &segments);
     assert!(
         indexed > 2_000,
@@ -230,14 +237,7 @@ fn damaged_missing_and_stray_index_files_are_rebuilt_or_deleted_at_the_next_star
     let dir = TestDir::new();
     let config = dir.config(SMALL_SEGMENTS_TOML);
     let args = ["--config", path_str(&config)];
-    let mut broker = BrokerProc::start(&dir.data, &args);
-    RawConn::connect(broker.addr()).create_topic(TOPIC, PARTITIONS);
-    let ends = produce(broker.addr(), vec![0; PARTITIONS as usize], 2_700);
-    let segments = wait_for_index_files(&dir.data);
-    assert!(
-        segments.len() >= 5,
-        "the test needs sealed segments: {segments:?}"
-    );
+    let (mut broker, ends, segments) = filled(&dir, &args);
     broker.terminate();
 
     let idx = |start: u64| dir.data.join(seg_index::index_file_name(start));

@@ -503,14 +503,7 @@ impl Reader {
             }
             Err(NoSelection::Io(e)) => {
                 crate::log!("fetch: cannot read a segment index file: {e}");
-                self.answer_error(
-                    w.conn,
-                    w.flags,
-                    w.correlation_id,
-                    ApiKey::Fetch,
-                    ErrorCode::StorageError,
-                    out,
-                )?;
+                self.answer_storage_error(w, out)?;
                 return Ok(true);
             }
         };
@@ -547,17 +540,26 @@ impl Reader {
             Some(Ok(())) => Ok(true),
             Some(Err(e)) => {
                 crate::log!("fetch read failed: {e}");
-                self.answer_error(
-                    w.conn,
-                    w.flags,
-                    w.correlation_id,
-                    ApiKey::Fetch,
-                    ErrorCode::StorageError,
-                    out,
-                )?;
+                self.answer_storage_error(w, out)?;
                 Ok(true)
             }
         }
+    }
+
+    /// Answers `w` with `StorageError` (the cause was logged).
+    fn answer_storage_error(
+        &mut self,
+        w: &WaitingFetch,
+        out: &mut MessageProducer,
+    ) -> Result<(), RingFull> {
+        self.answer_error(
+            w.conn,
+            w.flags,
+            w.correlation_id,
+            ApiKey::Fetch,
+            ErrorCode::StorageError,
+            out,
+        )
     }
 
     /// Writes the fetch answer's response header and body prefix to
