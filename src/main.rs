@@ -565,7 +565,7 @@ fn list_topics(addr: &str) -> Result<()> {
 }
 
 fn describe_topic(addr: &str, name: &str) -> Result<()> {
-    let metadata = admin(addr)?.metadata(&[name])?;
+    let metadata = admin(addr)?.describe(&[name])?;
     let Some(topic) = metadata.topics.into_iter().find(|t| t.name == name) else {
         anyhow::bail!("the broker did not describe topic {name}");
     };

@@ -273,7 +273,7 @@ impl Janitor {
         // job's handles, which the writer still has.
         if let Some((job, done)) = self.indexing.take() {
             self.skipped = 0;
-            let mut trim = offload::trim(done, &job.partitions);
+            let mut trim = offload::trim(done, job.below, &job.partitions);
             trim.stopped = self.index_stopped;
             let _ = writer.send(trim);
         }

@@ -6,7 +6,7 @@ use crate::wire::api::{
     ClusterStatusResponse, CreateTopicRequest, ListOffsetsRequest, ListOffsetsResponse,
     MetadataRequest, MetadataResponse,
 };
-use crate::wire::ApiKey;
+use crate::wire::{ApiKey, ErrorCode};
 use std::net::ToSocketAddrs;
 
 /// A connection used for administrative requests, one at a time.
@@ -63,8 +63,25 @@ impl Admin {
             .conn
             .call(ApiKey::Metadata, |out| request.encode(out))?
             .into_result()?;
-        // Sent at the highest version: 2, with each partition's bytes.
-        Ok(MetadataResponse::decode_version(&response.body, 2)?)
+        Ok(MetadataResponse::decode(&response.body)?)
+    }
+
+    /// As [`Admin::metadata`], with the bytes each partition holds
+    /// (Metadata version 2).
+    ///
+    /// # Errors
+    /// As [`Admin::metadata`]; [`ClientError::Broker`] with
+    /// `UnsupportedVersion` when the broker does not speak version 2.
+    pub fn describe(&self, topics: &[&str]) -> Result<MetadataResponse, ClientError> {
+        let version = version_at_least(&self.conn, ApiKey::Metadata, 2)?;
+        let request = MetadataRequest {
+            topics: topics.to_vec(),
+        };
+        let response = self
+            .conn
+            .call_version(ApiKey::Metadata, version, |out| request.encode(out))?
+            .into_result()?;
+        Ok(MetadataResponse::decode_version(&response.body, version)?)
     }
 
     /// The earliest and latest (one past the last committed) offsets of a
@@ -131,9 +148,30 @@ pub(crate) fn list_offsets(
     topic: &str,
     partition: u32,
 ) -> Result<ListOffsetsResponse, ClientError> {
-    // The connection speaks version 2, which always carries a time: the
-    // latest possible one looks nothing up on the broker.
-    list_offsets_at(conn, topic, partition, i64::MAX)
+    let request = ListOffsetsRequest {
+        topic,
+        partition,
+        timestamp_ms: None,
+    };
+    let response = conn
+        .call(ApiKey::ListOffsets, |out| request.encode(out))?
+        .into_result()?;
+    Ok(ListOffsetsResponse::decode(&response.body)?)
+}
+
+/// The highest version of `api` the connection and its broker share, when
+/// it is at least `least`.
+fn version_at_least(conn: &Connection, api: ApiKey, least: u16) -> Result<u16, ClientError> {
+    match conn.version_for(api) {
+        Some(v) if v >= least => Ok(v),
+        _ => Err(ClientError::Broker {
+            code: ErrorCode::UnsupportedVersion,
+            message: format!(
+                "the broker does not speak {api:?} version {least} (a broker from before it \
+                 was added)"
+            ),
+        }),
+    }
 }
 
 /// ListOffsets version 2: the range, and the first offset appended at or
@@ -144,15 +182,19 @@ pub(crate) fn list_offsets_at(
     partition: u32,
     time_ms: i64,
 ) -> Result<ListOffsetsResponse, ClientError> {
+    let version = version_at_least(conn, ApiKey::ListOffsets, 2)?;
     let request = ListOffsetsRequest {
         topic,
         partition,
         timestamp_ms: Some(time_ms),
     };
     let response = conn
-        .call(ApiKey::ListOffsets, |out| request.encode(out))?
+        .call_version(ApiKey::ListOffsets, version, |out| request.encode(out))?
         .into_result()?;
-    Ok(ListOffsetsResponse::decode_version(&response.body, 2)?)
+    Ok(ListOffsetsResponse::decode_version(
+        &response.body,
+        version,
+    )?)
 }
 
 #[cfg(test)]
@@ -161,6 +203,29 @@ mod tests {
     use crate::client::fake;
     use crate::wire::api::{PartitionMetadata, TopicMetadata};
     use crate::wire::ErrorCode;
+
+    /// Version 2 requests go only to a broker that says it speaks them;
+    /// against an older one they fail here, and nothing is sent.
+    #[test]
+    fn time_lookups_and_describe_need_a_broker_that_speaks_version_2() {
+        let broker = fake::spawn(|mut c| {
+            // Only the Ping below arrives.
+            let req = c.read_request().unwrap();
+            assert_eq!(req.header.api_key, ApiKey::Ping.as_u16());
+            c.reply(&req, 0, &req.body);
+            c.read_request();
+        });
+        let admin = Admin::connect(broker.addr).unwrap();
+        for err in [
+            admin.offset_for_time("orders", 0, 5).unwrap_err(),
+            admin.describe(&["orders"]).unwrap_err(),
+        ] {
+            assert_eq!(err.code(), Some(ErrorCode::UnsupportedVersion), "{err}");
+        }
+        assert_eq!(admin.ping(b"still here").unwrap(), b"still here");
+        drop(admin);
+        broker.join();
+    }
 
     #[test]
     fn admin_calls_encode_requests_and_decode_answers() {
@@ -191,22 +256,22 @@ mod tests {
                         partition: 0,
                         start_offset: 2,
                         end_offset: 9,
-                        bytes: 700,
+                        bytes: 0,
                     }],
                 }],
             }
-            .encode_version(2, &mut body);
+            .encode(&mut body);
             c.reply(&req, 0, &body);
 
             let req = c.read_request().unwrap();
-            assert_eq!(req.header.api_version, 2);
-            let lo = ListOffsetsRequest::decode_version(&req.body, 2).unwrap();
+            assert_eq!(req.header.api_version, 1);
+            let lo = ListOffsetsRequest::decode(&req.body).unwrap();
             assert_eq!((lo.topic, lo.partition), ("orders", 1));
             let mut body = Vec::new();
             ListOffsetsResponse {
                 earliest: 4,
                 latest: 10,
-                time_offset: Some(10),
+                time_offset: None,
             }
             .encode(&mut body);
             c.reply(&req, 0, &body);

@@ -31,7 +31,7 @@
 //! comes; a write that makes no progress for as long fails the same way.
 
 use super::error::ClientError;
-use crate::wire::api::{HandshakeRequest, HandshakeResponse, PROTOCOL_VERSION};
+use crate::wire::api::{ApiVersions, HandshakeRequest, HandshakeResponse, PROTOCOL_VERSION};
 use crate::wire::codec::{le_u32, set_u32};
 use crate::wire::frame::{
     check_frame, finish_frame, FrameError, RequestHeader, ResponseHeader, LENGTH_PREFIX_LEN,
@@ -664,10 +664,25 @@ impl WriteState {
         waiter: Option<Waiter>,
         max_frame_bytes: usize,
     ) -> Result<u32, ClientError> {
+        let version = api.versions().0;
+        self.enqueue_version(shared, api, version, body_encoder, waiter, max_frame_bytes)
+    }
+
+    /// [`WriteState::enqueue`] at API version `version` (the body must be
+    /// of that version).
+    fn enqueue_version(
+        &mut self,
+        shared: &Shared,
+        api: ApiKey,
+        version: u16,
+        body_encoder: impl FnOnce(&mut Vec<u8>),
+        waiter: Option<Waiter>,
+        max_frame_bytes: usize,
+    ) -> Result<u32, ClientError> {
         let mut start = self.buf.len();
         RequestHeader {
             api_key: api.as_u16(),
-            api_version: api.versions().1,
+            api_version: version,
             correlation_id: 0,
             flags: 0,
         }
@@ -795,6 +810,8 @@ pub struct Connection {
     reader: Option<JoinHandle<()>>,
     max_frame_bytes: usize,
     server: String,
+    /// The broker's API versions, from the handshake.
+    apis: Vec<ApiVersions>,
     local_addr: SocketAddr,
     peer_addr: SocketAddr,
 }
@@ -893,6 +910,7 @@ impl Connection {
             reader: Some(reader),
             max_frame_bytes: PRE_HANDSHAKE_FRAME_BYTES_MAX,
             server: String::new(),
+            apis: Vec::new(),
             local_addr,
             peer_addr,
         };
@@ -919,6 +937,7 @@ impl Connection {
         }
         self.max_frame_bytes = hs.frame_bytes_max as usize;
         self.server = hs.server;
+        self.apis = hs.apis;
         Ok(())
     }
 
@@ -1020,6 +1039,52 @@ impl Connection {
             // The close sweep already gave the hook the error.
             Err(_) => Ok(()),
         }
+    }
+
+    /// The highest version of `api` both this client and the broker speak
+    /// (from the handshake), or `None` when they share none. Requests sent
+    /// with [`Connection::send`] and [`Connection::call`] use the API's
+    /// first version, which every broker speaks.
+    pub fn version_for(&self, api: ApiKey) -> Option<u16> {
+        let (ours_min, ours_max) = api.versions();
+        let (theirs_min, theirs_max) = self
+            .apis
+            .iter()
+            .find(|a| a.api_key == api.as_u16())
+            .map_or((1, 1), |a| (a.min_version, a.max_version));
+        let v = ours_max.min(theirs_max);
+        (v >= ours_min.max(theirs_min)).then_some(v)
+    }
+
+    /// Sends a request at API version `version` (the body must be of that
+    /// version; see [`Connection::version_for`]) and waits for its
+    /// response.
+    ///
+    /// # Errors
+    /// As [`Connection::call`].
+    pub fn call_version(
+        &self,
+        api: ApiKey,
+        version: u16,
+        body_encoder: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Response, ClientError> {
+        let mut w = self.lock_writer()?;
+        let id = w.enqueue_version(
+            &self.shared,
+            api,
+            version,
+            body_encoder,
+            Some(Waiter::Ticket),
+            self.max_frame_bytes,
+        )?;
+        let ticket = Ticket {
+            shared: Arc::clone(&self.shared),
+            id,
+            taken: false,
+        };
+        w.write_all_buffered(&self.shared)?;
+        drop(w);
+        ticket.wait()
     }
 
     /// Sends a request and waits for its response.

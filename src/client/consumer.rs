@@ -283,13 +283,13 @@ mod tests {
 
     fn answer_list_offsets(c: &mut FakeConn, earliest: u64, latest: u64) {
         let req = c.read_request().expect("a list offsets");
-        let lo = ListOffsetsRequest::decode_version(&req.body, 2).unwrap();
+        let lo = ListOffsetsRequest::decode(&req.body).unwrap();
         assert_eq!((lo.topic, lo.partition), ("orders", 1));
         let mut body = Vec::new();
         ListOffsetsResponse {
             earliest,
             latest,
-            time_offset: Some(latest),
+            time_offset: None,
         }
         .encode(&mut body);
         c.reply(&req, 0, &body);
@@ -410,5 +410,60 @@ mod tests {
         assert_eq!((consumer.position(), consumer.skipped()), (41, 33));
         drop(consumer);
         broker.join();
+    }
+
+    /// Review finding: a broker from before this change advertises ListOffsets
+    /// 1..1 in its handshake and refuses version 2 (reactor:
+    /// UnsupportedVersion). Consumer::connect(Earliest) needs nothing of
+    /// version 2, yet the client always sends `ApiKey::versions().1` and
+    /// ignores the handshake's API versions.
+    #[test]
+    fn earliest_works_against_a_broker_that_speaks_list_offsets_1_only() {
+        use crate::wire::api::{ApiVersions, HandshakeResponse};
+        let broker = fake::spawn_raw(|mut c| {
+            let req = c.read_request().expect("a handshake");
+            let mut body = Vec::new();
+            HandshakeResponse {
+                version: 1,
+                frame_bytes_max: 1 << 20,
+                server: "hutong (older)".into(),
+                apis: ApiKey::ALL
+                    .iter()
+                    .map(|a| ApiVersions {
+                        api_key: a.as_u16(),
+                        min_version: 1,
+                        max_version: 1,
+                    })
+                    .collect(),
+            }
+            .encode(&mut body);
+            c.reply(&req, 0, &body);
+            let req = c.read_request().expect("a list offsets");
+            if req.header.api_version != 1 {
+                // What the older broker's reactor answers.
+                c.reply_error(
+                    &req,
+                    ErrorCode::UnsupportedVersion,
+                    "unsupported API version",
+                );
+                return;
+            }
+            let lo = ListOffsetsRequest::decode(&req.body).unwrap();
+            assert_eq!((lo.topic, lo.partition), ("orders", 1));
+            let mut body = Vec::new();
+            ListOffsetsResponse {
+                earliest: 5,
+                latest: 9,
+                time_offset: None,
+            }
+            .encode(&mut body);
+            c.reply(&req, 0, &body);
+        });
+        let r = Consumer::connect(broker.addr, "orders", 1, StartFrom::Earliest);
+        assert!(
+            r.is_ok(),
+            "against a ListOffsets 1..1 broker: {:?}",
+            r.err()
+        );
     }
 }

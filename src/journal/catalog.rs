@@ -204,6 +204,9 @@ pub struct Catalog {
     /// Position below which index entries may have left memory for segment
     /// index files ([`Catalog::trim`]): the journal is never cut below it.
     trimmed_below: u64,
+    /// A trim's offer found its index replaced: some entries below
+    /// `trimmed_below` are still in memory.
+    stale_trims: bool,
 }
 
 impl Default for Catalog {
@@ -225,6 +228,7 @@ impl Catalog {
             producers: ProducerStates::new(limits),
             cluster_id: None,
             trimmed_below: 0,
+            stale_trims: false,
         }
     }
 
@@ -436,10 +440,7 @@ impl Catalog {
     /// slots of the topics whose indexes were replaced: readers must take
     /// new handles.
     pub fn trim(&mut self, trim: Trim) -> Vec<usize> {
-        let Some(&(_, end)) = trim.segments.last() else {
-            return Vec::new();
-        };
-        self.trimmed_below = self.trimmed_below.max(end);
+        self.trimmed_below = self.trimmed_below.max(trim.below);
         let mut changed = Vec::new();
         for offer in trim.offers {
             let Some(slot) = self.lookup_id(offer.topic_id) else {
@@ -457,6 +458,9 @@ impl Catalog {
                 }
             }
             if !Arc::ptr_eq(p.index.log(), &offer.source) {
+                // A cut replaced the index meanwhile: the next job trims
+                // it again.
+                self.stale_trims = true;
                 continue;
             }
             let mut index = offer.index;
@@ -473,6 +477,13 @@ impl Catalog {
             }
         }
         changed
+    }
+
+    /// Where index entries may have left memory, and whether some below it
+    /// are still there (a trim was refused for an index a cut replaced);
+    /// clears the latter.
+    pub fn take_trim_state(&mut self) -> (u64, bool) {
+        (self.trimmed_below, std::mem::take(&mut self.stale_trims))
     }
 
     /// Forgets the on-disk segments below `position`, which retention

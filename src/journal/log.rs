@@ -972,6 +972,11 @@ impl Journal {
     /// one job for the indexing stage, with a read handle on every
     /// partition index; `None` when there is none. A segment is handed out
     /// once.
+    ///
+    /// A job without segments only trims: when retention deleted segments
+    /// before they were indexed, or a cut made an earlier trim miss, the
+    /// entries below the journal start (or below what is indexed) still
+    /// have to leave memory.
     pub fn index_job(&mut self, durable: u64) -> Option<IndexJob> {
         let from = self.indexing_from.max(self.start);
         let segments: Vec<(u64, u64)> = self
@@ -980,8 +985,13 @@ impl Journal {
             .filter(|s| s.start >= from && s.end <= durable)
             .map(|s| (s.start, s.end))
             .collect();
-        let &(_, last_end) = segments.last()?;
-        self.indexing_from = last_end;
+        let (trimmed_below, stale) = self.catalog.take_trim_state();
+        let below = self.start.max(trimmed_below);
+        match segments.last() {
+            Some(&(_, last_end)) => self.indexing_from = last_end,
+            None if stale || below > trimmed_below => {}
+            None => return None,
+        }
         let partitions = self
             .catalog
             .topics()
@@ -999,6 +1009,7 @@ impl Journal {
             .collect();
         Some(IndexJob {
             segments,
+            below,
             partitions,
         })
     }

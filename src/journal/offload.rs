@@ -37,8 +37,12 @@ pub struct JobPartition {
 /// built from these handles holds only while the writer still has them.
 #[derive(Debug, Clone)]
 pub struct IndexJob {
-    /// The segments, oldest first.
+    /// The segments, oldest first; may be empty for a job that only trims.
     pub segments: Vec<(u64, u64)>,
+    /// Entries below this position leave memory too: they belong to
+    /// segments indexed before or deleted by retention (0: nothing more
+    /// than the segments').
+    pub below: u64,
     /// Every partition of every topic when the job was made.
     pub partitions: Vec<JobPartition>,
 }
@@ -72,6 +76,9 @@ pub struct TrimOffer {
 pub struct Trim {
     /// `(start, end)` of each segment indexed, oldest first, adjacent.
     pub segments: Vec<(u64, u64)>,
+    /// Every entry below this position leaves memory: the last segment's
+    /// end, or the job's `below` when that is higher.
+    pub below: u64,
     /// One offer per partition that has entries to drop.
     pub offers: Vec<TrimOffer>,
     /// Indexing stopped for good: hand out no more jobs.
@@ -133,17 +140,20 @@ pub fn write_index(
     })
 }
 
-/// The trim for `segments` (adjacent, oldest first, all indexed on disk):
-/// per partition a copy of its entries from the last segment's end on,
-/// built here rather than on the writer.
-pub fn trim(segments: Vec<(u64, u64)>, partitions: &[JobPartition]) -> Trim {
-    let Some(&(_, end)) = segments.last() else {
+/// The trim for `segments` (adjacent, oldest first, all indexed on disk)
+/// and whatever lies below `below` (indexed or deleted before): per
+/// partition a copy of its entries from there on, built here rather than
+/// on the writer.
+pub fn trim(segments: Vec<(u64, u64)>, below: u64, partitions: &[JobPartition]) -> Trim {
+    let end = segments.last().map_or(below, |&(_, end)| end.max(below));
+    if end == 0 {
         return Trim {
             segments,
+            below: end,
             offers: Vec::new(),
             stopped: false,
         };
-    };
+    }
     let offers = partitions
         .iter()
         .filter_map(|p| {
@@ -185,6 +195,7 @@ pub fn trim(segments: Vec<(u64, u64)>, partitions: &[JobPartition]) -> Trim {
         .collect();
     Trim {
         segments,
+        below: end,
         offers,
         stopped: false,
     }
@@ -243,7 +254,7 @@ mod tests {
         for &(start, end) in &job.segments {
             write_index(dir, start, end, &job.partitions).unwrap();
         }
-        trim(job.segments.clone(), &job.partitions)
+        trim(job.segments.clone(), job.below, &job.partitions)
     }
 
     fn append(j: &mut Journal, slot: usize, partition: u32, now_ms: i64) {
@@ -413,6 +424,78 @@ mod tests {
             p.index.get(0).unwrap().max_time_ms,
             5_000,
             "running max lost"
+        );
+    }
+
+    /// Review finding: with a size budget below one segment, retention deletes
+    /// every sealed segment in the same writer look that would index it
+    /// (`Writer::retain`: the decision first, then `index_job`, which
+    /// starts at the new journal start). No segment is ever indexed, so
+    /// no trim ever comes and the in-memory index keeps every batch ever
+    /// written, all of them below the journal start.
+    #[test]
+    fn entries_of_segments_deleted_before_indexing_leave_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path(), 4096, 4096).unwrap();
+        let (_, a) = j.create_topic("a", 1, 1, 1_000).unwrap();
+        for _ in 0..20 {
+            let sealed = j.sealed().len();
+            while j.sealed().len() == sealed {
+                append(&mut j, a, 0, 1_000);
+            }
+            j.write_out().unwrap();
+            // One writer look (flushed = committed = end, standalone).
+            let _ = j.retain(Retention { bytes: 1, ms: None }, j.end(), 1_000);
+            if let Some(job) = j.index_job(j.end()) {
+                j.trim(carry(dir.path(), &job));
+            }
+        }
+        let p = &j.catalog().topic(a).partitions[0];
+        let below = entries_below_in(&p.index, p.index.len(), j.start());
+        assert_eq!(
+            below,
+            0,
+            "{below} in-memory index entries lie below the journal start {} and never leave",
+            j.start()
+        );
+    }
+
+    /// Review finding: a cut (follower truncation of its uncommitted tail) while an
+    /// index job is out makes the job's offer stale for every partition the
+    /// cut touched: the trim is refused for it, the writer goes Idle, and
+    /// `index_job` has nothing new to hand out until another segment is
+    /// sealed and committed. The job's entries (after a restart: the whole
+    /// backlog) stayed in memory meanwhile, though their files were
+    /// written; now the next job trims again.
+    #[test]
+    fn a_cut_while_a_job_is_out_does_not_keep_its_entries_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path(), 4096, 4096).unwrap();
+        let (_, a) = j.create_topic("a", 1, 1, 1_000).unwrap();
+        while j.sealed().len() < 3 {
+            append(&mut j, a, 0, 1_000);
+        }
+        j.write_out().unwrap();
+        let job = j.index_job(j.end()).unwrap();
+        let (_, job_end) = *job.segments.last().unwrap();
+        // An uncommitted tail in the active segment, cut back.
+        let at = j.end();
+        append(&mut j, a, 0, 1_000);
+        j.write_out().unwrap();
+        j.truncate(at, at).unwrap();
+        // The stage writes the files and answers.
+        j.trim(carry(dir.path(), &job));
+        // The refused offer makes the next job one that only trims.
+        let again = j.index_job(j.end()).expect("a job that trims again");
+        assert!(again.segments.is_empty());
+        assert_eq!(again.below, job_end);
+        assert!(!j.trim(carry(dir.path(), &again)).is_empty());
+        assert!(j.index_job(j.end()).is_none(), "nothing left to do");
+        let p = &j.catalog().topic(a).partitions[0];
+        let below = entries_below_in(&p.index, p.index.len(), job_end);
+        assert_eq!(
+            below, 0,
+            "{below} entries of segments indexed on disk stay in memory until the next seal"
         );
     }
 }
