@@ -62,6 +62,11 @@ pub const PARTITIONS_PER_TOPIC_MAX_DEFAULT: u32 = 4096;
 pub const PARTITIONS_MAX_DEFAULT: usize = 100_000;
 /// Default interval between journal checkpoints.
 pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 5_000;
+/// Default journal bytes made durable between two checkpoints, at most:
+/// what recovery verifies batch by batch after a crash.
+pub const CHECKPOINT_BYTES_DEFAULT: u64 = 128 * MIB as u64;
+/// Fewest bytes between checkpoints one may ask for.
+pub const CHECKPOINT_BYTES_MIN: u64 = MIB as u64;
 /// Default largest record key.
 pub const RECORD_KEY_BYTES_MAX_DEFAULT: usize = 64 * KIB;
 /// Default largest record value.
@@ -142,6 +147,10 @@ pub struct Config {
     pub partitions_max: usize,
     /// Interval between journal checkpoints.
     pub checkpoint_interval_ms: u64,
+    /// A checkpoint is also written whenever this many journal bytes
+    /// became durable since the last one, so that a crash under load leaves
+    /// recovery a bounded tail to verify.
+    pub checkpoint_bytes: u64,
     /// Journal bytes kept: the oldest sealed segments are deleted while
     /// the rest still holds at least this much. 0: no size limit.
     pub retention_bytes: u64,
@@ -242,6 +251,7 @@ impl Default for Config {
             partitions_per_topic_max: PARTITIONS_PER_TOPIC_MAX_DEFAULT,
             partitions_max: PARTITIONS_MAX_DEFAULT,
             checkpoint_interval_ms: CHECKPOINT_INTERVAL_MS_DEFAULT,
+            checkpoint_bytes: CHECKPOINT_BYTES_DEFAULT,
             retention_bytes: 0,
             retention_ms: None,
             retention_check_ms: RETENTION_CHECK_MS_DEFAULT,
@@ -404,6 +414,11 @@ impl Config {
         if self.checkpoint_interval_ms == 0 {
             return fail("checkpoint_interval_ms must be above 0".into());
         }
+        if self.checkpoint_bytes < CHECKPOINT_BYTES_MIN {
+            return fail(format!(
+                "checkpoint_bytes must be at least {CHECKPOINT_BYTES_MIN} (1 MiB)"
+            ));
+        }
         if !(TICK_MS_MIN..=TICK_MS_MAX).contains(&self.tick_ms) {
             return fail(format!("tick_ms must be in {TICK_MS_MIN}..={TICK_MS_MAX}"));
         }
@@ -509,6 +524,10 @@ mod tests {
             },
             Config {
                 producer_states_max: 0,
+                ..Config::default()
+            },
+            Config {
+                checkpoint_bytes: CHECKPOINT_BYTES_MIN - 1,
                 ..Config::default()
             },
         ] {

@@ -78,6 +78,11 @@ pub struct Flusher {
     next_topic_id: u32,
     checkpointed: Option<u64>,
     checkpoint_interval: Duration,
+    /// A checkpoint is due once F moved this far past the last one.
+    checkpoint_bytes: u64,
+    /// The journal's end at start: where bytes are counted from until the
+    /// first checkpoint.
+    recovered_at: u64,
     last_checkpoint: Instant,
     /// fdatasync(2) of one file; tests record the calls.
     sync_file: fn(&File) -> std::io::Result<()>,
@@ -109,9 +114,18 @@ impl Flusher {
             next_topic_id,
             checkpointed: None,
             checkpoint_interval,
+            checkpoint_bytes: u64::MAX,
+            recovered_at: synced,
             last_checkpoint: Instant::now(),
             sync_file: File::sync_data,
         }
+    }
+
+    /// Also checkpoints whenever `bytes` more became durable since the
+    /// last checkpoint (by default only by time).
+    pub fn with_checkpoint_bytes(mut self, bytes: u64) -> Flusher {
+        self.checkpoint_bytes = bytes.max(1);
+        self
     }
 
     /// Position below which every byte was fdatasync'd.
@@ -264,7 +278,13 @@ impl Flusher {
             new_topic = true;
         }
         let stale = self.checkpointed != Some(f);
-        let due = now.duration_since(self.last_checkpoint) >= self.checkpoint_interval && stale;
+        // By bytes from where the last checkpoint stood (recovery's start,
+        // for the first), so a crash under load leaves recovery a bounded
+        // tail to verify, whatever the interval.
+        let moved = f.saturating_sub(self.checkpointed.unwrap_or(self.recovered_at));
+        let due = stale
+            && (now.duration_since(self.last_checkpoint) >= self.checkpoint_interval
+                || moved >= self.checkpoint_bytes);
         if !(new_topic || due || (force && stale)) {
             return Ok(false);
         }
@@ -479,6 +499,31 @@ mod tests {
         });
         fl.sync(120).unwrap();
         m.assert_durable_below(120);
+    }
+
+    /// Under load the interval alone would leave recovery gigabytes to
+    /// verify after a crash: a checkpoint also follows every
+    /// `checkpoint_bytes` made durable.
+    #[test]
+    fn a_checkpoint_follows_every_checkpoint_bytes_made_durable() {
+        let (_poll, shared) = Shared::for_tests(0);
+        let mut m = Model::new();
+        let mut fl = flusher(&m).with_checkpoint_bytes(100);
+        let mut durable = |fl: &mut Flusher, m: &mut Model, upto: u64| {
+            m.write(upto);
+            shared.positions.written.set(upto);
+            fl.sync(upto).unwrap();
+            assert!(fl.publish(&shared, upto));
+            fl.maybe_checkpoint(&shared, Instant::now(), false).unwrap()
+        };
+        let written = |m: &Model| checkpoint::read(m.dir.path()).unwrap().map(|c| c.position);
+        assert!(!durable(&mut fl, &mut m, 80), "80 bytes: not yet");
+        assert_eq!(written(&m), None);
+        assert!(durable(&mut fl, &mut m, 130), "130 bytes since the start");
+        assert_eq!(written(&m), Some(130));
+        assert!(!durable(&mut fl, &mut m, 200), "70 since the last one");
+        assert!(durable(&mut fl, &mut m, 230));
+        assert_eq!(written(&m), Some(230));
     }
 
     /// Finding 6: whatever the flusher synced or read before a cut, it

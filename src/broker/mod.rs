@@ -236,7 +236,8 @@ impl Broker {
             journal.checkpoint_topics(),
             journal.catalog().next_topic_id(),
             Duration::from_millis(config.checkpoint_interval_ms),
-        );
+        )
+        .with_checkpoint_bytes(config.checkpoint_bytes);
         let reader = reader::Reader::new(
             journal.segment_files().to_vec(),
             reader_events_rx,
