@@ -509,7 +509,7 @@ mod tests {
         let (_poll, shared) = Shared::for_tests(0);
         let mut m = Model::new();
         let mut fl = flusher(&m).with_checkpoint_bytes(100);
-        let mut durable = |fl: &mut Flusher, m: &mut Model, upto: u64| {
+        let durable = |fl: &mut Flusher, m: &mut Model, upto: u64| {
             m.write(upto);
             shared.positions.written.set(upto);
             fl.sync(upto).unwrap();
