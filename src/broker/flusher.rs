@@ -80,8 +80,8 @@ pub struct Flusher {
     checkpoint_interval: Duration,
     /// A checkpoint is due once F moved this far past the last one.
     checkpoint_bytes: u64,
-    /// The journal's end at start: where bytes are counted from until the
-    /// first checkpoint.
+    /// Where bytes are counted from until the next checkpoint after a
+    /// start or a cut: the checkpoint recovery started from, or the cut.
     recovered_at: u64,
     last_checkpoint: Instant,
     /// fdatasync(2) of one file; tests record the calls.
@@ -122,9 +122,13 @@ impl Flusher {
     }
 
     /// Also checkpoints whenever `bytes` more became durable since the
-    /// last checkpoint (by default only by time).
-    pub fn with_checkpoint_bytes(mut self, bytes: u64) -> Flusher {
+    /// last checkpoint (by default only by time); `on_disk` is the position
+    /// of the checkpoint recovery started from, where the first count
+    /// begins (a crash soon after a start must not leave recovery the
+    /// recovered tail plus `bytes`).
+    pub fn with_checkpoint_bytes(mut self, bytes: u64, on_disk: u64) -> Flusher {
         self.checkpoint_bytes = bytes.max(1);
+        self.recovered_at = self.recovered_at.min(on_disk);
         self
     }
 
@@ -152,6 +156,8 @@ impl Flusher {
             } => {
                 self.generation = generation;
                 self.synced = self.synced.min(at);
+                // Counted from below the cut until the next checkpoint.
+                self.recovered_at = self.recovered_at.min(at);
                 self.files = files;
                 self.topics.clear();
                 self.topics_pending.clear();
@@ -508,9 +514,11 @@ mod tests {
     fn a_checkpoint_follows_every_checkpoint_bytes_made_durable() {
         let (_poll, shared) = Shared::for_tests(0);
         let mut m = Model::new();
-        let mut fl = flusher(&m).with_checkpoint_bytes(100);
+        let mut fl = flusher(&m).with_checkpoint_bytes(100, 0);
         let durable = |fl: &mut Flusher, m: &mut Model, upto: u64| {
-            m.write(upto);
+            if let Some(s) = m.write(upto - m.end()) {
+                fl.event(FlusherEvent::Segment(s));
+            }
             shared.positions.written.set(upto);
             fl.sync(upto).unwrap();
             assert!(fl.publish(&shared, upto));
@@ -524,6 +532,37 @@ mod tests {
         assert!(!durable(&mut fl, &mut m, 200), "70 since the last one");
         assert!(durable(&mut fl, &mut m, 230));
         assert_eq!(written(&m), Some(230));
+    }
+
+    /// Review finding: after a start the count begins at the checkpoint
+    /// recovery started from, not at the recovered end (a crash loop whose
+    /// runs each write less than `checkpoint_bytes` in less than the
+    /// interval grew the tail to verify with every restart).
+    #[test]
+    fn the_first_checkpoint_by_bytes_counts_from_the_checkpoint_recovery_started_from() {
+        let (_poll, shared) = Shared::for_tests(90);
+        let mut m = Model::new();
+        m.write(90);
+        let mut fl = Flusher::new(
+            m.dir.path().to_path_buf(),
+            &m.files,
+            90,
+            Vec::new(),
+            0,
+            Duration::from_secs(3600),
+        )
+        .with_checkpoint_bytes(100, 0);
+        fl.sync_file = record_sync;
+        if let Some(s) = m.write(20) {
+            fl.event(FlusherEvent::Segment(s));
+        }
+        shared.positions.written.set(110);
+        fl.sync(110).unwrap();
+        assert!(fl.publish(&shared, 110));
+        assert!(
+            fl.maybe_checkpoint(&shared, Instant::now(), false).unwrap(),
+            "a crash now would leave recovery 110 > 100 bytes to verify"
+        );
     }
 
     /// Finding 6: whatever the flusher synced or read before a cut, it

@@ -237,7 +237,10 @@ impl Broker {
             journal.catalog().next_topic_id(),
             Duration::from_millis(config.checkpoint_interval_ms),
         )
-        .with_checkpoint_bytes(config.checkpoint_bytes);
+        .with_checkpoint_bytes(
+            config.checkpoint_bytes,
+            journal.report().checkpoint_position,
+        );
         let reader = reader::Reader::new(
             journal.segment_files().to_vec(),
             reader_events_rx,

@@ -204,6 +204,56 @@ mod tests {
     use crate::wire::api::{PartitionMetadata, TopicMetadata};
     use crate::wire::ErrorCode;
 
+    /// Against a broker that speaks Metadata 2, `describe` asks for it
+    /// and decodes each partition's bytes.
+    #[test]
+    fn describe_asks_a_broker_that_speaks_it_for_version_2() {
+        use crate::wire::api::{ApiVersions, HandshakeResponse};
+        let broker = fake::spawn_raw(|mut c| {
+            let req = c.read_request().unwrap();
+            let mut body = Vec::new();
+            HandshakeResponse {
+                version: 1,
+                frame_bytes_max: 1 << 20,
+                server: "hutong".into(),
+                apis: ApiKey::ALL
+                    .iter()
+                    .map(|a| ApiVersions {
+                        api_key: a.as_u16(),
+                        min_version: a.versions().0,
+                        max_version: a.versions().1,
+                    })
+                    .collect(),
+            }
+            .encode(&mut body);
+            c.reply(&req, 0, &body);
+            let req = c.read_request().unwrap();
+            assert_eq!(req.header.api_key, ApiKey::Metadata.as_u16());
+            assert_eq!(req.header.api_version, 2);
+            let mut body = Vec::new();
+            MetadataResponse {
+                topics: vec![TopicMetadata {
+                    name: "orders".into(),
+                    error_code: 0,
+                    partitions: vec![PartitionMetadata {
+                        partition: 0,
+                        start_offset: 2,
+                        end_offset: 9,
+                        bytes: 700,
+                    }],
+                }],
+            }
+            .encode_version(2, &mut body);
+            c.reply(&req, 0, &body);
+            c.read_request();
+        });
+        let admin = Admin::connect(broker.addr).unwrap();
+        let md = admin.describe(&["orders"]).unwrap();
+        assert_eq!(md.topics[0].partitions[0].bytes, 700);
+        drop(admin);
+        broker.join();
+    }
+
     /// Version 2 requests go only to a broker that says it speaks them;
     /// against an older one they fail here, and nothing is sent.
     #[test]
