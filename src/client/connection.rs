@@ -972,10 +972,25 @@ impl Connection {
         api: ApiKey,
         body_encoder: impl FnOnce(&mut Vec<u8>),
     ) -> Result<Ticket, ClientError> {
+        self.send_version(api, api.versions().0, body_encoder)
+    }
+
+    /// [`Connection::send`] at API version `version` (the body must be of
+    /// that version; see [`Connection::version_for`]).
+    ///
+    /// # Errors
+    /// As [`Connection::send`].
+    pub fn send_version(
+        &self,
+        api: ApiKey,
+        version: u16,
+        body_encoder: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Ticket, ClientError> {
         let mut w = self.lock_writer()?;
-        let id = w.enqueue(
+        let id = w.enqueue_version(
             &self.shared,
             api,
+            version,
             body_encoder,
             Some(Waiter::Ticket),
             self.max_frame_bytes,
@@ -1068,23 +1083,7 @@ impl Connection {
         version: u16,
         body_encoder: impl FnOnce(&mut Vec<u8>),
     ) -> Result<Response, ClientError> {
-        let mut w = self.lock_writer()?;
-        let id = w.enqueue_version(
-            &self.shared,
-            api,
-            version,
-            body_encoder,
-            Some(Waiter::Ticket),
-            self.max_frame_bytes,
-        )?;
-        let ticket = Ticket {
-            shared: Arc::clone(&self.shared),
-            id,
-            taken: false,
-        };
-        w.write_all_buffered(&self.shared)?;
-        drop(w);
-        ticket.wait()
+        self.send_version(api, version, body_encoder)?.wait()
     }
 
     /// Sends a request and waits for its response.
