@@ -1062,11 +1062,9 @@ impl Connection {
     /// first version, which every broker speaks.
     pub fn version_for(&self, api: ApiKey) -> Option<u16> {
         let (ours_min, ours_max) = api.versions();
-        let (theirs_min, theirs_max) = self
-            .apis
-            .iter()
-            .find(|a| a.api_key == api.as_u16())
-            .map_or((1, 1), |a| (a.min_version, a.max_version));
+        // An API the broker does not list is one it does not speak.
+        let theirs = self.apis.iter().find(|a| a.api_key == api.as_u16())?;
+        let (theirs_min, theirs_max) = (theirs.min_version, theirs.max_version);
         let v = ours_max.min(theirs_max);
         (v >= ours_min.max(theirs_min)).then_some(v)
     }
