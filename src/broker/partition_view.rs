@@ -108,8 +108,18 @@ impl PartitionView {
     /// The first kept offset and one past the last committed one, when C
     /// is `committed` and the journal starts at `journal_start`.
     pub fn offsets(&self, committed: u64, journal_start: u64) -> (u64, u64) {
+        self.range(self.visible(committed), journal_start)
+    }
+
+    /// How many in-memory entries lie below C (`committed`).
+    fn visible(&self, committed: u64) -> usize {
         let idx = &*self.memory.index;
-        let n = entries_below(idx, idx.len(), committed);
+        entries_below(idx, idx.len(), committed)
+    }
+
+    /// [`PartitionView::offsets`] when the first `n` in-memory entries are
+    /// the visible ones.
+    fn range(&self, n: usize, journal_start: u64) -> (u64, u64) {
         let end = self.memory.end_offset(n);
         let start = match self.disk.first() {
             Some(d) => d.first_offset,
@@ -131,7 +141,8 @@ impl PartitionView {
         committed: u64,
         journal_start: u64,
     ) -> std::io::Result<u64> {
-        let (start, end) = self.offsets(committed, journal_start);
+        let n = self.visible(committed);
+        let (start, end) = self.range(n, journal_start);
         for d in &self.disk {
             let Some(s) = d.index.sections().get(d.section) else {
                 continue;
@@ -146,7 +157,6 @@ impl PartitionView {
             }
         }
         let idx = &*self.memory.index;
-        let n = entries_below(idx, idx.len(), committed);
         let from = entries_below(idx, n, journal_start);
         let (mut lo, mut hi) = (from, n);
         while lo < hi {
@@ -175,7 +185,7 @@ impl PartitionView {
         // (until the writer's trim): count them once.
         let past_files = self.disk.last().map_or(0, |d| d.index.segment_end);
         let idx = &*self.memory.index;
-        let n = entries_below(idx, idx.len(), committed);
+        let n = self.visible(committed);
         let from = entries_below(idx, n, journal_start.max(past_files));
         let in_memory: u64 = (from..n)
             .filter_map(|i| idx.get(i))
@@ -203,7 +213,8 @@ impl PartitionView {
         scratch: &mut Vec<IndexEntry>,
     ) -> Result<Selection, NoSelection> {
         runs.clear();
-        let (start_offset, high_watermark) = self.offsets(committed, journal_start);
+        let n = self.visible(committed);
+        let (start_offset, high_watermark) = self.range(n, journal_start);
         if offset > high_watermark || offset < start_offset {
             return Err(NoSelection::OutOfRange {
                 start: start_offset,
@@ -273,7 +284,6 @@ impl PartitionView {
             k += 1;
         }
         let idx = &*self.memory.index;
-        let n = entries_below(idx, idx.len(), committed);
         let mut i = locate(idx, n, next);
         while let Some(e) = (i < n).then(|| idx.get(i)).flatten() {
             if !take(e, runs) {

@@ -878,14 +878,7 @@ fn handshake(out: &mut Vec<u8>, h: &RequestHeader, body: &[u8], config: &Config)
         version: PROTOCOL_VERSION,
         frame_bytes_max: config.frame_bytes_max as u32,
         server: concat!("hutong ", env!("CARGO_PKG_VERSION")).to_string(),
-        apis: ApiKey::ALL
-            .iter()
-            .map(|a| ApiVersions {
-                api_key: a.as_u16(),
-                min_version: a.versions().0,
-                max_version: a.versions().1,
-            })
-            .collect(),
+        apis: ApiVersions::spoken(),
     }
     .encode(out);
     finish_frame(out, start);

@@ -208,25 +208,10 @@ mod tests {
     /// and decodes each partition's bytes.
     #[test]
     fn describe_asks_a_broker_that_speaks_it_for_version_2() {
-        use crate::wire::api::{ApiVersions, HandshakeResponse};
+        use crate::wire::api::ApiVersions;
         let broker = fake::spawn_raw(|mut c| {
             let req = c.read_request().unwrap();
-            let mut body = Vec::new();
-            HandshakeResponse {
-                version: 1,
-                frame_bytes_max: 1 << 20,
-                server: "hutong".into(),
-                apis: ApiKey::ALL
-                    .iter()
-                    .map(|a| ApiVersions {
-                        api_key: a.as_u16(),
-                        min_version: a.versions().0,
-                        max_version: a.versions().1,
-                    })
-                    .collect(),
-            }
-            .encode(&mut body);
-            c.reply(&req, 0, &body);
+            c.answer_handshake_with(&req, 1, ApiVersions::spoken());
             let req = c.read_request().unwrap();
             assert_eq!(req.header.api_key, ApiKey::Metadata.as_u16());
             assert_eq!(req.header.api_version, 2);

@@ -419,25 +419,17 @@ mod tests {
     /// ignores the handshake's API versions.
     #[test]
     fn earliest_works_against_a_broker_that_speaks_list_offsets_1_only() {
-        use crate::wire::api::{ApiVersions, HandshakeResponse};
+        use crate::wire::api::ApiVersions;
         let broker = fake::spawn_raw(|mut c| {
             let req = c.read_request().expect("a handshake");
-            let mut body = Vec::new();
-            HandshakeResponse {
-                version: 1,
-                frame_bytes_max: 1 << 20,
-                server: "hutong (older)".into(),
-                apis: ApiKey::ALL
-                    .iter()
-                    .map(|a| ApiVersions {
-                        api_key: a.as_u16(),
-                        min_version: 1,
-                        max_version: 1,
-                    })
-                    .collect(),
-            }
-            .encode(&mut body);
-            c.reply(&req, 0, &body);
+            let older = ApiVersions::spoken()
+                .into_iter()
+                .map(|a| ApiVersions {
+                    max_version: 1,
+                    ..a
+                })
+                .collect();
+            c.answer_handshake_with(&req, 1, older);
             let req = c.read_request().expect("a list offsets");
             if req.header.api_version != 1 {
                 // What the older broker's reactor answers.

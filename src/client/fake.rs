@@ -3,7 +3,7 @@
 //! the real framing through the wire codecs. Every read has a timeout, so a
 //! broken test fails instead of hanging.
 
-use crate::wire::api::{ErrorBody, HandshakeResponse, PROTOCOL_VERSION};
+use crate::wire::api::{ApiVersions, ErrorBody, HandshakeResponse, PROTOCOL_VERSION};
 use crate::wire::frame::{
     check_frame, RequestHeader, ResponseHeader, REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN,
 };
@@ -264,14 +264,21 @@ impl FakeConn {
         let _ = self.stream.write_all(bytes);
     }
 
-    /// Answers a handshake, announcing `version`.
+    /// Answers a handshake, announcing `version` and no API versions (a
+    /// client then sends every API at its first version only).
     pub fn answer_handshake(&mut self, req: &Request, version: u16) {
+        self.answer_handshake_with(req, version, Vec::new());
+    }
+
+    /// Answers a handshake, announcing `version` and the API versions
+    /// `apis`.
+    pub fn answer_handshake_with(&mut self, req: &Request, version: u16, apis: Vec<ApiVersions>) {
         let mut body = Vec::new();
         HandshakeResponse {
             version,
             frame_bytes_max: MAX_FRAME_BYTES as u32,
             server: SERVER.into(),
-            apis: Vec::new(),
+            apis,
         }
         .encode(&mut body);
         self.reply(req, 0, &body);

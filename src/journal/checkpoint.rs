@@ -16,7 +16,7 @@
 //! All integers are little-endian; names are UTF-8.
 
 use super::dir::{
-    begin_state, open_state, read_state_file, seal_state, write_atomically, STATE_HEADER_LEN,
+    begin_state, decode_state, read_state_file, seal_state, write_atomically, STATE_HEADER_LEN,
 };
 use super::error::JournalError;
 pub use super::topic::TOPIC_NAME_BYTES_MAX;
@@ -77,9 +77,13 @@ pub fn encode(cp: &Checkpoint) -> Vec<u8> {
 /// wrong (including trailing bytes), the topics hold more than
 /// [`PARTITIONS_MAX`] partitions in all, or two topics share an id.
 pub fn decode(bytes: &[u8]) -> Result<Checkpoint, JournalError> {
-    let corrupt = |why: String| JournalError::Corrupt(format!("checkpoint: {why}"));
-    let body = open_state(bytes, CHECKPOINT_MAGIC, CHECKPOINT_VERSION).map_err(corrupt)?;
-    decode_body(body).map_err(|e| corrupt(e.to_string()))
+    decode_state(
+        bytes,
+        CHECKPOINT_MAGIC,
+        CHECKPOINT_VERSION,
+        "checkpoint",
+        decode_body,
+    )
 }
 
 fn decode_body(body: &[u8]) -> Result<Checkpoint, DecodeError> {

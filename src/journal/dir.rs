@@ -141,6 +141,24 @@ pub fn open_state(bytes: &[u8], magic: [u8; 4], version: u16) -> Result<&[u8], S
     Ok(body)
 }
 
+/// Decodes the state file `what` ("checkpoint", "start state"): checks its
+/// header with [`open_state`], then parses the body with `body`. Any bytes
+/// give a state or an error, never a panic.
+///
+/// # Errors
+/// [`JournalError::Corrupt`], naming `what`, for a bad header or body.
+pub fn decode_state<T>(
+    bytes: &[u8],
+    magic: [u8; 4],
+    version: u16,
+    what: &str,
+    body: impl FnOnce(&[u8]) -> Result<T, crate::wire::codec::DecodeError>,
+) -> Result<T, JournalError> {
+    let corrupt = |why: String| JournalError::Corrupt(format!("{what}: {why}"));
+    let bytes = open_state(bytes, magic, version).map_err(corrupt)?;
+    body(bytes).map_err(|e| corrupt(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

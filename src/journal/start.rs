@@ -23,7 +23,7 @@
 //! ```
 //! All integers are little-endian; names are UTF-8.
 
-use super::dir::{begin_state, open_state, read_state_file, seal_state, write_atomically};
+use super::dir::{begin_state, decode_state, read_state_file, seal_state, write_atomically};
 use super::error::JournalError;
 use super::topic::{encode_meta, MetaReader, TopicMeta};
 use crate::wire::codec::{DecodeError, Put, Reader};
@@ -89,9 +89,13 @@ pub fn encode(st: &StartState) -> Vec<u8> {
 /// wrong (trailing bytes included), the topics hold more than
 /// [`PARTITIONS_MAX`] partitions in all, or two topics share an id.
 pub fn decode(bytes: &[u8]) -> Result<StartState, JournalError> {
-    let corrupt = |why: String| JournalError::Corrupt(format!("start state: {why}"));
-    let body = open_state(bytes, START_MAGIC, START_VERSION).map_err(corrupt)?;
-    decode_body(body).map_err(|e| corrupt(e.to_string()))
+    decode_state(
+        bytes,
+        START_MAGIC,
+        START_VERSION,
+        "start state",
+        decode_body,
+    )
 }
 
 fn decode_body(body: &[u8]) -> Result<StartState, DecodeError> {

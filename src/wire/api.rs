@@ -160,6 +160,21 @@ pub struct ApiVersions {
     pub max_version: u16,
 }
 
+impl ApiVersions {
+    /// Every API with the versions this build speaks, as a broker lists
+    /// them in its handshake.
+    pub fn spoken() -> Vec<ApiVersions> {
+        ApiKey::ALL
+            .iter()
+            .map(|a| ApiVersions {
+                api_key: a.as_u16(),
+                min_version: a.versions().0,
+                max_version: a.versions().1,
+            })
+            .collect()
+    }
+}
+
 /// Handshake response body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandshakeResponse {
