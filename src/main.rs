@@ -806,6 +806,37 @@ mod tests {
     }
 
     #[test]
+    fn consume_from_time_takes_rfc3339_or_ms_and_excludes_from() {
+        let Command::Consume(args) = parse(&[
+            "consume",
+            "--topic",
+            "t",
+            "--from-time",
+            "1970-01-01T00:00:01.5Z",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not consume");
+        };
+        assert_eq!(args.from_time, Some(1_500));
+        let err = parse(&["consume", "--topic", "t", "--from-time", "yesterday"]).unwrap_err();
+        assert!(err.to_string().contains("RFC 3339"), "{err}");
+        assert!(parse(&["consume", "--topic", "t", "--from", "5", "--from-time", "9"]).is_err());
+    }
+
+    #[test]
+    fn topic_describe_takes_a_name() {
+        assert!(parse(&["topic", "describe"]).is_err());
+        assert!(matches!(
+            parse(&["topic", "describe", "orders"]).unwrap().command,
+            Command::Topic {
+                command: TopicCommand::Describe { ref name, .. }
+            } if name == "orders"
+        ));
+    }
+
+    #[test]
     fn topic_create_needs_a_partition_count() {
         assert!(parse(&["topic", "create", "orders"]).is_err());
         let cli = parse(&["topic", "create", "orders", "--partitions", "3"]).unwrap();
