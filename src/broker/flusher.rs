@@ -25,6 +25,7 @@
 use super::shared::{Idle, Shared, Stage};
 use crate::journal::checkpoint::{self, Checkpoint};
 use crate::journal::log::SegmentFile;
+use crate::journal::snapshot::CatalogSnapshot;
 use crate::journal::topic::TopicMeta;
 use std::fs::File;
 use std::path::PathBuf;
@@ -44,6 +45,9 @@ pub enum FlusherEvent {
         /// Position one past its control record.
         end: u64,
     },
+    /// The catalog at the writer's end: saved in the first checkpoint
+    /// whose durable position reaches it.
+    Snapshot(Arc<CatalogSnapshot>),
     /// The journal was cut at `at` under gate generation `generation`:
     /// its segment files and topics now.
     Reset {
@@ -84,6 +88,10 @@ pub struct Flusher {
     /// start or a cut: the checkpoint recovery started from, or the cut.
     recovered_at: u64,
     last_checkpoint: Instant,
+    /// The newest snapshot at or below F (saved in every checkpoint), and
+    /// the newer ones waiting for F to reach them, oldest first.
+    snapshot: Option<Arc<CatalogSnapshot>>,
+    snapshots_waiting: std::collections::VecDeque<Arc<CatalogSnapshot>>,
     /// fdatasync(2) of one file; tests record the calls.
     sync_file: fn(&File) -> std::io::Result<()>,
 }
@@ -117,6 +125,8 @@ impl Flusher {
             checkpoint_bytes: u64::MAX,
             recovered_at: synced,
             last_checkpoint: Instant::now(),
+            snapshot: None,
+            snapshots_waiting: std::collections::VecDeque::new(),
             sync_file: File::sync_data,
         }
     }
@@ -143,6 +153,7 @@ impl Flusher {
     pub fn event(&mut self, e: FlusherEvent) -> bool {
         match e {
             FlusherEvent::Segment(f) => self.files.push(f),
+            FlusherEvent::Snapshot(snap) => self.snapshots_waiting.push_back(snap),
             FlusherEvent::Topic { meta, end } => {
                 self.next_topic_id = self.next_topic_id.max(meta.id.saturating_add(1));
                 self.topics_pending.push((meta, end));
@@ -172,6 +183,11 @@ impl Flusher {
                 }
                 self.next_topic_id = next_topic_id;
                 self.checkpointed = None;
+                // Snapshots above the cut describe batches that are gone.
+                self.snapshots_waiting.retain(|s| s.position <= at);
+                if self.snapshot.as_ref().is_some_and(|s| s.position > at) {
+                    self.snapshot = None;
+                }
                 return true;
             }
         }
@@ -283,7 +299,13 @@ impl Flusher {
             self.topics.push(meta);
             new_topic = true;
         }
-        let stale = self.checkpointed != Some(f);
+        // The newest snapshot F reached: saved from now on.
+        let mut new_snapshot = false;
+        while self.snapshots_waiting.front().is_some_and(|s| s.position <= f) {
+            self.snapshot = self.snapshots_waiting.pop_front();
+            new_snapshot = true;
+        }
+        let stale = self.checkpointed != Some(f) || new_snapshot;
         // By bytes from where the last checkpoint stood (recovery's start,
         // for the first), so a crash under load leaves recovery a bounded
         // tail to verify, whatever the interval.
@@ -307,6 +329,7 @@ impl Flusher {
                 position: f,
                 next_topic_id,
                 topics: self.topics.clone(),
+                snapshot: self.snapshot.clone(),
             },
         )?;
         drop(gate);
@@ -334,6 +357,13 @@ pub fn run(shared: Arc<Shared>, mut flusher: Flusher, events: Receiver<FlusherEv
         }
         let worked = flusher.flush_to(&shared, w);
         let writer_done = shared.is_done(Stage::Writer) && w == shared.positions.written.get();
+        if writer_done {
+            // The writer's last snapshot was sent before it said it was
+            // done: take it in for the last checkpoint.
+            while let Ok(e) = events.try_recv() {
+                flusher.event(e);
+            }
+        }
         if let Err(e) = flusher.maybe_checkpoint(&shared, Instant::now(), writer_done) {
             crate::log!("checkpoint write failed (recovery will verify more of the journal): {e}");
         }

@@ -13,6 +13,16 @@ use std::sync::Arc;
 /// Entries read from an index file per pread while a fetch is assembled.
 const ENTRIES_PER_READ: usize = 256;
 
+/// Checks `index`'s entries in full before their first use: recovery
+/// takes index files on the strength of their header checksum, and the
+/// retention stage checks them in the background, but a fetch may come
+/// first. Once per file.
+fn checked(index: &SegmentIndex) -> std::io::Result<()> {
+    index
+        .verify_once()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+}
+
 /// One sealed segment's part of a partition.
 #[derive(Debug, Clone)]
 struct DiskSection {
@@ -78,25 +88,33 @@ impl PartitionView {
     }
 
     /// Adds `index`'s section `section` (one of this partition's), a
-    /// segment after every one it has.
+    /// segment after every one it has, or in place of the one it has of
+    /// the same segment when it covers the same offsets (an index file
+    /// rebuilt after damage).
     pub fn add_section(&mut self, index: &Arc<SegmentIndex>, section: usize) {
         let Some(s) = index.sections().get(section) else {
             return;
         };
-        if self
-            .disk
-            .last()
-            .is_some_and(|d| d.segment_start >= index.segment_start)
-        {
-            return;
-        }
-        self.disk.push(DiskSection {
+        let new = DiskSection {
             index: index.clone(),
             section,
             segment_start: index.segment_start,
             first_offset: s.first_offset,
             next_offset: s.next_offset,
-        });
+        };
+        match self
+            .disk
+            .binary_search_by_key(&index.segment_start, |d| d.segment_start)
+        {
+            Ok(k) => {
+                let old = &self.disk[k];
+                if (old.first_offset, old.next_offset) == (new.first_offset, new.next_offset) {
+                    self.disk[k] = new;
+                }
+            }
+            Err(k) if k == self.disk.len() => self.disk.push(new),
+            Err(_) => {}
+        }
     }
 
     /// Forgets the segments retention deleted (those below `position`).
@@ -150,6 +168,7 @@ impl PartitionView {
             if s.max_time_ms < time_ms {
                 continue;
             }
+            checked(&d.index)?;
             let i = d.index.locate_time(s, time_ms)?;
             let mut one = Vec::with_capacity(1);
             if d.index.read_entries(s, i, 1, &mut one)? == 1 {
@@ -260,6 +279,7 @@ impl PartitionView {
                     "a segment index section vanished",
                 )));
             };
+            checked(&d.index).map_err(NoSelection::Io)?;
             let mut i = d.index.locate(s, next).map_err(NoSelection::Io)?;
             while i < s.entry_count {
                 let got = d

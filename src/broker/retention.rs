@@ -28,7 +28,8 @@ use super::reader::ReaderEvent;
 use crate::journal::error::JournalError;
 use crate::journal::log::Retained;
 use crate::journal::offload::{self, IndexJob, Trim};
-use crate::journal::seg_index;
+use crate::journal::seg_index::{self, SegmentIndex};
+use std::collections::{HashMap, VecDeque};
 use crate::journal::segment::segment_file_name;
 use crate::journal::start;
 use std::path::{Path, PathBuf};
@@ -55,6 +56,10 @@ pub enum Job {
     Retain(Retained),
     /// Write a sealed segment's index file.
     Index(IndexJob),
+    /// Check the entries of the index files recovery took on the strength
+    /// of their header checksums (oldest first), rebuilding a damaged one
+    /// from its segment.
+    Verify(Vec<Arc<SegmentIndex>>),
 }
 
 /// Where this stage sends what it did.
@@ -72,7 +77,7 @@ pub struct Outlets {
 pub fn run(dir: PathBuf, jobs: Receiver<Job>, outlets: Outlets) {
     let mut janitor = Janitor::new(dir, outlets.reader);
     loop {
-        let next = if janitor.can_index_now() {
+        let next = if janitor.can_index_now() || janitor.can_verify_now() {
             // More jobs queued than one pass does: look at the channel and
             // go on.
             jobs.recv_timeout(Duration::ZERO)
@@ -98,19 +103,22 @@ pub fn run(dir: PathBuf, jobs: Receiver<Job>, outlets: Outlets) {
                             });
                         }
                         Job::Index(j) => janitor.start_indexing(j),
+                        Job::Verify(files) => janitor.to_verify.extend(files),
                     }
                 }
                 if let Some(d) = decision {
                     janitor.take(d);
                 }
                 janitor.index(&outlets.writer);
+                janitor.verify_next();
                 (outlets.wake_reader)();
             }
             Err(RecvTimeoutError::Timeout) => {
                 if janitor.retry_due(Instant::now()) {
                     janitor.retry();
                 }
-                if janitor.index(&outlets.writer) {
+                let indexed = janitor.index(&outlets.writer);
+                if janitor.verify_next() | indexed {
                     (outlets.wake_reader)();
                 }
             }
@@ -121,6 +129,29 @@ pub fn run(dir: PathBuf, jobs: Receiver<Job>, outlets: Outlets) {
         }
         janitor.close_released(Instant::now());
     }
+}
+
+/// True when two index files of one segment list the same partitions with
+/// the same batches (counts, offsets, bytes and positions).
+fn same_batches(a: &SegmentIndex, b: &SegmentIndex) -> bool {
+    let key = |s: &seg_index::Section| {
+        (
+            s.topic_id,
+            s.partition,
+            s.entry_count,
+            s.first_offset,
+            s.next_offset,
+            s.bytes,
+            s.first_position,
+        )
+    };
+    a.segment_end == b.segment_end
+        && a.sections().len() == b.sections().len()
+        && a
+            .sections()
+            .iter()
+            .zip(b.sections())
+            .all(|(x, y)| key(x) == key(y))
 }
 
 /// One decision carrying out `older` and then `newer`: the later start
@@ -160,6 +191,11 @@ struct Janitor {
     index_stopped: bool,
     /// Where the journal starts after the decisions carried out so far.
     deleted_below: u64,
+    /// Index files to check, oldest first ([`Job::Verify`]).
+    to_verify: VecDeque<Arc<SegmentIndex>>,
+    /// Each partition's running maximum of append times where the last
+    /// file checked ends: where a rebuilt file's resumes.
+    seeds: HashMap<(u32, u32), i64>,
 }
 
 impl Janitor {
@@ -175,6 +211,75 @@ impl Janitor {
             index_failed: None,
             index_stopped: false,
             deleted_below: 0,
+            to_verify: VecDeque::new(),
+            seeds: HashMap::new(),
+        }
+    }
+
+    /// True when index files wait to be checked and no retention decision
+    /// is pending (its segments may be among them).
+    fn can_verify_now(&self) -> bool {
+        !self.to_verify.is_empty() && self.pending.is_none()
+    }
+
+    /// Checks the next index file waiting ([`Job::Verify`]); a damaged one
+    /// is rebuilt from its segment and handed to the reader in its place.
+    /// Returns whether it told the reader anything.
+    fn verify_next(&mut self) -> bool {
+        if !self.can_verify_now() {
+            return false;
+        }
+        let Some(index) = self.to_verify.pop_front() else {
+            return false;
+        };
+        let mut told = false;
+        if index.segment_start >= self.deleted_below {
+            match index.verify_once() {
+                Ok(()) => {}
+                Err(JournalError::Corrupt(why)) => {
+                    crate::log!("{why}: rebuilding it from its segment");
+                    told = self.rebuild(&index);
+                }
+                Err(e) => crate::log!(
+                    "{e} (a fetch that needs the file checks it again and answers StorageError \
+                     while it cannot be read)"
+                ),
+            }
+        }
+        for s in index.sections() {
+            self.seeds
+                .insert((s.topic_id, s.partition), s.max_time_ms);
+        }
+        told
+    }
+
+    /// Rebuilds `damaged`'s file from its segment and, when the new file
+    /// covers the same batches as the damaged one's directory says, hands
+    /// it to the reader. Returns whether it did.
+    fn rebuild(&mut self, damaged: &SegmentIndex) -> bool {
+        let (start, end) = (damaged.segment_start, damaged.segment_end);
+        match offload::rebuild_index(&self.dir, start, end, &self.seeds) {
+            Ok(rebuilt) if same_batches(damaged, &rebuilt) => {
+                crate::log!("the index file of segment {start} was rebuilt");
+                let _ = self.reader.send(ReaderEvent::Indexed(Arc::new(rebuilt)));
+                true
+            }
+            Ok(_) => {
+                crate::log!(
+                    "the index file of segment {start} rebuilt from the segment does not \
+                     describe the batches its damaged directory named: fetches there answer \
+                     StorageError until the broker is restarted (recovery then reads the \
+                     segment)"
+                );
+                false
+            }
+            Err(e) => {
+                crate::log!(
+                    "the index file of segment {start} cannot be rebuilt: {e} (fetches there \
+                     answer StorageError)"
+                );
+                false
+            }
         }
     }
 

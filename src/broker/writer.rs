@@ -69,6 +69,10 @@ pub struct Writer {
     fatal: Option<String>,
     /// Retention and indexing ([`Writer::with_janitor`]).
     retention: Option<RetentionClock>,
+    /// Where the last catalog snapshot was taken (`None`: none since the
+    /// start, and recovery had none at the end), and when.
+    snapshot_at: Option<u64>,
+    snapshot_time: Instant,
 }
 
 /// When and how the writer applies retention and hands sealed segments to
@@ -196,6 +200,8 @@ impl Writer {
         answers: MessageProducer,
     ) -> Writer {
         Writer {
+            snapshot_at: journal.report().snapshot_position,
+            snapshot_time: Instant::now(),
             journal,
             config,
             reader_events,
@@ -211,6 +217,38 @@ impl Writer {
             fatal: None,
             retention: None,
         }
+    }
+
+    /// Hands the flusher a snapshot of the catalog at the journal's end
+    /// (recovery's starting point, [`crate::journal::snapshot`]) when
+    /// `checkpoint_bytes` were appended since the last one, when the
+    /// checkpoint interval passed with anything appended, or when `force`d
+    /// (at shutdown) — for a standalone broker only: a group member's
+    /// recovery reads the whole journal for its consensus log. Returns
+    /// whether it took one. Its cost is a copy of the producer states.
+    pub fn maybe_snapshot(&mut self, now: Instant, force: bool) -> bool {
+        if self.replica.is_some() {
+            return false;
+        }
+        let end = self.journal.end();
+        if self.snapshot_at == Some(end) {
+            return false;
+        }
+        let moved = end.saturating_sub(self.snapshot_at.unwrap_or(0));
+        let due = force
+            || moved >= self.config.checkpoint_bytes
+            || now.duration_since(self.snapshot_time)
+                >= Duration::from_millis(self.config.checkpoint_interval_ms);
+        if !due {
+            return false;
+        }
+        let snap = self.journal.catalog().snapshot(end);
+        let _ = self
+            .flusher_events
+            .send(FlusherEvent::Snapshot(Arc::new(snap)));
+        self.snapshot_at = Some(end);
+        self.snapshot_time = now;
+        true
     }
 
     /// True when another request's entry fits, wherever it goes.
@@ -922,6 +960,7 @@ pub fn run(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        writer.maybe_snapshot(now, false);
         if let Some(why) = writer.take_fatal() {
             writer.finish_direct(ErrorCode::StorageError, FINISH_GRACE);
             shared.fail(why);
@@ -978,6 +1017,9 @@ pub fn run(
             && !writer.has_answers()
         {
             writer.hand_over();
+            // Sent before the writer says it is done: the flusher's last
+            // checkpoint saves it, and the next start reads nothing.
+            writer.maybe_snapshot(now, true);
             shared.mark_done(Stage::Writer);
             return;
         }

@@ -20,7 +20,9 @@ use super::control::{self, Control};
 use super::error::JournalError;
 use super::lock::{lock_dir, DirLock};
 use super::offload::{IndexJob, JobPartition, Trim};
+use super::resume;
 use super::scan::{header_crc_ok, scan, ScanStop};
+use super::seg_index::SegmentIndex;
 use super::segment::{list_segments, segment_file_name, Segment};
 use super::start::{self, StartState, StartTopic};
 use super::topic::{TopicMeta, PARTITIONS_MAX};
@@ -136,6 +138,12 @@ pub struct RecoveryReport {
     /// Segment index files without a sealed segment (left by a deletion or
     /// a cut a crash interrupted) and unfinished ones, deleted now.
     pub stray_index_files: Vec<PathBuf>,
+    /// The position of the checkpoint's catalog snapshot recovery started
+    /// from (`None`: it read the whole journal).
+    pub snapshot_position: Option<u64>,
+    /// Where the segments recovery read begin: below, it took the segment
+    /// index files' directories and read nothing else.
+    pub read_from: u64,
 }
 
 /// How [`Journal::open_with`] recovers.
@@ -293,6 +301,9 @@ pub struct Journal {
     /// Sealed segments from here on have not been handed out as
     /// [`IndexJob`]s yet.
     indexing_from: u64,
+    /// The index files recovery took from disk, until
+    /// [`Journal::take_indexes`].
+    indexes: Vec<Arc<SegmentIndex>>,
     control: BatchBuilder,
     report: RecoveryReport,
     /// Every batch recovery found, until [`Journal::take_entries`].
@@ -361,7 +372,46 @@ impl Journal {
         // only); the last one is always fully verified.
         let last_start = list_segments(dir)?.last().map_or(0, |s| s.0);
         let mut verify_from = cp.position.min(last_start);
-        let mut pass = scan_journal(dir, &cp, start_state.as_ref(), verify_from, &recovery)?;
+        // A standalone journal restarts from the checkpoint's snapshot when
+        // it can; a group member's consensus log needs every batch.
+        let resumed = if recovery.entries || !cp_readable || cp.snapshot.is_none() {
+            None
+        } else {
+            match resume::resume(dir, &cp, start_state.as_ref(), recovery.producers) {
+                Ok(r) => Some(r),
+                Err(why) => {
+                    crate::log!(
+                        "recovery cannot start from the snapshot ({why}): reading the whole \
+                         journal"
+                    );
+                    None
+                }
+            }
+        };
+        let mut indexes = Vec::new();
+        let mut indexed_below = base;
+        let mut indexed_batches = 0;
+        let mut pass = match resumed {
+            Some(r) => {
+                report.snapshot_position = cp.snapshot.as_ref().map(|s| s.position);
+                report.read_from = r.indexed_below;
+                indexes = r.indexes;
+                indexed_below = r.indexed_below;
+                indexed_batches = r.indexed_batches;
+                verify_from = r.indexed_below;
+                Scanned {
+                    listed: r.listed,
+                    catalog: r.catalog,
+                    files: r.files,
+                    active: r.active,
+                    end: r.end,
+                    entries: Vec::new(),
+                    damage: r.damage,
+                    newest: r.newest,
+                }
+            }
+            None => scan_journal(dir, &cp, start_state.as_ref(), verify_from, &recovery)?,
+        };
         // Where batches were only header-checked, damage may lie earlier
         // than where the walk noticed it: a record count (outside the
         // header checksum) throws the next batch's offsets off, and in a
@@ -370,7 +420,9 @@ impl Journal {
         // its full check, verify everything.
         let suspect =
             pass.damage.is_some() || !last_batches_ok(&pass.catalog, &pass.files, verify_from);
-        if suspect && verify_from > 0 {
+        // (Recovery from a snapshot checks every batch it reads in full, and
+        // gives way to this walk for any damage but a torn tail.)
+        if suspect && verify_from > 0 && report.snapshot_position.is_none() {
             verify_from = 0;
             drop(pass);
             pass = scan_journal(dir, &cp, start_state.as_ref(), verify_from, &recovery)?;
@@ -422,6 +474,7 @@ impl Journal {
                         position: cp.position.min(at),
                         next_topic_id: catalog.next_topic_id(),
                         topics: catalog.metas(),
+                        snapshot: None,
                     },
                 )?;
                 report.truncated = Some((at, lost.why.clone()));
@@ -478,12 +531,13 @@ impl Journal {
             capacity: active.capacity(),
             file: active.file().clone(),
         };
-        report.batches = catalog
-            .topics()
-            .iter()
-            .flat_map(|t| t.partitions.iter())
-            .map(|p| p.index.len() as u64)
-            .sum();
+        report.batches = indexed_batches
+            + catalog
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions.iter())
+                .map(|p| p.index.len() as u64)
+                .sum::<u64>();
         Ok(Journal {
             dir: dir.to_path_buf(),
             _lock: lock,
@@ -498,7 +552,8 @@ impl Journal {
             sealed,
             active_newest_ms,
             warned: u64::MAX,
-            indexing_from: base,
+            indexing_from: indexed_below,
+            indexes,
             control: BatchBuilder::with_kind(BatchKind::Control),
             report,
             entries,
@@ -511,6 +566,14 @@ impl Journal {
     /// consensus module tracks entries after startup).
     pub fn take_entries(&mut self) -> Vec<Entry> {
         std::mem::take(&mut self.entries)
+    }
+
+    /// The segment index files recovery took instead of reading their
+    /// segments (on the strength of their header checksums), oldest first;
+    /// empty on later calls. The reader serves them, and the retention
+    /// stage checks their entries in the background.
+    pub fn take_indexes(&mut self) -> Vec<Arc<SegmentIndex>> {
+        std::mem::take(&mut self.indexes)
     }
 
     /// Position one past the last appended byte, which may still sit in the
@@ -807,18 +870,21 @@ impl Journal {
         let cut = self.catalog.cut(at).map_err(refuse)?;
         self.entries.retain(|e| e.end <= at);
 
-        let old_position = match checkpoint::read(&self.dir) {
-            Ok(cp) => cp.map_or(0, |cp| cp.position),
+        let (old_position, old_snapshot) = match checkpoint::read(&self.dir) {
+            Ok(cp) => cp.map_or((0, None), |cp| (cp.position, cp.snapshot)),
             // Recovery ignores an unreadable checkpoint; vouching for
             // nothing is the safe replacement.
-            Err(_) => 0,
+            Err(_) => (0, None),
         };
+        let position = durable.min(at).min(old_position);
         checkpoint::write(
             &self.dir,
             &checkpoint::Checkpoint {
-                position: durable.min(at).min(old_position),
+                position,
                 next_topic_id: self.catalog.next_topic_id(),
                 topics: self.catalog.metas(),
+                // A snapshot above the cut describes batches that are gone.
+                snapshot: old_snapshot.filter(|s| s.position <= position),
             },
         )?;
         // Newest first, each removal durable before the next, so that a
@@ -1503,7 +1569,7 @@ fn apply_effect(
 /// continue its partition's offsets is refused: it cannot belong after what
 /// precedes it, so the journal is cut there. Returns the slot of a topic it
 /// created.
-fn apply_batch(
+pub(super) fn apply_batch(
     catalog: &mut Catalog,
     position: u64,
     batch: &[u8],
@@ -1659,6 +1725,7 @@ mod tests {
                 position: vouched,
                 next_topic_id: 1,
                 topics: j.checkpoint_topics(),
+                snapshot: None,
             },
         )
         .unwrap();
@@ -1753,6 +1820,7 @@ mod tests {
                     position: j.end(),
                     next_topic_id: 2,
                     topics: j.checkpoint_topics(),
+                    snapshot: None,
                 },
             )
             .unwrap();
@@ -1837,6 +1905,7 @@ mod tests {
                     position: durable,
                     next_topic_id: 1,
                     topics: j.checkpoint_topics(),
+                    snapshot: None,
                 },
             )
             .unwrap();
@@ -1889,6 +1958,7 @@ mod tests {
                 position: j.end(),
                 next_topic_id: 2,
                 topics: j.checkpoint_topics(),
+                snapshot: None,
             },
         )
         .unwrap();
@@ -2062,6 +2132,7 @@ mod tests {
                 position: expected[5].1,
                 next_topic_id: j.catalog().next_topic_id(),
                 topics: j.checkpoint_topics(),
+                snapshot: None,
             },
         )
         .unwrap();
@@ -2312,6 +2383,7 @@ mod tests {
                 position: j.end(),
                 next_topic_id: 2,
                 topics: j.checkpoint_topics(),
+                snapshot: None,
             },
         )
         .unwrap();
@@ -2536,6 +2608,7 @@ mod tests {
                             position: j.end(),
                             next_topic_id: j.catalog().next_topic_id(),
                             topics: j.checkpoint_topics(),
+                            snapshot: None,
                         },
                     )
                     .unwrap();

@@ -764,3 +764,4 @@ mod tests {
         assert!(p.is_empty());
     }
 }
+

@@ -77,6 +77,7 @@ use std::io::{self, Write};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Suffix of segment index file names.
 pub const INDEX_SUFFIX: &str = ".idx";
@@ -596,6 +597,9 @@ pub struct SegmentIndex {
     sections: Vec<Section>,
     file: File,
     path: PathBuf,
+    /// [`SegmentIndex::verify`] passed, or the file was just written from
+    /// the index in memory.
+    verified: AtomicBool,
 }
 
 impl SegmentIndex {
@@ -693,6 +697,7 @@ impl SegmentIndex {
             sections,
             file,
             path,
+            verified: AtomicBool::new(false),
         }))
     }
 
@@ -712,6 +717,29 @@ impl SegmentIndex {
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// True once [`SegmentIndex::verify`] passed (or
+    /// [`SegmentIndex::mark_verified`]): every entry is as written.
+    pub fn is_verified(&self) -> bool {
+        self.verified.load(Ordering::Acquire)
+    }
+
+    /// Records that the file was just written from entries known good, or
+    /// compared with them: it needs no [`SegmentIndex::verify`].
+    pub fn mark_verified(&self) {
+        self.verified.store(true, Ordering::Release);
+    }
+
+    /// [`SegmentIndex::verify`] unless it passed before.
+    ///
+    /// # Errors
+    /// As [`SegmentIndex::verify`].
+    pub fn verify_once(&self) -> Result<(), JournalError> {
+        if self.is_verified() {
+            return Ok(());
+        }
+        self.verify()
     }
 
     /// Reads every section's entries, a chunk at a time (no allocation),
@@ -765,6 +793,7 @@ impl SegmentIndex {
                 return Err(corrupt(why));
             }
         }
+        self.mark_verified();
         Ok(())
     }
 
