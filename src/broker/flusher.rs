@@ -142,6 +142,13 @@ impl Flusher {
         self
     }
 
+    /// Saves `snapshot` (the one recovery started from, durable) in the
+    /// checkpoints until the writer's next one is durable.
+    pub fn with_snapshot(mut self, snapshot: Option<Arc<CatalogSnapshot>>) -> Flusher {
+        self.snapshot = snapshot;
+        self
+    }
+
     /// Position below which every byte was fdatasync'd.
     pub fn synced(&self) -> u64 {
         self.synced
@@ -562,6 +569,69 @@ mod tests {
         assert!(!durable(&mut fl, &mut m, 200), "70 since the last one");
         assert!(durable(&mut fl, &mut m, 230));
         assert_eq!(written(&m), Some(230));
+    }
+
+    fn snapshot_at(position: u64) -> Arc<CatalogSnapshot> {
+        Arc::new(CatalogSnapshot {
+            position,
+            next_topic_id: 0,
+            cluster_id: None,
+            topics: Vec::new(),
+            producers: Default::default(),
+        })
+    }
+
+    /// A snapshot is saved only once F reaches it, from then on in every
+    /// checkpoint (the one recovery started from until then), and never
+    /// one above a cut.
+    #[test]
+    fn checkpoints_save_the_newest_snapshot_that_is_durable() {
+        let (_poll, shared) = Shared::for_tests(0);
+        let mut m = Model::new();
+        let mut fl = flusher(&m)
+            .with_checkpoint_bytes(10, 0)
+            .with_snapshot(Some(snapshot_at(0)));
+        let durable = |fl: &mut Flusher, m: &mut Model, upto: u64| {
+            if let Some(s) = m.write(upto - m.end()) {
+                fl.event(FlusherEvent::Segment(s));
+            }
+            shared.positions.written.set(upto);
+            fl.sync(upto).unwrap();
+            assert!(fl.publish(&shared, upto));
+            assert!(fl.maybe_checkpoint(&shared, Instant::now(), false).unwrap());
+            let cp = checkpoint::read(m.dir.path()).unwrap().unwrap();
+            (cp.position, cp.snapshot.map(|s| s.position))
+        };
+        fl.event(FlusherEvent::Snapshot(snapshot_at(60)));
+        assert_eq!(
+            durable(&mut fl, &mut m, 40),
+            (40, Some(0)),
+            "60 is not durable yet"
+        );
+        assert_eq!(durable(&mut fl, &mut m, 70), (70, Some(60)));
+        fl.event(FlusherEvent::Snapshot(snapshot_at(80)));
+        fl.event(FlusherEvent::Snapshot(snapshot_at(90)));
+        assert_eq!(
+            durable(&mut fl, &mut m, 95),
+            (95, Some(90)),
+            "the newest durable"
+        );
+        // The writer's snapshot at 99, then a cut at 95 (in a group).
+        fl.event(FlusherEvent::Snapshot(snapshot_at(99)));
+        m.write(4);
+        fl.event(FlusherEvent::Reset {
+            generation: 0,
+            at: 95,
+            files: m.files.clone(),
+            topics: Vec::new(),
+            next_topic_id: 0,
+        });
+        m.boundaries.pop();
+        assert_eq!(
+            durable(&mut fl, &mut m, 120),
+            (120, Some(90)),
+            "99 was cut"
+        );
     }
 
     /// Review finding: after a start the count begins at the checkpoint

@@ -501,4 +501,49 @@ mod tests {
         assert_eq!(v.offsets(u64::MAX, 2000), (third, end));
         assert_eq!(v.bytes(u64::MAX, 2000), 100 * (end - third) / 3);
     }
+
+    /// Index files recovery took on their header checksum: a fetch checks
+    /// a file's entries before it first uses them, and a damaged file's
+    /// rebuilt copy replaces it.
+    #[test]
+    fn a_file_not_checked_yet_is_checked_before_use_and_a_rebuilt_one_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = entries();
+        let good = view(dir.path(), &all);
+        // Damage an entry of the first file (its position), keeping the
+        // header and directory sound, and open it as recovery does.
+        let path = dir.path().join(seg_index::index_file_name(0));
+        let sound = std::fs::read(&path).unwrap();
+        let mut bytes = sound.clone();
+        let entry_at = seg_index::INDEX_HEADER_LEN + seg_index::INDEX_SECTION_LEN + 8;
+        bytes[entry_at] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        let damaged = Arc::new(SegmentIndex::open(dir.path(), 0).unwrap().unwrap());
+        assert!(!damaged.is_verified());
+        let mut v = PartitionView::new(good.memory.clone());
+        v.add_section(&damaged, 0);
+        for d in good.disk.iter().skip(1) {
+            v.add_section(&d.index, d.section);
+        }
+        let (mut runs, mut scratch) = (Vec::new(), Vec::new());
+        assert!(matches!(
+            v.select(0, 1000, u64::MAX, 0, &mut runs, &mut scratch),
+            Err(NoSelection::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData
+        ));
+        assert!(v.offset_for_time(0, u64::MAX, 0).is_err());
+        // Later segments are not held back by it.
+        let later = all.iter().find(|e| e.position >= 1000).unwrap();
+        assert!(v
+            .select(later.base_offset, 100, u64::MAX, 0, &mut runs, &mut scratch)
+            .is_ok());
+        // The rebuilt file takes its place.
+        std::fs::write(&path, &sound).unwrap();
+        let rebuilt = Arc::new(SegmentIndex::open(dir.path(), 0).unwrap().unwrap());
+        v.add_section(&rebuilt, 0);
+        let got = v
+            .select(0, 100, u64::MAX, 0, &mut runs, &mut scratch)
+            .unwrap();
+        assert_eq!((runs[0].0, got.bytes), (0, 100));
+        assert!(rebuilt.is_verified(), "checked on first use");
+    }
 }

@@ -109,16 +109,16 @@ pub fn run(dir: PathBuf, jobs: Receiver<Job>, outlets: Outlets) {
                 if let Some(d) = decision {
                     janitor.take(d);
                 }
-                janitor.index(&outlets.writer);
                 janitor.verify_next();
+                janitor.index(&outlets.writer);
                 (outlets.wake_reader)();
             }
             Err(RecvTimeoutError::Timeout) => {
                 if janitor.retry_due(Instant::now()) {
                     janitor.retry();
                 }
-                let indexed = janitor.index(&outlets.writer);
-                if janitor.verify_next() | indexed {
+                let verified = janitor.verify_next();
+                if janitor.index(&outlets.writer) | verified {
                     (outlets.wake_reader)();
                 }
             }
@@ -310,6 +310,7 @@ impl Janitor {
     /// True when index jobs wait and nothing holds them back.
     fn can_index_now(&self) -> bool {
         self.indexing.is_some()
+            && self.to_verify.is_empty()
             && self.pending.is_none()
             && self.index_failed.is_none()
             && !self.index_stopped
@@ -324,7 +325,9 @@ impl Janitor {
     /// reader hears of it. Segments retention deleted meanwhile are
     /// skipped. Returns whether it told the reader anything.
     fn index(&mut self, writer: &Sender<Trim>) -> bool {
-        if self.index_stopped || self.indexing.is_none() {
+        // The files recovery took are checked first: they are the oldest,
+        // and a damaged one is rebuilt before readers come to it.
+        if self.index_stopped || self.indexing.is_none() || !self.to_verify.is_empty() {
             return false;
         }
         if self.pending.is_some()
@@ -471,6 +474,77 @@ mod tests {
     use crate::journal::log::{Journal, Retention};
     use crate::journal::segment::list_segments;
     use crate::wire::batch::BatchBuilder;
+
+    /// The index files recovery took unchecked: a sound one passes, a
+    /// damaged one is rebuilt from its segment and handed to the reader,
+    /// and no index job is carried out before they are all checked.
+    #[test]
+    fn files_taken_at_the_start_are_checked_and_a_damaged_one_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path(), 1024, 4096).unwrap();
+        let (_, a) = j.create_topic("a", 2, 1, 1_000).unwrap();
+        let mut t = 0;
+        while j.sealed().len() < 3 {
+            let mut b = BatchBuilder::new();
+            b.push(0, b"", &[7u8; 100], &[]);
+            let batch = b.finish(0, 0).to_vec();
+            t += 1;
+            j.append_data(a, (t % 2) as u32, &batch, 1, 1, 1_000 + t)
+                .unwrap();
+        }
+        j.write_out().unwrap();
+        let job = j.index_job(j.end()).unwrap();
+        for &(start, end) in &job.segments {
+            offload::write_index(dir.path(), start, end, &job.partitions).unwrap();
+        }
+        let open = |start: u64| Arc::new(SegmentIndex::open(dir.path(), start).unwrap().unwrap());
+        let second = job.segments[1].0;
+        let path = dir.path().join(seg_index::index_file_name(second));
+        let sound = std::fs::read(&path).unwrap();
+        let mut bytes = sound.clone();
+        let last = bytes.len() - 3; // the last entry's time
+        bytes[last] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let taken: Vec<_> = job.segments.iter().map(|&(s, _)| open(s)).collect();
+        assert!(taken[1].verify().is_err());
+
+        let (to_reader, from_janitor) = std::sync::mpsc::channel();
+        let (to_writer, from_janitor_to_writer) = std::sync::mpsc::channel();
+        let mut janitor = Janitor::new(dir.path().to_path_buf(), to_reader);
+        janitor.to_verify.extend(taken.iter().cloned());
+        // An index job for a later segment waits behind the checks.
+        while j.sealed().len() < 4 {
+            let mut b = BatchBuilder::new();
+            b.push(0, b"", &[7u8; 100], &[]);
+            j.append_data(a, 0, b.finish(0, 0), 1, 1, 2_000).unwrap();
+        }
+        j.write_out().unwrap();
+        janitor.start_indexing(j.index_job(j.end()).expect("the fourth segment"));
+        assert!(!janitor.can_index_now());
+        assert!(!janitor.index(&to_writer));
+        assert!(!janitor.verify_next(), "the first file is sound");
+        assert!(taken[0].is_verified());
+        assert!(janitor.verify_next(), "the second is rebuilt");
+        match from_janitor.try_recv() {
+            Ok(ReaderEvent::Indexed(rebuilt)) => {
+                assert_eq!(rebuilt.segment_start, second);
+                assert!(rebuilt.is_verified());
+                assert!(same_batches(&rebuilt, &taken[1]));
+                rebuilt.verify().unwrap();
+            }
+            _ => panic!("the reader gets the rebuilt file"),
+        }
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            sound,
+            "the same file the writer's entries gave"
+        );
+        assert!(!janitor.verify_next());
+        assert!(janitor.to_verify.is_empty());
+        assert!(janitor.can_index_now());
+        assert!(janitor.index(&to_writer));
+        assert!(from_janitor_to_writer.try_recv().is_ok(), "the trim");
+    }
 
     /// Review finding: a start state that cannot be written once must not
     /// leave that decision's segments on disk for good (the journal forgot

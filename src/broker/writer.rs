@@ -1293,6 +1293,63 @@ mod tests {
     /// out, in the order the requests came, errors included; nothing of it
     /// goes to the responder.
     #[test]
+    fn a_standalone_writer_snapshots_its_catalog_by_bytes_time_and_at_its_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: dir.path().to_path_buf(),
+            segment_bytes: 1 << 20,
+            write_cache_bytes: 1 << 20,
+            batch_bytes_max: 64 << 10,
+            checkpoint_bytes: 1 << 20,
+            checkpoint_interval_ms: 5_000,
+            ..Config::default()
+        };
+        let journal = Journal::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+        let (_poll, shared) = Shared::for_tests(journal.end());
+        let (flusher_tx, flusher_rx) = std::sync::mpsc::channel();
+        let mut w = Writer::new(
+            journal,
+            Arc::new(config),
+            std::sync::mpsc::channel().0,
+            flusher_tx,
+            shared,
+            None,
+            HeapRb::new(16).split().0,
+            crate::broker::ring::message_ring(1 << 16).0,
+        );
+        let snapshots = || -> Vec<u64> {
+            flusher_rx
+                .try_iter()
+                .filter_map(|e| match e {
+                    FlusherEvent::Snapshot(s) => Some(s.position),
+                    _ => None,
+                })
+                .collect()
+        };
+        let t0 = Instant::now();
+        let _ = w.handle(1, true, &create_topic_frame("t"), t0, 0);
+        let _ = w.handle(1, true, &produce_frame("t", Qos::Received), t0, 0);
+        assert!(!w.maybe_snapshot(t0, false), "neither 1 MiB nor 5 s yet");
+        let later = t0 + Duration::from_secs(6);
+        assert!(w.maybe_snapshot(later, false), "the interval passed");
+        let end = w.journal.end();
+        assert_eq!(snapshots(), vec![end]);
+        assert!(!w.maybe_snapshot(later + Duration::from_secs(60), true));
+        let _ = w.handle(1, true, &produce_frame("t", Qos::Received), later, 0);
+        assert!(w.maybe_snapshot(later, true), "at the stop");
+        let snap_end = w.journal.end();
+        assert!(snap_end > end);
+        assert_eq!(snapshots(), vec![snap_end]);
+    }
+
+    #[test]
+    fn a_group_writer_takes_no_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = group_writer(dir.path());
+        assert!(!w.maybe_snapshot(Instant::now() + Duration::from_secs(60), true));
+    }
+
+    #[test]
     fn the_writer_answers_qos_received_and_errors_itself_after_its_write() {
         let dir = tempfile::tempdir().unwrap();
         let (mut w, rx, mut direct) = writer_and_rings(dir.path());

@@ -23,6 +23,7 @@ use super::offload::{IndexJob, JobPartition, Trim};
 use super::resume;
 use super::scan::{header_crc_ok, scan, ScanStop};
 use super::seg_index::SegmentIndex;
+use super::snapshot::CatalogSnapshot;
 use super::segment::{list_segments, segment_file_name, Segment};
 use super::start::{self, StartState, StartTopic};
 use super::topic::{TopicMeta, PARTITIONS_MAX};
@@ -304,6 +305,9 @@ pub struct Journal {
     /// The index files recovery took from disk, until
     /// [`Journal::take_indexes`].
     indexes: Vec<Arc<SegmentIndex>>,
+    /// The snapshot recovery started from, until
+    /// [`Journal::take_resumed_snapshot`].
+    resumed_snapshot: Option<Arc<CatalogSnapshot>>,
     control: BatchBuilder,
     report: RecoveryReport,
     /// Every batch recovery found, until [`Journal::take_entries`].
@@ -554,6 +558,9 @@ impl Journal {
             warned: u64::MAX,
             indexing_from: indexed_below,
             indexes,
+            resumed_snapshot: report
+                .snapshot_position
+                .and_then(|_| cp.snapshot.clone()),
             control: BatchBuilder::with_kind(BatchKind::Control),
             report,
             entries,
@@ -574,6 +581,13 @@ impl Journal {
     /// stage checks their entries in the background.
     pub fn take_indexes(&mut self) -> Vec<Arc<SegmentIndex>> {
         std::mem::take(&mut self.indexes)
+    }
+
+    /// The checkpoint's snapshot when recovery started from it (the next
+    /// checkpoints keep saving it until a newer one is durable); `None` on
+    /// later calls.
+    pub fn take_resumed_snapshot(&mut self) -> Option<Arc<CatalogSnapshot>> {
+        self.resumed_snapshot.take()
     }
 
     /// Position one past the last appended byte, which may still sit in the

@@ -117,7 +117,7 @@ pub(super) fn resume(
             Ok(Some(index)) => index,
             Ok(None) => break,
             Err(e) => {
-                crate::log!("{e}: reading segment {seg_start} instead");
+                crate::log!("the index file of segment {seg_start}: {e}: reading the segment instead");
                 break;
             }
         };
