@@ -18,5 +18,6 @@ pub mod reader;
 pub mod scan;
 pub mod seg_index;
 pub mod segment;
+pub mod snapshot;
 pub mod start;
 pub mod topic;
