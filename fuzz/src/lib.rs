@@ -1408,6 +1408,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             name: "orders".into(),
             partitions: 2,
         }],
+        snapshot: None,
     });
     let full = sample_segment(0);
     let torn = full[..full.len() - 10].to_vec();

@@ -308,7 +308,11 @@ impl Flusher {
         }
         // The newest snapshot F reached: saved from now on.
         let mut new_snapshot = false;
-        while self.snapshots_waiting.front().is_some_and(|s| s.position <= f) {
+        while self
+            .snapshots_waiting
+            .front()
+            .is_some_and(|s| s.position <= f)
+        {
             self.snapshot = self.snapshots_waiting.pop_front();
             new_snapshot = true;
         }
@@ -627,11 +631,7 @@ mod tests {
             next_topic_id: 0,
         });
         m.boundaries.pop();
-        assert_eq!(
-            durable(&mut fl, &mut m, 120),
-            (120, Some(90)),
-            "99 was cut"
-        );
+        assert_eq!(durable(&mut fl, &mut m, 120), (120, Some(90)), "99 was cut");
     }
 
     /// Review finding: after a start the count begins at the checkpoint

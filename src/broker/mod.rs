@@ -112,6 +112,8 @@ impl Broker {
             // Only the consensus log starts from the recovered entries.
             entries: config.is_clustered(),
             producers: config.producer_limits(),
+            // A repair needs the walk that finds damage anywhere.
+            from_snapshot: !(config.repair || config.verify_journal),
             ..crate::journal::log::Recovery::default()
         };
         let mut journal = Journal::open_with(

@@ -29,9 +29,9 @@ use crate::journal::error::JournalError;
 use crate::journal::log::Retained;
 use crate::journal::offload::{self, IndexJob, Trim};
 use crate::journal::seg_index::{self, SegmentIndex};
-use std::collections::{HashMap, VecDeque};
 use crate::journal::segment::segment_file_name;
 use crate::journal::start;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -147,8 +147,7 @@ fn same_batches(a: &SegmentIndex, b: &SegmentIndex) -> bool {
     };
     a.segment_end == b.segment_end
         && a.sections().len() == b.sections().len()
-        && a
-            .sections()
+        && a.sections()
             .iter()
             .zip(b.sections())
             .all(|(x, y)| key(x) == key(y))
@@ -247,8 +246,7 @@ impl Janitor {
             }
         }
         for s in index.sections() {
-            self.seeds
-                .insert((s.topic_id, s.partition), s.max_time_ms);
+            self.seeds.insert((s.topic_id, s.partition), s.max_time_ms);
         }
         told
     }

@@ -29,8 +29,8 @@ use super::dir::{
     begin_state, decode_state, read_state_file, seal_state, write_atomically, STATE_HEADER_LEN,
 };
 use super::error::JournalError;
-pub use super::topic::TOPIC_NAME_BYTES_MAX;
 use super::snapshot::{self, CatalogSnapshot};
+pub use super::topic::TOPIC_NAME_BYTES_MAX;
 use super::topic::{encode_meta, MetaReader, TopicMeta};
 use crate::wire::codec::{DecodeError, Put, Reader};
 use std::path::Path;
@@ -264,16 +264,73 @@ mod tests {
         assert!(matches!(decode(&v1), Err(JournalError::Corrupt(_))));
     }
 
+    /// `sample()` with a snapshot of its topics at `position`.
+    fn with_snapshot(position: u64) -> Checkpoint {
+        use crate::journal::producers::{Key, Landed, SavedState, SavedStates};
+        use crate::journal::snapshot::SnapshotTopic;
+        let mut cp = sample();
+        cp.snapshot = Some(Arc::new(CatalogSnapshot {
+            position,
+            next_topic_id: 3,
+            cluster_id: None,
+            topics: cp
+                .topics
+                .iter()
+                .map(|t| SnapshotTopic {
+                    meta: t.clone(),
+                    created_at: Some(u64::from(t.id)),
+                    next_offsets: vec![5; t.partitions as usize],
+                })
+                .collect(),
+            producers: SavedStates {
+                clock_ms: 9,
+                states: vec![SavedState {
+                    key: Key {
+                        topic_id: 1,
+                        partition: 7,
+                        producer_id: 42,
+                    },
+                    epoch: 0,
+                    next_seq: 1,
+                    last_ms: 9,
+                    window: vec![Landed {
+                        first_seq: 0,
+                        last_seq: 0,
+                        base_offset: 4,
+                        end: 100,
+                        append_time_ms: 9,
+                    }],
+                }],
+            },
+        }));
+        cp
+    }
+
     #[test]
     fn checkpoints_round_trip() {
-        for cp in [Checkpoint::default(), sample()] {
+        for cp in [Checkpoint::default(), sample(), with_snapshot(1000)] {
             assert_eq!(decode(&encode(&cp)).unwrap(), cp);
         }
     }
 
     #[test]
+    fn a_snapshot_above_the_durable_position_is_corrupt() {
+        let cp = with_snapshot(sample().position + 1);
+        let err = decode(&encode(&cp)).unwrap_err();
+        assert!(err.to_string().contains("snapshot position"), "{err}");
+        let bad_flag = {
+            let mut bytes = encode(&sample());
+            *bytes.last_mut().unwrap() = 2;
+            let crc = crc32c::crc32c(&bytes[HEADER_LEN..]);
+            bytes[6..10].copy_from_slice(&crc.to_le_bytes());
+            bytes
+        };
+        assert!(matches!(decode(&bad_flag), Err(JournalError::Corrupt(_))));
+    }
+
+    #[test]
     fn every_truncation_is_corrupt() {
-        let bytes = encode(&sample());
+        let bytes = encode(&with_snapshot(1000));
         for cut in 0..bytes.len() {
             assert!(
                 matches!(decode(&bytes[..cut]), Err(JournalError::Corrupt(_))),
@@ -284,7 +341,7 @@ mod tests {
 
     #[test]
     fn every_flipped_byte_is_corrupt() {
-        let bytes = encode(&sample());
+        let bytes = encode(&with_snapshot(1000));
         for i in 0..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 0x20;

@@ -23,8 +23,8 @@ use super::offload::{IndexJob, JobPartition, Trim};
 use super::resume;
 use super::scan::{header_crc_ok, scan, ScanStop};
 use super::seg_index::SegmentIndex;
-use super::snapshot::CatalogSnapshot;
 use super::segment::{list_segments, segment_file_name, Segment};
+use super::snapshot::CatalogSnapshot;
 use super::start::{self, StartState, StartTopic};
 use super::topic::{TopicMeta, PARTITIONS_MAX};
 use crate::consensus::Entry;
@@ -163,6 +163,9 @@ pub struct Recovery {
     /// Bounds of the producer states recovery rebuilds (evictions
     /// included, as when the batches were first appended).
     pub producers: ProducerLimits,
+    /// Start from the checkpoint's snapshot when there is a usable one
+    /// (without `entries` only); false reads and checks every batch.
+    pub from_snapshot: bool,
 }
 
 impl Default for Recovery {
@@ -174,6 +177,7 @@ impl Default for Recovery {
             entries: true,
             sync_file: File::sync_data,
             producers: ProducerLimits::default(),
+            from_snapshot: true,
         }
     }
 }
@@ -378,20 +382,22 @@ impl Journal {
         let mut verify_from = cp.position.min(last_start);
         // A standalone journal restarts from the checkpoint's snapshot when
         // it can; a group member's consensus log needs every batch.
-        let resumed = if recovery.entries || !cp_readable || cp.snapshot.is_none() {
-            None
-        } else {
-            match resume::resume(dir, &cp, start_state.as_ref(), recovery.producers) {
-                Ok(r) => Some(r),
-                Err(why) => {
-                    crate::log!(
-                        "recovery cannot start from the snapshot ({why}): reading the whole \
+        let resumed =
+            if recovery.entries || !recovery.from_snapshot || !cp_readable || cp.snapshot.is_none()
+            {
+                None
+            } else {
+                match resume::resume(dir, &cp, start_state.as_ref(), recovery.producers) {
+                    Ok(r) => Some(r),
+                    Err(why) => {
+                        crate::log!(
+                            "recovery cannot start from the snapshot ({why}): reading the whole \
                          journal"
-                    );
-                    None
+                        );
+                        None
+                    }
                 }
-            }
-        };
+            };
         let mut indexes = Vec::new();
         let mut indexed_below = base;
         let mut indexed_batches = 0;
@@ -558,9 +564,7 @@ impl Journal {
             warned: u64::MAX,
             indexing_from: indexed_below,
             indexes,
-            resumed_snapshot: report
-                .snapshot_position
-                .and_then(|_| cp.snapshot.clone()),
+            resumed_snapshot: report.snapshot_position.and_then(|_| cp.snapshot.clone()),
             control: BatchBuilder::with_kind(BatchKind::Control),
             report,
             entries,

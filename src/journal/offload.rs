@@ -15,8 +15,8 @@ use super::append_log::{append_log, AppendWriter};
 use super::catalog::IndexHandle;
 use super::error::JournalError;
 use super::index::{entries_below_in, IndexEntries, IndexEntry, PartitionIndex};
-use super::seg_index::{self, SectionSource, SegmentIndex};
 use super::scan::scan;
+use super::seg_index::{self, SectionSource, SegmentIndex};
 use super::segment::{segment_file_name, Segment};
 use crate::wire::batch::{BatchKind, BatchView};
 use std::collections::{BTreeMap, HashMap};
@@ -185,9 +185,10 @@ pub fn rebuild_index(
         }
         let key = (view.topic_id(), view.partition());
         let entries = sections.entry(key).or_default();
-        let before = entries
-            .last()
-            .map_or_else(|| seeds.get(&key).copied().unwrap_or(i64::MIN), |e| e.max_time_ms);
+        let before = entries.last().map_or_else(
+            || seeds.get(&key).copied().unwrap_or(i64::MIN),
+            |e| e.max_time_ms,
+        );
         entries.push(IndexEntry {
             base_offset: view.base_offset(),
             position,

@@ -117,7 +117,9 @@ pub(super) fn resume(
             Ok(Some(index)) => index,
             Ok(None) => break,
             Err(e) => {
-                crate::log!("the index file of segment {seg_start}: {e}: reading the segment instead");
+                crate::log!(
+                    "the index file of segment {seg_start}: {e}: reading the segment instead"
+                );
                 break;
             }
         };
@@ -207,7 +209,9 @@ pub(super) fn resume(
             let len = batch.len() as u64;
             if pos < s {
                 if pos + len > s {
-                    return Err(format!("a batch at {pos} crosses the snapshot's position {s}"));
+                    return Err(format!(
+                        "a batch at {pos} crosses the snapshot's position {s}"
+                    ));
                 }
                 index_only(&mut catalog, pos, batch)?;
             } else {
@@ -225,12 +229,9 @@ pub(super) fn resume(
         newest.push(seg_newest);
         active = Some(seg);
         match result.stop {
-            ScanStop::End if is_last => {}
-            ScanStop::End => {
-                return Err(format!(
-                    "segment {seg_start} ends at {end}, before the next one starts"
-                ))
-            }
+            // The next segment must start where this one's data ends
+            // (checked as it is reached).
+            ScanStop::End => {}
             ScanStop::Torn(why) | ScanStop::Refused(why) => {
                 // Only a torn tail is this path's: above the snapshot and
                 // the checkpoint, in the last segment.
@@ -365,7 +366,8 @@ mod tests {
                 *s - 1
             };
             let b = if id == 0 { batch(0, 0) } else { batch(id, seq) };
-            j.append_data(slot, partition, &b, 1, 1, t0 + k as i64).unwrap();
+            j.append_data(slot, partition, &b, 1, 1, t0 + k as i64)
+                .unwrap();
         }
     }
 
@@ -465,7 +467,10 @@ mod tests {
         assert_eq!(j.report().read_from, active, "sealed segments are not read");
         assert_eq!(j.take_indexes().len(), 6);
         assert_eq!(seen(&j, dir.path()), whole);
-        assert!(whole.1.iter().all(|&n| n > 10), "the partitions hold batches");
+        assert!(
+            whole.1.iter().all(|&n| n > 10),
+            "the partitions hold batches"
+        );
     }
 
     #[test]
@@ -488,7 +493,9 @@ mod tests {
         journal(dir.path(), 10);
         let (_copy, whole) = read_whole(dir.path());
         let third = open(dir.path()).sealed()[2].start;
-        let path = dir.path().join(super::super::seg_index::index_file_name(third));
+        let path = dir
+            .path()
+            .join(super::super::seg_index::index_file_name(third));
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[INDEX_HEADER_LEN + 20] ^= 1; // a directory record
         std::fs::write(&path, bytes).unwrap();
@@ -522,7 +529,9 @@ mod tests {
             (j.end(), j.segment_files().last().unwrap().0)
         };
         // Tear the last batch: garbage in its records.
-        let seg = dir.path().join(crate::journal::segment::segment_file_name(active));
+        let seg = dir
+            .path()
+            .join(crate::journal::segment::segment_file_name(active));
         let f = OpenOptions::new().write(true).open(&seg).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&f, &[0xAB; 20], end - active - 30).unwrap();
         let j = open(dir.path());
@@ -539,10 +548,7 @@ mod tests {
         let mut j = open(dir.path());
         let r = j
             .retain(
-                crate::journal::log::Retention {
-                    bytes: 1,
-                    ms: None,
-                },
+                crate::journal::log::Retention { bytes: 1, ms: None },
                 j.end(),
                 10_000,
             )
