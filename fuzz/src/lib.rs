@@ -27,7 +27,7 @@ use hutong::journal::checkpoint::{self, Checkpoint};
 use hutong::journal::control::{self, Control};
 use hutong::journal::error::JournalError;
 use hutong::journal::index::{IndexEntry, PartitionIndex};
-use hutong::journal::log::Journal;
+use hutong::journal::log::{Journal, Recovery};
 use hutong::journal::scan::{header_crc_ok, scan, ScanResult, ScanStop};
 use hutong::journal::seg_index::{
     self, index_file_name, Section, SectionSource, SegmentIndex, INDEX_ENTRIES_AT_AT,
@@ -56,6 +56,7 @@ use hutong::wire::frame::{
 };
 use hutong::wire::replicate::{decode_message, encode_message, payload_len, write_frame};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A fuzz target: any bytes in, a panic only when an invariant breaks.
@@ -794,6 +795,69 @@ pub fn journal_open(data: &[u8]) {
         first.resize(cut + BATCH_HEADER_LEN, 0);
         let segments = [(0, first), (cut as u64, padded(&sealed[cut..]))];
         open_checks(&segments, Some(&checkpoint));
+        resume_checks(&segments, cut as u64);
+    }
+}
+
+/// How a standalone broker opens its journal: from the checkpoint's
+/// snapshot when it can (`from_snapshot`), else by the full walk.
+fn standalone(from_snapshot: bool) -> Recovery {
+    Recovery {
+        entries: false,
+        from_snapshot,
+        ..Recovery::default()
+    }
+}
+
+/// Writes `segments` and `checkpoint` into a fresh directory and opens it
+/// with `recovery`.
+fn open_with(
+    segments: &[(u64, Vec<u8>)],
+    checkpoint: &Checkpoint,
+    recovery: Recovery,
+) -> (TempDir, Result<Journal, JournalError>) {
+    let dir = TempDir::new().expect("create a temp dir for journal_open");
+    for (start, bytes) in segments {
+        std::fs::write(dir.path().join(segment_file_name(*start)), bytes)
+            .expect("write an input segment");
+    }
+    checkpoint::write(dir.path(), checkpoint).expect("write the input checkpoint");
+    let j = Journal::open_with(dir.path(), OPEN_SEGMENT_BYTES, OPEN_CACHE_BYTES, recovery);
+    (dir, j)
+}
+
+/// The two-segment layout of [`journal_open`] with a checkpoint at the cut
+/// that carries a snapshot of the catalog there (taken by a full walk of
+/// the first segment alone): recovery from the snapshot must end with the
+/// very journal the full walk of both segments finds, or fail as it does.
+fn resume_checks(segments: &[(u64, Vec<u8>)], cut: u64) {
+    let (_first_dir, first) = open_with(&segments[..1], &Checkpoint::default(), standalone(false));
+    let Ok(first) = first else {
+        return;
+    };
+    if first.end() != cut {
+        return;
+    }
+    let checkpoint = Checkpoint {
+        position: cut,
+        next_topic_id: first.catalog().next_topic_id(),
+        topics: first.checkpoint_topics(),
+        snapshot: Some(Arc::new(first.catalog().snapshot(cut))),
+    };
+    drop(first);
+    let (_resumed_dir, resumed) = open_with(segments, &checkpoint, standalone(true));
+    let (_walked_dir, walked) = open_with(segments, &checkpoint, standalone(false));
+    match (resumed, walked) {
+        (Ok(r), Ok(w)) => {
+            assert_eq!(shape(&r), shape(&w), "resumed and walked journals differ");
+            assert_eq!(r.report().batches, w.report().batches);
+        }
+        (Err(_), Err(_)) => {}
+        (r, w) => panic!(
+            "recovery from the snapshot gave {:?}, the full walk {:?}",
+            r.map(|j| shape(&j)),
+            w.map(|j| shape(&j))
+        ),
     }
 }
 
