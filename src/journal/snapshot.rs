@@ -230,13 +230,13 @@ fn check_fits(
     field: &'static str,
 ) -> Result<(), DecodeError> {
     let needed = count.saturating_mul(item_bytes);
-    match needed.checked_sub(r.remaining()) {
-        Some(short) if short > 0 => Err(DecodeError::Truncated {
+    if needed > r.remaining() {
+        return Err(DecodeError::Truncated {
             field,
-            needed: short,
-        }),
-        _ => Ok(()),
+            needed: needed - r.remaining(),
+        });
     }
+    Ok(())
 }
 
 /// Reads the position of a record the snapshot names: `None` for
