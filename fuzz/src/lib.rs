@@ -678,10 +678,14 @@ fn checkpoint_checks(bytes: &[u8]) {
         return;
     };
     let encoded = checkpoint::encode(&cp);
-    assert_eq!(
-        encoded, bytes,
-        "a decoded checkpoint re-encodes to its bytes"
-    );
+    // A version 1 checkpoint (still read) is written again as the current
+    // version; any other re-encodes to exactly its bytes.
+    if bytes[4..6] != checkpoint::CHECKPOINT_VERSION_1.to_le_bytes() {
+        assert_eq!(
+            encoded, bytes,
+            "a decoded checkpoint re-encodes to its bytes"
+        );
+    }
     assert_eq!(checkpoint::decode(&encoded).ok(), Some(cp));
 }
 
