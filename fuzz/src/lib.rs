@@ -61,8 +61,8 @@ use hutong::wire::frame::{
 };
 use hutong::wire::replicate::{decode_message, encode_message, payload_len, write_frame};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// A fuzz target: any bytes in, a panic only when an invariant breaks.
 pub type Target = fn(&[u8]);
