@@ -634,6 +634,36 @@ mod tests {
         assert_eq!(durable(&mut fl, &mut m, 120), (120, Some(90)), "99 was cut");
     }
 
+    /// Review finding (snapshots): after a failed fdatasync F never moves
+    /// again in this process, yet the broker goes on taking writes (QoS
+    /// `none`/`received` are answered, only `flushed` fails) and the
+    /// writer goes on taking a snapshot every `checkpoint_interval_ms`
+    /// with data appended and every `checkpoint_bytes`. Each one (a copy
+    /// of every producer state, up to some 41 MiB with the default caps)
+    /// waits in `snapshots_waiting` for an F that never comes: memory
+    /// grows without bound. Only the oldest waiting one (the first F can
+    /// reach) and the newest are ever worth keeping.
+    #[test]
+    fn snapshots_waiting_for_an_f_that_no_longer_moves_stay_bounded() {
+        let (_poll, shared) = Shared::for_tests(0);
+        let m = Model::new();
+        let mut fl = flusher(&m).with_checkpoint_bytes(10, 0);
+        // The fdatasync failed: F stays at 0 for good.
+        shared.storage_failed.store(true, Ordering::Release);
+        for k in 1..=1_000u64 {
+            // One writer round after another: W moves, a snapshot is sent.
+            shared.positions.written.set(k * 10);
+            fl.event(FlusherEvent::Snapshot(snapshot_at(k * 10)));
+            assert!(!fl.flush_to(&shared, k * 10), "F cannot move");
+            let _ = fl.maybe_checkpoint(&shared, Instant::now(), false);
+        }
+        assert!(
+            fl.snapshots_waiting.len() <= 2,
+            "{} snapshots held waiting for an F that cannot move",
+            fl.snapshots_waiting.len()
+        );
+    }
+
     /// Review finding: after a start the count begins at the checkpoint
     /// recovery started from, not at the recovered end (a crash loop whose
     /// runs each write less than `checkpoint_bytes` in less than the
