@@ -541,6 +541,65 @@ mod tests {
         assert_eq!(j.end(), at);
     }
 
+    /// Review finding: recovery from the snapshot takes the next topic id
+    /// from the snapshot alone and ignores the checkpoint's (and the start
+    /// state's), which the full walk honours. The flusher raises its next
+    /// topic id as soon as the writer creates a topic (`FlusherEvent::
+    /// Topic`), so a checkpoint at F below a new topic's record already
+    /// counts its id; when a crash then loses that record, the full walk
+    /// still never hands the id out again ("Topic ids are never reused",
+    /// docs/storage.md), while a start from the snapshot does.
+    #[test]
+    fn a_start_from_the_snapshot_never_hands_out_a_topic_id_again() {
+        let dir = tempfile::tempdir().unwrap();
+        journal(dir.path(), 0);
+        let (cp_at, active, end, next) = {
+            let mut j = open(dir.path());
+            let cp_at = j.end();
+            j.create_topic("c", 1, 1, 5_000).unwrap();
+            j.write_out().unwrap();
+            let active = j.segment_files().last().unwrap().0;
+            (cp_at, active, j.end(), j.catalog().next_topic_id())
+        };
+        assert_eq!(next, 3, "c took id 2");
+        // The flusher's next checkpoint, at F below c's record.
+        let mut cp = checkpoint::read(dir.path()).unwrap().unwrap();
+        assert_eq!(cp.position, cp_at);
+        cp.next_topic_id = next;
+        checkpoint::write(dir.path(), &cp).unwrap();
+        // The crash: c's record never reached the disk.
+        let seg = dir
+            .path()
+            .join(crate::journal::segment::segment_file_name(active));
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        let zeros = vec![0u8; (end - cp_at) as usize];
+        std::os::unix::fs::FileExt::write_all_at(&f, &zeros, cp_at - active).unwrap();
+        drop(f);
+
+        let full = Journal::open_with(
+            dir.path(),
+            SEGMENT,
+            4096,
+            Recovery {
+                from_snapshot: false,
+                ..recovery()
+            },
+        )
+        .unwrap();
+        assert_eq!(full.end(), cp_at);
+        let full_next = full.catalog().next_topic_id();
+        drop(full);
+        assert_eq!(full_next, 3, "the full walk keeps the checkpoint's");
+        let j = open(dir.path());
+        assert!(j.report().snapshot_position.is_some(), "from the snapshot");
+        assert_eq!(j.end(), cp_at);
+        assert_eq!(
+            j.catalog().next_topic_id(),
+            full_next,
+            "id 2 would name a second topic"
+        );
+    }
+
     #[test]
     fn a_snapshot_below_the_journal_start_is_not_used() {
         let dir = tempfile::tempdir().unwrap();
