@@ -600,6 +600,73 @@ mod tests {
         );
     }
 
+    /// Review finding: a segment taken through its index file gets as its
+    /// newest stamp the largest running maximum of its data sections, not
+    /// the newest stamp of its batches as the full walk (and the writer,
+    /// `active_newest_ms`) has it: its control records (a `CreateTopic`)
+    /// are not counted, and a segment of control records only gets
+    /// `i64::MIN`. Time retention judges a segment by that stamp, so after
+    /// a start from the snapshot it deletes a segment the broker before
+    /// the restart, and a full walk, keep.
+    #[test]
+    fn a_taken_segment_keeps_its_newest_stamp_for_time_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path());
+        let before = j.end();
+        j.create_topic("a", 1, 1, 1_000).unwrap();
+        let ctl = j.end() - before;
+        let data = batch(0, 0);
+        let len = data.len() as u64;
+        // Data stamped 2_000 until only a control record fits after it.
+        while j.end() + len + ctl <= SEGMENT as u64 {
+            j.append_data(0, 0, &data, 1, 1, 2_000).unwrap();
+        }
+        // The last batch of the first segment: a topic created at 90_000.
+        j.create_topic("z", 1, 1, 90_000).unwrap();
+        j.append_data(0, 0, &data, 1, 1, 90_001).unwrap();
+        assert_eq!(j.sealed().len(), 1, "the next batch rolled");
+        assert_eq!(j.sealed()[0].newest_ms, 90_000, "as the writer has it");
+        j.write_out().unwrap();
+        let job = j.index_job(j.end()).unwrap();
+        for &(start, end) in &job.segments {
+            offload::write_index(dir.path(), start, end, &job.partitions).unwrap();
+        }
+        checkpoint::write(
+            dir.path(),
+            &checkpoint::Checkpoint {
+                position: j.end(),
+                next_topic_id: j.catalog().next_topic_id(),
+                topics: j.checkpoint_topics(),
+                snapshot: Some(Arc::new(j.catalog().snapshot(j.end()))),
+            },
+        )
+        .unwrap();
+        drop(j);
+        let policy = crate::journal::log::Retention {
+            bytes: 0,
+            ms: Some(50_000),
+        };
+        let mut whole = Journal::open_with(
+            dir.path(),
+            SEGMENT,
+            4096,
+            Recovery {
+                from_snapshot: false,
+                ..recovery()
+            },
+        )
+        .unwrap();
+        let whole_newest = whole.sealed()[0].newest_ms;
+        let end = whole.end();
+        let whole_deletes = whole.retain(policy, end, 100_000).is_some();
+        drop(whole);
+        let mut j = open(dir.path());
+        assert!(j.report().snapshot_position.is_some(), "from the snapshot");
+        assert_eq!(j.take_indexes().len(), 1, "the first segment taken");
+        assert_eq!(j.sealed()[0].newest_ms, whole_newest);
+        assert_eq!(j.retain(policy, end, 100_000).is_some(), whole_deletes);
+    }
+
     #[test]
     fn a_snapshot_below_the_journal_start_is_not_used() {
         let dir = tempfile::tempdir().unwrap();
