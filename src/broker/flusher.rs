@@ -634,6 +634,128 @@ mod tests {
         assert_eq!(durable(&mut fl, &mut m, 120), (120, Some(90)), "99 was cut");
     }
 
+    /// Review finding (snapshots): after a failed fdatasync F never moves
+    /// again in this process, yet the broker goes on taking writes (QoS
+    /// `none`/`received` are answered, only `flushed` fails) and the
+    /// writer goes on taking a snapshot every `checkpoint_interval_ms`
+    /// with data appended and every `checkpoint_bytes`. Each one (a copy
+    /// of every producer state, up to some 41 MiB with the default caps)
+    /// waits in `snapshots_waiting` for an F that never comes: memory
+    /// grows without bound. Only the oldest waiting one (the first F can
+    /// reach) and the newest are ever worth keeping.
+    #[test]
+    fn snapshots_waiting_for_an_f_that_no_longer_moves_stay_bounded() {
+        let (_poll, shared) = Shared::for_tests(0);
+        let m = Model::new();
+        let mut fl = flusher(&m).with_checkpoint_bytes(10, 0);
+        // The fdatasync failed: F stays at 0 for good.
+        shared.storage_failed.store(true, Ordering::Release);
+        for k in 1..=1_000u64 {
+            // One writer round after another: W moves, a snapshot is sent.
+            shared.positions.written.set(k * 10);
+            fl.event(FlusherEvent::Snapshot(snapshot_at(k * 10)));
+            assert!(!fl.flush_to(&shared, k * 10), "F cannot move");
+            let _ = fl.maybe_checkpoint(&shared, Instant::now(), false);
+        }
+        assert!(
+            fl.snapshots_waiting.len() <= 2,
+            "{} snapshots held waiting for an F that cannot move",
+            fl.snapshots_waiting.len()
+        );
+    }
+
+    /// Review finding (snapshots): the snapshot, which holds every producer
+    /// state, is encoded, written and fsynced again in every checkpoint,
+    /// whether or not it changed: with a trickle of writes that is once per
+    /// `checkpoint_interval_ms` (5 s). 10,000 producer states (100
+    /// producers on 100 partitions) with full default windows make a 26 MB
+    /// checkpoint: 5 MB/s of disk writes (some 450 GB a day) for a broker
+    /// that takes a few bytes a second, and each rewrite holds up the
+    /// flusher's group commits (QoS `flushed`) for its write and fsync.
+    #[test]
+    fn an_unchanged_snapshot_is_not_written_again_at_every_checkpoint() {
+        use crate::journal::producers::{Key, Landed, SavedState, SavedStates};
+        use crate::journal::snapshot::SnapshotTopic;
+        let (_poll, shared) = Shared::for_tests(0);
+        let mut m = Model::new();
+        let mut fl = Flusher::new(
+            m.dir.path().to_path_buf(),
+            &m.files,
+            0,
+            Vec::new(),
+            0,
+            Duration::from_secs(5),
+        );
+        fl.sync_file = record_sync;
+        let partitions = 100u32;
+        let states = (0..partitions)
+            .flat_map(|partition| {
+                (1..=100u64).map(move |producer_id| SavedState {
+                    key: Key {
+                        topic_id: 0,
+                        partition,
+                        producer_id,
+                    },
+                    epoch: 0,
+                    next_seq: 64,
+                    last_ms: 1_000,
+                    window: (0..64)
+                        .map(|seq| Landed {
+                            first_seq: seq,
+                            last_seq: seq,
+                            base_offset: seq,
+                            end: seq + 1,
+                            append_time_ms: 1_000,
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        let snap = Arc::new(CatalogSnapshot {
+            position: 0,
+            next_topic_id: 1,
+            cluster_id: None,
+            topics: vec![SnapshotTopic {
+                meta: TopicMeta {
+                    id: 0,
+                    name: "t".into(),
+                    partitions,
+                },
+                created_at: None,
+                next_offsets: vec![0; partitions as usize],
+            }],
+            producers: SavedStates {
+                clock_ms: 1_000,
+                states,
+            },
+        });
+        fl.event(FlusherEvent::Snapshot(snap));
+        let t0 = Instant::now();
+        let path = m.dir.path().join(checkpoint::CHECKPOINT_FILE);
+        let mut written = 0u64;
+        let mut one = 0u64;
+        // A trickle: a few bytes in each 5 s interval, for a minute.
+        for k in 1..=12u64 {
+            if let Some(s) = m.write(5) {
+                fl.event(FlusherEvent::Segment(s));
+            }
+            shared.positions.written.set(m.end());
+            fl.sync(m.end()).unwrap();
+            assert!(fl.publish(&shared, m.end()));
+            let now = t0 + Duration::from_secs(6 * k);
+            if fl.maybe_checkpoint(&shared, now, false).unwrap() {
+                one = std::fs::metadata(&path).unwrap().len();
+                written += one;
+            }
+        }
+        assert!(one > 20_000_000, "a {one}-byte checkpoint");
+        assert!(
+            written <= 2 * one,
+            "{written} bytes of checkpoints written in a minute for 60 bytes of data, the \
+             same {one}-byte snapshot each time"
+        );
+    }
+
     /// Review finding: after a start the count begins at the checkpoint
     /// recovery started from, not at the recovered end (a crash loop whose
     /// runs each write less than `checkpoint_bytes` in less than the

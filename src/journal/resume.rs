@@ -541,6 +541,132 @@ mod tests {
         assert_eq!(j.end(), at);
     }
 
+    /// Review finding: recovery from the snapshot takes the next topic id
+    /// from the snapshot alone and ignores the checkpoint's (and the start
+    /// state's), which the full walk honours. The flusher raises its next
+    /// topic id as soon as the writer creates a topic (`FlusherEvent::
+    /// Topic`), so a checkpoint at F below a new topic's record already
+    /// counts its id; when a crash then loses that record, the full walk
+    /// still never hands the id out again ("Topic ids are never reused",
+    /// docs/storage.md), while a start from the snapshot does.
+    #[test]
+    fn a_start_from_the_snapshot_never_hands_out_a_topic_id_again() {
+        let dir = tempfile::tempdir().unwrap();
+        journal(dir.path(), 0);
+        let (cp_at, active, end, next) = {
+            let mut j = open(dir.path());
+            let cp_at = j.end();
+            j.create_topic("c", 1, 1, 5_000).unwrap();
+            j.write_out().unwrap();
+            let active = j.segment_files().last().unwrap().0;
+            (cp_at, active, j.end(), j.catalog().next_topic_id())
+        };
+        assert_eq!(next, 3, "c took id 2");
+        // The flusher's next checkpoint, at F below c's record.
+        let mut cp = checkpoint::read(dir.path()).unwrap().unwrap();
+        assert_eq!(cp.position, cp_at);
+        cp.next_topic_id = next;
+        checkpoint::write(dir.path(), &cp).unwrap();
+        // The crash: c's record never reached the disk.
+        let seg = dir
+            .path()
+            .join(crate::journal::segment::segment_file_name(active));
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        let zeros = vec![0u8; (end - cp_at) as usize];
+        std::os::unix::fs::FileExt::write_all_at(&f, &zeros, cp_at - active).unwrap();
+        drop(f);
+
+        let full = Journal::open_with(
+            dir.path(),
+            SEGMENT,
+            4096,
+            Recovery {
+                from_snapshot: false,
+                ..recovery()
+            },
+        )
+        .unwrap();
+        assert_eq!(full.end(), cp_at);
+        let full_next = full.catalog().next_topic_id();
+        drop(full);
+        assert_eq!(full_next, 3, "the full walk keeps the checkpoint's");
+        let j = open(dir.path());
+        assert!(j.report().snapshot_position.is_some(), "from the snapshot");
+        assert_eq!(j.end(), cp_at);
+        assert_eq!(
+            j.catalog().next_topic_id(),
+            full_next,
+            "id 2 would name a second topic"
+        );
+    }
+
+    /// Review finding: a segment taken through its index file gets as its
+    /// newest stamp the largest running maximum of its data sections, not
+    /// the newest stamp of its batches as the full walk (and the writer,
+    /// `active_newest_ms`) has it: its control records (a `CreateTopic`)
+    /// are not counted, and a segment of control records only gets
+    /// `i64::MIN`. Time retention judges a segment by that stamp, so after
+    /// a start from the snapshot it deletes a segment the broker before
+    /// the restart, and a full walk, keep.
+    #[test]
+    fn a_taken_segment_keeps_its_newest_stamp_for_time_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path());
+        let before = j.end();
+        j.create_topic("a", 1, 1, 1_000).unwrap();
+        let ctl = j.end() - before;
+        let data = batch(0, 0);
+        let len = data.len() as u64;
+        // Data stamped 2_000 until only a control record fits after it.
+        while j.end() + len + ctl <= SEGMENT as u64 {
+            j.append_data(0, 0, &data, 1, 1, 2_000).unwrap();
+        }
+        // The last batch of the first segment: a topic created at 90_000.
+        j.create_topic("z", 1, 1, 90_000).unwrap();
+        j.append_data(0, 0, &data, 1, 1, 90_001).unwrap();
+        assert_eq!(j.sealed().len(), 1, "the next batch rolled");
+        assert_eq!(j.sealed()[0].newest_ms, 90_000, "as the writer has it");
+        j.write_out().unwrap();
+        let job = j.index_job(j.end()).unwrap();
+        for &(start, end) in &job.segments {
+            offload::write_index(dir.path(), start, end, &job.partitions).unwrap();
+        }
+        checkpoint::write(
+            dir.path(),
+            &checkpoint::Checkpoint {
+                position: j.end(),
+                next_topic_id: j.catalog().next_topic_id(),
+                topics: j.checkpoint_topics(),
+                snapshot: Some(Arc::new(j.catalog().snapshot(j.end()))),
+            },
+        )
+        .unwrap();
+        drop(j);
+        let policy = crate::journal::log::Retention {
+            bytes: 0,
+            ms: Some(50_000),
+        };
+        let mut whole = Journal::open_with(
+            dir.path(),
+            SEGMENT,
+            4096,
+            Recovery {
+                from_snapshot: false,
+                ..recovery()
+            },
+        )
+        .unwrap();
+        let whole_newest = whole.sealed()[0].newest_ms;
+        let end = whole.end();
+        let whole_deletes = whole.retain(policy, end, 100_000).is_some();
+        drop(whole);
+        let mut j = open(dir.path());
+        assert!(j.report().snapshot_position.is_some(), "from the snapshot");
+        assert_eq!(j.take_indexes().len(), 1, "the first segment taken");
+        assert_eq!(j.sealed()[0].newest_ms, whole_newest);
+        assert_eq!(j.retain(policy, end, 100_000).is_some(), whole_deletes);
+    }
+
     #[test]
     fn a_snapshot_below_the_journal_start_is_not_used() {
         let dir = tempfile::tempdir().unwrap();
