@@ -191,7 +191,7 @@ pub struct Config {
     #[serde(skip)]
     pub repair: bool,
     /// Read and check the whole journal at this start rather than start
-    /// from the checkpoint's snapshot (`hutong broker --verify-journal`;
+    /// from the catalog snapshot (`hutong broker --verify-journal`;
     /// like `repair`, a decision for one start).
     #[serde(skip)]
     pub verify_journal: bool,

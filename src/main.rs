@@ -108,7 +108,7 @@ struct BrokerArgs {
     #[arg(long)]
     repair: bool,
     /// Read and check every batch of the journal at this start instead of
-    /// starting from the checkpoint's snapshot and the segment index
+    /// starting from the catalog snapshot and the segment index
     /// files (damage anywhere is then found before the broker serves).
     #[arg(long)]
     verify_journal: bool,

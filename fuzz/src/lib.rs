@@ -62,7 +62,6 @@ use hutong::wire::frame::{
 use hutong::wire::replicate::{decode_message, encode_message, payload_len, write_frame};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 /// A fuzz target: any bytes in, a panic only when an invariant breaks.
 pub type Target = fn(&[u8]);
@@ -678,14 +677,10 @@ fn checkpoint_checks(bytes: &[u8]) {
         return;
     };
     let encoded = checkpoint::encode(&cp);
-    // A version 1 checkpoint (still read) is written again as the current
-    // version; any other re-encodes to exactly its bytes.
-    if bytes[4..6] != checkpoint::CHECKPOINT_VERSION_1.to_le_bytes() {
-        assert_eq!(
-            encoded, bytes,
-            "a decoded checkpoint re-encodes to its bytes"
-        );
-    }
+    assert_eq!(
+        encoded, bytes,
+        "a decoded checkpoint re-encodes to its bytes"
+    );
     assert_eq!(checkpoint::decode(&encoded).ok(), Some(cp));
 }
 
@@ -819,11 +814,12 @@ fn standalone(from_snapshot: bool) -> Recovery {
     }
 }
 
-/// Writes `segments` and `checkpoint` into a fresh directory and opens it
-/// with `recovery`.
+/// Writes `segments`, `checkpoint` and `snap` into a fresh directory and
+/// opens it with `recovery`.
 fn open_with(
     segments: &[(u64, Vec<u8>)],
     checkpoint: &Checkpoint,
+    snap: Option<&CatalogSnapshot>,
     recovery: Recovery,
 ) -> (TempDir, Result<Journal, JournalError>) {
     let dir = TempDir::new().expect("create a temp dir for journal_open");
@@ -832,16 +828,24 @@ fn open_with(
             .expect("write an input segment");
     }
     checkpoint::write(dir.path(), checkpoint).expect("write the input checkpoint");
+    if let Some(snap) = snap {
+        snapshot::write(dir.path(), snap).expect("write the input snapshot");
+    }
     let j = Journal::open_with(dir.path(), OPEN_SEGMENT_BYTES, OPEN_CACHE_BYTES, recovery);
     (dir, j)
 }
 
 /// The two-segment layout of [`journal_open`] with a checkpoint at the cut
-/// that carries a snapshot of the catalog there (taken by a full walk of
+/// and a snapshot of the catalog there (taken by a full walk of
 /// the first segment alone): recovery from the snapshot must end with the
 /// very journal the full walk of both segments finds, or fail as it does.
 fn resume_checks(segments: &[(u64, Vec<u8>)], cut: u64) {
-    let (_first_dir, first) = open_with(&segments[..1], &Checkpoint::default(), standalone(false));
+    let (_first_dir, first) = open_with(
+        &segments[..1],
+        &Checkpoint::default(),
+        None,
+        standalone(false),
+    );
     let Ok(first) = first else {
         return;
     };
@@ -852,11 +856,11 @@ fn resume_checks(segments: &[(u64, Vec<u8>)], cut: u64) {
         position: cut,
         next_topic_id: first.catalog().next_topic_id(),
         topics: first.checkpoint_topics(),
-        snapshot: Some(Arc::new(first.catalog().snapshot(cut))),
     };
+    let snap = first.catalog().snapshot(cut);
     drop(first);
-    let (_resumed_dir, resumed) = open_with(segments, &checkpoint, standalone(true));
-    let (_walked_dir, walked) = open_with(segments, &checkpoint, standalone(false));
+    let (_resumed_dir, resumed) = open_with(segments, &checkpoint, Some(&snap), standalone(true));
+    let (_walked_dir, walked) = open_with(segments, &checkpoint, None, standalone(false));
     match (resumed, walked) {
         (Ok(r), Ok(w)) => {
             assert_eq!(shape(&r), shape(&w), "resumed and walked journals differ");
@@ -1605,7 +1609,6 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             name: "orders".into(),
             partitions: 2,
         }],
-        snapshot: None,
     });
     let full = sample_segment(0);
     let torn = full[..full.len() - 10].to_vec();

@@ -88,10 +88,12 @@ pub struct Flusher {
     /// start or a cut: the checkpoint recovery started from, or the cut.
     recovered_at: u64,
     last_checkpoint: Instant,
-    /// The newest snapshot at or below F (saved in every checkpoint), and
-    /// the newer ones waiting for F to reach them, oldest first.
-    snapshot: Option<Arc<CatalogSnapshot>>,
+    /// The writer's snapshots waiting for F to reach them: the oldest (the
+    /// first F reaches) and the newest at most.
     snapshots_waiting: std::collections::VecDeque<Arc<CatalogSnapshot>>,
+    /// Position of the snapshot file last written (0: none by this
+    /// process).
+    snapshot_saved: u64,
     /// fdatasync(2) of one file; tests record the calls.
     sync_file: fn(&File) -> std::io::Result<()>,
 }
@@ -125,8 +127,8 @@ impl Flusher {
             checkpoint_bytes: u64::MAX,
             recovered_at: synced,
             last_checkpoint: Instant::now(),
-            snapshot: None,
             snapshots_waiting: std::collections::VecDeque::new(),
+            snapshot_saved: 0,
             sync_file: File::sync_data,
         }
     }
@@ -142,13 +144,6 @@ impl Flusher {
         self
     }
 
-    /// Saves `snapshot` (the one recovery started from, durable) in the
-    /// checkpoints until the writer's next one is durable.
-    pub fn with_snapshot(mut self, snapshot: Option<Arc<CatalogSnapshot>>) -> Flusher {
-        self.snapshot = snapshot;
-        self
-    }
-
     /// Position below which every byte was fdatasync'd.
     pub fn synced(&self) -> u64 {
         self.synced
@@ -160,7 +155,15 @@ impl Flusher {
     pub fn event(&mut self, e: FlusherEvent) -> bool {
         match e {
             FlusherEvent::Segment(f) => self.files.push(f),
-            FlusherEvent::Snapshot(snap) => self.snapshots_waiting.push_back(snap),
+            FlusherEvent::Snapshot(snap) => {
+                // While F does not reach them (a failed fdatasync stops
+                // it for good) only the first it would reach and the
+                // newest are worth their memory.
+                if self.snapshots_waiting.len() >= 2 {
+                    self.snapshots_waiting.pop_back();
+                }
+                self.snapshots_waiting.push_back(snap);
+            }
             FlusherEvent::Topic { meta, end } => {
                 self.next_topic_id = self.next_topic_id.max(meta.id.saturating_add(1));
                 self.topics_pending.push((meta, end));
@@ -192,9 +195,6 @@ impl Flusher {
                 self.checkpointed = None;
                 // Snapshots above the cut describe batches that are gone.
                 self.snapshots_waiting.retain(|s| s.position <= at);
-                if self.snapshot.as_ref().is_some_and(|s| s.position > at) {
-                    self.snapshot = None;
-                }
                 return true;
             }
         }
@@ -306,17 +306,7 @@ impl Flusher {
             self.topics.push(meta);
             new_topic = true;
         }
-        // The newest snapshot F reached: saved from now on.
-        let mut new_snapshot = false;
-        while self
-            .snapshots_waiting
-            .front()
-            .is_some_and(|s| s.position <= f)
-        {
-            self.snapshot = self.snapshots_waiting.pop_front();
-            new_snapshot = true;
-        }
-        let stale = self.checkpointed != Some(f) || new_snapshot;
+        let stale = self.checkpointed != Some(f);
         // By bytes from where the last checkpoint stood (recovery's start,
         // for the first), so a crash under load leaves recovery a bounded
         // tail to verify, whatever the interval.
@@ -340,12 +330,46 @@ impl Flusher {
                 position: f,
                 next_topic_id,
                 topics: self.topics.clone(),
-                snapshot: self.snapshot.clone(),
             },
         )?;
         drop(gate);
         self.checkpointed = Some(f);
         self.last_checkpoint = now;
+        Ok(true)
+    }
+
+    /// Writes the snapshot file ([`crate::journal::snapshot::write`]) from
+    /// the newest of the writer's snapshots that F reached, once each;
+    /// never for a journal the writer has cut since the last `Reset`.
+    /// Returns whether it wrote one.
+    ///
+    /// # Errors
+    /// The write error; that snapshot is dropped.
+    pub fn maybe_save_snapshot(
+        &mut self,
+        shared: &Shared,
+    ) -> Result<bool, crate::journal::error::JournalError> {
+        let gate = shared.lock_flush_gate();
+        if *gate != self.generation {
+            return Ok(false);
+        }
+        let f = shared.positions.flushed.get().min(self.synced);
+        let mut durable = None;
+        while self
+            .snapshots_waiting
+            .front()
+            .is_some_and(|s| s.position <= f)
+        {
+            durable = self.snapshots_waiting.pop_front();
+        }
+        let Some(snap) = durable.filter(|s| s.position > self.snapshot_saved) else {
+            return Ok(false);
+        };
+        // One that cannot be written is dropped (logged once): the writer
+        // takes the next within `checkpoint_bytes`.
+        crate::journal::snapshot::write(&self.dir, &snap)?;
+        drop(gate);
+        self.snapshot_saved = snap.position;
         Ok(true)
     }
 }
@@ -377,6 +401,9 @@ pub fn run(shared: Arc<Shared>, mut flusher: Flusher, events: Receiver<FlusherEv
         }
         if let Err(e) = flusher.maybe_checkpoint(&shared, Instant::now(), writer_done) {
             crate::log!("checkpoint write failed (recovery will verify more of the journal): {e}");
+        }
+        if let Err(e) = flusher.maybe_save_snapshot(&shared) {
+            crate::log!("snapshot write failed (a restart will read more of the journal): {e}");
         }
         let f = shared.positions.flushed.get();
         if writer_done && (f == w || shared.storage_failed.load(Ordering::Acquire)) {
@@ -585,16 +612,15 @@ mod tests {
         })
     }
 
-    /// A snapshot is saved only once F reaches it, from then on in every
-    /// checkpoint (the one recovery started from until then), and never
-    /// one above a cut.
+    /// The snapshot file is written only once F reaches a snapshot, once
+    /// per snapshot (the newest durable one), and never for one above a
+    /// cut.
     #[test]
-    fn checkpoints_save_the_newest_snapshot_that_is_durable() {
+    fn the_snapshot_file_is_the_newest_durable_snapshot_written_once() {
+        use crate::journal::snapshot;
         let (_poll, shared) = Shared::for_tests(0);
         let mut m = Model::new();
-        let mut fl = flusher(&m)
-            .with_checkpoint_bytes(10, 0)
-            .with_snapshot(Some(snapshot_at(0)));
+        let mut fl = flusher(&m);
         let durable = |fl: &mut Flusher, m: &mut Model, upto: u64| {
             if let Some(s) = m.write(upto - m.end()) {
                 fl.event(FlusherEvent::Segment(s));
@@ -602,22 +628,23 @@ mod tests {
             shared.positions.written.set(upto);
             fl.sync(upto).unwrap();
             assert!(fl.publish(&shared, upto));
-            assert!(fl.maybe_checkpoint(&shared, Instant::now(), false).unwrap());
-            let cp = checkpoint::read(m.dir.path()).unwrap().unwrap();
-            (cp.position, cp.snapshot.map(|s| s.position))
+            let wrote = fl.maybe_save_snapshot(&shared).unwrap();
+            let saved = snapshot::read(m.dir.path()).unwrap().map(|s| s.position);
+            (wrote, saved)
         };
         fl.event(FlusherEvent::Snapshot(snapshot_at(60)));
         assert_eq!(
             durable(&mut fl, &mut m, 40),
-            (40, Some(0)),
+            (false, None),
             "60 is not durable yet"
         );
-        assert_eq!(durable(&mut fl, &mut m, 70), (70, Some(60)));
+        assert_eq!(durable(&mut fl, &mut m, 70), (true, Some(60)));
+        assert_eq!(durable(&mut fl, &mut m, 75), (false, Some(60)), "once");
         fl.event(FlusherEvent::Snapshot(snapshot_at(80)));
         fl.event(FlusherEvent::Snapshot(snapshot_at(90)));
         assert_eq!(
             durable(&mut fl, &mut m, 95),
-            (95, Some(90)),
+            (true, Some(90)),
             "the newest durable"
         );
         // The writer's snapshot at 99, then a cut at 95 (in a group).
@@ -631,7 +658,11 @@ mod tests {
             next_topic_id: 0,
         });
         m.boundaries.pop();
-        assert_eq!(durable(&mut fl, &mut m, 120), (120, Some(90)), "99 was cut");
+        assert_eq!(
+            durable(&mut fl, &mut m, 120),
+            (false, Some(90)),
+            "99 was cut"
+        );
     }
 
     /// Review finding (snapshots): after a failed fdatasync F never moves
@@ -712,7 +743,7 @@ mod tests {
             })
             .collect();
         let snap = Arc::new(CatalogSnapshot {
-            position: 0,
+            position: 5,
             next_topic_id: 1,
             cluster_id: None,
             topics: vec![SnapshotTopic {
@@ -731,7 +762,8 @@ mod tests {
         });
         fl.event(FlusherEvent::Snapshot(snap));
         let t0 = Instant::now();
-        let path = m.dir.path().join(checkpoint::CHECKPOINT_FILE);
+        let checkpoint_path = m.dir.path().join(checkpoint::CHECKPOINT_FILE);
+        let snapshot_path = m.dir.path().join(crate::journal::snapshot::SNAPSHOT_FILE);
         let mut written = 0u64;
         let mut one = 0u64;
         // A trickle: a few bytes in each 5 s interval, for a minute.
@@ -744,15 +776,18 @@ mod tests {
             assert!(fl.publish(&shared, m.end()));
             let now = t0 + Duration::from_secs(6 * k);
             if fl.maybe_checkpoint(&shared, now, false).unwrap() {
-                one = std::fs::metadata(&path).unwrap().len();
+                written += std::fs::metadata(&checkpoint_path).unwrap().len();
+            }
+            if fl.maybe_save_snapshot(&shared).unwrap() {
+                one = std::fs::metadata(&snapshot_path).unwrap().len();
                 written += one;
             }
         }
-        assert!(one > 20_000_000, "a {one}-byte checkpoint");
+        assert!(one > 20_000_000, "a {one}-byte snapshot");
         assert!(
             written <= 2 * one,
-            "{written} bytes of checkpoints written in a minute for 60 bytes of data, the \
-             same {one}-byte snapshot each time"
+            "{written} bytes of checkpoints and snapshots written in a minute for 60 bytes of \
+             data, the same {one}-byte snapshot each time"
         );
     }
 

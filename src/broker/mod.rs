@@ -259,8 +259,7 @@ impl Broker {
         .with_checkpoint_bytes(
             config.checkpoint_bytes,
             journal.report().checkpoint_position,
-        )
-        .with_snapshot(journal.take_resumed_snapshot());
+        );
         let reader = reader::Reader::new(
             journal.segment_files().to_vec(),
             reader_events_rx,

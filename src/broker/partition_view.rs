@@ -531,13 +531,19 @@ mod tests {
             Err(NoSelection::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData
         ));
         assert!(v.offset_for_time(0, u64::MAX, 0).is_err());
+        // Found damaged once, it is not read again by every fetch: even
+        // with its bytes mended behind its back it stays refused.
+        std::fs::write(&path, &sound).unwrap();
+        assert!(matches!(
+            v.select(0, 1000, u64::MAX, 0, &mut runs, &mut scratch),
+            Err(NoSelection::Io(_))
+        ));
         // Later segments are not held back by it.
         let later = all.iter().find(|e| e.position >= 1000).unwrap();
         assert!(v
             .select(later.base_offset, 100, u64::MAX, 0, &mut runs, &mut scratch)
             .is_ok());
         // The rebuilt file takes its place.
-        std::fs::write(&path, &sound).unwrap();
         let rebuilt = Arc::new(SegmentIndex::open(dir.path(), 0).unwrap().unwrap());
         v.add_section(&rebuilt, 0);
         let got = v

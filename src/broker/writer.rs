@@ -70,9 +70,8 @@ pub struct Writer {
     /// Retention and indexing ([`Writer::with_janitor`]).
     retention: Option<RetentionClock>,
     /// Where the last catalog snapshot was taken (`None`: none since the
-    /// start, and recovery had none at the end), and when.
+    /// start, and recovery started from none).
     snapshot_at: Option<u64>,
-    snapshot_time: Instant,
 }
 
 /// When and how the writer applies retention and hands sealed segments to
@@ -166,15 +165,23 @@ impl Writer {
         let clock = self.retention.as_mut()?;
         let due = now >= clock.next || clock.sealed;
         let flushed = self.shared.positions.flushed.get();
+        let mut moved_start = None;
         if due {
             clock.next = now + clock.every;
             clock.sealed = false;
             if let Some(policy) = clock.policy {
                 if let Some(decision) = self.journal.retain(policy, flushed, unix_ms()) {
+                    moved_start = Some(decision.state.position);
                     let _ = clock.jobs.send(Job::Retain(decision));
                 }
             }
         }
+        // A snapshot below the journal's start is of no use to the next
+        // start: take one at the end.
+        if moved_start.is_some_and(|start| self.snapshot_at.is_none_or(|at| at < start)) {
+            self.maybe_snapshot(true);
+        }
+        let clock = self.retention.as_mut()?;
         // One index job at a time: the trim answering it is built from its
         // handles. Only committed segments: a cut never reaches them.
         if (due || answered) && clock.indexing == Indexing::Idle {
@@ -201,7 +208,6 @@ impl Writer {
     ) -> Writer {
         Writer {
             snapshot_at: journal.report().snapshot_position,
-            snapshot_time: Instant::now(),
             journal,
             config,
             reader_events,
@@ -220,13 +226,14 @@ impl Writer {
     }
 
     /// Hands the flusher a snapshot of the catalog at the journal's end
-    /// (recovery's starting point, [`crate::journal::snapshot`]) when
-    /// `checkpoint_bytes` were appended since the last one, when the
-    /// checkpoint interval passed with anything appended, or when `force`d
-    /// (at shutdown) — for a standalone broker only: a group member's
-    /// recovery reads the whole journal for its consensus log. Returns
-    /// whether it took one. Its cost is a copy of the producer states.
-    pub fn maybe_snapshot(&mut self, now: Instant, force: bool) -> bool {
+    /// (where the next start begins, [`crate::journal::snapshot`]) when
+    /// `checkpoint_bytes` were appended since the last one and that one is
+    /// durable, or when `force`d (at the stop, and when retention moved the
+    /// journal's start past the last one) — for a standalone broker only: a
+    /// group member's recovery reads the whole journal for its consensus
+    /// log. Returns whether it took one. Its cost is a copy of the producer
+    /// states, once per `checkpoint_bytes`.
+    pub fn maybe_snapshot(&mut self, force: bool) -> bool {
         if self.replica.is_some() {
             return false;
         }
@@ -234,11 +241,10 @@ impl Writer {
         if self.snapshot_at == Some(end) {
             return false;
         }
-        let moved = end.saturating_sub(self.snapshot_at.unwrap_or(0));
+        let last = self.snapshot_at.unwrap_or(0);
         let due = force
-            || moved >= self.config.checkpoint_bytes
-            || now.duration_since(self.snapshot_time)
-                >= Duration::from_millis(self.config.checkpoint_interval_ms);
+            || (end.saturating_sub(last) >= self.config.checkpoint_bytes
+                && last <= self.shared.positions.flushed.get());
         if !due {
             return false;
         }
@@ -247,7 +253,6 @@ impl Writer {
             .flusher_events
             .send(FlusherEvent::Snapshot(Arc::new(snap)));
         self.snapshot_at = Some(end);
-        self.snapshot_time = now;
         true
     }
 
@@ -960,7 +965,7 @@ pub fn run(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        writer.maybe_snapshot(now, false);
+        writer.maybe_snapshot(false);
         if let Some(why) = writer.take_fatal() {
             writer.finish_direct(ErrorCode::StorageError, FINISH_GRACE);
             shared.fail(why);
@@ -1019,7 +1024,7 @@ pub fn run(
             writer.hand_over();
             // Sent before the writer says it is done: the flusher's last
             // checkpoint saves it, and the next start reads nothing.
-            writer.maybe_snapshot(now, true);
+            writer.maybe_snapshot(true);
             shared.mark_done(Stage::Writer);
             return;
         }
@@ -1289,19 +1294,16 @@ mod tests {
         }
     }
 
-    /// QoS `received` is answered by the writer itself once its write is
-    /// out, in the order the requests came, errors included; nothing of it
-    /// goes to the responder.
+    /// Snapshots by bytes once the last one is durable, and at the stop.
     #[test]
-    fn a_standalone_writer_snapshots_its_catalog_by_bytes_time_and_at_its_stop() {
+    fn a_standalone_writer_snapshots_its_catalog_by_bytes_and_at_its_stop() {
         let dir = tempfile::tempdir().unwrap();
         let config = Config {
             data_dir: dir.path().to_path_buf(),
             segment_bytes: 1 << 20,
             write_cache_bytes: 1 << 20,
             batch_bytes_max: 64 << 10,
-            checkpoint_bytes: 1 << 20,
-            checkpoint_interval_ms: 5_000,
+            checkpoint_bytes: 1,
             ..Config::default()
         };
         let journal = Journal::open(dir.path(), 1 << 20, 1 << 20).unwrap();
@@ -1312,7 +1314,7 @@ mod tests {
             Arc::new(config),
             std::sync::mpsc::channel().0,
             flusher_tx,
-            shared,
+            shared.clone(),
             None,
             HeapRb::new(16).split().0,
             crate::broker::ring::message_ring(1 << 16).0,
@@ -1326,29 +1328,35 @@ mod tests {
                 })
                 .collect()
         };
-        let t0 = Instant::now();
-        let _ = w.handle(1, true, &create_topic_frame("t"), t0, 0);
-        let _ = w.handle(1, true, &produce_frame("t", Qos::Received), t0, 0);
-        assert!(!w.maybe_snapshot(t0, false), "neither 1 MiB nor 5 s yet");
-        let later = t0 + Duration::from_secs(6);
-        assert!(w.maybe_snapshot(later, false), "the interval passed");
-        let end = w.journal.end();
-        assert_eq!(snapshots(), vec![end]);
-        assert!(!w.maybe_snapshot(later + Duration::from_secs(60), true));
-        let _ = w.handle(1, true, &produce_frame("t", Qos::Received), later, 0);
-        assert!(w.maybe_snapshot(later, true), "at the stop");
-        let snap_end = w.journal.end();
-        assert!(snap_end > end);
-        assert_eq!(snapshots(), vec![snap_end]);
+        let now = Instant::now();
+        assert!(!w.maybe_snapshot(false), "nothing appended");
+        let _ = w.handle(1, true, &create_topic_frame("t"), now, 0);
+        let _ = w.handle(1, true, &produce_frame("t", Qos::Received), now, 0);
+        assert!(w.maybe_snapshot(false), "the bytes");
+        let first = w.journal.end();
+        assert_eq!(snapshots(), vec![first]);
+        let _ = w.handle(1, true, &produce_frame("t", Qos::Received), now, 0);
+        assert!(!w.maybe_snapshot(false), "the last one is not durable yet");
+        shared.positions.flushed.set(first);
+        assert!(w.maybe_snapshot(false), "now it is");
+        let second = w.journal.end();
+        assert_eq!(snapshots(), vec![second]);
+        assert!(!w.maybe_snapshot(true), "nothing new, even at the stop");
+        let _ = w.handle(1, true, &produce_frame("t", Qos::Received), now, 0);
+        assert!(w.maybe_snapshot(true), "at the stop");
+        assert_eq!(snapshots(), vec![w.journal.end()]);
     }
 
     #[test]
     fn a_group_writer_takes_no_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = group_writer(dir.path());
-        assert!(!w.maybe_snapshot(Instant::now() + Duration::from_secs(60), true));
+        assert!(!w.maybe_snapshot(true));
     }
 
+    /// QoS `received` is answered by the writer itself once its write is
+    /// out, in the order the requests came, errors included; nothing of it
+    /// goes to the responder.
     #[test]
     fn the_writer_answers_qos_received_and_errors_itself_after_its_write() {
         let dir = tempfile::tempdir().unwrap();

@@ -587,6 +587,11 @@ impl Catalog {
         Ok(catalog)
     }
 
+    /// Makes the next topic id at least `id` (ids known to be taken).
+    pub fn raise_next_topic_id(&mut self, id: u32) {
+        self.next_topic_id = self.next_topic_id.max(id);
+    }
+
     /// Records that index entries below `position` are on disk, not in
     /// memory (recovery took them from segment index files).
     pub fn set_trimmed_below(&mut self, position: u64) {

@@ -6,35 +6,23 @@
 //! ```text
 //! offset size field
 //!  0     4    magic          "HTCP"
-//!  4     2    version        2 (1 is still read: it has no snapshot)
+//!  4     2    version        1
 //!  6     4    crc            CRC32C of bytes [10, end)
 //! 10     8    position       journal position every byte below which is durable
 //! 18     4    next_topic_id  id the next created topic gets
 //! 22     4    topic_count
 //! 26     ...  topic_count × (u32 id | u32 partitions | u16 name_len | name)
-//!  .     1    has_snapshot   0 or 1 (version 2 only)
-//!  .     ...  snapshot       when has_snapshot is 1: the catalog at a
-//!                            position at or below `position`
-//!                            ([`super::snapshot`])
 //! ```
 //! All integers are little-endian; names are UTF-8.
-//!
-//! The snapshot is what lets recovery skip the journal below it: the
-//! producer states, topics and next offsets as they stood after every batch
-//! below its position. It is taken by the writer (at its end, every
-//! `checkpoint_bytes` and when it stops) and saved by the flusher in the
-//! first checkpoint whose durable position reaches it.
 
 use super::dir::{
     begin_state, decode_state, read_state_file, seal_state, write_atomically, STATE_HEADER_LEN,
 };
 use super::error::JournalError;
-use super::snapshot::{self, CatalogSnapshot};
 pub use super::topic::TOPIC_NAME_BYTES_MAX;
 use super::topic::{encode_meta, MetaReader, TopicMeta};
 use crate::wire::codec::{DecodeError, Put, Reader};
 use std::path::Path;
-use std::sync::Arc;
 
 /// Name of the checkpoint file in the data directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint";
@@ -43,11 +31,8 @@ pub const CHECKPOINT_FILE: &str = "checkpoint";
 pub const CHECKPOINT_TMP_FILE: &str = "checkpoint.tmp";
 /// First bytes of a checkpoint file.
 pub const CHECKPOINT_MAGIC: [u8; 4] = *b"HTCP";
-/// The checkpoint format version written.
-pub const CHECKPOINT_VERSION: u16 = 2;
-/// The first version, without a snapshot: still read, so that a broker
-/// upgraded in place starts from its old checkpoint.
-pub const CHECKPOINT_VERSION_1: u16 = 1;
+/// The only checkpoint format version so far.
+pub const CHECKPOINT_VERSION: u16 = 1;
 /// Bytes before the checksummed body: magic, version, crc.
 const HEADER_LEN: usize = STATE_HEADER_LEN;
 
@@ -61,10 +46,6 @@ pub struct Checkpoint {
     pub next_topic_id: u32,
     /// Every topic known at `position`.
     pub topics: Vec<TopicMeta>,
-    /// The catalog at or below `position`, when the writer took one.
-    /// Shared: the flusher saves the writer's latest in every checkpoint
-    /// until a newer one is durable.
-    pub snapshot: Option<Arc<CatalogSnapshot>>,
 }
 
 /// Encodes a checkpoint in the format of the [module docs](self).
@@ -84,13 +65,6 @@ pub fn encode(cp: &Checkpoint) -> Vec<u8> {
     for t in &cp.topics {
         encode_meta(t, &mut out);
     }
-    match &cp.snapshot {
-        Some(snap) => {
-            out.put_u8(1);
-            snapshot::encode(snap, &mut out);
-        }
-        None => out.put_u8(0),
-    }
     seal_state(&mut out);
     out
 }
@@ -103,18 +77,16 @@ pub fn encode(cp: &Checkpoint) -> Vec<u8> {
 /// wrong (including trailing bytes), the topics hold more than
 /// [`PARTITIONS_MAX`] partitions in all, or two topics share an id.
 pub fn decode(bytes: &[u8]) -> Result<Checkpoint, JournalError> {
-    let version = match bytes.get(4..6) {
-        Some(&[lo, hi]) if u16::from_le_bytes([lo, hi]) == CHECKPOINT_VERSION_1 => {
-            CHECKPOINT_VERSION_1
-        }
-        _ => CHECKPOINT_VERSION,
-    };
-    decode_state(bytes, CHECKPOINT_MAGIC, version, "checkpoint", |body| {
-        decode_body(body, version)
-    })
+    decode_state(
+        bytes,
+        CHECKPOINT_MAGIC,
+        CHECKPOINT_VERSION,
+        "checkpoint",
+        decode_body,
+    )
 }
 
-fn decode_body(body: &[u8], version: u16) -> Result<Checkpoint, DecodeError> {
+fn decode_body(body: &[u8]) -> Result<Checkpoint, DecodeError> {
     let mut r = Reader::new(body);
     let position = r.u64("position")?;
     let next_topic_id = r.u32("next_topic_id")?;
@@ -127,30 +99,11 @@ fn decode_body(body: &[u8], version: u16) -> Result<Checkpoint, DecodeError> {
     for _ in 0..count {
         topics.push(metas.read(&mut r)?);
     }
-    let snapshot = if version == CHECKPOINT_VERSION_1 {
-        None
-    } else {
-        match r.u8("has_snapshot")? {
-            0 => None,
-            1 => Some(Arc::new(snapshot::decode(&mut r)?)),
-            _ => {
-                return Err(DecodeError::InvalidValue {
-                    field: "has_snapshot",
-                })
-            }
-        }
-    };
     r.finish()?;
-    if snapshot.as_ref().is_some_and(|s| s.position > position) {
-        return Err(DecodeError::InvalidValue {
-            field: "snapshot position",
-        });
-    }
     Ok(Checkpoint {
         position,
         next_topic_id,
         topics,
-        snapshot,
     })
 }
 
@@ -218,7 +171,6 @@ mod tests {
                     partitions: 1,
                 },
             ],
-            snapshot: None,
         }
     }
 
@@ -232,7 +184,6 @@ mod tests {
                 name: "ab".into(),
                 partitions: 2,
             }],
-            snapshot: None,
         };
         let bytes = encode(&cp);
         let body: &[u8] = &[
@@ -242,95 +193,22 @@ mod tests {
             6, 0, 0, 0, // id
             2, 0, 0, 0, // partitions
             2, 0, b'a', b'b', // name
-            0,    // has_snapshot
         ];
-        assert_eq!(&bytes[..6], b"HTCP\x02\x00");
+        assert_eq!(&bytes[..6], b"HTCP\x01\x00");
         assert_eq!(&bytes[6..10], &crc32c::crc32c(body).to_le_bytes());
         assert_eq!(&bytes[10..], body);
     }
 
-    /// A broker upgraded in place reads the checkpoint its old version
-    /// wrote: version 1 ends after the topics.
-    #[test]
-    fn a_version_1_checkpoint_reads_without_a_snapshot() {
-        let mut v1 = encode(&sample());
-        v1.pop();
-        v1[4] = 1;
-        let crc = crc32c::crc32c(&v1[HEADER_LEN..]);
-        v1[6..10].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode(&v1).unwrap(), sample());
-        // The same bytes claiming version 2 lack the snapshot flag.
-        v1[4] = 2;
-        assert!(matches!(decode(&v1), Err(JournalError::Corrupt(_))));
-    }
-
-    /// `sample()` with a snapshot of its topics at `position`.
-    fn with_snapshot(position: u64) -> Checkpoint {
-        use crate::journal::producers::{Key, Landed, SavedState, SavedStates};
-        use crate::journal::snapshot::SnapshotTopic;
-        let mut cp = sample();
-        cp.snapshot = Some(Arc::new(CatalogSnapshot {
-            position,
-            next_topic_id: 3,
-            cluster_id: None,
-            topics: cp
-                .topics
-                .iter()
-                .map(|t| SnapshotTopic {
-                    meta: t.clone(),
-                    created_at: Some(u64::from(t.id)),
-                    next_offsets: vec![5; t.partitions as usize],
-                })
-                .collect(),
-            producers: SavedStates {
-                clock_ms: 9,
-                states: vec![SavedState {
-                    key: Key {
-                        topic_id: 1,
-                        partition: 7,
-                        producer_id: 42,
-                    },
-                    epoch: 0,
-                    next_seq: 1,
-                    last_ms: 9,
-                    window: vec![Landed {
-                        first_seq: 0,
-                        last_seq: 0,
-                        base_offset: 4,
-                        end: 100,
-                        append_time_ms: 9,
-                    }],
-                }],
-            },
-        }));
-        cp
-    }
-
     #[test]
     fn checkpoints_round_trip() {
-        for cp in [Checkpoint::default(), sample(), with_snapshot(1000)] {
+        for cp in [Checkpoint::default(), sample()] {
             assert_eq!(decode(&encode(&cp)).unwrap(), cp);
         }
     }
 
     #[test]
-    fn a_snapshot_above_the_durable_position_is_corrupt() {
-        let cp = with_snapshot(sample().position + 1);
-        let err = decode(&encode(&cp)).unwrap_err();
-        assert!(err.to_string().contains("snapshot position"), "{err}");
-        let bad_flag = {
-            let mut bytes = encode(&sample());
-            *bytes.last_mut().unwrap() = 2;
-            let crc = crc32c::crc32c(&bytes[HEADER_LEN..]);
-            bytes[6..10].copy_from_slice(&crc.to_le_bytes());
-            bytes
-        };
-        assert!(matches!(decode(&bad_flag), Err(JournalError::Corrupt(_))));
-    }
-
-    #[test]
     fn every_truncation_is_corrupt() {
-        let bytes = encode(&with_snapshot(1000));
+        let bytes = encode(&sample());
         for cut in 0..bytes.len() {
             assert!(
                 matches!(decode(&bytes[..cut]), Err(JournalError::Corrupt(_))),
@@ -341,7 +219,7 @@ mod tests {
 
     #[test]
     fn every_flipped_byte_is_corrupt() {
-        let bytes = encode(&with_snapshot(1000));
+        let bytes = encode(&sample());
         for i in 0..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 0x20;
@@ -361,10 +239,10 @@ mod tests {
         let err = decode(&long).unwrap_err();
         assert!(err.to_string().contains("trailing"), "{err}");
 
-        let mut v3 = encode(&sample());
-        v3[4] = 3;
-        let err = decode(&v3).unwrap_err();
-        assert!(err.to_string().contains("version 3"), "{err}");
+        let mut v2 = encode(&sample());
+        v2[4] = 2;
+        let err = decode(&v2).unwrap_err();
+        assert!(err.to_string().contains("version 2"), "{err}");
     }
 
     #[test]
@@ -481,30 +359,24 @@ mod tests {
             // A checkpoint never lists one id twice.
             let mut ids = HashSet::new();
             topics.retain(|t| ids.insert(t.id));
-            let cp = Checkpoint { position, next_topic_id, topics, snapshot: None };
+            let cp = Checkpoint { position, next_topic_id, topics };
             prop_assert_eq!(decode(&encode(&cp)).unwrap(), cp);
         }
 
         #[test]
         fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
             let _ = decode(&bytes);
-            for version in [b"\x01\x00", b"\x02\x00"] {
-                let mut with_magic = b"HTCP".to_vec();
-                with_magic.extend_from_slice(version);
-                with_magic.extend_from_slice(&bytes);
-                let _ = decode(&with_magic);
-            }
+            let mut with_magic = b"HTCP\x01\x00".to_vec();
+            with_magic.extend_from_slice(&bytes);
+            let _ = decode(&with_magic);
         }
 
         #[test]
         fn random_bodies_with_a_valid_crc_never_panic(body in prop::collection::vec(any::<u8>(), 0..200)) {
-            for version in [b"\x01\x00", b"\x02\x00"] {
-                let mut bytes = b"HTCP".to_vec();
-                bytes.extend_from_slice(version);
-                bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-                bytes.extend_from_slice(&body);
-                let _ = decode(&bytes);
-            }
+            let mut bytes = b"HTCP\x01\x00".to_vec();
+            bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+            bytes.extend_from_slice(&body);
+            let _ = decode(&bytes);
         }
     }
 }

@@ -24,7 +24,7 @@ use super::resume;
 use super::scan::{header_crc_ok, scan, ScanStop};
 use super::seg_index::SegmentIndex;
 use super::segment::{list_segments, segment_file_name, Segment};
-use super::snapshot::CatalogSnapshot;
+use super::snapshot;
 use super::start::{self, StartState, StartTopic};
 use super::topic::{TopicMeta, PARTITIONS_MAX};
 use crate::consensus::Entry;
@@ -86,8 +86,10 @@ pub struct Sealed {
     pub start: u64,
     /// Position one past its last batch (the next segment's start).
     pub end: u64,
-    /// The newest append time among its batches (ms since the epoch);
-    /// `i64::MIN` for a segment without any.
+    /// The newest append time among its data batches (ms since the
+    /// epoch); `i64::MIN` for a segment without any. Control records do
+    /// not count: time retention is about the data, and a segment taken
+    /// from its index file at a start knows only its data's times.
     pub newest_ms: i64,
 }
 
@@ -163,7 +165,7 @@ pub struct Recovery {
     /// Bounds of the producer states recovery rebuilds (evictions
     /// included, as when the batches were first appended).
     pub producers: ProducerLimits,
-    /// Start from the checkpoint's snapshot when there is a usable one
+    /// Start from the catalog snapshot when there is a usable one
     /// (without `entries` only); false reads and checks every batch.
     pub from_snapshot: bool,
 }
@@ -309,9 +311,6 @@ pub struct Journal {
     /// The index files recovery took from disk, until
     /// [`Journal::take_indexes`].
     indexes: Vec<Arc<SegmentIndex>>,
-    /// The snapshot recovery started from, until
-    /// [`Journal::take_resumed_snapshot`].
-    resumed_snapshot: Option<Arc<CatalogSnapshot>>,
     control: BatchBuilder,
     report: RecoveryReport,
     /// Every batch recovery found, until [`Journal::take_entries`].
@@ -380,30 +379,32 @@ impl Journal {
         // only); the last one is always fully verified.
         let last_start = list_segments(dir)?.last().map_or(0, |s| s.0);
         let mut verify_from = cp.position.min(last_start);
-        // A standalone journal restarts from the checkpoint's snapshot when
-        // it can; a group member's consensus log needs every batch.
-        let resumed =
-            if recovery.entries || !recovery.from_snapshot || !cp_readable || cp.snapshot.is_none()
-            {
+        // A standalone journal restarts from its catalog snapshot when it
+        // can; a group member's consensus log needs every batch.
+        let snap = if recovery.entries || !recovery.from_snapshot || !cp_readable {
+            None
+        } else {
+            snapshot::read(dir).unwrap_or_else(|e| {
+                crate::log!("ignoring the unreadable snapshot, reading the whole journal: {e}");
                 None
-            } else {
-                match resume::resume(dir, &cp, start_state.as_ref(), recovery.producers) {
-                    Ok(r) => Some(r),
-                    Err(why) => {
-                        crate::log!(
-                            "recovery cannot start from the snapshot ({why}): reading the whole \
+            })
+        };
+        let resumed = snap.as_ref().and_then(|snap| {
+            resume::resume(dir, &cp, snap, start_state.as_ref(), recovery.producers)
+                .map_err(|why| {
+                    crate::log!(
+                        "recovery cannot start from the snapshot ({why}): reading the whole \
                          journal"
-                        );
-                        None
-                    }
-                }
-            };
+                    )
+                })
+                .ok()
+        });
         let mut indexes = Vec::new();
         let mut indexed_below = base;
         let mut indexed_batches = 0;
         let mut pass = match resumed {
             Some(r) => {
-                report.snapshot_position = cp.snapshot.as_ref().map(|s| s.position);
+                report.snapshot_position = snap.as_ref().map(|s| s.position);
                 report.read_from = r.indexed_below;
                 indexes = r.indexes;
                 indexed_below = r.indexed_below;
@@ -484,11 +485,22 @@ impl Journal {
                         position: cp.position.min(at),
                         next_topic_id: catalog.next_topic_id(),
                         topics: catalog.metas(),
-                        snapshot: None,
                     },
                 )?;
                 report.truncated = Some((at, lost.why.clone()));
                 report.lost = Some(lost);
+            }
+        }
+        // A cut below the snapshot (damage the full walk found) leaves it
+        // describing batches that are gone.
+        if report.truncated.is_some() {
+            match snapshot::read(dir) {
+                Ok(None) => {}
+                Ok(Some(s)) if s.position <= end => {}
+                _ => {
+                    crate::log!("removing the snapshot: the journal was cut below it");
+                    snapshot::remove(dir)?;
+                }
             }
         }
         // The segment holding the end is the active one: zero whatever lies
@@ -564,7 +576,6 @@ impl Journal {
             warned: u64::MAX,
             indexing_from: indexed_below,
             indexes,
-            resumed_snapshot: report.snapshot_position.and_then(|_| cp.snapshot.clone()),
             control: BatchBuilder::with_kind(BatchKind::Control),
             report,
             entries,
@@ -585,13 +596,6 @@ impl Journal {
     /// stage checks their entries in the background.
     pub fn take_indexes(&mut self) -> Vec<Arc<SegmentIndex>> {
         std::mem::take(&mut self.indexes)
-    }
-
-    /// The checkpoint's snapshot when recovery started from it (the next
-    /// checkpoints keep saving it until a newer one is durable); `None` on
-    /// later calls.
-    pub fn take_resumed_snapshot(&mut self) -> Option<Arc<CatalogSnapshot>> {
-        self.resumed_snapshot.take()
     }
 
     /// Position one past the last appended byte, which may still sit in the
@@ -781,7 +785,6 @@ impl Journal {
             },
         );
         self.end = position + len as u64;
-        self.active_newest_ms = self.active_newest_ms.max(now_ms);
         Ok(Appended {
             position,
             end: self.end,
@@ -811,7 +814,9 @@ impl Journal {
         let (position, rolled) = self.reserve(batch.len())?;
         self.cache.extend_from_slice(batch);
         self.end = position + batch.len() as u64;
-        self.active_newest_ms = self.active_newest_ms.max(BatchView(batch).append_time_ms());
+        if BatchView(batch).kind() == Some(BatchKind::Data) {
+            self.active_newest_ms = self.active_newest_ms.max(BatchView(batch).append_time_ms());
+        }
         let created = apply_effect(&mut self.catalog, position, batch, effect);
         Ok(Replicated {
             appended: Appended {
@@ -888,21 +893,24 @@ impl Journal {
         let cut = self.catalog.cut(at).map_err(refuse)?;
         self.entries.retain(|e| e.end <= at);
 
-        let (old_position, old_snapshot) = match checkpoint::read(&self.dir) {
-            Ok(cp) => cp.map_or((0, None), |cp| (cp.position, cp.snapshot)),
+        let old_position = match checkpoint::read(&self.dir) {
+            Ok(cp) => cp.map_or(0, |cp| cp.position),
             // Recovery ignores an unreadable checkpoint; vouching for
             // nothing is the safe replacement.
-            Err(_) => (0, None),
+            Err(_) => 0,
         };
         let position = durable.min(at).min(old_position);
+        // A snapshot above the cut describes batches that are about to go
+        // (an unreadable one goes too).
+        if !snapshot::read(&self.dir).is_ok_and(|s| s.is_none_or(|s| s.position <= at)) {
+            snapshot::remove(&self.dir)?;
+        }
         checkpoint::write(
             &self.dir,
             &checkpoint::Checkpoint {
                 position,
                 next_topic_id: self.catalog.next_topic_id(),
                 topics: self.catalog.metas(),
-                // A snapshot above the cut describes batches that are gone.
-                snapshot: old_snapshot.filter(|s| s.position <= position),
             },
         )?;
         // Newest first, each removal durable before the next, so that a
@@ -1368,7 +1376,9 @@ fn scan_journal(
         let mut seg_newest = i64::MIN;
         let result = scan(seg.bytes(), *start, verify_from, |pos, batch| {
             apply_batch(&mut catalog, pos, batch)?;
-            seg_newest = seg_newest.max(BatchView(batch).append_time_ms());
+            if BatchView(batch).kind() == Some(BatchKind::Data) {
+                seg_newest = seg_newest.max(BatchView(batch).append_time_ms());
+            }
             if keep_entries {
                 entries.push(Entry {
                     start: pos,
@@ -1743,7 +1753,6 @@ mod tests {
                 position: vouched,
                 next_topic_id: 1,
                 topics: j.checkpoint_topics(),
-                snapshot: None,
             },
         )
         .unwrap();
@@ -1838,7 +1847,6 @@ mod tests {
                     position: j.end(),
                     next_topic_id: 2,
                     topics: j.checkpoint_topics(),
-                    snapshot: None,
                 },
             )
             .unwrap();
@@ -1923,7 +1931,6 @@ mod tests {
                     position: durable,
                     next_topic_id: 1,
                     topics: j.checkpoint_topics(),
-                    snapshot: None,
                 },
             )
             .unwrap();
@@ -1976,7 +1983,6 @@ mod tests {
                 position: j.end(),
                 next_topic_id: 2,
                 topics: j.checkpoint_topics(),
-                snapshot: None,
             },
         )
         .unwrap();
@@ -2150,7 +2156,6 @@ mod tests {
                 position: expected[5].1,
                 next_topic_id: j.catalog().next_topic_id(),
                 topics: j.checkpoint_topics(),
-                snapshot: None,
             },
         )
         .unwrap();
@@ -2401,7 +2406,6 @@ mod tests {
                 position: j.end(),
                 next_topic_id: 2,
                 topics: j.checkpoint_topics(),
-                snapshot: None,
             },
         )
         .unwrap();
@@ -2426,6 +2430,24 @@ mod tests {
             None,
             "not resurrected from the checkpoint"
         );
+    }
+
+    /// A snapshot describes the batches below its position: a cut below
+    /// it removes it, one at or above it keeps it.
+    #[test]
+    fn truncate_removes_a_snapshot_above_the_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path());
+        let (a, _) = j.create_topic("a", 1, 1, 5).unwrap();
+        snapshot::write(dir.path(), &j.catalog().snapshot(a.end)).unwrap();
+        let (b, _) = j.create_topic("b", 1, 1, 5).unwrap();
+        j.append_noop(1, 5).unwrap();
+        j.write_out().unwrap();
+        j.truncate(b.end, j.end()).unwrap();
+        j.truncate(b.position, j.end()).unwrap();
+        assert!(snapshot::read(dir.path()).unwrap().is_some(), "kept");
+        j.truncate(a.position, j.end()).unwrap();
+        assert_eq!(snapshot::read(dir.path()).unwrap(), None, "removed");
     }
 
     #[test]
@@ -2626,7 +2648,6 @@ mod tests {
                             position: j.end(),
                             next_topic_id: j.catalog().next_topic_id(),
                             topics: j.checkpoint_topics(),
-                            snapshot: None,
                         },
                     )
                     .unwrap();

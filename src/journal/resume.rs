@@ -1,28 +1,28 @@
 //! Recovery from a catalog snapshot: the restart whose cost does not grow
 //! with the data held.
 //!
-//! The checkpoint carries a snapshot of the catalog at a position S at or
-//! below its durable position ([`super::snapshot`]). Recovery then needs
-//! the journal only for what the snapshot does not say:
+//! The file `snapshot` holds the catalog at a durable position S
+//! ([`super::snapshot`]). Recovery then needs the journal only for what
+//! the snapshot does not say:
 //!
 //! 1. the sealed segments below S whose index files open soundly (header
 //!    and directory checksums, the segment end the next segment's start):
 //!    each partition's first and next offsets there come from the
 //!    directory, and their entries stay on disk; nothing of the segment is
 //!    read;
-//! 2. from the first segment without such a file up to S, every batch's
-//!    header: the in-memory index entries of the partitions (the snapshot
-//!    already holds the producer states and topics those batches made);
-//! 3. from S on, every batch as a full recovery reads it (producer states,
-//!    topics, the checks above the checkpoint).
+//! 2. from the first segment without such a file up to S, every batch:
+//!    only its partition's in-memory index entry (the snapshot already
+//!    holds the producer states and topics those batches made);
+//! 3. from S on, every batch as the full walk applies it (producer
+//!    states, topics).
 //!
-//! Every batch read is checked in full. Part 2 is the unindexed tail of sealed segments and the active segment,
-//! part 3 at most `checkpoint_bytes` and what was not yet durable: neither
-//! grows with the journal. Between parts 2 and 3 every partition must end
-//! at the snapshot's next offset, and the index files must continue one
-//! another; anything that does not fit, and any damage but a torn tail,
-//! sends recovery back to reading the whole journal ([`Resumed`] says why),
-//! which knows how to report and repair it.
+//! Every batch read is checked in full. Part 2 is the unindexed tail of
+//! sealed segments and the active segment, part 3 about `checkpoint_bytes`
+//! at most: neither grows with the journal. Between parts 2 and 3 every
+//! partition must end at the snapshot's next offset, and the index files
+//! must continue one another; anything that does not fit, and any damage
+//! but a torn tail, sends recovery back to the full walk (the error says
+//! why), which knows how to report and repair it.
 
 use super::catalog::Catalog;
 use super::checkpoint::Checkpoint;
@@ -66,12 +66,10 @@ pub(super) struct Resumed {
 pub(super) fn resume(
     dir: &Path,
     cp: &Checkpoint,
+    snap: &CatalogSnapshot,
     start: Option<&StartState>,
     limits: ProducerLimits,
 ) -> Result<Resumed, String> {
-    let Some(snap) = cp.snapshot.as_deref() else {
-        return Err("the checkpoint holds no snapshot".into());
-    };
     let s = snap.position;
     let base = start.map_or(0, |st| st.position);
     if s < base {
@@ -84,13 +82,15 @@ pub(super) fn resume(
         return Err(format!("the oldest segment does not start at {base}"));
     }
     let mut catalog = Catalog::restore(snap, limits)?;
+    // Ids are never handed out twice: the checkpoint and the start state
+    // may know of ids given to topics whose records a crash lost.
+    catalog.raise_next_topic_id(cp.next_topic_id.max(start.map_or(0, |st| st.next_topic_id)));
     if let Some(st) = start {
         for t in &st.topics {
+            // A topic created at or after S: the walk from S meets its
+            // record, and nothing of it lies below the journal's start.
             let Some(slot) = catalog.lookup_id(t.meta.id) else {
-                return Err(format!(
-                    "topic {} of the start state is not in the snapshot",
-                    t.meta.name
-                ));
+                continue;
             };
             let topic = catalog.topic_mut(slot);
             if topic.partitions.len() != t.log_starts.len() {
@@ -221,7 +221,9 @@ pub(super) fn resume(
                 }
                 apply_batch(&mut catalog, pos, batch)?;
             }
-            seg_newest = seg_newest.max(BatchView(batch).append_time_ms());
+            if BatchView(batch).kind() == Some(BatchKind::Data) {
+                seg_newest = seg_newest.max(BatchView(batch).append_time_ms());
+            }
             Ok(())
         });
         end = seg_start + result.valid_len as u64;
@@ -253,6 +255,16 @@ pub(super) fn resume(
     }
     if !checked {
         same_next_offsets(&catalog, snap)?;
+    }
+    if let Some(t) = start
+        .iter()
+        .flat_map(|st| &st.topics)
+        .find(|t| catalog.lookup_id(t.meta.id).is_none())
+    {
+        return Err(format!(
+            "topic {} of the start state is neither in the snapshot nor created after it",
+            t.meta.name
+        ));
     }
     Ok(Resumed {
         listed,
@@ -327,6 +339,7 @@ mod tests {
     use super::super::log::{Journal, Recovery};
     use super::super::offload;
     use super::super::seg_index::INDEX_HEADER_LEN;
+    use super::super::snapshot;
     use super::*;
     use crate::journal::index::IndexEntry;
     use crate::journal::producers::SeqCheck;
@@ -394,10 +407,10 @@ mod tests {
                 position: j.end(),
                 next_topic_id: j.catalog().next_topic_id(),
                 topics: j.checkpoint_topics(),
-                snapshot: Some(Arc::new(j.catalog().snapshot(j.end()))),
             },
         )
         .unwrap();
+        snapshot::write(dir, &j.catalog().snapshot(j.end())).unwrap();
         // Indexed, but not yet told: `j.trim` is the writer's business.
         fill(&mut j, &mut seqs, after, 4_000);
         j.write_out().unwrap();
@@ -510,11 +523,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         journal(dir.path(), 3);
         let (_copy, whole) = read_whole(dir.path());
-        let mut cp = checkpoint::read(dir.path()).unwrap().unwrap();
-        let mut snap = (**cp.snapshot.as_ref().unwrap()).clone();
+        let mut snap = snapshot::read(dir.path()).unwrap().unwrap();
         snap.topics[0].next_offsets[1] += 1;
-        cp.snapshot = Some(Arc::new(snap));
-        checkpoint::write(dir.path(), &cp).unwrap();
+        snapshot::write(dir.path(), &snap).unwrap();
         let j = open(dir.path());
         assert_eq!(j.report().snapshot_position, None, "read the whole journal");
         assert_eq!(seen(&j, dir.path()), whole);
@@ -625,7 +636,11 @@ mod tests {
         j.create_topic("z", 1, 1, 90_000).unwrap();
         j.append_data(0, 0, &data, 1, 1, 90_001).unwrap();
         assert_eq!(j.sealed().len(), 1, "the next batch rolled");
-        assert_eq!(j.sealed()[0].newest_ms, 90_000, "as the writer has it");
+        assert_eq!(
+            j.sealed()[0].newest_ms,
+            2_000,
+            "its data's newest: control records do not count"
+        );
         j.write_out().unwrap();
         let job = j.index_job(j.end()).unwrap();
         for &(start, end) in &job.segments {
@@ -637,10 +652,10 @@ mod tests {
                 position: j.end(),
                 next_topic_id: j.catalog().next_topic_id(),
                 topics: j.checkpoint_topics(),
-                snapshot: Some(Arc::new(j.catalog().snapshot(j.end()))),
             },
         )
         .unwrap();
+        snapshot::write(dir.path(), &j.catalog().snapshot(j.end())).unwrap();
         drop(j);
         let policy = crate::journal::log::Retention {
             bytes: 0,
@@ -681,11 +696,9 @@ mod tests {
             .unwrap();
         let start_at = r.state.position;
         crate::journal::start::write(dir.path(), &r.state).unwrap();
-        let mut cp = checkpoint::read(dir.path()).unwrap().unwrap();
-        let mut snap = (**cp.snapshot.as_ref().unwrap()).clone();
+        let mut snap = snapshot::read(dir.path()).unwrap().unwrap();
         snap.position = start_at - 1;
-        cp.snapshot = Some(Arc::new(snap));
-        checkpoint::write(dir.path(), &cp).unwrap();
+        snapshot::write(dir.path(), &snap).unwrap();
         drop(j);
         let j = open(dir.path());
         assert_eq!(j.report().snapshot_position, None);

@@ -77,7 +77,14 @@ use std::io::{self, Write};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// [`SegmentIndex::verify`] has not run.
+const UNCHECKED: u8 = 0;
+/// It passed.
+const SOUND: u8 = 1;
+/// It found the entries damaged.
+const DAMAGED: u8 = 2;
 
 /// Suffix of segment index file names.
 pub const INDEX_SUFFIX: &str = ".idx";
@@ -597,9 +604,10 @@ pub struct SegmentIndex {
     sections: Vec<Section>,
     file: File,
     path: PathBuf,
-    /// [`SegmentIndex::verify`] passed, or the file was just written from
-    /// the index in memory.
-    verified: AtomicBool,
+    /// What [`SegmentIndex::verify`] found: [`UNCHECKED`], [`SOUND`] (or
+    /// the file was just written from the index in memory) or
+    /// [`DAMAGED`].
+    check: AtomicU8,
 }
 
 impl SegmentIndex {
@@ -697,7 +705,7 @@ impl SegmentIndex {
             sections,
             file,
             path,
-            verified: AtomicBool::new(false),
+            check: AtomicU8::new(UNCHECKED),
         }))
     }
 
@@ -722,24 +730,29 @@ impl SegmentIndex {
     /// True once [`SegmentIndex::verify`] passed (or
     /// [`SegmentIndex::mark_verified`]): every entry is as written.
     pub fn is_verified(&self) -> bool {
-        self.verified.load(Ordering::Acquire)
+        self.check.load(Ordering::Acquire) == SOUND
     }
 
     /// Records that the file was just written from entries known good, or
     /// compared with them: it needs no [`SegmentIndex::verify`].
     pub fn mark_verified(&self) {
-        self.verified.store(true, Ordering::Release);
+        self.check.store(SOUND, Ordering::Release);
     }
 
-    /// [`SegmentIndex::verify`] unless it passed before.
+    /// [`SegmentIndex::verify`] unless it ran before: a sound file passes
+    /// at once, and a damaged one fails at once without being read again.
     ///
     /// # Errors
     /// As [`SegmentIndex::verify`].
     pub fn verify_once(&self) -> Result<(), JournalError> {
-        if self.is_verified() {
-            return Ok(());
+        match self.check.load(Ordering::Acquire) {
+            SOUND => Ok(()),
+            DAMAGED => Err(JournalError::Corrupt(format!(
+                "segment index {}: found damaged earlier",
+                self.path.display()
+            ))),
+            _ => self.verify(),
         }
-        self.verify()
     }
 
     /// Reads every section's entries, a chunk at a time (no allocation),
@@ -790,6 +803,7 @@ impl SegmentIndex {
                 _ => s.difference(&found),
             };
             if let Some(why) = why {
+                self.check.store(DAMAGED, Ordering::Release);
                 return Err(corrupt(why));
             }
         }

@@ -4,10 +4,14 @@
 //! the producer states ([`super::producers`]). Recovery that starts from
 //! one replays the journal from its position instead of from the start.
 //!
-//! This module only encodes and decodes; the snapshot travels inside the
-//! checkpoint file, whose own checksum covers it, so it has none of its
-//! own. It begins with its format version so that it can evolve. All
-//! integers are little-endian; names are UTF-8.
+//! A snapshot is saved in its own file, `snapshot` in the data directory,
+//! framed like the other small state files (a 4-byte magic `HTSN`, a `u16`
+//! file version 1, the CRC32C of the body, then the body below), replaced
+//! atomically: the flusher writes it once the journal is durable up to its
+//! position ([`write`]), recovery reads it ([`read`]), and a cut of the
+//! journal below its position removes it ([`remove`]). The body begins
+//! with its own format version so that it can evolve. All integers are
+//! little-endian; names are UTF-8.
 //!
 //! ```text
 //! offset size field
@@ -53,15 +57,85 @@
 //! ([`encode_meta`]). The encoding is canonical: a snapshot has exactly
 //! one, so decoding and encoding again gives back the same bytes.
 //! [`decode`] refuses what recovery must not believe (see its `# Errors`),
-//! and reads nothing after the last state: the checkpoint around it says
-//! what follows.
+//! and reads nothing after the last state: [`read`] refuses trailing
+//! bytes.
 
+use super::dir::{
+    begin_state, decode_state, read_state_file, seal_state, sync_dir, write_atomically,
+};
+use super::error::JournalError;
 use super::producers::{
     Key, Landed, SavedState, SavedStates, PRODUCER_STATES_MAX_LIMIT, PRODUCER_WINDOW_MAX,
 };
 use super::topic::{encode_meta, MetaReader, TopicMeta};
 use crate::wire::codec::{DecodeError, Put, Reader};
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+/// Name of the snapshot file in the data directory.
+pub const SNAPSHOT_FILE: &str = "snapshot";
+/// The temporary file a new snapshot is written to before the rename.
+pub const SNAPSHOT_TMP_FILE: &str = "snapshot.tmp";
+/// First bytes of a snapshot file.
+pub const SNAPSHOT_MAGIC: [u8; 4] = *b"HTSN";
+/// The only snapshot file version so far (the framing; the body has its
+/// own [`SNAPSHOT_VERSION`]).
+pub const SNAPSHOT_FILE_VERSION: u16 = 1;
+
+/// Writes `s` to `dir/snapshot` atomically (temporary file, fsync, rename,
+/// directory fsync): after a crash the file is the old snapshot or the new
+/// one, whole.
+///
+/// # Errors
+/// The IO error; the old file is then still in place.
+pub fn write(dir: &Path, s: &CatalogSnapshot) -> Result<(), JournalError> {
+    let mut out = Vec::new();
+    begin_state(&mut out, SNAPSHOT_MAGIC, SNAPSHOT_FILE_VERSION);
+    encode(s, &mut out);
+    seal_state(&mut out);
+    write_atomically(dir, SNAPSHOT_TMP_FILE, SNAPSHOT_FILE, &out)
+}
+
+/// Reads `dir/snapshot`; `None` when there is none.
+///
+/// # Errors
+/// [`JournalError::Corrupt`] when the file does not decode (trailing bytes
+/// included); [`JournalError::Io`] when it cannot be read.
+pub fn read(dir: &Path) -> Result<Option<CatalogSnapshot>, JournalError> {
+    read_state_file(dir, SNAPSHOT_FILE)?
+        .map(|bytes| {
+            decode_state(
+                &bytes,
+                SNAPSHOT_MAGIC,
+                SNAPSHOT_FILE_VERSION,
+                "snapshot",
+                |body| {
+                    let mut r = Reader::new(body);
+                    let s = decode(&mut r)?;
+                    r.finish()?;
+                    Ok(s)
+                },
+            )
+        })
+        .transpose()
+}
+
+/// Removes `dir/snapshot` (and a leftover temporary file) durably; nothing
+/// to do when there is none.
+///
+/// # Errors
+/// The IO error.
+pub fn remove(dir: &Path) -> Result<(), JournalError> {
+    for name in [SNAPSHOT_FILE, SNAPSHOT_TMP_FILE] {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(JournalError::io(format!("remove {}", path.display()), e)),
+        }
+    }
+    sync_dir(dir)
+}
 
 /// The only snapshot format version so far.
 pub const SNAPSHOT_VERSION: u16 = 1;
@@ -896,5 +970,33 @@ mod tests {
                 prop_assert_eq!(&encoded(&s)[..], &bytes[..r.position()]);
             }
         }
+    }
+
+    #[test]
+    fn the_snapshot_file_is_written_read_and_removed_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read(dir.path()).unwrap(), None);
+        write(dir.path(), &sample()).unwrap();
+        assert_eq!(read(dir.path()).unwrap(), Some(sample()));
+        assert!(!dir.path().join(SNAPSHOT_TMP_FILE).exists());
+        let path = dir.path().join(SNAPSHOT_FILE);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..6], b"HTSN\x01\x00");
+        // A flipped byte, or a trailing one with its checksum mended, is
+        // corrupt.
+        let mut bad = bytes.clone();
+        bad[bytes.len() - 1] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        assert!(matches!(read(dir.path()), Err(JournalError::Corrupt(_))));
+        let mut long = bytes.clone();
+        long.push(0);
+        let crc = crc32c::crc32c(&long[10..]);
+        long[6..10].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &long).unwrap();
+        let err = read(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("trailing"), "{err}");
+        remove(dir.path()).unwrap();
+        assert_eq!(read(dir.path()).unwrap(), None);
+        remove(dir.path()).unwrap();
     }
 }
