@@ -682,6 +682,66 @@ mod tests {
         assert_eq!(j.retain(policy, end, 100_000).is_some(), whole_deletes);
     }
 
+    /// Review 2 finding: the full walk removes a snapshot above its end
+    /// only when it cut something (`report.truncated`). A journal that ends
+    /// cleanly (zeros, no torn batch) at or above the checkpoint but below
+    /// the snapshot's position (durable bytes lost: a disk that lied about
+    /// a flush, a copied data directory) opens without a cut and keeps
+    /// the snapshot, which describes batches that are gone. Once new
+    /// batches reach its position again with the same next offsets, the
+    /// next start takes it: producer states of the lost batches come back
+    /// and answer a producer's resend "duplicate", pointing at another
+    /// producer's batch.
+    #[test]
+    fn a_journal_ending_below_the_snapshot_without_a_cut_does_not_keep_it() {
+        let dir = tempfile::tempdir().unwrap();
+        journal(dir.path(), 0);
+        // Producer 7's first batch, and a snapshot after it made durable
+        // (the checkpoint stays below it).
+        let (e, e2, active) = {
+            let mut j = open(dir.path());
+            let e = j.end();
+            j.append_data(0, 0, &batch(7, 0), 1, 1, 4_000).unwrap();
+            j.write_out().unwrap();
+            snapshot::write(dir.path(), &j.catalog().snapshot(j.end())).unwrap();
+            (e, j.end(), j.segment_files().last().unwrap().0)
+        };
+        assert_eq!(checkpoint::read(dir.path()).unwrap().unwrap().position, e);
+        // The batch is lost: zeros, as an unwritten page reads.
+        let seg = dir
+            .path()
+            .join(crate::journal::segment::segment_file_name(active));
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &vec![0u8; (e2 - e) as usize], e - active)
+            .unwrap();
+        drop(f);
+        {
+            let mut j = open(dir.path());
+            assert_eq!(j.report().snapshot_position, None, "the full walk");
+            assert_eq!(j.report().truncated, None, "a clean end: nothing cut");
+            assert_eq!(j.end(), e);
+            let kept = snapshot::read(dir.path()).unwrap().map(|s| s.position);
+            // Another client's batch, no producer id, same size.
+            j.append_data(0, 0, &batch(0, 0), 1, 1, 5_000).unwrap();
+            j.write_out().unwrap();
+            assert_eq!(j.end(), e2);
+            assert!(
+                kept.is_none_or(|s| s <= e),
+                "the snapshot at {kept:?} describes batches above the end {e}"
+            );
+        }
+        let (_copy, whole) = read_whole(dir.path());
+        let j = open(dir.path());
+        assert_eq!(seen(&j, dir.path()), whole);
+        // The journal holds nothing of producer 7 (the full walk: new).
+        assert_eq!(
+            j.check_seq(0, 0, &batch(7, 0), 5_000),
+            SeqCheck::New,
+            "from the snapshot at {:?}: producer 7's lost batch is back",
+            j.report().snapshot_position
+        );
+    }
+
     #[test]
     fn a_snapshot_below_the_journal_start_is_not_used() {
         let dir = tempfile::tempdir().unwrap();
