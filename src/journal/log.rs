@@ -491,16 +491,21 @@ impl Journal {
                 report.lost = Some(lost);
             }
         }
-        // A cut below the snapshot (damage the full walk found) leaves it
-        // describing batches that are gone.
-        if report.truncated.is_some() {
-            match snapshot::read(dir) {
-                Ok(None) => {}
-                Ok(Some(s)) if s.position <= end => {}
-                _ => {
-                    crate::log!("removing the snapshot: the journal was cut below it");
-                    snapshot::remove(dir)?;
-                }
+        // A journal ending below the snapshot (cut at damage, or bytes
+        // lost that were durable when it was written) leaves it describing
+        // batches that are gone: appends would fill the gap with others.
+        match snapshot::read(dir) {
+            Ok(Some(s)) if s.position > end => {
+                crate::log!(
+                    "removing the snapshot at {}: the journal ends below it, at {end}",
+                    s.position
+                );
+                snapshot::remove(dir)?;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                crate::log!("removing the unreadable snapshot: {e}");
+                snapshot::remove(dir)?;
             }
         }
         // The segment holding the end is the active one: zero whatever lies
