@@ -39,7 +39,7 @@ bench: build
 # lets the stable toolchain accept them. FUZZ_SANITIZER=none where ASan is
 # unavailable. Stops at the first crash, which lands in fuzz/artifacts/.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= frame_decoder batch_validator journal_recovery journal_open segment_index consensus_step
+FUZZ_TARGETS ?= frame_decoder batch_validator journal_recovery journal_open segment_index catalog_snapshot consensus_step
 FUZZ_SANITIZER ?= address
 
 fuzz:

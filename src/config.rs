@@ -190,6 +190,11 @@ pub struct Config {
     /// it is a decision for one start, not a setting).
     #[serde(skip)]
     pub repair: bool,
+    /// Read and check the whole journal at this start rather than start
+    /// from the catalog snapshot (`hutong broker --verify-journal`;
+    /// like `repair`, a decision for one start).
+    #[serde(skip)]
+    pub verify_journal: bool,
 }
 
 /// One member of a replication group.
@@ -266,6 +271,7 @@ impl Default for Config {
             peers: Vec::new(),
             tick_ms: TICK_MS_DEFAULT,
             repair: false,
+            verify_journal: false,
         }
     }
 }

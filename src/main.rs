@@ -107,6 +107,11 @@ struct BrokerArgs {
     /// (acknowledged data), logging what is dropped. See docs/operations.md.
     #[arg(long)]
     repair: bool,
+    /// Read and check every batch of the journal at this start instead of
+    /// starting from the catalog snapshot and the segment index
+    /// files (damage anywhere is then found before the broker serves).
+    #[arg(long)]
+    verify_journal: bool,
 }
 
 #[derive(Debug, Args)]
@@ -392,6 +397,7 @@ fn run_broker(args: BrokerArgs) -> Result<()> {
         config.retention_ms = Some(ms);
     }
     config.repair = args.repair;
+    config.verify_journal = args.verify_journal;
     // Block the signals before any broker thread exists: threads inherit
     // the mask, so the signals stay pending for `wait` below instead of
     // killing the process or landing on a pipeline thread.
@@ -754,6 +760,11 @@ mod tests {
         };
         assert_eq!(args.listen, Some("0.0.0.0:9000".parse().unwrap()));
         assert!(args.auto_create_topics);
+        assert!(!args.verify_journal && !args.repair);
+        let Command::Broker(args) = parse(&["broker", "--verify-journal"]).unwrap().command else {
+            panic!("not broker");
+        };
+        assert!(args.verify_journal && !args.repair);
     }
 
     #[test]

@@ -39,11 +39,14 @@ const AIM_LIMIT: Duration = Duration::from_secs(3);
 /// Small segments roll every few dozen batches and a 1 ms checkpoint
 /// interval checkpoints after nearly every group commit, so that a kill at
 /// a random moment has a fair chance to land in either, and an aimed kill
-/// finds its moment within milliseconds.
+/// finds its moment within milliseconds. A snapshot of the catalog every
+/// MiB (the least `checkpoint_bytes`) makes most restarts start from one.
 const CONFIG: &str = "segment_bytes = 65536\n\
                       batch_bytes_max = 32768\n\
                       write_cache_bytes = 1048576\n\
-                      checkpoint_interval_ms = 1\n";
+                      checkpoint_interval_ms = 1\n\
+                      checkpoint_bytes = 1048576\n\
+                      retention_check_ms = 50\n";
 
 /// One acknowledged batch.
 #[derive(Debug, Clone)]
@@ -387,6 +390,8 @@ fn acked_messages_survive_twenty_kill_9_in_a_row_exactly_once_and_in_order() {
         .collect();
 
     let mut landings = Vec::new();
+    // Restarts that started from a catalog snapshot.
+    let mut resumed = 0;
     for kill in 0..KILLS {
         let old_segments: HashSet<u64> = list_segments(&dir.data)
             .expect("list segments")
@@ -402,6 +407,9 @@ fn acked_messages_survive_twenty_kill_9_in_a_row_exactly_once_and_in_order() {
             _ => Aim::Roll,
         };
         let seen = wait_for_moment(aim, &dir.data, started, &old_segments);
+        if broker.stderr().contains("from the snapshot at") {
+            resumed += 1;
+        }
         broker.kill9();
         *lock(&shared.addr) = None;
         let l = landing(&dir.data, started, &old_segments);
@@ -444,7 +452,8 @@ fn acked_messages_survive_twenty_kill_9_in_a_row_exactly_once_and_in_order() {
     eprintln!(
         "crash loop: {KILLS} kills, {in_checkpoint} during a checkpoint write, {in_roll} during \
          a segment roll ({in_create} more between creating and preallocating a segment); {} \
-         batches acknowledged, {records} records stored in {segments} segments; {:.1} s",
+         batches acknowledged, {records} records stored in {segments} segments; {resumed} \
+         restarts from a snapshot; {:.1} s",
         acked.len(),
         t0.elapsed().as_secs_f64()
     );
@@ -455,6 +464,10 @@ fn acked_messages_survive_twenty_kill_9_in_a_row_exactly_once_and_in_order() {
     assert!(
         in_roll >= 1,
         "no kill landed during a segment roll (seed {seed})"
+    );
+    assert!(
+        resumed >= 1,
+        "no restart started from a catalog snapshot (seed {seed})"
     );
 }
 

@@ -196,6 +196,11 @@ fn random_segment_indexes_open_or_fail_cleanly() {
 }
 
 #[test]
+fn random_catalog_snapshots_decode_or_fail_cleanly() {
+    fuzz_randomly("catalog_snapshot", 500);
+}
+
+#[test]
 fn seeds_are_valid_inputs_that_reach_past_the_checks() {
     use hutong::journal::checkpoint;
     use hutong::journal::scan::{scan, ScanStop};
@@ -234,6 +239,14 @@ fn seeds_are_valid_inputs_that_reach_past_the_checks() {
                 let idx = SegmentIndex::open(dir.path(), start).unwrap().unwrap();
                 idx.verify().is_ok()
                     && (idx.sections().len() >= 3 || name.ends_with("without_sections"))
+            }
+            ("catalog_snapshot", name) => {
+                let mut r = hutong::wire::codec::Reader::new(&bytes);
+                hutong::journal::snapshot::decode(&mut r).is_ok_and(|s| {
+                    r.remaining() == 0
+                        && s.topics.len() == 2
+                        && (s.producers.states.len() >= 3 || name.ends_with("without_producers"))
+                })
             }
             _ => false,
         };

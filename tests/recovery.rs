@@ -400,7 +400,7 @@ fn restarting_again_and_again_without_new_data_changes_nothing() {
 }
 
 #[test]
-fn damage_in_an_earlier_segment_makes_the_broker_refuse_to_start_and_keep_the_files() {
+fn damage_in_an_earlier_segment_makes_a_verifying_start_refuse_and_keep_the_files() {
     let dir = TestDir::new();
     let config = dir.small_segments_config();
     let args = ["--config", config.to_str().unwrap()];
@@ -430,7 +430,12 @@ fn damage_in_an_earlier_segment_makes_the_broker_refuse_to_start_and_keep_the_fi
     }
     write_at(&segs[0], (last + 8) as u64, &[first[last + 8] ^ 0x10]);
     let before: Vec<Vec<u8>> = segs.iter().map(|s| std::fs::read(s).unwrap()).collect();
-    let (status, stderr) = common::run_broker_expecting_exit(&dir.data, &args);
+    // A start from the checkpoint's snapshot reads no sealed segment that
+    // has its index file: this damage is found only by `--verify-journal`
+    // (or a fetch of the batch, whose checksums the client checks).
+    let mut verify_args = args.to_vec();
+    verify_args.push("--verify-journal");
+    let (status, stderr) = common::run_broker_expecting_exit(&dir.data, &verify_args);
     assert!(!status.success(), "mid-journal damage must stop the broker");
     assert!(
         stderr.to_lowercase().contains("corrupt"),
@@ -443,6 +448,15 @@ fn damage_in_an_earlier_segment_makes_the_broker_refuse_to_start_and_keep_the_fi
             s.display()
         );
     }
+    // Without the flag the broker starts from the snapshot, reading none
+    // of the sealed segments.
+    let mut broker = BrokerProc::start(&dir.data, &args);
+    assert!(
+        broker.stderr().contains("from the snapshot at"),
+        "{}",
+        broker.stderr()
+    );
+    assert!(broker.terminate().success());
     // `--repair` cuts at the damaged batch: the batches before it are
     // served, the later segments are gone, and offsets continue.
     let mut repair_args = args.to_vec();

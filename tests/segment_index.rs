@@ -229,6 +229,29 @@ fn sealed_segments_get_index_files_and_reads_through_them_return_every_record() 
         "sound index files are reused, not rewritten: {}",
         broker.stderr()
     );
+    // The restart after a clean stop started from the checkpoint's
+    // snapshot and read no sealed segment: at most the active one.
+    let read = bytes_read_at_start(&broker.stderr());
+    assert!(
+        read <= 1_048_576,
+        "recovery read {read} bytes, more than the active segment: {}",
+        broker.stderr()
+    );
+}
+
+/// The bytes recovery read, from the broker's start line ("from the
+/// snapshot at S; read N bytes"); fails when it did not start from a
+/// snapshot.
+fn bytes_read_at_start(stderr: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("recovered:"))
+        .unwrap_or_else(|| panic!("no recovery line: {stderr}"));
+    let (_, rest) = line
+        .split_once("from the snapshot at ")
+        .unwrap_or_else(|| panic!("recovery read the whole journal: {line}"));
+    let (_, rest) = rest.split_once("read ").expect("bytes read");
+    rest.split(' ').next().unwrap().parse().expect("a number")
 }
 
 #[test]
@@ -279,6 +302,17 @@ fn damaged_missing_and_stray_index_files_are_rebuilt_or_deleted_at_the_next_star
             "the damaged index file of segment {start} is named in the log: {stderr}"
         );
     }
+    // The first file's directory is sound, so recovery took it and the
+    // background check found its damaged entries; the cut-off second one
+    // made recovery read the segments from there on.
+    assert!(
+        stderr.contains(&format!(
+            "the index file of segment {} was rebuilt",
+            segments[0]
+        )),
+        "{stderr}"
+    );
+    assert!(bytes_read_at_start(&stderr) > 1_048_576, "{stderr}");
     assert_eq!(read_back(broker.addr(), ends), vec![0; PARTITIONS as usize]);
 }
 

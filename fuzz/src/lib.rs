@@ -27,7 +27,11 @@ use hutong::journal::checkpoint::{self, Checkpoint};
 use hutong::journal::control::{self, Control};
 use hutong::journal::error::JournalError;
 use hutong::journal::index::{IndexEntry, PartitionIndex};
-use hutong::journal::log::Journal;
+use hutong::journal::log::{Journal, Recovery};
+use hutong::journal::producers::{
+    Key, Landed, ProducerBatch, ProducerLimits, ProducerStates, SavedState,
+    PRODUCER_STATES_MAX_LIMIT, PRODUCER_WINDOW_MAX,
+};
 use hutong::journal::scan::{header_crc_ok, scan, ScanResult, ScanStop};
 use hutong::journal::seg_index::{
     self, index_file_name, Section, SectionSource, SegmentIndex, INDEX_ENTRIES_AT_AT,
@@ -35,6 +39,7 @@ use hutong::journal::seg_index::{
     INDEX_HEADER_LEN, INDEX_SECTION_COUNT_AT, INDEX_SECTION_LEN, INDEX_SEGMENT_START_AT,
 };
 use hutong::journal::segment::segment_file_name;
+use hutong::journal::snapshot::{self, CatalogSnapshot, SnapshotTopic};
 use hutong::journal::start;
 use hutong::journal::topic::TopicMeta;
 use hutong::wire::api::{
@@ -48,7 +53,7 @@ use hutong::wire::batch::{
     split_batches, stamp, BatchBuilder, BatchError, BatchKind, BatchView, RecordLimits, Stamp,
     BATCH_HEADER_LEN,
 };
-use hutong::wire::codec::{le_u32, le_u64, set_u32};
+use hutong::wire::codec::{le_u32, le_u64, set_u32, Reader};
 use hutong::wire::error::ErrorCode;
 use hutong::wire::frame::{
     check_frame, finish_frame, FrameError, RequestHeader, ResponseHeader, LENGTH_PREFIX_LEN,
@@ -63,12 +68,13 @@ pub type Target = fn(&[u8]);
 
 /// Every target by the name of its cargo-fuzz target (and of its folders
 /// under `fuzz/seeds/` and `fuzz/regressions/`).
-pub const TARGETS: [(&str, Target); 5] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("frame_decoder", frame),
     ("batch_validator", batch),
     ("journal_recovery", recovery),
     ("journal_open", journal_open),
     ("segment_index", segment_index),
+    ("catalog_snapshot", catalog_snapshot),
 ];
 
 /// The byte offset of the producer `crc` in a batch, and where the bytes it
@@ -794,6 +800,78 @@ pub fn journal_open(data: &[u8]) {
         first.resize(cut + BATCH_HEADER_LEN, 0);
         let segments = [(0, first), (cut as u64, padded(&sealed[cut..]))];
         open_checks(&segments, Some(&checkpoint));
+        resume_checks(&segments, cut as u64);
+    }
+}
+
+/// How a standalone broker opens its journal: from the checkpoint's
+/// snapshot when it can (`from_snapshot`), else by the full walk.
+fn standalone(from_snapshot: bool) -> Recovery {
+    Recovery {
+        entries: false,
+        from_snapshot,
+        ..Recovery::default()
+    }
+}
+
+/// Writes `segments`, `checkpoint` and `snap` into a fresh directory and
+/// opens it with `recovery`.
+fn open_with(
+    segments: &[(u64, Vec<u8>)],
+    checkpoint: &Checkpoint,
+    snap: Option<&CatalogSnapshot>,
+    recovery: Recovery,
+) -> (TempDir, Result<Journal, JournalError>) {
+    let dir = TempDir::new().expect("create a temp dir for journal_open");
+    for (start, bytes) in segments {
+        std::fs::write(dir.path().join(segment_file_name(*start)), bytes)
+            .expect("write an input segment");
+    }
+    checkpoint::write(dir.path(), checkpoint).expect("write the input checkpoint");
+    if let Some(snap) = snap {
+        snapshot::write(dir.path(), snap).expect("write the input snapshot");
+    }
+    let j = Journal::open_with(dir.path(), OPEN_SEGMENT_BYTES, OPEN_CACHE_BYTES, recovery);
+    (dir, j)
+}
+
+/// The two-segment layout of [`journal_open`] with a checkpoint at the cut
+/// and a snapshot of the catalog there (taken by a full walk of
+/// the first segment alone): recovery from the snapshot must end with the
+/// very journal the full walk of both segments finds, or fail as it does.
+fn resume_checks(segments: &[(u64, Vec<u8>)], cut: u64) {
+    let (_first_dir, first) = open_with(
+        &segments[..1],
+        &Checkpoint::default(),
+        None,
+        standalone(false),
+    );
+    let Ok(first) = first else {
+        return;
+    };
+    if first.end() != cut {
+        return;
+    }
+    let checkpoint = Checkpoint {
+        position: cut,
+        next_topic_id: first.catalog().next_topic_id(),
+        topics: first.checkpoint_topics(),
+    };
+    let snap = first.catalog().snapshot(cut);
+    drop(first);
+    let (_resumed_dir, resumed) = open_with(segments, &checkpoint, Some(&snap), standalone(true));
+    let (_walked_dir, walked) = open_with(segments, &checkpoint, None, standalone(false));
+    match (resumed, walked) {
+        (Ok(r), Ok(w)) => {
+            assert_eq!(shape(&r), shape(&w), "resumed and walked journals differ");
+            assert_eq!(r.report().batches, w.report().batches);
+        }
+        (Err(_), Err(_)) => {}
+        (r, w) => panic!(
+            "recovery from the snapshot gave {:?}, the full walk {:?}",
+            r.map(|j| shape(&j)),
+            w.map(|j| shape(&j))
+        ),
     }
 }
 
@@ -1084,6 +1162,63 @@ fn section_checks(idx: &SegmentIndex, s: &Section, verified: bool) -> Vec<IndexE
 }
 
 // ---------------------------------------------------------------------------
+// catalog_snapshot
+
+/// The catalog snapshot decoder (`journal::snapshot`) over `data`, read
+/// from its start: it gives a snapshot or an error, never a panic or a
+/// large allocation. When it gives a snapshot, encoding it writes exactly
+/// the bytes decode read (the format is canonical), which decode to the
+/// same snapshot; its producer states restore under the largest limits to
+/// exactly what was saved, and under the smallest (window 1, one state,
+/// no idle time) to at most the newest state, with its newest batch, and
+/// only when it is not idle at the saved clock.
+pub fn catalog_snapshot(data: &[u8]) {
+    let mut r = Reader::new(data);
+    let Ok(s) = snapshot::decode(&mut r) else {
+        return;
+    };
+    let read = &data[..r.position()];
+    let mut bytes = Vec::new();
+    snapshot::encode(&s, &mut bytes);
+    assert!(bytes == read, "a decoded snapshot re-encodes to its bytes");
+    let mut again = Reader::new(&bytes);
+    assert_eq!(snapshot::decode(&mut again).as_ref(), Ok(&s));
+    assert_eq!(again.remaining(), 0);
+
+    let largest = ProducerLimits {
+        window: PRODUCER_WINDOW_MAX,
+        idle_expiry_ms: u64::MAX,
+        states_max: PRODUCER_STATES_MAX_LIMIT,
+    };
+    assert!(
+        ProducerStates::restore(largest, &s.producers).save() == s.producers,
+        "the producer states restore to what was saved"
+    );
+    let smallest = ProducerLimits {
+        window: 1,
+        idle_expiry_ms: 0,
+        states_max: 1,
+    };
+    let restored = ProducerStates::restore(smallest, &s.producers).save();
+    let newest: Vec<SavedState> = s
+        .producers
+        .states
+        .last()
+        .filter(|st| st.last_ms >= s.producers.clock_ms)
+        .map(|st| SavedState {
+            window: st.window.last().copied().into_iter().collect(),
+            ..st.clone()
+        })
+        .into_iter()
+        .collect();
+    assert_eq!(restored.clock_ms, s.producers.clock_ms);
+    assert!(
+        restored.states == newest,
+        "the smallest limits keep the newest state and batch"
+    );
+}
+
+// ---------------------------------------------------------------------------
 // Seeds
 
 /// A two-record data batch as a producer builds it.
@@ -1248,6 +1383,72 @@ fn sample_index(with_sections: bool) -> Vec<u8> {
     let dir = TempDir::new().expect("create a temp dir for a seed");
     seg_index::write(dir.path(), START, START + 4096, &sources).expect("write the seed index");
     std::fs::read(dir.path().join(index_file_name(START))).expect("read the seed index")
+}
+
+/// A catalog snapshot as the broker would save it: two topics, and (when
+/// `with_producers`) the producer states of three producers' six batches
+/// each on three partitions, more than their windows of four hold.
+fn sample_snapshot(with_producers: bool) -> Vec<u8> {
+    let topic = |id: u32, name: &str, next_offsets: Vec<u64>| SnapshotTopic {
+        meta: TopicMeta {
+            id,
+            name: name.into(),
+            partitions: next_offsets.len() as u32,
+        },
+        created_at: Some(u64::from(id) * 100),
+        next_offsets,
+    };
+    let mut producers = ProducerStates::new(ProducerLimits {
+        window: 4,
+        ..ProducerLimits::default()
+    });
+    let mut end = 1_000;
+    let mut next_offsets = std::collections::HashMap::new();
+    let keys = [(1, 0, 7), (1, 1, 7), (2, 0, 9), (1, 0, 8)];
+    let batches = if with_producers { 6 * keys.len() } else { 0 };
+    for (i, (topic_id, partition, producer_id)) in
+        keys.into_iter().cycle().take(batches).enumerate()
+    {
+        let seq = (i / keys.len()) as u64;
+        let offset = next_offsets.entry((topic_id, partition)).or_insert(0);
+        *offset += 1;
+        end += 300;
+        producers.land(
+            Key {
+                topic_id,
+                partition,
+                producer_id,
+            },
+            ProducerBatch {
+                id: producer_id,
+                epoch: 1,
+                first_seq: seq,
+            },
+            Landed {
+                first_seq: seq,
+                last_seq: seq,
+                base_offset: *offset - 1,
+                end,
+                append_time_ms: 1_700_000_000_000 + i as i64,
+            },
+        );
+    }
+    let next = |topic_id, partition| next_offsets.get(&(topic_id, partition)).map_or(0, |o| *o);
+    let mut out = Vec::new();
+    snapshot::encode(
+        &CatalogSnapshot {
+            position: end,
+            next_topic_id: 3,
+            cluster_id: Some((0x6875_746f_6e67, 0)),
+            topics: vec![
+                topic(1, "orders", vec![next(1, 0), next(1, 1)]),
+                topic(2, "audit", vec![next(2, 0)]),
+            ],
+            producers: producers.save(),
+        },
+        &mut out,
+    );
+    out
 }
 
 /// Valid, structured inputs for each target, as (target, file name,
@@ -1438,6 +1639,12 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             "segment_index",
             "index_without_sections",
             sample_index(false),
+        ),
+        ("catalog_snapshot", "snapshot", sample_snapshot(true)),
+        (
+            "catalog_snapshot",
+            "snapshot_without_producers",
+            sample_snapshot(false),
         ),
     ]
 }

@@ -25,6 +25,7 @@
 use super::shared::{Idle, Shared, Stage};
 use crate::journal::checkpoint::{self, Checkpoint};
 use crate::journal::log::SegmentFile;
+use crate::journal::snapshot::CatalogSnapshot;
 use crate::journal::topic::TopicMeta;
 use std::fs::File;
 use std::path::PathBuf;
@@ -44,6 +45,9 @@ pub enum FlusherEvent {
         /// Position one past its control record.
         end: u64,
     },
+    /// The catalog at the writer's end: saved in the first checkpoint
+    /// whose durable position reaches it.
+    Snapshot(Arc<CatalogSnapshot>),
     /// The journal was cut at `at` under gate generation `generation`:
     /// its segment files and topics now.
     Reset {
@@ -84,6 +88,12 @@ pub struct Flusher {
     /// start or a cut: the checkpoint recovery started from, or the cut.
     recovered_at: u64,
     last_checkpoint: Instant,
+    /// The writer's snapshots waiting for F to reach them: the oldest (the
+    /// first F reaches) and the newest at most.
+    snapshots_waiting: std::collections::VecDeque<Arc<CatalogSnapshot>>,
+    /// Position of the snapshot file last written (0: none by this
+    /// process).
+    snapshot_saved: u64,
     /// fdatasync(2) of one file; tests record the calls.
     sync_file: fn(&File) -> std::io::Result<()>,
 }
@@ -117,6 +127,8 @@ impl Flusher {
             checkpoint_bytes: u64::MAX,
             recovered_at: synced,
             last_checkpoint: Instant::now(),
+            snapshots_waiting: std::collections::VecDeque::new(),
+            snapshot_saved: 0,
             sync_file: File::sync_data,
         }
     }
@@ -143,6 +155,15 @@ impl Flusher {
     pub fn event(&mut self, e: FlusherEvent) -> bool {
         match e {
             FlusherEvent::Segment(f) => self.files.push(f),
+            FlusherEvent::Snapshot(snap) => {
+                // While F does not reach them (a failed fdatasync stops
+                // it for good) only the first it would reach and the
+                // newest are worth their memory.
+                if self.snapshots_waiting.len() >= 2 {
+                    self.snapshots_waiting.pop_back();
+                }
+                self.snapshots_waiting.push_back(snap);
+            }
             FlusherEvent::Topic { meta, end } => {
                 self.next_topic_id = self.next_topic_id.max(meta.id.saturating_add(1));
                 self.topics_pending.push((meta, end));
@@ -172,6 +193,8 @@ impl Flusher {
                 }
                 self.next_topic_id = next_topic_id;
                 self.checkpointed = None;
+                // Snapshots above the cut describe batches that are gone.
+                self.snapshots_waiting.retain(|s| s.position <= at);
                 return true;
             }
         }
@@ -314,6 +337,41 @@ impl Flusher {
         self.last_checkpoint = now;
         Ok(true)
     }
+
+    /// Writes the snapshot file ([`crate::journal::snapshot::write`]) from
+    /// the newest of the writer's snapshots that F reached, once each;
+    /// never for a journal the writer has cut since the last `Reset`.
+    /// Returns whether it wrote one.
+    ///
+    /// # Errors
+    /// The write error; that snapshot is dropped.
+    pub fn maybe_save_snapshot(
+        &mut self,
+        shared: &Shared,
+    ) -> Result<bool, crate::journal::error::JournalError> {
+        let gate = shared.lock_flush_gate();
+        if *gate != self.generation {
+            return Ok(false);
+        }
+        let f = shared.positions.flushed.get().min(self.synced);
+        let mut durable = None;
+        while self
+            .snapshots_waiting
+            .front()
+            .is_some_and(|s| s.position <= f)
+        {
+            durable = self.snapshots_waiting.pop_front();
+        }
+        let Some(snap) = durable.filter(|s| s.position > self.snapshot_saved) else {
+            return Ok(false);
+        };
+        // One that cannot be written is dropped (logged once): the writer
+        // takes the next within `checkpoint_bytes`.
+        crate::journal::snapshot::write(&self.dir, &snap)?;
+        drop(gate);
+        self.snapshot_saved = snap.position;
+        Ok(true)
+    }
 }
 
 /// The flusher thread.
@@ -334,8 +392,18 @@ pub fn run(shared: Arc<Shared>, mut flusher: Flusher, events: Receiver<FlusherEv
         }
         let worked = flusher.flush_to(&shared, w);
         let writer_done = shared.is_done(Stage::Writer) && w == shared.positions.written.get();
+        if writer_done {
+            // The writer's last snapshot was sent before it said it was
+            // done: take it in for the last checkpoint.
+            while let Ok(e) = events.try_recv() {
+                flusher.event(e);
+            }
+        }
         if let Err(e) = flusher.maybe_checkpoint(&shared, Instant::now(), writer_done) {
             crate::log!("checkpoint write failed (recovery will verify more of the journal): {e}");
+        }
+        if let Err(e) = flusher.maybe_save_snapshot(&shared) {
+            crate::log!("snapshot write failed (a restart will read more of the journal): {e}");
         }
         let f = shared.positions.flushed.get();
         if writer_done && (f == w || shared.storage_failed.load(Ordering::Acquire)) {
@@ -532,6 +600,195 @@ mod tests {
         assert!(!durable(&mut fl, &mut m, 200), "70 since the last one");
         assert!(durable(&mut fl, &mut m, 230));
         assert_eq!(written(&m), Some(230));
+    }
+
+    fn snapshot_at(position: u64) -> Arc<CatalogSnapshot> {
+        Arc::new(CatalogSnapshot {
+            position,
+            next_topic_id: 0,
+            cluster_id: None,
+            topics: Vec::new(),
+            producers: Default::default(),
+        })
+    }
+
+    /// The snapshot file is written only once F reaches a snapshot, once
+    /// per snapshot (the newest durable one), and never for one above a
+    /// cut.
+    #[test]
+    fn the_snapshot_file_is_the_newest_durable_snapshot_written_once() {
+        use crate::journal::snapshot;
+        let (_poll, shared) = Shared::for_tests(0);
+        let mut m = Model::new();
+        let mut fl = flusher(&m);
+        let durable = |fl: &mut Flusher, m: &mut Model, upto: u64| {
+            if let Some(s) = m.write(upto - m.end()) {
+                fl.event(FlusherEvent::Segment(s));
+            }
+            shared.positions.written.set(upto);
+            fl.sync(upto).unwrap();
+            assert!(fl.publish(&shared, upto));
+            let wrote = fl.maybe_save_snapshot(&shared).unwrap();
+            let saved = snapshot::read(m.dir.path()).unwrap().map(|s| s.position);
+            (wrote, saved)
+        };
+        fl.event(FlusherEvent::Snapshot(snapshot_at(60)));
+        assert_eq!(
+            durable(&mut fl, &mut m, 40),
+            (false, None),
+            "60 is not durable yet"
+        );
+        assert_eq!(durable(&mut fl, &mut m, 70), (true, Some(60)));
+        assert_eq!(durable(&mut fl, &mut m, 75), (false, Some(60)), "once");
+        fl.event(FlusherEvent::Snapshot(snapshot_at(80)));
+        fl.event(FlusherEvent::Snapshot(snapshot_at(90)));
+        assert_eq!(
+            durable(&mut fl, &mut m, 95),
+            (true, Some(90)),
+            "the newest durable"
+        );
+        // The writer's snapshot at 99, then a cut at 95 (in a group).
+        fl.event(FlusherEvent::Snapshot(snapshot_at(99)));
+        m.write(4);
+        fl.event(FlusherEvent::Reset {
+            generation: 0,
+            at: 95,
+            files: m.files.clone(),
+            topics: Vec::new(),
+            next_topic_id: 0,
+        });
+        m.boundaries.pop();
+        assert_eq!(
+            durable(&mut fl, &mut m, 120),
+            (false, Some(90)),
+            "99 was cut"
+        );
+    }
+
+    /// Review finding (snapshots): after a failed fdatasync F never moves
+    /// again in this process, yet the broker goes on taking writes (QoS
+    /// `none`/`received` are answered, only `flushed` fails) and the
+    /// writer goes on taking a snapshot every `checkpoint_interval_ms`
+    /// with data appended and every `checkpoint_bytes`. Each one (a copy
+    /// of every producer state, up to some 41 MiB with the default caps)
+    /// waits in `snapshots_waiting` for an F that never comes: memory
+    /// grows without bound. Only the oldest waiting one (the first F can
+    /// reach) and the newest are ever worth keeping.
+    #[test]
+    fn snapshots_waiting_for_an_f_that_no_longer_moves_stay_bounded() {
+        let (_poll, shared) = Shared::for_tests(0);
+        let m = Model::new();
+        let mut fl = flusher(&m).with_checkpoint_bytes(10, 0);
+        // The fdatasync failed: F stays at 0 for good.
+        shared.storage_failed.store(true, Ordering::Release);
+        for k in 1..=1_000u64 {
+            // One writer round after another: W moves, a snapshot is sent.
+            shared.positions.written.set(k * 10);
+            fl.event(FlusherEvent::Snapshot(snapshot_at(k * 10)));
+            assert!(!fl.flush_to(&shared, k * 10), "F cannot move");
+            let _ = fl.maybe_checkpoint(&shared, Instant::now(), false);
+        }
+        assert!(
+            fl.snapshots_waiting.len() <= 2,
+            "{} snapshots held waiting for an F that cannot move",
+            fl.snapshots_waiting.len()
+        );
+    }
+
+    /// Review finding (snapshots): the snapshot, which holds every producer
+    /// state, is encoded, written and fsynced again in every checkpoint,
+    /// whether or not it changed: with a trickle of writes that is once per
+    /// `checkpoint_interval_ms` (5 s). 10,000 producer states (100
+    /// producers on 100 partitions) with full default windows make a 26 MB
+    /// checkpoint: 5 MB/s of disk writes (some 450 GB a day) for a broker
+    /// that takes a few bytes a second, and each rewrite holds up the
+    /// flusher's group commits (QoS `flushed`) for its write and fsync.
+    #[test]
+    fn an_unchanged_snapshot_is_not_written_again_at_every_checkpoint() {
+        use crate::journal::producers::{Key, Landed, SavedState, SavedStates};
+        use crate::journal::snapshot::SnapshotTopic;
+        let (_poll, shared) = Shared::for_tests(0);
+        let mut m = Model::new();
+        let mut fl = Flusher::new(
+            m.dir.path().to_path_buf(),
+            &m.files,
+            0,
+            Vec::new(),
+            0,
+            Duration::from_secs(5),
+        );
+        fl.sync_file = record_sync;
+        let partitions = 100u32;
+        let states = (0..partitions)
+            .flat_map(|partition| {
+                (1..=100u64).map(move |producer_id| SavedState {
+                    key: Key {
+                        topic_id: 0,
+                        partition,
+                        producer_id,
+                    },
+                    epoch: 0,
+                    next_seq: 64,
+                    last_ms: 1_000,
+                    window: (0..64)
+                        .map(|seq| Landed {
+                            first_seq: seq,
+                            last_seq: seq,
+                            base_offset: seq,
+                            end: seq + 1,
+                            append_time_ms: 1_000,
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        let snap = Arc::new(CatalogSnapshot {
+            position: 5,
+            next_topic_id: 1,
+            cluster_id: None,
+            topics: vec![SnapshotTopic {
+                meta: TopicMeta {
+                    id: 0,
+                    name: "t".into(),
+                    partitions,
+                },
+                created_at: None,
+                next_offsets: vec![0; partitions as usize],
+            }],
+            producers: SavedStates {
+                clock_ms: 1_000,
+                states,
+            },
+        });
+        fl.event(FlusherEvent::Snapshot(snap));
+        let t0 = Instant::now();
+        let checkpoint_path = m.dir.path().join(checkpoint::CHECKPOINT_FILE);
+        let snapshot_path = m.dir.path().join(crate::journal::snapshot::SNAPSHOT_FILE);
+        let mut written = 0u64;
+        let mut one = 0u64;
+        // A trickle: a few bytes in each 5 s interval, for a minute.
+        for k in 1..=12u64 {
+            if let Some(s) = m.write(5) {
+                fl.event(FlusherEvent::Segment(s));
+            }
+            shared.positions.written.set(m.end());
+            fl.sync(m.end()).unwrap();
+            assert!(fl.publish(&shared, m.end()));
+            let now = t0 + Duration::from_secs(6 * k);
+            if fl.maybe_checkpoint(&shared, now, false).unwrap() {
+                written += std::fs::metadata(&checkpoint_path).unwrap().len();
+            }
+            if fl.maybe_save_snapshot(&shared).unwrap() {
+                one = std::fs::metadata(&snapshot_path).unwrap().len();
+                written += one;
+            }
+        }
+        assert!(one > 20_000_000, "a {one}-byte snapshot");
+        assert!(
+            written <= 2 * one,
+            "{written} bytes of checkpoints and snapshots written in a minute for 60 bytes of \
+             data, the same {one}-byte snapshot each time"
+        );
     }
 
     /// Review finding: after a start the count begins at the checkpoint

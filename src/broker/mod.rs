@@ -112,6 +112,8 @@ impl Broker {
             // Only the consensus log starts from the recovered entries.
             entries: config.is_clustered(),
             producers: config.producer_limits(),
+            // A repair needs the walk that finds damage anywhere.
+            from_snapshot: !(config.repair || config.verify_journal),
             ..crate::journal::log::Recovery::default()
         };
         let mut journal = Journal::open_with(
@@ -122,11 +124,19 @@ impl Broker {
         )?;
         let report = journal.report();
         crate::log!(
-            "journal {} recovered: {} bytes, {} topics, {} batches{}",
+            "journal {} recovered: {} bytes, {} topics, {} batches{}{}",
             config.data_dir.display(),
             journal.end(),
             journal.catalog().len(),
             report.batches,
+            match report.snapshot_position {
+                Some(at) => format!(
+                    " (from the snapshot at {at}; read {} bytes, index files below {})",
+                    journal.end() - report.read_from,
+                    report.read_from
+                ),
+                None => String::new(),
+            },
             match &report.truncated {
                 Some((at, why)) => format!("; cut a damaged tail at position {at}: {why}"),
                 None => String::new(),
@@ -219,12 +229,21 @@ impl Broker {
         let _ = reader_events_tx.send(reader::ReaderEvent::Retained {
             position: journal.start(),
         });
+        // The index files recovery took instead of reading their segments:
+        // the reader serves them, the retention stage checks them.
+        let taken = journal.take_indexes();
+        for index in &taken {
+            let _ = reader_events_tx.send(reader::ReaderEvent::Indexed(index.clone()));
+        }
         let policy = crate::journal::log::Retention {
             bytes: config.retention_bytes,
             ms: config.retention_ms_effective(),
         };
         let policy = (policy != crate::journal::log::Retention::default()).then_some(policy);
         let (jobs_tx, jobs_rx) = std::sync::mpsc::channel();
+        if !taken.is_empty() {
+            let _ = jobs_tx.send(retention::Job::Verify(taken));
+        }
         let (trims_tx, trims_rx) = std::sync::mpsc::channel();
         let janitor_to_reader = reader_events_tx.clone();
         // Recovery synced what the checkpoint does not vouch for: every

@@ -13,6 +13,16 @@ use std::sync::Arc;
 /// Entries read from an index file per pread while a fetch is assembled.
 const ENTRIES_PER_READ: usize = 256;
 
+/// Checks `index`'s entries in full before their first use: recovery
+/// takes index files on the strength of their header checksum, and the
+/// retention stage checks them in the background, but a fetch may come
+/// first. Once per file.
+fn checked(index: &SegmentIndex) -> std::io::Result<()> {
+    index
+        .verify_once()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+}
+
 /// One sealed segment's part of a partition.
 #[derive(Debug, Clone)]
 struct DiskSection {
@@ -78,25 +88,33 @@ impl PartitionView {
     }
 
     /// Adds `index`'s section `section` (one of this partition's), a
-    /// segment after every one it has.
+    /// segment after every one it has, or in place of the one it has of
+    /// the same segment when it covers the same offsets (an index file
+    /// rebuilt after damage).
     pub fn add_section(&mut self, index: &Arc<SegmentIndex>, section: usize) {
         let Some(s) = index.sections().get(section) else {
             return;
         };
-        if self
-            .disk
-            .last()
-            .is_some_and(|d| d.segment_start >= index.segment_start)
-        {
-            return;
-        }
-        self.disk.push(DiskSection {
+        let new = DiskSection {
             index: index.clone(),
             section,
             segment_start: index.segment_start,
             first_offset: s.first_offset,
             next_offset: s.next_offset,
-        });
+        };
+        match self
+            .disk
+            .binary_search_by_key(&index.segment_start, |d| d.segment_start)
+        {
+            Ok(k) => {
+                let old = &self.disk[k];
+                if (old.first_offset, old.next_offset) == (new.first_offset, new.next_offset) {
+                    self.disk[k] = new;
+                }
+            }
+            Err(k) if k == self.disk.len() => self.disk.push(new),
+            Err(_) => {}
+        }
     }
 
     /// Forgets the segments retention deleted (those below `position`).
@@ -150,6 +168,7 @@ impl PartitionView {
             if s.max_time_ms < time_ms {
                 continue;
             }
+            checked(&d.index)?;
             let i = d.index.locate_time(s, time_ms)?;
             let mut one = Vec::with_capacity(1);
             if d.index.read_entries(s, i, 1, &mut one)? == 1 {
@@ -260,6 +279,7 @@ impl PartitionView {
                     "a segment index section vanished",
                 )));
             };
+            checked(&d.index).map_err(NoSelection::Io)?;
             let mut i = d.index.locate(s, next).map_err(NoSelection::Io)?;
             while i < s.entry_count {
                 let got = d
@@ -480,5 +500,56 @@ mod tests {
         let third = all.iter().find(|e| e.position >= 2000).unwrap().base_offset;
         assert_eq!(v.offsets(u64::MAX, 2000), (third, end));
         assert_eq!(v.bytes(u64::MAX, 2000), 100 * (end - third) / 3);
+    }
+
+    /// Index files recovery took on their header checksum: a fetch checks
+    /// a file's entries before it first uses them, and a damaged file's
+    /// rebuilt copy replaces it.
+    #[test]
+    fn a_file_not_checked_yet_is_checked_before_use_and_a_rebuilt_one_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = entries();
+        let good = view(dir.path(), &all);
+        // Damage an entry of the first file (its position), keeping the
+        // header and directory sound, and open it as recovery does.
+        let path = dir.path().join(seg_index::index_file_name(0));
+        let sound = std::fs::read(&path).unwrap();
+        let mut bytes = sound.clone();
+        let entry_at = seg_index::INDEX_HEADER_LEN + seg_index::INDEX_SECTION_LEN + 8;
+        bytes[entry_at] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        let damaged = Arc::new(SegmentIndex::open(dir.path(), 0).unwrap().unwrap());
+        assert!(!damaged.is_verified());
+        let mut v = PartitionView::new(good.memory.clone());
+        v.add_section(&damaged, 0);
+        for d in good.disk.iter().skip(1) {
+            v.add_section(&d.index, d.section);
+        }
+        let (mut runs, mut scratch) = (Vec::new(), Vec::new());
+        assert!(matches!(
+            v.select(0, 1000, u64::MAX, 0, &mut runs, &mut scratch),
+            Err(NoSelection::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData
+        ));
+        assert!(v.offset_for_time(0, u64::MAX, 0).is_err());
+        // Found damaged once, it is not read again by every fetch: even
+        // with its bytes mended behind its back it stays refused.
+        std::fs::write(&path, &sound).unwrap();
+        assert!(matches!(
+            v.select(0, 1000, u64::MAX, 0, &mut runs, &mut scratch),
+            Err(NoSelection::Io(_))
+        ));
+        // Later segments are not held back by it.
+        let later = all.iter().find(|e| e.position >= 1000).unwrap();
+        assert!(v
+            .select(later.base_offset, 100, u64::MAX, 0, &mut runs, &mut scratch)
+            .is_ok());
+        // The rebuilt file takes its place.
+        let rebuilt = Arc::new(SegmentIndex::open(dir.path(), 0).unwrap().unwrap());
+        v.add_section(&rebuilt, 0);
+        let got = v
+            .select(0, 100, u64::MAX, 0, &mut runs, &mut scratch)
+            .unwrap();
+        assert_eq!((runs[0].0, got.bytes), (0, 100));
+        assert!(rebuilt.is_verified(), "checked on first use");
     }
 }

@@ -28,9 +28,10 @@ use super::reader::ReaderEvent;
 use crate::journal::error::JournalError;
 use crate::journal::log::Retained;
 use crate::journal::offload::{self, IndexJob, Trim};
-use crate::journal::seg_index;
+use crate::journal::seg_index::{self, SegmentIndex};
 use crate::journal::segment::segment_file_name;
 use crate::journal::start;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -55,6 +56,10 @@ pub enum Job {
     Retain(Retained),
     /// Write a sealed segment's index file.
     Index(IndexJob),
+    /// Check the entries of the index files recovery took on the strength
+    /// of their header checksums (oldest first), rebuilding a damaged one
+    /// from its segment.
+    Verify(Vec<Arc<SegmentIndex>>),
 }
 
 /// Where this stage sends what it did.
@@ -72,7 +77,7 @@ pub struct Outlets {
 pub fn run(dir: PathBuf, jobs: Receiver<Job>, outlets: Outlets) {
     let mut janitor = Janitor::new(dir, outlets.reader);
     loop {
-        let next = if janitor.can_index_now() {
+        let next = if janitor.can_index_now() || janitor.can_verify_now() {
             // More jobs queued than one pass does: look at the channel and
             // go on.
             jobs.recv_timeout(Duration::ZERO)
@@ -98,11 +103,13 @@ pub fn run(dir: PathBuf, jobs: Receiver<Job>, outlets: Outlets) {
                             });
                         }
                         Job::Index(j) => janitor.start_indexing(j),
+                        Job::Verify(files) => janitor.to_verify.extend(files),
                     }
                 }
                 if let Some(d) = decision {
                     janitor.take(d);
                 }
+                janitor.verify_next();
                 janitor.index(&outlets.writer);
                 (outlets.wake_reader)();
             }
@@ -110,7 +117,8 @@ pub fn run(dir: PathBuf, jobs: Receiver<Job>, outlets: Outlets) {
                 if janitor.retry_due(Instant::now()) {
                     janitor.retry();
                 }
-                if janitor.index(&outlets.writer) {
+                let verified = janitor.verify_next();
+                if janitor.index(&outlets.writer) | verified {
                     (outlets.wake_reader)();
                 }
             }
@@ -121,6 +129,28 @@ pub fn run(dir: PathBuf, jobs: Receiver<Job>, outlets: Outlets) {
         }
         janitor.close_released(Instant::now());
     }
+}
+
+/// True when two index files of one segment list the same partitions with
+/// the same batches (counts, offsets, bytes and positions).
+fn same_batches(a: &SegmentIndex, b: &SegmentIndex) -> bool {
+    let key = |s: &seg_index::Section| {
+        (
+            s.topic_id,
+            s.partition,
+            s.entry_count,
+            s.first_offset,
+            s.next_offset,
+            s.bytes,
+            s.first_position,
+        )
+    };
+    a.segment_end == b.segment_end
+        && a.sections().len() == b.sections().len()
+        && a.sections()
+            .iter()
+            .zip(b.sections())
+            .all(|(x, y)| key(x) == key(y))
 }
 
 /// One decision carrying out `older` and then `newer`: the later start
@@ -160,6 +190,11 @@ struct Janitor {
     index_stopped: bool,
     /// Where the journal starts after the decisions carried out so far.
     deleted_below: u64,
+    /// Index files to check, oldest first ([`Job::Verify`]).
+    to_verify: VecDeque<Arc<SegmentIndex>>,
+    /// Each partition's running maximum of append times where the last
+    /// file checked ends: where a rebuilt file's resumes.
+    seeds: HashMap<(u32, u32), i64>,
 }
 
 impl Janitor {
@@ -175,6 +210,74 @@ impl Janitor {
             index_failed: None,
             index_stopped: false,
             deleted_below: 0,
+            to_verify: VecDeque::new(),
+            seeds: HashMap::new(),
+        }
+    }
+
+    /// True when index files wait to be checked and no retention decision
+    /// is pending (its segments may be among them).
+    fn can_verify_now(&self) -> bool {
+        !self.to_verify.is_empty() && self.pending.is_none()
+    }
+
+    /// Checks the next index file waiting ([`Job::Verify`]); a damaged one
+    /// is rebuilt from its segment and handed to the reader in its place.
+    /// Returns whether it told the reader anything.
+    fn verify_next(&mut self) -> bool {
+        if !self.can_verify_now() {
+            return false;
+        }
+        let Some(index) = self.to_verify.pop_front() else {
+            return false;
+        };
+        let mut told = false;
+        if index.segment_start >= self.deleted_below {
+            match index.verify_once() {
+                Ok(()) => {}
+                Err(JournalError::Corrupt(why)) => {
+                    crate::log!("{why}: rebuilding it from its segment");
+                    told = self.rebuild(&index);
+                }
+                Err(e) => crate::log!(
+                    "{e} (a fetch that needs the file checks it again and answers StorageError \
+                     while it cannot be read)"
+                ),
+            }
+        }
+        for s in index.sections() {
+            self.seeds.insert((s.topic_id, s.partition), s.max_time_ms);
+        }
+        told
+    }
+
+    /// Rebuilds `damaged`'s file from its segment and, when the new file
+    /// covers the same batches as the damaged one's directory says, hands
+    /// it to the reader. Returns whether it did.
+    fn rebuild(&mut self, damaged: &SegmentIndex) -> bool {
+        let (start, end) = (damaged.segment_start, damaged.segment_end);
+        match offload::rebuild_index(&self.dir, start, end, &self.seeds) {
+            Ok(rebuilt) if same_batches(damaged, &rebuilt) => {
+                crate::log!("the index file of segment {start} was rebuilt");
+                let _ = self.reader.send(ReaderEvent::Indexed(Arc::new(rebuilt)));
+                true
+            }
+            Ok(_) => {
+                crate::log!(
+                    "the index file of segment {start} rebuilt from the segment does not \
+                     describe the batches its damaged directory named: fetches there answer \
+                     StorageError until the broker is restarted (recovery then reads the \
+                     segment)"
+                );
+                false
+            }
+            Err(e) => {
+                crate::log!(
+                    "the index file of segment {start} cannot be rebuilt: {e} (fetches there \
+                     answer StorageError)"
+                );
+                false
+            }
         }
     }
 
@@ -205,6 +308,7 @@ impl Janitor {
     /// True when index jobs wait and nothing holds them back.
     fn can_index_now(&self) -> bool {
         self.indexing.is_some()
+            && self.to_verify.is_empty()
             && self.pending.is_none()
             && self.index_failed.is_none()
             && !self.index_stopped
@@ -219,7 +323,9 @@ impl Janitor {
     /// reader hears of it. Segments retention deleted meanwhile are
     /// skipped. Returns whether it told the reader anything.
     fn index(&mut self, writer: &Sender<Trim>) -> bool {
-        if self.index_stopped || self.indexing.is_none() {
+        // The files recovery took are checked first: they are the oldest,
+        // and a damaged one is rebuilt before readers come to it.
+        if self.index_stopped || self.indexing.is_none() || !self.to_verify.is_empty() {
             return false;
         }
         if self.pending.is_some()
@@ -366,6 +472,77 @@ mod tests {
     use crate::journal::log::{Journal, Retention};
     use crate::journal::segment::list_segments;
     use crate::wire::batch::BatchBuilder;
+
+    /// The index files recovery took unchecked: a sound one passes, a
+    /// damaged one is rebuilt from its segment and handed to the reader,
+    /// and no index job is carried out before they are all checked.
+    #[test]
+    fn files_taken_at_the_start_are_checked_and_a_damaged_one_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path(), 1024, 4096).unwrap();
+        let (_, a) = j.create_topic("a", 2, 1, 1_000).unwrap();
+        let mut t = 0;
+        while j.sealed().len() < 3 {
+            let mut b = BatchBuilder::new();
+            b.push(0, b"", &[7u8; 100], &[]);
+            let batch = b.finish(0, 0).to_vec();
+            t += 1;
+            j.append_data(a, (t % 2) as u32, &batch, 1, 1, 1_000 + t)
+                .unwrap();
+        }
+        j.write_out().unwrap();
+        let job = j.index_job(j.end()).unwrap();
+        for &(start, end) in &job.segments {
+            offload::write_index(dir.path(), start, end, &job.partitions).unwrap();
+        }
+        let open = |start: u64| Arc::new(SegmentIndex::open(dir.path(), start).unwrap().unwrap());
+        let second = job.segments[1].0;
+        let path = dir.path().join(seg_index::index_file_name(second));
+        let sound = std::fs::read(&path).unwrap();
+        let mut bytes = sound.clone();
+        let last = bytes.len() - 3; // the last entry's time
+        bytes[last] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let taken: Vec<_> = job.segments.iter().map(|&(s, _)| open(s)).collect();
+        assert!(taken[1].verify().is_err());
+
+        let (to_reader, from_janitor) = std::sync::mpsc::channel();
+        let (to_writer, from_janitor_to_writer) = std::sync::mpsc::channel();
+        let mut janitor = Janitor::new(dir.path().to_path_buf(), to_reader);
+        janitor.to_verify.extend(taken.iter().cloned());
+        // An index job for a later segment waits behind the checks.
+        while j.sealed().len() < 4 {
+            let mut b = BatchBuilder::new();
+            b.push(0, b"", &[7u8; 100], &[]);
+            j.append_data(a, 0, b.finish(0, 0), 1, 1, 2_000).unwrap();
+        }
+        j.write_out().unwrap();
+        janitor.start_indexing(j.index_job(j.end()).expect("the fourth segment"));
+        assert!(!janitor.can_index_now());
+        assert!(!janitor.index(&to_writer));
+        assert!(!janitor.verify_next(), "the first file is sound");
+        assert!(taken[0].is_verified());
+        assert!(janitor.verify_next(), "the second is rebuilt");
+        match from_janitor.try_recv() {
+            Ok(ReaderEvent::Indexed(rebuilt)) => {
+                assert_eq!(rebuilt.segment_start, second);
+                assert!(rebuilt.is_verified());
+                assert!(same_batches(&rebuilt, &taken[1]));
+                rebuilt.verify().unwrap();
+            }
+            _ => panic!("the reader gets the rebuilt file"),
+        }
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            sound,
+            "the same file the writer's entries gave"
+        );
+        assert!(!janitor.verify_next());
+        assert!(janitor.to_verify.is_empty());
+        assert!(janitor.can_index_now());
+        assert!(janitor.index(&to_writer));
+        assert!(from_janitor_to_writer.try_recv().is_ok(), "the trim");
+    }
 
     /// Review finding: a start state that cannot be written once must not
     /// leave that decision's segments on disk for good (the journal forgot

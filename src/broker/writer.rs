@@ -69,6 +69,9 @@ pub struct Writer {
     fatal: Option<String>,
     /// Retention and indexing ([`Writer::with_janitor`]).
     retention: Option<RetentionClock>,
+    /// Where the last catalog snapshot was taken (`None`: none since the
+    /// start, and recovery started from none).
+    snapshot_at: Option<u64>,
 }
 
 /// When and how the writer applies retention and hands sealed segments to
@@ -162,15 +165,23 @@ impl Writer {
         let clock = self.retention.as_mut()?;
         let due = now >= clock.next || clock.sealed;
         let flushed = self.shared.positions.flushed.get();
+        let mut moved_start = None;
         if due {
             clock.next = now + clock.every;
             clock.sealed = false;
             if let Some(policy) = clock.policy {
                 if let Some(decision) = self.journal.retain(policy, flushed, unix_ms()) {
+                    moved_start = Some(decision.state.position);
                     let _ = clock.jobs.send(Job::Retain(decision));
                 }
             }
         }
+        // A snapshot below the journal's start is of no use to the next
+        // start: take one at the end.
+        if moved_start.is_some_and(|start| self.snapshot_at.is_none_or(|at| at < start)) {
+            self.maybe_snapshot(true);
+        }
+        let clock = self.retention.as_mut()?;
         // One index job at a time: the trim answering it is built from its
         // handles. Only committed segments: a cut never reaches them.
         if (due || answered) && clock.indexing == Indexing::Idle {
@@ -196,6 +207,7 @@ impl Writer {
         answers: MessageProducer,
     ) -> Writer {
         Writer {
+            snapshot_at: journal.report().snapshot_position,
             journal,
             config,
             reader_events,
@@ -211,6 +223,37 @@ impl Writer {
             fatal: None,
             retention: None,
         }
+    }
+
+    /// Hands the flusher a snapshot of the catalog at the journal's end
+    /// (where the next start begins, [`crate::journal::snapshot`]) when
+    /// `checkpoint_bytes` were appended since the last one and that one is
+    /// durable, or when `force`d (at the stop, and when retention moved the
+    /// journal's start past the last one) — for a standalone broker only: a
+    /// group member's recovery reads the whole journal for its consensus
+    /// log. Returns whether it took one. Its cost is a copy of the producer
+    /// states, once per `checkpoint_bytes`.
+    pub fn maybe_snapshot(&mut self, force: bool) -> bool {
+        if self.replica.is_some() {
+            return false;
+        }
+        let end = self.journal.end();
+        if self.snapshot_at == Some(end) {
+            return false;
+        }
+        let last = self.snapshot_at.unwrap_or(0);
+        let due = force
+            || (end.saturating_sub(last) >= self.config.checkpoint_bytes
+                && last <= self.shared.positions.flushed.get());
+        if !due {
+            return false;
+        }
+        let snap = self.journal.catalog().snapshot(end);
+        let _ = self
+            .flusher_events
+            .send(FlusherEvent::Snapshot(Arc::new(snap)));
+        self.snapshot_at = Some(end);
+        true
     }
 
     /// True when another request's entry fits, wherever it goes.
@@ -922,6 +965,7 @@ pub fn run(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        writer.maybe_snapshot(false);
         if let Some(why) = writer.take_fatal() {
             writer.finish_direct(ErrorCode::StorageError, FINISH_GRACE);
             shared.fail(why);
@@ -978,6 +1022,9 @@ pub fn run(
             && !writer.has_answers()
         {
             writer.hand_over();
+            // Sent before the writer says it is done: the flusher's last
+            // checkpoint saves it, and the next start reads nothing.
+            writer.maybe_snapshot(true);
             shared.mark_done(Stage::Writer);
             return;
         }
@@ -1245,6 +1292,66 @@ mod tests {
                 "{qos:?}: the create waits for C; the third produce's batch was cut"
             );
         }
+    }
+
+    /// Snapshots by bytes once the last one is durable, and at the stop.
+    #[test]
+    fn a_standalone_writer_snapshots_its_catalog_by_bytes_and_at_its_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: dir.path().to_path_buf(),
+            segment_bytes: 1 << 20,
+            write_cache_bytes: 1 << 20,
+            batch_bytes_max: 64 << 10,
+            checkpoint_bytes: 1,
+            ..Config::default()
+        };
+        let journal = Journal::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+        let (_poll, shared) = Shared::for_tests(journal.end());
+        let (flusher_tx, flusher_rx) = std::sync::mpsc::channel();
+        let mut w = Writer::new(
+            journal,
+            Arc::new(config),
+            std::sync::mpsc::channel().0,
+            flusher_tx,
+            shared.clone(),
+            None,
+            HeapRb::new(16).split().0,
+            crate::broker::ring::message_ring(1 << 16).0,
+        );
+        let snapshots = || -> Vec<u64> {
+            flusher_rx
+                .try_iter()
+                .filter_map(|e| match e {
+                    FlusherEvent::Snapshot(s) => Some(s.position),
+                    _ => None,
+                })
+                .collect()
+        };
+        let now = Instant::now();
+        assert!(!w.maybe_snapshot(false), "nothing appended");
+        let _ = w.handle(1, true, &create_topic_frame("t"), now, 0);
+        let _ = w.handle(1, true, &produce_frame("t", Qos::Received), now, 0);
+        assert!(w.maybe_snapshot(false), "the bytes");
+        let first = w.journal.end();
+        assert_eq!(snapshots(), vec![first]);
+        let _ = w.handle(1, true, &produce_frame("t", Qos::Received), now, 0);
+        assert!(!w.maybe_snapshot(false), "the last one is not durable yet");
+        shared.positions.flushed.set(first);
+        assert!(w.maybe_snapshot(false), "now it is");
+        let second = w.journal.end();
+        assert_eq!(snapshots(), vec![second]);
+        assert!(!w.maybe_snapshot(true), "nothing new, even at the stop");
+        let _ = w.handle(1, true, &produce_frame("t", Qos::Received), now, 0);
+        assert!(w.maybe_snapshot(true), "at the stop");
+        assert_eq!(snapshots(), vec![w.journal.end()]);
+    }
+
+    #[test]
+    fn a_group_writer_takes_no_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = group_writer(dir.path());
+        assert!(!w.maybe_snapshot(true));
     }
 
     /// QoS `received` is answered by the writer itself once its write is

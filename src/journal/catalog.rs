@@ -8,6 +8,7 @@ use super::index::{IndexEntries, IndexEntry, PartitionIndex};
 use super::offload::Trim;
 use super::producers::{Key, ProducerBatch, ProducerStates};
 pub use super::producers::{Landed, ProducerLimits, SeqCheck};
+use super::snapshot::{CatalogSnapshot, SnapshotTopic};
 use super::topic::{TopicMeta, PARTITIONS_MAX};
 use crate::wire::batch::BatchView;
 use std::collections::HashMap;
@@ -101,7 +102,7 @@ impl Partition {
     /// at journal position `position`: its index entry and the next
     /// offset. The caller checked that the batch continues the partition's
     /// offsets. (Its producer's state is [`Catalog::land`]'s part.)
-    fn land(&mut self, position: u64, batch: &[u8]) {
+    pub(crate) fn land(&mut self, position: u64, batch: &[u8]) {
         let view = BatchView(batch);
         debug_assert_eq!(view.base_offset(), self.next_offset);
         let before = self
@@ -531,6 +532,70 @@ impl Catalog {
             ));
         }
         Ok(removed_from)
+    }
+
+    /// The catalog as it stands after every batch below `position` (the
+    /// journal's end): what recovery restores instead of reading the
+    /// journal below it. Copies the producer states: O(states + their
+    /// windows).
+    pub fn snapshot(&self, position: u64) -> CatalogSnapshot {
+        CatalogSnapshot {
+            position,
+            next_topic_id: self.next_topic_id,
+            cluster_id: self.cluster_id,
+            topics: self
+                .topics
+                .iter()
+                .map(|t| SnapshotTopic {
+                    meta: t.meta.clone(),
+                    created_at: t.created_at,
+                    next_offsets: t.partitions.iter().map(|p| p.next_offset).collect(),
+                })
+                .collect(),
+            producers: self.producers.save(),
+        }
+    }
+
+    /// A catalog holding `snap`'s topics (in its slot order, with their
+    /// creation positions), producer states (under `limits`) and group
+    /// id, whose partitions have no entry yet and start at offset 0:
+    /// recovery sets where each one's kept batches start, takes their
+    /// entries from the journal above that, and checks that they end at
+    /// the snapshot's next offsets.
+    ///
+    /// # Errors
+    /// When the snapshot cannot be a catalog: two topics with one name or
+    /// id, or more partitions than the journal holds.
+    pub fn restore(snap: &CatalogSnapshot, limits: ProducerLimits) -> Result<Catalog, String> {
+        let mut catalog = Catalog::new(snap.next_topic_id, limits);
+        for t in &snap.topics {
+            if catalog.lookup(&t.meta.name).is_some() || catalog.lookup_id(t.meta.id).is_some() {
+                return Err(format!("topic {} appears twice", t.meta.name));
+            }
+            if !catalog.has_room_for(t.meta.partitions) {
+                return Err(format!(
+                    "more than {PARTITIONS_MAX} partitions (topic {})",
+                    t.meta.name
+                ));
+            }
+            let slot = catalog.add(t.meta.clone());
+            catalog.topics[slot].created_at = t.created_at;
+        }
+        catalog.next_topic_id = catalog.next_topic_id.max(snap.next_topic_id);
+        catalog.producers = ProducerStates::restore(limits, &snap.producers);
+        catalog.cluster_id = snap.cluster_id;
+        Ok(catalog)
+    }
+
+    /// Makes the next topic id at least `id` (ids known to be taken).
+    pub fn raise_next_topic_id(&mut self, id: u32) {
+        self.next_topic_id = self.next_topic_id.max(id);
+    }
+
+    /// Records that index entries below `position` are on disk, not in
+    /// memory (recovery took them from segment index files).
+    pub fn set_trimmed_below(&mut self, position: u64) {
+        self.trimmed_below = self.trimmed_below.max(position);
     }
 
     /// The metadata of every topic, for a checkpoint.

@@ -20,8 +20,11 @@ use super::control::{self, Control};
 use super::error::JournalError;
 use super::lock::{lock_dir, DirLock};
 use super::offload::{IndexJob, JobPartition, Trim};
+use super::resume;
 use super::scan::{header_crc_ok, scan, ScanStop};
+use super::seg_index::SegmentIndex;
 use super::segment::{list_segments, segment_file_name, Segment};
+use super::snapshot;
 use super::start::{self, StartState, StartTopic};
 use super::topic::{TopicMeta, PARTITIONS_MAX};
 use crate::consensus::Entry;
@@ -83,8 +86,10 @@ pub struct Sealed {
     pub start: u64,
     /// Position one past its last batch (the next segment's start).
     pub end: u64,
-    /// The newest append time among its batches (ms since the epoch);
-    /// `i64::MIN` for a segment without any.
+    /// The newest append time among its data batches (ms since the
+    /// epoch); `i64::MIN` for a segment without any. Control records do
+    /// not count: time retention is about the data, and a segment taken
+    /// from its index file at a start knows only its data's times.
     pub newest_ms: i64,
 }
 
@@ -136,6 +141,12 @@ pub struct RecoveryReport {
     /// Segment index files without a sealed segment (left by a deletion or
     /// a cut a crash interrupted) and unfinished ones, deleted now.
     pub stray_index_files: Vec<PathBuf>,
+    /// The position of the checkpoint's catalog snapshot recovery started
+    /// from (`None`: it read the whole journal).
+    pub snapshot_position: Option<u64>,
+    /// Where the segments recovery read begin: below, it took the segment
+    /// index files' directories and read nothing else.
+    pub read_from: u64,
 }
 
 /// How [`Journal::open_with`] recovers.
@@ -154,6 +165,9 @@ pub struct Recovery {
     /// Bounds of the producer states recovery rebuilds (evictions
     /// included, as when the batches were first appended).
     pub producers: ProducerLimits,
+    /// Start from the catalog snapshot when there is a usable one
+    /// (without `entries` only); false reads and checks every batch.
+    pub from_snapshot: bool,
 }
 
 impl Default for Recovery {
@@ -165,6 +179,7 @@ impl Default for Recovery {
             entries: true,
             sync_file: File::sync_data,
             producers: ProducerLimits::default(),
+            from_snapshot: true,
         }
     }
 }
@@ -293,6 +308,9 @@ pub struct Journal {
     /// Sealed segments from here on have not been handed out as
     /// [`IndexJob`]s yet.
     indexing_from: u64,
+    /// The index files recovery took from disk, until
+    /// [`Journal::take_indexes`].
+    indexes: Vec<Arc<SegmentIndex>>,
     control: BatchBuilder,
     report: RecoveryReport,
     /// Every batch recovery found, until [`Journal::take_entries`].
@@ -361,7 +379,50 @@ impl Journal {
         // only); the last one is always fully verified.
         let last_start = list_segments(dir)?.last().map_or(0, |s| s.0);
         let mut verify_from = cp.position.min(last_start);
-        let mut pass = scan_journal(dir, &cp, start_state.as_ref(), verify_from, &recovery)?;
+        // A standalone journal restarts from its catalog snapshot when it
+        // can; a group member's consensus log needs every batch.
+        let snap = if recovery.entries || !recovery.from_snapshot || !cp_readable {
+            None
+        } else {
+            snapshot::read(dir).unwrap_or_else(|e| {
+                crate::log!("ignoring the unreadable snapshot, reading the whole journal: {e}");
+                None
+            })
+        };
+        let resumed = snap.as_ref().and_then(|snap| {
+            resume::resume(dir, &cp, snap, start_state.as_ref(), recovery.producers)
+                .map_err(|why| {
+                    crate::log!(
+                        "recovery cannot start from the snapshot ({why}): reading the whole \
+                         journal"
+                    )
+                })
+                .ok()
+        });
+        let mut indexes = Vec::new();
+        let mut indexed_below = base;
+        let mut indexed_batches = 0;
+        let mut pass = match resumed {
+            Some(r) => {
+                report.snapshot_position = snap.as_ref().map(|s| s.position);
+                report.read_from = r.indexed_below;
+                indexes = r.indexes;
+                indexed_below = r.indexed_below;
+                indexed_batches = r.indexed_batches;
+                verify_from = r.indexed_below;
+                Scanned {
+                    listed: r.listed,
+                    catalog: r.catalog,
+                    files: r.files,
+                    active: r.active,
+                    end: r.end,
+                    entries: Vec::new(),
+                    damage: r.damage,
+                    newest: r.newest,
+                }
+            }
+            None => scan_journal(dir, &cp, start_state.as_ref(), verify_from, &recovery)?,
+        };
         // Where batches were only header-checked, damage may lie earlier
         // than where the walk noticed it: a record count (outside the
         // header checksum) throws the next batch's offsets off, and in a
@@ -370,7 +431,9 @@ impl Journal {
         // its full check, verify everything.
         let suspect =
             pass.damage.is_some() || !last_batches_ok(&pass.catalog, &pass.files, verify_from);
-        if suspect && verify_from > 0 {
+        // (Recovery from a snapshot checks every batch it reads in full, and
+        // gives way to this walk for any damage but a torn tail.)
+        if suspect && verify_from > 0 && report.snapshot_position.is_none() {
             verify_from = 0;
             drop(pass);
             pass = scan_journal(dir, &cp, start_state.as_ref(), verify_from, &recovery)?;
@@ -428,6 +491,23 @@ impl Journal {
                 report.lost = Some(lost);
             }
         }
+        // A journal ending below the snapshot (cut at damage, or bytes
+        // lost that were durable when it was written) leaves it describing
+        // batches that are gone: appends would fill the gap with others.
+        match snapshot::read(dir) {
+            Ok(Some(s)) if s.position > end => {
+                crate::log!(
+                    "removing the snapshot at {}: the journal ends below it, at {end}",
+                    s.position
+                );
+                snapshot::remove(dir)?;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                crate::log!("removing the unreadable snapshot: {e}");
+                snapshot::remove(dir)?;
+            }
+        }
         // The segment holding the end is the active one: zero whatever lies
         // past the valid data (a torn batch, or pages the kernel wrote back
         // after a hole) so it can never be read as data once new batches
@@ -478,12 +558,13 @@ impl Journal {
             capacity: active.capacity(),
             file: active.file().clone(),
         };
-        report.batches = catalog
-            .topics()
-            .iter()
-            .flat_map(|t| t.partitions.iter())
-            .map(|p| p.index.len() as u64)
-            .sum();
+        report.batches = indexed_batches
+            + catalog
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions.iter())
+                .map(|p| p.index.len() as u64)
+                .sum::<u64>();
         Ok(Journal {
             dir: dir.to_path_buf(),
             _lock: lock,
@@ -498,7 +579,8 @@ impl Journal {
             sealed,
             active_newest_ms,
             warned: u64::MAX,
-            indexing_from: base,
+            indexing_from: indexed_below,
+            indexes,
             control: BatchBuilder::with_kind(BatchKind::Control),
             report,
             entries,
@@ -511,6 +593,14 @@ impl Journal {
     /// consensus module tracks entries after startup).
     pub fn take_entries(&mut self) -> Vec<Entry> {
         std::mem::take(&mut self.entries)
+    }
+
+    /// The segment index files recovery took instead of reading their
+    /// segments (on the strength of their header checksums), oldest first;
+    /// empty on later calls. The reader serves them, and the retention
+    /// stage checks their entries in the background.
+    pub fn take_indexes(&mut self) -> Vec<Arc<SegmentIndex>> {
+        std::mem::take(&mut self.indexes)
     }
 
     /// Position one past the last appended byte, which may still sit in the
@@ -700,7 +790,6 @@ impl Journal {
             },
         );
         self.end = position + len as u64;
-        self.active_newest_ms = self.active_newest_ms.max(now_ms);
         Ok(Appended {
             position,
             end: self.end,
@@ -730,7 +819,9 @@ impl Journal {
         let (position, rolled) = self.reserve(batch.len())?;
         self.cache.extend_from_slice(batch);
         self.end = position + batch.len() as u64;
-        self.active_newest_ms = self.active_newest_ms.max(BatchView(batch).append_time_ms());
+        if BatchView(batch).kind() == Some(BatchKind::Data) {
+            self.active_newest_ms = self.active_newest_ms.max(BatchView(batch).append_time_ms());
+        }
         let created = apply_effect(&mut self.catalog, position, batch, effect);
         Ok(Replicated {
             appended: Appended {
@@ -813,10 +904,16 @@ impl Journal {
             // nothing is the safe replacement.
             Err(_) => 0,
         };
+        let position = durable.min(at).min(old_position);
+        // A snapshot above the cut describes batches that are about to go
+        // (an unreadable one goes too).
+        if !snapshot::read(&self.dir).is_ok_and(|s| s.is_none_or(|s| s.position <= at)) {
+            snapshot::remove(&self.dir)?;
+        }
         checkpoint::write(
             &self.dir,
             &checkpoint::Checkpoint {
-                position: durable.min(at).min(old_position),
+                position,
                 next_topic_id: self.catalog.next_topic_id(),
                 topics: self.catalog.metas(),
             },
@@ -1284,7 +1381,9 @@ fn scan_journal(
         let mut seg_newest = i64::MIN;
         let result = scan(seg.bytes(), *start, verify_from, |pos, batch| {
             apply_batch(&mut catalog, pos, batch)?;
-            seg_newest = seg_newest.max(BatchView(batch).append_time_ms());
+            if BatchView(batch).kind() == Some(BatchKind::Data) {
+                seg_newest = seg_newest.max(BatchView(batch).append_time_ms());
+            }
             if keep_entries {
                 entries.push(Entry {
                     start: pos,
@@ -1503,7 +1602,7 @@ fn apply_effect(
 /// continue its partition's offsets is refused: it cannot belong after what
 /// precedes it, so the journal is cut there. Returns the slot of a topic it
 /// created.
-fn apply_batch(
+pub(super) fn apply_batch(
     catalog: &mut Catalog,
     position: u64,
     batch: &[u8],
@@ -2336,6 +2435,24 @@ mod tests {
             None,
             "not resurrected from the checkpoint"
         );
+    }
+
+    /// A snapshot describes the batches below its position: a cut below
+    /// it removes it, one at or above it keeps it.
+    #[test]
+    fn truncate_removes_a_snapshot_above_the_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path());
+        let (a, _) = j.create_topic("a", 1, 1, 5).unwrap();
+        snapshot::write(dir.path(), &j.catalog().snapshot(a.end)).unwrap();
+        let (b, _) = j.create_topic("b", 1, 1, 5).unwrap();
+        j.append_noop(1, 5).unwrap();
+        j.write_out().unwrap();
+        j.truncate(b.end, j.end()).unwrap();
+        j.truncate(b.position, j.end()).unwrap();
+        assert!(snapshot::read(dir.path()).unwrap().is_some(), "kept");
+        j.truncate(a.position, j.end()).unwrap();
+        assert_eq!(snapshot::read(dir.path()).unwrap(), None, "removed");
     }
 
     #[test]

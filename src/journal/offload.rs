@@ -15,7 +15,11 @@ use super::append_log::{append_log, AppendWriter};
 use super::catalog::IndexHandle;
 use super::error::JournalError;
 use super::index::{entries_below_in, IndexEntries, IndexEntry, PartitionIndex};
+use super::scan::scan;
 use super::seg_index::{self, SectionSource, SegmentIndex};
+use super::segment::{segment_file_name, Segment};
+use crate::wire::batch::{BatchKind, BatchView};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -133,11 +137,86 @@ pub fn write_index(
         })
         .collect();
     seg_index::write(dir, start, end, &sources)?;
+    let index = opened_after_writing(dir, start)?;
+    // Written from the entries in memory, which the writer built.
+    index.mark_verified();
+    Ok(index)
+}
+
+/// The index file of the segment at `start`, just written.
+fn opened_after_writing(dir: &Path, start: u64) -> Result<SegmentIndex, JournalError> {
     SegmentIndex::open(dir, start)?.ok_or_else(|| {
         JournalError::Corrupt(format!(
             "the index file of segment {start} vanished after it was written"
         ))
     })
+}
+
+/// Rebuilds the index file of the sealed segment `[start, end)` from the
+/// segment's own batches (every one checked in full), for a file found
+/// damaged. Each partition's running maximum of append times resumes from
+/// `seeds` (the maximum its previous segment's section ended with; absent:
+/// none), as the writer's index would have it.
+///
+/// # Errors
+/// [`JournalError::Corrupt`] when the segment's batches do not fill
+/// `[start, end)` (the segment itself is damaged) or do not form a valid
+/// index; IO errors.
+pub fn rebuild_index(
+    dir: &Path,
+    start: u64,
+    end: u64,
+    seeds: &HashMap<(u32, u32), i64>,
+) -> Result<SegmentIndex, JournalError> {
+    let seg = Segment::open(&dir.join(segment_file_name(start)), start)?;
+    let len = usize::try_from(end - start)
+        .ok()
+        .filter(|&len| len <= seg.bytes().len())
+        .ok_or_else(|| {
+            JournalError::Corrupt(format!(
+                "segment {start} holds fewer bytes than [{start}, {end})"
+            ))
+        })?;
+    let mut sections: BTreeMap<(u32, u32), Vec<IndexEntry>> = BTreeMap::new();
+    let result = scan(&seg.bytes()[..len], start, 0, |position, batch| {
+        let view = BatchView(batch);
+        if view.kind() != Some(BatchKind::Data) {
+            return Ok(());
+        }
+        let key = (view.topic_id(), view.partition());
+        let entries = sections.entry(key).or_default();
+        let before = entries.last().map_or_else(
+            || seeds.get(&key).copied().unwrap_or(i64::MIN),
+            |e| e.max_time_ms,
+        );
+        entries.push(IndexEntry {
+            base_offset: view.base_offset(),
+            position,
+            len: batch.len() as u32,
+            count: view.record_count(),
+            max_time_ms: before.max(view.append_time_ms()),
+        });
+        Ok(())
+    });
+    if result.valid_len != len {
+        return Err(JournalError::Corrupt(format!(
+            "segment {start} cannot be read to its end {end}: {:?}",
+            result.stop
+        )));
+    }
+    let sources: Vec<SectionSource<'_>> = sections
+        .iter()
+        .map(|(&(topic_id, partition), entries)| SectionSource {
+            topic_id,
+            partition,
+            entries,
+            range: 0..entries.len(),
+        })
+        .collect();
+    seg_index::write(dir, start, end, &sources)?;
+    let index = opened_after_writing(dir, start)?;
+    index.mark_verified();
+    Ok(index)
 }
 
 /// The trim for `segments` (adjacent, oldest first, all indexed on disk)

@@ -26,7 +26,14 @@
 //! Time is the batches' own append time, so the journal decides the
 //! states: replaying the journal (recovery, a follower) rebuilds exactly
 //! the states the leader had, evictions included.
+//!
+//! [`ProducerStates::save`] and [`ProducerStates::restore`] take the table
+//! out and back in whole (for a catalog snapshot, `journal/snapshot.rs`):
+//! the states in recency order and the clock, which is all that decides
+//! the answers and the evictions to come, so a restored table goes on
+//! exactly as the one saved would have.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 
 /// Default number of batches remembered per producer and partition to
@@ -157,6 +164,41 @@ pub struct Key {
     pub partition: u32,
     /// The producer id (never 0).
     pub producer_id: u64,
+}
+
+/// One producer state as a snapshot saves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedState {
+    /// Whose state.
+    pub key: Key,
+    /// The producer's epoch on the partition.
+    pub epoch: u32,
+    /// The sequence its next batch in `epoch` must carry.
+    pub next_seq: u64,
+    /// Append time of its latest batch, for the idle expiry.
+    pub last_ms: i64,
+    /// Its remembered batches. Oldest first.
+    pub window: Vec<Landed>,
+}
+
+/// Every producer state, least recently used first, and the expiry clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedStates {
+    /// The latest append time landed (`i64::MIN` before the first).
+    pub clock_ms: i64,
+    /// The states, least recently used first.
+    pub states: Vec<SavedState>,
+}
+
+impl Default for SavedStates {
+    /// What a table without states saves: the clock of
+    /// [`ProducerStates::new`] as well as no state.
+    fn default() -> Self {
+        SavedStates {
+            clock_ms: i64::MIN,
+            states: Vec::new(),
+        }
+    }
 }
 
 /// No slot: the end of the recency list.
@@ -391,6 +433,21 @@ impl ProducerStates {
         s.newer = NIL;
     }
 
+    /// Puts `slot` (not on the list) at the least recently used end.
+    fn push_oldest(&mut self, slot: u32) {
+        let oldest = self.oldest;
+        {
+            let s = &mut self.slots[slot as usize];
+            s.older = NIL;
+            s.newer = oldest;
+        }
+        match oldest {
+            NIL => self.newest = slot,
+            o => self.slots[o as usize].older = slot,
+        }
+        self.oldest = slot;
+    }
+
     fn push_newest(&mut self, slot: u32) {
         let newest = self.newest;
         {
@@ -403,6 +460,79 @@ impl ProducerStates {
             n => self.slots[n as usize].newer = slot,
         }
         self.newest = slot;
+    }
+
+    /// The states in recency order (least recently used first) and the
+    /// clock: everything [`ProducerStates::restore`] needs to go on as
+    /// this table would. O(states + remembered batches).
+    pub fn save(&self) -> SavedStates {
+        let mut states = Vec::with_capacity(self.by_key.len());
+        let mut at = self.oldest;
+        while at != NIL {
+            let s = &self.slots[at as usize];
+            states.push(SavedState {
+                key: s.key,
+                epoch: s.epoch,
+                next_seq: s.next_seq,
+                last_ms: s.last_ms,
+                window: s.window.iter().copied().collect(),
+            });
+            at = s.newer;
+        }
+        SavedStates {
+            clock_ms: self.clock_ms,
+            states,
+        }
+    }
+
+    /// A table holding `saved` under `limits`, which may differ from the
+    /// limits the states were saved under: each window keeps its newest
+    /// `limits.window` batches, the least recently used states beyond
+    /// `limits.states_max` are dropped, and so are those idle past the
+    /// expiry at the saved clock, from the least recently used end as
+    /// [`ProducerStates::land`] drops them (a state idle past the expiry
+    /// behind a live one stays, as it would have in the table saved, and
+    /// [`ProducerStates::check`] takes it for unknown). A key saved twice
+    /// is restored once, from its later (more recently used) copy.
+    ///
+    /// Restored under the limits it was saved under, the table answers
+    /// every check and goes on landing batches, evicting and expiring
+    /// states exactly as the table saved would have. O(states +
+    /// remembered batches); never panics, whatever `saved` holds.
+    pub fn restore(limits: ProducerLimits, saved: &SavedStates) -> ProducerStates {
+        let mut p = ProducerStates::new(limits);
+        let ProducerLimits {
+            window, states_max, ..
+        } = p.limits;
+        p.clock_ms = saved.clock_ms;
+        let kept = saved.states.len().min(states_max);
+        p.by_key.reserve(kept);
+        p.slots.reserve(kept);
+        // Newest first: the first copy met of a key is its latest, and the
+        // cap keeps the most recently used.
+        for s in saved.states.iter().rev() {
+            if p.by_key.len() >= states_max {
+                break;
+            }
+            let slot = p.slots.len() as u32;
+            match p.by_key.entry(s.key) {
+                Entry::Occupied(_) => continue,
+                Entry::Vacant(e) => e.insert(slot),
+            };
+            let newest = &s.window[s.window.len().saturating_sub(window)..];
+            p.slots.push(State {
+                key: s.key,
+                epoch: s.epoch,
+                next_seq: s.next_seq,
+                window: newest.iter().copied().collect(),
+                last_ms: s.last_ms,
+                older: NIL,
+                newer: NIL,
+            });
+            p.push_oldest(slot);
+        }
+        p.expire_oldest();
+        p
     }
 
     /// Forgets every batch at or above journal position `at`, and every
@@ -450,6 +580,7 @@ impl ProducerStates {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -762,5 +893,287 @@ mod tests {
         land_all(&mut p, 7, 0, 0..3, 0);
         p.cut(u64::MAX, &[1]);
         assert!(p.is_empty());
+    }
+
+    #[test]
+    fn a_table_without_states_saves_the_default() {
+        assert_eq!(states(4, 10).save(), SavedStates::default());
+        let restored = ProducerStates::restore(states(4, 10).limits(), &SavedStates::default());
+        assert!(restored.is_empty());
+        assert_eq!(restored.clock_ms, i64::MIN);
+    }
+
+    #[test]
+    fn a_saved_table_lists_its_states_least_recently_used_first() {
+        let mut p = states(2, 10);
+        land_all(&mut p, 1, 0, 0..3, 10);
+        land_all(&mut p, 2, 4, 0..1, 30);
+        land_all(&mut p, 1, 0, 3..4, 20);
+        let saved = p.save();
+        assert_eq!(saved.clock_ms, 30, "the latest time, not the last");
+        let ids: Vec<u64> = saved.states.iter().map(|s| s.key.producer_id).collect();
+        assert_eq!(ids, vec![2, 1]);
+        assert_eq!(
+            saved.states[1],
+            SavedState {
+                key: key(1),
+                epoch: 0,
+                next_seq: 4,
+                last_ms: 20,
+                window: vec![landed(2, 10), landed(3, 20)],
+            }
+        );
+    }
+
+    #[test]
+    fn restoring_under_smaller_limits_keeps_the_newest_batches_and_states() {
+        let mut p = states(8, 10);
+        land_all(&mut p, 1, 0, 0..6, 0);
+        land_all(&mut p, 2, 0, 0..6, DAY_MS);
+        land_all(&mut p, 3, 0, 0..6, 2 * DAY_MS);
+        land_all(&mut p, 4, 0, 0..6, 3 * DAY_MS);
+        let saved = p.save();
+        let smaller = ProducerLimits {
+            window: 3,
+            // At the clock (day 3) producer 1 (day 0) is idle past it.
+            idle_expiry_ms: (2 * DAY_MS) as u64,
+            // Producer 2 is the least recently used of those left.
+            states_max: 2,
+        };
+        let q = ProducerStates::restore(smaller, &saved);
+        assert_eq!(q.limits(), smaller);
+        assert_eq!(q.len(), 2);
+        let now = 3 * DAY_MS;
+        for id in [1, 2] {
+            assert_eq!(
+                q.check(&key(id), batch(id, 0, 6), now),
+                SeqCheck::UnknownProducer,
+                "producer {id} is dropped"
+            );
+        }
+        for (id, t) in [(3, 2 * DAY_MS), (4, 3 * DAY_MS)] {
+            assert_eq!(q.check(&key(id), batch(id, 0, 6), now), SeqCheck::New);
+            assert_eq!(
+                q.check(&key(id), batch(id, 0, 3), now),
+                SeqCheck::Duplicate(landed(3, t)),
+                "the window keeps the newest three"
+            );
+            assert_eq!(q.check(&key(id), batch(id, 0, 2), now), SeqCheck::Stale);
+        }
+        // The restored table is bounded by its own limits from then on.
+        let mut q = q;
+        land_all(&mut q, 5, 0, 0..1, now);
+        assert_eq!(q.len(), 2);
+        assert_eq!(
+            q.check(&key(3), batch(3, 0, 6), now),
+            SeqCheck::UnknownProducer
+        );
+        assert_eq!(q.save().states[0].window.len(), 3);
+    }
+
+    #[test]
+    fn restoring_under_larger_limits_keeps_everything_saved() {
+        let mut p = states(2, 2);
+        land_all(&mut p, 1, 0, 0..5, 0);
+        land_all(&mut p, 2, 0, 0..5, 0);
+        let saved = p.save();
+        let q = ProducerStates::restore(
+            ProducerLimits {
+                window: 64,
+                idle_expiry_ms: PRODUCER_IDLE_EXPIRY_MS_DEFAULT,
+                states_max: 100,
+            },
+            &saved,
+        );
+        assert_eq!(q.save(), saved);
+    }
+
+    #[test]
+    fn a_key_saved_twice_is_restored_from_its_later_copy() {
+        let state = |epoch, next_seq| SavedState {
+            key: key(7),
+            epoch,
+            next_seq,
+            last_ms: 0,
+            window: vec![],
+        };
+        let other = SavedState {
+            key: key(8),
+            ..state(0, 1)
+        };
+        let saved = SavedStates {
+            clock_ms: 0,
+            states: vec![state(1, 5), other.clone(), state(2, 9)],
+        };
+        let q = ProducerStates::restore(states(4, 10).limits(), &saved);
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.check(&key(7), batch(7, 2, 9), 0), SeqCheck::New);
+        assert_eq!(q.check(&key(7), batch(7, 1, 5), 0), SeqCheck::Fenced);
+        // In the later copy's place on the recency list.
+        assert_eq!(q.save().states, vec![other, state(2, 9)]);
+    }
+
+    /// What the property test does to a table, built once from a [`Op`]
+    /// and done to both tables.
+    #[derive(Debug, Clone, Copy)]
+    enum Action {
+        Land(Key, ProducerBatch, Landed),
+        Cut(u64, Option<u32>),
+    }
+
+    /// One step of the property test's journal.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Producer `id` lands a batch on `partition` of topic `topic_id`
+        /// in `epoch`, with sequence `seq` (None: one past the last it
+        /// landed there), `dt_ms` after the previous batch (earlier when
+        /// negative: append times may go back).
+        Land {
+            topic_id: u32,
+            partition: u32,
+            id: u64,
+            epoch: u32,
+            seq: Option<u64>,
+            dt_ms: i64,
+        },
+        /// The journal is cut `back` batches from its end, removing topic
+        /// 1 too when `remove`.
+        Cut { back: u64, remove: bool },
+    }
+
+    /// The journal the ops build: where the next batch goes, the time,
+    /// and each key's last sequence.
+    #[derive(Default)]
+    struct Journal {
+        position: u64,
+        now_ms: i64,
+        last_seq: HashMap<Key, u64>,
+    }
+
+    const BATCH_BYTES: u64 = 100;
+    const PROP_EXPIRY_MS: u64 = 100;
+
+    impl Journal {
+        fn action(&mut self, op: &Op) -> Action {
+            match *op {
+                Op::Land {
+                    topic_id,
+                    partition,
+                    id,
+                    epoch,
+                    seq,
+                    dt_ms,
+                } => {
+                    let key = Key {
+                        topic_id,
+                        partition,
+                        producer_id: id,
+                    };
+                    let seq = seq.unwrap_or_else(|| self.last_seq.get(&key).map_or(0, |s| s + 1));
+                    self.last_seq.insert(key, seq);
+                    self.now_ms += dt_ms;
+                    let landed = Landed {
+                        first_seq: seq,
+                        last_seq: seq,
+                        base_offset: self.position / BATCH_BYTES,
+                        end: self.position + BATCH_BYTES,
+                        append_time_ms: self.now_ms,
+                    };
+                    self.position += BATCH_BYTES;
+                    Action::Land(key, batch(id, epoch, seq), landed)
+                }
+                Op::Cut { back, remove } => {
+                    self.position = self.position.saturating_sub(back * BATCH_BYTES);
+                    Action::Cut(self.position, remove.then_some(1))
+                }
+            }
+        }
+    }
+
+    fn act(p: &mut ProducerStates, action: Action) {
+        match action {
+            Action::Land(key, b, landed) => p.land(key, b, landed),
+            Action::Cut(at, removed) => p.cut(at, removed.as_slice()),
+        }
+    }
+
+    /// Both tables answer alike for every key, epoch and sequence the
+    /// ops can use, around `now_ms` and the expiry.
+    fn same_answers(a: &ProducerStates, b: &ProducerStates, now_ms: i64) {
+        let expiry = PROP_EXPIRY_MS as i64;
+        for topic_id in 0..2 {
+            for partition in 0..2 {
+                for id in 1..=3 {
+                    let key = Key {
+                        topic_id,
+                        partition,
+                        producer_id: id,
+                    };
+                    for epoch in 0..3 {
+                        for seq in 0..8 {
+                            for now in [now_ms, now_ms + expiry, now_ms + expiry + 1] {
+                                let probe = batch(id, epoch, seq);
+                                assert_eq!(
+                                    a.check(&key, probe, now),
+                                    b.check(&key, probe, now),
+                                    "{key:?} epoch {epoch} seq {seq} at {now}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let land = (
+            0..2u32,
+            0..2u32,
+            1..=3u64,
+            0..3u32,
+            prop_oneof![3 => Just(None), 1 => (0..6u64).prop_map(Some)],
+            -30..80i64,
+        )
+            .prop_map(|(topic_id, partition, id, epoch, seq, dt_ms)| Op::Land {
+                topic_id,
+                partition,
+                id,
+                epoch,
+                seq,
+                dt_ms,
+            });
+        let cut = (0..4u64, prop::bool::weighted(0.25))
+            .prop_map(|(back, remove)| Op::Cut { back, remove });
+        prop_oneof![8 => land, 1 => cut]
+    }
+
+    proptest! {
+        #[test]
+        fn a_restored_table_answers_and_goes_on_like_the_saved_one(
+            window in 1..=4usize,
+            states_max in 1..=5usize,
+            ops in prop::collection::vec(op(), 0..40),
+            split in any::<prop::sample::Index>(),
+        ) {
+            let limits = ProducerLimits { window, idle_expiry_ms: PROP_EXPIRY_MS, states_max };
+            let mut journal = Journal::default();
+            let mut saved = ProducerStates::new(limits);
+            let split = split.index(ops.len() + 1);
+            for op in &ops[..split] {
+                act(&mut saved, journal.action(op));
+            }
+            let mut restored = ProducerStates::restore(limits, &saved.save());
+            prop_assert_eq!(restored.save(), saved.save());
+            same_answers(&saved, &restored, journal.now_ms);
+            for op in &ops[split..] {
+                let action = journal.action(op);
+                act(&mut saved, action);
+                act(&mut restored, action);
+                same_answers(&saved, &restored, journal.now_ms);
+                prop_assert_eq!(restored.len(), saved.len());
+            }
+            prop_assert_eq!(restored.save(), saved.save());
+        }
     }
 }

@@ -77,6 +77,14 @@ use std::io::{self, Write};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// [`SegmentIndex::verify`] has not run.
+const UNCHECKED: u8 = 0;
+/// It passed.
+const SOUND: u8 = 1;
+/// It found the entries damaged.
+const DAMAGED: u8 = 2;
 
 /// Suffix of segment index file names.
 pub const INDEX_SUFFIX: &str = ".idx";
@@ -596,6 +604,10 @@ pub struct SegmentIndex {
     sections: Vec<Section>,
     file: File,
     path: PathBuf,
+    /// What [`SegmentIndex::verify`] found: [`UNCHECKED`], [`SOUND`] (or
+    /// the file was just written from the index in memory) or
+    /// [`DAMAGED`].
+    check: AtomicU8,
 }
 
 impl SegmentIndex {
@@ -693,6 +705,7 @@ impl SegmentIndex {
             sections,
             file,
             path,
+            check: AtomicU8::new(UNCHECKED),
         }))
     }
 
@@ -712,6 +725,34 @@ impl SegmentIndex {
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// True once [`SegmentIndex::verify`] passed (or
+    /// [`SegmentIndex::mark_verified`]): every entry is as written.
+    pub fn is_verified(&self) -> bool {
+        self.check.load(Ordering::Acquire) == SOUND
+    }
+
+    /// Records that the file was just written from entries known good, or
+    /// compared with them: it needs no [`SegmentIndex::verify`].
+    pub fn mark_verified(&self) {
+        self.check.store(SOUND, Ordering::Release);
+    }
+
+    /// [`SegmentIndex::verify`] unless it ran before: a sound file passes
+    /// at once, and a damaged one fails at once without being read again.
+    ///
+    /// # Errors
+    /// As [`SegmentIndex::verify`].
+    pub fn verify_once(&self) -> Result<(), JournalError> {
+        match self.check.load(Ordering::Acquire) {
+            SOUND => Ok(()),
+            DAMAGED => Err(JournalError::Corrupt(format!(
+                "segment index {}: found damaged earlier",
+                self.path.display()
+            ))),
+            _ => self.verify(),
+        }
     }
 
     /// Reads every section's entries, a chunk at a time (no allocation),
@@ -762,9 +803,11 @@ impl SegmentIndex {
                 _ => s.difference(&found),
             };
             if let Some(why) = why {
+                self.check.store(DAMAGED, Ordering::Release);
                 return Err(corrupt(why));
             }
         }
+        self.mark_verified();
         Ok(())
     }
 
