@@ -358,6 +358,15 @@ mod tests {
         Journal::open_with(dir, SEGMENT, 4096, recovery()).unwrap()
     }
 
+    /// [`open`] by the full walk, never from the snapshot.
+    fn open_walking(dir: &Path) -> Journal {
+        let walk = Recovery {
+            from_snapshot: false,
+            ..recovery()
+        };
+        Journal::open_with(dir, SEGMENT, 4096, walk).unwrap()
+    }
+
     /// A batch of producer `id` with sequence `seq` (id 0: none).
     fn batch(id: u64, seq: u64) -> Vec<u8> {
         let mut b = BatchBuilder::new();
@@ -587,16 +596,7 @@ mod tests {
         std::os::unix::fs::FileExt::write_all_at(&f, &zeros, cp_at - active).unwrap();
         drop(f);
 
-        let full = Journal::open_with(
-            dir.path(),
-            SEGMENT,
-            4096,
-            Recovery {
-                from_snapshot: false,
-                ..recovery()
-            },
-        )
-        .unwrap();
+        let full = open_walking(dir.path());
         assert_eq!(full.end(), cp_at);
         let full_next = full.catalog().next_topic_id();
         drop(full);
@@ -661,16 +661,7 @@ mod tests {
             bytes: 0,
             ms: Some(50_000),
         };
-        let mut whole = Journal::open_with(
-            dir.path(),
-            SEGMENT,
-            4096,
-            Recovery {
-                from_snapshot: false,
-                ..recovery()
-            },
-        )
-        .unwrap();
+        let mut whole = open_walking(dir.path());
         let whole_newest = whole.sealed()[0].newest_ms;
         let end = whole.end();
         let whole_deletes = whole.retain(policy, end, 100_000).is_some();
