@@ -35,6 +35,9 @@ pub struct Partition {
     /// hold batches of this partition: each one's start position and the
     /// offset of its first batch of the partition.
     pub on_disk: std::collections::VecDeque<(u64, u64)>,
+    /// The log start DeleteRecords set (0: never): records below it are
+    /// not served, whatever the segments still hold.
+    pub deleted_below: u64,
 }
 
 /// A reader's handle on one partition: its index and where it starts.
@@ -363,6 +366,7 @@ impl Catalog {
                 floor: 0,
                 floor_time_ms: i64::MIN,
                 on_disk: Default::default(),
+                deleted_below: 0,
             })
             .collect();
         self.topics.push(Topic {
@@ -550,6 +554,7 @@ impl Catalog {
                     meta: t.meta.clone(),
                     created_at: t.created_at,
                     next_offsets: t.partitions.iter().map(|p| p.next_offset).collect(),
+                    deleted_below: t.partitions.iter().map(|p| p.deleted_below).collect(),
                 })
                 .collect(),
             producers: self.producers.save(),
@@ -580,6 +585,13 @@ impl Catalog {
             }
             let slot = catalog.add(t.meta.clone());
             catalog.topics[slot].created_at = t.created_at;
+            for (p, &below) in catalog.topics[slot]
+                .partitions
+                .iter_mut()
+                .zip(&t.deleted_below)
+            {
+                p.deleted_below = below;
+            }
         }
         catalog.next_topic_id = catalog.next_topic_id.max(snap.next_topic_id);
         catalog.producers = ProducerStates::restore(limits, &snap.producers);

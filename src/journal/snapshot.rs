@@ -26,14 +26,16 @@
 //!        4    state_count
 //!        ...  state_count × state, least recently used first
 //!
-//! topic (22 bytes + name + 8 per partition):
+//! topic (22 bytes + name + 16 per partition):
 //!  0     4    id
 //!  4     4    partitions
 //!  8     2    name_len
 //! 10     n    name
 //! 10+n   8    created_at     position of its CreateTopic record; u64::MAX: none
 //! 18+n   4    offset_count   = partitions
-//! 22+n   ...  offset_count × u64 next_offset, by partition
+//! 22+n   ...  offset_count × (u64 next_offset | u64 deleted_below), by
+//!             partition: the offset its next batch gets, and the log
+//!             start DeleteRecords set (0: none; at most next_offset)
 //!
 //! state (40 bytes + 40 per remembered batch):
 //!  0     4    topic_id
@@ -179,6 +181,9 @@ pub struct SnapshotTopic {
     /// Each partition's next offset at `position` (exactly
     /// `meta.partitions` of them).
     pub next_offsets: Vec<u64>,
+    /// Each partition's log start as DeleteRecords set it (0: never),
+    /// at most its next offset; as many as `next_offsets`.
+    pub deleted_below: Vec<u64>,
 }
 
 /// Appends the snapshot's encoding (layout in the [module docs](self)) to
@@ -203,8 +208,9 @@ pub fn encode(s: &CatalogSnapshot, out: &mut Vec<u8>) {
         encode_meta(&t.meta, out);
         out.put_u64(t.created_at.unwrap_or(AT_NONE));
         put_len(out, t.next_offsets.len());
-        for &offset in &t.next_offsets {
+        for (k, &offset) in t.next_offsets.iter().enumerate() {
             out.put_u64(offset);
+            out.put_u64(t.deleted_below.get(k).copied().unwrap_or(0));
         }
     }
     out.put_i64(s.producers.clock_ms);
@@ -232,7 +238,7 @@ fn encoded_len(s: &CatalogSnapshot) -> usize {
     let topics: usize = s
         .topics
         .iter()
-        .map(|t| SNAPSHOT_TOPIC_BYTES + t.meta.name.len() + 8 * t.next_offsets.len())
+        .map(|t| SNAPSHOT_TOPIC_BYTES + t.meta.name.len() + 16 * t.next_offsets.len())
         .sum();
     let states: usize = s
         .producers
@@ -341,15 +347,25 @@ fn read_topics(r: &mut Reader<'_>, position: u64) -> Result<Vec<SnapshotTopic>, 
                 field: "offset_count",
             });
         }
-        check_fits(r, offset_count as usize, 8, "offset_count")?;
+        check_fits(r, offset_count as usize, 16, "offset_count")?;
         let mut next_offsets = Vec::with_capacity(offset_count as usize);
+        let mut deleted_below = Vec::with_capacity(offset_count as usize);
         for _ in 0..offset_count {
-            next_offsets.push(r.u64("next_offset")?);
+            let next = r.u64("next_offset")?;
+            let deleted = r.u64("deleted_below")?;
+            if deleted > next {
+                return Err(DecodeError::InvalidValue {
+                    field: "deleted_below",
+                });
+            }
+            next_offsets.push(next);
+            deleted_below.push(deleted);
         }
         topics.push(SnapshotTopic {
             meta,
             created_at,
             next_offsets,
+            deleted_below,
         });
     }
     Ok(topics)
@@ -482,6 +498,7 @@ mod tests {
                     },
                     created_at: Some(88),
                     next_offsets: vec![5, 7],
+                    deleted_below: vec![0, 3],
                 },
                 SnapshotTopic {
                     meta: TopicMeta {
@@ -491,6 +508,7 @@ mod tests {
                     },
                     created_at: None,
                     next_offsets: vec![0],
+                    deleted_below: vec![0],
                 },
             ],
             producers: SavedStates {
@@ -544,6 +562,7 @@ mod tests {
                 },
                 created_at: Some(0x10),
                 next_offsets: vec![0x55],
+                deleted_below: vec![0x44],
             }],
             producers: SavedStates {
                 clock_ms: -2,
@@ -575,6 +594,7 @@ mod tests {
             0x10, 0, 0, 0, 0, 0, 0, 0, // created_at
             1, 0, 0, 0, // offset_count
             0x55, 0, 0, 0, 0, 0, 0, 0, // next_offset
+            0x44, 0, 0, 0, 0, 0, 0, 0, // deleted_below
             0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // clock_ms
             1, 0, 0, 0, // state_count
             6, 0, 0, 0, // topic_id
@@ -594,7 +614,7 @@ mod tests {
         assert_eq!(
             expected.len(),
             SNAPSHOT_HEADER_BYTES
-                + (SNAPSHOT_TOPIC_BYTES + 2 + 8)
+                + (SNAPSHOT_TOPIC_BYTES + 2 + 16)
                 + 12
                 + SNAPSHOT_STATE_BYTES
                 + SNAPSHOT_LANDED_BYTES
@@ -617,6 +637,7 @@ mod tests {
                 },
                 created_at: None,
                 next_offsets: vec![],
+                deleted_below: vec![],
             }],
             producers: SavedStates::default(),
         };
@@ -674,6 +695,15 @@ mod tests {
             s.topics[0].next_offsets = offsets;
             assert_eq!(refused_field(&encoded(&s)), "offset_count");
         }
+    }
+
+    #[test]
+    fn records_deleted_beyond_the_next_offset_are_refused() {
+        let mut s = sample();
+        s.topics[0].deleted_below[1] = s.topics[0].next_offsets[1] + 1;
+        assert_eq!(refused_field(&encoded(&s)), "deleted_below");
+        s.topics[0].deleted_below[1] -= 1;
+        assert_eq!(decoded(&encoded(&s)).unwrap(), s);
     }
 
     #[test]
@@ -775,6 +805,7 @@ mod tests {
             },
             created_at: None,
             next_offsets: vec![],
+            deleted_below: vec![],
         };
         let mut bytes = encoded(&CatalogSnapshot {
             topics: vec![topic],
@@ -853,6 +884,7 @@ mod tests {
                         partitions,
                     },
                     created_at: created_at.and_then(|at| below(position, at)),
+                    deleted_below: next_offsets.iter().map(|&n| n / 3).collect(),
                     next_offsets,
                 }
             })
