@@ -1461,6 +1461,47 @@ mod tests {
         assert_eq!(bad.error, ErrorCode::InvalidRequest);
     }
 
+    /// Review: a DeleteRecords whose `before` is at or below a log start
+    /// set by a record not yet durable (a retry after a timeout, a second
+    /// admin) is answered at once with that log start, before the record
+    /// that set it is durable: a crash then moves the log start the client
+    /// was told about back.
+    #[test]
+    fn a_log_start_not_yet_durable_is_not_answered_at_once() {
+        let body = |before: u64| {
+            let mut b = Vec::new();
+            DeleteRecordsRequest {
+                topic: "t",
+                partition: 0,
+                before,
+            }
+            .encode(&mut b);
+            frame(ApiKey::DeleteRecords.as_u16(), &b)
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        let now = Instant::now();
+        let _ = w.handle(1, true, &create_topic_frame("t"), now, 0);
+        for _ in 0..3 {
+            let _ = w.handle(1, true, &produce_frame("t", Qos::Received), now, 0);
+        }
+        let first = w.handle(1, true, &body(2), now, 0).unwrap();
+        assert_eq!(
+            (first.error, first.qos, first.base_offset),
+            (ErrorCode::None, Qos::All, 2)
+        );
+        // The same request again, before the first record is durable.
+        let again = w.handle(1, true, &body(2), now, 0).unwrap();
+        assert_eq!(again.base_offset, 2);
+        assert!(
+            again.qos == Qos::All && again.end >= first.end,
+            "answered with log start 2 at {:?} (end {}) before the record at {} is durable",
+            again.qos,
+            again.end,
+            first.end
+        );
+    }
+
     #[test]
     fn a_group_writer_takes_no_snapshot() {
         let dir = tempfile::tempdir().unwrap();

@@ -2574,6 +2574,64 @@ mod tests {
         assert_eq!(deleted(&j), 4, "from the start state");
     }
 
+    /// Review: retention's start state takes `deleted_below` from the
+    /// catalog as it is, records not yet durable included (topics are
+    /// filtered by `created_at < durable`, deletions are not). A crash that
+    /// loses the DeleteRecords record and the batches below its `before`
+    /// leaves a log start above the partition's next offset: the offsets
+    /// handed out after the restart lie below it, so acknowledged records
+    /// are never served, and the next snapshot is refused.
+    #[test]
+    fn a_start_state_holds_no_deletion_a_crash_can_lose() {
+        let dir = tempfile::tempdir().unwrap();
+        let reopen = || {
+            Journal::open_with(
+                dir.path(),
+                SEGMENT_BYTES,
+                CACHE_BYTES,
+                Recovery {
+                    entries: false,
+                    from_snapshot: false,
+                    ..Recovery::default()
+                },
+            )
+            .unwrap()
+        };
+        let mut j = reopen();
+        let (_, slot) = j.create_topic("t", 2, 1, 5).unwrap();
+        for _ in 0..2 {
+            append(&mut j, slot, 0, &producer_batch(1, 10, 0, 0), 1);
+        }
+        while j.sealed().len() < 2 {
+            append(&mut j, slot, 1, &producer_batch(1, 100, 0, 0), 1);
+        }
+        j.write_out().unwrap();
+        let durable = j.end();
+        let sealed = j.sealed().len();
+        // Two more batches of partition 0 and the deletion of everything
+        // below them: appended, not yet written out.
+        for _ in 0..2 {
+            append(&mut j, slot, 0, &producer_batch(1, 10, 0, 0), 1);
+        }
+        j.delete_records(slot, 0, 4, 1, 6).unwrap();
+        assert_eq!(j.sealed().len(), sealed);
+        assert!(j.written() < j.end(), "not written out");
+        let r = j
+            .retain(Retention { bytes: 1, ms: None }, durable, 10_000)
+            .expect("sealed segments go");
+        start::write(dir.path(), &r.state).unwrap();
+        // kill -9: the cache is lost.
+        drop(j);
+        let j = reopen();
+        let p = &j.catalog().topic(0).partitions[0];
+        assert!(
+            p.deleted_below <= p.next_offset,
+            "log start {} above the next offset {}: a lost deletion came back from the start state",
+            p.deleted_below,
+            p.next_offset
+        );
+    }
+
     /// A snapshot describes the batches below its position: a cut below
     /// it removes it, one at or above it keeps it.
     #[test]
