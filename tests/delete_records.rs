@@ -90,6 +90,7 @@ fn deleting_records_moves_one_partitions_log_start_durably() {
     // Beyond the end, unknown topics and partitions are refused.
     delete(addr, TOPIC, 0, 11).expect_error(ErrorCode::InvalidRequest);
     delete(addr, "nope", 0, 1).expect_error(ErrorCode::UnknownTopic);
+    delete(addr, "no/pe", 0, 1).expect_error(ErrorCode::InvalidTopicName);
     delete(addr, TOPIC, 2, 1).expect_error(ErrorCode::UnknownPartition);
 
     // A graceful restart starts from the catalog snapshot, which holds it.

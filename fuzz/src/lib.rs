@@ -1190,7 +1190,11 @@ pub fn catalog_snapshot(data: &[u8]) {
     let read = &data[..r.position()];
     let mut bytes = Vec::new();
     snapshot::encode(&s, &mut bytes);
-    assert!(bytes == read, "a decoded snapshot re-encodes to its bytes");
+    // A version 1 body (still read) is written again as the current
+    // version; any other re-encodes to exactly its bytes.
+    if read[..2] != snapshot::SNAPSHOT_VERSION_1.to_le_bytes() {
+        assert!(bytes == read, "a decoded snapshot re-encodes to its bytes");
+    }
     let mut again = Reader::new(&bytes);
     assert_eq!(snapshot::decode(&mut again).as_ref(), Ok(&s));
     assert_eq!(again.remaining(), 0);

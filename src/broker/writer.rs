@@ -421,18 +421,15 @@ impl Writer {
                 Err(code) => fail(code),
             },
             ApiKey::DeleteRecords => match self.delete_records(body, now_ms) {
-                // Answered once durable, as a topic creation is; nothing to
-                // delete is answered at once.
-                Ok((appended, log_start)) => Some(Pending {
+                // Answered once durable, as a topic creation is: the record
+                // appended, or (nothing to delete) every byte so far, which
+                // holds the record that set the log start answered.
+                Ok((end, log_start)) => Some(Pending {
                     conn,
                     correlation_id: h.correlation_id,
                     api: ApiKey::DeleteRecords,
-                    qos: if appended.is_some() {
-                        Qos::All
-                    } else {
-                        Qos::Received
-                    },
-                    end: appended.map_or(0, |a| a.end),
+                    qos: Qos::All,
+                    end,
                     base_offset: log_start,
                     append_time_ms: now_ms,
                     deadline: deadline_after(now, CREATE_TOPIC_TIMEOUT_MS),
@@ -582,20 +579,18 @@ impl Writer {
 
     /// Deletes a partition's records below an offset
     /// ([`DeleteRecordsRequest`]): appends the control record and tells
-    /// the reader, which stops serving them at once. Returns the record
-    /// appended (none when the log start is there already) and the
+    /// the reader, which stops serving them at once. Returns the journal
+    /// position that must be durable before the answer (the record's end,
+    /// or the journal's end when the log start is there already) and the
     /// partition's log start.
-    fn delete_records(
-        &mut self,
-        body: &[u8],
-        now_ms: i64,
-    ) -> Result<(Option<Appended>, u64), ErrorCode> {
+    fn delete_records(&mut self, body: &[u8], now_ms: i64) -> Result<(u64, u64), ErrorCode> {
         // Not in a replication group yet: a cut of the journal's tail
         // would have to move a log start back.
         if self.replica.is_some() {
             return Err(ErrorCode::UnsupportedApi);
         }
         let req = DeleteRecordsRequest::decode(body).map_err(|_| ErrorCode::MalformedRequest)?;
+        check_topic_name(req.topic)?;
         let catalog = self.journal.catalog();
         let slot = catalog.lookup(req.topic).ok_or(ErrorCode::UnknownTopic)?;
         let p = catalog
@@ -613,12 +608,13 @@ impl Writer {
         }
         let log_start = p.log_start_at(self.journal.start()).max(p.deleted_below);
         if before <= log_start {
-            return Ok((None, log_start));
+            return Ok((self.journal.end(), log_start));
         }
         let term = self.write_term()?;
+        let durable = self.shared.positions.flushed.get();
         let appended = self
             .journal
-            .delete_records(slot, req.partition, before, term, now_ms)
+            .delete_records(slot, req.partition, before, durable, term, now_ms)
             .map_err(storage_code)?;
         self.announce_roll(&appended);
         let _ = self.reader_events.send(ReaderEvent::Deleted {
@@ -626,7 +622,7 @@ impl Writer {
             partition: req.partition,
             below: before,
         });
-        Ok((Some(appended), before))
+        Ok((appended.end, before))
     }
 
     fn add_topic(
@@ -1453,7 +1449,8 @@ mod tests {
         let again = w.handle(1, true, &body("t", 0), now, 0).unwrap();
         assert_eq!(
             (again.qos, again.base_offset),
-            (Qos::Received, p.base_offset)
+            (Qos::All, p.base_offset),
+            "nothing to delete, answered once what set the log start is durable"
         );
         let bad = w
             .handle(1, true, &body("t", p.base_offset + 1), now, 0)

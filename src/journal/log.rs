@@ -801,7 +801,7 @@ impl Journal {
     /// Appends a DeleteRecords control record: the records of `partition`
     /// of the topic in `slot` below `before` (at most its next offset, and
     /// above its current log start, both checked by the caller) are deleted.
-    /// Returns where it landed and the partition's log start now.
+    /// Every byte below `durable` is durable (F). Returns where it landed.
     ///
     /// # Errors
     /// As [`Journal::create_topic`].
@@ -810,6 +810,7 @@ impl Journal {
         slot: usize,
         partition: u32,
         before: u64,
+        durable: u64,
         term: u64,
         now_ms: i64,
     ) -> Result<Appended, JournalError> {
@@ -824,7 +825,8 @@ impl Journal {
             now_ms,
         )?;
         let p = &mut self.catalog.topic_mut(slot).partitions[partition as usize];
-        p.deleted_below = p.deleted_below.max(before);
+        p.settle_deletions(durable);
+        p.delete_below(appended.position, before);
         Ok(appended)
     }
 
@@ -1169,7 +1171,13 @@ impl Journal {
                     .iter()
                     .map(|p| p.log_start_at(position))
                     .collect(),
-                deleted_below: t.partitions.iter().map(|p| p.deleted_below).collect(),
+                // Only deletions a crash cannot lose: the file outlives the
+                // records that made them.
+                deleted_below: t
+                    .partitions
+                    .iter()
+                    .map(|p| p.durable_deleted_below(durable))
+                    .collect(),
             })
             .collect();
         StartState {
@@ -1337,7 +1345,7 @@ fn scan_journal(
         {
             p.floor = log_start;
             p.next_offset = log_start;
-            p.deleted_below = deleted;
+            p.set_deleted_below(deleted);
         }
     }
     for t in &cp.topics {
@@ -1662,8 +1670,8 @@ fn apply_effect(
             partition,
             before,
         } => {
-            let p = &mut catalog.topic_mut(slot).partitions[partition];
-            p.deleted_below = p.deleted_below.max(before);
+            // Recovered (so durable), or replicated.
+            catalog.topic_mut(slot).partitions[partition].set_deleted_below(before);
             None
         }
         Effect::Nothing => None,
@@ -2543,7 +2551,7 @@ mod tests {
         };
         let mut b = BatchBuilder::with_kind(BatchKind::Control);
         assert!(check_batch(j.catalog(), control::encode(&beyond, &mut b)).is_err());
-        j.delete_records(slot, 0, 4, 1, 6).unwrap();
+        j.delete_records(slot, 0, 4, 0, 1, 6).unwrap();
         j.write_out().unwrap();
         let deleted = |j: &Journal| j.catalog().topic(0).partitions[0].deleted_below;
         assert_eq!(deleted(&j), 4);
@@ -2613,7 +2621,7 @@ mod tests {
         for _ in 0..2 {
             append(&mut j, slot, 0, &producer_batch(1, 10, 0, 0), 1);
         }
-        j.delete_records(slot, 0, 4, 1, 6).unwrap();
+        j.delete_records(slot, 0, 4, durable, 1, 6).unwrap();
         assert_eq!(j.sealed().len(), sealed);
         assert!(j.written() < j.end(), "not written out");
         let r = j

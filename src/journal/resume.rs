@@ -105,7 +105,7 @@ pub(super) fn resume(
                 p.floor = log_start;
                 p.next_offset = log_start;
                 // The start state may be newer than the snapshot.
-                p.deleted_below = p.deleted_below.max(deleted);
+                p.set_deleted_below(deleted);
             }
         }
     }

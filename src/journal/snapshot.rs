@@ -15,7 +15,8 @@
 //!
 //! ```text
 //! offset size field
-//!  0     2    version        1
+//!  0     2    version        2 (version 1, without deleted_below, is
+//!                             still read)
 //!  2     8    position       the catalog holds every batch below it
 //! 10     4    next_topic_id  id the next created topic gets
 //! 14     8    cluster_id     the replication group's id; 0 when none
@@ -140,7 +141,11 @@ pub fn remove(dir: &Path) -> Result<(), JournalError> {
 }
 
 /// The only snapshot format version so far.
-pub const SNAPSHOT_VERSION: u16 = 1;
+pub const SNAPSHOT_VERSION: u16 = 2;
+/// The first version, whose partitions have no `deleted_below`: still
+/// read (as none deleted), so that a broker upgraded in place starts from
+/// the snapshot its old version left.
+pub const SNAPSHOT_VERSION_1: u16 = 1;
 /// Encoded bytes of the fields before the topics.
 const SNAPSHOT_HEADER_BYTES: usize = 34;
 /// Encoded bytes of one topic besides its name and next offsets.
@@ -273,7 +278,8 @@ fn put_len(out: &mut Vec<u8>, len: usize) {
 /// producer id 0 or of a key already listed, or a window longer than
 /// [`PRODUCER_WINDOW_MAX`].
 pub fn decode(r: &mut Reader<'_>) -> Result<CatalogSnapshot, DecodeError> {
-    if r.u16("snapshot version")? != SNAPSHOT_VERSION {
+    let version = r.u16("snapshot version")?;
+    if version != SNAPSHOT_VERSION && version != SNAPSHOT_VERSION_1 {
         return Err(DecodeError::InvalidValue {
             field: "snapshot version",
         });
@@ -290,7 +296,7 @@ pub fn decode(r: &mut Reader<'_>) -> Result<CatalogSnapshot, DecodeError> {
             })
         }
     };
-    let topics = read_topics(r, position)?;
+    let topics = read_topics(r, position, version)?;
     let producers = read_producers(r, &topics)?;
     Ok(CatalogSnapshot {
         position,
@@ -333,7 +339,12 @@ fn read_at(
     }
 }
 
-fn read_topics(r: &mut Reader<'_>, position: u64) -> Result<Vec<SnapshotTopic>, DecodeError> {
+fn read_topics(
+    r: &mut Reader<'_>,
+    position: u64,
+    version: u16,
+) -> Result<Vec<SnapshotTopic>, DecodeError> {
+    let per_partition = if version == SNAPSHOT_VERSION_1 { 8 } else { 16 };
     let count = r.u32("topic_count")? as usize;
     check_fits(r, count, SNAPSHOT_TOPIC_BYTES, "topic_count")?;
     let mut topics = Vec::with_capacity(count);
@@ -347,12 +358,16 @@ fn read_topics(r: &mut Reader<'_>, position: u64) -> Result<Vec<SnapshotTopic>, 
                 field: "offset_count",
             });
         }
-        check_fits(r, offset_count as usize, 16, "offset_count")?;
+        check_fits(r, offset_count as usize, per_partition, "offset_count")?;
         let mut next_offsets = Vec::with_capacity(offset_count as usize);
         let mut deleted_below = Vec::with_capacity(offset_count as usize);
         for _ in 0..offset_count {
             let next = r.u64("next_offset")?;
-            let deleted = r.u64("deleted_below")?;
+            let deleted = if version == SNAPSHOT_VERSION_1 {
+                0
+            } else {
+                r.u64("deleted_below")?
+            };
             if deleted > next {
                 return Err(DecodeError::InvalidValue {
                     field: "deleted_below",
@@ -582,7 +597,7 @@ mod tests {
             },
         };
         let expected: &[u8] = &[
-            1, 0, // version
+            2, 0, // version
             0x22, 0x11, 0, 0, 0, 0, 0, 0, // position
             7, 0, 0, 0, // next_topic_id
             0x33, 0, 0, 0, 0, 0, 0, 0, // cluster_id
@@ -672,7 +687,7 @@ mod tests {
             producers: SavedStates::default(),
         };
         let expected: &[u8] = &[
-            1, 0, // version
+            2, 0, // version
             0, 0, 0, 0, 0, 0, 0, 0, // position
             0, 0, 0, 0, // next_topic_id
             0, 0, 0, 0, 0, 0, 0, 0, // cluster_id
@@ -714,8 +729,10 @@ mod tests {
     #[test]
     fn another_version_is_refused() {
         let mut bytes = encoded(&sample());
-        bytes[0] = 2;
-        assert_eq!(refused_field(&bytes), "snapshot version");
+        for version in [0u8, 3] {
+            bytes[0] = version;
+            assert_eq!(refused_field(&bytes), "snapshot version");
+        }
     }
 
     #[test]
