@@ -146,6 +146,29 @@ enum TopicCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Delete a partition's records below an offset: its log start moves
+    /// there (durably); their bytes leave the disk with their segments.
+    DeleteRecords {
+        /// Topic name.
+        name: String,
+        /// The partition.
+        #[arg(long, value_name = "P")]
+        partition: u32,
+        /// The partition's new log start, or `end` for every record.
+        #[arg(long, value_name = "OFFSET|end", value_parser = parse_before)]
+        before: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `--before`: an offset, or `end` for all the records.
+fn parse_before(s: &str) -> Result<u64, String> {
+    if s == "end" {
+        return Ok(hutong::client::admin::DELETE_TO_END);
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?} is neither an offset nor `end`"))
 }
 
 /// The acknowledgement level, by name.
@@ -335,6 +358,15 @@ fn main() -> ExitCode {
         Command::Topic {
             command: TopicCommand::Describe { name, client },
         } => describe_topic(&client.addr, &name),
+        Command::Topic {
+            command:
+                TopicCommand::DeleteRecords {
+                    name,
+                    partition,
+                    before,
+                    client,
+                },
+        } => delete_records(&client.addr, &name, partition, before),
         Command::Produce(args) => produce(args),
         Command::Consume(args) => consume(args),
         Command::Cluster {
@@ -567,6 +599,12 @@ fn list_topics(addr: &str) -> Result<()> {
         }
         writeln!(out)?;
     }
+    Ok(())
+}
+
+fn delete_records(addr: &str, name: &str, partition: u32, before: u64) -> Result<()> {
+    let start = admin(addr)?.delete_records(name, partition, before)?;
+    println!("topic {name} partition {partition}: log start {start}");
     Ok(())
 }
 

@@ -754,6 +754,7 @@ mod tests {
                 },
                 created_at: None,
                 next_offsets: vec![0; partitions as usize],
+                deleted_below: vec![0; partitions as usize],
             }],
             producers: SavedStates {
                 clock_ms: 1_000,

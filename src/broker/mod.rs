@@ -220,11 +220,20 @@ impl Broker {
         let (reader_events_tx, reader_events_rx) = std::sync::mpsc::channel();
         let (flusher_events_tx, flusher_events_rx) = std::sync::mpsc::channel();
 
-        for t in journal.catalog().topics() {
+        for (slot, t) in journal.catalog().topics().iter().enumerate() {
             let _ = reader_events_tx.send(reader::ReaderEvent::Topic {
                 meta: t.meta.clone(),
                 indexes: t.index_handles(),
             });
+            for (partition, p) in t.partitions.iter().enumerate() {
+                if p.deleted_below > 0 {
+                    let _ = reader_events_tx.send(reader::ReaderEvent::Deleted {
+                        slot,
+                        partition: partition as u32,
+                        below: p.deleted_below,
+                    });
+                }
+            }
         }
         let _ = reader_events_tx.send(reader::ReaderEvent::Retained {
             position: journal.start(),

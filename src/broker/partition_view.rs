@@ -70,6 +70,8 @@ pub struct PartitionView {
     /// The sealed segments indexed on disk that hold batches of the
     /// partition, oldest first; all of them committed.
     disk: Vec<DiskSection>,
+    /// The log start DeleteRecords set (0: never).
+    deleted_below: u64,
 }
 
 impl PartitionView {
@@ -78,6 +80,7 @@ impl PartitionView {
         PartitionView {
             memory,
             disk: Vec::new(),
+            deleted_below: 0,
         }
     }
 
@@ -117,6 +120,12 @@ impl PartitionView {
         }
     }
 
+    /// Moves the log start up to `below` (DeleteRecords): offsets below it
+    /// are out of range from now on.
+    pub fn delete_below(&mut self, below: u64) {
+        self.deleted_below = self.deleted_below.max(below);
+    }
+
     /// Forgets the segments retention deleted (those below `position`).
     pub fn forget_below(&mut self, position: u64) {
         let gone = self.disk.partition_point(|d| d.segment_start < position);
@@ -143,7 +152,9 @@ impl PartitionView {
             Some(d) => d.first_offset,
             None => self.memory.log_start(n, journal_start),
         };
-        (start, end)
+        // Records deleted below the end not yet committed show as an empty
+        // partition starting at its end.
+        (start.max(self.deleted_below).min(end), end)
     }
 
     /// The first offset of the first kept, committed batch appended at or

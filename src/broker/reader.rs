@@ -61,6 +61,16 @@ pub enum ReaderEvent {
         /// One index per partition.
         indexes: Vec<IndexHandle>,
     },
+    /// A partition's records below `below` were deleted (DeleteRecords):
+    /// its log start moves there.
+    Deleted {
+        /// The topic's slot.
+        slot: usize,
+        /// The partition.
+        partition: u32,
+        /// Its log start now.
+        below: u64,
+    },
     /// The journal was cut (a divergent tail): every topic with fresh
     /// index handles, and the segment files now.
     Reset {
@@ -178,6 +188,19 @@ impl Reader {
                         if let Some(p) = partition {
                             p.add_section(&index, i);
                         }
+                    }
+                }
+                ReaderEvent::Deleted {
+                    slot,
+                    partition,
+                    below,
+                } => {
+                    if let Some(p) = self
+                        .topics
+                        .get_mut(slot)
+                        .and_then(|t| t.partitions.get_mut(partition as usize))
+                    {
+                        p.delete_below(below);
                     }
                 }
                 ReaderEvent::Indexes { slot, indexes } => {

@@ -9,7 +9,7 @@
 
 use super::ring::{MessageProducer, FLAG_COUNTED};
 use super::shared::{Cut, Shared, Stage};
-use crate::wire::api::{ErrorBody, NotLeaderBody, ProduceResponse};
+use crate::wire::api::{DeleteRecordsResponse, ErrorBody, NotLeaderBody, ProduceResponse};
 use crate::wire::frame::{finish_frame, ResponseHeader};
 use crate::wire::{ApiKey, ErrorCode, Qos};
 use ringbuf::traits::{Consumer, Observer};
@@ -32,7 +32,8 @@ pub struct Pending {
     pub qos: Qos,
     /// Journal position one past the request's bytes.
     pub end: u64,
-    /// Offset of the first record (produce).
+    /// Offset of the first record (produce); the partition's new log
+    /// start (DeleteRecords).
     pub base_offset: u64,
     /// Broker append time, Unix ms.
     pub append_time_ms: i64,
@@ -394,6 +395,13 @@ pub fn encode_answer(
         let body = ProduceResponse {
             base_offset: p.base_offset,
             append_time_ms: p.append_time_ms,
+        }
+        .to_bytes();
+        out.push(p.conn, flags, &[&header.to_bytes(body.len()), &body])
+    } else if p.api == ApiKey::DeleteRecords {
+        // The partition's log start rides in `base_offset`.
+        let body = DeleteRecordsResponse {
+            log_start: p.base_offset,
         }
         .to_bytes();
         out.push(p.conn, flags, &[&header.to_bytes(body.len()), &body])

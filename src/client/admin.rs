@@ -2,9 +2,10 @@
 
 use super::connection::Connection;
 use super::error::ClientError;
+pub use crate::wire::api::DELETE_TO_END;
 use crate::wire::api::{
-    ClusterStatusResponse, CreateTopicRequest, ListOffsetsRequest, ListOffsetsResponse,
-    MetadataRequest, MetadataResponse,
+    ClusterStatusResponse, CreateTopicRequest, DeleteRecordsRequest, DeleteRecordsResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
 };
 use crate::wire::{ApiKey, ErrorCode};
 use std::net::ToSocketAddrs;
@@ -47,6 +48,34 @@ impl Admin {
             .call(ApiKey::CreateTopic, |out| request.encode(out))?
             .into_result()?;
         Ok(())
+    }
+
+    /// Deletes the records of `partition` of `topic` below `before`
+    /// ([`DELETE_TO_END`]: all of them): the partition's log start moves
+    /// there, durably, and fetches below it get `OffsetOutOfRange`. Returns
+    /// the log start now (unchanged when it was at or above `before`).
+    ///
+    /// # Errors
+    /// Connection errors; [`ClientError::Broker`] with `UnknownTopic`,
+    /// `UnknownPartition`, `InvalidRequest` (`before` beyond the partition's
+    /// end) or `UnsupportedApi` (a replication group, or a broker without
+    /// the API).
+    pub fn delete_records(
+        &self,
+        topic: &str,
+        partition: u32,
+        before: u64,
+    ) -> Result<u64, ClientError> {
+        let request = DeleteRecordsRequest {
+            topic,
+            partition,
+            before,
+        };
+        let response = self
+            .conn
+            .call(ApiKey::DeleteRecords, |out| request.encode(out))?
+            .into_result()?;
+        Ok(DeleteRecordsResponse::decode(&response.body)?.log_start)
     }
 
     /// Describes `topics`, or every topic when `topics` is empty. A named

@@ -35,6 +35,15 @@ pub struct Partition {
     /// hold batches of this partition: each one's start position and the
     /// offset of its first batch of the partition.
     pub on_disk: std::collections::VecDeque<(u64, u64)>,
+    /// The log start DeleteRecords set (0: never): records below it are
+    /// not served, whatever the segments still hold.
+    pub deleted_below: u64,
+    /// The part of `deleted_below` known durable.
+    pub deleted_durable: u64,
+    /// The DeleteRecords records appended since (position, `before`),
+    /// which may not be durable yet: the start state saves only durable
+    /// deletions ([`Partition::durable_deleted_below`]).
+    pub deletions: Vec<(u64, u64)>,
 }
 
 /// A reader's handle on one partition: its index and where it starts.
@@ -57,6 +66,39 @@ impl Partition {
             Some(&(_, first)) => first,
             None => log_start_in(&self.index, self.index.len(), self.floor, position),
         }
+    }
+}
+
+impl Partition {
+    /// Records a DeleteRecords record at journal position `at` moving the
+    /// log start to `before`, appended by this broker and not durable yet.
+    pub fn delete_below(&mut self, at: u64, before: u64) {
+        self.deleted_below = self.deleted_below.max(before);
+        self.deletions.push((at, before));
+    }
+
+    /// Records a log start known durable (recovered, or from a snapshot or
+    /// start state).
+    pub fn set_deleted_below(&mut self, before: u64) {
+        self.deleted_below = self.deleted_below.max(before);
+        self.deleted_durable = self.deleted_durable.max(before);
+    }
+
+    /// The log start the durable DeleteRecords records set, when every
+    /// byte below `durable` is durable.
+    pub fn durable_deleted_below(&self, durable: u64) -> u64 {
+        self.deletions
+            .iter()
+            .filter(|&&(at, _)| at < durable)
+            .map(|&(_, before)| before)
+            .fold(self.deleted_durable, u64::max)
+    }
+
+    /// Stops tracking the records below `durable` as pending: they are
+    /// durable.
+    pub fn settle_deletions(&mut self, durable: u64) {
+        self.deleted_durable = self.durable_deleted_below(durable);
+        self.deletions.retain(|&(at, _)| at >= durable);
     }
 }
 
@@ -363,6 +405,9 @@ impl Catalog {
                 floor: 0,
                 floor_time_ms: i64::MIN,
                 on_disk: Default::default(),
+                deleted_below: 0,
+                deleted_durable: 0,
+                deletions: Vec::new(),
             })
             .collect();
         self.topics.push(Topic {
@@ -550,6 +595,7 @@ impl Catalog {
                     meta: t.meta.clone(),
                     created_at: t.created_at,
                     next_offsets: t.partitions.iter().map(|p| p.next_offset).collect(),
+                    deleted_below: t.partitions.iter().map(|p| p.deleted_below).collect(),
                 })
                 .collect(),
             producers: self.producers.save(),
@@ -580,6 +626,13 @@ impl Catalog {
             }
             let slot = catalog.add(t.meta.clone());
             catalog.topics[slot].created_at = t.created_at;
+            for (p, &below) in catalog.topics[slot]
+                .partitions
+                .iter_mut()
+                .zip(&t.deleted_below)
+            {
+                p.set_deleted_below(below);
+            }
         }
         catalog.next_topic_id = catalog.next_topic_id.max(snap.next_topic_id);
         catalog.producers = ProducerStates::restore(limits, &snap.producers);

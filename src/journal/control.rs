@@ -15,7 +15,13 @@
 //! u16 name_len | name (UTF-8)
 //! u16 type = 2 (Noop)        | u16 version = 1
 //! u16 type = 3 (ClusterId)   | u16 version = 1 | u64 id
+//! u16 type = 4 (DeleteRecords) | u16 version = 1 | u32 topic_id |
+//!   u32 partition | u64 before
 //! ```
+//!
+//! DeleteRecords moves a partition's log start up to `before` (at most its
+//! next offset when written): the records below it are no longer served,
+//! and their bytes leave the disk with the segments retention deletes.
 //!
 //! A cluster id names a replication group: the group's first leader
 //! writes one (a random non-zero number) right after its first no-op, and
@@ -46,6 +52,10 @@ pub const CONTROL_NOOP_VERSION: u16 = 1;
 pub const CONTROL_CLUSTER_ID: u16 = 3;
 /// The version of [`Control::ClusterId`] this broker writes and reads.
 pub const CONTROL_CLUSTER_ID_VERSION: u16 = 1;
+/// Control message type of [`Control::DeleteRecords`].
+pub const CONTROL_DELETE_RECORDS: u16 = 4;
+/// The version of [`Control::DeleteRecords`] this broker writes and reads.
+pub const CONTROL_DELETE_RECORDS_VERSION: u16 = 1;
 /// Bytes of the no-op message: its type and version.
 const NOOP_VALUE_BYTES: usize = 4;
 /// Exact size of an encoded no-op control batch: a header and one record
@@ -71,6 +81,16 @@ pub enum Control {
     ClusterId {
         /// The id.
         id: u64,
+    },
+    /// The records of a partition below an offset are deleted: its log
+    /// start moves there.
+    DeleteRecords {
+        /// The topic's id.
+        topic_id: u32,
+        /// The partition.
+        partition: u32,
+        /// The partition's new log start.
+        before: u64,
     },
 }
 
@@ -112,6 +132,17 @@ pub fn encode<'b>(c: &Control, builder: &'b mut BatchBuilder) -> &'b [u8] {
             value.put_u16(CONTROL_CLUSTER_ID);
             value.put_u16(CONTROL_CLUSTER_ID_VERSION);
             value.put_u64(*id);
+        }
+        Control::DeleteRecords {
+            topic_id,
+            partition,
+            before,
+        } => {
+            value.put_u16(CONTROL_DELETE_RECORDS);
+            value.put_u16(CONTROL_DELETE_RECORDS_VERSION);
+            value.put_u32(*topic_id);
+            value.put_u32(*partition);
+            value.put_u64(*before);
         }
     }
     // The record's timestamp carries no meaning for metadata; the broker's
@@ -160,6 +191,7 @@ pub fn decode(batch: &[u8]) -> Result<Control, JournalError> {
         CONTROL_CREATE_TOPIC => CONTROL_VERSION,
         CONTROL_NOOP => CONTROL_NOOP_VERSION,
         CONTROL_CLUSTER_ID => CONTROL_CLUSTER_ID_VERSION,
+        CONTROL_DELETE_RECORDS => CONTROL_DELETE_RECORDS_VERSION,
         _ => return Err(corrupt(format!("unknown control type {kind}"))),
     };
     if version != supported {
@@ -176,6 +208,17 @@ pub fn decode(batch: &[u8]) -> Result<Control, JournalError> {
                 return Err(corrupt("cluster id 0".into()));
             }
             Ok(Control::ClusterId { id })
+        }
+        CONTROL_DELETE_RECORDS => {
+            let topic_id = r.u32("topic id").map_err(layout)?;
+            let partition = r.u32("partition").map_err(layout)?;
+            let before = r.u64("before").map_err(layout)?;
+            r.finish().map_err(layout)?;
+            Ok(Control::DeleteRecords {
+                topic_id,
+                partition,
+                before,
+            })
         }
         _ => r.finish().map(|()| Control::Noop).map_err(layout),
     }
@@ -328,6 +371,37 @@ mod tests {
                 &[3, 0, 2, 0, 1, 0, 0, 0, 0, 0, 0, 0][..],
                 "version 2 of type 3",
             ),
+        ] {
+            match decode(&with_value(value)) {
+                Err(JournalError::Corrupt(m)) => assert!(m.contains(why), "{m} lacks {why}"),
+                other => panic!("{value:?}: expected Corrupt, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn delete_records_has_the_documented_layout() {
+        let c = Control::DeleteRecords {
+            topic_id: 5,
+            partition: 2,
+            before: 0x0309,
+        };
+        let bytes = stored(&c);
+        assert_eq!(check_stored_batch(&bytes), Ok(BatchKind::Control));
+        assert_eq!(
+            records(&bytes).next().unwrap().value,
+            &[4, 0, 1, 0, 5, 0, 0, 0, 2, 0, 0, 0, 9, 3, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(decode(&bytes).unwrap(), c);
+        for (value, why) in [
+            (
+                &[
+                    4u8, 0, 1, 0, 5, 0, 0, 0, 2, 0, 0, 0, 9, 3, 0, 0, 0, 0, 0, 0, 1,
+                ][..],
+                "trailing",
+            ),
+            (&[4, 0, 1, 0, 5, 0, 0, 0, 2, 0][..], "truncated"),
+            (&[4, 0, 2, 0][..], "version 2 of type 4"),
         ] {
             match decode(&with_value(value)) {
                 Err(JournalError::Corrupt(m)) => assert!(m.contains(why), "{m} lacks {why}"),

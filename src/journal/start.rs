@@ -13,14 +13,16 @@
 //! ```text
 //! offset size field
 //!  0     4    magic          "HTST"
-//!  4     2    version        1
+//!  4     2    version        2 (1, without deleted_below, is still read)
 //!  6     4    crc            CRC32C of bytes [10, end)
 //! 10     8    position       the journal's first kept byte (a segment start)
 //! 18     4    next_topic_id  id the next created topic gets
 //! 22     4    topic_count
 //! 26     ...  topic_count × (u32 id | u32 partitions | u16 name_len | name
-//!                            | partitions × u64 log_start)
+//!                            | partitions × (u64 log_start | u64 deleted_below))
 //! ```
+//! `log_start` is where the partition's kept batches begin; `deleted_below`
+//! the log start DeleteRecords set (0: never), which may lie above it.
 //! All integers are little-endian; names are UTF-8.
 
 use super::dir::{begin_state, decode_state, read_state_file, seal_state, write_atomically};
@@ -35,16 +37,21 @@ pub const START_FILE: &str = "start";
 pub const START_TMP_FILE: &str = "start.tmp";
 /// First bytes of a start state file.
 pub const START_MAGIC: [u8; 4] = *b"HTST";
-/// The only start state format version so far.
-pub const START_VERSION: u16 = 1;
+/// The start state format version written.
+pub const START_VERSION: u16 = 2;
+/// The first version, without `deleted_below`: still read.
+pub const START_VERSION_1: u16 = 1;
 
 /// One topic as it stood at the journal's first kept byte.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartTopic {
     /// Id, name and partition count.
     pub meta: TopicMeta,
-    /// Each partition's log start, by partition number.
+    /// Each partition's log start, by partition number: where its kept
+    /// batches begin.
     pub log_starts: Vec<u64>,
+    /// Each partition's log start as DeleteRecords set it (0: never).
+    pub deleted_below: Vec<u64>,
 }
 
 /// The state the start file saves.
@@ -72,9 +79,11 @@ pub fn encode(st: &StartState) -> Vec<u8> {
     out.put_u32(st.topics.len() as u32);
     for t in &st.topics {
         assert_eq!(t.meta.partitions as usize, t.log_starts.len());
+        assert_eq!(t.log_starts.len(), t.deleted_below.len());
         encode_meta(&t.meta, &mut out);
-        for &s in &t.log_starts {
+        for (&s, &d) in t.log_starts.iter().zip(&t.deleted_below) {
             out.put_u64(s);
+            out.put_u64(d);
         }
     }
     seal_state(&mut out);
@@ -89,16 +98,16 @@ pub fn encode(st: &StartState) -> Vec<u8> {
 /// wrong (trailing bytes included), the topics hold more than
 /// [`PARTITIONS_MAX`] partitions in all, or two topics share an id.
 pub fn decode(bytes: &[u8]) -> Result<StartState, JournalError> {
-    decode_state(
-        bytes,
-        START_MAGIC,
-        START_VERSION,
-        "start state",
-        decode_body,
-    )
+    let version = match bytes.get(4..6) {
+        Some(&[lo, hi]) if u16::from_le_bytes([lo, hi]) == START_VERSION_1 => START_VERSION_1,
+        _ => START_VERSION,
+    };
+    decode_state(bytes, START_MAGIC, version, "start state", |body| {
+        decode_body(body, version)
+    })
 }
 
-fn decode_body(body: &[u8]) -> Result<StartState, DecodeError> {
+fn decode_body(body: &[u8], version: u16) -> Result<StartState, DecodeError> {
     let mut r = Reader::new(body);
     let position = r.u64("position")?;
     let next_topic_id = r.u32("next_topic_id")?;
@@ -110,11 +119,23 @@ fn decode_body(body: &[u8]) -> Result<StartState, DecodeError> {
     for _ in 0..count {
         let meta = metas.read(&mut r)?;
         // The count was bounded by the meta reader; the room by what is left.
-        let mut log_starts = Vec::with_capacity((meta.partitions as usize).min(r.remaining() / 8));
+        let per_partition = if version == START_VERSION_1 { 8 } else { 16 };
+        let room = (meta.partitions as usize).min(r.remaining() / per_partition);
+        let mut log_starts = Vec::with_capacity(room);
+        let mut deleted_below = Vec::with_capacity(room);
         for _ in 0..meta.partitions {
             log_starts.push(r.u64("log start")?);
+            deleted_below.push(if version == START_VERSION_1 {
+                0
+            } else {
+                r.u64("deleted below")?
+            });
         }
-        topics.push(StartTopic { meta, log_starts });
+        topics.push(StartTopic {
+            meta,
+            log_starts,
+            deleted_below,
+        });
     }
     r.finish()?;
     Ok(StartState {
@@ -161,6 +182,7 @@ mod tests {
                         partitions: 2,
                     },
                     log_starts: vec![17, 0],
+                    deleted_below: vec![20, 0],
                 },
                 StartTopic {
                     meta: TopicMeta {
@@ -169,6 +191,7 @@ mod tests {
                         partitions: 1,
                     },
                     log_starts: vec![u64::MAX],
+                    deleted_below: vec![0],
                 },
             ],
         }
@@ -180,6 +203,33 @@ mod tests {
         assert_eq!(read(dir.path()).unwrap(), None);
         write(dir.path(), &sample()).unwrap();
         assert_eq!(read(dir.path()).unwrap(), Some(sample()));
+    }
+
+    /// A start state written before DeleteRecords existed reads with no
+    /// records deleted.
+    #[test]
+    fn a_version_1_start_state_reads_without_deleted_records() {
+        let mut v1 = Vec::new();
+        begin_state(&mut v1, START_MAGIC, START_VERSION_1);
+        v1.put_u64(1 << 40);
+        v1.put_u32(9);
+        v1.put_u32(1);
+        encode_meta(
+            &TopicMeta {
+                id: 3,
+                name: "orders".into(),
+                partitions: 2,
+            },
+            &mut v1,
+        );
+        v1.put_u64(17);
+        v1.put_u64(0);
+        seal_state(&mut v1);
+        let st = decode(&v1).unwrap();
+        assert_eq!(st.topics[0].log_starts, vec![17, 0]);
+        assert_eq!(st.topics[0].deleted_below, vec![0, 0]);
+        let v2 = encode(&sample());
+        assert_eq!(&v2[4..6], &[2, 0]);
     }
 
     #[test]

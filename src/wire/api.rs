@@ -35,11 +35,13 @@ pub enum ApiKey {
     Replicate = 7,
     /// This broker's view of its replication group.
     ClusterStatus = 8,
+    /// Delete a partition's records below an offset.
+    DeleteRecords = 9,
 }
 
 impl ApiKey {
     /// Every API, in numeric order.
-    pub const ALL: [ApiKey; 9] = [
+    pub const ALL: [ApiKey; 10] = [
         ApiKey::Handshake,
         ApiKey::Ping,
         ApiKey::CreateTopic,
@@ -49,6 +51,7 @@ impl ApiKey {
         ApiKey::ListOffsets,
         ApiKey::Replicate,
         ApiKey::ClusterStatus,
+        ApiKey::DeleteRecords,
     ];
 
     /// The API for a wire value, or `None` when unknown.
@@ -256,6 +259,71 @@ impl<'a> CreateTopicRequest<'a> {
         let out = CreateTopicRequest {
             name: r.str("name")?,
             partitions: r.u32("partitions")?,
+        };
+        r.finish()?;
+        Ok(out)
+    }
+}
+
+/// DeleteRecords request body: a partition's records below `before` go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteRecordsRequest<'a> {
+    /// Topic name.
+    pub topic: &'a str,
+    /// Partition number.
+    pub partition: u32,
+    /// The partition's new log start; [`DELETE_TO_END`]: its end.
+    pub before: u64,
+}
+
+/// [`DeleteRecordsRequest::before`] for every record of the partition.
+pub const DELETE_TO_END: u64 = u64::MAX;
+
+impl<'a> DeleteRecordsRequest<'a> {
+    /// Appends the body.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.put_str(self.topic);
+        out.put_u32(self.partition);
+        out.put_u64(self.before);
+    }
+
+    /// Parses a body.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a truncated or over-long body.
+    pub fn decode(body: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let out = DeleteRecordsRequest {
+            topic: r.str("topic")?,
+            partition: r.u32("partition")?,
+            before: r.u64("before")?,
+        };
+        r.finish()?;
+        Ok(out)
+    }
+}
+
+/// DeleteRecords response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeleteRecordsResponse {
+    /// The partition's log start now.
+    pub log_start: u64,
+}
+
+impl DeleteRecordsResponse {
+    /// The body as bytes.
+    pub fn to_bytes(&self) -> [u8; 8] {
+        self.log_start.to_le_bytes()
+    }
+
+    /// Parses a body.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a truncated or over-long body.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let out = DeleteRecordsResponse {
+            log_start: r.u64("log_start")?,
         };
         r.finish()?;
         Ok(out)
