@@ -62,6 +62,11 @@ pub const PARTITIONS_PER_TOPIC_MAX_DEFAULT: u32 = 4096;
 pub const PARTITIONS_MAX_DEFAULT: usize = 100_000;
 /// Default interval between journal checkpoints.
 pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 5_000;
+/// Default least time between two fdatasyncs that no request or fetch
+/// waits for (docs/operations.md, Flushing).
+pub const FLUSH_PACE_US_DEFAULT: u64 = 1_000;
+/// Largest `flush_pace_us` accepted: 100 ms.
+pub const FLUSH_PACE_US_MAX: u64 = 100_000;
 /// Default journal bytes made durable between two checkpoints, at most:
 /// what recovery verifies batch by batch after a crash.
 pub const CHECKPOINT_BYTES_DEFAULT: u64 = 128 * MIB as u64;
@@ -147,6 +152,13 @@ pub struct Config {
     pub partitions_max: usize,
     /// Interval between journal checkpoints.
     pub checkpoint_interval_ms: u64,
+    /// Least time, in µs, between two fdatasyncs that nobody waits for: no
+    /// request at QoS `flushed` or `all`, no fetch parked at the end of a
+    /// partition. Such syncs only move F for their own sake, and on a small
+    /// machine one per batch takes the CPU the producers need. 0: sync
+    /// every round as soon as W moves. Standalone only (a group member
+    /// syncs every round: C waits for it).
+    pub flush_pace_us: u64,
     /// A checkpoint is also written whenever this many journal bytes
     /// became durable since the last one, so that a crash under load leaves
     /// recovery a bounded tail to verify.
@@ -256,6 +268,7 @@ impl Default for Config {
             partitions_per_topic_max: PARTITIONS_PER_TOPIC_MAX_DEFAULT,
             partitions_max: PARTITIONS_MAX_DEFAULT,
             checkpoint_interval_ms: CHECKPOINT_INTERVAL_MS_DEFAULT,
+            flush_pace_us: FLUSH_PACE_US_DEFAULT,
             checkpoint_bytes: CHECKPOINT_BYTES_DEFAULT,
             retention_bytes: 0,
             retention_ms: None,
@@ -420,6 +433,11 @@ impl Config {
         if self.checkpoint_interval_ms == 0 {
             return fail("checkpoint_interval_ms must be above 0".into());
         }
+        if self.flush_pace_us > FLUSH_PACE_US_MAX {
+            return fail(format!(
+                "flush_pace_us must be at most {FLUSH_PACE_US_MAX} (100 ms)"
+            ));
+        }
         if self.checkpoint_bytes < CHECKPOINT_BYTES_MIN {
             return fail(format!(
                 "checkpoint_bytes must be at least {CHECKPOINT_BYTES_MIN} (1 MiB)"
@@ -536,8 +554,16 @@ mod tests {
                 checkpoint_bytes: CHECKPOINT_BYTES_MIN - 1,
                 ..Config::default()
             },
+            Config {
+                flush_pace_us: FLUSH_PACE_US_MAX + 1,
+                ..Config::default()
+            },
         ] {
             assert!(c.validate().is_err(), "{c:?}");
+        }
+        for pace in [0, FLUSH_PACE_US_MAX] {
+            let c: Config = toml::from_str(&format!("flush_pace_us = {pace}\n")).unwrap();
+            assert!(c.validate().is_ok() && c.flush_pace_us == pace);
         }
         let c: Config = toml::from_str(
             "producer_window = 128\nproducer_idle_expiry_ms = 60000\nproducer_states_max = 10\n",

@@ -94,6 +94,10 @@ pub struct Flusher {
     /// Position of the snapshot file last written (0: none by this
     /// process).
     snapshot_saved: u64,
+    /// Least time between two syncs nobody waits for (0: none).
+    pace: Duration,
+    /// When the last sync ended.
+    last_sync: Instant,
     /// fdatasync(2) of one file; tests record the calls.
     sync_file: fn(&File) -> std::io::Result<()>,
 }
@@ -129,6 +133,8 @@ impl Flusher {
             last_checkpoint: Instant::now(),
             snapshots_waiting: std::collections::VecDeque::new(),
             snapshot_saved: 0,
+            pace: Duration::ZERO,
+            last_sync: Instant::now(),
             sync_file: File::sync_data,
         }
     }
@@ -141,6 +147,13 @@ impl Flusher {
     pub fn with_checkpoint_bytes(mut self, bytes: u64, on_disk: u64) -> Flusher {
         self.checkpoint_bytes = bytes.max(1);
         self.recovered_at = self.recovered_at.min(on_disk);
+        self
+    }
+
+    /// Paces the syncs nobody waits for at least `pace` apart (see
+    /// [`pace_left`]).
+    pub fn with_pace(mut self, pace: Duration) -> Flusher {
+        self.pace = pace;
         self
     }
 
@@ -374,6 +387,22 @@ impl Flusher {
     }
 }
 
+/// How long the flusher may still hold back a sync of what W added, `None`
+/// to sync now. A sync nobody waits for (no request at QoS `flushed` or
+/// `all`, no fetch parked for data, no shutdown: not `urgent`) only moves F
+/// for its own sake; held back until `pace` passed since the last one, it
+/// covers every write of that time in one fdatasync instead of one per
+/// writer round, which on a small machine leaves the producers the CPU the
+/// syncs took. Durability promises do not change: F is what is durable,
+/// and every request that needs F gets its sync at once.
+pub fn pace_left(pace: Duration, since_last_sync: Duration, urgent: bool) -> Option<Duration> {
+    if urgent || since_last_sync >= pace {
+        None
+    } else {
+        Some(pace - since_last_sync)
+    }
+}
+
 /// The flusher thread.
 pub fn run(shared: Arc<Shared>, mut flusher: Flusher, events: Receiver<FlusherEvent>) {
     shared.register(Stage::Flusher);
@@ -390,7 +419,18 @@ pub fn run(shared: Arc<Shared>, mut flusher: Flusher, events: Receiver<FlusherEv
             // The W read above may predate the cut: read it again.
             continue;
         }
-        let worked = flusher.flush_to(&shared, w);
+        let f = shared.positions.flushed.get();
+        let urgent = shared.flush_wanted.load(Ordering::Acquire) > f
+            || shared.fetches_waiting.load(Ordering::Acquire)
+            || shared.reactor_drained.load(Ordering::Acquire)
+            || shared.storage_failed.load(Ordering::Acquire);
+        let held = (w > f)
+            .then(|| pace_left(flusher.pace, flusher.last_sync.elapsed(), urgent))
+            .flatten();
+        let worked = held.is_none() && flusher.flush_to(&shared, w);
+        if worked {
+            flusher.last_sync = Instant::now();
+        }
         let writer_done = shared.is_done(Stage::Writer) && w == shared.positions.written.get();
         if writer_done {
             // The writer's last snapshot was sent before it said it was
@@ -412,6 +452,12 @@ pub fn run(shared: Arc<Shared>, mut flusher: Flusher, events: Receiver<FlusherEv
         }
         if worked {
             idle.busy();
+        } else if let Some(left) = held {
+            // Not a spin. The writer wakes it early only for a request
+            // that waits for F (or the reader for a parked fetch).
+            shared.flusher_holding.store(true, Ordering::Release);
+            std::thread::park_timeout(left);
+            shared.flusher_holding.store(false, Ordering::Release);
         } else {
             idle.wait(Duration::from_millis(50));
         }
@@ -600,6 +646,22 @@ mod tests {
         assert!(!durable(&mut fl, &mut m, 200), "70 since the last one");
         assert!(durable(&mut fl, &mut m, 230));
         assert_eq!(written(&m), Some(230));
+    }
+
+    /// A sync nobody waits for is held back until the pace passed since
+    /// the last one; anything urgent, or no pace, syncs at once.
+    #[test]
+    fn syncs_nobody_waits_for_are_paced() {
+        let ms = Duration::from_millis;
+        assert_eq!(pace_left(ms(1), ms(0), false), Some(ms(1)));
+        assert_eq!(
+            pace_left(ms(1), Duration::from_micros(300), false),
+            Some(Duration::from_micros(700))
+        );
+        assert_eq!(pace_left(ms(1), ms(1), false), None, "the pace passed");
+        assert_eq!(pace_left(ms(1), ms(5), false), None);
+        assert_eq!(pace_left(ms(1), ms(0), true), None, "someone waits");
+        assert_eq!(pace_left(Duration::ZERO, ms(0), false), None, "no pace");
     }
 
     fn snapshot_at(position: u64) -> Arc<CatalogSnapshot> {

@@ -268,7 +268,13 @@ impl Broker {
         .with_checkpoint_bytes(
             config.checkpoint_bytes,
             journal.report().checkpoint_position,
-        );
+        )
+        // A group member's C waits for its F: never held back there.
+        .with_pace(if config.is_clustered() {
+            Duration::ZERO
+        } else {
+            Duration::from_micros(config.flush_pace_us)
+        });
         let reader = reader::Reader::new(
             journal.segment_files().to_vec(),
             reader_events_rx,

@@ -783,6 +783,12 @@ pub fn run(
             shared.completion_ring_full.store(true, Ordering::Release);
             shared.wake_reactor();
         }
+        // Parked fetches wait for C, which follows F: the flusher must
+        // not pace while they do.
+        let parked = reader.waiting() > 0;
+        if shared.fetches_waiting.swap(parked, Ordering::AcqRel) != parked && parked {
+            shared.wake(Stage::Flusher);
+        }
         if stopping && reader.waiting() == 0 && !blocked {
             shared.mark_done(Stage::Reader);
             return;

@@ -225,6 +225,17 @@ pub struct Shared {
     pub read_ring_full: AtomicBool,
     /// Set when fdatasync failed: durability can no longer be promised.
     pub storage_failed: AtomicBool,
+    /// The highest journal end a request waiting for F needs durable (QoS
+    /// `flushed` or `all`), raised by the writer as it queues one: the
+    /// flusher syncs at once up to it instead of pacing.
+    pub flush_wanted: AtomicU64,
+    /// Set by the reader while fetches are parked waiting for data: the
+    /// flusher does not pace then (C, what they wait for, follows F).
+    pub fetches_waiting: AtomicBool,
+    /// Set by the flusher while it holds a sync back until a deadline it
+    /// wakes at by itself: the writer need not wake it for new bytes then,
+    /// only for a request that waits for F.
+    pub flusher_holding: AtomicBool,
     /// The first fatal error any stage hit (not on the hot path).
     pub fatal: Mutex<Option<String>>,
 }
@@ -247,6 +258,9 @@ impl Shared {
             completion_ring_full: AtomicBool::new(false),
             read_ring_full: AtomicBool::new(false),
             storage_failed: AtomicBool::new(false),
+            flush_wanted: AtomicU64::new(0),
+            fetches_waiting: AtomicBool::new(false),
+            flusher_holding: AtomicBool::new(false),
             fatal: Mutex::new(None),
         }
     }

@@ -74,6 +74,9 @@ pub struct Writer {
     /// Where the last catalog snapshot was taken (`None`: none since the
     /// start, and recovery started from none).
     snapshot_at: Option<u64>,
+    /// A request that waits for F was queued since the flusher was last
+    /// woken.
+    flush_wanted: bool,
 }
 
 /// When and how the writer applies retention and hands sealed segments to
@@ -210,6 +213,7 @@ impl Writer {
     ) -> Writer {
         Writer {
             snapshot_at: journal.report().snapshot_position,
+            flush_wanted: false,
             journal,
             config,
             reader_events,
@@ -275,8 +279,17 @@ impl Writer {
             self.direct.push(p);
             return true;
         }
+        let end = p.end;
+        let needs_f = matches!(p.qos, Qos::Flushed | Qos::All);
         if self.pending.try_push(p).is_err() {
             return false;
+        }
+        if needs_f {
+            // The flusher syncs at once for it rather than pacing.
+            self.shared
+                .flush_wanted
+                .fetch_max(end, std::sync::atomic::Ordering::Release);
+            self.flush_wanted = true;
         }
         self.queued += 1;
         true
@@ -1067,7 +1080,15 @@ pub fn run(
             if writer.queued != queued_before {
                 shared.wake(Stage::Responder);
             }
-            shared.wake(Stage::Flusher);
+            // A flusher holding a sync back wakes at its deadline by
+            // itself; a request waiting for F must not wait for that.
+            if std::mem::take(&mut writer.flush_wanted)
+                || !shared
+                    .flusher_holding
+                    .load(std::sync::atomic::Ordering::Acquire)
+            {
+                shared.wake(Stage::Flusher);
+            }
             shared.wake(Stage::Replicator);
             if shared
                 .request_ring_full
