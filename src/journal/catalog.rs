@@ -210,6 +210,22 @@ pub struct Topic {
 }
 
 impl Topic {
+    /// Starts every partition where the start state says its kept batches
+    /// begin (the journal's deleted part lies below), with the records
+    /// DeleteRecords deleted there. The caller checked the partition count.
+    pub fn continue_from(&mut self, st: &super::start::StartTopic) {
+        for ((p, &log_start), &deleted) in self
+            .partitions
+            .iter_mut()
+            .zip(&st.log_starts)
+            .zip(&st.deleted_below)
+        {
+            p.floor = log_start;
+            p.next_offset = log_start;
+            p.set_deleted_below(deleted);
+        }
+    }
+
     /// Read handles on every partition index, for the reader stage.
     pub fn index_handles(&self) -> Vec<IndexHandle> {
         self.partitions

@@ -1336,17 +1336,7 @@ fn scan_journal(
         // reach (a cut never goes below the first kept byte): recorded, so
         // that a repair's `drop_unrecorded` keeps it.
         catalog.topic_mut(slot).created_at = Some(0);
-        for ((p, &log_start), &deleted) in catalog
-            .topic_mut(slot)
-            .partitions
-            .iter_mut()
-            .zip(&t.log_starts)
-            .zip(&t.deleted_below)
-        {
-            p.floor = log_start;
-            p.next_offset = log_start;
-            p.set_deleted_below(deleted);
-        }
+        catalog.topic_mut(slot).continue_from(t);
     }
     for t in &cp.topics {
         if catalog.lookup_id(t.id).is_none() && catalog.lookup(&t.name).is_none() {

@@ -96,17 +96,9 @@ pub(super) fn resume(
             if topic.partitions.len() != t.log_starts.len() {
                 return Err(format!("topic {} changed partitions", t.meta.name));
             }
-            for ((p, &log_start), &deleted) in topic
-                .partitions
-                .iter_mut()
-                .zip(&t.log_starts)
-                .zip(&t.deleted_below)
-            {
-                p.floor = log_start;
-                p.next_offset = log_start;
-                // The start state may be newer than the snapshot.
-                p.set_deleted_below(deleted);
-            }
+            // The start state may be newer than the snapshot: deletions
+            // add up.
+            topic.continue_from(t);
         }
     }
 
