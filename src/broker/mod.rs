@@ -226,11 +226,11 @@ impl Broker {
                 indexes: t.index_handles(),
             });
             for (partition, p) in t.partitions.iter().enumerate() {
-                if p.deleted_below > 0 {
+                if p.deleted_below() > 0 {
                     let _ = reader_events_tx.send(reader::ReaderEvent::Deleted {
                         slot,
                         partition: partition as u32,
-                        below: p.deleted_below,
+                        below: p.deleted_below(),
                     });
                 }
             }

@@ -786,8 +786,11 @@ pub fn run(
         // Parked fetches wait for C, which follows F: the flusher must
         // not pace while they do.
         let parked = reader.waiting() > 0;
-        if shared.fetches_waiting.swap(parked, Ordering::AcqRel) != parked && parked {
-            shared.wake(Stage::Flusher);
+        if shared.fetches_waiting.load(Ordering::Relaxed) != parked {
+            shared.fetches_waiting.store(parked, Ordering::Release);
+            if parked {
+                shared.wake(Stage::Flusher);
+            }
         }
         if stopping && reader.waiting() == 0 && !blocked {
             shared.mark_done(Stage::Reader);

@@ -619,7 +619,7 @@ impl Writer {
         if before > p.next_offset {
             return Err(ErrorCode::InvalidRequest);
         }
-        let log_start = p.log_start_at(self.journal.start()).max(p.deleted_below);
+        let log_start = p.log_start_at(self.journal.start()).max(p.deleted_below());
         if before <= log_start {
             return Ok((self.journal.end(), log_start));
         }

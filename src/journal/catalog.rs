@@ -35,10 +35,8 @@ pub struct Partition {
     /// hold batches of this partition: each one's start position and the
     /// offset of its first batch of the partition.
     pub on_disk: std::collections::VecDeque<(u64, u64)>,
-    /// The log start DeleteRecords set (0: never): records below it are
-    /// not served, whatever the segments still hold.
-    pub deleted_below: u64,
-    /// The part of `deleted_below` known durable.
+    /// The log start the DeleteRecords records known durable set (0:
+    /// none); with `deletions`, [`Partition::deleted_below`].
     pub deleted_durable: u64,
     /// The DeleteRecords records appended since (position, `before`),
     /// which may not be durable yet: the start state saves only durable
@@ -73,14 +71,18 @@ impl Partition {
     /// Records a DeleteRecords record at journal position `at` moving the
     /// log start to `before`, appended by this broker and not durable yet.
     pub fn delete_below(&mut self, at: u64, before: u64) {
-        self.deleted_below = self.deleted_below.max(before);
         self.deletions.push((at, before));
+    }
+
+    /// The log start DeleteRecords set (0: never): records below it are
+    /// not served, whatever the segments still hold.
+    pub fn deleted_below(&self) -> u64 {
+        self.durable_deleted_below(u64::MAX)
     }
 
     /// Records a log start known durable (recovered, or from a snapshot or
     /// start state).
     pub fn set_deleted_below(&mut self, before: u64) {
-        self.deleted_below = self.deleted_below.max(before);
         self.deleted_durable = self.deleted_durable.max(before);
     }
 
@@ -421,7 +423,6 @@ impl Catalog {
                 floor: 0,
                 floor_time_ms: i64::MIN,
                 on_disk: Default::default(),
-                deleted_below: 0,
                 deleted_durable: 0,
                 deletions: Vec::new(),
             })
@@ -611,7 +612,7 @@ impl Catalog {
                     meta: t.meta.clone(),
                     created_at: t.created_at,
                     next_offsets: t.partitions.iter().map(|p| p.next_offset).collect(),
-                    deleted_below: t.partitions.iter().map(|p| p.deleted_below).collect(),
+                    deleted_below: t.partitions.iter().map(Partition::deleted_below).collect(),
                 })
                 .collect(),
             producers: self.producers.save(),

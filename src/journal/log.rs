@@ -381,15 +381,18 @@ impl Journal {
         let mut verify_from = cp.position.min(last_start);
         // A standalone journal restarts from its catalog snapshot when it
         // can; a group member's consensus log needs every batch.
-        let snap = if recovery.entries || !recovery.from_snapshot || !cp_readable {
-            None
-        } else {
-            snapshot::read(dir).unwrap_or_else(|e| {
+        // Read once: for the start, and for the check below that it does
+        // not describe batches beyond the journal's end.
+        let stored_snap = snapshot::read(dir);
+        let snap = match &stored_snap {
+            _ if recovery.entries || !recovery.from_snapshot || !cp_readable => None,
+            Ok(snap) => snap.as_ref(),
+            Err(e) => {
                 crate::log!("ignoring the unreadable snapshot, reading the whole journal: {e}");
                 None
-            })
+            }
         };
-        let resumed = snap.as_ref().and_then(|snap| {
+        let resumed = snap.and_then(|snap| {
             resume::resume(dir, &cp, snap, start_state.as_ref(), recovery.producers)
                 .map_err(|why| {
                     crate::log!(
@@ -404,22 +407,13 @@ impl Journal {
         let mut indexed_batches = 0;
         let mut pass = match resumed {
             Some(r) => {
-                report.snapshot_position = snap.as_ref().map(|s| s.position);
+                report.snapshot_position = snap.map(|s| s.position);
                 report.read_from = r.indexed_below;
                 indexes = r.indexes;
                 indexed_below = r.indexed_below;
                 indexed_batches = r.indexed_batches;
                 verify_from = r.indexed_below;
-                Scanned {
-                    listed: r.listed,
-                    catalog: r.catalog,
-                    files: r.files,
-                    active: r.active,
-                    end: r.end,
-                    entries: Vec::new(),
-                    damage: r.damage,
-                    newest: r.newest,
-                }
+                r.pass
             }
             None => scan_journal(dir, &cp, start_state.as_ref(), verify_from, &recovery)?,
         };
@@ -494,7 +488,7 @@ impl Journal {
         // A journal ending below the snapshot (cut at damage, or bytes
         // lost that were durable when it was written) leaves it describing
         // batches that are gone: appends would fill the gap with others.
-        match snapshot::read(dir) {
+        match &stored_snap {
             Ok(Some(s)) if s.position > end => {
                 crate::log!(
                     "removing the snapshot at {}: the journal ends below it, at {end}",
@@ -1294,23 +1288,24 @@ fn remove_below(dir: &Path, base: u64) -> Result<Vec<PathBuf>, JournalError> {
     Ok(removed)
 }
 
-/// What one pass of recovery's walk over the segments found.
-struct Scanned {
+/// What one pass of recovery's walk over the segments found (the full
+/// walk's, or [`resume`]'s).
+pub(super) struct Scanned {
     /// The segment files listed when the pass began.
-    listed: Vec<(u64, PathBuf)>,
-    catalog: Catalog,
+    pub(super) listed: Vec<(u64, PathBuf)>,
+    pub(super) catalog: Catalog,
     /// The files walked, up to the one holding the end.
-    files: Vec<SegmentFile>,
+    pub(super) files: Vec<SegmentFile>,
     /// The segment holding the end, still mapped.
-    active: Option<Segment>,
+    pub(super) active: Option<Segment>,
     /// Position one past the last valid batch.
-    end: u64,
-    entries: Vec<Entry>,
+    pub(super) end: u64,
+    pub(super) entries: Vec<Entry>,
     /// The first damage: where, why, and the index (in `listed`) of the
     /// segment holding it.
-    damage: Option<(u64, String, usize)>,
-    /// The newest append time in each file of `files`.
-    newest: Vec<i64>,
+    pub(super) damage: Option<(u64, String, usize)>,
+    /// The newest data append time in each file of `files`.
+    pub(super) newest: Vec<i64>,
 }
 
 /// Walks every segment from the start: rebuilds the catalog from the
@@ -2543,7 +2538,7 @@ mod tests {
         assert!(check_batch(j.catalog(), control::encode(&beyond, &mut b)).is_err());
         j.delete_records(slot, 0, 4, 0, 1, 6).unwrap();
         j.write_out().unwrap();
-        let deleted = |j: &Journal| j.catalog().topic(0).partitions[0].deleted_below;
+        let deleted = |j: &Journal| j.catalog().topic(0).partitions[0].deleted_below();
         assert_eq!(deleted(&j), 4);
         drop(j);
         assert_eq!(deleted(&reopen(false)), 4, "replayed");
@@ -2623,9 +2618,9 @@ mod tests {
         let j = reopen();
         let p = &j.catalog().topic(0).partitions[0];
         assert!(
-            p.deleted_below <= p.next_offset,
+            p.deleted_below() <= p.next_offset,
             "log start {} above the next offset {}: a lost deletion came back from the start state",
-            p.deleted_below,
+            p.deleted_below(),
             p.next_offset
         );
     }

@@ -137,19 +137,20 @@ pub fn write_index(
         })
         .collect();
     seg_index::write(dir, start, end, &sources)?;
-    let index = opened_after_writing(dir, start)?;
-    // Written from the entries in memory, which the writer built.
-    index.mark_verified();
-    Ok(index)
+    opened_after_writing(dir, start)
 }
 
-/// The index file of the segment at `start`, just written.
+/// The index file of the segment at `start`, just written from entries
+/// known good (the writer's, or a segment's checked batches): it needs no
+/// check.
 fn opened_after_writing(dir: &Path, start: u64) -> Result<SegmentIndex, JournalError> {
-    SegmentIndex::open(dir, start)?.ok_or_else(|| {
+    let index = SegmentIndex::open(dir, start)?.ok_or_else(|| {
         JournalError::Corrupt(format!(
             "the index file of segment {start} vanished after it was written"
         ))
-    })
+    })?;
+    index.mark_verified();
+    Ok(index)
 }
 
 /// Rebuilds the index file of the sealed segment `[start, end)` from the
@@ -214,9 +215,7 @@ pub fn rebuild_index(
         })
         .collect();
     seg_index::write(dir, start, end, &sources)?;
-    let index = opened_after_writing(dir, start)?;
-    index.mark_verified();
-    Ok(index)
+    opened_after_writing(dir, start)
 }
 
 /// The trim for `segments` (adjacent, oldest first, all indexed on disk)

@@ -26,7 +26,7 @@
 
 use super::catalog::Catalog;
 use super::checkpoint::Checkpoint;
-use super::log::{apply_batch, SegmentFile};
+use super::log::{apply_batch, Scanned};
 use super::producers::ProducerLimits;
 use super::scan::{scan, ScanStop};
 use super::seg_index::SegmentIndex;
@@ -35,21 +35,15 @@ use super::snapshot::CatalogSnapshot;
 use super::start::StartState;
 use crate::wire::batch::{BatchKind, BatchView};
 use std::fs::OpenOptions;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-/// What recovery from a snapshot found: as a full walk's result, plus the
-/// index files it took on trust (for the reader, and for the background
-/// check of their entries) and where in-memory index entries begin.
+/// What recovery from a snapshot found: as a full walk's result (without
+/// consensus entries), plus the index files it took on trust (for the
+/// reader, and for the background check of their entries) and where
+/// in-memory index entries begin.
 pub(super) struct Resumed {
-    pub listed: Vec<(u64, PathBuf)>,
-    pub catalog: Catalog,
-    pub files: Vec<SegmentFile>,
-    pub active: Option<Segment>,
-    pub end: u64,
-    /// A torn tail in the last segment, at or above S and the checkpoint.
-    pub damage: Option<(u64, String, usize)>,
-    pub newest: Vec<i64>,
+    pub pass: Scanned,
     /// The index files of the segments below `indexed_below`, oldest first.
     pub indexes: Vec<Arc<SegmentIndex>>,
     /// Where the segments recovery read begin.
@@ -266,13 +260,16 @@ pub(super) fn resume(
         ));
     }
     Ok(Resumed {
-        listed,
-        catalog,
-        files,
-        active,
-        end,
-        damage,
-        newest,
+        pass: Scanned {
+            listed,
+            catalog,
+            files,
+            active,
+            end,
+            entries: Vec::new(),
+            damage,
+            newest,
+        },
         indexes,
         indexed_below,
         indexed_batches,
