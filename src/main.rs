@@ -806,6 +806,53 @@ mod tests {
     }
 
     #[test]
+    fn delete_records_takes_an_offset_or_end_and_refuses_anything_else() {
+        let Command::Topic {
+            command:
+                TopicCommand::DeleteRecords {
+                    name,
+                    partition,
+                    before,
+                    ..
+                },
+        } = parse(&[
+            "topic",
+            "delete-records",
+            "t",
+            "--partition",
+            "2",
+            "--before",
+            "7",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not delete-records");
+        };
+        assert_eq!((name.as_str(), partition, before), ("t", 2, 7));
+        assert_eq!(
+            parse_before("end"),
+            Ok(hutong::client::admin::DELETE_TO_END)
+        );
+        let err = parse(&[
+            "topic",
+            "delete-records",
+            "t",
+            "--partition",
+            "0",
+            "--before",
+            "x",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("neither an offset nor `end`"), "{err}");
+        assert!(
+            parse(&["topic", "delete-records", "t", "--before", "1"]).is_err(),
+            "needs a partition"
+        );
+    }
+
+    #[test]
     fn produce_defaults_and_qos_names() {
         let Command::Produce(args) = parse(&["produce", "--topic", "t"]).unwrap().command else {
             panic!("not produce");
