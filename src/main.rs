@@ -6,6 +6,7 @@
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hutong::broker::Broker;
+use hutong::client::admin::{TopicConfig, TopicConfigChange};
 use hutong::client::producer::unix_time_ms;
 use hutong::client::{Admin, Consumer, Producer, ProducerConfig, Receipt, StartFrom};
 use hutong::config::Config;
@@ -130,6 +131,29 @@ enum TopicCommand {
         /// Number of partitions.
         #[arg(long, value_name = "N")]
         partitions: u32,
+        /// Records older than this many ms go (0: no time limit) [default:
+        /// the broker's retention_ms].
+        #[arg(long, value_name = "N")]
+        retention_ms: Option<u64>,
+        /// Bytes each partition keeps at least; older records beyond them
+        /// go (0: no limit) [default: none].
+        #[arg(long, value_name = "N")]
+        retention_bytes: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change a topic's settings; prints them after the change.
+    Alter {
+        /// Topic name.
+        name: String,
+        /// Records older than this many ms go (0: no time limit), or
+        /// `default` for the broker's retention_ms.
+        #[arg(long, value_name = "N|default", value_parser = parse_setting)]
+        retention_ms: Option<Setting>,
+        /// Bytes each partition keeps at least (0: no limit), or `default`
+        /// for none of its own.
+        #[arg(long, value_name = "N|default", value_parser = parse_setting)]
+        retention_bytes: Option<Setting>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -160,6 +184,22 @@ enum TopicCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// A topic setting as `hutong topic alter` takes it: a value, or `None`
+/// (`default`) to leave it to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Setting(Option<u64>);
+
+/// A topic setting: a number, or `default` to leave it to the broker.
+fn parse_setting(s: &str) -> Result<Setting, String> {
+    if s == "default" {
+        return Ok(Setting(None));
+    }
+    match s.parse() {
+        Ok(v) if v < hutong::wire::topic_config::SETTING_DEFAULT => Ok(Setting(Some(v))),
+        _ => Err(format!("{s:?} is neither a number nor `default`")),
+    }
 }
 
 /// `--before`: an offset, or `end` for all the records.
@@ -349,9 +389,35 @@ fn main() -> ExitCode {
                 TopicCommand::Create {
                     name,
                     partitions,
+                    retention_ms,
+                    retention_bytes,
                     client,
                 },
-        } => create_topic(&client.addr, &name, partitions),
+        } => create_topic(
+            &client.addr,
+            &name,
+            partitions,
+            TopicConfig {
+                retention_ms,
+                retention_bytes,
+            },
+        ),
+        Command::Topic {
+            command:
+                TopicCommand::Alter {
+                    name,
+                    retention_ms,
+                    retention_bytes,
+                    client,
+                },
+        } => alter_topic(
+            &client.addr,
+            &name,
+            TopicConfigChange {
+                retention_ms: retention_ms.map(|s| s.0),
+                retention_bytes: retention_bytes.map(|s| s.0),
+            },
+        ),
         Command::Topic {
             command: TopicCommand::List { client },
         } => list_topics(&client.addr),
@@ -574,13 +640,38 @@ fn admin(addr: &str) -> Result<Admin> {
 /// How long `topic create` looks for the leader of a replication group.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
 
-fn create_topic(addr: &str, name: &str, partitions: u32) -> Result<()> {
+fn create_topic(addr: &str, name: &str, partitions: u32, config: TopicConfig) -> Result<()> {
     // A member of a replication group that is not the leader answers
     // NotLeader: the topic is created on the leader instead.
     hutong::client::cluster::on_leader(addr, LEADER_WAIT, |admin| {
-        admin.create_topic(name, partitions)
+        admin.create_topic_with(name, partitions, config)
     })
     .with_context(|| format!("cannot create topic {name}"))
+}
+
+fn alter_topic(addr: &str, name: &str, change: TopicConfigChange) -> Result<()> {
+    if change == TopicConfigChange::default() {
+        anyhow::bail!("nothing to change: give --retention-ms or --retention-bytes");
+    }
+    let config = admin(addr)?
+        .alter_topic(name, change)
+        .with_context(|| format!("cannot alter topic {name}"))?;
+    println!("topic {name}: {}", settings_line(&config));
+    Ok(())
+}
+
+/// A topic's settings as `hutong topic describe` and `alter` print them.
+fn settings_line(config: &TopicConfig) -> String {
+    let show = |s: Option<u64>, default: &str| match s {
+        None => default.to_string(),
+        Some(0) => "none".to_string(),
+        Some(v) => v.to_string(),
+    };
+    format!(
+        "retention_ms: {}, retention_bytes: {}",
+        show(config.retention_ms, "broker default"),
+        show(config.retention_bytes, "broker default")
+    )
 }
 
 fn list_topics(addr: &str) -> Result<()> {
@@ -620,6 +711,7 @@ fn describe_topic(addr: &str, name: &str) -> Result<()> {
     }
     let mut out = std::io::stdout().lock();
     writeln!(out, "topic {name}: {} partition(s)", topic.partitions.len())?;
+    writeln!(out, "{}", settings_line(&topic.config))?;
     writeln!(
         out,
         "{:>9}  {:>20}  {:>20}  {:>20}  {:>20}",
@@ -930,6 +1022,54 @@ mod tests {
                 command: TopicCommand::Describe { ref name, .. }
             } if name == "orders"
         ));
+    }
+
+    #[test]
+    fn topic_settings_are_numbers_or_default() {
+        assert_eq!(parse_setting("default"), Ok(Setting(None)));
+        assert_eq!(parse_setting("0"), Ok(Setting(Some(0))));
+        assert_eq!(parse_setting("60000"), Ok(Setting(Some(60_000))));
+        assert!(parse_setting("-1").is_err());
+        assert!(parse_setting("18446744073709551615").is_err(), "u64::MAX");
+        assert!(parse_setting("forever").is_err());
+        let cli = parse(&["topic", "alter", "t", "--retention-ms", "default"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Topic {
+                command: TopicCommand::Alter {
+                    retention_ms: Some(Setting(None)),
+                    retention_bytes: None,
+                    ..
+                }
+            }
+        ));
+        let cli = parse(&[
+            "topic",
+            "create",
+            "t",
+            "--partitions",
+            "1",
+            "--retention-bytes",
+            "9",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Topic {
+                command: TopicCommand::Create {
+                    retention_ms: None,
+                    retention_bytes: Some(9),
+                    ..
+                }
+            }
+        ));
+        assert_eq!(
+            settings_line(&TopicConfig {
+                retention_ms: Some(0),
+                retention_bytes: None
+            }),
+            "retention_ms: none, retention_bytes: broker default"
+        );
     }
 
     #[test]

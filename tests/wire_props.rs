@@ -10,10 +10,11 @@ use hutong::config::{FRAME_BYTES_MAX_DEFAULT, SMALL_REQUEST_BYTES_MAX};
 use hutong::consensus::config::{INCARNATION_MAX, POSITION_MAX, TERM_MAX};
 use hutong::consensus::{Entry, Message, MessageKind};
 use hutong::wire::api::{
-    ApiVersions, ClusterNode, ClusterRole, ClusterStatusResponse, CreateTopicRequest, ErrorBody,
-    FetchRequest, FetchResponse, HandshakeRequest, HandshakeResponse, ListOffsetsRequest,
-    ListOffsetsResponse, MetadataRequest, MetadataResponse, NotLeaderBody, PartitionMetadata,
-    ProduceRequest, ProduceResponse, TopicMetadata, FETCH_PREFIX_LEN,
+    AlterTopicRequest, ApiVersions, ClusterNode, ClusterRole, ClusterStatusResponse,
+    CreateTopicRequest, ErrorBody, FetchRequest, FetchResponse, HandshakeRequest,
+    HandshakeResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    NotLeaderBody, PartitionMetadata, ProduceRequest, ProduceResponse, TopicConfig,
+    TopicConfigChange, TopicMetadata, FETCH_PREFIX_LEN,
 };
 use hutong::wire::batch::{
     check_producer_batch, check_stored_batch, declared_len, records, split_batches, stamp,
@@ -325,12 +326,39 @@ proptest! {
     }
 
     #[test]
-    fn create_topic_request_round_trips(name in text(), partitions in any::<u32>()) {
-        let req = CreateTopicRequest { name: &name, partitions };
+    fn create_topic_request_round_trips(
+        name in text(),
+        partitions in any::<u32>(),
+        ms in prop::option::of(0..u64::MAX),
+        bytes in prop::option::of(0..u64::MAX),
+    ) {
+        let config = TopicConfig { retention_ms: ms, retention_bytes: bytes };
+        let req = CreateTopicRequest { name: &name, partitions, config: TopicConfig::default() };
         let mut out = Vec::new();
         req.encode(&mut out);
         prop_assert_eq!(out.len(), 6 + name.len());
-        prop_assert_eq!(CreateTopicRequest::decode(&out), Ok(req));
+        prop_assert_eq!(CreateTopicRequest::decode(&out), Ok(req.clone()));
+        let req = CreateTopicRequest { config, ..req };
+        let mut v2 = Vec::new();
+        req.encode_version(2, &mut v2);
+        prop_assert_eq!(v2.len(), 22 + name.len());
+        prop_assert_eq!(CreateTopicRequest::decode_version(&v2, 2), Ok(req));
+    }
+
+    #[test]
+    fn alter_topic_request_round_trips(
+        name in text(),
+        ms in prop::option::of(prop::option::of(0..u64::MAX)),
+        bytes in prop::option::of(prop::option::of(0..u64::MAX)),
+    ) {
+        let req = AlterTopicRequest {
+            topic: &name,
+            change: TopicConfigChange { retention_ms: ms, retention_bytes: bytes },
+        };
+        let mut out = Vec::new();
+        req.encode(&mut out);
+        prop_assert_eq!(out.len(), 19 + name.len());
+        prop_assert_eq!(AlterTopicRequest::decode(&out), Ok(req));
     }
 
     #[test]
@@ -352,6 +380,10 @@ proptest! {
             topics: topics
                 .into_iter()
                 .map(|(name, error_code, parts)| TopicMetadata {
+                    config: TopicConfig {
+                        retention_ms: (error_code % 3 == 0).then_some(u64::from(error_code)),
+                        retention_bytes: None,
+                    },
                     name,
                     error_code,
                     partitions: parts
@@ -367,10 +399,18 @@ proptest! {
                 .collect(),
         };
         let mut out = Vec::new();
-        resp.encode_version(2, &mut out);
-        prop_assert_eq!(MetadataResponse::decode_version(&out, 2), Ok(resp.clone()));
+        resp.encode_version(3, &mut out);
+        prop_assert_eq!(MetadataResponse::decode_version(&out, 3), Ok(resp.clone()));
+        // Version 2 has no settings: they decode as the broker's.
+        let mut v2 = resp;
+        for t in &mut v2.topics {
+            t.config = TopicConfig::default();
+        }
+        let mut out = Vec::new();
+        v2.encode_version(2, &mut out);
+        prop_assert_eq!(MetadataResponse::decode_version(&out, 2), Ok(v2.clone()));
         // Version 1 has no bytes: they decode as 0.
-        let mut v1 = resp;
+        let mut v1 = v2;
         for t in &mut v1.topics {
             for p in &mut t.partitions {
                 p.bytes = 0;

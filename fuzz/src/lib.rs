@@ -43,10 +43,11 @@ use hutong::journal::snapshot::{self, CatalogSnapshot, SnapshotTopic};
 use hutong::journal::start;
 use hutong::journal::topic::TopicMeta;
 use hutong::wire::api::{
-    check_topic_name, ApiKey, ClusterStatusRequest, ClusterStatusResponse, CreateTopicRequest,
-    DeleteRecordsRequest, DeleteRecordsResponse, ErrorBody, FetchRequest, FetchResponse,
-    HandshakeRequest, HandshakeResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, NotLeaderBody, ProduceRequest, ProduceResponse,
+    check_topic_name, AlterTopicRequest, AlterTopicResponse, ApiKey, ClusterStatusRequest,
+    ClusterStatusResponse, CreateTopicRequest, DeleteRecordsRequest, DeleteRecordsResponse,
+    ErrorBody, FetchRequest, FetchResponse, HandshakeRequest, HandshakeResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, NotLeaderBody,
+    ProduceRequest, ProduceResponse,
 };
 use hutong::wire::batch::{
     check_producer_batch, check_producer_batch_with, check_stored_batch, declared_len, records,
@@ -226,6 +227,15 @@ fn request_bodies(body: &[u8]) {
     if let Some(req) = round_trip!(DeleteRecordsRequest, body) {
         topic_name_checks(req.topic);
     }
+    if let Some(req) = round_trip!(AlterTopicRequest, body) {
+        topic_name_checks(req.topic);
+    }
+    // The later versions of versioned bodies.
+    if let Ok(req) = CreateTopicRequest::decode_version(body, 2) {
+        let mut out = Vec::with_capacity(body.len());
+        req.encode_version(2, &mut out);
+        assert_eq!(out, body, "CreateTopicRequest 2 re-encodes to its bytes");
+    }
     if round_trip!(ClusterStatusRequest, body).is_some() {
         assert!(
             body.is_empty(),
@@ -311,6 +321,14 @@ fn response_bodies(body: &[u8]) {
     }
     if let Ok(resp) = DeleteRecordsResponse::decode(body) {
         assert_eq!(resp.to_bytes()[..], *body);
+    }
+    if let Ok(resp) = AlterTopicResponse::decode(body) {
+        assert_eq!(resp.to_bytes()[..], *body);
+    }
+    if let Ok(resp) = MetadataResponse::decode_version(body, 3) {
+        let mut out = Vec::with_capacity(body.len());
+        resp.encode_version(3, &mut out);
+        assert_eq!(out, body, "MetadataResponse 3 re-encodes to its bytes");
     }
     if let Some(resp) = round_trip!(FetchResponse, body) {
         // The consumer's next step: split the batches and check each.
@@ -671,9 +689,9 @@ fn start_checks(bytes: &[u8]) {
         return;
     };
     let encoded = start::encode(&st);
-    // A version 1 start state (still read) is written again as the
-    // current version; any other re-encodes to exactly its bytes.
-    if bytes[4..6] != start::START_VERSION_1.to_le_bytes() {
+    // An older start state (still read) is written again as the current
+    // version; a current one re-encodes to exactly its bytes.
+    if bytes[4..6] == start::START_VERSION.to_le_bytes() {
         assert_eq!(
             encoded, bytes,
             "a decoded start state re-encodes to its bytes"
@@ -1190,9 +1208,9 @@ pub fn catalog_snapshot(data: &[u8]) {
     let read = &data[..r.position()];
     let mut bytes = Vec::new();
     snapshot::encode(&s, &mut bytes);
-    // A version 1 body (still read) is written again as the current
-    // version; any other re-encodes to exactly its bytes.
-    if read[..2] != snapshot::SNAPSHOT_VERSION_1.to_le_bytes() {
+    // An older body (still read) is written again as the current
+    // version; a current one re-encodes to exactly its bytes.
+    if read[..2] == snapshot::SNAPSHOT_VERSION.to_le_bytes() {
         assert!(bytes == read, "a decoded snapshot re-encodes to its bytes");
     }
     let mut again = Reader::new(&bytes);
@@ -1271,6 +1289,7 @@ fn control_batch(id: u32, name: &str, partitions: u32) -> Vec<u8> {
         id,
         name: name.into(),
         partitions,
+        config: Default::default(),
     };
     let bytes = control::encode(&c, &mut b).to_vec();
     stamped(bytes, 0, u32::MAX)
@@ -1410,6 +1429,10 @@ fn sample_snapshot(with_producers: bool) -> Vec<u8> {
             partitions: next_offsets.len() as u32,
         },
         created_at: Some(u64::from(id) * 100),
+        config: hutong::wire::api::TopicConfig {
+            retention_ms: id.is_multiple_of(2).then_some(60_000),
+            retention_bytes: None,
+        },
         deleted_below: next_offsets.iter().map(|&n| n / 2).collect(),
         next_offsets,
     };
@@ -1493,6 +1516,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         CreateTopicRequest {
             name: "orders",
             partitions: 2,
+            config: Default::default(),
         }
         .encode(out)
     }));
@@ -1542,6 +1566,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             topics: vec![hutong::wire::api::TopicMetadata {
                 name: "orders".into(),
                 error_code: 0,
+                config: Default::default(),
                 partitions: vec![hutong::wire::api::PartitionMetadata {
                     partition: 0,
                     start_offset: 0,

@@ -815,6 +815,7 @@ mod tests {
                     partitions,
                 },
                 created_at: None,
+                config: Default::default(),
                 next_offsets: vec![0; partitions as usize],
                 deleted_below: vec![0; partitions as usize],
             }],

@@ -223,6 +223,7 @@ impl Broker {
         for (slot, t) in journal.catalog().topics().iter().enumerate() {
             let _ = reader_events_tx.send(reader::ReaderEvent::Topic {
                 meta: t.meta.clone(),
+                config: t.config,
                 indexes: t.index_handles(),
             });
             for (partition, p) in t.partitions.iter().enumerate() {
@@ -518,6 +519,7 @@ mod tests {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.write_all(&request(ApiKey::CreateTopic, 1, |b| {
             CreateTopicRequest {
+                config: Default::default(),
                 name: "t",
                 partitions: 2,
             }

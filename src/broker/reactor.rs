@@ -805,7 +805,9 @@ fn process_frames(
                 }
                 routes.pushed_writer = true;
             }
-            Some(ApiKey::Produce | ApiKey::CreateTopic | ApiKey::DeleteRecords) => {
+            Some(
+                ApiKey::Produce | ApiKey::CreateTopic | ApiKey::DeleteRecords | ApiKey::AlterTopic,
+            ) => {
                 // Produce at QoS none is never answered on success.
                 let counted =
                     !(h.api_key == ApiKey::Produce.as_u16() && produce_qos(frame) == Some(0));

@@ -16,7 +16,7 @@ use crate::journal::index::IndexEntry;
 use crate::journal::log::SegmentFile;
 use crate::journal::reader::JournalReader;
 use crate::journal::seg_index::SegmentIndex;
-use crate::journal::topic::TopicMeta;
+use crate::journal::topic::{TopicConfig, TopicMeta};
 use crate::wire::api::{
     check_topic_name, ClusterNode, ClusterRole, ClusterStatusRequest, ClusterStatusResponse,
     ErrorBody, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
@@ -38,8 +38,17 @@ pub enum ReaderEvent {
     Topic {
         /// Its metadata.
         meta: TopicMeta,
+        /// Its own settings.
+        config: TopicConfig,
         /// One index per partition.
         indexes: Vec<IndexHandle>,
+    },
+    /// The topic in `slot` has new settings.
+    Configured {
+        /// The topic's slot.
+        slot: usize,
+        /// The settings now.
+        config: TopicConfig,
     },
     /// Retention deleted the segments below `position` (the start state
     /// saying so is durable): log starts move up, and the reader lets go
@@ -84,14 +93,16 @@ pub enum ReaderEvent {
 struct ReaderTopic {
     name: String,
     id: u32,
+    config: TopicConfig,
     partitions: Vec<PartitionView>,
 }
 
 impl ReaderTopic {
-    fn new(meta: TopicMeta, indexes: Vec<IndexHandle>) -> ReaderTopic {
+    fn new(meta: TopicMeta, config: TopicConfig, indexes: Vec<IndexHandle>) -> ReaderTopic {
         ReaderTopic {
             name: meta.name,
             id: meta.id,
+            config,
             partitions: indexes.into_iter().map(PartitionView::new).collect(),
         }
     }
@@ -169,9 +180,18 @@ impl Reader {
     pub fn drain_events(&mut self) {
         while let Ok(e) = self.events.try_recv() {
             match e {
-                ReaderEvent::Topic { meta, indexes } => {
+                ReaderEvent::Topic {
+                    meta,
+                    config,
+                    indexes,
+                } => {
                     self.by_name.insert(meta.name.clone(), self.topics.len());
-                    self.topics.push(ReaderTopic::new(meta, indexes));
+                    self.topics.push(ReaderTopic::new(meta, config, indexes));
+                }
+                ReaderEvent::Configured { slot, config } => {
+                    if let Some(t) = self.topics.get_mut(slot) {
+                        t.config = config;
+                    }
                 }
                 ReaderEvent::Segment(f) => self.journal.add_segment(f),
                 ReaderEvent::Indexed(index) => {
@@ -232,7 +252,9 @@ impl Reader {
                                 }
                                 kept
                             }
-                            _ => ReaderTopic::new(meta, indexes),
+                            // Settings are not changed in a replication
+                            // group, where alone a cut happens.
+                            _ => ReaderTopic::new(meta, TopicConfig::default(), indexes),
                         };
                         self.topics.push(topic);
                     }
@@ -359,6 +381,7 @@ impl Reader {
         let describe = |t: &ReaderTopic| TopicMetadata {
             name: t.name.clone(),
             error_code: 0,
+            config: t.config,
             partitions: t
                 .partitions
                 .iter()
@@ -393,6 +416,7 @@ impl Reader {
                         Err(code) => TopicMetadata {
                             name: name.to_string(),
                             error_code: code.as_u16(),
+                            config: TopicConfig::default(),
                             partitions: Vec::new(),
                         },
                     }
@@ -845,6 +869,7 @@ mod tests {
         let (_writer, index) = append_log();
         events_tx
             .send(ReaderEvent::Topic {
+                config: Default::default(),
                 meta: TopicMeta {
                     id: 0,
                     name: "gone".into(),
@@ -953,6 +978,7 @@ mod tests {
         ] {
             events_tx
                 .send(ReaderEvent::Topic {
+                    config: Default::default(),
                     meta: TopicMeta {
                         id: 0,
                         name: name.into(),
@@ -1032,6 +1058,7 @@ mod tests {
         let (mut out, mut inp) = message_ring(1 << 16);
         events_tx
             .send(ReaderEvent::Topic {
+                config: Default::default(),
                 meta: TopicMeta {
                     id: 0,
                     name: "t".into(),

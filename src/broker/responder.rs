@@ -9,8 +9,11 @@
 
 use super::ring::{MessageProducer, FLAG_COUNTED};
 use super::shared::{Cut, Shared, Stage};
-use crate::wire::api::{DeleteRecordsResponse, ErrorBody, NotLeaderBody, ProduceResponse};
+use crate::wire::api::{
+    AlterTopicResponse, DeleteRecordsResponse, ErrorBody, NotLeaderBody, ProduceResponse,
+};
 use crate::wire::frame::{finish_frame, ResponseHeader};
+use crate::wire::topic_config::{decode_setting, TopicConfig};
 use crate::wire::{ApiKey, ErrorCode, Qos};
 use ringbuf::traits::{Consumer, Observer};
 use ringbuf::HeapCons;
@@ -397,6 +400,14 @@ pub fn encode_answer(
             append_time_ms: p.append_time_ms,
         }
         .to_bytes();
+        out.push(p.conn, flags, &[&header.to_bytes(body.len()), &body])
+    } else if p.api == ApiKey::AlterTopic {
+        // The settings ride in `base_offset` and `append_time_ms`.
+        let config = TopicConfig {
+            retention_ms: decode_setting(p.base_offset),
+            retention_bytes: decode_setting(p.append_time_ms as u64),
+        };
+        let body = AlterTopicResponse { config }.to_bytes();
         out.push(p.conn, flags, &[&header.to_bytes(body.len()), &body])
     } else if p.api == ApiKey::DeleteRecords {
         // The partition's log start rides in `base_offset`.

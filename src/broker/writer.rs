@@ -21,14 +21,17 @@ use crate::journal::error::JournalError;
 use crate::journal::log::{check_replicated_batch, Appended, Journal, Retention};
 use crate::journal::offload::Trim;
 use crate::wire::api::{
-    check_topic_name, CreateTopicRequest, DeleteRecordsRequest, ProduceRequest, DELETE_TO_END,
+    check_topic_name, AlterTopicRequest, CreateTopicRequest, DeleteRecordsRequest, ProduceRequest,
+    DELETE_TO_END,
 };
 use crate::wire::batch::{check_producer_batch_with, BatchError, RecordLimits};
 use crate::wire::frame::{RequestHeader, REQUEST_HEADER_LEN};
 use crate::wire::replicate::decode_message;
+use crate::wire::topic_config::{encode_setting, TopicConfig};
 use crate::wire::{ApiKey, ErrorCode, Qos};
 use ringbuf::traits::{Observer, Producer};
 use ringbuf::HeapProd;
+use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,6 +80,9 @@ pub struct Writer {
     /// A request that waits for F was queued since the flusher was last
     /// woken.
     flush_wanted: bool,
+    /// Records were appended outside of requests (topic retention) since
+    /// the last write-out.
+    appended_aside: bool,
 }
 
 /// When and how the writer applies retention and hands sealed segments to
@@ -93,6 +99,11 @@ struct RetentionClock {
     jobs: Sender<Job>,
     /// Its answers to index jobs.
     trims: Receiver<Trim>,
+    /// When each topic with retention settings of its own (by id) is
+    /// looked at next.
+    topic_next: HashMap<u32, Instant>,
+    /// Topic retention could not append its last record (logged once).
+    topic_failed: bool,
     /// Where the one index job at a time stands.
     indexing: Indexing,
 }
@@ -131,6 +142,8 @@ impl Writer {
             jobs,
             trims,
             indexing: Indexing::Idle,
+            topic_next: HashMap::new(),
+            topic_failed: false,
         });
         self
     }
@@ -181,6 +194,9 @@ impl Writer {
                 }
             }
         }
+        if due {
+            self.topic_retention(now);
+        }
         // A snapshot below the journal's start is of no use to the next
         // start: take one at the end.
         if moved_start.is_some_and(|start| self.snapshot_at.is_none_or(|at| at < start)) {
@@ -199,6 +215,69 @@ impl Writer {
         Some(clock.next.saturating_duration_since(now))
     }
 
+    /// Moves the log starts of the topics with retention limits of their
+    /// own, as DeleteRecords records (the same the API appends), each
+    /// topic at most every hundredth of its time limit, so that a limit
+    /// that keeps moving costs a record per partition that often and not
+    /// every check. Standalone only, as DeleteRecords.
+    fn topic_retention(&mut self, now: Instant) {
+        if self.replica.is_some() {
+            return;
+        }
+        let now_ms = unix_ms();
+        let durable = self.shared.positions.flushed.get();
+        for slot in 0..self.journal.catalog().len() {
+            let t = self.journal.catalog().topic(slot);
+            let (id, config) = (t.meta.id, t.config);
+            if config.is_default() {
+                continue;
+            }
+            let Some(clock) = self.retention.as_mut() else {
+                return;
+            };
+            if clock.topic_next.get(&id).is_some_and(|&next| now < next) {
+                continue;
+            }
+            let pace = config
+                .retention_ms
+                .map_or(Duration::ZERO, |ms| Duration::from_millis(ms / 100));
+            clock.topic_next.insert(id, now + pace);
+            for (partition, before) in self.journal.retention_moves(slot, now_ms) {
+                match self
+                    .journal
+                    .delete_records(slot, partition, before, durable, 0, now_ms)
+                {
+                    Ok(appended) => {
+                        self.appended_aside = true;
+                        self.announce_roll(&appended);
+                        let _ = self.reader_events.send(ReaderEvent::Deleted {
+                            slot,
+                            partition,
+                            below: before,
+                        });
+                        if let Some(clock) = self.retention.as_mut() {
+                            clock.topic_failed = false;
+                        }
+                    }
+                    Err(e) => {
+                        if let Some(clock) = self.retention.as_mut() {
+                            if !std::mem::replace(&mut clock.topic_failed, true) {
+                                crate::log!(
+                                    "retention: cannot move the log start of topic {} \
+                                     partition {partition}: {e}; trying again later",
+                                    self.journal.catalog().topic(slot).meta.name
+                                );
+                            }
+                            // Again at the next check, not a pace later.
+                            clock.topic_next.remove(&id);
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
     /// A writer appending to `journal`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -214,6 +293,7 @@ impl Writer {
         Writer {
             snapshot_at: journal.report().snapshot_position,
             flush_wanted: false,
+            appended_aside: false,
             journal,
             config,
             reader_events,
@@ -418,7 +498,7 @@ impl Writer {
                 }
                 Err(code) => fail(code),
             },
-            ApiKey::CreateTopic => match self.create_topic(body, now_ms) {
+            ApiKey::CreateTopic => match self.create_topic(body, h.api_version, now_ms) {
                 Ok(appended) => Some(Pending {
                     conn,
                     correlation_id: h.correlation_id,
@@ -445,6 +525,24 @@ impl Writer {
                     end,
                     base_offset: log_start,
                     append_time_ms: now_ms,
+                    deadline: deadline_after(now, CREATE_TOPIC_TIMEOUT_MS),
+                    error: ErrorCode::None,
+                    counted,
+                }),
+                Err(code) => fail(code),
+            },
+            ApiKey::AlterTopic => match self.alter_topic(body, now_ms) {
+                // Answered once durable, as DeleteRecords is; the settings
+                // now ride in `base_offset` and `append_time_ms` as the
+                // wire writes them.
+                Ok((end, config)) => Some(Pending {
+                    conn,
+                    correlation_id: h.correlation_id,
+                    api: ApiKey::AlterTopic,
+                    qos: Qos::All,
+                    end,
+                    base_offset: encode_setting(config.retention_ms),
+                    append_time_ms: encode_setting(config.retention_bytes) as i64,
                     deadline: deadline_after(now, CREATE_TOPIC_TIMEOUT_MS),
                     error: ErrorCode::None,
                     counted,
@@ -577,17 +675,67 @@ impl Writer {
         Ok((qos, appended, now_ms, deadline))
     }
 
-    fn create_topic(&mut self, body: &[u8], now_ms: i64) -> Result<Appended, ErrorCode> {
-        let req = CreateTopicRequest::decode(body).map_err(|_| ErrorCode::MalformedRequest)?;
+    fn create_topic(
+        &mut self,
+        body: &[u8],
+        version: u16,
+        now_ms: i64,
+    ) -> Result<Appended, ErrorCode> {
+        let req = CreateTopicRequest::decode_version(body, version)
+            .map_err(|_| ErrorCode::MalformedRequest)?;
         self.write_term()?;
         check_topic_name(req.name)?;
         if req.partitions == 0 || req.partitions > self.config.partitions_per_topic_max {
             return Err(ErrorCode::InvalidPartitions);
         }
+        // Not in a replication group yet: retention does not run there.
+        if self.replica.is_some() && !req.config.is_default() {
+            return Err(ErrorCode::UnsupportedApi);
+        }
         if self.journal.catalog().lookup(req.name).is_some() {
             return Err(ErrorCode::TopicAlreadyExists);
         }
-        Ok(self.add_topic(req.name, req.partitions, now_ms)?.0)
+        Ok(self
+            .add_topic_with(req.name, req.partitions, req.config, now_ms)?
+            .0)
+    }
+
+    /// Changes a topic's settings ([`AlterTopicRequest`]): appends the
+    /// control record and tells the reader. Returns the journal position
+    /// that must be durable before the answer (the record's end, or the
+    /// journal's end when nothing changes) and the settings now.
+    fn alter_topic(&mut self, body: &[u8], now_ms: i64) -> Result<(u64, TopicConfig), ErrorCode> {
+        // Not in a replication group yet: retention does not run there.
+        if self.replica.is_some() {
+            return Err(ErrorCode::UnsupportedApi);
+        }
+        let req = AlterTopicRequest::decode(body).map_err(|_| ErrorCode::MalformedRequest)?;
+        check_topic_name(req.topic)?;
+        let slot = self
+            .journal
+            .catalog()
+            .lookup(req.topic)
+            .ok_or(ErrorCode::UnknownTopic)?;
+        let now = self.journal.catalog().topic(slot).config;
+        let config = req.change.apply(now);
+        if config == now {
+            return Ok((self.journal.end(), config));
+        }
+        let term = self.write_term()?;
+        let durable = self.shared.positions.flushed.get();
+        let appended = self
+            .journal
+            .set_topic_config(slot, config, durable, term, now_ms)
+            .map_err(storage_code)?;
+        self.announce_roll(&appended);
+        let _ = self
+            .reader_events
+            .send(ReaderEvent::Configured { slot, config });
+        // The new limits apply at the next look, not a second later.
+        if let Some(clock) = self.retention.as_mut() {
+            clock.next = Instant::now();
+        }
+        Ok((appended.end, config))
     }
 
     /// Deletes a partition's records below an offset
@@ -644,6 +792,16 @@ impl Writer {
         partitions: u32,
         now_ms: i64,
     ) -> Result<(Appended, usize), ErrorCode> {
+        self.add_topic_with(name, partitions, TopicConfig::default(), now_ms)
+    }
+
+    fn add_topic_with(
+        &mut self,
+        name: &str,
+        partitions: u32,
+        config: TopicConfig,
+        now_ms: i64,
+    ) -> Result<(Appended, usize), ErrorCode> {
         let catalog = self.journal.catalog();
         if catalog.len() >= self.config.topics_max
             || catalog.partition_count() + partitions as usize > self.config.partitions_max
@@ -653,7 +811,7 @@ impl Writer {
         let term = self.write_term()?;
         let (appended, slot) = self
             .journal
-            .create_topic(name, partitions, term, now_ms)
+            .create_topic_with(name, partitions, config, term, now_ms)
             .map_err(storage_code)?;
         self.announce_roll(&appended);
         self.announce_topic(slot, appended.end);
@@ -669,6 +827,7 @@ impl Writer {
         // during teardown, when nobody needs the event any more.
         let _ = self.reader_events.send(ReaderEvent::Topic {
             meta: topic.meta.clone(),
+            config: topic.config,
             indexes: topic.index_handles(),
         });
         let _ = self.flusher_events.send(FlusherEvent::Topic {
@@ -1047,13 +1206,16 @@ pub fn run(
             (a, b) => a.or(b),
         };
         writer.maybe_snapshot(false);
+        // Retention may have appended records of its own: they go out with
+        // the round's.
+        let wrote = handled > 0 || std::mem::take(&mut writer.appended_aside);
         if let Some(why) = writer.take_fatal() {
             writer.finish_direct(ErrorCode::StorageError, FINISH_GRACE);
             shared.fail(why);
             shared.mark_done(Stage::Writer);
             return;
         }
-        if handled > 0 {
+        if wrote {
             match writer.write_out() {
                 Ok(w) => shared.positions.written.publish(w),
                 Err(e) => {
@@ -1076,7 +1238,7 @@ pub fn run(
         if answered > 0 {
             shared.wake_reactor();
         }
-        if handled > 0 {
+        if wrote {
             if writer.queued != queued_before {
                 shared.wake(Stage::Responder);
             }
@@ -1282,6 +1444,7 @@ mod tests {
     fn create_topic_frame(name: &str) -> Vec<u8> {
         let mut body = Vec::new();
         CreateTopicRequest {
+            config: Default::default(),
             name,
             partitions: 1,
         }

@@ -2,11 +2,12 @@
 
 use super::connection::Connection;
 use super::error::ClientError;
-pub use crate::wire::api::DELETE_TO_END;
 use crate::wire::api::{
-    ClusterStatusResponse, CreateTopicRequest, DeleteRecordsRequest, DeleteRecordsResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    AlterTopicRequest, AlterTopicResponse, ClusterStatusResponse, CreateTopicRequest,
+    DeleteRecordsRequest, DeleteRecordsResponse, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataRequest, MetadataResponse,
 };
+pub use crate::wire::api::{TopicConfig, TopicConfigChange, DELETE_TO_END};
 use crate::wire::{ApiKey, ErrorCode};
 use std::net::ToSocketAddrs;
 
@@ -43,11 +44,64 @@ impl Admin {
     /// [`ClientError::Broker`] with `TopicAlreadyExists`, `InvalidTopicName`,
     /// `InvalidPartitions` or `TooManyTopics`; connection errors.
     pub fn create_topic(&self, name: &str, partitions: u32) -> Result<(), ClientError> {
-        let request = CreateTopicRequest { name, partitions };
+        let request = CreateTopicRequest {
+            name,
+            partitions,
+            config: TopicConfig::default(),
+        };
         self.conn
             .call(ApiKey::CreateTopic, |out| request.encode(out))?
             .into_result()?;
         Ok(())
+    }
+
+    /// Creates a topic with settings of its own (CreateTopic version 2;
+    /// one without any is created as [`Admin::create_topic`] does).
+    ///
+    /// # Errors
+    /// As [`Admin::create_topic`]; [`ClientError::Broker`] with
+    /// `UnsupportedApi` from a replication group, or `UnsupportedVersion`
+    /// from a broker without topic settings.
+    pub fn create_topic_with(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: TopicConfig,
+    ) -> Result<(), ClientError> {
+        if config.is_default() {
+            return self.create_topic(name, partitions);
+        }
+        let version = version_at_least(&self.conn, ApiKey::CreateTopic, 2)?;
+        let request = CreateTopicRequest {
+            name,
+            partitions,
+            config,
+        };
+        self.conn
+            .call_version(ApiKey::CreateTopic, version, |out| {
+                request.encode_version(version, out)
+            })?
+            .into_result()?;
+        Ok(())
+    }
+
+    /// Changes the settings of `topic` named in `change`, durably; returns
+    /// its settings now.
+    ///
+    /// # Errors
+    /// Connection errors; [`ClientError::Broker`] with `UnknownTopic`, or
+    /// `UnsupportedApi` (a replication group, or a broker without the API).
+    pub fn alter_topic(
+        &self,
+        topic: &str,
+        change: TopicConfigChange,
+    ) -> Result<TopicConfig, ClientError> {
+        let request = AlterTopicRequest { topic, change };
+        let response = self
+            .conn
+            .call(ApiKey::AlterTopic, |out| request.encode(out))?
+            .into_result()?;
+        Ok(AlterTopicResponse::decode(&response.body)?.config)
     }
 
     /// Deletes the records of `partition` of `topic` below `before`
@@ -247,6 +301,7 @@ mod tests {
             let mut body = Vec::new();
             MetadataResponse {
                 topics: vec![TopicMetadata {
+                    config: Default::default(),
                     name: "orders".into(),
                     error_code: 0,
                     partitions: vec![PartitionMetadata {
@@ -314,6 +369,7 @@ mod tests {
             let mut body = Vec::new();
             MetadataResponse {
                 topics: vec![TopicMetadata {
+                    config: Default::default(),
                     name: "orders".into(),
                     error_code: 0,
                     partitions: vec![PartitionMetadata {

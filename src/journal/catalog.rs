@@ -9,7 +9,7 @@ use super::offload::Trim;
 use super::producers::{Key, ProducerBatch, ProducerStates};
 pub use super::producers::{Landed, ProducerLimits, SeqCheck};
 use super::snapshot::{CatalogSnapshot, SnapshotTopic};
-use super::topic::{TopicMeta, PARTITIONS_MAX};
+use super::topic::{TopicConfig, TopicMeta, PARTITIONS_MAX};
 use crate::wire::batch::BatchView;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,9 +32,8 @@ pub struct Partition {
     pub floor_time_ms: i64,
     /// The sealed segments whose index entries are on disk (in their
     /// segment index files) and no longer in `index`, oldest first, that
-    /// hold batches of this partition: each one's start position and the
-    /// offset of its first batch of the partition.
-    pub on_disk: std::collections::VecDeque<(u64, u64)>,
+    /// hold batches of this partition.
+    pub on_disk: std::collections::VecDeque<OnDisk>,
     /// The log start the DeleteRecords records known durable set (0:
     /// none); with `deletions`, [`Partition::deleted_below`].
     pub deleted_durable: u64,
@@ -42,6 +41,24 @@ pub struct Partition {
     /// which may not be durable yet: the start state saves only durable
     /// deletions ([`Partition::durable_deleted_below`]).
     pub deletions: Vec<(u64, u64)>,
+}
+
+/// A sealed segment holding batches of a partition whose index entries
+/// are on disk: what retention needs to know of the partition's part of it
+/// without reading the index file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnDisk {
+    /// The segment's start position.
+    pub start: u64,
+    /// The offset of the partition's first batch there.
+    pub first_offset: u64,
+    /// The offset one past the partition's last record there.
+    pub next_offset: u64,
+    /// Bytes of the partition's batches there.
+    pub bytes: u64,
+    /// The running maximum of the partition's append times at its last
+    /// batch there.
+    pub max_time_ms: i64,
 }
 
 /// A reader's handle on one partition: its index and where it starts.
@@ -60,10 +77,83 @@ impl Partition {
     /// `position`, a segment start: the first batch at or after it, on
     /// disk or in the index, or the next offset when there is none.
     pub fn log_start_at(&self, position: u64) -> u64 {
-        match self.on_disk.iter().find(|(start, _)| *start >= position) {
-            Some(&(_, first)) => first,
+        match self.on_disk.iter().find(|d| d.start >= position) {
+            Some(d) => d.first_offset,
             None => log_start_in(&self.index, self.index.len(), self.floor, position),
         }
+    }
+}
+
+impl Partition {
+    /// The log start a topic's own limits ask for when the journal starts
+    /// at `journal_start`: the first batch appended at or after
+    /// `cutoff_ms` (by the running maximum of append times; for batches
+    /// on disk, the first batch of the oldest sealed segment holding one),
+    /// or the partition's end when there is none; and, with `keep_bytes`,
+    /// at most as low as the oldest on-disk segment part from which on
+    /// the on-disk parts hold that many bytes (the entries still in
+    /// memory are not counted: they are kept whatever they hold). 0 when
+    /// neither asks for anything. A binary search for the time, a walk
+    /// over the kept on-disk parts for the size.
+    pub fn retention_start(
+        &self,
+        journal_start: u64,
+        cutoff_ms: Option<i64>,
+        keep_bytes: Option<u64>,
+    ) -> u64 {
+        let mut start = 0;
+        let disk_from = self.on_disk.partition_point(|d| d.start < journal_start);
+        if let Some(cutoff) = cutoff_ms {
+            // Both conditions hold for a prefix: starts and running maxima
+            // only grow.
+            let k = self
+                .on_disk
+                .partition_point(|d| d.start < journal_start || d.max_time_ms < cutoff);
+            start = match self.on_disk.get(k) {
+                Some(d) => d.first_offset,
+                None => {
+                    let n = self.index.len();
+                    let i = super::index::partition_point_in(&self.index, n, |e| {
+                        e.end_position() <= journal_start || e.max_time_ms < cutoff
+                    });
+                    self.index
+                        .get(i)
+                        .filter(|_| i < n)
+                        .map_or(self.next_offset, |e| e.base_offset)
+                }
+            };
+        }
+        if let Some(keep) = keep_bytes {
+            let mut held = 0u64;
+            for d in self.on_disk.range(disk_from..).rev() {
+                held = held.saturating_add(d.bytes);
+                if held >= keep {
+                    start = start.max(d.first_offset);
+                    break;
+                }
+            }
+        }
+        start
+    }
+
+    /// Whether the partition holds a batch in the segment `[start, end)`
+    /// that is neither deleted (below the log start durable DeleteRecords
+    /// records set, every byte below `durable` being durable) nor older
+    /// than `cutoff_ms` (`None`: no batch is too old).
+    pub fn holds_in(&self, start: u64, end: u64, durable: u64, cutoff_ms: Option<i64>) -> bool {
+        let (next, newest) = match self.on_disk.binary_search_by_key(&start, |d| d.start) {
+            Ok(k) => (self.on_disk[k].next_offset, self.on_disk[k].max_time_ms),
+            Err(_) => {
+                let n = self.index.len();
+                let lo = super::index::entries_below_in(&self.index, n, start);
+                let hi = super::index::entries_below_in(&self.index, n, end);
+                match self.index.get(hi.wrapping_sub(1)).filter(|_| lo < hi) {
+                    Some(last) => (last.next_offset(), last.max_time_ms),
+                    None => return false,
+                }
+            }
+        };
+        next > self.durable_deleted_below(durable) && cutoff_ms.is_none_or(|c| newest >= c)
     }
 }
 
@@ -209,6 +299,11 @@ pub struct Topic {
     /// only from the checkpoint. Truncating the journal at or below it
     /// removes the topic.
     pub created_at: Option<u64>,
+    /// Its own settings (retention), as the last record set them.
+    pub config: TopicConfig,
+    /// The settings records appended by this broker that may not be
+    /// durable yet: each one's position and the settings before it.
+    pub config_undo: Vec<(u64, TopicConfig)>,
 }
 
 impl Topic {
@@ -226,6 +321,24 @@ impl Topic {
             p.next_offset = log_start;
             p.set_deleted_below(deleted);
         }
+        self.config = st.config;
+    }
+
+    /// Takes settings set by a record at journal position `at` that may
+    /// not be durable yet; every byte below `durable` is.
+    pub fn set_config(&mut self, at: u64, config: TopicConfig, durable: u64) {
+        self.config_undo.retain(|&(p, _)| p >= durable);
+        self.config_undo.push((at, self.config));
+        self.config = config;
+    }
+
+    /// The settings the durable records set, when every byte below
+    /// `durable` is durable: the start state saves only those.
+    pub fn durable_config(&self, durable: u64) -> TopicConfig {
+        self.config_undo
+            .iter()
+            .find(|&&(at, _)| at >= durable)
+            .map_or(self.config, |&(_, before)| before)
     }
 
     /// Read handles on every partition index, for the reader stage.
@@ -431,6 +544,8 @@ impl Catalog {
             meta,
             partitions,
             created_at: None,
+            config: TopicConfig::default(),
+            config_undo: Vec::new(),
         });
         slot
     }
@@ -515,9 +630,9 @@ impl Catalog {
             else {
                 continue;
             };
-            for (start, first) in offer.firsts {
-                if p.on_disk.back().is_none_or(|&(s, _)| s < start) {
-                    p.on_disk.push_back((start, first));
+            for d in offer.firsts {
+                if p.on_disk.back().is_none_or(|b| b.start < d.start) {
+                    p.on_disk.push_back(d);
                 }
             }
             if !Arc::ptr_eq(p.index.log(), &offer.source) {
@@ -554,11 +669,7 @@ impl Catalog {
     pub fn forget_below(&mut self, position: u64) {
         for t in &mut self.topics {
             for p in &mut t.partitions {
-                while p
-                    .on_disk
-                    .front()
-                    .is_some_and(|&(start, _)| start < position)
-                {
+                while p.on_disk.front().is_some_and(|d| d.start < position) {
                     p.on_disk.pop_front();
                 }
             }
@@ -611,6 +722,7 @@ impl Catalog {
                 .map(|t| SnapshotTopic {
                     meta: t.meta.clone(),
                     created_at: t.created_at,
+                    config: t.config,
                     next_offsets: t.partitions.iter().map(|p| p.next_offset).collect(),
                     deleted_below: t.partitions.iter().map(Partition::deleted_below).collect(),
                 })
@@ -643,6 +755,7 @@ impl Catalog {
             }
             let slot = catalog.add(t.meta.clone());
             catalog.topics[slot].created_at = t.created_at;
+            catalog.topics[slot].config = t.config;
             for (p, &below) in catalog.topics[slot]
                 .partitions
                 .iter_mut()
@@ -680,6 +793,83 @@ mod tests {
     use crate::wire::batch::{stamp, BatchBuilder, ProducerStamp, Stamp};
 
     const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+    /// A partition with three on-disk segment parts (segments at 0, 100,
+    /// 200; offsets 0.., 10.., 20..; 1000 bytes each; newest times 10, 20,
+    /// 30) and two batches in memory (offsets 30 and 35 at positions 300
+    /// and 310, stamped 40 and 50).
+    fn spread() -> Partition {
+        let mut c = Catalog::new(0, ProducerLimits::default());
+        c.add(TopicMeta {
+            id: 0,
+            name: "t".into(),
+            partitions: 1,
+        });
+        let mut p = c.topics.pop().unwrap().partitions.pop().unwrap();
+        for k in 0..3u64 {
+            p.on_disk.push_back(OnDisk {
+                start: 100 * k,
+                first_offset: 10 * k,
+                next_offset: 10 * k + 10,
+                bytes: 1000,
+                max_time_ms: 10 * (k as i64 + 1),
+            });
+        }
+        for (offset, position, time) in [(30, 300, 40), (35, 310, 50)] {
+            p.index.push(IndexEntry {
+                base_offset: offset,
+                position,
+                len: 10,
+                count: 5,
+                max_time_ms: time,
+            });
+        }
+        p.floor = 30;
+        p.next_offset = 40;
+        p
+    }
+
+    #[test]
+    fn a_retention_start_follows_times_and_sizes_on_disk_and_in_memory() {
+        let p = spread();
+        assert_eq!(p.retention_start(0, None, None), 0, "no limit");
+        // By time: the first segment part (or batch) that is not all
+        // older than the cutoff.
+        assert_eq!(p.retention_start(0, Some(10), None), 0);
+        assert_eq!(p.retention_start(0, Some(11), None), 10);
+        assert_eq!(p.retention_start(0, Some(25), None), 20);
+        assert_eq!(p.retention_start(0, Some(31), None), 30, "in memory");
+        assert_eq!(p.retention_start(0, Some(45), None), 35);
+        assert_eq!(p.retention_start(0, Some(51), None), 40, "the end");
+        // By size: whole on-disk parts from the newest back until they
+        // hold the limit; memory is kept whatever it holds.
+        assert_eq!(p.retention_start(0, None, Some(1)), 20);
+        assert_eq!(p.retention_start(0, None, Some(1000)), 20);
+        assert_eq!(p.retention_start(0, None, Some(1001)), 10);
+        assert_eq!(p.retention_start(0, None, Some(3000)), 0);
+        assert_eq!(p.retention_start(0, None, Some(3001)), 0, "not enough");
+        // The higher of the two.
+        assert_eq!(p.retention_start(0, Some(11), Some(1)), 20);
+        // Parts below the journal's start do not count.
+        assert_eq!(p.retention_start(100, None, Some(3000)), 0);
+        assert_eq!(p.retention_start(100, Some(5), None), 10);
+    }
+
+    #[test]
+    fn a_partition_holds_a_segment_with_kept_undeleted_batches() {
+        let mut p = spread();
+        assert!(p.holds_in(100, 200, 0, None));
+        assert!(p.holds_in(100, 200, 0, Some(20)));
+        assert!(!p.holds_in(100, 200, 0, Some(21)), "all older");
+        assert!(p.holds_in(300, 400, 0, Some(50)), "in memory");
+        assert!(!p.holds_in(300, 400, 0, Some(51)));
+        assert!(!p.holds_in(400, 500, 0, None), "no batch there");
+        // Deleted by a durable record only.
+        p.delete_below(320, 20);
+        assert!(p.holds_in(100, 200, 320, None), "not durable yet");
+        assert!(!p.holds_in(100, 200, 321, None));
+        assert!(p.holds_in(200, 300, 321, None));
+    }
 
     fn catalog(limits: ProducerLimits) -> Catalog {
         let mut c = Catalog::new(0, limits);

@@ -13,11 +13,18 @@
 //! ```text
 //! u16 type = 1 (CreateTopic) | u16 version = 1 | u32 id | u32 partitions |
 //! u16 name_len | name (UTF-8)
+//!   version 2 adds the topic's settings: | u64 retention_ms |
+//!   u64 retention_bytes (each u64::MAX when left to the broker); it is
+//!   written only for a topic created with settings of its own
 //! u16 type = 2 (Noop)        | u16 version = 1
 //! u16 type = 3 (ClusterId)   | u16 version = 1 | u64 id
 //! u16 type = 4 (DeleteRecords) | u16 version = 1 | u32 topic_id |
 //!   u32 partition | u64 before
+//! u16 type = 5 (TopicConfig) | u16 version = 1 | u32 topic_id |
+//!   u64 retention_ms | u64 retention_bytes
 //! ```
+//!
+//! TopicConfig replaces a topic's settings (both of them) from there on.
 //!
 //! DeleteRecords moves a partition's log start up to `before` (at most its
 //! next offset when written): the records below it are no longer served,
@@ -35,6 +42,7 @@
 
 use super::checkpoint::TOPIC_NAME_BYTES_MAX;
 use super::error::JournalError;
+use super::topic::TopicConfig;
 use crate::wire::batch::{
     records, BatchBuilder, BatchKind, BatchView, BATCH_HEADER_LEN, RECORD_OVERHEAD,
 };
@@ -44,8 +52,11 @@ use crate::wire::codec::{DecodeError, Put, Reader};
 pub const CONTROL_CREATE_TOPIC: u16 = 1;
 /// Control message type of [`Control::Noop`].
 pub const CONTROL_NOOP: u16 = 2;
-/// The version of [`Control::CreateTopic`] this broker writes and reads.
+/// The version of [`Control::CreateTopic`] this broker writes for a
+/// topic without settings of its own (and reads).
 pub const CONTROL_VERSION: u16 = 1;
+/// The version of [`Control::CreateTopic`] with the topic's settings.
+pub const CONTROL_CREATE_TOPIC_VERSION_2: u16 = 2;
 /// The version of [`Control::Noop`] this broker writes and reads.
 pub const CONTROL_NOOP_VERSION: u16 = 1;
 /// Control message type of [`Control::ClusterId`].
@@ -56,6 +67,10 @@ pub const CONTROL_CLUSTER_ID_VERSION: u16 = 1;
 pub const CONTROL_DELETE_RECORDS: u16 = 4;
 /// The version of [`Control::DeleteRecords`] this broker writes and reads.
 pub const CONTROL_DELETE_RECORDS_VERSION: u16 = 1;
+/// Control message type of [`Control::TopicConfig`].
+pub const CONTROL_TOPIC_CONFIG: u16 = 5;
+/// The version of [`Control::TopicConfig`] this broker writes and reads.
+pub const CONTROL_TOPIC_CONFIG_VERSION: u16 = 1;
 /// Bytes of the no-op message: its type and version.
 const NOOP_VALUE_BYTES: usize = 4;
 /// Exact size of an encoded no-op control batch: a header and one record
@@ -74,6 +89,8 @@ pub enum Control {
         name: String,
         /// Number of partitions.
         partitions: u32,
+        /// Its own settings.
+        config: TopicConfig,
     },
     /// Nothing: a new leader's first entry in its term.
     Noop,
@@ -91,6 +108,13 @@ pub enum Control {
         partition: u32,
         /// The partition's new log start.
         before: u64,
+    },
+    /// A topic's settings from here on.
+    TopicConfig {
+        /// The topic's id.
+        topic_id: u32,
+        /// All of its settings.
+        config: TopicConfig,
     },
 }
 
@@ -111,18 +135,32 @@ pub fn encode<'b>(c: &Control, builder: &'b mut BatchBuilder) -> &'b [u8] {
             id,
             name,
             partitions,
+            config,
         } => {
             assert!(
                 name.len() <= TOPIC_NAME_BYTES_MAX,
                 "topic name of {} bytes",
                 name.len()
             );
-            value.reserve(14 + name.len());
+            value.reserve(30 + name.len());
             value.put_u16(CONTROL_CREATE_TOPIC);
-            value.put_u16(CONTROL_VERSION);
+            value.put_u16(if config.is_default() {
+                CONTROL_VERSION
+            } else {
+                CONTROL_CREATE_TOPIC_VERSION_2
+            });
             value.put_u32(*id);
             value.put_u32(*partitions);
             value.put_str(name);
+            if !config.is_default() {
+                config.encode(&mut value);
+            }
+        }
+        Control::TopicConfig { topic_id, config } => {
+            value.put_u16(CONTROL_TOPIC_CONFIG);
+            value.put_u16(CONTROL_TOPIC_CONFIG_VERSION);
+            value.put_u32(*topic_id);
+            config.encode(&mut value);
         }
         Control::Noop => {
             value.put_u16(CONTROL_NOOP);
@@ -188,19 +226,28 @@ pub fn decode(batch: &[u8]) -> Result<Control, JournalError> {
     let kind = r.u16("control type").map_err(layout)?;
     let version = r.u16("control version").map_err(layout)?;
     let supported = match kind {
-        CONTROL_CREATE_TOPIC => CONTROL_VERSION,
-        CONTROL_NOOP => CONTROL_NOOP_VERSION,
-        CONTROL_CLUSTER_ID => CONTROL_CLUSTER_ID_VERSION,
-        CONTROL_DELETE_RECORDS => CONTROL_DELETE_RECORDS_VERSION,
+        CONTROL_CREATE_TOPIC => {
+            version == CONTROL_VERSION || version == CONTROL_CREATE_TOPIC_VERSION_2
+        }
+        CONTROL_NOOP => version == CONTROL_NOOP_VERSION,
+        CONTROL_CLUSTER_ID => version == CONTROL_CLUSTER_ID_VERSION,
+        CONTROL_DELETE_RECORDS => version == CONTROL_DELETE_RECORDS_VERSION,
+        CONTROL_TOPIC_CONFIG => version == CONTROL_TOPIC_CONFIG_VERSION,
         _ => return Err(corrupt(format!("unknown control type {kind}"))),
     };
-    if version != supported {
+    if !supported {
         return Err(corrupt(format!(
             "unsupported control version {version} of type {kind}"
         )));
     }
     match kind {
-        CONTROL_CREATE_TOPIC => decode_create_topic(&mut r).map_err(layout),
+        CONTROL_CREATE_TOPIC => decode_create_topic(&mut r, version).map_err(layout),
+        CONTROL_TOPIC_CONFIG => {
+            let topic_id = r.u32("topic id").map_err(layout)?;
+            let config = TopicConfig::decode(&mut r).map_err(layout)?;
+            r.finish().map_err(layout)?;
+            Ok(Control::TopicConfig { topic_id, config })
+        }
         CONTROL_CLUSTER_ID => {
             let id = r.u64("cluster id").map_err(layout)?;
             r.finish().map_err(layout)?;
@@ -224,15 +271,21 @@ pub fn decode(batch: &[u8]) -> Result<Control, JournalError> {
     }
 }
 
-fn decode_create_topic(r: &mut Reader<'_>) -> Result<Control, DecodeError> {
+fn decode_create_topic(r: &mut Reader<'_>, version: u16) -> Result<Control, DecodeError> {
     let id = r.u32("topic id")?;
     let partitions = r.u32("partitions")?;
     let name = r.str("topic name")?.to_owned();
+    let config = if version == CONTROL_CREATE_TOPIC_VERSION_2 {
+        TopicConfig::decode(r)?
+    } else {
+        TopicConfig::default()
+    };
     r.finish()?;
     Ok(Control::CreateTopic {
         id,
         name,
         partitions,
+        config,
     })
 }
 
@@ -247,6 +300,7 @@ mod tests {
             id,
             name: name.into(),
             partitions,
+            config: TopicConfig::default(),
         }
     }
 
@@ -411,6 +465,60 @@ mod tests {
     }
 
     #[test]
+    fn topic_settings_have_the_documented_layout() {
+        // A topic without settings of its own is created as version 1.
+        let plain = stored(&create(5, "t", 2));
+        assert_eq!(&records(&plain).next().unwrap().value[..4], &[1, 0, 1, 0]);
+        let config = TopicConfig {
+            retention_ms: Some(3),
+            retention_bytes: None,
+        };
+        let c = Control::CreateTopic {
+            id: 5,
+            name: "t".into(),
+            partitions: 2,
+            config,
+        };
+        let bytes = stored(&c);
+        let mut want = vec![1u8, 0, 2, 0, 5, 0, 0, 0, 2, 0, 0, 0, 1, 0, b't'];
+        want.extend_from_slice(&3u64.to_le_bytes());
+        want.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(records(&bytes).next().unwrap().value, &want[..]);
+        assert_eq!(decode(&bytes).unwrap(), c);
+
+        let c = Control::TopicConfig {
+            topic_id: 9,
+            config: TopicConfig {
+                retention_ms: None,
+                retention_bytes: Some(0),
+            },
+        };
+        let bytes = stored(&c);
+        let mut want = vec![5u8, 0, 1, 0, 9, 0, 0, 0];
+        want.extend_from_slice(&u64::MAX.to_le_bytes());
+        want.extend_from_slice(&0u64.to_le_bytes());
+        assert_eq!(records(&bytes).next().unwrap().value, &want[..]);
+        assert_eq!(decode(&bytes).unwrap(), c);
+        for (value, why) in [
+            (&want[..want.len() - 1], "truncated"),
+            (&[5, 0, 2, 0][..], "version 2 of type 5"),
+            (&[1, 0, 3, 0][..], "version 3 of type 1"),
+        ] {
+            match decode(&with_value(value)) {
+                Err(JournalError::Corrupt(m)) => assert!(m.contains(why), "{m} lacks {why}"),
+                other => panic!("{value:?}: expected Corrupt, got {other:?}"),
+            }
+        }
+        // Version 2 without its settings is truncated.
+        match decode(&with_value(&[
+            1, 0, 2, 0, 5, 0, 0, 0, 2, 0, 0, 0, 1, 0, b't',
+        ])) {
+            Err(JournalError::Corrupt(m)) => assert!(m.contains("truncated"), "{m}"),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn a_noop_with_another_version_or_trailing_bytes_is_corrupt() {
         for (value, why) in [
             (&[2u8, 0, 2, 0][..], "version 2 of type 2"),
@@ -437,7 +545,7 @@ mod tests {
     proptest! {
         #[test]
         fn any_create_topic_round_trips(id in any::<u32>(), name in "\\PC{0,60}", partitions in any::<u32>()) {
-            let c = Control::CreateTopic { id, name, partitions };
+            let c = Control::CreateTopic { id, name, partitions, config: TopicConfig::default() };
             prop_assert_eq!(decode(&stored(&c)).unwrap(), c);
         }
 

@@ -93,7 +93,7 @@ impl IndexEntries for [IndexEntry] {
 /// The number of leading entries among the first `len` for which `below`
 /// holds; `below` must hold for a prefix and fail for the rest. A `len`
 /// beyond what `index` holds is cut to what it holds.
-fn partition_point<I: IndexEntries + ?Sized>(
+pub fn partition_point_in<I: IndexEntries + ?Sized>(
     index: &I,
     len: usize,
     below: impl Fn(&IndexEntry) -> bool,
@@ -111,12 +111,12 @@ fn partition_point<I: IndexEntries + ?Sized>(
 
 /// [`locate`] over any [`IndexEntries`].
 pub fn locate_in<I: IndexEntries + ?Sized>(index: &I, len: usize, offset: u64) -> usize {
-    partition_point(index, len, |e| e.next_offset() <= offset)
+    partition_point_in(index, len, |e| e.next_offset() <= offset)
 }
 
 /// [`entries_below`] over any [`IndexEntries`].
 pub fn entries_below_in<I: IndexEntries + ?Sized>(index: &I, len: usize, position: u64) -> usize {
-    partition_point(index, len, |e| e.end_position() <= position)
+    partition_point_in(index, len, |e| e.end_position() <= position)
 }
 
 /// Index (< `len`) of the first entry whose `next_offset()` > `offset`: the

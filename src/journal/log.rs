@@ -26,7 +26,7 @@ use super::seg_index::SegmentIndex;
 use super::segment::{list_segments, segment_file_name, Segment};
 use super::snapshot;
 use super::start::{self, StartState, StartTopic};
-use super::topic::{TopicMeta, PARTITIONS_MAX};
+use super::topic::{TopicConfig, TopicMeta, PARTITIONS_MAX};
 use crate::consensus::Entry;
 use crate::wire::batch::{
     check_stored_batch, declared_len, stamp, BatchBuilder, BatchKind, BatchView, Stamp,
@@ -101,6 +101,12 @@ pub struct Retention {
     /// Segments whose newest batch is older than this are deleted; `None`:
     /// no time limit.
     pub ms: Option<u64>,
+}
+
+/// The oldest append time a time limit of `ms` keeps at broker time
+/// `now_ms`.
+fn cutoff_at(now_ms: i64, ms: u64) -> i64 {
+    now_ms.saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX))
 }
 
 /// How far ahead of the broker's clock a segment's newest stamp must be for
@@ -696,6 +702,23 @@ impl Journal {
         term: u64,
         now_ms: i64,
     ) -> Result<(Appended, usize), JournalError> {
+        self.create_topic_with(name, partitions, TopicConfig::default(), term, now_ms)
+    }
+
+    /// As [`Journal::create_topic`], with settings of the topic's own
+    /// (written in the same control record, so the topic never exists
+    /// without them).
+    ///
+    /// # Errors
+    /// As [`Journal::create_topic`].
+    pub fn create_topic_with(
+        &mut self,
+        name: &str,
+        partitions: u32,
+        config: TopicConfig,
+        term: u64,
+        now_ms: i64,
+    ) -> Result<(Appended, usize), JournalError> {
         // Recovery refuses a control record beyond the partition limit or
         // reusing a topic id (ids saturate at u32::MAX), so none may be
         // written.
@@ -724,11 +747,39 @@ impl Journal {
             id: meta.id,
             name: meta.name.clone(),
             partitions,
+            config,
         };
         let appended = self.append_control(&create, term, now_ms)?;
         let slot = self.catalog.add(meta);
-        self.catalog.topic_mut(slot).created_at = Some(appended.position);
+        let t = self.catalog.topic_mut(slot);
+        t.created_at = Some(appended.position);
+        t.config = config;
         Ok((appended, slot))
+    }
+
+    /// Replaces the settings of the topic in `slot`: appends a
+    /// [`Control::TopicConfig`] record and applies it. Every byte below
+    /// `durable` is durable (F): the start state keeps the settings of
+    /// durable records only. Returns where it landed.
+    ///
+    /// # Errors
+    /// [`JournalError::StorageFull`] when a new segment cannot be allocated;
+    /// nothing is written then.
+    pub fn set_topic_config(
+        &mut self,
+        slot: usize,
+        config: TopicConfig,
+        durable: u64,
+        term: u64,
+        now_ms: i64,
+    ) -> Result<Appended, JournalError> {
+        let topic_id = self.catalog.topic(slot).meta.id;
+        let appended =
+            self.append_control(&Control::TopicConfig { topic_id, config }, term, now_ms)?;
+        self.catalog
+            .topic_mut(slot)
+            .set_config(appended.position, config, durable);
+        Ok(appended)
     }
 
     /// Appends a no-op control record ([`Control::Noop`], exactly
@@ -1045,9 +1096,7 @@ impl Journal {
     /// byte; the caller writes the returned start state durably, then
     /// deletes the files. Nothing is deleted here: no IO on the writer.
     pub fn retain(&mut self, policy: Retention, durable: u64, now_ms: i64) -> Option<Retained> {
-        let cutoff = policy
-            .ms
-            .map(|ms| now_ms.saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX)));
+        let cutoff = policy.ms.map(|ms| cutoff_at(now_ms, ms));
         // Oldest first, each segment judged by its own stamps, stopping at
         // the first one to keep. A clock that was wrong for a while errs on
         // the safe side: a stamp from the future holds the segments after
@@ -1062,7 +1111,8 @@ impl Journal {
                 break;
             }
             let by_size = policy.bytes > 0 && held - len >= policy.bytes;
-            let by_time = cutoff.is_some_and(|c| seg.newest_ms < c);
+            let by_time = cutoff.is_some_and(|c| seg.newest_ms < c)
+                && !self.held_by_topic(seg, durable, policy.ms, now_ms);
             if !(by_size || by_time) {
                 if seg.newest_ms > now_ms.saturating_add(FUTURE_STAMP_MS)
                     && self.warned != seg.start
@@ -1089,6 +1139,60 @@ impl Journal {
         self.start = position;
         self.catalog.forget_below(position);
         Some(Retained { state, files })
+    }
+
+    /// Whether a topic whose own time limit is longer than the broker's
+    /// `broker_ms` (or none) holds a batch in `seg` that its limit keeps
+    /// (and DeleteRecords did not delete): then time retention keeps the
+    /// segment. Looks only at such topics' partitions.
+    fn held_by_topic(
+        &self,
+        seg: &Sealed,
+        durable: u64,
+        broker_ms: Option<u64>,
+        now_ms: i64,
+    ) -> bool {
+        self.catalog.topics().iter().any(|t| {
+            let Some(ms) = t.config.retention_ms else {
+                return false;
+            };
+            if ms != 0 && broker_ms.is_none_or(|b| ms <= b) {
+                return false;
+            }
+            let cutoff = (ms != 0).then(|| cutoff_at(now_ms, ms));
+            t.partitions
+                .iter()
+                .any(|p| p.holds_in(seg.start, seg.end, durable, cutoff))
+        })
+    }
+
+    /// The log starts the settings of the topic in `slot` ask for
+    /// ([`Partition::retention_start`](super::catalog::Partition::retention_start)) at broker time
+    /// `now_ms`, for each of its partitions whose log start they move up:
+    /// `(partition, new log start)`. Empty for a topic without limits of
+    /// its own.
+    pub fn retention_moves(&self, slot: usize, now_ms: i64) -> Vec<(u32, u64)> {
+        let t = self.catalog.topic(slot);
+        let cutoff = t
+            .config
+            .retention_ms
+            .filter(|&ms| ms > 0)
+            .map(|ms| cutoff_at(now_ms, ms));
+        let keep = t.config.bytes_limit();
+        if cutoff.is_none() && keep.is_none() {
+            return Vec::new();
+        }
+        t.partitions
+            .iter()
+            .enumerate()
+            .filter_map(|(n, p)| {
+                let now = p.log_start_at(self.start).max(p.deleted_below());
+                let wanted = p
+                    .retention_start(self.start, cutoff, keep)
+                    .min(p.next_offset);
+                (wanted > now).then_some((n as u32, wanted))
+            })
+            .collect()
     }
 
     /// The sealed segments wholly below `durable` (C) not handed out yet, as
@@ -1160,6 +1264,7 @@ impl Journal {
             .filter(|t| t.created_at.is_none_or(|p| p < durable))
             .map(|t| StartTopic {
                 meta: t.meta.clone(),
+                config: t.durable_config(durable),
                 log_starts: t
                     .partitions
                     .iter()
@@ -1511,10 +1616,12 @@ fn is_empty_file(path: &Path) -> Result<bool, JournalError> {
 /// and carried out by [`apply_effect`].
 enum Effect {
     /// A `CreateTopic` of a new topic.
-    Create(TopicMeta),
+    Create(TopicMeta, TopicConfig),
     /// A `CreateTopic` of a topic the catalog holds already (from the
-    /// checkpoint), in this slot.
-    Known(usize),
+    /// checkpoint), in this slot, with the settings it was created with.
+    Known(usize, TopicConfig),
+    /// New settings of the topic in this slot.
+    Config(usize, TopicConfig),
     /// A data batch continuing this partition of the topic in this slot.
     Data { slot: usize, partition: usize },
     /// The replication group's id, first seen.
@@ -1542,8 +1649,9 @@ fn check_batch(catalog: &Catalog, batch: &[u8]) -> Result<Effect, String> {
                 id,
                 name,
                 partitions,
+                config,
             } => match catalog.lookup(&name) {
-                Some(slot) if catalog.topic(slot).meta.id == id => Ok(Effect::Known(slot)),
+                Some(slot) if catalog.topic(slot).meta.id == id => Ok(Effect::Known(slot, config)),
                 Some(_) => Err(format!("topic {name} re-created with another id")),
                 // Data batches name their topic by id: an id taken by
                 // another topic would send its batches to the wrong one.
@@ -1556,13 +1664,20 @@ fn check_batch(catalog: &Catalog, batch: &[u8]) -> Result<Effect, String> {
                     "topic {name} declares {partitions} partitions, beyond the journal's \
                      limit of {PARTITIONS_MAX} in all"
                 )),
-                None => Ok(Effect::Create(TopicMeta {
-                    id,
-                    name,
-                    partitions,
-                })),
+                None => Ok(Effect::Create(
+                    TopicMeta {
+                        id,
+                        name,
+                        partitions,
+                    },
+                    config,
+                )),
             },
             Control::Noop => Ok(Effect::Nothing),
+            Control::TopicConfig { topic_id, config } => catalog
+                .lookup_id(topic_id)
+                .map(|slot| Effect::Config(slot, config))
+                .ok_or_else(|| format!("settings of unknown topic id {topic_id}")),
             Control::DeleteRecords {
                 topic_id,
                 partition,
@@ -1629,17 +1744,27 @@ fn apply_effect(
     effect: Effect,
 ) -> Option<usize> {
     match effect {
-        Effect::Create(meta) => {
+        Effect::Create(meta, config) => {
             let slot = catalog.add(meta);
-            catalog.topic_mut(slot).created_at = Some(position);
+            let t = catalog.topic_mut(slot);
+            t.created_at = Some(position);
+            t.config = config;
             Some(slot)
         }
-        Effect::Known(slot) => {
+        Effect::Known(slot, config) => {
             // The first record wins: a repeated one must not move the
             // topic's creation up, or a cut between the two would remove
-            // a topic whose creation is kept.
+            // a topic whose creation is kept. A topic known from the
+            // checkpoint (which has no settings) takes the record's.
             let t = catalog.topic_mut(slot);
-            t.created_at = t.created_at.or(Some(position));
+            if t.created_at.is_none() {
+                t.created_at = Some(position);
+                t.config = config;
+            }
+            None
+        }
+        Effect::Config(slot, config) => {
+            catalog.topic_mut(slot).config = config;
             None
         }
         Effect::Data { slot, partition } => {
@@ -2978,6 +3103,197 @@ mod tests {
         }
         let landed = append(&mut j, slot, 1, &producer_batch(2, 10, 0, 0), 1);
         assert_eq!(landed.base_offset, next[1]);
+    }
+
+    /// Appends 3-record batches stamped `now_ms`, alternately to
+    /// partition 0 of `a` and of `b`, until the journal has `segments`
+    /// segment files.
+    fn fill_two(j: &mut Journal, a: usize, b: usize, segments: usize, now_ms: i64) {
+        let mut which = false;
+        while j.segment_files().len() < segments {
+            let slot = if which { b } else { a };
+            j.append_data(slot, 0, &producer_batch(3, 100, 0, 0), 3, 1, now_ms)
+                .unwrap();
+            which = !which;
+        }
+        j.write_out().unwrap();
+    }
+
+    #[test]
+    fn a_topic_time_limit_moves_only_its_own_log_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path());
+        let short = TopicConfig {
+            retention_ms: Some(4_000),
+            retention_bytes: None,
+        };
+        let (_, s) = j.create_topic_with("short", 1, short, 1, 1_000).unwrap();
+        let (_, p) = j.create_topic("plain", 1, 1, 1_000).unwrap();
+        fill_two(&mut j, s, p, 2, 1_000);
+        let old = j.catalog().topic(s).partitions[0].next_offset;
+        for _ in 0..3 {
+            j.append_data(s, 0, &producer_batch(3, 100, 0, 0), 3, 1, 9_000)
+                .unwrap();
+        }
+        assert!(
+            j.retention_moves(p, 99_000).is_empty(),
+            "no limit of its own"
+        );
+        assert!(
+            j.retention_moves(s, 4_900).is_empty(),
+            "nothing 4 s old yet"
+        );
+        // At 9.5 s everything stamped 1 s is older than 4 s: the log start
+        // moves to the first batch stamped 9 s.
+        assert_eq!(j.retention_moves(s, 9_500), vec![(0, old)]);
+        // Past every batch: to the end.
+        let end = j.catalog().topic(s).partitions[0].next_offset;
+        assert_eq!(j.retention_moves(s, 20_000), vec![(0, end)]);
+        // Once deleted, nothing more to move.
+        j.delete_records(s, 0, old, 0, 1, 9_500).unwrap();
+        assert!(j.retention_moves(s, 9_500).is_empty());
+        // No time limit (0) means none.
+        j.set_topic_config(
+            s,
+            TopicConfig {
+                retention_ms: Some(0),
+                retention_bytes: None,
+            },
+            0,
+            1,
+            9_600,
+        )
+        .unwrap();
+        assert!(j.retention_moves(s, 99_000).is_empty());
+    }
+
+    #[test]
+    fn a_longer_topic_limit_holds_the_segments_time_retention_would_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path());
+        let unlimited = TopicConfig {
+            retention_ms: Some(0),
+            retention_bytes: None,
+        };
+        let (_, keep) = j.create_topic_with("keep", 1, unlimited, 1, 1_000).unwrap();
+        let (_, other) = j.create_topic("other", 1, 1, 1_000).unwrap();
+        fill_two(&mut j, keep, other, 4, 1_000);
+        let end = j.end();
+        let policy = Retention {
+            bytes: 0,
+            ms: Some(4_000),
+        };
+        assert!(j.retain(policy, end, 9_500).is_none(), "held by `keep`");
+        // A limit longer than the broker's holds them while it keeps them.
+        let long = |ms| TopicConfig {
+            retention_ms: Some(ms),
+            retention_bytes: None,
+        };
+        j.set_topic_config(keep, long(60_000), end, 1, 2_000)
+            .unwrap();
+        assert!(j.retain(policy, end, 9_500).is_none(), "kept for 60 s");
+        // A shorter one does not.
+        j.set_topic_config(keep, long(1_000), end, 1, 2_000)
+            .unwrap();
+        let sealed = j.sealed().len();
+        let r = j.retain(policy, j.end(), 9_500).expect("not held any more");
+        assert_eq!(r.files.len(), sealed, "every sealed segment goes");
+        // The broker's size limit deletes whatever a topic keeps.
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path());
+        let (_, keep) = j.create_topic_with("keep", 1, unlimited, 1, 1_000).unwrap();
+        let (_, other) = j.create_topic("other", 1, 1, 1_000).unwrap();
+        fill_two(&mut j, keep, other, 4, 1_000);
+        let by_size = Retention {
+            bytes: 1,
+            ms: Some(4_000),
+        };
+        assert!(j.retain(by_size, j.end(), 9_500).is_some());
+        // Records DeleteRecords deleted (durably) hold nothing.
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path());
+        let (_, keep) = j.create_topic_with("keep", 1, unlimited, 1, 1_000).unwrap();
+        let (_, other) = j.create_topic("other", 1, 1, 1_000).unwrap();
+        fill_two(&mut j, keep, other, 4, 1_000);
+        let next = j.catalog().topic(keep).partitions[0].next_offset;
+        let record_at = j.end();
+        j.delete_records(keep, 0, next, 0, 1, 2_000).unwrap();
+        j.write_out().unwrap();
+        assert!(
+            j.retain(policy, record_at, 9_500).is_none(),
+            "a deletion not yet durable holds"
+        );
+        assert!(
+            j.retain(policy, j.end(), 9_500).is_some(),
+            "a durable deletion does not"
+        );
+    }
+
+    #[test]
+    fn topic_settings_survive_restarts_and_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let reopen = |from_snapshot| {
+            Journal::open_with(
+                dir.path(),
+                SEGMENT_BYTES,
+                CACHE_BYTES,
+                Recovery {
+                    entries: false,
+                    from_snapshot,
+                    ..Recovery::default()
+                },
+            )
+            .unwrap()
+        };
+        let created = TopicConfig {
+            retention_ms: Some(7),
+            retention_bytes: None,
+        };
+        let altered = TopicConfig {
+            retention_ms: None,
+            retention_bytes: Some(9),
+        };
+        let mut j = reopen(false);
+        let (_, slot) = j.create_topic_with("t", 2, created, 1, 5).unwrap();
+        j.write_out().unwrap();
+        let config = |j: &Journal| j.catalog().topic(0).config;
+        drop(j);
+        let mut j = reopen(false);
+        assert_eq!(config(&j), created, "created with its settings");
+        j.set_topic_config(slot, altered, j.end(), 1, 6).unwrap();
+        j.write_out().unwrap();
+        drop(j);
+        let j = reopen(false);
+        assert_eq!(config(&j), altered, "the record replayed");
+        snapshot::write(dir.path(), &j.catalog().snapshot(j.end())).unwrap();
+        drop(j);
+        let mut j = reopen(true);
+        assert!(j.report().snapshot_position.is_some());
+        assert_eq!(config(&j), altered, "from the snapshot");
+        // A start state holds durable settings only: a record above F may
+        // be lost by a crash.
+        while j.sealed().len() < 3 {
+            append(&mut j, slot, 1, &producer_batch(1, 100, 0, 0), 1);
+        }
+        j.write_out().unwrap();
+        let durable = j.end();
+        j.set_topic_config(slot, TopicConfig::default(), durable, 1, 7)
+            .unwrap();
+        j.write_out().unwrap();
+        let r = j
+            .retain(Retention { bytes: 1, ms: None }, durable, 10_000)
+            .expect("sealed segments go");
+        assert_eq!(r.state.topics[0].config, altered, "the durable settings");
+        carry_out(dir.path(), &r);
+        snapshot::remove(dir.path()).unwrap();
+        drop(j);
+        let j = reopen(false);
+        assert!(j.start() > 0);
+        assert_eq!(
+            config(&j),
+            TopicConfig::default(),
+            "the later record replayed"
+        );
     }
 
     #[test]

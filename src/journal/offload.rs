@@ -12,7 +12,7 @@
 //! leaves memory is on disk first.
 
 use super::append_log::{append_log, AppendWriter};
-use super::catalog::IndexHandle;
+use super::catalog::{IndexHandle, OnDisk};
 use super::error::JournalError;
 use super::index::{entries_below_in, IndexEntries, IndexEntry, PartitionIndex};
 use super::scan::scan;
@@ -69,9 +69,9 @@ pub struct TrimOffer {
     pub floor: u64,
     /// The running maximum of append times of the entries left out.
     pub floor_time_ms: i64,
-    /// For each segment of the trim that holds batches of the partition:
-    /// its start and the partition's first offset there.
-    pub firsts: Vec<(u64, u64)>,
+    /// Each segment of the trim that holds batches of the partition, as
+    /// the partition's part of it.
+    pub firsts: Vec<OnDisk>,
 }
 
 /// The indexing stage's answer to the writer: the segments named are
@@ -247,9 +247,18 @@ pub fn trim(segments: Vec<(u64, u64)>, below: u64, partitions: &[JobPartition]) 
                 .filter_map(|&(s, e)| {
                     let lo = entries_below_in(&*source, hi, s);
                     let upto = entries_below_in(&*source, hi, e);
-                    (lo < upto)
-                        .then(|| source.entry(lo).map(|x| (s, x.base_offset)))
-                        .flatten()
+                    let first = source.entry(lo).filter(|_| lo < upto)?;
+                    let last = source.entry(upto - 1)?;
+                    Some(OnDisk {
+                        start: s,
+                        first_offset: first.base_offset,
+                        next_offset: last.next_offset(),
+                        bytes: (lo..upto)
+                            .filter_map(|i| source.entry(i))
+                            .map(|x| u64::from(x.len))
+                            .sum(),
+                        max_time_ms: last.max_time_ms,
+                    })
                 })
                 .collect();
             let (mut index, _) = append_log();
@@ -471,7 +480,10 @@ mod tests {
         let p = &j.catalog().topic(a).partitions[0];
         assert_eq!(p.index.len(), len);
         assert_eq!(p.on_disk.len(), 2);
-        assert_eq!(p.log_start_at(job1.segments[0].0), p.on_disk[1].1);
+        assert_eq!(
+            p.log_start_at(job1.segments[0].0),
+            p.on_disk[1].first_offset
+        );
     }
 
     /// Review finding: after a trim leaves a partition's in-memory index empty, the

@@ -24,7 +24,7 @@
 //! but a torn tail, sends recovery back to the full walk (the error says
 //! why), which knows how to report and repair it.
 
-use super::catalog::Catalog;
+use super::catalog::{Catalog, OnDisk};
 use super::checkpoint::Checkpoint;
 use super::log::{apply_batch, Scanned};
 use super::producers::ProducerLimits;
@@ -163,7 +163,13 @@ pub(super) fn resume(
                     sec.topic_id, sec.partition, sec.first_offset, p.next_offset
                 ));
             }
-            p.on_disk.push_back((*seg_start, sec.first_offset));
+            p.on_disk.push_back(OnDisk {
+                start: *seg_start,
+                first_offset: sec.first_offset,
+                next_offset: sec.next_offset,
+                bytes: sec.bytes,
+                max_time_ms: sec.max_time_ms,
+            });
             p.floor = sec.next_offset;
             p.next_offset = sec.next_offset;
             p.floor_time_ms = sec.max_time_ms;
@@ -432,8 +438,8 @@ mod tests {
         for t in j.catalog().topics() {
             for (n, p) in t.partitions.iter().enumerate() {
                 let mut all = Vec::new();
-                for &(start, _) in &p.on_disk {
-                    let ix = SegmentIndex::open(dir, start).unwrap().unwrap();
+                for d in &p.on_disk {
+                    let ix = SegmentIndex::open(dir, d.start).unwrap().unwrap();
                     let s = ix.section(t.meta.id, n as u32).unwrap();
                     let mut out: Vec<IndexEntry> = Vec::new();
                     ix.read_entries(s, 0, usize::MAX, &mut out).unwrap();

@@ -15,8 +15,9 @@
 //!
 //! ```text
 //! offset size field
-//!  0     2    version        2 (version 1, without deleted_below, is
-//!                             still read)
+//!  0     2    version        3 (versions 1, without deleted_below, and
+//!                             2, without the topic settings, are still
+//!                             read)
 //!  2     8    position       the catalog holds every batch below it
 //! 10     4    next_topic_id  id the next created topic gets
 //! 14     8    cluster_id     the replication group's id; 0 when none
@@ -27,14 +28,16 @@
 //!        4    state_count
 //!        ...  state_count × state, least recently used first
 //!
-//! topic (22 bytes + name + 16 per partition):
+//! topic (38 bytes + name + 16 per partition):
 //!  0     4    id
 //!  4     4    partitions
 //!  8     2    name_len
 //! 10     n    name
 //! 10+n   8    created_at     position of its CreateTopic record; u64::MAX: none
-//! 18+n   4    offset_count   = partitions
-//! 22+n   ...  offset_count × (u64 next_offset | u64 deleted_below), by
+//! 18+n   8    retention_ms   the topic's own; u64::MAX: the broker's
+//! 26+n   8    retention_bytes the topic's own; u64::MAX: the broker's
+//! 34+n   4    offset_count   = partitions
+//! 38+n   ...  offset_count × (u64 next_offset | u64 deleted_below), by
 //!             partition: the offset its next batch gets, and the log
 //!             start DeleteRecords set (0: none; at most next_offset)
 //!
@@ -70,7 +73,7 @@ use super::error::JournalError;
 use super::producers::{
     Key, Landed, SavedState, SavedStates, PRODUCER_STATES_MAX_LIMIT, PRODUCER_WINDOW_MAX,
 };
-use super::topic::{encode_meta, MetaReader, TopicMeta};
+use super::topic::{encode_meta, MetaReader, TopicConfig, TopicMeta};
 use crate::wire::codec::{DecodeError, Put, Reader};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -140,8 +143,11 @@ pub fn remove(dir: &Path) -> Result<(), JournalError> {
     sync_dir(dir)
 }
 
-/// The only snapshot format version so far.
-pub const SNAPSHOT_VERSION: u16 = 2;
+/// The snapshot format version this broker writes.
+pub const SNAPSHOT_VERSION: u16 = 3;
+/// The second version, whose topics have no settings: still read (as
+/// settings left to the broker).
+pub const SNAPSHOT_VERSION_2: u16 = 2;
 /// The first version, whose partitions have no `deleted_below`: still
 /// read (as none deleted), so that a broker upgraded in place starts from
 /// the snapshot its old version left.
@@ -149,7 +155,7 @@ pub const SNAPSHOT_VERSION_1: u16 = 1;
 /// Encoded bytes of the fields before the topics.
 const SNAPSHOT_HEADER_BYTES: usize = 34;
 /// Encoded bytes of one topic besides its name and next offsets.
-const SNAPSHOT_TOPIC_BYTES: usize = 22;
+const SNAPSHOT_TOPIC_BYTES: usize = 38;
 /// Encoded bytes of one producer state besides its window.
 pub const SNAPSHOT_STATE_BYTES: usize = 40;
 /// Encoded bytes of one remembered batch of a producer state.
@@ -183,6 +189,8 @@ pub struct SnapshotTopic {
     /// Position of its CreateTopic control record; None when it is known
     /// only from a checkpoint or start state.
     pub created_at: Option<u64>,
+    /// Its own settings.
+    pub config: TopicConfig,
     /// Each partition's next offset at `position` (exactly
     /// `meta.partitions` of them).
     pub next_offsets: Vec<u64>,
@@ -212,6 +220,7 @@ pub fn encode(s: &CatalogSnapshot, out: &mut Vec<u8>) {
     for t in &s.topics {
         encode_meta(&t.meta, out);
         out.put_u64(t.created_at.unwrap_or(AT_NONE));
+        t.config.encode(out);
         put_len(out, t.next_offsets.len());
         for (k, &offset) in t.next_offsets.iter().enumerate() {
             out.put_u64(offset);
@@ -279,7 +288,7 @@ fn put_len(out: &mut Vec<u8>, len: usize) {
 /// [`PRODUCER_WINDOW_MAX`].
 pub fn decode(r: &mut Reader<'_>) -> Result<CatalogSnapshot, DecodeError> {
     let version = r.u16("snapshot version")?;
-    if version != SNAPSHOT_VERSION && version != SNAPSHOT_VERSION_1 {
+    if ![SNAPSHOT_VERSION, SNAPSHOT_VERSION_2, SNAPSHOT_VERSION_1].contains(&version) {
         return Err(DecodeError::InvalidValue {
             field: "snapshot version",
         });
@@ -345,13 +354,23 @@ fn read_topics(
     version: u16,
 ) -> Result<Vec<SnapshotTopic>, DecodeError> {
     let per_partition = if version == SNAPSHOT_VERSION_1 { 8 } else { 16 };
+    let topic_bytes = if version == SNAPSHOT_VERSION {
+        SNAPSHOT_TOPIC_BYTES
+    } else {
+        SNAPSHOT_TOPIC_BYTES - 16
+    };
     let count = r.u32("topic_count")? as usize;
-    check_fits(r, count, SNAPSHOT_TOPIC_BYTES, "topic_count")?;
+    check_fits(r, count, topic_bytes, "topic_count")?;
     let mut topics = Vec::with_capacity(count);
     let mut metas = MetaReader::default();
     for _ in 0..count {
         let meta = metas.read(r)?;
         let created_at = read_at(r, position, "created_at")?;
+        let config = if version == SNAPSHOT_VERSION {
+            TopicConfig::decode(r)?
+        } else {
+            TopicConfig::default()
+        };
         let offset_count = r.u32("offset_count")?;
         if offset_count != meta.partitions {
             return Err(DecodeError::InvalidValue {
@@ -379,6 +398,7 @@ fn read_topics(
         topics.push(SnapshotTopic {
             meta,
             created_at,
+            config,
             next_offsets,
             deleted_below,
         });
@@ -512,6 +532,7 @@ mod tests {
                         partitions: 2,
                     },
                     created_at: Some(88),
+                    config: TopicConfig::default(),
                     next_offsets: vec![5, 7],
                     deleted_below: vec![0, 3],
                 },
@@ -522,6 +543,7 @@ mod tests {
                         partitions: 1,
                     },
                     created_at: None,
+                    config: TopicConfig::default(),
                     next_offsets: vec![0],
                     deleted_below: vec![0],
                 },
@@ -576,6 +598,10 @@ mod tests {
                     partitions: 1,
                 },
                 created_at: Some(0x10),
+                config: TopicConfig {
+                    retention_ms: Some(0x99),
+                    retention_bytes: None,
+                },
                 next_offsets: vec![0x55],
                 deleted_below: vec![0x44],
             }],
@@ -597,7 +623,7 @@ mod tests {
             },
         };
         let expected: &[u8] = &[
-            2, 0, // version
+            3, 0, // version
             0x22, 0x11, 0, 0, 0, 0, 0, 0, // position
             7, 0, 0, 0, // next_topic_id
             0x33, 0, 0, 0, 0, 0, 0, 0, // cluster_id
@@ -607,6 +633,8 @@ mod tests {
             1, 0, 0, 0, // partitions
             2, 0, b'a', b'b', // name
             0x10, 0, 0, 0, 0, 0, 0, 0, // created_at
+            0x99, 0, 0, 0, 0, 0, 0, 0, // retention_ms
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // retention_bytes: the broker's
             1, 0, 0, 0, // offset_count
             0x55, 0, 0, 0, 0, 0, 0, 0, // next_offset
             0x44, 0, 0, 0, 0, 0, 0, 0, // deleted_below
@@ -681,13 +709,14 @@ mod tests {
                     partitions: 0,
                 },
                 created_at: None,
+                config: TopicConfig::default(),
                 next_offsets: vec![],
                 deleted_below: vec![],
             }],
             producers: SavedStates::default(),
         };
         let expected: &[u8] = &[
-            2, 0, // version
+            3, 0, // version
             0, 0, 0, 0, 0, 0, 0, 0, // position
             0, 0, 0, 0, // next_topic_id
             0, 0, 0, 0, 0, 0, 0, 0, // cluster_id
@@ -697,6 +726,8 @@ mod tests {
             0, 0, 0, 0, // partitions
             0, 0, // name
             0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // created_at: none
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // retention_ms: the broker's
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // retention_bytes: the broker's
             0, 0, 0, 0, // offset_count
             0, 0, 0, 0, 0, 0, 0, 0x80, // clock_ms: i64::MIN
             0, 0, 0, 0, // state_count
@@ -851,6 +882,7 @@ mod tests {
                 partitions: 0,
             },
             created_at: None,
+            config: TopicConfig::default(),
             next_offsets: vec![],
             deleted_below: vec![],
         };
@@ -931,6 +963,10 @@ mod tests {
                         partitions,
                     },
                     created_at: created_at.and_then(|at| below(position, at)),
+                    config: TopicConfig {
+                        retention_ms: (id % 3 == 0).then_some(u64::from(id)),
+                        retention_bytes: (id % 2 == 0).then_some(u64::from(partitions)),
+                    },
                     deleted_below: next_offsets.iter().map(|&n| n / 3).collect(),
                     next_offsets,
                 }

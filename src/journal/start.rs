@@ -13,21 +13,25 @@
 //! ```text
 //! offset size field
 //!  0     4    magic          "HTST"
-//!  4     2    version        2 (1, without deleted_below, is still read)
+//!  4     2    version        3 (1, without deleted_below, and 2, without
+//!                             the topic settings, are still read)
 //!  6     4    crc            CRC32C of bytes [10, end)
 //! 10     8    position       the journal's first kept byte (a segment start)
 //! 18     4    next_topic_id  id the next created topic gets
 //! 22     4    topic_count
 //! 26     ...  topic_count × (u32 id | u32 partitions | u16 name_len | name
+//!                            | u64 retention_ms | u64 retention_bytes
 //!                            | partitions × (u64 log_start | u64 deleted_below))
 //! ```
+//! A topic's `retention_ms` and `retention_bytes` are its own settings,
+//! `u64::MAX` for one left to the broker.
 //! `log_start` is where the partition's kept batches begin; `deleted_below`
 //! the log start DeleteRecords set (0: never), which may lie above it.
 //! All integers are little-endian; names are UTF-8.
 
 use super::dir::{begin_state, decode_state, read_state_file, seal_state, write_atomically};
 use super::error::JournalError;
-use super::topic::{encode_meta, MetaReader, TopicMeta};
+use super::topic::{encode_meta, MetaReader, TopicConfig, TopicMeta};
 use crate::wire::codec::{DecodeError, Put, Reader};
 use std::path::Path;
 
@@ -38,7 +42,9 @@ pub const START_TMP_FILE: &str = "start.tmp";
 /// First bytes of a start state file.
 pub const START_MAGIC: [u8; 4] = *b"HTST";
 /// The start state format version written.
-pub const START_VERSION: u16 = 2;
+pub const START_VERSION: u16 = 3;
+/// The second version, without the topic settings: still read.
+pub const START_VERSION_2: u16 = 2;
 /// The first version, without `deleted_below`: still read.
 pub const START_VERSION_1: u16 = 1;
 
@@ -47,6 +53,8 @@ pub const START_VERSION_1: u16 = 1;
 pub struct StartTopic {
     /// Id, name and partition count.
     pub meta: TopicMeta,
+    /// Its own settings.
+    pub config: TopicConfig,
     /// Each partition's log start, by partition number: where its kept
     /// batches begin.
     pub log_starts: Vec<u64>,
@@ -81,6 +89,7 @@ pub fn encode(st: &StartState) -> Vec<u8> {
         assert_eq!(t.meta.partitions as usize, t.log_starts.len());
         assert_eq!(t.log_starts.len(), t.deleted_below.len());
         encode_meta(&t.meta, &mut out);
+        t.config.encode(&mut out);
         for (&s, &d) in t.log_starts.iter().zip(&t.deleted_below) {
             out.put_u64(s);
             out.put_u64(d);
@@ -99,7 +108,10 @@ pub fn encode(st: &StartState) -> Vec<u8> {
 /// [`PARTITIONS_MAX`] partitions in all, or two topics share an id.
 pub fn decode(bytes: &[u8]) -> Result<StartState, JournalError> {
     let version = match bytes.get(4..6) {
-        Some(&[lo, hi]) if u16::from_le_bytes([lo, hi]) == START_VERSION_1 => START_VERSION_1,
+        Some(&[lo, hi]) => match u16::from_le_bytes([lo, hi]) {
+            v @ (START_VERSION_1 | START_VERSION_2) => v,
+            _ => START_VERSION,
+        },
         _ => START_VERSION,
     };
     decode_state(bytes, START_MAGIC, version, "start state", |body| {
@@ -118,6 +130,11 @@ fn decode_body(body: &[u8], version: u16) -> Result<StartState, DecodeError> {
     let mut metas = MetaReader::default();
     for _ in 0..count {
         let meta = metas.read(&mut r)?;
+        let config = if version == START_VERSION {
+            TopicConfig::decode(&mut r)?
+        } else {
+            TopicConfig::default()
+        };
         // The count was bounded by the meta reader; the room by what is left.
         let per_partition = if version == START_VERSION_1 { 8 } else { 16 };
         let room = (meta.partitions as usize).min(r.remaining() / per_partition);
@@ -133,6 +150,7 @@ fn decode_body(body: &[u8], version: u16) -> Result<StartState, DecodeError> {
         }
         topics.push(StartTopic {
             meta,
+            config,
             log_starts,
             deleted_below,
         });
@@ -181,6 +199,10 @@ mod tests {
                         name: "orders".into(),
                         partitions: 2,
                     },
+                    config: TopicConfig {
+                        retention_ms: Some(60_000),
+                        retention_bytes: Some(0),
+                    },
                     log_starts: vec![17, 0],
                     deleted_below: vec![20, 0],
                 },
@@ -190,6 +212,7 @@ mod tests {
                         name: "胡同".into(),
                         partitions: 1,
                     },
+                    config: TopicConfig::default(),
                     log_starts: vec![u64::MAX],
                     deleted_below: vec![0],
                 },
@@ -228,8 +251,51 @@ mod tests {
         let st = decode(&v1).unwrap();
         assert_eq!(st.topics[0].log_starts, vec![17, 0]);
         assert_eq!(st.topics[0].deleted_below, vec![0, 0]);
-        let v2 = encode(&sample());
-        assert_eq!(&v2[4..6], &[2, 0]);
+        assert_eq!(st.topics[0].config, TopicConfig::default());
+        let v3 = encode(&sample());
+        assert_eq!(&v3[4..6], &[3, 0]);
+    }
+
+    /// A start state written before topics had settings reads with every
+    /// setting left to the broker; the current one carries them after
+    /// the name.
+    #[test]
+    fn a_version_2_start_state_reads_without_settings() {
+        let meta = TopicMeta {
+            id: 3,
+            name: "o".into(),
+            partitions: 1,
+        };
+        let mut v2 = Vec::new();
+        begin_state(&mut v2, START_MAGIC, START_VERSION_2);
+        v2.put_u64(1 << 40);
+        v2.put_u32(9);
+        v2.put_u32(1);
+        encode_meta(&meta, &mut v2);
+        v2.put_u64(17);
+        v2.put_u64(20);
+        seal_state(&mut v2);
+        let st = decode(&v2).unwrap();
+        assert_eq!(st.topics[0].log_starts, vec![17]);
+        assert_eq!(st.topics[0].deleted_below, vec![20]);
+        assert_eq!(st.topics[0].config, TopicConfig::default());
+
+        let config = TopicConfig {
+            retention_ms: None,
+            retention_bytes: Some(5),
+        };
+        let v3 = encode(&StartState {
+            topics: vec![StartTopic {
+                config,
+                ..st.topics[0].clone()
+            }],
+            ..st
+        });
+        // Header (10), position, next id, count (16), the topic (4+4+2+1).
+        let at = 10 + 16 + 11;
+        assert_eq!(&v3[at..at + 8], &u64::MAX.to_le_bytes());
+        assert_eq!(&v3[at + 8..at + 16], &5u64.to_le_bytes());
+        assert_eq!(decode(&v3).unwrap().topics[0].config, config);
     }
 
     #[test]

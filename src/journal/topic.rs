@@ -4,6 +4,7 @@
 //! none of them.
 
 use crate::wire::codec::{DecodeError, Put, Reader};
+pub use crate::wire::topic_config::{TopicConfig, SETTING_DEFAULT};
 use std::collections::HashSet;
 
 /// One topic: what its control record declares and the checkpoint saves.

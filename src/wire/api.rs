@@ -6,6 +6,8 @@
 
 use super::codec::{DecodeError, Put, Reader};
 use super::error::ErrorCode;
+pub use super::topic_config::TopicConfig;
+use super::topic_config::{decode_setting, encode_setting};
 #[cfg(feature = "broker")]
 use crate::consensus::Role;
 
@@ -37,11 +39,13 @@ pub enum ApiKey {
     ClusterStatus = 8,
     /// Delete a partition's records below an offset.
     DeleteRecords = 9,
+    /// Change a topic's settings.
+    AlterTopic = 10,
 }
 
 impl ApiKey {
     /// Every API, in numeric order.
-    pub const ALL: [ApiKey; 10] = [
+    pub const ALL: [ApiKey; 11] = [
         ApiKey::Handshake,
         ApiKey::Ping,
         ApiKey::CreateTopic,
@@ -52,6 +56,7 @@ impl ApiKey {
         ApiKey::Replicate,
         ApiKey::ClusterStatus,
         ApiKey::DeleteRecords,
+        ApiKey::AlterTopic,
     ];
 
     /// The API for a wire value, or `None` when unknown.
@@ -65,11 +70,14 @@ impl ApiKey {
     }
 
     /// Lowest and highest version of this API the broker speaks.
-    /// Metadata 2 adds each partition's bytes; ListOffsets 2 looks an
-    /// offset up by append time (docs/protocol.md §7.4, §7.7).
+    /// Metadata 2 adds each partition's bytes and 3 each topic's
+    /// settings; ListOffsets 2 looks an offset up by append time;
+    /// CreateTopic 2 carries the topic's settings (docs/protocol.md §7.3,
+    /// §7.4, §7.7).
     pub fn versions(self) -> (u16, u16) {
         match self {
-            ApiKey::Metadata | ApiKey::ListOffsets => (1, 2),
+            ApiKey::Metadata => (1, 3),
+            ApiKey::ListOffsets | ApiKey::CreateTopic => (1, 2),
             _ => (1, 1),
         }
     }
@@ -241,27 +249,174 @@ pub struct CreateTopicRequest<'a> {
     pub name: &'a str,
     /// Number of partitions.
     pub partitions: u32,
+    /// The topic's own settings (version 2; version 1 leaves every one to
+    /// the broker).
+    pub config: TopicConfig,
 }
 
 impl<'a> CreateTopicRequest<'a> {
-    /// Appends the body.
+    /// Appends the version 1 body (without settings).
     pub fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_version(1, out);
+    }
+
+    /// Appends the body of `version` (2 adds the settings).
+    pub fn encode_version(&self, version: u16, out: &mut Vec<u8>) {
         out.put_str(self.name);
         out.put_u32(self.partitions);
+        if version >= 2 {
+            self.config.encode(out);
+        }
+    }
+
+    /// Parses a version 1 body.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a truncated or over-long body.
+    pub fn decode(body: &'a [u8]) -> Result<Self, DecodeError> {
+        CreateTopicRequest::decode_version(body, 1)
+    }
+
+    /// Parses a body of `version`.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a truncated or over-long body.
+    pub fn decode_version(body: &'a [u8], version: u16) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let out = CreateTopicRequest {
+            name: r.str("name")?,
+            partitions: r.u32("partitions")?,
+            config: if version >= 2 {
+                TopicConfig::decode(&mut r)?
+            } else {
+                TopicConfig::default()
+            },
+        };
+        r.finish()?;
+        Ok(out)
+    }
+}
+
+/// AlterTopic request body: changes the settings named in `change`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlterTopicRequest<'a> {
+    /// Topic name.
+    pub topic: &'a str,
+    /// What to change.
+    pub change: TopicConfigChange,
+}
+
+/// Changes to a topic's settings: `None` leaves a setting as it is,
+/// `Some(None)` gives it back to the broker, `Some(Some(v))` sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TopicConfigChange {
+    /// The time limit, ms (0: none).
+    pub retention_ms: Option<Option<u64>>,
+    /// The per-partition size limit, bytes (0: none).
+    pub retention_bytes: Option<Option<u64>>,
+}
+
+impl TopicConfigChange {
+    /// `config` with the changes made.
+    pub fn apply(&self, config: TopicConfig) -> TopicConfig {
+        TopicConfig {
+            retention_ms: self.retention_ms.unwrap_or(config.retention_ms),
+            retention_bytes: self.retention_bytes.unwrap_or(config.retention_bytes),
+        }
+    }
+}
+
+/// [`AlterTopicRequest`] `changes` bit: `retention_ms` is changed.
+pub const ALTER_RETENTION_MS: u8 = 1;
+/// [`AlterTopicRequest`] `changes` bit: `retention_bytes` is changed.
+pub const ALTER_RETENTION_BYTES: u8 = 2;
+
+impl<'a> AlterTopicRequest<'a> {
+    /// Appends the body: `topic | u8 changes | u64 retention_ms |
+    /// u64 retention_bytes`, a setting not changed written as
+    /// [`SETTING_DEFAULT`](super::topic_config::SETTING_DEFAULT) and ignored.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.put_str(self.topic);
+        let c = &self.change;
+        let mut bits = 0;
+        if c.retention_ms.is_some() {
+            bits |= ALTER_RETENTION_MS;
+        }
+        if c.retention_bytes.is_some() {
+            bits |= ALTER_RETENTION_BYTES;
+        }
+        out.put_u8(bits);
+        out.put_u64(encode_setting(c.retention_ms.flatten()));
+        out.put_u64(encode_setting(c.retention_bytes.flatten()));
+    }
+
+    /// Parses a body.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a truncated or over-long body, a `changes`
+    /// byte with a bit this broker does not know, or a setting not changed
+    /// that is not written as the default.
+    pub fn decode(body: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let topic = r.str("topic")?;
+        let bits = r.u8("changes")?;
+        if bits & !(ALTER_RETENTION_MS | ALTER_RETENTION_BYTES) != 0 {
+            return Err(DecodeError::InvalidValue { field: "changes" });
+        }
+        let mut setting = |bit: u8, field: &'static str| -> Result<_, DecodeError> {
+            let v = r.u64(field)?;
+            if bits & bit == 0 {
+                // Not changed: written as the default, so that a body has
+                // one encoding.
+                return if v == super::topic_config::SETTING_DEFAULT {
+                    Ok(None)
+                } else {
+                    Err(DecodeError::InvalidValue { field })
+                };
+            }
+            Ok(Some(decode_setting(v)))
+        };
+        let retention_ms = setting(ALTER_RETENTION_MS, "retention_ms")?;
+        let retention_bytes = setting(ALTER_RETENTION_BYTES, "retention_bytes")?;
+        r.finish()?;
+        Ok(AlterTopicRequest {
+            topic,
+            change: TopicConfigChange {
+                retention_ms,
+                retention_bytes,
+            },
+        })
+    }
+}
+
+/// AlterTopic response body: the topic's settings after the change
+/// (`u64 retention_ms | u64 retention_bytes`, [`SETTING_DEFAULT`](super::topic_config::SETTING_DEFAULT) for one
+/// left to the broker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlterTopicResponse {
+    /// The settings now.
+    pub config: TopicConfig,
+}
+
+impl AlterTopicResponse {
+    /// The body as bytes.
+    pub fn to_bytes(&self) -> [u8; 16] {
+        let mut out = Vec::with_capacity(16);
+        self.config.encode(&mut out);
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&out);
+        b
     }
 
     /// Parses a body.
     ///
     /// # Errors
     /// [`DecodeError`] for a truncated or over-long body.
-    pub fn decode(body: &'a [u8]) -> Result<Self, DecodeError> {
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
-        let out = CreateTopicRequest {
-            name: r.str("name")?,
-            partitions: r.u32("partitions")?,
-        };
+        let config = TopicConfig::decode(&mut r)?;
         r.finish()?;
-        Ok(out)
+        Ok(AlterTopicResponse { config })
     }
 }
 
@@ -383,6 +538,9 @@ pub struct TopicMetadata {
     pub name: String,
     /// [`ErrorCode::UnknownTopic`] for a requested topic that does not exist.
     pub error_code: u16,
+    /// Its own settings (version 3; all left to the broker when decoded
+    /// from an earlier version, or on error).
+    pub config: TopicConfig,
     /// Its partitions (empty on error).
     pub partitions: Vec<PartitionMetadata>,
 }
@@ -400,12 +558,16 @@ impl MetadataResponse {
         self.encode_version(1, out);
     }
 
-    /// Appends the body of `version` (2 adds each partition's bytes).
+    /// Appends the body of `version` (2 adds each partition's bytes, 3
+    /// each topic's settings).
     pub fn encode_version(&self, version: u16, out: &mut Vec<u8>) {
         out.put_u32(self.topics.len() as u32);
         for t in &self.topics {
             out.put_str(&t.name);
             out.put_u16(t.error_code);
+            if version >= 3 {
+                t.config.encode(out);
+            }
             out.put_u32(t.partitions.len() as u32);
             for p in &t.partitions {
                 out.put_u32(p.partition);
@@ -437,6 +599,11 @@ impl MetadataResponse {
         for _ in 0..n {
             let name = r.str("name")?.to_string();
             let error_code = r.u16("error_code")?;
+            let config = if version >= 3 {
+                TopicConfig::decode(&mut r)?
+            } else {
+                TopicConfig::default()
+            };
             let np = r.u32("partition_count")?;
             // Never trust a count for an allocation: each entry is at
             // least 20 bytes.
@@ -452,6 +619,7 @@ impl MetadataResponse {
             topics.push(TopicMetadata {
                 name,
                 error_code,
+                config,
                 partitions,
             });
         }
@@ -1061,9 +1229,68 @@ mod tests {
     }
 
     #[test]
+    fn topic_settings_travel_as_documented() {
+        let change = TopicConfigChange {
+            retention_ms: Some(None),
+            retention_bytes: None,
+        };
+        let mut out = Vec::new();
+        AlterTopicRequest { topic: "t", change }.encode(&mut out);
+        let mut want = vec![1u8, 0, b't', ALTER_RETENTION_MS];
+        want.extend_from_slice(&u64::MAX.to_le_bytes());
+        want.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(out, want);
+        assert_eq!(
+            AlterTopicRequest::decode(&out),
+            Ok(AlterTopicRequest { topic: "t", change })
+        );
+        // A value for a setting not changed, or an unknown bit, is refused.
+        let mut bad = want.clone();
+        bad[4 + 8] = 7;
+        assert!(AlterTopicRequest::decode(&bad).is_err());
+        let mut bad = want.clone();
+        bad[3] = 4;
+        assert!(AlterTopicRequest::decode(&bad).is_err());
+        let config = TopicConfig {
+            retention_ms: Some(0),
+            retention_bytes: Some(5),
+        };
+        assert_eq!(
+            change.apply(config),
+            TopicConfig {
+                retention_ms: None,
+                retention_bytes: Some(5)
+            }
+        );
+        let resp = AlterTopicResponse { config }.to_bytes();
+        assert_eq!(
+            AlterTopicResponse::decode(&resp),
+            Ok(AlterTopicResponse { config })
+        );
+        // CreateTopic 2 appends the settings to the body of version 1.
+        let req = CreateTopicRequest {
+            name: "t",
+            partitions: 3,
+            config,
+        };
+        let (mut v1, mut v2) = (Vec::new(), Vec::new());
+        req.encode(&mut v1);
+        req.encode_version(2, &mut v2);
+        assert_eq!(&v2[..v1.len()], &v1[..]);
+        assert_eq!(&v2[v1.len()..v1.len() + 8], &0u64.to_le_bytes());
+        assert_eq!(&v2[v1.len() + 8..], &5u64.to_le_bytes());
+        assert_eq!(CreateTopicRequest::decode_version(&v2, 2), Ok(req.clone()));
+        assert_eq!(
+            CreateTopicRequest::decode(&v1).map(|r| r.config),
+            Ok(TopicConfig::default())
+        );
+    }
+
+    #[test]
     fn metadata_round_trips() {
         let resp = MetadataResponse {
             topics: vec![TopicMetadata {
+                config: Default::default(),
                 name: "orders".into(),
                 error_code: 0,
                 partitions: vec![PartitionMetadata {
@@ -1083,8 +1310,24 @@ mod tests {
         let mut v2 = Vec::new();
         with_bytes.encode_version(2, &mut v2);
         assert_eq!(v2.len(), out.len() + 8);
-        assert_eq!(MetadataResponse::decode_version(&v2, 2), Ok(with_bytes));
+        assert_eq!(
+            MetadataResponse::decode_version(&v2, 2),
+            Ok(with_bytes.clone())
+        );
         assert!(MetadataResponse::decode_version(&out, 2).is_err());
+        // Version 3 carries each topic's settings after its error code.
+        let mut with_config = with_bytes;
+        with_config.topics[0].config = TopicConfig {
+            retention_ms: Some(60_000),
+            retention_bytes: None,
+        };
+        let mut v3 = Vec::new();
+        with_config.encode_version(3, &mut v3);
+        assert_eq!(v3.len(), v2.len() + 16);
+        let at = 4 + 2 + "orders".len() + 2;
+        assert_eq!(&v3[at..at + 8], &60_000u64.to_le_bytes());
+        assert_eq!(&v3[at + 8..at + 16], &u64::MAX.to_le_bytes());
+        assert_eq!(MetadataResponse::decode_version(&v3, 3), Ok(with_config));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod frame;
 pub mod limits;
 #[cfg(feature = "broker")]
 pub mod replicate;
+pub mod topic_config;
 
 pub use api::{ApiKey, Qos};
 pub use error::ErrorCode;

@@ -878,7 +878,12 @@ impl RawConn {
     /// Creates a topic and returns the raw response.
     pub fn try_create_topic(&mut self, name: &str, partitions: u32) -> RawResponse {
         self.request(ApiKey::CreateTopic, |out| {
-            CreateTopicRequest { name, partitions }.encode(out)
+            CreateTopicRequest {
+                name,
+                partitions,
+                config: Default::default(),
+            }
+            .encode(out)
         })
     }
 
