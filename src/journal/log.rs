@@ -3458,4 +3458,53 @@ mod tests {
         assert!(j.catalog().lookup("late").is_none());
         assert!(j.catalog().lookup("t").is_some());
     }
+    /// Review finding: recovery from a catalog snapshot takes the settings
+    /// of an older start state over the snapshot's (`Topic::continue_from`
+    /// overwrites them after `Catalog::restore`), and the walk from the
+    /// snapshot's position does not replay the TopicConfig record below
+    /// it: a durable AlterTopic is undone by a graceful restart (which
+    /// snapshots at the end) once retention wrote a start state before it.
+    #[test]
+    fn review_a_snapshot_newer_than_the_start_state_keeps_its_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let reopen = || {
+            Journal::open_with(
+                dir.path(),
+                SEGMENT_BYTES,
+                CACHE_BYTES,
+                Recovery {
+                    entries: false,
+                    from_snapshot: true,
+                    ..Recovery::default()
+                },
+            )
+            .unwrap()
+        };
+        let mut j = reopen();
+        let slot = fill(&mut j, 4, 1_000);
+        // Retention deletes segments: the start state holds the settings
+        // of then (the broker's).
+        let r = j
+            .retain(Retention { bytes: 1, ms: None }, j.end(), 1_000)
+            .expect("sealed segments go");
+        assert_eq!(r.state.topics[0].config, TopicConfig::default());
+        carry_out(dir.path(), &r);
+        // Later, a durable AlterTopic: no time limit.
+        let unlimited = TopicConfig {
+            retention_ms: Some(0),
+            retention_bytes: None,
+        };
+        j.set_topic_config(slot, unlimited, j.end(), 1, 2_000).unwrap();
+        j.write_out().unwrap();
+        // A graceful stop snapshots the catalog at the end.
+        snapshot::write(dir.path(), &j.catalog().snapshot(j.end())).unwrap();
+        drop(j);
+        let j = reopen();
+        assert!(j.report().snapshot_position.is_some(), "resumed");
+        assert_eq!(
+            j.catalog().topic(slot).config,
+            unlimited,
+            "the durable AlterTopic survives a restart from the snapshot"
+        );
+    }
 }
