@@ -1832,4 +1832,54 @@ mod tests {
             "every answer, once, in order"
         );
     }
+    /// An AlterTopic frame setting `t`'s time limit to `ms`.
+    fn alter_time_frame(ms: u64) -> Vec<u8> {
+        let mut body = Vec::new();
+        AlterTopicRequest {
+            topic: "t",
+            change: crate::wire::api::TopicConfigChange {
+                retention_ms: Some(Some(ms)),
+                retention_bytes: None,
+            },
+        }
+        .encode(&mut body);
+        frame(ApiKey::AlterTopic.as_u16(), &body)
+    }
+
+    /// Review finding: `topic_retention` paces each topic by a hundredth
+    /// of the time limit it had at its last look, and `alter_topic` only
+    /// moves the clock's `next`, not the topic's `topic_next`: a topic
+    /// altered from a long time limit to a short one keeps its expired
+    /// records for up to a hundredth of the old limit (a year here, for a
+    /// limit of a century; forever, until a restart, for u64::MAX - 1).
+    #[test]
+    fn review_an_alteration_applies_at_the_next_look_whatever_the_old_pace() {
+        let dir = tempfile::tempdir().unwrap();
+        let (jobs, _jobs_rx) = std::sync::mpsc::channel();
+        let (_trims_tx, trims) = std::sync::mpsc::channel();
+        let mut w = writer(dir.path()).with_janitor(None, Duration::from_secs(1), jobs, trims);
+        let now = Instant::now();
+        let create = w.handle(1, true, &create_topic_frame("t"), now, 0);
+        assert_eq!(create.expect("answered").error, ErrorCode::None);
+        // One record stamped at broker time 0 (1970).
+        let p = w.handle(1, true, &produce_frame("t", Qos::Received), now, 0);
+        assert_eq!(p.expect("answered").error, ErrorCode::None);
+        w.write_out().unwrap();
+        let deleted = |w: &Writer| w.journal.catalog().topic(0).partitions[0].deleted_below();
+        // A century: the record is kept.
+        const CENTURY_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+        let a = w.handle(1, true, &alter_time_frame(CENTURY_MS), Instant::now(), 0);
+        assert_eq!(a.expect("answered").error, ErrorCode::None);
+        w.retain(Instant::now());
+        assert_eq!(deleted(&w), 0, "kept for a century");
+        // Now a second: the record is long expired.
+        let a = w.handle(1, true, &alter_time_frame(1_000), Instant::now(), 0);
+        assert_eq!(a.expect("answered").error, ErrorCode::None);
+        w.retain(Instant::now());
+        assert_eq!(
+            deleted(&w),
+            1,
+            "the new limit applies at the next look, not a year later"
+        );
+    }
 }
