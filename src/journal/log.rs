@@ -3507,4 +3507,41 @@ mod tests {
             "the durable AlterTopic survives a restart from the snapshot"
         );
     }
+    /// Review finding: `held_by_topic` judges by the topic's settings now,
+    /// not the durable ones, although it takes only durable deletions:
+    /// an AlterTopic giving an unlimited topic back to the broker's limit
+    /// lets time retention delete the topic's segments (durably: the start
+    /// state) before the record is durable. A crash then loses the record:
+    /// the topic is unlimited again (the start state says so) and its
+    /// acknowledged records are gone.
+    #[test]
+    fn review_a_settings_change_not_yet_durable_does_not_release_a_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path());
+        let unlimited = TopicConfig {
+            retention_ms: Some(0),
+            retention_bytes: None,
+        };
+        let (_, keep) = j.create_topic_with("keep", 1, unlimited, 1, 1_000).unwrap();
+        let (_, other) = j.create_topic("other", 1, 1, 1_000).unwrap();
+        fill_two(&mut j, keep, other, 4, 1_000);
+        let durable = j.end();
+        let policy = Retention {
+            bytes: 0,
+            ms: Some(4_000),
+        };
+        assert!(j.retain(policy, durable, 9_500).is_none(), "held by `keep`");
+        // Back to the broker's limit, by a record above F.
+        j.set_topic_config(keep, TopicConfig::default(), durable, 1, 2_000)
+            .unwrap();
+        j.write_out().unwrap();
+        let r = j.retain(policy, durable, 9_500);
+        if let Some(r) = &r {
+            assert_eq!(r.state.topics[keep].config, unlimited, "durable settings");
+        }
+        assert!(
+            r.is_none(),
+            "a settings record that may be lost releases no segment"
+        );
+    }
 }
