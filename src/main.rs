@@ -133,11 +133,11 @@ enum TopicCommand {
         partitions: u32,
         /// Records older than this many ms go (0: no time limit) [default:
         /// the broker's retention_ms].
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = parse_limit)]
         retention_ms: Option<u64>,
         /// Bytes each partition keeps at least; older records beyond them
         /// go (0: no limit) [default: none].
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = parse_limit)]
         retention_bytes: Option<u64>,
         #[command(flatten)]
         client: ClientArgs,
@@ -196,9 +196,20 @@ fn parse_setting(s: &str) -> Result<Setting, String> {
     if s == "default" {
         return Ok(Setting(None));
     }
+    parse_limit(s)
+        .map(|v| Setting(Some(v)))
+        .map_err(|_| format!("{s:?} is neither a number nor `default`"))
+}
+
+/// A topic limit: a number below `u64::MAX` (which the wire reserves for
+/// a setting left to the broker).
+fn parse_limit(s: &str) -> Result<u64, String> {
     match s.parse() {
-        Ok(v) if v < hutong::wire::topic_config::SETTING_DEFAULT => Ok(Setting(Some(v))),
-        _ => Err(format!("{s:?} is neither a number nor `default`")),
+        Ok(v) if v < hutong::wire::topic_config::SETTING_DEFAULT => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number from 0 to {}",
+            hutong::wire::topic_config::SETTING_DEFAULT - 1
+        )),
     }
 }
 
@@ -667,10 +678,11 @@ fn settings_line(config: &TopicConfig) -> String {
         Some(0) => "none".to_string(),
         Some(v) => v.to_string(),
     };
+    // The broker has no per-partition size limit to fall back on.
     format!(
         "retention_ms: {}, retention_bytes: {}",
         show(config.retention_ms, "broker default"),
-        show(config.retention_bytes, "broker default")
+        show(config.retention_bytes, "default (none)")
     )
 }
 
@@ -1068,8 +1080,10 @@ mod tests {
                 retention_ms: Some(0),
                 retention_bytes: None
             }),
-            "retention_ms: none, retention_bytes: broker default"
+            "retention_ms: none, retention_bytes: default (none)"
         );
+        assert!(parse_limit("18446744073709551615").is_err());
+        assert_eq!(parse_limit("18446744073709551614"), Ok(u64::MAX - 1));
     }
 
     #[test]

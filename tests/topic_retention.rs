@@ -686,6 +686,17 @@ fn a_topic_without_a_time_limit_holds_back_the_brokers_time_retention() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_keeps_everything(addr, KEEP, 0, ends[0], BIG);
+    // Meanwhile the topic on the broker's 1000 ms limit does not keep its
+    // records past it: its log start moves to its end (every batch is older
+    // by now), though the segments holding them stay.
+    wait_offsets(
+        addr,
+        OTHER,
+        0,
+        "the held topic's neighbour to age out",
+        |earliest, latest| earliest == ends[1] && latest == ends[1],
+    );
+    assert_eq!(first_segment(&dir.data), Some(0), "the segments stay");
 
     // Back to the broker's default of 1000 ms: the old segments go.
     let after = a

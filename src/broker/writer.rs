@@ -119,6 +119,21 @@ enum Indexing {
     Stopped,
 }
 
+/// How long a topic's log starts are left alone after a look: a
+/// hundredth of its time limit (at most [`TOPIC_PACE_MAX`]), so that a
+/// limit that keeps moving costs a record per partition that often and
+/// not every check; no pause with a size limit, which moves only when a
+/// segment's index is written.
+fn topic_pace(ms: Option<u64>, bytes: Option<u64>) -> Duration {
+    match (ms, bytes) {
+        (Some(ms), None) => Duration::from_millis(ms / 100).min(TOPIC_PACE_MAX),
+        _ => Duration::ZERO,
+    }
+}
+
+/// The longest pause of [`topic_pace`].
+const TOPIC_PACE_MAX: Duration = Duration::from_secs(60);
+
 /// One request's outcome: the entry to hand to the responder, if any.
 pub type Outcome = Option<Pending>;
 
@@ -216,20 +231,29 @@ impl Writer {
     }
 
     /// Moves the log starts of the topics with retention limits of their
-    /// own, as DeleteRecords records (the same the API appends), each
-    /// topic at most every hundredth of its time limit, so that a limit
-    /// that keeps moving costs a record per partition that often and not
-    /// every check. Standalone only, as DeleteRecords.
+    /// own (and, while such a topic holds segments from time retention,
+    /// of those on the broker's time limit), as DeleteRecords records (the
+    /// same the API appends), each topic at most as often as
+    /// [`topic_pace`] says. Standalone only, as DeleteRecords.
     fn topic_retention(&mut self, now: Instant) {
         if self.replica.is_some() {
             return;
         }
         let now_ms = unix_ms();
         let durable = self.shared.positions.flushed.get();
+        // While a topic's longer limit keeps segments from time retention,
+        // the topics on the broker's limit move their log starts by it.
+        let broker_ms = self
+            .retention
+            .as_ref()
+            .and_then(|c| c.policy)
+            .and_then(|p| p.ms)
+            .filter(|_| self.journal.retention_held());
         for slot in 0..self.journal.catalog().len() {
             let t = self.journal.catalog().topic(slot);
             let (id, config) = (t.meta.id, t.config);
-            if config.is_default() {
+            let ms = config.effective_ms(broker_ms);
+            if ms.is_none() && config.bytes_limit().is_none() {
                 continue;
             }
             let Some(clock) = self.retention.as_mut() else {
@@ -238,11 +262,10 @@ impl Writer {
             if clock.topic_next.get(&id).is_some_and(|&next| now < next) {
                 continue;
             }
-            let pace = config
-                .retention_ms
-                .map_or(Duration::ZERO, |ms| Duration::from_millis(ms / 100));
-            clock.topic_next.insert(id, now + pace);
-            for (partition, before) in self.journal.retention_moves(slot, now_ms) {
+            clock
+                .topic_next
+                .insert(id, now + topic_pace(ms, config.bytes_limit()));
+            for (partition, before) in self.journal.retention_moves(slot, now_ms, broker_ms) {
                 match self
                     .journal
                     .delete_records(slot, partition, before, durable, 0, now_ms)
@@ -734,6 +757,9 @@ impl Writer {
         // The new limits apply at the next look, not a second later.
         if let Some(clock) = self.retention.as_mut() {
             clock.next = Instant::now();
+            clock
+                .topic_next
+                .remove(&self.journal.catalog().topic(slot).meta.id);
         }
         Ok((appended.end, config))
     }

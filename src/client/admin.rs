@@ -290,14 +290,14 @@ mod tests {
     /// Against a broker that speaks Metadata 2, `describe` asks for it
     /// and decodes each partition's bytes.
     #[test]
-    fn describe_asks_a_broker_that_speaks_it_for_version_2() {
+    fn describe_asks_a_broker_that_speaks_it_for_its_highest_version() {
         use crate::wire::api::ApiVersions;
         let broker = fake::spawn_raw(|mut c| {
             let req = c.read_request().unwrap();
             c.answer_handshake_with(&req, 1, ApiVersions::spoken());
             let req = c.read_request().unwrap();
             assert_eq!(req.header.api_key, ApiKey::Metadata.as_u16());
-            assert_eq!(req.header.api_version, 2);
+            assert_eq!(req.header.api_version, 3);
             let mut body = Vec::new();
             MetadataResponse {
                 topics: vec![TopicMetadata {
@@ -312,7 +312,7 @@ mod tests {
                     }],
                 }],
             }
-            .encode_version(2, &mut body);
+            .encode_version(3, &mut body);
             c.reply(&req, 0, &body);
             c.read_request();
         });

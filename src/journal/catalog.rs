@@ -310,6 +310,8 @@ impl Topic {
     /// Starts every partition where the start state says its kept batches
     /// begin (the journal's deleted part lies below), with the records
     /// DeleteRecords deleted there. The caller checked the partition count.
+    /// The settings are left alone: a catalog snapshot may be newer than
+    /// the start state (a full walk takes the start state's itself).
     pub fn continue_from(&mut self, st: &super::start::StartTopic) {
         for ((p, &log_start), &deleted) in self
             .partitions
@@ -321,7 +323,6 @@ impl Topic {
             p.next_offset = log_start;
             p.set_deleted_below(deleted);
         }
-        self.config = st.config;
     }
 
     /// Takes settings set by a record at journal position `at` that may

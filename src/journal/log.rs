@@ -311,6 +311,9 @@ pub struct Journal {
     /// The start of the last segment retention warned about for a stamp
     /// from the future (one line per segment, not one per check).
     warned: u64,
+    /// The topic (slot) whose own time limit kept the oldest segment from
+    /// time retention at the last look, if one did.
+    held_by: Option<usize>,
     /// Sealed segments from here on have not been handed out as
     /// [`IndexJob`]s yet.
     indexing_from: u64,
@@ -579,6 +582,7 @@ impl Journal {
             sealed,
             active_newest_ms,
             warned: u64::MAX,
+            held_by: None,
             indexing_from: indexed_below,
             indexes,
             control: BatchBuilder::with_kind(BatchKind::Control),
@@ -1105,14 +1109,31 @@ impl Journal {
         // behind.
         let mut held = self.end - self.start;
         let mut k = 0usize;
+        let mut held_by = None;
         for seg in &self.sealed {
             let len = seg.end - seg.start;
             if seg.end > durable {
                 break;
             }
             let by_size = policy.bytes > 0 && held - len >= policy.bytes;
-            let by_time = cutoff.is_some_and(|c| seg.newest_ms < c)
-                && !self.held_by_topic(seg, durable, policy.ms, now_ms);
+            let old = cutoff.is_some_and(|c| seg.newest_ms < c);
+            if old && !by_size {
+                held_by = self.held_by_topic(seg, durable, policy.ms, now_ms);
+            }
+            let by_time = old && held_by.is_none();
+            if let Some(slot) = held_by.filter(|_| self.warned != seg.start && !by_size) {
+                self.warned = seg.start;
+                let t = self.catalog.topic(slot);
+                crate::log!(
+                    "retention: topic {} (retention_ms {}) keeps segment {} and every later one \
+                     from time retention; the journal grows until that topic's records age out \
+                     (retention_bytes still applies); the log starts of topics on the broker's \
+                     time limit move past their records older than it meanwhile",
+                    t.meta.name,
+                    t.config.retention_ms.unwrap_or(0),
+                    seg.start
+                );
+            }
             if !(by_size || by_time) {
                 if seg.newest_ms > now_ms.saturating_add(FUTURE_STAMP_MS)
                     && self.warned != seg.start
@@ -1131,6 +1152,7 @@ impl Journal {
             held -= len;
             k += 1;
         }
+        self.held_by = held_by;
         let position = self.sealed.get(k.checked_sub(1)?)?.end;
         let state = self.start_state_at(position, durable);
         let gone = self.files.partition_point(|f| f.0 < position);
@@ -1141,19 +1163,22 @@ impl Journal {
         Some(Retained { state, files })
     }
 
-    /// Whether a topic whose own time limit is longer than the broker's
-    /// `broker_ms` (or none) holds a batch in `seg` that its limit keeps
-    /// (and DeleteRecords did not delete): then time retention keeps the
-    /// segment. Looks only at such topics' partitions.
+    /// The first topic (slot) whose own time limit is longer than the
+    /// broker's `broker_ms` (or none) and that holds a batch in `seg` its
+    /// limit keeps (and DeleteRecords did not delete durably): then time
+    /// retention keeps the segment. Both the topic's settings now and the
+    /// durable ones count (every byte below `durable` is durable), so that
+    /// a change a crash may lose releases nothing. Looks only at such
+    /// topics' partitions.
     fn held_by_topic(
         &self,
         seg: &Sealed,
         durable: u64,
         broker_ms: Option<u64>,
         now_ms: i64,
-    ) -> bool {
-        self.catalog.topics().iter().any(|t| {
-            let Some(ms) = t.config.retention_ms else {
+    ) -> Option<usize> {
+        let holds = |t: &super::catalog::Topic, config: TopicConfig| {
+            let Some(ms) = config.retention_ms else {
                 return false;
             };
             if ms != 0 && broker_ms.is_none_or(|b| ms <= b) {
@@ -1163,20 +1188,37 @@ impl Journal {
             t.partitions
                 .iter()
                 .any(|p| p.holds_in(seg.start, seg.end, durable, cutoff))
-        })
+        };
+        self.catalog
+            .topics()
+            .iter()
+            .position(|t| holds(t, t.config) || holds(t, t.durable_config(durable)))
+    }
+
+    /// Whether a topic's own time limit kept the oldest segment from time
+    /// retention at the last look.
+    pub fn retention_held(&self) -> bool {
+        self.held_by.is_some()
     }
 
     /// The log starts the settings of the topic in `slot` ask for
     /// ([`Partition::retention_start`](super::catalog::Partition::retention_start)) at broker time
     /// `now_ms`, for each of its partitions whose log start they move up:
-    /// `(partition, new log start)`. Empty for a topic without limits of
-    /// its own.
-    pub fn retention_moves(&self, slot: usize, now_ms: i64) -> Vec<(u32, u64)> {
+    /// `(partition, new log start)`. A topic whose time limit is left to
+    /// the broker takes `broker_ms` (`None`: no time limit here; the
+    /// writer passes the broker's only while a topic holds segments from
+    /// time retention, [`Journal::retention_held`]). Empty for a topic
+    /// without limits.
+    pub fn retention_moves(
+        &self,
+        slot: usize,
+        now_ms: i64,
+        broker_ms: Option<u64>,
+    ) -> Vec<(u32, u64)> {
         let t = self.catalog.topic(slot);
         let cutoff = t
             .config
-            .retention_ms
-            .filter(|&ms| ms > 0)
+            .effective_ms(broker_ms)
             .map(|ms| cutoff_at(now_ms, ms));
         let keep = t.config.bytes_limit();
         if cutoff.is_none() && keep.is_none() {
@@ -1435,8 +1477,10 @@ fn scan_journal(
         // Created in the deleted part of the journal, which no cut can
         // reach (a cut never goes below the first kept byte): recorded, so
         // that a repair's `drop_unrecorded` keeps it.
-        catalog.topic_mut(slot).created_at = Some(0);
-        catalog.topic_mut(slot).continue_from(t);
+        let topic = catalog.topic_mut(slot);
+        topic.created_at = Some(0);
+        topic.config = t.config;
+        topic.continue_from(t);
     }
     for t in &cp.topics {
         if catalog.lookup_id(t.id).is_none() && catalog.lookup(&t.name).is_none() {
@@ -3135,23 +3179,30 @@ mod tests {
             j.append_data(s, 0, &producer_batch(3, 100, 0, 0), 3, 1, 9_000)
                 .unwrap();
         }
+        // A topic on the broker's time limit moves only when given it (as
+        // the writer does while a topic holds segments).
+        assert_eq!(
+            j.retention_moves(p, 9_500, Some(4_000)),
+            vec![(0, j.catalog().topic(p).partitions[0].next_offset)]
+        );
+        assert!(j.retention_moves(p, 4_900, Some(4_000)).is_empty());
         assert!(
-            j.retention_moves(p, 99_000).is_empty(),
+            j.retention_moves(p, 99_000, None).is_empty(),
             "no limit of its own"
         );
         assert!(
-            j.retention_moves(s, 4_900).is_empty(),
+            j.retention_moves(s, 4_900, None).is_empty(),
             "nothing 4 s old yet"
         );
         // At 9.5 s everything stamped 1 s is older than 4 s: the log start
         // moves to the first batch stamped 9 s.
-        assert_eq!(j.retention_moves(s, 9_500), vec![(0, old)]);
+        assert_eq!(j.retention_moves(s, 9_500, None), vec![(0, old)]);
         // Past every batch: to the end.
         let end = j.catalog().topic(s).partitions[0].next_offset;
-        assert_eq!(j.retention_moves(s, 20_000), vec![(0, end)]);
+        assert_eq!(j.retention_moves(s, 20_000, None), vec![(0, end)]);
         // Once deleted, nothing more to move.
         j.delete_records(s, 0, old, 0, 1, 9_500).unwrap();
-        assert!(j.retention_moves(s, 9_500).is_empty());
+        assert!(j.retention_moves(s, 9_500, None).is_empty());
         // No time limit (0) means none.
         j.set_topic_config(
             s,
@@ -3164,7 +3215,7 @@ mod tests {
             9_600,
         )
         .unwrap();
-        assert!(j.retention_moves(s, 99_000).is_empty());
+        assert!(j.retention_moves(s, 99_000, None).is_empty());
     }
 
     #[test]
@@ -3494,7 +3545,8 @@ mod tests {
             retention_ms: Some(0),
             retention_bytes: None,
         };
-        j.set_topic_config(slot, unlimited, j.end(), 1, 2_000).unwrap();
+        j.set_topic_config(slot, unlimited, j.end(), 1, 2_000)
+            .unwrap();
         j.write_out().unwrap();
         // A graceful stop snapshots the catalog at the end.
         snapshot::write(dir.path(), &j.catalog().snapshot(j.end())).unwrap();

@@ -760,7 +760,7 @@ mod tests {
     #[test]
     fn another_version_is_refused() {
         let mut bytes = encoded(&sample());
-        for version in [0u8, 3] {
+        for version in [0u8, 4] {
             bytes[0] = version;
             assert_eq!(refused_field(&bytes), "snapshot version");
         }
@@ -892,7 +892,7 @@ mod tests {
         });
         let many = (PARTITIONS_MAX as u32).to_le_bytes();
         bytes[38..42].copy_from_slice(&many); // partitions
-        bytes[52..56].copy_from_slice(&many); // offset_count
+        bytes[68..72].copy_from_slice(&many); // offset_count
         assert_eq!(truncated_field(&bytes), "offset_count");
 
         let mut s = sample();
