@@ -453,8 +453,12 @@ fn time_lookups_and_describe_cover_the_files_and_memory() {
         lines[0],
         format!("topic {TOPIC}: {PARTITIONS} partition(s)")
     );
+    assert_eq!(
+        lines[1],
+        "retention_ms: broker default, retention_bytes: default (none)"
+    );
     for p in 0..PARTITIONS as usize {
-        let cols: Vec<u64> = lines[2 + p]
+        let cols: Vec<u64> = lines[3 + p]
             .split_whitespace()
             .map(|c| c.parse().unwrap())
             .collect();
