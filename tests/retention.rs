@@ -17,8 +17,8 @@ mod common;
 
 use common::cluster::Cluster;
 use common::{
-    batch_of_values, bounded, decode_fetched, lock, payload, run_broker_expecting_exit, run_cli,
-    BrokerProc, Fetched, OutOfRangeBody, RawConn, Rng, TestDir,
+    batch_of_values, bounded, decode_fetched, lock, payload, read_kept, run_broker_expecting_exit,
+    run_cli, BrokerProc, OutOfRangeBody, RawConn, Rng, TestDir,
 };
 use hutong::client::{ClientError, Producer, ProducerConfig, Receipt, RetryConfig};
 use hutong::journal::scan::scan;
@@ -254,79 +254,6 @@ fn assert_out_of_range(
          log start and the end (message {:?})",
         body.message
     );
-}
-
-/// What a partition holds from its log start, read back in order.
-struct Kept {
-    /// Where the read began: the log start, after any jump forward that
-    /// an `OffsetOutOfRange` asked for.
-    start: u64,
-    /// Every record from `start` up to the end the read was given.
-    records: Vec<Fetched>,
-    /// How often a deletion moved the log start past the read.
-    jumps: u32,
-}
-
-/// Reads `topic/partition` from its log start up to `end`, asserting that
-/// the offsets run without a gap. When a deletion moves the log start past
-/// the read, the broker answers `OffsetOutOfRange` naming the new log
-/// start, which must lie above the offset asked for; the read then starts
-/// over there.
-fn read_kept(c: &mut RawConn, topic: &str, partition: u32, end: u64) -> Kept {
-    let mut kept = Kept {
-        start: c.list_offsets(topic, partition).earliest,
-        records: Vec::new(),
-        jumps: 0,
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let next = kept.start + kept.records.len() as u64;
-        if next >= end {
-            return kept;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{topic}/{partition}: reading {}..{end} took over a minute",
-            kept.start
-        );
-        let r = c.fetch_at(topic, partition, next);
-        if r.code() == ErrorCode::OffsetOutOfRange {
-            let body = OutOfRangeBody::decode(&r.body).unwrap_or_else(|| {
-                panic!("{topic}/{partition}@{next}: OffsetOutOfRange without its trailer")
-            });
-            assert!(
-                body.start_offset > next,
-                "{topic}/{partition}: a fetch at {next} inside {}..{end} was refused, but the \
-                 log start it names, {}, is not above it",
-                kept.start,
-                body.start_offset
-            );
-            kept.start = body.start_offset;
-            kept.records.clear();
-            kept.jumps += 1;
-            continue;
-        }
-        let r = r.ok();
-        let f = FetchResponse::decode(&r.body).expect("decode fetch response");
-        assert!(
-            f.start_offset <= next,
-            "{topic}/{partition}: a fetch at {next} succeeded but reports log start {}",
-            f.start_offset
-        );
-        let got = decode_fetched(f.batches, next);
-        assert!(
-            !got.is_empty(),
-            "{topic}/{partition}: a fetch at {next}, below the end {end}, returned nothing"
-        );
-        for rec in got.into_iter().take_while(|rec| rec.offset < end) {
-            let want = kept.start + kept.records.len() as u64;
-            assert_eq!(
-                rec.offset, want,
-                "{topic}/{partition}: offsets from the log start run without a gap"
-            );
-            kept.records.push(rec);
-        }
-    }
 }
 
 /// Checks one partition of the size and time tests against itself and

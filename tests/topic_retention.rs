@@ -31,11 +31,12 @@
 mod common;
 
 use common::cluster::{segment_files, Cluster};
-use common::{bounded, payload, run_cli, BrokerProc, Fetched, OutOfRangeBody, RawConn, TestDir};
+use common::{
+    bounded, payload, run_cli, BrokerProc, Fetched, Kept, OutOfRangeBody, RawConn, TestDir,
+};
 use hutong::client::admin::{Admin, TopicConfig, TopicConfigChange};
 use hutong::client::ClientError;
 use hutong::wire::api::{FetchResponse, TopicMetadata};
-use hutong::wire::batch::{check_stored_batch, records, split_batches};
 use hutong::wire::ErrorCode;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -235,101 +236,10 @@ fn assert_out_of_range(
     );
 }
 
-/// What a partition keeps, read from its log start.
-struct Kept {
-    /// Where the read began: the log start, after any jump forward that an
-    /// `OffsetOutOfRange` asked for.
-    start: u64,
-    /// Every record from `start` to the end the read was given.
-    records: Vec<Fetched>,
-    /// Bytes of the stored batches that begin at or above `start`.
-    batch_bytes: u64,
-}
-
-impl Kept {
-    /// One past the last record read.
-    fn end(&self) -> u64 {
-        self.start + self.records.len() as u64
-    }
-}
-
-/// Reads `topic/partition` from its log start to its end (both by
-/// ListOffsets when the read begins), asserting that the offsets run
-/// without a gap. When retention moves the log start past the read, the
-/// broker must answer `OffsetOutOfRange` with a log start above the offset
-/// asked for; the read then starts over there.
+/// [`common::read_kept`] up to the partition's end when the read begins.
 fn read_kept(c: &mut RawConn, topic: &str, partition: u32) -> Kept {
-    let lo = c.list_offsets(topic, partition);
-    let end = lo.latest;
-    let mut kept = Kept {
-        start: lo.earliest,
-        records: Vec::new(),
-        batch_bytes: 0,
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let next = kept.end();
-        if next >= end {
-            return kept;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{topic}/{partition}: reading {}..{end} took over a minute",
-            kept.start
-        );
-        let r = c.fetch_at(topic, partition, next);
-        if r.code() == ErrorCode::OffsetOutOfRange {
-            let body = OutOfRangeBody::decode(&r.body).unwrap_or_else(|| {
-                panic!("{topic}/{partition}@{next}: OffsetOutOfRange without its trailer")
-            });
-            assert!(
-                body.start_offset > next,
-                "{topic}/{partition}: a fetch at {next} inside {}..{end} was refused, but the \
-                 log start it names, {}, is not above it",
-                kept.start,
-                body.start_offset
-            );
-            kept = Kept {
-                start: body.start_offset,
-                records: Vec::new(),
-                batch_bytes: 0,
-            };
-            continue;
-        }
-        let r = r.ok();
-        let f = FetchResponse::decode(&r.body).expect("decode fetch response");
-        let mut progressed = false;
-        for b in split_batches(f.batches) {
-            check_stored_batch(b).expect("a fetched batch passes its checksums");
-            let mut recs = records(b).peekable();
-            let Some(base) = recs.peek().map(|r| r.offset) else {
-                continue;
-            };
-            if base >= next && base < end {
-                kept.batch_bytes += b.len() as u64;
-            }
-            for rec in recs {
-                if rec.offset < next || rec.offset >= end {
-                    continue;
-                }
-                assert_eq!(
-                    rec.offset,
-                    kept.end(),
-                    "{topic}/{partition}: offsets from the log start run without a gap"
-                );
-                kept.records.push(Fetched {
-                    offset: rec.offset,
-                    key: rec.key.to_vec(),
-                    value: rec.value.to_vec(),
-                });
-                progressed = true;
-            }
-        }
-        assert!(
-            progressed,
-            "{topic}/{partition}: a fetch at {next}, below the end {end}, returned nothing"
-        );
-    }
+    let end = c.list_offsets(topic, partition).latest;
+    common::read_kept(c, topic, partition, end)
 }
 
 /// Asserts that `topic/partition` keeps every record from 0 to `end`, each

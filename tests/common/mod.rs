@@ -1022,3 +1022,106 @@ pub fn assert_broker_serves(addr: SocketAddr) {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].value, value);
 }
+
+/// What a partition holds from its log start, read back in order.
+pub struct Kept {
+    /// Where the read began: the log start, after any jump forward that
+    /// an `OffsetOutOfRange` asked for.
+    pub start: u64,
+    /// Every record from `start` up to the end the read was given.
+    pub records: Vec<Fetched>,
+    /// Bytes of the stored batches that begin at or above `start`.
+    pub batch_bytes: u64,
+    /// How often a deletion moved the log start past the read.
+    pub jumps: u32,
+}
+
+impl Kept {
+    /// One past the last record read.
+    pub fn end(&self) -> u64 {
+        self.start + self.records.len() as u64
+    }
+}
+
+/// Reads `topic/partition` from its log start up to `end`, asserting that
+/// every batch passes its checksums and the offsets run without a gap.
+/// When a deletion moves the log start past the read, the broker must
+/// answer `OffsetOutOfRange` naming a log start above the offset asked
+/// for; the read then starts over there. Bounded by a minute.
+pub fn read_kept(c: &mut RawConn, topic: &str, partition: u32, end: u64) -> Kept {
+    let mut kept = Kept {
+        start: c.list_offsets(topic, partition).earliest,
+        records: Vec::new(),
+        batch_bytes: 0,
+        jumps: 0,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let next = kept.end();
+        if next >= end {
+            return kept;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic}/{partition}: reading {}..{end} took over a minute",
+            kept.start
+        );
+        let r = c.fetch_at(topic, partition, next);
+        if r.code() == ErrorCode::OffsetOutOfRange {
+            let body = OutOfRangeBody::decode(&r.body).unwrap_or_else(|| {
+                panic!("{topic}/{partition}@{next}: OffsetOutOfRange without its trailer")
+            });
+            assert!(
+                body.start_offset > next,
+                "{topic}/{partition}: a fetch at {next} inside {}..{end} was refused, but the \
+                 log start it names, {}, is not above it",
+                kept.start,
+                body.start_offset
+            );
+            kept.start = body.start_offset;
+            kept.records.clear();
+            kept.batch_bytes = 0;
+            kept.jumps += 1;
+            continue;
+        }
+        let r = r.ok();
+        let f = FetchResponse::decode(&r.body).expect("decode fetch response");
+        assert!(
+            f.start_offset <= next,
+            "{topic}/{partition}: a fetch at {next} succeeded but reports log start {}",
+            f.start_offset
+        );
+        let mut progressed = false;
+        for b in split_batches(f.batches) {
+            hutong::wire::batch::check_stored_batch(b)
+                .expect("a fetched batch passes its checksums");
+            let mut recs = records(b).peekable();
+            let Some(base) = recs.peek().map(|r| r.offset) else {
+                continue;
+            };
+            if base >= next && base < end {
+                kept.batch_bytes += b.len() as u64;
+            }
+            for rec in recs {
+                if rec.offset < next || rec.offset >= end {
+                    continue;
+                }
+                assert_eq!(
+                    rec.offset,
+                    kept.end(),
+                    "{topic}/{partition}: offsets from the log start run without a gap"
+                );
+                kept.records.push(Fetched {
+                    offset: rec.offset,
+                    key: rec.key.to_vec(),
+                    value: rec.value.to_vec(),
+                });
+                progressed = true;
+            }
+        }
+        assert!(
+            progressed,
+            "{topic}/{partition}: a fetch at {next}, below the end {end}, returned nothing"
+        );
+    }
+}
