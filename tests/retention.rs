@@ -17,8 +17,8 @@ mod common;
 
 use common::cluster::Cluster;
 use common::{
-    batch_of_values, bounded, decode_fetched, lock, payload, read_kept, run_broker_expecting_exit,
-    run_cli, BrokerProc, OutOfRangeBody, RawConn, Rng, TestDir,
+    batch_of_values, bounded, decode_fetched, lock, read_kept, run_broker_expecting_exit, run_cli,
+    BrokerProc, OutOfRangeBody, RawConn, Rng, TestDir,
 };
 use hutong::client::{ClientError, Producer, ProducerConfig, Receipt, RetryConfig};
 use hutong::journal::scan::scan;
@@ -59,18 +59,9 @@ const DELETION_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time retention of the time test.
 const RETENTION_MS: u64 = 2_000;
 
-/// `len` bytes for message `seq` of stream `stream`: [`payload`]'s readable
-/// prefix (which names the message) followed by bytes that depend on `seq`.
+/// `len` bytes for message `seq` of stream `stream` ([`common::filler`]).
 fn value(stream: &str, seq: u64, len: usize) -> Vec<u8> {
-    let mut v = payload(stream, seq);
-    let mut x = seq.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1;
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.push(x as u8);
-    }
-    v
+    common::filler(stream, seq, len)
 }
 
 /// The value the size and time tests store at `offset` of `partition`.

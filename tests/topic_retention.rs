@@ -31,9 +31,7 @@
 mod common;
 
 use common::cluster::{segment_files, Cluster};
-use common::{
-    bounded, payload, run_cli, BrokerProc, Fetched, Kept, OutOfRangeBody, RawConn, TestDir,
-};
+use common::{bounded, run_cli, BrokerProc, Fetched, Kept, OutOfRangeBody, RawConn, TestDir};
 use hutong::client::admin::{Admin, TopicConfig, TopicConfigChange};
 use hutong::client::ClientError;
 use hutong::wire::api::{FetchResponse, TopicMetadata};
@@ -53,7 +51,7 @@ const RECORDS_PER_BATCH: u64 = 4;
 /// Value length of the tests that fill segments: a batch of four is about
 /// 64 KiB, so a 1 MiB segment holds 15 of them.
 const BIG: usize = 16 * 1024;
-/// Value length of the tests that need few bytes: [`payload`] alone.
+/// Value length of the tests that need few bytes: [`common::payload`] alone.
 const SMALL: usize = 0;
 /// How long a retention effect may take to show (a check runs every
 /// 100 ms; the rest is slack for a busy machine).
@@ -94,18 +92,10 @@ fn time_limit(ms: u64) -> TopicConfig {
     }
 }
 
-/// `len` bytes (at least [`payload`]'s) for `offset` of `topic/partition`:
+/// `len` bytes (at least [`common::payload`]'s) for `offset` of `topic/partition`:
 /// the readable prefix names the message, the rest depends on it.
 fn value(topic: &str, partition: u32, offset: u64, len: usize) -> Vec<u8> {
-    let mut v = payload(&format!("{topic}/{partition}"), offset);
-    let mut x = offset.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1;
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.push(x as u8);
-    }
-    v
+    common::filler(&format!("{topic}/{partition}"), offset, len)
 }
 
 /// Produces `batches` batches at QoS all to `topic/partition`, each of

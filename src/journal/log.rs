@@ -1918,6 +1918,22 @@ mod tests {
         Journal::open(dir, SEGMENT_BYTES, CACHE_BYTES).unwrap()
     }
 
+    /// Opens the journal in `dir` as a standalone broker does (no
+    /// consensus entries), from the catalog snapshot when `from_snapshot`.
+    fn standalone(dir: &Path, from_snapshot: bool) -> Journal {
+        Journal::open_with(
+            dir,
+            SEGMENT_BYTES,
+            CACHE_BYTES,
+            Recovery {
+                entries: false,
+                from_snapshot,
+                ..Recovery::default()
+            },
+        )
+        .unwrap()
+    }
+
     /// A producer batch of `records` records with `value_len`-byte values.
     fn producer_batch(records: u32, value_len: usize, producer_id: u64, seq: u64) -> Vec<u8> {
         let mut b = BatchBuilder::new();
@@ -2678,20 +2694,7 @@ mod tests {
     #[test]
     fn deleted_records_stay_deleted_across_restarts_and_retention() {
         let dir = tempfile::tempdir().unwrap();
-        let standalone = |from_snapshot| Recovery {
-            entries: false,
-            from_snapshot,
-            ..Recovery::default()
-        };
-        let reopen = |from_snapshot| {
-            Journal::open_with(
-                dir.path(),
-                SEGMENT_BYTES,
-                CACHE_BYTES,
-                standalone(from_snapshot),
-            )
-            .unwrap()
-        };
+        let reopen = |from_snapshot| standalone(dir.path(), from_snapshot);
         let mut j = reopen(true);
         let (_, slot) = j.create_topic("t", 2, 1, 5).unwrap();
         for _ in 0..6 {
@@ -2746,19 +2749,7 @@ mod tests {
     #[test]
     fn a_start_state_holds_no_deletion_a_crash_can_lose() {
         let dir = tempfile::tempdir().unwrap();
-        let reopen = || {
-            Journal::open_with(
-                dir.path(),
-                SEGMENT_BYTES,
-                CACHE_BYTES,
-                Recovery {
-                    entries: false,
-                    from_snapshot: false,
-                    ..Recovery::default()
-                },
-            )
-            .unwrap()
-        };
+        let reopen = || standalone(dir.path(), false);
         let mut j = reopen();
         let (_, slot) = j.create_topic("t", 2, 1, 5).unwrap();
         for _ in 0..2 {
@@ -3286,19 +3277,7 @@ mod tests {
     #[test]
     fn topic_settings_survive_restarts_and_retention() {
         let dir = tempfile::tempdir().unwrap();
-        let reopen = |from_snapshot| {
-            Journal::open_with(
-                dir.path(),
-                SEGMENT_BYTES,
-                CACHE_BYTES,
-                Recovery {
-                    entries: false,
-                    from_snapshot,
-                    ..Recovery::default()
-                },
-            )
-            .unwrap()
-        };
+        let reopen = |from_snapshot| standalone(dir.path(), from_snapshot);
         let created = TopicConfig {
             retention_ms: Some(7),
             retention_bytes: None,
@@ -3521,19 +3500,7 @@ mod tests {
     #[test]
     fn review_a_snapshot_newer_than_the_start_state_keeps_its_settings() {
         let dir = tempfile::tempdir().unwrap();
-        let reopen = || {
-            Journal::open_with(
-                dir.path(),
-                SEGMENT_BYTES,
-                CACHE_BYTES,
-                Recovery {
-                    entries: false,
-                    from_snapshot: true,
-                    ..Recovery::default()
-                },
-            )
-            .unwrap()
-        };
+        let reopen = || standalone(dir.path(), true);
         let mut j = reopen();
         let slot = fill(&mut j, 4, 1_000);
         // Retention deletes segments: the start state holds the settings

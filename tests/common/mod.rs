@@ -1125,3 +1125,18 @@ pub fn read_kept(c: &mut RawConn, topic: &str, partition: u32, end: u64) -> Kept
         );
     }
 }
+
+/// `len` bytes (at least [`payload`]'s) for message `seq` of stream
+/// `stream`: the readable prefix names the message, the rest depends on
+/// `seq`, so a record read back can be checked byte for byte.
+pub fn filler(stream: &str, seq: u64, len: usize) -> Vec<u8> {
+    let mut v = payload(stream, seq);
+    let mut x = seq.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1;
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.push(x as u8);
+    }
+    v
+}
