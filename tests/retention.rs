@@ -17,14 +17,14 @@ mod common;
 
 use common::cluster::Cluster;
 use common::{
-    batch_of_values, bounded, decode_fetched, lock, read_kept, run_broker_expecting_exit, run_cli,
-    BrokerProc, OutOfRangeBody, RawConn, Rng, TestDir,
+    assert_out_of_range, batch_of_values, bounded, decode_fetched, lock, read_kept,
+    run_broker_expecting_exit, run_cli, BrokerProc, RawConn, Rng, TestDir,
 };
 use hutong::client::{ClientError, Producer, ProducerConfig, Receipt, RetryConfig};
 use hutong::journal::scan::scan;
 use hutong::journal::segment::list_segments;
 use hutong::wire::api::FetchResponse;
-use hutong::wire::{ErrorCode, Qos};
+use hutong::wire::Qos;
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -217,34 +217,6 @@ fn wait_for_size_retention(
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Asserts that a fetch at `offset` is answered `OffsetOutOfRange` with a
-/// trailer naming the log start `start` and the end `end`.
-fn assert_out_of_range(
-    c: &mut RawConn,
-    topic: &str,
-    partition: u32,
-    offset: u64,
-    start: u64,
-    end: u64,
-) {
-    let r = c.fetch_at(topic, partition, offset);
-    r.expect_error(ErrorCode::OffsetOutOfRange);
-    let body = OutOfRangeBody::decode(&r.body).unwrap_or_else(|| {
-        panic!(
-            "{topic}/{partition}: OffsetOutOfRange for a fetch at {offset} has no \
-             `u64 start_offset | u64 end_offset` trailer: body {:?}",
-            r.body
-        )
-    });
-    assert_eq!(
-        (body.start_offset, body.end_offset),
-        (start, end),
-        "{topic}/{partition}: the OffsetOutOfRange trailer of a fetch at {offset} names the \
-         log start and the end (message {:?})",
-        body.message
-    );
 }
 
 /// Checks one partition of the size and time tests against itself and

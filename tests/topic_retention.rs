@@ -202,8 +202,7 @@ fn config_of(addr: SocketAddr, topic: &str) -> TopicConfig {
     described(addr, topic).config
 }
 
-/// Asserts that a fetch at `offset` is answered `OffsetOutOfRange` with a
-/// trailer naming the log start `start` and the end `end`.
+/// [`common::assert_out_of_range`] on a new connection to `addr`.
 fn assert_out_of_range(
     addr: SocketAddr,
     topic: &str,
@@ -212,17 +211,13 @@ fn assert_out_of_range(
     start: u64,
     end: u64,
 ) {
-    let r = RawConn::connect(addr).fetch_at(topic, partition, offset);
-    r.expect_error(ErrorCode::OffsetOutOfRange);
-    let body = OutOfRangeBody::decode(&r.body).unwrap_or_else(|| {
-        panic!("{topic}/{partition}: OffsetOutOfRange for a fetch at {offset} has no trailer")
-    });
-    assert_eq!(
-        (body.start_offset, body.end_offset),
-        (start, end),
-        "{topic}/{partition}: the OffsetOutOfRange trailer of a fetch at {offset} names the \
-         log start and the end (message {:?})",
-        body.message
+    common::assert_out_of_range(
+        &mut RawConn::connect(addr),
+        topic,
+        partition,
+        offset,
+        start,
+        end,
     );
 }
 

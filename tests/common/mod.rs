@@ -1140,3 +1140,31 @@ pub fn filler(stream: &str, seq: u64, len: usize) -> Vec<u8> {
     }
     v
 }
+
+/// Asserts that a fetch at `offset` is answered `OffsetOutOfRange` with a
+/// trailer naming the log start `start` and the end `end`.
+pub fn assert_out_of_range(
+    c: &mut RawConn,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    start: u64,
+    end: u64,
+) {
+    let r = c.fetch_at(topic, partition, offset);
+    r.expect_error(ErrorCode::OffsetOutOfRange);
+    let body = OutOfRangeBody::decode(&r.body).unwrap_or_else(|| {
+        panic!(
+            "{topic}/{partition}: OffsetOutOfRange for a fetch at {offset} has no \
+             `u64 start_offset | u64 end_offset` trailer: body {:?}",
+            r.body
+        )
+    });
+    assert_eq!(
+        (body.start_offset, body.end_offset),
+        (start, end),
+        "{topic}/{partition}: the OffsetOutOfRange trailer of a fetch at {offset} names the \
+         log start and the end (message {:?})",
+        body.message
+    );
+}
