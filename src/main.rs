@@ -664,9 +664,12 @@ fn alter_topic(addr: &str, name: &str, change: TopicConfigChange) -> Result<()> 
     if change == TopicConfigChange::default() {
         anyhow::bail!("nothing to change: give --retention-ms or --retention-bytes");
     }
-    let config = admin(addr)?
-        .alter_topic(name, change)
-        .with_context(|| format!("cannot alter topic {name}"))?;
+    // As for a creation: a group member that is not the leader sends it
+    // there.
+    let config = hutong::client::cluster::on_leader(addr, LEADER_WAIT, |admin| {
+        admin.alter_topic(name, change)
+    })
+    .with_context(|| format!("cannot alter topic {name}"))?;
     println!("topic {name}: {}", settings_line(&config));
     Ok(())
 }
@@ -706,7 +709,10 @@ fn list_topics(addr: &str) -> Result<()> {
 }
 
 fn delete_records(addr: &str, name: &str, partition: u32, before: u64) -> Result<()> {
-    let start = admin(addr)?.delete_records(name, partition, before)?;
+    let start = hutong::client::cluster::on_leader(addr, LEADER_WAIT, |admin| {
+        admin.delete_records(name, partition, before)
+    })
+    .with_context(|| format!("cannot delete records of topic {name}"))?;
     println!("topic {name} partition {partition}: log start {start}");
     Ok(())
 }

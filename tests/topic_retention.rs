@@ -23,7 +23,8 @@
 //!   and `kill -9`, and keep taking effect afterwards;
 //! * the command line creates, alters and describes the settings, and says
 //!   so when the topic is unknown;
-//! * a replication group refuses per-topic settings.
+//! * in a replication group the leader takes settings and DeleteRecords,
+//!   every member agrees on them, and they survive the leader's death.
 //!
 //! Values are computed from where they are stored (topic, partition,
 //! offset), so every record read back is checked byte for byte.
@@ -934,52 +935,89 @@ fn on_leader<T>(
     hutong::client::cluster::on_leader(&leader.to_string(), Duration::from_secs(30), call)
 }
 
+/// In a replication group the leader takes topic settings and
+/// DeleteRecords like any other write (a follower answers `NotLeader`):
+/// every member reports the same settings and log start, and they survive
+/// the leader's death.
 #[test]
-fn a_replication_group_refuses_topic_settings() {
-    let cluster = Cluster::start(3, false);
-    cluster.create_topic("grouped", 1);
-    let err = on_leader(&cluster, |a| {
+fn a_replication_group_agrees_on_settings_and_deletions_across_a_failover() {
+    const TOPIC: &str = "grouped";
+    let mut cluster = Cluster::start(3, false);
+    let hour = time_limit(3_600_000);
+    on_leader(&cluster, |a| a.create_topic_with(TOPIC, 1, hour)).expect("create with settings");
+    let sized = on_leader(&cluster, |a| {
         a.alter_topic(
-            "grouped",
+            TOPIC,
             TopicConfigChange {
-                retention_ms: Some(Some(1000)),
-                retention_bytes: None,
+                retention_ms: None,
+                retention_bytes: Some(Some(MIB)),
             },
         )
-        .map(|_| ())
     })
-    .expect_err("a group refuses AlterTopic");
-    assert_eq!(err.code(), Some(ErrorCode::UnsupportedApi), "{err}");
+    .expect("alter on the leader");
+    assert_eq!(
+        sized,
+        TopicConfig {
+            retention_ms: Some(3_600_000),
+            retention_bytes: Some(MIB),
+        }
+    );
+    let (leader_id, leader) = cluster.expect_leader();
+    let end = produce(&mut RawConn::connect(leader), TOPIC, 0, 0, 3, SMALL);
+    let start = on_leader(&cluster, |a| a.delete_records(TOPIC, 0, 5)).expect("delete");
+    assert_eq!(start, 5);
+    // Any other member refuses both, naming the leader.
+    let follower = cluster
+        .ids()
+        .find(|&id| id != leader_id)
+        .expect("a follower");
+    let refused = admin(cluster.addr(follower))
+        .alter_topic(TOPIC, TopicConfigChange::default())
+        .expect_err("a follower refuses AlterTopic");
+    assert_eq!(refused.code(), Some(ErrorCode::NotLeader), "{refused}");
+    let refused = admin(cluster.addr(follower))
+        .delete_records(TOPIC, 0, 6)
+        .expect_err("a follower refuses DeleteRecords");
+    assert_eq!(refused.code(), Some(ErrorCode::NotLeader), "{refused}");
 
-    for (name, config) in [
-        ("timed", time_limit(1000)),
+    let agreed = |cluster: &Cluster, id: usize| {
+        let t = described(cluster.addr(id), TOPIC);
         (
-            "sized",
-            TopicConfig {
-                retention_ms: None,
-                retention_bytes: Some(MIB),
-            },
-        ),
-    ] {
-        let err = on_leader(&cluster, |a| a.create_topic_with(name, 1, config))
-            .expect_err("a group refuses a topic with settings");
-        assert_eq!(err.code(), Some(ErrorCode::UnsupportedApi), "{name}: {err}");
-        let (_, leader) = cluster.expect_leader();
-        let md = admin(leader).metadata(&[name]).expect("metadata");
-        assert_eq!(
-            md.topics[0].error_code,
-            ErrorCode::UnknownTopic.as_u16(),
-            "the refused topic {name} was not created"
-        );
+            t.config,
+            t.partitions[0].start_offset,
+            t.partitions[0].end_offset,
+        )
+    };
+    let want = (sized, 5, end);
+    let deadline = Instant::now() + SETTLE;
+    for id in cluster.ids() {
+        while agreed(&cluster, id) != want {
+            assert!(
+                Instant::now() < deadline,
+                "member {id} reports {:?}, the leader {want:?}",
+                agreed(&cluster, id)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
-
-    // The broker defaults, asked for explicitly, are fine.
-    on_leader(&cluster, |a| {
-        a.create_topic_with("defaulted", 1, TopicConfig::default())
-    })
-    .expect("a group creates a topic with the default settings");
-    let (_, leader) = cluster.expect_leader();
-    assert_eq!(config_of(leader, "defaulted"), TopicConfig::default());
-    assert_eq!(config_of(leader, "grouped"), TopicConfig::default());
-    common::assert_broker_serves(leader);
+    // The leader dies: the next one holds the same.
+    cluster.kill9(leader_id);
+    let (next_id, next) = cluster
+        .leader_within(Duration::from_secs(30), |id| id != leader_id)
+        .expect("a new leader");
+    assert_eq!(agreed(&cluster, next_id), want);
+    assert_out_of_range(next, TOPIC, 0, 4, 5, end);
+    let kept = read_kept(&mut RawConn::connect(next), TOPIC, 0);
+    assert_eq!((kept.start, kept.end()), (5, end));
+    // And the old leader, back, agrees.
+    cluster.restart(leader_id);
+    let deadline = Instant::now() + SETTLE;
+    while agreed(&cluster, leader_id) != want {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted member reports {:?}",
+            agreed(&cluster, leader_id)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

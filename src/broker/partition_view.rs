@@ -126,6 +126,12 @@ impl PartitionView {
         self.deleted_below = self.deleted_below.max(below);
     }
 
+    /// Sets the log start DeleteRecords set to `below`, lower or higher: a
+    /// cut of the journal took a deletion back.
+    pub fn set_deleted_below(&mut self, below: u64) {
+        self.deleted_below = below;
+    }
+
     /// Forgets the segments retention deleted (those below `position`).
     pub fn forget_below(&mut self, position: u64) {
         let gone = self.disk.partition_point(|d| d.segment_start < position);

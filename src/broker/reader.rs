@@ -84,10 +84,24 @@ pub enum ReaderEvent {
     /// index handles, and the segment files now.
     Reset {
         /// Every topic left, in catalog order.
-        topics: Vec<(TopicMeta, Vec<IndexHandle>)>,
+        topics: Vec<TopicState>,
         /// Every segment file, oldest first.
         segments: Vec<SegmentFile>,
     },
+}
+
+/// A topic as a cut of the journal left it.
+#[derive(Debug, Clone)]
+pub struct TopicState {
+    /// Its metadata.
+    pub meta: TopicMeta,
+    /// Its settings (a cut may have taken a change back).
+    pub config: TopicConfig,
+    /// One index per partition.
+    pub indexes: Vec<IndexHandle>,
+    /// Each partition's log start as DeleteRecords set it (a cut may have
+    /// taken a deletion back).
+    pub deleted_below: Vec<u64>,
 }
 
 struct ReaderTopic {
@@ -243,19 +257,27 @@ impl Reader {
                     let mut old: HashMap<u32, ReaderTopic> =
                         self.topics.drain(..).map(|t| (t.id, t)).collect();
                     self.by_name.clear();
-                    for (meta, indexes) in topics {
+                    for state in topics {
+                        let TopicState {
+                            meta,
+                            config,
+                            indexes,
+                            deleted_below,
+                        } = state;
                         self.by_name.insert(meta.name.clone(), self.topics.len());
-                        let topic = match old.remove(&meta.id) {
+                        let mut topic = match old.remove(&meta.id) {
                             Some(mut kept) if kept.partitions.len() == indexes.len() => {
                                 for (p, h) in kept.partitions.iter_mut().zip(indexes) {
                                     p.replace_memory(h);
                                 }
+                                kept.config = config;
                                 kept
                             }
-                            // Settings are not changed in a replication
-                            // group, where alone a cut happens.
-                            _ => ReaderTopic::new(meta, TopicConfig::default(), indexes),
+                            _ => ReaderTopic::new(meta, config, indexes),
                         };
+                        for (p, &below) in topic.partitions.iter_mut().zip(&deleted_below) {
+                            p.set_deleted_below(below);
+                        }
                         self.topics.push(topic);
                     }
                     self.journal.reset(segments);
@@ -856,6 +878,79 @@ mod tests {
             }
             .encode(out)
         })
+    }
+
+    /// A cut that takes back a DeleteRecords or settings record (a group
+    /// member's divergent tail) moves the log start and the settings the
+    /// reader reports back to what they were.
+    #[test]
+    fn a_cut_takes_back_a_deletion_and_settings() {
+        let (events_tx, events_rx) = std::sync::mpsc::channel();
+        let mut reader = Reader::new(Vec::new(), events_rx, 1 << 20);
+        let (mut writer, index) = append_log();
+        for (offset, position) in [(0u64, 0u64), (5, 100)] {
+            writer.push(IndexEntry {
+                base_offset: offset,
+                position,
+                len: 100,
+                count: 5,
+                max_time_ms: 1,
+            });
+        }
+        let meta = TopicMeta {
+            id: 0,
+            name: "t".into(),
+            partitions: 1,
+        };
+        let handle = IndexHandle {
+            index,
+            floor: 0,
+            floor_time_ms: i64::MIN,
+        };
+        let limited = TopicConfig {
+            retention_ms: Some(7),
+            retention_bytes: None,
+        };
+        for e in [
+            ReaderEvent::Topic {
+                meta: meta.clone(),
+                config: TopicConfig::default(),
+                indexes: vec![handle.clone()],
+            },
+            ReaderEvent::Deleted {
+                slot: 0,
+                partition: 0,
+                below: 5,
+            },
+            ReaderEvent::Configured {
+                slot: 0,
+                config: limited,
+            },
+        ] {
+            events_tx.send(e).unwrap();
+        }
+        let describe = |reader: &mut Reader| {
+            let mut body = Vec::new();
+            MetadataRequest { topics: vec![] }.encode(&mut body);
+            reader.metadata(&body, 200, 3).unwrap();
+            let md = MetadataResponse::decode_version(&reader.out, 3).unwrap();
+            (md.topics[0].partitions[0].start_offset, md.topics[0].config)
+        };
+        reader.drain_events();
+        assert_eq!(describe(&mut reader), (5, limited));
+        events_tx
+            .send(ReaderEvent::Reset {
+                topics: vec![TopicState {
+                    meta,
+                    config: TopicConfig::default(),
+                    indexes: vec![handle],
+                    deleted_below: vec![0],
+                }],
+                segments: Vec::new(),
+            })
+            .unwrap();
+        reader.drain_events();
+        assert_eq!(describe(&mut reader), (0, TopicConfig::default()));
     }
 
     /// Finding 4: a fetch waiting on a topic whose creation a cut removed

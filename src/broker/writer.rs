@@ -9,7 +9,7 @@
 //! less for a client that waits for each answer.
 
 use super::flusher::FlusherEvent;
-use super::reader::ReaderEvent;
+use super::reader::{ReaderEvent, TopicState};
 use super::replica::Replica;
 use super::responder::{answered_by_writer, encode_answer, Pending};
 use super::retention::Job;
@@ -18,7 +18,7 @@ use super::shared::{deadline_after, unix_ms, Cut, Idle, Shared, Stage};
 use crate::config::{Config, PRODUCE_TIMEOUT_MS_MAX, PRODUCE_TIMEOUT_MS_MIN};
 use crate::journal::catalog::SeqCheck;
 use crate::journal::error::JournalError;
-use crate::journal::log::{check_replicated_batch, Appended, Journal, Retention};
+use crate::journal::log::{check_replicated_batch, Appended, Changed, Journal, Retention};
 use crate::journal::offload::Trim;
 use crate::wire::api::{
     check_topic_name, AlterTopicRequest, CreateTopicRequest, DeleteRecordsRequest, ProduceRequest,
@@ -210,6 +210,9 @@ impl Writer {
             }
         }
         if due {
+            // Metadata records below F and C can no longer be cut.
+            let settled = self.settled();
+            self.journal.settle(settled);
             self.topic_retention(now);
         }
         // A snapshot below the journal's start is of no use to the next
@@ -234,13 +237,14 @@ impl Writer {
     /// own (and, while such a topic holds segments from time retention,
     /// of those on the broker's time limit), as DeleteRecords records (the
     /// same the API appends), each topic at most as often as
-    /// [`topic_pace`] says. Standalone only, as DeleteRecords.
+    /// [`topic_pace`] says. In a replication group the leader does it and
+    /// the records replicate like any other.
     fn topic_retention(&mut self, now: Instant) {
-        if self.replica.is_some() {
+        let Ok(term) = self.write_term() else {
             return;
-        }
+        };
         let now_ms = unix_ms();
-        let durable = self.shared.positions.flushed.get();
+        let durable = self.settled();
         // While a topic's longer limit keeps segments from time retention,
         // the topics on the broker's limit move their log starts by it.
         let broker_ms = self
@@ -268,11 +272,15 @@ impl Writer {
             for (partition, before) in self.journal.retention_moves(slot, now_ms, broker_ms) {
                 match self
                     .journal
-                    .delete_records(slot, partition, before, durable, 0, now_ms)
+                    .delete_records(slot, partition, before, durable, term, now_ms)
                 {
                     Ok(appended) => {
                         self.appended_aside = true;
                         self.announce_roll(&appended);
+                        if self.propose(&appended).is_err() {
+                            // Taken back out: no longer the leader.
+                            return;
+                        }
                         let _ = self.reader_events.send(ReaderEvent::Deleted {
                             slot,
                             partition,
@@ -581,6 +589,14 @@ impl Writer {
         }
     }
 
+    /// Every byte below it is durable and committed (F and C): the
+    /// DeleteRecords and settings records there are settled, no cut
+    /// reaches them.
+    fn settled(&self) -> u64 {
+        let p = &self.shared.positions;
+        p.flushed.get().min(p.committed.get())
+    }
+
     /// The term to stamp into new batches: 0 on a standalone broker, the
     /// current term on a leader; `NotLeader` on any other group member.
     fn write_term(&self) -> Result<u64, ErrorCode> {
@@ -711,10 +727,6 @@ impl Writer {
         if req.partitions == 0 || req.partitions > self.config.partitions_per_topic_max {
             return Err(ErrorCode::InvalidPartitions);
         }
-        // Not in a replication group yet: retention does not run there.
-        if self.replica.is_some() && !req.config.is_default() {
-            return Err(ErrorCode::UnsupportedApi);
-        }
         if self.journal.catalog().lookup(req.name).is_some() {
             return Err(ErrorCode::TopicAlreadyExists);
         }
@@ -728,11 +740,8 @@ impl Writer {
     /// that must be durable before the answer (the record's end, or the
     /// journal's end when nothing changes) and the settings now.
     fn alter_topic(&mut self, body: &[u8], now_ms: i64) -> Result<(u64, TopicConfig), ErrorCode> {
-        // Not in a replication group yet: retention does not run there.
-        if self.replica.is_some() {
-            return Err(ErrorCode::UnsupportedApi);
-        }
         let req = AlterTopicRequest::decode(body).map_err(|_| ErrorCode::MalformedRequest)?;
+        let term = self.write_term()?;
         check_topic_name(req.topic)?;
         let slot = self
             .journal
@@ -744,13 +753,12 @@ impl Writer {
         if config == now {
             return Ok((self.journal.end(), config));
         }
-        let term = self.write_term()?;
-        let durable = self.shared.positions.flushed.get();
         let appended = self
             .journal
-            .set_topic_config(slot, config, durable, term, now_ms)
+            .set_topic_config(slot, config, self.settled(), term, now_ms)
             .map_err(storage_code)?;
         self.announce_roll(&appended);
+        self.propose(&appended)?;
         let _ = self
             .reader_events
             .send(ReaderEvent::Configured { slot, config });
@@ -771,12 +779,8 @@ impl Writer {
     /// or the journal's end when the log start is there already) and the
     /// partition's log start.
     fn delete_records(&mut self, body: &[u8], now_ms: i64) -> Result<(u64, u64), ErrorCode> {
-        // Not in a replication group yet: a cut of the journal's tail
-        // would have to move a log start back.
-        if self.replica.is_some() {
-            return Err(ErrorCode::UnsupportedApi);
-        }
         let req = DeleteRecordsRequest::decode(body).map_err(|_| ErrorCode::MalformedRequest)?;
+        let term = self.write_term()?;
         check_topic_name(req.topic)?;
         let catalog = self.journal.catalog();
         let slot = catalog.lookup(req.topic).ok_or(ErrorCode::UnknownTopic)?;
@@ -797,13 +801,14 @@ impl Writer {
         if before <= log_start {
             return Ok((self.journal.end(), log_start));
         }
-        let term = self.write_term()?;
-        let durable = self.shared.positions.flushed.get();
         let appended = self
             .journal
-            .delete_records(slot, req.partition, before, durable, term, now_ms)
+            .delete_records(slot, req.partition, before, self.settled(), term, now_ms)
             .map_err(storage_code)?;
         self.announce_roll(&appended);
+        // A refused proposal takes the record back out (a cut, which the
+        // reader learns): the reader hears of the deletion only after.
+        self.propose(&appended)?;
         let _ = self.reader_events.send(ReaderEvent::Deleted {
             slot,
             partition: req.partition,
@@ -1054,13 +1059,36 @@ impl Writer {
                 ))
             }
         };
-        let crate::journal::log::Replicated { appended, created } = self
+        let crate::journal::log::Replicated {
+            appended,
+            created,
+            changed,
+        } = self
             .journal
             .append_replicated(bytes)
             .map_err(|err| format!("cannot append a replicated batch at {}: {err}", e.start))?;
         self.announce_roll(&appended);
         if let Some(slot) = created {
             self.announce_topic(slot, appended.end);
+        }
+        match changed {
+            Some(Changed::Deleted {
+                slot,
+                partition,
+                below,
+            }) => {
+                let _ = self.reader_events.send(ReaderEvent::Deleted {
+                    slot,
+                    partition,
+                    below,
+                });
+            }
+            Some(Changed::Configured { slot, config }) => {
+                let _ = self
+                    .reader_events
+                    .send(ReaderEvent::Configured { slot, config });
+            }
+            None => {}
         }
         Ok(())
     }
@@ -1123,7 +1151,12 @@ impl Writer {
             .catalog()
             .topics()
             .iter()
-            .map(|t| (t.meta.clone(), t.index_handles()))
+            .map(|t| TopicState {
+                meta: t.meta.clone(),
+                config: t.config,
+                indexes: t.index_handles(),
+                deleted_below: t.partitions.iter().map(|p| p.deleted_below()).collect(),
+            })
             .collect();
         let _ = self.reader_events.send(ReaderEvent::Reset {
             topics,
@@ -1625,10 +1658,11 @@ mod tests {
         assert_eq!(snapshots(), vec![w.journal.end()]);
     }
 
-    /// DeleteRecords is refused in a replication group (a cut would have
-    /// to move a log start back), answered by a standalone writer.
+    /// DeleteRecords is answered by a standalone writer and, in a
+    /// replication group, by the leader only: any other member answers
+    /// `NotLeader`.
     #[test]
-    fn delete_records_is_answered_standalone_and_refused_in_a_group() {
+    fn delete_records_is_answered_standalone_and_by_a_groups_leader_only() {
         let body = |topic: &str, before: u64| {
             let mut b = Vec::new();
             DeleteRecordsRequest {
@@ -1644,7 +1678,7 @@ mod tests {
         let p = w
             .handle(1, true, &body("t", 1), Instant::now(), 0)
             .expect("answered");
-        assert_eq!(p.error, ErrorCode::UnsupportedApi);
+        assert_eq!(p.error, ErrorCode::NotLeader);
 
         let dir = tempfile::tempdir().unwrap();
         let mut w = writer(dir.path());

@@ -60,8 +60,7 @@ impl Admin {
     ///
     /// # Errors
     /// As [`Admin::create_topic`]; [`ClientError::Broker`] with
-    /// `UnsupportedApi` from a replication group, or `UnsupportedVersion`
-    /// from a broker without topic settings.
+    /// `UnsupportedVersion` from a broker without topic settings.
     pub fn create_topic_with(
         &self,
         name: &str,
@@ -89,8 +88,9 @@ impl Admin {
     /// its settings now.
     ///
     /// # Errors
-    /// Connection errors; [`ClientError::Broker`] with `UnknownTopic`, or
-    /// `UnsupportedApi` (a replication group, or a broker without the API).
+    /// Connection errors; [`ClientError::Broker`] with `UnknownTopic`,
+    /// `NotLeader` (a member of a replication group that is not its
+    /// leader) or `UnsupportedApi` (a broker without the API).
     pub fn alter_topic(
         &self,
         topic: &str,
@@ -112,8 +112,8 @@ impl Admin {
     /// # Errors
     /// Connection errors; [`ClientError::Broker`] with `UnknownTopic`,
     /// `UnknownPartition`, `InvalidRequest` (`before` beyond the partition's
-    /// end) or `UnsupportedApi` (a replication group, or a broker without
-    /// the API).
+    /// end), `NotLeader` (a member of a replication group that is not its
+    /// leader) or `UnsupportedApi` (a broker without the API).
     pub fn delete_records(
         &self,
         topic: &str,

@@ -37,9 +37,10 @@ pub struct Partition {
     /// The log start the DeleteRecords records known durable set (0:
     /// none); with `deletions`, [`Partition::deleted_below`].
     pub deleted_durable: u64,
-    /// The DeleteRecords records appended since (position, `before`),
-    /// which may not be durable yet: the start state saves only durable
-    /// deletions ([`Partition::durable_deleted_below`]).
+    /// The DeleteRecords records appended or received since (position,
+    /// `before`), which may not be durable yet (nor committed, in a
+    /// replication group: a cut drops them): the start state saves only
+    /// durable deletions ([`Partition::durable_deleted_below`]).
     pub deletions: Vec<(u64, u64)>,
 }
 
@@ -262,6 +263,9 @@ impl Partition {
     /// kept. Returns false, changing nothing, when no entry lies at or
     /// above `at`.
     fn cut(&mut self, at: u64) -> bool {
+        // DeleteRecords records at or above the cut are gone with it; the
+        // settled ones lie below C, which no cut reaches.
+        self.deletions.retain(|&(p, _)| p < at);
         let keep = super::index::entries_below_in(&self.index, self.index.len(), at);
         if keep == self.index.len() {
             return false;
@@ -326,11 +330,25 @@ impl Topic {
     }
 
     /// Takes settings set by a record at journal position `at` that may
-    /// not be durable yet; every byte below `durable` is.
+    /// not be durable yet (nor committed, in a replication group, where a
+    /// cut may undo it: [`Catalog::cut`]); every byte below `durable` is
+    /// both.
     pub fn set_config(&mut self, at: u64, config: TopicConfig, durable: u64) {
         self.config_undo.retain(|&(p, _)| p >= durable);
         self.config_undo.push((at, self.config));
         self.config = config;
+    }
+
+    /// Undoes the settings records at or above journal position `at`
+    /// (a cut).
+    fn cut_config(&mut self, at: u64) {
+        while let Some(&(p, before)) = self.config_undo.last() {
+            if p < at {
+                break;
+            }
+            self.config = before;
+            self.config_undo.pop();
+        }
     }
 
     /// The settings the durable records set, when every byte below
@@ -376,6 +394,9 @@ pub struct Catalog {
     /// The replication group's id and the journal position of the control
     /// record that set it.
     cluster_id: Option<(u64, u64)>,
+    /// Some DeleteRecords or settings record may be kept apart, unsettled
+    /// ([`Catalog::settle`]).
+    unsettled: bool,
     /// Position below which index entries may have left memory for segment
     /// index files ([`Catalog::trim`]): the journal is never cut below it.
     trimmed_below: u64,
@@ -402,6 +423,7 @@ impl Catalog {
             partition_count: 0,
             producers: ProducerStates::new(limits),
             cluster_id: None,
+            unsettled: false,
             trimmed_below: 0,
             stale_trims: false,
         }
@@ -578,6 +600,7 @@ impl Catalog {
             cut.removed_topic_ids.push(t.meta.id);
         }
         for (slot, t) in self.topics.iter_mut().enumerate() {
+            t.cut_config(at);
             // Not `any`: every partition of the topic must be cut.
             let changed = t
                 .partitions
@@ -663,6 +686,40 @@ impl Catalog {
     /// clears the latter.
     pub fn take_trim_state(&mut self) -> (u64, bool) {
         (self.trimmed_below, std::mem::take(&mut self.stale_trims))
+    }
+
+    /// Records a DeleteRecords record at journal position `at` (appended,
+    /// received or recovered) for partition `partition` of the topic in
+    /// `slot`, kept apart until [`Catalog::settle`] passes it.
+    pub fn delete_below(&mut self, slot: usize, partition: usize, at: u64, before: u64) {
+        self.topics[slot].partitions[partition].delete_below(at, before);
+        self.unsettled = true;
+    }
+
+    /// Records a settings record at journal position `at` for the topic in
+    /// `slot`, kept apart as [`Catalog::delete_below`] does.
+    pub fn set_config(&mut self, slot: usize, at: u64, config: TopicConfig) {
+        self.topics[slot].set_config(at, config, 0);
+        self.unsettled = true;
+    }
+
+    /// Every byte below `position` is durable and committed: the
+    /// DeleteRecords and settings records there are settled (no cut undoes
+    /// them). A pass over every partition when some record was kept apart
+    /// since the last one, else nothing.
+    pub fn settle(&mut self, position: u64) {
+        if !std::mem::take(&mut self.unsettled) {
+            return;
+        }
+        for t in &mut self.topics {
+            t.config_undo.retain(|&(p, _)| p >= position);
+            let mut left = !t.config_undo.is_empty();
+            for p in &mut t.partitions {
+                p.settle_deletions(position);
+                left |= !p.deletions.is_empty();
+            }
+            self.unsettled |= left;
+        }
     }
 
     /// Forgets the on-disk segments below `position`, which retention

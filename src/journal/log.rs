@@ -61,6 +61,30 @@ pub struct Replicated {
     /// The catalog slot of the topic the batch created, when it was a
     /// `CreateTopic` control record of a new topic.
     pub created: Option<usize>,
+    /// What else a control record changed that readers must know.
+    pub changed: Option<Changed>,
+}
+
+/// A metadata change a replicated control record made besides creating a
+/// topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Changed {
+    /// A partition's log start moved (DeleteRecords).
+    Deleted {
+        /// The topic's slot.
+        slot: usize,
+        /// The partition.
+        partition: u32,
+        /// Its log start now.
+        below: u64,
+    },
+    /// A topic's settings changed.
+    Configured {
+        /// The topic's slot.
+        slot: usize,
+        /// Its settings now.
+        config: TopicConfig,
+    },
 }
 
 /// What [`Journal::truncate`] changed, for the threads that hold handles
@@ -314,6 +338,9 @@ pub struct Journal {
     /// The topic (slot) whose own time limit kept the oldest segment from
     /// time retention at the last look, if one did.
     held_by: Option<usize>,
+    /// Every byte below it is durable and committed: no cut reaches the
+    /// metadata records there ([`Journal::settle`]).
+    settled: u64,
     /// Sealed segments from here on have not been handed out as
     /// [`IndexJob`]s yet.
     indexing_from: u64,
@@ -568,7 +595,8 @@ impl Journal {
                 .flat_map(|t| t.partitions.iter())
                 .map(|p| p.index.len() as u64)
                 .sum::<u64>();
-        Ok(Journal {
+        let standalone = !recovery.entries;
+        let mut journal = Journal {
             dir: dir.to_path_buf(),
             _lock: lock,
             segment_bytes,
@@ -583,13 +611,20 @@ impl Journal {
             active_newest_ms,
             warned: u64::MAX,
             held_by: None,
+            settled: 0,
             indexing_from: indexed_below,
             indexes,
             control: BatchBuilder::with_kind(BatchKind::Control),
             report,
             entries,
             sync_file: recovery.sync_file,
-        })
+        };
+        // A standalone broker's journal is never cut: what it recovered is
+        // settled. A group member's tail above C may still be.
+        if standalone {
+            journal.settle(end);
+        }
+        Ok(journal)
     }
 
     /// The `(start, end, term)` of every batch recovery found, in journal
@@ -780,9 +815,8 @@ impl Journal {
         let topic_id = self.catalog.topic(slot).meta.id;
         let appended =
             self.append_control(&Control::TopicConfig { topic_id, config }, term, now_ms)?;
-        self.catalog
-            .topic_mut(slot)
-            .set_config(appended.position, config, durable);
+        self.catalog.set_config(slot, appended.position, config);
+        self.settle(durable);
         Ok(appended)
     }
 
@@ -873,9 +907,9 @@ impl Journal {
             term,
             now_ms,
         )?;
-        let p = &mut self.catalog.topic_mut(slot).partitions[partition as usize];
-        p.settle_deletions(durable);
-        p.delete_below(appended.position, before);
+        self.catalog
+            .delete_below(slot, partition as usize, appended.position, before);
+        self.settle(durable);
         Ok(appended)
     }
 
@@ -903,6 +937,19 @@ impl Journal {
         if BatchView(batch).kind() == Some(BatchKind::Data) {
             self.active_newest_ms = self.active_newest_ms.max(BatchView(batch).append_time_ms());
         }
+        let changed = match effect {
+            Effect::DeleteRecords {
+                slot,
+                partition,
+                before,
+            } => Some(Changed::Deleted {
+                slot,
+                partition: partition as u32,
+                below: before,
+            }),
+            Effect::Config(slot, config) => Some(Changed::Configured { slot, config }),
+            _ => None,
+        };
         let created = apply_effect(&mut self.catalog, position, batch, effect);
         Ok(Replicated {
             appended: Appended {
@@ -912,7 +959,18 @@ impl Journal {
                 rolled,
             },
             created,
+            changed,
         })
+    }
+
+    /// Tells the journal that every byte below `position` is durable and
+    /// committed: DeleteRecords and settings records received from a
+    /// leader below it are no longer kept apart for a cut to undo.
+    pub fn settle(&mut self, position: u64) {
+        if position > self.settled {
+            self.settled = position;
+            self.catalog.settle(position);
+        }
     }
 
     /// Writes the cached batches to the active segment file with one
@@ -1808,7 +1866,7 @@ fn apply_effect(
             None
         }
         Effect::Config(slot, config) => {
-            catalog.topic_mut(slot).config = config;
+            catalog.set_config(slot, position, config);
             None
         }
         Effect::Data { slot, partition } => {
@@ -1819,13 +1877,15 @@ fn apply_effect(
             catalog.set_cluster_id(id, position);
             None
         }
+        // Kept apart, with their positions, until the journal settles
+        // below them (`Journal::settle`): a replicated record may still be
+        // cut, and a recovered one too on a member of a replication group.
         Effect::DeleteRecords {
             slot,
             partition,
             before,
         } => {
-            // Recovered (so durable), or replicated.
-            catalog.topic_mut(slot).partitions[partition].set_deleted_below(before);
+            catalog.delete_below(slot, partition, position, before);
             None
         }
         Effect::Nothing => None,
@@ -3272,6 +3332,73 @@ mod tests {
             j.retain(policy, j.end(), 9_500).is_some(),
             "a durable deletion does not"
         );
+    }
+
+    /// In a replication group a DeleteRecords or settings record above C
+    /// may be cut with the tail of an old leader: the log start and the
+    /// settings go back to what they were below the cut, on the member
+    /// that appended the records and on one that received them, and only
+    /// settled records stay whatever is cut later.
+    #[test]
+    fn a_cut_takes_back_deletions_and_settings_above_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path());
+        let (_, slot) = j.create_topic("t", 1, 1, 5).unwrap();
+        for _ in 0..4 {
+            append(&mut j, slot, 0, &producer_batch(1, 10, 0, 0), 1);
+        }
+        j.delete_records(slot, 0, 1, 0, 1, 6).unwrap();
+        let first = j.end();
+        let limited = TopicConfig {
+            retention_ms: Some(9),
+            retention_bytes: None,
+        };
+        j.set_topic_config(slot, limited, 0, 1, 6).unwrap();
+        j.delete_records(slot, 0, 3, 0, 1, 6).unwrap();
+        j.write_out().unwrap();
+        let seen = |j: &Journal| {
+            let t = j.catalog().topic(0);
+            (t.partitions[0].deleted_below(), t.config.retention_ms)
+        };
+        assert_eq!(seen(&j), (3, Some(9)));
+        // A follower receives the same records.
+        let fdir = tempfile::tempdir().unwrap();
+        let mut f = open(fdir.path());
+        let bytes = journal_bytes(&mut j);
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let len = BatchView(&bytes[pos..]).len();
+            let r = f.append_replicated(&bytes[pos..pos + len]).unwrap();
+            if pos as u64 == first {
+                assert_eq!(
+                    r.changed,
+                    Some(Changed::Configured {
+                        slot: 0,
+                        config: limited
+                    })
+                );
+            }
+            pos += len;
+        }
+        f.write_out().unwrap();
+        assert_eq!(seen(&f), (3, Some(9)));
+        for member in [&mut j, &mut f] {
+            member.truncate(first, first).unwrap();
+            assert_eq!(seen(member), (1, None), "taken back to below the cut");
+        }
+        // Settled records stay: the leader's cut never goes below them.
+        j.settle(j.end());
+        assert_eq!(j.catalog().topic(0).partitions[0].deletions.len(), 0);
+        assert_eq!(seen(&j), (1, None));
+        drop(f);
+        // Recovered on a group member (entries kept), a record stays apart
+        // until settled too.
+        let mut f = open(fdir.path());
+        assert_eq!(seen(&f), (1, None));
+        assert_eq!(f.catalog().topic(0).partitions[0].deletions.len(), 1);
+        f.settle(f.end());
+        assert_eq!(f.catalog().topic(0).partitions[0].deletions.len(), 0);
+        assert_eq!(seen(&f), (1, None));
     }
 
     #[test]
