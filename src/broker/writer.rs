@@ -1942,4 +1942,128 @@ mod tests {
             "the new limit applies at the next look, not a year later"
         );
     }
+
+    /// Review (test gap): in a replication group only the leader moves log
+    /// starts by a topic's own limits. A member that does not lead
+    /// appends nothing of its own, whatever its catalog asks for: its
+    /// journal is the leader's, byte for byte.
+    #[test]
+    fn review_a_group_member_that_does_not_lead_moves_no_log_start_by_topic_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (jobs, _jobs_rx) = std::sync::mpsc::channel();
+        let (_trims_tx, trims) = std::sync::mpsc::channel();
+        // Never pulsed: it does not lead.
+        let mut w =
+            group_writer(dir.path()).with_janitor(None, Duration::from_secs(1), jobs, trims);
+        assert!(w.replica.as_ref().unwrap().leader_term().is_none());
+        // As if received from a leader: a topic with a one-second limit
+        // and a record stamped in 1970.
+        let limited = TopicConfig {
+            retention_ms: Some(1_000),
+            retention_bytes: None,
+        };
+        let (_, slot) = w.journal.create_topic_with("t", 1, limited, 1, 0).unwrap();
+        let mut b = crate::wire::batch::BatchBuilder::new();
+        b.push(0, b"", &[7u8; 100], &[]);
+        let batch = b.finish(0, 0);
+        w.journal.append_data(slot, 0, batch, 1, 1, 0).unwrap();
+        assert!(
+            !w.journal.retention_moves(slot, unix_ms(), None).is_empty(),
+            "the limit asks for a move"
+        );
+        let end = w.journal.end();
+        w.retain(Instant::now());
+        assert_eq!(w.journal.end(), end, "nothing appended by a follower");
+        // Not even appended and taken back out (a refused proposal).
+        let mut none = Vec::new();
+        assert!(
+            !w.shared.cuts.take_new(&mut 0, &mut none),
+            "no cut recorded: {none:?}"
+        );
+        assert_eq!(
+            w.journal.catalog().topic(slot).partitions[0].deleted_below(),
+            0
+        );
+    }
+
+    /// Review (test gap): a group member settles DeleteRecords records only
+    /// below C as well as F. On a follower F runs ahead of C (it flushes
+    /// what it received before the leader says it is committed), and a
+    /// record settled there could no longer be taken back by a cut.
+    #[test]
+    fn review_a_group_writer_settles_deletions_below_c_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (jobs, _jobs_rx) = std::sync::mpsc::channel();
+        let (_trims_tx, trims) = std::sync::mpsc::channel();
+        let every = Duration::from_secs(1);
+        let mut w = group_writer(dir.path()).with_janitor(None, every, jobs, trims);
+        let shared = w.shared.clone();
+        let tick = Duration::from_millis(w.config.tick_ms);
+        let mut now = Instant::now();
+        for _ in 0..1000 {
+            if w.replica.as_ref().unwrap().leader_term().is_some() {
+                break;
+            }
+            now += tick;
+            w.pulse(now);
+        }
+        assert!(
+            w.replica.as_ref().unwrap().leader_term().is_some(),
+            "elected"
+        );
+        let create = w.handle(1, true, &create_topic_frame("t"), now, 0);
+        assert_eq!(create.expect("answered").error, ErrorCode::None);
+        for _ in 0..2 {
+            let p = w.handle(1, true, &produce_frame("t", Qos::Received), now, 0);
+            assert_eq!(p.expect("answered").error, ErrorCode::None);
+        }
+        let mut body = Vec::new();
+        DeleteRecordsRequest {
+            topic: "t",
+            partition: 0,
+            before: 1,
+        }
+        .encode(&mut body);
+        let d = w
+            .handle(
+                1,
+                true,
+                &frame(ApiKey::DeleteRecords.as_u16(), &body),
+                now,
+                0,
+            )
+            .expect("answered");
+        assert_eq!(
+            (d.error, d.qos, d.base_offset),
+            (ErrorCode::None, Qos::All, 1)
+        );
+        let written = w.write_out().unwrap();
+        shared.positions.written.publish(written);
+        let pending = |w: &Writer| w.journal.catalog().topic(0).partitions[0].deletions.len();
+        let at_record = w.journal.catalog().topic(0).partitions[0].deletions[0].0;
+        // F past the record, C at its start.
+        shared.positions.flushed.set(written);
+        shared.positions.committed.set(at_record);
+        let mut at = Instant::now();
+        w.retain(at);
+        assert_eq!(
+            pending(&w),
+            1,
+            "not committed: a cut may still take it back"
+        );
+        // C past it, F at its start.
+        shared.positions.committed.set(written);
+        shared.positions.flushed.set(at_record);
+        at += every;
+        w.retain(at);
+        assert_eq!(pending(&w), 1, "not durable");
+        shared.positions.flushed.set(written);
+        at += every;
+        w.retain(at);
+        assert_eq!(pending(&w), 0, "settled below F and C");
+        assert_eq!(
+            w.journal.catalog().topic(0).partitions[0].deleted_below(),
+            1
+        );
+    }
 }
