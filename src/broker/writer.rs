@@ -795,7 +795,8 @@ impl Writer {
             req.before
         };
         if before > p.next_offset {
-            return Err(ErrorCode::InvalidRequest);
+            // A new leader may not hold yet what an earlier one appended.
+            return Err(self.refusal(ErrorCode::InvalidRequest));
         }
         let log_start = p.log_start_at(self.journal.start()).max(p.deleted_below());
         if before <= log_start {

@@ -34,8 +34,9 @@ pub struct Partition {
     /// segment index files) and no longer in `index`, oldest first, that
     /// hold batches of this partition.
     pub on_disk: std::collections::VecDeque<OnDisk>,
-    /// The log start the DeleteRecords records known durable set (0:
-    /// none); with `deletions`, [`Partition::deleted_below`].
+    /// The log start the settled DeleteRecords records set (0: none;
+    /// settled: durable, and committed in a replication group); with
+    /// `deletions`, [`Partition::deleted_below`].
     pub deleted_durable: u64,
     /// The DeleteRecords records appended or received since (position,
     /// `before`), which may not be durable yet (nor committed, in a
@@ -160,7 +161,8 @@ impl Partition {
 
 impl Partition {
     /// Records a DeleteRecords record at journal position `at` moving the
-    /// log start to `before`, appended by this broker and not durable yet.
+    /// log start to `before`, not settled yet (not durable, or not
+    /// committed in a replication group).
     pub fn delete_below(&mut self, at: u64, before: u64) {
         self.deletions.push((at, before));
     }
@@ -690,16 +692,27 @@ impl Catalog {
 
     /// Records a DeleteRecords record at journal position `at` (appended,
     /// received or recovered) for partition `partition` of the topic in
-    /// `slot`, kept apart until [`Catalog::settle`] passes it.
-    pub fn delete_below(&mut self, slot: usize, partition: usize, at: u64, before: u64) {
-        self.topics[slot].partitions[partition].delete_below(at, before);
+    /// `slot`, kept apart until [`Catalog::settle`] passes it. The
+    /// partition's own records below `settled` settle here (one partition,
+    /// not a sweep).
+    pub fn delete_below(
+        &mut self,
+        slot: usize,
+        partition: usize,
+        at: u64,
+        before: u64,
+        settled: u64,
+    ) {
+        let p = &mut self.topics[slot].partitions[partition];
+        p.settle_deletions(settled);
+        p.delete_below(at, before);
         self.unsettled = true;
     }
 
     /// Records a settings record at journal position `at` for the topic in
     /// `slot`, kept apart as [`Catalog::delete_below`] does.
-    pub fn set_config(&mut self, slot: usize, at: u64, config: TopicConfig) {
-        self.topics[slot].set_config(at, config, 0);
+    pub fn set_config(&mut self, slot: usize, at: u64, config: TopicConfig, settled: u64) {
+        self.topics[slot].set_config(at, config, settled);
         self.unsettled = true;
     }
 

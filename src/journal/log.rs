@@ -798,8 +798,9 @@ impl Journal {
 
     /// Replaces the settings of the topic in `slot`: appends a
     /// [`Control::TopicConfig`] record and applies it. Every byte below
-    /// `durable` is durable (F): the start state keeps the settings of
-    /// durable records only. Returns where it landed.
+    /// `durable` is settled (F, and C in a replication group): the start
+    /// state keeps the settings of durable records only, and a cut undoes
+    /// those above it. Returns where it landed.
     ///
     /// # Errors
     /// [`JournalError::StorageFull`] when a new segment cannot be allocated;
@@ -815,8 +816,8 @@ impl Journal {
         let topic_id = self.catalog.topic(slot).meta.id;
         let appended =
             self.append_control(&Control::TopicConfig { topic_id, config }, term, now_ms)?;
-        self.catalog.set_config(slot, appended.position, config);
-        self.settle(durable);
+        self.catalog
+            .set_config(slot, appended.position, config, durable);
         Ok(appended)
     }
 
@@ -884,7 +885,8 @@ impl Journal {
     /// Appends a DeleteRecords control record: the records of `partition`
     /// of the topic in `slot` below `before` (at most its next offset, and
     /// above its current log start, both checked by the caller) are deleted.
-    /// Every byte below `durable` is durable (F). Returns where it landed.
+    /// Every byte below `durable` is settled (F, and C in a replication
+    /// group; see [`Journal::set_topic_config`]). Returns where it landed.
     ///
     /// # Errors
     /// As [`Journal::create_topic`].
@@ -908,8 +910,7 @@ impl Journal {
             now_ms,
         )?;
         self.catalog
-            .delete_below(slot, partition as usize, appended.position, before);
-        self.settle(durable);
+            .delete_below(slot, partition as usize, appended.position, before, durable);
         Ok(appended)
     }
 
@@ -1866,7 +1867,7 @@ fn apply_effect(
             None
         }
         Effect::Config(slot, config) => {
-            catalog.set_config(slot, position, config);
+            catalog.set_config(slot, position, config, 0);
             None
         }
         Effect::Data { slot, partition } => {
@@ -1885,7 +1886,7 @@ fn apply_effect(
             partition,
             before,
         } => {
-            catalog.delete_below(slot, partition, position, before);
+            catalog.delete_below(slot, partition, position, before, 0);
             None
         }
         Effect::Nothing => None,
