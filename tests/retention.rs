@@ -6,8 +6,9 @@
 //! with the log start and end in a trailer, and a restart (clean or
 //! `kill -9`) keeps it where it was while offsets carry on from the old
 //! end. Deletion keeps pace with a producer that never pauses, and twenty
-//! `kill -9` in a row while segments are being deleted lose nothing that
-//! was acknowledged and is still inside retention.
+//! `kill -9` in a row while segments are being deleted (and a topic's own
+//! size limit moves its log starts) lose nothing that was acknowledged and
+//! is still inside retention, and never move a reported log start back.
 //!
 //! The values these tests produce are computed from where they are stored
 //! (partition and offset, or batch number and index), so a read-back
@@ -670,6 +671,10 @@ const LOOP_TOML: &str = "segment_bytes = 65536\n\
                          checkpoint_interval_ms = 1\n";
 /// About 4 KiB per batch: 15 batches to a segment.
 const LOOP_VALUE_BYTES: usize = 1000;
+/// The crash loop topic's own size limit per partition: half a segment,
+/// well inside the journal's retention, so that its log starts move by it
+/// (DeleteRecords records) ahead of the journal's deletions.
+const LOOP_TOPIC_BYTES: u64 = 32 * 1024;
 /// Produce requests in flight.
 const LOOP_WINDOW: usize = 16;
 /// Longest random wait between a deletion and the kill.
@@ -892,7 +897,20 @@ fn acked_data_inside_retention_survives_twenty_kill_9_while_segments_are_deleted
     let args = args_with(&dir, LOOP_TOML, &[]);
     let args = strs(&args);
     let mut broker = BrokerProc::start(&dir.data, &args);
-    RawConn::connect(broker.addr()).create_topic(LOOP_TOPIC, PARTITIONS);
+    // A size limit of the topic's own too: DeleteRecords records move its
+    // log starts among the deletions and the kills, and no kill may move a
+    // log start a client was shown back.
+    hutong::client::Admin::connect(broker.addr())
+        .expect("admin connects")
+        .create_topic_with(
+            LOOP_TOPIC,
+            PARTITIONS,
+            hutong::client::admin::TopicConfig {
+                retention_ms: None,
+                retention_bytes: Some(LOOP_TOPIC_BYTES),
+            },
+        )
+        .expect("create the loop's topic");
     let feed = Arc::new(Feed::default());
     let mut seen = Seen::default();
     for round in 0..=LOOP_KILLS {

@@ -226,12 +226,16 @@ impl Broker {
                 config: t.config,
                 indexes: t.index_handles(),
             });
+            // Settled deletions at once; a group member's recovered ones
+            // above C once C passes them.
             for (partition, p) in t.partitions.iter().enumerate() {
-                if p.deleted_below() > 0 {
+                let settled = std::iter::once((0, p.deleted_durable)).filter(|&(_, b)| b > 0);
+                for (at, below) in settled.chain(p.deletions.iter().copied()) {
                     let _ = reader_events_tx.send(reader::ReaderEvent::Deleted {
                         slot,
                         partition: partition as u32,
-                        below: p.deleted_below(),
+                        at,
+                        below,
                     });
                 }
             }

@@ -70,8 +70,14 @@ pub struct PartitionView {
     /// The sealed segments indexed on disk that hold batches of the
     /// partition, oldest first; all of them committed.
     disk: Vec<DiskSection>,
-    /// The log start DeleteRecords set (0: never).
+    /// The log start the committed DeleteRecords records set (0: never).
     deleted_below: u64,
+    /// DeleteRecords records not known committed yet: the journal position
+    /// each starts at and the log start it sets. They count once C passes
+    /// them, so that a log start is never reported before the record that
+    /// moved it is committed (durable, on a standalone broker) and a crash
+    /// or a cut never moves a reported log start back.
+    pending: Vec<(u64, u64)>,
 }
 
 impl PartitionView {
@@ -81,6 +87,7 @@ impl PartitionView {
             memory,
             disk: Vec::new(),
             deleted_below: 0,
+            pending: Vec::new(),
         }
     }
 
@@ -120,16 +127,43 @@ impl PartitionView {
         }
     }
 
-    /// Moves the log start up to `below` (DeleteRecords): offsets below it
-    /// are out of range from now on.
-    pub fn delete_below(&mut self, below: u64) {
-        self.deleted_below = self.deleted_below.max(below);
+    /// Takes a DeleteRecords record at journal position `at` moving the log
+    /// start up to `below`: offsets below it are out of range once C
+    /// passes the record (`at` 0: known committed).
+    pub fn delete_below(&mut self, at: u64, below: u64) {
+        self.pending.push((at, below));
     }
 
-    /// Sets the log start DeleteRecords set to `below`, lower or higher: a
-    /// cut of the journal took a deletion back.
-    pub fn set_deleted_below(&mut self, below: u64) {
+    /// Sets the log start the committed records set and the records not
+    /// committed yet, lower or higher than before: a cut of the journal
+    /// took a deletion back.
+    pub fn set_deletions(&mut self, below: u64, pending: Vec<(u64, u64)>) {
         self.deleted_below = below;
+        self.pending = pending;
+    }
+
+    /// Folds the records C (`committed`) passed into the log start; true
+    /// when some are left.
+    pub fn settle_deletions(&mut self, committed: u64) -> bool {
+        let below = &mut self.deleted_below;
+        self.pending.retain(|&(at, before)| {
+            let passed = at < committed;
+            if passed {
+                *below = (*below).max(before);
+            }
+            !passed
+        });
+        !self.pending.is_empty()
+    }
+
+    /// The log start DeleteRecords set, as far as C (`committed`) has
+    /// passed the records.
+    fn deleted(&self, committed: u64) -> u64 {
+        self.pending
+            .iter()
+            .filter(|&&(at, _)| at < committed)
+            .map(|&(_, before)| before)
+            .fold(self.deleted_below, u64::max)
     }
 
     /// Forgets the segments retention deleted (those below `position`).
@@ -141,7 +175,7 @@ impl PartitionView {
     /// The first kept offset and one past the last committed one, when C
     /// is `committed` and the journal starts at `journal_start`.
     pub fn offsets(&self, committed: u64, journal_start: u64) -> (u64, u64) {
-        self.range(self.visible(committed), journal_start)
+        self.range(self.visible(committed), committed, journal_start)
     }
 
     /// How many in-memory entries lie below C (`committed`).
@@ -152,7 +186,7 @@ impl PartitionView {
 
     /// [`PartitionView::offsets`] when the first `n` in-memory entries are
     /// the visible ones.
-    fn range(&self, n: usize, journal_start: u64) -> (u64, u64) {
+    fn range(&self, n: usize, committed: u64, journal_start: u64) -> (u64, u64) {
         let end = self.memory.end_offset(n);
         let start = match self.disk.first() {
             Some(d) => d.first_offset,
@@ -160,7 +194,7 @@ impl PartitionView {
         };
         // Records deleted below the end not yet committed show as an empty
         // partition starting at its end.
-        (start.max(self.deleted_below).min(end), end)
+        (start.max(self.deleted(committed)).min(end), end)
     }
 
     /// The first offset of the first kept, committed batch appended at or
@@ -177,7 +211,7 @@ impl PartitionView {
         journal_start: u64,
     ) -> std::io::Result<u64> {
         let n = self.visible(committed);
-        let (start, end) = self.range(n, journal_start);
+        let (start, end) = self.range(n, committed, journal_start);
         for d in &self.disk {
             let Some(s) = d.index.sections().get(d.section) else {
                 continue;
@@ -250,7 +284,7 @@ impl PartitionView {
     ) -> Result<Selection, NoSelection> {
         runs.clear();
         let n = self.visible(committed);
-        let (start_offset, high_watermark) = self.range(n, journal_start);
+        let (start_offset, high_watermark) = self.range(n, committed, journal_start);
         if offset > high_watermark || offset < start_offset {
             return Err(NoSelection::OutOfRange {
                 start: start_offset,

@@ -71,12 +71,14 @@ pub enum ReaderEvent {
         indexes: Vec<IndexHandle>,
     },
     /// A partition's records below `below` were deleted (DeleteRecords):
-    /// its log start moves there.
+    /// its log start moves there once C passes the record.
     Deleted {
         /// The topic's slot.
         slot: usize,
         /// The partition.
         partition: u32,
+        /// Where the record starts in the journal (0: known committed).
+        at: u64,
         /// Its log start now.
         below: u64,
     },
@@ -99,9 +101,10 @@ pub struct TopicState {
     pub config: TopicConfig,
     /// One index per partition.
     pub indexes: Vec<IndexHandle>,
-    /// Each partition's log start as DeleteRecords set it (a cut may have
-    /// taken a deletion back).
-    pub deleted_below: Vec<u64>,
+    /// Each partition's log start as the settled DeleteRecords records set
+    /// it, and the records not settled yet (where each starts, the log
+    /// start it sets): a cut may have taken some back.
+    pub deletions: Vec<(u64, Vec<(u64, u64)>)>,
 }
 
 struct ReaderTopic {
@@ -159,6 +162,9 @@ pub struct Reader {
     runs: Vec<(u64, u64)>,
     /// Index entries read from a segment index file.
     scratch: Vec<IndexEntry>,
+    /// The partitions (slot, partition) holding DeleteRecords records not
+    /// committed yet, settled at each recheck.
+    unsettled: Vec<(usize, u32)>,
 }
 
 impl Reader {
@@ -181,6 +187,7 @@ impl Reader {
             shared: None,
             runs: Vec::new(),
             scratch: Vec::new(),
+            unsettled: Vec::new(),
         }
     }
 
@@ -227,6 +234,7 @@ impl Reader {
                 ReaderEvent::Deleted {
                     slot,
                     partition,
+                    at,
                     below,
                 } => {
                     if let Some(p) = self
@@ -234,7 +242,10 @@ impl Reader {
                         .get_mut(slot)
                         .and_then(|t| t.partitions.get_mut(partition as usize))
                     {
-                        p.delete_below(below);
+                        p.delete_below(at, below);
+                        if !self.unsettled.contains(&(slot, partition)) {
+                            self.unsettled.push((slot, partition));
+                        }
                     }
                 }
                 ReaderEvent::Indexes { slot, indexes } => {
@@ -257,12 +268,13 @@ impl Reader {
                     let mut old: HashMap<u32, ReaderTopic> =
                         self.topics.drain(..).map(|t| (t.id, t)).collect();
                     self.by_name.clear();
+                    self.unsettled.clear();
                     for state in topics {
                         let TopicState {
                             meta,
                             config,
                             indexes,
-                            deleted_below,
+                            deletions,
                         } = state;
                         self.by_name.insert(meta.name.clone(), self.topics.len());
                         let mut topic = match old.remove(&meta.id) {
@@ -275,8 +287,14 @@ impl Reader {
                             }
                             _ => ReaderTopic::new(meta, config, indexes),
                         };
-                        for (p, &below) in topic.partitions.iter_mut().zip(&deleted_below) {
-                            p.set_deleted_below(below);
+                        let slot = self.topics.len();
+                        for (n, (p, (below, pending))) in
+                            topic.partitions.iter_mut().zip(deletions).enumerate()
+                        {
+                            if !pending.is_empty() && !self.unsettled.contains(&(slot, n as u32)) {
+                                self.unsettled.push((slot, n as u32));
+                            }
+                            p.set_deletions(below, pending);
                         }
                         self.topics.push(topic);
                     }
@@ -721,6 +739,19 @@ impl Reader {
         }
     }
 
+    /// Folds the DeleteRecords records C (`committed`) passed into their
+    /// partitions' log starts (they count from then on either way: this
+    /// only keeps the lists short).
+    fn settle_deletions(&mut self, committed: u64) {
+        let topics = &mut self.topics;
+        self.unsettled.retain(|&(slot, partition)| {
+            topics
+                .get_mut(slot)
+                .and_then(|t| t.partitions.get_mut(partition as usize))
+                .is_some_and(|p| p.settle_deletions(committed))
+        });
+    }
+
     /// Answers every waiting fetch that can be answered now (all of them
     /// with `force`). Returns how many were answered.
     pub fn recheck(
@@ -730,6 +761,7 @@ impl Reader {
         force: bool,
         out: &mut MessageProducer,
     ) -> Result<usize, RingFull> {
+        self.settle_deletions(committed);
         let mut answered = 0;
         while let Some(w) = self.orphaned.last().copied() {
             self.answer_error(
@@ -917,9 +949,11 @@ mod tests {
                 config: TopicConfig::default(),
                 indexes: vec![handle.clone()],
             },
+            // A record after the data, at position 200.
             ReaderEvent::Deleted {
                 slot: 0,
                 partition: 0,
+                at: 200,
                 below: 5,
             },
             ReaderEvent::Configured {
@@ -929,28 +963,45 @@ mod tests {
         ] {
             events_tx.send(e).unwrap();
         }
-        let describe = |reader: &mut Reader| {
+        let describe = |reader: &mut Reader, committed: u64| {
             let mut body = Vec::new();
             MetadataRequest { topics: vec![] }.encode(&mut body);
-            reader.metadata(&body, 200, 3).unwrap();
+            reader.metadata(&body, committed, 3).unwrap();
             let md = MetadataResponse::decode_version(&reader.out, 3).unwrap();
             (md.topics[0].partitions[0].start_offset, md.topics[0].config)
         };
         reader.drain_events();
-        assert_eq!(describe(&mut reader), (5, limited));
-        events_tx
-            .send(ReaderEvent::Reset {
-                topics: vec![TopicState {
-                    meta,
-                    config: TopicConfig::default(),
-                    indexes: vec![handle],
-                    deleted_below: vec![0],
-                }],
-                segments: Vec::new(),
-            })
-            .unwrap();
+        // The deletion counts once C passes the record, never before.
+        assert_eq!(describe(&mut reader, 200), (0, limited));
+        assert_eq!(describe(&mut reader, 260), (5, limited));
+        let reset = |deletions| ReaderEvent::Reset {
+            topics: vec![TopicState {
+                meta: meta.clone(),
+                config: TopicConfig::default(),
+                indexes: vec![handle.clone()],
+                deletions,
+            }],
+            segments: Vec::new(),
+        };
+        // A cut keeps the record (it lies below the cut).
+        events_tx.send(reset(vec![(0, vec![(200, 5)])])).unwrap();
         reader.drain_events();
-        assert_eq!(describe(&mut reader), (0, TopicConfig::default()));
+        assert_eq!(describe(&mut reader, 200), (0, TopicConfig::default()));
+        assert_eq!(describe(&mut reader, 260), (5, TopicConfig::default()));
+        // A cut below the record takes it back.
+        events_tx.send(reset(vec![(0, Vec::new())])).unwrap();
+        reader.drain_events();
+        assert_eq!(describe(&mut reader, 260), (0, TopicConfig::default()));
+        // Settled ones count at once; rechecks fold the passed ones in.
+        events_tx.send(reset(vec![(2, vec![(200, 5)])])).unwrap();
+        reader.drain_events();
+        assert_eq!(describe(&mut reader, 200), (2, TopicConfig::default()));
+        let (mut out, _inp) = message_ring(1 << 16);
+        reader
+            .recheck(260, Instant::now(), false, &mut out)
+            .unwrap();
+        assert!(reader.unsettled.is_empty(), "folded once C passed it");
+        assert_eq!(describe(&mut reader, 260), (5, TopicConfig::default()));
     }
 
     /// Finding 4: a fetch waiting on a topic whose creation a cut removed

@@ -284,6 +284,7 @@ impl Writer {
                         let _ = self.reader_events.send(ReaderEvent::Deleted {
                             slot,
                             partition,
+                            at: appended.position,
                             below: before,
                         });
                         if let Some(clock) = self.retention.as_mut() {
@@ -813,6 +814,7 @@ impl Writer {
         let _ = self.reader_events.send(ReaderEvent::Deleted {
             slot,
             partition: req.partition,
+            at: appended.position,
             below: before,
         });
         Ok((appended.end, before))
@@ -1081,6 +1083,7 @@ impl Writer {
                 let _ = self.reader_events.send(ReaderEvent::Deleted {
                     slot,
                     partition,
+                    at: appended.position,
                     below,
                 });
             }
@@ -1156,7 +1159,11 @@ impl Writer {
                 meta: t.meta.clone(),
                 config: t.config,
                 indexes: t.index_handles(),
-                deleted_below: t.partitions.iter().map(|p| p.deleted_below()).collect(),
+                deletions: t
+                    .partitions
+                    .iter()
+                    .map(|p| (p.deleted_durable, p.deletions.clone()))
+                    .collect(),
             })
             .collect();
         let _ = self.reader_events.send(ReaderEvent::Reset {
