@@ -1800,18 +1800,9 @@ mod tests {
         );
     }
 
-    /// Review of issue 9's fixes: a leader that has not committed in its own
-    /// term answered gaps from producer states that a newer leader may
-    /// still overrule (its journal's tail of earlier terms may be cut, or
-    /// committed elsewhere although it lacks it). A gap answer makes the
-    /// client renumber the batch under a new epoch, so the batch could end
-    /// up stored twice. Until its first entry is committed it answers
-    /// `Busy` (nothing stored, send the same batch again).
-    #[test]
-    fn a_new_leader_answers_no_producer_refusal_before_it_commits_in_its_term() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut w = group_writer(dir.path());
-        let shared = w.shared.clone();
+    /// Pulses a one-member group's writer until it leads; returns the
+    /// clock it got there at.
+    fn elect(w: &mut Writer) -> Instant {
         let tick = Duration::from_millis(w.config.tick_ms);
         let mut now = Instant::now();
         for _ in 0..1000 {
@@ -1825,6 +1816,22 @@ mod tests {
             w.replica.as_ref().unwrap().leader_term().is_some(),
             "elected"
         );
+        now
+    }
+
+    /// Review of issue 9's fixes: a leader that has not committed in its own
+    /// term answered gaps from producer states that a newer leader may
+    /// still overrule (its journal's tail of earlier terms may be cut, or
+    /// committed elsewhere although it lacks it). A gap answer makes the
+    /// client renumber the batch under a new epoch, so the batch could end
+    /// up stored twice. Until its first entry is committed it answers
+    /// `Busy` (nothing stored, send the same batch again).
+    #[test]
+    fn a_new_leader_answers_no_producer_refusal_before_it_commits_in_its_term() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = group_writer(dir.path());
+        let shared = w.shared.clone();
+        let now = elect(&mut w);
         assert!(
             !w.replica.as_ref().unwrap().leader_settled(),
             "nothing flushed yet"
@@ -2006,19 +2013,7 @@ mod tests {
         let every = Duration::from_secs(1);
         let mut w = group_writer(dir.path()).with_janitor(None, every, jobs, trims);
         let shared = w.shared.clone();
-        let tick = Duration::from_millis(w.config.tick_ms);
-        let mut now = Instant::now();
-        for _ in 0..1000 {
-            if w.replica.as_ref().unwrap().leader_term().is_some() {
-                break;
-            }
-            now += tick;
-            w.pulse(now);
-        }
-        assert!(
-            w.replica.as_ref().unwrap().leader_term().is_some(),
-            "elected"
-        );
+        let now = elect(&mut w);
         let create = w.handle(1, true, &create_topic_frame("t"), now, 0);
         assert_eq!(create.expect("answered").error, ErrorCode::None);
         for _ in 0..2 {
