@@ -129,9 +129,15 @@ impl PartitionView {
 
     /// Takes a DeleteRecords record at journal position `at` moving the log
     /// start up to `below`: offsets below it are out of range once C
-    /// passes the record (`at` 0: known committed).
-    pub fn delete_below(&mut self, at: u64, below: u64) {
+    /// passes the record (`at` 0: known committed, at once). True when it
+    /// is the only one waiting for C.
+    pub fn delete_below(&mut self, at: u64, below: u64) -> bool {
+        if at == 0 {
+            self.deleted_below = self.deleted_below.max(below);
+            return false;
+        }
         self.pending.push((at, below));
+        self.pending.len() == 1
     }
 
     /// Sets the log start the committed records set and the records not

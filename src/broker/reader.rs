@@ -242,8 +242,8 @@ impl Reader {
                         .get_mut(slot)
                         .and_then(|t| t.partitions.get_mut(partition as usize))
                     {
-                        p.delete_below(at, below);
-                        if !self.unsettled.contains(&(slot, partition)) {
+                        // Listed once: when its first record starts waiting.
+                        if p.delete_below(at, below) {
                             self.unsettled.push((slot, partition));
                         }
                     }
@@ -291,7 +291,8 @@ impl Reader {
                         for (n, (p, (below, pending))) in
                             topic.partitions.iter_mut().zip(deletions).enumerate()
                         {
-                            if !pending.is_empty() && !self.unsettled.contains(&(slot, n as u32)) {
+                            // The list was emptied above: each once.
+                            if !pending.is_empty() {
                                 self.unsettled.push((slot, n as u32));
                             }
                             p.set_deletions(below, pending);
@@ -822,7 +823,7 @@ pub fn run(
     loop {
         // Load C before draining events: every segment or topic holding
         // bytes below C was announced before C could cover it.
-        let committed = shared.positions.committed.get();
+        let mut committed = shared.positions.committed.get();
         reader.drain_events();
         let now = Instant::now();
         let mut worked = 0;
@@ -830,6 +831,14 @@ pub fn run(
         while worked < REQUESTS_PER_ROUND_MAX {
             let Some(m) = requests.peek() else { break };
             let (conn, flags) = (m.conn, m.flags);
+            // Each request sees C as it is when the reader takes it up (and
+            // whatever was announced below it): a client answered at QoS
+            // `all` (a produce, a DeleteRecords) whose next request lands
+            // in the same round sees what that answer promised.
+            if worked > 0 {
+                committed = shared.positions.committed.get();
+                reader.drain_events();
+            }
             if reader
                 .handle(conn, flags, m.payload, committed, now, &mut out)
                 .is_err()

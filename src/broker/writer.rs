@@ -203,7 +203,10 @@ impl Writer {
             clock.next = now + clock.every;
             clock.sealed = false;
             if let Some(policy) = clock.policy {
-                if let Some(decision) = self.journal.retain(policy, flushed, unix_ms()) {
+                // Below C too: in a replication group a segment above it
+                // could still be cut, and its records with it.
+                let settled = flushed.min(self.shared.positions.committed.get());
+                if let Some(decision) = self.journal.retain(policy, settled, unix_ms()) {
                     moved_start = Some(decision.state.position);
                     let _ = clock.jobs.send(Job::Retain(decision));
                 }
@@ -775,8 +778,9 @@ impl Writer {
 
     /// Deletes a partition's records below an offset
     /// ([`DeleteRecordsRequest`]): appends the control record and tells
-    /// the reader, which stops serving them at once. Returns the journal
-    /// position that must be durable before the answer (the record's end,
+    /// the reader, which stops serving them once the record is committed.
+    /// Returns the journal position that must be committed before the
+    /// answer (the record's end,
     /// or the journal's end when the log start is there already) and the
     /// partition's log start.
     fn delete_records(&mut self, body: &[u8], now_ms: i64) -> Result<(u64, u64), ErrorCode> {
