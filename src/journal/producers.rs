@@ -574,6 +574,11 @@ impl ProducerStates {
                 }
             }
         }
+        // A state evicted from the least recently used end may leave one
+        // idle past the expiry there, which a table restored from a save
+        // would drop at once (`restore`): drop it here too, so that both
+        // go on alike.
+        self.expire_oldest();
     }
 }
 
