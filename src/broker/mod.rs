@@ -229,8 +229,9 @@ impl Broker {
             // Settled deletions at once; a group member's recovered ones
             // above C once C passes them.
             for (partition, p) in t.partitions.iter().enumerate() {
-                let settled = std::iter::once((0, p.deleted_durable)).filter(|&(_, b)| b > 0);
-                for (at, below) in settled.chain(p.deletions.iter().copied()) {
+                let d = &p.deletions;
+                let settled = std::iter::once((0, d.settled())).filter(|&(_, b)| b > 0);
+                for (at, below) in settled.chain(d.pending().iter().copied()) {
                     let _ = reader_events_tx.send(reader::ReaderEvent::Deleted {
                         slot,
                         partition: partition as u32,

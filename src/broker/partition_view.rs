@@ -6,6 +6,7 @@
 //! an offset on.
 
 use crate::journal::catalog::IndexHandle;
+use crate::journal::deletions::Deletions;
 use crate::journal::index::{entries_below, locate, IndexEntry};
 use crate::journal::seg_index::SegmentIndex;
 use std::sync::Arc;
@@ -70,14 +71,11 @@ pub struct PartitionView {
     /// The sealed segments indexed on disk that hold batches of the
     /// partition, oldest first; all of them committed.
     disk: Vec<DiskSection>,
-    /// The log start the committed DeleteRecords records set (0: never).
-    deleted_below: u64,
-    /// DeleteRecords records not known committed yet: the journal position
-    /// each starts at and the log start it sets. They count once C passes
-    /// them, so that a log start is never reported before the record that
-    /// moved it is committed (durable, on a standalone broker) and a crash
-    /// or a cut never moves a reported log start back.
-    pending: Vec<(u64, u64)>,
+    /// The log start DeleteRecords records set. A record counts once C
+    /// passes it, so that a log start is never reported before the record
+    /// that moved it is committed (durable, on a standalone broker) and a
+    /// crash or a cut never moves a reported log start back.
+    deletions: Deletions,
 }
 
 impl PartitionView {
@@ -86,8 +84,7 @@ impl PartitionView {
         PartitionView {
             memory,
             disk: Vec::new(),
-            deleted_below: 0,
-            pending: Vec::new(),
+            deletions: Deletions::default(),
         }
     }
 
@@ -132,44 +129,19 @@ impl PartitionView {
     /// passes the record (`at` 0: known committed, at once). True when it
     /// is the only one waiting for C.
     pub fn delete_below(&mut self, at: u64, below: u64) -> bool {
-        if at == 0 {
-            self.deleted_below = self.deleted_below.max(below);
-            return false;
-        }
-        self.pending.push((at, below));
-        self.pending.len() == 1
+        self.deletions.push(at, below)
     }
 
-    /// Sets the log start the committed records set and the records not
-    /// committed yet, lower or higher than before: a cut of the journal
-    /// took a deletion back.
-    pub fn set_deletions(&mut self, below: u64, pending: Vec<(u64, u64)>) {
-        self.deleted_below = below;
-        self.pending = pending;
+    /// Takes the catalog's deletions as a cut of the journal left them
+    /// (lower or higher than before: the cut took records back).
+    pub fn set_deletions(&mut self, deletions: Deletions) {
+        self.deletions = deletions;
     }
 
     /// Folds the records C (`committed`) passed into the log start; true
     /// when some are left.
     pub fn settle_deletions(&mut self, committed: u64) -> bool {
-        let below = &mut self.deleted_below;
-        self.pending.retain(|&(at, before)| {
-            let passed = at < committed;
-            if passed {
-                *below = (*below).max(before);
-            }
-            !passed
-        });
-        !self.pending.is_empty()
-    }
-
-    /// The log start DeleteRecords set, as far as C (`committed`) has
-    /// passed the records.
-    fn deleted(&self, committed: u64) -> u64 {
-        self.pending
-            .iter()
-            .filter(|&&(at, _)| at < committed)
-            .map(|&(_, before)| before)
-            .fold(self.deleted_below, u64::max)
+        self.deletions.settle(committed)
     }
 
     /// Forgets the segments retention deleted (those below `position`).
@@ -200,7 +172,7 @@ impl PartitionView {
         };
         // Records deleted below the end not yet committed show as an empty
         // partition starting at its end.
-        (start.max(self.deleted(committed)).min(end), end)
+        (start.max(self.deletions.below(committed)).min(end), end)
     }
 
     /// The first offset of the first kept, committed batch appended at or

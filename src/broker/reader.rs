@@ -12,6 +12,7 @@ use super::ring::{MessageConsumer, MessageProducer, FLAG_COUNTED};
 use super::shared::{deadline_after, Idle, Shared, Stage};
 use crate::config::FETCH_WAIT_MS_MAX;
 use crate::journal::catalog::IndexHandle;
+use crate::journal::deletions::Deletions;
 use crate::journal::index::IndexEntry;
 use crate::journal::log::SegmentFile;
 use crate::journal::reader::JournalReader;
@@ -101,10 +102,9 @@ pub struct TopicState {
     pub config: TopicConfig,
     /// One index per partition.
     pub indexes: Vec<IndexHandle>,
-    /// Each partition's log start as the settled DeleteRecords records set
-    /// it, and the records not settled yet (where each starts, the log
-    /// start it sets): a cut may have taken some back.
-    pub deletions: Vec<(u64, Vec<(u64, u64)>)>,
+    /// Each partition's DeleteRecords records as the catalog holds them
+    /// (a cut may have taken some back).
+    pub deletions: Vec<Deletions>,
 }
 
 struct ReaderTopic {
@@ -288,14 +288,12 @@ impl Reader {
                             _ => ReaderTopic::new(meta, config, indexes),
                         };
                         let slot = self.topics.len();
-                        for (n, (p, (below, pending))) in
-                            topic.partitions.iter_mut().zip(deletions).enumerate()
-                        {
+                        for (n, (p, d)) in topic.partitions.iter_mut().zip(deletions).enumerate() {
                             // The list was emptied above: each once.
-                            if !pending.is_empty() {
+                            if !d.pending().is_empty() {
                                 self.unsettled.push((slot, n as u32));
                             }
-                            p.set_deletions(below, pending);
+                            p.set_deletions(d);
                         }
                         self.topics.push(topic);
                     }
@@ -992,17 +990,25 @@ mod tests {
             }],
             segments: Vec::new(),
         };
+        let held = |settled: u64, pending: &[(u64, u64)]| {
+            let mut d = Deletions::default();
+            d.push(0, settled);
+            for &(at, before) in pending {
+                d.push(at, before);
+            }
+            vec![d]
+        };
         // A cut keeps the record (it lies below the cut).
-        events_tx.send(reset(vec![(0, vec![(200, 5)])])).unwrap();
+        events_tx.send(reset(held(0, &[(200, 5)]))).unwrap();
         reader.drain_events();
         assert_eq!(describe(&mut reader, 200), (0, TopicConfig::default()));
         assert_eq!(describe(&mut reader, 260), (5, TopicConfig::default()));
         // A cut below the record takes it back.
-        events_tx.send(reset(vec![(0, Vec::new())])).unwrap();
+        events_tx.send(reset(held(0, &[]))).unwrap();
         reader.drain_events();
         assert_eq!(describe(&mut reader, 260), (0, TopicConfig::default()));
         // Settled ones count at once; rechecks fold the passed ones in.
-        events_tx.send(reset(vec![(2, vec![(200, 5)])])).unwrap();
+        events_tx.send(reset(held(2, &[(200, 5)]))).unwrap();
         reader.drain_events();
         assert_eq!(describe(&mut reader, 200), (2, TopicConfig::default()));
         let (mut out, _inp) = message_ring(1 << 16);

@@ -1163,11 +1163,7 @@ impl Writer {
                 meta: t.meta.clone(),
                 config: t.config,
                 indexes: t.index_handles(),
-                deletions: t
-                    .partitions
-                    .iter()
-                    .map(|p| (p.deleted_durable, p.deletions.clone()))
-                    .collect(),
+                deletions: t.partitions.iter().map(|p| p.deletions.clone()).collect(),
             })
             .collect();
         let _ = self.reader_events.send(ReaderEvent::Reset {
@@ -2046,8 +2042,16 @@ mod tests {
         );
         let written = w.write_out().unwrap();
         shared.positions.written.publish(written);
-        let pending = |w: &Writer| w.journal.catalog().topic(0).partitions[0].deletions.len();
-        let at_record = w.journal.catalog().topic(0).partitions[0].deletions[0].0;
+        let pending = |w: &Writer| {
+            w.journal.catalog().topic(0).partitions[0]
+                .deletions
+                .pending()
+                .len()
+        };
+        let at_record = w.journal.catalog().topic(0).partitions[0]
+            .deletions
+            .pending()[0]
+            .0;
         // F past the record, C at its start.
         shared.positions.flushed.set(written);
         shared.positions.committed.set(at_record);

@@ -4,6 +4,7 @@
 //! through `Arc<PartitionIndex>` handles.
 
 use super::append_log::{append_log, AppendWriter};
+use super::deletions::Deletions;
 use super::index::{IndexEntries, IndexEntry, PartitionIndex};
 use super::offload::Trim;
 use super::producers::{Key, ProducerBatch, ProducerStates};
@@ -34,15 +35,14 @@ pub struct Partition {
     /// segment index files) and no longer in `index`, oldest first, that
     /// hold batches of this partition.
     pub on_disk: std::collections::VecDeque<OnDisk>,
-    /// The log start the settled DeleteRecords records set (0: none;
-    /// settled: durable, and committed in a replication group); with
-    /// `deletions`, [`Partition::deleted_below`].
-    pub deleted_durable: u64,
+    /// The log start DeleteRecords records set: the settled part (durable,
+    /// and committed in a replication group) and the records not settled
+    /// yet, which the start state leaves out and a cut takes back.
     /// The DeleteRecords records appended or received since (position,
     /// `before`), which may not be durable yet (nor committed, in a
     /// replication group: a cut drops them): the start state saves only
     /// durable deletions ([`Partition::durable_deleted_below`]).
-    pub deletions: Vec<(u64, u64)>,
+    pub deletions: Deletions,
 }
 
 /// A sealed segment holding batches of a partition whose index entries
@@ -164,36 +164,31 @@ impl Partition {
     /// log start to `before`, not settled yet (not durable, or not
     /// committed in a replication group).
     pub fn delete_below(&mut self, at: u64, before: u64) {
-        self.deletions.push((at, before));
+        self.deletions.push(at, before);
     }
 
     /// The log start DeleteRecords set (0: never): records below it are
     /// not served, whatever the segments still hold.
     pub fn deleted_below(&self) -> u64 {
-        self.durable_deleted_below(u64::MAX)
+        self.deletions.latest()
     }
 
     /// Records a log start known durable (recovered, or from a snapshot or
     /// start state).
     pub fn set_deleted_below(&mut self, before: u64) {
-        self.deleted_durable = self.deleted_durable.max(before);
+        self.deletions.push(0, before);
     }
 
     /// The log start the durable DeleteRecords records set, when every
     /// byte below `durable` is durable.
     pub fn durable_deleted_below(&self, durable: u64) -> u64 {
-        self.deletions
-            .iter()
-            .filter(|&&(at, _)| at < durable)
-            .map(|&(_, before)| before)
-            .fold(self.deleted_durable, u64::max)
+        self.deletions.below(durable)
     }
 
     /// Stops tracking the records below `durable` as pending: they are
     /// durable.
     pub fn settle_deletions(&mut self, durable: u64) {
-        self.deleted_durable = self.durable_deleted_below(durable);
-        self.deletions.retain(|&(at, _)| at >= durable);
+        self.deletions.settle(durable);
     }
 }
 
@@ -267,7 +262,7 @@ impl Partition {
     fn cut(&mut self, at: u64) -> bool {
         // DeleteRecords records at or above the cut are gone with it; the
         // settled ones lie below C, which no cut reaches.
-        self.deletions.retain(|&(p, _)| p < at);
+        self.deletions.cut(at);
         let keep = super::index::entries_below_in(&self.index, self.index.len(), at);
         if keep == self.index.len() {
             return false;
@@ -561,8 +556,7 @@ impl Catalog {
                 floor: 0,
                 floor_time_ms: i64::MIN,
                 on_disk: Default::default(),
-                deleted_durable: 0,
-                deletions: Vec::new(),
+                deletions: Deletions::default(),
             })
             .collect();
         self.topics.push(Topic {
@@ -728,8 +722,7 @@ impl Catalog {
             t.config_undo.retain(|&(p, _)| p >= position);
             let mut left = !t.config_undo.is_empty();
             for p in &mut t.partitions {
-                p.settle_deletions(position);
-                left |= !p.deletions.is_empty();
+                left |= p.deletions.settle(position);
             }
             self.unsettled |= left;
         }

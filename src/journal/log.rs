@@ -3389,16 +3389,25 @@ mod tests {
         }
         // Settled records stay: the leader's cut never goes below them.
         j.settle(j.end());
-        assert_eq!(j.catalog().topic(0).partitions[0].deletions.len(), 0);
+        assert_eq!(
+            j.catalog().topic(0).partitions[0].deletions.pending().len(),
+            0
+        );
         assert_eq!(seen(&j), (1, None));
         drop(f);
         // Recovered on a group member (entries kept), a record stays apart
         // until settled too.
         let mut f = open(fdir.path());
         assert_eq!(seen(&f), (1, None));
-        assert_eq!(f.catalog().topic(0).partitions[0].deletions.len(), 1);
+        assert_eq!(
+            f.catalog().topic(0).partitions[0].deletions.pending().len(),
+            1
+        );
         f.settle(f.end());
-        assert_eq!(f.catalog().topic(0).partitions[0].deletions.len(), 0);
+        assert_eq!(
+            f.catalog().topic(0).partitions[0].deletions.pending().len(),
+            0
+        );
         assert_eq!(seen(&f), (1, None));
     }
 

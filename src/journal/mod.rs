@@ -6,6 +6,7 @@ pub mod append_log;
 pub mod catalog;
 pub mod checkpoint;
 pub mod control;
+pub mod deletions;
 pub mod dir;
 pub mod error;
 pub mod hardstate;
