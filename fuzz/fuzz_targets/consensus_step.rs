@@ -7,7 +7,7 @@
 //! The input is a set-up byte, then operations, each an opcode byte and its
 //! operands (missing bytes read as 0):
 //!
-//! | opcode % 9 | operation | operands |
+//! | opcode % 10 | operation | operands |
 //! |---:|---|---|
 //! | 0 | a Replicate body, decoded by `wire::replicate::decode_message` | u16 length, body; a flags byte may make `from` a member, `to` this node and the term near the node's |
 //! | 1 | a message built against the node's log | kind, sender, term and positions (see `message`) |
@@ -16,7 +16,8 @@
 //! | 5 | `report_unreachable` | peer |
 //! | 6 | `propose` | u16 bytes |
 //! | 7 | `transfer_leader` | peer |
-//! | 8 | `set_cluster_id` | id (mod 3) |
+//! | 8 | `compact` | position |
+//! | 9 | `set_cluster_id` | id (mod 3) |
 //!
 //! Positions are chosen against the node's log at the time (a boundary,
 //! inside an entry, just beyond the end, or raw 64 bits), terms near the
@@ -166,7 +167,7 @@ impl Run {
             0 => {
                 let k = (k % (log.len() as u64 + 1)) as usize;
                 if k == 0 {
-                    0
+                    self.node.snapshot().0
                 } else {
                     log[k - 1].end
                 }
@@ -199,7 +200,7 @@ impl Run {
     /// A message of any kind from a member (or not), with positions and
     /// terms chosen against the node's state.
     fn message(&self, b: &mut Bytes) -> Message {
-        let kind = match b.u8() % 11 {
+        let kind = match b.u8() % 12 {
             0 => MessageKind::PreVote {
                 last_pos: self.pos(b),
                 last_term: self.term(b),
@@ -252,6 +253,11 @@ impl Run {
             },
             8 => MessageKind::Probe,
             9 => MessageKind::ProbeResp,
+            10 => MessageKind::InstallSnapshot {
+                pos: self.pos(b),
+                snapshot_term: self.term(b),
+                commit: self.pos(b),
+            },
             _ => MessageKind::TimeoutNow,
         };
         let from = self.peer(b);
@@ -270,7 +276,7 @@ impl Run {
     }
 
     fn op(&mut self, b: &mut Bytes) {
-        match b.u8() % 9 {
+        match b.u8() % 10 {
             0 => {
                 let len = usize::from(b.u16());
                 let flags = b.u8();
@@ -320,6 +326,12 @@ impl Run {
             7 => {
                 let p = self.peer(b);
                 let _ = self.node.transfer_leader(p);
+                self.drain();
+            }
+            8 => {
+                // Refused unless at a committed, flushed boundary.
+                let p = self.pos(b);
+                let _ = self.node.compact(p);
                 self.drain();
             }
             _ => {

@@ -994,6 +994,15 @@ impl Writer {
                     .get_or_insert(format!("cannot persist the term and vote: {e}"));
                 return;
             }
+            if let Some((pos, _)) = rd.install {
+                // The broker never compacts its consensus log yet, so no
+                // leader sends a snapshot, and the wire refuses the kind.
+                self.fatal.get_or_insert(format!(
+                    "the consensus node asked to install a snapshot at {pos}, \
+                     which this broker cannot do yet"
+                ));
+                return;
+            }
             if let Some(at) = rd.truncate {
                 if let Err(e) = self.truncate(at) {
                     self.fatal

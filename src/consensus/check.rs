@@ -10,13 +10,15 @@
 //!   one a correct node may send).
 
 use super::config::{POSITION_MAX, TERM_MAX};
-use super::{HardState, MessageKind, Node, Ready, Role};
+use super::{HardState, MessageKind, Node, ProgressState, Ready, Role};
 
 /// Checks the node's state: term within [`TERM_MAX`], log within
 /// [`POSITION_MAX`] and no term above the node's, `flushed <= written <=
 /// end of log` and `C <= R <= written` all at entry boundaries, the leader
 /// naming itself, and each follower's progress (leader only) ordered
-/// `flushed <= written <= matched <= next <= end of log` at boundaries.
+/// `flushed <= written <= matched <= next <= end of log` at boundaries (or
+/// below the snapshot the log starts from, which lies at or below C and the
+/// flushed position).
 ///
 /// # Errors
 /// The first invariant broken, with the values involved.
@@ -38,7 +40,11 @@ pub fn check_node(n: &Node) -> Result<(), String> {
         }
     }
     let boundary = |p: u64| n.term_at(p).is_some();
+    let (base, _) = n.snapshot();
     let (w, f, c, r) = (n.written(), n.flushed(), n.committed(), n.replicated());
+    if base > c || base > f {
+        return fail(&format!("snapshot at {base} above C {c} or flushed {f}"));
+    }
     if !(f <= w && w <= last && boundary(w) && boundary(f)) {
         return fail(&format!(
             "positions flushed {f}, written {w}, log end {last} out of order or off a boundary"
@@ -62,10 +68,13 @@ pub fn check_node(n: &Node) -> Result<(), String> {
             && pr.written <= pr.matched
             && pr.matched <= pr.next
             && pr.next <= last;
+        // Below the snapshot the log forgot its boundaries; a follower
+        // waiting for the snapshot is sent it at the base.
         let at_boundaries = [pr.flushed, pr.written, pr.matched, pr.next]
             .iter()
-            .all(|x| boundary(*x));
-        if !ordered || !at_boundaries {
+            .all(|x| *x < base || boundary(*x));
+        let snapshot_ok = pr.state != ProgressState::Snapshot || pr.next <= base;
+        if !ordered || !at_boundaries || !snapshot_ok {
             return fail(&format!("progress of node {}: {pr:?}", p.id));
         }
     }
@@ -135,6 +144,15 @@ impl History {
                 return fail(format!("C goes back from {} to {c}", self.committed));
             }
             self.committed = c;
+        }
+        if let Some((p, _)) = rd.install {
+            if p < self.committed {
+                return fail(format!(
+                    "installs a snapshot at {p}, below C {}",
+                    self.committed
+                ));
+            }
+            self.journal_end = p;
         }
         if let Some(p) = rd.truncate {
             if p < self.committed {

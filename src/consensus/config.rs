@@ -14,6 +14,9 @@ pub const HEARTBEAT_TICKS_DEFAULT: u32 = 2;
 /// Default time a leader waits for an acknowledgement to move before it
 /// assumes messages to that follower were lost and probes again.
 pub const RETRANSMIT_TICKS_DEFAULT: u32 = 6;
+/// Default time a leader waits for a follower to acknowledge a snapshot it
+/// sent before it sends it again (a snapshot is large and slow to install).
+pub const SNAPSHOT_RETRANSMIT_TICKS_DEFAULT: u32 = 60;
 /// Default bytes of entries in flight to one follower (sent, not yet
 /// acknowledged as written).
 pub const WINDOW_BYTES_DEFAULT: u64 = 8 << 20;
@@ -57,6 +60,7 @@ const _: () = assert!(HEARTBEAT_TICKS_DEFAULT >= 1);
 const _: () = assert!(HEARTBEAT_TICKS_DEFAULT < ELECTION_TICKS_MIN_DEFAULT);
 const _: () = assert!(ELECTION_TICKS_MIN_DEFAULT < ELECTION_TICKS_MAX_DEFAULT);
 const _: () = assert!(RETRANSMIT_TICKS_DEFAULT >= HEARTBEAT_TICKS_DEFAULT);
+const _: () = assert!(SNAPSHOT_RETRANSMIT_TICKS_DEFAULT >= RETRANSMIT_TICKS_DEFAULT);
 const _: () =
     assert!(APPEND_BYTES_MAX_DEFAULT >= 1 && APPEND_BYTES_MAX_DEFAULT <= WINDOW_BYTES_DEFAULT);
 const _: () = assert!(NOOP_BYTES_DEFAULT >= 1);
@@ -84,6 +88,9 @@ pub struct Config {
     /// Ticks without progress after which a leader re-sends from the last
     /// acknowledged position.
     pub retransmit_ticks: u32,
+    /// Ticks a leader waits for a snapshot it sent to be acknowledged
+    /// before sending it again.
+    pub snapshot_retransmit_ticks: u32,
     /// Bytes of entries in flight per follower.
     pub window_bytes: u64,
     /// Bytes of entries per append message (one entry at least).
@@ -103,6 +110,7 @@ impl Config {
             election_ticks_max: ELECTION_TICKS_MAX_DEFAULT,
             heartbeat_ticks: HEARTBEAT_TICKS_DEFAULT,
             retransmit_ticks: RETRANSMIT_TICKS_DEFAULT,
+            snapshot_retransmit_ticks: SNAPSHOT_RETRANSMIT_TICKS_DEFAULT,
             window_bytes: WINDOW_BYTES_DEFAULT,
             append_bytes_max: APPEND_BYTES_MAX_DEFAULT,
             noop_bytes: NOOP_BYTES_DEFAULT,
@@ -132,8 +140,8 @@ impl Config {
         if self.election_ticks_min >= self.election_ticks_max {
             return fail("election_ticks_min must be below election_ticks_max");
         }
-        if self.retransmit_ticks == 0 {
-            return fail("retransmit_ticks must be at least 1");
+        if self.retransmit_ticks == 0 || self.snapshot_retransmit_ticks == 0 {
+            return fail("retransmit_ticks and snapshot_retransmit_ticks must be at least 1");
         }
         if self.append_bytes_max == 0 || self.window_bytes < self.append_bytes_max {
             return fail("append_bytes_max must be at least 1 and at most window_bytes");
@@ -177,6 +185,10 @@ mod tests {
                 Box::new(|c| c.election_ticks_max = c.election_ticks_min),
             ),
             ("retransmit 0", Box::new(|c| c.retransmit_ticks = 0)),
+            (
+                "snapshot retransmit 0",
+                Box::new(|c| c.snapshot_retransmit_ticks = 0),
+            ),
             ("append 0", Box::new(|c| c.append_bytes_max = 0)),
             (
                 "window below append",

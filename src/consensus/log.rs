@@ -1,10 +1,14 @@
 //! The consensus view of the journal: one entry per record batch, as
-//! `(start, end, term)` byte ranges, contiguous from position 0.
+//! `(start, end, term)` byte ranges, contiguous from the log's *base*.
 //!
-//! Only positions and terms live here; the bytes stay in the journal. A
-//! position is an *entry boundary* when an entry ends there (or it is 0).
-//! Terms never decrease along the log, which is what makes the "largest
-//! boundary at or below `pos` with term at most `t`" search a binary search.
+//! Only positions and terms live here; the bytes stay in the journal. The
+//! base is 0 for a log that was never compacted; otherwise it is the
+//! position of a snapshot of the committed prefix (the entries below it
+//! were dropped, [`Log::compact`], or never held, [`Log::install`]), and
+//! only its term is remembered. A position is an *entry boundary* when an
+//! entry ends there or it is the base. Terms never decrease along the log,
+//! which is what makes the "largest boundary at or below `pos` with term at
+//! most `t`" search a binary search.
 
 use super::ConsensusError;
 
@@ -47,11 +51,19 @@ pub(crate) fn check_run(
     Ok(())
 }
 
-/// The entries of the journal, in order.
+/// The entries of the journal above the base, in order.
 #[derive(Clone, Debug, Default)]
 pub struct Log {
+    /// Where the entries start: 0, or a snapshot's position.
+    base: u64,
+    /// Term of the entry that ended at `base` (0 at position 0).
+    base_term: u64,
     entries: Vec<Entry>,
 }
+
+/// After a compaction, the entries' buffer is shrunk when it holds more
+/// than twice this many spare slots (and more than half of it is spare).
+const SPARE_ENTRIES_MAX: usize = 4096;
 
 impl Log {
     /// A log holding `entries`, which must be contiguous from position 0
@@ -60,30 +72,65 @@ impl Log {
     /// # Errors
     /// [`ConsensusError::InvalidState`] if they are not.
     pub fn from_entries(entries: Vec<Entry>) -> Result<Log, ConsensusError> {
-        check_run(&entries, 0, 0, u64::MAX).map_err(ConsensusError::InvalidState)?;
-        Ok(Log { entries })
+        Log::with_base(0, 0, entries)
     }
 
-    /// Every entry, in order.
+    /// A log whose prefix up to `base` (where an entry of `base_term`
+    /// ended) is a snapshot, followed by `entries`, contiguous from `base`
+    /// with terms from `base_term` on.
+    ///
+    /// # Errors
+    /// [`ConsensusError::InvalidState`] if they are not, or if `base` is 0
+    /// with a term other than 0.
+    pub fn with_base(
+        base: u64,
+        base_term: u64,
+        entries: Vec<Entry>,
+    ) -> Result<Log, ConsensusError> {
+        if base == 0 && base_term != 0 {
+            return Err(ConsensusError::InvalidState(
+                "a log based at position 0 with a term",
+            ));
+        }
+        check_run(&entries, base, base_term, u64::MAX).map_err(ConsensusError::InvalidState)?;
+        Ok(Log {
+            base,
+            base_term,
+            entries,
+        })
+    }
+
+    /// Every entry above the base, in order.
     pub fn entries(&self) -> &[Entry] {
         &self.entries
     }
 
-    /// End of the last entry (0 when empty).
+    /// The base: the snapshot's position (0 when never compacted).
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// Term of the entry that ended at the base.
+    pub fn base_term(&self) -> u64 {
+        self.base_term
+    }
+
+    /// End of the last entry (the base when there is none).
     pub fn last_pos(&self) -> u64 {
-        self.entries.last().map_or(0, |e| e.end)
+        self.entries.last().map_or(self.base, |e| e.end)
     }
 
-    /// Term of the last entry (0 when empty).
+    /// Term of the last entry (the base's when there is none).
     pub fn last_term(&self) -> u64 {
-        self.entries.last().map_or(0, |e| e.term)
+        self.entries.last().map_or(self.base_term, |e| e.term)
     }
 
-    /// Term of the entry ending exactly at `pos`; `Some(0)` at position 0;
-    /// `None` when `pos` is not an entry boundary of this log.
+    /// Term of the entry ending exactly at `pos`; the base's term at the
+    /// base; `None` when `pos` is not an entry boundary of this log (below
+    /// the base, nothing is known).
     pub fn term_at(&self, pos: u64) -> Option<u64> {
-        if pos == 0 {
-            return Some(0);
+        if pos <= self.base {
+            return (pos == self.base).then_some(self.base_term);
         }
         self.entries
             .binary_search_by_key(&pos, |e| e.end)
@@ -121,15 +168,21 @@ impl Log {
 
     /// The largest boundary at or below `pos` whose term is at most `term`,
     /// with that term: where a leader (or follower) should look for the
-    /// point where two logs last agreed. `(0, 0)` when there is none.
-    pub fn last_boundary_at_or_below(&self, pos: u64, term: u64) -> (u64, u64) {
+    /// point where two logs last agreed. `None` when that point would lie
+    /// below the base (`pos` is below it, or the base's term is above
+    /// `term`): this log no longer holds it. Never `None` for a log based
+    /// at 0, where `(0, 0)` always qualifies.
+    pub fn last_boundary_at_or_below(&self, pos: u64, term: u64) -> Option<(u64, u64)> {
+        if pos < self.base || self.base_term > term {
+            return None;
+        }
         let below = self.entries.partition_point(|e| e.end <= pos);
         // Terms never decrease, so the entries with term <= `term` are a prefix.
         let k = self.entries[..below].partition_point(|e| e.term <= term);
-        match k {
-            0 => (0, 0),
+        Some(match k {
+            0 => (self.base, self.base_term),
             k => (self.entries[k - 1].end, self.entries[k - 1].term),
-        }
+        })
     }
 
     /// Appends one entry at the end.
@@ -157,6 +210,38 @@ impl Log {
         );
         let i = self.entries.partition_point(|e| e.end <= pos);
         self.entries.truncate(i);
+    }
+
+    /// Drops every entry ending at or below boundary `pos`: the prefix up to
+    /// there is now a snapshot's, and `pos` the base. Compacting at or
+    /// below the base does nothing.
+    ///
+    /// # Panics
+    /// If `pos` is above the base and not an entry boundary.
+    pub fn compact(&mut self, pos: u64) {
+        if pos <= self.base {
+            return;
+        }
+        let term = self.term_at(pos);
+        assert!(term.is_some(), "compact at {pos}, not an entry boundary");
+        let i = self.entries.partition_point(|e| e.end <= pos);
+        self.entries.drain(..i);
+        self.base = pos;
+        self.base_term = term.unwrap_or(0);
+        let spare = self.entries.capacity() - self.entries.len();
+        if spare > 2 * SPARE_ENTRIES_MAX && spare > self.entries.len() {
+            self.entries
+                .shrink_to(self.entries.len() + SPARE_ENTRIES_MAX);
+        }
+    }
+
+    /// Replaces the whole log by a snapshot's: no entries, based at `pos`
+    /// where an entry of `term` ended.
+    pub fn install(&mut self, pos: u64, term: u64) {
+        self.entries.clear();
+        self.entries.shrink_to(SPARE_ENTRIES_MAX);
+        self.base = pos;
+        self.base_term = if pos == 0 { 0 } else { term };
     }
 }
 
@@ -233,10 +318,65 @@ mod tests {
         for ((pos, term), want) in table {
             assert_eq!(
                 log.last_boundary_at_or_below(pos, term),
-                want,
+                Some(want),
                 "({pos}, {term})"
             );
         }
+    }
+
+    #[test]
+    fn a_compacted_log_knows_only_its_base_and_what_follows() {
+        let mut log = sample();
+        log.compact(15);
+        assert_eq!((log.base(), log.base_term()), (15, 1));
+        assert_eq!(log.entries(), &[e(15, 30, 2), e(30, 31, 2), e(31, 50, 4)]);
+        for (pos, want) in [
+            (0, None),
+            (10, None),
+            (15, Some(1)),
+            (30, Some(2)),
+            (50, Some(4)),
+        ] {
+            assert_eq!(log.term_at(pos), want, "pos {pos}");
+        }
+        assert_eq!((log.last_pos(), log.last_term()), (50, 4));
+        // The agreement point falls back to the base, or below it (None).
+        assert_eq!(log.last_boundary_at_or_below(29, 4), Some((15, 1)));
+        assert_eq!(log.last_boundary_at_or_below(50, 1), Some((15, 1)));
+        assert_eq!(log.last_boundary_at_or_below(14, 9), None);
+        assert_eq!(log.last_boundary_at_or_below(50, 0), None);
+        // Compacting at or below the base does nothing; to the end empties it.
+        log.compact(10);
+        assert_eq!(log.base(), 15);
+        log.compact(50);
+        assert!(log.entries().is_empty());
+        assert_eq!((log.base(), log.last_pos(), log.last_term()), (50, 50, 4));
+        log.append(e(50, 60, 4));
+        log.truncate(50);
+        assert_eq!(log.last_pos(), 50);
+    }
+
+    #[test]
+    fn an_installed_log_starts_at_the_snapshot() {
+        let mut log = sample();
+        log.install(80, 6);
+        assert!(log.entries().is_empty());
+        assert_eq!((log.last_pos(), log.last_term()), (80, 6));
+        assert_eq!(log.term_at(80), Some(6));
+        assert_eq!(log.term_at(50), None);
+        log.append(e(80, 90, 6));
+        assert_eq!(log.batch_from(80, 100), &[e(80, 90, 6)]);
+        assert!(Log::with_base(80, 6, vec![e(80, 81, 5)]).is_err());
+        assert!(Log::with_base(80, 6, vec![e(81, 82, 6)]).is_err());
+        assert!(Log::with_base(0, 3, vec![]).is_err());
+        let log = Log::with_base(80, 6, vec![e(80, 81, 6), e(81, 90, 7)]).unwrap();
+        assert_eq!(log.last_boundary_at_or_below(85, 6), Some((81, 6)));
+    }
+
+    #[test]
+    #[should_panic]
+    fn compact_inside_an_entry_panics() {
+        sample().compact(12);
     }
 
     #[test]

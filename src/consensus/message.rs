@@ -111,6 +111,22 @@ pub enum MessageKind {
         /// The follower's term at `hint_pos`.
         hint_term: u64,
     },
+    /// "Take my snapshot": the leader no longer holds the entries the
+    /// follower needs next (it compacted its log past them). The broker
+    /// sends the snapshot of the committed prefix up to `pos` with it. The
+    /// follower that holds an entry ending at `pos` with `snapshot_term`
+    /// keeps its log; any other drops its journal and starts again at
+    /// `pos` from the snapshot ([`Ready::install`](super::Ready::install)).
+    /// Either way it answers with an `AppendAck`.
+    InstallSnapshot {
+        /// The snapshot's position: the leader's log base, a boundary at or
+        /// below `commit`; never 0.
+        pos: u64,
+        /// Term of the entry that ended at `pos`.
+        snapshot_term: u64,
+        /// The leader's commit position C.
+        commit: u64,
+    },
     /// "I am still the leader"; carries the commit position.
     Heartbeat {
         /// The leader's commit position C.
@@ -163,7 +179,8 @@ impl Message {
     /// pass the message's term (and no term at position 0), acknowledged
     /// positions in order (`flushed <= written <= matched`), a rejection's
     /// hint at or below the rejected position and its term at or below the
-    /// message's. The wire decoder and [`Node::step`](super::Node::step)
+    /// message's, a snapshot above 0, at or below the commit position, of a
+    /// term from 1 to the message's. The wire decoder and [`Node::step`](super::Node::step)
     /// both apply it; the node then checks what depends on its own state.
     ///
     /// # Errors
@@ -252,6 +269,24 @@ impl Message {
             MessageKind::Heartbeat { commit } => {
                 if *commit > POSITION_MAX {
                     return bad("commit", "position above POSITION_MAX");
+                }
+            }
+            MessageKind::InstallSnapshot {
+                pos,
+                snapshot_term,
+                commit,
+            } => {
+                if *commit > POSITION_MAX {
+                    return bad("commit", "position above POSITION_MAX");
+                }
+                if *pos == 0 || pos > commit {
+                    return bad("pos", "a snapshot at 0 or above the commit position");
+                }
+                if *snapshot_term == 0 || *snapshot_term > self.term {
+                    return bad(
+                        "snapshot_term",
+                        "snapshot term 0 or above the message's term",
+                    );
                 }
             }
             MessageKind::PreVoteResp { .. }

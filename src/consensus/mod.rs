@@ -75,6 +75,9 @@ pub(crate) mod mutation {
         /// A leader keeps a peer's acknowledgements when the peer's
         /// incarnation changes (its disk was replaced).
         KeepAcksOfOldIncarnation,
+        /// A follower sent a snapshot keeps its log when it holds an entry
+        /// ending at the snapshot's position, whatever that entry's term.
+        InstallIgnoresTerm,
     }
 
     /// Whether `m` is switched on (never, outside tests).

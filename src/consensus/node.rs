@@ -61,6 +61,8 @@ struct Outbox {
     hard_state_changed: bool,
     /// Soft state as last handed out.
     soft: Option<SoftState>,
+    /// A snapshot to install, not yet handed out.
+    install: Option<(u64, u64)>,
     /// Lowest truncation not yet handed out.
     truncate: Option<u64>,
     /// Entries starting at or after this position have not been handed out.
@@ -162,13 +164,37 @@ impl Node {
         hard_state: HardState,
         entries: Vec<Entry>,
     ) -> Result<Node, ConsensusError> {
+        Node::with_snapshot(config, hard_state, (0, 0), entries)
+    }
+
+    /// [`Node::new`] for a journal that starts with a snapshot of the
+    /// committed prefix up to `snapshot.0`, where an entry of term
+    /// `snapshot.1` ended (`(0, 0)`: no snapshot); `entries` follow it. The
+    /// snapshot counts as committed.
+    ///
+    /// # Errors
+    /// As [`Node::new`]; also [`ConsensusError::InvalidState`] for a
+    /// snapshot of term 0 above position 0 (or the reverse), or whose term
+    /// is above `hard_state.term`.
+    pub fn with_snapshot(
+        config: Config,
+        hard_state: HardState,
+        snapshot: (u64, u64),
+        entries: Vec<Entry>,
+    ) -> Result<Node, ConsensusError> {
         config.validate()?;
         if hard_state.term > TERM_MAX {
             return Err(ConsensusError::InvalidState(
                 "the persisted term is above TERM_MAX",
             ));
         }
-        let log = Log::from_entries(entries)?;
+        let (base, base_term) = snapshot;
+        if (base == 0) != (base_term == 0) {
+            return Err(ConsensusError::InvalidState(
+                "a snapshot above position 0 needs a term, and one at 0 has none",
+            ));
+        }
+        let log = Log::with_base(base, base_term, entries)?;
         if log.last_pos() > POSITION_MAX {
             return Err(ConsensusError::InvalidState(
                 "the journal ends beyond POSITION_MAX",
@@ -216,8 +242,8 @@ impl Node {
             written: last,
             flushed: last,
             matched: 0,
-            commit: 0,
-            replicated: 0,
+            commit: base,
+            replicated: base,
             rng,
             election_elapsed: 0,
             heartbeat_elapsed: 0,
@@ -338,6 +364,7 @@ impl Node {
                 | MessageKind::PreVoteResp { granted: true, .. }
                 | MessageKind::Probe => {}
                 MessageKind::Append { .. }
+                | MessageKind::InstallSnapshot { .. }
                 | MessageKind::Heartbeat { .. }
                 | MessageKind::TimeoutNow => self.become_follower(m.term, Some(m.from)),
                 _ => self.become_follower(m.term, None),
@@ -345,7 +372,9 @@ impl Node {
         } else if m.term < self.term {
             match m.kind {
                 // Tell a stale leader there is a newer term, so it steps down.
-                MessageKind::Append { .. } | MessageKind::Heartbeat { .. } => self.send(
+                MessageKind::Append { .. }
+                | MessageKind::InstallSnapshot { .. }
+                | MessageKind::Heartbeat { .. } => self.send(
                     m.from,
                     self.term,
                     MessageKind::AppendAck {
@@ -404,6 +433,15 @@ impl Node {
             } => {
                 self.accept_leader(m.from)?;
                 self.handle_append(m.from, prev_pos, prev_term, entries, commit)?;
+                self.learn_catch_up_point(&m, commit);
+            }
+            MessageKind::InstallSnapshot {
+                pos,
+                snapshot_term,
+                commit,
+            } => {
+                self.accept_leader(m.from)?;
+                self.handle_install(m.from, pos, snapshot_term, commit)?;
                 self.learn_catch_up_point(&m, commit);
             }
             MessageKind::Heartbeat { commit } => {
@@ -585,6 +623,29 @@ impl Node {
         self.cluster_id = cluster_id;
     }
 
+    /// The caller holds a durable snapshot of the committed prefix up to
+    /// `pos` and may drop the journal below it: the log forgets the entries
+    /// there (it keeps `pos` and its term). A follower that needs them from
+    /// this node as leader is sent the snapshot instead
+    /// ([`MessageKind::InstallSnapshot`]). Compacting at or below the
+    /// current base does nothing.
+    ///
+    /// # Errors
+    /// [`ConsensusError::InvalidState`] if `pos` is above C or above the
+    /// flushed position, or is not an entry boundary.
+    pub fn compact(&mut self, pos: u64) -> Result<(), ConsensusError> {
+        if pos <= self.log.base() {
+            return Ok(());
+        }
+        if pos > self.commit || pos > self.flushed || self.log.term_at(pos).is_none() {
+            return Err(ConsensusError::InvalidState(
+                "compacting above C, above the flushed position or off an entry boundary",
+            ));
+        }
+        self.log.compact(pos);
+        Ok(())
+    }
+
     // ----- outputs -----------------------------------------------------
 
     /// Whether [`Node::ready`] has anything to hand out.
@@ -593,6 +654,7 @@ impl Node {
         !o.messages.is_empty()
             || !o.alerts.is_empty()
             || o.hard_state_changed
+            || o.install.is_some()
             || o.truncate.is_some()
             || o.unsynced_from != self.log.last_pos()
             || (o.ack && self.leader.is_some_and(|l| l != self.cfg.id))
@@ -635,6 +697,7 @@ impl Node {
         Ready {
             soft_state,
             hard_state,
+            install: self.out.install.take(),
             truncate: self.out.truncate.take(),
             entries,
             noops: std::mem::take(&mut self.out.noops),
@@ -665,6 +728,12 @@ impl Node {
     }
 
     // ----- queries -----------------------------------------------------
+
+    /// The log's base: the position of the snapshot it starts from (0 when
+    /// it was never compacted), and the term of the entry that ended there.
+    pub fn snapshot(&self) -> (u64, u64) {
+        (self.log.base(), self.log.base_term())
+    }
 
     /// This node's id.
     pub fn id(&self) -> NodeId {
@@ -1185,6 +1254,23 @@ impl Node {
         entries: &[Entry],
         commit: u64,
     ) -> Result<(), ConsensusError> {
+        let base = self.log.base();
+        let (prev_pos, prev_term, entries) = if prev_pos < base {
+            // Our log up to its base is a snapshot of the committed prefix,
+            // which every leader holds: it matches the leader's there. Skip
+            // what lies below the base (a late append, or one sent before
+            // the leader heard of the snapshot).
+            let skip = entries.partition_point(|e| e.end <= base);
+            if entries.get(skip).is_some_and(|e| e.start != base) {
+                return Err(ConsensusError::Malformed {
+                    from,
+                    reason: "an entry spans a committed snapshot position",
+                });
+            }
+            (base, self.log.base_term(), &entries[skip..])
+        } else {
+            (prev_pos, prev_term, entries)
+        };
         let prev_ok = match self.log.term_at(prev_pos) {
             Some(t) => t == prev_term || mutation::is(Mutation::IgnorePrevTerm),
             None => false,
@@ -1194,7 +1280,8 @@ impl Node {
             // largest boundary that can still agree with the leader.
             let (hint_pos, hint_term) = self
                 .log
-                .last_boundary_at_or_below(prev_pos.min(self.log.last_pos()), prev_term);
+                .last_boundary_at_or_below(prev_pos.min(self.log.last_pos()), prev_term)
+                .unwrap_or((base, self.log.base_term()));
             self.send(
                 from,
                 self.term,
@@ -1253,6 +1340,53 @@ impl Node {
         Ok(())
     }
 
+    /// The leader sent its snapshot at `pos` (an entry of `term` ended
+    /// there), as it no longer holds the entries this node needs.
+    fn handle_install(
+        &mut self,
+        from: NodeId,
+        pos: u64,
+        term: u64,
+        commit: u64,
+    ) -> Result<(), ConsensusError> {
+        let base = self.log.base();
+        let holds = self
+            .log
+            .term_at(pos)
+            .is_some_and(|t| t == term || mutation::is(Mutation::InstallIgnoresTerm));
+        if pos < base || holds {
+            // This log holds the snapshot's last entry, so it matches the
+            // leader's up to there (log matching); or it starts from a later
+            // snapshot of the committed prefix (a late message). Keep it.
+            self.matched = self.matched.max(pos.max(base));
+            self.learn_commit(commit);
+            self.out.ack = true;
+            return Ok(());
+        }
+        if pos <= self.commit {
+            // Up to C this log is the committed one, where the leader says
+            // an entry of `term` ends at `pos`: it does not here.
+            return Err(ConsensusError::CommittedConflict {
+                from,
+                pos,
+                commit: self.commit,
+            });
+        }
+        // Everything past C may go: nothing there is known committed.
+        self.log.install(pos, term);
+        self.written = pos;
+        self.flushed = pos;
+        self.matched = pos;
+        self.out.install = Some((pos, term));
+        self.out.truncate = None;
+        self.out.unsynced_from = pos;
+        self.out.noops.clear();
+        self.learn_commit(commit);
+        self.out.ack = true;
+        self.check_caught_up();
+        Ok(())
+    }
+
     /// A leader's commit position is an entry boundary of its log. Within
     /// what this node will know matches that log (`matched`, or the end of
     /// `entries` appended after `prev_pos`) it must be one of this node's
@@ -1271,7 +1405,8 @@ impl Node {
         } else if commit > prev_pos && commit <= end {
             entries.iter().any(|e| e.end == commit)
         } else {
-            self.log.term_at(commit).is_some()
+            // Below the base: inside the snapshot, which nothing can check.
+            commit < self.log.base() || self.log.term_at(commit).is_some()
         };
         if boundary {
             Ok(())
@@ -1350,18 +1485,23 @@ impl Node {
                     continue;
                 }
                 let pr = &mut self.progress[i];
-                if pr.idle_ticks >= self.cfg.retransmit_ticks {
-                    // Nothing acknowledged for a while: appends (or their
-                    // answers) were probably lost. Resend from what we know.
-                    match pr.state {
-                        ProgressState::Replicate if pr.matched < pr.next => {
-                            let from = pr.matched;
-                            pr.probe_from(from);
-                        }
-                        // The probe or its answer was lost: probe again.
-                        ProgressState::Probe if pr.paused => pr.paused = false,
-                        _ => {}
+                let (idle, resend) = (pr.idle_ticks, self.cfg.retransmit_ticks);
+                // Nothing acknowledged for a while: appends (or their
+                // answers) were probably lost. Resend from what we know.
+                match pr.state {
+                    ProgressState::Replicate if idle >= resend && pr.matched < pr.next => {
+                        let from = pr.matched;
+                        pr.probe_from(from);
                     }
+                    // The probe or its answer was lost: probe again.
+                    ProgressState::Probe if idle >= resend && pr.paused => pr.paused = false,
+                    // The snapshot was lost, or is still being installed.
+                    ProgressState::Snapshot
+                        if idle >= self.cfg.snapshot_retransmit_ticks && pr.paused =>
+                    {
+                        pr.paused = false
+                    }
+                    _ => {}
                 }
                 pr.commit_sent = commit;
                 let to = self.cfg.voters[i];
@@ -1391,14 +1531,24 @@ impl Node {
         // Our largest boundary at or below the follower's hint whose term is
         // at most the hint's: every entry between it and `rejected` is one the
         // follower lacks or holds with another term.
-        let (mut next, _) = self
-            .log
-            .last_boundary_at_or_below(hint_pos.min(rejected), hint_term);
-        if next >= rejected && rejected > 0 {
+        let log = &self.log;
+        let next = match log.last_boundary_at_or_below(hint_pos.min(rejected), hint_term) {
             // A hint that makes no progress (a confused peer): one entry back.
-            next = self.log.last_boundary_at_or_below(rejected - 1, u64::MAX).0;
+            Some((next, _)) if next >= rejected && rejected > 0 => log
+                .last_boundary_at_or_below(rejected - 1, u64::MAX)
+                .map(|b| b.0),
+            found => found.map(|b| b.0),
+        };
+        match next {
+            Some(next) => pr.probe_from(next.max(pr.flushed)),
+            // The agreement point lies below the base: what the follower
+            // flushed is still ours to send from, or else the snapshot.
+            None if pr.flushed >= log.base() => {
+                let from = pr.flushed;
+                pr.probe_from(from);
+            }
+            None => pr.snapshot_at(log.base()),
         }
-        pr.probe_from(next.max(pr.flushed));
         self.out.replicate = true;
     }
 
@@ -1407,6 +1557,7 @@ impl Node {
     fn send_appends(&mut self) {
         let commit = self.committed();
         let last = self.log.last_pos();
+        let (base, base_term) = (self.log.base(), self.log.base_term());
         for i in 0..self.cfg.voters.len() {
             if i == self.slot {
                 continue;
@@ -1414,8 +1565,12 @@ impl Node {
             let to = self.cfg.voters[i];
             loop {
                 let pr = &mut self.progress[i];
+                if pr.next < base && pr.state != ProgressState::Snapshot {
+                    // It needs entries this log no longer holds.
+                    pr.snapshot_at(base);
+                }
                 let can_send = match pr.state {
-                    ProgressState::Probe => !pr.paused,
+                    ProgressState::Probe | ProgressState::Snapshot => !pr.paused,
                     ProgressState::Replicate => {
                         pr.next < last && pr.next.saturating_sub(pr.matched) < self.cfg.window_bytes
                     }
@@ -1423,14 +1578,34 @@ impl Node {
                 if !can_send {
                     break;
                 }
+                if pr.state == ProgressState::Snapshot {
+                    // The latest snapshot (the base may have moved since).
+                    pr.next = base;
+                    pr.paused = true;
+                    pr.idle_ticks = 0;
+                    pr.sent = pr.sent.max(base);
+                    pr.commit_sent = commit;
+                    let kind = MessageKind::InstallSnapshot {
+                        pos: base,
+                        snapshot_term: base_term,
+                        commit,
+                    };
+                    let m = self.message(to, self.term, kind);
+                    self.out.messages.push(m);
+                    break;
+                }
                 let Some(prev_term) = self.log.term_at(pr.next) else {
                     // Every input that moves `next` is checked to be an
                     // entry boundary, so this is a bug; probing again from
                     // a boundary below is still correct, a crash is not.
                     debug_assert!(false, "next {} is not an entry boundary", pr.next);
-                    let below = self.log.last_boundary_at_or_below(pr.next, u64::MAX).0;
-                    pr.flushed = pr.flushed.min(below);
-                    pr.probe_from(below);
+                    match self.log.last_boundary_at_or_below(pr.next, u64::MAX) {
+                        Some((below, _)) => {
+                            pr.flushed = pr.flushed.min(below);
+                            pr.probe_from(below);
+                        }
+                        None => pr.snapshot_at(base),
+                    }
                     continue;
                 };
                 let prev_pos = pr.next;
@@ -1447,6 +1622,7 @@ impl Node {
                         pr.idle_ticks = 0;
                     }
                     ProgressState::Replicate => pr.next = end,
+                    ProgressState::Snapshot => unreachable!("a snapshot was sent above"),
                 }
                 let probing = pr.state == ProgressState::Probe;
                 let kind = MessageKind::Append {
@@ -1619,9 +1795,11 @@ impl Node {
         }
         // This node leads the message's term: it knows what it sent.
         let pr = &self.progress[s];
-        let boundary = |p: u64| self.log.term_at(p).is_some();
+        // Below the base nothing can be checked: the log forgot it.
+        let boundary = |p: u64| p < self.log.base() || self.log.term_at(p).is_some();
         match &m.kind {
             MessageKind::Append { .. }
+            | MessageKind::InstallSnapshot { .. }
             | MessageKind::Heartbeat { .. }
             | MessageKind::TimeoutNow => bad("a second leader in this term"),
             MessageKind::AppendAck {

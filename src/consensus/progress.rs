@@ -10,6 +10,10 @@
 //!   without progress sends it back to Probe from the last acknowledged
 //!   position; an unreachable report (the peer may have crashed) from the
 //!   last acknowledged *flushed* position.
+//! - **Snapshot**: the follower needs entries the leader compacted away.
+//!   The leader sends one `InstallSnapshot` at its log base (`next`) and
+//!   waits for an acknowledgement at or past it (or
+//!   `snapshot_retransmit_ticks`) before it replicates from there.
 
 /// Replication mode of one follower.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +22,8 @@ pub enum ProgressState {
     Probe,
     /// Streaming; many appends in flight, bounded by bytes.
     Replicate,
+    /// Waiting for a snapshot at `next` to be installed.
+    Snapshot,
 }
 
 /// A leader's record of one follower. Invariant:
@@ -34,7 +40,8 @@ pub struct Progress {
     pub next: u64,
     /// Probe or Replicate.
     pub state: ProgressState,
-    /// Probe only: an append is in flight; wait for an answer.
+    /// Probe and Snapshot: an append or a snapshot is in flight; wait for
+    /// an answer.
     pub(crate) paused: bool,
     /// Heard from since the last check-quorum.
     pub(crate) active: bool,
@@ -90,7 +97,7 @@ impl Progress {
         self.flushed = self.flushed.max(flushed);
         self.written = self.written.max(written).max(self.flushed);
         self.matched = self.matched.max(self.written);
-        if self.state == ProgressState::Probe && matched >= self.next {
+        if self.state != ProgressState::Replicate && matched >= self.next {
             // The probe at `next` (or a later one) succeeded. Other acks
             // (heartbeat answers, position reports) do not free a probe:
             // if each did, every one of them would start another probe,
@@ -112,11 +119,14 @@ impl Progress {
     /// heavy reordering the resent windows' own rejections multiply the
     /// traffic without end (the simulation found this); a lost append is
     /// resent when `matched` stops moving for `retransmit_ticks`.
+    ///
+    /// In Snapshot, every rejection answers an append sent before: stale.
     pub(crate) fn is_stale_reject(&self, rejected: u64) -> bool {
         rejected < self.flushed
             || match self.state {
                 ProgressState::Replicate => rejected != self.matched,
                 ProgressState::Probe => rejected != self.next,
+                ProgressState::Snapshot => true,
             }
     }
 
@@ -125,6 +135,19 @@ impl Progress {
     /// acknowledged the whole log since its link was last made.
     pub(crate) fn ready_to_lead(&self, last_pos: u64, live_ticks: u32) -> bool {
         self.acked_since_link && self.matched == last_pos && self.silent_ticks < live_ticks
+    }
+
+    /// The follower needs what lies below the leader's log `base`: send it
+    /// the snapshot there. Its acknowledged positions are all below `base`.
+    pub(crate) fn snapshot_at(&mut self, base: u64) {
+        debug_assert!(self.flushed <= base);
+        self.next = base;
+        self.matched = self.matched.min(base);
+        self.written = self.written.min(base);
+        self.flushed = self.flushed.min(base);
+        self.state = ProgressState::Snapshot;
+        self.paused = false;
+        self.idle_ticks = 0;
     }
 
     /// Goes back to probing at `next` (an entry boundary at or above

@@ -132,7 +132,9 @@ impl std::fmt::Display for Alert {
 /// returned with `Node::advance`. Apply in this order:
 ///
 /// 1. persist `hard_state` (if any) durably;
-/// 2. cut the journal at `truncate` (if any), then append `entries` in order
+/// 2. if `install` is set, replace the whole journal by the snapshot that
+///    came with the leader's `InstallSnapshot` at that position, durably;
+///    then cut the journal at `truncate` (if any), then append `entries` in order
 ///    (`noops` lists the entries among them that are the leader's own no-op
 ///    batches; the rest are proposals or entries received from the leader);
 /// 3. only then send `messages`;
@@ -143,6 +145,12 @@ pub struct Ready {
     pub soft_state: Option<SoftState>,
     /// Term or vote changed: persist before sending `messages`.
     pub hard_state: Option<HardState>,
+    /// `(pos, term)`: drop the whole journal and start it again at `pos`
+    /// from the snapshot that came with the leader's
+    /// [`InstallSnapshot`](super::MessageKind::InstallSnapshot) for `pos`
+    /// (an entry of `term` ended there). Durable before `messages` go out:
+    /// the node counts `pos` as written and flushed at once.
+    pub install: Option<(u64, u64)>,
     /// Remove every journal byte at or after this position (an entry
     /// boundary) before appending `entries`; the first entry starts here.
     pub truncate: Option<u64>,

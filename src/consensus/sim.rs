@@ -23,6 +23,12 @@
 //! messages addressed to another node, positions a correct peer cannot
 //! send; each must be refused.
 //!
+//! Nodes compact their logs now and then (at a boundary at or below both C
+//! and their flushed position, as the broker does at its durable snapshot),
+//! so leaders send snapshots to followers that need what they compacted; an
+//! install replaces the follower's journal by the leader's committed prefix
+//! (the snapshot), and a restart starts from the snapshot.
+//!
 //! Checked all along:
 //! - at most one leader per term;
 //! - a persisted term never decreases, never passes `TERM_MAX`, and a
@@ -117,6 +123,7 @@ struct Params {
     new_group: bool,
     late_old: u64,
     restore: u64,
+    compact: u64,
 }
 
 impl Params {
@@ -185,6 +192,9 @@ impl Params {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
+            // A node compacts its log to a random committed, flushed
+            // boundary this often per tick.
+            compact: pick(rng, &[0, 5, 30, 100]),
         }
     }
 }
@@ -197,6 +207,10 @@ struct Journal {
     entries: Vec<(Entry, u64)>,
     /// `hashes[k]`: hash of `entries[..=k]`.
     hashes: Vec<u64>,
+    /// The durable snapshot the node's log starts from: its position and
+    /// term ((0, 0): none). The entries below it stay here (the broker
+    /// drops them), so the checks can still compare whole journals.
+    snapshot: (u64, u64),
 }
 
 impl Journal {
@@ -211,8 +225,23 @@ impl Journal {
     }
 
     fn truncate(&mut self, k: usize) {
+        let end = if k == 0 { 0 } else { self.entries[k - 1].0.end };
+        assert!(
+            end >= self.snapshot.0,
+            "the journal is cut at {end}, below its snapshot at {}",
+            self.snapshot.0
+        );
         self.entries.truncate(k);
         self.hashes.truncate(k);
+    }
+
+    /// The entries the node's log holds: those after the snapshot.
+    fn log_entries(&self) -> Vec<Entry> {
+        self.entries
+            .iter()
+            .filter(|(e, _)| e.start >= self.snapshot.0)
+            .map(|(e, _)| *e)
+            .collect()
     }
 
     /// Hash of the first `k` entries.
@@ -289,12 +318,15 @@ impl SimNode {
     }
 }
 
-/// A message on the wire, with the payloads of its entries.
+/// A message on the wire, with the payloads of its entries, or for an
+/// `InstallSnapshot` the sender's journal up to the snapshot (what the
+/// snapshot stands for).
 struct Packet {
     at: u64,
     order: u64,
     msg: Message,
     payloads: Vec<u64>,
+    snapshot: Vec<(Entry, u64)>,
 }
 
 /// What a run did, to show the simulation is not vacuous.
@@ -315,6 +347,8 @@ struct Stats {
     wipes: u64,
     restores: u64,
     late_old: u64,
+    compactions: u64,
+    installs: u64,
 }
 
 impl Stats {
@@ -334,6 +368,8 @@ impl Stats {
         self.wipes += s.wipes;
         self.restores += s.restores;
         self.late_old += s.late_old;
+        self.compactions += s.compactions;
+        self.installs += s.installs;
     }
 }
 
@@ -370,6 +406,8 @@ struct Sim {
     next_payload: u64,
     /// Payloads of entries this step may append: (start, term, payload).
     stash: Vec<(u64, u64, u64)>,
+    /// The snapshot the message just stepped carried.
+    snapshot_stash: Vec<(Entry, u64)>,
     /// Payload ids at or above this were proposed after healing.
     healthy_from_payload: u64,
     healthy_commit: bool,
@@ -417,6 +455,7 @@ impl Sim {
             leaders: BTreeMap::new(),
             next_payload: 1,
             stash: Vec::new(),
+            snapshot_stash: Vec::new(),
             healthy_from_payload: u64::MAX,
             healthy_commit: false,
             crash_enabled: true,
@@ -435,7 +474,7 @@ impl Sim {
                 incarnation: 1 + sim.rng.below(1 << config::INCARNATION_RANDOM_BITS),
                 ..hard
             };
-            let node = sim.boot(id, hard, vec![]);
+            let node = sim.boot(id, hard, &Journal::default());
             sim.nodes.push(SimNode {
                 id,
                 incarnation_max: hard.incarnation,
@@ -463,14 +502,16 @@ impl Sim {
         }
     }
 
-    fn boot(&mut self, id: NodeId, hard: HardState, entries: Vec<Entry>) -> Node {
+    fn boot(&mut self, id: NodeId, hard: HardState, journal: &Journal) -> Node {
         let mut cfg = Config::new(id, (1..=self.p.nodes).collect());
         cfg.seed = self.rng.next_u64();
         // Small limits, so windows, batching and probing are exercised.
         cfg.window_bytes = self.p.window_bytes;
         cfg.append_bytes_max = self.p.append_bytes_max;
         cfg.noop_bytes = 8;
-        Node::new(cfg, hard, entries).expect("persisted state is valid")
+        cfg.snapshot_retransmit_ticks = 3 * cfg.retransmit_ticks;
+        Node::with_snapshot(cfg, hard, journal.snapshot, journal.log_entries())
+            .expect("persisted state is valid")
     }
 
     fn quorum(&self) -> usize {
@@ -840,7 +881,7 @@ impl Sim {
         let spread = self.rng.below(1 << config::INCARNATION_RANDOM_BITS);
         let incarnation = self.nodes[i].incarnation_max + 1 + spread;
         let sn = &mut self.nodes[i];
-        sn.journal.truncate(0);
+        sn.journal = Journal::default();
         sn.durable = 0;
         sn.verified = 0;
         sn.hard = HardState {
@@ -910,8 +951,9 @@ impl Sim {
 
     fn restart(&mut self, i: usize) -> Check {
         let hard = self.nodes[i].hard;
-        let entries = self.nodes[i].journal.iter().map(|(e, _)| *e).collect();
-        let node = self.boot(self.nodes[i].id, hard, entries);
+        let journal = std::mem::take(&mut self.nodes[i].journal);
+        let node = self.boot(self.nodes[i].id, hard, &journal);
+        self.nodes[i].journal = journal;
         let sn = &mut self.nodes[i];
         sn.node = Some(node);
         sn.history = check::History::new(sn.journal_end().0);
@@ -1046,7 +1088,7 @@ impl Sim {
     fn any_kind(&mut self) -> MessageKind {
         let pos = self.rng.range(0, 64);
         let flag = self.rng.chance(1, 2);
-        match self.rng.below(11) {
+        match self.rng.below(12) {
             0 => MessageKind::PreVote {
                 last_pos: pos,
                 last_term: 0,
@@ -1084,6 +1126,11 @@ impl Sim {
             7 => MessageKind::Heartbeat { commit: 0 },
             8 => MessageKind::Probe,
             9 => MessageKind::ProbeResp,
+            10 => MessageKind::InstallSnapshot {
+                pos: pos + 1,
+                snapshot_term: 1,
+                commit: pos + 1,
+            },
             _ => MessageKind::TimeoutNow,
         }
     }
@@ -1150,6 +1197,25 @@ impl Sim {
         // replicator would; an entry it does not hold is a bug even if the
         // message is then lost.
         let mut payloads = Vec::new();
+        let mut snapshot = Vec::new();
+        if let MessageKind::InstallSnapshot {
+            pos, snapshot_term, ..
+        } = msg.kind
+        {
+            let sn = &self.nodes[from];
+            if sn.journal.snapshot != (pos, snapshot_term) {
+                fail!(
+                    self,
+                    "n{} sends a snapshot at ({pos}, {snapshot_term}) but holds one at {:?}",
+                    from + 1,
+                    sn.journal.snapshot
+                );
+            }
+            let k = sn
+                .entries_up_to(pos)
+                .expect("a snapshot ends at a boundary");
+            snapshot = sn.journal[..k].to_vec();
+        }
         if let MessageKind::Append { entries, .. } = &msg.kind {
             let journal = &self.nodes[from].journal;
             for e in entries {
@@ -1197,6 +1263,7 @@ impl Sim {
                 order,
                 msg: msg.clone(),
                 payloads: payloads.clone(),
+                snapshot: snapshot.clone(),
             });
         }
         Ok(())
@@ -1241,6 +1308,7 @@ impl Sim {
                     self.stash.push((e.start, e.term, *p));
                 }
             }
+            self.snapshot_stash = packet.snapshot;
             self.stats.delivered += 1;
             let sent_by = packet.msg.from_incarnation;
             let result = self.nodes[to].node.as_mut().unwrap().step(packet.msg);
@@ -1267,6 +1335,9 @@ impl Sim {
             if !self.live(i) {
                 continue;
             }
+            if self.rng.chance(self.p.compact, 1000) {
+                self.compact(i)?;
+            }
             let (end, term) = self.nodes[i].journal_end();
             if self.nodes[i].write_unreported && !self.rng.chance(self.p.write_lag, 1000) {
                 self.nodes[i].write_unreported = false;
@@ -1282,6 +1353,36 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// Node `i` takes a snapshot at a random boundary of its log at or below
+    /// both its C and its flushed position, and compacts its log there.
+    fn compact(&mut self, i: usize) -> Check {
+        let node = self.nodes[i].node.as_mut().unwrap();
+        let top = node.committed().min(node.flushed());
+        let (base, _) = node.snapshot();
+        let ends: Vec<(u64, u64)> = node
+            .log()
+            .iter()
+            .filter(|e| e.end <= top)
+            .map(|e| (e.end, e.term))
+            .collect();
+        if ends.is_empty() {
+            return Ok(());
+        }
+        let (pos, term) = ends[self.rng.below(ends.len() as u64) as usize];
+        if let Err(err) = node.compact(pos) {
+            fail!(
+                self,
+                "n{} cannot compact at {pos} (base {base}): {err}",
+                i + 1
+            );
+        }
+        // The snapshot is durable before the log forgets what it covers.
+        self.nodes[i].journal.snapshot = (pos, term);
+        self.stats.compactions += 1;
+        self.trace(|| format!("n{} compacts its log at {pos}", i + 1));
+        self.drain(i)
     }
 
     /// The writer (or the flusher) of node `i` reports `(pos, term)`: now,
@@ -1416,10 +1517,19 @@ impl Sim {
                     // committed more; it cannot lead anyone there.) Its log
                     // may run ahead of its journal by this Ready's entries,
                     // so check the log.
-                    let log = self.nodes[i].node.as_ref().unwrap().log();
+                    let node = self.nodes[i].node.as_ref().unwrap();
+                    let (log, (base, base_term)) = (node.log(), node.snapshot());
                     let earlier = self.record.iter().zip(&self.record_terms);
-                    for (k, ((e, _), t)) in earlier.enumerate() {
-                        if *t < ss.term && log.get(k) != Some(e) {
+                    for ((e, _), t) in earlier {
+                        let held = if e.end < base {
+                            true // in its snapshot: checked at the base
+                        } else if e.end == base {
+                            e.term == base_term
+                        } else {
+                            let k = log.partition_point(|x| x.start < e.start);
+                            log.get(k) == Some(e)
+                        };
+                        if *t < ss.term && !held {
                             fail!(
                                 self,
                                 "n{id} leads term {} without committed entry {e:?}",
@@ -1454,6 +1564,9 @@ impl Sim {
                 let sn = &mut self.nodes[i];
                 sn.incarnation_max = sn.incarnation_max.max(hs.incarnation);
                 sn.hard = hs;
+            }
+            if let Some((pos, term)) = rd.install {
+                self.install(i, pos, term)?;
             }
             if let Some(pos) = rd.truncate {
                 self.truncate(i, pos)?;
@@ -1603,6 +1716,46 @@ impl Sim {
         Ok(())
     }
 
+    /// Node `i` replaces its journal by the snapshot at `(pos, term)` that
+    /// the message it just stepped carried.
+    fn install(&mut self, i: usize, pos: u64, term: u64) -> Check {
+        let snapshot = std::mem::take(&mut self.snapshot_stash);
+        let id = self.nodes[i].id;
+        let end = snapshot.last().map_or((0, 0), |(e, _)| (e.end, e.term));
+        if end != (pos, term) {
+            fail!(
+                self,
+                "n{id} installs a snapshot at ({pos}, {term}) but was sent one ending at {end:?}"
+            );
+        }
+        // Nothing committed that it holds beyond the snapshot may go.
+        let sn = &self.nodes[i];
+        let k = snapshot.len();
+        for j in k..sn.journal.len().min(self.record.len()) {
+            if sn.journal[j] == self.record[j] {
+                fail!(
+                    self,
+                    "n{id} drops committed entry {:?} installing a snapshot at {pos}",
+                    self.record[j]
+                );
+            }
+        }
+        let mut journal = Journal::default();
+        for entry in snapshot {
+            journal.push(entry);
+        }
+        journal.snapshot = (pos, term);
+        let sn = &mut self.nodes[i];
+        sn.journal = journal;
+        sn.durable = pos;
+        sn.verified = 0;
+        sn.write_unreported = false;
+        self.reports.retain(|r| r.node != i);
+        self.stats.installs += 1;
+        self.trace(|| format!("n{id} installs a snapshot at {pos} (term {term})"));
+        Ok(())
+    }
+
     fn truncate(&mut self, i: usize, pos: u64) -> Check {
         let sn = &self.nodes[i];
         let Some(keep) = sn.entries_up_to(pos) else {
@@ -1714,8 +1867,8 @@ impl Sim {
             if node.has_ready() {
                 return Ok(()); // changes not yet applied
             }
-            let journal: Vec<Entry> = sn.journal.iter().map(|(e, _)| *e).collect();
-            if node.log() != &journal[..] {
+            if node.log() != &sn.journal.log_entries()[..] || node.snapshot() != sn.journal.snapshot
+            {
                 fail!(self, "n{}'s log and journal differ", sn.id);
             }
         }
@@ -1799,6 +1952,7 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
         "{total:?}"
     );
     assert!(total.truncations > 0, "{total:?}");
+    assert!(total.installs > count / 20, "{total:?}");
 }
 
 /// Seeds of the normal run, split in halves so two test threads share them.
@@ -1839,6 +1993,7 @@ fn sim_replay_seed_from_env() {
             ReportWithoutTerm,
             VoteBeforeCaughtUp,
             KeepAcksOfOldIncarnation,
+            InstallIgnoresTerm,
         ];
         let m = all
             .into_iter()
@@ -1958,6 +2113,11 @@ fn sim_catches_acknowledgements_kept_from_a_wiped_disk() {
     sim_catches(mutation::Mutation::KeepAcksOfOldIncarnation, BUG_SEEDS_MAX);
 }
 
+#[test]
+fn sim_catches_a_snapshot_install_that_ignores_the_term() {
+    sim_catches(mutation::Mutation::InstallIgnoresTerm, BUG_SEEDS_MAX);
+}
+
 /// How often each deliberate bug is caught, over `HUTONG_SIM_SEEDS` seeds
 /// (default 2000). A tool for tuning the simulation, not a check:
 /// `cargo test --release --lib consensus::sim::mutation_detection_rates -- --ignored --nocapture`.
@@ -1975,6 +2135,7 @@ fn mutation_detection_rates() {
         ReportWithoutTerm,
         VoteBeforeCaughtUp,
         KeepAcksOfOldIncarnation,
+        InstallIgnoresTerm,
     ] {
         let _guard = mutation::enable(m);
         let caught = (0..seeds)

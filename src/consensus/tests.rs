@@ -3345,3 +3345,275 @@ fn incarnations_stay_below_their_bound_and_never_saturate() {
     assert_eq!(n.hard_state().incarnation, top);
     assert!(!n.hard_state().caught_up);
 }
+
+// ----- snapshots: compaction and install ---------------------------------
+
+/// Leader 1 of 3 in term 2 over [0,10) [10,20) of term 1 and its no-op,
+/// with everything committed (node 2 acknowledged it all, durably).
+fn committed_leader() -> Node {
+    let mut l = make_leader(1, 3, 1, vec![e(0, 10, 1), e(10, 20, 1)]);
+    let end = l.last_pos();
+    l.report_flushed(end, 2);
+    l.step(ack(2, 1, 2, end, end, end)).unwrap();
+    take(&mut l);
+    assert_eq!(l.committed(), end);
+    l
+}
+
+fn installs(rd: &Ready, to: NodeId) -> Vec<(u64, u64, u64)> {
+    messages_to(rd, to)
+        .iter()
+        .filter_map(|m| match m.kind {
+            MessageKind::InstallSnapshot {
+                pos,
+                snapshot_term,
+                commit,
+            } => Some((pos, snapshot_term, commit)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn compaction_is_allowed_only_at_a_committed_flushed_boundary() {
+    let mut l = make_leader(1, 3, 1, vec![e(0, 10, 1), e(10, 20, 1)]);
+    let end = l.last_pos();
+    // Durable here, but nothing committed yet.
+    assert!(l.compact(10).is_err(), "above C");
+    l.report_flushed(end, 2);
+    l.step(ack(2, 1, 2, end, end, end)).unwrap();
+    assert!(l.compact(15).is_err(), "inside an entry");
+    assert!(l.compact(end + 1).is_err(), "beyond the log");
+    l.compact(10).unwrap();
+    assert_eq!(l.snapshot(), (10, 1));
+    assert_eq!(l.log(), &[e(10, 20, 1), e(20, end, 2)]);
+    l.compact(5).unwrap(); // at or below the base: nothing to do
+    assert_eq!(l.snapshot(), (10, 1));
+    check::check_node(&l).unwrap();
+    // A follower whose flusher lags cannot compact what it has not synced.
+    let mut f = node_with(2, 3, 1, vec![]);
+    let kind = MessageKind::Append {
+        prev_pos: 0,
+        prev_term: 0,
+        entries: vec![e(0, 10, 2)],
+        commit: 10,
+    };
+    f.step(msg(1, 2, 2, kind)).unwrap();
+    take(&mut f);
+    f.report_written(10, 2);
+    assert_eq!(f.committed(), 10);
+    assert!(f.compact(10).is_err(), "not flushed");
+    f.report_flushed(10, 2);
+    f.compact(10).unwrap();
+}
+
+#[test]
+fn a_leader_sends_its_snapshot_to_a_follower_that_needs_what_it_compacted() {
+    let mut l = committed_leader();
+    let end = l.last_pos();
+    l.compact(20).unwrap();
+    // Node 3 was never heard from: it was probed where the leader's log
+    // ended when it was elected, and says it holds nothing there.
+    l.step(msg(
+        3,
+        1,
+        2,
+        MessageKind::AppendReject {
+            rejected: 20,
+            hint_pos: 0,
+            hint_term: 0,
+        },
+    ))
+    .unwrap();
+    let rd = take(&mut l);
+    assert_eq!(installs(&rd, 3), vec![(20, 1, end)]);
+    assert!(appends(&rd, 3).is_empty());
+    // One snapshot in flight: nothing more until it is answered...
+    l.step(ack(3, 1, 2, 0, 0, 0)).unwrap();
+    assert!(installs(&take(&mut l), 3).is_empty());
+    // ... or until the snapshot retransmit time passes (checked at the
+    // next heartbeat).
+    for _ in 0..config::SNAPSHOT_RETRANSMIT_TICKS_DEFAULT - 1 {
+        l.tick();
+        l.step(ack(2, 1, 2, end, end, end)).unwrap(); // keep the quorum
+    }
+    assert!(
+        installs(&take(&mut l), 3).is_empty(),
+        "not sent again too soon"
+    );
+    for _ in 0..config::HEARTBEAT_TICKS_DEFAULT {
+        l.tick();
+        l.step(ack(2, 1, 2, end, end, end)).unwrap(); // keep the quorum
+    }
+    assert_eq!(installs(&take(&mut l), 3), vec![(20, 1, end)]);
+    // Installed: replication resumes from the snapshot.
+    l.step(ack(3, 1, 2, 20, 20, 20)).unwrap();
+    let rd = take(&mut l);
+    assert_eq!(appends(&rd, 3), vec![(20, vec![e(20, end, 2)])]);
+    check::check_node(&l).unwrap();
+}
+
+#[test]
+fn a_follower_that_lost_its_link_below_the_base_gets_the_snapshot() {
+    let mut l = committed_leader();
+    let end = l.last_pos();
+    // Node 3 acknowledged [0, 10) durably, then its link broke.
+    l.step(ack(3, 1, 2, 10, 10, 10)).unwrap();
+    take(&mut l);
+    l.compact(20).unwrap();
+    l.report_unreachable(3);
+    assert_eq!(installs(&take(&mut l), 3), vec![(20, 1, end)]);
+    check::check_node(&l).unwrap();
+}
+
+#[test]
+fn a_follower_without_the_snapshot_entry_drops_its_log_and_installs_it() {
+    // A stale tail of term 1 that the leader of term 3 never had.
+    let mut f = node_with(2, 3, 1, vec![e(0, 10, 1), e(10, 30, 1)]);
+    let kind = MessageKind::InstallSnapshot {
+        pos: 20,
+        snapshot_term: 2,
+        commit: 40,
+    };
+    f.step(msg(1, 2, 3, kind)).unwrap();
+    let rd = take(&mut f);
+    assert_eq!(rd.install, Some((20, 2)));
+    assert_eq!(rd.truncate, None, "the install replaces the journal");
+    assert!(rd.entries.is_empty());
+    assert_eq!(f.snapshot(), (20, 2));
+    assert!(f.log().is_empty());
+    assert_eq!((f.written(), f.flushed(), f.committed()), (20, 20, 20));
+    let acks: Vec<_> = messages_to(&rd, 1).iter().map(|m| m.kind.clone()).collect();
+    assert_eq!(
+        acks,
+        vec![MessageKind::AppendAck {
+            matched: 20,
+            written: 20,
+            flushed: 20,
+            caught_up: true
+        }]
+    );
+    // Appends continue from the snapshot.
+    let kind = MessageKind::Append {
+        prev_pos: 20,
+        prev_term: 2,
+        entries: vec![e(20, 40, 3)],
+        commit: 40,
+    };
+    f.step(msg(1, 2, 3, kind)).unwrap();
+    let rd = take(&mut f);
+    assert_eq!(rd.entries, vec![e(20, 40, 3)]);
+    f.report_flushed(40, 3);
+    assert_eq!(f.committed(), 40);
+    check::check_node(&f).unwrap();
+}
+
+#[test]
+fn a_follower_holding_the_snapshot_entry_keeps_its_log() {
+    let mut f = node_with(2, 3, 2, vec![e(0, 10, 1), e(10, 20, 2), e(20, 30, 2)]);
+    let kind = MessageKind::InstallSnapshot {
+        pos: 20,
+        snapshot_term: 2,
+        commit: 30,
+    };
+    f.step(msg(1, 2, 2, kind)).unwrap();
+    let rd = take(&mut f);
+    assert_eq!(rd.install, None);
+    assert_eq!(f.log().len(), 3);
+    assert_eq!(f.committed(), 20, "matched up to the snapshot");
+    assert!(messages_to(&rd, 1)
+        .iter()
+        .any(|m| matches!(m.kind, MessageKind::AppendAck { matched: 20, .. })));
+}
+
+#[test]
+fn a_snapshot_that_contradicts_the_committed_log_is_refused() {
+    let mut f = node_with(2, 3, 1, vec![]);
+    let kind = MessageKind::Append {
+        prev_pos: 0,
+        prev_term: 0,
+        entries: vec![e(0, 10, 1), e(10, 20, 1)],
+        commit: 20,
+    };
+    f.step(msg(1, 2, 1, kind)).unwrap();
+    take(&mut f);
+    f.report_flushed(20, 1);
+    assert_eq!(f.committed(), 20);
+    let kind = MessageKind::InstallSnapshot {
+        pos: 20,
+        snapshot_term: 2,
+        commit: 20,
+    };
+    let err = f.step(msg(1, 2, 2, kind)).unwrap_err();
+    assert!(
+        matches!(err, ConsensusError::CommittedConflict { pos: 20, .. }),
+        "{err:?}"
+    );
+    assert_eq!(f.log().len(), 2, "nothing dropped");
+}
+
+#[test]
+fn a_follower_based_on_a_snapshot_takes_appends_that_start_below_it() {
+    let hs = HardState {
+        term: 2,
+        caught_up: true,
+        ..HardState::default()
+    };
+    let mut f = Node::with_snapshot(cfg(2, 3), hs, (20, 1), vec![e(20, 30, 2)]).unwrap();
+    assert_eq!(
+        (f.committed(), f.last_pos()),
+        (20, 30),
+        "the snapshot counts as committed"
+    );
+    // A late append from below the base: the part below is skipped.
+    let kind = MessageKind::Append {
+        prev_pos: 10,
+        prev_term: 1,
+        entries: vec![e(10, 20, 1), e(20, 30, 2), e(30, 35, 2)],
+        commit: 35,
+    };
+    f.step(msg(1, 2, 2, kind)).unwrap();
+    let rd = take(&mut f);
+    assert_eq!(rd.entries, vec![e(30, 35, 2)]);
+    // An entry across the snapshot position is a lie.
+    let kind = MessageKind::Append {
+        prev_pos: 10,
+        prev_term: 1,
+        entries: vec![e(10, 25, 1)],
+        commit: 35,
+    };
+    assert!(matches!(
+        f.step(msg(1, 2, 2, kind)),
+        Err(ConsensusError::Malformed { .. })
+    ));
+    // A restart needs a snapshot term with a snapshot position.
+    assert!(Node::with_snapshot(cfg(2, 3), hs, (20, 0), vec![]).is_err());
+    assert!(Node::with_snapshot(cfg(2, 3), hs, (0, 1), vec![]).is_err());
+    assert!(
+        Node::with_snapshot(cfg(2, 3), hs, (20, 3), vec![]).is_err(),
+        "above the term"
+    );
+}
+
+#[test]
+fn install_snapshot_fields_are_checked() {
+    let bad = |pos, snapshot_term, commit| {
+        msg(
+            1,
+            2,
+            3,
+            MessageKind::InstallSnapshot {
+                pos,
+                snapshot_term,
+                commit,
+            },
+        )
+        .check_fields()
+        .is_err()
+    };
+    assert!(bad(0, 1, 10), "at position 0");
+    assert!(bad(20, 1, 10), "above the commit position");
+    assert!(bad(10, 4, 10), "a term above the message's");
+    assert!(bad(10, 0, 10), "term 0");
+    assert!(!bad(10, 3, 10));
+}
