@@ -808,6 +808,44 @@ struct OutOfRange {
 /// Requests handled per round before waiting fetches are looked at again.
 const REQUESTS_PER_ROUND_MAX: usize = 256;
 
+/// Answers the requests waiting in `requests`, at most
+/// [`REQUESTS_PER_ROUND_MAX`]. Returns how many it answered and whether the
+/// answer ring filled up (the request that did not fit stays in the ring);
+/// `committed` ends as the last C it loaded.
+///
+/// Each request sees C as it is once the reader has taken the request up
+/// (and whatever was announced below that C): a client answered at QoS
+/// `flushed` or `all` (a produce, a DeleteRecords) sees what the answer
+/// promised in its next request, even when that request arrived while the
+/// reader was between loading C for the round and looking at the ring.
+fn serve_requests(
+    shared: &Shared,
+    reader: &mut Reader,
+    requests: &mut MessageConsumer,
+    out: &mut MessageProducer,
+    now: Instant,
+    committed: &mut u64,
+) -> (usize, bool) {
+    let mut worked = 0;
+    while worked < REQUESTS_PER_ROUND_MAX {
+        let Some(m) = requests.peek() else { break };
+        let (conn, flags) = (m.conn, m.flags);
+        // C before the events: every segment or topic holding bytes below
+        // C was announced before C could cover it.
+        *committed = shared.positions.committed.get();
+        reader.drain_events();
+        if reader
+            .handle(conn, flags, m.payload, *committed, now, out)
+            .is_err()
+        {
+            return (worked, true);
+        }
+        requests.pop();
+        worked += 1;
+    }
+    (worked, false)
+}
+
 /// The reader thread.
 pub fn run(
     shared: Arc<Shared>,
@@ -824,29 +862,14 @@ pub fn run(
         let mut committed = shared.positions.committed.get();
         reader.drain_events();
         let now = Instant::now();
-        let mut worked = 0;
-        let mut blocked = false;
-        while worked < REQUESTS_PER_ROUND_MAX {
-            let Some(m) = requests.peek() else { break };
-            let (conn, flags) = (m.conn, m.flags);
-            // Each request sees C as it is when the reader takes it up (and
-            // whatever was announced below it): a client answered at QoS
-            // `all` (a produce, a DeleteRecords) whose next request lands
-            // in the same round sees what that answer promised.
-            if worked > 0 {
-                committed = shared.positions.committed.get();
-                reader.drain_events();
-            }
-            if reader
-                .handle(conn, flags, m.payload, committed, now, &mut out)
-                .is_err()
-            {
-                blocked = true;
-                break;
-            }
-            requests.pop();
-            worked += 1;
-        }
+        let (mut worked, mut blocked) = serve_requests(
+            &shared,
+            &mut reader,
+            &mut requests,
+            &mut out,
+            now,
+            &mut committed,
+        );
         if worked > 0 && shared.read_ring_full.swap(false, Ordering::AcqRel) {
             shared.wake_reactor();
         }
@@ -900,6 +923,82 @@ mod tests {
     use crate::broker::ring::message_ring_in_place as message_ring;
     use crate::journal::append_log::append_log;
     use crate::wire::frame::request_frame;
+
+    /// A request that reaches the ring after the reader loaded C for its
+    /// round (it was preempted between the load and the look at the ring)
+    /// is still answered with C as it is when the request is taken up: a
+    /// producer answered at QoS `flushed` that asks for the latest offset
+    /// next sees its own batch (`producer_retry` saw 93 batches missing
+    /// on a busy machine).
+    #[test]
+    fn a_request_sees_c_as_it_is_when_taken_up_not_as_the_round_began() {
+        let poll = mio::Poll::new().unwrap();
+        let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
+        let shared = super::super::shared::Shared::new(
+            0,
+            waker,
+            super::super::shared::ClusterView::new(1, vec![]),
+        );
+        let (events_tx, events_rx) = std::sync::mpsc::channel();
+        let mut reader = Reader::new(Vec::new(), events_rx, 1 << 20);
+        let (mut writer, index) = append_log();
+        for (offset, position) in [(0u64, 0u64), (5, 100)] {
+            writer.push(IndexEntry {
+                base_offset: offset,
+                position,
+                len: 100,
+                count: 5,
+                max_time_ms: 1,
+            });
+        }
+        events_tx
+            .send(ReaderEvent::Topic {
+                meta: TopicMeta {
+                    id: 0,
+                    name: "t".into(),
+                    partitions: 1,
+                },
+                config: TopicConfig::default(),
+                indexes: vec![IndexHandle {
+                    index,
+                    floor: 0,
+                    floor_time_ms: i64::MIN,
+                }],
+            })
+            .unwrap();
+        shared.positions.committed.publish(100);
+        // The round begins: C is loaded (100, one batch).
+        let mut committed = shared.positions.committed.get();
+        reader.drain_events();
+        // Meanwhile the second batch becomes durable, its producer is
+        // answered and asks for the latest offset.
+        shared.positions.committed.publish(200);
+        let (mut requests_in, mut requests) = message_ring(1 << 16);
+        let frame = request_frame(ApiKey::ListOffsets.as_u16(), 1, 1, |out| {
+            ListOffsetsRequest {
+                topic: "t",
+                partition: 0,
+                timestamp_ms: None,
+            }
+            .encode(out)
+        });
+        assert!(requests_in.push(7, 0, &[&frame]));
+        let (mut out, mut answers) = message_ring(1 << 16);
+        let served = serve_requests(
+            &shared,
+            &mut reader,
+            &mut requests,
+            &mut out,
+            Instant::now(),
+            &mut committed,
+        );
+        assert_eq!(served, (1, false));
+        assert_eq!(committed, 200);
+        let m = answers.peek().expect("an answer");
+        let r = ListOffsetsResponse::decode(&m.payload[crate::wire::frame::RESPONSE_HEADER_LEN..])
+            .unwrap();
+        assert_eq!((r.earliest, r.latest), (0, 10), "both batches are durable");
+    }
 
     fn fetch_frame(topic: &str, correlation_id: u32) -> Vec<u8> {
         fetch_frame_at(topic, correlation_id, 0)
