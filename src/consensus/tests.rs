@@ -3617,3 +3617,104 @@ fn install_snapshot_fields_are_checked() {
     assert!(bad(10, 0, 10), "term 0");
     assert!(!bad(10, 3, 10));
 }
+
+// ----- review of compaction and install (branch review-compact) ----------
+
+/// The `Ready` order is: 1. persist `hard_state`, 2. install the snapshot,
+/// 3. send. A node that has not caught up must not claim `caught_up` in
+/// the hard state of the very `Ready` whose install has not been applied:
+/// a crash between steps 1 and 2 leaves `caught_up = true` durable over
+/// the old (here: empty) journal, which holds no entry of the term, so
+/// after a restart it grants full-weight votes to a candidate of that
+/// term whose log ends in an older term (the guarantee `check_caught_up`
+/// argues from is "holding an entry of T, this node grants no vote in T").
+/// The normal path only claims `caught_up` after `report_flushed`.
+#[test]
+fn review_caught_up_is_not_persisted_before_the_install_it_relies_on() {
+    let mut f = fresh(2, 3, 0x22);
+    f.step(confirm(3, 2, 2, 0x22)).unwrap();
+    let kind = MessageKind::InstallSnapshot {
+        pos: 20,
+        snapshot_term: 2,
+        commit: 20,
+    };
+    f.step(from_inc(msg(1, 2, 2, kind), 0x11, 0x22)).unwrap();
+    let rd = take(&mut f);
+    assert_eq!(rd.install, Some((20, 2)));
+    assert!(
+        !rd.hard_state.is_some_and(|h| h.caught_up),
+        "caught_up is persisted (Ready step 1) before the install (step 2) is durable: {:?}",
+        rd.hard_state
+    );
+}
+
+/// A leader whose first probe to a follower goes out below the follower's
+/// own base (its link was reported broken between the election and the
+/// first `ready`, so it probes from the follower's acknowledged flushed
+/// position, 0) sends `[0, 10)`: `sent` is 10. The follower, based on its
+/// own snapshot at 30, skips what lies below it and acknowledges 30 as
+/// matched. The leader refuses that acknowledgement ("acknowledged past
+/// what the leader sent") every time, resends the same probe, and the
+/// follower never gets anything again: its progress stays in Probe at 0.
+#[test]
+fn review_a_follower_based_above_what_the_leader_sent_is_not_stuck() {
+    let entries = vec![e(0, 10, 1), e(10, 20, 1), e(20, 30, 1)];
+    let mut c = cfg(1, 3);
+    c.append_bytes_max = 10;
+    c.window_bytes = 10;
+    let hs = HardState {
+        term: 1,
+        caught_up: true,
+        ..HardState::default()
+    };
+    let mut l = Node::new(c, hs, entries).unwrap();
+    tick_until_campaign(&mut l);
+    for p in [2, 3] {
+        let kind = MessageKind::PreVoteResp {
+            granted: true,
+            caught_up: true,
+        };
+        l.step(msg(p, 1, 2, kind)).unwrap();
+    }
+    for p in [2, 3] {
+        let kind = MessageKind::VoteResp {
+            granted: true,
+            caught_up: true,
+        };
+        l.step(msg(p, 1, 2, kind)).unwrap();
+    }
+    assert_eq!(l.role(), Role::Leader);
+    // The link to node 3 breaks before the first Ready is taken.
+    l.report_unreachable(3);
+    // Node 3 compacted its log at 30 (committed, flushed) in term 1.
+    let mut f = Node::with_snapshot(cfg(3, 3), hs, (30, 1), vec![]).unwrap();
+    let mut refused = Vec::new();
+    for _ in 0..200 {
+        for m in take(&mut l).messages {
+            if m.to == 3 {
+                let _ = f.step(m);
+            }
+        }
+        let end = l.last_pos();
+        l.report_flushed(end, 2);
+        l.step(ack(2, 1, 2, end, end, end)).unwrap(); // keep the quorum
+        for m in take(&mut f).messages {
+            if let Err(err) = l.step(m) {
+                refused.push(err);
+            }
+        }
+        l.tick();
+        f.tick();
+    }
+    let pr = l.peers().find(|p| p.id == 3).unwrap().progress;
+    assert!(
+        pr.matched >= 30 && f.last_pos() == l.last_pos(),
+        "node 3 never catches up (leader term {}): {pr:?}, its log ends at {}, the leader's at {}; \
+         {} acks refused, first: {:?}",
+        l.term(),
+        f.last_pos(),
+        l.last_pos(),
+        refused.len(),
+        refused.first()
+    );
+}
