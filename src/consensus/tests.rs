@@ -3718,3 +3718,69 @@ fn review_a_follower_based_above_what_the_leader_sent_is_not_stuck() {
         refused.first()
     );
 }
+
+/// Figure 8 with a resurrected tail. Node 5 (of 5) writes and flushes
+/// `[10,20) [20,30)` of term 2; the flusher's report `(30, 2)` is still on
+/// its way when a leader of term 3 cuts the tail at 10, and a leader of
+/// term 4 (whose log holds the term-2 entries) sends `tail`: either a
+/// snapshot at 20 and then `[20,30) t2` again, or the term-2 entries again
+/// from 10. The late report names the same `(30, 2)` pair the log holds
+/// again, so it is taken, and the node claims flushed bytes that its
+/// journal has not even been handed yet.
+fn review_resurrected_tail_then_late_report(install: bool) -> Node {
+    let mut f = node_with(5, 5, 1, vec![e(0, 10, 1)]);
+    let append = |from, term, prev_pos, prev_term, entries, commit| {
+        let kind = MessageKind::Append {
+            prev_pos,
+            prev_term,
+            entries,
+            commit,
+        };
+        msg(from, 5, term, kind)
+    };
+    f.step(append(1, 2, 10, 1, vec![e(10, 20, 2), e(20, 30, 2)], 10))
+        .unwrap();
+    take(&mut f);
+    f.report_written(30, 2); // the flush report (30, 2) is delayed
+    take(&mut f);
+    f.step(append(2, 3, 10, 1, vec![e(10, 15, 3)], 10)).unwrap();
+    let rd = take(&mut f);
+    assert_eq!(rd.truncate, Some(10));
+    if install {
+        let kind = MessageKind::InstallSnapshot {
+            pos: 20,
+            snapshot_term: 2,
+            commit: 38,
+        };
+        f.step(msg(1, 5, 4, kind)).unwrap();
+        f.step(append(1, 4, 20, 2, vec![e(20, 30, 2), e(30, 38, 4)], 38))
+            .unwrap();
+    } else {
+        let tail = vec![e(10, 20, 2), e(20, 30, 2), e(30, 38, 4)];
+        f.step(append(1, 4, 10, 1, tail, 38)).unwrap();
+    }
+    // The new Ready (install and/or the rewritten entries) is not applied
+    // yet when the flusher's old report arrives.
+    f.report_flushed(30, 2);
+    f
+}
+
+#[test]
+fn review_a_late_flush_report_does_not_vouch_for_a_tail_rewritten_after_an_install() {
+    let f = review_resurrected_tail_then_late_report(true);
+    assert!(
+        f.flushed() <= 20,
+        "flushed {} claimed; durable at most the snapshot at 20",
+        f.flushed()
+    );
+}
+
+#[test]
+fn review_a_late_flush_report_does_not_vouch_for_a_tail_rewritten_after_a_truncation() {
+    let f = review_resurrected_tail_then_late_report(false);
+    assert!(
+        f.flushed() <= 10,
+        "flushed {} claimed; durable at most 10 after the cut",
+        f.flushed()
+    );
+}
