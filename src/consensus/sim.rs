@@ -1740,6 +1740,7 @@ impl Sim {
                 );
             }
         }
+        let (old_end, old_term) = self.nodes[i].journal_end();
         let mut journal = Journal::default();
         for entry in snapshot {
             journal.push(entry);
@@ -1750,7 +1751,20 @@ impl Sim {
         sn.durable = pos;
         sn.verified = 0;
         sn.write_unreported = false;
-        self.reports.retain(|r| r.node != i);
+        // Reports about the old journal may still be on their way, as after
+        // a cut (the writer or flusher was busy with the old journal).
+        if self.rng.chance(self.p.stale_report, 1000) {
+            let at = self.now + self.rng.range(1, self.p.stale_delay_max + 1);
+            let flushed = self.rng.chance(1, 2);
+            self.reports.push(Report {
+                at,
+                node: i,
+                flushed,
+                pos: old_end,
+                term: old_term,
+            });
+            self.stats.late_reports += 1;
+        }
         self.stats.installs += 1;
         self.trace(|| format!("n{id} installs a snapshot at {pos} (term {term})"));
         Ok(())
