@@ -63,6 +63,9 @@ struct Outbox {
     soft: Option<SoftState>,
     /// A snapshot to install, not yet handed out.
     install: Option<(u64, u64)>,
+    /// A `Ready` carrying an install is out and `advance` has not been
+    /// called: the install may not be durable yet.
+    install_outstanding: bool,
     /// Lowest truncation not yet handed out.
     truncate: Option<u64>,
     /// Entries starting at or after this position have not been handed out.
@@ -697,7 +700,11 @@ impl Node {
         Ready {
             soft_state,
             hard_state,
-            install: self.out.install.take(),
+            install: {
+                let install = self.out.install.take();
+                self.out.install_outstanding = install.is_some();
+                install
+            },
             truncate: self.out.truncate.take(),
             entries,
             noops: std::mem::take(&mut self.out.noops),
@@ -715,6 +722,7 @@ impl Node {
     pub fn advance(&mut self, mut ready: Ready) {
         assert!(self.out.outstanding, "Node::advance without Node::ready");
         self.out.outstanding = false;
+        self.out.install_outstanding = false;
         ready.entries.clear();
         self.out.entries = ready.entries;
         if self.out.messages.is_empty() {
@@ -1003,10 +1011,19 @@ impl Node {
     /// point of an earlier term proves nothing: it may lie below what a
     /// newer leader committed with the old disk's help (simulation seed
     /// 19289). Said through the hard state, so a restart votes normally.
+    ///
+    /// Never while an installed snapshot may not be durable yet (not
+    /// handed out, or handed out and not taken back with `advance`): the
+    /// hard state that says so is persisted before the install is applied
+    /// (`Ready`'s order), and a crash between the two would leave a
+    /// directory that claims to have caught up over its old journal.
     fn check_caught_up(&mut self) {
         let Some((term, at)) = self.catch_up_at else {
             return;
         };
+        if self.out.install.is_some() || self.out.install_outstanding {
+            return;
+        }
         // A follower knows the leader's log only up to `matched` (a leader
         // holds its own).
         let holds = self.role == Role::Leader || self.matched >= at;
@@ -1255,6 +1272,10 @@ impl Node {
         commit: u64,
     ) -> Result<(), ConsensusError> {
         let base = self.log.base();
+        // The end of what the leader sent: never acknowledge more (its
+        // check refuses an acknowledgement past what it sent, and the
+        // follower would then never be heard again).
+        let sent_end = entries.last().map_or(prev_pos, |e| e.end);
         let (prev_pos, prev_term, entries) = if prev_pos < base {
             // Our log up to its base is a snapshot of the committed prefix,
             // which every leader holds: it matches the leader's there. Skip
@@ -1333,8 +1354,7 @@ impl Node {
         for e in &entries[first_new..] {
             self.log.append(*e);
         }
-        let end = entries.last().map_or(prev_pos, |e| e.end);
-        self.matched = self.matched.max(end);
+        self.matched = self.matched.max(sent_end);
         self.learn_commit(commit);
         self.out.ack = true;
         Ok(())
@@ -1357,8 +1377,10 @@ impl Node {
         if pos < base || holds {
             // This log holds the snapshot's last entry, so it matches the
             // leader's up to there (log matching); or it starts from a later
-            // snapshot of the committed prefix (a late message). Keep it.
-            self.matched = self.matched.max(pos.max(base));
+            // snapshot of the committed prefix (a late message). Keep it,
+            // and acknowledge what was sent: the leader then appends from
+            // `pos`, and what lies below this node's base is skipped.
+            self.matched = self.matched.max(pos);
             self.learn_commit(commit);
             self.out.ack = true;
             return Ok(());
