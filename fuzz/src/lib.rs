@@ -1476,6 +1476,7 @@ fn sample_snapshot(with_producers: bool) -> Vec<u8> {
     snapshot::encode(
         &CatalogSnapshot {
             position: end,
+            term: 0,
             next_topic_id: 3,
             cluster_id: Some((0x6875_746f_6e67, 0)),
             topics: vec![

@@ -667,6 +667,7 @@ mod tests {
     fn snapshot_at(position: u64) -> Arc<CatalogSnapshot> {
         Arc::new(CatalogSnapshot {
             position,
+            term: 0,
             next_topic_id: 0,
             cluster_id: None,
             topics: Vec::new(),
@@ -806,6 +807,7 @@ mod tests {
             .collect();
         let snap = Arc::new(CatalogSnapshot {
             position: 5,
+            term: 0,
             next_topic_id: 1,
             cluster_id: None,
             topics: vec![SnapshotTopic {

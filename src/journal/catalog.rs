@@ -778,6 +778,8 @@ impl Catalog {
     pub fn snapshot(&self, position: u64) -> CatalogSnapshot {
         CatalogSnapshot {
             position,
+            // The catalog knows no terms: a group member's writer sets it.
+            term: 0,
             next_topic_id: self.next_topic_id,
             cluster_id: self.cluster_id,
             topics: self

@@ -1382,6 +1382,9 @@ impl Journal {
             .collect();
         StartState {
             position,
+            // Only a standalone journal deletes segments: its batches carry
+            // no term.
+            term: 0,
             next_topic_id: self.catalog.next_topic_id(),
             topics,
         }

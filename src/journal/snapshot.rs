@@ -15,15 +15,18 @@
 //!
 //! ```text
 //! offset size field
-//!  0     2    version        3 (versions 1, without deleted_below, and
-//!                             2, without the topic settings, are still
-//!                             read)
+//!  0     2    version        4 (versions 1, without deleted_below, 2,
+//!                             without the topic settings, and 3, without
+//!                             term, are still read)
 //!  2     8    position       the catalog holds every batch below it
-//! 10     4    next_topic_id  id the next created topic gets
-//! 14     8    cluster_id     the replication group's id; 0 when none
-//! 22     8    cluster_id_at  position of the record that set it; u64::MAX: none
-//! 30     4    topic_count
-//! 34     ...  topic_count × topic, in catalog slot order
+//! 10     8    term           term of the batch ending at position (0: none,
+//!                             or a standalone journal's, whose batches
+//!                             carry no term; versions 1 to 3 read as 0)
+//! 18     4    next_topic_id  id the next created topic gets
+//! 22     8    cluster_id     the replication group's id; 0 when none
+//! 30     8    cluster_id_at  position of the record that set it; u64::MAX: none
+//! 38     4    topic_count
+//! 42     ...  topic_count × topic, in catalog slot order
 //!        8    clock_ms       i64: the producer states' expiry clock
 //!        4    state_count
 //!        ...  state_count × state, least recently used first
@@ -144,7 +147,9 @@ pub fn remove(dir: &Path) -> Result<(), JournalError> {
 }
 
 /// The snapshot format version this broker writes.
-pub const SNAPSHOT_VERSION: u16 = 3;
+pub const SNAPSHOT_VERSION: u16 = 4;
+/// The third version, without `term`: still read (as term 0).
+pub const SNAPSHOT_VERSION_3: u16 = 3;
 /// The second version, whose topics have no settings: still read (as
 /// settings left to the broker).
 pub const SNAPSHOT_VERSION_2: u16 = 2;
@@ -153,7 +158,7 @@ pub const SNAPSHOT_VERSION_2: u16 = 2;
 /// the snapshot its old version left.
 pub const SNAPSHOT_VERSION_1: u16 = 1;
 /// Encoded bytes of the fields before the topics.
-const SNAPSHOT_HEADER_BYTES: usize = 34;
+const SNAPSHOT_HEADER_BYTES: usize = 42;
 /// Encoded bytes of one topic besides its name and next offsets.
 const SNAPSHOT_TOPIC_BYTES: usize = 38;
 /// Encoded bytes of one producer state besides its window.
@@ -170,6 +175,10 @@ pub struct CatalogSnapshot {
     /// Journal position, a batch boundary: the snapshot holds the effect
     /// of every batch below it and of none at or above it.
     pub position: u64,
+    /// Term of the batch that ends at `position`: 0 at position 0 and for
+    /// a standalone journal (its batches carry no term). A group member's
+    /// consensus log starts from it when it starts from the snapshot.
+    pub term: u64,
     /// Id the next created topic gets.
     pub next_topic_id: u32,
     /// The replication group's id and the position of the record that
@@ -212,6 +221,7 @@ pub fn encode(s: &CatalogSnapshot, out: &mut Vec<u8>) {
     out.reserve(encoded_len(s));
     out.put_u16(SNAPSHOT_VERSION);
     out.put_u64(s.position);
+    out.put_u64(s.term);
     out.put_u32(s.next_topic_id);
     let (cluster_id, cluster_id_at) = s.cluster_id.unwrap_or((0, AT_NONE));
     out.put_u64(cluster_id);
@@ -288,12 +298,24 @@ fn put_len(out: &mut Vec<u8>, len: usize) {
 /// [`PRODUCER_WINDOW_MAX`].
 pub fn decode(r: &mut Reader<'_>) -> Result<CatalogSnapshot, DecodeError> {
     let version = r.u16("snapshot version")?;
-    if ![SNAPSHOT_VERSION, SNAPSHOT_VERSION_2, SNAPSHOT_VERSION_1].contains(&version) {
+    if ![
+        SNAPSHOT_VERSION,
+        SNAPSHOT_VERSION_3,
+        SNAPSHOT_VERSION_2,
+        SNAPSHOT_VERSION_1,
+    ]
+    .contains(&version)
+    {
         return Err(DecodeError::InvalidValue {
             field: "snapshot version",
         });
     }
     let position = r.u64("snapshot position")?;
+    let term = if version == SNAPSHOT_VERSION {
+        r.u64("snapshot term")?
+    } else {
+        0
+    };
     let next_topic_id = r.u32("next_topic_id")?;
     let id = r.u64("cluster_id")?;
     let cluster_id = match read_at(r, position, "cluster_id_at")? {
@@ -309,6 +331,7 @@ pub fn decode(r: &mut Reader<'_>) -> Result<CatalogSnapshot, DecodeError> {
     let producers = read_producers(r, &topics)?;
     Ok(CatalogSnapshot {
         position,
+        term,
         next_topic_id,
         cluster_id,
         topics,
@@ -354,7 +377,8 @@ fn read_topics(
     version: u16,
 ) -> Result<Vec<SnapshotTopic>, DecodeError> {
     let per_partition = if version == SNAPSHOT_VERSION_1 { 8 } else { 16 };
-    let topic_bytes = if version == SNAPSHOT_VERSION {
+    let with_settings = version >= SNAPSHOT_VERSION_3;
+    let topic_bytes = if with_settings {
         SNAPSHOT_TOPIC_BYTES
     } else {
         SNAPSHOT_TOPIC_BYTES - 16
@@ -366,7 +390,7 @@ fn read_topics(
     for _ in 0..count {
         let meta = metas.read(r)?;
         let created_at = read_at(r, position, "created_at")?;
-        let config = if version == SNAPSHOT_VERSION {
+        let config = if with_settings {
             TopicConfig::decode(r)?
         } else {
             TopicConfig::default()
@@ -522,6 +546,7 @@ mod tests {
     fn sample() -> CatalogSnapshot {
         CatalogSnapshot {
             position: 10_000,
+            term: 1 << 20,
             next_topic_id: 3,
             cluster_id: Some((0xC1C1, 0)),
             topics: vec![
@@ -589,6 +614,7 @@ mod tests {
     fn encoding_follows_the_documented_layout() {
         let s = CatalogSnapshot {
             position: 0x1122,
+            term: 0x88,
             next_topic_id: 7,
             cluster_id: Some((0x33, 0x44)),
             topics: vec![SnapshotTopic {
@@ -623,8 +649,9 @@ mod tests {
             },
         };
         let expected: &[u8] = &[
-            3, 0, // version
+            4, 0, // version
             0x22, 0x11, 0, 0, 0, 0, 0, 0, // position
+            0x88, 0, 0, 0, 0, 0, 0, 0, // term
             7, 0, 0, 0, // next_topic_id
             0x33, 0, 0, 0, 0, 0, 0, 0, // cluster_id
             0x44, 0, 0, 0, 0, 0, 0, 0, // cluster_id_at
@@ -700,6 +727,7 @@ mod tests {
     fn none_is_encoded_as_documented() {
         let s = CatalogSnapshot {
             position: 0,
+            term: 0,
             next_topic_id: 0,
             cluster_id: None,
             topics: vec![SnapshotTopic {
@@ -716,8 +744,9 @@ mod tests {
             producers: SavedStates::default(),
         };
         let expected: &[u8] = &[
-            3, 0, // version
+            4, 0, // version
             0, 0, 0, 0, 0, 0, 0, 0, // position
+            0, 0, 0, 0, 0, 0, 0, 0, // term
             0, 0, 0, 0, // next_topic_id
             0, 0, 0, 0, 0, 0, 0, 0, // cluster_id
             0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // cluster_id_at: none
@@ -757,10 +786,25 @@ mod tests {
         }
     }
 
+    /// A snapshot written before it carried the term reads with term 0.
+    #[test]
+    fn a_version_3_snapshot_reads_with_term_0() {
+        let s = CatalogSnapshot {
+            term: 0,
+            ..sample()
+        };
+        let v4 = encoded(&s);
+        let mut v3 = v4[..10].to_vec();
+        v3.extend_from_slice(&v4[18..]);
+        v3[0] = 3;
+        assert_eq!(decoded(&v3).unwrap(), s);
+        assert_eq!(&v4[10..18], &[0; 8]);
+    }
+
     #[test]
     fn another_version_is_refused() {
         let mut bytes = encoded(&sample());
-        for version in [0u8, 4] {
+        for version in [0u8, 5] {
             bytes[0] = version;
             assert_eq!(refused_field(&bytes), "snapshot version");
         }
@@ -860,13 +904,14 @@ mod tests {
     fn counts_that_cannot_fit_fail_before_allocating() {
         let empty = CatalogSnapshot {
             position: 0,
+            term: 0,
             next_topic_id: 0,
             cluster_id: None,
             topics: vec![],
             producers: SavedStates::default(),
         };
         let mut bytes = encoded(&empty);
-        bytes[30..34].copy_from_slice(&u32::MAX.to_le_bytes());
+        bytes[38..42].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(truncated_field(&bytes), "topic_count");
 
         let mut bytes = encoded(&empty);
@@ -891,8 +936,8 @@ mod tests {
             ..empty.clone()
         });
         let many = (PARTITIONS_MAX as u32).to_le_bytes();
-        bytes[38..42].copy_from_slice(&many); // partitions
-        bytes[68..72].copy_from_slice(&many); // offset_count
+        bytes[46..50].copy_from_slice(&many); // partitions
+        bytes[76..80].copy_from_slice(&many); // offset_count
         assert_eq!(truncated_field(&bytes), "offset_count");
 
         let mut s = sample();
@@ -1042,6 +1087,7 @@ mod tests {
                     let states = states_on(&topics, states);
                     CatalogSnapshot {
                         position,
+                        term: 0,
                         next_topic_id,
                         cluster_id: cluster.and_then(|(id, at)| Some((id, below(position, at)?))),
                         topics,

@@ -13,13 +13,17 @@
 //! ```text
 //! offset size field
 //!  0     4    magic          "HTST"
-//!  4     2    version        3 (1, without deleted_below, and 2, without
-//!                             the topic settings, are still read)
+//!  4     2    version        4 (1, without deleted_below, 2, without the
+//!                             topic settings, and 3, without term, are
+//!                             still read)
 //!  6     4    crc            CRC32C of bytes [10, end)
 //! 10     8    position       the journal's first kept byte (a segment start)
-//! 18     4    next_topic_id  id the next created topic gets
-//! 22     4    topic_count
-//! 26     ...  topic_count × (u32 id | u32 partitions | u16 name_len | name
+//! 18     8    term           term of the batch that ended at position (0:
+//!                             none, or a standalone journal's; 0 in
+//!                             versions 1 to 3)
+//! 26     4    next_topic_id  id the next created topic gets
+//! 30     4    topic_count
+//! 34     ...  topic_count × (u32 id | u32 partitions | u16 name_len | name
 //!                            | u64 retention_ms | u64 retention_bytes
 //!                            | partitions × (u64 log_start | u64 deleted_below))
 //! ```
@@ -42,7 +46,9 @@ pub const START_TMP_FILE: &str = "start.tmp";
 /// First bytes of a start state file.
 pub const START_MAGIC: [u8; 4] = *b"HTST";
 /// The start state format version written.
-pub const START_VERSION: u16 = 3;
+pub const START_VERSION: u16 = 4;
+/// The third version, without the term: still read (as term 0).
+pub const START_VERSION_3: u16 = 3;
 /// The second version, without the topic settings: still read.
 pub const START_VERSION_2: u16 = 2;
 /// The first version, without `deleted_below`: still read.
@@ -67,6 +73,10 @@ pub struct StartTopic {
 pub struct StartState {
     /// The journal's first kept byte: the start of its oldest segment.
     pub position: u64,
+    /// Term of the batch that ended at `position` (0: none, or a
+    /// standalone journal's): where a group member's consensus log starts
+    /// when nothing later is known.
+    pub term: u64,
     /// Id the next created topic gets.
     pub next_topic_id: u32,
     /// Every topic known at `position`.
@@ -83,6 +93,7 @@ pub fn encode(st: &StartState) -> Vec<u8> {
     let mut out = Vec::new();
     begin_state(&mut out, START_MAGIC, START_VERSION);
     out.put_u64(st.position);
+    out.put_u64(st.term);
     out.put_u32(st.next_topic_id);
     out.put_u32(st.topics.len() as u32);
     for t in &st.topics {
@@ -109,7 +120,7 @@ pub fn encode(st: &StartState) -> Vec<u8> {
 pub fn decode(bytes: &[u8]) -> Result<StartState, JournalError> {
     let version = match bytes.get(4..6) {
         Some(&[lo, hi]) => match u16::from_le_bytes([lo, hi]) {
-            v @ (START_VERSION_1 | START_VERSION_2) => v,
+            v @ (START_VERSION_1 | START_VERSION_2 | START_VERSION_3) => v,
             _ => START_VERSION,
         },
         _ => START_VERSION,
@@ -122,6 +133,11 @@ pub fn decode(bytes: &[u8]) -> Result<StartState, JournalError> {
 fn decode_body(body: &[u8], version: u16) -> Result<StartState, DecodeError> {
     let mut r = Reader::new(body);
     let position = r.u64("position")?;
+    let term = if version == START_VERSION {
+        r.u64("term")?
+    } else {
+        0
+    };
     let next_topic_id = r.u32("next_topic_id")?;
     let count = r.u32("topic_count")? as usize;
     // Counts come from the file: reserve only what the remaining bytes
@@ -130,7 +146,7 @@ fn decode_body(body: &[u8], version: u16) -> Result<StartState, DecodeError> {
     let mut metas = MetaReader::default();
     for _ in 0..count {
         let meta = metas.read(&mut r)?;
-        let config = if version == START_VERSION {
+        let config = if version >= START_VERSION_3 {
             TopicConfig::decode(&mut r)?
         } else {
             TopicConfig::default()
@@ -158,6 +174,7 @@ fn decode_body(body: &[u8], version: u16) -> Result<StartState, DecodeError> {
     r.finish()?;
     Ok(StartState {
         position,
+        term,
         next_topic_id,
         topics,
     })
@@ -191,6 +208,7 @@ mod tests {
     fn sample() -> StartState {
         StartState {
             position: 1 << 40,
+            term: 1 << 20,
             next_topic_id: 9,
             topics: vec![
                 StartTopic {
@@ -252,8 +270,8 @@ mod tests {
         assert_eq!(st.topics[0].log_starts, vec![17, 0]);
         assert_eq!(st.topics[0].deleted_below, vec![0, 0]);
         assert_eq!(st.topics[0].config, TopicConfig::default());
-        let v3 = encode(&sample());
-        assert_eq!(&v3[4..6], &[3, 0]);
+        let v4 = encode(&sample());
+        assert_eq!(&v4[4..6], &[4, 0]);
     }
 
     /// A start state written before topics had settings reads with every
@@ -284,18 +302,47 @@ mod tests {
             retention_ms: None,
             retention_bytes: Some(5),
         };
-        let v3 = encode(&StartState {
+        let v4 = encode(&StartState {
+            term: 7,
             topics: vec![StartTopic {
                 config,
                 ..st.topics[0].clone()
             }],
             ..st
         });
-        // Header (10), position, next id, count (16), the topic (4+4+2+1).
-        let at = 10 + 16 + 11;
-        assert_eq!(&v3[at..at + 8], &u64::MAX.to_le_bytes());
-        assert_eq!(&v3[at + 8..at + 16], &5u64.to_le_bytes());
-        assert_eq!(decode(&v3).unwrap().topics[0].config, config);
+        // Header (10), position, term, next id, count (24), the topic (4+4+2+1).
+        assert_eq!(&v4[18..26], &7u64.to_le_bytes());
+        let at = 10 + 24 + 11;
+        assert_eq!(&v4[at..at + 8], &u64::MAX.to_le_bytes());
+        assert_eq!(&v4[at + 8..at + 16], &5u64.to_le_bytes());
+        let back = decode(&v4).unwrap();
+        assert_eq!((back.term, back.topics[0].config), (7, config));
+    }
+
+    /// A start state written before it carried the term reads with term 0.
+    #[test]
+    fn a_version_3_start_state_reads_with_term_0() {
+        let mut v3 = Vec::new();
+        begin_state(&mut v3, START_MAGIC, START_VERSION_3);
+        v3.put_u64(1 << 40);
+        v3.put_u32(9);
+        v3.put_u32(1);
+        encode_meta(
+            &TopicMeta {
+                id: 3,
+                name: "o".into(),
+                partitions: 1,
+            },
+            &mut v3,
+        );
+        TopicConfig::default().encode(&mut v3);
+        v3.put_u64(17);
+        v3.put_u64(20);
+        seal_state(&mut v3);
+        let st = decode(&v3).unwrap();
+        assert_eq!((st.position, st.term, st.next_topic_id), (1 << 40, 0, 9));
+        assert_eq!(st.topics[0].log_starts, vec![17]);
+        assert_eq!(st.topics[0].deleted_below, vec![20]);
     }
 
     #[test]
