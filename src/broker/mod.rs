@@ -185,6 +185,7 @@ impl Broker {
             shared.positions.replicated.set(0);
             let replica = replica::Replica::new(
                 &config,
+                journal.consensus_base(),
                 entries,
                 crate::journal::control::NOOP_BATCH_BYTES as u64,
                 outbox_tx,

@@ -51,13 +51,16 @@ pub struct Replica {
 
 impl Replica {
     /// Starts the node from the persisted hard state in `dir` and the
-    /// journal's recovered `entries`.
+    /// journal's recovered `entries`, which follow `base` (the position and
+    /// term the journal's consensus log starts from:
+    /// `Journal::consensus_base`).
     ///
     /// # Errors
     /// A damaged hard state file, or a journal the state machine refuses
     /// (a term above the persisted one).
     pub fn new(
         config: &crate::config::Config,
+        base: (u64, u64),
         entries: Vec<Entry>,
         noop_bytes: u64,
         outbox: HeapProd<Message>,
@@ -83,8 +86,8 @@ impl Replica {
             .unwrap_or(0)
             ^ config.node_id.wrapping_mul(0x9E37_79B9_7F4A_7C15)
             ^ u64::from(std::process::id());
-        let last = entries.last().map_or(0, |e| e.end);
-        let node = Node::new(cfg, hard_state, entries)
+        let last = entries.last().map_or(base.0, |e| e.end);
+        let node = Node::with_snapshot(cfg, hard_state, base, entries)
             .map_err(|e| JournalError::Corrupt(format!("consensus state: {e}")))?;
         let tick = Duration::from_millis(config.tick_ms);
         Ok(Replica {

@@ -1452,6 +1452,7 @@ mod tests {
         std::mem::forget(outbox_rx);
         let replica = crate::broker::replica::Replica::new(
             &config,
+            journal.consensus_base(),
             journal.take_entries(),
             crate::journal::control::NOOP_BATCH_BYTES as u64,
             outbox,

@@ -24,7 +24,7 @@ use super::resume;
 use super::scan::{header_crc_ok, scan, ScanStop};
 use super::seg_index::SegmentIndex;
 use super::segment::{list_segments, segment_file_name, Segment};
-use super::snapshot;
+use super::snapshot::{self, CatalogSnapshot};
 use super::start::{self, StartState, StartTopic};
 use super::topic::{TopicConfig, TopicMeta, PARTITIONS_MAX};
 use crate::consensus::Entry;
@@ -177,6 +177,12 @@ pub struct RecoveryReport {
     /// Where the segments recovery read begin: below, it took the segment
     /// index files' directories and read nothing else.
     pub read_from: u64,
+    /// The term of the batch ending at `snapshot_position` (0 without one,
+    /// or for a standalone broker's snapshot).
+    pub snapshot_term: u64,
+    /// The start state's term: of the batch that ended at the journal's
+    /// first byte (0 without one, or for a standalone broker's).
+    pub start_term: u64,
 }
 
 /// How [`Journal::open_with`] recovers.
@@ -398,7 +404,6 @@ impl Journal {
         let lock = lock_dir(dir)?;
         let start_state = start::read(dir)?;
         let base = start_state.as_ref().map_or(0, |st| st.position);
-        let leftover_segments = remove_below(dir, base)?;
         let (cp, cp_readable) = match checkpoint::read(dir) {
             Ok(cp) => (cp.unwrap_or_default(), true),
             Err(e) => {
@@ -406,8 +411,22 @@ impl Journal {
                 (checkpoint::Checkpoint::default(), false)
             }
         };
+        // Read once: for the start, and for the check below that it does
+        // not describe batches beyond the journal's end.
+        let stored_snap = snapshot::read(dir);
+        // A start state and a snapshot at the same position, which the
+        // checkpoint does not pass, were written by an install (a group
+        // member sent its leader's snapshot, `Journal::install`): every
+        // segment below goes, and until a batch follows there may be no
+        // segment at all.
+        let installed = matches!(
+            (&stored_snap, &start_state),
+            (Ok(Some(sn)), Some(st)) if sn.position == st.position && st.position > 0
+        ) && cp.position <= base;
+        let leftover_segments = remove_below(dir, base, installed)?;
         let mut report = RecoveryReport {
             checkpoint_position: cp.position,
+            start_term: start_state.as_ref().map_or(0, |st| st.term),
             leftover_segments,
             ..RecoveryReport::default()
         };
@@ -415,13 +434,13 @@ impl Journal {
         // only); the last one is always fully verified.
         let last_start = list_segments(dir)?.last().map_or(0, |s| s.0);
         let mut verify_from = cp.position.min(last_start);
-        // A standalone journal restarts from its catalog snapshot when it
-        // can; a group member's consensus log needs every batch.
-        // Read once: for the start, and for the check below that it does
-        // not describe batches beyond the journal's end.
-        let stored_snap = snapshot::read(dir);
+        // A journal restarts from its catalog snapshot when it can. A group
+        // member's consensus log then starts there too, so it takes only a
+        // group's snapshot (of a committed position, with its term); one
+        // left by a standalone broker says nothing of terms.
         let snap = match &stored_snap {
-            _ if recovery.entries || !recovery.from_snapshot || !cp_readable => None,
+            _ if !recovery.from_snapshot || !cp_readable => None,
+            Ok(Some(snap)) if recovery.entries && snap.term == 0 => None,
             Ok(snap) => snap.as_ref(),
             Err(e) => {
                 crate::log!("ignoring the unreadable snapshot, reading the whole journal: {e}");
@@ -429,14 +448,21 @@ impl Journal {
             }
         };
         let resumed = snap.and_then(|snap| {
-            resume::resume(dir, &cp, snap, start_state.as_ref(), recovery.producers)
-                .map_err(|why| {
-                    crate::log!(
-                        "recovery cannot start from the snapshot ({why}): reading the whole \
+            resume::resume(
+                dir,
+                &cp,
+                snap,
+                start_state.as_ref(),
+                recovery.producers,
+                recovery.entries,
+            )
+            .map_err(|why| {
+                crate::log!(
+                    "recovery cannot start from the snapshot ({why}): reading the whole \
                          journal"
-                    )
-                })
-                .ok()
+                )
+            })
+            .ok()
         });
         let mut indexes = Vec::new();
         let mut indexed_below = base;
@@ -444,6 +470,7 @@ impl Journal {
         let mut pass = match resumed {
             Some(r) => {
                 report.snapshot_position = snap.map(|s| s.position);
+                report.snapshot_term = snap.map_or(0, |s| s.term);
                 report.read_from = r.indexed_below;
                 indexes = r.indexes;
                 indexed_below = r.indexed_below;
@@ -451,7 +478,14 @@ impl Journal {
                 verify_from = r.indexed_below;
                 r.pass
             }
-            None => scan_journal(dir, &cp, start_state.as_ref(), verify_from, &recovery)?,
+            None => scan_journal(
+                dir,
+                &cp,
+                start_state.as_ref(),
+                verify_from,
+                &recovery,
+                installed,
+            )?,
         };
         // Where batches were only header-checked, damage may lie earlier
         // than where the walk noticed it: a record count (outside the
@@ -466,7 +500,14 @@ impl Journal {
         if suspect && verify_from > 0 && report.snapshot_position.is_none() {
             verify_from = 0;
             drop(pass);
-            pass = scan_journal(dir, &cp, start_state.as_ref(), verify_from, &recovery)?;
+            pass = scan_journal(
+                dir,
+                &cp,
+                start_state.as_ref(),
+                verify_from,
+                &recovery,
+                installed,
+            )?;
         }
         let Scanned {
             listed,
@@ -1001,6 +1042,57 @@ impl Journal {
         self.written
     }
 
+    /// Replaces the journal by `snap`, a snapshot of the committed prefix
+    /// up to its position `P` that the group's leader sent (its log no
+    /// longer holds what this journal lacks). Afterwards the journal
+    /// begins and ends at `P`, with the snapshot's catalog (topics, next
+    /// offsets as log starts, settings, producer states, cluster id), and
+    /// appending continues at `P`. Consumes the journal and returns it
+    /// reopened by recovery (with `recovery`), so that what the broker runs
+    /// on is exactly what a restart would find.
+    ///
+    /// Crash-safe, in this order: the snapshot file is written (a crash
+    /// leaves the old journal, whose recovery removes a snapshot beyond
+    /// its end); then the start state at `P` (the commit point: from here
+    /// on, recovery deletes every older segment as a leftover and starts
+    /// empty at `P` from the snapshot); then recovery runs. The caller
+    /// first cuts the journal at its commit position: everything above
+    /// was uncommitted, and nothing may lie at or above `P`.
+    ///
+    /// # Errors
+    /// [`JournalError::Corrupt`] when the journal ends beyond `P`; the IO
+    /// error of a step (the journal is then the old one or the installed
+    /// one, whole, at the next start); or a recovery error.
+    pub fn install(
+        self,
+        snap: &CatalogSnapshot,
+        recovery: Recovery,
+    ) -> Result<Journal, JournalError> {
+        if self.end > snap.position {
+            return Err(JournalError::Corrupt(format!(
+                "cannot install the snapshot at {}: the journal ends beyond it, at {}",
+                snap.position, self.end
+            )));
+        }
+        let dir = self.dir.clone();
+        let (segment_bytes, cache_bytes) = (self.segment_bytes, self.cache.capacity());
+        snapshot::write(&dir, snap)?;
+        start::write(&dir, &StartState::from_snapshot(snap))?;
+        drop(self);
+        Journal::open_with(&dir, segment_bytes, cache_bytes, recovery)
+    }
+
+    /// Where a group member's consensus log starts, as recovery found it:
+    /// the snapshot recovery started from (its position and term), or else
+    /// the journal's first byte with the start state's term (`(0, 0)` for
+    /// a journal that begins at position 0).
+    pub fn consensus_base(&self) -> (u64, u64) {
+        match self.report.snapshot_position {
+            Some(at) => (at, self.report.snapshot_term),
+            None => (self.start, self.report.start_term),
+        }
+    }
+
     /// Cuts the journal at `at`, a batch boundary at or below the end:
     /// everything from `at` on is gone, in memory and on disk, and appending
     /// continues at `at`. Raft calls for this when a follower's uncommitted
@@ -1471,11 +1563,12 @@ fn remove_stray_index_files(dir: &Path, sealed: &[Sealed]) -> Result<Vec<PathBuf
 ///
 /// # Errors
 /// IO errors listing or removing files.
-fn remove_below(dir: &Path, base: u64) -> Result<Vec<PathBuf>, JournalError> {
+fn remove_below(dir: &Path, base: u64, installed: bool) -> Result<Vec<PathBuf>, JournalError> {
     let listed = list_segments(dir)?;
     // A recovery that refuses changes no file: check the segment at the
-    // start is there before deleting anything (`scan_journal` says why).
-    if base > 0 && !listed.iter().any(|(start, _)| *start == base) {
+    // start is there before deleting anything (`scan_journal` says why),
+    // unless an install wrote the start state (nothing may be there yet).
+    if base > 0 && !installed && !listed.iter().any(|(start, _)| *start == base) {
         return Ok(Vec::new());
     }
     let mut removed = Vec::new();
@@ -1527,6 +1620,7 @@ fn scan_journal(
     start: Option<&StartState>,
     verify_from: u64,
     recovery: &Recovery,
+    installed: bool,
 ) -> Result<Scanned, JournalError> {
     let keep_entries = recovery.entries;
     let next_topic_id = cp.next_topic_id.max(start.map_or(0, |st| st.next_topic_id));
@@ -1569,6 +1663,8 @@ fn scan_journal(
                 path.display()
             )));
         }
+        // Nothing after an installed snapshot yet.
+        (None, Some(_)) if installed => {}
         (None, Some(_)) => {
             return Err(JournalError::Corrupt(format!(
                 "the journal starts at position {base} (its start state) but no segment \
@@ -2016,6 +2112,190 @@ mod tests {
         let count = BatchView(batch).record_count();
         j.append_data(slot, partition, batch, count, term, 77)
             .unwrap()
+    }
+
+    /// A leader's journal in `dir`: topic `t` of 2 partitions, `batches`
+    /// batches of producer 9 on partition 0 and one of producer 8 on
+    /// partition 1, all of term 2; and its snapshot at the end, as the
+    /// leader would send it.
+    fn leader_snapshot(dir: &Path, batches: u64) -> CatalogSnapshot {
+        let mut l = open(dir);
+        let (_, slot) = l.create_topic("t", 2, 2, 5).unwrap();
+        for seq in 0..batches {
+            append(&mut l, slot, 0, &producer_batch(3, 40, 9, seq * 3), 2);
+        }
+        append(&mut l, slot, 1, &producer_batch(1, 40, 8, 0), 2);
+        let mut snap = l.catalog().snapshot(l.end());
+        snap.term = 2;
+        snap
+    }
+
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".seg") || n.ends_with(".idx"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Checks that `j` holds exactly what `snap` says and nothing else:
+    /// it begins and ends at the snapshot, each partition starts at its
+    /// next offset, the producer states carry on, and the next batch
+    /// lands at the snapshot's position with the next offset.
+    fn assert_installed(j: &mut Journal, snap: &CatalogSnapshot, term: u64) {
+        let p = snap.position;
+        assert_eq!((j.start(), j.end(), j.written()), (p, p, p));
+        assert_eq!(j.consensus_base(), (p, snap.term));
+        let t = &j.catalog().topics()[0];
+        assert_eq!(t.meta.name, "t");
+        for (k, part) in t.partitions.iter().enumerate() {
+            assert_eq!(part.next_offset, snap.topics[0].next_offsets[k]);
+            assert_eq!(part.log_start_at(p), snap.topics[0].next_offsets[k]);
+        }
+        // Producer 9's next batch is the next in sequence; its last one a
+        // duplicate (the window came with the snapshot).
+        let state = snap
+            .producers
+            .states
+            .iter()
+            .find(|st| st.key.producer_id == 9)
+            .expect("producer 9's state");
+        let next_seq = state.next_seq;
+        let last_first = state.window.last().expect("a remembered batch").first_seq;
+        let dup = producer_batch(3, 40, 9, last_first);
+        assert!(matches!(j.check_seq(0, 0, &dup, 0), SeqCheck::Duplicate(_)));
+        let next = producer_batch(3, 40, 9, next_seq);
+        assert_eq!(j.check_seq(0, 0, &next, 0), SeqCheck::New);
+        let landed = append(j, 0, 0, &next, term);
+        assert_eq!(landed.position, p);
+        assert_eq!(
+            j.catalog().topics()[0].partitions[0].next_offset,
+            snap.topics[0].next_offsets[0] + 3
+        );
+    }
+
+    /// A follower that lacks what its leader compacted away installs the
+    /// leader's snapshot: its own journal is gone (every segment and index
+    /// file), and it continues from the snapshot, as recovery finds it on
+    /// the next start too, standalone-style or as a group member.
+    #[test]
+    fn an_installed_snapshot_replaces_the_journal_and_survives_a_restart() {
+        let leader = tempfile::tempdir().unwrap();
+        let snap = leader_snapshot(leader.path(), 40);
+        for entries in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut f = open(dir.path());
+            let (_, slot) = f.create_topic("t", 2, 1, 5).unwrap();
+            for seq in 0..5 {
+                append(&mut f, slot, 0, &producer_batch(3, 40, 9, seq * 3), 1);
+            }
+            assert!(f.segment_files().len() > 1, "several segments to drop");
+            let recovery = Recovery {
+                entries,
+                ..Recovery::default()
+            };
+            let mut j = f.install(&snap, recovery).unwrap();
+            assert_eq!(files_in(dir.path()), vec![segment_file_name(snap.position)]);
+            assert!(j.take_entries().is_empty());
+            assert_installed(&mut j, &snap, 3);
+            let end = j.end();
+            j.write_out().unwrap();
+            drop(j);
+            let mut again =
+                Journal::open_with(dir.path(), SEGMENT_BYTES, CACHE_BYTES, recovery).unwrap();
+            assert_eq!((again.start(), again.end()), (snap.position, end));
+            assert_eq!(again.consensus_base(), (snap.position, 2));
+            if entries {
+                // A group member's log: the batch after the snapshot.
+                let e = again.take_entries();
+                assert_eq!(e.len(), 1);
+                assert_eq!((e[0].start, e[0].end, e[0].term), (snap.position, end, 3));
+            }
+            assert_eq!(
+                again.catalog().topics()[0].partitions[0].next_offset,
+                snap.topics[0].next_offsets[0] + 3
+            );
+        }
+    }
+
+    /// A crash at each step of an install leaves the old journal or the
+    /// installed one, never a mix: after the snapshot file alone, the old
+    /// journal (the snapshot beyond its end is removed); after the start
+    /// state too (the commit point), the installed one, before recovery
+    /// ever deleted a segment.
+    #[test]
+    fn a_crash_during_an_install_leaves_the_old_journal_or_the_new_one() {
+        let leader = tempfile::tempdir().unwrap();
+        let snap = leader_snapshot(leader.path(), 40);
+        for step in 0..2 {
+            let dir = tempfile::tempdir().unwrap();
+            let mut f = open(dir.path());
+            let (_, slot) = f.create_topic("t", 2, 1, 5).unwrap();
+            for seq in 0..5 {
+                append(&mut f, slot, 0, &producer_batch(3, 40, 9, seq * 3), 1);
+            }
+            f.write_out().unwrap();
+            let old_end = f.end();
+            drop(f);
+            snapshot::write(dir.path(), &snap).unwrap();
+            if step == 1 {
+                start::write(dir.path(), &StartState::from_snapshot(&snap)).unwrap();
+            }
+            let mut j = open(dir.path());
+            if step == 0 {
+                assert_eq!((j.start(), j.end()), (0, old_end), "the old journal");
+                assert_eq!(snapshot::read(dir.path()).unwrap(), None);
+                assert_eq!(j.catalog().topics()[0].partitions[0].next_offset, 15);
+            } else {
+                assert_installed(&mut j, &snap, 3);
+                assert_eq!(j.report().leftover_segments.len(), 2);
+            }
+        }
+    }
+
+    /// Losing every segment is still refused: a start state with no
+    /// segment left is an install only when the snapshot lies at exactly
+    /// its position.
+    #[test]
+    fn a_start_state_without_segments_or_a_snapshot_there_is_refused() {
+        let leader = tempfile::tempdir().unwrap();
+        let snap = leader_snapshot(leader.path(), 40);
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()));
+        for name in files_in(dir.path()) {
+            std::fs::remove_file(dir.path().join(name)).unwrap();
+        }
+        start::write(dir.path(), &StartState::from_snapshot(&snap)).unwrap();
+        let later = CatalogSnapshot {
+            position: snap.position + 100,
+            ..snap.clone()
+        };
+        snapshot::write(dir.path(), &later).unwrap();
+        let refused = Journal::open(dir.path(), SEGMENT_BYTES, CACHE_BYTES);
+        assert!(
+            matches!(&refused, Err(JournalError::Corrupt(why)) if why.contains("no segment")),
+            "{:?}",
+            refused.err()
+        );
+    }
+
+    #[test]
+    fn an_install_below_the_journal_end_is_refused() {
+        let leader = tempfile::tempdir().unwrap();
+        let snap = leader_snapshot(leader.path(), 2);
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = open(dir.path());
+        let (_, slot) = f.create_topic("t", 2, 1, 5).unwrap();
+        for seq in 0..20 {
+            append(&mut f, slot, 0, &producer_batch(3, 40, 9, seq * 3), 1);
+        }
+        assert!(f.end() > snap.position);
+        assert!(matches!(
+            f.install(&snap, Recovery::default()),
+            Err(JournalError::Corrupt(_))
+        ));
     }
 
     #[test]

@@ -33,15 +33,17 @@ use super::seg_index::SegmentIndex;
 use super::segment::{list_segments, Segment};
 use super::snapshot::CatalogSnapshot;
 use super::start::StartState;
+use crate::consensus::Entry;
 use crate::wire::batch::{BatchKind, BatchView};
 use std::fs::OpenOptions;
 use std::path::Path;
 use std::sync::Arc;
 
-/// What recovery from a snapshot found: as a full walk's result (without
-/// consensus entries), plus the index files it took on trust (for the
-/// reader, and for the background check of their entries) and where
-/// in-memory index entries begin.
+/// What recovery from a snapshot found: as a full walk's result (with the
+/// consensus entries of the batches from the snapshot on, when asked),
+/// plus the index files it took on trust (for the reader, and for the
+/// background check of their entries) and where in-memory index entries
+/// begin.
 pub(super) struct Resumed {
     pub pass: Scanned,
     /// The index files of the segments below `indexed_below`, oldest first.
@@ -63,6 +65,7 @@ pub(super) fn resume(
     snap: &CatalogSnapshot,
     start: Option<&StartState>,
     limits: ProducerLimits,
+    keep_entries: bool,
 ) -> Result<Resumed, String> {
     let s = snap.position;
     let base = start.map_or(0, |st| st.position);
@@ -72,7 +75,10 @@ pub(super) fn resume(
         ));
     }
     let listed = list_segments(dir).map_err(|e| e.to_string())?;
-    if listed.first().map(|l| l.0) != Some(base) {
+    // No segment at all: a journal that installed a snapshot from its
+    // group's leader and holds nothing after it yet.
+    let installed = listed.is_empty() && s == base && base > 0;
+    if listed.first().map(|l| l.0) != Some(base) && !installed {
         return Err(format!("the oldest segment does not start at {base}"));
     }
     let mut catalog = Catalog::restore(snap, limits)?;
@@ -189,6 +195,7 @@ pub(super) fn resume(
     let mut end = indexed_below;
     let mut active = None;
     let mut damage = None;
+    let mut entries = Vec::new();
     let mut checked = s == indexed_below;
     if checked {
         same_next_offsets(&catalog, snap)?;
@@ -219,6 +226,13 @@ pub(super) fn resume(
                     checked = true;
                 }
                 apply_batch(&mut catalog, pos, batch)?;
+                if keep_entries {
+                    entries.push(Entry {
+                        start: pos,
+                        end: pos + len,
+                        term: BatchView(batch).term(),
+                    });
+                }
             }
             if BatchView(batch).kind() == Some(BatchKind::Data) {
                 seg_newest = seg_newest.max(BatchView(batch).append_time_ms());
@@ -272,7 +286,7 @@ pub(super) fn resume(
             files,
             active,
             end,
-            entries: Vec::new(),
+            entries,
             damage,
             newest,
         },

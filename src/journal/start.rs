@@ -83,6 +83,29 @@ pub struct StartState {
     pub topics: Vec<StartTopic>,
 }
 
+impl StartState {
+    /// The start state of a journal that holds nothing but `snap`: it
+    /// begins at the snapshot's position, where every partition's log
+    /// start is its next offset (no batch is kept).
+    pub fn from_snapshot(snap: &super::snapshot::CatalogSnapshot) -> StartState {
+        StartState {
+            position: snap.position,
+            term: snap.term,
+            next_topic_id: snap.next_topic_id,
+            topics: snap
+                .topics
+                .iter()
+                .map(|t| StartTopic {
+                    meta: t.meta.clone(),
+                    config: t.config,
+                    log_starts: t.next_offsets.clone(),
+                    deleted_below: t.deleted_below.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Encodes a start state in the format of the [module docs](self).
 ///
 /// # Panics
