@@ -1051,31 +1051,36 @@ impl Journal {
     /// reopened by recovery (with `recovery`), so that what the broker runs
     /// on is exactly what a restart would find.
     ///
-    /// Crash-safe, in this order: the snapshot file is written (a crash
-    /// leaves the old journal, whose recovery removes a snapshot beyond
-    /// its end); then the start state at `P` (the commit point: from here
-    /// on, recovery deletes every older segment as a leftover and starts
-    /// empty at `P` from the snapshot); then recovery runs. The caller
-    /// first cuts the journal at its commit position: everything above
-    /// was uncommitted, and nothing may lie at or above `P`.
+    /// Crash-safe, in this order: the segments starting at or beyond `P`
+    /// are deleted, newest first (what lies beyond `P` was not committed:
+    /// a member that held the committed batch ending at `P` is never sent
+    /// the snapshot; a crash leaves the old journal with a shorter tail,
+    /// which recovery cuts where its data ends); the snapshot file is
+    /// written (a crash leaves the old journal, whose recovery removes a
+    /// snapshot beyond its end); then the start state at `P` (the commit
+    /// point: from here on, recovery deletes every older segment as a
+    /// leftover and starts empty at `P` from the snapshot); then recovery
+    /// runs.
     ///
     /// # Errors
-    /// [`JournalError::Corrupt`] when the journal ends beyond `P`; the IO
-    /// error of a step (the journal is then the old one or the installed
-    /// one, whole, at the next start); or a recovery error.
+    /// The IO error of a step (the journal is then the old one or the
+    /// installed one, whole, at the next start), or a recovery error.
     pub fn install(
         self,
         snap: &CatalogSnapshot,
         recovery: Recovery,
     ) -> Result<Journal, JournalError> {
-        if self.end > snap.position {
-            return Err(JournalError::Corrupt(format!(
-                "cannot install the snapshot at {}: the journal ends beyond it, at {}",
-                snap.position, self.end
-            )));
-        }
         let dir = self.dir.clone();
         let (segment_bytes, cache_bytes) = (self.segment_bytes, self.cache.capacity());
+        for (start, _) in self.files.iter().rev() {
+            if *start < snap.position {
+                break;
+            }
+            let path = dir.join(segment_file_name(*start));
+            std::fs::remove_file(&path)
+                .map_err(|e| JournalError::io(format!("remove {}", path.display()), e))?;
+            super::dir::sync_dir(&dir)?;
+        }
         snapshot::write(&dir, snap)?;
         start::write(&dir, &StartState::from_snapshot(snap))?;
         drop(self);
@@ -2281,21 +2286,23 @@ mod tests {
         );
     }
 
+    /// A follower whose (uncommitted, divergent) journal runs beyond the
+    /// snapshot's position loses all of it too, the segments beyond first.
     #[test]
-    fn an_install_below_the_journal_end_is_refused() {
+    fn an_install_below_the_journal_end_drops_the_tail_too() {
         let leader = tempfile::tempdir().unwrap();
-        let snap = leader_snapshot(leader.path(), 2);
+        let snap = leader_snapshot(leader.path(), 8);
         let dir = tempfile::tempdir().unwrap();
         let mut f = open(dir.path());
         let (_, slot) = f.create_topic("t", 2, 1, 5).unwrap();
-        for seq in 0..20 {
+        for seq in 0..40 {
             append(&mut f, slot, 0, &producer_batch(3, 40, 9, seq * 3), 1);
         }
-        assert!(f.end() > snap.position);
-        assert!(matches!(
-            f.install(&snap, Recovery::default()),
-            Err(JournalError::Corrupt(_))
-        ));
+        assert!(f.end() > snap.position + SEGMENT_BYTES as u64);
+        f.write_out().unwrap();
+        let mut j = f.install(&snap, Recovery::default()).unwrap();
+        assert_eq!(files_in(dir.path()), vec![segment_file_name(snap.position)]);
+        assert_installed(&mut j, &snap, 3);
     }
 
     #[test]

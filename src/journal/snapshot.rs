@@ -98,11 +98,38 @@ pub const SNAPSHOT_FILE_VERSION: u16 = 1;
 /// # Errors
 /// The IO error; the old file is then still in place.
 pub fn write(dir: &Path, s: &CatalogSnapshot) -> Result<(), JournalError> {
+    write_atomically(dir, SNAPSHOT_TMP_FILE, SNAPSHOT_FILE, &encode_file(s))
+}
+
+/// The bytes of a snapshot file as [`write`] writes them (framing,
+/// checksum, body): what a group's leader sends a follower.
+pub fn encode_file(s: &CatalogSnapshot) -> Vec<u8> {
     let mut out = Vec::new();
     begin_state(&mut out, SNAPSHOT_MAGIC, SNAPSHOT_FILE_VERSION);
     encode(s, &mut out);
     seal_state(&mut out);
-    write_atomically(dir, SNAPSHOT_TMP_FILE, SNAPSHOT_FILE, &out)
+    out
+}
+
+/// Decodes the bytes of a whole snapshot file (a follower's copy of its
+/// leader's).
+///
+/// # Errors
+/// [`JournalError::Corrupt`] when the framing, the checksum or the body
+/// is wrong (trailing bytes included).
+pub fn decode_file(bytes: &[u8]) -> Result<CatalogSnapshot, JournalError> {
+    decode_state(
+        bytes,
+        SNAPSHOT_MAGIC,
+        SNAPSHOT_FILE_VERSION,
+        "snapshot",
+        |body| {
+            let mut r = Reader::new(body);
+            let s = decode(&mut r)?;
+            r.finish()?;
+            Ok(s)
+        },
+    )
 }
 
 /// Reads `dir/snapshot`; `None` when there is none.
@@ -112,20 +139,7 @@ pub fn write(dir: &Path, s: &CatalogSnapshot) -> Result<(), JournalError> {
 /// included); [`JournalError::Io`] when it cannot be read.
 pub fn read(dir: &Path) -> Result<Option<CatalogSnapshot>, JournalError> {
     read_state_file(dir, SNAPSHOT_FILE)?
-        .map(|bytes| {
-            decode_state(
-                &bytes,
-                SNAPSHOT_MAGIC,
-                SNAPSHOT_FILE_VERSION,
-                "snapshot",
-                |body| {
-                    let mut r = Reader::new(body);
-                    let s = decode(&mut r)?;
-                    r.finish()?;
-                    Ok(s)
-                },
-            )
-        })
+        .map(|bytes| decode_file(&bytes))
         .transpose()
 }
 

@@ -8,7 +8,17 @@
 //! AppendAck = u64 matched | u64 written | u64 flushed | u8 caught_up
 //! Append  = u64 prev_pos | u64 prev_term | u64 commit | u32 entry_count
 //!           | entry_count × (u64 end | u64 term) | u64 payload_len | payload
+//! InstallSnapshot = u64 pos | u64 snapshot_term | u64 commit
+//! SnapshotChunk   = u64 pos | u64 snapshot_term | u64 total_len | u64 offset
+//!           | u32 len | len bytes
 //! ```
+//! A `SnapshotChunk` (kind 12) is not a consensus message: it carries part
+//! of the leader's snapshot file (`journal/snapshot.rs`, framing included)
+//! for position `pos`, `len` bytes from `offset` of `total_len`. The
+//! leader sends the whole file in order, in chunks of at most
+//! [`SNAPSHOT_CHUNK_BYTES`], then the `InstallSnapshot` message (kind 11);
+//! the follower steps that message into its node only once it holds the
+//! whole file for the same position and term ([`decode_chunk`]).
 //! An `Append` carries the journal bytes of its entries, `[prev_pos, end of
 //! the last entry)`, as the last field of the body. Those bytes live in
 //! journal files, so the sender writes everything before them from one
@@ -51,8 +61,15 @@ const KIND_HEARTBEAT: u8 = 7;
 const KIND_TIMEOUT_NOW: u8 = 8;
 const KIND_PROBE: u8 = 9;
 const KIND_PROBE_RESP: u8 = 10;
-/// Reserved for the snapshot install (not decoded yet).
 const KIND_INSTALL_SNAPSHOT: u8 = 11;
+/// The kind byte of a [`SnapshotChunk`] (the last byte of the message
+/// header).
+pub const KIND_SNAPSHOT_CHUNK: u8 = 12;
+/// Bytes of snapshot file in one chunk at most.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// The largest snapshot file a follower takes (a snapshot holds topics
+/// and producer states: far below this).
+pub const SNAPSHOT_BYTES_MAX: u64 = 1 << 30;
 
 /// The journal bytes that follow `m`'s body: the span of an `Append`'s
 /// entries, 0 for a probe and for every other kind.
@@ -162,8 +179,6 @@ pub fn encode_message(m: &Message, out: &mut Vec<u8>) {
         MessageKind::TimeoutNow => out.put_u8(KIND_TIMEOUT_NOW),
         MessageKind::Probe => out.put_u8(KIND_PROBE),
         MessageKind::ProbeResp => out.put_u8(KIND_PROBE_RESP),
-        // Reserved: the broker does not compact its consensus log yet, so
-        // its node never sends one, and `decode_message` refuses the kind.
         MessageKind::InstallSnapshot {
             pos,
             snapshot_term,
@@ -261,6 +276,11 @@ pub fn decode_message(body: &[u8]) -> Result<(Message, &[u8]), DecodeError> {
         KIND_TIMEOUT_NOW => MessageKind::TimeoutNow,
         KIND_PROBE => MessageKind::Probe,
         KIND_PROBE_RESP => MessageKind::ProbeResp,
+        KIND_INSTALL_SNAPSHOT => MessageKind::InstallSnapshot {
+            pos: r.u64("pos")?,
+            snapshot_term: r.u64("snapshot_term")?,
+            commit: r.u64("commit")?,
+        },
         _ => return Err(DecodeError::InvalidValue { field: "kind" }),
     };
     r.finish()?;
@@ -276,6 +296,121 @@ pub fn decode_message(body: &[u8]) -> Result<(Message, &[u8]), DecodeError> {
     m.check_fields()
         .map_err(|e| DecodeError::InvalidValue { field: e.field })?;
     Ok((m, payload))
+}
+
+/// Part of a leader's snapshot file on its way to a follower (kind 12).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotChunk<'a> {
+    /// Sender.
+    pub from: u64,
+    /// Addressee.
+    pub to: u64,
+    /// The sender's term.
+    pub term: u64,
+    /// The group's cluster id as the sender knows it.
+    pub cluster_id: u64,
+    /// The snapshot's position and the term of the batch ending there.
+    pub pos: u64,
+    /// Term of the batch ending at `pos`.
+    pub snapshot_term: u64,
+    /// Length of the whole file.
+    pub total_len: u64,
+    /// Where `bytes` begin in the file.
+    pub offset: u64,
+    /// The chunk.
+    pub bytes: &'a [u8],
+}
+
+/// Whether a Replicate body carries a [`SnapshotChunk`] (read its kind
+/// byte without decoding the rest).
+pub fn is_chunk(body: &[u8]) -> bool {
+    body.get(MESSAGE_HEADER_LEN - 1) == Some(&KIND_SNAPSHOT_CHUNK)
+}
+
+/// Appends a whole Replicate request frame carrying `c`.
+///
+/// # Panics
+/// If the chunk is longer than a `u32` says.
+pub fn write_chunk_frame(c: &SnapshotChunk<'_>, out: &mut Vec<u8>) {
+    let start = out.len();
+    RequestHeader {
+        api_key: ApiKey::Replicate.as_u16(),
+        api_version: REPLICATE_VERSION,
+        correlation_id: 0,
+        flags: 0,
+    }
+    .write(out);
+    out.put_u64(c.from);
+    out.put_u64(c.to);
+    out.put_u64(c.term);
+    out.put_u64(0);
+    out.put_u64(0);
+    out.put_u64(c.cluster_id);
+    out.put_u8(KIND_SNAPSHOT_CHUNK);
+    out.put_u64(c.pos);
+    out.put_u64(c.snapshot_term);
+    out.put_u64(c.total_len);
+    out.put_u64(c.offset);
+    out.put_u32(u32::try_from(c.bytes.len()).expect("a chunk below 4 GiB"));
+    out.extend_from_slice(c.bytes);
+    finish_frame_before(out, start, 0);
+}
+
+/// Parses a Replicate body that [`is_chunk`].
+///
+/// # Errors
+/// [`DecodeError::Truncated`] or [`DecodeError::TrailingBytes`] when the
+/// body is shorter or longer than its fields say;
+/// [`DecodeError::InvalidValue`] for another kind, a term above
+/// `TERM_MAX`, a position above `POSITION_MAX` or of 0, a snapshot term of
+/// 0, a file longer than [`SNAPSHOT_BYTES_MAX`], or a chunk that does not
+/// lie within the file.
+pub fn decode_chunk(body: &[u8]) -> Result<SnapshotChunk<'_>, DecodeError> {
+    use crate::consensus::config::{POSITION_MAX, TERM_MAX};
+    let mut r = Reader::new(body);
+    let from = r.u64("from")?;
+    let to = r.u64("to")?;
+    let term = r.u64("term")?;
+    let _ = r.u64("from_incarnation")?;
+    let _ = r.u64("to_incarnation")?;
+    let cluster_id = r.u64("cluster_id")?;
+    if r.u8("kind")? != KIND_SNAPSHOT_CHUNK {
+        return Err(DecodeError::InvalidValue { field: "kind" });
+    }
+    let pos = r.u64("pos")?;
+    let snapshot_term = r.u64("snapshot_term")?;
+    let total_len = r.u64("total_len")?;
+    let offset = r.u64("offset")?;
+    let len = r.u32("len")?;
+    let bytes = r.take(len as usize, "bytes")?;
+    r.finish()?;
+    let bad = |field| Err(DecodeError::InvalidValue { field });
+    if term > TERM_MAX || snapshot_term == 0 || snapshot_term > term {
+        return bad("snapshot_term");
+    }
+    if pos == 0 || pos > POSITION_MAX {
+        return bad("pos");
+    }
+    if total_len > SNAPSHOT_BYTES_MAX {
+        return bad("total_len");
+    }
+    if offset
+        .checked_add(u64::from(len))
+        .is_none_or(|end| end > total_len)
+    {
+        return bad("offset");
+    }
+    Ok(SnapshotChunk {
+        from,
+        to,
+        term,
+        cluster_id,
+        pos,
+        snapshot_term,
+        total_len,
+        offset,
+        bytes,
+    })
 }
 
 /// The fields of an `Append` after its kind, and its payload.
@@ -602,11 +737,109 @@ mod tests {
     }
 
     #[test]
+    fn install_snapshot_and_chunks_have_their_documented_bytes() {
+        let m = msg(MessageKind::InstallSnapshot {
+            pos: 7,
+            snapshot_term: 2,
+            commit: 9,
+        });
+        let mut body = Vec::new();
+        encode_message(&m, &mut body);
+        assert_eq!(body, [&head()[..], &[11], &le(7), &le(2), &le(9)].concat());
+        assert_eq!(decode_message(&body), Ok((m.clone(), &[][..])));
+        let c = SnapshotChunk {
+            from: 1,
+            to: 2,
+            term: 3,
+            cluster_id: 0x66,
+            pos: 100,
+            snapshot_term: 2,
+            total_len: 10,
+            offset: 4,
+            bytes: b"abc",
+        };
+        let mut frame = Vec::new();
+        write_chunk_frame(&c, &mut frame);
+        let body = &frame[REQUEST_HEADER_LEN..];
+        assert_eq!(
+            check_frame(&frame, REQUEST_HEADER_LEN, 1 << 20),
+            Ok(Some(frame.len()))
+        );
+        let expected = [
+            &le(1)[..],
+            &le(2),
+            &le(3),
+            &le(0),
+            &le(0),
+            &le(0x66),
+            &[12],
+            &le(100),
+            &le(2),
+            &le(10),
+            &le(4),
+            &3u32.to_le_bytes(),
+            b"abc",
+        ]
+        .concat();
+        assert_eq!(body, &expected[..]);
+        assert!(is_chunk(body));
+        assert!(!is_chunk(&[&head()[..], &[11]].concat()));
+        assert_eq!(decode_chunk(body), Ok(c.clone()));
+        // A chunk past the file's end, a file too large, position 0, a
+        // snapshot term above the message's: refused.
+        for (edit, field) in [
+            (
+                SnapshotChunk {
+                    offset: 8,
+                    ..c.clone()
+                },
+                "offset",
+            ),
+            (
+                SnapshotChunk {
+                    total_len: SNAPSHOT_BYTES_MAX + 1,
+                    ..c.clone()
+                },
+                "total_len",
+            ),
+            (
+                SnapshotChunk {
+                    pos: 0,
+                    ..c.clone()
+                },
+                "pos",
+            ),
+            (
+                SnapshotChunk {
+                    snapshot_term: 4,
+                    ..c.clone()
+                },
+                "snapshot_term",
+            ),
+        ] {
+            let mut frame = Vec::new();
+            write_chunk_frame(&edit, &mut frame);
+            assert_eq!(
+                decode_chunk(&frame[REQUEST_HEADER_LEN..]),
+                Err(DecodeError::InvalidValue { field }),
+                "{edit:?}"
+            );
+        }
+        // A message body is no chunk.
+        let mut body = Vec::new();
+        encode_message(&m, &mut body);
+        assert_eq!(
+            decode_chunk(&body),
+            Err(DecodeError::InvalidValue { field: "kind" })
+        );
+    }
+
+    #[test]
     fn unknown_kinds_and_non_boolean_bytes_are_refused() {
         let head = head();
         let body = |tail: &[u8]| [&head[..], tail].concat();
         assert_eq!(
-            decode_message(&body(&[KIND_PROBE_RESP + 1])),
+            decode_message(&body(&[KIND_SNAPSHOT_CHUNK + 1])),
             Err(DecodeError::InvalidValue { field: "kind" })
         );
         assert_eq!(
