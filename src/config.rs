@@ -72,6 +72,10 @@ pub const FLUSH_PACE_US_MAX: u64 = 100_000;
 pub const CHECKPOINT_BYTES_DEFAULT: u64 = 128 * MIB as u64;
 /// Fewest bytes between checkpoints one may ask for.
 pub const CHECKPOINT_BYTES_MIN: u64 = MIB as u64;
+/// Default of `consensus_log_entries_max` (about 24 MB of memory).
+pub const CONSENSUS_LOG_ENTRIES_MAX_DEFAULT: usize = 1_000_000;
+/// Least `consensus_log_entries_max`.
+pub const CONSENSUS_LOG_ENTRIES_MAX_MIN: usize = 16;
 /// Default largest record key.
 pub const RECORD_KEY_BYTES_MAX_DEFAULT: usize = 64 * KIB;
 /// Default largest record value.
@@ -197,6 +201,11 @@ pub struct Config {
     /// The consensus clock: elections, heartbeats and retransmissions are
     /// counted in ticks of this length.
     pub tick_ms: u64,
+    /// A group member's consensus log (one entry, 24 bytes of memory, per
+    /// batch) is compacted to the latest committed snapshot once every
+    /// peer holds it, or, whoever does not, once it holds more entries than
+    /// this: a peer that then needs what was compacted is sent the snapshot.
+    pub consensus_log_entries_max: usize,
     /// Cut the journal at damage recovery may not cut on its own, logging
     /// what is dropped (`hutong broker --repair`; never read from a file:
     /// it is a decision for one start, not a setting).
@@ -283,6 +292,7 @@ impl Default for Config {
             node_id: 0,
             peers: Vec::new(),
             tick_ms: TICK_MS_DEFAULT,
+            consensus_log_entries_max: CONSENSUS_LOG_ENTRIES_MAX_DEFAULT,
             repair: false,
             verify_journal: false,
         }
@@ -445,6 +455,11 @@ impl Config {
         }
         if !(TICK_MS_MIN..=TICK_MS_MAX).contains(&self.tick_ms) {
             return fail(format!("tick_ms must be in {TICK_MS_MIN}..={TICK_MS_MAX}"));
+        }
+        if self.consensus_log_entries_max < CONSENSUS_LOG_ENTRIES_MAX_MIN {
+            return fail(format!(
+                "consensus_log_entries_max must be at least {CONSENSUS_LOG_ENTRIES_MAX_MIN}"
+            ));
         }
         self.validate_peers()
     }

@@ -53,6 +53,31 @@ pub enum BrokerError {
     Thread(String),
 }
 
+/// Replaces this process by a new run of the same program with the same
+/// arguments (`execve` of `/proc/self/exe`): the same process id, standard
+/// streams and data directory, every thread and open connection gone (the
+/// journal lock, sockets and files are opened close-on-exec). What the
+/// broker held in memory is rebuilt by recovery, as after a crash; a group
+/// member does this after installing its leader's snapshot. Returns only
+/// when the exec failed, with why.
+pub fn restart_in_place(why: &str) -> String {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    crate::log!("restarting in place: {why}");
+    let exe = CString::new("/proc/self/exe").expect("no NUL in a constant");
+    let args: Result<Vec<CString>, _> = std::env::args_os()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect();
+    let args = match args {
+        Ok(a) => a,
+        Err(e) => return format!("cannot restart in place: an argument holds a NUL byte: {e}"),
+    };
+    match nix::unistd::execv(&exe, &args) {
+        Ok(never) => match never {},
+        Err(e) => format!("cannot restart in place (execv /proc/self/exe): {e}"),
+    }
+}
+
 fn stage_of(name: &str) -> Option<shared::Stage> {
     use shared::Stage;
     match name {

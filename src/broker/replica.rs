@@ -227,6 +227,33 @@ impl Replica {
         }
     }
 
+    /// Compacts the consensus log to the committed snapshot at `at` (its
+    /// file is written or about to be) when every peer holds it durably,
+    /// when a peer waits for a snapshot (it is sent the one at the log's
+    /// base, which must be the file's), or when the log holds more than
+    /// `entries_max` entries whoever lags. A peer that needs what was
+    /// compacted is then sent the snapshot. Nothing happens until the node
+    /// holds `at` durably itself.
+    pub fn maybe_compact(&mut self, at: u64, entries_max: usize) {
+        if at <= self.node.snapshot().0 || at > self.node.flushed() {
+            return;
+        }
+        let leads = self.node.role() == Role::Leader;
+        let all_hold = leads && self.node.peers().all(|p| p.progress.flushed >= at);
+        let one_waits = leads
+            && self
+                .node
+                .peers()
+                .any(|p| p.progress.state == consensus::ProgressState::Snapshot);
+        if !(all_hold || one_waits || self.node.log().len() > entries_max) {
+            return;
+        }
+        match self.node.compact(at) {
+            Ok(()) => {}
+            Err(e) => crate::log!("cannot compact the consensus log at {at}: {e}"),
+        }
+    }
+
     /// Forgets the positions reported above a truncation point.
     pub fn truncated(&mut self, at: u64) {
         self.reported_written = self.reported_written.min(at);

@@ -47,14 +47,16 @@ pub fn run(shared: Arc<Shared>) {
 use crate::consensus::{Entry, Message, MessageKind};
 use crate::journal::log::SegmentFile;
 use crate::journal::reader::JournalReader;
+use crate::journal::snapshot;
 use crate::wire::batch::{declared_len, BatchView};
-use crate::wire::replicate::write_frame;
+use crate::wire::replicate::{write_chunk_frame, write_frame, SnapshotChunk, SNAPSHOT_CHUNK_BYTES};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use ringbuf::traits::{Consumer, Observer};
 use ringbuf::HeapCons;
 use std::io::{ErrorKind, Read, Write};
 use std::net::ToSocketAddrs;
+use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
@@ -104,6 +106,18 @@ struct Link {
     failures: u32,
     /// When the current connection was made.
     connected_at: Instant,
+    /// A snapshot on its way to the peer, chunk after chunk as the queue
+    /// drains (a snapshot may be far larger than the queue may hold).
+    snapshot: Option<Outgoing>,
+}
+
+/// A snapshot file being sent to one peer.
+struct Outgoing {
+    file: Arc<Vec<u8>>,
+    /// Bytes of `file` queued so far.
+    queued: usize,
+    /// The `InstallSnapshot` message that follows the last chunk.
+    message: Message,
 }
 
 /// The replicator of a group member: carries the consensus node's messages
@@ -121,6 +135,11 @@ pub struct Courier {
     scratch_range: Option<(u64, u64, u64)>,
     /// The messages of the current round, kept to reuse its allocation.
     taken: Vec<Message>,
+    /// The data directory, where the snapshot file is.
+    dir: PathBuf,
+    /// The snapshot file last read, by position and term (every follower
+    /// that needs it gets the same).
+    snapshot_file: Option<(u64, u64, Arc<Vec<u8>>)>,
 }
 
 impl Courier {
@@ -153,6 +172,7 @@ impl Courier {
                 dropped: 0,
                 failures: 0,
                 connected_at: Instant::now(),
+                snapshot: None,
             })
             .collect();
         Ok(Courier {
@@ -162,7 +182,48 @@ impl Courier {
             scratch: Vec::new(),
             scratch_range: None,
             taken: Vec::with_capacity(MESSAGES_PER_ROUND_MAX),
+            dir: config.data_dir.clone(),
+            snapshot_file: None,
         })
+    }
+
+    /// The snapshot file for `pos` and `term`, read once for every peer
+    /// that needs it; `None` (said in the log) when the file holds another
+    /// snapshot: the writer keeps the file at the node's log base, so the
+    /// node sends the one that is there when it resends.
+    fn snapshot_file(&mut self, pos: u64, term: u64) -> Option<Arc<Vec<u8>>> {
+        if let Some((p, t, file)) = &self.snapshot_file {
+            if (*p, *t) == (pos, term) {
+                return Some(file.clone());
+            }
+        }
+        let path = self.dir.join(snapshot::SNAPSHOT_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                crate::log!("cannot read {} to send it: {e}", path.display());
+                return None;
+            }
+        };
+        match snapshot::decode_file(&bytes) {
+            Ok(s) if (s.position, s.term) == (pos, term) => {}
+            Ok(s) => {
+                crate::log!(
+                    "the snapshot file is at {} (term {}), not at {pos} (term {term}) as the \
+                     consensus node asks: not sent",
+                    s.position,
+                    s.term
+                );
+                return None;
+            }
+            Err(e) => {
+                crate::log!("cannot send the snapshot file: {e}");
+                return None;
+            }
+        }
+        let file = Arc::new(bytes);
+        self.snapshot_file = Some((pos, term, file.clone()));
+        Some(file)
     }
 
     fn event(&mut self, e: SegmentEvent) {
@@ -260,6 +321,7 @@ impl Courier {
         link.connected = false;
         link.queue.clear();
         link.sent = 0;
+        link.snapshot = None;
         link.retry_at = now + reconnect_delay(link.failures);
         if was {
             report_link_change(shared, link.slot);
@@ -270,6 +332,47 @@ impl Courier {
     /// peer's queue. Dropped when the peer is not connected or too far
     /// behind: Raft resends what matters.
     fn queue(&mut self, m: &Message) {
+        if let MessageKind::InstallSnapshot {
+            pos, snapshot_term, ..
+        } = m.kind
+        {
+            let Some(i) = self.links.iter().position(|l| l.id == m.to) else {
+                return;
+            };
+            if self.links[i].stream.is_none() {
+                return;
+            }
+            // The same snapshot already on its way: only the message (a
+            // newer commit position) changes.
+            if let Some(o) = self.links[i].snapshot.as_mut() {
+                if let MessageKind::InstallSnapshot {
+                    pos: p,
+                    snapshot_term: t,
+                    ..
+                } = o.message.kind
+                {
+                    if (p, t) == (pos, snapshot_term) {
+                        o.message = m.clone();
+                        return;
+                    }
+                }
+            }
+            let Some(file) = self.snapshot_file(pos, snapshot_term) else {
+                return;
+            };
+            crate::log!(
+                "sending node {} the snapshot at {pos} ({} bytes): it needs what the log \
+                 no longer holds",
+                m.to,
+                file.len()
+            );
+            self.links[i].snapshot = Some(Outgoing {
+                file,
+                queued: 0,
+                message: m.clone(),
+            });
+            return;
+        }
         let Some(link) = self.links.iter_mut().find(|l| l.id == m.to) else {
             return;
         };
@@ -403,7 +506,11 @@ impl Courier {
                 }
             }
         }
-        while link.sent < link.queue.len() {
+        loop {
+            pump_snapshot(&mut link.queue, &mut link.sent, &mut link.snapshot);
+            if link.sent == link.queue.len() {
+                break;
+            }
             match stream.write(&link.queue[link.sent..]) {
                 Ok(0) => {
                     self.close(i, shared, "the peer closed the connection");
@@ -448,6 +555,48 @@ impl Courier {
                 }
             }
         }
+    }
+}
+
+/// Queues the next chunk of the snapshot on its way to `link` (or, after
+/// the last one, its `InstallSnapshot` message) when less than a chunk is
+/// left to send.
+fn pump_snapshot(queue: &mut Vec<u8>, sent: &mut usize, snapshot: &mut Option<Outgoing>) {
+    if queue.len() - *sent >= SNAPSHOT_CHUNK_BYTES {
+        return;
+    }
+    let Some(o) = snapshot.as_mut() else {
+        return;
+    };
+    if *sent > 0 && *sent == queue.len() {
+        queue.clear();
+        *sent = 0;
+    }
+    let MessageKind::InstallSnapshot {
+        pos, snapshot_term, ..
+    } = o.message.kind
+    else {
+        *snapshot = None;
+        return;
+    };
+    if o.queued < o.file.len() {
+        let end = (o.queued + SNAPSHOT_CHUNK_BYTES).min(o.file.len());
+        let chunk = SnapshotChunk {
+            from: o.message.from,
+            to: o.message.to,
+            term: o.message.term,
+            cluster_id: o.message.cluster_id,
+            pos,
+            snapshot_term,
+            total_len: o.file.len() as u64,
+            offset: o.queued as u64,
+            bytes: &o.file[o.queued..end],
+        };
+        write_chunk_frame(&chunk, queue);
+        o.queued = end;
+    } else {
+        write_frame(&o.message, queue);
+        *snapshot = None;
     }
 }
 
@@ -498,7 +647,8 @@ pub fn run_cluster(
         courier.connect_due(now);
         let taken = courier.take(&mut || outbox.try_pop(), &events);
         for i in 0..courier.links.len() {
-            if courier.links[i].sent < courier.links[i].queue.len() || !courier.links[i].connected {
+            let link = &courier.links[i];
+            if link.sent < link.queue.len() || !link.connected || link.snapshot.is_some() {
                 courier.flush(i, &shared);
             }
         }
@@ -582,6 +732,103 @@ mod tests {
         courier.connect_due(Instant::now());
         assert!(courier.links[0].stream.is_some(), "a link to node 2 exists");
         (courier, listener)
+    }
+
+    /// A snapshot larger than a chunk goes out as chunks in order, each
+    /// queued only once less than a chunk waits, then the InstallSnapshot
+    /// message; the file read comes from the data directory and must be at
+    /// the position the message names.
+    #[test]
+    fn a_snapshot_goes_out_chunk_after_chunk_then_its_message() {
+        use crate::journal::snapshot::CatalogSnapshot;
+        use crate::wire::frame::REQUEST_HEADER_LEN;
+        use crate::wire::replicate::{decode_chunk, decode_message, is_chunk};
+        let (mut c, _listener) = courier(Vec::new());
+        let dir = tempfile::tempdir().unwrap();
+        c.dir = dir.path().to_path_buf();
+        let mut producers = crate::journal::producers::SavedStates::default();
+        // Enough producer states for three chunks.
+        for id in 1..=(2 * SNAPSHOT_CHUNK_BYTES / 40 + 10) as u64 {
+            producers
+                .states
+                .push(crate::journal::producers::SavedState {
+                    key: crate::journal::producers::Key {
+                        topic_id: 1,
+                        partition: 0,
+                        producer_id: id,
+                    },
+                    epoch: 0,
+                    next_seq: 1,
+                    last_ms: 0,
+                    window: Vec::new(),
+                });
+        }
+        let snap = CatalogSnapshot {
+            position: 1000,
+            term: 3,
+            next_topic_id: 2,
+            cluster_id: None,
+            topics: vec![crate::journal::snapshot::SnapshotTopic {
+                meta: crate::journal::topic::TopicMeta {
+                    id: 1,
+                    name: "t".into(),
+                    partitions: 1,
+                },
+                created_at: None,
+                config: Default::default(),
+                next_offsets: vec![5],
+                deleted_below: vec![0],
+            }],
+            producers,
+        };
+        snapshot::write(dir.path(), &snap).unwrap();
+        let file = snapshot::encode_file(&snap);
+        assert!(file.len() > 2 * SNAPSHOT_CHUNK_BYTES);
+        let install = |pos| Message {
+            from: 1,
+            to: 2,
+            term: 4,
+            from_incarnation: 0,
+            to_incarnation: 0,
+            cluster_id: 0,
+            kind: MessageKind::InstallSnapshot {
+                pos,
+                snapshot_term: 3,
+                commit: 1200,
+            },
+        };
+        // Another position than the file's: nothing goes.
+        c.queue(&install(900));
+        assert!(c.links[0].snapshot.is_none());
+        c.queue(&install(1000));
+        assert!(c.links[0].snapshot.is_some());
+        let link = &mut c.links[0];
+        let mut got = Vec::new();
+        let mut frames = 0;
+        loop {
+            pump_snapshot(&mut link.queue, &mut link.sent, &mut link.snapshot);
+            if link.sent == link.queue.len() {
+                break;
+            }
+            assert!(link.queue.len() - link.sent <= SNAPSHOT_CHUNK_BYTES + 1024);
+            // "Send" the whole queue: one frame.
+            let frame = &link.queue[link.sent..];
+            let body = &frame[REQUEST_HEADER_LEN..];
+            if is_chunk(body) {
+                let ch = decode_chunk(body).unwrap();
+                assert_eq!((ch.pos, ch.snapshot_term), (1000, 3));
+                assert_eq!(ch.offset as usize, got.len());
+                got.extend_from_slice(ch.bytes);
+            } else {
+                let (m, _) = decode_message(body).unwrap();
+                assert_eq!(m, install(1000));
+                assert_eq!(got, file, "the whole file came first");
+            }
+            frames += 1;
+            link.sent = link.queue.len();
+        }
+        assert_eq!(frames, file.len().div_ceil(SNAPSHOT_CHUNK_BYTES) + 1);
+        assert!(link.snapshot.is_none());
     }
 
     /// Journal bytes that read as one stored batch of `len` bytes appended

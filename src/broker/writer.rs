@@ -20,13 +20,14 @@ use crate::journal::catalog::SeqCheck;
 use crate::journal::error::JournalError;
 use crate::journal::log::{check_replicated_batch, Appended, Changed, Journal, Retention};
 use crate::journal::offload::Trim;
+use crate::journal::snapshot::CatalogSnapshot;
 use crate::wire::api::{
     check_topic_name, AlterTopicRequest, CreateTopicRequest, DeleteRecordsRequest, ProduceRequest,
     DELETE_TO_END,
 };
 use crate::wire::batch::{check_producer_batch_with, BatchError, RecordLimits};
 use crate::wire::frame::{RequestHeader, REQUEST_HEADER_LEN};
-use crate::wire::replicate::decode_message;
+use crate::wire::replicate::{decode_chunk, decode_message, is_chunk};
 use crate::wire::topic_config::{encode_setting, TopicConfig};
 use crate::wire::{ApiKey, ErrorCode, Qos};
 use ringbuf::traits::{Observer, Producer};
@@ -83,7 +84,24 @@ pub struct Writer {
     /// Records were appended outside of requests (topic retention) since
     /// the last write-out.
     appended_aside: bool,
+    /// The snapshot file a leader is sending, as far as it came.
+    incoming: Option<Incoming>,
+    /// The snapshot whose `InstallSnapshot` message is being stepped.
+    installing: Option<CatalogSnapshot>,
+    /// A group member's snapshot at a position C has not passed yet.
+    group_snapshot: Option<CatalogSnapshot>,
 }
+
+/// A leader's snapshot file arriving chunk by chunk.
+struct Incoming {
+    /// Sender, position, term and the file's length.
+    key: (u64, u64, u64, u64),
+    bytes: Vec<u8>,
+}
+
+/// Bytes reserved for an arriving snapshot file at most before its bytes
+/// are there (a lying length must not reserve a gigabyte).
+const INCOMING_RESERVE_MAX: u64 = 64 << 20;
 
 /// When and how the writer applies retention and hands sealed segments to
 /// the indexing stage.
@@ -343,6 +361,9 @@ impl Writer {
             leader: (0, String::new()),
             fatal: None,
             retention: None,
+            incoming: None,
+            installing: None,
+            group_snapshot: None,
         }
     }
 
@@ -350,13 +371,13 @@ impl Writer {
     /// (where the next start begins, [`crate::journal::snapshot`]) when
     /// `checkpoint_bytes` were appended since the last one and that one is
     /// durable, or when `force`d (at the stop, and when retention moved the
-    /// journal's start past the last one) — for a standalone broker only: a
-    /// group member's recovery reads the whole journal for its consensus
-    /// log. Returns whether it took one. Its cost is a copy of the producer
+    /// journal's start past the last one). A group member's snapshot is
+    /// handed over only once committed ([`Writer::maybe_group_snapshot`]).
+    /// Returns whether it took one. Its cost is a copy of the producer
     /// states, once per `checkpoint_bytes`.
     pub fn maybe_snapshot(&mut self, force: bool) -> bool {
         if self.replica.is_some() {
-            return false;
+            return self.maybe_group_snapshot();
         }
         let end = self.journal.end();
         if self.snapshot_at == Some(end) {
@@ -375,6 +396,49 @@ impl Writer {
             .send(FlusherEvent::Snapshot(Arc::new(snap)));
         self.snapshot_at = Some(end);
         true
+    }
+
+    /// A group member's snapshots: taken at the journal's end every
+    /// `checkpoint_bytes` as a standalone broker's, with the term of the
+    /// batch ending there, but handed to the flusher (which writes the file
+    /// once F passes it) only once C passes it, so that the `snapshot` file
+    /// always lies at a committed position: a restart may start the
+    /// consensus log there, and no cut can reach below it. The consensus
+    /// log is then compacted there by [`Replica::maybe_compact`]'s rule.
+    /// Returns whether it handed one over.
+    fn maybe_group_snapshot(&mut self) -> bool {
+        let committed = self.shared.positions.committed.get();
+        let mut handed = false;
+        if let Some(p) = self.group_snapshot.take() {
+            if p.position <= committed {
+                self.snapshot_at = Some(p.position);
+                let _ = self
+                    .flusher_events
+                    .send(FlusherEvent::Snapshot(Arc::new(p)));
+                handed = true;
+            } else {
+                self.group_snapshot = Some(p);
+            }
+        }
+        let end = self.journal.end();
+        let last = self.snapshot_at.unwrap_or(0);
+        if self.group_snapshot.is_none()
+            && end.saturating_sub(last) >= self.config.checkpoint_bytes
+            && last <= self.shared.positions.flushed.get()
+        {
+            let Some(r) = self.replica.as_ref() else {
+                return handed;
+            };
+            if let Some(term) = r.node().term_at(end).filter(|t| *t > 0) {
+                let mut snap = self.journal.catalog().snapshot(end);
+                snap.term = term;
+                self.group_snapshot = Some(snap);
+            }
+        }
+        if let (Some(at), Some(r)) = (self.snapshot_at, self.replica.as_mut()) {
+            r.maybe_compact(at, self.config.consensus_log_entries_max);
+        }
+        handed
     }
 
     /// True when another request's entry fits, wherever it goes.
@@ -882,6 +946,10 @@ impl Writer {
         let Some(r) = self.replica.as_mut() else {
             return;
         };
+        if is_chunk(body) {
+            self.take_chunk(body);
+            return;
+        }
         let (m, payload) = match decode_message(body) {
             Ok(x) => x,
             Err(e) => {
@@ -898,6 +966,17 @@ impl Writer {
             );
             return;
         }
+        if let crate::consensus::MessageKind::InstallSnapshot {
+            pos, snapshot_term, ..
+        } = m.kind
+        {
+            if !self.ready_to_install(m.from, pos, snapshot_term) {
+                return;
+            }
+        }
+        let Some(r) = self.replica.as_mut() else {
+            return;
+        };
         let mut from = 0;
         if let crate::consensus::MessageKind::Append {
             prev_pos, entries, ..
@@ -918,6 +997,122 @@ impl Writer {
         }
         r.step(m);
         self.apply_ready(from, payload);
+    }
+
+    /// Takes one chunk of a snapshot file a leader is sending (Replicate
+    /// kind 12): chunks come in order on one connection; one that does not
+    /// continue the file being received starts a new one (offset 0) or is
+    /// dropped, and the leader sends the whole file again when it sends
+    /// the snapshot again.
+    fn take_chunk(&mut self, body: &[u8]) {
+        let Some(r) = self.replica.as_ref() else {
+            return;
+        };
+        let c = match decode_chunk(body) {
+            Ok(c) => c,
+            Err(e) => {
+                crate::log!("dropping a malformed snapshot chunk: {e}");
+                return;
+            }
+        };
+        let me = r.node().id();
+        let ours = r.node().cluster_id();
+        if c.to != me
+            || c.from == me
+            || !self.config.peers.iter().any(|p| p.id == c.from)
+            || (ours != 0 && c.cluster_id != 0 && c.cluster_id != ours)
+        {
+            crate::log!(
+                "dropping a snapshot chunk from node {} to node {} (this is node {me})",
+                c.from,
+                c.to
+            );
+            return;
+        }
+        let key = (c.from, c.pos, c.snapshot_term, c.total_len);
+        match self.incoming.as_mut() {
+            Some(inc) if inc.key == key && inc.bytes.len() as u64 == c.offset => {
+                inc.bytes.extend_from_slice(c.bytes);
+            }
+            _ if c.offset == 0 => {
+                let mut bytes = Vec::with_capacity(c.total_len.min(INCOMING_RESERVE_MAX) as usize);
+                bytes.extend_from_slice(c.bytes);
+                self.incoming = Some(Incoming { key, bytes });
+            }
+            _ => self.incoming = None,
+        }
+    }
+
+    /// Whether the `InstallSnapshot` message from `from` for `pos` and
+    /// `term` may be stepped: the node keeps its log when it holds the
+    /// snapshot's last entry (or a later snapshot); otherwise it drops its
+    /// journal for the snapshot, whose file must have come whole before
+    /// the message and say what the message says. If not, the message is
+    /// dropped (the leader sends the snapshot again).
+    fn ready_to_install(&mut self, from: u64, pos: u64, term: u64) -> bool {
+        let Some(r) = self.replica.as_ref() else {
+            return false;
+        };
+        let node = r.node();
+        if pos < node.snapshot().0 || node.term_at(pos) == Some(term) {
+            return true;
+        }
+        let file = match self.incoming.take() {
+            Some(inc) if (inc.key.0, inc.key.1, inc.key.2) == (from, pos, term) => inc,
+            _ => {
+                crate::log!(
+                    "dropping node {from}'s snapshot at {pos}: its file did not come whole \
+                     before it"
+                );
+                return false;
+            }
+        };
+        if file.bytes.len() as u64 != file.key.3 {
+            crate::log!("dropping node {from}'s snapshot at {pos}: its file came in part");
+            return false;
+        }
+        match crate::journal::snapshot::decode_file(&file.bytes) {
+            Ok(snap) if (snap.position, snap.term) == (pos, term) => {
+                self.installing = Some(snap);
+                true
+            }
+            Ok(snap) => {
+                crate::log!(
+                    "dropping node {from}'s snapshot at {pos} (term {term}): its file is at {} \
+                     (term {})",
+                    snap.position,
+                    snap.term
+                );
+                false
+            }
+            Err(e) => {
+                crate::log!("dropping node {from}'s snapshot at {pos}: {e}");
+                false
+            }
+        }
+    }
+
+    /// The node dropped its log for the leader's snapshot at `pos`: the
+    /// journal follows, on disk (crash-safe, `Journal::install`), and the
+    /// broker restarts in place (the same process id, arguments and
+    /// output), so that every stage starts from the installed journal as
+    /// recovery finds it, with nothing of the old one in memory.
+    fn install(&mut self, pos: u64, term: u64) -> Result<(), String> {
+        let snap = self
+            .installing
+            .take()
+            .filter(|s| (s.position, s.term) == (pos, term))
+            .ok_or_else(|| format!("the snapshot at {pos} to install is not here"))?;
+        crate::log!(
+            "installing the leader's snapshot at {pos} (term {term}): this member's journal \
+             held nothing the group still replicates from; its data below {pos} is gone"
+        );
+        self.journal
+            .install_files(&snap)
+            .map_err(|e| format!("cannot install the snapshot at {pos}: {e}"))?;
+        Err(super::restart_in_place(&format!(
+            "continuing from the snapshot installed at {pos}"
+        )))
     }
 
     /// Runs the consensus clock and applies whatever the node has to say.
@@ -994,13 +1189,11 @@ impl Writer {
                     .get_or_insert(format!("cannot persist the term and vote: {e}"));
                 return;
             }
-            if let Some((pos, _)) = rd.install {
-                // The broker never compacts its consensus log yet, so no
-                // leader sends a snapshot, and the wire refuses the kind.
-                self.fatal.get_or_insert(format!(
-                    "the consensus node asked to install a snapshot at {pos}, \
-                     which this broker cannot do yet"
-                ));
+            if let Some((pos, term)) = rd.install {
+                // Returns only when it cannot go on.
+                if let Err(why) = self.install(pos, term) {
+                    self.fatal.get_or_insert(why);
+                }
                 return;
             }
             if let Some(at) = rd.truncate {
@@ -1160,6 +1353,8 @@ impl Writer {
             cut
         };
         shared.wake(Stage::Flusher);
+        // A snapshot waiting for C describes batches that are gone.
+        self.group_snapshot = self.group_snapshot.take().filter(|s| s.position <= at);
         if let Some(r) = &self.replica {
             r.segments_changed(super::replicator::SegmentEvent::Reset(cut.files.clone()));
         }
@@ -1761,11 +1956,14 @@ mod tests {
         );
     }
 
+    /// A group member's snapshot waits for C: forcing (the stop) hands
+    /// over nothing that is not committed.
     #[test]
-    fn a_group_writer_takes_no_snapshot() {
+    fn a_group_writer_hands_over_no_snapshot_c_has_not_passed() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = group_writer(dir.path());
         assert!(!w.maybe_snapshot(true));
+        assert!(w.group_snapshot.is_none());
     }
 
     /// QoS `received` is answered by the writer itself once its write is

@@ -1066,12 +1066,26 @@ impl Journal {
     /// The IO error of a step (the journal is then the old one or the
     /// installed one, whole, at the next start), or a recovery error.
     pub fn install(
-        self,
+        mut self,
         snap: &CatalogSnapshot,
         recovery: Recovery,
     ) -> Result<Journal, JournalError> {
         let dir = self.dir.clone();
         let (segment_bytes, cache_bytes) = (self.segment_bytes, self.cache.capacity());
+        self.install_files(snap)?;
+        drop(self);
+        Journal::open_with(&dir, segment_bytes, cache_bytes, recovery)
+    }
+
+    /// The on-disk part of [`Journal::install`], up to and with its commit
+    /// point (the start state at the snapshot): a broker restarts in place
+    /// after it, and its recovery does the rest. The journal must not be
+    /// used afterwards but to drop it.
+    ///
+    /// # Errors
+    /// As [`Journal::install`].
+    pub fn install_files(&mut self, snap: &CatalogSnapshot) -> Result<(), JournalError> {
+        let dir = self.dir.clone();
         for (start, _) in self.files.iter().rev() {
             if *start < snap.position {
                 break;
@@ -1082,9 +1096,7 @@ impl Journal {
             super::dir::sync_dir(&dir)?;
         }
         snapshot::write(&dir, snap)?;
-        start::write(&dir, &StartState::from_snapshot(snap))?;
-        drop(self);
-        Journal::open_with(&dir, segment_bytes, cache_bytes, recovery)
+        start::write(&dir, &StartState::from_snapshot(snap))
     }
 
     /// Where a group member's consensus log starts, as recovery found it:
@@ -1582,8 +1594,13 @@ fn remove_below(dir: &Path, base: u64, installed: bool) -> Result<Vec<PathBuf>, 
             break;
         }
         crate::log!(
-            "removing segment {} below the journal start {base} (a deletion interrupted by a crash)",
-            path.display()
+            "removing segment {} below the journal start {base} ({})",
+            path.display(),
+            if installed {
+                "a snapshot install replaced the journal"
+            } else {
+                "a deletion interrupted by a crash"
+            }
         );
         std::fs::remove_file(&path)
             .map_err(|e| JournalError::io(format!("remove {}", path.display()), e))?;

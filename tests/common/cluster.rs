@@ -614,17 +614,26 @@ pub fn segment_files(dir: &Path) -> Vec<(u64, PathBuf)> {
 /// # Errors
 /// A gap, an overlap or a read failure.
 pub fn journal_prefix(dir: &Path, len: u64) -> Result<Vec<u8>, String> {
+    journal_range(dir, 0, len)
+}
+
+/// The bytes `from..len` of the journal in `dir`, whose oldest segment
+/// starts at `from` (one that retention or a snapshot install shortened).
+///
+/// # Errors
+/// A gap, an overlap or a read failure.
+pub fn journal_range(dir: &Path, from: u64, len: u64) -> Result<Vec<u8>, String> {
     let segments = segment_files(dir);
-    let mut out: Vec<u8> = Vec::with_capacity(len as usize);
+    let mut out: Vec<u8> = Vec::with_capacity(len.saturating_sub(from) as usize);
     for (i, (start, path)) in segments.iter().enumerate() {
-        if out.len() as u64 >= len {
+        if from + out.len() as u64 >= len {
             break;
         }
-        if *start != out.len() as u64 {
+        if *start != from + out.len() as u64 {
             return Err(format!(
                 "segment {} starts at {start}, but the segments before it end at {}",
                 path.display(),
-                out.len()
+                from + out.len() as u64
             ));
         }
         let bytes = std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?;
@@ -643,11 +652,11 @@ pub fn journal_prefix(dir: &Path, len: u64) -> Result<Vec<u8>, String> {
         }
         out.extend_from_slice(&bytes[..take]);
     }
-    if (out.len() as u64) < len {
+    if from + (out.len() as u64) < len {
         return Err(format!(
-            "the segments in {} cover {} bytes, fewer than {len}",
+            "the segments in {} cover {from}..{}, less than up to {len}",
             dir.display(),
-            out.len()
+            from + out.len() as u64
         ));
     }
     Ok(out)
