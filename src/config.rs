@@ -359,16 +359,6 @@ impl Config {
                 RETENTION_CHECK_MS_RANGE.end()
             ));
         }
-        if !self.peers.is_empty()
-            && (self.retention_bytes > 0 || self.retention_ms.is_some_and(|ms| ms > 0))
-        {
-            return fail(
-                "retention_bytes and retention_ms are not supported in a replication group yet \
-                 (a follower that falls behind the leader's first kept segment needs a snapshot \
-                 install, which does not exist); a group keeps its whole journal"
-                    .into(),
-            );
-        }
         if self.write_cache_bytes < self.batch_bytes_max || self.write_cache_bytes > 1 << 32 {
             return fail("write_cache_bytes must hold at least one batch_bytes_max batch".into());
         }

@@ -1050,45 +1050,55 @@ fn size_retention_keeps_pace_with_a_producer_that_never_pauses() {
 // Configuration
 // ---------------------------------------------------------------------------
 
+/// A replication group takes `retention_bytes` (and starts with the
+/// default, unlimited size retention too): every member deletes its oldest
+/// segments, and what a produce answered stays readable from the leader.
 #[test]
-fn a_group_member_refuses_size_retention_but_a_group_starts_with_the_defaults() {
-    // The refusal comes from the configuration check, before any peer is
-    // contacted: the peers' addresses need not be reachable.
-    let group = [
-        "--node-id",
-        "1",
-        "--peers",
-        "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3",
-    ];
-    let refused = |dir: &TestDir, args: &[&str], how: &str| {
-        let (status, stderr) = run_broker_expecting_exit(&dir.data, args);
-        assert!(
-            !status.success(),
-            "a group member with size retention ({how}) must not start"
-        );
-        assert!(
-            stderr.to_lowercase().contains("retention"),
-            "{how}: stderr says that retention is the reason: {stderr:?}"
-        );
-    };
-    let dir = TestDir::new();
-    refused(
-        &dir,
-        &[&group[..], &["--retention-bytes", "1048576"]].concat(),
-        "--retention-bytes",
+fn a_replication_group_deletes_its_oldest_segments_by_size() {
+    let cluster = Cluster::start_with(
+        3,
+        false,
+        "segment_bytes = 1048576\nbatch_bytes_max = 1048576\ncheckpoint_bytes = 1048576\n\
+         retention_bytes = 2097152\nretention_check_ms = 100\n",
     );
-    let dir = TestDir::new();
-    let config = dir.config("retention_bytes = 1048576\n");
-    refused(
-        &dir,
-        &[&group[..], &["--config", path_str(&config)]].concat(),
-        "retention_bytes in the config file",
+    cluster.create_topic("grouped", 1);
+    let (_, leader) = cluster.expect_leader();
+    let mut c = RawConn::connect(leader);
+    let batch = batch_of_values(&[vec![7u8; 16_000]]);
+    for i in 0..600u64 {
+        assert_eq!(c.produce_ok("grouped", 0, &batch), i);
+    }
+    cluster.wait_caught_up(Duration::from_secs(60));
+    // Every member deletes below its own C and snapshot: give them a few
+    // retention checks.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let starts: Vec<u64> = cluster
+            .ids()
+            .map(|id| {
+                common::cluster::segment_files(cluster.data_dir(id))
+                    .first()
+                    .map_or(0, |s| s.0)
+            })
+            .collect();
+        if starts.iter().all(|s| *s > 0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "every member deleted old segments: journal starts {starts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let kept = common::read_kept(&mut c, "grouped", 0, 600);
+    assert!(
+        kept.start > 0 && kept.end() == 600,
+        "{}..{}",
+        kept.start,
+        kept.end()
     );
-    // The default retention_ms (seven days) and an explicit unlimited size
-    // retention are no reason to refuse: a group with them comes up and
-    // elects a leader.
-    let cluster = Cluster::start_with(3, false, "retention_bytes = 0\n");
-    let (_, leader) = cluster
+    let empty = Cluster::start_with(3, false, "retention_bytes = 0\n");
+    let (_, leader) = empty
         .leader()
         .expect("a group with default retention elects a leader");
     common::assert_broker_serves(leader);

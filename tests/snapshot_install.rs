@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::cluster::{journal_prefix, journal_range, segment_files, Cluster};
+use common::cluster::{journal_range, segment_files, Cluster};
 use common::{batch_of_values, filler, read_kept, RawConn};
 use std::time::Duration;
 
@@ -14,9 +14,20 @@ const TOPIC: &str = "install";
 /// Catalog snapshots every MiB and a consensus log of at most 64 entries
 /// beyond the last one: the leader compacts past a stopped follower after
 /// a few MiB.
-const CONFIG: &str = "segment_bytes = 1048576\nbatch_bytes_max = 1048576\n\
-                      checkpoint_bytes = 1048576\nconsensus_log_entries_max = 64\n";
+const COMPACTING: &str = "segment_bytes = 1048576\nbatch_bytes_max = 1048576\n\
+                          checkpoint_bytes = 1048576\nconsensus_log_entries_max = 64\n";
+/// Snapshots every MiB, and 1 MiB of journal kept by size retention: the
+/// leader deletes what a stopped follower would need.
+const RETAINING: &str = "segment_bytes = 1048576\nbatch_bytes_max = 1048576\n\
+                         checkpoint_bytes = 1048576\nretention_bytes = 1048576\n\
+                         retention_check_ms = 100\n";
 const PER_BATCH: u64 = 4;
+/// Batches (of about 8 KiB) written before the follower stops, while it is
+/// stopped (over 5 MiB), after it restarts, and at the end.
+const BEFORE: u64 = 50;
+const DURING: u64 = 700;
+const AFTER: u64 = 20;
+const MORE: u64 = 10;
 
 /// Produces batches `from..from + batches` at QoS all, each at its place.
 fn produce(c: &mut RawConn, from: u64, batches: u64) {
@@ -31,21 +42,32 @@ fn produce(c: &mut RawConn, from: u64, batches: u64) {
 
 #[test]
 fn a_follower_stopped_behind_the_compacted_log_installs_the_leaders_snapshot() {
-    let mut cluster = Cluster::start_with(3, false, CONFIG);
+    stopped_follower_catches_up_by_an_install(COMPACTING, false);
+}
+
+/// The issue's case: the follower is stopped (SIGSTOP, then SIGKILL) while
+/// the leader writes and deletes more than three times `retention_bytes`.
+#[test]
+fn a_follower_stopped_while_the_leader_deletes_3x_retention_installs_its_snapshot() {
+    stopped_follower_catches_up_by_an_install(RETAINING, true);
+}
+
+fn stopped_follower_catches_up_by_an_install(config: &str, deletes: bool) {
+    let mut cluster = Cluster::start_with(3, false, config);
     cluster.create_topic(TOPIC, 1);
     let (leader, leader_addr) = cluster.expect_leader();
     let lagging = cluster.ids().find(|&i| i != leader).expect("a follower");
     let mut c = RawConn::connect(leader_addr);
-    produce(&mut c, 0, 50);
+    produce(&mut c, 0, BEFORE);
     cluster.wait_caught_up(Duration::from_secs(60));
 
-    // Stopped (SIGSTOP), then killed, while the leader writes about 4 MiB:
+    // Stopped (SIGSTOP), then killed, while the leader writes over 5 MiB:
     // several snapshots, and far more than 64 entries beyond them.
     cluster.stop(lagging);
-    produce(&mut c, 50, 500);
+    produce(&mut c, BEFORE, DURING);
     cluster.kill9(lagging);
     cluster.restart(lagging);
-    produce(&mut c, 550, 20);
+    produce(&mut c, BEFORE + DURING, AFTER);
     let committed = cluster.wait_caught_up(Duration::from_secs(120));
 
     let said = cluster.stderr(lagging);
@@ -54,46 +76,59 @@ fn a_follower_stopped_behind_the_compacted_log_installs_the_leaders_snapshot() {
         "node {lagging} caught up by a snapshot install:\n{said}"
     );
     // The same bytes at the same positions over the range both hold.
-    let start = segment_files(cluster.data_dir(lagging))
-        .first()
-        .map(|s| s.0)
-        .expect("a segment");
+    let first = |id| {
+        segment_files(cluster.data_dir(id))
+            .first()
+            .map(|s| s.0)
+            .expect("a segment")
+    };
+    let (start, leader_start) = (first(lagging), first(leader));
     assert!(
         start > 0,
         "node {lagging}'s journal now starts at the snapshot"
     );
+    if deletes {
+        assert!(
+            leader_start >= 3 << 20,
+            "the leader deleted more than 3 × retention_bytes meanwhile: it starts at \
+             {leader_start}"
+        );
+    }
+    let common = start.max(leader_start);
     let theirs = journal_range(cluster.data_dir(lagging), start, committed)
         .unwrap_or_else(|e| panic!("node {lagging}'s journal: {e}"));
-    let ours = journal_prefix(cluster.data_dir(leader), committed)
+    let ours = journal_range(cluster.data_dir(leader), leader_start, committed)
         .unwrap_or_else(|e| panic!("node {leader}'s journal: {e}"));
     assert!(
-        theirs == ours[start as usize..],
-        "node {lagging} holds the leader's bytes over {start}..{committed}"
+        theirs[(common - start) as usize..] == ours[(common - leader_start) as usize..],
+        "node {lagging} holds the leader's bytes over {common}..{committed}"
     );
     // The same offsets: the follower serves from its log start on exactly
     // what the leader serves there.
-    let end = 570 * PER_BATCH;
+    let end = (BEFORE + DURING + AFTER) * PER_BATCH;
     let on_leader = read_kept(&mut RawConn::connect(leader_addr), TOPIC, 0, end);
     let on_follower = read_kept(&mut RawConn::connect(cluster.addr(lagging)), TOPIC, 0, end);
-    assert_eq!(on_leader.start, 0);
     assert!(
-        on_follower.start > 50 * PER_BATCH && on_follower.start <= 550 * PER_BATCH,
+        on_follower.start > BEFORE * PER_BATCH
+            && on_follower.start <= (BEFORE + DURING) * PER_BATCH,
         "node {lagging}'s log starts at the snapshot: {}",
         on_follower.start
     );
+    let from = on_follower.start.max(on_leader.start);
     assert!(
-        on_follower.records[..] == on_leader.records[on_follower.start as usize..],
-        "node {lagging} serves the leader's records from {}",
-        on_follower.start
+        on_follower.records[(from - on_follower.start) as usize..]
+            == on_leader.records[(from - on_leader.start) as usize..],
+        "node {lagging} serves the leader's records from {from}"
     );
     // And it keeps up with what comes next.
-    produce(&mut c, 570, 10);
+    produce(&mut c, BEFORE + DURING + AFTER, MORE);
     cluster.wait_caught_up(Duration::from_secs(60));
+    let total = (BEFORE + DURING + AFTER + MORE) * PER_BATCH;
     let next = read_kept(
         &mut RawConn::connect(cluster.addr(lagging)),
         TOPIC,
         0,
-        580 * PER_BATCH,
+        total,
     );
-    assert_eq!(next.end(), 580 * PER_BATCH);
+    assert_eq!(next.end(), total);
 }

@@ -87,8 +87,19 @@ impl Replica {
             ^ config.node_id.wrapping_mul(0x9E37_79B9_7F4A_7C15)
             ^ u64::from(std::process::id());
         let last = entries.last().map_or(base.0, |e| e.end);
-        let node = Node::with_snapshot(cfg, hard_state, base, entries)
-            .map_err(|e| JournalError::Corrupt(format!("consensus state: {e}")))?;
+        let node = Node::with_snapshot(cfg, hard_state, base, entries).map_err(|e| {
+            let hint = if base.0 > 0 && base.1 == 0 {
+                format!(
+                    " (the journal starts at {} and no usable snapshot says the term \
+                         there: move this member's data directory away and start it empty; \
+                         it is sent the leader's snapshot)",
+                    base.0
+                )
+            } else {
+                String::new()
+            };
+            JournalError::Corrupt(format!("consensus state: {e}{hint}"))
+        })?;
         let tick = Duration::from_millis(config.tick_ms);
         Ok(Replica {
             node,
@@ -228,24 +239,28 @@ impl Replica {
     }
 
     /// Compacts the consensus log to the committed snapshot at `at` (its
-    /// file is written or about to be) when every peer holds it durably,
-    /// when a peer waits for a snapshot (it is sent the one at the log's
-    /// base, which must be the file's), or when the log holds more than
-    /// `entries_max` entries whoever lags. A peer that needs what was
-    /// compacted is then sent the snapshot. Nothing happens until the node
-    /// holds `at` durably itself.
-    pub fn maybe_compact(&mut self, at: u64, entries_max: usize) {
+    /// file is written or about to be). A follower always does (it sends
+    /// no appends; should it lead later, a peer behind its base is sent the
+    /// snapshot), and so does a leader with retention on (`always`:
+    /// segments are deleted only below the log's base). Otherwise a leader
+    /// does when every peer holds `at` durably, when a peer waits for a
+    /// snapshot (it is sent the one at the log's base, which must be the
+    /// file's), or when the log holds more than `entries_max` entries
+    /// whoever lags. A peer that needs what was compacted is then sent the
+    /// snapshot. Nothing happens until the node holds `at` durably itself.
+    pub fn maybe_compact(&mut self, at: u64, entries_max: usize, always: bool) {
         if at <= self.node.snapshot().0 || at > self.node.flushed() {
             return;
         }
         let leads = self.node.role() == Role::Leader;
+        let always = always || !leads;
         let all_hold = leads && self.node.peers().all(|p| p.progress.flushed >= at);
         let one_waits = leads
             && self
                 .node
                 .peers()
                 .any(|p| p.progress.state == consensus::ProgressState::Snapshot);
-        if !(all_hold || one_waits || self.node.log().len() > entries_max) {
+        if !(always || all_hold || one_waits || self.node.log().len() > entries_max) {
             return;
         }
         match self.node.compact(at) {

@@ -222,9 +222,20 @@ impl Writer {
             clock.sealed = false;
             if let Some(policy) = clock.policy {
                 // Below C too: in a replication group a segment above it
-                // could still be cut, and its records with it.
-                let settled = flushed.min(self.shared.positions.committed.get());
-                if let Some(decision) = self.journal.retain(policy, settled, unix_ms()) {
+                // could still be cut, and its records with it. And below
+                // the consensus log's base: what the log still holds, the
+                // leader may have to send a follower from the journal.
+                let mut settled = flushed.min(self.shared.positions.committed.get());
+                if let Some(r) = self.replica.as_ref() {
+                    settled = settled.min(r.node().snapshot().0);
+                }
+                if let Some(mut decision) = self.journal.retain(policy, settled, unix_ms()) {
+                    if let Some(r) = self.replica.as_ref() {
+                        // Known when the journal starts right at the log's
+                        // base; otherwise recovery starts from the snapshot.
+                        decision.state.term =
+                            r.node().term_at(decision.state.position).unwrap_or(0);
+                    }
                     moved_start = Some(decision.state.position);
                     let _ = clock.jobs.send(Job::Retain(decision));
                 }
@@ -435,8 +446,15 @@ impl Writer {
                 self.group_snapshot = Some(snap);
             }
         }
+        // With retention on, segments go only below the log's base: the log
+        // follows every snapshot, and a follower that needs what was
+        // deleted is sent the snapshot.
+        let retains = self
+            .retention
+            .as_ref()
+            .is_some_and(|clock| clock.policy.is_some());
         if let (Some(at), Some(r)) = (self.snapshot_at, self.replica.as_mut()) {
-            r.maybe_compact(at, self.config.consensus_log_entries_max);
+            r.maybe_compact(at, self.config.consensus_log_entries_max, retains);
         }
         handed
     }
