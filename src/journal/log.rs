@@ -2322,6 +2322,80 @@ mod tests {
         assert_installed(&mut j, &snap, 3);
     }
 
+    /// REVIEW: a follower whose divergent (uncommitted) tail beyond the
+    /// snapshot was flushed has a checkpoint above the snapshot's position:
+    /// `install_files` does not lower it, so recovery does not classify the
+    /// journal as installed (`cp.position <= base` fails) and refuses it
+    /// ("no segment at its start"): the member cannot restart.
+    #[test]
+    fn review_an_install_below_a_checkpointed_tail_reopens() {
+        let leader = tempfile::tempdir().unwrap();
+        let snap = leader_snapshot(leader.path(), 8);
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = open(dir.path());
+        let (_, slot) = f.create_topic("t", 2, 1, 5).unwrap();
+        for seq in 0..40 {
+            append(&mut f, slot, 0, &producer_batch(3, 40, 9, seq * 3), 1);
+        }
+        assert!(f.end() > snap.position + SEGMENT_BYTES as u64);
+        f.write_out().unwrap();
+        // The flusher's checkpoint of the flushed (divergent) tail.
+        checkpoint::write(
+            dir.path(),
+            &checkpoint::Checkpoint {
+                position: f.end(),
+                next_topic_id: 1,
+                topics: f.checkpoint_topics(),
+            },
+        )
+        .unwrap();
+        let recovery = Recovery {
+            entries: true,
+            ..Recovery::default()
+        };
+        let j = f.install(&snap, recovery);
+        assert!(j.is_ok(), "{:?}", j.err());
+    }
+
+    /// REVIEW: a crash after `install_files` deleted the segments at or
+    /// beyond the snapshot but before the start state: the checkpoint still
+    /// vouches for the deleted tail, and recovery refuses the old journal.
+    #[test]
+    fn review_a_crash_after_the_tail_deletion_reopens() {
+        let leader = tempfile::tempdir().unwrap();
+        let snap = leader_snapshot(leader.path(), 8);
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = open(dir.path());
+        let (_, slot) = f.create_topic("t", 2, 1, 5).unwrap();
+        for seq in 0..40 {
+            append(&mut f, slot, 0, &producer_batch(3, 40, 9, seq * 3), 1);
+        }
+        f.write_out().unwrap();
+        checkpoint::write(
+            dir.path(),
+            &checkpoint::Checkpoint {
+                position: f.end(),
+                next_topic_id: 1,
+                topics: f.checkpoint_topics(),
+            },
+        )
+        .unwrap();
+        // install_files' first step only (segments starting at or beyond P).
+        for (start, _) in f.segment_files().iter().rev() {
+            if *start < snap.position {
+                break;
+            }
+            std::fs::remove_file(dir.path().join(segment_file_name(*start))).unwrap();
+        }
+        drop(f);
+        let recovery = Recovery {
+            entries: true,
+            ..Recovery::default()
+        };
+        let j = Journal::open_with(dir.path(), SEGMENT_BYTES, CACHE_BYTES, recovery);
+        assert!(j.is_ok(), "{:?}", j.err());
+    }
+
     #[test]
     fn a_batch_larger_than_a_segment_cut_back_to_its_start_grows_that_segment() {
         let dir = tempfile::tempdir().unwrap();
