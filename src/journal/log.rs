@@ -2396,6 +2396,41 @@ mod tests {
         assert!(j.is_ok(), "{:?}", j.err());
     }
 
+    /// REVIEW: retention runs on group members too (the writer's
+    /// `retain`, below min(F, C)), but `start_state_at` writes term 0. A
+    /// group member whose recovery does not start from a group snapshot
+    /// (none yet, one below the new start, or any fallback to the full
+    /// walk) gets `consensus_base() == (B, 0)` with B > 0, which
+    /// `Node::with_snapshot` refuses ("a snapshot above position 0 needs a
+    /// term"): the member cannot restart.
+    #[test]
+    fn review_a_group_member_after_retention_has_a_usable_consensus_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path());
+        let (_, slot) = j.create_topic("t", 1, 1, 5).unwrap();
+        while j.segment_files().len() < 4 {
+            append(&mut j, slot, 0, &producer_batch(1, 200, 0, 0), 3);
+        }
+        j.write_out().unwrap();
+        let r = j
+            .retain(Retention { bytes: 1, ms: None }, j.end(), 10_000)
+            .expect("sealed segments go");
+        carry_out(dir.path(), &r);
+        drop(j);
+        let recovery = Recovery {
+            entries: true,
+            ..Recovery::default()
+        };
+        let j = Journal::open_with(dir.path(), SEGMENT_BYTES, CACHE_BYTES, recovery).unwrap();
+        let (base, term) = j.consensus_base();
+        assert!(base > 0);
+        assert!(
+            term > 0,
+            "consensus base ({base}, {term}): Node::with_snapshot refuses a base above 0 \
+             without a term"
+        );
+    }
+
     #[test]
     fn a_batch_larger_than_a_segment_cut_back_to_its_start_grows_that_segment() {
         let dir = tempfile::tempdir().unwrap();
