@@ -2486,6 +2486,32 @@ mod tests {
         );
     }
 
+    /// REVIEW: the "installed" classification does not look at the term,
+    /// so a standalone journal (snapshot term 0, never installed) whose
+    /// snapshot lies at its start state's position and whose segments were
+    /// lost opens empty instead of being refused (and `remove_below` now
+    /// deletes before the refusal check). Requiring `sn.term > 0` in
+    /// `installed` keeps the refusal for standalone brokers.
+    #[test]
+    fn review_a_standalone_journal_that_lost_its_segments_is_still_refused() {
+        let leader = tempfile::tempdir().unwrap();
+        let mut snap = leader_snapshot(leader.path(), 40);
+        snap.term = 0; // a standalone broker's snapshot
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()));
+        for name in files_in(dir.path()) {
+            std::fs::remove_file(dir.path().join(name)).unwrap();
+        }
+        start::write(dir.path(), &StartState::from_snapshot(&snap)).unwrap();
+        snapshot::write(dir.path(), &snap).unwrap();
+        let refused = Journal::open(dir.path(), SEGMENT_BYTES, CACHE_BYTES);
+        assert!(
+            matches!(&refused, Err(JournalError::Corrupt(why)) if why.contains("no segment")),
+            "a standalone journal without segments opened at {:?}",
+            refused.as_ref().ok().map(|j| (j.start(), j.end()))
+        );
+    }
+
     #[test]
     fn a_batch_larger_than_a_segment_cut_back_to_its_start_grows_that_segment() {
         let dir = tempfile::tempdir().unwrap();
