@@ -60,7 +60,10 @@ use hutong::wire::frame::{
     check_frame, finish_frame, FrameError, RequestHeader, ResponseHeader, LENGTH_PREFIX_LEN,
     REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN,
 };
-use hutong::wire::replicate::{decode_message, encode_message, payload_len, write_frame};
+use hutong::wire::replicate::{
+    decode_chunk, decode_message, encode_message, is_chunk, payload_len, write_chunk_frame,
+    write_frame, SnapshotChunk,
+};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -249,6 +252,22 @@ fn request_bodies(body: &[u8]) {
 /// message followed by exactly the payload the message announces, and
 /// [`write_frame`] frames it so that the payload completes the frame.
 fn replicate_checks(body: &[u8]) {
+    if is_chunk(body) {
+        // A snapshot chunk: it lies within its file, and re-encodes as
+        // it came (but for the incarnations, which chunks do not carry).
+        if let Ok(c) = decode_chunk(body) {
+            assert!(c.offset + c.bytes.len() as u64 <= c.total_len);
+            let mut frame = Vec::new();
+            write_chunk_frame(&c, &mut frame);
+            let again = decode_chunk(&frame[REQUEST_HEADER_LEN..]);
+            assert_eq!(again, Ok(c.clone()), "a snapshot chunk re-encodes");
+        }
+        assert!(
+            decode_message(body).is_err(),
+            "a chunk is no consensus message"
+        );
+        return;
+    }
     let Ok((m, payload)) = decode_message(body) else {
         return;
     };
@@ -1371,9 +1390,29 @@ fn replicate_seed(batches: &[u8]) -> Vec<u8> {
             transfer: false,
         },
         MessageKind::Heartbeat { commit: end },
+        MessageKind::InstallSnapshot {
+            pos: end,
+            snapshot_term: 3,
+            commit: end,
+        },
     ] {
         write_frame(&message(kind), &mut out);
     }
+    // A snapshot chunk: part of a file, as a leader streams it.
+    write_chunk_frame(
+        &SnapshotChunk {
+            from: 1,
+            to: 2,
+            term: 3,
+            cluster_id: 0,
+            pos: end,
+            snapshot_term: 3,
+            total_len: 64,
+            offset: 16,
+            bytes: &batches[..batches.len().min(32)],
+        },
+        &mut out,
+    );
     out
 }
 

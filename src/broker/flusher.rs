@@ -381,6 +381,9 @@ impl Flusher {
         // One that cannot be written is dropped (logged once): the writer
         // takes the next within `checkpoint_bytes`.
         crate::journal::snapshot::write(&self.dir, &snap)?;
+        shared
+            .snapshot_saved
+            .store(snap.position, std::sync::atomic::Ordering::Release);
         drop(gate);
         self.snapshot_saved = snap.position;
         Ok(true)

@@ -65,7 +65,10 @@ pub fn restart_in_place(why: &str) -> String {
     use std::os::unix::ffi::OsStrExt;
     crate::log!("restarting in place: {why}");
     let exe = CString::new("/proc/self/exe").expect("no NUL in a constant");
+    // `--repair` and `--verify-journal` are decisions for one start, taken
+    // at the first: not again for a journal the broker itself just wrote.
     let args: Result<Vec<CString>, _> = std::env::args_os()
+        .filter(|a| a != "--repair" && a != "--verify-journal")
         .map(|a| CString::new(a.as_bytes()))
         .collect();
     let args = match args {

@@ -60,6 +60,10 @@ pub enum Job {
     /// of their header checksums (oldest first), rebuilding a damaged one
     /// from its segment.
     Verify(Vec<Arc<SegmentIndex>>),
+    /// Stop for good, dropping any decision not carried out yet, and say
+    /// so: the journal is about to be replaced (a snapshot install), and
+    /// no start state or deletion of this stage may land after that.
+    Stop(std::sync::mpsc::SyncSender<()>),
 }
 
 /// Where this stage sends what it did.
@@ -93,9 +97,11 @@ pub fn run(dir: PathBuf, jobs: Receiver<Job>, outlets: Outlets) {
                 // Everything queued behind it too: the retention decisions
                 // as one, the index jobs in order.
                 let mut decision = None;
+                let mut stop = None;
                 for job in std::iter::once(first).chain(std::iter::from_fn(|| jobs.try_recv().ok()))
                 {
                     match job {
+                        Job::Stop(done) => stop = Some(done),
                         Job::Retain(d) => {
                             decision = Some(match decision.take() {
                                 Some(older) => merge(older, d),
@@ -105,6 +111,12 @@ pub fn run(dir: PathBuf, jobs: Receiver<Job>, outlets: Outlets) {
                         Job::Index(j) => janitor.start_indexing(j),
                         Job::Verify(files) => janitor.to_verify.extend(files),
                     }
+                }
+                if let Some(done) = stop {
+                    // Pending decisions go with the janitor.
+                    drop(janitor);
+                    let _ = done.send(());
+                    return;
                 }
                 if let Some(d) = decision {
                     janitor.take(d);

@@ -232,6 +232,10 @@ pub struct Shared {
     /// Set by the reader while fetches are parked waiting for data: the
     /// flusher does not pace then (C, what they wait for, follows F).
     pub fetches_waiting: AtomicBool,
+    /// The position of the last catalog snapshot the flusher wrote to the
+    /// `snapshot` file (0: none since the start): a group member compacts
+    /// its consensus log only to a snapshot whose file is there to send.
+    pub snapshot_saved: AtomicU64,
     /// Set by the flusher while it holds a sync back until a deadline it
     /// wakes at by itself: the writer need not wake it for new bytes then,
     /// only for a request that waits for F.
@@ -260,6 +264,7 @@ impl Shared {
             storage_failed: AtomicBool::new(false),
             flush_wanted: AtomicU64::new(0),
             fetches_waiting: AtomicBool::new(false),
+            snapshot_saved: AtomicU64::new(0),
             flusher_holding: AtomicBool::new(false),
             fatal: Mutex::new(None),
         }

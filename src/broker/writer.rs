@@ -230,9 +230,10 @@ impl Writer {
                     settled = settled.min(r.node().snapshot().0);
                 }
                 if let Some(mut decision) = self.journal.retain(policy, settled, unix_ms()) {
-                    if let Some(r) = self.replica.as_ref() {
-                        // Known when the journal starts right at the log's
-                        // base; otherwise recovery starts from the snapshot.
+                    if let Some(r) = self.replica.as_ref().filter(|_| decision.state.term == 0) {
+                        // The journal knows the term of the batch ending at
+                        // its new start unless it was cut into since; the
+                        // node does when the start is its log's base.
                         decision.state.term =
                             r.node().term_at(decision.state.position).unwrap_or(0);
                     }
@@ -453,8 +454,14 @@ impl Writer {
             .retention
             .as_ref()
             .is_some_and(|clock| clock.policy.is_some());
-        if let (Some(at), Some(r)) = (self.snapshot_at, self.replica.as_mut()) {
-            r.maybe_compact(at, self.config.consensus_log_entries_max, retains);
+        // Only to a snapshot whose file the flusher wrote: the one a peer
+        // that needs it is sent.
+        let saved = self
+            .shared
+            .snapshot_saved
+            .load(std::sync::atomic::Ordering::Acquire);
+        if let (true, Some(r)) = (saved > 0, self.replica.as_mut()) {
+            r.maybe_compact(saved, self.config.consensus_log_entries_max, retains);
         }
         handed
     }
@@ -1035,6 +1042,11 @@ impl Writer {
         };
         let me = r.node().id();
         let ours = r.node().cluster_id();
+        if c.term < r.node().term() {
+            // From a leader of an earlier term: stale, and it must not
+            // spoil a transfer of the current leader's.
+            return;
+        }
         if c.to != me
             || c.from == me
             || !self.config.peers.iter().any(|p| p.id == c.from)
@@ -1073,6 +1085,8 @@ impl Writer {
         };
         let node = r.node();
         if pos < node.snapshot().0 || node.term_at(pos) == Some(term) {
+            // Not needed: the node keeps its log.
+            self.incoming = None;
             return true;
         }
         let file = match self.incoming.take() {
@@ -1125,12 +1139,28 @@ impl Writer {
             "installing the leader's snapshot at {pos} (term {term}): this member's journal \
              held nothing the group still replicates from; its data below {pos} is gone"
         );
+        // No start state, deletion, checkpoint or snapshot of the other
+        // stages may land after the install's: the retention stage stops,
+        // and the flusher's generation moves on with the gate held until
+        // the process is replaced.
+        if let Some(clock) = &self.retention {
+            let (done, stopped) = std::sync::mpsc::sync_channel(1);
+            if clock.jobs.send(Job::Stop(done)).is_ok()
+                && stopped.recv_timeout(Duration::from_secs(30)).is_err()
+            {
+                return Err("the retention stage did not stop for the snapshot install".into());
+            }
+        }
+        let shared = self.shared.clone();
+        let mut gate = shared.lock_flush_gate();
+        *gate += 1;
         self.journal
             .install_files(&snap)
             .map_err(|e| format!("cannot install the snapshot at {pos}: {e}"))?;
-        Err(super::restart_in_place(&format!(
-            "continuing from the snapshot installed at {pos}"
-        )))
+        let why =
+            super::restart_in_place(&format!("continuing from the snapshot installed at {pos}"));
+        drop(gate);
+        Err(why)
     }
 
     /// Runs the consensus clock and applies whatever the node has to say.

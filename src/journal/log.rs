@@ -115,6 +115,9 @@ pub struct Sealed {
     /// not count: time retention is about the data, and a segment taken
     /// from its index file at a start knows only its data's times.
     pub newest_ms: i64,
+    /// The term of its last batch: of the batch ending at `end`, which a
+    /// start state there records (0: unknown, or a standalone journal's).
+    pub end_term: u64,
 }
 
 /// What retention keeps ([`Journal::retain`]).
@@ -338,6 +341,9 @@ pub struct Journal {
     sealed: Vec<Sealed>,
     /// The newest append time in the active segment.
     active_newest_ms: i64,
+    /// The term of the last batch appended (0: unknown since a cut, or a
+    /// standalone journal's): a segment sealed now ends with it.
+    last_term: u64,
     /// The start of the last segment retention warned about for a stamp
     /// from the future (one line per segment, not one per check).
     warned: u64,
@@ -421,7 +427,8 @@ impl Journal {
         // segment at all.
         let installed = matches!(
             (&stored_snap, &start_state),
-            (Ok(Some(sn)), Some(st)) if sn.position == st.position && st.position > 0
+            (Ok(Some(sn)), Some(st))
+                if sn.position == st.position && st.position > 0 && sn.term > 0
         ) && cp.position <= base;
         let leftover_segments = remove_below(dir, base, installed)?;
         let mut report = RecoveryReport {
@@ -439,6 +446,9 @@ impl Journal {
         // group's snapshot (of a committed position, with its term); one
         // left by a standalone broker says nothing of terms.
         let snap = match &stored_snap {
+            // An installed journal holds nothing the snapshot does not (its
+            // producer windows), so it always starts from it.
+            Ok(Some(snap)) if installed => Some(snap),
             _ if !recovery.from_snapshot || !cp_readable => None,
             Ok(Some(snap)) if recovery.entries && snap.term == 0 => None,
             Ok(snap) => snap.as_ref(),
@@ -464,6 +474,14 @@ impl Journal {
             })
             .ok()
         });
+        if installed && resumed.is_none() {
+            return Err(JournalError::Corrupt(format!(
+                "this journal replaced itself by its leader's snapshot at {base} but cannot \
+                 start from it (see above); nothing else holds what the snapshot says: move \
+                 the data directory away and start the member empty, it is sent the \
+                 leader's snapshot again"
+            )));
+        }
         let mut indexes = Vec::new();
         let mut indexed_below = base;
         let mut indexed_batches = 0;
@@ -518,6 +536,7 @@ impl Journal {
             entries,
             damage,
             newest,
+            end_terms,
         } = pass;
         if let Some((at, why, i)) = damage {
             // A crash tears only the last segment (a roll syncs the old one
@@ -618,9 +637,16 @@ impl Journal {
                 start: w[0].0,
                 end: w[1].0,
                 newest_ms: newest.get(i).copied().unwrap_or(i64::MIN),
+                end_term: end_terms.get(i).copied().unwrap_or(0),
             });
         }
         let active_newest_ms = newest.get(files.len() - 1).copied().unwrap_or(i64::MIN);
+        let last_term = end_terms
+            .iter()
+            .rev()
+            .copied()
+            .find(|t| *t > 0)
+            .unwrap_or(0);
         report.stray_index_files = remove_stray_index_files(dir, &sealed)?;
         // From here on the active segment is written with pwrite; its map
         // (used by the scan) is dropped with `active`.
@@ -650,6 +676,7 @@ impl Journal {
             start: base,
             sealed,
             active_newest_ms,
+            last_term,
             warned: u64::MAX,
             held_by: None,
             settled: 0,
@@ -752,6 +779,7 @@ impl Journal {
             .land(topic, partition as usize, position, &self.cache[at..]);
         self.end = position + batch.len() as u64;
         self.active_newest_ms = self.active_newest_ms.max(now_ms);
+        self.last_term = term;
         Ok(Appended {
             position,
             end: self.end,
@@ -915,6 +943,7 @@ impl Journal {
             },
         );
         self.end = position + len as u64;
+        self.last_term = term;
         Ok(Appended {
             position,
             end: self.end,
@@ -976,6 +1005,7 @@ impl Journal {
         let (position, rolled) = self.reserve(batch.len())?;
         self.cache.extend_from_slice(batch);
         self.end = position + batch.len() as u64;
+        self.last_term = BatchView(batch).term();
         if BatchView(batch).kind() == Some(BatchKind::Data) {
             self.active_newest_ms = self.active_newest_ms.max(BatchView(batch).append_time_ms());
         }
@@ -1086,6 +1116,26 @@ impl Journal {
     /// As [`Journal::install`].
     pub fn install_files(&mut self, snap: &CatalogSnapshot) -> Result<(), JournalError> {
         let dir = self.dir.clone();
+        // First the checkpoint may vouch for nothing at or beyond the
+        // segment that holds P (its tail goes now, or with the old
+        // journal at the commit point), as a cut does.
+        let keep = self
+            .files
+            .iter()
+            .map(|f| f.0)
+            .rfind(|start| *start < snap.position)
+            .unwrap_or(0);
+        if let Some(cp) = checkpoint::read(&dir).ok().flatten() {
+            if cp.position > keep {
+                checkpoint::write(
+                    &dir,
+                    &checkpoint::Checkpoint {
+                        position: keep,
+                        ..cp
+                    },
+                )?;
+            }
+        }
         for (start, _) in self.files.iter().rev() {
             if *start < snap.position {
                 break;
@@ -1192,6 +1242,8 @@ impl Journal {
             self.active_newest_ms = self.sealed[k].newest_ms;
             self.sealed.truncate(k);
         }
+        // The batch now last is not known here.
+        self.last_term = 0;
         self.end = at;
         self.written = at;
         Ok(Truncated {
@@ -1321,8 +1373,10 @@ impl Journal {
             k += 1;
         }
         self.held_by = held_by;
-        let position = self.sealed.get(k.checked_sub(1)?)?.end;
-        let state = self.start_state_at(position, durable);
+        let last = self.sealed.get(k.checked_sub(1)?)?;
+        let (position, term) = (last.end, last.end_term);
+        let mut state = self.start_state_at(position, durable);
+        state.term = term;
         let gone = self.files.partition_point(|f| f.0 < position);
         let files = self.files.drain(..gone).collect();
         self.sealed.drain(..k);
@@ -1491,9 +1545,13 @@ impl Journal {
             .collect();
         StartState {
             position,
-            // Only a standalone journal deletes segments: its batches carry
-            // no term.
+            // The caller's to fill in when it knows it.
             term: 0,
+            // Only a durable record: the file outlives it.
+            cluster_id: self
+                .catalog
+                .cluster_id_record()
+                .filter(|&(_, at)| at < durable.min(position)),
             next_topic_id: self.catalog.next_topic_id(),
             topics,
         }
@@ -1541,6 +1599,7 @@ impl Journal {
             start: self.active.start,
             end: self.end,
             newest_ms: self.active_newest_ms,
+            end_term: self.last_term,
         });
         self.active_newest_ms = i64::MIN;
         self.active = Active {
@@ -1630,6 +1689,8 @@ pub(super) struct Scanned {
     pub(super) damage: Option<(u64, String, usize)>,
     /// The newest data append time in each file of `files`.
     pub(super) newest: Vec<i64>,
+    /// The term of the last batch of each file of `files` (0: none read).
+    pub(super) end_terms: Vec<u64>,
 }
 
 /// Walks every segment from the start: rebuilds the catalog from the
@@ -1665,6 +1726,10 @@ fn scan_journal(
             catalog.add(t.clone());
         }
     }
+    // The group's id, set by a record in the deleted part.
+    if let Some((id, at)) = start.and_then(|st| st.cluster_id) {
+        catalog.set_cluster_id(id, at);
+    }
     let base = start.map_or(0, |st| st.position);
     let mut listed = list_segments(dir)?;
     // Retention never deletes the active segment, so with a start state
@@ -1697,6 +1762,7 @@ fn scan_journal(
     }
     let mut files = Vec::with_capacity(listed.len());
     let mut newest = Vec::with_capacity(listed.len());
+    let mut end_terms = Vec::with_capacity(listed.len());
     let mut removed_empty = false;
     let mut active = None;
     let mut end = base;
@@ -1734,11 +1800,13 @@ fn scan_journal(
         }
         let seg = Segment::open(path, *start)?;
         let mut seg_newest = i64::MIN;
+        let mut seg_term = 0;
         let result = scan(seg.bytes(), *start, verify_from, |pos, batch| {
             apply_batch(&mut catalog, pos, batch)?;
             if BatchView(batch).kind() == Some(BatchKind::Data) {
                 seg_newest = seg_newest.max(BatchView(batch).append_time_ms());
             }
+            seg_term = BatchView(batch).term();
             if keep_entries {
                 entries.push(Entry {
                     start: pos,
@@ -1751,6 +1819,7 @@ fn scan_journal(
         end = start + result.valid_len as u64;
         files.push((*start, seg.file().clone()));
         newest.push(seg_newest);
+        end_terms.push(seg_term);
         let why = match &result.stop {
             ScanStop::Torn(why) | ScanStop::Refused(why) => Some(why.clone()),
             // Zeros where the checkpoint says durable data lies.
@@ -1795,6 +1864,7 @@ fn scan_journal(
         entries,
         damage,
         newest,
+        end_terms,
     })
 }
 
@@ -2380,7 +2450,24 @@ mod tests {
             },
         )
         .unwrap();
-        // install_files' first step only (segments starting at or beyond P).
+        // install_files' first steps only: the checkpoint lowered to the
+        // start of the segment holding P, then the segments starting at or
+        // beyond P deleted.
+        let keep = f
+            .segment_files()
+            .iter()
+            .map(|s| s.0)
+            .rfind(|s| *s < snap.position)
+            .unwrap();
+        checkpoint::write(
+            dir.path(),
+            &checkpoint::Checkpoint {
+                position: keep,
+                next_topic_id: 1,
+                topics: f.checkpoint_topics(),
+            },
+        )
+        .unwrap();
         for (start, _) in f.segment_files().iter().rev() {
             if *start < snap.position {
                 break;
@@ -2404,7 +2491,6 @@ mod tests {
     /// `Node::with_snapshot` refuses ("a snapshot above position 0 needs a
     /// term"): the member cannot restart.
     #[test]
-    #[ignore = "latent: config refuses retention in a replication group today"]
     fn review_a_group_member_after_retention_has_a_usable_consensus_base() {
         let dir = tempfile::tempdir().unwrap();
         let mut j = open(dir.path());
@@ -2475,7 +2561,7 @@ mod tests {
             from_snapshot: false,
             ..Recovery::default()
         };
-        let mut again = Journal::open_with(dir.path(), SEGMENT_BYTES, CACHE_BYTES, verify).unwrap();
+        let again = Journal::open_with(dir.path(), SEGMENT_BYTES, CACHE_BYTES, verify).unwrap();
         let cluster_id = again.catalog().cluster_id_record();
         let dup_seen = matches!(again.check_seq(0, 0, &dup, 0), SeqCheck::Duplicate(_));
         assert_eq!(

@@ -105,6 +105,8 @@ pub(super) fn resume(
     // 1. The index files of the sealed segments below S, while they open.
     let mut files = Vec::with_capacity(listed.len());
     let mut newest = Vec::with_capacity(listed.len());
+    // The last batch's term of each file, 0 for one taken from its index.
+    let mut end_terms = Vec::with_capacity(listed.len());
     let mut indexes = Vec::new();
     let mut indexed_batches = 0u64;
     let mut i = 0;
@@ -184,6 +186,7 @@ pub(super) fn resume(
         }
         files.push((*seg_start, Arc::new(file)));
         newest.push(seg_newest);
+        end_terms.push(0);
         indexes.push(Arc::new(index));
         i += 1;
     }
@@ -209,6 +212,7 @@ pub(super) fn resume(
         }
         let seg = Segment::open(path, *seg_start).map_err(|e| e.to_string())?;
         let mut seg_newest = i64::MIN;
+        let mut seg_term = 0;
         // Every batch read is checked in full (its records' checksum too):
         // what is read is bounded, and damage is then found where it is.
         let result = scan(seg.bytes(), *seg_start, indexed_below, |pos, batch| {
@@ -237,11 +241,13 @@ pub(super) fn resume(
             if BatchView(batch).kind() == Some(BatchKind::Data) {
                 seg_newest = seg_newest.max(BatchView(batch).append_time_ms());
             }
+            seg_term = BatchView(batch).term();
             Ok(())
         });
         end = seg_start + result.valid_len as u64;
         files.push((*seg_start, seg.file().clone()));
         newest.push(seg_newest);
+        end_terms.push(seg_term);
         active = Some(seg);
         match result.stop {
             // The next segment must start where this one's data ends
@@ -289,6 +295,7 @@ pub(super) fn resume(
             entries,
             damage,
             newest,
+            end_terms,
         },
         indexes,
         indexed_below,

@@ -21,9 +21,12 @@
 //! 18     8    term           term of the batch that ended at position (0:
 //!                             none, or a standalone journal's; 0 in
 //!                             versions 1 to 3)
-//! 26     4    next_topic_id  id the next created topic gets
-//! 30     4    topic_count
-//! 34     ...  topic_count × (u32 id | u32 partitions | u16 name_len | name
+//! 26     8    cluster_id     the replication group's id, set by a record
+//!                             below position; 0: none (versions 1 to 3)
+//! 34     8    cluster_id_at  position of that record; u64::MAX: none
+//! 42     4    next_topic_id  id the next created topic gets
+//! 46     4    topic_count
+//! 50     ...  topic_count × (u32 id | u32 partitions | u16 name_len | name
 //!                            | u64 retention_ms | u64 retention_bytes
 //!                            | partitions × (u64 log_start | u64 deleted_below))
 //! ```
@@ -77,6 +80,10 @@ pub struct StartState {
     /// standalone journal's): where a group member's consensus log starts
     /// when nothing later is known.
     pub term: u64,
+    /// The replication group's id and the position of the record that set
+    /// it, when that record lies below `position` (recovery meets no
+    /// record there).
+    pub cluster_id: Option<(u64, u64)>,
     /// Id the next created topic gets.
     pub next_topic_id: u32,
     /// Every topic known at `position`.
@@ -91,6 +98,7 @@ impl StartState {
         StartState {
             position: snap.position,
             term: snap.term,
+            cluster_id: snap.cluster_id,
             next_topic_id: snap.next_topic_id,
             topics: snap
                 .topics
@@ -117,6 +125,9 @@ pub fn encode(st: &StartState) -> Vec<u8> {
     begin_state(&mut out, START_MAGIC, START_VERSION);
     out.put_u64(st.position);
     out.put_u64(st.term);
+    let (id, at) = st.cluster_id.unwrap_or((0, u64::MAX));
+    out.put_u64(id);
+    out.put_u64(at);
     out.put_u32(st.next_topic_id);
     out.put_u32(st.topics.len() as u32);
     for t in &st.topics {
@@ -156,10 +167,22 @@ pub fn decode(bytes: &[u8]) -> Result<StartState, JournalError> {
 fn decode_body(body: &[u8], version: u16) -> Result<StartState, DecodeError> {
     let mut r = Reader::new(body);
     let position = r.u64("position")?;
-    let term = if version == START_VERSION {
-        r.u64("term")?
+    let (term, cluster_id) = if version == START_VERSION {
+        let term = r.u64("term")?;
+        let id = r.u64("cluster_id")?;
+        let at = r.u64("cluster_id_at")?;
+        let cluster_id = match (id, at) {
+            (0, u64::MAX) => None,
+            (id, at) if id != 0 && at < position => Some((id, at)),
+            _ => {
+                return Err(DecodeError::InvalidValue {
+                    field: "cluster_id",
+                })
+            }
+        };
+        (term, cluster_id)
     } else {
-        0
+        (0, None)
     };
     let next_topic_id = r.u32("next_topic_id")?;
     let count = r.u32("topic_count")? as usize;
@@ -198,6 +221,7 @@ fn decode_body(body: &[u8], version: u16) -> Result<StartState, DecodeError> {
     Ok(StartState {
         position,
         term,
+        cluster_id,
         next_topic_id,
         topics,
     })
@@ -232,6 +256,7 @@ mod tests {
         StartState {
             position: 1 << 40,
             term: 1 << 20,
+            cluster_id: Some((0xC1, 77)),
             next_topic_id: 9,
             topics: vec![
                 StartTopic {
@@ -333,9 +358,14 @@ mod tests {
             }],
             ..st
         });
-        // Header (10), position, term, next id, count (24), the topic (4+4+2+1).
+        // Header (10), position, term, cluster id and its position, next
+        // id, count (40), the topic (4+4+2+1).
         assert_eq!(&v4[18..26], &7u64.to_le_bytes());
-        let at = 10 + 24 + 11;
+        assert_eq!(
+            &v4[26..42],
+            &[&0u64.to_le_bytes()[..], &u64::MAX.to_le_bytes()].concat()[..]
+        );
+        let at = 10 + 40 + 11;
         assert_eq!(&v4[at..at + 8], &u64::MAX.to_le_bytes());
         assert_eq!(&v4[at + 8..at + 16], &5u64.to_le_bytes());
         let back = decode(&v4).unwrap();
