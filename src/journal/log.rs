@@ -2518,6 +2518,74 @@ mod tests {
         );
     }
 
+    /// REVIEW: `Sealed::end_term` is 0 for every segment recovery took
+    /// from its index file (`resume` pushes 0), i.e. every sealed segment
+    /// below the snapshot after any ordinary restart. Retention then deletes
+    /// exactly those, below the log's base, where the node knows no term
+    /// either (`term_at` below the base is `None`): the start state says
+    /// term 0 again. A later start that does not resume from the snapshot
+    /// (`--verify-journal`, `--repair`, an unreadable checkpoint, a damaged
+    /// index file) gets consensus base (P, 0), which `Node::with_snapshot`
+    /// refuses: the member cannot start (on every member at once, the
+    /// group cannot).
+    #[test]
+    fn review_a_group_member_resumed_then_retained_has_a_usable_consensus_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let group = Recovery {
+            entries: true,
+            ..Recovery::default()
+        };
+        let mut j = Journal::open_with(dir.path(), SEGMENT_BYTES, CACHE_BYTES, group).unwrap();
+        let (_, slot) = j.create_topic("t", 1, 1, 5).unwrap();
+        while j.segment_files().len() < 5 {
+            append(&mut j, slot, 0, &producer_batch(1, 200, 0, 0), 3);
+        }
+        j.write_out().unwrap();
+        // As a running member leaves it: sealed segments indexed on disk, a
+        // checkpoint, and the group's snapshot (with its term) at the end.
+        let job = j.index_job(j.end()).unwrap();
+        for &(start, end) in &job.segments {
+            super::super::offload::write_index(dir.path(), start, end, &job.partitions).unwrap();
+        }
+        checkpoint::write(
+            dir.path(),
+            &checkpoint::Checkpoint {
+                position: j.end(),
+                next_topic_id: j.catalog().next_topic_id(),
+                topics: j.checkpoint_topics(),
+            },
+        )
+        .unwrap();
+        let mut snap = j.catalog().snapshot(j.end());
+        snap.term = 3;
+        snapshot::write(dir.path(), &snap).unwrap();
+        drop(j);
+        // An ordinary restart: from the snapshot.
+        let mut j = Journal::open_with(dir.path(), SEGMENT_BYTES, CACHE_BYTES, group).unwrap();
+        assert_eq!(j.report().snapshot_position, Some(snap.position));
+        let r = j
+            .retain(Retention { bytes: 1, ms: None }, j.end(), 10_000)
+            .expect("sealed segments go");
+        // (The writer fills in a 0 from the node only at the log's base,
+        // which lies at the snapshot, above every sealed segment's end.)
+        assert!(r.state.position < snap.position);
+        carry_out(dir.path(), &r);
+        drop(j);
+        let verify = Recovery {
+            entries: true,
+            from_snapshot: false,
+            ..Recovery::default()
+        };
+        let j = Journal::open_with(dir.path(), SEGMENT_BYTES, CACHE_BYTES, verify).unwrap();
+        let (base, term) = j.consensus_base();
+        assert!(base > 0);
+        assert!(
+            term > 0,
+            "consensus base ({base}, {term}): Node::with_snapshot refuses a base above 0 \
+             without a term"
+        );
+    }
+
     /// REVIEW: an installed journal's catalog below P exists only in the
     /// snapshot file (the cluster id record and every producer state lie in
     /// segments that are gone), but recovery treats the snapshot as an
