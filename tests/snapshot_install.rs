@@ -132,3 +132,52 @@ fn stopped_follower_catches_up_by_an_install(config: &str, deletes: bool) {
     );
     assert_eq!(next.end(), total);
 }
+
+/// REVIEW: with retention on, a leader compacts its consensus log to every
+/// snapshot the flusher writes (`maybe_compact(.., always)`), whatever
+/// retention would delete: a follower a few MiB behind (paused a few
+/// seconds) is sent the snapshot and drops its whole journal, although the
+/// leader deleted nothing (retention_bytes is far from reached). The
+/// follower then serves a later log start than the leader, and keeps far
+/// less than retention_bytes of history.
+#[test]
+fn review_a_follower_briefly_behind_keeps_its_journal_when_retention_deleted_nothing() {
+    let mut cluster = Cluster::start_with(
+        3,
+        false,
+        "segment_bytes = 1048576\nbatch_bytes_max = 1048576\ncheckpoint_bytes = 1048576\n\
+         retention_bytes = 268435456\nretention_check_ms = 100\n",
+    );
+    cluster.create_topic(TOPIC, 1);
+    let (leader, leader_addr) = cluster.expect_leader();
+    let lagging = cluster.ids().find(|&i| i != leader).expect("a follower");
+    let mut c = RawConn::connect(leader_addr);
+    produce(&mut c, 0, BEFORE);
+    cluster.wait_caught_up(Duration::from_secs(60));
+    // Paused while the leader writes about 3 MiB, then thawed.
+    cluster.stop(lagging);
+    produce(&mut c, BEFORE, 400);
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.cont(lagging);
+    produce(&mut c, BEFORE + 400, AFTER);
+    cluster.wait_caught_up(Duration::from_secs(120));
+    let first = |id| segment_files(cluster.data_dir(id)).first().map(|s| s.0);
+    let end = (BEFORE + 400 + AFTER) * PER_BATCH;
+    let on_leader = read_kept(&mut RawConn::connect(leader_addr), TOPIC, 0, end);
+    let on_follower = read_kept(&mut RawConn::connect(cluster.addr(lagging)), TOPIC, 0, end);
+    assert!(
+        on_leader.start == 0 && on_follower.start == 0 && first(lagging) == Some(0),
+        "retention deleted nothing on the leader (log start {}, journal start {:?}), yet node \
+         {lagging} serves from {} (journal start {:?}):\n{}",
+        on_leader.start,
+        first(leader),
+        on_follower.start,
+        first(lagging),
+        cluster
+            .stderr(lagging)
+            .lines()
+            .filter(|l| l.contains("snapshot"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
