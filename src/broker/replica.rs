@@ -239,28 +239,25 @@ impl Replica {
     }
 
     /// Compacts the consensus log to the committed snapshot at `at` (its
-    /// file is written or about to be). A follower always does (it sends
-    /// no appends; should it lead later, a peer behind its base is sent the
-    /// snapshot), and so does a leader with retention on (`always`:
-    /// segments are deleted only below the log's base). Otherwise a leader
-    /// does when every peer holds `at` durably, when a peer waits for a
-    /// snapshot (it is sent the one at the log's base, which must be the
-    /// file's), or when the log holds more than `entries_max` entries
-    /// whoever lags. A peer that needs what was compacted is then sent the
-    /// snapshot. Nothing happens until the node holds `at` durably itself.
-    pub fn maybe_compact(&mut self, at: u64, entries_max: usize, always: bool) {
+    /// file is written) when retention wants to delete beyond the log's
+    /// base (`for_retention`: segments go only below it), when the log
+    /// holds more than `entries_max` entries, or, on a leader, when every
+    /// peer holds `at` durably or a peer waits for a snapshot (it is sent
+    /// the one at the log's base, which must be the file's). A peer that
+    /// needs what was compacted is then sent the snapshot. Nothing happens
+    /// until the node holds `at` durably itself.
+    pub fn maybe_compact(&mut self, at: u64, entries_max: usize, for_retention: bool) {
         if at <= self.node.snapshot().0 || at > self.node.flushed() {
             return;
         }
         let leads = self.node.role() == Role::Leader;
-        let always = always || !leads;
         let all_hold = leads && self.node.peers().all(|p| p.progress.flushed >= at);
         let one_waits = leads
             && self
                 .node
                 .peers()
                 .any(|p| p.progress.state == consensus::ProgressState::Snapshot);
-        if !(always || all_hold || one_waits || self.node.log().len() > entries_max) {
+        if !(for_retention || all_hold || one_waits || self.node.log().len() > entries_max) {
             return;
         }
         match self.node.compact(at) {

@@ -85,6 +85,10 @@ pub enum SegmentEvent {
     Segment(SegmentFile),
     /// The journal was cut: the segment files now.
     Reset(Vec<SegmentFile>),
+    /// Retention deleted the segments below this position (a segment
+    /// start, at or below the consensus log's base, so no append reads
+    /// there): let go of their files, so that their space is freed.
+    ForgetBelow(u64),
 }
 
 /// The outbound connection to one peer. Replication messages are one-way:
@@ -232,6 +236,7 @@ impl Courier {
         match e {
             SegmentEvent::Segment(f) => self.journal.add_segment(f),
             SegmentEvent::Reset(files) => self.journal.reset(files),
+            SegmentEvent::ForgetBelow(position) => self.journal.forget_below(position),
         }
     }
 

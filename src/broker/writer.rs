@@ -90,6 +90,8 @@ pub struct Writer {
     installing: Option<CatalogSnapshot>,
     /// A group member's snapshot at a position C has not passed yet.
     group_snapshot: Option<CatalogSnapshot>,
+    /// Retention would delete beyond the consensus log's base: compact it.
+    compact_for_retention: bool,
 }
 
 /// A leader's snapshot file arriving chunk by chunk.
@@ -227,7 +229,14 @@ impl Writer {
                 // leader may have to send a follower from the journal.
                 let mut settled = flushed.min(self.shared.positions.committed.get());
                 if let Some(r) = self.replica.as_ref() {
-                    settled = settled.min(r.node().snapshot().0);
+                    let base = r.node().snapshot().0;
+                    // Retention wants more than the base lets it delete:
+                    // the log compacts to the next snapshot for it.
+                    self.compact_for_retention = self
+                        .journal
+                        .retention_reach(policy, settled, unix_ms())
+                        .is_some_and(|reach| reach > base);
+                    settled = settled.min(base);
                 }
                 if let Some(mut decision) = self.journal.retain(policy, settled, unix_ms()) {
                     if let Some(r) = self.replica.as_ref().filter(|_| decision.state.term == 0) {
@@ -238,6 +247,11 @@ impl Writer {
                             r.node().term_at(decision.state.position).unwrap_or(0);
                     }
                     moved_start = Some(decision.state.position);
+                    if let Some(r) = self.replica.as_ref() {
+                        r.segments_changed(super::replicator::SegmentEvent::ForgetBelow(
+                            decision.state.position,
+                        ));
+                    }
                     let _ = clock.jobs.send(Job::Retain(decision));
                 }
             }
@@ -376,6 +390,7 @@ impl Writer {
             incoming: None,
             installing: None,
             group_snapshot: None,
+            compact_for_retention: false,
         }
     }
 
@@ -447,13 +462,10 @@ impl Writer {
                 self.group_snapshot = Some(snap);
             }
         }
-        // With retention on, segments go only below the log's base: the log
-        // follows every snapshot, and a follower that needs what was
-        // deleted is sent the snapshot.
-        let retains = self
-            .retention
-            .as_ref()
-            .is_some_and(|clock| clock.policy.is_some());
+        // Segments go only below the log's base: when retention wants more,
+        // the log follows the snapshot, and a follower that needs what
+        // was deleted is sent it.
+        let retains = self.compact_for_retention;
         // Only to a snapshot whose file the flusher wrote: the one a peer
         // that needs it is sent.
         let saved = self

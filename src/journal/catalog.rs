@@ -836,6 +836,16 @@ impl Catalog {
         Ok(catalog)
     }
 
+    /// Takes the producer states a snapshot saved (under `limits`): a walk
+    /// from a journal that begins at that snapshot continues them.
+    pub fn restore_producers(
+        &mut self,
+        saved: &super::producers::SavedStates,
+        limits: ProducerLimits,
+    ) {
+        self.producers = ProducerStates::restore(limits, saved);
+    }
+
     /// Makes the next topic id at least `id` (ids known to be taken).
     pub fn raise_next_topic_id(&mut self, id: u32) {
         self.next_topic_id = self.next_topic_id.max(id);

@@ -120,6 +120,24 @@ pub struct Sealed {
     pub end_term: u64,
 }
 
+/// What one look of retention found ([`Journal::retain`]).
+struct RetentionScan {
+    /// The oldest sealed segments to delete.
+    k: usize,
+    /// The topic that holds the first segment time retention keeps.
+    held_by: Option<usize>,
+    /// What to say once about the segment retention stopped at.
+    warn: Option<Warn>,
+}
+
+/// Why retention keeps a segment it would otherwise delete by time.
+enum Warn {
+    /// A topic with a longer time limit holds it (topic slot, segment).
+    HeldBy(usize, u64),
+    /// Its newest stamp is this far ahead of the clock (segment, ms).
+    Future(u64, i64),
+}
+
 /// What retention keeps ([`Journal::retain`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Retention {
@@ -186,6 +204,9 @@ pub struct RecoveryReport {
     /// The start state's term: of the batch that ended at the journal's
     /// first byte (0 without one, or for a standalone broker's).
     pub start_term: u64,
+    /// Where a group member's consensus log starts, and the term there
+    /// ([`Journal::consensus_base`]).
+    pub consensus_base: (u64, u64),
 }
 
 /// How [`Journal::open_with`] recovers.
@@ -420,16 +441,17 @@ impl Journal {
         // Read once: for the start, and for the check below that it does
         // not describe batches beyond the journal's end.
         let stored_snap = snapshot::read(dir);
-        // A start state and a snapshot at the same position, which the
-        // checkpoint does not pass, were written by an install (a group
-        // member sent its leader's snapshot, `Journal::install`): every
-        // segment below goes, and until a batch follows there may be no
-        // segment at all.
+        // A start state and a group's snapshot at the same position, which
+        // the checkpoint does not pass, with no segment from there on, were
+        // written by an install (a group member sent its leader's snapshot,
+        // `Journal::install`) that nothing followed yet: every segment
+        // below goes, and there is no segment at all to walk.
         let installed = matches!(
             (&stored_snap, &start_state),
             (Ok(Some(sn)), Some(st))
                 if sn.position == st.position && st.position > 0 && sn.term > 0
-        ) && cp.position <= base;
+        ) && cp.position <= base
+            && list_segments(dir)?.iter().all(|(start, _)| *start < base);
         let leftover_segments = remove_below(dir, base, installed)?;
         let mut report = RecoveryReport {
             checkpoint_position: cp.position,
@@ -456,6 +478,12 @@ impl Journal {
                 crate::log!("ignoring the unreadable snapshot, reading the whole journal: {e}");
                 None
             }
+        };
+        // A group's snapshot at exactly the journal's start (an install
+        // wrote both): a walk starts its producer states from it.
+        let begins_at = match &stored_snap {
+            Ok(Some(sn)) if base > 0 && sn.position == base && sn.term > 0 => Some(sn),
+            _ => None,
         };
         let resumed = snap.and_then(|snap| {
             resume::resume(
@@ -503,6 +531,7 @@ impl Journal {
                 verify_from,
                 &recovery,
                 installed,
+                begins_at,
             )?,
         };
         // Where batches were only header-checked, damage may lie earlier
@@ -525,6 +554,7 @@ impl Journal {
                 verify_from,
                 &recovery,
                 installed,
+                begins_at,
             )?;
         }
         let Scanned {
@@ -663,6 +693,24 @@ impl Journal {
                 .map(|p| p.index.len() as u64)
                 .sum::<u64>();
         let standalone = !recovery.entries;
+        // Where a group member's consensus log starts: the snapshot the
+        // pass started from; else the journal's start with the start
+        // state's term; else, when that term is not known (the start state
+        // of a journal whose deleted segments came from index files, or
+        // of a cut), the group's snapshot on disk, committed by
+        // construction, with the walked entries from there on.
+        let mut entries = entries;
+        report.consensus_base = match report.snapshot_position {
+            Some(at) => (at, report.snapshot_term),
+            None if base > 0 && report.start_term == 0 && recovery.entries => match &stored_snap {
+                Ok(Some(sn)) if sn.term > 0 && sn.position >= base && sn.position <= end => {
+                    entries.retain(|e| e.start >= sn.position);
+                    (sn.position, sn.term)
+                }
+                _ => (base, 0),
+            },
+            None => (base, report.start_term),
+        };
         let mut journal = Journal {
             dir: dir.to_path_buf(),
             _lock: lock,
@@ -1150,14 +1198,13 @@ impl Journal {
     }
 
     /// Where a group member's consensus log starts, as recovery found it:
-    /// the snapshot recovery started from (its position and term), or else
+    /// the snapshot recovery started from (its position and term); or else
     /// the journal's first byte with the start state's term (`(0, 0)` for
-    /// a journal that begins at position 0).
+    /// a journal that begins at position 0); or, when that term is not
+    /// known, the group's snapshot on disk (the entries kept are those
+    /// after it). `(start, 0)` with a start above 0: none is known.
     pub fn consensus_base(&self) -> (u64, u64) {
-        match self.report.snapshot_position {
-            Some(at) => (at, self.report.snapshot_term),
-            None => (self.start, self.report.start_term),
-        }
+        self.report.consensus_base
     }
 
     /// Cuts the journal at `at`, a batch boundary at or below the end:
@@ -1320,29 +1367,11 @@ impl Journal {
     /// byte; the caller writes the returned start state durably, then
     /// deletes the files. Nothing is deleted here: no IO on the writer.
     pub fn retain(&mut self, policy: Retention, durable: u64, now_ms: i64) -> Option<Retained> {
-        let cutoff = policy.ms.map(|ms| cutoff_at(now_ms, ms));
-        // Oldest first, each segment judged by its own stamps, stopping at
-        // the first one to keep. A clock that was wrong for a while errs on
-        // the safe side: a stamp from the future holds the segments after
-        // it back (logged below), where deleting up to the newest old
-        // stamp would delete recent segments whenever the clock had been
-        // behind.
-        let mut held = self.end - self.start;
-        let mut k = 0usize;
-        let mut held_by = None;
-        for seg in &self.sealed {
-            let len = seg.end - seg.start;
-            if seg.end > durable {
-                break;
-            }
-            let by_size = policy.bytes > 0 && held - len >= policy.bytes;
-            let old = cutoff.is_some_and(|c| seg.newest_ms < c);
-            if old && !by_size {
-                held_by = self.held_by_topic(seg, durable, policy.ms, now_ms);
-            }
-            let by_time = old && held_by.is_none();
-            if let Some(slot) = held_by.filter(|_| self.warned != seg.start && !by_size) {
-                self.warned = seg.start;
+        let scan = self.retention_scan(policy, durable, now_ms);
+        let (k, held_by) = (scan.k, scan.held_by);
+        match scan.warn {
+            Some(Warn::HeldBy(slot, start)) if self.warned != start => {
+                self.warned = start;
                 let t = self.catalog.topic(slot);
                 crate::log!(
                     "retention: topic {} (retention_ms {}) keeps segment {} and every later one \
@@ -1351,26 +1380,18 @@ impl Journal {
                      time limit move past their records older than it meanwhile",
                     t.meta.name,
                     t.config.retention_ms.unwrap_or(0),
-                    seg.start
+                    start
                 );
             }
-            if !(by_size || by_time) {
-                if seg.newest_ms > now_ms.saturating_add(FUTURE_STAMP_MS)
-                    && self.warned != seg.start
-                {
-                    self.warned = seg.start;
-                    crate::log!(
-                        "retention: segment {} holds batches stamped {} ms ahead of the broker's \
-                         clock now; time retention keeps it and every later segment until the \
-                         clock passes that time (size retention still applies)",
-                        seg.start,
-                        seg.newest_ms - now_ms
-                    );
-                }
-                break;
+            Some(Warn::Future(start, ahead)) if self.warned != start => {
+                self.warned = start;
+                crate::log!(
+                    "retention: segment {start} holds batches stamped {ahead} ms ahead of the \
+                     broker's clock now; time retention keeps it and every later segment until \
+                     the clock passes that time (size retention still applies)"
+                );
             }
-            held -= len;
-            k += 1;
+            _ => {}
         }
         self.held_by = held_by;
         let last = self.sealed.get(k.checked_sub(1)?)?;
@@ -1383,6 +1404,55 @@ impl Journal {
         self.start = position;
         self.catalog.forget_below(position);
         Some(Retained { state, files })
+    }
+
+    /// Where [`Journal::retain`] would start the journal now, with
+    /// `durable` the bound it may delete below, without changing anything:
+    /// a group member compacts its consensus log when retention wants to
+    /// delete beyond the log's base.
+    pub fn retention_reach(&self, policy: Retention, durable: u64, now_ms: i64) -> Option<u64> {
+        let k = self.retention_scan(policy, durable, now_ms).k;
+        Some(self.sealed.get(k.checked_sub(1)?)?.end)
+    }
+
+    /// How many of the oldest sealed segments retention deletes: oldest
+    /// first, each segment judged by its own stamps, stopping at the first
+    /// one to keep. A clock that was wrong for a while errs on the safe
+    /// side: a stamp from the future holds the segments after it back
+    /// (a warning), where deleting up to the newest old stamp would delete
+    /// recent segments whenever the clock had been behind.
+    fn retention_scan(&self, policy: Retention, durable: u64, now_ms: i64) -> RetentionScan {
+        let cutoff = policy.ms.map(|ms| cutoff_at(now_ms, ms));
+        let mut held = self.end - self.start;
+        let mut scan = RetentionScan {
+            k: 0,
+            held_by: None,
+            warn: None,
+        };
+        for seg in &self.sealed {
+            let len = seg.end - seg.start;
+            if seg.end > durable {
+                break;
+            }
+            let by_size = policy.bytes > 0 && held - len >= policy.bytes;
+            let old = cutoff.is_some_and(|c| seg.newest_ms < c);
+            if old && !by_size {
+                scan.held_by = self.held_by_topic(seg, durable, policy.ms, now_ms);
+            }
+            let by_time = old && scan.held_by.is_none();
+            if let Some(slot) = scan.held_by.filter(|_| !by_size) {
+                scan.warn = Some(Warn::HeldBy(slot, seg.start));
+            }
+            if !(by_size || by_time) {
+                if seg.newest_ms > now_ms.saturating_add(FUTURE_STAMP_MS) && scan.warn.is_none() {
+                    scan.warn = Some(Warn::Future(seg.start, seg.newest_ms - now_ms));
+                }
+                break;
+            }
+            held -= len;
+            scan.k += 1;
+        }
+        scan
     }
 
     /// The first topic (slot) whose own time limit is longer than the
@@ -1704,6 +1774,7 @@ fn scan_journal(
     verify_from: u64,
     recovery: &Recovery,
     installed: bool,
+    begins_at: Option<&CatalogSnapshot>,
 ) -> Result<Scanned, JournalError> {
     let keep_entries = recovery.entries;
     let next_topic_id = cp.next_topic_id.max(start.map_or(0, |st| st.next_topic_id));
@@ -1729,6 +1800,11 @@ fn scan_journal(
     // The group's id, set by a record in the deleted part.
     if let Some((id, at)) = start.and_then(|st| st.cluster_id) {
         catalog.set_cluster_id(id, at);
+    }
+    // A journal that begins at a group's snapshot (it installed it) has
+    // its producer states there: the walk continues them.
+    if let Some(snap) = begins_at {
+        catalog.restore_producers(&snap.producers, recovery.producers);
     }
     let base = start.map_or(0, |st| st.position);
     let mut listed = list_segments(dir)?;
