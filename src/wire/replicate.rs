@@ -202,14 +202,7 @@ pub fn encode_message(m: &Message, out: &mut Vec<u8>) {
 /// As [`encode_message`]; and if the frame is longer than a `u32` length
 /// prefix can say (the node bounds an append far below that).
 pub fn write_frame(m: &Message, out: &mut Vec<u8>) -> u64 {
-    let start = out.len();
-    RequestHeader {
-        api_key: ApiKey::Replicate.as_u16(),
-        api_version: REPLICATE_VERSION,
-        correlation_id: 0,
-        flags: 0,
-    }
-    .write(out);
+    let start = begin_frame(out);
     encode_message(m, out);
     let payload = payload_len(m);
     finish_frame_before(out, start, payload);
@@ -327,11 +320,9 @@ pub fn is_chunk(body: &[u8]) -> bool {
     body.get(MESSAGE_HEADER_LEN - 1) == Some(&KIND_SNAPSHOT_CHUNK)
 }
 
-/// Appends a whole Replicate request frame carrying `c`.
-///
-/// # Panics
-/// If the chunk is longer than a `u32` says.
-pub fn write_chunk_frame(c: &SnapshotChunk<'_>, out: &mut Vec<u8>) {
+/// Appends a Replicate request header (correlation id 0, as every
+/// Replicate frame) and returns where the frame starts.
+fn begin_frame(out: &mut Vec<u8>) -> usize {
     let start = out.len();
     RequestHeader {
         api_key: ApiKey::Replicate.as_u16(),
@@ -340,6 +331,15 @@ pub fn write_chunk_frame(c: &SnapshotChunk<'_>, out: &mut Vec<u8>) {
         flags: 0,
     }
     .write(out);
+    start
+}
+
+/// Appends a whole Replicate request frame carrying `c`.
+///
+/// # Panics
+/// If the chunk is longer than a `u32` says.
+pub fn write_chunk_frame(c: &SnapshotChunk<'_>, out: &mut Vec<u8>) {
+    let start = begin_frame(out);
     out.put_u64(c.from);
     out.put_u64(c.to);
     out.put_u64(c.term);
