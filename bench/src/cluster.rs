@@ -96,6 +96,10 @@ pub struct ClusterArgs {
     /// Write each broker's stderr to DIR/node-ID.log at the end.
     #[arg(long, value_name = "DIR")]
     pub broker_logs: Option<PathBuf>,
+    /// One more argument for every broker of the group (repeat it:
+    /// `--broker-arg=--retention-bytes --broker-arg=1073741824`).
+    #[arg(long = "broker-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub broker_args: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -114,7 +118,7 @@ type Status = (usize, ClusterStatusResponse);
 impl Group {
     /// Chooses a free port for every member (bind port 0, read it, let it
     /// go), then starts each with `--node-id` and the full `--peers` list.
-    fn start() -> Result<Group> {
+    fn start(extra: &[String]) -> Result<Group> {
         let reserved = (0..BROKERS)
             .map(|_| TcpListener::bind("127.0.0.1:0"))
             .collect::<std::io::Result<Vec<_>>>()
@@ -132,12 +136,13 @@ impl Group {
         drop(reserved);
         let mut nodes = Vec::with_capacity(BROKERS);
         for (i, addr) in addrs.iter().enumerate() {
-            let args = vec![
+            let mut args = vec![
                 "--node-id".to_string(),
                 (i + 1).to_string(),
                 "--peers".to_string(),
                 peers.clone(),
             ];
+            args.extend(extra.iter().cloned());
             let node = BrokerProcess::start_with(&addr.to_string(), args)
                 .with_context(|| format!("cannot start node {}", i + 1))?;
             if node.addr() != *addr {
@@ -943,7 +948,7 @@ pub fn run(args: &ClusterArgs, common: &Common, ui: &Ui) -> Result<Report> {
             qos_name(args.produce.qos)
         );
     }
-    let mut group = Group::start()?;
+    let mut group = Group::start(&args.broker_args)?;
     let outcome = measure(&mut group, args, ui);
     if let Some(dir) = &args.broker_logs {
         group.write_logs(dir)?;
