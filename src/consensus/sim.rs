@@ -324,6 +324,8 @@ impl SimNode {
 struct Packet {
     at: u64,
     order: u64,
+    /// The generation of its link when it was sent (see `Sim::link_gen`).
+    gen: u64,
     msg: Message,
     payloads: Vec<u64>,
     snapshot: Vec<(Entry, u64)>,
@@ -415,6 +417,10 @@ struct Sim {
     crash_enabled: bool,
     /// Healthy phase: delivery tick of the last message on each link.
     link_at: Vec<u64>,
+    /// `link_gen[from * n + to]`: how often `to` was told that its link to
+    /// `from` broke. What `from` sent before is gone with the connection,
+    /// also when it was already due in the tick being delivered.
+    link_gen: Vec<u64>,
     /// Healthy phase: messages sent (the delivery order within a tick).
     sent: u64,
     stats: Stats,
@@ -460,6 +466,7 @@ impl Sim {
             healthy_commit: false,
             crash_enabled: true,
             link_at: vec![0; (n * n) as usize],
+            link_gen: vec![0; (n * n) as usize],
             sent: 0,
             stats: Stats::default(),
             p,
@@ -783,6 +790,7 @@ impl Sim {
         let (from, to) = (self.nodes[i].id, self.nodes[j].id);
         self.net.retain(|p| !(p.msg.from == from && p.msg.to == to));
         let n = self.nodes.len();
+        self.link_gen[i * n + j] += 1;
         self.unnoticed[j * n + i] = false;
         self.nodes[j]
             .node
@@ -1258,9 +1266,11 @@ impl Sim {
                 self.sent += 1;
                 (at, self.sent)
             };
+            let gen = self.link_gen[from * self.nodes.len() + to];
             self.net.push(Packet {
                 at,
                 order,
+                gen,
                 msg: msg.clone(),
                 payloads: payloads.clone(),
                 snapshot: snapshot.clone(),
@@ -1291,6 +1301,11 @@ impl Sim {
         for packet in due {
             let (from, to) = (packet.msg.from as usize - 1, packet.msg.to as usize - 1);
             if !self.connected(from, to) || !self.live(to) {
+                continue;
+            }
+            // Its connection broke while it waited in this tick's batch (a
+            // delivery before it had the receiver told).
+            if packet.gen != self.link_gen[from * self.nodes.len() + to] {
                 continue;
             }
             self.trace(|| {
