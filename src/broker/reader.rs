@@ -932,25 +932,10 @@ mod tests {
     /// on a busy machine).
     #[test]
     fn a_request_sees_c_as_it_is_when_taken_up_not_as_the_round_began() {
-        let poll = mio::Poll::new().unwrap();
-        let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
-        let shared = super::super::shared::Shared::new(
-            0,
-            waker,
-            super::super::shared::ClusterView::new(1, vec![]),
-        );
+        let (_poll, shared) = super::super::shared::Shared::for_tests(0);
         let (events_tx, events_rx) = std::sync::mpsc::channel();
         let mut reader = Reader::new(Vec::new(), events_rx, 1 << 20);
-        let (mut writer, index) = append_log();
-        for (offset, position) in [(0u64, 0u64), (5, 100)] {
-            writer.push(IndexEntry {
-                base_offset: offset,
-                position,
-                len: 100,
-                count: 5,
-                max_time_ms: 1,
-            });
-        }
+        let index = two_batches();
         events_tx
             .send(ReaderEvent::Topic {
                 meta: TopicMeta {
@@ -1000,6 +985,22 @@ mod tests {
         assert_eq!((r.earliest, r.latest), (0, 10), "both batches are durable");
     }
 
+    /// A partition index of two batches of 5 records: offsets 0..5 at
+    /// position 0 and 5..10 at 100, 100 bytes each.
+    fn two_batches() -> Arc<crate::journal::index::PartitionIndex> {
+        let (mut writer, index) = append_log();
+        for (offset, position) in [(0u64, 0u64), (5, 100)] {
+            writer.push(IndexEntry {
+                base_offset: offset,
+                position,
+                len: 100,
+                count: 5,
+                max_time_ms: 1,
+            });
+        }
+        index
+    }
+
     fn fetch_frame(topic: &str, correlation_id: u32) -> Vec<u8> {
         fetch_frame_at(topic, correlation_id, 0)
     }
@@ -1025,16 +1026,7 @@ mod tests {
     fn a_cut_takes_back_a_deletion_and_settings() {
         let (events_tx, events_rx) = std::sync::mpsc::channel();
         let mut reader = Reader::new(Vec::new(), events_rx, 1 << 20);
-        let (mut writer, index) = append_log();
-        for (offset, position) in [(0u64, 0u64), (5, 100)] {
-            writer.push(IndexEntry {
-                base_offset: offset,
-                position,
-                len: 100,
-                count: 5,
-                max_time_ms: 1,
-            });
-        }
+        let index = two_batches();
         let meta = TopicMeta {
             id: 0,
             name: "t".into(),
